@@ -1,0 +1,187 @@
+//! Shared-memory regions as components see them.
+//!
+//! A region is memory another component (or the host) may change at any
+//! time, so it is never handed out as a Rust reference to plain data: reads
+//! and writes go through volatile copies or atomics, and callers copy data
+//! out before they validate it.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A mapped region: its base address in this component, its size, whether
+/// this component may write it, and whether it is mapped twice back to back
+/// (then `[base, base + 2 * len)` is valid and the second half aliases the
+/// first, so a ring can be read or written across its end in one copy).
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    base: NonNull<u8>,
+    len: usize,
+    writable: bool,
+    double_mapped: bool,
+}
+
+// Safety: a Region is a description of shared memory; all access through it
+// is volatile or atomic.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionError {
+    OutOfBounds,
+    ReadOnly,
+    Misaligned,
+}
+
+impl Region {
+    /// # Safety
+    /// `base..base+len` (and `base+len..base+2*len` when double mapped) must
+    /// be mapped for the lifetime of the component, readable, and writable
+    /// if `writable`.
+    pub unsafe fn new(base: *mut u8, len: usize, writable: bool, double_mapped: bool) -> Region {
+        Region {
+            base: NonNull::new(base).expect("region base is null"),
+            len,
+            writable,
+            double_mapped,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    pub fn double_mapped(&self) -> bool {
+        self.double_mapped
+    }
+    /// The span that may be addressed: twice the length when double mapped.
+    pub fn span(&self) -> usize {
+        if self.double_mapped {
+            self.len * 2
+        } else {
+            self.len
+        }
+    }
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    fn check(&self, offset: usize, count: usize) -> Result<(), RegionError> {
+        match offset.checked_add(count) {
+            Some(end) if end <= self.span() => Ok(()),
+            _ => Err(RegionError::OutOfBounds),
+        }
+    }
+
+    /// Copy bytes out of the region into private memory.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
+        self.check(offset, out.len())?;
+        for (i, byte) in out.iter_mut().enumerate() {
+            // Safety: bounds checked above.
+            *byte = unsafe { self.base.as_ptr().add(offset + i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Copy bytes from private memory into the region.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), RegionError> {
+        if !self.writable {
+            return Err(RegionError::ReadOnly);
+        }
+        self.check(offset, data.len())?;
+        for (i, byte) in data.iter().enumerate() {
+            // Safety: bounds checked above.
+            unsafe { self.base.as_ptr().add(offset + i).write_volatile(*byte) };
+        }
+        Ok(())
+    }
+
+    /// Copy bytes in bulk (non-volatile memcpy). Used on the data path where
+    /// the protocol guarantees the peer does not touch these bytes while we
+    /// own them (an index-protected ring slot); the copy is then validated.
+    pub fn read_bulk(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
+        self.check(offset, out.len())?;
+        // Safety: bounds checked; the destination is private memory.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// See [`Region::read_bulk`].
+    pub fn write_bulk(&self, offset: usize, data: &[u8]) -> Result<(), RegionError> {
+        if !self.writable {
+            return Err(RegionError::ReadOnly);
+        }
+        self.check(offset, data.len())?;
+        // Safety: bounds checked.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.base.as_ptr().add(offset),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// An atomic 32-bit word inside the region (for indices and flags).
+    pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
+        self.check(offset, 4)?;
+        if offset % 4 != 0 {
+            return Err(RegionError::Misaligned);
+        }
+        // Safety: in bounds and aligned; atomics are valid on shared memory.
+        Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU32) })
+    }
+
+    /// An atomic 64-bit word inside the region.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, RegionError> {
+        self.check(offset, 8)?;
+        if offset % 8 != 0 {
+            return Err(RegionError::Misaligned);
+        }
+        // Safety: in bounds and aligned.
+        Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        let mut memory = [0u8; 64];
+        let region = unsafe { Region::new(memory.as_mut_ptr(), 64, true, false) };
+        assert_eq!(region.write(60, &[1, 2, 3, 4]), Ok(()));
+        assert_eq!(
+            region.write(61, &[1, 2, 3, 4]),
+            Err(RegionError::OutOfBounds)
+        );
+        assert_eq!(
+            region.write(usize::MAX, &[1]),
+            Err(RegionError::OutOfBounds)
+        );
+        let mut out = [0u8; 4];
+        region.read(60, &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(region.atomic_u32(2).err(), Some(RegionError::Misaligned));
+    }
+
+    #[test]
+    fn read_only_region_refuses_writes() {
+        let mut memory = [0u8; 8];
+        let region = unsafe { Region::new(memory.as_mut_ptr(), 8, false, false) };
+        assert_eq!(region.write(0, &[1]), Err(RegionError::ReadOnly));
+    }
+}

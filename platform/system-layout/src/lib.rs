@@ -1,0 +1,157 @@
+//! The compiled system description.
+//!
+//! `tools/sysdesc` parses and validates `system.toml` and lowers it into a
+//! [`SystemLayout`]: every name resolved to an index, every channel end
+//! given its local id, every mapping given its virtual address. The seL4
+//! root task and the hosted launcher consume this form (postcard-encoded)
+//! and trust it: validation happened in the tool, with file positions.
+//! It needs `alloc` (the root task has a small heap), not `std`.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+pub const LAYOUT_VERSION: u16 = 1;
+pub const MAX_COMPONENTS: usize = 32;
+pub const MAX_REGIONS: usize = 64;
+pub const MAX_MAPS_PER_COMPONENT: usize = 16;
+pub const MAX_CHANNELS_PER_COMPONENT: usize = 62;
+pub const MAX_IRQS_PER_COMPONENT: usize = 4;
+pub const MAX_IOPORTS_PER_COMPONENT: usize = 4;
+pub const MAX_NAME: usize = 32;
+pub const PAGE_SIZE: u64 = 4096;
+
+pub type Name = String;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemLayout {
+    pub version: u16,
+    pub components: Vec<ComponentLayout>,
+    pub regions: Vec<RegionLayout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionLayout {
+    pub name: Name,
+    /// Bytes, a multiple of [`PAGE_SIZE`].
+    pub size: u64,
+    /// The host (Hyper-V, or the simulated host) may read and write it;
+    /// its frames' physical addresses are handed to the host as GPAs.
+    pub host_visible: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentLayout {
+    pub name: Name,
+    /// The Cargo package (and binary) that implements it.
+    pub package: String,
+    /// seL4 priority, 1..=254; protected calls only go to higher ones.
+    pub priority: u8,
+    /// Index of the component that receives this one's faults.
+    pub supervisor: Option<u8>,
+    /// Indices of the components this one supervises, in `Child` order.
+    pub children: Vec<u8>,
+    pub stack_pages: u16,
+    /// May end the whole system (QEMU exit / hosted launcher exit).
+    pub may_power_off: bool,
+    pub maps: Vec<MapLayout>,
+    /// Indexed by nothing: each end carries its local id.
+    pub channels: Vec<ChannelEnd>,
+    pub irqs: Vec<IrqLayout>,
+    pub ioports: Vec<IoPortLayout>,
+    /// Local id of the protected-call channel that console output goes
+    /// through (the client end named `console`), if any.
+    pub console: Option<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapLayout {
+    /// Local name (the `RegionName` index is this map's position).
+    pub name: Name,
+    pub region: u8,
+    pub writable: bool,
+    /// Mapped twice back to back at `vaddr` and `vaddr + size`.
+    pub double: bool,
+    /// Virtual address on seL4 (page aligned). The hosted runtime ignores it.
+    pub vaddr: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelKind {
+    /// Either end may notify the other.
+    Notify,
+    /// This end calls the other (which has a higher priority).
+    CallClient,
+    /// This end serves calls from the other.
+    CallServer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelEnd {
+    /// Local channel id (the `Channel` value in code).
+    pub id: u8,
+    pub name: Name,
+    pub kind: ChannelKind,
+    /// Component index of the other end.
+    pub peer: u8,
+    /// The other end's local id.
+    pub peer_id: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrqLayout {
+    pub name: Name,
+    /// Local channel id the IRQ is delivered on.
+    pub channel: u8,
+    /// ISA IRQ line (IOAPIC pin).
+    pub irq: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoPortLayout {
+    pub name: Name,
+    pub base: u16,
+    pub size: u16,
+}
+
+impl SystemLayout {
+    pub fn component_index(&self, name: &str) -> Option<usize> {
+        self.components.iter().position(|c| c.name == name)
+    }
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+    pub fn decode(bytes: &[u8]) -> Result<SystemLayout, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+impl ComponentLayout {
+    pub fn channel(&self, id: u8) -> Option<&ChannelEnd> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_postcard() {
+        let mut layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: Vec::new(),
+            regions: Vec::new(),
+        };
+        layout.regions.push(RegionLayout {
+            name: "queue".into(),
+            size: 8192,
+            host_visible: false,
+        });
+        let bytes = layout.encode().unwrap();
+        assert_eq!(SystemLayout::decode(&bytes).unwrap(), layout);
+    }
+}
