@@ -1,0 +1,41 @@
+//! `cargo xtask`: the project's one entry point.
+//!
+//! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
+//! - `cargo xtask run`    : build it and boot it in QEMU, console on the terminal
+//! - `cargo xtask hosted` : run the same system as Linux processes
+//! - `cargo xtask test`   : every test: unit, description-error goldens,
+//!   hosted component tests and the QEMU boot tests
+//! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
+//!   the kernel build's Python packages, the Rust target)
+//!
+//! Each subcommand lives in its own module.
+
+mod setup;
+#[allow(dead_code)] // shared helpers; not every subcommand uses each
+mod util;
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo xtask <build|run|hosted|test|setup> [args]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        return usage();
+    };
+    let rest = &args[1..];
+    let result = match command.as_str() {
+        "setup" => setup::run(rest),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask {command}: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

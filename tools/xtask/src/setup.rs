@@ -1,0 +1,83 @@
+//! `cargo xtask setup`: install what the build and the tests need on a fresh
+//! machine of this project's kind (Debian bookworm, root, registries only).
+
+use crate::util::{have, run_checked, Result};
+use std::path::Path;
+use std::process::Command;
+
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
+
+pub fn run_setup() -> Result {
+    let mut apt_updated = false;
+    let apt_update = |apt_updated: &mut bool| -> Result {
+        if !*apt_updated {
+            run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+            *apt_updated = true;
+        }
+        Ok(())
+    };
+    if !have("qemu-system-x86_64") {
+        // Debian ships QEMU 10 only in bookworm-backports, and the image's
+        // qemu-utils 10 conflicts with bookworm's own qemu-system 7.2.
+        if !Path::new(BACKPORTS_SOURCE).exists() && !backports_listed() {
+            std::fs::write(
+                BACKPORTS_SOURCE,
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            )
+            .map_err(|e| format!("cannot write {BACKPORTS_SOURCE}: {e} (run as root, or install qemu-system-x86 from bookworm-backports by hand)"))?;
+        }
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "-t",
+                    "bookworm-backports",
+                    "qemu-system-x86",
+                ]),
+        )?;
+    }
+    if !have("xmllint") {
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "libxml2-utils"]),
+        )?;
+    }
+    let python_ok = Command::new("python3")
+        .args(["-c", "import ply, tempita, six"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !python_ok {
+        run_checked(
+            Command::new("python3").args(["-m", "pip", "install", "-q", "ply", "tempita", "six"]),
+        )?;
+    }
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !String::from_utf8_lossy(&targets.stdout).contains("x86_64-unknown-none") {
+        run_checked(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
+    }
+    Ok(())
+}
+
+fn backports_listed() -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg("grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn run(_args: &[String]) -> Result {
+    run_setup()
+}
