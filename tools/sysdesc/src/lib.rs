@@ -1,0 +1,127 @@
+//! `sysdesc`: the system description tool.
+//!
+//! Reads `system.toml` (format: `docs/system-description.md`), validates it
+//! and lowers it into the compiled [`SystemLayout`] that the seL4 root task
+//! and the hosted launcher consume. Every error names the file, line and
+//! column it is about. It also generates, for one component, the Rust
+//! constants that component's code uses for its channels, regions, IO
+//! ports, IRQs and children (`generate_ids`, called from `build.rs`), so no
+//! identifier is ever kept by hand.
+//!
+//! Trusts: nothing in the file. Writes: nothing but what callers ask for.
+
+mod codegen;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use codegen::{emit_ids_for_build_script, generate_ids, ids_from_descriptions};
+pub use system_layout::SystemLayout;
+
+/// One problem found in a description, with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// All the problems found in one description, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for diagnostic in &self.0 {
+            writeln!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Maps byte offsets in a source text to 1-based line and column numbers.
+pub(crate) struct Source<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    pub fn diagnostic(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        Diagnostic {
+            file: self.name.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// Validate and compile a description given as text. `name` is what
+/// diagnostics call the file.
+pub fn compile_str(name: &str, text: &str) -> Result<SystemLayout, Diagnostics> {
+    let source = Source { name, text };
+    let raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
+    validate::lower(&source, &raw).map_err(Diagnostics)
+}
+
+/// Validate and compile a description file. Diagnostics name it as given.
+pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        Diagnostics(vec![Diagnostic {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the file: {error}"),
+        }])
+    })?;
+    compile_str(&name, &text)
+}
+
+/// The descriptions a component's identifiers may come from: the file named
+/// by `SYSTEM_DESCRIPTION` if set, else the workspace's `system.toml`
+/// followed by every `tests/systems/*.toml` in name order.
+pub fn description_search_list(workspace_root: &Path) -> Vec<PathBuf> {
+    if let Some(path) = std::env::var_os("SYSTEM_DESCRIPTION") {
+        return vec![PathBuf::from(path)];
+    }
+    let mut list = vec![workspace_root.join("system.toml")];
+    if let Ok(entries) = std::fs::read_dir(workspace_root.join("tests").join("systems")) {
+        let mut extra: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        extra.sort();
+        list.extend(extra);
+    }
+    list
+}
+
+/// Find the workspace root from a crate's manifest folder: the nearest
+/// ancestor holding `system.toml`.
+pub fn find_workspace_root(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|dir| dir.join("system.toml").is_file())
+        .map(Path::to_path_buf)
+}

@@ -1,0 +1,646 @@
+//! Validation and lowering: names resolved to indices, rules checked, local
+//! channel ids and virtual addresses assigned. Every problem found is
+//! reported (not only the first), each at the position of the value at fault.
+
+use crate::raw::{RawSystem, Text};
+use crate::{Diagnostic, Source};
+use std::collections::HashMap;
+use system_layout::*;
+use toml::Spanned;
+
+/// Where seL4 mappings of regions start in every component's address space
+/// (far above the component's image), each followed by an unmapped guard page.
+pub const REGION_VADDR_BASE: u64 = 0x10_0000_0000;
+/// The largest region one entry may declare.
+pub const MAX_REGION_SIZE: i64 = 1 << 30;
+pub const MAX_STACK_PAGES: i64 = 64;
+pub const DEFAULT_STACK_PAGES: u16 = 4;
+/// IOAPIC pins on the PC platform.
+pub const MAX_IRQ_LINE: i64 = 23;
+
+struct Checker<'a> {
+    source: &'a Source<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, offset: usize, message: impl Into<String>) {
+        self.errors.push(self.source.diagnostic(offset, message));
+    }
+
+    fn check_name(&mut self, name: &Text, what: &str) -> bool {
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && text.len() <= MAX_NAME
+            && text.starts_with(|c: char| c.is_ascii_lowercase())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            self.error(
+                name.span().start,
+                format!(
+                    "{what} name `{text}` must be 1 to {MAX_NAME} characters of a-z, 0-9 and _, starting with a letter"
+                ),
+            );
+        }
+        valid
+    }
+}
+
+/// One end of a channel as written: `component.end`.
+struct EndRef {
+    component: usize,
+    name: String,
+    offset: usize,
+}
+
+enum LocalEnd {
+    Channel { channel: usize, side: usize },
+    Irq { irq: usize },
+}
+
+pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<Diagnostic>> {
+    let mut check = Checker {
+        source,
+        errors: Vec::new(),
+    };
+
+    if *raw.version.get_ref() != 1 {
+        check.error(
+            raw.version.span().start,
+            format!(
+                "unsupported description version {}; this tool reads version 1",
+                raw.version.get_ref()
+            ),
+        );
+    }
+
+    // Components.
+    let mut component_index: HashMap<&str, usize> = HashMap::new();
+    if raw.component.len() > MAX_COMPONENTS {
+        check.error(
+            raw.component[MAX_COMPONENTS].span().start,
+            format!("too many components: at most {MAX_COMPONENTS}"),
+        );
+    }
+    for (index, component) in raw.component.iter().enumerate() {
+        let component = component.get_ref();
+        if check.check_name(&component.name, "component") {
+            let name = component.name.get_ref().as_str();
+            if component_index.insert(name, index).is_some() {
+                check.error(
+                    component.name.span().start,
+                    format!("duplicate component name `{name}`"),
+                );
+            }
+        }
+        if component.package.get_ref().is_empty() {
+            check.error(component.package.span().start, "package must not be empty");
+        }
+        let priority = *component.priority.get_ref();
+        if !(1..=254).contains(&priority) {
+            check.error(
+                component.priority.span().start,
+                format!("priority {priority} is out of range 1..=254"),
+            );
+        }
+        if let Some(pages) = &component.stack_pages {
+            if !(1..=MAX_STACK_PAGES).contains(pages.get_ref()) {
+                check.error(
+                    pages.span().start,
+                    format!(
+                        "stack_pages {} is out of range 1..={MAX_STACK_PAGES}",
+                        pages.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    let lookup_component = |check: &mut Checker<'_>, name: &Text| -> Option<usize> {
+        let found = component_index.get(name.get_ref().as_str()).copied();
+        if found.is_none() {
+            check.error(
+                name.span().start,
+                format!("no component named `{}`", name.get_ref()),
+            );
+        }
+        found
+    };
+
+    // Supervision.
+    let mut supervisor_of: Vec<Option<usize>> = vec![None; raw.component.len()];
+    for (index, component) in raw.component.iter().enumerate() {
+        if let Some(supervisor) = &component.get_ref().supervisor {
+            if let Some(found) = lookup_component(&mut check, supervisor) {
+                if found == index {
+                    check.error(
+                        supervisor.span().start,
+                        "a component cannot supervise itself",
+                    );
+                } else {
+                    supervisor_of[index] = Some(found);
+                }
+            }
+        }
+    }
+    for (index, component) in raw.component.iter().enumerate() {
+        let mut seen = vec![false; raw.component.len()];
+        let mut current = index;
+        while let Some(next) = supervisor_of[current] {
+            if seen[next] {
+                break;
+            }
+            seen[next] = true;
+            if next == index {
+                let offset = component
+                    .get_ref()
+                    .supervisor
+                    .as_ref()
+                    .map(|s| s.span().start)
+                    .unwrap_or(0);
+                check.error(
+                    offset,
+                    format!(
+                        "supervision of `{}` forms a cycle",
+                        component.get_ref().name.get_ref()
+                    ),
+                );
+                break;
+            }
+            current = next;
+        }
+    }
+
+    // Regions.
+    let mut region_index: HashMap<&str, usize> = HashMap::new();
+    if raw.region.len() > MAX_REGIONS {
+        check.error(
+            raw.region[MAX_REGIONS].span().start,
+            format!("too many regions: at most {MAX_REGIONS}"),
+        );
+    }
+    for (index, region) in raw.region.iter().enumerate() {
+        let region = region.get_ref();
+        if check.check_name(&region.name, "region") {
+            let name = region.name.get_ref().as_str();
+            if region_index.insert(name, index).is_some() {
+                check.error(
+                    region.name.span().start,
+                    format!("duplicate region name `{name}`"),
+                );
+            }
+        }
+        let size = *region.size.get_ref();
+        if size <= 0 || size % PAGE_SIZE as i64 != 0 || size > MAX_REGION_SIZE {
+            check.error(
+                region.size.span().start,
+                format!("region size {size} must be a non-zero multiple of 4096 of at most {MAX_REGION_SIZE}"),
+            );
+        }
+    }
+
+    // Maps.
+    let mut maps: Vec<Vec<MapLayout>> = vec![Vec::new(); raw.component.len()];
+    let mut map_names: Vec<HashMap<String, ()>> = vec![HashMap::new(); raw.component.len()];
+    let mut region_mapped = vec![false; raw.region.len()];
+    for map in &raw.map {
+        let map_offset = map.span().start;
+        let map = map.get_ref();
+        let component = lookup_component(&mut check, &map.component);
+        let region = region_index.get(map.region.get_ref().as_str()).copied();
+        if region.is_none() {
+            check.error(
+                map.region.span().start,
+                format!("no region named `{}`", map.region.get_ref()),
+            );
+        }
+        let writable = match map.rights.get_ref().as_str() {
+            "r" => false,
+            "rw" => true,
+            other => {
+                check.error(
+                    map.rights.span().start,
+                    format!("rights `{other}` must be \"r\" or \"rw\""),
+                );
+                false
+            }
+        };
+        let name_text = map.name.as_ref().unwrap_or(&map.region);
+        if map.name.is_some() {
+            check.check_name(name_text, "map");
+        }
+        let (Some(component), Some(region)) = (component, region) else {
+            continue;
+        };
+        region_mapped[region] = true;
+        if map_names[component]
+            .insert(name_text.get_ref().clone(), ())
+            .is_some()
+        {
+            check.error(
+                name_text.span().start,
+                format!(
+                    "component `{}` already maps a region under the name `{}`",
+                    map.component.get_ref(),
+                    name_text.get_ref()
+                ),
+            );
+        }
+        if maps[component].len() == MAX_MAPS_PER_COMPONENT {
+            check.error(
+                map_offset,
+                format!(
+                    "component `{}` has more than {MAX_MAPS_PER_COMPONENT} maps",
+                    map.component.get_ref()
+                ),
+            );
+            continue;
+        }
+        maps[component].push(MapLayout {
+            name: name_text.get_ref().clone(),
+            region: region as u8,
+            writable,
+            double: map.double.as_ref().is_some_and(|d| *d.get_ref()),
+            vaddr: 0,
+        });
+    }
+    for (index, region) in raw.region.iter().enumerate() {
+        if !region_mapped[index]
+            && region_index.get(region.get_ref().name.get_ref().as_str()) == Some(&index)
+        {
+            check.error(
+                region.get_ref().name.span().start,
+                format!(
+                    "region `{}` is mapped by no component",
+                    region.get_ref().name.get_ref()
+                ),
+            );
+        }
+    }
+
+    // Channel ends and IRQs share each component's local id space.
+    let mut local_ends: Vec<Vec<(String, LocalEnd)>> =
+        (0..raw.component.len()).map(|_| Vec::new()).collect();
+    let parse_end = |check: &mut Checker<'_>, text: &Text| -> Option<EndRef> {
+        let value = text.get_ref();
+        let Some((component, end)) = value.split_once('.') else {
+            check.error(
+                text.span().start,
+                format!("channel end `{value}` must be written `component.end_name`"),
+            );
+            return None;
+        };
+        let end_text = Spanned::new(text.span(), end.to_string());
+        if !check.check_name(&end_text, "channel end") {
+            return None;
+        }
+        let Some(&index) = component_index.get(component) else {
+            check.error(
+                text.span().start,
+                format!("no component named `{component}`"),
+            );
+            return None;
+        };
+        Some(EndRef {
+            component: index,
+            name: end.to_string(),
+            offset: text.span().start,
+        })
+    };
+    let add_end = |check: &mut Checker<'_>,
+                   local_ends: &mut Vec<Vec<(String, LocalEnd)>>,
+                   end: &EndRef,
+                   local: LocalEnd| {
+        if local_ends[end.component]
+            .iter()
+            .any(|(name, _)| *name == end.name)
+        {
+            check.error(
+                end.offset,
+                format!(
+                    "component `{}` already has a channel end or IRQ named `{}`",
+                    raw.component[end.component].get_ref().name.get_ref(),
+                    end.name
+                ),
+            );
+        } else {
+            local_ends[end.component].push((end.name.clone(), local));
+        }
+    };
+
+    // (kind, [end0, end1]) per channel; for calls end0 is the client.
+    let mut channels: Vec<(bool, [EndRef; 2])> = Vec::new();
+    for channel in &raw.channel {
+        let offset = channel.span().start;
+        let channel = channel.get_ref();
+        let (is_call, texts): (bool, Vec<&Text>) = match (&channel.notify, &channel.call) {
+            (Some(notify), None) => {
+                if notify.get_ref().len() != 2 {
+                    check.error(notify.span().start, "a notify channel has exactly two ends");
+                    continue;
+                }
+                (false, notify.get_ref().iter().collect())
+            }
+            (None, Some(call)) => (true, vec![&call.get_ref().client, &call.get_ref().server]),
+            _ => {
+                check.error(offset, "a channel has exactly one of `notify` or `call`");
+                continue;
+            }
+        };
+        let ends: Vec<Option<EndRef>> = texts.iter().map(|t| parse_end(&mut check, t)).collect();
+        let [Some(first), Some(second)] = <[Option<EndRef>; 2]>::try_from(ends)
+            .ok()
+            .unwrap_or([None, None])
+        else {
+            continue;
+        };
+        if first.component == second.component {
+            check.error(
+                second.offset,
+                "a channel must join two different components",
+            );
+            continue;
+        }
+        if is_call {
+            let client = raw.component[first.component].get_ref();
+            let server = raw.component[second.component].get_ref();
+            if server.priority.get_ref() <= client.priority.get_ref() {
+                check.error(
+                    second.offset,
+                    format!(
+                        "protected call from `{}` (priority {}) must go to a higher priority, but `{}` has priority {}",
+                        client.name.get_ref(),
+                        client.priority.get_ref(),
+                        server.name.get_ref(),
+                        server.priority.get_ref()
+                    ),
+                );
+            }
+        } else if first.name == "console" || second.name == "console" {
+            let end = if first.name == "console" {
+                &first
+            } else {
+                &second
+            };
+            check.error(
+                end.offset,
+                "the end named `console` must be the client end of a call channel",
+            );
+        }
+        let index = channels.len();
+        add_end(
+            &mut check,
+            &mut local_ends,
+            &first,
+            LocalEnd::Channel {
+                channel: index,
+                side: 0,
+            },
+        );
+        add_end(
+            &mut check,
+            &mut local_ends,
+            &second,
+            LocalEnd::Channel {
+                channel: index,
+                side: 1,
+            },
+        );
+        channels.push((is_call, [first, second]));
+    }
+    if let Some((_, [_, server])) = channels
+        .iter()
+        .find(|(is_call, [_, server])| *is_call && server.name == "console")
+    {
+        check.error(
+            server.offset,
+            "the end named `console` must be the client end of a call channel",
+        );
+    }
+
+    let mut irq_lines: HashMap<i64, usize> = HashMap::new();
+    let mut irqs: Vec<(usize, String, u8)> = Vec::new();
+    for (index, irq) in raw.irq.iter().enumerate() {
+        let irq = irq.get_ref();
+        let component = lookup_component(&mut check, &irq.component);
+        let line = *irq.irq.get_ref();
+        if !(0..=MAX_IRQ_LINE).contains(&line) {
+            check.error(
+                irq.irq.span().start,
+                format!("IRQ line {line} is out of range 0..={MAX_IRQ_LINE}"),
+            );
+        } else if irq_lines.insert(line, index).is_some() {
+            check.error(
+                irq.irq.span().start,
+                format!("IRQ line {line} is already given to a component"),
+            );
+        }
+        let named = check.check_name(&irq.name, "IRQ");
+        let (Some(component), true) = (component, named) else {
+            continue;
+        };
+        let end = EndRef {
+            component,
+            name: irq.name.get_ref().clone(),
+            offset: irq.name.span().start,
+        };
+        add_end(
+            &mut check,
+            &mut local_ends,
+            &end,
+            LocalEnd::Irq { irq: irqs.len() },
+        );
+        irqs.push((
+            component,
+            irq.name.get_ref().clone(),
+            line.clamp(0, MAX_IRQ_LINE) as u8,
+        ));
+    }
+
+    let mut ioports: Vec<Vec<IoPortLayout>> = vec![Vec::new(); raw.component.len()];
+    let mut port_ranges: Vec<(i64, i64, usize)> = Vec::new();
+    for ioport in &raw.ioport {
+        let ioport = ioport.get_ref();
+        let component = lookup_component(&mut check, &ioport.component);
+        let named = check.check_name(&ioport.name, "IO-port range");
+        let base = *ioport.base.get_ref();
+        let size = *ioport.size.get_ref();
+        let mut valid = true;
+        if !(0..=0xffff).contains(&base) {
+            check.error(
+                ioport.base.span().start,
+                format!("IO-port base {base:#x} is out of range 0..=0xffff"),
+            );
+            valid = false;
+        } else if size < 1 || base + size > 0x10000 {
+            check.error(
+                ioport.size.span().start,
+                format!("IO-port range of size {size} at {base:#x} does not fit below 0x10000"),
+            );
+            valid = false;
+        } else if let Some(&(other_base, other_size, _)) = port_ranges
+            .iter()
+            .find(|(b, s, _)| base < b + s && *b < base + size)
+        {
+            check.error(
+                ioport.base.span().start,
+                format!(
+                    "IO ports {base:#x}..{:#x} overlap the range {other_base:#x}..{:#x} already declared",
+                    base + size,
+                    other_base + other_size
+                ),
+            );
+            valid = false;
+        }
+        let (Some(component), true, true) = (component, named, valid) else {
+            continue;
+        };
+        port_ranges.push((base, size, component));
+        if ioports[component]
+            .iter()
+            .any(|p| p.name == *ioport.name.get_ref())
+        {
+            check.error(
+                ioport.name.span().start,
+                format!("duplicate IO-port range name `{}`", ioport.name.get_ref()),
+            );
+            continue;
+        }
+        if ioports[component].len() == MAX_IOPORTS_PER_COMPONENT {
+            check.error(
+                ioport.name.span().start,
+                format!("more than {MAX_IOPORTS_PER_COMPONENT} IO-port ranges"),
+            );
+            continue;
+        }
+        ioports[component].push(IoPortLayout {
+            name: ioport.name.get_ref().clone(),
+            base: base as u16,
+            size: size as u16,
+        });
+    }
+
+    // Limits on local ids.
+    for (index, ends) in local_ends.iter().enumerate() {
+        let component = raw.component[index].get_ref();
+        if ends.len() > MAX_CHANNELS_PER_COMPONENT {
+            check.error(
+                component.name.span().start,
+                format!(
+                    "component `{}` has {} channel ends and IRQs; at most {MAX_CHANNELS_PER_COMPONENT}",
+                    component.name.get_ref(),
+                    ends.len()
+                ),
+            );
+        }
+        let irq_count = ends
+            .iter()
+            .filter(|(_, e)| matches!(e, LocalEnd::Irq { .. }))
+            .count();
+        if irq_count > MAX_IRQS_PER_COMPONENT {
+            check.error(
+                component.name.span().start,
+                format!(
+                    "component `{}` has {irq_count} IRQs; at most {MAX_IRQS_PER_COMPONENT}",
+                    component.name.get_ref()
+                ),
+            );
+        }
+    }
+
+    if !check.errors.is_empty() {
+        check.errors.sort_by_key(|d| (d.line, d.column));
+        return Err(check.errors);
+    }
+
+    // Lowering. Local ids follow declaration order within each component.
+    let local_id = |component: usize, channel: usize, side: usize| -> u8 {
+        local_ends[component]
+            .iter()
+            .position(|(_, e)| matches!(e, LocalEnd::Channel { channel: c, side: s } if *c == channel && *s == side))
+            .expect("every end was registered") as u8
+    };
+    let mut components = Vec::new();
+    for (index, component) in raw.component.iter().enumerate() {
+        let component = component.get_ref();
+        let mut channel_ends = Vec::new();
+        let mut component_irqs = Vec::new();
+        for (id, (name, end)) in local_ends[index].iter().enumerate() {
+            match end {
+                LocalEnd::Channel { channel, side } => {
+                    let (is_call, ends) = &channels[*channel];
+                    let peer = &ends[1 - side];
+                    let kind = match (is_call, side) {
+                        (false, _) => ChannelKind::Notify,
+                        (true, 0) => ChannelKind::CallClient,
+                        (true, _) => ChannelKind::CallServer,
+                    };
+                    channel_ends.push(ChannelEnd {
+                        id: id as u8,
+                        name: name.clone(),
+                        kind,
+                        peer: peer.component as u8,
+                        peer_id: local_id(peer.component, *channel, 1 - side),
+                    });
+                }
+                LocalEnd::Irq { irq } => {
+                    component_irqs.push(IrqLayout {
+                        name: name.clone(),
+                        channel: id as u8,
+                        irq: irqs[*irq].2,
+                    });
+                }
+            }
+        }
+        let console = channel_ends
+            .iter()
+            .find(|e| e.name == "console" && e.kind == ChannelKind::CallClient)
+            .map(|e| e.id);
+        let mut vaddr = REGION_VADDR_BASE;
+        let mut component_maps = maps[index].clone();
+        for map in &mut component_maps {
+            map.vaddr = vaddr;
+            let size = *raw.region[map.region as usize].get_ref().size.get_ref() as u64;
+            vaddr += size * if map.double { 2 } else { 1 } + PAGE_SIZE;
+        }
+        components.push(ComponentLayout {
+            name: component.name.get_ref().clone(),
+            package: component.package.get_ref().clone(),
+            priority: *component.priority.get_ref() as u8,
+            supervisor: supervisor_of[index].map(|s| s as u8),
+            children: (0..raw.component.len())
+                .filter(|c| supervisor_of[*c] == Some(index))
+                .map(|c| c as u8)
+                .collect(),
+            stack_pages: component
+                .stack_pages
+                .as_ref()
+                .map(|p| *p.get_ref() as u16)
+                .unwrap_or(DEFAULT_STACK_PAGES),
+            may_power_off: component.power_off.as_ref().is_some_and(|p| *p.get_ref()),
+            maps: component_maps,
+            channels: channel_ends,
+            irqs: component_irqs,
+            ioports: ioports[index].clone(),
+            console,
+        });
+    }
+    let regions = raw
+        .region
+        .iter()
+        .map(|r| {
+            let r = r.get_ref();
+            RegionLayout {
+                name: r.name.get_ref().clone(),
+                size: *r.size.get_ref() as u64,
+                host_visible: r.host_visible.as_ref().is_some_and(|h| *h.get_ref()),
+            }
+        })
+        .collect();
+    Ok(SystemLayout {
+        version: LAYOUT_VERSION,
+        components,
+        regions,
+    })
+}

@@ -1,0 +1,149 @@
+//! The compiled form of a valid description: ids, peers, addresses.
+
+use system_layout::ChannelKind;
+
+const DESCRIPTION: &str = r#"
+version = 1
+
+[[component]]
+name = "console"
+package = "console"
+priority = 200
+supervisor = "boss"
+
+[[component]]
+name = "worker"
+package = "worker"
+priority = 100
+supervisor = "boss"
+stack_pages = 8
+
+[[component]]
+name = "boss"
+package = "boss"
+priority = 150
+power_off = true
+
+[[region]]
+name = "ring"
+size = 8192
+host_visible = true
+
+[[map]]
+component = "worker"
+region = "ring"
+rights = "rw"
+double = true
+
+[[map]]
+component = "boss"
+region = "ring"
+rights = "r"
+name = "worker_ring"
+
+[[channel]]
+notify = ["worker.wake", "boss.worker"]
+
+[[channel]]
+call = { client = "worker.console", server = "console.worker" }
+
+[[irq]]
+component = "console"
+name = "serial"
+irq = 4
+
+[[ioport]]
+component = "console"
+name = "com1"
+base = 0x3f8
+size = 8
+"#;
+
+#[test]
+fn a_valid_description_lowers_with_ids_peers_and_addresses() {
+    let layout = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
+    let worker = &layout.components[1];
+    assert_eq!(worker.name, "worker");
+    assert_eq!(worker.stack_pages, 8);
+    assert_eq!(worker.supervisor, Some(2));
+    assert_eq!(worker.channels.len(), 2);
+    assert_eq!(worker.channels[0].kind, ChannelKind::Notify);
+    assert_eq!(
+        (worker.channels[0].peer, worker.channels[0].peer_id),
+        (2, 0)
+    );
+    assert_eq!(worker.channels[1].kind, ChannelKind::CallClient);
+    assert_eq!(worker.console, Some(1));
+    assert_eq!(worker.maps[0].vaddr, 0x10_0000_0000);
+    assert!(worker.maps[0].double && worker.maps[0].writable);
+
+    let console = &layout.components[0];
+    assert_eq!(console.channels[0].kind, ChannelKind::CallServer);
+    assert_eq!(
+        (console.channels[0].peer, console.channels[0].peer_id),
+        (1, 1)
+    );
+    assert_eq!(
+        console.irqs[0].channel, 1,
+        "IRQs take local ids after channel ends"
+    );
+    assert_eq!(console.ioports[0].base, 0x3f8);
+    assert_eq!(console.console, None);
+
+    let boss = &layout.components[2];
+    assert_eq!(boss.children, vec![0, 1]);
+    assert!(boss.may_power_off);
+    assert!(!boss.maps[0].writable);
+    assert!(layout.regions[0].host_visible);
+}
+
+#[test]
+fn generated_ids_name_every_end_map_port_and_child() {
+    let layout = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
+    let console = sysdesc::generate_ids(&layout, "console").unwrap();
+    assert!(
+        console.contains("pub const WORKER: Channel = Channel(0);"),
+        "{console}"
+    );
+    assert!(
+        console.contains("pub const SERIAL: Channel = Channel(1);"),
+        "{console}"
+    );
+    assert!(
+        console.contains("pub const COM1: IoPortName = IoPortName(0);"),
+        "{console}"
+    );
+    let boss = sysdesc::generate_ids(&layout, "boss").unwrap();
+    assert!(
+        boss.contains("pub const WORKER_RING: RegionName = RegionName(0);"),
+        "{boss}"
+    );
+    assert!(
+        boss.contains("pub const CONSOLE: Child = Child(0);"),
+        "{boss}"
+    );
+    assert!(
+        boss.contains("pub const WORKER: Child = Child(1);"),
+        "{boss}"
+    );
+    assert!(sysdesc::generate_ids(&layout, "nobody").is_none());
+}
+
+#[test]
+fn a_component_must_have_the_same_ids_in_every_description() {
+    let folder = std::env::temp_dir().join(format!("sysdesc-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let first = folder.join("a.toml");
+    let second = folder.join("b.toml");
+    std::fs::write(&first, DESCRIPTION).unwrap();
+    let reordered = DESCRIPTION.replace(
+        "[[channel]]\nnotify = [\"worker.wake\", \"boss.worker\"]\n",
+        "",
+    ) + "\n[[channel]]\nnotify = [\"worker.wake\", \"boss.worker\"]\n";
+    std::fs::write(&second, reordered).unwrap();
+    let same = sysdesc::ids_from_descriptions(&[first.clone(), first.clone()], "worker");
+    assert!(same.is_ok());
+    let error = sysdesc::ids_from_descriptions(&[first, second], "worker").unwrap_err();
+    assert!(error.contains("different channel ends"), "{error}");
+    let _ = std::fs::remove_dir_all(folder);
+}
