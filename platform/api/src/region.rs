@@ -136,7 +136,7 @@ impl Region {
     /// An atomic 32-bit word inside the region (for indices and flags).
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
         self.check(offset, 4)?;
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(RegionError::Misaligned);
         }
         // Safety: in bounds and aligned; atomics are valid on shared memory.
@@ -146,7 +146,7 @@ impl Region {
     /// An atomic 64-bit word inside the region.
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, RegionError> {
         self.check(offset, 8)?;
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(RegionError::Misaligned);
         }
         // Safety: in bounds and aligned.

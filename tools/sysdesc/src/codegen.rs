@@ -31,7 +31,7 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     );
     let _ = writeln!(
         out,
-        "#[allow(dead_code)]\npub mod channels {{\n    use component_api::Channel;"
+        "#[allow(dead_code, unused_imports)]\npub mod channels {{\n    use component_api::Channel;"
     );
     for end in &me.channels {
         let peer = &layout.components[end.peer as usize].name;
@@ -56,7 +56,7 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     );
     let _ = writeln!(
         out,
-        "#[allow(dead_code)]\npub mod irqs {{\n    use component_api::Channel;"
+        "#[allow(dead_code, unused_imports)]\npub mod irqs {{\n    use component_api::Channel;"
     );
     for irq in &me.irqs {
         let _ = writeln!(out, "    /// IRQ line {}", irq.irq);
@@ -72,7 +72,7 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     let _ = writeln!(out, "/// Regions mapped into this component.");
     let _ = writeln!(
         out,
-        "#[allow(dead_code)]\npub mod regions {{\n    use component_api::RegionName;"
+        "#[allow(dead_code, unused_imports)]\npub mod regions {{\n    use component_api::RegionName;"
     );
     for (position, map) in me.maps.iter().enumerate() {
         let region = &layout.regions[map.region as usize];
@@ -104,7 +104,7 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     let _ = writeln!(out, "/// IO-port ranges granted to this component.");
     let _ = writeln!(
         out,
-        "#[allow(dead_code)]\npub mod ioports {{\n    use component_api::IoPortName;"
+        "#[allow(dead_code, unused_imports)]\npub mod ioports {{\n    use component_api::IoPortName;"
     );
     for (position, port) in me.ioports.iter().enumerate() {
         let _ = writeln!(
@@ -124,7 +124,7 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     let _ = writeln!(out, "/// Components this one supervises.");
     let _ = writeln!(
         out,
-        "#[allow(dead_code)]\npub mod children {{\n    use component_api::Child;"
+        "#[allow(dead_code, unused_imports)]\npub mod children {{\n    use component_api::Child;"
     );
     for (position, child) in me.children.iter().enumerate() {
         let name = &layout.components[*child as usize].name;
