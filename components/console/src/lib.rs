@@ -56,7 +56,11 @@ fn put_str(env: &mut dyn Env, text: &str) {
 }
 
 fn channel_name(channel: Channel) -> &'static str {
-    CHANNEL_NAMES.iter().find(|(c, _)| *c == channel).map(|(_, name)| *name).unwrap_or("?")
+    CHANNEL_NAMES
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .map(|(_, name)| *name)
+        .unwrap_or("?")
 }
 
 impl Console {
@@ -96,7 +100,10 @@ impl Component for Console {
         env.ioport_write(ioports::COM1, MCR, 1, MCR_DTR_RTS | MCR_OUT2);
         put_str(env, "[console] ready\n");
         env.ioport_write(ioports::COM1, IER, 1, IER_THR_EMPTY);
-        Console { at_line_start: u64::MAX, irq_seen: false }
+        Console {
+            at_line_start: u64::MAX,
+            irq_seen: false,
+        }
     }
 
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
@@ -108,7 +115,10 @@ impl Component for Console {
             env.irq_ack(irqs::SERIAL);
             if !self.irq_seen {
                 self.irq_seen = true;
-                put_str(env, "[console] serial interrupt received and acknowledged\n");
+                put_str(
+                    env,
+                    "[console] serial interrupt received and acknowledged\n",
+                );
             }
         }
     }

@@ -25,7 +25,9 @@ pub struct Consumer {
 
 impl Consumer {
     fn drain(&mut self, env: &mut dyn Env) {
-        let Some(queue) = self.queue.as_mut() else { return };
+        let Some(queue) = self.queue.as_mut() else {
+            return;
+        };
         let mut buffer = [0u8; stream::SLOT_SIZE];
         loop {
             loop {
@@ -77,10 +79,16 @@ impl Consumer {
             self.wakeups,
             self.checksum
         );
-        let record = Request::Record { messages: self.received, checksum: self.checksum };
+        let record = Request::Record {
+            messages: self.received,
+            checksum: self.checksum,
+        };
         match call::<_, Reply>(env, channels::SERVER, &record) {
             Ok(Reply::Recorded { calls_served }) => {
-                println!(env, "server recorded the tally ({calls_served} calls served)")
+                println!(
+                    env,
+                    "server recorded the tally ({calls_served} calls served)"
+                )
             }
             other => println!(env, "record call failed: {other:?}"),
         }

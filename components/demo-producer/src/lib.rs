@@ -33,7 +33,9 @@ pub mod stream {
 
     /// FNV-1a, folded over every message in order.
     pub fn checksum(state: u64, bytes: &[u8]) -> u64 {
-        bytes.iter().fold(state, |hash, byte| (hash ^ *byte as u64).wrapping_mul(0x100_0000_01b3))
+        bytes.iter().fold(state, |hash, byte| {
+            (hash ^ *byte as u64).wrapping_mul(0x100_0000_01b3)
+        })
     }
     pub const CHECKSUM_START: u64 = 0xcbf2_9ce4_8422_2325;
 }
@@ -47,7 +49,9 @@ pub struct Producer {
 
 impl Producer {
     fn pump(&mut self, env: &mut dyn Env) {
-        let Some(queue) = self.queue.as_mut() else { return };
+        let Some(queue) = self.queue.as_mut() else {
+            return;
+        };
         while self.next < stream::MESSAGES {
             let message = stream::message(self.next);
             match queue.push(&message) {
@@ -103,7 +107,11 @@ fn mirror_aliases(env: &mut dyn Env) -> bool {
 impl Component for Producer {
     fn init(env: &mut dyn Env) -> Self {
         let aliases = mirror_aliases(env);
-        println!(env, "double-mapped region aliases: {}", if aliases { "yes" } else { "NO" });
+        println!(
+            env,
+            "double-mapped region aliases: {}",
+            if aliases { "yes" } else { "NO" }
+        );
         let queue = QueueProducer::new(env.region(regions::QUEUE), stream::SLOT_SIZE);
         if let Err(error) = &queue {
             println!(env, "cannot use the queue: {error:?}");
@@ -115,7 +123,12 @@ impl Component for Producer {
             checksum: stream::CHECKSUM_START,
         };
         if let Some(queue) = &producer.queue {
-            println!(env, "streaming {} messages, queue capacity {}", stream::MESSAGES, queue.capacity());
+            println!(
+                env,
+                "streaming {} messages, queue capacity {}",
+                stream::MESSAGES,
+                queue.capacity()
+            );
         }
         producer.pump(env);
         producer

@@ -55,8 +55,13 @@ impl Component for Server {
         let answer = match request {
             Request::Add { a, b } => Reply::Sum(a as u64 + b as u64),
             Request::Record { messages, checksum } => {
-                println!(env, "recorded {messages} messages, checksum {checksum:#018x}");
-                Reply::Recorded { calls_served: self.calls_served }
+                println!(
+                    env,
+                    "recorded {messages} messages, checksum {checksum:#018x}"
+                );
+                Reply::Recorded {
+                    calls_served: self.calls_served,
+                }
             }
         };
         encode_reply(reply, &answer)

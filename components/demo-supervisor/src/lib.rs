@@ -8,13 +8,17 @@
 //! word in `faulter_control`.
 #![no_std]
 
-use component_api::{println, Child, ChannelSet, Component, Env, Fault};
+use component_api::{println, ChannelSet, Child, Component, Env, Fault};
 use demo_faulter::{COMMAND_NONE, COMMAND_PANIC, COMMAND_READ_UNGRANTED, COMMAND_WRITE_READ_ONLY};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
 /// The faults the faulter is taken through, in order.
-const SCRIPT: [u32; 3] = [COMMAND_WRITE_READ_ONLY, COMMAND_READ_UNGRANTED, COMMAND_PANIC];
+const SCRIPT: [u32; 3] = [
+    COMMAND_WRITE_READ_ONLY,
+    COMMAND_READ_UNGRANTED,
+    COMMAND_PANIC,
+];
 
 pub struct Supervisor {
     faulter_starts: u32,
@@ -24,7 +28,11 @@ pub struct Supervisor {
 }
 
 fn child_name(child: Child) -> &'static str {
-    CHILD_NAMES.iter().find(|(c, _)| *c == child).map(|(_, n)| *n).unwrap_or("?")
+    CHILD_NAMES
+        .iter()
+        .find(|(c, _)| *c == child)
+        .map(|(_, n)| *n)
+        .unwrap_or("?")
 }
 
 impl Supervisor {
@@ -37,7 +45,10 @@ impl Supervisor {
             return;
         }
         if command == COMMAND_NONE {
-            println!(env, "faulter survived {} faults with its state reset each time", self.faults_seen);
+            println!(
+                env,
+                "faulter survived {} faults with its state reset each time", self.faults_seen
+            );
             self.faulter_done = true;
             self.finish_if_done(env);
         } else {
@@ -58,7 +69,12 @@ impl Component for Supervisor {
         let control = env.region(regions::FAULTER_CONTROL);
         let _ = control.write(0, &COMMAND_NONE.to_le_bytes());
         println!(env, "supervising {} components", CHILD_NAMES.len());
-        Supervisor { faulter_starts: 0, faults_seen: 0, faulter_done: false, consumer_done: false }
+        Supervisor {
+            faulter_starts: 0,
+            faults_seen: 0,
+            faulter_done: false,
+            consumer_done: false,
+        }
     }
 
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {

@@ -60,10 +60,16 @@ impl Shape {
         if capacity < 2 {
             return Err(QueueError::RegionTooSmall);
         }
-        Ok(Shape { region, slot_size, capacity: capacity.min(u32::MAX as usize / 2) as u32 })
+        Ok(Shape {
+            region,
+            slot_size,
+            capacity: capacity.min(u32::MAX as usize / 2) as u32,
+        })
     }
     fn word(&self, offset: usize) -> &AtomicU32 {
-        self.region.atomic_u32(offset).expect("header offsets fit: checked in Shape::new")
+        self.region
+            .atomic_u32(offset)
+            .expect("header offsets fit: checked in Shape::new")
     }
     fn slot_offset(&self, index: u32) -> usize {
         SLOTS + (index % self.capacity) as usize * self.slot_size
@@ -112,16 +118,24 @@ impl Producer {
             return Err(QueueError::MessageTooLong);
         }
         if self.used()? == self.shape.capacity {
-            self.shape.word(PRODUCER_WANTS_SIGNAL).store(1, Ordering::SeqCst);
+            self.shape
+                .word(PRODUCER_WANTS_SIGNAL)
+                .store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if self.used()? == self.shape.capacity {
                 return Err(QueueError::Full);
             }
-            self.shape.word(PRODUCER_WANTS_SIGNAL).store(0, Ordering::Relaxed);
+            self.shape
+                .word(PRODUCER_WANTS_SIGNAL)
+                .store(0, Ordering::Relaxed);
         }
         let offset = self.shape.slot_offset(self.tail);
-        self.shape.region.write_bulk(offset + LENGTH_FIELD, message)?;
-        self.shape.region.write_bulk(offset, &(message.len() as u32).to_le_bytes())?;
+        self.shape
+            .region
+            .write_bulk(offset + LENGTH_FIELD, message)?;
+        self.shape
+            .region
+            .write_bulk(offset, &(message.len() as u32).to_le_bytes())?;
         self.tail = self.tail.wrapping_add(1);
         self.shape.word(TAIL).store(self.tail, Ordering::Release);
         Ok(())
@@ -131,7 +145,10 @@ impl Producer {
     /// Clears the request, so call it once and notify if it says so.
     pub fn consumer_needs_signal(&mut self) -> bool {
         fence(Ordering::SeqCst);
-        self.shape.word(CONSUMER_WANTS_SIGNAL).swap(0, Ordering::AcqRel) != 0
+        self.shape
+            .word(CONSUMER_WANTS_SIGNAL)
+            .swap(0, Ordering::AcqRel)
+            != 0
     }
 }
 
@@ -170,7 +187,9 @@ impl Consumer {
         if length > self.shape.payload_capacity() || length > out.len() {
             return Err(QueueError::PeerCorrupted);
         }
-        self.shape.region.read_bulk(offset + LENGTH_FIELD, &mut out[..length])?;
+        self.shape
+            .region
+            .read_bulk(offset + LENGTH_FIELD, &mut out[..length])?;
         self.head = self.head.wrapping_add(1);
         self.shape.word(HEAD).store(self.head, Ordering::Release);
         Ok(Some(length))
@@ -180,19 +199,26 @@ impl Consumer {
     /// Returns `true` if it is safe to sleep (still empty), `false` if
     /// messages arrived meanwhile (the request is withdrawn).
     pub fn prepare_to_sleep(&mut self) -> Result<bool, QueueError> {
-        self.shape.word(CONSUMER_WANTS_SIGNAL).store(1, Ordering::SeqCst);
+        self.shape
+            .word(CONSUMER_WANTS_SIGNAL)
+            .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.available()? == 0 {
             return Ok(true);
         }
-        self.shape.word(CONSUMER_WANTS_SIGNAL).store(0, Ordering::Relaxed);
+        self.shape
+            .word(CONSUMER_WANTS_SIGNAL)
+            .store(0, Ordering::Relaxed);
         Ok(false)
     }
 
     /// After a batch of pops: whether the producer is waiting for space.
     pub fn producer_needs_signal(&mut self) -> bool {
         fence(Ordering::SeqCst);
-        self.shape.word(PRODUCER_WANTS_SIGNAL).swap(0, Ordering::AcqRel) != 0
+        self.shape
+            .word(PRODUCER_WANTS_SIGNAL)
+            .swap(0, Ordering::AcqRel)
+            != 0
     }
 }
 
@@ -203,7 +229,14 @@ mod tests {
     use std::vec;
 
     fn region(memory: &mut [u64]) -> Region {
-        unsafe { Region::new(memory.as_mut_ptr() as *mut u8, memory.len() * 8, true, false) }
+        unsafe {
+            Region::new(
+                memory.as_mut_ptr() as *mut u8,
+                memory.len() * 8,
+                true,
+                false,
+            )
+        }
     }
 
     #[test]
@@ -256,7 +289,10 @@ mod tests {
         let mut consumer = Consumer::new(region(&mut memory), 64).unwrap();
         memory[256 / 8] = 10_000; // length beyond a slot
         assert_eq!(consumer.pop(&mut out), Err(QueueError::PeerCorrupted));
-        assert_eq!(Producer::new(region(&mut memory[..40]), 64).err(), Some(QueueError::RegionTooSmall));
+        assert_eq!(
+            Producer::new(region(&mut memory[..40]), 64).err(),
+            Some(QueueError::RegionTooSmall)
+        );
     }
 
     #[test]

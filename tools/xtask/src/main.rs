@@ -10,6 +10,9 @@
 //!
 //! Each subcommand lives in its own module.
 
+mod image;
+mod kernel;
+mod qemu;
 mod setup;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each
 mod util;
@@ -29,6 +32,9 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "setup" => setup::run(rest),
+        "build" => image::run(rest),
+        "run" => qemu::run(rest),
+        "boot-test" => qemu::boot_test(rest),
         _ => return usage(),
     };
     match result {
