@@ -1,0 +1,234 @@
+//! The guest end of the hosted transport: implements [`Hypervisor`] by
+//! sending MSR and hypercall requests to the host process and waiting for
+//! their replies; interrupts that arrive meanwhile are queued.
+
+use super::stream::{Record, RecordStream, RecvError};
+use crate::wire::{self, kind, HelloFixed, HelloReply, StatusReply, ValueReply};
+use crate::{HvError, Hypervisor, Interrupt};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+use std::vec::Vec;
+use zerocopy::IntoBytes;
+
+/// The MSR through which the guest signals APIC end-of-interrupt
+/// (`HV_X64_MSR_EOI`).
+pub const APIC_EOI_MSR: u32 = 0x4000_0070;
+
+/// Why the connection could not be set up.
+#[derive(Debug)]
+pub enum ConnectError {
+    Io(io::Error),
+    /// The host refused the HELLO with this status (see `wire::hello_status`).
+    Refused(u32),
+    /// The host answered with something other than a valid HELLO_REPLY.
+    Protocol,
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(error: io::Error) -> Self {
+        ConnectError::Io(error)
+    }
+}
+
+/// The guest side of the hosted hypervisor transport.
+pub struct HostedHypervisor {
+    stream: RecordStream,
+    interrupts: VecDeque<Interrupt>,
+    broken: bool,
+}
+
+impl HostedHypervisor {
+    /// Connects to the host listening at `socket`, announcing the guest
+    /// memory file `memory_path` of `memory_size` bytes (which the guest has
+    /// created), and waits for the host's HELLO_REPLY.
+    pub fn connect(
+        socket: &Path,
+        memory_path: &Path,
+        memory_size: u64,
+    ) -> Result<Self, ConnectError> {
+        let socket = UnixStream::connect(socket)?;
+        Self::handshake(socket, memory_path, memory_size)
+    }
+
+    /// Performs the handshake on an already connected socket.
+    pub fn handshake(
+        socket: UnixStream,
+        memory_path: &Path,
+        memory_size: u64,
+    ) -> Result<Self, ConnectError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = memory_path.as_os_str().as_bytes();
+        if path.is_empty() || path.len() > wire::MAX_PATH || path.contains(&0) {
+            return Err(ConnectError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "memory path must be 1..=4095 bytes without NUL",
+            )));
+        }
+        let mut stream = RecordStream::new(socket);
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            HelloFixed {
+                magic: wire::MAGIC,
+                version: wire::VERSION,
+                memory_size,
+                vp_count: 1,
+                path_length: path.len() as u32,
+            }
+            .as_bytes(),
+        );
+        body.extend_from_slice(path);
+        stream.send_bytes(kind::HELLO, &body)?;
+        let record = match stream.recv(None) {
+            Ok(Some(record)) => record,
+            _ => return Err(ConnectError::Protocol),
+        };
+        if record.kind != kind::HELLO_REPLY {
+            return Err(ConnectError::Protocol);
+        }
+        let reply: HelloReply = record.parse().ok_or(ConnectError::Protocol)?;
+        if reply.magic != wire::MAGIC || reply.version != wire::VERSION || reply.reserved != 0 {
+            return Err(ConnectError::Protocol);
+        }
+        if reply.status != wire::hello_status::OK {
+            return Err(ConnectError::Refused(reply.status));
+        }
+        Ok(HostedHypervisor {
+            stream,
+            interrupts: VecDeque::new(),
+            broken: false,
+        })
+    }
+
+    /// The socket's descriptor, for callers that poll several sources.
+    /// Readable does not imply an interrupt (a partial record may be
+    /// waiting); call `wait_interrupt(Some(0))` to find out.
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.socket().as_raw_fd()
+    }
+
+    /// Interrupts received but not yet returned by `wait_interrupt`.
+    pub fn queued_interrupts(&self) -> usize {
+        self.interrupts.len()
+    }
+
+    fn fail(&mut self) -> HvError {
+        self.broken = true;
+        HvError::Transport
+    }
+
+    /// Handles an asynchronous record; returns it back if it is not one.
+    fn absorb(&mut self, record: Record) -> Result<Option<Record>, HvError> {
+        match record.kind {
+            kind::INTERRUPT => {
+                let body: wire::InterruptRecord = record.parse().ok_or(HvError::Transport)?;
+                if body.reserved != 0 || body.vector > 0xFF {
+                    return Err(self.fail());
+                }
+                self.interrupts.push_back(Interrupt {
+                    vector: body.vector as u8,
+                });
+                Ok(None)
+            }
+            kind::PROTOCOL_ERROR => Err(self.fail()),
+            _ => Ok(Some(record)),
+        }
+    }
+
+    fn request(&mut self, kind: u32, body: &[u8], reply_kind: u32) -> Result<Record, HvError> {
+        if self.broken {
+            return Err(HvError::Transport);
+        }
+        if self.stream.send_bytes(kind, body).is_err() {
+            return Err(self.fail());
+        }
+        loop {
+            let record = match self.stream.recv(None) {
+                Ok(Some(record)) => record,
+                Ok(None) | Err(_) => return Err(self.fail()),
+            };
+            if let Some(record) = self.absorb(record)? {
+                if record.kind != reply_kind {
+                    return Err(self.fail());
+                }
+                return Ok(record);
+            }
+        }
+    }
+
+    fn exception(&mut self, exception: u32, reserved: u32) -> Result<(), HvError> {
+        if reserved != 0 {
+            return Err(self.fail());
+        }
+        match exception {
+            wire::exception::NONE => Ok(()),
+            wire::exception::GENERAL_PROTECTION => Err(HvError::GeneralProtection),
+            wire::exception::INVALID_OPCODE => Err(HvError::InvalidOpcode),
+            _ => Err(self.fail()),
+        }
+    }
+}
+
+impl Hypervisor for HostedHypervisor {
+    fn msr_read(&mut self, msr: u32) -> Result<u64, HvError> {
+        let body = wire::MsrRead { msr, reserved: 0 };
+        let record = self.request(kind::MSR_READ, body.as_bytes(), kind::MSR_READ_REPLY)?;
+        let reply: ValueReply = record.parse().ok_or(HvError::Transport)?;
+        self.exception(reply.exception, reply.reserved)?;
+        Ok(reply.value)
+    }
+
+    fn msr_write(&mut self, msr: u32, value: u64) -> Result<(), HvError> {
+        let body = wire::MsrWrite {
+            msr,
+            reserved: 0,
+            value,
+        };
+        let record = self.request(kind::MSR_WRITE, body.as_bytes(), kind::MSR_WRITE_REPLY)?;
+        let reply: StatusReply = record.parse().ok_or(HvError::Transport)?;
+        self.exception(reply.exception, reply.reserved)
+    }
+
+    fn hypercall(&mut self, control: u64, input: u64, output: u64) -> Result<u64, HvError> {
+        let body = wire::Hypercall {
+            control,
+            input,
+            output,
+        };
+        let record = self.request(kind::HYPERCALL, body.as_bytes(), kind::HYPERCALL_REPLY)?;
+        let reply: ValueReply = record.parse().ok_or(HvError::Transport)?;
+        self.exception(reply.exception, reply.reserved)?;
+        Ok(reply.value)
+    }
+
+    fn wait_interrupt(&mut self, timeout_ns: Option<u64>) -> Result<Option<Interrupt>, HvError> {
+        if let Some(interrupt) = self.interrupts.pop_front() {
+            return Ok(Some(interrupt));
+        }
+        if self.broken {
+            return Err(HvError::Transport);
+        }
+        let timeout = timeout_ns.map(Duration::from_nanos);
+        loop {
+            let record = match self.stream.recv(timeout) {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(None),
+                Err(RecvError::Closed) | Err(_) => return Err(self.fail()),
+            };
+            // Only INTERRUPT or PROTOCOL_ERROR may arrive unasked.
+            if self.absorb(record)?.is_some() {
+                return Err(self.fail());
+            }
+            if let Some(interrupt) = self.interrupts.pop_front() {
+                return Ok(Some(interrupt));
+            }
+        }
+    }
+
+    fn end_of_interrupt(&mut self) -> Result<(), HvError> {
+        self.msr_write(APIC_EOI_MSR, 0)
+    }
+}
