@@ -5,6 +5,7 @@
 //! - `cargo xtask hosted` : run the same system as Linux processes
 //! - `cargo xtask test`   : every test: unit, description-error goldens,
 //!   hosted component tests and the QEMU boot tests
+//! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target)
 //!
@@ -13,14 +14,16 @@
 mod image;
 mod kernel;
 mod qemu;
+mod check;
 mod setup;
+mod test;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each
 mod util;
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <build|run|hosted|test|setup> [args]");
+    eprintln!("usage: cargo xtask <build|run|hosted|test|check|setup> [args]");
     ExitCode::from(2)
 }
 
@@ -32,6 +35,8 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "setup" => setup::run(rest),
+        "check" => check::run(rest),
+        "test" => test::run(rest),
         "build" => image::run(rest),
         "run" => qemu::run(rest),
         "boot-test" => qemu::boot_test(rest),
