@@ -18,6 +18,7 @@ pub struct Region {
     len: usize,
     writable: bool,
     double_mapped: bool,
+    guest_physical: Option<u64>,
 }
 
 // Safety: a Region is a description of shared memory; all access through it
@@ -43,7 +44,22 @@ impl Region {
             len,
             writable,
             double_mapped,
+            guest_physical: None,
         }
+    }
+
+    /// The same region, marked as host visible: its memory is physically
+    /// contiguous guest memory starting at guest physical address `gpa`
+    /// (page aligned). Runtimes set this for regions `system.toml` declares
+    /// `host_visible`; drivers hand these addresses to the host in GPADLs.
+    pub fn with_guest_physical(self, gpa: u64) -> Region {
+        Region { guest_physical: Some(gpa), ..self }
+    }
+
+    /// The guest physical address of the region's first byte, if the host
+    /// may see it (see [`Region::with_guest_physical`]).
+    pub fn guest_physical(&self) -> Option<u64> {
+        self.guest_physical
     }
 
     pub fn len(&self) -> usize {
