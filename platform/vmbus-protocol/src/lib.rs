@@ -1,0 +1,31 @@
+//! `vmbus-protocol`: the VMBus wire formats as `zerocopy` structures, for
+//! guest components and the simulated host alike (`no_std`, no allocation).
+//!
+//! - [`messages`]: channel messages 1-17, 21-29 with the version that
+//!   introduced each, and [`messages::parse`] for received ones.
+//! - [`version`]: protocol versions, negotiation order, connection-ID rules.
+//! - [`packet`]: ring packet descriptors, GPA ranges, the ring control page,
+//!   and [`packet::parse_packet`].
+//! - [`gpadl`]: GpadlHeader/GpadlBody construction and assembly, and the
+//!   guest's GPADL lifetime table.
+//! - [`ic`]: integration-component framing and version negotiation.
+//! - [`guid`]: GUIDs in their mixed-endian wire form and the class GUIDs.
+//!
+//! Trusts nothing it parses: every parser takes bytes already copied into
+//! private memory, checks sizes, counts and versions, and returns an error
+//! rather than panicking. Writes nothing but the buffers it is handed.
+//! The synic/TLFS definitions (MSRs, hypercalls, message slots) live in
+//! `hyperv-defs`.
+
+#![no_std]
+
+pub mod gpadl;
+pub mod guid;
+pub mod ic;
+pub mod messages;
+pub mod packet;
+pub mod version;
+
+pub use guid::WireGuid;
+pub use messages::{parse, ChannelMessage, MessageType, ProtocolError, VmbusMessage};
+pub use version::ProtocolVersion;
