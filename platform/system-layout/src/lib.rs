@@ -31,6 +31,18 @@ pub struct SystemLayout {
     pub version: u16,
     pub components: Vec<ComponentLayout>,
     pub regions: Vec<RegionLayout>,
+    /// Which component drives which VMBus device class.
+    pub devices: Vec<DeviceLayout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLayout {
+    /// The class GUID, in standard (big-endian, RFC 4122) byte order.
+    pub class: [u8; 16],
+    /// The instance GUID if this driver serves only one instance.
+    pub instance: Option<[u8; 16]>,
+    /// Index of the driver (VSC) component.
+    pub driver: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +77,14 @@ pub struct ComponentLayout {
     /// Local id of the protected-call channel that console output goes
     /// through (the client end named `console`), if any.
     pub console: Option<u8>,
+    /// Granted the hypervisor interface (MSRs, hypercalls, the synic
+    /// interrupt): the `synic` component, and only it.
+    pub hypervisor: bool,
+    /// This component is the simulated Hyper-V host (seL4 image only): it
+    /// maps every host-visible region. The hosted launcher does not run it
+    /// as a component; the host process on the hypervisor transport stands
+    /// in its place.
+    pub simulated_host: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +165,7 @@ mod tests {
             version: LAYOUT_VERSION,
             components: Vec::new(),
             regions: Vec::new(),
+            devices: Vec::new(),
         };
         layout.regions.push(RegionLayout {
             name: "queue".into(),

@@ -136,6 +136,33 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     }
     let _ = writeln!(out, "}}");
 
+    // The device table goes to the supervisor of the drivers (the bus
+    // manager): which child drives which VMBus class.
+    let my_devices: Vec<_> = layout
+        .devices
+        .iter()
+        .filter(|d| me.children.contains(&d.driver))
+        .collect();
+    if !my_devices.is_empty() {
+        let _ = writeln!(out, "/// The VMBus devices this component's children drive: (class GUID, instance GUID if only one, driver, the driver as a child). GUIDs in standard byte order.");
+        let _ = write!(
+            out,
+            "#[allow(dead_code)]\npub const DEVICES: &[([u8; 16], Option<[u8; 16]>, &str, component_api::Child)] = &["
+        );
+        for device in my_devices {
+            let child = me
+                .children
+                .iter()
+                .position(|c| *c == device.driver)
+                .unwrap_or(0);
+            let _ = write!(
+                out,
+                "({:?}, {:?}, {:?}, component_api::Child({child})), ",
+                device.class, device.instance, layout.components[device.driver as usize].name
+            );
+        }
+        let _ = writeln!(out, "];");
+    }
     let _ = writeln!(out, "/// Every channel end's name, by channel.");
     let _ = write!(
         out,

@@ -24,6 +24,16 @@ pub struct RawSystem {
     pub irq: Vec<Spanned<RawIrq>>,
     #[serde(default)]
     pub ioport: Vec<Spanned<RawIoPort>>,
+    #[serde(default)]
+    pub device: Vec<Spanned<RawDevice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub class: Text,
+    pub instance: Option<Text>,
+    pub driver: Text,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +45,8 @@ pub struct RawComponent {
     pub supervisor: Option<Text>,
     pub stack_pages: Option<Number>,
     pub power_off: Option<Spanned<bool>>,
+    pub hypervisor: Option<Spanned<bool>>,
+    pub simulated_host: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -549,6 +549,70 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
         }
     }
 
+    // Hypervisor access and the simulated host: one component each at most.
+    for (key, pick) in [
+        (
+            "hypervisor",
+            (|c: &crate::raw::RawComponent| c.hypervisor.clone())
+                as fn(&crate::raw::RawComponent) -> Option<Spanned<bool>>,
+        ),
+        ("simulated_host", |c: &crate::raw::RawComponent| {
+            c.simulated_host.clone()
+        }),
+    ] {
+        let granted: Vec<Spanned<bool>> = raw
+            .component
+            .iter()
+            .filter_map(|c| pick(c.get_ref()))
+            .filter(|g| *g.get_ref())
+            .collect();
+        for extra in granted.iter().skip(1) {
+            check.error(
+                extra.span().start,
+                format!("only one component may have `{key} = true`"),
+            );
+        }
+    }
+
+    // Devices: which driver serves which VMBus class (and instance).
+    let mut devices = Vec::new();
+    let mut seen_devices: Vec<([u8; 16], Option<[u8; 16]>)> = Vec::new();
+    for device in &raw.device {
+        let device = device.get_ref();
+        let class = parse_guid(&mut check, &device.class);
+        let instance = device.instance.as_ref().map(|i| parse_guid(&mut check, i));
+        let driver = lookup_component(&mut check, &device.driver);
+        let (Some(class), Some(driver)) = (class, driver) else {
+            continue;
+        };
+        let instance = match instance {
+            Some(None) => continue,
+            Some(Some(instance)) => Some(instance),
+            None => None,
+        };
+        if seen_devices.contains(&(class, instance)) {
+            check.error(
+                device.class.span().start,
+                format!(
+                    "class {} already has a driver{}",
+                    device.class.get_ref(),
+                    if instance.is_some() {
+                        " for this instance"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            continue;
+        }
+        seen_devices.push((class, instance));
+        devices.push(DeviceLayout {
+            class,
+            instance,
+            driver: driver as u8,
+        });
+    }
+
     if !check.errors.is_empty() {
         check.errors.sort_by_key(|d| (d.line, d.column));
         return Err(check.errors);
@@ -624,6 +688,11 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
             irqs: component_irqs,
             ioports: ioports[index].clone(),
             console,
+            hypervisor: component.hypervisor.as_ref().is_some_and(|h| *h.get_ref()),
+            simulated_host: component
+                .simulated_host
+                .as_ref()
+                .is_some_and(|h| *h.get_ref()),
         });
     }
     let regions = raw
@@ -642,5 +711,26 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
         version: LAYOUT_VERSION,
         components,
         regions,
+        devices,
     })
+}
+
+/// A GUID written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as standard bytes.
+fn parse_guid(check: &mut Checker<'_>, text: &Text) -> Option<[u8; 16]> {
+    let value = text.get_ref();
+    let groups: Vec<&str> = value.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let hex: String = groups.concat();
+    if lengths != [8, 4, 4, 4, 12] || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        check.error(
+            text.span().start,
+            format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+        );
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(bytes)
 }

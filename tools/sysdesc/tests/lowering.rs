@@ -147,3 +147,45 @@ fn a_component_must_have_the_same_ids_in_every_description() {
     assert!(error.contains("different channel ends"), "{error}");
     let _ = std::fs::remove_dir_all(folder);
 }
+
+#[test]
+fn the_bus_manager_gets_the_device_table_of_its_children() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+
+[[component]]
+name = "kvp"
+package = "vsc-kvp"
+priority = 150
+supervisor = "vmbus"
+
+[[device]]
+class = "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6"
+driver = "kvp"
+"#;
+    let layout = sysdesc::compile_str("system.toml", text).unwrap();
+    assert!(layout.components[0].hypervisor);
+    assert!(!layout.components[1].hypervisor);
+    assert_eq!(layout.devices.len(), 1);
+    assert_eq!(layout.devices[0].class[0], 0xa9);
+    assert_eq!(layout.devices[0].driver, 2);
+    let vmbus = sysdesc::generate_ids(&layout, "vmbus").unwrap();
+    assert!(vmbus.contains("pub const DEVICES"), "{vmbus}");
+    assert!(
+        vmbus.contains("\"kvp\", component_api::Child(0)"),
+        "{vmbus}"
+    );
+    let kvp = sysdesc::generate_ids(&layout, "kvp").unwrap();
+    assert!(!kvp.contains("DEVICES"), "{kvp}");
+}
