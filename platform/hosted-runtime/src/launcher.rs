@@ -1,0 +1,1035 @@
+//! The launcher: builds a hosted system from a [`SystemLayout`] and
+//! supervises it.
+//!
+//! It creates every region (a sealed memfd each; host-visible regions are
+//! carved from one guest-memory file in which GPA = byte offset), one
+//! eventfd per receiving notify end and per IRQ, one SOCK_SEQPACKET pair
+//! per protected-call channel and per component incarnation, and a control
+//! socket per component. It starts each component as a process (or hands
+//! its endpoint to the caller, who plays it as a test double), prefixes
+//! each line a process prints with its name, and watches every process
+//! through a pidfd. When one ends unexpectedly the fault goes to its
+//! supervisor's `fault` entry; `restart` starts a fresh process with the
+//! same regions (their contents persist) and new call sockets (the old
+//! ones died with the process, which is how a caller mid-call learns that
+//! the server faulted).
+//!
+//! Trusts: the layout (validated by `sysdesc`). Does not trust component
+//! processes: their control messages are decoded and checked (a restart
+//! request names one of the sender's own children; power-off needs the
+//! description's permission).
+
+use crate::endpoint::{Endpoint, OutputMode};
+use crate::protocol::{
+    self, ChannelHandoff, ChannelRole, Handoff, MapHandoff, ToComponent, ToLauncher, WireFault,
+    HANDOFF_VARIABLE, MAX_CONTROL,
+};
+use crate::sys::{self, Received};
+use component_api::Fault;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use system_layout::{ChannelKind, SystemLayout, PAGE_SIZE};
+
+/// Where the prefixed output of component processes goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputSink {
+    /// Printed on the launcher's stdout as `[name] line`.
+    Print,
+    /// Kept for [`System::output`] and [`System::wait_for_output`] (tests).
+    Capture,
+    /// Both.
+    PrintAndCapture,
+}
+
+/// How to start a system.
+#[derive(Clone, Debug)]
+pub struct LaunchOptions {
+    /// Folder holding one executable per component package (named as the
+    /// package).
+    pub binary_dir: PathBuf,
+    /// Components the calling process plays itself (test doubles); their
+    /// endpoints are taken with [`System::take_double`].
+    pub doubles: Vec<String>,
+    /// Components not started (a subset of the system); start one later
+    /// with [`System::restart`].
+    pub omitted: Vec<String>,
+    pub output: OutputSink,
+}
+
+impl LaunchOptions {
+    pub fn new(binary_dir: impl Into<PathBuf>) -> LaunchOptions {
+        LaunchOptions {
+            binary_dir: binary_dir.into(),
+            doubles: Vec::new(),
+            omitted: Vec::new(),
+            output: OutputSink::Print,
+        }
+    }
+}
+
+/// The guest-memory file: every host-visible region at its guest
+/// physical address (GPA = byte offset in the file).
+#[derive(Debug)]
+pub struct GuestMemory {
+    pub file: OwnedFd,
+    /// (region name, GPA, size) per host-visible region.
+    pub regions: Vec<(String, u64, u64)>,
+}
+
+/// A fault the launcher saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultRecord {
+    pub component: String,
+    pub fault: Fault,
+    /// Whether a supervisor was told.
+    pub reported: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Process,
+    Double,
+    Omitted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    /// Ended on its own; waiting for its supervisor.
+    Faulted,
+    /// Stopped by its supervisor or the launcher.
+    Stopped,
+    /// Played by the test process.
+    Double,
+}
+
+struct RunningProcess {
+    child: Child,
+    pidfd: OwnedFd,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    partial: [Vec<u8>; 2],
+    /// What the process said about its own end (panic, memory fault).
+    last_words: Option<Fault>,
+}
+
+struct Slot {
+    role: Role,
+    status: Status,
+    /// Per map: the descriptor a component maps (read-only when the map is).
+    map_fds: Vec<(OwnedFd, MapHandoff)>,
+    /// Per notify end and IRQ: (local id, role, our eventfd, peer eventfd).
+    events: Vec<(u8, ChannelRole, OwnedFd, Option<OwnedFd>)>,
+    /// Call ends waiting to be handed over at first start, by local id.
+    first_call_ends: HashMap<u8, OwnedFd>,
+    control: Option<OwnedFd>,
+    process: Option<RunningProcess>,
+    restarts: u32,
+}
+
+struct State {
+    layout: SystemLayout,
+    options: LaunchOptions,
+    start_ns: u64,
+    slots: Vec<Slot>,
+    doubles: HashMap<String, Endpoint>,
+    lines: Vec<String>,
+    faults: Vec<FaultRecord>,
+    power_off: Option<u8>,
+    shutting_down: bool,
+    guest_memory: Option<OwnedFd>,
+    guest_map: Vec<(String, u64, u64)>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    wake: OwnedFd,
+}
+
+/// A running hosted system. Dropping it ends every component process.
+pub struct System {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn other(message: impl Into<String>) -> io::Error {
+    io::Error::other(message.into())
+}
+
+impl System {
+    /// Create every region and channel, start the components (except
+    /// doubles and omitted ones) and begin supervising.
+    pub fn launch(layout: SystemLayout, options: LaunchOptions) -> io::Result<System> {
+        for name in options.doubles.iter().chain(&options.omitted) {
+            if layout.component_index(name).is_none() {
+                return Err(other(format!("no component `{name}` in the layout")));
+            }
+        }
+        let (guest_memory, guest_map, region_fds) = create_regions(&layout)?;
+        let mut slots = Vec::with_capacity(layout.components.len());
+        for (index, component) in layout.components.iter().enumerate() {
+            let role = if options.doubles.contains(&component.name) {
+                Role::Double
+            } else if options.omitted.contains(&component.name) || component.simulated_host {
+                // The simulated host runs as its own process on the
+                // hypervisor transport, not as a component.
+                Role::Omitted
+            } else {
+                Role::Process
+            };
+            let mut map_fds = Vec::new();
+            for map in &component.maps {
+                let (fd, offset) = region_fds
+                    .get(map.region as usize)
+                    .ok_or_else(|| other(format!("{}: map of unknown region", component.name)))?;
+                let fd = if map.writable {
+                    sys::dup(fd)?
+                } else {
+                    sys::reopen_read_only(fd)?
+                };
+                let size = layout.regions[map.region as usize].size;
+                map_fds.push((
+                    fd,
+                    MapHandoff {
+                        fd: -1,
+                        offset: *offset,
+                        size,
+                        writable: map.writable,
+                        double: map.double,
+                        guest_physical: layout.regions[map.region as usize]
+                            .host_visible
+                            .then_some(*offset),
+                    },
+                ));
+            }
+            let _ = index;
+            slots.push(Slot {
+                role,
+                status: if role == Role::Double {
+                    Status::Double
+                } else {
+                    Status::Stopped
+                },
+                map_fds,
+                events: Vec::new(),
+                first_call_ends: HashMap::new(),
+                control: None,
+                process: None,
+                restarts: 0,
+            });
+        }
+        // Notify channels: one eventfd per receiving end; the sender holds
+        // a duplicate of its peer's.
+        let mut receive_fds: HashMap<(usize, u8), OwnedFd> = HashMap::new();
+        for (index, component) in layout.components.iter().enumerate() {
+            for end in &component.channels {
+                if end.kind == ChannelKind::Notify {
+                    receive_fds.insert((index, end.id), sys::eventfd()?);
+                }
+            }
+            for irq in &component.irqs {
+                receive_fds.insert((index, irq.channel), sys::eventfd()?);
+            }
+        }
+        for (index, component) in layout.components.iter().enumerate() {
+            for end in &component.channels {
+                match end.kind {
+                    ChannelKind::Notify => {
+                        let own = sys::dup(&receive_fds[&(index, end.id)])?;
+                        let peer = receive_fds
+                            .get(&(end.peer as usize, end.peer_id))
+                            .ok_or_else(|| other("notify channel without a peer end"))?;
+                        slots[index].events.push((
+                            end.id,
+                            ChannelRole::Notify,
+                            own,
+                            Some(sys::dup(peer)?),
+                        ));
+                    }
+                    ChannelKind::CallClient => {
+                        let (client, server) = sys::seqpacket_pair()?;
+                        slots[index].first_call_ends.insert(end.id, client);
+                        slots[end.peer as usize]
+                            .first_call_ends
+                            .insert(end.peer_id, server);
+                    }
+                    ChannelKind::CallServer => {}
+                }
+            }
+            for irq in &component.irqs {
+                let own = sys::dup(&receive_fds[&(index, irq.channel)])?;
+                slots[index]
+                    .events
+                    .push((irq.channel, ChannelRole::Irq, own, None));
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                layout,
+                options,
+                start_ns: sys::monotonic_ns(),
+                slots,
+                doubles: HashMap::new(),
+                lines: Vec::new(),
+                faults: Vec::new(),
+                power_off: None,
+                shutting_down: false,
+                guest_memory,
+                guest_map,
+            }),
+            changed: Condvar::new(),
+            wake: sys::eventfd()?,
+        });
+        {
+            let mut state = shared.state.lock().expect("launcher state");
+            let count = state.slots.len();
+            for index in 0..count {
+                match state.slots[index].role {
+                    Role::Process => state.start(index)?,
+                    Role::Double => {
+                        let endpoint = state.start_double(index)?;
+                        let name = state.layout.components[index].name.clone();
+                        state.doubles.insert(name, endpoint);
+                    }
+                    Role::Omitted => {
+                        // Nobody will ever use these ends: a caller sees a
+                        // dead server until the component is started.
+                        state.slots[index].first_call_ends.clear();
+                    }
+                }
+            }
+        }
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("hosted-launcher".into())
+            .spawn(move || supervise(thread_shared))?;
+        Ok(System {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("launcher state")
+    }
+
+    fn wake(&self) {
+        sys::eventfd_signal(self.shared.wake.as_raw_fd());
+    }
+
+    fn index(state: &State, name: &str) -> io::Result<usize> {
+        state
+            .layout
+            .component_index(name)
+            .ok_or_else(|| other(format!("no component `{name}`")))
+    }
+
+    /// The endpoint of a component this process plays (once per name).
+    pub fn take_double(&self, name: &str) -> Option<Endpoint> {
+        self.lock().doubles.remove(name)
+    }
+
+    /// The process id of a running component.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let state = self.lock();
+        let index = state.layout.component_index(name)?;
+        state.slots[index].process.as_ref().map(|p| p.child.id())
+    }
+
+    pub fn status(&self, name: &str) -> Option<Status> {
+        let state = self.lock();
+        let index = state.layout.component_index(name)?;
+        Some(state.slots[index].status)
+    }
+
+    /// Send a signal to a component's process (SIGKILL to crash it from
+    /// outside). The fault then takes its normal path.
+    pub fn kill(&self, name: &str, signal: i32) -> io::Result<()> {
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| other(format!("`{name}` is not running")))?;
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Start a component again from its initial state, as its supervisor
+    /// would (or start an omitted one).
+    pub fn restart(&self, name: &str) -> io::Result<()> {
+        let mut state = self.lock();
+        let index = Self::index(&state, name)?;
+        state.restart(index)?;
+        drop(state);
+        self.shared.changed.notify_all();
+        self.wake();
+        Ok(())
+    }
+
+    /// How many times a component has been restarted.
+    pub fn restarts(&self, name: &str) -> u32 {
+        let state = self.lock();
+        state
+            .layout
+            .component_index(name)
+            .map(|i| state.slots[i].restarts)
+            .unwrap_or(0)
+    }
+
+    /// Every fault seen so far.
+    pub fn faults(&self) -> Vec<FaultRecord> {
+        self.lock().faults.clone()
+    }
+
+    /// Every captured output line so far (`[name] text`).
+    pub fn output(&self) -> Vec<String> {
+        self.lock().lines.clone()
+    }
+
+    /// The guest-memory file (host-visible regions, GPA = offset) and, per
+    /// host-visible region, its name, GPA and size: what a simulated host
+    /// process maps.
+    pub fn guest_memory(&self) -> io::Result<Option<GuestMemory>> {
+        let state = self.lock();
+        match &state.guest_memory {
+            None => Ok(None),
+            Some(fd) => Ok(Some(GuestMemory {
+                file: sys::dup(fd)?,
+                regions: state.guest_map.clone(),
+            })),
+        }
+    }
+
+    /// Wait until `ready` holds over the state, or `timeout` passes.
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&State) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if let Some(value) = ready(&state) {
+                return Some(value);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .expect("launcher state")
+                .0;
+        }
+    }
+
+    /// Wait for the `n`th fault (counting from 1) of `name`.
+    pub fn wait_for_fault(&self, name: &str, n: usize, timeout: Duration) -> Option<Fault> {
+        self.wait_until(timeout, |state| {
+            state
+                .faults
+                .iter()
+                .filter(|f| f.component == name)
+                .nth(n.saturating_sub(1))
+                .map(|f| f.fault)
+        })
+    }
+
+    /// Wait until `name` has been restarted at least `count` times.
+    pub fn wait_for_restarts(&self, name: &str, count: u32, timeout: Duration) -> bool {
+        self.wait_until(timeout, |state| {
+            let index = state.layout.component_index(name)?;
+            (state.slots[index].restarts >= count).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Wait for a captured line containing `needle`, searching from line
+    /// `from` (so a test can wait for the next occurrence). Returns the
+    /// line's position.
+    pub fn wait_for_output(&self, needle: &str, from: usize, timeout: Duration) -> Option<usize> {
+        self.wait_until(timeout, |state| {
+            state
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, line)| line.contains(needle))
+                .map(|(i, _)| i)
+        })
+    }
+
+    /// Wait for a component to power the system off; its exit code.
+    pub fn wait_for_power_off(&self, timeout: Duration) -> Option<u8> {
+        self.wait_until(timeout, |state| state.power_off)
+    }
+
+    /// Run until a component powers the system off (its code), or until
+    /// nothing is left running that could (code 1).
+    pub fn wait(&self) -> u8 {
+        self.wait_until(Duration::from_secs(u64::MAX / 4), |state| {
+            if let Some(code) = state.power_off {
+                return Some(code);
+            }
+            let alive = state
+                .slots
+                .iter()
+                .any(|s| s.status == Status::Running || s.status == Status::Double);
+            (!alive).then_some(1)
+        })
+        .unwrap_or(1)
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            state.end_all();
+        }
+        self.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One memfd per private region; host-visible ones carved from one
+/// guest-memory file. Returns it, its (name, GPA, size) table, and per
+/// region (descriptor, offset).
+#[allow(clippy::type_complexity)]
+fn create_regions(
+    layout: &SystemLayout,
+) -> io::Result<(
+    Option<OwnedFd>,
+    Vec<(String, u64, u64)>,
+    Vec<(OwnedFd, u64)>,
+)> {
+    let mut guest_size = 0u64;
+    let mut guest_map = Vec::new();
+    for region in layout.regions.iter().filter(|r| r.host_visible) {
+        // GPA 0 is left unused so that a zero GPA is never valid.
+        let gpa = guest_size.max(PAGE_SIZE);
+        guest_map.push((region.name.clone(), gpa, region.size));
+        guest_size = gpa + region.size;
+    }
+    let guest_memory = if guest_map.is_empty() {
+        None
+    } else {
+        Some(sys::memfd("guest-memory", guest_size)?)
+    };
+    let mut fds = Vec::with_capacity(layout.regions.len());
+    let mut host_visible = guest_map.iter();
+    for region in &layout.regions {
+        if region.host_visible {
+            let (_, gpa, _) = host_visible.next().expect("counted above");
+            let memory = guest_memory.as_ref().expect("made above");
+            fds.push((sys::dup(memory)?, *gpa));
+        } else {
+            fds.push((sys::memfd(&region.name, region.size)?, 0));
+        }
+    }
+    Ok((guest_memory, guest_map, fds))
+}
+
+/// Descriptors a handoff names, kept alive until the process has them.
+struct HandoffFds {
+    owned: Vec<OwnedFd>,
+}
+
+impl State {
+    /// Build the handoff for component `index`: duplicates of its
+    /// persistent descriptors, new call sockets (the peers' ends go to
+    /// them, or are dropped if the peer is not there) and a new control
+    /// socket. `fresh_calls` is false only at first start, when the ends
+    /// made at launch are used.
+    fn prepare(&mut self, index: usize, fresh_calls: bool) -> io::Result<(Handoff, HandoffFds)> {
+        let mut owned = Vec::new();
+        let keep = |fd: OwnedFd, owned: &mut Vec<OwnedFd>| {
+            let raw = fd.as_raw_fd();
+            owned.push(fd);
+            raw
+        };
+        let component = self.layout.components[index].clone();
+        let mut maps = Vec::new();
+        for (fd, map) in &self.slots[index].map_fds {
+            let mut map = map.clone();
+            map.fd = keep(sys::dup(fd)?, &mut owned);
+            maps.push(map);
+        }
+        let mut channels = Vec::new();
+        for (id, role, receive, send) in &self.slots[index].events {
+            channels.push(ChannelHandoff {
+                id: *id,
+                kind: *role,
+                receive_fd: Some(keep(sys::dup(receive)?, &mut owned)),
+                send_fd: match send {
+                    Some(fd) => Some(keep(sys::dup(fd)?, &mut owned)),
+                    None => None,
+                },
+                call_fd: None,
+            });
+        }
+        for end in &component.channels {
+            let kind = match end.kind {
+                ChannelKind::Notify => continue,
+                ChannelKind::CallClient => ChannelRole::CallClient,
+                ChannelKind::CallServer => ChannelRole::CallServer,
+            };
+            let own = if fresh_calls {
+                let (own, theirs) = sys::seqpacket_pair()?;
+                self.hand_call_end(end.peer as usize, end.peer_id, theirs);
+                Some(own)
+            } else {
+                self.slots[index].first_call_ends.remove(&end.id)
+            };
+            channels.push(ChannelHandoff {
+                id: end.id,
+                kind,
+                receive_fd: None,
+                send_fd: None,
+                call_fd: own.map(|fd| keep(fd, &mut owned)),
+            });
+        }
+        let (launcher_end, component_end) = sys::seqpacket_pair()?;
+        self.slots[index].control = Some(launcher_end);
+        let control_fd = keep(component_end, &mut owned);
+        let handoff = Handoff {
+            name: component.name.clone(),
+            layout: component,
+            start_ns: self.start_ns,
+            control_fd,
+            maps,
+            channels,
+        };
+        Ok((handoff, HandoffFds { owned }))
+    }
+
+    /// Give a live peer its new end of a call channel.
+    fn hand_call_end(&mut self, peer: usize, peer_channel: u8, end: OwnedFd) {
+        let slot = &self.slots[peer];
+        let alive = slot.status == Status::Running || slot.status == Status::Double;
+        if let (true, Some(control)) = (alive, &slot.control) {
+            let message = protocol::encode(&ToComponent::CallEnd {
+                channel: peer_channel,
+            });
+            let _ = sys::send_message(control.as_raw_fd(), &message, Some(end.as_raw_fd()));
+        }
+        // Otherwise the peer is not running: the end is dropped, and the
+        // peer's own start makes a new pair.
+    }
+
+    fn start_double(&mut self, index: usize) -> io::Result<Endpoint> {
+        let (handoff, fds) = self.prepare(index, false)?;
+        // The endpoint takes ownership of each descriptor the handoff names.
+        for fd in fds.owned {
+            let _ = fd.into_raw_fd();
+        }
+        Endpoint::from_handoff(handoff, OutputMode::PrefixedStderr)
+    }
+
+    /// Start component `index` as a process.
+    fn start(&mut self, index: usize) -> io::Result<()> {
+        let fresh = self.slots[index].restarts > 0 || self.slots[index].role == Role::Omitted;
+        let (handoff, fds) = self.prepare(index, fresh)?;
+        let component = &self.layout.components[index];
+        let binary = self.options.binary_dir.join(&component.package);
+        let inherited: Vec<RawFd> = fds.owned.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut command = Command::new(&binary);
+        command
+            .env(HANDOFF_VARIABLE, handoff.to_env_value())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Safety: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &inherited {
+                    sys::inherit(*fd)?;
+                }
+                // Components never outlive the launcher.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| other(format!("cannot start {}: {e}", binary.display())))?;
+        drop(fds);
+        let pidfd = match sys::pidfd_open(child.id()) {
+            Ok(fd) => fd,
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error);
+            }
+        };
+        let slot = &mut self.slots[index];
+        slot.process = Some(RunningProcess {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child,
+            pidfd,
+            partial: [Vec::new(), Vec::new()],
+            last_words: None,
+        });
+        slot.status = Status::Running;
+        Ok(())
+    }
+
+    /// Kill a running process on purpose (no fault is reported) and reap it.
+    fn end_process(&mut self, index: usize) {
+        if let Some(mut process) = self.slots[index].process.take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            self.collect_output(index, &mut process, true);
+        }
+        self.slots[index].control = None;
+    }
+
+    fn restart(&mut self, index: usize) -> io::Result<()> {
+        match self.slots[index].role {
+            Role::Double => return Err(other("a test double cannot be restarted")),
+            Role::Process | Role::Omitted => {}
+        }
+        self.end_process(index);
+        self.slots[index].status = Status::Stopped;
+        self.slots[index].restarts += 1;
+        self.start(index)
+    }
+
+    fn stop(&mut self, index: usize) {
+        if self.slots[index].role != Role::Double {
+            self.end_process(index);
+            self.slots[index].status = Status::Stopped;
+        }
+    }
+
+    fn end_all(&mut self) {
+        for index in 0..self.slots.len() {
+            self.stop(index);
+        }
+    }
+
+    fn emit(&mut self, index: usize, line: &[u8]) {
+        let name = &self.layout.components[index].name;
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let line = format!("[{name}] {text}");
+        self.emit_line(line);
+    }
+
+    fn emit_line(&mut self, line: String) {
+        match self.options.output {
+            OutputSink::Print | OutputSink::PrintAndCapture => println!("{line}"),
+            OutputSink::Capture => {}
+        }
+        if self.options.output != OutputSink::Print {
+            self.lines.push(line);
+        }
+    }
+
+    /// Read what a process wrote; emit complete lines (all of it at end).
+    fn collect_output(&mut self, index: usize, process: &mut RunningProcess, at_end: bool) {
+        let mut buffer = [0u8; 4096];
+        for stream in 0..2 {
+            loop {
+                let fd = match stream {
+                    0 => process.stdout.as_ref().map(|s| s.as_raw_fd()),
+                    _ => process.stderr.as_ref().map(|s| s.as_raw_fd()),
+                };
+                let Some(fd) = fd else { break };
+                let mut probe = [sys::pollfd(fd)];
+                if sys::poll(&mut probe, Some(Duration::ZERO)).unwrap_or(0) == 0 {
+                    break;
+                }
+                let read = match stream {
+                    0 => process.stdout.as_mut().map(|s| s.read(&mut buffer)),
+                    _ => process.stderr.as_mut().map(|s| s.read(&mut buffer)),
+                };
+                match read {
+                    Some(Ok(n)) if n > 0 => process.partial[stream].extend_from_slice(&buffer[..n]),
+                    _ => {
+                        // End of file: stop watching this stream.
+                        if stream == 0 {
+                            process.stdout = None;
+                        } else {
+                            process.stderr = None;
+                        }
+                        break;
+                    }
+                }
+            }
+            while let Some(end) = process.partial[stream].iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = process.partial[stream].drain(..=end).collect();
+                self.emit(index, &line);
+            }
+            if at_end && !process.partial[stream].is_empty() {
+                let line = std::mem::take(&mut process.partial[stream]);
+                self.emit(index, &line);
+            }
+        }
+    }
+
+    /// Handle the control messages a component sent.
+    fn handle_control(&mut self, index: usize) {
+        let mut buffer = [0u8; MAX_CONTROL];
+        loop {
+            let Some(control) = &self.slots[index].control else {
+                return;
+            };
+            let fd = control.as_raw_fd();
+            match sys::receive_message(fd, &mut buffer, false) {
+                Ok(Received::Message(len, _)) => {
+                    if let Ok(message) = postcard::from_bytes::<ToLauncher>(&buffer[..len]) {
+                        self.obey(index, message);
+                    }
+                }
+                Ok(Received::Empty) => return,
+                Ok(Received::Closed) | Err(_) => {
+                    if self.slots[index].role == Role::Double {
+                        // The test dropped its endpoint.
+                        self.slots[index].control = None;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn obey(&mut self, index: usize, message: ToLauncher) {
+        let component = &self.layout.components[index];
+        match message {
+            ToLauncher::Panicked => {
+                if let Some(process) = &mut self.slots[index].process {
+                    process.last_words = Some(Fault::Panic);
+                }
+            }
+            ToLauncher::Faulted { fault } => {
+                if let Some(process) = &mut self.slots[index].process {
+                    // A panic's abort must not turn back into a crash.
+                    if process.last_words.is_none() {
+                        process.last_words = Some(fault.into());
+                    }
+                }
+            }
+            ToLauncher::PowerOff { code } => {
+                if component.may_power_off {
+                    let line = format!(
+                        "[launcher] {} powered the system off ({code})",
+                        component.name
+                    );
+                    self.emit_line(line);
+                    self.power_off = Some(code);
+                    self.end_all();
+                }
+            }
+            ToLauncher::Restart { child } | ToLauncher::Stop { child } => {
+                let restart = matches!(message, ToLauncher::Restart { .. });
+                let target = component.children.get(child as usize).map(|c| *c as usize);
+                let ok = match target {
+                    None => false,
+                    Some(target) if restart => match self.restart(target) {
+                        Ok(()) => true,
+                        Err(error) => {
+                            let name = self.layout.components[target].name.clone();
+                            self.emit_line(format!("[launcher] cannot restart {name}: {error}"));
+                            false
+                        }
+                    },
+                    Some(target) => {
+                        self.stop(target);
+                        true
+                    }
+                };
+                if let Some(control) = &self.slots[index].control {
+                    let reply = protocol::encode(&ToComponent::SupervisorReply { ok });
+                    let _ = sys::send_message(control.as_raw_fd(), &reply, None);
+                }
+            }
+        }
+    }
+
+    /// A process ended: reap it, work out the fault, tell its supervisor.
+    fn reap(&mut self, index: usize) {
+        // A panic report may still sit in the control socket.
+        self.handle_control(index);
+        // The pidfd said it ended; if it has not (the descriptor number
+        // was reused by a restart's new process), leave it be.
+        let status = match self.slots[index]
+            .process
+            .as_mut()
+            .map(|p| p.child.try_wait())
+        {
+            Some(Ok(Some(status))) => Ok(status),
+            Some(Ok(None)) | None => return,
+            Some(Err(error)) => Err(error),
+        };
+        let Some(mut process) = self.slots[index].process.take() else {
+            return;
+        };
+        self.collect_output(index, &mut process, true);
+        self.slots[index].control = None;
+        let fault = match status {
+            _ if process.last_words.is_some() => process.last_words.expect("checked"),
+            Ok(status) => match (status.signal(), status.code()) {
+                (Some(signal), _) => Fault::Crashed { signal },
+                (None, Some(code)) => Fault::Exited { code },
+                (None, None) => Fault::Exited { code: -1 },
+            },
+            Err(_) => Fault::Exited { code: -1 },
+        };
+        self.slots[index].status = Status::Faulted;
+        let component = &self.layout.components[index];
+        let name = component.name.clone();
+        let mut reported = false;
+        if let Some(supervisor) = component.supervisor.map(usize::from) {
+            let child = self.layout.components[supervisor]
+                .children
+                .iter()
+                .position(|c| *c as usize == index);
+            if let (Some(child), Some(control)) = (child, &self.slots[supervisor].control) {
+                let message = protocol::encode(&ToComponent::Fault {
+                    child: child as u8,
+                    fault: WireFault::from(fault),
+                });
+                reported = sys::send_message(control.as_raw_fd(), &message, None).is_ok();
+            }
+        }
+        let to = if reported {
+            "reported to its supervisor"
+        } else {
+            "no supervisor to report to"
+        };
+        self.emit_line(format!("[launcher] {name} faulted: {fault:?}; {to}"));
+        self.faults.push(FaultRecord {
+            component: name,
+            fault,
+            reported,
+        });
+    }
+}
+
+/// What a poll entry belongs to.
+#[derive(Clone, Copy)]
+enum Watched {
+    Wake,
+    Exit(usize),
+    Output(usize),
+    Control(usize),
+}
+
+/// The launcher thread: wait for process ends, output and control
+/// messages; act on them.
+fn supervise(shared: Arc<Shared>) {
+    loop {
+        let (mut fds, owners) = {
+            let state = shared.state.lock().expect("launcher state");
+            if state.shutting_down || state.power_off.is_some() {
+                return;
+            }
+            let mut fds = vec![sys::pollfd(shared.wake.as_raw_fd())];
+            let mut owners = vec![Watched::Wake];
+            for (index, slot) in state.slots.iter().enumerate() {
+                if let Some(process) = &slot.process {
+                    fds.push(sys::pollfd(process.pidfd.as_raw_fd()));
+                    owners.push(Watched::Exit(index));
+                    for fd in [
+                        process.stdout.as_ref().map(|s| s.as_raw_fd()),
+                        process.stderr.as_ref().map(|s| s.as_raw_fd()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        fds.push(sys::pollfd(fd));
+                        owners.push(Watched::Output(index));
+                    }
+                }
+                if let Some(control) = &slot.control {
+                    fds.push(sys::pollfd(control.as_raw_fd()));
+                    owners.push(Watched::Control(index));
+                }
+            }
+            (fds, owners)
+        };
+        if sys::poll(&mut fds, None).is_err() {
+            return;
+        }
+        let mut state = shared.state.lock().expect("launcher state");
+        // Output and control first, so a dying process's last words and
+        // its panic report are in before its exit is handled.
+        for pass in 0..2 {
+            for (pollfd, owner) in fds.iter().zip(&owners) {
+                if pollfd.revents == 0 {
+                    continue;
+                }
+                match (pass, *owner) {
+                    (0, Watched::Wake) => {
+                        sys::eventfd_take(pollfd.fd);
+                    }
+                    (0, Watched::Output(index)) => {
+                        if let Some(mut process) = state.slots[index].process.take() {
+                            state.collect_output(index, &mut process, false);
+                            state.slots[index].process = Some(process);
+                        }
+                    }
+                    (0, Watched::Control(index)) => state.handle_control(index),
+                    (1, Watched::Exit(index))
+                        if !state.shutting_down && state.power_off.is_none() =>
+                    {
+                        state.reap(index);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(state);
+        shared.changed.notify_all();
+    }
+}
+
+/// Build the host binaries of `packages` with cargo (debug, or release)
+/// and return the folder that holds them.
+pub fn build_components(
+    workspace: &Path,
+    packages: &[String],
+    release: bool,
+) -> io::Result<PathBuf> {
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .arg("build")
+        .arg("--quiet")
+        .env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        command.arg("--release");
+    }
+    let mut unique: Vec<&String> = packages.iter().collect();
+    unique.sort();
+    unique.dedup();
+    for package in unique {
+        command.arg("-p").arg(package);
+    }
+    let status = command.status()?;
+    if !status.success() {
+        return Err(other(format!("building the components failed: {status}")));
+    }
+    Ok(target_dir.join(if release { "release" } else { "debug" }))
+}
