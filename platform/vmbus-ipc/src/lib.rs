@@ -1,0 +1,325 @@
+//! The IPC interfaces of the VMBus components, as postcard-encoded enums.
+//!
+//! These are the contracts between separately isolated components; each
+//! side decodes what it receives and refuses what does not decode. Nothing
+//! here comes from the host: host data is parsed by `vmbus-protocol` inside
+//! the component that received it, and only validated values cross IPC.
+//!
+//! Who talks to whom (priorities rise in this order, calls go upwards):
+//! clients -> VSCs -> vmbus -> synic -> the hypervisor (hvsim in test images).
+//! - [`synic`]: served by `synic`; called by `vmbus` (post messages, bind
+//!   channels) and by each VSC (signal the host for its own channel).
+//! - [`bus`]: served by `vmbus`; called by VSCs (query the offer, open,
+//!   close, report versions) and by clients (status view, unload).
+//! - [`shutdown`], [`timesync`], [`kvp`]: served by those VSCs; called by
+//!   clients.
+//!
+//! Control messages travel from `synic` to `vmbus` through an SPSC queue
+//! (`platform/spsc-queue`) in the region `synic_messages`: each queue entry
+//! is one whole 256-byte message slot as synic copied it out of the SIMP
+//! page, slot size [`MESSAGE_SLOT_BYTES`] + the queue's length word.
+#![no_std]
+
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of one synic message slot (hv_message).
+pub const MESSAGE_SLOT_BYTES: usize = 256;
+/// The queue slot size for the synic -> vmbus message queue.
+pub const MESSAGE_QUEUE_SLOT: usize = 264;
+/// The largest payload of a posted message (HvPostMessage).
+pub const MAX_POST_PAYLOAD: usize = 240;
+/// Component names (the system description's limit).
+pub type Name = String<32>;
+/// A GUID in standard (RFC 4122, big-endian) byte order.
+pub type Guid = [u8; 16];
+
+/// How a VSC's ring region is split between the two rings: the first half
+/// is the guest-to-host ("out") ring, the second half the host-to-guest
+/// ("in") ring; both start with their 4 KiB control page. The bus manager
+/// passes half the region's pages as `downstream_ring_buffer_page_offset`.
+pub fn ring_split(region_bytes: usize) -> (usize, usize) {
+    let pages = region_bytes / 4096;
+    let out_pages = pages / 2;
+    (out_pages * 4096, (pages - out_pages) * 4096)
+}
+
+pub mod synic {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// vmbus: HvPostMessage of a VMBus message (type 1) to `connection_id`.
+        PostMessage {
+            connection_id: u32,
+            payload: Vec<u8, MAX_POST_PAYLOAD>,
+        },
+        /// vmbus: the events of `relid` go to the VSC `driver` (its channel
+        /// end name at synic), which may then signal `connection_id`.
+        Bind {
+            relid: u32,
+            connection_id: u32,
+            driver: Name,
+        },
+        /// vmbus: forget a relid (rescind, close, restart).
+        Unbind { relid: u32 },
+        /// A VSC: signal the host for its channel (HvSignalEvent). Refused
+        /// unless `connection_id` is bound to this caller.
+        SignalHost { connection_id: u32 },
+        /// vmbus: counters for the status view.
+        Status,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Done,
+        /// The hypercall's status code when it was not success (e.g.
+        /// InsufficientBuffers 0x13: retry later; InvalidConnectionId 0x12).
+        HypercallFailed {
+            status: u16,
+        },
+        Status(Status),
+    }
+
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Status {
+        pub messages_received: u32,
+        pub messages_posted: u32,
+        pub events_delivered: u32,
+        pub signals_sent: u32,
+        pub signals_refused: u32,
+        pub bound_channels: u8,
+    }
+}
+
+pub mod bus {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// A VSC: what was I offered, and in what state is my channel?
+        Query,
+        /// A VSC: open my channel with the rings in my ring region.
+        Open { user_data: Vec<u8, 120> },
+        /// A VSC: close my channel.
+        Close,
+        /// A VSC: the versions it negotiated with the host, for the status view.
+        ReportVersions {
+            framework: (u16, u16),
+            message: (u16, u16),
+        },
+        /// Anyone with a call channel: one row of the status view.
+        Device { index: u8 },
+        /// A client: close every channel, unload the bus, then power off
+        /// with `power_off_code` if given.
+        Unload { power_off_code: Option<u8> },
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ChannelState {
+        /// No offer for this driver (yet, or any more).
+        NotOffered,
+        Offered,
+        /// GPADL and OpenChannel in flight.
+        Opening,
+        Open,
+        Closing,
+        /// The host rescinded the offer; the VSC must stop using the rings.
+        Rescinded,
+        /// Open failed with this status; the VSC may try `Open` again.
+        Failed {
+            status: u32,
+        },
+        /// Faulted too often: held stopped.
+        Held,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelInfo {
+        pub state: ChannelState,
+        pub class: Guid,
+        pub instance: Guid,
+        pub relid: u32,
+        /// Where the VSC signals the host (through synic).
+        pub connection_id: u32,
+        /// The offer's user-defined bytes (pipe mode for integration components).
+        pub user_defined: Vec<u8, 120>,
+        /// The negotiated VMBus protocol version (major << 16 | minor).
+        pub vmbus_version: u32,
+        /// Bumps on every new offer or reopen: a VSC that sees it change
+        /// must reset its ring state.
+        pub generation: u32,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DeviceStatus {
+        pub driver: Name,
+        pub class: Guid,
+        pub instance: Guid,
+        pub relid: u32,
+        pub state: ChannelState,
+        pub vmbus_version: u32,
+        pub framework_version: (u16, u16),
+        pub message_version: (u16, u16),
+        pub restarts: u32,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Channel(ChannelInfo),
+        Accepted,
+        Device(DeviceStatus),
+        /// `Device { index }` past the last device.
+        NoSuchDevice,
+        Refused(Refusal),
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Refusal {
+        /// The request does not fit the channel's state (e.g. Open while open).
+        WrongState,
+        /// The caller is not a VSC of this bus.
+        NotADriver,
+        /// The host did not answer or the bus is unloading.
+        Unavailable,
+    }
+}
+
+pub mod shutdown {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// Client: is a shutdown pending (the VSC notified us)?
+        Pending,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Kind {
+        PowerOff,
+        Reboot,
+        Hibernate,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        None,
+        Requested {
+            kind: Kind,
+            force: bool,
+            reason: String<64>,
+        },
+    }
+}
+
+pub mod timesync {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// Client: the current time as the host last told it.
+        Now,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        NotSynced,
+        Time {
+            /// Host time in 100 ns units since 1601-01-01 UTC at the sample,
+            /// advanced by the guest time elapsed since.
+            now_100ns_since_1601: u64,
+            /// Samples and syncs received.
+            samples: u32,
+            /// Guest monotonic nanoseconds of the last sample.
+            last_sample_ns: u64,
+        },
+    }
+}
+
+pub mod kvp {
+    use super::*;
+
+    /// Key and value limits over IPC (UTF-8 bytes). The wire allows 512
+    /// bytes of UTF-16 key and 2048 of value; longer pairs are refused.
+    pub const MAX_KEY: usize = 128;
+    pub const MAX_VALUE: usize = 512;
+
+    /// The KVP pools (Hyper-V's numbering).
+    pub const POOL_EXTERNAL: u8 = 0;
+    pub const POOL_GUEST: u8 = 1;
+    pub const POOL_AUTO: u8 = 2;
+    pub const POOL_AUTO_EXTERNAL: u8 = 3;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        Get {
+            pool: u8,
+            key: String<MAX_KEY>,
+        },
+        Set {
+            pool: u8,
+            key: String<MAX_KEY>,
+            value: String<MAX_VALUE>,
+        },
+        Delete {
+            pool: u8,
+            key: String<MAX_KEY>,
+        },
+        /// The `index`th pair of a pool, in insertion order.
+        Enumerate {
+            pool: u8,
+            index: u16,
+        },
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Value(String<MAX_VALUE>),
+        Pair {
+            key: String<MAX_KEY>,
+            value: String<MAX_VALUE>,
+        },
+        Done,
+        NotFound,
+        /// The pool is full or the pool number is unknown.
+        Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_messages_fit_a_protected_call() {
+        let set = kvp::Request::Set {
+            pool: kvp::POOL_GUEST,
+            key: String::try_from("k".repeat(kvp::MAX_KEY).as_str()).unwrap(),
+            value: String::try_from("v".repeat(kvp::MAX_VALUE).as_str()).unwrap(),
+        };
+        let bytes = postcard::to_allocvec(&set).unwrap();
+        assert!(bytes.len() <= component_api::MAX_MESSAGE, "{}", bytes.len());
+        let post = synic::Request::PostMessage {
+            connection_id: 4,
+            payload: Vec::from_slice(&[0xff; MAX_POST_PAYLOAD]).unwrap(),
+        };
+        assert!(postcard::to_allocvec(&post).unwrap().len() <= component_api::MAX_MESSAGE);
+        let info = bus::Reply::Channel(bus::ChannelInfo {
+            state: bus::ChannelState::Failed { status: u32::MAX },
+            class: [0xff; 16],
+            instance: [0xff; 16],
+            relid: u32::MAX,
+            connection_id: u32::MAX,
+            user_defined: Vec::from_slice(&[0xff; 120]).unwrap(),
+            vmbus_version: u32::MAX,
+            generation: u32::MAX,
+        });
+        assert!(postcard::to_allocvec(&info).unwrap().len() <= component_api::MAX_MESSAGE);
+    }
+
+    #[test]
+    fn rings_split_in_half_by_pages() {
+        assert_eq!(ring_split(32768), (16384, 16384));
+        assert_eq!(ring_split(12288), (4096, 8192));
+    }
+}
