@@ -192,39 +192,26 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     Some(out)
 }
 
-/// Find, across the descriptions in `list`, the identifiers of
-/// `component`. Every description that contains the component must give it
-/// the same identifiers, so the compiled code fits each of them.
+/// The identifiers of `component` from the first description in `list`
+/// that has it. `list` is in priority order: the description being built
+/// first (see `description_search_list`), so a component that serves
+/// different peers in different systems (the console, say) gets the ids of
+/// the system it is built for.
 pub fn ids_from_descriptions(list: &[PathBuf], component: &str) -> Result<String, String> {
-    let mut found: Option<(PathBuf, String)> = None;
     for path in list {
         if !path.is_file() {
             continue;
         }
         let layout = compile_file(path).map_err(|d| d.to_string())?;
-        let Some(ids) = generate_ids(&layout, component) else {
-            continue;
-        };
-        match &found {
-            None => found = Some((path.clone(), ids)),
-            Some((first, first_ids)) if *first_ids != ids => {
-                return Err(format!(
-                    "component `{component}` has different channel ends, maps, IO ports or children in {} and {}; \
-                     declare them in the same order with the same names in both",
-                    first.display(),
-                    path.display()
-                ))
-            }
-            Some(_) => {}
+        if let Some(ids) = generate_ids(&layout, component) {
+            return Ok(ids);
         }
     }
-    found.map(|(_, ids)| ids).ok_or_else(|| {
-        let names: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
-        format!(
-            "component `{component}` is in none of the system descriptions: {}",
-            names.join(", ")
-        )
-    })
+    let names: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "component `{component}` is in none of the system descriptions: {}",
+        names.join(", ")
+    ))
 }
 
 /// For a component's `build.rs`: write `$OUT_DIR/ids.rs` for `component`

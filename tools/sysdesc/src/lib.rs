@@ -98,14 +98,21 @@ pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
     compile_str(&name, &text)
 }
 
-/// The descriptions a component's identifiers may come from: the file named
-/// by `SYSTEM_DESCRIPTION` if set, else the workspace's `system.toml`
-/// followed by every `tests/systems/*.toml` in name order.
+/// The descriptions a component's identifiers may come from, in priority
+/// order: the file named by `SYSTEM_DESCRIPTION` if set (the tools set it
+/// when they build a system), the workspace's `system.toml`, then every
+/// `tests/systems/*.toml` in name order.
 pub fn description_search_list(workspace_root: &Path) -> Vec<PathBuf> {
+    let mut list = Vec::new();
     if let Some(path) = std::env::var_os("SYSTEM_DESCRIPTION") {
-        return vec![PathBuf::from(path)];
+        let path = PathBuf::from(path);
+        list.push(if path.is_absolute() {
+            path
+        } else {
+            workspace_root.join(path)
+        });
     }
-    let mut list = vec![workspace_root.join("system.toml")];
+    list.push(workspace_root.join("system.toml"));
     if let Ok(entries) = std::fs::read_dir(workspace_root.join("tests").join("systems")) {
         let mut extra: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -130,7 +130,7 @@ fn generated_ids_name_every_end_map_port_and_child() {
 }
 
 #[test]
-fn a_component_must_have_the_same_ids_in_every_description() {
+fn the_first_description_that_has_the_component_gives_its_ids() {
     let folder = std::env::temp_dir().join(format!("sysdesc-ids-{}", std::process::id()));
     std::fs::create_dir_all(&folder).unwrap();
     let first = folder.join("a.toml");
@@ -141,10 +141,23 @@ fn a_component_must_have_the_same_ids_in_every_description() {
         "",
     ) + "\n[[channel]]\nnotify = [\"worker.wake\", \"boss.worker\"]\n";
     std::fs::write(&second, reordered).unwrap();
-    let same = sysdesc::ids_from_descriptions(&[first.clone(), first.clone()], "worker");
-    assert!(same.is_ok());
-    let error = sysdesc::ids_from_descriptions(&[first, second], "worker").unwrap_err();
-    assert!(error.contains("different channel ends"), "{error}");
+    let from_first =
+        sysdesc::ids_from_descriptions(&[first.clone(), second.clone()], "worker").unwrap();
+    let from_second =
+        sysdesc::ids_from_descriptions(&[second.clone(), first.clone()], "worker").unwrap();
+    assert!(
+        from_first.contains("pub const WAKE: Channel = Channel(0);"),
+        "{from_first}"
+    );
+    assert!(
+        from_second.contains("pub const WAKE: Channel = Channel(1);"),
+        "{from_second}"
+    );
+    let missing = sysdesc::ids_from_descriptions(&[first], "nobody").unwrap_err();
+    assert!(
+        missing.contains("in none of the system descriptions"),
+        "{missing}"
+    );
     let _ = std::fs::remove_dir_all(folder);
 }
 
