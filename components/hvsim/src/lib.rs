@@ -1,0 +1,53 @@
+//! `hvsim`: a simulated Hyper-V host that is as strict as the real one.
+//!
+//! It emulates, behind the hypervisor boundary of `hv-interface`:
+//! - the guest's synic ([`synic`]): the synthetic MSRs, SIM-page message
+//!   slots with the pending flag and EOM, per-SINT queues, SIEF event flags,
+//!   and interrupt delivery only when the synic is enabled and the SINT
+//!   unmasked;
+//! - the hypercalls HvPostMessage and HvSignalEvent ([`hypercall`],
+//!   [`host`]) with Hyper-V's status codes, bounded per-port message queues;
+//! - the VMBus server and the host ends of the integration components
+//!   (added in later modules).
+//!
+//! Trusts nothing from the guest: every GPA is bounds-checked, every guest
+//! structure is copied out of guest memory before it is parsed, and guest
+//! ring indices are validated before use. Writes only guest memory the
+//! guest designated for the host (synic pages, GPADL'd buffers, monitor
+//! pages) and, in the hosted build, the transport socket.
+//!
+//! The core is `no_std` + `alloc` so it can run as an seL4 component; the
+//! `hosted` feature adds [`transport`], the host end of the hosted
+//! transport, and the `hvsim` binary.
+#![cfg_attr(not(feature = "hosted"), no_std)]
+
+extern crate alloc;
+
+pub mod host;
+pub mod hypercall;
+pub mod memory;
+pub mod synic;
+#[cfg(feature = "hosted")]
+pub mod transport;
+
+#[cfg(feature = "hosted")]
+impl<M: hv_interface::GuestMemory> transport::Machine for host::Host<M> {
+    fn msr_read(&mut self, msr: u32) -> Result<u64, synic::Exception> {
+        host::Host::msr_read(self, msr)
+    }
+    fn msr_write(&mut self, msr: u32, value: u64) -> Result<(), synic::Exception> {
+        host::Host::msr_write(self, msr, value)
+    }
+    fn hypercall(
+        &mut self,
+        control: u64,
+        input: u64,
+        output: u64,
+    ) -> Result<u64, synic::Exception> {
+        host::Host::hypercall(self, control, input, output)
+    }
+    fn take_interrupt(&mut self) -> Option<u8> {
+        host::Host::take_interrupt(self)
+    }
+    fn step(&mut self, _now_ns: u64) {}
+}

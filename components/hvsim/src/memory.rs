@@ -1,0 +1,83 @@
+//! [`VecMemory`]: guest memory in this process's heap, for unit tests and
+//! for embedding the host next to an in-process guest. Words are atomics so
+//! the semantics match a shared mapping.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+use hv_interface::{check_atomic_u32, check_range, GuestMemory, OutOfRange};
+
+pub struct VecMemory {
+    words: Vec<AtomicU32>,
+}
+
+impl VecMemory {
+    /// `size` bytes of zeroed memory (rounded up to a multiple of 4).
+    pub fn new(size: usize) -> Self {
+        VecMemory {
+            words: (0..size.div_ceil(4)).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn byte(&self, index: usize) -> u8 {
+        (self.words[index / 4].load(Ordering::SeqCst) >> ((index % 4) * 8)) as u8
+    }
+
+    fn set_byte(&self, index: usize, value: u8) {
+        let shift = (index % 4) * 8;
+        let word = &self.words[index / 4];
+        let _ = word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+            Some((old & !(0xFF << shift)) | ((value as u32) << shift))
+        });
+    }
+}
+
+impl GuestMemory for VecMemory {
+    fn size(&self) -> u64 {
+        self.words.len() as u64 * 4
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        check_range(self.size(), gpa, buf.len() as u64)?;
+        for (i, byte) in buf.iter_mut().enumerate() {
+            *byte = self.byte(gpa as usize + i);
+        }
+        Ok(())
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        check_range(self.size(), gpa, data.len() as u64)?;
+        for (i, byte) in data.iter().enumerate() {
+            self.set_byte(gpa as usize + i, *byte);
+        }
+        Ok(())
+    }
+    fn load_u32(&self, gpa: u64) -> Result<u32, OutOfRange> {
+        check_atomic_u32(self.size(), gpa)?;
+        Ok(self.words[gpa as usize / 4].load(Ordering::SeqCst))
+    }
+    fn store_u32(&self, gpa: u64, value: u32) -> Result<(), OutOfRange> {
+        check_atomic_u32(self.size(), gpa)?;
+        self.words[gpa as usize / 4].store(value, Ordering::SeqCst);
+        Ok(())
+    }
+    fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        check_atomic_u32(self.size(), gpa)?;
+        Ok(self.words[gpa as usize / 4].fetch_or(bits, Ordering::SeqCst))
+    }
+    fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        check_atomic_u32(self.size(), gpa)?;
+        Ok(self.words[gpa as usize / 4].fetch_and(bits, Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_words_agree() {
+        let memory = VecMemory::new(16);
+        memory.write(1, &[0xAA, 0xBB]).unwrap();
+        assert_eq!(memory.load_u32(0).unwrap(), 0x00BB_AA00);
+        assert!(memory.read(15, &mut [0u8; 2]).is_err());
+        assert!(memory.load_u32(2).is_err());
+    }
+}

@@ -1,0 +1,480 @@
+//! The synthetic interrupt controller of the guest's one virtual processor,
+//! as the TLFS describes it: the synic MSRs, message delivery into SIM-page
+//! slots (a message waits in its SINT's queue while the slot is busy; the
+//! queue is rescanned only when a message is queued, on EOM and on APIC
+//! EOI), event flags in the SIEF page, and the local-APIC view of the SINT
+//! vectors (IRR/ISR, auto-EOI) that decides when an interrupt is delivered.
+//!
+//! Guest memory is reached only through [`GuestMemory`]; every GPA the guest
+//! programmed is range-checked when written to the MSR and again on use.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use hv_interface::GuestMemory;
+use hyperv_defs::{
+    message_flags, msr, EventFlagsPage, HvMessage, HypercallMsr, MessageHeader, ScontrolMsr,
+    SintMsr, SynicPageMsr, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE, SINT_COUNT,
+    SINT_FIRST_VALID_VECTOR, SYNIC_VERSION,
+};
+use zerocopy::IntoBytes;
+
+/// The synthetic MSR through which the guest writes APIC EOI.
+pub const APIC_EOI_MSR: u32 = 0x4000_0070;
+
+/// An x86 exception raised by an MSR access or a hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exception {
+    GeneralProtection,
+    InvalidOpcode,
+}
+
+/// A message waiting for its SINT's slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub message_type: u32,
+    pub origin: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What the synic counted (for tests and the operator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynicStats {
+    pub messages_delivered: u64,
+    /// A SINT was asserted while masked, disabled or in polling mode.
+    pub interrupts_lost: u64,
+    pub interrupts_delivered: u64,
+    pub eom_writes: u64,
+    pub apic_eois: u64,
+    /// Event flags set that were already set (no interrupt).
+    pub event_flags_already_set: u64,
+}
+
+/// The synic of one virtual processor.
+pub struct Synic {
+    pub guest_os_id: u64,
+    pub hypercall: HypercallMsr,
+    pub scontrol: ScontrolMsr,
+    pub simp: SynicPageMsr,
+    pub siefp: SynicPageMsr,
+    pub sint: [SintMsr; SINT_COUNT],
+    queues: [VecDeque<QueuedMessage>; SINT_COUNT],
+    /// Local APIC request and in-service registers, one bit per vector.
+    irr: [u64; 4],
+    isr: [u64; 4],
+    /// Interrupts delivered to the guest, not yet sent over the transport.
+    outbox: VecDeque<u8>,
+    pub stats: SynicStats,
+}
+
+impl Default for Synic {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bit_test(bits: &[u64; 4], vector: u8) -> bool {
+    bits[vector as usize / 64] & (1 << (vector % 64)) != 0
+}
+fn bit_set(bits: &mut [u64; 4], vector: u8, value: bool) {
+    let word = &mut bits[vector as usize / 64];
+    if value {
+        *word |= 1 << (vector % 64);
+    } else {
+        *word &= !(1 << (vector % 64));
+    }
+}
+fn highest(bits: &[u64; 4]) -> Option<u8> {
+    (0..4)
+        .rev()
+        .find(|&i| bits[i] != 0)
+        .map(|i| (i * 64 + 63 - bits[i].leading_zeros() as usize) as u8)
+}
+
+impl Synic {
+    pub fn new() -> Self {
+        Synic {
+            guest_os_id: 0,
+            hypercall: HypercallMsr(0),
+            scontrol: ScontrolMsr(0),
+            simp: SynicPageMsr(0),
+            siefp: SynicPageMsr(0),
+            sint: [SintMsr::RESET; SINT_COUNT],
+            queues: Default::default(),
+            irr: [0; 4],
+            isr: [0; 4],
+            outbox: VecDeque::new(),
+            stats: SynicStats::default(),
+        }
+    }
+
+    /// True once the guest can make hypercalls.
+    pub fn hypercalls_enabled(&self) -> bool {
+        self.hypercall.enabled()
+    }
+
+    /// Messages waiting for the slot of `sint`.
+    pub fn queued(&self, sint: u8) -> usize {
+        self.queues.get(sint as usize).map_or(0, |q| q.len())
+    }
+
+    /// The next interrupt vector to send to the guest.
+    pub fn take_interrupt(&mut self) -> Option<u8> {
+        self.outbox.pop_front()
+    }
+
+    pub fn pending_interrupts(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// RDMSR.
+    pub fn msr_read(&self, number: u32) -> Result<u64, Exception> {
+        Ok(match number {
+            msr::GUEST_OS_ID => self.guest_os_id,
+            msr::HYPERCALL => self.hypercall.0,
+            msr::VP_INDEX => 0,
+            msr::SCONTROL => self.scontrol.0,
+            msr::SVERSION => SYNIC_VERSION,
+            msr::SIEFP => self.siefp.0,
+            msr::SIMP => self.simp.0,
+            msr::EOM => 0,
+            _ => match msr::sint_index(number) {
+                Some(index) => self.sint[index as usize].0,
+                None => return Err(Exception::GeneralProtection),
+            },
+        })
+    }
+
+    /// WRMSR.
+    pub fn msr_write<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        number: u32,
+        value: u64,
+    ) -> Result<(), Exception> {
+        let page_in_memory = |gpa: u64| memory.contains(gpa, PAGE_SIZE);
+        match number {
+            msr::GUEST_OS_ID => {
+                self.guest_os_id = value;
+                if value == 0 {
+                    // TLFS: clearing the guest OS ID disables the hypercall page.
+                    self.hypercall.0 &= !HypercallMsr::ENABLE;
+                }
+            }
+            msr::HYPERCALL => {
+                if self.hypercall.locked() {
+                    // Locked until reset: the write has no effect.
+                    return Ok(());
+                }
+                let requested = HypercallMsr(value);
+                if requested.enabled() && !page_in_memory(requested.gpa()) {
+                    return Err(Exception::GeneralProtection);
+                }
+                let mut stored = value;
+                if self.guest_os_id == 0 {
+                    // TLFS: without a guest OS ID the enable bit stays zero.
+                    stored &= !HypercallMsr::ENABLE;
+                }
+                self.hypercall = HypercallMsr(stored);
+            }
+            msr::VP_INDEX | msr::SVERSION => return Err(Exception::GeneralProtection),
+            msr::SCONTROL => {
+                self.scontrol = ScontrolMsr(value);
+                self.rescan_all(memory);
+            }
+            msr::SIEFP => {
+                let page = SynicPageMsr(value);
+                if page.enabled() && !page_in_memory(page.gpa()) {
+                    return Err(Exception::GeneralProtection);
+                }
+                self.siefp = page;
+            }
+            msr::SIMP => {
+                let page = SynicPageMsr(value);
+                if page.enabled() && !page_in_memory(page.gpa()) {
+                    return Err(Exception::GeneralProtection);
+                }
+                self.simp = page;
+                self.rescan_all(memory);
+            }
+            msr::EOM => {
+                self.stats.eom_writes += 1;
+                self.rescan_all(memory);
+            }
+            APIC_EOI_MSR => {
+                self.stats.apic_eois += 1;
+                if let Some(vector) = highest(&self.isr) {
+                    bit_set(&mut self.isr, vector, false);
+                }
+                // TLFS: an APIC EOI also makes the hypervisor retry delivery.
+                self.rescan_all(memory);
+                self.deliver_apic();
+            }
+            _ => match msr::sint_index(number) {
+                Some(index) => {
+                    let sint = SintMsr(value);
+                    if !sint.masked() && sint.vector() < SINT_FIRST_VALID_VECTOR {
+                        return Err(Exception::GeneralProtection);
+                    }
+                    self.sint[index as usize] = sint;
+                }
+                None => return Err(Exception::GeneralProtection),
+            },
+        }
+        Ok(())
+    }
+
+    /// Queues a message for `sint` and tries to deliver it (TLFS: queuing a
+    /// message rescans that SINT's queue).
+    pub fn post<M: GuestMemory>(&mut self, memory: &M, sint: u8, message: QueuedMessage) {
+        if sint as usize >= SINT_COUNT || message.payload.len() > MESSAGE_MAX_PAYLOAD {
+            return;
+        }
+        self.queues[sint as usize].push_back(message);
+        self.rescan(memory, sint);
+    }
+
+    fn slot_gpa(&self, sint: u8) -> u64 {
+        self.simp.gpa() + sint as u64 * MESSAGE_SIZE as u64
+    }
+
+    fn rescan_all<M: GuestMemory>(&mut self, memory: &M) {
+        for sint in 0..SINT_COUNT as u8 {
+            self.rescan(memory, sint);
+        }
+    }
+
+    /// Moves the head of `sint`'s queue into its slot if the slot is free.
+    fn rescan<M: GuestMemory>(&mut self, memory: &M, sint: u8) {
+        if self.queues[sint as usize].is_empty() || !self.scontrol.enabled() || !self.simp.enabled()
+        {
+            return;
+        }
+        let slot = self.slot_gpa(sint);
+        let Ok(slot_type) = memory.load_u32(slot) else {
+            return;
+        };
+        if slot_type != 0 {
+            // Busy: tell the guest to write EOM after emptying it. The flags
+            // byte is byte 1 of the u32 at offset 4.
+            let _ = memory.fetch_or_u32(slot + 4, (message_flags::MESSAGE_PENDING as u32) << 8);
+            return;
+        }
+        let Some(message) = self.queues[sint as usize].pop_front() else {
+            return;
+        };
+        let more = !self.queues[sint as usize].is_empty();
+        let mut slot_bytes = HvMessage {
+            header: MessageHeader {
+                message_type: 0,
+                payload_size: message.payload.len() as u8,
+                message_flags: if more {
+                    message_flags::MESSAGE_PENDING
+                } else {
+                    0
+                },
+                reserved: 0,
+                origin: message.origin,
+            },
+            payload: [0; MESSAGE_MAX_PAYLOAD],
+        };
+        slot_bytes.payload[..message.payload.len()].copy_from_slice(&message.payload);
+        // Write everything but the type, then publish the type last so the
+        // guest never sees a half-written message.
+        let bytes = slot_bytes.as_bytes();
+        if memory.write(slot + 4, &bytes[4..]).is_err()
+            || memory.store_u32(slot, message.message_type).is_err()
+        {
+            return;
+        }
+        self.stats.messages_delivered += 1;
+        self.assert_sint(sint);
+    }
+
+    /// Sets `flag` of `sint` in the SIEF page; interrupts only if it was clear.
+    /// Returns false if the SIEF page (or the synic) is disabled.
+    pub fn signal_event<M: GuestMemory>(&mut self, memory: &M, sint: u8, flag: u16) -> bool {
+        if !self.scontrol.enabled() || !self.siefp.enabled() {
+            return false;
+        }
+        let Some((byte, bit)) = EventFlagsPage::flag_position(sint, flag) else {
+            return false;
+        };
+        let word = self.siefp.gpa() + (byte as u64 & !3);
+        let mask = 1u32 << ((byte % 4) * 8 + bit as usize);
+        match memory.fetch_or_u32(word, mask) {
+            Ok(old) if old & mask != 0 => {
+                self.stats.event_flags_already_set += 1;
+                true
+            }
+            Ok(_) => {
+                self.assert_sint(sint);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Raises `sint`'s vector in the APIC if the SINT can interrupt.
+    pub fn assert_sint(&mut self, sint: u8) {
+        let register = self.sint[sint as usize];
+        if !self.scontrol.enabled() || register.masked() || register.polling() {
+            self.stats.interrupts_lost += 1;
+            return;
+        }
+        bit_set(&mut self.irr, register.vector(), true);
+        self.deliver_apic();
+    }
+
+    fn vector_auto_eoi(&self, vector: u8) -> bool {
+        self.sint
+            .iter()
+            .any(|s| !s.masked() && s.vector() == vector && s.auto_eoi())
+    }
+
+    /// Delivers requested vectors whose priority class is above the one in
+    /// service (a simplified local APIC: TPR is 0).
+    fn deliver_apic(&mut self) {
+        while let Some(vector) = highest(&self.irr) {
+            if let Some(in_service) = highest(&self.isr) {
+                if vector >> 4 <= in_service >> 4 {
+                    return;
+                }
+            }
+            bit_set(&mut self.irr, vector, false);
+            if !self.vector_auto_eoi(vector) {
+                bit_set(&mut self.isr, vector, true);
+            }
+            self.outbox.push_back(vector);
+            self.stats.interrupts_delivered += 1;
+        }
+    }
+
+    /// True if `vector` is waiting in the IRR (delivered later).
+    pub fn interrupt_requested(&self, vector: u8) -> bool {
+        bit_test(&self.irr, vector)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::VecMemory;
+
+    fn enabled_synic(memory: &VecMemory, auto_eoi: bool) -> Synic {
+        let mut synic = Synic::new();
+        synic.msr_write(memory, msr::SIMP, 0x1000 | 1).unwrap();
+        synic.msr_write(memory, msr::SIEFP, 0x2000 | 1).unwrap();
+        synic
+            .msr_write(
+                memory,
+                msr::SINT0 + 2,
+                SintMsr::new(0x30, false, auto_eoi).0,
+            )
+            .unwrap();
+        synic.msr_write(memory, msr::SCONTROL, 1).unwrap();
+        synic
+    }
+
+    fn message(byte: u8) -> QueuedMessage {
+        QueuedMessage {
+            message_type: 1,
+            origin: 0,
+            payload: alloc::vec![byte; 8],
+        }
+    }
+
+    #[test]
+    fn busy_slot_sets_pending_and_eom_delivers_next() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = enabled_synic(&memory, true);
+        synic.post(&memory, 2, message(0xA));
+        synic.post(&memory, 2, message(0xB));
+        let slot = 0x1000 + 2 * 256;
+        assert_eq!(memory.load_u32(slot).unwrap(), 1);
+        let mut header = [0u8; 16];
+        memory.read(slot, &mut header).unwrap();
+        assert_eq!(header[4], 8);
+        assert_eq!(header[5] & message_flags::MESSAGE_PENDING, 1);
+        assert_eq!(synic.take_interrupt(), Some(0x30));
+        assert_eq!(synic.take_interrupt(), None);
+        // Freeing the slot without EOM delivers nothing.
+        memory.store_u32(slot, 0).unwrap();
+        synic.post(&memory, 3, message(0)); // a different SINT does not rescan SINT 2
+        assert_eq!(memory.load_u32(slot).unwrap(), 0);
+        synic.msr_write(&memory, msr::EOM, 0).unwrap();
+        assert_eq!(memory.load_u32(slot).unwrap(), 1);
+        let mut payload = [0u8; 1];
+        memory.read(slot + 16, &mut payload).unwrap();
+        assert_eq!(payload[0], 0xB);
+        // Two on SINT 2 and the one on SINT 3.
+        assert_eq!(synic.stats.messages_delivered, 3);
+    }
+
+    #[test]
+    fn masked_sint_loses_interrupts_and_invalid_vectors_fault() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = enabled_synic(&memory, true);
+        synic
+            .msr_write(&memory, msr::SINT0 + 2, SintMsr::new(0x30, true, true).0)
+            .unwrap();
+        synic.post(&memory, 2, message(1));
+        assert_eq!(synic.take_interrupt(), None);
+        assert_eq!(synic.stats.interrupts_lost, 1);
+        assert_eq!(
+            synic.msr_write(&memory, msr::SINT0, SintMsr::new(15, false, false).0),
+            Err(Exception::GeneralProtection)
+        );
+        assert!(synic
+            .msr_write(&memory, msr::SINT0, SintMsr::new(15, true, false).0)
+            .is_ok());
+    }
+
+    #[test]
+    fn without_auto_eoi_the_vector_waits_for_apic_eoi() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = enabled_synic(&memory, false);
+        assert!(synic.signal_event(&memory, 2, 5));
+        assert_eq!(synic.take_interrupt(), Some(0x30));
+        assert!(synic.signal_event(&memory, 2, 6));
+        assert_eq!(synic.take_interrupt(), None);
+        assert!(synic.interrupt_requested(0x30));
+        synic.msr_write(&memory, APIC_EOI_MSR, 0).unwrap();
+        assert_eq!(synic.take_interrupt(), Some(0x30));
+        // Setting an already-set flag does not interrupt.
+        synic.msr_write(&memory, APIC_EOI_MSR, 0).unwrap();
+        assert!(synic.signal_event(&memory, 2, 6));
+        assert_eq!(synic.take_interrupt(), None);
+        assert_eq!(synic.stats.event_flags_already_set, 1);
+        let mut flags = [0u8; 1];
+        memory.read(0x2000 + 0x200, &mut flags).unwrap();
+        assert_eq!(flags[0], 0b0110_0000);
+    }
+
+    #[test]
+    fn msr_rules() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = Synic::new();
+        // No guest OS ID: the hypercall page stays disabled.
+        synic.msr_write(&memory, msr::HYPERCALL, 0x3001).unwrap();
+        assert!(!synic.hypercalls_enabled());
+        synic.msr_write(&memory, msr::GUEST_OS_ID, 1 << 63).unwrap();
+        synic.msr_write(&memory, msr::HYPERCALL, 0x3001).unwrap();
+        assert!(synic.hypercalls_enabled());
+        synic.msr_write(&memory, msr::GUEST_OS_ID, 0).unwrap();
+        assert!(!synic.hypercalls_enabled());
+        assert_eq!(
+            synic.msr_write(&memory, msr::SIMP, 0x4000 | 1),
+            Err(Exception::GeneralProtection)
+        );
+        assert_eq!(
+            synic.msr_write(&memory, msr::SVERSION, 1),
+            Err(Exception::GeneralProtection)
+        );
+        assert_eq!(synic.msr_read(msr::SVERSION), Ok(1));
+        assert_eq!(
+            synic.msr_read(0x4000_00A0),
+            Err(Exception::GeneralProtection)
+        );
+        assert_eq!(synic.msr_read(msr::SINT0 + 7), Ok(0x10000));
+    }
+}
