@@ -5,6 +5,8 @@
 //! here comes from the host: host data is parsed by `vmbus-protocol` inside
 //! the component that received it, and only validated values cross IPC.
 //!
+//! - [`hypervisor`]: what `synic` sends to the hypervisor boundary.
+//!
 //! Who talks to whom (priorities rise in this order, calls go upwards):
 //! clients -> VSCs -> vmbus -> synic -> the hypervisor (hvsim in test images).
 //! - [`synic`]: served by `synic`; called by `vmbus` (post messages, bind
@@ -45,6 +47,46 @@ pub fn ring_split(region_bytes: usize) -> (usize, usize) {
     let pages = region_bytes / 4096;
     let out_pages = pages / 2;
     (out_pages * 4096, (pages - out_pages) * 4096)
+}
+
+/// The hypervisor interface as an IPC protocol: what `synic` sends on its
+/// `hypervisor` call end. The server is the simulated host's PD in a test
+/// image, the hosted runtime's transport client when hosted (it translates
+/// these into the records of `docs/hypervisor-transport.md`), or a
+/// kernel-extension proxy on real Hyper-V. The synic interrupt arrives as a
+/// notification on synic's `hypervisor_interrupt` end.
+pub mod hypervisor {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        MsrRead {
+            msr: u32,
+        },
+        MsrWrite {
+            msr: u32,
+            value: u64,
+        },
+        /// RCX = control, RDX = input (GPA or fast value), R8 = output.
+        Hypercall {
+            control: u64,
+            input: u64,
+            output: u64,
+        },
+        /// End of the synic interrupt in service (not needed with auto-EOI).
+        EndOfInterrupt,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        /// An MSR's value, or a hypercall's result value (RAX).
+        Value(u64),
+        Done,
+        /// The processor would have raised #GP.
+        GeneralProtection,
+        /// The processor would have raised #UD.
+        InvalidOpcode,
+    }
 }
 
 pub mod synic {
