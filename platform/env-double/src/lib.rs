@@ -1,0 +1,227 @@
+//! A test double of [`component_api::Env`] for unit tests of a component's
+//! logic in one process: it records what the component did (notifications,
+//! calls, console text, restarts, power-off), answers protected calls with
+//! handlers the test installs, and backs regions with private memory that
+//! the test can read and write too (optionally double mapped, optionally
+//! with a guest physical address).
+//!
+//! Component-level tests with real processes use the hosted harness under
+//! `tests/`; this double is for fast, deterministic tests beside the code.
+
+use component_api::{
+    CallError, Channel, Child, Env, IoPortName, Region, RegionName, SupervisorError,
+};
+use std::collections::HashMap;
+
+type CallHandler = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<usize, CallError>>;
+
+struct Backing {
+    // Kept alive for the regions that point into it.
+    _memory: Vec<u64>,
+    region: Region,
+}
+
+#[derive(Default)]
+pub struct EnvDouble {
+    regions: Vec<Backing>,
+    handlers: HashMap<u8, CallHandler>,
+    ioports: HashMap<(u8, u16), u32>,
+    /// Every notification sent, in order.
+    pub notified: Vec<Channel>,
+    /// Every protected call made: channel and message bytes.
+    pub calls: Vec<(Channel, Vec<u8>)>,
+    /// Everything printed to the console.
+    pub console: String,
+    pub irq_acks: Vec<Channel>,
+    pub restarted: Vec<Child>,
+    pub stopped: Vec<Child>,
+    pub powered_off: Option<u8>,
+    /// What `now_ns` returns; tests advance it.
+    pub now_ns: u64,
+    /// IO-port writes, in order: (range, offset, width, value).
+    pub ioport_writes: Vec<(IoPortName, u16, u8, u32)>,
+}
+
+impl EnvDouble {
+    pub fn new() -> EnvDouble {
+        EnvDouble::default()
+    }
+
+    /// Add a region of `len` bytes (a multiple of 8); its `RegionName` is
+    /// its position, so add them in the order the component's generated
+    /// ids number them.
+    pub fn add_region(&mut self, len: usize, writable: bool) -> RegionName {
+        self.add_region_with(len, writable, None)
+    }
+
+    /// A region that is host visible at `guest_physical`. (Double mapping
+    /// needs real page tables: test that with the hosted runtime.)
+    pub fn add_region_with(
+        &mut self,
+        len: usize,
+        writable: bool,
+        guest_physical: Option<u64>,
+    ) -> RegionName {
+        assert!(
+            len.is_multiple_of(8),
+            "region length must be a multiple of 8"
+        );
+        let mut memory = vec![0u64; len / 8];
+        // Safety: the memory lives as long as the double (moved into it
+        // below without reallocation: a Vec's heap buffer does not move).
+        let mut region =
+            unsafe { Region::new(memory.as_mut_ptr() as *mut u8, len, writable, false) };
+        if let Some(gpa) = guest_physical {
+            region = region.with_guest_physical(gpa);
+        }
+        self.regions.push(Backing {
+            _memory: memory,
+            region,
+        });
+        RegionName((self.regions.len() - 1) as u8)
+    }
+
+    /// The region as the test sees it (always writable by the test).
+    pub fn test_view(&self, name: RegionName) -> Region {
+        let region = self.regions[name.0 as usize].region;
+        // Safety: same memory, same lifetime; the test may write it.
+        unsafe { Region::new(region.as_ptr(), region.len(), true, region.double_mapped()) }
+    }
+
+    /// Answer protected calls on `channel` with `handler`.
+    pub fn on_call(
+        &mut self,
+        channel: Channel,
+        handler: impl FnMut(&[u8], &mut [u8]) -> Result<usize, CallError> + 'static,
+    ) {
+        self.handlers.insert(channel.0, Box::new(handler));
+    }
+
+    /// Answer typed (postcard) calls on `channel`.
+    pub fn on_typed_call<Req, Resp>(
+        &mut self,
+        channel: Channel,
+        mut handler: impl FnMut(Req) -> Resp + 'static,
+    ) where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+    {
+        self.on_call(channel, move |message, reply| {
+            let request: Req = postcard::from_bytes(message).map_err(|_| CallError::Refused(1))?;
+            let response = handler(request);
+            postcard::to_slice(&response, reply)
+                .map(|used| used.len())
+                .map_err(|_| CallError::Encoding)
+        });
+    }
+
+    /// Set what an IO-port read returns.
+    pub fn set_ioport(&mut self, port: IoPortName, offset: u16, value: u32) {
+        self.ioports.insert((port.0, offset), value);
+    }
+
+    /// The notifications sent on `channel` so far.
+    pub fn notifications_on(&self, channel: Channel) -> usize {
+        self.notified.iter().filter(|c| **c == channel).count()
+    }
+
+    /// The messages of calls made on `channel`, decoded.
+    pub fn calls_on<T: serde::de::DeserializeOwned>(&self, channel: Channel) -> Vec<T> {
+        self.calls
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .filter_map(|(_, bytes)| postcard::from_bytes(bytes).ok())
+            .collect()
+    }
+}
+
+impl Env for EnvDouble {
+    fn notify(&mut self, channel: Channel) {
+        self.notified.push(channel);
+    }
+
+    fn ppcall(
+        &mut self,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, CallError> {
+        if message.len() > component_api::MAX_MESSAGE {
+            return Err(CallError::MessageTooLarge);
+        }
+        self.calls.push((channel, message.to_vec()));
+        match self.handlers.get_mut(&channel.0) {
+            Some(handler) => handler(message, reply),
+            None => Err(CallError::NotACallChannel),
+        }
+    }
+
+    fn irq_ack(&mut self, channel: Channel) {
+        self.irq_acks.push(channel);
+    }
+
+    fn region(&self, region: RegionName) -> Region {
+        match self.regions.get(region.0 as usize) {
+            Some(backing) => backing.region,
+            None => panic!("the test gave the component no region {}", region.0),
+        }
+    }
+
+    fn ioport_read(&mut self, port: IoPortName, offset: u16, _width: u8) -> u32 {
+        self.ioports.get(&(port.0, offset)).copied().unwrap_or(0)
+    }
+
+    fn ioport_write(&mut self, port: IoPortName, offset: u16, width: u8, value: u32) {
+        self.ioport_writes.push((port, offset, width, value));
+    }
+
+    fn console(&mut self, text: &str) {
+        self.console.push_str(text);
+    }
+
+    fn restart(&mut self, child: Child) -> Result<(), SupervisorError> {
+        self.restarted.push(child);
+        Ok(())
+    }
+
+    fn stop(&mut self, child: Child) -> Result<(), SupervisorError> {
+        self.stopped.push(child);
+        Ok(())
+    }
+
+    fn power_off(&mut self, code: u8) {
+        self.powered_off = Some(code);
+    }
+
+    fn now_ns(&mut self) -> u64 {
+        self.now_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use component_api::println;
+
+    #[test]
+    fn records_and_answers() {
+        let mut env = EnvDouble::new();
+        let queue = env.add_region(4096, true);
+        env.on_typed_call(Channel(2), |x: u32| x + 1);
+        let reply: u32 = component_api::call(&mut env, Channel(2), &41u32).unwrap();
+        assert_eq!(reply, 42);
+        env.notify(Channel(1));
+        println!(&mut env, "hello {}", 7);
+        assert_eq!(env.console, "hello 7\n");
+        assert_eq!(env.notifications_on(Channel(1)), 1);
+        env.region(queue).write(0, &[1, 2, 3]).unwrap();
+        let mut out = [0u8; 3];
+        env.test_view(queue).read(0, &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3]);
+        assert_eq!(env.calls_on::<u32>(Channel(2)), vec![41]);
+        assert_eq!(
+            env.ppcall(Channel(9), &[], &mut []),
+            Err(CallError::NotACallChannel)
+        );
+    }
+}
