@@ -1,0 +1,315 @@
+//! The shared memory a ring lives in: a control page of 32-bit atomics and a
+//! data area that is copied in and out in bulk.
+
+use component_api::region::{Region, RegionError};
+use core::sync::atomic::AtomicU32;
+use vmbus_protocol::packet::control::CONTROL_PAGE_SIZE;
+
+/// Bounds or rights were violated by the ring code's request (a bug, not
+/// the peer's doing: the ring checks every offset it derives from the peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryError;
+
+/// What a ring needs from its memory.
+///
+/// The data area is `data_len()` bytes. When `double_mapped()` is true the
+/// bytes `data_len()..2 * data_len()` are the same memory again, so a copy
+/// that crosses the end can be done in one piece.
+pub trait RingMemory {
+    /// The atomic word at `offset` (4-aligned, < 4096) of the control page.
+    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError>;
+    fn data_len(&self) -> usize;
+    fn double_mapped(&self) -> bool;
+    /// Copy `out.len()` bytes starting at `offset` of the data area.
+    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError>;
+    /// Copy `data` to `offset` of the data area.
+    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError>;
+}
+
+impl<T: RingMemory + ?Sized> RingMemory for &T {
+    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+        (**self).control(offset)
+    }
+    fn data_len(&self) -> usize {
+        (**self).data_len()
+    }
+    fn double_mapped(&self) -> bool {
+        (**self).double_mapped()
+    }
+    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).read_data(offset, out)
+    }
+    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        (**self).write_data(offset, data)
+    }
+}
+
+#[cfg(feature = "std")]
+impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
+    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+        (**self).control(offset)
+    }
+    fn data_len(&self) -> usize {
+        (**self).data_len()
+    }
+    fn double_mapped(&self) -> bool {
+        (**self).double_mapped()
+    }
+    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).read_data(offset, out)
+    }
+    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        (**self).write_data(offset, data)
+    }
+}
+
+impl From<RegionError> for MemoryError {
+    fn from(_: RegionError) -> Self {
+        MemoryError
+    }
+}
+
+/// A ring in component regions: one region for the control page (at least
+/// 4 KiB) and one for the data area. The data region's `double_mapped()`
+/// says whether it is mapped twice back to back. For the contiguous
+/// "control page, data, data again" mapping, make the two regions from the
+/// same base (control at base, data at base + 4096).
+#[derive(Clone, Copy, Debug)]
+pub struct RegionRingMemory {
+    control: Region,
+    data: Region,
+}
+
+impl RegionRingMemory {
+    pub fn new(control: Region, data: Region) -> Result<Self, MemoryError> {
+        if control.len() < CONTROL_PAGE_SIZE || !(control.as_ptr() as usize).is_multiple_of(4) {
+            return Err(MemoryError);
+        }
+        Ok(Self { control, data })
+    }
+}
+
+impl RingMemory for RegionRingMemory {
+    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+        Ok(self.control.atomic_u32(offset)?)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+    fn double_mapped(&self) -> bool {
+        self.data.double_mapped()
+    }
+    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+        Ok(self.data.read_bulk(offset, out)?)
+    }
+    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+        Ok(self.data.write_bulk(offset, data)?)
+    }
+}
+
+#[cfg(feature = "std")]
+pub use heap::{DoubleMappedRingMemory, HeapRingMemory};
+
+#[cfg(feature = "std")]
+mod heap {
+    use super::*;
+    use core::cell::UnsafeCell;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// A ring in ordinary process memory (single-mapped), shared between
+    /// threads through `Arc`. For tests, benchmarks and the simulated host.
+    pub struct HeapRingMemory {
+        control: Box<[AtomicU32]>,
+        data: Box<[UnsafeCell<u8>]>,
+    }
+
+    // Safety: the control page is atomics; data bytes are only copied with
+    // raw pointers in bounds, and the ring protocol gives each byte range to
+    // one side at a time (a misbehaving peer can only corrupt bytes, which
+    // the reader validates after copying).
+    unsafe impl Sync for HeapRingMemory {}
+    unsafe impl Send for HeapRingMemory {}
+
+    impl HeapRingMemory {
+        pub fn new(data_len: usize) -> Self {
+            let control: Vec<AtomicU32> = (0..CONTROL_PAGE_SIZE / 4)
+                .map(|_| AtomicU32::new(0))
+                .collect();
+            let data: Vec<UnsafeCell<u8>> = (0..data_len).map(|_| UnsafeCell::new(0)).collect();
+            Self {
+                control: control.into_boxed_slice(),
+                data: data.into_boxed_slice(),
+            }
+        }
+        fn data_ptr(&self) -> *mut u8 {
+            UnsafeCell::raw_get(self.data.as_ptr())
+        }
+        /// Raw access for hostile-peer tests (write any byte, any index).
+        pub fn poke(&self, offset: usize, bytes: &[u8]) {
+            self.write_data(offset, bytes).expect("poke in bounds");
+        }
+    }
+
+    impl RingMemory for HeapRingMemory {
+        fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+            if !offset.is_multiple_of(4) {
+                return Err(MemoryError);
+            }
+            self.control.get(offset / 4).ok_or(MemoryError)
+        }
+        fn data_len(&self) -> usize {
+            self.data.len()
+        }
+        fn double_mapped(&self) -> bool {
+            false
+        }
+        fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+            match offset.checked_add(out.len()) {
+                Some(end) if end <= self.data.len() => {}
+                _ => return Err(MemoryError),
+            }
+            // Safety: in bounds (checked); the destination is private.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    self.data_ptr().add(offset),
+                    out.as_mut_ptr(),
+                    out.len(),
+                )
+            };
+            Ok(())
+        }
+        fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+            match offset.checked_add(data.len()) {
+                Some(end) if end <= self.data.len() => {}
+                _ => return Err(MemoryError),
+            }
+            // Safety: in bounds (checked).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    self.data_ptr().add(offset),
+                    data.len(),
+                )
+            };
+            Ok(())
+        }
+    }
+
+    /// A ring whose data area is mapped twice back to back (memfd + two
+    /// fixed mmaps), as the seL4 and hosted runtimes map rings. Linux only.
+    /// Exposed as component regions so the same [`RegionRingMemory`] code
+    /// runs on it.
+    pub struct DoubleMappedRingMemory {
+        base: *mut u8,
+        data_len: usize,
+        regions: RegionRingMemory,
+    }
+
+    unsafe impl Send for DoubleMappedRingMemory {}
+    unsafe impl Sync for DoubleMappedRingMemory {}
+
+    impl DoubleMappedRingMemory {
+        /// `data_len` must be a non-zero multiple of 4096.
+        pub fn new(data_len: usize) -> std::io::Result<Self> {
+            use std::io::Error;
+            if data_len == 0 || !data_len.is_multiple_of(CONTROL_PAGE_SIZE) {
+                return Err(Error::other("data_len must be a multiple of 4096"));
+            }
+            let total = CONTROL_PAGE_SIZE + 2 * data_len;
+            // Safety: plain libc calls; every result is checked, and the
+            // fixed mappings land inside the reservation made just before.
+            unsafe {
+                let fd = libc::memfd_create(c"vmbus-ring".as_ptr(), 0);
+                if fd < 0 {
+                    return Err(Error::last_os_error());
+                }
+                let file_len = (CONTROL_PAGE_SIZE + data_len) as libc::off_t;
+                if libc::ftruncate(fd, file_len) != 0 {
+                    let error = Error::last_os_error();
+                    libc::close(fd);
+                    return Err(error);
+                }
+                let base = libc::mmap(
+                    core::ptr::null_mut(),
+                    total,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if base == libc::MAP_FAILED {
+                    let error = Error::last_os_error();
+                    libc::close(fd);
+                    return Err(error);
+                }
+                let base = base as *mut u8;
+                let first = libc::mmap(
+                    base as *mut libc::c_void,
+                    CONTROL_PAGE_SIZE + data_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    fd,
+                    0,
+                );
+                let second = libc::mmap(
+                    base.add(CONTROL_PAGE_SIZE + data_len) as *mut libc::c_void,
+                    data_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    fd,
+                    CONTROL_PAGE_SIZE as libc::off_t,
+                );
+                libc::close(fd);
+                if first == libc::MAP_FAILED || second == libc::MAP_FAILED {
+                    let error = Error::last_os_error();
+                    libc::munmap(base as *mut libc::c_void, total);
+                    return Err(error);
+                }
+                let control = Region::new(base, CONTROL_PAGE_SIZE, true, false);
+                let data = Region::new(base.add(CONTROL_PAGE_SIZE), data_len, true, true);
+                let regions =
+                    RegionRingMemory::new(control, data).map_err(|_| Error::other("regions"))?;
+                Ok(Self {
+                    base,
+                    data_len,
+                    regions,
+                })
+            }
+        }
+
+        pub fn regions(&self) -> &RegionRingMemory {
+            &self.regions
+        }
+    }
+
+    impl Drop for DoubleMappedRingMemory {
+        fn drop(&mut self) {
+            // Safety: unmaps exactly the reservation made in new().
+            unsafe {
+                libc::munmap(
+                    self.base as *mut libc::c_void,
+                    CONTROL_PAGE_SIZE + 2 * self.data_len,
+                )
+            };
+        }
+    }
+
+    impl RingMemory for DoubleMappedRingMemory {
+        fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+            self.regions.control(offset)
+        }
+        fn data_len(&self) -> usize {
+            self.regions.data_len()
+        }
+        fn double_mapped(&self) -> bool {
+            true
+        }
+        fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+            self.regions.read_data(offset, out)
+        }
+        fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+            self.regions.write_data(offset, data)
+        }
+    }
+}
