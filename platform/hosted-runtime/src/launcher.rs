@@ -1001,23 +1001,38 @@ fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// Build the host binaries of `packages` with cargo (debug, or release)
-/// and return the folder that holds them.
+/// Build the host binaries of `packages` for the system `description`
+/// with cargo (debug, or release) and return the folder that holds them.
+///
+/// Component identifiers are generated from the description being built
+/// (`SYSTEM_DESCRIPTION`), so each description gets its own target folder
+/// (`<target>/hosted/<description name>`): a component shared by two
+/// systems (the console) is compiled once per system, with that system's
+/// identifiers.
 pub fn build_components(
     workspace: &Path,
+    description: &Path,
     packages: &[String],
     release: bool,
 ) -> io::Result<PathBuf> {
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
+    let description = if description.is_absolute() {
+        description.to_path_buf()
+    } else {
+        workspace.join(description)
+    };
+    let target_dir = hosted_target_dir(workspace, &description);
+    let binaries = target_dir.join(if release { "release" } else { "debug" });
+    if packages.is_empty() {
+        return Ok(binaries);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
         .arg("build")
         .arg("--quiet")
-        .env("CARGO_TARGET_DIR", &target_dir);
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("SYSTEM_DESCRIPTION", &description);
     if release {
         command.arg("--release");
     }
@@ -1031,5 +1046,30 @@ pub fn build_components(
     if !status.success() {
         return Err(other(format!("building the components failed: {status}")));
     }
-    Ok(target_dir.join(if release { "release" } else { "debug" }))
+    Ok(binaries)
+}
+
+/// The cargo target folder for the components of one description.
+pub fn hosted_target_dir(workspace: &Path, description: &Path) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    base.join("hosted").join(description_folder(description))
+}
+
+/// A folder name for a description: its file stem, made safe.
+fn description_folder(description: &Path) -> String {
+    let stem = description
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "system".into());
+    stem.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

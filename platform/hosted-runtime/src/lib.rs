@@ -52,9 +52,14 @@ static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
 /// Tell the launcher this process panicked, so the fault it reports is
 /// `Fault::Panic` and not the SIGABRT that follows.
 fn install_panic_hook() {
-    let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default(info);
+        // The same first line the seL4 runtime prints through the console.
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        eprintln!("panic: {message}{location}");
         let fd = CONTROL_FD.load(Ordering::Relaxed);
         if fd >= 0 {
             let _ = sys::send_message(fd, &protocol::encode(&ToLauncher::Panicked), None);
