@@ -57,6 +57,7 @@ pub struct Endpoint {
     layout: ComponentLayout,
     start_ns: u64,
     control: OwnedFd,
+    serial: Option<OwnedFd>,
     regions: Vec<Region>,
     channels: Vec<Option<ChannelEndState>>,
     ports: Vec<PortRange>,
@@ -113,6 +114,7 @@ impl Endpoint {
             layout: handoff.layout,
             start_ns: handoff.start_ns,
             control: adopt(handoff.control_fd),
+            serial: handoff.serial_fd.map(adopt),
             regions,
             channels,
             ports,
@@ -480,7 +482,10 @@ impl Env for Endpoint {
         };
         let effect = range.write(offset, width, value);
         if let Some(line) = effect.output {
-            self.write_output(&line);
+            match &self.serial {
+                Some(serial) => write_all(serial.as_raw_fd(), &line),
+                None => self.write_output(&line),
+            }
         }
         if let Some(line) = effect.raise_irq {
             // The device's interrupt reaches us like any IRQ: on the

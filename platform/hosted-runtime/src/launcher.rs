@@ -61,6 +61,9 @@ pub struct LaunchOptions {
     /// with [`System::restart`].
     pub omitted: Vec<String>,
     pub output: OutputSink,
+    /// Extra environment variables for one component's process (e.g. where
+    /// a hosted `synic` finds the simulated host's socket).
+    pub component_env: HashMap<String, Vec<(String, String)>>,
 }
 
 impl LaunchOptions {
@@ -70,6 +73,7 @@ impl LaunchOptions {
             doubles: Vec::new(),
             omitted: Vec::new(),
             output: OutputSink::Print,
+            component_env: HashMap::new(),
         }
     }
 }
@@ -115,7 +119,9 @@ struct RunningProcess {
     pidfd: OwnedFd,
     stdout: Option<std::process::ChildStdout>,
     stderr: Option<std::process::ChildStderr>,
-    partial: [Vec<u8>; 2],
+    /// The read end of the emulated serial port's output.
+    serial: Option<std::fs::File>,
+    partial: [Vec<u8>; 3],
     /// What the process said about its own end (panic, memory fault).
     last_words: Option<Fault>,
 }
@@ -408,6 +414,22 @@ impl System {
         }
     }
 
+    /// A path another process can open the guest-memory file by (through
+    /// this process's descriptor table), and its size.
+    pub fn guest_memory_path(&self) -> Option<(PathBuf, u64)> {
+        let state = self.lock();
+        let fd = state.guest_memory.as_ref()?;
+        let size = state.guest_map.last().map(|(_, gpa, size)| gpa + size)?;
+        Some((
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                fd.as_raw_fd()
+            )),
+            size,
+        ))
+    }
+
     /// Wait until `ready` holds over the state, or `timeout` passes.
     fn wait_until<T>(
         &self,
@@ -554,7 +576,12 @@ impl State {
     /// them, or are dropped if the peer is not there) and a new control
     /// socket. `fresh_calls` is false only at first start, when the ends
     /// made at launch are used.
-    fn prepare(&mut self, index: usize, fresh_calls: bool) -> io::Result<(Handoff, HandoffFds)> {
+    fn prepare(
+        &mut self,
+        index: usize,
+        fresh_calls: bool,
+        serial_write: Option<OwnedFd>,
+    ) -> io::Result<(Handoff, HandoffFds)> {
         let mut owned = Vec::new();
         let keep = |fd: OwnedFd, owned: &mut Vec<OwnedFd>| {
             let raw = fd.as_raw_fd();
@@ -605,11 +632,13 @@ impl State {
         let (launcher_end, component_end) = sys::seqpacket_pair()?;
         self.slots[index].control = Some(launcher_end);
         let control_fd = keep(component_end, &mut owned);
+        let serial_fd = serial_write.map(|fd| keep(fd, &mut owned));
         let handoff = Handoff {
             name: component.name.clone(),
             layout: component,
             start_ns: self.start_ns,
             control_fd,
+            serial_fd,
             maps,
             channels,
         };
@@ -631,7 +660,7 @@ impl State {
     }
 
     fn start_double(&mut self, index: usize) -> io::Result<Endpoint> {
-        let (handoff, fds) = self.prepare(index, false)?;
+        let (handoff, fds) = self.prepare(index, false, None)?;
         // The endpoint takes ownership of each descriptor the handoff names.
         for fd in fds.owned {
             let _ = fd.into_raw_fd();
@@ -642,7 +671,8 @@ impl State {
     /// Start component `index` as a process.
     fn start(&mut self, index: usize) -> io::Result<()> {
         let fresh = self.slots[index].restarts > 0 || self.slots[index].role == Role::Omitted;
-        let (handoff, fds) = self.prepare(index, fresh)?;
+        let (serial_read, serial_write) = sys::pipe()?;
+        let (handoff, fds) = self.prepare(index, fresh, Some(serial_write))?;
         let component = &self.layout.components[index];
         let binary = self.options.binary_dir.join(&component.package);
         let inherited: Vec<RawFd> = fds.owned.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -652,6 +682,9 @@ impl State {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(variables) = self.options.component_env.get(&component.name) {
+            command.envs(variables.iter().map(|(k, v)| (k, v)));
+        }
         // Safety: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
@@ -683,7 +716,8 @@ impl State {
             stderr: child.stderr.take(),
             child,
             pidfd,
-            partial: [Vec::new(), Vec::new()],
+            serial: Some(serial_read),
+            partial: [Vec::new(), Vec::new(), Vec::new()],
             last_words: None,
         });
         slot.status = Status::Running;
@@ -724,11 +758,15 @@ impl State {
         }
     }
 
-    fn emit(&mut self, index: usize, line: &[u8]) {
+    fn emit(&mut self, index: usize, line: &[u8], prefixed: bool) {
         let name = &self.layout.components[index].name;
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
-        let line = format!("[{name}] {text}");
+        let line = if prefixed {
+            format!("[{name}] {text}")
+        } else {
+            text.to_string()
+        };
         self.emit_line(line);
     }
 
@@ -743,13 +781,16 @@ impl State {
     }
 
     /// Read what a process wrote; emit complete lines (all of it at end).
+    /// Streams: 0 stdout and 1 stderr (prefixed with the name), 2 the
+    /// emulated serial port (the machine's console: printed as it is).
     fn collect_output(&mut self, index: usize, process: &mut RunningProcess, at_end: bool) {
         let mut buffer = [0u8; 4096];
-        for stream in 0..2 {
+        for stream in 0..3 {
             loop {
                 let fd = match stream {
                     0 => process.stdout.as_ref().map(|s| s.as_raw_fd()),
-                    _ => process.stderr.as_ref().map(|s| s.as_raw_fd()),
+                    1 => process.stderr.as_ref().map(|s| s.as_raw_fd()),
+                    _ => process.serial.as_ref().map(|s| s.as_raw_fd()),
                 };
                 let Some(fd) = fd else { break };
                 let mut probe = [sys::pollfd(fd)];
@@ -758,28 +799,30 @@ impl State {
                 }
                 let read = match stream {
                     0 => process.stdout.as_mut().map(|s| s.read(&mut buffer)),
-                    _ => process.stderr.as_mut().map(|s| s.read(&mut buffer)),
+                    1 => process.stderr.as_mut().map(|s| s.read(&mut buffer)),
+                    _ => process.serial.as_mut().map(|s| s.read(&mut buffer)),
                 };
                 match read {
                     Some(Ok(n)) if n > 0 => process.partial[stream].extend_from_slice(&buffer[..n]),
                     _ => {
                         // End of file: stop watching this stream.
-                        if stream == 0 {
-                            process.stdout = None;
-                        } else {
-                            process.stderr = None;
+                        match stream {
+                            0 => process.stdout = None,
+                            1 => process.stderr = None,
+                            _ => process.serial = None,
                         }
                         break;
                     }
                 }
             }
+            let prefixed = stream != 2;
             while let Some(end) = process.partial[stream].iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = process.partial[stream].drain(..=end).collect();
-                self.emit(index, &line);
+                self.emit(index, &line, prefixed);
             }
             if at_end && !process.partial[stream].is_empty() {
                 let line = std::mem::take(&mut process.partial[stream]);
-                self.emit(index, &line);
+                self.emit(index, &line, prefixed);
             }
         }
     }
@@ -914,7 +957,14 @@ impl State {
         } else {
             "no supervisor to report to"
         };
-        self.emit_line(format!("[launcher] {name} faulted: {fault:?}; {to}"));
+        let what = match fault {
+            Fault::Memory { address, ip, write } => format!(
+                "{} fault at {address:#x} (ip {ip:#x})",
+                if write { "write" } else { "read" }
+            ),
+            other => format!("{other:?}"),
+        };
+        self.emit_line(format!("[launcher] {name} faulted: {what}; {to}"));
         self.faults.push(FaultRecord {
             component: name,
             fault,
@@ -950,6 +1000,7 @@ fn supervise(shared: Arc<Shared>) {
                     for fd in [
                         process.stdout.as_ref().map(|s| s.as_raw_fd()),
                         process.stderr.as_ref().map(|s| s.as_raw_fd()),
+                        process.serial.as_ref().map(|s| s.as_raw_fd()),
                     ]
                     .into_iter()
                     .flatten()

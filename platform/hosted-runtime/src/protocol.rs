@@ -31,6 +31,10 @@ pub struct Handoff {
     /// CLOCK_MONOTONIC at system start, so `now_ns` counts from there.
     pub start_ns: u64,
     pub control_fd: i32,
+    /// Where emulated serial-port output goes: the machine's console, which
+    /// the launcher prints without a prefix (the console component
+    /// prefixes each line with its client's name, as on seL4).
+    pub serial_fd: Option<i32>,
     /// By map index (the `RegionName` value).
     pub maps: Vec<MapHandoff>,
     pub channels: Vec<ChannelHandoff>,
@@ -190,6 +194,7 @@ mod tests {
             },
             start_ns: 42,
             control_fd: 7,
+            serial_fd: None,
             maps: vec![MapHandoff {
                 fd: 9,
                 offset: 4096,

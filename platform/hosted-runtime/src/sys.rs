@@ -299,6 +299,18 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// A pipe (read end, write end), both close-on-exec.
+pub fn pipe() -> io::Result<(std::fs::File, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 /// Clear close-on-exec so a spawned component inherits `fd`. Called
 /// between fork and exec: only async-signal-safe calls.
 pub fn inherit(fd: RawFd) -> io::Result<()> {

@@ -15,6 +15,7 @@ mod image;
 mod kernel;
 mod qemu;
 mod check;
+mod hosted;
 mod setup;
 mod test;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         "build" => image::run(rest),
         "run" => qemu::run(rest),
         "boot-test" => qemu::boot_test(rest),
+        "hosted" => hosted::run(rest),
         _ => return usage(),
     };
     match result {
