@@ -7,8 +7,13 @@
 //!   unmasked;
 //! - the hypercalls HvPostMessage and HvSignalEvent ([`hypercall`],
 //!   [`host`]) with Hyper-V's status codes, bounded per-port message queues;
-//! - the VMBus server and the host ends of the integration components
-//!   (added in later modules).
+//! - the VMBus server ([`vmbus`]): versions 2.4-5.3, offers, GPADLs,
+//!   open/close, rescind, unload, monitor pages;
+//! - the host end of each open channel ([`channel`]): rings read and
+//!   written like Hyper-V does, unnecessary-signal accounting, and the
+//!   heartbeat, shutdown, time sync and KVP hosts;
+//! - [`sim::Simulator`]: all of it as one machine with the operator and
+//!   fault-injection API.
 //!
 //! Trusts nothing from the guest: every GPA is bounds-checked, every guest
 //! structure is copied out of guest memory before it is parsed, and guest
@@ -23,12 +28,15 @@
 
 extern crate alloc;
 
+pub mod channel;
 pub mod host;
 pub mod hypercall;
 pub mod memory;
+pub mod sim;
 pub mod synic;
 #[cfg(feature = "hosted")]
 pub mod transport;
+pub mod vmbus;
 
 #[cfg(feature = "hosted")]
 impl<M: hv_interface::GuestMemory> transport::Machine for host::Host<M> {

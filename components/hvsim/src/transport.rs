@@ -231,6 +231,8 @@ impl Connection {
     }
 
     /// Handles one guest record; `Err(code)` is a protocol violation.
+    /// Interrupts the request raised go out before its reply (transport
+    /// rule 4), as a real vCPU takes them right after the instruction.
     fn handle<S: Machine>(&mut self, machine: &mut S, record: &Record) -> Result<(), u32> {
         let sent = match record.kind {
             kind::MSR_READ => {
@@ -239,14 +241,12 @@ impl Connection {
                     return Err(protocol_error::RESERVED_NOT_ZERO);
                 }
                 let result = machine.msr_read(body.msr);
+                let _ = self.flush_interrupts(machine);
                 let reply = ValueReply {
                     exception: exception_code(result.map(|_| ())),
                     reserved: 0,
                     value: result.unwrap_or(0),
                 };
-                // Interrupts raised by the access go out before its reply,
-                // as a real interrupt would be taken right after the
-                // instruction completes; the guest queues them either way.
                 self.stream.send(kind::MSR_READ_REPLY, &reply)
             }
             kind::MSR_WRITE => {
@@ -267,6 +267,7 @@ impl Connection {
             kind::HYPERCALL => {
                 let body: wire::Hypercall = record.parse().ok_or(protocol_error::BAD_LENGTH)?;
                 let result = machine.hypercall(body.control, body.input, body.output);
+                let _ = self.flush_interrupts(machine);
                 self.stream.send(
                     kind::HYPERCALL_REPLY,
                     &ValueReply {

@@ -1,0 +1,928 @@
+//! The host end of an open channel: its two rings in the guest's GPADL
+//! pages, read and written the way Hyper-V does, plus the host side of the
+//! integration components (heartbeat, shutdown, time sync, KVP) and the
+//! packet-level fault injection.
+//!
+//! The host reads the guest-to-host ("out") ring and writes the
+//! host-to-guest ("in") ring. Its own indices live here, in private memory;
+//! the guest's indices are loaded and validated (below the data size, a
+//! multiple of 8) every time, and packets are copied out and validated with
+//! `vmbus_protocol::packet::parse_packet` before use. A ring that breaks the
+//! rules is marked broken and no longer touched. The host counts the
+//! guest's unnecessary signals: a signal when the out ring did not go from
+//! empty to non-empty and no in-ring space the host waited for was freed.
+//!
+//! The ring code is written here over `GuestMemory` rather than with
+//! `vmbus-ring` because the host must also be able to break the rules on
+//! purpose (bad indices, malformed packets), which that crate prevents.
+
+use crate::vmbus::DeviceKind;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use hv_interface::GuestMemory;
+use hyperv_defs::PAGE_SIZE;
+use vmbus_protocol::ic::{
+    self, flags as ic_flags, message_type as ic_type, HeartbeatMessage, IcMessageHeader, IcVersion,
+    KvpGetSetMessage, ShutdownMessage, TimesyncRefMessage,
+};
+use vmbus_protocol::packet::{
+    control, descriptor_for, parse_packet, PacketDescriptor, PacketKind, PacketType,
+    DESCRIPTOR_SIZE, FLAG_COMPLETION_REQUESTED, TRAILER_SIZE,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// What the endpoint asks the server to do after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelEvent {
+    None,
+    /// Set the channel's event flag for the guest.
+    SignalGuest,
+}
+
+/// How a ring was found broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingFault {
+    /// The guest's index is out of range or misaligned.
+    BadIndex { which: &'static str, value: u32 },
+    /// A packet's descriptor or length is malformed.
+    BadPacket(String),
+    /// Guest memory access failed (GPADL page outside memory).
+    Memory,
+}
+
+/// One ring inside GPADL pages: page 0 is the control page, the rest the
+/// data area, in GPADL order (not necessarily contiguous in guest memory).
+struct HostRing {
+    pages: Vec<u64>,
+}
+
+impl HostRing {
+    fn data_size(&self) -> u32 {
+        ((self.pages.len() - 1) as u64 * PAGE_SIZE) as u32
+    }
+
+    fn control_gpa(&self, offset: usize) -> u64 {
+        self.pages[0] * PAGE_SIZE + offset as u64
+    }
+
+    fn load<M: GuestMemory>(&self, memory: &M, offset: usize) -> Result<u32, RingFault> {
+        memory
+            .load_u32(self.control_gpa(offset))
+            .map_err(|_| RingFault::Memory)
+    }
+
+    fn store<M: GuestMemory>(
+        &self,
+        memory: &M,
+        offset: usize,
+        value: u32,
+    ) -> Result<(), RingFault> {
+        memory
+            .store_u32(self.control_gpa(offset), value)
+            .map_err(|_| RingFault::Memory)
+    }
+
+    /// Loads the peer's index and checks it.
+    fn peer_index<M: GuestMemory>(
+        &self,
+        memory: &M,
+        offset: usize,
+        which: &'static str,
+    ) -> Result<u32, RingFault> {
+        let value = self.load(memory, offset)?;
+        if value >= self.data_size() || value % 8 != 0 {
+            return Err(RingFault::BadIndex { which, value });
+        }
+        Ok(value)
+    }
+
+    /// Copies data-area bytes starting at `offset`, wrapping at the end.
+    fn read<M: GuestMemory>(
+        &self,
+        memory: &M,
+        offset: u32,
+        out: &mut [u8],
+    ) -> Result<(), RingFault> {
+        let size = self.data_size() as u64;
+        let mut position = offset as u64 % size;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let page = self.pages[1 + (position / PAGE_SIZE) as usize];
+            let in_page = (PAGE_SIZE - position % PAGE_SIZE).min(size - position) as usize;
+            let take = in_page.min(rest.len());
+            let (now, later) = rest.split_at_mut(take);
+            memory
+                .read(page * PAGE_SIZE + position % PAGE_SIZE, now)
+                .map_err(|_| RingFault::Memory)?;
+            rest = later;
+            position = (position + take as u64) % size;
+        }
+        Ok(())
+    }
+
+    fn write<M: GuestMemory>(&self, memory: &M, offset: u32, data: &[u8]) -> Result<(), RingFault> {
+        let size = self.data_size() as u64;
+        let mut position = offset as u64 % size;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let page = self.pages[1 + (position / PAGE_SIZE) as usize];
+            let in_page = (PAGE_SIZE - position % PAGE_SIZE).min(size - position) as usize;
+            let take = in_page.min(rest.len());
+            memory
+                .write(page * PAGE_SIZE + position % PAGE_SIZE, &rest[..take])
+                .map_err(|_| RingFault::Memory)?;
+            rest = &rest[take..];
+            position = (position + take as u64) % size;
+        }
+        Ok(())
+    }
+}
+
+/// A packet the host received from the guest (copied and validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedPacket {
+    pub packet_type: u16,
+    pub transaction_id: u64,
+    pub completion_requested: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Counters of one channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub signals: u64,
+    pub unnecessary_signals: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub signals_to_guest: u64,
+    /// Guest responses whose transaction ID the host never sent or already saw.
+    pub unknown_responses: u64,
+    /// Packets the host could not write yet (ring full).
+    pub sends_deferred: u64,
+}
+
+/// The last heartbeat the guest answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub sequence: u64,
+    pub at_ns: u64,
+}
+
+/// A KVP answer from the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvpResponse {
+    pub operation: u8,
+    pub pool: u8,
+    pub status: u32,
+    pub key: String,
+    pub value: String,
+}
+
+/// What an outstanding host request was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Negotiate,
+    Heartbeat(u64),
+    Shutdown,
+    TimeSync,
+    Kvp,
+}
+
+/// The integration-component state of an IC channel.
+#[derive(Clone, Debug, Default)]
+pub struct IcState {
+    pub framework: Option<IcVersion>,
+    pub message_version: Option<IcVersion>,
+    /// The guest answered the negotiation without a common version.
+    pub negotiation_failed: bool,
+    pub heartbeat_interval_ns: u64,
+    next_heartbeat_ns: u64,
+    heartbeat_sequence: u64,
+    pub last_heartbeat: Option<Heartbeat>,
+    pub shutdown_status: Option<u32>,
+    pub timesync_answers: u64,
+    pub kvp_responses: VecDeque<KvpResponse>,
+}
+
+/// UTF-16LE encoding with a terminating NUL, as KVP carries strings.
+pub fn utf16_bytes(text: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    bytes.extend_from_slice(&[0, 0]);
+    bytes
+}
+
+fn utf16_string(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+/// The host end of one open channel.
+pub struct ChannelEndpoint {
+    pub kind: DeviceKind,
+    pub ring_gpadl: u32,
+    out_ring: HostRing,
+    in_ring: HostRing,
+    /// The host's own indices (never read back from shared memory).
+    out_read: u32,
+    in_write: u32,
+    /// The out ring was empty when the host last looked: the next write
+    /// makes it non-empty and deserves a signal.
+    expect_signal: bool,
+    /// Bytes of in-ring space the host waits for (pending_send_sz set).
+    waiting_for_space: u32,
+    deferred: VecDeque<Vec<u8>>,
+    next_transaction: u64,
+    outstanding: BTreeMap<u64, Request>,
+    last_completion: Option<u64>,
+    pub broken: Option<RingFault>,
+    pub stats: ChannelStats,
+    pub received: VecDeque<ReceivedPacket>,
+    pub ic: IcState,
+    now_ns: u64,
+}
+
+/// Packets kept in `received` for inspection (oldest dropped).
+const RECEIVED_KEEP: usize = 64;
+
+impl ChannelEndpoint {
+    pub fn new<M: GuestMemory>(
+        kind: DeviceKind,
+        ring_gpadl: u32,
+        out_pages: &[u64],
+        in_pages: &[u64],
+        memory: &M,
+        now_ns: u64,
+    ) -> Self {
+        let mut endpoint = ChannelEndpoint {
+            kind,
+            ring_gpadl,
+            out_ring: HostRing {
+                pages: out_pages.to_vec(),
+            },
+            in_ring: HostRing {
+                pages: in_pages.to_vec(),
+            },
+            out_read: 0,
+            in_write: 0,
+            expect_signal: true,
+            waiting_for_space: 0,
+            deferred: VecDeque::new(),
+            next_transaction: 1,
+            outstanding: BTreeMap::new(),
+            last_completion: None,
+            broken: None,
+            stats: ChannelStats::default(),
+            received: VecDeque::new(),
+            ic: IcState {
+                heartbeat_interval_ns: 1_000_000_000,
+                ..IcState::default()
+            },
+            now_ns,
+        };
+        // The host starts from the indices the guest left in the control
+        // pages (zero on a fresh ring), validated like any guest index.
+        match (
+            endpoint
+                .out_ring
+                .peer_index(memory, control::READ_INDEX, "out read_index"),
+            endpoint
+                .in_ring
+                .peer_index(memory, control::WRITE_INDEX, "in write_index"),
+        ) {
+            (Ok(read), Ok(write)) => {
+                endpoint.out_read = read;
+                endpoint.in_write = write;
+            }
+            (Err(fault), _) | (_, Err(fault)) => endpoint.broken = Some(fault),
+        }
+        if kind.is_ic() && endpoint.broken.is_none() {
+            endpoint.send_negotiate(memory);
+        }
+        endpoint
+    }
+
+    fn fail(&mut self, fault: RingFault) {
+        if self.broken.is_none() {
+            self.broken = Some(fault);
+        }
+    }
+
+    /// Handles `signals` guest signals, drains the out ring, retries
+    /// deferred sends and runs timers. Returns whether to signal the guest.
+    pub fn step<M: GuestMemory>(&mut self, memory: &M, signals: u64, now_ns: u64) -> ChannelEvent {
+        self.now_ns = now_ns;
+        if self.broken.is_some() {
+            self.stats.signals += signals;
+            return ChannelEvent::None;
+        }
+        let mut signal_guest = false;
+        if signals > 0 {
+            self.stats.signals += signals;
+            let necessary = self.signal_was_necessary(memory);
+            let unnecessary = signals - u64::from(necessary);
+            self.stats.unnecessary_signals += unnecessary;
+        }
+        // Drain the out ring (also without a signal: the host may look at
+        // any time, as Hyper-V's polling mode does).
+        while let Some(packet) = self.read_packet(memory) {
+            signal_guest |= self.handle_packet(memory, packet);
+        }
+        if self.broken.is_none() {
+            self.expect_signal = true;
+        }
+        signal_guest |= self.flush_deferred(memory);
+        if self.kind == DeviceKind::Heartbeat
+            && self.ic.message_version.is_some()
+            && now_ns >= self.ic.next_heartbeat_ns
+        {
+            self.ic.next_heartbeat_ns = now_ns + self.ic.heartbeat_interval_ns;
+            signal_guest |= self.send_heartbeat(memory);
+        }
+        if signal_guest {
+            self.stats.signals_to_guest += 1;
+            ChannelEvent::SignalGuest
+        } else {
+            ChannelEvent::None
+        }
+    }
+
+    fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        let out_has_data =
+            match self
+                .out_ring
+                .peer_index(memory, control::WRITE_INDEX, "out write_index")
+            {
+                Ok(write) => write != self.out_read,
+                Err(fault) => {
+                    self.fail(fault);
+                    return false;
+                }
+            };
+        if out_has_data && self.expect_signal {
+            self.expect_signal = false;
+            return true;
+        }
+        // A reader's signal: the guest freed in-ring space we waited for.
+        if self.waiting_for_space > 0 {
+            if let Ok(free) = self.in_free(memory) {
+                if free > self.waiting_for_space {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Reads one packet from the out ring, validating everything.
+    fn read_packet<M: GuestMemory>(&mut self, memory: &M) -> Option<ReceivedPacket> {
+        if self.broken.is_some() {
+            return None;
+        }
+        let size = self.out_ring.data_size();
+        let write = match self
+            .out_ring
+            .peer_index(memory, control::WRITE_INDEX, "out write_index")
+        {
+            Ok(write) => write,
+            Err(fault) => {
+                self.fail(fault);
+                return None;
+            }
+        };
+        if write == self.out_read {
+            return None;
+        }
+        let available = (write + size - self.out_read) % size;
+        let mut descriptor_bytes = [0u8; DESCRIPTOR_SIZE];
+        if let Err(fault) = self
+            .out_ring
+            .read(memory, self.out_read, &mut descriptor_bytes)
+        {
+            self.fail(fault);
+            return None;
+        }
+        let descriptor = PacketDescriptor::read_from_bytes(&descriptor_bytes).expect("16 bytes");
+        let len = descriptor.len8.get() as u32 * 8;
+        if len < DESCRIPTOR_SIZE as u32 || len + TRAILER_SIZE as u32 > available {
+            self.fail(RingFault::BadPacket(alloc::format!(
+                "packet of {len} bytes with {available} available"
+            )));
+            return None;
+        }
+        let mut bytes = alloc::vec![0u8; len as usize];
+        if let Err(fault) = self.out_ring.read(memory, self.out_read, &mut bytes) {
+            self.fail(fault);
+            return None;
+        }
+        let packet = match parse_packet(&bytes) {
+            Ok(packet) => packet,
+            Err(error) => {
+                self.fail(RingFault::BadPacket(alloc::format!("{error:?}")));
+                return None;
+            }
+        };
+        let received = ReceivedPacket {
+            packet_type: descriptor.packet_type.get(),
+            transaction_id: packet.transaction_id,
+            completion_requested: packet.completion_requested,
+            payload: packet.payload.to_vec(),
+        };
+        if matches!(
+            packet.kind,
+            PacketKind::GpaDirect(_) | PacketKind::TransferPages { .. }
+        ) && self.kind.is_ic()
+        {
+            self.fail(RingFault::BadPacket(
+                "IC channels carry in-band packets only".into(),
+            ));
+            return None;
+        }
+        self.out_read = (self.out_read + len + TRAILER_SIZE as u32) % size;
+        if let Err(fault) = self
+            .out_ring
+            .store(memory, control::READ_INDEX, self.out_read)
+        {
+            self.fail(fault);
+            return None;
+        }
+        self.stats.packets_received += 1;
+        if self.received.len() == RECEIVED_KEEP {
+            self.received.pop_front();
+        }
+        self.received.push_back(received.clone());
+        Some(received)
+    }
+
+    fn in_free<M: GuestMemory>(&mut self, memory: &M) -> Result<u32, RingFault> {
+        let read = self
+            .in_ring
+            .peer_index(memory, control::READ_INDEX, "in read_index")?;
+        let size = self.in_ring.data_size();
+        Ok(if self.in_write >= read {
+            size - (self.in_write - read)
+        } else {
+            read - self.in_write
+        })
+    }
+
+    /// Writes a whole packet (descriptor included) into the in ring.
+    /// Returns Ok(true) if the guest must be signalled, Ok(false) if not,
+    /// Err(()) if there is no room (the caller defers it).
+    fn write_bytes<M: GuestMemory>(&mut self, memory: &M, packet: &[u8]) -> Result<bool, ()> {
+        if self.broken.is_some() {
+            return Err(());
+        }
+        let free = match self.in_free(memory) {
+            Ok(free) => free,
+            Err(fault) => {
+                self.fail(fault);
+                return Err(());
+            }
+        };
+        let needed = packet.len() as u32 + TRAILER_SIZE as u32;
+        // The writer always leaves 8 bytes free so full never equals empty.
+        if needed >= free {
+            self.waiting_for_space = needed;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, needed);
+            return Err(());
+        }
+        let start = self.in_write;
+        let read_before = self
+            .in_ring
+            .load(memory, control::READ_INDEX)
+            .unwrap_or(u32::MAX);
+        let size = self.in_ring.data_size();
+        let trailer = (start as u64) << 32;
+        if self.in_ring.write(memory, start, packet).is_err()
+            || self
+                .in_ring
+                .write(
+                    memory,
+                    (start + packet.len() as u32) % size,
+                    &trailer.to_le_bytes(),
+                )
+                .is_err()
+        {
+            self.fail(RingFault::Memory);
+            return Err(());
+        }
+        self.in_write = (start + needed) % size;
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        if self
+            .in_ring
+            .store(memory, control::WRITE_INDEX, self.in_write)
+            .is_err()
+        {
+            self.fail(RingFault::Memory);
+            return Err(());
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.stats.packets_sent += 1;
+        let was_empty = read_before == start;
+        let masked = self
+            .in_ring
+            .load(memory, control::INTERRUPT_MASK)
+            .unwrap_or(1)
+            != 0;
+        Ok(was_empty && !masked)
+    }
+
+    fn build_packet(
+        packet_type: PacketType,
+        transaction_id: u64,
+        completion_requested: bool,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let descriptor = descriptor_for(
+            packet_type,
+            0,
+            payload.len(),
+            transaction_id,
+            completion_requested,
+        )?;
+        let mut bytes = descriptor.as_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes.resize(descriptor.len8.get() as usize * 8, 0);
+        Some(bytes)
+    }
+
+    /// Queues a packet for the guest; returns whether to signal now.
+    fn send<M: GuestMemory>(&mut self, memory: &M, packet: Vec<u8>) -> bool {
+        if !self.deferred.is_empty() {
+            self.deferred.push_back(packet);
+            self.stats.sends_deferred += 1;
+            return false;
+        }
+        match self.write_bytes(memory, &packet) {
+            Ok(signal) => signal,
+            Err(()) => {
+                if self.broken.is_none() {
+                    self.deferred.push_back(packet);
+                    self.stats.sends_deferred += 1;
+                }
+                false
+            }
+        }
+    }
+
+    fn flush_deferred<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        let mut signal = false;
+        while let Some(packet) = self.deferred.front().cloned() {
+            match self.write_bytes(memory, &packet) {
+                Ok(s) => {
+                    signal |= s;
+                    self.deferred.pop_front();
+                }
+                Err(()) => return signal,
+            }
+        }
+        if self.waiting_for_space > 0 {
+            self.waiting_for_space = 0;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, 0);
+        }
+        signal
+    }
+
+    /// Sends an in-band packet; returns whether to signal the guest.
+    pub fn send_in_band<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+        completion_requested: bool,
+        payload: &[u8],
+    ) -> bool {
+        match Self::build_packet(
+            PacketType::InBand,
+            transaction_id,
+            completion_requested,
+            payload,
+        ) {
+            Some(packet) => self.send(memory, packet),
+            None => false,
+        }
+    }
+
+    /// Sends a completion packet for `transaction_id`.
+    pub fn send_completion<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> bool {
+        self.last_completion = Some(transaction_id);
+        match Self::build_packet(PacketType::Completion, transaction_id, false, payload) {
+            Some(packet) => self.send(memory, packet),
+            None => false,
+        }
+    }
+
+    /// Fault injection: the last completion again.
+    pub fn repeat_last_completion<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        match self.last_completion {
+            Some(id) => self.send_completion(memory, id, &[]),
+            None => false,
+        }
+    }
+
+    /// Fault injection: raw bytes written as one packet (the write index
+    /// advances by their length rounded up to 8, plus the trailer).
+    pub fn inject_raw<M: GuestMemory>(&mut self, memory: &M, bytes: &[u8]) -> bool {
+        let mut packet = bytes.to_vec();
+        packet.resize(bytes.len().div_ceil(8) * 8, 0);
+        self.send(memory, packet)
+    }
+
+    /// Fault injection: a packet with a malformed descriptor.
+    pub fn inject_malformed<M: GuestMemory>(&mut self, memory: &M, fault: PacketFault) -> bool {
+        let mut descriptor = PacketDescriptor::new_zeroed();
+        descriptor.packet_type = PacketType::InBand.wire().into();
+        descriptor.offset8 = 2.into();
+        descriptor.len8 = 4.into();
+        descriptor.transaction_id = 0x5151.into();
+        match fault {
+            PacketFault::OffsetTooSmall => descriptor.offset8 = 1.into(),
+            PacketFault::LengthBeforeOffset => {
+                descriptor.offset8 = 4.into();
+                descriptor.len8 = 3.into();
+            }
+            PacketFault::UnknownType => descriptor.packet_type = 0x42.into(),
+            PacketFault::UnknownFlags => descriptor.flags = 0x80.into(),
+            PacketFault::LengthBeyondRing => descriptor.len8 = u16::MAX.into(),
+        }
+        let mut packet = descriptor.as_bytes().to_vec();
+        packet.resize(32, 0xEE);
+        self.send(memory, packet)
+    }
+
+    /// Fault injection: an oversized but well-formed packet (larger than
+    /// the device protocol allows; `len` bytes of payload, at most what
+    /// fits in the ring).
+    pub fn inject_oversized<M: GuestMemory>(&mut self, memory: &M, len: usize) -> bool {
+        let limit = self.in_ring.data_size() as usize - DESCRIPTOR_SIZE - TRAILER_SIZE - 16;
+        let payload = alloc::vec![0xAB; len.min(limit)];
+        self.send_in_band(memory, 0x0B16, false, &payload)
+    }
+
+    /// Fault injection: store an arbitrary value as the in ring's write
+    /// index (out of range, misaligned, or just wrong).
+    pub fn corrupt_in_write_index<M: GuestMemory>(&mut self, memory: &M, value: u32) -> bool {
+        let _ = self.in_ring.store(memory, control::WRITE_INDEX, value);
+        true
+    }
+
+    /// Fault injection: store an arbitrary value as the out ring's read
+    /// index (which the guest, as writer, reads).
+    pub fn corrupt_out_read_index<M: GuestMemory>(&mut self, memory: &M, value: u32) {
+        let _ = self.out_ring.store(memory, control::READ_INDEX, value);
+    }
+
+    /// Handles a guest packet; returns whether to signal the guest.
+    fn handle_packet<M: GuestMemory>(&mut self, memory: &M, packet: ReceivedPacket) -> bool {
+        if !self.kind.is_ic() {
+            // Generic device: complete what asks for completion.
+            if packet.completion_requested {
+                return self.send_completion(memory, packet.transaction_id, &[]);
+            }
+            return false;
+        }
+        let Some(request) = self.outstanding.remove(&packet.transaction_id) else {
+            self.stats.unknown_responses += 1;
+            return false;
+        };
+        let Ok(message) = ic::parse_ic_message(&packet.payload) else {
+            self.fail(RingFault::BadPacket(
+                "IC response without IC headers".into(),
+            ));
+            return false;
+        };
+        if message.header.flags & ic_flags::RESPONSE == 0 {
+            self.stats.unknown_responses += 1;
+            return false;
+        }
+        match request {
+            Request::Negotiate => match ic::read_negotiate_response(&packet.payload) {
+                Ok(Some(chosen)) => {
+                    self.ic.framework = Some(chosen.framework);
+                    self.ic.message_version = Some(chosen.message);
+                }
+                _ => self.ic.negotiation_failed = true,
+            },
+            Request::Heartbeat(sequence) => {
+                if let Ok(body) = ic::read_body::<HeartbeatMessage>(message.body) {
+                    if body.sequence.get() == sequence + 1 {
+                        self.ic.last_heartbeat = Some(Heartbeat {
+                            sequence: body.sequence.get(),
+                            at_ns: self.now_ns,
+                        });
+                    }
+                }
+            }
+            Request::Shutdown => self.ic.shutdown_status = Some(message.header.status.get()),
+            Request::TimeSync => self.ic.timesync_answers += 1,
+            Request::Kvp => {
+                if let Ok(body) = ic::read_body::<KvpGetSetMessage>(message.body) {
+                    let key = body.value.key_bytes().map(utf16_string).unwrap_or_default();
+                    let value = body
+                        .value
+                        .value_bytes()
+                        .map(utf16_string)
+                        .unwrap_or_default();
+                    if self.ic.kvp_responses.len() == 64 {
+                        self.ic.kvp_responses.pop_front();
+                    }
+                    self.ic.kvp_responses.push_back(KvpResponse {
+                        operation: body.header.operation,
+                        pool: body.header.pool,
+                        status: message.header.status.get(),
+                        key,
+                        value,
+                    });
+                }
+            }
+        }
+        false
+    }
+
+    fn ic_message_type(&self) -> u16 {
+        match self.kind {
+            DeviceKind::Heartbeat => ic_type::HEARTBEAT,
+            DeviceKind::Shutdown => ic_type::SHUTDOWN,
+            DeviceKind::TimeSync => ic_type::TIMESYNC,
+            DeviceKind::Kvp => ic_type::KVP,
+            DeviceKind::Generic => 0,
+        }
+    }
+
+    fn send_ic<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        request: Request,
+        message_type: u16,
+        body: &[u8],
+    ) -> bool {
+        let transaction_id = self.next_transaction;
+        self.next_transaction += 1;
+        let header = IcMessageHeader {
+            framework_version: self.ic.framework.unwrap_or(IcVersion::new(3, 0)),
+            message_type: message_type.into(),
+            message_version: self.ic.message_version.unwrap_or(IcVersion::new(3, 0)),
+            message_size: (body.len() as u16).into(),
+            status: 0.into(),
+            transaction_id: transaction_id as u8,
+            flags: ic_flags::TRANSACTION | ic_flags::REQUEST,
+            reserved: [0; 2],
+        };
+        let mut bytes = alloc::vec![0u8; ic::IC_HEADERS_SIZE + body.len()];
+        if ic::write_ic_message(&mut bytes, &header, body).is_err() {
+            return false;
+        }
+        self.outstanding.insert(transaction_id, request);
+        self.send_in_band(memory, transaction_id, false, &bytes)
+    }
+
+    fn send_negotiate<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        let framework: Vec<IcVersion> = ic::versions::FRAMEWORK
+            .iter()
+            .map(|&(major, minor)| IcVersion::new(major, minor))
+            .collect();
+        let service: &[(u16, u16)] = match self.kind {
+            DeviceKind::Heartbeat => &ic::versions::HEARTBEAT,
+            DeviceKind::Shutdown => &ic::versions::SHUTDOWN,
+            DeviceKind::TimeSync => &ic::versions::TIMESYNC,
+            DeviceKind::Kvp => &ic::versions::KVP,
+            DeviceKind::Generic => &[],
+        };
+        let message: Vec<IcVersion> = service
+            .iter()
+            .map(|&(major, minor)| IcVersion::new(major, minor))
+            .collect();
+        let mut body = [0u8; 8 + 4 * 8];
+        let Ok(len) = ic::write_negotiate(&mut body, &framework, &message) else {
+            return false;
+        };
+        let body = body[..len].to_vec();
+        self.send_ic(memory, Request::Negotiate, ic_type::NEGOTIATE, &body)
+    }
+
+    fn ready(&self, kind: DeviceKind) -> bool {
+        self.kind == kind && self.ic.message_version.is_some() && self.broken.is_none()
+    }
+
+    fn send_heartbeat<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        self.ic.heartbeat_sequence += 10;
+        let sequence = self.ic.heartbeat_sequence;
+        let mut body = HeartbeatMessage::new_zeroed();
+        body.sequence = sequence.into();
+        let bytes = body.as_bytes().to_vec();
+        self.send_ic(
+            memory,
+            Request::Heartbeat(sequence),
+            ic_type::HEARTBEAT,
+            &bytes,
+        )
+    }
+
+    /// Operator: send a heartbeat request now. False if not negotiated.
+    pub fn request_heartbeat<M: GuestMemory>(&mut self, memory: &M) -> Option<bool> {
+        if !self.ready(DeviceKind::Heartbeat) {
+            return None;
+        }
+        Some(self.send_heartbeat(memory))
+    }
+
+    /// Operator: ask the guest to shut down (`flags`: 0 shut down, 1
+    /// force, 2 reboot). `None` if the channel is not negotiated.
+    pub fn request_shutdown<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        flags: u32,
+        message: &str,
+    ) -> Option<bool> {
+        if !self.ready(DeviceKind::Shutdown) {
+            return None;
+        }
+        let mut body = ShutdownMessage::new_zeroed();
+        body.flags = flags.into();
+        body.timeout_seconds = 0.into();
+        let text = message.as_bytes();
+        let len = text.len().min(body.display_message.len() - 1);
+        body.display_message[..len].copy_from_slice(&text[..len]);
+        let bytes = body.as_bytes().to_vec();
+        self.ic.shutdown_status = None;
+        Some(self.send_ic(memory, Request::Shutdown, ic_type::SHUTDOWN, &bytes))
+    }
+
+    /// Operator: send a time sample (`parent_time` in 100 ns units since 1601).
+    pub fn send_time<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        parent_time: u64,
+        flags: u8,
+    ) -> Option<bool> {
+        if !self.ready(DeviceKind::TimeSync) {
+            return None;
+        }
+        let mut body = TimesyncRefMessage::new_zeroed();
+        body.parent_time = parent_time.into();
+        body.flags = flags;
+        let bytes = body.as_bytes().to_vec();
+        Some(self.send_ic(memory, Request::TimeSync, ic_type::TIMESYNC, &bytes))
+    }
+
+    /// Operator: a KVP request (`operation` from `ic::kvp_operation`).
+    pub fn kvp_request<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        operation: u8,
+        pool: u8,
+        key: &str,
+        value: &str,
+    ) -> Option<bool> {
+        if !self.ready(DeviceKind::Kvp) {
+            return None;
+        }
+        let mut body = KvpGetSetMessage::new_zeroed();
+        body.header.operation = operation;
+        body.header.pool = pool;
+        let key = utf16_bytes(key);
+        let value = utf16_bytes(value);
+        if key.len() > body.value.key.len() || value.len() > body.value.value.len() {
+            return None;
+        }
+        body.value.value_type = 1.into(); // REG_SZ
+        body.value.key_size = (key.len() as u32).into();
+        body.value.value_size = (value.len() as u32).into();
+        body.value.key[..key.len()].copy_from_slice(&key);
+        body.value.value[..value.len()].copy_from_slice(&value);
+        let bytes = body.as_bytes().to_vec();
+        Some(self.send_ic(memory, Request::Kvp, ic_type::KVP, &bytes))
+    }
+
+    /// True if the IC negotiation finished with a common version.
+    pub fn negotiated(&self) -> bool {
+        self.ic.message_version.is_some()
+    }
+
+    /// The message type the service uses (for tests).
+    pub fn service_message_type(&self) -> u16 {
+        self.ic_message_type()
+    }
+
+    /// Completion flag of packets the host sends to generic devices.
+    pub const COMPLETION_REQUESTED: u16 = FLAG_COMPLETION_REQUESTED;
+}
+
+/// Malformed packet shapes for [`ChannelEndpoint::inject_malformed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketFault {
+    OffsetTooSmall,
+    LengthBeforeOffset,
+    UnknownType,
+    UnknownFlags,
+    LengthBeyondRing,
+}

@@ -1,0 +1,223 @@
+//! [`Simulator`]: the whole simulated host (hypervisor + VMBus server +
+//! integration-component hosts) as one machine, with the operator API
+//! tests use to drive it and the fault-injection entry points.
+
+use crate::channel::{ChannelEndpoint, Heartbeat, KvpResponse, PacketFault};
+use crate::host::Host;
+use crate::synic::Exception;
+use crate::vmbus::{DeviceConfig, DeviceKind, Server, ServerConfig};
+use alloc::vec::Vec;
+use hv_interface::GuestMemory;
+use uuid::Uuid;
+
+pub struct Simulator<M: GuestMemory> {
+    pub host: Host<M>,
+    pub vmbus: Server,
+    now_ns: u64,
+}
+
+impl<M: GuestMemory> Simulator<M> {
+    pub fn new(memory: M, config: ServerConfig) -> Self {
+        let mut host = Host::new(memory);
+        let mut vmbus = Server::new(config);
+        vmbus.attach(&mut host);
+        Simulator {
+            host,
+            vmbus,
+            now_ns: 0,
+        }
+    }
+
+    pub fn msr_read(&mut self, msr: u32) -> Result<u64, Exception> {
+        self.host.msr_read(msr)
+    }
+    pub fn msr_write(&mut self, msr: u32, value: u64) -> Result<(), Exception> {
+        self.host.msr_write(msr, value)
+    }
+    pub fn hypercall(&mut self, control: u64, input: u64, output: u64) -> Result<u64, Exception> {
+        self.host.hypercall(control, input, output)
+    }
+    pub fn take_interrupt(&mut self) -> Option<u8> {
+        self.host.take_interrupt()
+    }
+    /// Runs the server: guest messages, delayed replies, channel rings, timers.
+    pub fn step(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+        self.vmbus.step(&mut self.host, now_ns);
+    }
+
+    // ---- operator API ----
+
+    pub fn add_device(&mut self, device: DeviceConfig) -> u32 {
+        self.vmbus.add_device(&mut self.host, device)
+    }
+
+    pub fn rescind(&mut self, relid: u32) -> bool {
+        self.vmbus.rescind(&mut self.host, relid)
+    }
+
+    /// The relid of the open channel serving `kind`, if one is open.
+    pub fn channel_of(&self, kind: DeviceKind) -> Option<u32> {
+        self.vmbus
+            .open_channels()
+            .into_iter()
+            .find(|&relid| self.vmbus.endpoint(relid).is_some_and(|e| e.kind == kind))
+    }
+
+    /// Runs `f` on a channel endpoint and signals the guest if it asks to.
+    pub fn with_channel<R>(
+        &mut self,
+        relid: u32,
+        f: impl FnOnce(&mut ChannelEndpoint, &M) -> R,
+        signal: impl Fn(&R) -> bool,
+    ) -> Option<R> {
+        let memory = &self.host.memory;
+        let endpoint = self.vmbus.endpoint_mut(relid)?;
+        let result = f(endpoint, memory);
+        if signal(&result) {
+            let sint = self.vmbus.message_sint_for_signals();
+            self.host.signal_guest(sint, relid as u16);
+        }
+        Some(result)
+    }
+
+    fn ic_call(
+        &mut self,
+        kind: DeviceKind,
+        f: impl FnOnce(&mut ChannelEndpoint, &M) -> Option<bool>,
+    ) -> bool {
+        let Some(relid) = self.channel_of(kind) else {
+            return false;
+        };
+        matches!(
+            self.with_channel(relid, f, |r| *r == Some(true)),
+            Some(Some(_))
+        )
+    }
+
+    /// Asks the guest to shut down (flags: 0 shut down, 1 force, 2 reboot).
+    pub fn request_shutdown(&mut self, flags: u32) -> bool {
+        self.ic_call(DeviceKind::Shutdown, |e, m| {
+            e.request_shutdown(m, flags, "hvsim")
+        })
+    }
+
+    /// The guest's answer to the last shutdown request.
+    pub fn shutdown_status(&self) -> Option<u32> {
+        let relid = self.channel_of(DeviceKind::Shutdown)?;
+        self.vmbus.endpoint(relid)?.ic.shutdown_status
+    }
+
+    pub fn request_heartbeat(&mut self) -> bool {
+        self.ic_call(DeviceKind::Heartbeat, |e, m| e.request_heartbeat(m))
+    }
+
+    /// The last heartbeat the guest answered.
+    pub fn last_heartbeat(&self) -> Option<Heartbeat> {
+        let relid = self.channel_of(DeviceKind::Heartbeat)?;
+        self.vmbus.endpoint(relid)?.ic.last_heartbeat
+    }
+
+    pub fn send_time(&mut self, parent_time: u64, flags: u8) -> bool {
+        self.ic_call(DeviceKind::TimeSync, |e, m| {
+            e.send_time(m, parent_time, flags)
+        })
+    }
+
+    /// Pushes a KVP pair to the guest (KVP_OP_SET in `pool`).
+    pub fn kvp_set(&mut self, pool: u8, key: &str, value: &str) -> bool {
+        self.ic_call(DeviceKind::Kvp, |e, m| {
+            e.kvp_request(m, vmbus_protocol::ic::kvp_operation::SET, pool, key, value)
+        })
+    }
+
+    /// Asks the guest for a KVP value (KVP_OP_GET); read it with `kvp_responses`.
+    pub fn kvp_get(&mut self, pool: u8, key: &str) -> bool {
+        self.ic_call(DeviceKind::Kvp, |e, m| {
+            e.kvp_request(m, vmbus_protocol::ic::kvp_operation::GET, pool, key, "")
+        })
+    }
+
+    /// KVP answers received so far (oldest first), drained.
+    pub fn kvp_responses(&mut self) -> Vec<KvpResponse> {
+        let Some(relid) = self.channel_of(DeviceKind::Kvp) else {
+            return Vec::new();
+        };
+        self.vmbus
+            .endpoint_mut(relid)
+            .map(|e| e.ic.kvp_responses.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    // ---- fault injection ----
+
+    /// `count` copies of a control message (e.g. a flood of offers or
+    /// unknown types).
+    pub fn flood_messages(&mut self, bytes: &[u8], count: usize) {
+        for _ in 0..count {
+            self.vmbus.send_raw(&mut self.host, bytes);
+        }
+    }
+
+    /// `count` assertions of the VMBus SINT without new messages or flags.
+    pub fn flood_interrupts(&mut self, count: usize) {
+        let sint = self.vmbus.message_sint_for_signals();
+        for _ in 0..count {
+            self.host.synic.assert_sint(sint);
+        }
+    }
+
+    /// A malformed packet on channel `relid`.
+    pub fn inject_malformed_packet(&mut self, relid: u32, fault: PacketFault) -> bool {
+        self.with_channel(relid, |e, m| e.inject_malformed(m, fault), |s| *s)
+            .is_some()
+    }
+
+    pub fn inject_oversized_packet(&mut self, relid: u32, len: usize) -> bool {
+        self.with_channel(relid, |e, m| e.inject_oversized(m, len), |s| *s)
+            .is_some()
+    }
+
+    /// Stores `value` as the in ring's write index and signals the guest.
+    pub fn corrupt_ring_index(&mut self, relid: u32, value: u32) -> bool {
+        self.with_channel(relid, |e, m| e.corrupt_in_write_index(m, value), |s| *s)
+            .is_some()
+    }
+
+    pub fn send_completion(&mut self, relid: u32, transaction_id: u64) -> bool {
+        self.with_channel(
+            relid,
+            |e, m| e.send_completion(m, transaction_id, &[]),
+            |s| *s,
+        )
+        .is_some()
+    }
+
+    pub fn repeat_last_completion(&mut self, relid: u32) -> bool {
+        self.with_channel(relid, |e, m| e.repeat_last_completion(m), |s| *s)
+            .is_some()
+    }
+
+    pub fn instance_relid(&self, instance: Uuid) -> Option<u32> {
+        self.vmbus.relid_of(instance)
+    }
+}
+
+#[cfg(feature = "hosted")]
+impl<M: GuestMemory> crate::transport::Machine for Simulator<M> {
+    fn msr_read(&mut self, msr: u32) -> Result<u64, Exception> {
+        Simulator::msr_read(self, msr)
+    }
+    fn msr_write(&mut self, msr: u32, value: u64) -> Result<(), Exception> {
+        Simulator::msr_write(self, msr, value)
+    }
+    fn hypercall(&mut self, control: u64, input: u64, output: u64) -> Result<u64, Exception> {
+        Simulator::hypercall(self, control, input, output)
+    }
+    fn take_interrupt(&mut self) -> Option<u8> {
+        Simulator::take_interrupt(self)
+    }
+    fn step(&mut self, now_ns: u64) {
+        Simulator::step(self, now_ns)
+    }
+}

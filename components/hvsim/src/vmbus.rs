@@ -1,0 +1,1020 @@
+//! The VMBus server: the host end of the VMBus control protocol.
+//!
+//! - Version negotiation for 2.4 to 5.3 (a configurable range): before 5.0
+//!   InitiateContact and every later message use connection ID 1 and SINT 2;
+//!   from 5.0 InitiateContact uses connection ID 4, names the message SINT,
+//!   and later messages go to the `msg_conn_id` of the VersionResponse.
+//!   Messages on the wrong connection are rejected.
+//! - Offers for a configurable set of devices (class and instance GUIDs,
+//!   pipe mode, monitor allocation), RequestOffers / AllOffersDelivered,
+//!   and offers added while the guest runs.
+//! - GPADL creation (header + bodies, assembled and validated: ranges,
+//!   PFNs inside guest memory, a limit on the total shared memory) and
+//!   teardown.
+//! - OpenChannel / OpenChannelResult, CloseChannel, rescind and
+//!   RelIdReleased, Unload / UnloadResponse.
+//!
+//! Every guest message is copied out of the port queue and parsed with
+//! `vmbus_protocol::parse` against the negotiated version; a malformed or
+//! out-of-state message is rejected (counted, logged in `rejections`, no
+//! reply), never trusted. Replies can be delayed and a rescind can be
+//! injected at any step of a channel's life (see [`Faults`]).
+
+use crate::channel::{ChannelEndpoint, ChannelEvent};
+use crate::host::{Host, PortKind};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use hv_interface::GuestMemory;
+use hyperv_defs::{MONITOR_BITS_PER_GROUP, MONITOR_ID_MAX, PAGE_SIZE};
+use uuid::Uuid;
+use vmbus_protocol::gpadl::GpadlAssembler;
+use vmbus_protocol::messages::{
+    offer_flags, AllOffersDelivered, GpadlCreated, GpadlTorndown, OfferChannel, OpenChannelResult,
+    RescindChannelOffer, UnloadResponse, VersionResponse, PIPE_MODE_MESSAGE,
+};
+use vmbus_protocol::version::{
+    CONNECTION_ID_INITIATE_CONTACT_V5, CONNECTION_ID_LEGACY, VMBUS_MESSAGE_SINT,
+};
+use vmbus_protocol::{parse, ChannelMessage, ProtocolVersion, VmbusMessage, WireGuid};
+use zerocopy::IntoBytes;
+
+/// The versions this host can speak, oldest first.
+pub const SUPPORTED_VERSIONS: [ProtocolVersion; 8] = [
+    ProtocolVersion::V2_4,
+    ProtocolVersion::V3_0,
+    ProtocolVersion::V4_0,
+    ProtocolVersion::V4_1,
+    ProtocolVersion::V5_0,
+    ProtocolVersion::V5_1,
+    ProtocolVersion::V5_2,
+    ProtocolVersion::V5_3,
+];
+
+/// NTSTATUS STATUS_UNSUCCESSFUL, the failure status of GpadlCreated and
+/// OpenChannelResult.
+pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
+
+/// The largest GPADL (in 8-byte words of ranges and PFNs) the host assembles.
+pub const MAX_GPADL_WORDS: usize = 8192;
+
+/// Which host-side behaviour serves a device's channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Heartbeat,
+    Shutdown,
+    TimeSync,
+    Kvp,
+    /// Any other device: the host drains its ring and checks the packets
+    /// but speaks no device protocol.
+    Generic,
+}
+
+impl DeviceKind {
+    pub fn is_ic(self) -> bool {
+        !matches!(self, DeviceKind::Generic)
+    }
+}
+
+/// A device the host offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub class: Uuid,
+    pub instance: Uuid,
+    pub kind: DeviceKind,
+    /// Offer with a monitor ID (monitored notification).
+    pub monitored: bool,
+    /// Offer as a message-mode pipe (integration components are).
+    pub message_pipe: bool,
+}
+
+impl DeviceConfig {
+    /// An integration component with its class GUID and a fixed instance.
+    pub fn ic(kind: DeviceKind, instance: Uuid) -> Self {
+        use vmbus_protocol::guid::class;
+        let class = match kind {
+            DeviceKind::Heartbeat => class::HEARTBEAT,
+            DeviceKind::Shutdown => class::SHUTDOWN,
+            DeviceKind::TimeSync => class::TIMESYNC,
+            DeviceKind::Kvp => class::KVP,
+            DeviceKind::Generic => Uuid::nil(),
+        };
+        DeviceConfig {
+            class,
+            instance,
+            kind,
+            monitored: false,
+            message_pipe: true,
+        }
+    }
+}
+
+/// Server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub min_version: ProtocolVersion,
+    pub max_version: ProtocolVersion,
+    /// The connection ID returned in VersionResponse for 5.0 and later.
+    pub msg_conn_id: u32,
+    /// Undrained guest messages a control port holds before
+    /// HvPostMessage answers InsufficientBuffers.
+    pub port_capacity: usize,
+    /// Total bytes all GPADLs may describe at once.
+    pub gpadl_memory_limit: u64,
+    /// Control messages handled per step (a slow server fills the port).
+    pub messages_per_step: usize,
+    pub devices: Vec<DeviceConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            min_version: ProtocolVersion::V2_4,
+            max_version: ProtocolVersion::V5_3,
+            msg_conn_id: CONNECTION_ID_LEGACY,
+            port_capacity: 16,
+            gpadl_memory_limit: 1280 << 20,
+            messages_per_step: usize::MAX,
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// Where a channel is in its life, as the host sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Offered (or waiting for RequestOffers).
+    Offered,
+    /// OpenChannel accepted; the result may be delayed.
+    Open,
+    /// RescindChannelOffer sent; waiting for RelIdReleased.
+    Rescinded,
+}
+
+/// A step of a channel's life at which a rescind can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RescindPoint {
+    /// Right after the offer is sent.
+    AfterOffer,
+    /// When a GpadlHeader for the channel arrives (before GpadlCreated).
+    OnGpadlHeader,
+    /// Right after GpadlCreated is sent.
+    AfterGpadlCreated,
+    /// When OpenChannel arrives, before the result is sent.
+    OnOpen,
+    /// Right after OpenChannelResult is sent.
+    AfterOpenResult,
+    /// When CloseChannel arrives.
+    OnClose,
+}
+
+/// Faults the test or operator can inject into the control path.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Hold every reply this long (ns) before sending it.
+    pub reply_delay_ns: u64,
+    /// Rescind a channel (by instance GUID) when it reaches a step.
+    pub rescind_at: Vec<(Uuid, RescindPoint)>,
+    /// Stop handling guest control messages (they stay in the port queue).
+    pub paused: bool,
+}
+
+/// What the server counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub messages_handled: u64,
+    pub messages_rejected: u64,
+    pub offers_sent: u64,
+    pub rescinds_sent: u64,
+    pub gpadls_created: u64,
+    pub gpadls_refused: u64,
+    pub gpadls_torn_down: u64,
+    pub opens_refused: u64,
+}
+
+struct Channel {
+    relid: u32,
+    device: DeviceConfig,
+    state: ChannelState,
+    offered: bool,
+    monitor_id: Option<u8>,
+    connection_id: u32,
+    endpoint: Option<ChannelEndpoint>,
+}
+
+struct Gpadl {
+    relid: u32,
+    assembler: Option<Box<GpadlAssembler<MAX_GPADL_WORDS>>>,
+    /// Pages of a created single-range GPADL, in order.
+    pages: Vec<u64>,
+    bytes: u64,
+    /// Used as the ring of an open channel.
+    in_use: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Connection {
+    version: ProtocolVersion,
+    message_sint: u8,
+    message_connection: u32,
+    monitor_pages: (u64, u64),
+}
+
+struct Delayed {
+    due_ns: u64,
+    bytes: Vec<u8>,
+}
+
+/// The VMBus server.
+pub struct Server {
+    pub config: ServerConfig,
+    pub faults: Faults,
+    pub stats: ServerStats,
+    /// Why messages were rejected, newest last (bounded).
+    pub rejections: VecDeque<String>,
+    connection: Option<Connection>,
+    offers_requested: bool,
+    channels: BTreeMap<u32, Channel>,
+    gpadls: BTreeMap<u32, Gpadl>,
+    delayed: VecDeque<Delayed>,
+    now_ns: u64,
+    next_relid: u32,
+}
+
+/// Event connection IDs: one per channel, above the control IDs.
+const EVENT_CONNECTION_BASE: u32 = 0x1_0000;
+
+fn parse_version(value: u32) -> ProtocolVersion {
+    ProtocolVersion(value)
+}
+
+impl Server {
+    pub fn new(config: ServerConfig) -> Self {
+        Server {
+            config,
+            faults: Faults::default(),
+            stats: ServerStats::default(),
+            rejections: VecDeque::new(),
+            connection: None,
+            offers_requested: false,
+            channels: BTreeMap::new(),
+            gpadls: BTreeMap::new(),
+            delayed: VecDeque::new(),
+            now_ns: 0,
+            next_relid: 1,
+        }
+    }
+
+    /// Opens the control ports and creates the configured devices' channels.
+    pub fn attach<M: GuestMemory>(&mut self, host: &mut Host<M>) {
+        let capacity = self.config.port_capacity;
+        host.open_port(CONNECTION_ID_LEGACY, PortKind::Message { capacity });
+        if self.config.max_version >= ProtocolVersion::V5_0 {
+            host.open_port(
+                CONNECTION_ID_INITIATE_CONTACT_V5,
+                PortKind::Message { capacity },
+            );
+        }
+        for device in self.config.devices.clone() {
+            self.create_channel(device);
+        }
+    }
+
+    /// The negotiated version, if connected.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.connection.map(|c| c.version)
+    }
+
+    pub fn channel_state(&self, relid: u32) -> Option<ChannelState> {
+        self.channels.get(&relid).map(|c| c.state)
+    }
+
+    /// The relid of the (unrescinded) channel with this instance GUID.
+    pub fn relid_of(&self, instance: Uuid) -> Option<u32> {
+        self.channels
+            .values()
+            .find(|c| c.device.instance == instance && c.state != ChannelState::Rescinded)
+            .map(|c| c.relid)
+    }
+
+    pub fn gpadl_count(&self) -> usize {
+        self.gpadls.len()
+    }
+
+    /// Bytes currently shared through created GPADLs.
+    pub fn gpadl_bytes(&self) -> u64 {
+        self.gpadls.values().map(|g| g.bytes).sum()
+    }
+
+    pub fn endpoint(&self, relid: u32) -> Option<&ChannelEndpoint> {
+        self.channels.get(&relid)?.endpoint.as_ref()
+    }
+
+    pub fn endpoint_mut(&mut self, relid: u32) -> Option<&mut ChannelEndpoint> {
+        self.channels.get_mut(&relid)?.endpoint.as_mut()
+    }
+
+    /// Relids of open channels.
+    pub fn open_channels(&self) -> Vec<u32> {
+        self.channels
+            .values()
+            .filter(|c| c.endpoint.is_some())
+            .map(|c| c.relid)
+            .collect()
+    }
+
+    fn reject(&mut self, why: String) {
+        self.stats.messages_rejected += 1;
+        if self.rejections.len() == 64 {
+            self.rejections.pop_front();
+        }
+        self.rejections.push_back(why);
+    }
+
+    fn allocate_relid(&mut self) -> u32 {
+        // Relids 1..2047 (event flag bits); reuse freed ones.
+        let mut relid = self.next_relid;
+        for _ in 0..2047 {
+            if !self.channels.contains_key(&relid) {
+                self.next_relid = if relid >= 2047 { 1 } else { relid + 1 };
+                return relid;
+            }
+            relid = if relid >= 2047 { 1 } else { relid + 1 };
+        }
+        0
+    }
+
+    fn allocate_monitor_id(&self) -> Option<u8> {
+        (0..=MONITOR_ID_MAX).find(|id| !self.channels.values().any(|c| c.monitor_id == Some(*id)))
+    }
+
+    fn create_channel(&mut self, device: DeviceConfig) -> u32 {
+        let relid = self.allocate_relid();
+        let monitor_id = if device.monitored {
+            self.allocate_monitor_id()
+        } else {
+            None
+        };
+        self.channels.insert(
+            relid,
+            Channel {
+                relid,
+                device,
+                state: ChannelState::Offered,
+                offered: false,
+                monitor_id,
+                connection_id: EVENT_CONNECTION_BASE + relid,
+                endpoint: None,
+            },
+        );
+        relid
+    }
+
+    /// Adds a device while the guest runs: offered at once if the guest
+    /// has asked for offers, else at its next RequestOffers.
+    pub fn add_device<M: GuestMemory>(&mut self, host: &mut Host<M>, device: DeviceConfig) -> u32 {
+        let relid = self.create_channel(device);
+        if self.offers_requested {
+            self.send_offer(host, relid);
+        }
+        relid
+    }
+
+    /// The SINT channel events and control messages go to.
+    pub fn message_sint_for_signals(&self) -> u8 {
+        self.message_sint()
+    }
+
+    fn message_sint(&self) -> u8 {
+        self.connection
+            .map_or(VMBUS_MESSAGE_SINT, |c| c.message_sint)
+    }
+
+    /// Sends a control message now, or after the configured reply delay.
+    fn reply<M: GuestMemory>(&mut self, host: &mut Host<M>, bytes: &[u8]) {
+        if self.faults.reply_delay_ns > 0 {
+            self.delayed.push_back(Delayed {
+                due_ns: self.now_ns + self.faults.reply_delay_ns,
+                bytes: bytes.to_vec(),
+            });
+        } else {
+            host.send_message(self.message_sint(), bytes);
+        }
+    }
+
+    /// Sends raw bytes as a control message (fault injection: malformed,
+    /// unknown or out-of-order messages).
+    pub fn send_raw<M: GuestMemory>(&mut self, host: &mut Host<M>, bytes: &[u8]) {
+        host.send_message(self.message_sint(), bytes);
+    }
+
+    fn rescind_point(&mut self, host_needs: RescindPoint, relid: u32) -> bool {
+        let Some(channel) = self.channels.get(&relid) else {
+            return false;
+        };
+        let instance = channel.device.instance;
+        if let Some(index) = self
+            .faults
+            .rescind_at
+            .iter()
+            .position(|&(i, p)| i == instance && p == host_needs)
+        {
+            self.faults.rescind_at.remove(index);
+            return true;
+        }
+        false
+    }
+
+    fn send_offer<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) {
+        let Some(channel) = self.channels.get_mut(&relid) else {
+            return;
+        };
+        if channel.state == ChannelState::Rescinded {
+            return;
+        }
+        let mut offer = OfferChannel::empty();
+        offer.interface_type = WireGuid::from_uuid(channel.device.class);
+        offer.interface_instance = WireGuid::from_uuid(channel.device.instance);
+        let mut flags = 0;
+        if channel.device.message_pipe {
+            flags |= offer_flags::NAMED_PIPE_MODE;
+            offer.user_def[..4].copy_from_slice(&PIPE_MODE_MESSAGE.to_le_bytes());
+        }
+        if let Some(monitor_id) = channel.monitor_id {
+            flags |= offer_flags::MONITORED_NOTIFICATION;
+            offer.monitor_id = monitor_id;
+            offer.monitor_allocated = 1;
+        }
+        offer.chn_flags = flags.into();
+        offer.child_relid = relid.into();
+        offer.is_dedicated_interrupt = 1.into();
+        offer.connection_id = channel.connection_id.into();
+        channel.offered = true;
+        self.stats.offers_sent += 1;
+        let bytes = offer.as_bytes().to_vec();
+        host.send_message(self.message_sint(), &bytes);
+        if self.rescind_point(RescindPoint::AfterOffer, relid) {
+            self.rescind(host, relid);
+        }
+    }
+
+    /// Rescinds a channel: closes it host-side and sends RescindChannelOffer.
+    /// The relid stays reserved until the guest sends RelIdReleased.
+    pub fn rescind<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) -> bool {
+        let Some(channel) = self.channels.get_mut(&relid) else {
+            return false;
+        };
+        if channel.state == ChannelState::Rescinded {
+            return false;
+        }
+        channel.state = ChannelState::Rescinded;
+        channel.endpoint = None;
+        host.close_port(channel.connection_id);
+        let offered = channel.offered;
+        for gpadl in self.gpadls.values_mut().filter(|g| g.relid == relid) {
+            gpadl.in_use = false;
+        }
+        if offered && self.connection.is_some() {
+            let mut message = RescindChannelOffer::empty();
+            message.child_relid = relid.into();
+            self.stats.rescinds_sent += 1;
+            host.send_message(self.message_sint(), message.as_bytes());
+        } else {
+            // Never offered: nothing for the guest to release.
+            self.channels.remove(&relid);
+        }
+        true
+    }
+
+    /// Handles queued guest messages, due delayed replies and channel work.
+    pub fn step<M: GuestMemory>(&mut self, host: &mut Host<M>, now_ns: u64) {
+        self.now_ns = now_ns;
+        while let Some(front) = self.delayed.front() {
+            if front.due_ns > now_ns {
+                break;
+            }
+            let delayed = self.delayed.pop_front().expect("front exists");
+            host.send_message(self.message_sint(), &delayed.bytes);
+        }
+        if !self.faults.paused {
+            let mut budget = self.config.messages_per_step;
+            let mut ports = alloc::vec![CONNECTION_ID_LEGACY, CONNECTION_ID_INITIATE_CONTACT_V5];
+            if let Some(connection) = self.connection {
+                if !ports.contains(&connection.message_connection) {
+                    ports.push(connection.message_connection);
+                }
+            }
+            'ports: for port in ports {
+                while budget > 0 {
+                    let Some(bytes) = host.take_posted(port) else {
+                        break;
+                    };
+                    budget -= 1;
+                    self.handle(host, port, &bytes);
+                    if self.faults.paused {
+                        break 'ports;
+                    }
+                }
+            }
+        }
+        self.step_channels(host, now_ns);
+    }
+
+    fn step_channels<M: GuestMemory>(&mut self, host: &mut Host<M>, now_ns: u64) {
+        let monitor_page2 = self.connection.map(|c| c.monitor_pages.1);
+        let relids: Vec<u32> = self.open_channels();
+        for relid in relids {
+            let Some(channel) = self.channels.get_mut(&relid) else {
+                continue;
+            };
+            let mut signals = host.take_signals(channel.connection_id);
+            if let (Some(monitor_id), Some(page)) = (channel.monitor_id, monitor_page2) {
+                // The guest's monitor page: test-and-clear our pending bit.
+                let group = monitor_id as usize / MONITOR_BITS_PER_GROUP;
+                let bit = 1u32 << (monitor_id as usize % MONITOR_BITS_PER_GROUP);
+                let gpa = page + hyperv_defs::MonitorPage::pending_offset(group) as u64;
+                if let Ok(old) = host.memory.fetch_and_u32(gpa, !bit) {
+                    if old & bit != 0 {
+                        signals += 1;
+                    }
+                }
+            }
+            let Some(endpoint) = channel.endpoint.as_mut() else {
+                continue;
+            };
+            let sint = self
+                .connection
+                .map_or(VMBUS_MESSAGE_SINT, |c| c.message_sint);
+            let event = endpoint.step(&host.memory, signals, now_ns);
+            if event == ChannelEvent::SignalGuest {
+                host.signal_guest(sint, relid as u16);
+            }
+        }
+    }
+
+    fn handle<M: GuestMemory>(&mut self, host: &mut Host<M>, port: u32, bytes: &[u8]) {
+        let version = self
+            .connection
+            .map_or(self.config.max_version, |c| c.version);
+        let message = match parse(bytes, version) {
+            Ok(message) => message,
+            Err(error) => {
+                self.reject(alloc::format!("port {port:#x}: {error}"));
+                return;
+            }
+        };
+        self.stats.messages_handled += 1;
+        if let ChannelMessage::InitiateContact(contact) = &message {
+            self.initiate_contact(host, port, contact);
+            return;
+        }
+        let Some(connection) = self.connection else {
+            self.reject(alloc::format!("{message:?} before InitiateContact"));
+            return;
+        };
+        if port != connection.message_connection {
+            self.reject(alloc::format!(
+                "message on connection {port:#x}, negotiated {:#x}",
+                connection.message_connection
+            ));
+            return;
+        }
+        match message {
+            ChannelMessage::RequestOffers(_) => {
+                if self.offers_requested {
+                    self.reject("second RequestOffers".into());
+                    return;
+                }
+                self.offers_requested = true;
+                let relids: Vec<u32> = self.channels.keys().copied().collect();
+                for relid in relids {
+                    self.send_offer(host, relid);
+                }
+                let done = AllOffersDelivered::empty();
+                host.send_message(self.message_sint(), done.as_bytes());
+            }
+            ChannelMessage::GpadlHeader(header) => self.gpadl_header(host, header),
+            ChannelMessage::GpadlBody(body) => self.gpadl_body(host, body),
+            ChannelMessage::GpadlTeardown(teardown) => {
+                let relid = teardown.child_relid.get();
+                let id = teardown.gpadl_id.get();
+                match self.gpadls.get(&id) {
+                    Some(gpadl) if gpadl.relid == relid && gpadl.assembler.is_none() => {
+                        if gpadl.in_use {
+                            self.reject(alloc::format!(
+                                "teardown of GPADL {id:#x} while its channel is open"
+                            ));
+                            return;
+                        }
+                        self.gpadls.remove(&id);
+                        self.stats.gpadls_torn_down += 1;
+                        let mut reply = GpadlTorndown::empty();
+                        reply.gpadl_id = id.into();
+                        let bytes = reply.as_bytes().to_vec();
+                        self.reply(host, &bytes);
+                    }
+                    _ => self.reject(alloc::format!(
+                        "teardown of unknown GPADL {id:#x} (relid {relid})"
+                    )),
+                }
+            }
+            ChannelMessage::OpenChannel(open) => self.open_channel(host, &open),
+            ChannelMessage::CloseChannel(close) => {
+                let relid = close.child_relid.get();
+                let open = self
+                    .channels
+                    .get(&relid)
+                    .is_some_and(|c| c.state == ChannelState::Open);
+                if !open {
+                    self.reject(alloc::format!(
+                        "CloseChannel of relid {relid} that is not open"
+                    ));
+                    return;
+                }
+                if self.rescind_point(RescindPoint::OnClose, relid) {
+                    self.rescind(host, relid);
+                    return;
+                }
+                self.close_channel(host, relid);
+            }
+            ChannelMessage::RelIdReleased(released) => {
+                let relid = released.child_relid.get();
+                let rescinded = self
+                    .channels
+                    .get(&relid)
+                    .is_some_and(|c| c.state == ChannelState::Rescinded);
+                if !rescinded {
+                    self.reject(alloc::format!(
+                        "RelIdReleased for relid {relid} that was not rescinded"
+                    ));
+                    return;
+                }
+                if self.gpadls.values().any(|g| g.relid == relid) {
+                    // The guest must tear its GPADLs down first; the host
+                    // drops them now as Hyper-V does on release.
+                    self.gpadls.retain(|_, g| g.relid != relid);
+                }
+                self.channels.remove(&relid);
+            }
+            ChannelMessage::Unload(_) => {
+                for relid in self.channels.keys().copied().collect::<Vec<_>>() {
+                    self.close_channel(host, relid);
+                }
+                // Rescinded channels are forgotten; the rest will be offered
+                // again after the next InitiateContact/RequestOffers.
+                self.channels
+                    .retain(|_, c| c.state != ChannelState::Rescinded);
+                for channel in self.channels.values_mut() {
+                    channel.offered = false;
+                }
+                self.gpadls.clear();
+                self.offers_requested = false;
+                let reply = UnloadResponse::empty();
+                let bytes = reply.as_bytes().to_vec();
+                self.reply(host, &bytes);
+                if connection.message_connection != CONNECTION_ID_LEGACY
+                    && connection.message_connection != CONNECTION_ID_INITIATE_CONTACT_V5
+                {
+                    host.close_port(connection.message_connection);
+                }
+                self.connection = None;
+            }
+            other => self.reject(alloc::format!("unexpected from guest: {other:?}")),
+        }
+    }
+
+    fn initiate_contact<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        port: u32,
+        contact: &vmbus_protocol::messages::InitiateContact,
+    ) {
+        let requested = parse_version(contact.version_requested.get());
+        let expected_port = requested.initiate_contact_connection_id();
+        if port != expected_port {
+            self.reject(alloc::format!(
+                "InitiateContact {requested} on connection {port}, expected {expected_port}"
+            ));
+            return;
+        }
+        if self.connection.is_some() {
+            self.reject("InitiateContact while connected (Unload first)".into());
+            return;
+        }
+        let message_sint = if requested.uses_message_sint() {
+            contact.msg_sint()
+        } else {
+            VMBUS_MESSAGE_SINT
+        };
+        let monitor_pages = (contact.monitor_page1.get(), contact.monitor_page2.get());
+        let page_ok = |gpa: u64| {
+            gpa != 0 && gpa.is_multiple_of(PAGE_SIZE) && host.memory.contains(gpa, PAGE_SIZE)
+        };
+        let supported = SUPPORTED_VERSIONS.contains(&requested)
+            && requested >= self.config.min_version
+            && requested <= self.config.max_version;
+        let valid = message_sint < 16
+            && page_ok(monitor_pages.0)
+            && page_ok(monitor_pages.1)
+            && monitor_pages.0 != monitor_pages.1;
+        let mut response = VersionResponse::empty();
+        if supported && valid {
+            let message_connection = requested.message_connection_id(self.config.msg_conn_id);
+            if !host.has_port(message_connection) {
+                host.open_port(
+                    message_connection,
+                    PortKind::Message {
+                        capacity: self.config.port_capacity,
+                    },
+                );
+            }
+            self.connection = Some(Connection {
+                version: requested,
+                message_sint,
+                message_connection,
+                monitor_pages,
+            });
+            response.version_supported = 1;
+            response.msg_conn_id = if requested.uses_message_sint() {
+                message_connection.into()
+            } else {
+                0.into()
+            };
+        } else if supported {
+            self.reject(alloc::format!(
+                "InitiateContact {requested}: bad SINT {message_sint} or monitor pages {monitor_pages:x?}"
+            ));
+        }
+        // The response goes to the SINT the guest named.
+        let bytes = response.as_bytes().to_vec();
+        if self.faults.reply_delay_ns > 0 {
+            self.delayed.push_back(Delayed {
+                due_ns: self.now_ns + self.faults.reply_delay_ns,
+                bytes,
+            });
+        } else {
+            host.send_message(message_sint, &bytes);
+        }
+    }
+
+    fn gpadl_created<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32, id: u32, ok: bool) {
+        let mut reply = GpadlCreated::empty();
+        reply.child_relid = relid.into();
+        reply.gpadl_id = id.into();
+        reply.creation_status = if ok { 0 } else { STATUS_UNSUCCESSFUL }.into();
+        if ok {
+            self.stats.gpadls_created += 1;
+        } else {
+            self.stats.gpadls_refused += 1;
+        }
+        let bytes = reply.as_bytes().to_vec();
+        self.reply(host, &bytes);
+        if ok && self.rescind_point(RescindPoint::AfterGpadlCreated, relid) {
+            self.rescind(host, relid);
+        }
+    }
+
+    fn channel_accepts_gpadl(&self, relid: u32) -> bool {
+        self.channels
+            .get(&relid)
+            .is_some_and(|c| c.offered && c.state != ChannelState::Rescinded)
+    }
+
+    fn gpadl_header<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        header: vmbus_protocol::messages::GpadlHeaderMessage,
+    ) {
+        let relid = header.fixed.child_relid.get();
+        let id = header.fixed.gpadl_id.get();
+        if self.gpadls.contains_key(&id) {
+            self.reject(alloc::format!("GPADL id {id:#x} already in use"));
+            self.gpadl_created(host, relid, id, false);
+            return;
+        }
+        if !self.channel_accepts_gpadl(relid) {
+            self.reject(alloc::format!(
+                "GPADL for relid {relid} that is not offered"
+            ));
+            self.gpadl_created(host, relid, id, false);
+            return;
+        }
+        if self.rescind_point(RescindPoint::OnGpadlHeader, relid) {
+            self.rescind(host, relid);
+            return;
+        }
+        let assembler = match GpadlAssembler::<MAX_GPADL_WORDS>::new(&header) {
+            Ok(assembler) => Box::new(assembler),
+            Err(error) => {
+                self.reject(alloc::format!("GPADL {id:#x}: {error:?}"));
+                self.gpadl_created(host, relid, id, false);
+                return;
+            }
+        };
+        self.gpadls.insert(
+            id,
+            Gpadl {
+                relid,
+                assembler: Some(assembler),
+                pages: Vec::new(),
+                bytes: 0,
+                in_use: false,
+            },
+        );
+        self.try_complete_gpadl(host, id);
+    }
+
+    fn gpadl_body<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        body: vmbus_protocol::messages::GpadlBodyMessage,
+    ) {
+        let id = body.fixed.gpadl_id.get();
+        let Some(assembler) = self.gpadls.get_mut(&id).and_then(|g| g.assembler.as_mut()) else {
+            self.reject(alloc::format!(
+                "GpadlBody for GPADL {id:#x} that is not being created"
+            ));
+            return;
+        };
+        if let Err(error) = assembler.add_body(&body) {
+            let relid = assembler.child_relid;
+            self.gpadls.remove(&id);
+            self.reject(alloc::format!("GPADL {id:#x} body: {error:?}"));
+            self.gpadl_created(host, relid, id, false);
+            return;
+        }
+        self.try_complete_gpadl(host, id);
+    }
+
+    fn try_complete_gpadl<M: GuestMemory>(&mut self, host: &mut Host<M>, id: u32) {
+        let Some(gpadl) = self.gpadls.get(&id) else {
+            return;
+        };
+        let Some(assembler) = gpadl.assembler.as_ref() else {
+            return;
+        };
+        if !assembler.is_complete() {
+            return;
+        }
+        let relid = gpadl.relid;
+        let guest_pages = host.memory.size() / PAGE_SIZE;
+        let result: Result<(Vec<u64>, u64), String> = match assembler.ranges() {
+            Err(error) => Err(alloc::format!("{error:?}")),
+            Ok(ranges) => {
+                let mut pages = Vec::new();
+                let mut bytes = 0u64;
+                let mut problem = None;
+                for range in ranges.iter() {
+                    bytes += range.byte_count as u64;
+                    for &pfn in range.pfns {
+                        if pfn >= guest_pages {
+                            problem = Some(alloc::format!("PFN {pfn:#x} outside guest memory"));
+                        }
+                        pages.push(pfn);
+                    }
+                }
+                match problem {
+                    Some(problem) => Err(problem),
+                    None => Ok((pages, bytes)),
+                }
+            }
+        };
+        let result = result.and_then(|(pages, bytes)| {
+            let total = self.gpadl_bytes() + bytes;
+            if total > self.config.gpadl_memory_limit {
+                Err(alloc::format!(
+                    "GPADL of {bytes} bytes exceeds the shared-memory limit ({total} > {})",
+                    self.config.gpadl_memory_limit
+                ))
+            } else {
+                Ok((pages, bytes))
+            }
+        });
+        match result {
+            Ok((pages, bytes)) => {
+                let gpadl = self.gpadls.get_mut(&id).expect("present");
+                gpadl.assembler = None;
+                gpadl.pages = pages;
+                gpadl.bytes = bytes;
+                self.gpadl_created(host, relid, id, true);
+            }
+            Err(why) => {
+                self.gpadls.remove(&id);
+                self.reject(alloc::format!("GPADL {id:#x}: {why}"));
+                self.gpadl_created(host, relid, id, false);
+            }
+        }
+    }
+
+    fn open_result<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        relid: u32,
+        open_id: u32,
+        status: u32,
+    ) {
+        let mut reply = OpenChannelResult::empty();
+        reply.child_relid = relid.into();
+        reply.open_id = open_id.into();
+        reply.status = status.into();
+        let bytes = reply.as_bytes().to_vec();
+        self.reply(host, &bytes);
+    }
+
+    fn open_channel<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        open: &vmbus_protocol::messages::OpenChannel,
+    ) {
+        let relid = open.child_relid.get();
+        let open_id = open.open_id.get();
+        let gpadl_id = open.ring_gpadl_id.get();
+        let downstream = open.downstream_ring_page_offset.get();
+        let Some(channel) = self.channels.get(&relid) else {
+            self.reject(alloc::format!("OpenChannel for unknown relid {relid}"));
+            return;
+        };
+        let state = channel.state;
+        if state == ChannelState::Rescinded || !channel.offered {
+            self.reject(alloc::format!(
+                "OpenChannel for relid {relid} that is not offered"
+            ));
+            return;
+        }
+        if self.rescind_point(RescindPoint::OnOpen, relid) {
+            self.rescind(host, relid);
+            return;
+        }
+        let failure = if state == ChannelState::Open {
+            Some(alloc::format!("relid {relid} is already open"))
+        } else if open.target_vp.get() != 0 {
+            Some(alloc::format!(
+                "target VP {} does not exist",
+                open.target_vp.get()
+            ))
+        } else {
+            match self.gpadls.get(&gpadl_id) {
+                None => Some(alloc::format!("ring GPADL {gpadl_id:#x} does not exist")),
+                Some(g) if g.assembler.is_some() || g.relid != relid => Some(alloc::format!(
+                    "ring GPADL {gpadl_id:#x} is not a created GPADL of relid {relid}"
+                )),
+                Some(g) if g.in_use => {
+                    Some(alloc::format!("ring GPADL {gpadl_id:#x} already in use"))
+                }
+                Some(g) => {
+                    let pages = g.pages.len() as u32;
+                    if g.bytes != pages as u64 * PAGE_SIZE {
+                        Some("ring GPADL is not whole pages".into())
+                    } else if downstream < 2 || downstream + 2 > pages {
+                        Some(alloc::format!(
+                            "downstream offset {downstream} leaves a ring without data pages ({pages} pages)"
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(why) = failure {
+            self.stats.opens_refused += 1;
+            self.reject(alloc::format!("OpenChannel: {why}"));
+            self.open_result(host, relid, open_id, STATUS_UNSUCCESSFUL);
+            return;
+        }
+        let gpadl = self.gpadls.get_mut(&gpadl_id).expect("checked");
+        gpadl.in_use = true;
+        let pages = gpadl.pages.clone();
+        let channel = self.channels.get_mut(&relid).expect("checked");
+        channel.state = ChannelState::Open;
+        let endpoint = ChannelEndpoint::new(
+            channel.device.kind,
+            gpadl_id,
+            &pages[..downstream as usize],
+            &pages[downstream as usize..],
+            &host.memory,
+            self.now_ns,
+        );
+        channel.endpoint = Some(endpoint);
+        host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
+        self.open_result(host, relid, open_id, 0);
+        if self.rescind_point(RescindPoint::AfterOpenResult, relid) {
+            self.rescind(host, relid);
+        }
+    }
+
+    fn close_channel<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) {
+        let Some(channel) = self.channels.get_mut(&relid) else {
+            return;
+        };
+        if let Some(endpoint) = channel.endpoint.take() {
+            if let Some(gpadl) = self.gpadls.get_mut(&endpoint.ring_gpadl) {
+                gpadl.in_use = false;
+            }
+        }
+        if channel.state == ChannelState::Open {
+            channel.state = ChannelState::Offered;
+        }
+        host.close_port(channel.connection_id);
+    }
+}
