@@ -499,7 +499,15 @@ impl System {
     /// Run until a component powers the system off (its code), or until
     /// nothing is left running that could (code 1).
     pub fn wait(&self) -> u8 {
-        self.wait_until(Duration::from_secs(u64::MAX / 4), |state| {
+        loop {
+            if let Some(code) = self.wait_a_while() {
+                return code;
+            }
+        }
+    }
+
+    fn wait_a_while(&self) -> Option<u8> {
+        self.wait_until(Duration::from_secs(3600), |state| {
             if let Some(code) = state.power_off {
                 return Some(code);
             }
@@ -509,7 +517,6 @@ impl System {
                 .any(|s| s.status == Status::Running || s.status == Status::Double);
             (!alive).then_some(1)
         })
-        .unwrap_or(1)
     }
 }
 
