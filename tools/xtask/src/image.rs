@@ -1,8 +1,148 @@
-//! `cargo xtask build`: the bootable seL4 image (kernel + root task).
-use crate::util::Result;
+//! `cargo xtask build [--system FILE]`: the bootable seL4 image.
+//!
+//! 1. compile the description (default `system.toml`) with `sysdesc`;
+//! 2. build each component package it names for `x86_64-unknown-none`
+//!    (release, static relocation model, `sel4-runtime/link.ld`, so the
+//!    ELFs have only PT_LOAD segments), with `SYSTEM_DESCRIPTION` set so
+//!    their generated ids come from the same description;
+//! 3. write `layout.bin` and the ELFs to `<target>/sel4/image/embed`;
+//! 4. build the root task with `ROOTTASK_IMAGE_DIR` naming that folder;
+//! 5. build (or reuse) the kernel, converted to elf32-i386.
+//!
+//! The flags go through `CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS`, so
+//! host builds of the same workspace are untouched.
 
-pub fn run(_args: &[String]) -> Result {
-    let kernel = crate::kernel::build_kernel()?;
-    println!("{}", kernel.display());
+use crate::kernel::{build_kernel, target_dir};
+use crate::util::{workspace_root, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+pub const SEL4_TARGET: &str = "x86_64-unknown-none";
+
+/// What `build` produces.
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub roottask: PathBuf,
+}
+
+/// `--system FILE` from the arguments, else `system.toml`.
+pub fn system_argument(args: &[String]) -> Result<PathBuf> {
+    let mut system = workspace_root().join("system.toml");
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--system" => {
+                let path = iter.next().ok_or("--system needs a file")?;
+                let path = PathBuf::from(path);
+                system = if path.is_absolute() {
+                    path
+                } else {
+                    workspace_root().join(path)
+                };
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(system)
+}
+
+pub fn run(args: &[String]) -> Result {
+    let system = system_argument(args)?;
+    let image = build(&system)?;
+    println!("kernel:    {}", image.kernel.display());
+    println!("root task: {}", image.roottask.display());
     Ok(())
+}
+
+fn cargo_for_sel4(system: &Path) -> Command {
+    let link_script = workspace_root().join("platform/sel4-runtime/link.ld");
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
+            format!(
+                "-C relocation-model=static -C link-arg=-T{}",
+                link_script.display()
+            ),
+        )
+        .env("SYSTEM_DESCRIPTION", system)
+        .args(["build", "--quiet", "--release", "--target", SEL4_TARGET]);
+    command
+}
+
+fn run_cargo(mut command: Command, what: &str) -> Result {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo for {what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building {what} for {SEL4_TARGET} failed ({status})"
+        ))
+    }
+}
+
+/// Build the whole image for a description.
+pub fn build(system: &Path) -> Result<BootImage> {
+    let started = Instant::now();
+    let layout = sysdesc::compile_file(system).map_err(|diagnostics| {
+        eprint!("{diagnostics}");
+        format!("{} has errors", system.display())
+    })?;
+    let release = target_dir().join(SEL4_TARGET).join("release");
+    let embed = target_dir().join("sel4").join("image").join("embed");
+    if embed.exists() {
+        std::fs::remove_dir_all(&embed)
+            .map_err(|e| format!("cannot clear {}: {e}", embed.display()))?;
+    }
+    std::fs::create_dir_all(&embed)
+        .map_err(|e| format!("cannot create {}: {e}", embed.display()))?;
+
+    let mut packages: Vec<&str> = layout
+        .components
+        .iter()
+        .map(|c| c.package.as_str())
+        .collect();
+    packages.sort();
+    packages.dedup();
+    if !packages.is_empty() {
+        let mut command = cargo_for_sel4(system);
+        for package in &packages {
+            command.args(["--package", package, "--bin", package]);
+        }
+        run_cargo(command, "the components")?;
+    }
+    for package in &packages {
+        let elf = release.join(package);
+        std::fs::copy(&elf, embed.join(format!("{package}.elf")))
+            .map_err(|e| format!("cannot copy {}: {e}", elf.display()))?;
+    }
+    let bytes = layout
+        .encode()
+        .map_err(|e| format!("cannot encode the layout: {e}"))?;
+    std::fs::write(embed.join("layout.bin"), bytes)
+        .map_err(|e| format!("cannot write layout.bin: {e}"))?;
+
+    let mut command = cargo_for_sel4(system);
+    command
+        .env("ROOTTASK_IMAGE_DIR", &embed)
+        .args(["--package", "roottask"]);
+    run_cargo(command, "the root task")?;
+    let roottask = target_dir().join("sel4").join("image").join("roottask.elf");
+    std::fs::copy(release.join("roottask"), &roottask)
+        .map_err(|e| format!("cannot copy the root task: {e}"))?;
+    let user_done = started.elapsed();
+
+    let kernel = build_kernel()?;
+    eprintln!(
+        "xtask: image for {} built in {:.1} s (user space {:.1} s)",
+        system.display(),
+        started.elapsed().as_secs_f64(),
+        user_done.as_secs_f64()
+    );
+    Ok(BootImage { kernel, roottask })
 }

@@ -1,9 +1,200 @@
-//! `cargo xtask run` / `boot-test`: boot the image in QEMU.
-use crate::util::Result;
+//! `cargo xtask run [--system FILE]`: build the image and boot it in QEMU
+//! with the console on the terminal (Ctrl-A X quits).
+//!
+//! `cargo xtask boot-test [--system FILE]`: build, boot headless with a
+//! timeout, and pass if QEMU ends through isa-debug-exit with status 1
+//! (a component called `power_off(0)`; status is `code << 1 | 1`) and every
+//! line of the expectation file appears in the output in order. The
+//! expectation file is the description's path with `.expect` instead of
+//! `.toml` (`system.expect` for `system.toml`); lines starting with `#` and
+//! blank lines are ignored. It reports the time from QEMU's start to the
+//! last expected line.
 
-pub fn run(_args: &[String]) -> Result {
-    Err("not yet".into())
+use crate::image::{build, system_argument, BootImage};
+use crate::util::Result;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn qemu_command(image: &BootImage) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "qemu64",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-serial", "mon:stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.roottask);
+    command
 }
-pub fn boot_test(_args: &[String]) -> Result {
-    Err("not yet".into())
+
+pub fn run(args: &[String]) -> Result {
+    let system = system_argument(args)?;
+    let image = build(&system)?;
+    let status = qemu_command(&image)
+        .status()
+        .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
+    match status.code() {
+        Some(code) if code & 1 == 1 => {
+            println!("xtask: system powered off with code {}", code >> 1);
+            Ok(())
+        }
+        _ => Err(format!("QEMU ended with {status}")),
+    }
+}
+
+/// Lines that must appear, in order.
+fn expectations(system: &Path) -> Result<Vec<String>> {
+    let path = system.with_extension("expect");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(parse_expectations(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn parse_expectations(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// Match `expected` lines in order against output lines (substring match).
+/// Returns how many matched and the index of the output line of the last.
+fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usize>) {
+    let mut next = 0;
+    let mut last = None;
+    for (index, line) in output.iter().enumerate() {
+        if next < expected.len() && line.contains(expected[next].as_str()) {
+            next += 1;
+            last = Some(index);
+        }
+    }
+    (next, last)
+}
+
+pub fn boot_test(args: &[String]) -> Result {
+    let system = system_argument(args)?;
+    let expected = expectations(&system)?;
+    let image = build(&system)?;
+    let started = Instant::now();
+    let mut child = qemu_command(&image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let (sender, receiver) = mpsc::channel::<(String, Duration)>();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buffer = Vec::new();
+        while reader.read_until(b'\n', &mut buffer).unwrap_or(0) > 0 {
+            let line = String::from_utf8_lossy(&buffer)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            if sender.send((line, started.elapsed())).is_err() {
+                break;
+            }
+            buffer.clear();
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let mut times: Vec<Duration> = Vec::new();
+    let status = loop {
+        while let Ok((line, at)) = receiver.try_recv() {
+            println!("{line}");
+            lines.push(line);
+            times.push(at);
+        }
+        let _ = std::io::stdout().flush();
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
+            break Some(status);
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    while let Ok((line, at)) = receiver.try_recv() {
+        println!("{line}");
+        lines.push(line);
+        times.push(at);
+    }
+    let (matched, last) = match_in_order(&expected, &lines);
+    if let Some(index) = last {
+        eprintln!(
+            "xtask: boot time to the last expected line: {:.2} s",
+            times[index].as_secs_f64()
+        );
+    }
+    eprintln!("xtask: QEMU ran {:.2} s", started.elapsed().as_secs_f64());
+    let Some(status) = status else {
+        return Err(format!(
+            "boot test timed out after {} s",
+            BOOT_TIMEOUT.as_secs()
+        ));
+    };
+    if matched < expected.len() {
+        return Err(format!(
+            "expected output line not seen: {:?}",
+            expected[matched]
+        ));
+    }
+    match status.code() {
+        Some(1) => {
+            eprintln!(
+                "xtask: boot test passed ({} expected lines seen)",
+                expected.len()
+            );
+            Ok(())
+        }
+        Some(code) if code & 1 == 1 => Err(format!(
+            "system powered off with failure code {}",
+            code >> 1
+        )),
+        _ => Err(format!(
+            "QEMU ended with {status} (not through isa-debug-exit)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_match_in_order_only() {
+        let expected = parse_expectations("# comment\n\nalpha\n  beta \n");
+        assert_eq!(expected, vec!["alpha".to_string(), "beta".to_string()]);
+        let in_order: Vec<String> = ["x alpha", "y", "beta z"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(match_in_order(&expected, &in_order), (2, Some(2)));
+        let reversed: Vec<String> = ["beta", "alpha"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(match_in_order(&expected, &reversed).0, 1);
+    }
 }

@@ -1,0 +1,81 @@
+//! `sel4test-ping`: the pinger of the seL4 bring-up test. Each life it
+//! checks that its data and bss are as in the image (a restart must reset
+//! them), writes a token into the shared region, notifies the ponger, and
+//! on the answer makes a protected call. In its first life it then reads an
+//! address it was not granted, so the kernel faults it and its supervisor
+//! (the ponger) restarts it; in its second life it reports `done`.
+//! Trusts: the ponger's replies only as far as comparing them. Writes: the
+//! shared region.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![allow(static_mut_refs)]
+
+include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+
+use component_api::{ChannelSet, Component, Env};
+use core::sync::atomic::Ordering;
+
+/// In `.data`: 7 in the image.
+static mut DATA_MARK: u32 = 7;
+/// In `.bss`: 0 in the image.
+static mut BSS_MARK: u32 = 0;
+
+/// An address no description grants (below the region area, above the
+/// fixed PD areas).
+const UNGRANTED_ADDRESS: usize = 0x5000_0000;
+
+/// Shared region layout: word 0 lives, word 1 token, word 2 failures.
+pub struct Ping {
+    life: u32,
+}
+
+impl Component for Ping {
+    fn init(env: &mut dyn Env) -> Self {
+        let shared = env.region(regions::SHARED);
+        // SAFETY: single-threaded PD; these statics are only touched here.
+        let (data, bss) = unsafe { (DATA_MARK, BSS_MARK) };
+        unsafe {
+            DATA_MARK = 99;
+            BSS_MARK = 99;
+        }
+        if data != 7 || bss != 0 {
+            shared.atomic_u32(8).unwrap().fetch_add(1, Ordering::SeqCst);
+        }
+        let life = shared.atomic_u32(0).unwrap().fetch_add(1, Ordering::SeqCst) + 1;
+        shared
+            .atomic_u32(4)
+            .unwrap()
+            .store(0xc0ff_ee00 | life, Ordering::SeqCst);
+        env.notify(channels::PONG);
+        Ping { life }
+    }
+
+    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+        if !channels.contains(channels::PONG) {
+            return;
+        }
+        let mut reply = [0u8; 16];
+        let ok = matches!(env.ppcall(channels::CALLS, b"ping", &mut reply), Ok(4) if &reply[..4] == b"pong");
+        if !ok {
+            env.region(regions::SHARED)
+                .atomic_u32(8)
+                .unwrap()
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        if self.life == 1 {
+            // SAFETY: deliberately reading memory we were not granted: the
+            // kernel stops us here and the supervisor sees the fault.
+            let value = unsafe { (UNGRANTED_ADDRESS as *const u32).read_volatile() };
+            core::hint::black_box(value);
+        } else {
+            let _ = env.ppcall(channels::CALLS, b"done", &mut reply);
+        }
+    }
+}
+
+#[cfg(target_os = "none")]
+sel4_runtime::component_main!(Ping);
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("sel4test-ping runs only on seL4 (cargo xtask boot-test --system tests/systems/sel4test.toml)");
+}

@@ -1,0 +1,53 @@
+//! Embed the system image's inputs into the root task.
+//!
+//! `cargo xtask build` sets `ROOTTASK_IMAGE_DIR` to a folder holding
+//! `layout.bin` (the postcard-encoded `SystemLayout`) and one ELF per
+//! component package, named after the package. Without it (a plain
+//! workspace build) nothing is embedded and the root task reports that.
+//! Reads only that folder; writes `$OUT_DIR/embedded.rs`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=ROOTTASK_IMAGE_DIR");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded.rs");
+    let mut code = String::new();
+    match std::env::var_os("ROOTTASK_IMAGE_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let layout = dir.join("layout.bin");
+            println!("cargo:rerun-if-changed={}", layout.display());
+            writeln!(
+                code,
+                "pub static LAYOUT: &[u8] = include_bytes!({:?});",
+                layout.display().to_string()
+            )
+            .unwrap();
+            writeln!(code, "pub static ELFS: &[(&str, &[u8])] = &[").unwrap();
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .expect("ROOTTASK_IMAGE_DIR is not readable")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "elf"))
+                .collect();
+            entries.sort();
+            for path in entries {
+                println!("cargo:rerun-if-changed={}", path.display());
+                let package = path.file_stem().unwrap().to_string_lossy().to_string();
+                writeln!(
+                    code,
+                    "    ({package:?}, include_bytes!({:?})),",
+                    path.display().to_string()
+                )
+                .unwrap();
+            }
+            writeln!(code, "];").unwrap();
+        }
+        None => {
+            code.push_str(
+                "pub static LAYOUT: &[u8] = &[];\npub static ELFS: &[(&str, &[u8])] = &[];\n",
+            );
+        }
+    }
+    std::fs::write(out, code).unwrap();
+}

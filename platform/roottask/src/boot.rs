@@ -1,0 +1,124 @@
+//! Entry point, stack, heap and log output of the root task.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use sel4_bindings as sys;
+
+const STACK_BYTES: usize = 64 * 1024;
+const HEAP_BYTES: usize = 1024 * 1024;
+
+// The kernel starts the root task with rsp = 0 and the boot information
+// pointer in rdi: give it a stack first.
+core::arch::global_asm!(
+    ".section .bss.roottask_stack, \"aw\", @nobits",
+    ".align 16",
+    "roottask_stack_bottom:",
+    ".space {stack_bytes}",
+    "roottask_stack_top:",
+    ".section .text._start, \"ax\"",
+    ".global _start",
+    "_start:",
+    "lea rsp, [rip + roottask_stack_top]",
+    "call {main}",
+    "ud2",
+    stack_bytes = const STACK_BYTES,
+    main = sym roottask_main,
+);
+
+/// A bump allocator: the root task allocates while it builds the system
+/// and the monitor's needs afterwards are fixed, so nothing is freed.
+struct BumpHeap;
+
+#[repr(align(4096))]
+struct HeapArea([u8; HEAP_BYTES]);
+static mut HEAP: HeapArea = HeapArea([0; HEAP_BYTES]);
+static HEAP_USED: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for BumpHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = core::ptr::addr_of_mut!(HEAP) as usize;
+        let mut used = HEAP_USED.load(Ordering::Relaxed);
+        loop {
+            let start = (base + used).next_multiple_of(layout.align()) - base;
+            let end = start + layout.size();
+            if end > HEAP_BYTES {
+                return core::ptr::null_mut();
+            }
+            match HEAP_USED.compare_exchange(used, end, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return (base + start) as *mut u8,
+                Err(now) => used = now,
+            }
+        }
+    }
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+}
+
+#[global_allocator]
+static ALLOCATOR: BumpHeap = BumpHeap;
+
+/// COM1 through the root task's IO-port cap (works on a release kernel
+/// too, unlike seL4_DebugPutChar).
+pub struct Serial;
+
+const COM1: u16 = 0x3f8;
+
+impl Serial {
+    fn put(byte: u8) {
+        for _ in 0..10_000 {
+            match sys::ioport_in(sys::initial_cap::IO_PORT, COM1 + 5, 1) {
+                Ok(status) if status & 0x20 != 0 => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = sys::ioport_out(sys::initial_cap::IO_PORT, COM1, 1, byte as u32);
+    }
+}
+
+impl core::fmt::Write for Serial {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        for byte in text.bytes() {
+            if byte == b'\n' {
+                Self::put(b'\r');
+            }
+            Self::put(byte);
+        }
+        Ok(())
+    }
+}
+
+/// Print a monitor line: `log!("x {}", y)`.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::boot::Serial, "[monitor] {}", format_args!($($arg)*));
+    }};
+}
+
+/// End QEMU through the isa-debug-exit device: status `(code << 1) | 1`.
+pub fn power_off(code: u8) -> ! {
+    let _ = sys::ioport_out(sys::initial_cap::IO_PORT, 0xf4, 1, code as u32);
+    loop {
+        sys::yield_now();
+    }
+}
+
+extern "C" fn roottask_main(boot_info: *const sys::BootInfo) -> ! {
+    // SAFETY: the kernel passes a pointer to the mapped boot info frame.
+    let boot_info = unsafe { &*boot_info };
+    sys::set_ipc_buffer(boot_info.ipc_buffer as usize);
+    match crate::system::build(boot_info) {
+        Ok(system) => crate::monitor::serve(system),
+        Err(error) => {
+            log!("cannot build the system: {error}");
+            power_off(0x7f)
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    log!("root task panic: {info}");
+    power_off(0x7e)
+}

@@ -1,0 +1,166 @@
+//! The monitor: after building the system the root task serves faults and
+//! supervisor requests on its endpoint, forever.
+//!
+//! - A fault (badge FAULT_BADGE_FLAG | pd) is recorded for the PD, logged,
+//!   and the supervisor is signalled with MONITOR_NEWS_BIT; the faulting
+//!   thread stays blocked (no reply) until its supervisor restarts it.
+//! - A request (badge REQUEST_BADGE_FLAG | pd) is checked against the
+//!   description: only a PD's own children may be restarted, stopped or
+//!   reported, and only a PD allowed to may power off.
+
+use crate::system::{FaultRecord, System};
+use sel4_bindings::{self as sys, MessageInfo};
+use sel4_runtime::abi::*;
+
+const FAULT_CAP: u64 = 1;
+const FAULT_UNKNOWN_SYSCALL: u64 = 2;
+const FAULT_USER_EXCEPTION: u64 = 3;
+const FAULT_VM: u64 = 5;
+/// x86 page-fault error code bit: the access was a write.
+const PF_WRITE: u64 = 1 << 1;
+
+fn decode_fault(received: &sys::Received) -> FaultRecord {
+    let mrs = received.mrs;
+    match received.info.label() {
+        FAULT_VM => {
+            let address = mrs[1];
+            let kind = if address & !0xfff == PANIC_FAULT_VADDR {
+                FaultKind::Panic
+            } else {
+                FaultKind::Memory
+            };
+            FaultRecord {
+                kind,
+                address,
+                ip: mrs[0],
+                write: mrs[3] & PF_WRITE != 0,
+            }
+        }
+        FAULT_USER_EXCEPTION | FAULT_CAP => FaultRecord {
+            kind: FaultKind::Instruction,
+            address: 0,
+            ip: mrs[0],
+            write: false,
+        },
+        FAULT_UNKNOWN_SYSCALL => FaultRecord {
+            kind: FaultKind::Instruction,
+            address: 0,
+            ip: sys::get_mr(15),
+            write: false,
+        },
+        _ => FaultRecord {
+            kind: FaultKind::Instruction,
+            address: 0,
+            ip: 0,
+            write: false,
+        },
+    }
+}
+
+fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
+    let fault = decode_fault(received);
+    let name = system.pds[pd].name.clone();
+    match fault.kind {
+        FaultKind::Memory => crate::log!(
+            "{name} faulted: {} at {:#x} (ip {:#x})",
+            if fault.write { "write" } else { "read" },
+            fault.address,
+            fault.ip
+        ),
+        FaultKind::Panic => crate::log!("{name} panicked"),
+        FaultKind::Instruction => crate::log!("{name} faulted: instruction at {:#x}", fault.ip),
+    }
+    system.pds[pd].pending_fault = Some(fault);
+    match system.pds[pd].supervisor {
+        Some(supervisor) => sys::signal(system.pds[supervisor].news),
+        None => crate::log!("{name} has no supervisor: it stays stopped"),
+    }
+}
+
+/// The PD index of `requester`'s child number `child`.
+fn child_of(system: &System, requester: usize, child: u64) -> Option<usize> {
+    system.pds[requester]
+        .children
+        .get(usize::try_from(child).ok()?)
+        .copied()
+}
+
+fn handle_request(
+    system: &mut System,
+    pd: usize,
+    received: &sys::Received,
+) -> (MessageInfo, [u64; 4]) {
+    let ok = (MessageInfo::new(MONITOR_OK, 0, 0, 0), [0; 4]);
+    let denied = (MessageInfo::new(MONITOR_DENIED, 0, 0, 0), [0; 4]);
+    let failed = (MessageInfo::new(MONITOR_FAILED, 0, 0, 0), [0; 4]);
+    match MonitorRequest::from_label(received.info.label()) {
+        Some(MonitorRequest::Restart) => match child_of(system, pd, received.mrs[0]) {
+            Some(child) => match system.restart(child) {
+                Ok(()) => {
+                    crate::log!(
+                        "{} restarted {} (memory reset)",
+                        system.pds[pd].name,
+                        system.pds[child].name
+                    );
+                    ok
+                }
+                Err(error) => {
+                    crate::log!("restart of {} failed: {error}", system.pds[child].name);
+                    failed
+                }
+            },
+            None => denied,
+        },
+        Some(MonitorRequest::Stop) => match child_of(system, pd, received.mrs[0]) {
+            Some(child) => match system.stop(child) {
+                Ok(()) => ok,
+                Err(_) => failed,
+            },
+            None => denied,
+        },
+        Some(MonitorRequest::PowerOff) => {
+            if system.pds[pd].may_power_off {
+                let code = received.mrs[0] as u8;
+                crate::log!("{} powers off (code {code})", system.pds[pd].name);
+                crate::boot::power_off(code)
+            }
+            crate::log!("{} may not power off: ignored", system.pds[pd].name);
+            denied
+        }
+        Some(MonitorRequest::TakeFault) => {
+            let children = system.pds[pd].children.clone();
+            for (index, &child) in children.iter().enumerate() {
+                if let Some(fault) = system.pds[child].pending_fault.take() {
+                    sys::set_mr(4, fault.ip);
+                    sys::set_mr(5, fault.write as u64);
+                    return (
+                        MessageInfo::new(MONITOR_OK, 0, 0, 6),
+                        [1, index as u64, fault.kind as u64, fault.address],
+                    );
+                }
+            }
+            (MessageInfo::new(MONITOR_OK, 0, 0, 1), [0; 4])
+        }
+        None => denied,
+    }
+}
+
+pub fn serve(mut system: System) -> ! {
+    let endpoint = system.monitor_endpoint;
+    let mut pending_reply: Option<(MessageInfo, [u64; 4])> = None;
+    loop {
+        let received = match pending_reply.take() {
+            Some((tag, fast)) => sys::reply_recv(endpoint, tag, fast),
+            None => sys::recv(endpoint),
+        };
+        let pd = (received.badge & PD_INDEX_MASK) as usize;
+        if pd >= system.pds.len() {
+            continue;
+        }
+        if received.badge & FAULT_BADGE_FLAG != 0 {
+            handle_fault(&mut system, pd, &received);
+        } else if received.badge & REQUEST_BADGE_FLAG != 0 {
+            pending_reply = Some(handle_request(&mut system, pd, &received));
+        }
+    }
+}

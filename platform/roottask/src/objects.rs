@@ -1,0 +1,209 @@
+//! Kernel object allocation from the boot untypeds, root CNode slot
+//! allocation, and page mapping that creates missing paging structures.
+
+use alloc::vec::Vec;
+use sel4_bindings::{self as sys, object_type, CPtr, KernelError, Rights};
+
+/// Depth of a capability pointer in the root task's CSpace.
+pub const ROOT_DEPTH: u8 = 64;
+pub const PAGE_BITS: u64 = 12;
+
+struct Untyped {
+    cap: CPtr,
+    size_bits: u8,
+    /// Bytes handed out (the kernel aligns each object to its size).
+    used: u64,
+    exhausted: bool,
+}
+
+/// Why building failed.
+#[derive(Debug)]
+pub enum BuildError {
+    Kernel(&'static str, KernelError),
+    OutOfMemory,
+    OutOfSlots,
+    Description(&'static str),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Kernel(what, error) => {
+                write!(f, "{what}: seL4 error {} ({})", error.0, error.name())
+            }
+            BuildError::OutOfMemory => write!(f, "out of untyped memory"),
+            BuildError::OutOfSlots => write!(f, "out of root CNode slots"),
+            BuildError::Description(what) => write!(f, "bad system description: {what}"),
+        }
+    }
+}
+
+pub type BuildResult<T = ()> = Result<T, BuildError>;
+
+pub trait Context<T> {
+    fn context(self, what: &'static str) -> BuildResult<T>;
+}
+
+impl<T> Context<T> for Result<T, KernelError> {
+    fn context(self, what: &'static str) -> BuildResult<T> {
+        self.map_err(|e| BuildError::Kernel(what, e))
+    }
+}
+
+/// Object size in bytes as log2, for the kernel's alignment rule.
+fn object_size_bits(kind: u64, size_bits: u64) -> u64 {
+    match kind {
+        object_type::seL4_TCBObject => 11,
+        object_type::seL4_EndpointObject => 4,
+        object_type::seL4_NotificationObject => 5,
+        object_type::seL4_CapTableObject => size_bits + 5,
+        _ => PAGE_BITS,
+    }
+}
+
+pub struct Allocator {
+    untypeds: Vec<Untyped>,
+    next_slot: u64,
+    end_slot: u64,
+}
+
+impl Allocator {
+    pub fn new(boot_info: &sys::BootInfo) -> Allocator {
+        let untyped_region = boot_info.untyped;
+        let first = untyped_region.start;
+        let count = untyped_region.end - untyped_region.start;
+        let mut untypeds = Vec::new();
+        for index in 0..count {
+            // SAFETY: index is within the untyped list the kernel filled.
+            let desc = unsafe { boot_info.untyped(index as usize) };
+            if desc.is_device == 0 && desc.size_bits >= PAGE_BITS as u8 {
+                untypeds.push(Untyped {
+                    cap: first + index,
+                    size_bits: desc.size_bits,
+                    used: 0,
+                    exhausted: false,
+                });
+            }
+        }
+        // Largest first: fewer, better-packed runs of frames.
+        untypeds.sort_by(|a, b| b.size_bits.cmp(&a.size_bits));
+        let empty = boot_info.empty;
+        Allocator {
+            untypeds,
+            next_slot: empty.start,
+            end_slot: empty.end,
+        }
+    }
+
+    /// A free slot in the root CNode.
+    pub fn slot(&mut self) -> BuildResult<CPtr> {
+        if self.next_slot >= self.end_slot {
+            return Err(BuildError::OutOfSlots);
+        }
+        self.next_slot += 1;
+        Ok(self.next_slot - 1)
+    }
+
+    /// Retype `count` objects of one kind into consecutive fresh slots,
+    /// from one untyped (so frames come out physically contiguous).
+    pub fn objects(&mut self, kind: u64, size_bits: u64, count: u64) -> BuildResult<CPtr> {
+        let object_bits = object_size_bits(kind, size_bits);
+        let object_bytes = 1u64 << object_bits;
+        if self.end_slot - self.next_slot < count {
+            return Err(BuildError::OutOfSlots);
+        }
+        for untyped in self.untypeds.iter_mut().filter(|u| !u.exhausted) {
+            let start = untyped.used.next_multiple_of(object_bytes);
+            let end = start + object_bytes * count;
+            if end > 1u64 << untyped.size_bits {
+                continue;
+            }
+            let first_slot = self.next_slot;
+            match sys::untyped_retype(
+                untyped.cap,
+                kind,
+                size_bits,
+                sys::initial_cap::INIT_THREAD_CNODE,
+                0,
+                0,
+                first_slot,
+                count,
+            ) {
+                Ok(()) => {
+                    untyped.used = end;
+                    self.next_slot += count;
+                    return Ok(first_slot);
+                }
+                // Our bookkeeping disagreed with the kernel's: skip it.
+                Err(KernelError(10)) => untyped.exhausted = true,
+                Err(error) => return Err(BuildError::Kernel("untyped retype", error)),
+            }
+        }
+        Err(BuildError::OutOfMemory)
+    }
+
+    pub fn object(&mut self, kind: u64, size_bits: u64) -> BuildResult<CPtr> {
+        self.objects(kind, size_bits, 1)
+    }
+
+    /// A copy of `cap` (e.g. to map one frame in a second address space).
+    pub fn copy(&mut self, cap: CPtr) -> BuildResult<CPtr> {
+        let slot = self.slot()?;
+        sys::cnode_copy(
+            sys::initial_cap::INIT_THREAD_CNODE,
+            slot,
+            ROOT_DEPTH,
+            sys::initial_cap::INIT_THREAD_CNODE,
+            cap,
+            ROOT_DEPTH,
+            Rights::ALL,
+        )
+        .context("copy cap")?;
+        Ok(slot)
+    }
+
+    /// Map `frame` at `vaddr` in `vspace`, creating the page table, page
+    /// directory and PDPT that are missing (the kernel says FailedLookup).
+    pub fn map_page(
+        &mut self,
+        frame: CPtr,
+        vspace: CPtr,
+        vaddr: u64,
+        rights: Rights,
+    ) -> BuildResult {
+        for _ in 0..4 {
+            match sys::page_map(frame, vspace, vaddr, rights) {
+                Ok(()) => return Ok(()),
+                Err(KernelError(6)) => self.map_paging_level(vspace, vaddr, 0)?,
+                Err(error) => return Err(BuildError::Kernel("map page", error)),
+            }
+        }
+        Err(BuildError::Description("paging structures would not map"))
+    }
+
+    /// Map the paging structure of `level` (0 page table, 1 page
+    /// directory, 2 PDPT) covering `vaddr`, and the levels above it that
+    /// are missing.
+    fn map_paging_level(&mut self, vspace: CPtr, vaddr: u64, level: u8) -> BuildResult {
+        let kind = match level {
+            0 => object_type::seL4_X86_PageTableObject,
+            1 => object_type::seL4_X86_PageDirectoryObject,
+            2 => object_type::seL4_X86_PDPTObject,
+            _ => return Err(BuildError::Description("no paging level above the PDPT")),
+        };
+        let table = self.object(kind, 0)?;
+        for _ in 0..3 {
+            let result = match level {
+                0 => sys::page_table_map(table, vspace, vaddr),
+                1 => sys::page_directory_map(table, vspace, vaddr),
+                _ => sys::pdpt_map(table, vspace, vaddr),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(KernelError(6)) => self.map_paging_level(vspace, vaddr, level + 1)?,
+                Err(error) => return Err(BuildError::Kernel("map paging structure", error)),
+            }
+        }
+        Err(BuildError::Description("paging structures would not map"))
+    }
+}

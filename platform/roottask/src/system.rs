@@ -1,0 +1,510 @@
+//! Build every protection domain the description declares, then start them.
+
+use crate::elf;
+use crate::objects::{Allocator, BuildError, BuildResult, Context, PAGE_BITS, ROOT_DEPTH};
+use alloc::string::String;
+use alloc::vec::Vec;
+use sel4_bindings::{self as sys, initial_cap, object_type, CPtr, Rights};
+use sel4_runtime::abi::*;
+use system_layout::{ChannelKind, SystemLayout, LAYOUT_VERSION, PAGE_SIZE};
+
+/// Where the root task maps a frame to fill or reset it.
+const SCRATCH_VADDR: u64 = 0x7000_0000;
+/// Component images must lie below the fixed PD areas.
+const IMAGE_LIMIT: u64 = PD_INFO_VADDR;
+
+/// A fault the monitor holds for a supervisor.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub address: u64,
+    pub ip: u64,
+    pub write: bool,
+}
+
+pub struct Pd {
+    pub name: String,
+    pub tcb: CPtr,
+    cnode: CPtr,
+    vspace: CPtr,
+    endpoint: CPtr,
+    notification: CPtr,
+    /// Root-held cap to the PD's notification, badged MONITOR_NEWS_BIT.
+    pub news: CPtr,
+    image: &'static [u8],
+    parsed: elf::Image,
+    /// Image pages: (vaddr, root-held copy of the frame cap).
+    image_pages: Vec<(u64, CPtr)>,
+    /// Stack and IPC buffer frames (root-held copies), zeroed on restart.
+    scratch_pages: Vec<CPtr>,
+    pub supervisor: Option<usize>,
+    pub children: Vec<usize>,
+    pub may_power_off: bool,
+    pub pending_fault: Option<FaultRecord>,
+}
+
+pub struct System {
+    pub pds: Vec<Pd>,
+    pub monitor_endpoint: CPtr,
+    allocator: Allocator,
+}
+
+struct RegionFrames {
+    first: CPtr,
+    pages: u64,
+    paddr: u64,
+    host_visible: bool,
+}
+
+fn image_for(package: &str) -> BuildResult<&'static [u8]> {
+    crate::embedded::ELFS
+        .iter()
+        .find(|(name, _)| *name == package)
+        .map(|(_, bytes)| *bytes)
+        .ok_or(BuildError::Description(
+            "a component's package has no embedded image",
+        ))
+}
+
+impl System {
+    /// Map a root-held frame copy at the scratch address, let `fill` write
+    /// it, and unmap it again.
+    fn write_frame(&mut self, frame: CPtr, fill: impl FnOnce(&mut [u8])) -> BuildResult {
+        self.allocator.map_page(
+            frame,
+            initial_cap::INIT_THREAD_VSPACE,
+            SCRATCH_VADDR,
+            Rights::READ_WRITE,
+        )?;
+        // SAFETY: one page is mapped read-write at SCRATCH_VADDR until the
+        // unmap below; nothing else uses that address.
+        let page = unsafe {
+            core::slice::from_raw_parts_mut(SCRATCH_VADDR as *mut u8, PAGE_SIZE as usize)
+        };
+        fill(page);
+        sys::page_unmap(frame).context("unmap scratch")
+    }
+
+    /// Reset a PD's image pages from its ELF and zero its stack and IPC
+    /// buffer.
+    fn reset_memory(&mut self, pd: usize) -> BuildResult {
+        let image = self.pds[pd].image;
+        let parsed = self.pds[pd].parsed.clone();
+        let pages = self.pds[pd].image_pages.clone();
+        for (vaddr, frame) in pages {
+            self.write_frame(frame, |page| {
+                page.fill(0);
+                for segment in parsed.segments.iter() {
+                    elf::fill_page(image, segment, vaddr, page);
+                }
+            })?;
+        }
+        let zeroed = self.pds[pd].scratch_pages.clone();
+        for frame in zeroed {
+            self.write_frame(frame, |page| page.fill(0))?;
+        }
+        Ok(())
+    }
+
+    /// Start (or restart) a PD at its entry point with a fresh stack.
+    fn start(&mut self, pd: usize) -> BuildResult {
+        let context = sys::UserContext {
+            rip: self.pds[pd].parsed.entry,
+            rsp: STACK_TOP_VADDR,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        sys::tcb_write_registers(self.pds[pd].tcb, true, &context).context("start thread")
+    }
+
+    /// Suspend, reset memory to the initial image, start again.
+    pub fn restart(&mut self, pd: usize) -> BuildResult {
+        sys::tcb_suspend(self.pds[pd].tcb).context("suspend")?;
+        self.reset_memory(pd)?;
+        self.pds[pd].pending_fault = None;
+        self.start(pd)
+    }
+
+    pub fn stop(&mut self, pd: usize) -> BuildResult {
+        sys::tcb_suspend(self.pds[pd].tcb).context("suspend")
+    }
+
+    fn mint_into_pd(
+        &self,
+        pd: usize,
+        slot: u64,
+        source: CPtr,
+        rights: Rights,
+        badge: u64,
+    ) -> BuildResult {
+        sys::cnode_mint(
+            self.pds[pd].cnode,
+            slot,
+            PD_CNODE_BITS as u8,
+            initial_cap::INIT_THREAD_CNODE,
+            source,
+            ROOT_DEPTH,
+            rights,
+            badge,
+        )
+        .context("mint into PD CNode")
+    }
+
+    fn copy_into_pd(&self, pd: usize, slot: u64, source: CPtr) -> BuildResult {
+        sys::cnode_copy(
+            self.pds[pd].cnode,
+            slot,
+            PD_CNODE_BITS as u8,
+            initial_cap::INIT_THREAD_CNODE,
+            source,
+            ROOT_DEPTH,
+            Rights::ALL,
+        )
+        .context("copy into PD CNode")
+    }
+
+    /// Allocate frames, map them at `vaddr..` in the PD, and keep root-held
+    /// copies for later resets.
+    fn private_pages(
+        &mut self,
+        pd: usize,
+        vaddr: u64,
+        count: u64,
+        rights: Rights,
+    ) -> BuildResult<Vec<(u64, CPtr, CPtr)>> {
+        let first = self.allocator.objects(object_type::seL4_X86_4K, 0, count)?;
+        let mut pages = Vec::new();
+        for index in 0..count {
+            let frame = first + index;
+            let page_vaddr = vaddr + index * PAGE_SIZE;
+            let vspace = self.pds[pd].vspace;
+            self.allocator.map_page(frame, vspace, page_vaddr, rights)?;
+            let copy = self.allocator.copy(frame)?;
+            pages.push((page_vaddr, frame, copy));
+        }
+        Ok(pages)
+    }
+}
+
+/// Build the whole system from the embedded description.
+pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
+    let layout = SystemLayout::decode(crate::embedded::LAYOUT)
+        .map_err(|_| BuildError::Description("no or undecodable layout.bin embedded"))?;
+    if layout.version != LAYOUT_VERSION {
+        return Err(BuildError::Description(
+            "layout version differs from the root task's",
+        ));
+    }
+    let mut allocator = Allocator::new(boot_info);
+    let monitor_endpoint = allocator.object(object_type::seL4_EndpointObject, 0)?;
+    let tsc_per_us = boot_info.arch_info;
+
+    // Regions: contiguous frames each, so host-visible ones have one GPA.
+    let mut regions = Vec::new();
+    for region in &layout.regions {
+        let pages = region.size.div_ceil(PAGE_SIZE).max(1);
+        let first = allocator.objects(object_type::seL4_X86_4K, 0, pages)?;
+        let paddr = sys::page_get_address(first).context("frame address")?;
+        regions.push(RegionFrames {
+            first,
+            pages,
+            paddr,
+            host_visible: region.host_visible,
+        });
+    }
+
+    // Kernel objects of every PD first: channels need their peers'.
+    let mut pds = Vec::new();
+    for component in &layout.components {
+        let image = image_for(&component.package)?;
+        let parsed = elf::parse(image, IMAGE_LIMIT)
+            .map_err(|_| BuildError::Description("a component image is not a valid ELF"))?;
+        let cnode = allocator.object(object_type::seL4_CapTableObject, PD_CNODE_BITS)?;
+        let tcb = allocator.object(object_type::seL4_TCBObject, 0)?;
+        let vspace = allocator.object(object_type::seL4_X64_PML4Object, 0)?;
+        sys::asid_pool_assign(initial_cap::INIT_THREAD_ASID_POOL, vspace).context("assign ASID")?;
+        let endpoint = allocator.object(object_type::seL4_EndpointObject, 0)?;
+        let notification = allocator.object(object_type::seL4_NotificationObject, 0)?;
+        sys::tcb_bind_notification(tcb, notification).context("bind notification")?;
+        let news = allocator.slot()?;
+        sys::cnode_mint(
+            initial_cap::INIT_THREAD_CNODE,
+            news,
+            ROOT_DEPTH,
+            initial_cap::INIT_THREAD_CNODE,
+            notification,
+            ROOT_DEPTH,
+            Rights::WRITE,
+            MONITOR_NEWS_BIT,
+        )
+        .context("mint news badge")?;
+        pds.push(Pd {
+            name: component.name.clone(),
+            tcb,
+            cnode,
+            vspace,
+            endpoint,
+            notification,
+            news,
+            image,
+            parsed,
+            image_pages: Vec::new(),
+            scratch_pages: Vec::new(),
+            supervisor: component.supervisor.map(usize::from),
+            children: component.children.iter().map(|&c| usize::from(c)).collect(),
+            may_power_off: component.may_power_off,
+            pending_fault: None,
+        });
+    }
+    let mut system = System {
+        pds,
+        monitor_endpoint,
+        allocator,
+    };
+
+    for (index, component) in layout.components.iter().enumerate() {
+        build_pd(&mut system, &layout, &regions, index, tsc_per_us)?;
+        crate::log!("built {} (priority {})", component.name, component.priority);
+    }
+    for index in 0..system.pds.len() {
+        system.start(index)?;
+    }
+    crate::log!("started {} protection domains", system.pds.len());
+    Ok(system)
+}
+
+fn build_pd(
+    system: &mut System,
+    layout: &SystemLayout,
+    regions: &[RegionFrames],
+    pd: usize,
+    tsc_per_us: u64,
+) -> BuildResult {
+    let component = &layout.components[pd];
+
+    // Image: one frame per page any segment touches, filled from the file.
+    let mut page_rights: Vec<(u64, bool)> = Vec::new();
+    for segment in system.pds[pd].parsed.segments.iter() {
+        let first = segment.vaddr >> PAGE_BITS;
+        let last = (segment.vaddr + segment.mem_size - 1) >> PAGE_BITS;
+        for page in first..=last {
+            let vaddr = page << PAGE_BITS;
+            match page_rights.iter_mut().find(|(v, _)| *v == vaddr) {
+                Some((_, writable)) => *writable |= segment.writable,
+                None => page_rights.push((vaddr, segment.writable)),
+            }
+        }
+    }
+    for (vaddr, writable) in page_rights {
+        let rights = if writable {
+            Rights::READ_WRITE
+        } else {
+            Rights::READ
+        };
+        let pages = system.private_pages(pd, vaddr, 1, rights)?;
+        system.pds[pd].image_pages.push((vaddr, pages[0].2));
+    }
+
+    // Stack (guard page below is simply left unmapped) and IPC buffer.
+    let stack_pages = u64::from(component.stack_pages.max(1));
+    for (_, _, copy) in system.private_pages(
+        pd,
+        STACK_TOP_VADDR - stack_pages * PAGE_SIZE,
+        stack_pages,
+        Rights::READ_WRITE,
+    )? {
+        system.pds[pd].scratch_pages.push(copy);
+    }
+    let ipc = system.private_pages(pd, IPC_BUFFER_VADDR, 1, Rights::READ_WRITE)?;
+    let (_, ipc_frame, ipc_copy) = ipc[0];
+    system.pds[pd].scratch_pages.push(ipc_copy);
+    system.reset_memory(pd)?;
+
+    // Regions, with the declared rights; double maps back to back.
+    let mut info = PdInfo::empty();
+    if component.maps.len() > MAX_MAPS {
+        return Err(BuildError::Description("too many maps"));
+    }
+    for (index, map) in component.maps.iter().enumerate() {
+        let region = regions
+            .get(map.region as usize)
+            .ok_or(BuildError::Description("map of an unknown region"))?;
+        let rights = if map.writable {
+            Rights::READ_WRITE
+        } else {
+            Rights::READ
+        };
+        let copies = if map.double { 2 } else { 1 };
+        let size = region.pages * PAGE_SIZE;
+        for copy_index in 0..copies {
+            for page in 0..region.pages {
+                let frame = system.allocator.copy(region.first + page)?;
+                let vspace = system.pds[pd].vspace;
+                system.allocator.map_page(
+                    frame,
+                    vspace,
+                    map.vaddr + copy_index * size + page * PAGE_SIZE,
+                    rights,
+                )?;
+            }
+        }
+        info.maps[index] = MapInfo {
+            vaddr: map.vaddr,
+            size,
+            guest_physical: if region.host_visible { region.paddr } else { 0 },
+            writable: map.writable as u8,
+            double: map.double as u8,
+            _pad: [0; 6],
+        };
+    }
+    info.num_maps = component.maps.len() as u64;
+
+    // The PD's CSpace.
+    let endpoint = system.pds[pd].endpoint;
+    system.copy_into_pd(pd, SLOT_ENDPOINT, endpoint)?;
+    let monitor = system.monitor_endpoint;
+    system.mint_into_pd(
+        pd,
+        SLOT_MONITOR,
+        monitor,
+        Rights(Rights::WRITE.0 | Rights::GRANT.0),
+        REQUEST_BADGE_FLAG | pd as u64,
+    )?;
+    system.mint_into_pd(
+        pd,
+        SLOT_FAULT,
+        monitor,
+        Rights::ALL,
+        FAULT_BADGE_FLAG | pd as u64,
+    )?;
+    for channel in &component.channels {
+        if channel.id >= 62 {
+            return Err(BuildError::Description("channel id out of range"));
+        }
+        let peer = channel.peer as usize;
+        if peer >= system.pds.len() || channel.peer_id >= 62 {
+            return Err(BuildError::Description("channel peer out of range"));
+        }
+        let slot = SLOT_CHANNEL_BASE + channel.id as u64;
+        match channel.kind {
+            ChannelKind::Notify => {
+                let peer_notification = system.pds[peer].notification;
+                system.mint_into_pd(
+                    pd,
+                    slot,
+                    peer_notification,
+                    Rights::WRITE,
+                    1 << channel.peer_id,
+                )?;
+                info.notify_channels |= 1 << channel.id;
+            }
+            ChannelKind::CallClient => {
+                // Grant lets the kernel give the server a reply cap.
+                let peer_endpoint = system.pds[peer].endpoint;
+                system.mint_into_pd(
+                    pd,
+                    slot,
+                    peer_endpoint,
+                    Rights(Rights::WRITE.0 | Rights::GRANT.0),
+                    PPC_BADGE_FLAG | channel.peer_id as u64,
+                )?;
+                info.call_client_channels |= 1 << channel.id;
+            }
+            ChannelKind::CallServer => info.call_server_channels |= 1 << channel.id,
+        }
+    }
+    for irq in &component.irqs {
+        if irq.channel >= 62 {
+            return Err(BuildError::Description("IRQ channel out of range"));
+        }
+        let handler = system.allocator.slot()?;
+        sys::irq_control_get_ioapic(
+            initial_cap::IRQ_CONTROL,
+            initial_cap::INIT_THREAD_CNODE,
+            handler,
+            ROOT_DEPTH as u64,
+            0,
+            irq.irq as u64,
+            false,
+            false,
+            irq.irq as u64,
+        )
+        .context("IOAPIC IRQ handler")?;
+        let badged = system.allocator.slot()?;
+        sys::cnode_mint(
+            initial_cap::INIT_THREAD_CNODE,
+            badged,
+            ROOT_DEPTH,
+            initial_cap::INIT_THREAD_CNODE,
+            system.pds[pd].notification,
+            ROOT_DEPTH,
+            Rights::WRITE,
+            1 << irq.channel,
+        )
+        .context("mint IRQ badge")?;
+        sys::irq_handler_set_notification(handler, badged).context("IRQ notification")?;
+        system.copy_into_pd(pd, SLOT_IRQ_BASE + irq.channel as u64, handler)?;
+        info.irq_channels |= 1 << irq.channel;
+    }
+    if component.ioports.len() > MAX_IOPORTS {
+        return Err(BuildError::Description("too many IO-port ranges"));
+    }
+    for (index, range) in component.ioports.iter().enumerate() {
+        let last = range
+            .base
+            .checked_add(range.size.saturating_sub(1))
+            .filter(|_| range.size > 0)
+            .ok_or(BuildError::Description("IO-port range out of bounds"))?;
+        system.mint_into_pd(
+            pd,
+            SLOT_IOPORT_BASE + index as u64,
+            initial_cap::IO_PORT,
+            Rights::ALL,
+            sys::io_port_cap_data(range.base, last),
+        )?;
+        info.ioports[index] = IoPortInfo {
+            base: range.base,
+            size: range.size,
+            _pad: [0; 4],
+        };
+    }
+    info.num_ioports = component.ioports.len() as u64;
+
+    // The information page.
+    info.pd_index = pd as u64;
+    info.tsc_per_us = tsc_per_us;
+    let name = component.name.as_bytes();
+    let name_len = name.len().min(MAX_NAME);
+    info.name[..name_len].copy_from_slice(&name[..name_len]);
+    info.name_len = name_len as u64;
+    info.console_channel = component.console.map_or(0xff, u64::from);
+    info.may_power_off = component.may_power_off as u64;
+    info.num_children = component.children.len() as u64;
+    let info_pages = system.private_pages(pd, PD_INFO_VADDR, 1, Rights::READ)?;
+    let info_bytes = info.as_bytes();
+    system.write_frame(info_pages[0].2, |page| {
+        page.fill(0);
+        page[..info_bytes.len()].copy_from_slice(info_bytes);
+    })?;
+
+    // The thread: fault endpoint, priority (MCP 0: it cannot raise any
+    // thread's priority), CSpace with a guard so cptrs are slot numbers.
+    let (tcb, cnode, vspace) = (
+        system.pds[pd].tcb,
+        system.pds[pd].cnode,
+        system.pds[pd].vspace,
+    );
+    sys::tcb_configure(
+        tcb,
+        SLOT_FAULT,
+        component.priority,
+        0,
+        cnode,
+        sys::cnode_cap_data(0, PD_CNODE_GUARD_BITS),
+        vspace,
+        IPC_BUFFER_VADDR,
+        ipc_frame,
+    )
+    .context("configure TCB")?;
+    Ok(())
+}
