@@ -850,10 +850,10 @@ impl State {
                 }
                 Ok(Received::Empty) => return,
                 Ok(Received::Closed) | Err(_) => {
-                    if self.slots[index].role == Role::Double {
-                        // The test dropped its endpoint.
-                        self.slots[index].control = None;
-                    }
+                    // The test dropped a double's endpoint, or a process
+                    // closed its end (dying, or misbehaving): stop polling
+                    // a socket that would now always be ready.
+                    self.slots[index].control = None;
                     return;
                 }
             }
