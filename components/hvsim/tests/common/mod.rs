@@ -3,6 +3,8 @@
 //! guest client and hands the test both ends.
 #![allow(dead_code)]
 
+pub mod vmbus;
+
 use hv_interface::hosted::{HostedHypervisor, MappedGuestMemory};
 use hv_interface::{GuestMemory, Hypervisor};
 use hvsim::transport::{self, Machine, SessionEnd};
