@@ -762,6 +762,11 @@ impl State {
     fn end_all(&mut self) {
         for index in 0..self.slots.len() {
             self.stop(index);
+            if self.slots[index].role == Role::Double {
+                // Closing the launcher's end tells a double's waits that
+                // the system is over (`Endpoint::launcher_gone`).
+                self.slots[index].control = None;
+            }
         }
     }
 

@@ -249,6 +249,23 @@ impl Double {
             .unwrap_or_else(|| panic!("{} does not supervise `{name}`", self.endpoint.name()))
     }
 
+    /// The name `system.toml` gives this double's end `channel`.
+    pub fn channel_name(&self, channel: Channel) -> Option<&str> {
+        let layout = self.endpoint.layout();
+        layout
+            .channels
+            .iter()
+            .find(|c| c.id == channel.0)
+            .map(|c| c.name.as_str())
+            .or_else(|| {
+                layout
+                    .irqs
+                    .iter()
+                    .find(|i| i.channel == channel.0)
+                    .map(|i| i.name.as_str())
+            })
+    }
+
     /// The [`Env`] this double acts through.
     pub fn env(&mut self) -> &mut Endpoint {
         &mut self.endpoint

@@ -6,7 +6,7 @@
 //! powers the system off with code 0.
 
 use component_api::Fault;
-use ipc_harness::Harness;
+use ipc_harness::{Event, Harness};
 use std::time::Duration;
 
 /// Lines that must appear, each after the previous one of the same
@@ -143,4 +143,58 @@ fn the_demonstration_passes_hosted() {
     assert_eq!(kinds[2].1, Fault::Panic);
     assert!(faults.iter().all(|f| f.reported));
     assert_eq!(harness.system().restarts("faulter"), 3);
+}
+
+/// The test plays the console: every other component's output reaches it
+/// as protected calls, from five processes at once, and the demonstration
+/// still completes.
+#[test]
+fn the_test_can_play_the_console_for_the_whole_demonstration() {
+    let harness = Harness::builder("system.toml")
+        .double("console")
+        .start()
+        .expect("starts");
+    let mut console = harness.double("console");
+    let deadline = std::time::Instant::now() + ipc_harness::WAIT;
+    let mut text: std::collections::HashMap<String, String> = Default::default();
+    while harness
+        .system()
+        .wait_for_power_off(Duration::ZERO)
+        .is_none()
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            harness.fail(&format!("no power-off; the console got {text:?}"));
+        }
+        // Ends early when the launcher goes away at power-off.
+        if let Some(Event::Call { channel, message }) = console.next_event(left) {
+            let caller = console.channel_name(channel).unwrap_or("?").to_string();
+            text.entry(caller)
+                .or_default()
+                .push_str(&String::from_utf8_lossy(&message));
+            console.env().reply(channel, Ok(&[]));
+        }
+        if console.env().launcher_gone() {
+            break;
+        }
+    }
+    assert_eq!(harness.system().wait_for_power_off(Duration::ZERO), Some(0));
+    let said = |who: &str| text.get(who).cloned().unwrap_or_default();
+    assert!(
+        said("supervisor").contains("demonstration complete: all steps passed"),
+        "{text:?}"
+    );
+    assert!(
+        said("faulter").contains("started: data word 7, bss word 0"),
+        "{text:?}"
+    );
+    assert!(
+        said("consumer").contains("received 2000 messages (0 wrong)"),
+        "{text:?}"
+    );
+    assert!(
+        said("server").contains("recorded 2000 messages"),
+        "{text:?}"
+    );
+    assert!(said("producer").contains("sent 2000 messages"), "{text:?}");
 }
