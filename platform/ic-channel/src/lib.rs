@@ -1,0 +1,42 @@
+//! `ic-channel`: the part every integration-component VSC (heartbeat,
+//! shutdown, timesync, KVP) shares, written once.
+//!
+//! - Bring-up: on every `vmbus_event` notification (and at start) it asks
+//!   the bus manager where the channel stands (`bus::Request::Query`),
+//!   zeroes and opens the rings when the channel is offered, attaches to
+//!   them when it is open and polls the in ring once right away (data can
+//!   precede the open notification), and drops them on a new `generation`,
+//!   rescind, close or hold.
+//! - Data path: each packet is copied out of the in ring and validated there
+//!   (`vmbus-ring`), then its pipe and IC headers are checked
+//!   ([`channel::check_frame`]). Negotiate messages are answered here with the
+//!   newest common framework and message versions, which are reported to
+//!   the bus manager (`bus::Request::ReportVersions`); messages of the
+//!   service's type go to its [`IcService`]; answers go to the out ring and
+//!   the host is signalled through synic (`SignalHost`) only when a ring
+//!   operation says so.
+//!
+//! Trusts: nothing from the host. Malformed packets and messages are
+//! rejected with a count and a (rate-limited) console line. The driver
+//! gives up deliberately (a panic, which the bus manager sees as a fault:
+//! it closes the channel, zeroes the rings and restarts the driver) only
+//! when reading on could misread the ring: corrupt or out-of-range indices,
+//! a packet longer than what was published or than any IC message
+//! ([`PACKET_BUFFER`]), a descriptor that changes while being copied, or
+//! more than [`MAX_BAD_IN_A_ROW`] malformed packets in a row.
+//! Trusts the bus manager's and synic's replies as far as their types go.
+//!
+//! Writes: its own ring region (the control pages at open, the out ring's
+//! packets and our indices), and nothing else.
+#![cfg_attr(not(any(test, feature = "testing")), no_std)]
+
+pub mod channel;
+pub mod memory;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use channel::{
+    body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, MAX_BAD_IN_A_ROW,
+    PACKET_BUFFER,
+};
+pub use memory::{split_rings, RegionPart};

@@ -1,0 +1,244 @@
+//! Test support (feature `testing`): a bus manager, synic and host end for
+//! a VSC under test, over `env-double`. The bus manager answers `Query`
+//! with a scripted [`bus::ChannelInfo`] and moves to `Open` on `Open`;
+//! synic records `SignalHost`; the host end writes packets into the VSC's
+//! in ring and reads its answers from the out ring with `vmbus-ring`, as
+//! the real host would.
+
+use crate::memory::{split_rings, RegionPart};
+use crate::ChannelIds;
+use env_double::EnvDouble;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::vec::Vec;
+use vmbus_ipc::{bus, synic};
+use vmbus_protocol::ic::{self, flags, IcMessageHeader, IcVersion};
+use vmbus_protocol::packet::{self, PacketDescriptor};
+use vmbus_ring::{RingReader, RingWriter};
+use zerocopy::IntoBytes;
+
+pub const RING_REGION_BYTES: usize = 32768;
+pub const TEST_CONNECTION_ID: u32 = 0x2_0007;
+
+/// What the simulated bus manager saw and will answer.
+#[derive(Debug)]
+pub struct BusState {
+    pub info: bus::ChannelInfo,
+    pub open_requests: u32,
+    pub reported: Vec<((u16, u16), (u16, u16))>,
+    pub unloads: Vec<Option<u8>>,
+}
+
+pub struct TestHost {
+    pub bus: Rc<RefCell<BusState>>,
+    /// Connection ids the VSC asked synic to signal.
+    pub signals: Rc<RefCell<Vec<u32>>>,
+    ring: component_api::Region,
+    writer: Option<RingWriter<RegionPart>>,
+    reader: Option<RingReader<RegionPart>>,
+    next_transaction: u64,
+}
+
+pub fn channel_info(state: bus::ChannelState, generation: u32) -> bus::ChannelInfo {
+    bus::ChannelInfo {
+        state,
+        class: [1; 16],
+        instance: [2; 16],
+        relid: 7,
+        connection_id: TEST_CONNECTION_ID,
+        user_defined: heapless::Vec::new(),
+        vmbus_version: 0x50003,
+        generation,
+    }
+}
+
+impl TestHost {
+    /// Give `env` the VSC's ring region (it must be the VSC's first region)
+    /// and answer its calls to the bus manager and synic. The channel starts
+    /// offered (generation 1).
+    pub fn new(env: &mut EnvDouble, ids: ChannelIds) -> Self {
+        let name = env.add_region(RING_REGION_BYTES, true);
+        assert_eq!(name, ids.ring, "the ring must be the VSC's first region");
+        let bus = Rc::new(RefCell::new(BusState {
+            info: channel_info(bus::ChannelState::Offered, 1),
+            open_requests: 0,
+            reported: Vec::new(),
+            unloads: Vec::new(),
+        }));
+        let bus_handle = bus.clone();
+        env.on_typed_call(ids.vmbus, move |request: bus::Request| {
+            let mut state = bus_handle.borrow_mut();
+            match request {
+                bus::Request::Query => bus::Reply::Channel(state.info.clone()),
+                bus::Request::Open { .. } => {
+                    state.open_requests += 1;
+                    state.info.state = bus::ChannelState::Open;
+                    bus::Reply::Accepted
+                }
+                bus::Request::ReportVersions { framework, message } => {
+                    state.reported.push((framework, message));
+                    bus::Reply::Accepted
+                }
+                bus::Request::Unload { power_off_code } => {
+                    state.unloads.push(power_off_code);
+                    bus::Reply::Accepted
+                }
+                _ => bus::Reply::Refused(bus::Refusal::WrongState),
+            }
+        });
+        let signals = Rc::new(RefCell::new(Vec::new()));
+        let signal_handle = signals.clone();
+        env.on_typed_call(
+            ids.synic_call,
+            move |request: synic::Request| match request {
+                synic::Request::SignalHost { connection_id } => {
+                    signal_handle.borrow_mut().push(connection_id);
+                    synic::Reply::Done
+                }
+                _ => synic::Reply::HypercallFailed { status: 0x12 },
+            },
+        );
+        TestHost {
+            bus,
+            signals,
+            ring: env.test_view(name),
+            writer: None,
+            reader: None,
+            next_transaction: 1,
+        }
+    }
+
+    pub fn set_state(&self, state: bus::ChannelState, generation: u32) {
+        let mut bus = self.bus.borrow_mut();
+        bus.info.state = state;
+        bus.info.generation = generation;
+    }
+
+    /// Forget the host's ring positions (after the VSC reopened).
+    pub fn reattach(&mut self) {
+        self.writer = None;
+        self.reader = None;
+    }
+
+    fn writer(&mut self) -> &mut RingWriter<RegionPart> {
+        let ring = self.ring;
+        self.writer.get_or_insert_with(|| {
+            let (_, in_ring) = split_rings(ring).unwrap();
+            RingWriter::new(in_ring, false).unwrap()
+        })
+    }
+
+    fn reader(&mut self) -> &mut RingReader<RegionPart> {
+        let ring = self.ring;
+        self.reader.get_or_insert_with(|| {
+            let (out_ring, _) = split_rings(ring).unwrap();
+            RingReader::new(out_ring).unwrap()
+        })
+    }
+
+    /// Write an in-band packet to the VSC; returns the transaction id.
+    pub fn send(&mut self, payload: &[u8]) -> u64 {
+        let transaction_id = self.next_transaction;
+        self.next_transaction += 1;
+        let _ = self
+            .writer()
+            .write_in_band(transaction_id, false, payload)
+            .unwrap();
+        transaction_id
+    }
+
+    /// Write a packet with any descriptor (for malformed-packet tests).
+    pub fn send_raw(&mut self, descriptor: &PacketDescriptor, extra: &[u8], payload: &[u8]) {
+        let _ = self
+            .writer()
+            .write_parts(descriptor, extra, payload)
+            .unwrap();
+    }
+
+    /// Write raw bytes into the in ring's control page (hostile indices).
+    pub fn poke_in_control(&self, offset: usize, value: u32) {
+        let (out_len, _) = vmbus_ipc::ring_split(RING_REGION_BYTES);
+        self.ring
+            .write(out_len + offset, &value.to_le_bytes())
+            .unwrap();
+    }
+
+    /// The next answer of the VSC: transaction id and payload.
+    pub fn receive(&mut self) -> Option<(u64, Vec<u8>)> {
+        let mut buffer = vec![0u8; 16384];
+        let reader = self.reader();
+        let packet = reader.read_packet(&mut buffer).unwrap()?;
+        let result = (packet.transaction_id, packet.payload.to_vec());
+        let _ = reader.finish_batch().unwrap();
+        Some(result)
+    }
+
+    /// The next answer, parsed: IC header and body (bounded by the pipe size).
+    pub fn receive_ic(&mut self) -> Option<(IcMessageHeader, Vec<u8>)> {
+        let (_, payload) = self.receive()?;
+        let message = ic::parse_ic_message(&payload).unwrap();
+        let end = 8 + message.pipe.data_size.get() as usize;
+        Some((message.header, payload[ic::IC_HEADERS_SIZE..end].to_vec()))
+    }
+}
+
+/// An IC request as the host writes it.
+pub fn ic_request(message_type: u16, version: (u16, u16), body: &[u8]) -> Vec<u8> {
+    let header = IcMessageHeader {
+        framework_version: IcVersion::new(3, 0),
+        message_type: message_type.into(),
+        message_version: IcVersion::new(version.0, version.1),
+        message_size: (body.len() as u16).into(),
+        status: 0.into(),
+        transaction_id: 0,
+        flags: flags::TRANSACTION | flags::REQUEST,
+        reserved: [0; 2],
+    };
+    let mut out = vec![0u8; ic::IC_HEADERS_SIZE + body.len()];
+    let len = ic::write_ic_message(&mut out, &header, body).unwrap();
+    out.truncate(len);
+    out
+}
+
+/// A negotiate request offering these versions.
+pub fn negotiate_request(framework: &[(u16, u16)], message: &[(u16, u16)]) -> Vec<u8> {
+    let to_versions = |list: &[(u16, u16)]| -> Vec<IcVersion> {
+        list.iter().map(|&(a, b)| IcVersion::new(a, b)).collect()
+    };
+    let mut body = vec![0u8; 8 + 4 * (framework.len() + message.len())];
+    ic::write_negotiate(&mut body, &to_versions(framework), &to_versions(message)).unwrap();
+    ic_request(ic::message_type::NEGOTIATE, (1, 0), &body)
+}
+
+/// The versions a host's negotiate answer chose, if any.
+pub fn negotiated_in(answer_body: &[u8]) -> Option<((u16, u16), (u16, u16))> {
+    let versions = ic::parse_negotiate(answer_body).unwrap();
+    match (versions.framework.as_slice(), versions.message.as_slice()) {
+        ([f], [m]) => Some((
+            (f.major.get(), f.minor.get()),
+            (m.major.get(), m.minor.get()),
+        )),
+        _ => None,
+    }
+}
+
+/// A descriptor for hostile tests.
+pub fn descriptor(packet_type: u16, offset8: u16, len8: u16, flags: u16) -> PacketDescriptor {
+    PacketDescriptor {
+        packet_type: packet_type.into(),
+        offset8: offset8.into(),
+        len8: len8.into(),
+        flags: flags.into(),
+        transaction_id: 99.into(),
+    }
+}
+
+/// Bytes of a struct, for building bodies.
+pub fn bytes_of<T: IntoBytes + zerocopy::Immutable>(value: &T) -> Vec<u8> {
+    value.as_bytes().to_vec()
+}
+
+/// The wire value of the in-band packet type.
+pub fn in_band() -> u16 {
+    packet::PacketType::InBand.wire()
+}
