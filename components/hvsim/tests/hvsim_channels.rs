@@ -184,7 +184,7 @@ fn a_guest_that_breaks_its_ring_is_not_trusted() {
     let mut h = start_vmbus("broken-ring", config());
     let offers = h.boot();
     let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
-    let mut rings = h.open_channel(relid);
+    let rings = h.open_channel(relid);
     // A descriptor with offset8 < 2.
     let mut bad = [0u8; 24];
     bad[0] = 6;
