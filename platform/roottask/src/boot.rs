@@ -30,8 +30,12 @@ core::arch::global_asm!(
 struct BumpHeap;
 
 #[repr(align(4096))]
-struct HeapArea([u8; HEAP_BYTES]);
-static mut HEAP: HeapArea = HeapArea([0; HEAP_BYTES]);
+struct HeapArea {
+    _bytes: [u8; HEAP_BYTES],
+}
+static mut HEAP: HeapArea = HeapArea {
+    _bytes: [0; HEAP_BYTES],
+};
 static HEAP_USED: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for BumpHeap {

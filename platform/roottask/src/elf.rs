@@ -49,12 +49,6 @@ pub mod heapless_segments {
         pub fn iter(&self) -> impl Iterator<Item = &Segment> {
             self.items[..self.len].iter().flatten()
         }
-        pub fn len(&self) -> usize {
-            self.len
-        }
-        pub fn is_empty(&self) -> bool {
-            self.len == 0
-        }
     }
 
     impl Default for Segments {

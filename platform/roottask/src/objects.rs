@@ -86,7 +86,7 @@ impl Allocator {
             }
         }
         // Largest first: fewer, better-packed runs of frames.
-        untypeds.sort_by(|a, b| b.size_bits.cmp(&a.size_bits));
+        untypeds.sort_by_key(|u| core::cmp::Reverse(u.size_bits));
         let empty = boot_info.empty;
         Allocator {
             untypeds,

@@ -224,6 +224,13 @@ impl PdInfo {
     }
 }
 
+// The CSpace layout and the info page must fit what the root task creates.
+const _: () = assert!(SLOT_FAULT < SLOT_CHANNEL_BASE);
+const _: () = assert!(SLOT_CHANNEL_BASE + 64 <= SLOT_IRQ_BASE);
+const _: () = assert!(SLOT_IRQ_BASE + 64 <= SLOT_IOPORT_BASE);
+const _: () = assert!(SLOT_IOPORT_BASE + MAX_IOPORTS as u64 <= 1 << PD_CNODE_BITS);
+const _: () = assert!(core::mem::size_of::<PdInfo>() <= 4096);
+
 /// A protected-call message in message registers: MR0 holds the byte
 /// length, MR1.. the bytes little-endian. Returns the number of message
 /// registers used and writes them through `set` (index, word).
@@ -299,14 +306,5 @@ mod tests {
         }
         assert_eq!(FAULT_BADGE_FLAG & PD_INDEX_MASK, 0);
         assert_eq!(REQUEST_BADGE_FLAG & PD_INDEX_MASK, 0);
-    }
-
-    #[test]
-    fn slots_do_not_overlap() {
-        assert!(SLOT_FAULT < SLOT_CHANNEL_BASE);
-        assert!(SLOT_CHANNEL_BASE + 64 <= SLOT_IRQ_BASE);
-        assert!(SLOT_IRQ_BASE + 64 <= SLOT_IOPORT_BASE);
-        assert!(SLOT_IOPORT_BASE + MAX_IOPORTS as u64 <= 1 << PD_CNODE_BITS);
-        assert!(core::mem::size_of::<PdInfo>() <= 4096);
     }
 }
