@@ -223,6 +223,7 @@ struct Connection {
 
 struct Delayed {
     due_ns: u64,
+    sint: u8,
     bytes: Vec<u8>,
 }
 
@@ -396,6 +397,7 @@ impl Server {
         if self.faults.reply_delay_ns > 0 {
             self.delayed.push_back(Delayed {
                 due_ns: self.now_ns + self.faults.reply_delay_ns,
+                sint: self.message_sint(),
                 bytes: bytes.to_vec(),
             });
         } else {
@@ -495,7 +497,7 @@ impl Server {
                 break;
             }
             let delayed = self.delayed.pop_front().expect("front exists");
-            host.send_message(self.message_sint(), &delayed.bytes);
+            host.send_message(delayed.sint, &delayed.bytes);
         }
         if !self.faults.paused {
             let mut budget = self.config.messages_per_step;
@@ -751,6 +753,7 @@ impl Server {
         if self.faults.reply_delay_ns > 0 {
             self.delayed.push_back(Delayed {
                 due_ns: self.now_ns + self.faults.reply_delay_ns,
+                sint: message_sint,
                 bytes,
             });
         } else {

@@ -15,6 +15,7 @@ mod image;
 mod kernel;
 mod qemu;
 mod check;
+mod fuzz;
 mod hosted;
 mod setup;
 mod test;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "setup" => setup::run(rest),
         "check" => check::run(rest),
+        "fuzz" => fuzz::run(rest),
         "test" => test::run(rest),
         "build" => image::run(rest),
         "run" => qemu::run(rest),
