@@ -126,14 +126,30 @@ pub mod synic {
         Status(Status),
     }
 
+    /// The status of a hypercall the hypervisor interface could not make
+    /// (it raised #GP/#UD, or synic is not enabled). Not an `HV_STATUS`.
+    pub const STATUS_NO_HYPERCALL: u16 = 0xFFFF;
+
     #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Status {
+        /// VMBus messages copied out of the SINT2 slot and queued for vmbus.
         pub messages_received: u32,
         pub messages_posted: u32,
+        /// Channel events passed on to the VSC bound to the relid.
         pub events_delivered: u32,
         pub signals_sent: u32,
         pub signals_refused: u32,
         pub bound_channels: u8,
+        /// Event-flag bits set for relids no VSC is bound to (cleared).
+        pub stray_events: u32,
+        /// Slot messages that were not VMBus messages (cleared, not queued).
+        pub messages_dropped: u32,
+        /// Times a message had to wait in its slot for queue space.
+        pub queue_full_waits: u32,
+        /// EOM writes (a message was pending behind the one consumed).
+        pub eoms: u32,
+        /// Hypercalls that returned a failure status.
+        pub hypercall_failures: u32,
     }
 }
 

@@ -1,0 +1,623 @@
+//! `synic`: the guest's synthetic interrupt controller, as its own component.
+//!
+//! What it does:
+//! - At start it enables the synic through its `hypervisor` call channel
+//!   (the `vmbus_ipc::hypervisor` protocol): GUEST_OS_ID, the hypercall page,
+//!   SIMP and SIEFP (the guest physical addresses of its `synic_pages`
+//!   region: message page at 0, event-flag page at 4096), SINT2 (the VMBus
+//!   SINT: unmasked, auto-EOI) and SCONTROL.
+//! - On each synic interrupt (`hypervisor_interrupt`) it first
+//!   test-and-clears the SINT2 event flags and notifies the VSC each set
+//!   relid is bound to, then copies each pending SINT2 message slot out
+//!   whole (256 bytes), frees the slot (type cleared, barrier, EOM only if
+//!   the host marked more messages pending) and pushes the copy into the
+//!   `synic_messages` queue for `vmbus`. A full queue leaves the message in
+//!   its slot until `vmbus` has drained the queue and notified us: nothing
+//!   is dropped.
+//! - It serves `vmbus_ipc::synic::Request`: `PostMessage`, `Bind`, `Unbind`
+//!   and `Status` from `vmbus` (on `vmbus_call`), and `SignalHost` from each
+//!   VSC (on `<vsc>_call`), which it honours only for a connection ID that
+//!   `vmbus` bound to that same VSC.
+//!
+//! What it trusts: `vmbus` for the relid -> VSC table (it is the authority
+//! on channels); the hypervisor's replies as far as the call succeeded.
+//! Nothing in a message slot is interpreted beyond its type: payloads are
+//! parsed by `vmbus`. Event-flag bits that no VSC owns are cleared and
+//! counted.
+//!
+//! What it writes: the SIMP/SIEFP pages (slot type, event flags), the
+//! hypercall input page, the `synic_messages` queue, and synic MSRs through
+//! the hypervisor interface. It is the only component that can reach the
+//! hypervisor.
+#![no_std]
+
+use component_api::{
+    call, decode, encode_reply, println, CallError, Channel, ChannelSet, Component, Env, Refusal,
+    Region,
+};
+use core::sync::atomic::{fence, Ordering};
+use hyperv_defs::{
+    call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
+    HypercallMsr, HypercallResult, PostMessageInput, ScontrolMsr, SignalEventInput, SintMsr,
+    SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
+};
+use spsc_queue::{Producer, QueueError};
+use vmbus_ipc::hypervisor;
+use vmbus_ipc::synic::{Reply, Request, Status};
+use zerocopy::IntoBytes;
+
+include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+
+/// The SINT VMBus delivers its messages and channel events on.
+pub const VMBUS_SINT: u8 = 2;
+/// The interrupt vector we program into SINT2. Any vector >= 16 works; the
+/// runtime turns the interrupt into a notification on `hypervisor_interrupt`.
+pub const VMBUS_VECTOR: u8 = 0x30;
+/// Our guest OS identity (TLFS "Reporting the guest OS identity"): bit 63
+/// marks an open-source OS, OS type 0x7F (not one of the registered ones),
+/// version fields zero except the build number 1.
+pub const GUEST_OS_ID: u64 = (1 << 63) | (0x7F << 56) | 1;
+
+/// Layout of the `synic_pages` region.
+pub const SIMP_OFFSET: usize = 0;
+pub const SIEFP_OFFSET: usize = 4096;
+/// Layout of the `hypercall_pages` region.
+pub const HYPERCALL_INPUT_OFFSET: usize = 0;
+pub const HYPERCALL_OUTPUT_OFFSET: usize = 4096;
+/// The hypercall page the hypervisor overlays with its calling code (we
+/// never execute it: hypercalls go through the hypervisor interface, but the
+/// TLFS requires it enabled before any hypercall).
+pub const HYPERCALL_CODE_OFFSET: usize = 8192;
+
+/// The most channels bound at once (relids with a VSC).
+pub const MAX_BINDINGS: usize = 64;
+/// Event-flag bits of one SINT, by the protocol's relid numbering.
+const EVENT_WORDS: usize = EVENT_FLAGS_BYTES / 4;
+
+const SLOT_OFFSET: usize = SIMP_OFFSET + VMBUS_SINT as usize * MESSAGE_SIZE;
+const FLAGS_OFFSET: usize = SIEFP_OFFSET + VMBUS_SINT as usize * EVENT_FLAGS_BYTES;
+
+/// A relid whose events go to a VSC, and the connection that VSC may signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Binding {
+    relid: u32,
+    connection_id: u32,
+    /// synic's notify end to the VSC (`<vsc>`).
+    notify: Channel,
+    /// synic's call end serving the VSC (`<vsc>_call`).
+    caller: Channel,
+}
+
+/// The synic's resources once it is enabled.
+struct Enabled {
+    pages: Region,
+    hypercall_pages: Region,
+    hypercall_input_gpa: u64,
+    queue: Producer,
+}
+
+pub struct Synic {
+    enabled: Option<Enabled>,
+    bindings: heapless::Vec<Binding, MAX_BINDINGS>,
+    status: Status,
+    /// The last message could not be queued: it waits in its slot until
+    /// vmbus drains the queue.
+    waiting_for_queue_space: bool,
+}
+
+fn channel_named(name: &str) -> Option<Channel> {
+    CHANNEL_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(c, _)| *c)
+}
+
+fn channel_name(channel: Channel) -> &'static str {
+    CHANNEL_NAMES
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .map(|(_, n)| *n)
+        .unwrap_or("?")
+}
+
+/// The channel ends of a VSC by its name: `<vsc>` (notify) and
+/// `<vsc>_call` (its calls). `vmbus` has the same pair of names but is no
+/// VSC; our other ends (`hypervisor`, `console`) have no `_call` twin.
+fn vsc_channels(name: &str) -> Option<(Channel, Channel)> {
+    if name == "vmbus" || name.is_empty() || name.len() > 26 {
+        return None;
+    }
+    let mut call_name: heapless::String<32> = heapless::String::new();
+    call_name.push_str(name).ok()?;
+    call_name.push_str("_call").ok()?;
+    Some((channel_named(name)?, channel_named(&call_name)?))
+}
+
+fn is_vsc_caller(channel: Channel) -> bool {
+    let name = channel_name(channel);
+    name.strip_suffix("_call")
+        .and_then(vsc_channels)
+        .is_some_and(|(_, caller)| caller == channel)
+}
+
+/// Why a hypervisor request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HvError {
+    Call(CallError),
+    GeneralProtection,
+    InvalidOpcode,
+}
+
+fn hypervisor_call(env: &mut dyn Env, request: hypervisor::Request) -> Result<u64, HvError> {
+    match call::<_, hypervisor::Reply>(env, channels::HYPERVISOR, &request) {
+        Ok(hypervisor::Reply::Value(value)) => Ok(value),
+        Ok(hypervisor::Reply::Done) => Ok(0),
+        Ok(hypervisor::Reply::GeneralProtection) => Err(HvError::GeneralProtection),
+        Ok(hypervisor::Reply::InvalidOpcode) => Err(HvError::InvalidOpcode),
+        Err(error) => Err(HvError::Call(error)),
+    }
+}
+
+fn msr_read(env: &mut dyn Env, msr: u32) -> Result<u64, HvError> {
+    hypervisor_call(env, hypervisor::Request::MsrRead { msr })
+}
+
+fn msr_write(env: &mut dyn Env, msr: u32, value: u64) -> Result<(), HvError> {
+    hypervisor_call(env, hypervisor::Request::MsrWrite { msr, value }).map(|_| ())
+}
+
+/// A hypercall; the hypervisor's status, or the exception it raised
+/// (reported as [`vmbus_ipc::synic::STATUS_NO_HYPERCALL`]).
+fn hypercall(env: &mut dyn Env, control: HypercallControl, input: u64) -> HvStatus {
+    let request = hypervisor::Request::Hypercall {
+        control: control.0,
+        input,
+        output: 0,
+    };
+    match hypervisor_call(env, request) {
+        Ok(rax) => HypercallResult(rax).status(),
+        Err(_) => HvStatus(vmbus_ipc::synic::STATUS_NO_HYPERCALL),
+    }
+}
+
+fn reply_for(status: HvStatus) -> Reply {
+    if status == HvStatus::SUCCESS {
+        Reply::Done
+    } else {
+        Reply::HypercallFailed { status: status.0 }
+    }
+}
+
+/// One register of the enable sequence: its name, number, how the new
+/// value is made from the old value and a GPA, and that GPA.
+type EnableStep = (&'static str, u32, fn(u64, u64) -> u64, u64);
+
+/// Enable the synic; `None` (after saying why) if the description or the
+/// hypervisor does not let us.
+fn enable(env: &mut dyn Env) -> Option<Enabled> {
+    let pages = env.region(regions::SYNIC_PAGES);
+    let hypercall_pages = env.region(regions::HYPERCALL_PAGES);
+    let (Some(pages_gpa), Some(hypercall_gpa)) =
+        (pages.guest_physical(), hypercall_pages.guest_physical())
+    else {
+        println!(env, "synic_pages and hypercall_pages must be host visible");
+        return None;
+    };
+    if pages.len() < SIEFP_OFFSET + PAGE_SIZE as usize
+        || hypercall_pages.len() < HYPERCALL_CODE_OFFSET + PAGE_SIZE as usize
+        || !pages_gpa.is_multiple_of(PAGE_SIZE)
+        || !hypercall_gpa.is_multiple_of(PAGE_SIZE)
+        || !pages.writable()
+        || !hypercall_pages.writable()
+    {
+        println!(env, "synic_pages or hypercall_pages too small or misplaced");
+        return None;
+    }
+    let queue = match Producer::new(
+        env.region(regions::SYNIC_MESSAGES),
+        vmbus_ipc::MESSAGE_QUEUE_SLOT,
+    ) {
+        Ok(queue) => queue,
+        Err(error) => {
+            println!(env, "synic_messages cannot hold the queue: {:?}", error);
+            return None;
+        }
+    };
+    // Fresh pages: no stale message or flag may be mistaken for the host's.
+    let zero = [0u8; 256];
+    for offset in (0..2 * PAGE_SIZE as usize).step_by(zero.len()) {
+        let _ = pages.write(offset, &zero);
+    }
+
+    let steps: [EnableStep; 6] = [
+        ("GUEST_OS_ID", msr::GUEST_OS_ID, |_, _| GUEST_OS_ID, 0),
+        (
+            "HYPERCALL",
+            msr::HYPERCALL,
+            |old, gpa| (old & HypercallMsr::RESERVED_PRESERVE) | (gpa & HypercallMsr::GPN_MASK) | 1,
+            hypercall_gpa + HYPERCALL_CODE_OFFSET as u64,
+        ),
+        (
+            "SIMP",
+            msr::SIMP,
+            |old, gpa| (old & 0xFFE) | SynicPageMsr::new(gpa, true).0,
+            pages_gpa + SIMP_OFFSET as u64,
+        ),
+        (
+            "SIEFP",
+            msr::SIEFP,
+            |old, gpa| (old & 0xFFE) | SynicPageMsr::new(gpa, true).0,
+            pages_gpa + SIEFP_OFFSET as u64,
+        ),
+        (
+            "SINT2",
+            msr::SINT0 + VMBUS_SINT as u32,
+            |old, _| {
+                let ours =
+                    SintMsr::VECTOR_MASK | SintMsr::MASKED | SintMsr::AUTO_EOI | SintMsr::POLLING;
+                (old & !ours) | SintMsr::new(VMBUS_VECTOR, false, true).0
+            },
+            0,
+        ),
+        (
+            "SCONTROL",
+            msr::SCONTROL,
+            |old, _| old | ScontrolMsr::ENABLE,
+            0,
+        ),
+    ];
+    for (name, number, compose, gpa) in steps {
+        // Read first: the reserved bits of these registers are RsvdP.
+        let old = if number == msr::GUEST_OS_ID {
+            0
+        } else {
+            match msr_read(env, number) {
+                Ok(value) => value,
+                Err(error) => {
+                    println!(env, "reading {} failed: {:?}", name, error);
+                    return None;
+                }
+            }
+        };
+        if let Err(error) = msr_write(env, number, compose(old, gpa)) {
+            println!(env, "writing {} failed: {:?}", name, error);
+            return None;
+        }
+    }
+    match msr_read(env, msr::HYPERCALL) {
+        Ok(value) if HypercallMsr(value).enabled() => {}
+        other => {
+            println!(env, "the hypercall page did not enable: {:?}", other);
+            return None;
+        }
+    }
+    println!(
+        env,
+        "synic enabled: SIMP {:#x}, SIEFP {:#x}, SINT{} vector {:#x}",
+        pages_gpa + SIMP_OFFSET as u64,
+        pages_gpa + SIEFP_OFFSET as u64,
+        VMBUS_SINT,
+        VMBUS_VECTOR
+    );
+    Some(Enabled {
+        pages,
+        hypercall_pages,
+        hypercall_input_gpa: hypercall_gpa + HYPERCALL_INPUT_OFFSET as u64,
+        queue,
+    })
+}
+
+impl Synic {
+    /// The synic's counters (also served as `Request::Status`).
+    pub fn status(&self) -> Status {
+        let mut status = self.status.clone();
+        status.bound_channels = self.bindings.len() as u8;
+        status
+    }
+
+    /// Test-and-clear every SINT2 event flag; notify each bound VSC whose
+    /// relid was set. Whole words are swapped to zero, so no bit is lost
+    /// between the test and the clear; bits no VSC owns are counted and
+    /// dropped (a stale set bit would otherwise suppress the host's next
+    /// interrupt for that relid).
+    fn deliver_events(&mut self, env: &mut dyn Env) {
+        let Some(enabled) = &self.enabled else {
+            return;
+        };
+        let mut to_notify = ChannelSet::EMPTY;
+        for word_index in 0..EVENT_WORDS {
+            let Ok(word) = enabled.pages.atomic_u32(FLAGS_OFFSET + word_index * 4) else {
+                break;
+            };
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                let relid = word_index as u32 * 32 + bit;
+                match self.bindings.iter().find(|b| b.relid == relid) {
+                    Some(binding) => {
+                        to_notify.insert(binding.notify);
+                        self.status.events_delivered = self.status.events_delivered.wrapping_add(1);
+                    }
+                    None => {
+                        self.status.stray_events = self.status.stray_events.wrapping_add(1);
+                    }
+                }
+            }
+        }
+        for channel in to_notify.iter() {
+            env.notify(channel);
+        }
+    }
+
+    /// Move SINT2 messages from the slot into the queue until the slot is
+    /// empty or the queue is full. Bounded by the queue's capacity (a
+    /// flooding host fills the queue, then waits for vmbus).
+    fn drain_messages(&mut self, env: &mut dyn Env) {
+        let Some(enabled) = self.enabled.as_mut() else {
+            return;
+        };
+        let mut pushed = false;
+        let limit = enabled.queue.capacity() as usize + 1;
+        for _ in 0..limit {
+            // Copy out first: the host may not touch a busy slot, but we
+            // never parse shared memory in place.
+            let mut slot = [0u8; MESSAGE_SIZE];
+            if enabled.pages.read(SLOT_OFFSET, &mut slot).is_err() {
+                break;
+            }
+            let kind = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+            if kind == message_type::NONE {
+                break;
+            }
+            if kind == message_type::VMBUS {
+                match enabled.queue.push(&slot) {
+                    Ok(()) => {
+                        pushed = true;
+                        self.waiting_for_queue_space = false;
+                        self.status.messages_received =
+                            self.status.messages_received.wrapping_add(1);
+                    }
+                    Err(QueueError::Full) => {
+                        // Leave it in the slot: vmbus notifies us when it
+                        // has made room (the queue recorded our request).
+                        if !self.waiting_for_queue_space {
+                            self.status.queue_full_waits =
+                                self.status.queue_full_waits.wrapping_add(1);
+                        }
+                        self.waiting_for_queue_space = true;
+                        break;
+                    }
+                    Err(error) => {
+                        // The consumer corrupted the queue: drop the message
+                        // rather than wedge the host's SINT.
+                        println!(env, "message queue unusable ({:?}): message dropped", error);
+                        self.status.messages_dropped = self.status.messages_dropped.wrapping_add(1);
+                    }
+                }
+            } else {
+                // Not VMBus (e.g. a timer message): nobody here consumes it.
+                self.status.messages_dropped = self.status.messages_dropped.wrapping_add(1);
+            }
+            // Free the slot, then look at the pending flag: reading it after
+            // the clear (with a full barrier between) cannot miss a message
+            // the host queued while the slot was busy.
+            let Ok(type_word) = enabled
+                .pages
+                .atomic_u32(SLOT_OFFSET + HvMessage::MESSAGE_TYPE_OFFSET)
+            else {
+                break;
+            };
+            type_word.store(message_type::NONE, Ordering::Release);
+            fence(Ordering::SeqCst);
+            let Ok(flags_word) = enabled.pages.atomic_u32(SLOT_OFFSET + 4) else {
+                break;
+            };
+            let flags = (flags_word.load(Ordering::Acquire) >> 8) as u8;
+            if flags & message_flags::MESSAGE_PENDING != 0 {
+                self.status.eoms = self.status.eoms.wrapping_add(1);
+                if let Err(error) = msr_write(env, msr::EOM, 0) {
+                    println!(env, "EOM failed: {:?}", error);
+                }
+            }
+        }
+        if pushed {
+            if let Some(enabled) = self.enabled.as_mut() {
+                if enabled.queue.consumer_needs_signal() {
+                    env.notify(channels::VMBUS);
+                }
+            }
+        }
+    }
+
+    fn post_message(&mut self, env: &mut dyn Env, connection_id: u32, payload: &[u8]) -> Reply {
+        let Some(enabled) = &self.enabled else {
+            return Reply::HypercallFailed {
+                status: vmbus_ipc::synic::STATUS_NO_HYPERCALL,
+            };
+        };
+        let mut input = PostMessageInput {
+            connection_id,
+            reserved: 0,
+            message_type: message_type::VMBUS,
+            payload_size: payload.len() as u32,
+            payload: [0; MESSAGE_MAX_PAYLOAD],
+        };
+        // The IPC type bounds the payload at 240 bytes.
+        input.payload[..payload.len()].copy_from_slice(payload);
+        if enabled
+            .hypercall_pages
+            .write(HYPERCALL_INPUT_OFFSET, input.as_bytes())
+            .is_err()
+        {
+            return Reply::HypercallFailed {
+                status: vmbus_ipc::synic::STATUS_NO_HYPERCALL,
+            };
+        }
+        let status = hypercall(
+            env,
+            HypercallControl::simple(call_code::POST_MESSAGE, false),
+            enabled.hypercall_input_gpa,
+        );
+        if status == HvStatus::SUCCESS {
+            self.status.messages_posted = self.status.messages_posted.wrapping_add(1);
+        } else {
+            self.status.hypercall_failures = self.status.hypercall_failures.wrapping_add(1);
+        }
+        reply_for(status)
+    }
+
+    fn signal_host(
+        &mut self,
+        env: &mut dyn Env,
+        caller: Channel,
+        connection_id: u32,
+    ) -> Result<Reply, Refusal> {
+        let owned = self
+            .bindings
+            .iter()
+            .any(|b| b.caller == caller && b.connection_id == connection_id);
+        if !owned || self.enabled.is_none() {
+            self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
+            return Err(Refusal::DENIED);
+        }
+        let input = SignalEventInput {
+            connection_id,
+            flag_number: 0,
+            reserved: 0,
+        };
+        let status = hypercall(
+            env,
+            HypercallControl::simple(call_code::SIGNAL_EVENT, true),
+            input.to_fast(),
+        );
+        if status == HvStatus::SUCCESS {
+            self.status.signals_sent = self.status.signals_sent.wrapping_add(1);
+        } else {
+            self.status.hypercall_failures = self.status.hypercall_failures.wrapping_add(1);
+        }
+        Ok(reply_for(status))
+    }
+
+    fn bind(
+        &mut self,
+        env: &mut dyn Env,
+        relid: u32,
+        connection_id: u32,
+        driver: &str,
+    ) -> Result<Reply, Refusal> {
+        let Some((notify, caller)) = vsc_channels(driver) else {
+            println!(
+                env,
+                "bind of relid {} to unknown VSC {:?} refused", relid, driver
+            );
+            return Err(Refusal::DENIED);
+        };
+        if relid == 0 || relid as usize >= EVENT_WORDS * 32 {
+            return Err(Refusal::MALFORMED);
+        }
+        let binding = Binding {
+            relid,
+            connection_id,
+            notify,
+            caller,
+        };
+        // vmbus is the authority on channels: a new binding replaces the old.
+        if let Some(existing) = self.bindings.iter_mut().find(|b| b.relid == relid) {
+            *existing = binding;
+        } else if self.bindings.push(binding).is_err() {
+            return Err(Refusal::DENIED);
+        }
+        // A bit left set from the relid's previous life would keep the host
+        // from interrupting for it again: clear it and let the VSC look.
+        if let Some(enabled) = &self.enabled {
+            let offset = FLAGS_OFFSET + (relid as usize / 32) * 4;
+            if let Ok(word) = enabled.pages.atomic_u32(offset) {
+                let mask = 1u32 << (relid % 32);
+                if word.fetch_and(!mask, Ordering::AcqRel) & mask != 0 {
+                    env.notify(notify);
+                }
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn handle(
+        &mut self,
+        env: &mut dyn Env,
+        channel: Channel,
+        request: Request,
+    ) -> Result<Reply, Refusal> {
+        let from_vmbus = channel == channels::VMBUS_CALL;
+        match request {
+            Request::SignalHost { connection_id } if is_vsc_caller(channel) => {
+                self.signal_host(env, channel, connection_id)
+            }
+            Request::SignalHost { .. } => {
+                self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
+                Err(Refusal::DENIED)
+            }
+            _ if !from_vmbus => Err(Refusal::DENIED),
+            Request::PostMessage {
+                connection_id,
+                payload,
+            } => Ok(self.post_message(env, connection_id, &payload)),
+            Request::Bind {
+                relid,
+                connection_id,
+                driver,
+            } => self.bind(env, relid, connection_id, &driver),
+            Request::Unbind { relid } => {
+                self.bindings.retain(|b| b.relid != relid);
+                Ok(Reply::Done)
+            }
+            Request::Status => Ok(Reply::Status(self.status())),
+        }
+    }
+}
+
+impl Component for Synic {
+    fn init(env: &mut dyn Env) -> Self {
+        let enabled = enable(env);
+        let mut synic = Synic {
+            enabled,
+            bindings: heapless::Vec::new(),
+            status: Status::default(),
+            waiting_for_queue_space: false,
+        };
+        // A message may have been delivered the moment SIMP was enabled.
+        synic.drain_messages(env);
+        synic
+    }
+
+    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+        if channels.contains(channels::HYPERVISOR_INTERRUPT) {
+            // Channel events first, so data paths never wait behind the
+            // control path.
+            self.deliver_events(env);
+        }
+        // Interrupt (new message) or vmbus made room in the queue: either
+        // way the slot is worth a look.
+        if channels.contains(channels::HYPERVISOR_INTERRUPT) || channels.contains(channels::VMBUS) {
+            self.drain_messages(env);
+        }
+    }
+
+    fn protected(
+        &mut self,
+        env: &mut dyn Env,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        let request: Request = decode(message)?;
+        let answer = self.handle(env, channel, request)?;
+        encode_reply(reply, &answer)
+    }
+}
+
+#[cfg(test)]
+mod tests;

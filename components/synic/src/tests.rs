@@ -1,0 +1,633 @@
+//! synic against a fake hypervisor: the test plays the host by writing the
+//! SIMP/SIEFP pages and answering the `hypervisor` calls.
+extern crate std;
+
+use super::*;
+use env_double::EnvDouble;
+use heapless::Vec as HVec;
+use spsc_queue::Consumer;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::vec::Vec;
+
+const PAGES_GPA: u64 = 0x10_0000;
+const HYPERCALL_GPA: u64 = 0x20_0000;
+
+/// The host's side of the fake: MSRs, hypercalls seen, messages waiting
+/// for the slot (delivered on EOM like the TLFS says).
+#[derive(Default)]
+struct FakeHost {
+    msrs: BTreeMap<u32, u64>,
+    writes: Vec<(u32, u64)>,
+    hypercalls: Vec<(u64, u64)>,
+    /// Payloads posted with HvPostMessage, read from the input page.
+    posted: Vec<(u32, Vec<u8>)>,
+    /// Status returned by the next hypercalls.
+    status: u16,
+    /// Messages waiting for the slot.
+    waiting: VecDeque<Vec<u8>>,
+    eoms: usize,
+    /// MSRs that raise #GP when written.
+    faulting: Vec<u32>,
+}
+
+struct Rig {
+    env: EnvDouble,
+    host: Rc<RefCell<FakeHost>>,
+    pages: Region,
+    queue: Consumer,
+}
+
+fn write_slot(pages: Region, payload: &[u8], message_type: u32, pending: bool) {
+    let mut slot = [0u8; 256];
+    slot[4] = payload.len() as u8;
+    slot[5] = if pending { 1 } else { 0 };
+    slot[8..16].copy_from_slice(&0x1234u64.to_le_bytes());
+    slot[16..16 + payload.len()].copy_from_slice(payload);
+    pages.write(SLOT_OFFSET + 4, &slot[4..]).unwrap();
+    pages
+        .atomic_u32(SLOT_OFFSET)
+        .unwrap()
+        .store(message_type, Ordering::Release);
+}
+
+impl FakeHost {
+    /// Host: queue a message; into the slot if free, else mark it pending.
+    fn send(&mut self, pages: Region, payload: &[u8]) {
+        self.waiting.push_back(payload.to_vec());
+        self.rescan(pages);
+    }
+    fn rescan(&mut self, pages: Region) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let busy = pages
+            .atomic_u32(SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire)
+            != 0;
+        if busy {
+            pages
+                .atomic_u32(SLOT_OFFSET + 4)
+                .unwrap()
+                .fetch_or(1 << 8, Ordering::AcqRel);
+            return;
+        }
+        let payload = self.waiting.pop_front().unwrap();
+        write_slot(
+            pages,
+            &payload,
+            message_type::VMBUS,
+            !self.waiting.is_empty(),
+        );
+    }
+}
+
+fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
+    let mut env = EnvDouble::new();
+    let pages_name = env.add_region_with(8192, true, Some(PAGES_GPA));
+    let hypercall_name = env.add_region_with(12288, true, Some(HYPERCALL_GPA));
+    let queue_name = env.add_region(8192, true);
+    assert_eq!(pages_name, regions::SYNIC_PAGES);
+    assert_eq!(hypercall_name, regions::HYPERCALL_PAGES);
+    assert_eq!(queue_name, regions::SYNIC_MESSAGES);
+    let pages = env.test_view(pages_name);
+    let hypercall_pages = env.test_view(hypercall_name);
+    let host = Rc::new(RefCell::new(FakeHost::default()));
+    setup(&mut host.borrow_mut());
+    let handler_host = host.clone();
+    env.on_typed_call(
+        channels::HYPERVISOR,
+        move |request: hypervisor::Request| -> hypervisor::Reply {
+            let mut host = handler_host.borrow_mut();
+            match request {
+                hypervisor::Request::MsrRead { msr } => {
+                    hypervisor::Reply::Value(host.msrs.get(&msr).copied().unwrap_or(0))
+                }
+                hypervisor::Request::MsrWrite { msr, value } => {
+                    if host.faulting.contains(&msr) {
+                        return hypervisor::Reply::GeneralProtection;
+                    }
+                    host.writes.push((msr, value));
+                    if msr == msr::EOM {
+                        host.eoms += 1;
+                        host.rescan(pages);
+                    } else {
+                        host.msrs.insert(msr, value);
+                    }
+                    hypervisor::Reply::Done
+                }
+                hypervisor::Request::Hypercall { control, input, .. } => {
+                    host.hypercalls.push((control, input));
+                    if HypercallControl(control).code() == call_code::POST_MESSAGE {
+                        assert_eq!(input, HYPERCALL_GPA);
+                        let mut bytes = [0u8; 256];
+                        hypercall_pages.read(0, &mut bytes).unwrap();
+                        let connection = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+                        let size = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+                        host.posted
+                            .push((connection, bytes[16..16 + size as usize].to_vec()));
+                    }
+                    hypervisor::Reply::Value(host.status as u64)
+                }
+                hypervisor::Request::EndOfInterrupt => hypervisor::Reply::Done,
+            }
+        },
+    );
+    let queue = Consumer::new(env.test_view(queue_name), vmbus_ipc::MESSAGE_QUEUE_SLOT).unwrap();
+    let synic = Synic::init(&mut env);
+    (
+        Rig {
+            env,
+            host,
+            pages,
+            queue,
+        },
+        synic,
+    )
+}
+
+fn rig() -> (Rig, Synic) {
+    rig_with(|_| {})
+}
+
+fn interrupt(rig: &mut Rig, synic: &mut Synic) {
+    let mut set = ChannelSet::EMPTY;
+    set.insert(channels::HYPERVISOR_INTERRUPT);
+    synic.notified(&mut rig.env, set);
+}
+
+fn request(
+    rig: &mut Rig,
+    synic: &mut Synic,
+    channel: Channel,
+    request: &Request,
+) -> Result<Reply, Refusal> {
+    let message = postcard::to_allocvec(request).unwrap();
+    let mut reply = [0u8; 1024];
+    let used = synic.protected(&mut rig.env, channel, &message, &mut reply)?;
+    Ok(postcard::from_bytes(&reply[..used]).unwrap())
+}
+
+fn pop_all(rig: &mut Rig) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buffer = [0u8; vmbus_ipc::MESSAGE_QUEUE_SLOT];
+    while let Some(len) = rig.queue.pop(&mut buffer).unwrap() {
+        out.push(buffer[..len].to_vec());
+    }
+    out
+}
+
+fn set_flag(rig: &Rig, relid: u32) {
+    rig.pages
+        .atomic_u32(FLAGS_OFFSET + (relid as usize / 32) * 4)
+        .unwrap()
+        .fetch_or(1 << (relid % 32), Ordering::AcqRel);
+}
+
+fn bind(
+    rig: &mut Rig,
+    synic: &mut Synic,
+    relid: u32,
+    connection_id: u32,
+    driver: &str,
+) -> Result<Reply, Refusal> {
+    request(
+        rig,
+        synic,
+        channels::VMBUS_CALL,
+        &Request::Bind {
+            relid,
+            connection_id,
+            driver: driver.try_into().unwrap(),
+        },
+    )
+}
+
+#[test]
+fn init_enables_the_synic_in_order_with_our_pages() {
+    let (rig, synic) = rig_with(|host| {
+        // Reserved bits the TLFS says to preserve.
+        host.msrs.insert(msr::SIMP, 0x0F0);
+        host.msrs
+            .insert(msr::SINT0 + 2, SintMsr::RESET.0 | (1 << 20));
+    });
+    assert!(synic.enabled.is_some(), "{}", rig.env.console);
+    let host = rig.host.borrow();
+    let order: Vec<u32> = host.writes.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        order,
+        [
+            msr::GUEST_OS_ID,
+            msr::HYPERCALL,
+            msr::SIMP,
+            msr::SIEFP,
+            msr::SINT0 + 2,
+            msr::SCONTROL
+        ]
+    );
+    assert_ne!(host.msrs[&msr::GUEST_OS_ID], 0);
+    assert_eq!(host.msrs[&msr::HYPERCALL], HYPERCALL_GPA + 8192 + 1);
+    assert_eq!(host.msrs[&msr::SIMP], PAGES_GPA | 0x0F0 | 1);
+    assert_eq!(host.msrs[&msr::SIEFP], (PAGES_GPA + 4096) | 1);
+    let sint = SintMsr(host.msrs[&(msr::SINT0 + 2)]);
+    assert!(!sint.masked() && sint.auto_eoi() && !sint.polling());
+    assert_eq!(sint.vector(), VMBUS_VECTOR);
+    assert_eq!(sint.0 & (1 << 20), 1 << 20, "RsvdP bit preserved");
+    assert_eq!(host.msrs[&msr::SCONTROL] & 1, 1);
+}
+
+#[test]
+fn a_faulting_msr_leaves_synic_disabled_and_refusing() {
+    let (mut rig, mut synic) = rig_with(|host| host.faulting.push(msr::SIEFP));
+    assert!(synic.enabled.is_none());
+    assert!(rig.env.console.contains("SIEFP"), "{}", rig.env.console);
+    let reply = request(
+        &mut rig,
+        &mut synic,
+        channels::VMBUS_CALL,
+        &Request::PostMessage {
+            connection_id: 4,
+            payload: HVec::from_slice(&[1, 2]).unwrap(),
+        },
+    );
+    assert_eq!(
+        reply,
+        Ok(Reply::HypercallFailed {
+            status: vmbus_ipc::synic::STATUS_NO_HYPERCALL
+        })
+    );
+    interrupt(&mut rig, &mut synic); // must not touch anything
+}
+
+#[test]
+fn messages_are_copied_out_whole_and_the_slot_freed_without_eom_when_not_pending() {
+    let (mut rig, mut synic) = rig();
+    let pages = rig.pages;
+    rig.host.borrow_mut().send(pages, &[0xAB; 40]);
+    interrupt(&mut rig, &mut synic);
+    let messages = pop_all(&mut rig);
+    assert_eq!(messages.len(), 1);
+    let slot = &messages[0];
+    assert_eq!(slot.len(), 256, "the whole slot");
+    assert_eq!(u32::from_le_bytes(slot[0..4].try_into().unwrap()), 1);
+    assert_eq!(slot[4], 40);
+    assert_eq!(&slot[16..56], &[0xAB; 40]);
+    assert_eq!(
+        pages
+            .atomic_u32(SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0,
+        "slot freed"
+    );
+    assert_eq!(rig.host.borrow().eoms, 0, "no EOM when nothing is pending");
+    assert_eq!(synic.status().messages_received, 1);
+}
+
+#[test]
+fn eom_only_when_pending_delivers_the_queued_messages_in_order() {
+    let (mut rig, mut synic) = rig();
+    let pages = rig.pages;
+    for i in 0..5u8 {
+        rig.host.borrow_mut().send(pages, &[i; 8]);
+    }
+    interrupt(&mut rig, &mut synic);
+    let messages = pop_all(&mut rig);
+    assert_eq!(
+        messages.iter().map(|m| m[16]).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    // Four messages had another behind them; the last did not.
+    assert_eq!(rig.host.borrow().eoms, 4);
+    assert_eq!(synic.status().eoms, 4);
+}
+
+#[test]
+fn pending_set_after_the_copy_is_still_seen() {
+    // The host marks "pending" while the slot is busy; synic reads the flag
+    // after clearing the type, so even a flag set after the copy counts.
+    let (mut rig, mut synic) = rig();
+    let pages = rig.pages;
+    write_slot(pages, &[7; 8], message_type::VMBUS, false);
+    rig.host.borrow_mut().waiting.push_back(std::vec![8; 8]);
+    pages
+        .atomic_u32(SLOT_OFFSET + 4)
+        .unwrap()
+        .fetch_or(1 << 8, Ordering::AcqRel);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(pop_all(&mut rig).len(), 2);
+}
+
+#[test]
+fn non_vmbus_messages_are_dropped_and_counted() {
+    let (mut rig, mut synic) = rig();
+    write_slot(rig.pages, &[1; 8], message_type::TIMER_EXPIRED, false);
+    interrupt(&mut rig, &mut synic);
+    assert!(pop_all(&mut rig).is_empty());
+    assert_eq!(synic.status().messages_dropped, 1);
+    assert_eq!(
+        rig.pages
+            .atomic_u32(SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0
+    );
+}
+
+#[test]
+fn a_full_queue_leaves_the_message_in_its_slot_until_vmbus_drains() {
+    let (mut rig, mut synic) = rig();
+    let pages = rig.pages;
+    let capacity = (8192 - 256) / vmbus_ipc::MESSAGE_QUEUE_SLOT.next_multiple_of(8);
+    let total = capacity + 3;
+    for i in 0..total {
+        rig.host.borrow_mut().send(pages, &(i as u32).to_le_bytes());
+    }
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(synic.status().messages_received as usize, capacity);
+    assert_ne!(
+        pages
+            .atomic_u32(SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0,
+        "the next message waits in the slot"
+    );
+    // vmbus drains and, seeing synic waiting, notifies it.
+    let first = pop_all(&mut rig);
+    assert!(rig.queue.producer_needs_signal());
+    let mut set = ChannelSet::EMPTY;
+    set.insert(channels::VMBUS);
+    synic.notified(&mut rig.env, set);
+    let second = pop_all(&mut rig);
+    let all: Vec<u32> = first
+        .iter()
+        .chain(second.iter())
+        .map(|m| u32::from_le_bytes(m[16..20].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        all,
+        (0..total as u32).collect::<Vec<_>>(),
+        "none lost, in order"
+    );
+    assert_eq!(synic.status().queue_full_waits, 1);
+}
+
+#[test]
+fn vmbus_is_notified_only_when_it_asked() {
+    let (mut rig, mut synic) = rig();
+    let pages = rig.pages;
+    rig.host.borrow_mut().send(pages, &[1; 8]);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(rig.env.notifications_on(channels::VMBUS), 0);
+    pop_all(&mut rig);
+    assert!(rig.queue.prepare_to_sleep().unwrap());
+    rig.host.borrow_mut().send(pages, &[2; 8]);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(rig.env.notifications_on(channels::VMBUS), 1);
+}
+
+#[test]
+fn events_go_to_the_bound_vsc_before_messages_are_queued() {
+    let (mut rig, mut synic) = rig();
+    assert_eq!(
+        bind(&mut rig, &mut synic, 5, 0x2005, "kvp"),
+        Ok(Reply::Done)
+    );
+    assert_eq!(
+        bind(&mut rig, &mut synic, 40, 0x2028, "heartbeat"),
+        Ok(Reply::Done)
+    );
+    let pages = rig.pages;
+    set_flag(&rig, 5);
+    set_flag(&rig, 40);
+    set_flag(&rig, 77); // nobody's
+    rig.host.borrow_mut().send(pages, &[9; 8]);
+    assert!(rig.queue.prepare_to_sleep().unwrap());
+    rig.env.notified.clear();
+    interrupt(&mut rig, &mut synic);
+    let kvp = rig
+        .env
+        .notified
+        .iter()
+        .position(|c| *c == channels::KVP)
+        .unwrap();
+    let heartbeat = rig
+        .env
+        .notified
+        .iter()
+        .position(|c| *c == channels::HEARTBEAT)
+        .unwrap();
+    let vmbus = rig
+        .env
+        .notified
+        .iter()
+        .position(|c| *c == channels::VMBUS)
+        .unwrap();
+    assert!(kvp < vmbus && heartbeat < vmbus, "{:?}", rig.env.notified);
+    let status = synic.status();
+    assert_eq!(status.events_delivered, 2);
+    assert_eq!(status.stray_events, 1);
+    // All bits were consumed.
+    for word in 0..EVENT_WORDS {
+        assert_eq!(
+            pages
+                .atomic_u32(FLAGS_OFFSET + word * 4)
+                .unwrap()
+                .load(Ordering::Acquire),
+            0
+        );
+    }
+    // After unbinding, the relid's events are strays.
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::VMBUS_CALL,
+            &Request::Unbind { relid: 5 }
+        ),
+        Ok(Reply::Done)
+    );
+    rig.env.notified.clear();
+    set_flag(&rig, 5);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(rig.env.notifications_on(channels::KVP), 0);
+    assert_eq!(synic.status().stray_events, 2);
+}
+
+#[test]
+fn binding_clears_a_stale_flag_and_lets_the_vsc_look() {
+    let (mut rig, mut synic) = rig();
+    set_flag(&rig, 9);
+    bind(&mut rig, &mut synic, 9, 0x2009, "timesync").unwrap();
+    assert_eq!(rig.env.notifications_on(channels::TIMESYNC), 1);
+    assert_eq!(
+        rig.pages
+            .atomic_u32(FLAGS_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0
+    );
+}
+
+#[test]
+fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
+    let (mut rig, mut synic) = rig();
+    for name in ["vmbus", "hypervisor", "console", "nobody", ""] {
+        assert_eq!(
+            bind(&mut rig, &mut synic, 3, 1, name),
+            Err(Refusal::DENIED),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        bind(&mut rig, &mut synic, 0, 1, "kvp"),
+        Err(Refusal::MALFORMED)
+    );
+    assert_eq!(
+        bind(&mut rig, &mut synic, 2048, 1, "kvp"),
+        Err(Refusal::MALFORMED)
+    );
+    assert_eq!(bind(&mut rig, &mut synic, 2047, 1, "kvp"), Ok(Reply::Done));
+    // Only vmbus may bind.
+    let from_kvp = request(
+        &mut rig,
+        &mut synic,
+        channels::KVP_CALL,
+        &Request::Bind {
+            relid: 4,
+            connection_id: 4,
+            driver: "kvp".try_into().unwrap(),
+        },
+    );
+    assert_eq!(from_kvp, Err(Refusal::DENIED));
+    let post_from_kvp = request(
+        &mut rig,
+        &mut synic,
+        channels::KVP_CALL,
+        &Request::PostMessage {
+            connection_id: 4,
+            payload: HVec::new(),
+        },
+    );
+    assert_eq!(post_from_kvp, Err(Refusal::DENIED));
+}
+
+#[test]
+fn signal_host_only_for_the_callers_own_connection() {
+    let (mut rig, mut synic) = rig();
+    bind(&mut rig, &mut synic, 5, 0x2005, "kvp").unwrap();
+    bind(&mut rig, &mut synic, 6, 0x2006, "heartbeat").unwrap();
+    let signal = |connection_id| Request::SignalHost { connection_id };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Ok(Reply::Done)
+    );
+    let (control, input) = rig.host.borrow().hypercalls[0];
+    assert_eq!(HypercallControl(control).code(), call_code::SIGNAL_EVENT);
+    assert!(HypercallControl(control).fast());
+    assert_eq!(SignalEventInput::from_fast(input).connection_id, 0x2005);
+    // kvp may not signal heartbeat's connection, nor an unbound one.
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2006)),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x9999)),
+        Err(Refusal::DENIED)
+    );
+    // vmbus is no VSC.
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &signal(0x2005)),
+        Err(Refusal::DENIED)
+    );
+    // After unbind kvp may no longer signal.
+    request(
+        &mut rig,
+        &mut synic,
+        channels::VMBUS_CALL,
+        &Request::Unbind { relid: 5 },
+    )
+    .unwrap();
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        rig.host.borrow().hypercalls.len(),
+        1,
+        "refusals never reach the hypervisor"
+    );
+    let status = synic.status();
+    assert_eq!((status.signals_sent, status.signals_refused), (1, 4));
+}
+
+#[test]
+fn post_message_writes_the_input_page_and_reports_the_status() {
+    let (mut rig, mut synic) = rig();
+    let post = Request::PostMessage {
+        connection_id: 4,
+        payload: HVec::from_slice(&[14, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &post),
+        Ok(Reply::Done)
+    );
+    {
+        let host = rig.host.borrow();
+        assert_eq!(host.posted, [(4, std::vec![14, 0, 0, 0, 0, 0, 0, 0])]);
+        let (control, _) = host.hypercalls[0];
+        assert_eq!(HypercallControl(control).code(), call_code::POST_MESSAGE);
+        assert!(!HypercallControl(control).fast());
+    }
+    rig.host.borrow_mut().status = HvStatus::INVALID_CONNECTION_ID.0;
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &post),
+        Ok(Reply::HypercallFailed { status: 0x12 })
+    );
+    let status = synic.status();
+    assert_eq!((status.messages_posted, status.hypercall_failures), (1, 1));
+}
+
+#[test]
+fn malformed_requests_are_refused() {
+    let (mut rig, mut synic) = rig();
+    let mut reply = [0u8; 64];
+    assert_eq!(
+        synic.protected(
+            &mut rig.env,
+            channels::VMBUS_CALL,
+            &[0xFF, 0xFF, 0xFF],
+            &mut reply
+        ),
+        Err(Refusal::MALFORMED)
+    );
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &Request::Status),
+        Ok(Reply::Status(synic.status()))
+    );
+}
+
+#[test]
+fn hostile_slot_contents_never_panic() {
+    let (mut rig, mut synic) = rig();
+    // Oversized payload_size, odd flags, unknown types: copied or dropped.
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..200 {
+        let mut slot = [0u8; 256];
+        for byte in slot.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *byte = seed as u8;
+        }
+        slot[0..4].copy_from_slice(&(seed % 3).to_le_bytes());
+        rig.pages.write(SLOT_OFFSET, &slot).unwrap();
+        let words = rig.pages.atomic_u32(FLAGS_OFFSET).unwrap();
+        words.store(seed, Ordering::Release);
+        interrupt(&mut rig, &mut synic);
+        pop_all(&mut rig);
+    }
+}
