@@ -1,8 +1,10 @@
 //! `cargo xtask run [--system FILE]`: build the image and boot it in QEMU
 //! with the console on the terminal (Ctrl-A X quits).
 //!
-//! `cargo xtask boot-test [--system FILE]`: build, boot headless with a
-//! timeout, and pass if QEMU ends through isa-debug-exit with status 1
+//! `cargo xtask boot-test [--system FILE]`: for the given description, or
+//! by default for `system.toml` and then the platform's own bring-up test
+//! `tests/systems/sel4test.toml`: build, boot headless with a timeout, and
+//! pass if QEMU ends through isa-debug-exit with status 1
 //! (a component called `power_off(0)`; status is `code << 1 | 1`) and every
 //! line of the expectation file appears in the output in order. The
 //! expectation file is the description's path with `.expect` instead of
@@ -89,8 +91,20 @@ fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usiz
     (next, last)
 }
 
+/// The bring-up test of the seL4 platform itself.
+const PLATFORM_TEST_SYSTEM: &str = "tests/systems/sel4test.toml";
+
 pub fn boot_test(args: &[String]) -> Result {
-    let system = system_argument(args)?;
+    if !args.is_empty() {
+        return boot_test_one(&system_argument(args)?);
+    }
+    let platform_test = crate::util::workspace_root().join(PLATFORM_TEST_SYSTEM);
+    boot_test_one(&system_argument(&[])?)?;
+    boot_test_one(&platform_test)
+}
+
+fn boot_test_one(system: &Path) -> Result {
+    let system = system.to_path_buf();
     let expected = expectations(&system)?;
     let image = build(&system)?;
     let started = Instant::now();
