@@ -18,7 +18,13 @@ use crate::util::{run_checked, workspace_root, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-const TARGETS: [&str; 5] = ["channel_message", "packet", "ic_message", "gpadl", "ring_reader"];
+const TARGETS: [&str; 5] = [
+    "channel_message",
+    "packet",
+    "ic_message",
+    "gpadl",
+    "ring_reader",
+];
 const HOST_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
     -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -40,12 +46,19 @@ pub fn run(args: &[String]) -> Result {
                     .ok_or("--seconds needs a number")?
             }
             "--target" => only = Some(iter.next().ok_or("--target needs a name")?.clone()),
-            other => return Err(format!("unknown argument {other} (use --seconds N, --target NAME)")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other} (use --seconds N, --target NAME)"
+                ))
+            }
         }
     }
     if let Some(name) = &only {
         if !TARGETS.contains(&name.as_str()) {
-            return Err(format!("no fuzz target {name}; targets: {}", TARGETS.join(", ")));
+            return Err(format!(
+                "no fuzz target {name}; targets: {}",
+                TARGETS.join(", ")
+            ));
         }
     }
     let fuzz_dir = workspace_root().join("platform/vmbus-protocol/fuzz");
@@ -62,7 +75,10 @@ pub fn run(args: &[String]) -> Result {
             .env("RUSTFLAGS", COVERAGE_FLAGS),
     )?;
     let mut total_runs = 0u64;
-    for target in TARGETS.iter().filter(|t| only.as_deref().is_none_or(|o| o == **t)) {
+    for target in TARGETS
+        .iter()
+        .filter(|t| only.as_deref().is_none_or(|o| o == **t))
+    {
         let corpus = target_dir.join("corpus").join(target);
         let artifacts = target_dir.join("artifacts").join(target);
         std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
@@ -78,7 +94,13 @@ pub fn run(args: &[String]) -> Result {
         let log = String::from_utf8_lossy(&output.stderr);
         let runs = log
             .lines()
-            .find_map(|line| line.strip_prefix("Done ")?.split(' ').next()?.parse::<u64>().ok())
+            .find_map(|line| {
+                line.strip_prefix("Done ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0);
         if !output.status.success() {
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
