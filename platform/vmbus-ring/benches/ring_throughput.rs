@@ -68,10 +68,8 @@ fn ring_run<M: RingMemory + Send + Sync + 'static>(
             }
             if batch == 0 {
                 // Empty: ask for a signal, look once more, then sleep.
-                if !reader.unmask_interrupts().unwrap() {
-                    if !sleep_until_signalled() {
-                        timeouts += 1;
-                    }
+                if !reader.unmask_interrupts().unwrap() && !sleep_until_signalled() {
+                    timeouts += 1;
                 }
                 reader.mask_interrupts().unwrap();
             }
