@@ -422,12 +422,19 @@ impl VmbusHarness {
         assert_eq!(status, HvStatus::SUCCESS);
     }
 
-    /// Waits until the host has seen what the guest did.
-    pub fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(20));
+    /// Waits until the host has seen what the guest did. The host runs
+    /// its server step after every record it handles, before reading the
+    /// next; so once the reply to a second round trip arrives, a step has
+    /// run after everything the guest did before the first.
+    pub fn settle(&mut self) {
+        use hv_interface::Hypervisor;
+        for _ in 0..2 {
+            self.guest.msr_read(hyperv_defs::msr::SVERSION).unwrap();
+        }
     }
 
-    pub fn rejected(&self) -> u64 {
+    pub fn rejected(&mut self) -> u64 {
+        self.settle();
         self.with(|s| s.vmbus.stats.messages_rejected)
     }
 }
