@@ -394,7 +394,7 @@ fn build_pd(
                     slot,
                     peer_notification,
                     Rights::WRITE,
-                    1 << channel.peer_id,
+                    notification_bit(channel.peer_id),
                 )?;
                 info.notify_channels |= 1 << channel.id;
             }
@@ -439,7 +439,7 @@ fn build_pd(
             system.pds[pd].notification,
             ROOT_DEPTH,
             Rights::WRITE,
-            1 << irq.channel,
+            notification_bit(irq.channel),
         )
         .context("mint IRQ badge")?;
         sys::irq_handler_set_notification(handler, badged).context("IRQ notification")?;

@@ -37,21 +37,34 @@ pub const SLOT_IRQ_BASE: u64 = 80;
 /// IO-port range `i`'s cap, narrowed to that range.
 pub const SLOT_IOPORT_BASE: u64 = 144;
 
-/// Set in the badge of a protected call (low 6 bits: the server's channel
-/// id). Endpoint badges have 28 bits in seL4 5.0.
-///
-/// The event loop cannot tell a call from a bound-notification delivery by
-/// the badge (a notification word may have any bit set); it uses the
-/// message tag: the kernel leaves the receiver's tag register as the
-/// thread passed it when a notification arrives, and the loop always
-/// receives with a zero tag (Reply then Recv, never ReplyRecv), while every
-/// protected call carries at least the length word.
+/// Set in the badge of every protected-call endpoint cap (low 6 bits: the
+/// server's channel id). Endpoint badges have 28 bits in seL4 5.0, so the
+/// flag is bit 27, and notification words never use bit 27 (see
+/// [`notification_bit`]): a received badge with this bit is a call, any
+/// other is the bound notification's word.
 pub const PPC_BADGE_FLAG: u64 = 1 << 27;
 /// Notification bit the monitor sets to tell a supervisor that one of its
 /// children faulted (the supervisor then asks with [`MonitorRequest::TakeFault`]).
-pub const MONITOR_NEWS_BIT: u64 = 1 << 62;
-/// Channel bits of a notification word.
-pub const CHANNEL_BITS_MASK: u64 = (1 << 62) - 1;
+pub const MONITOR_NEWS_BIT: u64 = 1 << 63;
+
+/// The notification-word bit that stands for channel `channel` (0..62):
+/// channels 0-26 use bits 0-26, channels 27-61 bits 28-62; bit 27 is never
+/// a notification bit, bit 63 is [`MONITOR_NEWS_BIT`].
+pub const fn notification_bit(channel: u8) -> u64 {
+    if channel < 27 {
+        1 << channel
+    } else {
+        1 << (channel as u32 + 1)
+    }
+}
+
+/// The channel set (bit c = channel c) a notification word stands for.
+pub const fn channels_from_word(word: u64) -> u64 {
+    let low = word & ((1 << 27) - 1);
+    let high = (word >> 28) & ((1 << 35) - 1);
+    low | (high << 27)
+}
+
 /// Set in the badge of a fault endpoint cap (the low bits: PD index).
 pub const FAULT_BADGE_FLAG: u64 = 1 << 16;
 
@@ -293,6 +306,23 @@ mod tests {
         let registers = [8u64, 0];
         assert_eq!(unpack_message(2, &mut small, |i| registers[i]), None);
         assert_eq!(unpack_message(0, &mut small, |_| 0), None);
+    }
+
+    #[test]
+    fn notification_bits_avoid_the_call_flag_and_round_trip() {
+        let mut all = 0u64;
+        for channel in 0..62u8 {
+            let bit = notification_bit(channel);
+            assert_eq!(
+                bit & (PPC_BADGE_FLAG | MONITOR_NEWS_BIT),
+                0,
+                "channel {channel}"
+            );
+            assert_eq!(all & bit, 0, "channel {channel} shares a bit");
+            all |= bit;
+            assert_eq!(channels_from_word(bit), 1 << channel);
+        }
+        assert_eq!(channels_from_word(MONITOR_NEWS_BIT | PPC_BADGE_FLAG), 0);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! `component_main!(MyComponent)` defines the entry point (`_start`, which
 //! calls [`run`]), the panic handler and nothing else. [`run`] reads the
 //! information page the root task wrote (see [`abi`]), calls
-//! `Component::init`, then loops on the PD's endpoint: a message with a
-//! non-zero tag is a protected call (answered with seL4 Reply), a zero tag
-//! means the bound notification's word arrived as the badge (channel bits,
-//! plus [`abi::MONITOR_NEWS_BIT`] when a supervised child faulted).
+//! `Component::init`, then loops on the PD's endpoint: a badge with
+//! [`abi::PPC_BADGE_FLAG`] is a protected call (answered with seL4
+//! ReplyRecv), any other is the bound notification's word (channel bits as
+//! [`abi::notification_bit`] lays them out, plus [`abi::MONITOR_NEWS_BIT`]
+//! when a supervised child faulted).
 //!
 //! Trusts: the root task's information page and the kernel. Messages from
 //! other PDs are copied out of the message registers with bounds checks.
@@ -292,13 +293,11 @@ pub fn run<C: Component>() -> ! {
     let mut component = C::init(&mut env);
     let mut pending_reply: Option<(sys::MessageInfo, [u64; 4])> = None;
     loop {
-        // Reply and Recv separately: Recv must start with a zero tag so a
-        // notification can be told from a call (see abi::PPC_BADGE_FLAG).
-        if let Some((tag, fast)) = pending_reply.take() {
-            sys::reply(tag, fast);
-        }
-        let received = sys::recv(SLOT_ENDPOINT);
-        if received.info.0 != 0 {
+        let received = match pending_reply.take() {
+            Some((tag, fast)) => sys::reply_recv(SLOT_ENDPOINT, tag, fast),
+            None => sys::recv(SLOT_ENDPOINT),
+        };
+        if received.badge & PPC_BADGE_FLAG != 0 {
             pending_reply = Some(serve_call(&mut component, &mut env, &received));
             continue;
         }
@@ -308,7 +307,7 @@ pub fn run<C: Component>() -> ! {
                 component.fault(&mut env, child, fault);
             }
         }
-        let channels = ChannelSet(word & CHANNEL_BITS_MASK);
+        let channels = ChannelSet(channels_from_word(word));
         if !channels.is_empty() {
             component.notified(&mut env, channels);
         }
