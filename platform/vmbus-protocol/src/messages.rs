@@ -288,6 +288,32 @@ message! {
 }
 
 impl InitiateContact {
+    /// What a guest sends to ask for `version`: from 5.0 the target-info
+    /// word names SINT 2 (VTL 0) and `feature_flags`; before 5.0 it is the
+    /// interrupt page GPA. Send it to
+    /// [`ProtocolVersion::initiate_contact_connection_id`].
+    pub fn request(
+        version: ProtocolVersion,
+        target_vcpu: u32,
+        interrupt_page_gpa: u64,
+        monitor_page1_gpa: u64,
+        monitor_page2_gpa: u64,
+        feature_flags: u32,
+    ) -> Self {
+        let mut message = Self::empty();
+        message.version_requested = version.0.into();
+        message.target_vcpu = target_vcpu.into();
+        message.interrupt_page_or_target_info = if version.uses_message_sint() {
+            Self::target_info(crate::version::VMBUS_MESSAGE_SINT, 0, feature_flags)
+        } else {
+            interrupt_page_gpa
+        }
+        .into();
+        message.monitor_page1 = monitor_page1_gpa.into();
+        message.monitor_page2 = monitor_page2_gpa.into();
+        message
+    }
+
     /// The from-5.0 form of the target-info word.
     pub const fn target_info(msg_sint: u8, msg_vtl: u8, feature_flags: u32) -> u64 {
         msg_sint as u64 | (msg_vtl as u64) << 8 | (feature_flags as u64) << 32
@@ -326,6 +352,12 @@ message! {
         msg_conn_id: U32,
     }
 }
+impl VersionResponse {
+    pub fn accepted(&self) -> bool {
+        self.version_supported != 0
+    }
+}
+
 message! {
     /// 15 in its 6.0 form with the host's feature flags. 20 bytes.
     VersionResponse2 = VERSION_RESPONSE since V6_0 {
@@ -772,6 +804,20 @@ mod tests {
         assert_eq!(contact.feature_flags(), 0x11);
         assert_eq!(contact.as_bytes()[16], 2);
         assert_eq!(contact.as_bytes()[..4], [14, 0, 0, 0]);
+    }
+
+    #[test]
+    fn initiate_contact_request_follows_the_version_rules() {
+        let new = InitiateContact::request(ProtocolVersion::V5_3, 0, 0x1000, 0x2000, 0x3000, 0);
+        assert_eq!(new.msg_sint(), 2);
+        assert_eq!(new.version_requested.get(), 0x50003);
+        assert_eq!(new.monitor_page2.get(), 0x3000);
+        let old = InitiateContact::request(ProtocolVersion::V4_1, 0, 0x1000, 0x2000, 0x3000, 0);
+        assert_eq!(old.interrupt_page_or_target_info.get(), 0x1000);
+        let mut response = VersionResponse::empty();
+        assert!(!response.accepted());
+        response.version_supported = 1;
+        assert!(response.accepted());
     }
 
     #[test]
