@@ -295,6 +295,62 @@ pub mod timesync {
             last_sample_ns: u64,
         },
     }
+
+    /// 100 ns units between 1601-01-01 and 1970-01-01.
+    pub const UNIX_EPOCH_100NS: u64 = 116_444_736_000_000_000;
+
+    /// A UTC calendar time, for printing.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct CivilTime {
+        pub year: i64,
+        pub month: u8,
+        pub day: u8,
+        pub hour: u8,
+        pub minute: u8,
+        pub second: u8,
+    }
+
+    impl core::fmt::Display for CivilTime {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(
+                f,
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                self.year, self.month, self.day, self.hour, self.minute, self.second
+            )
+        }
+    }
+
+    /// The calendar time of a Windows time (100 ns units since 1601-01-01
+    /// UTC), proleptic Gregorian, leap seconds ignored.
+    pub fn civil_time(time_100ns_since_1601: u64) -> CivilTime {
+        let seconds = time_100ns_since_1601 / 10_000_000;
+        let days = (seconds / 86_400) as i64;
+        let of_day = seconds % 86_400;
+        // Days since 1601-01-01 to days since 0000-03-01 (the era-based
+        // civil-from-days algorithm counts years from March).
+        let z = days + 584_694;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era =
+            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let month_index = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+        let month = if month_index < 10 {
+            month_index + 3
+        } else {
+            month_index - 9
+        };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        CivilTime {
+            year,
+            month: month as u8,
+            day: day as u8,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day / 60 % 60) as u8,
+            second: (of_day % 60) as u8,
+        }
+    }
 }
 
 pub mod kvp {
@@ -376,6 +432,28 @@ mod tests {
             generation: u32::MAX,
         });
         assert!(postcard::to_allocvec(&info).unwrap().len() <= component_api::MAX_MESSAGE);
+    }
+
+    #[test]
+    fn windows_times_become_calendar_times() {
+        use timesync::{civil_time, CivilTime, UNIX_EPOCH_100NS};
+        let at = |year, month, day, hour, minute, second| CivilTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        };
+        assert_eq!(civil_time(0), at(1601, 1, 1, 0, 0, 0));
+        assert_eq!(civil_time(UNIX_EPOCH_100NS), at(1970, 1, 1, 0, 0, 0));
+        // 2000-02-29 12:34:56 UTC = Unix 951827696.
+        let leap_day = UNIX_EPOCH_100NS + 951_827_696 * 10_000_000;
+        assert_eq!(civil_time(leap_day), at(2000, 2, 29, 12, 34, 56));
+        // 2026-11-25 00:00:00 UTC = Unix 1795564800.
+        let today = UNIX_EPOCH_100NS + 1_795_564_800 * 10_000_000;
+        assert_eq!(civil_time(today), at(2026, 11, 25, 0, 0, 0));
+        assert!(civil_time(u64::MAX).year > 60_000);
     }
 
     #[test]

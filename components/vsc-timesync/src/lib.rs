@@ -1,0 +1,342 @@
+//! `timesync`: the time-synchronisation integration-component driver, and
+//! the guest's time service.
+//!
+//! The host sends its time (100 ns units since 1601-01-01 UTC) as a sync
+//! (set the clock now: at boot, after a resume) or a sample (periodic
+//! drift correction). The channel loop (`ic-channel`) opens the channel,
+//! negotiates framework 3.0/1.0 and timesync 4.0/3.0/1.0 and reports them;
+//! this crate answers every message, keeps the last host time with the
+//! guest monotonic time it arrived at (`Env::now_ns`), and serves
+//! `timesync::Request::Now` on `client`: the host time advanced by the
+//! guest time elapsed since. Messages of 4.0 carry the host's reference
+//! time too; it is not needed for this coarse service and is ignored.
+//!
+//! When the description gives it a notify end `client_event`, it notifies
+//! the client after each sample (the client's periodic tick).
+//!
+//! Trusts: nothing from the host: a body shorter than its version's
+//! message is rejected; a message with neither the sync nor the sample flag
+//! is answered but not used. The host is the authority on wall-clock time,
+//! so its values are taken as they come (arithmetic saturates).
+//! Writes: its own rings, the console.
+#![no_std]
+
+use component_api::{decode, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
+use ic_channel::{ChannelIds, IcChannel, IcService, Rejection};
+use vmbus_ipc::timesync::{civil_time, Reply, Request};
+use vmbus_protocol::ic::{
+    self, read_body, timesync_flags, IcVersion, TimesyncMessage, TimesyncRefMessage, STATUS_OK,
+};
+
+include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+
+pub const IDS: ChannelIds = ChannelIds {
+    ring: regions::RING,
+    synic_call: channels::SYNIC_CALL,
+    vmbus: channels::VMBUS,
+};
+
+/// One console line per this many samples (syncs are always printed).
+pub const LOG_EVERY: u32 = 10;
+
+/// The last time the host told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub host_100ns_since_1601: u64,
+    pub guest_ns: u64,
+}
+
+#[derive(Default)]
+pub struct TimesyncService {
+    pub last: Option<Sample>,
+    /// Syncs and samples used.
+    pub samples: u32,
+    /// Messages with neither flag.
+    pub ignored: u32,
+}
+
+impl TimesyncService {
+    /// The current time as the host last told it, advanced by guest time.
+    pub fn now(&self, guest_ns: u64) -> Reply {
+        match self.last {
+            None => Reply::NotSynced,
+            Some(sample) => {
+                let elapsed_100ns = guest_ns.saturating_sub(sample.guest_ns) / 100;
+                Reply::Time {
+                    now_100ns_since_1601: sample
+                        .host_100ns_since_1601
+                        .saturating_add(elapsed_100ns),
+                    samples: self.samples,
+                    last_sample_ns: sample.guest_ns,
+                }
+            }
+        }
+    }
+}
+
+impl IcService for TimesyncService {
+    fn message_type(&self) -> u16 {
+        ic::message_type::TIMESYNC
+    }
+    fn message_versions(&self) -> &'static [(u16, u16)] {
+        &ic::versions::TIMESYNC
+    }
+    fn handle(
+        &mut self,
+        env: &mut dyn Env,
+        version: IcVersion,
+        body: &mut [u8],
+    ) -> Result<u32, Rejection> {
+        let short = |_| Rejection("body shorter than its timesync message");
+        let (host_time, flags) = if version.major.get() >= 4 {
+            let message: TimesyncRefMessage = read_body(body).map_err(short)?;
+            (message.parent_time.get(), message.flags)
+        } else {
+            let message: TimesyncMessage = read_body(body).map_err(short)?;
+            (message.parent_time.get(), message.flags)
+        };
+        let sync = flags & timesync_flags::SYNC != 0;
+        if !sync && flags & timesync_flags::SAMPLE == 0 {
+            self.ignored += 1;
+            return Ok(STATUS_OK);
+        }
+        self.last = Some(Sample {
+            host_100ns_since_1601: host_time,
+            guest_ns: env.now_ns(),
+        });
+        self.samples = self.samples.saturating_add(1);
+        if sync || self.samples == 1 || self.samples.is_multiple_of(LOG_EVERY) {
+            println!(
+                env,
+                "time {} {}: host time {}",
+                if sync { "sync" } else { "sample" },
+                self.samples,
+                civil_time(host_time)
+            );
+        }
+        #[cfg(client_event)]
+        env.notify(channels::CLIENT_EVENT);
+        Ok(STATUS_OK)
+    }
+}
+
+pub struct Timesync {
+    pub channel: IcChannel,
+    pub service: TimesyncService,
+}
+
+impl Component for Timesync {
+    fn init(env: &mut dyn Env) -> Self {
+        let mut timesync = Timesync {
+            channel: IcChannel::new(IDS),
+            service: TimesyncService::default(),
+        };
+        timesync.channel.on_bus_event(env, &mut timesync.service);
+        timesync
+    }
+
+    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
+        if set.contains(channels::VMBUS_EVENT) {
+            self.channel.on_bus_event(env, &mut self.service);
+        }
+        if set.contains(channels::SYNIC) {
+            self.channel.poll(env, &mut self.service);
+        }
+    }
+
+    fn protected(
+        &mut self,
+        env: &mut dyn Env,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        if channel != channels::CLIENT {
+            return Err(Refusal::NOT_SERVED);
+        }
+        match decode::<Request>(message)? {
+            Request::Now => {
+                let now = self.service.now(env.now_ns());
+                encode_reply(reply, &now)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use env_double::EnvDouble;
+    use ic_channel::testing::*;
+    use std::vec;
+    use std::vec::Vec;
+    use vmbus_ipc::timesync::UNIX_EPOCH_100NS;
+    use zerocopy::FromZeros;
+
+    /// 2026-11-25 00:00:00 UTC.
+    const HOST_TIME: u64 = UNIX_EPOCH_100NS + 1_795_564_800 * 10_000_000;
+
+    fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Timesync) {
+        let mut env = EnvDouble::new();
+        let mut host = TestHost::new(&mut env, IDS);
+        let mut component = Timesync::init(&mut env);
+        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
+        host.send(&negotiate_request(&[(3, 0), (1, 0)], offered));
+        synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        (env, host, component)
+    }
+
+    fn synic(component: &mut Timesync, env: &mut EnvDouble) {
+        component.notified(env, ChannelSet(channels::SYNIC.bit()));
+    }
+
+    fn sample_4(time: u64, flags: u8) -> Vec<u8> {
+        let mut body = TimesyncRefMessage::new_zeroed();
+        body.parent_time = time.into();
+        body.vm_reference_time = 12345.into();
+        body.flags = flags;
+        ic_request(ic::message_type::TIMESYNC, (4, 0), &bytes_of(&body))
+    }
+
+    fn ask(component: &mut Timesync, env: &mut EnvDouble) -> Reply {
+        let message = postcard::to_allocvec(&Request::Now).unwrap();
+        let mut reply = [0u8; 64];
+        let len = component
+            .protected(env, channels::CLIENT, &message, &mut reply)
+            .unwrap();
+        postcard::from_bytes(&reply[..len]).unwrap()
+    }
+
+    #[test]
+    fn negotiates_4_0_and_falls_back_to_3_0() {
+        let mut env = EnvDouble::new();
+        let mut host = TestHost::new(&mut env, IDS);
+        let mut component = Timesync::init(&mut env);
+        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
+        host.send(&negotiate_request(&[(3, 0)], &[(1, 0), (3, 0), (4, 0)]));
+        synic(&mut component, &mut env);
+        assert_eq!(
+            negotiated_in(&host.receive_ic().unwrap().1),
+            Some(((3, 0), (4, 0)))
+        );
+        host.send(&negotiate_request(&[(3, 0)], &[(1, 0), (3, 0), (2, 0)]));
+        synic(&mut component, &mut env);
+        assert_eq!(
+            negotiated_in(&host.receive_ic().unwrap().1),
+            Some(((3, 0), (3, 0)))
+        );
+        assert_eq!(
+            host.bus.borrow().reported,
+            vec![((3, 0), (4, 0)), ((3, 0), (3, 0))]
+        );
+    }
+
+    #[test]
+    fn now_is_the_last_sample_advanced_by_guest_time() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        assert_eq!(ask(&mut component, &mut env), Reply::NotSynced);
+        env.now_ns = 5_000_000_000;
+        host.send(&sample_4(HOST_TIME, timesync_flags::SYNC));
+        synic(&mut component, &mut env);
+        let (header, _) = host.receive_ic().unwrap();
+        assert_eq!(header.status.get(), STATUS_OK);
+        assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
+        assert!(env
+            .console
+            .contains("time sync 1: host time 2026-11-25 00:00:00 UTC"));
+        env.now_ns += 1_500_000_000;
+        assert_eq!(
+            ask(&mut component, &mut env),
+            Reply::Time {
+                now_100ns_since_1601: HOST_TIME + 15_000_000,
+                samples: 1,
+                last_sample_ns: 5_000_000_000,
+            }
+        );
+        // A later sample replaces it.
+        host.send(&sample_4(HOST_TIME + 100_000_000, timesync_flags::SAMPLE));
+        synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(
+            ask(&mut component, &mut env),
+            Reply::Time {
+                now_100ns_since_1601: HOST_TIME + 100_000_000,
+                samples: 2,
+                last_sample_ns: 6_500_000_000,
+            }
+        );
+    }
+
+    #[test]
+    fn version_3_samples_use_the_old_layout() {
+        let (mut env, mut host, mut component) = started(&[(3, 0)]);
+        let mut body = TimesyncMessage::new_zeroed();
+        body.parent_time = HOST_TIME.into();
+        body.flags = timesync_flags::SAMPLE;
+        host.send(&ic_request(
+            ic::message_type::TIMESYNC,
+            (3, 0),
+            &bytes_of(&body),
+        ));
+        synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert!(matches!(
+            ask(&mut component, &mut env),
+            Reply::Time {
+                now_100ns_since_1601: HOST_TIME,
+                samples: 1,
+                ..
+            }
+        ));
+        // A 4.0-sized body is too short for the 3.0 layout.
+        host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
+        synic(&mut component, &mut env);
+        assert!(host.receive().is_none());
+        assert_eq!(component.channel.stats().rejected, 1);
+    }
+
+    #[test]
+    fn messages_without_flags_are_answered_but_not_used() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        host.send(&sample_4(HOST_TIME, 0));
+        synic(&mut component, &mut env);
+        assert!(host.receive_ic().is_some());
+        assert_eq!(component.service.ignored, 1);
+        assert_eq!(ask(&mut component, &mut env), Reply::NotSynced);
+    }
+
+    #[test]
+    fn a_short_sample_is_rejected_and_time_does_not_overflow() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        host.send(&ic_request(ic::message_type::TIMESYNC, (4, 0), &[0; 10]));
+        synic(&mut component, &mut env);
+        assert!(host.receive().is_none());
+        assert_eq!(component.channel.stats().rejected, 1);
+        host.send(&sample_4(u64::MAX - 1, timesync_flags::SYNC));
+        synic(&mut component, &mut env);
+        env.now_ns = u64::MAX;
+        assert!(matches!(
+            ask(&mut component, &mut env),
+            Reply::Time {
+                now_100ns_since_1601: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_the_client_end_is_served() {
+        let (mut env, _host, mut component) = started(&[(4, 0)]);
+        let mut reply = [0u8; 16];
+        assert_eq!(
+            component.protected(&mut env, channels::VMBUS, &[0], &mut reply),
+            Err(Refusal::NOT_SERVED)
+        );
+        assert_eq!(
+            component.protected(&mut env, channels::CLIENT, &[9], &mut reply),
+            Err(Refusal::MALFORMED)
+        );
+    }
+}
