@@ -148,6 +148,41 @@ pub fn parse(bytes: &[u8], limit: u64) -> Result<Image, ElfError> {
     Ok(Image { entry, segments })
 }
 
+/// The pages an image occupies: (page address, writable), one entry per
+/// page any segment touches, writable if any segment on it is.
+pub fn image_pages(image: &Image) -> impl Iterator<Item = (u64, bool)> + '_ {
+    // At most MAX_SEGMENTS segments; pages are visited segment by segment
+    // and a page shared by two segments is reported once, at its first.
+    let segments: [Option<Segment>; heapless_segments::MAX_SEGMENTS] = {
+        let mut all = [None; heapless_segments::MAX_SEGMENTS];
+        for (slot, segment) in all.iter_mut().zip(image.segments.iter()) {
+            *slot = Some(*segment);
+        }
+        all
+    };
+    let page_range =
+        |segment: &Segment| (segment.vaddr >> 12)..=((segment.vaddr + segment.mem_size - 1) >> 12);
+    (0..segments.len()).flat_map(move |index| {
+        let segment = segments[index];
+        segment.into_iter().flat_map(move |segment| {
+            page_range(&segment).filter_map(move |page| {
+                let earlier = segments[..index]
+                    .iter()
+                    .flatten()
+                    .any(|s| page_range(s).contains(&page));
+                if earlier {
+                    return None;
+                }
+                let writable = segments
+                    .iter()
+                    .flatten()
+                    .any(|s| s.writable && page_range(s).contains(&page));
+                Some((page << 12, writable))
+            })
+        })
+    })
+}
+
 /// Copy the part of `segment` that falls in the page at `page_vaddr` into
 /// `page` (4096 bytes, already zeroed): file bytes only, the rest stays zero.
 pub fn fill_page(bytes: &[u8], segment: &Segment, page_vaddr: u64, page: &mut [u8]) {
@@ -208,6 +243,34 @@ mod tests {
         fill_page(&bytes, &segment, 0x20_1000, &mut second);
         assert_eq!(&second[..16], &bytes[136..152]);
         assert!(second[16..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn pages_shared_by_segments_are_listed_once_and_writable_if_any_is() {
+        let mut segments = heapless_segments::Segments::new();
+        segments.push(Segment {
+            vaddr: 0x20_0000,
+            mem_size: 0x1800,
+            file_offset: 0,
+            file_size: 0,
+            writable: false,
+        });
+        segments.push(Segment {
+            vaddr: 0x20_1800,
+            mem_size: 0x1000,
+            file_offset: 0,
+            file_size: 0,
+            writable: true,
+        });
+        let image = Image {
+            entry: 0x20_0000,
+            segments,
+        };
+        let pages: std::vec::Vec<(u64, bool)> = image_pages(&image).collect();
+        assert_eq!(
+            pages,
+            std::vec![(0x20_0000, false), (0x20_1000, true), (0x20_2000, true)]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Build every protection domain the description declares, then start them.
 
 use crate::elf;
-use crate::objects::{Allocator, BuildError, BuildResult, Context, PAGE_BITS, ROOT_DEPTH};
+use crate::objects::{Allocator, BuildError, BuildResult, Context, ROOT_DEPTH};
 use alloc::string::String;
 use alloc::vec::Vec;
 use sel4_bindings::{self as sys, initial_cap, object_type, CPtr, Rights};
@@ -283,18 +283,7 @@ fn build_pd(
     let component = &layout.components[pd];
 
     // Image: one frame per page any segment touches, filled from the file.
-    let mut page_rights: Vec<(u64, bool)> = Vec::new();
-    for segment in system.pds[pd].parsed.segments.iter() {
-        let first = segment.vaddr >> PAGE_BITS;
-        let last = (segment.vaddr + segment.mem_size - 1) >> PAGE_BITS;
-        for page in first..=last {
-            let vaddr = page << PAGE_BITS;
-            match page_rights.iter_mut().find(|(v, _)| *v == vaddr) {
-                Some((_, writable)) => *writable |= segment.writable,
-                None => page_rights.push((vaddr, segment.writable)),
-            }
-        }
-    }
+    let page_rights: Vec<(u64, bool)> = elf::image_pages(&system.pds[pd].parsed).collect();
     for (vaddr, writable) in page_rights {
         let rights = if writable {
             Rights::READ_WRITE
