@@ -32,6 +32,9 @@ pub enum Event {
     Call { channel: Channel, message: Vec<u8> },
     /// A supervised child stopped.
     Fault { child: Child, fault: Fault },
+    /// One of the extra descriptors given to [`Endpoint::wait_event_with`]
+    /// is readable (never produced by [`Endpoint::wait_event`]).
+    Readable(RawFd),
 }
 
 struct ChannelEndState {
@@ -227,6 +230,18 @@ impl Endpoint {
     /// `Ok(None)` means the time passed, or the launcher went away
     /// (see [`Endpoint::launcher_gone`]).
     pub fn wait_event(&mut self, timeout: Option<Duration>) -> io::Result<Option<Event>> {
+        self.wait_event_with(&[], timeout)
+    }
+
+    /// [`Endpoint::wait_event`], also watching `extra` descriptors: one
+    /// that is readable yields [`Event::Readable`] (for a process that
+    /// serves a component's channels and something else, like the bridge
+    /// to the simulated host).
+    pub fn wait_event_with(
+        &mut self,
+        extra: &[RawFd],
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<Event>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -235,7 +250,9 @@ impl Endpoint {
             if self.launcher_gone {
                 return Ok(None);
             }
-            let mut fds = vec![sys::pollfd(self.control.as_raw_fd())];
+            let mut fds: Vec<libc::pollfd> = extra.iter().map(|fd| sys::pollfd(*fd)).collect();
+            let extras = fds.len();
+            fds.push(sys::pollfd(self.control.as_raw_fd()));
             let mut owners: Vec<(u8, bool)> = Vec::new(); // (channel, is_call)
             for (id, end) in self.channels.iter().enumerate() {
                 let Some(end) = end else { continue };
@@ -263,11 +280,16 @@ impl Endpoint {
                 }
                 continue;
             }
-            if fds[0].revents != 0 {
+            for pollfd in &fds[..extras] {
+                if pollfd.revents != 0 {
+                    self.events.push_back(Event::Readable(pollfd.fd));
+                }
+            }
+            if fds[extras].revents != 0 {
                 self.drain_control(false);
             }
             let mut notified = ChannelSet::EMPTY;
-            for (pollfd, (id, is_call)) in fds[1..].iter().zip(owners) {
+            for (pollfd, (id, is_call)) in fds[extras + 1..].iter().zip(owners) {
                 if pollfd.revents == 0 {
                     continue;
                 }

@@ -61,6 +61,11 @@ pub struct LaunchOptions {
     /// with [`System::restart`].
     pub omitted: Vec<String>,
     pub output: OutputSink,
+    /// The simulated host's program (`PROGRAM --socket PATH`, the host end
+    /// of `docs/hypervisor-transport.md`). When set, a `simulated_host`
+    /// component is played by a bridge to that process; when not, it is
+    /// not started.
+    pub simulated_host: Option<PathBuf>,
     /// Extra environment variables for one component's process (e.g. where
     /// a hosted `synic` finds the simulated host's socket).
     pub component_env: HashMap<String, Vec<(String, String)>>,
@@ -73,6 +78,7 @@ impl LaunchOptions {
             doubles: Vec::new(),
             omitted: Vec::new(),
             output: OutputSink::Print,
+            simulated_host: None,
             component_env: HashMap::new(),
         }
     }
@@ -164,6 +170,7 @@ struct Shared {
 pub struct System {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    bridges: Vec<JoinHandle<()>>,
 }
 
 fn other(message: impl Into<String>) -> io::Error {
@@ -182,7 +189,8 @@ impl System {
         let (guest_memory, guest_map, region_fds) = create_regions(&layout)?;
         let mut slots = Vec::with_capacity(layout.components.len());
         for (index, component) in layout.components.iter().enumerate() {
-            let role = if options.doubles.contains(&component.name) {
+            let bridged = component.simulated_host && options.simulated_host.is_some();
+            let role = if options.doubles.contains(&component.name) || bridged {
                 Role::Double
             } else if options.omitted.contains(&component.name) || component.simulated_host {
                 // The simulated host runs as its own process on the
@@ -317,10 +325,52 @@ impl System {
         let thread = std::thread::Builder::new()
             .name("hosted-launcher".into())
             .spawn(move || supervise(thread_shared))?;
-        Ok(System {
+        let mut system = System {
             shared,
             thread: Some(thread),
-        })
+            bridges: Vec::new(),
+        };
+        system.start_simulated_hosts()?;
+        Ok(system)
+    }
+
+    /// Put a bridge to the host process in place of each `simulated_host`
+    /// component (if a host program was given).
+    fn start_simulated_hosts(&mut self) -> io::Result<()> {
+        let (program, hosts) = {
+            let state = self.lock();
+            let Some(program) = state.options.simulated_host.clone() else {
+                return Ok(());
+            };
+            let hosts: Vec<String> = state
+                .layout
+                .components
+                .iter()
+                .filter(|c| c.simulated_host && !state.options.doubles.contains(&c.name))
+                .map(|c| c.name.clone())
+                .collect();
+            (program, hosts)
+        };
+        for name in hosts {
+            let endpoint = self
+                .take_double(&name)
+                .ok_or_else(|| other("the simulated host's endpoint is missing"))?;
+            let memory = self.guest_memory_path().ok_or_else(|| {
+                other("a simulated host needs host-visible regions (guest memory)")
+            })?;
+            let weak = Arc::downgrade(&self.shared);
+            let sink: crate::simulated_host::LineSink = Arc::new(move |line: String| {
+                if let Some(shared) = weak.upgrade() {
+                    if let Ok(mut state) = shared.state.lock() {
+                        state.emit_line(line);
+                    }
+                    shared.changed.notify_all();
+                }
+            });
+            let bridge = crate::simulated_host::start(endpoint, &program, memory, sink)?;
+            self.bridges.push(bridge);
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -530,6 +580,10 @@ impl Drop for System {
         self.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // Each bridge sees its control socket close and ends its host.
+        for bridge in self.bridges.drain(..) {
+            let _ = bridge.join();
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod endpoint;
 pub mod ioport;
 pub mod launcher;
 pub mod protocol;
+pub mod simulated_host;
 pub mod sys;
 
 pub use endpoint::{Endpoint, Event, OutputMode};
@@ -196,6 +197,7 @@ pub fn run_component<C: Component>() -> ! {
                 }
             }
             Event::Fault { child, fault } => component.fault(&mut endpoint, child, fault),
+            Event::Readable(_) => {}
         }
     }
 }

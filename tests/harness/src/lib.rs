@@ -96,16 +96,24 @@ impl Builder {
 
     pub fn start(self) -> Result<Harness, String> {
         let layout = sysdesc::compile_file(&self.description).map_err(|d| d.to_string())?;
+        // The simulated host (if any, and not played or omitted) runs as
+        // its own process on the hypervisor transport: its package is
+        // built too.
         let packages: Vec<String> = layout
             .components
             .iter()
-            .filter(|c| {
-                !self.doubles.contains(&c.name)
-                    && !self.omitted.contains(&c.name)
-                    && !c.simulated_host
-            })
+            .filter(|c| !self.doubles.contains(&c.name) && !self.omitted.contains(&c.name))
             .map(|c| c.package.clone())
             .collect();
+        let host = layout
+            .components
+            .iter()
+            .find(|c| {
+                c.simulated_host
+                    && !self.doubles.contains(&c.name)
+                    && !self.omitted.contains(&c.name)
+            })
+            .map(|c| c.package.clone());
         // Omitted components may be started later: build them too.
         let mut to_build = packages;
         for name in &self.omitted {
@@ -114,7 +122,8 @@ impl Builder {
             }
         }
         let binary_dir = ensure_built(&self.description, &to_build, self.release)?;
-        let mut options = LaunchOptions::new(binary_dir);
+        let mut options = LaunchOptions::new(&binary_dir);
+        options.simulated_host = host.map(|package| binary_dir.join(package));
         options.doubles = self.doubles;
         options.omitted = self.omitted;
         options.output = if self.print {

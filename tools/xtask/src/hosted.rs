@@ -4,8 +4,10 @@
 //! Validates the description (errors with file:line:col), builds each
 //! component's host binary with that description's identifiers, starts
 //! every component as its own process with its output prefixed by its
-//! name, reports faults to supervisors, and exits with the code a
-//! component powers the system off with (1 if nothing is left running).
+//! name (a `simulated_host` component runs as the host process on the
+//! hypervisor transport, bridged to its channels), reports faults to
+//! supervisors, and exits with the code a component powers the system off
+//! with (1 if nothing is left running).
 
 use crate::util::{workspace_root, Result};
 use hosted_runtime::{build_components, LaunchOptions, System};
@@ -34,18 +36,25 @@ pub fn run(args: &[String]) -> Result {
         None => root.join("system.toml"),
     };
     let layout = sysdesc::compile_file(&description).map_err(|d| d.to_string())?;
+    // Every component's package, and the simulated host's (it runs as its
+    // own process on the hypervisor transport, bridged to its channels).
     let packages: Vec<String> = layout
         .components
         .iter()
-        .filter(|c| !c.simulated_host)
         .map(|c| c.package.clone())
         .collect();
-    println!("[xtask] building {} component(s) for the host", packages.len());
+    let host = layout.components.iter().find(|c| c.simulated_host);
+    println!(
+        "[xtask] building {} component(s) for the host",
+        packages.len()
+    );
     let binaries = build_components(&root, &description, &packages, release)
         .map_err(|e| format!("build failed: {e}"))?;
+    let mut options = LaunchOptions::new(&binaries);
+    options.simulated_host = host.map(|c| binaries.join(&c.package));
     println!("[xtask] starting {}", description.display());
-    let system = System::launch(layout, LaunchOptions::new(binaries))
-        .map_err(|e| format!("cannot start the system: {e}"))?;
+    let system =
+        System::launch(layout, options).map_err(|e| format!("cannot start the system: {e}"))?;
     let code = system.wait();
     drop(system);
     println!("[xtask] the system ended with code {code}");
