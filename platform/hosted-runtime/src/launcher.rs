@@ -561,10 +561,16 @@ impl System {
             if let Some(code) = state.power_off {
                 return Some(code);
             }
+            // Processes, or components the caller plays (a bridge to the
+            // simulated host cannot power off on its own).
             let alive = state
                 .slots
                 .iter()
-                .any(|s| s.status == Status::Running || s.status == Status::Double);
+                .zip(&state.layout.components)
+                .any(|(s, c)| {
+                    s.status == Status::Running
+                        || (s.status == Status::Double && state.options.doubles.contains(&c.name))
+                });
             (!alive).then_some(1)
         })
     }
