@@ -4,6 +4,10 @@
 //! on the answer makes a protected call. In its first life it then reads an
 //! address it was not granted, so the kernel faults it and its supervisor
 //! (the ponger) restarts it; in its second life it reports `done`.
+//! On seL4 it also probes its own authority below the component API: the
+//! monitor must refuse to let it restart a PD or power off (it supervises
+//! none and may not), and a CSpace slot the description did not fill must
+//! hold no capability.
 //! Trusts: the ponger's replies only as far as comparing them. Writes: the
 //! shared region.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -62,6 +66,12 @@ impl Component for Ping {
                 .fetch_add(1, Ordering::SeqCst);
         }
         if self.life == 1 {
+            if !authority_is_confined() {
+                env.region(regions::SHARED)
+                    .atomic_u32(8)
+                    .unwrap()
+                    .fetch_add(1, Ordering::SeqCst);
+            }
             // SAFETY: deliberately reading memory we were not granted: the
             // kernel stops us here and the supervisor sees the fault.
             let value = unsafe { (UNGRANTED_ADDRESS as *const u32).read_volatile() };
@@ -70,6 +80,35 @@ impl Component for Ping {
             let _ = env.ppcall(channels::CALLS, b"done", &mut reply);
         }
     }
+}
+
+/// Ask the monitor directly (not through `Env`, which refuses locally) and
+/// invoke an empty slot: every attempt must be refused.
+#[cfg(target_os = "none")]
+fn authority_is_confined() -> bool {
+    use sel4_bindings as sys;
+    use sel4_runtime::abi;
+    let ask = |request: abi::MonitorRequest, argument: u64| {
+        sys::call(
+            abi::SLOT_MONITOR,
+            sys::MessageInfo::new(request as u64, 0, 0, 1),
+            [argument, 0, 0, 0],
+        )
+        .info
+        .label()
+    };
+    let restart_denied = ask(abi::MonitorRequest::Restart, 0) == abi::MONITOR_DENIED;
+    let power_off_denied = ask(abi::MonitorRequest::PowerOff, 0) == abi::MONITOR_DENIED;
+    // Channel 40 was never declared: its slot is empty, so the kernel
+    // answers the invocation with an error instead of performing it.
+    let empty_slot = sys::ioport_out(abi::SLOT_CHANNEL_BASE + 40, 0xf4, 1, 0).is_err()
+        && sys::ioport_out(abi::SLOT_IOPORT_BASE, 0xf4, 1, 0).is_err();
+    restart_denied && power_off_denied && empty_slot
+}
+
+#[cfg(not(target_os = "none"))]
+fn authority_is_confined() -> bool {
+    true
 }
 
 #[cfg(target_os = "none")]
