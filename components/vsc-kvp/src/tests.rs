@@ -1,0 +1,453 @@
+extern crate std;
+use super::*;
+use env_double::EnvDouble;
+use ic_channel::testing::*;
+use ic_channel::MAX_BAD_IN_A_ROW;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+use vmbus_protocol::ic::IcMessageHeader;
+use zerocopy::{FromZeros, IntoBytes};
+
+fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Kvp) {
+    let mut env = EnvDouble::new();
+    let mut host = TestHost::new(&mut env, IDS);
+    let mut component = Kvp::init(&mut env);
+    component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
+    host.send(&negotiate_request(&[(3, 0)], offered));
+    synic(&mut component, &mut env);
+    host.receive_ic().unwrap();
+    (env, host, component)
+}
+
+fn synic(component: &mut Kvp, env: &mut EnvDouble) {
+    component.notified(env, ChannelSet(channels::SYNIC.bit()));
+}
+
+fn utf16(text: &str) -> Vec<u8> {
+    let mut bytes: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    bytes.extend_from_slice(&[0, 0]);
+    bytes
+}
+
+fn string_of(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect();
+    String::from_utf16(&units).unwrap()
+}
+
+fn pair(key: &[u8], value: &[u8]) -> KvpValue {
+    let mut pair = KvpValue::new_zeroed();
+    pair.value_type = value_type::STRING.into();
+    pair.key_size = (key.len() as u32).into();
+    pair.value_size = (value.len() as u32).into();
+    pair.key[..key.len()].copy_from_slice(key);
+    pair.value[..value.len()].copy_from_slice(value);
+    pair
+}
+
+fn get_set(operation: u8, pool: u8, value: KvpValue) -> Vec<u8> {
+    let mut body = KvpGetSetMessage::new_zeroed();
+    body.header.operation = operation;
+    body.header.pool = pool;
+    body.value = value;
+    ic_request(ic::message_type::KVP, (5, 0), body.as_bytes())
+}
+
+fn enumerate(pool: u8, index: u32) -> Vec<u8> {
+    let mut body = KvpEnumerateMessage::new_zeroed();
+    body.header.operation = kvp_operation::ENUMERATE;
+    body.header.pool = pool;
+    body.index = index.into();
+    ic_request(ic::message_type::KVP, (5, 0), body.as_bytes())
+}
+
+fn delete(pool: u8, key: &str) -> Vec<u8> {
+    let mut body = KvpDeleteMessage::new_zeroed();
+    body.header.operation = kvp_operation::DELETE;
+    body.header.pool = pool;
+    let key = utf16(key);
+    body.key_size = (key.len() as u32).into();
+    body.key[..key.len()].copy_from_slice(&key);
+    ic_request(ic::message_type::KVP, (5, 0), body.as_bytes())
+}
+
+/// Send one request and return the answer's header and body.
+fn exchange(
+    host: &mut TestHost,
+    component: &mut Kvp,
+    env: &mut EnvDouble,
+    request: &[u8],
+) -> Option<(IcMessageHeader, Vec<u8>)> {
+    host.send(request);
+    synic(component, env);
+    host.receive_ic()
+}
+
+fn client(component: &mut Kvp, env: &mut EnvDouble, request: Request) -> Reply {
+    let message = postcard::to_allocvec(&request).unwrap();
+    let mut reply = [0u8; component_api::MAX_MESSAGE];
+    let len = component
+        .protected(env, channels::CLIENT, &message, &mut reply)
+        .unwrap();
+    postcard::from_bytes(&reply[..len]).unwrap()
+}
+
+fn key(text: &str) -> Key {
+    Key::try_from(text).unwrap()
+}
+fn value(text: &str) -> Value {
+    Value::try_from(text).unwrap()
+}
+
+#[test]
+fn negotiates_5_0_and_falls_back() {
+    for (offered, chosen) in [
+        (vec![(3, 0), (4, 0), (5, 0)], Some(((3, 0), (5, 0)))),
+        (vec![(3, 0)], Some(((3, 0), (3, 0)))),
+        (vec![(1, 0), (2, 0)], None),
+    ] {
+        let mut env = EnvDouble::new();
+        let mut host = TestHost::new(&mut env, IDS);
+        let mut component = Kvp::init(&mut env);
+        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
+        let (_, body) = exchange(
+            &mut host,
+            &mut component,
+            &mut env,
+            &negotiate_request(&[(3, 0), (1, 0)], &offered),
+        )
+        .unwrap();
+        assert_eq!(negotiated_in(&body), chosen);
+    }
+}
+
+#[test]
+fn host_set_then_client_get() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    let request = get_set(
+        kvp_operation::SET,
+        POOL_EXTERNAL,
+        pair(&utf16("VirtualMachineName"), &utf16("vm-ü-1")),
+    );
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
+    assert_eq!(
+        client(
+            &mut component,
+            &mut env,
+            Request::Get {
+                pool: POOL_EXTERNAL,
+                key: key("VirtualMachineName")
+            }
+        ),
+        Reply::Value(value("vm-ü-1"))
+    );
+    assert_eq!(
+        client(
+            &mut component,
+            &mut env,
+            Request::Get {
+                pool: POOL_GUEST,
+                key: key("VirtualMachineName")
+            }
+        ),
+        Reply::NotFound
+    );
+    assert!(env
+        .console
+        .contains("host set pool 0 \"VirtualMachineName\" (7 bytes)"));
+}
+
+#[test]
+fn client_set_then_host_enumerate_and_get() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    for (k, v) in [("first", "1"), ("second", "zwei")] {
+        assert_eq!(
+            client(
+                &mut component,
+                &mut env,
+                Request::Set {
+                    pool: POOL_GUEST,
+                    key: key(k),
+                    value: value(v)
+                }
+            ),
+            Reply::Done
+        );
+    }
+    for (index, (k, v)) in [("first", "1"), ("second", "zwei")].iter().enumerate() {
+        let (header, body) = exchange(
+            &mut host,
+            &mut component,
+            &mut env,
+            &enumerate(POOL_GUEST, index as u32),
+        )
+        .unwrap();
+        assert_eq!(header.status.get(), status::OK);
+        let answer: KvpEnumerateMessage = read_body(&body).unwrap();
+        assert_eq!(answer.index.get(), index as u32);
+        assert_eq!(answer.value.value_type.get(), value_type::STRING);
+        assert_eq!(answer.value.key_size.get() as usize, utf16(k).len());
+        assert_eq!(answer.value.value_size.get() as usize, utf16(v).len());
+        assert_eq!(string_of(answer.value.key_bytes().unwrap()), *k);
+        assert_eq!(string_of(answer.value.value_bytes().unwrap()), *v);
+    }
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &enumerate(POOL_GUEST, 2),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::NO_MORE_ITEMS);
+    // GET by key, and a key that is not there.
+    let (header, body) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::GET, POOL_GUEST, pair(&utf16("second"), &[])),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let answer: KvpGetSetMessage = read_body(&body).unwrap();
+    assert_eq!(string_of(answer.value.value_bytes().unwrap()), "zwei");
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::GET, POOL_GUEST, pair(&utf16("third"), &[])),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::FAIL);
+}
+
+#[test]
+fn pool_rights_are_enforced_both_ways() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(
+            kvp_operation::SET,
+            POOL_GUEST,
+            pair(&utf16("k"), &utf16("v")),
+        ),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::ACCESS_DENIED);
+    assert_eq!(
+        client(
+            &mut component,
+            &mut env,
+            Request::Set {
+                pool: POOL_EXTERNAL,
+                key: key("k"),
+                value: value("v")
+            }
+        ),
+        Reply::Refused
+    );
+    assert_eq!(
+        client(
+            &mut component,
+            &mut env,
+            Request::Enumerate {
+                pool: POOL_GUEST,
+                index: 0
+            }
+        ),
+        Reply::NotFound
+    );
+    // An unknown pool is answered, not stored.
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::SET, 9, pair(&utf16("k"), &utf16("v"))),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::INVALID_ARGUMENT);
+    assert_eq!(component.service.store.used(), 0);
+}
+
+#[test]
+fn host_delete_and_numeric_values() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    let mut number = pair(&utf16("count"), &7u32.to_le_bytes());
+    number.value_type = value_type::U32.into();
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::SET, POOL_AUTO_EXTERNAL, number),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    assert_eq!(
+        component.service.store.get(POOL_AUTO_EXTERNAL, "count"),
+        Some("7")
+    );
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &delete(POOL_AUTO_EXTERNAL, "count"),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &delete(POOL_AUTO_EXTERNAL, "count"),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::FAIL);
+    // The IP-injection operations are not supported.
+    let mut ip = get_set(kvp_operation::GET_IP_INFO, 0, pair(&utf16("k"), &[]));
+    ip.truncate(ic::IC_HEADERS_SIZE + 4 + 8);
+    let pipe_size = (ip.len() - 8) as u32;
+    ip[4..8].copy_from_slice(&pipe_size.to_le_bytes());
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &ip).unwrap();
+    assert_eq!(header.status.get(), status::NOT_SUPPORTED);
+}
+
+#[test]
+fn malformed_requests_are_rejected_without_an_answer() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    let mut bad: Vec<Vec<u8>> = Vec::new();
+    // Odd key size.
+    bad.push(get_set(
+        kvp_operation::SET,
+        0,
+        pair(&[b'a', 0, 0], &utf16("v")),
+    ));
+    // Key size beyond the key field.
+    let mut oversized = pair(&utf16("k"), &utf16("v"));
+    oversized.key_size = 514.into();
+    bad.push(get_set(kvp_operation::SET, 0, oversized));
+    // Value size beyond the value field.
+    let mut oversized = pair(&utf16("k"), &utf16("v"));
+    oversized.value_size = u32::MAX.into();
+    bad.push(get_set(kvp_operation::SET, 0, oversized));
+    // An unpaired surrogate.
+    bad.push(get_set(
+        kvp_operation::SET,
+        0,
+        pair(&[0x00, 0xdc, 0, 0], &utf16("v")),
+    ));
+    // A numeric value shorter than its type.
+    let mut short_number = pair(&utf16("n"), &[1, 2]);
+    short_number.value_type = value_type::U64.into();
+    bad.push(get_set(kvp_operation::SET, 0, short_number));
+    // A body cut short, no KVP header at all, and an unknown operation.
+    let mut cut = get_set(kvp_operation::SET, 0, pair(&utf16("k"), &utf16("v")));
+    cut.truncate(600);
+    let pipe_size = (cut.len() - 8) as u32;
+    cut[4..8].copy_from_slice(&pipe_size.to_le_bytes());
+    bad.push(cut);
+    bad.push(ic_request(ic::message_type::KVP, (5, 0), &[1, 0]));
+    bad.push(get_set(42, 0, pair(&utf16("k"), &utf16("v"))));
+    // Four at a time: a KVP message is a fifth of the ring.
+    for batch in bad.chunks(4) {
+        for request in batch {
+            host.send(request);
+        }
+        synic(&mut component, &mut env);
+    }
+    assert!(host.receive().is_none());
+    assert_eq!(component.channel.stats().rejected, bad.len() as u32);
+    assert!(bad.len() as u32 <= MAX_BAD_IN_A_ROW);
+    for reason in [
+        "odd UTF-16 size",
+        "key size beyond the key field",
+        "value size beyond the value field",
+        "invalid UTF-16",
+        "value shorter than its type",
+        "body shorter than its message",
+        "no KVP header",
+        "unknown KVP operation",
+    ] {
+        assert!(env.console.contains(reason), "{reason}: {}", env.console);
+    }
+    assert_eq!(component.service.store.used(), 0);
+    // The channel still works.
+    let request = get_set(kvp_operation::SET, 0, pair(&utf16("k"), &utf16("v")));
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
+    assert_eq!(header.status.get(), status::OK);
+}
+
+#[test]
+fn pairs_beyond_the_ipc_limits_or_a_full_store_are_answered_with_errors() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    // 100 two-byte characters: 200 UTF-8 bytes, more than MAX_KEY.
+    let long_key = "é".repeat(100);
+    let request = get_set(kvp_operation::SET, 0, pair(&utf16(&long_key), &utf16("v")));
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
+    assert_eq!(header.status.get(), status::INVALID_ARGUMENT);
+    let empty_key = get_set(kvp_operation::SET, 0, pair(&[0, 0], &utf16("v")));
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &empty_key).unwrap();
+    assert_eq!(header.status.get(), status::INVALID_ARGUMENT);
+    let big_value = "v".repeat(MAX_VALUE);
+    let mut last = status::OK;
+    for index in 0..10 {
+        let name = std::format!("k{index}");
+        let request = get_set(
+            kvp_operation::SET,
+            0,
+            pair(&utf16(&name), &utf16(&big_value)),
+        );
+        last = exchange(&mut host, &mut component, &mut env, &request)
+            .unwrap()
+            .0
+            .status
+            .get();
+    }
+    assert_eq!(last, status::DISK_FULL);
+    assert_eq!(
+        client(
+            &mut component,
+            &mut env,
+            Request::Get {
+                pool: 0,
+                key: key("k0")
+            }
+        ),
+        Reply::Value(value(&big_value))
+    );
+}
+
+#[test]
+fn client_delete_and_garbage_calls() {
+    let (mut env, _host, mut component) = started(&[(5, 0)]);
+    let set = Request::Set {
+        pool: POOL_AUTO,
+        key: key("a"),
+        value: value("b"),
+    };
+    assert_eq!(client(&mut component, &mut env, set), Reply::Done);
+    let delete = Request::Delete {
+        pool: POOL_AUTO,
+        key: key("a"),
+    };
+    assert_eq!(
+        client(&mut component, &mut env, delete.clone()),
+        Reply::Done
+    );
+    assert_eq!(client(&mut component, &mut env, delete), Reply::NotFound);
+    let mut reply = [0u8; 16];
+    assert_eq!(
+        component.protected(&mut env, channels::CLIENT, &[7, 7, 7], &mut reply),
+        Err(Refusal::MALFORMED)
+    );
+    assert_eq!(
+        component.protected(&mut env, channels::VMBUS, &[0], &mut reply),
+        Err(Refusal::NOT_SERVED)
+    );
+}
