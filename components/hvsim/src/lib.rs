@@ -32,6 +32,7 @@ pub mod channel;
 pub mod host;
 pub mod hypercall;
 pub mod memory;
+pub mod pd;
 pub mod sim;
 pub mod synic;
 #[cfg(feature = "hosted")]

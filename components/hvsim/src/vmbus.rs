@@ -861,7 +861,6 @@ impl Server {
             return;
         }
         let relid = gpadl.relid;
-        let guest_pages = host.memory.size() / PAGE_SIZE;
         let result: Result<(Vec<u64>, u64), String> = match assembler.ranges() {
             Err(error) => Err(alloc::format!("{error:?}")),
             Ok(ranges) => {
@@ -871,7 +870,10 @@ impl Server {
                 for range in ranges.iter() {
                     bytes += range.byte_count as u64;
                     for &pfn in range.pfns {
-                        if pfn >= guest_pages {
+                        let in_memory = pfn
+                            .checked_mul(PAGE_SIZE)
+                            .is_some_and(|gpa| host.memory.contains(gpa, PAGE_SIZE));
+                        if !in_memory {
                             problem = Some(alloc::format!("PFN {pfn:#x} outside guest memory"));
                         }
                         pages.push(pfn);

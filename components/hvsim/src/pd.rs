@@ -1,0 +1,220 @@
+//! The simulated host as a component of the seL4 image: guest memory is
+//! the set of host-visible regions the description gives the host (each
+//! with its guest physical address), `synic`'s hypervisor calls
+//! (`vmbus_ipc::hypervisor::Request`) arrive as protected calls, and the
+//! synic interrupt leaves as a notification.
+//!
+//! [`RegionMemory`] is the `GuestMemory` over those regions: an access must
+//! lie entirely inside one region; a GPA in no region does not exist (the
+//! host answers as Hyper-V does for memory outside the partition).
+//! [`HostPd`] is the call and notification handling; the component's
+//! `init` builds it from its generated region and channel identifiers.
+
+use crate::sim::Simulator;
+use crate::synic::{Exception, APIC_EOI_MSR};
+use crate::vmbus::ServerConfig;
+use alloc::vec::Vec;
+use component_api::{decode, encode_reply, Channel, Env, Refusal, Region};
+use hv_interface::{GuestMemory, OutOfRange};
+use vmbus_ipc::hypervisor::{Reply, Request};
+
+/// Guest memory made of host-visible regions at their GPAs.
+pub struct RegionMemory {
+    regions: Vec<(u64, Region)>,
+    end: u64,
+}
+
+impl RegionMemory {
+    /// Regions without a guest physical address are ignored (they are not
+    /// host-visible). Overlapping regions are refused.
+    pub fn new(regions: &[Region]) -> Result<Self, Region> {
+        let mut placed: Vec<(u64, Region)> = Vec::new();
+        for region in regions {
+            let Some(gpa) = region.guest_physical() else {
+                continue;
+            };
+            let end = gpa.checked_add(region.len() as u64).ok_or(*region)?;
+            if placed
+                .iter()
+                .any(|(other, r)| gpa < other + r.len() as u64 && *other < end)
+            {
+                return Err(*region);
+            }
+            placed.push((gpa, *region));
+        }
+        placed.sort_by_key(|(gpa, _)| *gpa);
+        let end = placed
+            .iter()
+            .map(|(gpa, r)| gpa + r.len() as u64)
+            .max()
+            .unwrap_or(0);
+        Ok(RegionMemory {
+            regions: placed,
+            end,
+        })
+    }
+
+    /// The region holding `gpa..gpa+len` and the offset in it.
+    fn locate(&self, gpa: u64, len: u64) -> Result<(&Region, usize), OutOfRange> {
+        let out = OutOfRange { gpa, len };
+        let end = gpa.checked_add(len).ok_or(out)?;
+        self.regions
+            .iter()
+            .find(|(base, region)| gpa >= *base && end <= base + region.len() as u64)
+            .map(|(base, region)| (region, (gpa - base) as usize))
+            .ok_or(out)
+    }
+
+    fn atomic(&self, gpa: u64) -> Result<&core::sync::atomic::AtomicU32, OutOfRange> {
+        let (region, offset) = self.locate(gpa, 4)?;
+        region
+            .atomic_u32(offset)
+            .map_err(|_| OutOfRange { gpa, len: 4 })
+    }
+}
+
+impl GuestMemory for RegionMemory {
+    fn size(&self) -> u64 {
+        self.end
+    }
+    fn contains(&self, gpa: u64, len: u64) -> bool {
+        self.locate(gpa, len).is_ok()
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        let len = buf.len() as u64;
+        let (region, offset) = self.locate(gpa, len)?;
+        region
+            .read(offset, buf)
+            .map_err(|_| OutOfRange { gpa, len })
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        let len = data.len() as u64;
+        let (region, offset) = self.locate(gpa, len)?;
+        region
+            .write(offset, data)
+            .map_err(|_| OutOfRange { gpa, len })
+    }
+    fn load_u32(&self, gpa: u64) -> Result<u32, OutOfRange> {
+        Ok(self.atomic(gpa)?.load(core::sync::atomic::Ordering::SeqCst))
+    }
+    fn store_u32(&self, gpa: u64, value: u32) -> Result<(), OutOfRange> {
+        self.atomic(gpa)?
+            .store(value, core::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        Ok(self
+            .atomic(gpa)?
+            .fetch_or(bits, core::sync::atomic::Ordering::SeqCst))
+    }
+    fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        Ok(self
+            .atomic(gpa)?
+            .fetch_and(bits, core::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// The simulated host's call and notification handling in a component.
+pub struct HostPd<M: GuestMemory> {
+    pub sim: Simulator<M>,
+    interrupt: Channel,
+}
+
+impl<M: GuestMemory> HostPd<M> {
+    pub fn new(memory: M, config: ServerConfig, interrupt: Channel) -> Self {
+        HostPd {
+            sim: Simulator::new(memory, config),
+            interrupt,
+        }
+    }
+
+    fn reply_of(result: Result<u64, Exception>) -> Reply {
+        match result {
+            Ok(value) => Reply::Value(value),
+            Err(Exception::GeneralProtection) => Reply::GeneralProtection,
+            Err(Exception::InvalidOpcode) => Reply::InvalidOpcode,
+        }
+    }
+
+    /// Runs the server and sends the synic interrupt if any was delivered
+    /// (a notification carries no vector; every SINT the guest uses shares
+    /// one, and the guest scans its SIM/SIEF pages).
+    pub fn step(&mut self, env: &mut dyn Env) {
+        let now = env.now_ns();
+        self.sim.step(now);
+        let mut raised = false;
+        while self.sim.take_interrupt().is_some() {
+            raised = true;
+        }
+        if raised {
+            env.notify(self.interrupt);
+        }
+    }
+
+    /// One hypervisor call from `synic`.
+    pub fn call(
+        &mut self,
+        env: &mut dyn Env,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        let request: Request = decode(message)?;
+        let answer = match request {
+            Request::MsrRead { msr } => Self::reply_of(self.sim.msr_read(msr)),
+            Request::MsrWrite { msr, value } => match self.sim.msr_write(msr, value) {
+                Ok(()) => Reply::Done,
+                Err(error) => Self::reply_of(Err(error)),
+            },
+            Request::Hypercall {
+                control,
+                input,
+                output,
+            } => Self::reply_of(self.sim.hypercall(control, input, output)),
+            Request::EndOfInterrupt => match self.sim.msr_write(APIC_EOI_MSR, 0) {
+                Ok(()) => Reply::Done,
+                Err(error) => Self::reply_of(Err(error)),
+            },
+        };
+        self.step(env);
+        encode_reply(reply, &answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+    use hyperv_defs::msr;
+
+    fn region(gpa: u64, pages: usize) -> Region {
+        let memory = Box::leak(alloc::vec![0u64; pages * 512].into_boxed_slice());
+        // SAFETY: leaked, so valid for the test's lifetime; 8-aligned.
+        unsafe { Region::new(memory.as_mut_ptr().cast(), pages * 4096, true, false) }
+            .with_guest_physical(gpa)
+    }
+
+    #[test]
+    fn region_memory_has_holes_and_refuses_overlaps() {
+        let memory = RegionMemory::new(&[region(0x10_0000, 2), region(0x4000, 1)]).unwrap();
+        assert_eq!(memory.size(), 0x10_2000);
+        assert!(memory.contains(0x4000, 4096));
+        assert!(!memory.contains(0x4000, 4097));
+        assert!(!memory.contains(0x5000, 1));
+        memory.write(0x10_1ffc, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(memory.load_u32(0x10_1ffc).unwrap(), 0x0403_0201);
+        assert!(memory.read(0x10_1ffe, &mut [0u8; 4]).is_err());
+        assert!(memory.load_u32(0x4002).is_err());
+        assert!(RegionMemory::new(&[region(0x4000, 2), region(0x5000, 1)]).is_err());
+    }
+
+    #[test]
+    fn msr_outside_the_regions_is_refused() {
+        let memory = RegionMemory::new(&[region(0x8000, 2)]).unwrap();
+        let mut sim = Simulator::new(memory, ServerConfig::default());
+        assert!(sim.msr_write(msr::SIMP, 0x8000 | 1).is_ok());
+        assert_eq!(
+            sim.msr_write(msr::SIEFP, 0x2000 | 1),
+            Err(Exception::GeneralProtection)
+        );
+    }
+}
