@@ -16,6 +16,8 @@ fn main() {
     match std::env::var_os("ROOTTASK_IMAGE_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
+            // The folder's listing (packages added or removed) counts too.
+            println!("cargo:rerun-if-changed={}", dir.display());
             let layout = dir.join("layout.bin");
             println!("cargo:rerun-if-changed={}", layout.display());
             writeln!(

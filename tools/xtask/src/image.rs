@@ -86,6 +86,13 @@ fn run_cargo(mut command: Command, what: &str) -> Result {
     }
 }
 
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Build the whole image for a description.
 pub fn build(system: &Path) -> Result<BootImage> {
     let started = Instant::now();
@@ -95,10 +102,6 @@ pub fn build(system: &Path) -> Result<BootImage> {
     })?;
     let release = target_dir().join(SEL4_TARGET).join("release");
     let embed = target_dir().join("sel4").join("image").join("embed");
-    if embed.exists() {
-        std::fs::remove_dir_all(&embed)
-            .map_err(|e| format!("cannot clear {}: {e}", embed.display()))?;
-    }
     std::fs::create_dir_all(&embed)
         .map_err(|e| format!("cannot create {}: {e}", embed.display()))?;
 
@@ -116,16 +119,34 @@ pub fn build(system: &Path) -> Result<BootImage> {
         }
         run_cargo(command, "the components")?;
     }
+    // Files are rewritten only when they change, so an unchanged system
+    // does not relink the root task.
+    let mut wanted = vec!["layout.bin".to_string()];
     for package in &packages {
         let elf = release.join(package);
-        std::fs::copy(&elf, embed.join(format!("{package}.elf")))
-            .map_err(|e| format!("cannot copy {}: {e}", elf.display()))?;
+        let bytes =
+            std::fs::read(&elf).map_err(|e| format!("cannot read {}: {e}", elf.display()))?;
+        write_if_changed(&embed.join(format!("{package}.elf")), &bytes)?;
+        wanted.push(format!("{package}.elf"));
     }
     let bytes = layout
         .encode()
         .map_err(|e| format!("cannot encode the layout: {e}"))?;
-    std::fs::write(embed.join("layout.bin"), bytes)
-        .map_err(|e| format!("cannot write layout.bin: {e}"))?;
+    write_if_changed(&embed.join("layout.bin"), &bytes)?;
+    for entry in
+        std::fs::read_dir(&embed).map_err(|e| format!("cannot list {}: {e}", embed.display()))?
+    {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if !wanted.contains(&name) {
+            std::fs::remove_file(&path)
+                .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        }
+    }
 
     let mut command = cargo_for_sel4(system);
     command
