@@ -86,6 +86,32 @@ fn run_cargo(mut command: Command, what: &str) -> Result {
     }
 }
 
+/// A component without the seL4 entry point fails to link with a cryptic
+/// "panic_handler required"; say what is missing instead.
+fn check_sel4_entry_points(packages: &[&str]) -> Result {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| {
+            let main = workspace_root()
+                .join("components")
+                .join(package)
+                .join("src/main.rs");
+            std::fs::read_to_string(main)
+                .is_ok_and(|text| !text.contains("sel4_runtime::component_main!"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "component(s) without an seL4 entry point: {}. Add to src/main.rs \
+         `#[cfg(target_os = \"none\")] sel4_runtime::component_main!(crate_name::Type);` and to \
+         Cargo.toml `[target.'cfg(target_os = \"none\")'.dependencies] sel4-runtime = {{ path = \"../../platform/sel4-runtime\" }}`",
+        missing.join(", ")
+    ))
+}
+
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result {
     if std::fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
@@ -112,6 +138,7 @@ pub fn build(system: &Path) -> Result<BootImage> {
         .collect();
     packages.sort();
     packages.dedup();
+    check_sel4_entry_points(&packages)?;
     if !packages.is_empty() {
         let mut command = cargo_for_sel4(system);
         for package in &packages {
