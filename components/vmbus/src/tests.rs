@@ -1,0 +1,1235 @@
+//! The bus manager against a scripted host: the test plays synic (a fake
+//! `synic_call` that records posted messages and bindings) and the host (it
+//! pushes message slots into the `synic_messages` queue and notifies).
+extern crate std;
+
+use super::*;
+use env_double::EnvDouble;
+use spsc_queue::Producer;
+use std::borrow::ToOwned;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::string::String;
+use std::vec::Vec as StdVec;
+use vmbus_protocol::guid::class;
+use vmbus_protocol::messages::{
+    AllOffersDelivered, GpadlTorndown, OpenChannelResult, RescindChannelOffer, UnloadResponse,
+    VersionResponse,
+};
+use vmbus_protocol::WireGuid;
+
+const MONITOR_GPA: u64 = 0x30_0000;
+/// Ring GPAs, in DEVICES order (heartbeat, shutdown, timesync, kvp).
+const RING_GPAS: [u64; 4] = [0x40_0000, 0x50_0000, 0x60_0000, 0x70_0000];
+const V5_3: ProtocolVersion = ProtocolVersion::V5_3;
+
+#[derive(Default)]
+struct FakeSynic {
+    posted: StdVec<(u32, StdVec<u8>)>,
+    bound: BTreeMap<u32, (u32, String)>,
+    unbinds: StdVec<u32>,
+    /// Connections that answer InvalidConnectionId.
+    invalid_connections: StdVec<u32>,
+    /// The next this-many posts answer InsufficientBuffers.
+    full_posts: usize,
+    refuse_binds: bool,
+}
+
+struct Rig {
+    env: EnvDouble,
+    synic: Rc<RefCell<FakeSynic>>,
+    host: Producer,
+    rings: [Region; 4],
+    bus: Vmbus,
+}
+
+fn instance(n: u8) -> uuid::Uuid {
+    uuid::Uuid::from_bytes([n; 16])
+}
+
+fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
+    let mut env = EnvDouble::new();
+    assert_eq!(env.add_region(8192, true), regions::SYNIC_MESSAGES);
+    assert_eq!(
+        env.add_region_with(8192, true, Some(MONITOR_GPA)),
+        regions::MONITOR_PAGES
+    );
+    let ring_names = [
+        regions::HEARTBEAT_RING,
+        regions::SHUTDOWN_RING,
+        regions::TIMESYNC_RING,
+        regions::KVP_RING,
+    ];
+    for (i, name) in ring_names.iter().enumerate() {
+        let size = if i == 3 { kvp_ring } else { 32768 };
+        assert_eq!(env.add_region_with(size, true, Some(RING_GPAS[i])), *name);
+    }
+    let rings = ring_names.map(|name| env.test_view(name));
+    let synic = Rc::new(RefCell::new(FakeSynic::default()));
+    setup(&mut synic.borrow_mut());
+    let fake = synic.clone();
+    env.on_typed_call(
+        channels::SYNIC_CALL,
+        move |request: synic::Request| -> synic::Reply {
+            let mut fake = fake.borrow_mut();
+            match request {
+                synic::Request::PostMessage {
+                    connection_id,
+                    payload,
+                } => {
+                    if fake.invalid_connections.contains(&connection_id) {
+                        return synic::Reply::HypercallFailed { status: 0x12 };
+                    }
+                    if fake.full_posts > 0 {
+                        fake.full_posts -= 1;
+                        return synic::Reply::HypercallFailed { status: 0x13 };
+                    }
+                    fake.posted.push((connection_id, payload.to_vec()));
+                    synic::Reply::Done
+                }
+                synic::Request::Bind {
+                    relid,
+                    connection_id,
+                    driver,
+                } => {
+                    if fake.refuse_binds {
+                        return synic::Reply::HypercallFailed { status: 0xFFFF };
+                    }
+                    fake.bound
+                        .insert(relid, (connection_id, String::from(driver.as_str())));
+                    synic::Reply::Done
+                }
+                synic::Request::Unbind { relid } => {
+                    fake.bound.remove(&relid);
+                    fake.unbinds.push(relid);
+                    synic::Reply::Done
+                }
+                synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
+                synic::Request::Status => synic::Reply::Status(Default::default()),
+            }
+        },
+    );
+    let host = Producer::new(
+        env.test_view(regions::SYNIC_MESSAGES),
+        vmbus_ipc::MESSAGE_QUEUE_SLOT,
+    )
+    .unwrap();
+    let bus = Vmbus::init(&mut env);
+    Rig {
+        env,
+        synic,
+        host,
+        rings,
+        bus,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(32768, |_| {})
+}
+
+fn slot(payload: &[u8]) -> [u8; 256] {
+    let mut slot = [0u8; 256];
+    slot[0..4].copy_from_slice(&1u32.to_le_bytes());
+    slot[4] = payload.len() as u8;
+    slot[16..16 + payload.len()].copy_from_slice(payload);
+    slot
+}
+
+impl Rig {
+    /// The host sends a message: synic queues it and notifies vmbus.
+    fn send(&mut self, payload: &[u8]) {
+        self.host.push(&slot(payload)).unwrap();
+        let mut set = ChannelSet::EMPTY;
+        set.insert(channels::SYNIC);
+        self.bus.notified(&mut self.env, set);
+    }
+
+    /// Messages posted since the last look, parsed as the host would.
+    fn posted(&mut self) -> StdVec<(u32, ChannelMessage)> {
+        let posted = core::mem::take(&mut self.synic.borrow_mut().posted);
+        posted
+            .into_iter()
+            .map(|(connection, bytes)| (connection, parse(&bytes, V5_3).unwrap()))
+            .collect()
+    }
+
+    fn request(&mut self, channel: Channel, request: bus::Request) -> bus::Reply {
+        let message = postcard::to_allocvec(&request).unwrap();
+        let mut reply = [0u8; 1024];
+        let used = self
+            .bus
+            .protected(&mut self.env, channel, &message, &mut reply)
+            .unwrap();
+        postcard::from_bytes(&reply[..used]).unwrap()
+    }
+
+    fn query(&mut self, d: usize) -> ChannelInfo {
+        match self.request(self.bus.drivers[d].wiring.call, bus::Request::Query) {
+            bus::Reply::Channel(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn state(&mut self, d: usize) -> ChannelState {
+        self.query(d).state
+    }
+
+    fn open(&mut self, d: usize) -> bus::Reply {
+        let call_end = self.bus.drivers[d].wiring.call;
+        self.request(
+            call_end,
+            bus::Request::Open {
+                user_data: Vec::new(),
+            },
+        )
+    }
+
+    fn version_response(&mut self, supported: bool, msg_conn_id: u32) {
+        let mut response = VersionResponse::empty();
+        response.version_supported = supported as u8;
+        response.msg_conn_id = msg_conn_id.into();
+        self.send(response.as_bytes());
+    }
+
+    /// Negotiate 5.3 with messages on connection 4.
+    fn connect(&mut self) {
+        let posted = self.posted();
+        assert!(matches!(
+            posted[..],
+            [(4, ChannelMessage::InitiateContact(_))]
+        ));
+        self.version_response(true, 4);
+        assert!(matches!(
+            self.posted()[..],
+            [(4, ChannelMessage::RequestOffers(_))]
+        ));
+    }
+
+    fn offer(&mut self, relid: u32, class: uuid::Uuid, instance: uuid::Uuid) {
+        let mut offer = OfferChannel::empty();
+        offer.interface_type = WireGuid::from_uuid(class);
+        offer.interface_instance = WireGuid::from_uuid(instance);
+        offer.child_relid = relid.into();
+        offer.connection_id = (0x1_0000 + relid).into();
+        offer.chn_flags = vmbus_protocol::messages::offer_flags::NAMED_PIPE_MODE.into();
+        offer.user_def[..4].copy_from_slice(&4u32.to_le_bytes());
+        self.send(offer.as_bytes());
+    }
+
+    fn all_offers_delivered(&mut self) {
+        self.send(AllOffersDelivered::empty().as_bytes());
+    }
+
+    /// Connected, the four integration components offered (relids 1-4).
+    fn offered() -> Rig {
+        let mut rig = rig();
+        rig.connect();
+        rig.offer_all();
+        rig
+    }
+
+    fn offer_all(&mut self) {
+        self.offer(1, class::HEARTBEAT, instance(1));
+        self.offer(2, class::SHUTDOWN, instance(2));
+        self.offer(3, class::TIMESYNC, instance(3));
+        self.offer(4, class::KVP, instance(4));
+        self.all_offers_delivered();
+    }
+
+    fn gpadl_created(&mut self, relid: u32, gpadl_id: u32, status: u32) {
+        let mut created = GpadlCreated::empty();
+        created.child_relid = relid.into();
+        created.gpadl_id = gpadl_id.into();
+        created.creation_status = status.into();
+        self.send(created.as_bytes());
+    }
+
+    fn open_result(&mut self, relid: u32, open_id: u32, status: u32) {
+        let mut result = OpenChannelResult::empty();
+        result.child_relid = relid.into();
+        result.open_id = open_id.into();
+        result.status = status.into();
+        self.send(result.as_bytes());
+    }
+
+    fn torndown(&mut self, gpadl_id: u32) {
+        let mut torndown = GpadlTorndown::empty();
+        torndown.gpadl_id = gpadl_id.into();
+        self.send(torndown.as_bytes());
+    }
+
+    fn rescind(&mut self, relid: u32) {
+        let mut rescind = RescindChannelOffer::empty();
+        rescind.child_relid = relid.into();
+        self.send(rescind.as_bytes());
+    }
+
+    /// VSC `d` opens: returns the GPADL id the host saw.
+    fn begin_open(&mut self, d: usize) -> u32 {
+        assert_eq!(self.open(d), bus::Reply::Accepted);
+        let posted = self.posted();
+        match &posted[..] {
+            [(4, ChannelMessage::GpadlHeader(header))] => header.fixed.gpadl_id.get(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// GpadlCreated for it: returns the open id of the OpenChannel.
+    fn create(&mut self, relid: u32, gpadl_id: u32) -> u32 {
+        self.gpadl_created(relid, gpadl_id, 0);
+        match &self.posted()[..] {
+            [(4, ChannelMessage::OpenChannel(open))] => {
+                assert_eq!(open.ring_gpadl_id.get(), gpadl_id);
+                open.open_id.get()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// VSC `d` (relid d+1) opens all the way; returns its GPADL id.
+    fn open_fully(&mut self, d: usize) -> u32 {
+        let relid = d as u32 + 1;
+        let gpadl = self.begin_open(d);
+        let open_id = self.create(relid, gpadl);
+        self.open_result(relid, open_id, 0);
+        assert_eq!(self.state(d), ChannelState::Open);
+        gpadl
+    }
+
+    fn rejected(&self) -> u32 {
+        self.bus.counters().rejected
+    }
+}
+
+#[test]
+fn the_newest_version_goes_first_to_connection_4_with_sint_2_and_monitor_pages() {
+    let mut rig = rig();
+    let posted = rig.posted();
+    let [(4, ChannelMessage::InitiateContact(contact))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(contact.version_requested.get(), ProtocolVersion::V5_3.0);
+    assert_eq!(contact.msg_sint(), 2);
+    assert_eq!(contact.monitor_page1.get(), MONITOR_GPA);
+    assert_eq!(contact.monitor_page2.get(), MONITOR_GPA + 4096);
+    // 5.x: later messages go to the connection the host names.
+    rig.version_response(true, 0x99);
+    assert!(matches!(
+        rig.posted()[..],
+        [(0x99, ChannelMessage::RequestOffers(_))]
+    ));
+    assert!(
+        rig.env.console.contains("VMBus 5.3 negotiated"),
+        "{}",
+        rig.env.console
+    );
+}
+
+#[test]
+fn fallback_5_3_to_4_0_skips_5_x_on_invalid_connection_id() {
+    // An older host: connection 4 does not exist, 4.1 is refused, 4.0 taken.
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    let posted = rig.posted();
+    let [(1, ChannelMessage::InitiateContact(contact))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(contact.version_requested.get(), ProtocolVersion::V4_1.0);
+    assert_eq!(
+        contact.interrupt_page_or_target_info.get(),
+        0,
+        "no msg_sint before 5.0"
+    );
+    rig.version_response(false, 0);
+    let posted = rig.posted();
+    let [(1, ChannelMessage::InitiateContact(contact))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(contact.version_requested.get(), ProtocolVersion::V4_0.0);
+    // Before 5.0 msg_conn_id means nothing: everything goes to connection 1.
+    rig.version_response(true, 0x77);
+    assert!(matches!(
+        rig.posted()[..],
+        [(1, ChannelMessage::RequestOffers(_))]
+    ));
+    assert_eq!(rig.bus.version, Some(ProtocolVersion::V4_0));
+    assert_eq!(rig.query(0).vmbus_version, ProtocolVersion::V4_0.0);
+    assert!(
+        rig.env.console.contains("older host"),
+        "{}",
+        rig.env.console
+    );
+}
+
+#[test]
+fn fallback_all_the_way_to_2_4() {
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    for expected in [
+        ProtocolVersion::V4_1,
+        ProtocolVersion::V4_0,
+        ProtocolVersion::V3_0,
+        ProtocolVersion::V2_4,
+    ] {
+        let posted = rig.posted();
+        let [(1, ChannelMessage::InitiateContact(contact))] = &posted[..] else {
+            panic!("{posted:?}");
+        };
+        assert_eq!(contact.version_requested.get(), expected.0);
+        rig.version_response(expected == ProtocolVersion::V2_4, 0);
+    }
+    assert_eq!(rig.bus.version, Some(ProtocolVersion::V2_4));
+    assert!(matches!(
+        rig.posted()[..],
+        [(1, ChannelMessage::RequestOffers(_))]
+    ));
+}
+
+#[test]
+fn a_5_x_host_that_refuses_5_3_gets_5_2_on_connection_4() {
+    let mut rig = rig();
+    rig.posted();
+    rig.version_response(false, 0);
+    let posted = rig.posted();
+    let [(4, ChannelMessage::InitiateContact(contact))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(contact.version_requested.get(), ProtocolVersion::V5_2.0);
+}
+
+#[test]
+fn no_common_version_disconnects_and_a_stray_response_is_rejected() {
+    let mut rig = rig();
+    for _ in 0..8 {
+        rig.version_response(false, 0);
+    }
+    assert_eq!(rig.bus.phase, Phase::Disconnected);
+    assert!(rig.env.console.contains("no VMBus version in common"));
+    let before = rig.rejected();
+    rig.version_response(true, 4);
+    assert_eq!(rig.rejected(), before + 1);
+    assert_eq!(rig.bus.version, None);
+}
+
+#[test]
+fn a_repeated_version_response_is_rejected() {
+    let mut rig = rig();
+    rig.connect();
+    rig.version_response(true, 4);
+    assert_eq!(rig.rejected(), 1);
+    assert!(rig.posted().is_empty());
+}
+
+#[test]
+fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
+    let mut rig = rig();
+    rig.connect();
+    rig.env.notified.clear();
+    rig.offer(1, class::HEARTBEAT, instance(1));
+    rig.offer(9, class::NIC, instance(9));
+    rig.all_offers_delivered();
+    assert_eq!(rig.env.notifications_on(channels::HEARTBEAT_EVENT), 1);
+    assert_eq!(rig.env.notifications_on(channels::KVP_EVENT), 0);
+    let info = rig.query(0);
+    assert_eq!(info.state, ChannelState::Offered);
+    assert_eq!(info.relid, 1);
+    assert_eq!(info.connection_id, 0x1_0001);
+    assert_eq!(info.class, *class::HEARTBEAT.as_bytes());
+    assert_eq!(info.instance, [1; 16]);
+    assert_eq!(&info.user_defined[..4], &4u32.to_le_bytes());
+    assert_eq!(info.vmbus_version, ProtocolVersion::V5_3.0);
+    assert_eq!(rig.state(3), ChannelState::NotOffered);
+    assert!(rig.env.console.contains("nic"), "{}", rig.env.console);
+    assert!(rig.env.console.contains("no driver"), "{}", rig.env.console);
+    // The NIC is a device row, claimed by nobody.
+    let client = channels::CLIENT;
+    match rig.request(client, bus::Request::Device { index: 4 }) {
+        bus::Reply::Device(row) => {
+            assert_eq!(row.relid, 9);
+            assert_eq!(row.driver.as_str(), "-");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its rescind is answered with RelIdReleased at once.
+    rig.rescind(9);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 9
+    ));
+    assert_eq!(
+        rig.request(client, bus::Request::Device { index: 4 }),
+        bus::Reply::NoSuchDevice
+    );
+}
+
+#[test]
+fn bad_offers_are_rejected() {
+    let mut rig = rig();
+    // Before negotiation nothing parses.
+    rig.offer(1, class::HEARTBEAT, instance(1));
+    assert_eq!(rig.rejected(), 1);
+    rig.connect();
+    rig.offer(0, class::HEARTBEAT, instance(1));
+    rig.offer(2048, class::HEARTBEAT, instance(1));
+    rig.offer(5, class::HEARTBEAT, instance(1));
+    rig.offer(5, class::KVP, instance(2));
+    assert_eq!(rig.rejected(), 4);
+    assert_eq!(rig.state(3), ChannelState::NotOffered);
+    // A second heartbeat (another instance) has no free driver.
+    rig.offer(6, class::HEARTBEAT, instance(6));
+    assert_eq!(rig.query(0).relid, 5);
+    assert!(rig.env.console.contains("already drives relid 5"));
+}
+
+#[test]
+fn open_builds_the_gpadl_from_the_ring_region_then_opens_and_binds() {
+    let mut rig = Rig::offered();
+    let generation = rig.query(0).generation;
+    assert_eq!(rig.open(0), bus::Reply::Accepted);
+    assert_eq!(rig.state(0), ChannelState::Opening);
+    let posted = rig.posted();
+    let [(4, ChannelMessage::GpadlHeader(header))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(header.fixed.child_relid.get(), 1);
+    assert_eq!(header.fixed.range_count.get(), 1);
+    assert_eq!(header.fixed.range_buflen.get(), 8 + 8 * 8);
+    let range = header.words[0];
+    assert_eq!(range as u32, 32768, "byte count");
+    assert_eq!(range >> 32, 0, "byte offset");
+    let pfns: StdVec<u64> = header.words[1..].to_vec();
+    assert_eq!(
+        pfns,
+        (0..8)
+            .map(|i| (RING_GPAS[0] >> 12) + i)
+            .collect::<StdVec<_>>()
+    );
+    let gpadl = header.fixed.gpadl_id.get();
+    // Opening twice is refused.
+    assert_eq!(rig.open(0), bus::Reply::Refused(bus::Refusal::WrongState));
+
+    rig.gpadl_created(1, gpadl, 0);
+    let posted = rig.posted();
+    let [(4, ChannelMessage::OpenChannel(open))] = &posted[..] else {
+        panic!("{posted:?}");
+    };
+    assert_eq!(open.child_relid.get(), 1);
+    assert_eq!(open.ring_gpadl_id.get(), gpadl);
+    assert_eq!(open.downstream_ring_page_offset.get(), 4);
+    assert_eq!(open.target_vp.get(), 0);
+    assert_eq!(rig.state(0), ChannelState::Opening);
+    assert!(
+        rig.synic.borrow().bound.is_empty(),
+        "not bound before the host opened"
+    );
+
+    rig.env.notified.clear();
+    rig.open_result(1, open.open_id.get(), 0);
+    assert_eq!(
+        rig.synic.borrow().bound.get(&1),
+        Some(&(0x1_0001, String::from("heartbeat")))
+    );
+    let info = rig.query(0);
+    assert_eq!(info.state, ChannelState::Open);
+    assert_ne!(
+        info.generation, generation,
+        "a new open is a new generation"
+    );
+    assert_eq!(rig.env.notifications_on(channels::HEARTBEAT_EVENT), 1);
+}
+
+#[test]
+fn gpadl_messages_split_at_26_and_28_pfns() {
+    // 60 pages: header 26, body 28, body 6.
+    let mut rig = rig_with(60 * 4096, |_| {});
+    rig.connect();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    let posted = rig.posted();
+    assert_eq!(posted.len(), 3, "{posted:?}");
+    let mut pfns = StdVec::new();
+    let mut id = 0;
+    for (i, (connection, message)) in posted.iter().enumerate() {
+        assert_eq!(*connection, 4);
+        match (i, message) {
+            (0, ChannelMessage::GpadlHeader(header)) => {
+                assert_eq!(header.words.len(), 27);
+                assert_eq!(header.fixed.range_buflen.get() as usize, 8 + 60 * 8);
+                id = header.fixed.gpadl_id.get();
+                pfns.extend_from_slice(&header.words[1..]);
+            }
+            (1 | 2, ChannelMessage::GpadlBody(body)) => {
+                assert_eq!(body.fixed.gpadl_id.get(), id);
+                assert_eq!(body.pfns.len(), if i == 1 { 28 } else { 6 });
+                pfns.extend_from_slice(&body.pfns);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        pfns,
+        (0..60)
+            .map(|i| (RING_GPAS[3] >> 12) + i)
+            .collect::<StdVec<_>>()
+    );
+    let open_id = rig.create(4, id);
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.state(3), ChannelState::Open);
+}
+
+#[test]
+fn unknown_and_repeated_responses_are_rejected() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(0);
+    rig.gpadl_created(1, gpadl + 100, 0); // unknown id
+    rig.gpadl_created(2, gpadl, 0); // another channel's relid
+    assert_eq!(rig.rejected(), 2);
+    assert!(rig.posted().is_empty());
+    let open_id = rig.create(1, gpadl);
+    rig.gpadl_created(1, gpadl, 0); // repeated
+    rig.open_result(1, open_id + 1, 0); // nobody waits for it
+    rig.open_result(2, open_id, 0); // wrong relid
+    assert_eq!(rig.rejected(), 5);
+    assert_eq!(rig.state(0), ChannelState::Opening);
+    rig.open_result(1, open_id, 0);
+    rig.open_result(1, open_id, 0); // repeated
+    rig.torndown(gpadl); // never torn down
+    assert_eq!(rig.rejected(), 7);
+    assert_eq!(rig.state(0), ChannelState::Open);
+    rig.send(UnloadResponse::empty().as_bytes());
+    rig.all_offers_delivered();
+    assert_eq!(rig.rejected(), 9);
+    assert!(rig.posted().is_empty());
+}
+
+#[test]
+fn a_failed_open_tears_the_gpadl_down_then_reports_failure_and_may_retry() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(0);
+    let open_id = rig.create(1, gpadl);
+    rig.open_result(1, open_id, 0xC000_0001);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::GpadlTeardown(t))] if t.gpadl_id.get() == gpadl
+    ));
+    assert_eq!(rig.state(0), ChannelState::Closing);
+    assert_eq!(rig.open(0), bus::Reply::Refused(bus::Refusal::WrongState));
+    rig.torndown(gpadl);
+    assert_eq!(
+        rig.state(0),
+        ChannelState::Failed {
+            status: 0xC000_0001
+        }
+    );
+    rig.open_fully(0);
+}
+
+#[test]
+fn a_refused_gpadl_fails_the_open() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(0);
+    rig.gpadl_created(1, gpadl, 0xC000_0001);
+    assert!(rig.posted().is_empty(), "nothing to tear down");
+    assert_eq!(
+        rig.state(0),
+        ChannelState::Failed {
+            status: 0xC000_0001
+        }
+    );
+}
+
+#[test]
+fn close_unbinds_closes_and_waits_for_torndown() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.open_fully(0);
+    rig.rings[0].write(0, &[0xEE; 64]).unwrap();
+    let call_end = rig.bus.drivers[0].wiring.call;
+    assert_eq!(
+        rig.request(call_end, bus::Request::Close),
+        bus::Reply::Accepted
+    );
+    assert_eq!(rig.synic.borrow().unbinds, [1]);
+    let posted = rig.posted();
+    assert!(
+        matches!(
+            posted[..],
+            [
+                (4, ChannelMessage::CloseChannel(_)),
+                (4, ChannelMessage::GpadlTeardown(_))
+            ]
+        ),
+        "{posted:?}"
+    );
+    assert_eq!(rig.state(0), ChannelState::Closing);
+    let mut byte = [0u8; 1];
+    rig.rings[0].read(0, &mut byte).unwrap();
+    assert_eq!(byte[0], 0xEE, "the host may still use the ring");
+    rig.torndown(gpadl);
+    rig.rings[0].read(0, &mut byte).unwrap();
+    assert_eq!(byte[0], 0, "zeroed once the host let go");
+    assert_eq!(rig.state(0), ChannelState::Offered);
+    rig.open_fully(0);
+}
+
+/// Where in the open sequence a rescind arrives.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    Offered,
+    GpadlCreating,
+    OpenPending,
+    Open,
+    Closing,
+}
+
+fn rescind_at(at: At) {
+    let mut rig = Rig::offered();
+    let mut gpadl = None;
+    match at {
+        At::Offered => {}
+        At::GpadlCreating => {
+            gpadl = Some(rig.begin_open(0));
+        }
+        At::OpenPending => {
+            let id = rig.begin_open(0);
+            rig.create(1, id);
+            gpadl = Some(id);
+        }
+        At::Open => gpadl = Some(rig.open_fully(0)),
+        At::Closing => {
+            gpadl = Some(rig.open_fully(0));
+            let call_end = rig.bus.drivers[0].wiring.call;
+            rig.request(call_end, bus::Request::Close);
+            rig.posted();
+        }
+    }
+    rig.env.notified.clear();
+    rig.rescind(1);
+    assert_eq!(rig.state(0), ChannelState::Rescinded, "{at:?}");
+    assert!(
+        rig.env.notifications_on(channels::HEARTBEAT_EVENT) >= 1,
+        "{at:?}"
+    );
+    assert!(rig.synic.borrow().bound.is_empty(), "{at:?}");
+    let posted = rig.posted();
+    let needs_teardown = matches!(at, At::OpenPending | At::Open);
+    if needs_teardown {
+        // No CloseChannel to a rescinded channel; the GPADL goes first.
+        assert!(
+            matches!(posted[..], [(4, ChannelMessage::GpadlTeardown(_))]),
+            "{at:?}: {posted:?}"
+        );
+    }
+    if needs_teardown || matches!(at, At::Closing) {
+        assert!(
+            !posted
+                .iter()
+                .any(|(_, m)| matches!(m, ChannelMessage::RelIdReleased(_))),
+            "{at:?}: released while the GPADL is outstanding"
+        );
+        rig.torndown(gpadl.unwrap());
+        let posted = rig.posted();
+        assert!(
+            matches!(
+                posted[..],
+                [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 1
+            ),
+            "{at:?}: {posted:?}"
+        );
+    } else {
+        assert!(
+            matches!(
+                posted[..],
+                [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 1
+            ),
+            "{at:?}: {posted:?}"
+        );
+    }
+    // A late answer to a failed waiter is refused.
+    let before = rig.rejected();
+    match at {
+        At::GpadlCreating => rig.gpadl_created(1, gpadl.unwrap(), 0),
+        _ => rig.open_result(1, 1, 0),
+    }
+    assert_eq!(rig.rejected(), before + 1, "{at:?}");
+    assert!(rig.posted().is_empty());
+    // The driver cannot open a rescinded channel; a re-offer is a new device.
+    assert_eq!(rig.open(0), bus::Reply::Refused(bus::Refusal::WrongState));
+    let generation = rig.query(0).generation;
+    rig.offer(11, class::HEARTBEAT, instance(1));
+    let info = rig.query(0);
+    assert_eq!((info.state, info.relid), (ChannelState::Offered, 11));
+    assert_ne!(info.generation, generation);
+    assert_eq!(rig.open(0), bus::Reply::Accepted);
+}
+
+#[test]
+fn rescind_after_offer() {
+    rescind_at(At::Offered);
+}
+#[test]
+fn rescind_during_gpadl_creation() {
+    rescind_at(At::GpadlCreating);
+}
+#[test]
+fn rescind_while_the_open_is_pending() {
+    rescind_at(At::OpenPending);
+}
+#[test]
+fn rescind_of_an_open_channel() {
+    rescind_at(At::Open);
+}
+#[test]
+fn rescind_while_closing() {
+    rescind_at(At::Closing);
+}
+
+#[test]
+fn rescinds_of_unknown_relids_and_repeats_are_rejected() {
+    let mut rig = Rig::offered();
+    rig.open_fully(0);
+    rig.rescind(77);
+    rig.rescind(1);
+    rig.rescind(1);
+    assert_eq!(rig.rejected(), 2);
+}
+
+#[test]
+fn a_re_offer_during_release_waits_for_the_old_relid() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.open_fully(0);
+    rig.rescind(1);
+    rig.posted();
+    rig.offer(12, class::HEARTBEAT, instance(1));
+    assert_eq!(rig.state(0), ChannelState::Rescinded);
+    rig.torndown(gpadl);
+    let info = rig.query(0);
+    assert_eq!((info.state, info.relid), (ChannelState::Offered, 12));
+}
+
+#[test]
+fn offers_arriving_while_running_are_adopted() {
+    let mut rig = rig();
+    rig.connect();
+    rig.offer(1, class::HEARTBEAT, instance(1));
+    rig.all_offers_delivered();
+    rig.open_fully(0);
+    assert!(rig.env.console.contains("VMBus 5.3, 1 devices") || rig.env.console.contains("relid"));
+    rig.env.notified.clear();
+    rig.offer(4, class::KVP, instance(4));
+    assert_eq!(rig.env.notifications_on(channels::KVP_EVENT), 1);
+    assert_eq!(rig.state(3), ChannelState::Offered);
+    rig.open_fully(3);
+}
+
+#[test]
+fn a_fault_closes_tears_down_waits_zeroes_and_restarts() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.open_fully(3);
+    rig.rings[3].write(100, &[0xAA; 32]).unwrap();
+    rig.env.now_ns = 1_000_000_000;
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    assert_eq!(rig.synic.borrow().unbinds, [4]);
+    let posted = rig.posted();
+    assert!(
+        matches!(
+            posted[..],
+            [(4, ChannelMessage::CloseChannel(c)), (4, ChannelMessage::GpadlTeardown(t))]
+                if c.child_relid.get() == 4 && t.gpadl_id.get() == gpadl
+        ),
+        "{posted:?}"
+    );
+    assert!(
+        rig.env.restarted.is_empty(),
+        "not before the host let go of the rings"
+    );
+    assert_eq!(rig.state(3), ChannelState::Closing);
+    rig.env.now_ns += 5_000_000;
+    rig.torndown(gpadl);
+    assert_eq!(rig.env.restarted, [children::KVP]);
+    let mut bytes = [0u8; 32];
+    rig.rings[3].read(100, &mut bytes).unwrap();
+    assert_eq!(bytes, [0; 32]);
+    assert_eq!(rig.state(3), ChannelState::Offered);
+    // The restarted VSC opens again.
+    rig.env.now_ns += 5_000_000;
+    rig.open_fully(3);
+    assert!(
+        rig.env.console.contains("open again 10 ms after its fault"),
+        "{}",
+        rig.env.console
+    );
+    match rig.request(channels::CLIENT, bus::Request::Device { index: 3 }) {
+        bus::Reply::Device(row) => {
+            assert_eq!(row.restarts, 1);
+            assert_eq!(row.state, ChannelState::Open);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Other channels were never touched.
+    assert!(rig.synic.borrow().unbinds.iter().all(|r| *r == 4));
+}
+
+#[test]
+fn a_fault_while_the_gpadl_is_being_created_waits_for_it_then_tears_it_down() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(3);
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    assert!(rig.posted().is_empty());
+    rig.gpadl_created(4, gpadl, 0);
+    // No OpenChannel: straight to teardown.
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::GpadlTeardown(_))]
+    ));
+    rig.torndown(gpadl);
+    assert_eq!(rig.env.restarted, [children::KVP]);
+}
+
+#[test]
+fn a_fault_while_the_open_is_pending_closes_after_the_result() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(3);
+    let open_id = rig.create(4, gpadl);
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    assert!(rig.posted().is_empty());
+    rig.open_result(4, open_id, 0);
+    assert!(
+        rig.synic.borrow().bound.is_empty(),
+        "never bound for a dead VSC"
+    );
+    assert!(matches!(
+        rig.posted()[..],
+        [
+            (4, ChannelMessage::CloseChannel(_)),
+            (4, ChannelMessage::GpadlTeardown(_))
+        ]
+    ));
+    rig.torndown(gpadl);
+    assert_eq!(rig.env.restarted, [children::KVP]);
+}
+
+#[test]
+fn a_fault_without_a_channel_restarts_at_once() {
+    let mut rig = rig();
+    rig.connect();
+    rig.bus.fault(
+        &mut rig.env,
+        children::SHUTDOWN,
+        Fault::Crashed { signal: 11 },
+    );
+    assert_eq!(rig.env.restarted, [children::SHUTDOWN]);
+}
+
+#[test]
+fn three_faults_within_10_s_hold_the_vsc_stopped() {
+    let mut rig = Rig::offered();
+    for i in 0..3u64 {
+        rig.env.now_ns = 1_000_000_000 + i * 4_000_000_000;
+        let gpadl = rig.open_fully(3);
+        rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+        rig.posted();
+        rig.torndown(gpadl);
+    }
+    // Faults at 1 s, 5 s, 9 s: the third is within 10 s of the first.
+    assert_eq!(rig.env.restarted, [children::KVP, children::KVP]);
+    assert_eq!(rig.env.stopped, [children::KVP]);
+    assert_eq!(rig.state(3), ChannelState::Held);
+    assert!(rig
+        .env
+        .console
+        .contains("kvp held stopped: 3 faults within 10 s"));
+    // A held driver takes no new offers of its class.
+    rig.rescind(4);
+    rig.offer(14, class::KVP, instance(4));
+    assert_eq!(rig.state(3), ChannelState::Held);
+}
+
+#[test]
+fn faults_spread_over_more_than_10_s_keep_restarting() {
+    let mut rig = Rig::offered();
+    for i in 0..4u64 {
+        rig.env.now_ns = i * 6_000_000_000;
+        let gpadl = rig.open_fully(3);
+        rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+        rig.posted();
+        rig.torndown(gpadl);
+    }
+    assert_eq!(rig.env.restarted.len(), 4);
+    assert!(rig.env.stopped.is_empty());
+}
+
+#[test]
+fn unload_closes_every_channel_then_unloads_then_powers_off() {
+    let mut rig = Rig::offered();
+    let heartbeat = rig.open_fully(0);
+    let kvp = rig.open_fully(3);
+    // A VSC may not unload the bus.
+    let call_end = rig.bus.drivers[0].wiring.call;
+    assert_eq!(
+        rig.request(
+            call_end,
+            bus::Request::Unload {
+                power_off_code: Some(0)
+            }
+        ),
+        bus::Reply::Refused(bus::Refusal::NotADriver)
+    );
+    assert_eq!(
+        rig.request(
+            channels::CLIENT,
+            bus::Request::Unload {
+                power_off_code: Some(3)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    let posted = rig.posted();
+    let closes = posted
+        .iter()
+        .filter(|(_, m)| matches!(m, ChannelMessage::CloseChannel(_)))
+        .count();
+    let teardowns = posted
+        .iter()
+        .filter(|(_, m)| matches!(m, ChannelMessage::GpadlTeardown(_)))
+        .count();
+    assert_eq!((closes, teardowns), (2, 2), "{posted:?}");
+    assert!(!posted
+        .iter()
+        .any(|(_, m)| matches!(m, ChannelMessage::Unload(_))));
+    assert_eq!(rig.open(1), bus::Reply::Refused(bus::Refusal::Unavailable));
+    rig.torndown(heartbeat);
+    assert!(rig.posted().is_empty(), "kvp's GPADL is still out");
+    rig.torndown(kvp);
+    assert!(matches!(rig.posted()[..], [(4, ChannelMessage::Unload(_))]));
+    assert_eq!(rig.env.powered_off, None);
+    rig.send(UnloadResponse::empty().as_bytes());
+    assert_eq!(rig.env.powered_off, Some(3));
+}
+
+#[test]
+fn unload_waits_for_a_pending_open() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(0);
+    rig.request(
+        channels::CLIENT,
+        bus::Request::Unload {
+            power_off_code: None,
+        },
+    );
+    assert!(rig.posted().is_empty());
+    rig.gpadl_created(1, gpadl, 0);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::GpadlTeardown(_))]
+    ));
+    rig.torndown(gpadl);
+    assert!(matches!(rig.posted()[..], [(4, ChannelMessage::Unload(_))]));
+    rig.send(UnloadResponse::empty().as_bytes());
+    assert_eq!(rig.bus.phase, Phase::Unloaded);
+    assert_eq!(rig.env.powered_off, None);
+}
+
+#[test]
+fn the_status_view_appears_when_all_are_open_and_after_changes() {
+    let mut rig = Rig::offered();
+    for d in 0..3 {
+        rig.open_fully(d);
+    }
+    assert!(!rig.env.console.contains("VMBus 5.3, 4 devices"));
+    rig.open_fully(3);
+    assert!(
+        rig.env.console.contains("all 4 offered devices open"),
+        "{}",
+        rig.env.console
+    );
+    assert!(
+        rig.env.console.contains("VMBus 5.3, 4 devices"),
+        "{}",
+        rig.env.console
+    );
+    assert!(
+        rig.env.console.contains(" relid class "),
+        "{}",
+        rig.env.console
+    );
+    let call_end = rig.bus.drivers[3].wiring.call;
+    rig.env.console.clear();
+    assert_eq!(
+        rig.request(
+            call_end,
+            bus::Request::ReportVersions {
+                framework: (3, 0),
+                message: (4, 0)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    let kvp_line = rig
+        .env
+        .console
+        .lines()
+        .find(|line| line.contains(" kvp ") && line.contains("open"))
+        .unwrap_or_else(|| panic!("{}", rig.env.console))
+        .to_owned();
+    assert!(
+        kvp_line.contains("3.0") && kvp_line.contains("4.0"),
+        "{kvp_line}"
+    );
+    assert!(
+        kvp_line.contains("04040404-0404-0404-0404-040404040404"),
+        "{kvp_line}"
+    );
+    match rig.request(channels::CLIENT, bus::Request::Device { index: 3 }) {
+        bus::Reply::Device(row) => {
+            assert_eq!(row.driver.as_str(), "kvp");
+            assert_eq!(row.framework_version, (3, 0));
+            assert_eq!(row.message_version, (4, 0));
+            assert_eq!(row.relid, 4);
+            assert_eq!(row.vmbus_version, ProtocolVersion::V5_3.0);
+            assert_eq!(row.class, *class::KVP.as_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        rig.request(channels::CLIENT, bus::Request::Device { index: 4 }),
+        bus::Reply::NoSuchDevice
+    );
+    // A change mid-transition is printed once it settles.
+    rig.env.console.clear();
+    let gpadl = rig.bus.drivers[0].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.bus
+        .fault(&mut rig.env, children::HEARTBEAT, Fault::Panic);
+    assert!(
+        !rig.env.console.contains("VMBus 5.3"),
+        "{}",
+        rig.env.console
+    );
+    rig.torndown(gpadl);
+    assert!(
+        rig.env.console.contains("VMBus 5.3, 4 devices"),
+        "{}",
+        rig.env.console
+    );
+}
+
+#[test]
+fn only_drivers_query_open_and_close() {
+    let mut rig = Rig::offered();
+    for request in [
+        bus::Request::Query,
+        bus::Request::Close,
+        bus::Request::Open {
+            user_data: Vec::new(),
+        },
+    ] {
+        assert_eq!(
+            rig.request(channels::CLIENT, request),
+            bus::Reply::Refused(bus::Refusal::NotADriver)
+        );
+    }
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    let call_end = rig.bus.drivers[2].wiring.call;
+    assert_eq!(
+        rig.request(call_end, bus::Request::Close),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    let mut reply = [0u8; 16];
+    assert_eq!(
+        rig.bus
+            .protected(&mut rig.env, channels::CLIENT, &[0xFF; 4], &mut reply),
+        Err(Refusal::MALFORMED)
+    );
+}
+
+#[test]
+fn a_full_host_port_defers_posts_in_order() {
+    let mut rig = Rig::offered();
+    // The post and its retry at the end of the same event both find the
+    // port full.
+    rig.synic.borrow_mut().full_posts = 2;
+    assert_eq!(rig.open(0), bus::Reply::Accepted);
+    assert!(rig.posted().is_empty());
+    assert_eq!(rig.open(1), bus::Reply::Accepted);
+    let posted = rig.posted();
+    let relids: StdVec<u32> = posted
+        .iter()
+        .map(|(_, m)| match m {
+            ChannelMessage::GpadlHeader(h) => h.fixed.child_relid.get(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(relids, [1, 2], "the deferred message goes first");
+    assert_eq!(rig.bus.counters().posts_deferred, 2);
+}
+
+#[test]
+fn a_binding_synic_refuses_fails_the_open_and_closes() {
+    let mut rig = rig_with(32768, |synic| synic.refuse_binds = true);
+    rig.connect();
+    rig.offer_all();
+    let gpadl = rig.begin_open(0);
+    let open_id = rig.create(1, gpadl);
+    rig.open_result(1, open_id, 0);
+    assert!(matches!(
+        rig.posted()[..],
+        [
+            (4, ChannelMessage::CloseChannel(_)),
+            (4, ChannelMessage::GpadlTeardown(_))
+        ]
+    ));
+    rig.torndown(gpadl);
+    assert_eq!(
+        rig.state(0),
+        ChannelState::Failed {
+            status: STATUS_GUEST_FAILURE
+        }
+    );
+}
+
+#[test]
+fn hostile_messages_never_panic() {
+    let mut rig = Rig::offered();
+    rig.open_fully(0);
+    let mut seed = 0x9E37_79B9u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for round in 0..3000 {
+        let len = (next() % 241) as usize;
+        let mut payload = [0u8; 240];
+        for byte in payload.iter_mut().take(len) {
+            *byte = next() as u8;
+        }
+        // Mostly known message types with small relids and ids, so the
+        // handlers (not just the parser) see garbage.
+        if len >= 4 && round % 2 == 0 {
+            payload[0] = (next() % 18) as u8;
+            payload[1..4].fill(0);
+            if len >= 12 {
+                payload[8..12].copy_from_slice(&(next() % 6).to_le_bytes());
+            }
+            if len >= 16 {
+                payload[12..16].copy_from_slice(&(next() % 4).to_le_bytes());
+            }
+        }
+        rig.send(&payload[..len]);
+        rig.posted();
+        if round % 100 == 0 {
+            let d = (next() % 4) as usize;
+            rig.open(d);
+        }
+    }
+    // Slots that are not VMBus messages or claim too much.
+    let mut bad = slot(&[1, 0, 0, 0]);
+    bad[4] = 241;
+    rig.host.push(&bad).unwrap();
+    bad[0] = 7;
+    rig.host.push(&bad).unwrap();
+    rig.host.push(&[1, 2, 3]).unwrap();
+    let mut set = ChannelSet::EMPTY;
+    set.insert(channels::SYNIC);
+    rig.bus.notified(&mut rig.env, set);
+}
