@@ -51,10 +51,11 @@ pub fn run(args: &[String]) -> Result {
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
-        Some(code) if code & 1 == 1 => {
-            println!("xtask: system powered off with code {}", code >> 1);
+        Some(1) => {
+            println!("xtask: system powered off with code 0");
             Ok(())
         }
+        Some(code) if code & 1 == 1 => Err(format!("system powered off with code {}", code >> 1)),
         _ => Err(format!("QEMU ended with {status}")),
     }
 }
