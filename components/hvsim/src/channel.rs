@@ -327,13 +327,22 @@ impl ChannelEndpoint {
             let unnecessary = signals - u64::from(necessary);
             self.stats.unnecessary_signals += unnecessary;
         }
-        // Drain the out ring (also without a signal: the host may look at
-        // any time, as Hyper-V's polling mode does).
-        while let Some(packet) = self.read_packet(memory) {
-            signal_guest |= self.handle_packet(memory, packet);
-        }
-        if self.broken.is_none() {
-            self.expect_signal = true;
+        // Like Hyper-V, the host reads the out ring only when signalled (a
+        // guest that forgets to signal stalls, as it would there), and then
+        // drains it.
+        if signals > 0 {
+            let before = self.out_read;
+            while let Some(packet) = self.read_packet(memory) {
+                signal_guest |= self.handle_packet(memory, packet);
+            }
+            if self.broken.is_none() {
+                self.expect_signal = true;
+            }
+            // A writer blocked on a full out ring asked (pending_send_sz)
+            // to be signalled once enough space is free.
+            if self.out_read != before {
+                signal_guest |= self.space_freed_for_guest(memory);
+            }
         }
         signal_guest |= self.flush_deferred(memory);
         if self.kind == DeviceKind::Heartbeat
@@ -349,6 +358,26 @@ impl ChannelEndpoint {
         } else {
             ChannelEvent::None
         }
+    }
+
+    /// True if the guest set pending_send_sz on its out ring and the free
+    /// space now exceeds it (the reader's signal rule).
+    fn space_freed_for_guest<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        let Ok(pending) = self.out_ring.load(memory, control::PENDING_SEND_SZ) else {
+            return false;
+        };
+        if pending == 0 {
+            return false;
+        }
+        let size = self.out_ring.data_size();
+        let Ok(write) = self
+            .out_ring
+            .peer_index(memory, control::WRITE_INDEX, "out write_index")
+        else {
+            return false;
+        };
+        let used = (write + size - self.out_read) % size;
+        size - used > pending
     }
 
     fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> bool {

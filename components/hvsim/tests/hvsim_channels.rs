@@ -234,3 +234,40 @@ fn a_guest_that_breaks_its_ring_is_not_trusted() {
     );
     h.finish();
 }
+
+#[test]
+fn host_reads_only_when_signalled_and_honours_pending_send_size() {
+    let mut h = start_vmbus("pending-send", config());
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    let mut rings = h.open_channel(relid);
+    // A packet without a signal stays unread (as on Hyper-V).
+    assert!(h.write_packet(&mut rings, 1, &[0; 8], false));
+    h.settle();
+    assert_eq!(
+        h.with(|s| s.vmbus.endpoint(relid).unwrap().stats.packets_received),
+        0
+    );
+    // The guest (a writer waiting for room) asks to be told when 64 bytes
+    // are free, then signals: the host drains and signals back.
+    h.memory
+        .store_u32(rings.out_control() + control::PENDING_SEND_SZ as u64, 64)
+        .unwrap();
+    assert!(!h.take_event_flag(relid as u16));
+    h.signal_channel(&rings);
+    h.settle();
+    assert_eq!(
+        h.with(|s| s.vmbus.endpoint(relid).unwrap().stats.packets_received),
+        1
+    );
+    assert!(h.take_event_flag(relid as u16));
+    // Without pending_send_sz, draining alone does not signal the guest.
+    h.memory
+        .store_u32(rings.out_control() + control::PENDING_SEND_SZ as u64, 0)
+        .unwrap();
+    assert!(h.write_packet(&mut rings, 2, &[0; 8], false));
+    h.signal_channel(&rings);
+    h.settle();
+    assert!(!h.take_event_flag(relid as u16));
+    h.finish();
+}
