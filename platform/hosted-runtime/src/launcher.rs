@@ -1196,3 +1196,71 @@ fn description_folder(description: &Path) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use system_layout::{RegionLayout, LAYOUT_VERSION};
+
+    fn region(name: &str, size: u64, host_visible: bool) -> RegionLayout {
+        RegionLayout {
+            name: name.into(),
+            size,
+            host_visible,
+        }
+    }
+
+    #[test]
+    fn host_visible_regions_are_carved_from_guest_memory_above_gpa_zero() {
+        let layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: Vec::new(),
+            regions: vec![
+                region("private", 8192, false),
+                region("synic", 8192, true),
+                region("ring", 4096, true),
+            ],
+            devices: Vec::new(),
+        };
+        let (memory, map, fds) = create_regions(&layout).unwrap();
+        assert!(memory.is_some());
+        assert_eq!(
+            map,
+            vec![
+                ("synic".to_string(), 4096, 8192),
+                ("ring".to_string(), 12288, 4096)
+            ]
+        );
+        assert_eq!(fds.len(), 3);
+        assert_eq!((fds[0].1, fds[1].1, fds[2].1), (0, 4096, 12288));
+        // Bytes written through a region's descriptor land at its GPA.
+        let ring = sys::map_shared(&fds[2].0, fds[2].1, 4096, true, false).unwrap();
+        let whole = sys::map_shared(memory.as_ref().unwrap(), 0, 16384, false, false).unwrap();
+        unsafe {
+            ring.write_volatile(0x42);
+            assert_eq!(whole.add(12288).read_volatile(), 0x42);
+        }
+    }
+
+    #[test]
+    fn without_host_visible_regions_there_is_no_guest_memory() {
+        let layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: Vec::new(),
+            regions: vec![region("private", 4096, false)],
+            devices: Vec::new(),
+        };
+        let (memory, map, fds) = create_regions(&layout).unwrap();
+        assert!(memory.is_none() && map.is_empty());
+        assert_eq!(fds.len(), 1);
+    }
+
+    #[test]
+    fn description_folders_are_safe_names() {
+        assert_eq!(description_folder(Path::new("/a/b/system.toml")), "system");
+        assert_eq!(
+            description_folder(Path::new("x/my sys.v2.toml")),
+            "my_sys_v2"
+        );
+    }
+}
