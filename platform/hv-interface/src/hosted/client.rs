@@ -232,3 +232,174 @@ impl Hypervisor for HostedHypervisor {
         self.msr_write(APIC_EOI_MSR, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{HelloReply, InterruptRecord, MsrRead, ProtocolError};
+
+    /// A fake host on the other end of a socket pair: answers HELLO, then
+    /// runs `script` on its record stream.
+    fn with_fake_host(
+        script: impl FnOnce(&mut RecordStream) + Send + 'static,
+    ) -> (HostedHypervisor, std::thread::JoinHandle<()>) {
+        let (guest_end, host_end) = UnixStream::pair().unwrap();
+        let host = std::thread::spawn(move || {
+            let mut stream = RecordStream::new(host_end);
+            let hello = stream.recv(None).unwrap().unwrap();
+            assert_eq!(hello.kind, kind::HELLO);
+            let fixed: HelloFixed = HelloFixed::read_from_prefix(&hello.body).unwrap().0;
+            assert_eq!(fixed.magic, wire::MAGIC);
+            assert_eq!(fixed.memory_size, 8192);
+            assert_eq!(&hello.body[wire::HELLO_FIXED..], b"/tmp/guest.mem");
+            stream
+                .send(
+                    kind::HELLO_REPLY,
+                    &HelloReply {
+                        magic: wire::MAGIC,
+                        version: wire::VERSION,
+                        status: 0,
+                        reserved: 0,
+                    },
+                )
+                .unwrap();
+            script(&mut stream);
+        });
+        let guest =
+            HostedHypervisor::handshake(guest_end, Path::new("/tmp/guest.mem"), 8192).unwrap();
+        (guest, host)
+    }
+
+    use zerocopy::FromBytes;
+
+    #[test]
+    fn interrupts_between_request_and_reply_are_queued() {
+        let (mut guest, host) = with_fake_host(|stream| {
+            let request = stream.recv(None).unwrap().unwrap();
+            assert_eq!(request.kind, kind::MSR_READ);
+            let body: MsrRead = request.parse().unwrap();
+            assert_eq!(body.msr, 0x4000_0081);
+            for vector in [0x30, 0x31] {
+                stream
+                    .send(
+                        kind::INTERRUPT,
+                        &InterruptRecord {
+                            vector,
+                            reserved: 0,
+                        },
+                    )
+                    .unwrap();
+            }
+            stream
+                .send(
+                    kind::MSR_READ_REPLY,
+                    &ValueReply {
+                        exception: 0,
+                        reserved: 0,
+                        value: 1,
+                    },
+                )
+                .unwrap();
+            // Then a #GP for the next read.
+            stream.recv(None).unwrap().unwrap();
+            stream
+                .send(
+                    kind::MSR_READ_REPLY,
+                    &ValueReply {
+                        exception: wire::exception::GENERAL_PROTECTION,
+                        reserved: 0,
+                        value: 0,
+                    },
+                )
+                .unwrap();
+        });
+        assert_eq!(guest.msr_read(0x4000_0081), Ok(1));
+        assert_eq!(guest.queued_interrupts(), 2);
+        assert_eq!(
+            guest.wait_interrupt(Some(0)),
+            Ok(Some(Interrupt { vector: 0x30 }))
+        );
+        assert_eq!(
+            guest.wait_interrupt(Some(0)),
+            Ok(Some(Interrupt { vector: 0x31 }))
+        );
+        assert_eq!(guest.msr_read(0x1234), Err(HvError::GeneralProtection));
+        host.join().unwrap();
+        // The host is gone: waiting reports the broken transport.
+        assert_eq!(guest.wait_interrupt(Some(0)), Err(HvError::Transport));
+    }
+
+    #[test]
+    fn wrong_reply_kind_or_protocol_error_breaks_the_transport() {
+        let (mut guest, host) = with_fake_host(|stream| {
+            stream.recv(None).unwrap().unwrap();
+            // An MSR_WRITE_REPLY to an MSR_READ.
+            stream
+                .send(
+                    kind::MSR_WRITE_REPLY,
+                    &StatusReply {
+                        exception: 0,
+                        reserved: 0,
+                    },
+                )
+                .unwrap();
+        });
+        assert_eq!(guest.msr_read(0x4000_0081), Err(HvError::Transport));
+        // Once broken, every call fails without touching the socket.
+        assert_eq!(guest.msr_write(0x4000_0084, 0), Err(HvError::Transport));
+        host.join().unwrap();
+
+        let (mut guest, host) = with_fake_host(|stream| {
+            stream.recv(None).unwrap().unwrap();
+            stream
+                .send(
+                    kind::PROTOCOL_ERROR,
+                    &ProtocolError {
+                        code: wire::protocol_error::RESERVED_NOT_ZERO,
+                        reserved: 0,
+                    },
+                )
+                .unwrap();
+        });
+        assert_eq!(guest.hypercall(0x5C, 0, 0), Err(HvError::Transport));
+        host.join().unwrap();
+
+        // A reply with a non-zero reserved field is not trusted either.
+        let (mut guest, host) = with_fake_host(|stream| {
+            stream.recv(None).unwrap().unwrap();
+            stream
+                .send(
+                    kind::HYPERCALL_REPLY,
+                    &ValueReply {
+                        exception: 0,
+                        reserved: 7,
+                        value: 0,
+                    },
+                )
+                .unwrap();
+        });
+        assert_eq!(guest.hypercall(0x5C, 0, 0), Err(HvError::Transport));
+        host.join().unwrap();
+    }
+
+    #[test]
+    fn eoi_is_a_write_of_the_apic_eoi_msr() {
+        let (mut guest, host) = with_fake_host(|stream| {
+            let request = stream.recv(None).unwrap().unwrap();
+            assert_eq!(request.kind, kind::MSR_WRITE);
+            let body: wire::MsrWrite = request.parse().unwrap();
+            assert_eq!((body.msr, body.value), (APIC_EOI_MSR, 0));
+            stream
+                .send(
+                    kind::MSR_WRITE_REPLY,
+                    &StatusReply {
+                        exception: 0,
+                        reserved: 0,
+                    },
+                )
+                .unwrap();
+        });
+        assert_eq!(guest.end_of_interrupt(), Ok(()));
+        host.join().unwrap();
+    }
+}
