@@ -302,6 +302,24 @@ mod tests {
             .contains("host asks for PowerOff (\"maintenance\")"));
     }
 
+    #[cfg(timesync_event)]
+    #[test]
+    fn timesync_ticks_drive_the_reports_until_unloading() {
+        let mut env = EnvDouble::new();
+        let services = services(&mut env);
+        let mut client = Client::init(&mut env);
+        client.notified(&mut env, ChannelSet(channels::TIMESYNC_EVENT.bit()));
+        assert_eq!(client.ticks, 1);
+        *services.shutdown.borrow_mut() = shutdown::Reply::Requested {
+            kind: shutdown::Kind::PowerOff,
+            force: false,
+            reason: heapless::String::new(),
+        };
+        client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
+        client.notified(&mut env, ChannelSet(channels::TIMESYNC_EVENT.bit()));
+        assert_eq!(client.ticks, 1);
+    }
+
     #[test]
     fn failing_services_are_reported_not_fatal() {
         let mut env = EnvDouble::new();

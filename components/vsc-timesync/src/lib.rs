@@ -326,6 +326,17 @@ mod tests {
         ));
     }
 
+    #[cfg(client_event)]
+    #[test]
+    fn each_used_sample_ticks_the_client() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
+        host.send(&sample_4(HOST_TIME, 0));
+        host.send(&sample_4(HOST_TIME, timesync_flags::SYNC));
+        synic(&mut component, &mut env);
+        assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 2);
+    }
+
     #[test]
     fn only_the_client_end_is_served() {
         let (mut env, _host, mut component) = started(&[(4, 0)]);
