@@ -197,7 +197,8 @@ pub struct IcState {
     /// The guest answered the negotiation without a common version.
     pub negotiation_failed: bool,
     pub heartbeat_interval_ns: u64,
-    next_heartbeat_ns: u64,
+    /// When the last periodic heartbeat went out (None: not yet).
+    last_heartbeat_sent_ns: Option<u64>,
     heartbeat_sequence: u64,
     pub last_heartbeat: Option<Heartbeat>,
     pub shutdown_status: Option<u32>,
@@ -245,6 +246,9 @@ pub struct ChannelEndpoint {
     pub ic: IcState,
     now_ns: u64,
 }
+
+/// Host requests awaiting a guest answer, per channel.
+const MAX_OUTSTANDING: usize = 256;
 
 /// Packets kept in `received` for inspection (oldest dropped).
 const RECEIVED_KEEP: usize = 64;
@@ -347,9 +351,12 @@ impl ChannelEndpoint {
         signal_guest |= self.flush_deferred(memory);
         if self.kind == DeviceKind::Heartbeat
             && self.ic.message_version.is_some()
-            && now_ns >= self.ic.next_heartbeat_ns
+            && self
+                .ic
+                .last_heartbeat_sent_ns
+                .is_none_or(|sent| now_ns >= sent.saturating_add(self.ic.heartbeat_interval_ns))
         {
-            self.ic.next_heartbeat_ns = now_ns + self.ic.heartbeat_interval_ns;
+            self.ic.last_heartbeat_sent_ns = Some(now_ns);
             signal_guest |= self.send_heartbeat(memory);
         }
         if signal_guest {
@@ -809,6 +816,11 @@ impl ChannelEndpoint {
         let mut bytes = alloc::vec![0u8; ic::IC_HEADERS_SIZE + body.len()];
         if ic::write_ic_message(&mut bytes, &header, body).is_err() {
             return false;
+        }
+        // A guest that never answers must not grow the table without bound:
+        // the oldest request is forgotten (its late answer counts as unknown).
+        if self.outstanding.len() >= MAX_OUTSTANDING {
+            self.outstanding.pop_first();
         }
         self.outstanding.insert(transaction_id, request);
         self.send_in_band(memory, transaction_id, false, &bytes)

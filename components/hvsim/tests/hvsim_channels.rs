@@ -59,6 +59,23 @@ fn heartbeat_host_records_the_guests_answer() {
     h.answer_ic(&mut rings, |body| body.to_vec());
     h.settle();
     assert_eq!(h.with(|s| s.last_heartbeat()).unwrap().sequence, sent + 1);
+    // Periodic heartbeats follow at the channel's interval.
+    h.with(|s| {
+        s.vmbus
+            .endpoint_mut(relid)
+            .unwrap()
+            .ic
+            .heartbeat_interval_ns = 20_000_000;
+    });
+    for _ in 0..2 {
+        h.answer_ic(&mut rings, |body| {
+            let mut message = HeartbeatMessage::read_from_prefix(body).unwrap().0;
+            message.sequence = (message.sequence.get() + 1).into();
+            message.as_bytes().to_vec()
+        });
+    }
+    h.settle();
+    assert!(h.with(|s| s.last_heartbeat()).unwrap().sequence > sent + 1);
     h.finish();
 }
 
