@@ -58,9 +58,10 @@ use vmbus_protocol::version::{negotiation_order, VMBUS_MESSAGE_SINT};
 use vmbus_protocol::{parse, ChannelMessage, ProtocolVersion, VmbusMessage};
 use zerocopy::IntoBytes;
 
-/// The ids generated from the system description.
+/// The ids generated from the system description (public for tests that
+/// wire the component up by hand).
 #[allow(clippy::type_complexity)] // the generated DEVICES table
-mod ids {
+pub mod ids {
     include!(concat!(env!("OUT_DIR"), "/ids.rs"));
     include!(concat!(env!("OUT_DIR"), "/region_names.rs"));
 }
@@ -204,6 +205,10 @@ pub struct Vmbus {
     started_ns: u64,
     all_open_once: bool,
     status_dirty: bool,
+    /// Drivers whose channel a host message changed: reconciled once the
+    /// whole batch of queued messages is read, so a rescind queued behind a
+    /// reply is seen before acting on the reply.
+    touched: u32,
 }
 
 fn channel_named(name: &str) -> Option<Channel> {
@@ -333,6 +338,7 @@ impl Vmbus {
             started_ns,
             all_open_once: false,
             status_dirty: false,
+            touched: 0,
         }
     }
 
@@ -519,6 +525,16 @@ impl Vmbus {
                 env.notify(channels::SYNIC);
             }
         }
+        let touched = core::mem::take(&mut self.touched);
+        for d in 0..self.drivers.len() {
+            if touched & (1 << d) != 0 {
+                self.reconcile(env, d);
+            }
+        }
+    }
+
+    fn touch(&mut self, d: usize) {
+        self.touched |= 1 << d;
     }
 
     /// One synic message slot (256 bytes) as synic copied it.
@@ -597,7 +613,7 @@ impl Vmbus {
                         if let Some(channel) = self.drivers[d].channel.as_mut() {
                             channel.gpadl = None;
                         }
-                        self.reconcile(env, d);
+                        self.touch(d);
                     }
                 }
                 Err(error) => self.reject(env, format_args!("GpadlTorndown: {:?}", error)),
@@ -817,7 +833,7 @@ impl Vmbus {
                 channel.gpadl = None;
             }
         }
-        self.reconcile(env, d);
+        self.touch(d);
     }
 
     fn on_gpadl_created(&mut self, env: &mut dyn Env, created: &GpadlCreated) {
@@ -825,7 +841,7 @@ impl Vmbus {
         match self.gpadls.on_created(created) {
             Ok(CreationOutcome::Created) => {
                 if let Some(d) = self.driver_with_gpadl(id) {
-                    self.reconcile(env, d);
+                    self.touch(d);
                 }
             }
             Ok(CreationOutcome::Failed { status }) => {
@@ -842,7 +858,7 @@ impl Vmbus {
                             channel.failed = Some(status);
                         }
                     }
-                    self.reconcile(env, d);
+                    self.touch(d);
                 }
             }
             Err(error) => self.reject(env, format_args!("GpadlCreated: {:?}", error)),
@@ -880,7 +896,7 @@ impl Vmbus {
                 }
             }
         }
-        self.reconcile(env, d);
+        self.touch(d);
     }
 
     // ---- the channel engine ----

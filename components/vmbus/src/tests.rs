@@ -1233,3 +1233,31 @@ fn hostile_messages_never_panic() {
     set.insert(channels::SYNIC);
     rig.bus.notified(&mut rig.env, set);
 }
+
+#[test]
+fn a_rescind_queued_behind_a_reply_is_seen_before_acting_on_the_reply() {
+    let mut rig = Rig::offered();
+    let gpadl = rig.begin_open(0);
+    // GpadlCreated and the rescind arrive in one batch.
+    let mut created = GpadlCreated::empty();
+    created.child_relid = 1.into();
+    created.gpadl_id = gpadl.into();
+    let mut rescind = RescindChannelOffer::empty();
+    rescind.child_relid = 1.into();
+    rig.host.push(&slot(created.as_bytes())).unwrap();
+    rig.host.push(&slot(rescind.as_bytes())).unwrap();
+    let mut set = ChannelSet::EMPTY;
+    set.insert(channels::SYNIC);
+    rig.bus.notified(&mut rig.env, set);
+    // No OpenChannel for a rescinded relid: straight to the teardown.
+    let posted = rig.posted();
+    assert!(
+        matches!(posted[..], [(4, ChannelMessage::GpadlTeardown(_))]),
+        "{posted:?}"
+    );
+    rig.torndown(gpadl);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::RelIdReleased(_))]
+    ));
+}

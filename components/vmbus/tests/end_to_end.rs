@@ -1,0 +1,649 @@
+//! synic + vmbus against hvsim's simulated host, in one process.
+//!
+//! Guest memory is one arena in which GPA = offset; the host-visible regions
+//! (synic pages, hypercall pages, monitor pages, the four rings) are carved
+//! from it and hvsim sees exactly that memory. `synic_messages` is private
+//! memory shared by synic and vmbus. synic's `hypervisor` calls go to the
+//! simulator; vmbus's `synic_call` goes to synic; notifications are
+//! delivered by the pump below. The test plays the VSCs (it opens their
+//! channels over vmbus's call ends). Throughout, the simulated host must
+//! reject nothing the guest sends.
+
+use component_api::{
+    CallError, Channel, ChannelSet, Child, Component, Env, Fault, IoPortName, Region, RegionName,
+    SupervisorError,
+};
+use hv_interface::{check_atomic_u32, check_range, GuestMemory, OutOfRange};
+use hvsim::sim::Simulator;
+use hvsim::vmbus::{DeviceConfig, DeviceKind, RescindPoint, ServerConfig};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use synic::Synic;
+use vmbus::ids::{channels as bus_channels, children};
+use vmbus::Vmbus;
+use vmbus_ipc::bus::{self, ChannelState};
+use vmbus_protocol::ProtocolVersion;
+
+const ARENA: usize = 0x10_0000;
+const SYNIC_PAGES: u64 = 0x1000;
+const HYPERCALL_PAGES: u64 = 0x4000;
+const MONITOR_PAGES: u64 = 0x8000;
+const RINGS: u64 = 0x1_0000;
+const RING_SIZE: usize = 32768;
+
+/// Guest memory as the host sees it: the arena through a `Region`.
+struct Arena(Region);
+
+impl GuestMemory for Arena {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        check_range(self.size(), gpa, buf.len() as u64)?;
+        self.0.read(gpa as usize, buf).map_err(|_| OutOfRange {
+            gpa,
+            len: buf.len() as u64,
+        })
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        check_range(self.size(), gpa, data.len() as u64)?;
+        self.0.write(gpa as usize, data).map_err(|_| OutOfRange {
+            gpa,
+            len: data.len() as u64,
+        })
+    }
+    fn load_u32(&self, gpa: u64) -> Result<u32, OutOfRange> {
+        Ok(self.word(gpa)?.load(Ordering::SeqCst))
+    }
+    fn store_u32(&self, gpa: u64, value: u32) -> Result<(), OutOfRange> {
+        self.word(gpa)?.store(value, Ordering::SeqCst);
+        Ok(())
+    }
+    fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        Ok(self.word(gpa)?.fetch_or(bits, Ordering::SeqCst))
+    }
+    fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        Ok(self.word(gpa)?.fetch_and(bits, Ordering::SeqCst))
+    }
+}
+
+impl Arena {
+    fn word(&self, gpa: u64) -> Result<&std::sync::atomic::AtomicU32, OutOfRange> {
+        check_atomic_u32(self.size(), gpa)?;
+        self.0
+            .atomic_u32(gpa as usize)
+            .map_err(|_| OutOfRange { gpa, len: 4 })
+    }
+}
+
+type Handler = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<usize, CallError>>;
+
+/// A component's environment: its regions, its call channels, and a record
+/// of what it did.
+struct TestEnv {
+    regions: Vec<Region>,
+    handlers: HashMap<u8, Handler>,
+    notified: Vec<Channel>,
+    console: String,
+    restarted: Vec<Child>,
+    stopped: Vec<Child>,
+    powered_off: Option<u8>,
+    clock: Rc<Cell<u64>>,
+}
+
+impl TestEnv {
+    fn new(regions: Vec<Region>, clock: Rc<Cell<u64>>) -> TestEnv {
+        TestEnv {
+            regions,
+            handlers: HashMap::new(),
+            notified: Vec::new(),
+            console: String::new(),
+            restarted: Vec::new(),
+            stopped: Vec::new(),
+            powered_off: None,
+            clock,
+        }
+    }
+}
+
+impl Env for TestEnv {
+    fn notify(&mut self, channel: Channel) {
+        self.notified.push(channel);
+    }
+    fn ppcall(
+        &mut self,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, CallError> {
+        match self.handlers.get_mut(&channel.0) {
+            Some(handler) => handler(message, reply),
+            None => Err(CallError::NotACallChannel),
+        }
+    }
+    fn irq_ack(&mut self, _channel: Channel) {}
+    fn region(&self, region: RegionName) -> Region {
+        self.regions[region.0 as usize]
+    }
+    fn ioport_read(&mut self, _port: IoPortName, _offset: u16, _width: u8) -> u32 {
+        0
+    }
+    fn ioport_write(&mut self, _port: IoPortName, _offset: u16, _width: u8, _value: u32) {}
+    fn console(&mut self, text: &str) {
+        self.console.push_str(text);
+    }
+    fn restart(&mut self, child: Child) -> Result<(), SupervisorError> {
+        self.restarted.push(child);
+        Ok(())
+    }
+    fn stop(&mut self, child: Child) -> Result<(), SupervisorError> {
+        self.stopped.push(child);
+        Ok(())
+    }
+    fn power_off(&mut self, code: u8) {
+        self.powered_off = Some(code);
+    }
+    fn now_ns(&mut self) -> u64 {
+        self.clock.get()
+    }
+}
+
+type Sim = Simulator<Arena>;
+
+struct Guest {
+    _arena: Vec<u64>,
+    _queue: Vec<u64>,
+    clock: Rc<Cell<u64>>,
+    sim: Rc<RefCell<Sim>>,
+    synic: Rc<RefCell<(Synic, TestEnv)>>,
+    bus: Vmbus,
+    bus_env: TestEnv,
+    /// Channel events synic delivered to each VSC, by synic's channel.
+    vsc_events: HashMap<u8, usize>,
+}
+
+/// The four integration components with fixed instances.
+fn ic_devices() -> Vec<DeviceConfig> {
+    [
+        DeviceKind::Heartbeat,
+        DeviceKind::Shutdown,
+        DeviceKind::TimeSync,
+        DeviceKind::Kvp,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, kind)| DeviceConfig::ic(*kind, uuid::Uuid::from_u128(0x1000 + i as u128)))
+    .collect()
+}
+
+fn region(memory: &mut [u64], offset: usize, len: usize, gpa: Option<u64>) -> Region {
+    // SAFETY: the memory outlives the guest (kept in `Guest`).
+    let region = unsafe {
+        Region::new(
+            (memory.as_mut_ptr() as *mut u8).add(offset),
+            len,
+            true,
+            false,
+        )
+    };
+    match gpa {
+        Some(gpa) => region.with_guest_physical(gpa),
+        None => region,
+    }
+}
+
+impl Guest {
+    fn boot(config: ServerConfig) -> Guest {
+        let clock = Rc::new(Cell::new(1_000_000));
+        let mut arena = vec![0u64; ARENA / 8];
+        let mut queue = vec![0u64; 8192 / 8];
+        let whole = region(&mut arena, 0, ARENA, None);
+        let sim = Rc::new(RefCell::new(Simulator::new(Arena(whole), config)));
+        let queue_region = region(&mut queue, 0, 8192, None);
+
+        let mut synic_env = TestEnv::new(
+            vec![
+                region(&mut arena, SYNIC_PAGES as usize, 8192, Some(SYNIC_PAGES)),
+                region(
+                    &mut arena,
+                    HYPERCALL_PAGES as usize,
+                    12288,
+                    Some(HYPERCALL_PAGES),
+                ),
+                queue_region,
+            ],
+            clock.clone(),
+        );
+        let host = sim.clone();
+        synic_env.handlers.insert(
+            synic::channels::HYPERVISOR.0,
+            Box::new(move |message, reply| {
+                use vmbus_ipc::hypervisor::{Reply, Request};
+                let request: Request =
+                    postcard::from_bytes(message).map_err(|_| CallError::Encoding)?;
+                let mut sim = host.borrow_mut();
+                let answer = match request {
+                    Request::MsrRead { msr } => sim.msr_read(msr).map(Reply::Value),
+                    Request::MsrWrite { msr, value } => {
+                        sim.msr_write(msr, value).map(|_| Reply::Done)
+                    }
+                    Request::Hypercall {
+                        control,
+                        input,
+                        output,
+                    } => sim.hypercall(control, input, output).map(Reply::Value),
+                    Request::EndOfInterrupt => Ok(Reply::Done),
+                };
+                let answer = answer.unwrap_or_else(|exception| match exception {
+                    hvsim::synic::Exception::GeneralProtection => Reply::GeneralProtection,
+                    hvsim::synic::Exception::InvalidOpcode => Reply::InvalidOpcode,
+                });
+                Ok(postcard::to_slice(&answer, reply).unwrap().len())
+            }),
+        );
+        let synic_component = Synic::init(&mut synic_env);
+        let synic = Rc::new(RefCell::new((synic_component, synic_env)));
+
+        let mut rings = Vec::new();
+        for i in 0..4 {
+            let gpa = RINGS + (i * RING_SIZE) as u64;
+            rings.push(region(&mut arena, gpa as usize, RING_SIZE, Some(gpa)));
+        }
+        let mut bus_regions = vec![
+            queue_region,
+            region(
+                &mut arena,
+                MONITOR_PAGES as usize,
+                8192,
+                Some(MONITOR_PAGES),
+            ),
+        ];
+        bus_regions.extend(rings);
+        let mut bus_env = TestEnv::new(bus_regions, clock.clone());
+        let served = synic.clone();
+        bus_env.handlers.insert(
+            bus_channels::SYNIC_CALL.0,
+            Box::new(move |message, reply| {
+                let mut guard = served.borrow_mut();
+                let (component, env) = &mut *guard;
+                component
+                    .protected(env, synic::channels::VMBUS_CALL, message, reply)
+                    .map_err(|refusal| CallError::Refused(refusal.0))
+            }),
+        );
+        let bus = Vmbus::init(&mut bus_env);
+        let mut guest = Guest {
+            _arena: arena,
+            _queue: queue,
+            clock,
+            sim,
+            synic,
+            bus,
+            bus_env,
+            vsc_events: HashMap::new(),
+        };
+        guest.pump();
+        guest
+    }
+
+    /// Run host, interrupts and notifications until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let now = self.clock.get();
+            self.sim.borrow_mut().step(now);
+            while self.sim.borrow_mut().take_interrupt().is_some() {
+                moved = true;
+                let mut set = ChannelSet::EMPTY;
+                set.insert(synic::channels::HYPERVISOR_INTERRUPT);
+                let mut guard = self.synic.borrow_mut();
+                let (component, env) = &mut *guard;
+                component.notified(env, set);
+            }
+            let from_synic: Vec<Channel> = std::mem::take(&mut self.synic.borrow_mut().1.notified);
+            for channel in from_synic {
+                moved = true;
+                if channel == synic::channels::VMBUS {
+                    let mut set = ChannelSet::EMPTY;
+                    set.insert(bus_channels::SYNIC);
+                    self.bus.notified(&mut self.bus_env, set);
+                } else {
+                    *self.vsc_events.entry(channel.0).or_default() += 1;
+                }
+            }
+            let from_bus: Vec<Channel> = std::mem::take(&mut self.bus_env.notified);
+            for channel in from_bus {
+                if channel == bus_channels::SYNIC {
+                    moved = true;
+                    let mut set = ChannelSet::EMPTY;
+                    set.insert(synic::channels::VMBUS);
+                    let mut guard = self.synic.borrow_mut();
+                    let (component, env) = &mut *guard;
+                    component.notified(env, set);
+                }
+                // `<vsc>_event` notifications: the test's VSCs ask instead.
+            }
+            let sim = self.sim.borrow();
+            assert!(
+                sim.vmbus.rejections.is_empty(),
+                "the host rejected: {:?}\nguest console:\n{}",
+                sim.vmbus.rejections,
+                self.bus_env.console
+            );
+            if !moved && sim.host.synic.pending_interrupts() == 0 {
+                return;
+            }
+        }
+        panic!("the system never settled:\n{}", self.bus_env.console);
+    }
+
+    fn request(&mut self, channel: Channel, request: bus::Request) -> bus::Reply {
+        let message = postcard::to_allocvec(&request).unwrap();
+        let mut reply = [0u8; 1024];
+        let used = self
+            .bus
+            .protected(&mut self.bus_env, channel, &message, &mut reply)
+            .unwrap();
+        let answer = postcard::from_bytes(&reply[..used]).unwrap();
+        self.pump();
+        answer
+    }
+
+    fn vsc_end(d: usize) -> Channel {
+        [
+            bus_channels::HEARTBEAT,
+            bus_channels::SHUTDOWN,
+            bus_channels::TIMESYNC,
+            bus_channels::KVP,
+        ][d]
+    }
+
+    fn info(&mut self, d: usize) -> bus::ChannelInfo {
+        match self.request(Guest::vsc_end(d), bus::Request::Query) {
+            bus::Reply::Channel(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open(&mut self, d: usize) {
+        let reply = self.request(
+            Guest::vsc_end(d),
+            bus::Request::Open {
+                user_data: Default::default(),
+            },
+        );
+        assert_eq!(reply, bus::Reply::Accepted, "{}", self.bus_env.console);
+    }
+
+    fn open_all(&mut self) {
+        for d in 0..4 {
+            self.open(d);
+        }
+        for d in 0..4 {
+            assert_eq!(
+                self.info(d).state,
+                ChannelState::Open,
+                "{}",
+                self.bus_env.console
+            );
+        }
+    }
+}
+
+#[test]
+fn boots_negotiates_5_3_and_opens_every_integration_component() {
+    let mut config = ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    };
+    // A device nobody drives: offered, logged, left alone.
+    config.devices.push(DeviceConfig {
+        class: vmbus_protocol::guid::class::NIC,
+        instance: uuid::Uuid::from_u128(0x2000),
+        kind: DeviceKind::Generic,
+        monitored: false,
+        message_pipe: false,
+    });
+    let mut guest = Guest::boot(config);
+    assert_eq!(
+        guest.sim.borrow().vmbus.version(),
+        Some(ProtocolVersion::V5_3)
+    );
+    for d in 0..4 {
+        assert_eq!(guest.info(d).state, ChannelState::Offered);
+    }
+    guest.open_all();
+    assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);
+    let console = guest.bus_env.console.clone();
+    assert!(console.contains("VMBus 5.3, 5 devices"), "{console}");
+    assert!(console.contains("no driver"), "{console}");
+    let status = guest.synic.borrow().0.status();
+    assert_eq!(status.bound_channels, 4);
+    assert_eq!(status.signals_refused, 0);
+}
+
+#[test]
+fn host_events_reach_the_owning_vsc_and_a_vsc_signals_only_its_own_channel() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    guest.vsc_events.clear();
+    // The host signals the heartbeat channel (as after writing its in ring).
+    let relid = guest.info(0).relid;
+    assert!(guest
+        .sim
+        .borrow_mut()
+        .with_channel(relid, |_, _| (), |_| true)
+        .is_some());
+    guest.pump();
+    assert!(
+        guest
+            .vsc_events
+            .get(&synic::channels::HEARTBEAT.0)
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{:?}",
+        guest.vsc_events
+    );
+    assert_eq!(guest.vsc_events.get(&synic::channels::KVP.0), None);
+    // Heartbeat signals its own connection: the hypercall succeeds.
+    let heartbeat = guest.info(0).connection_id;
+    let kvp = guest.info(3).connection_id;
+    let signal = |guest: &mut Guest, caller: Channel, connection_id: u32| {
+        let message =
+            postcard::to_allocvec(&vmbus_ipc::synic::Request::SignalHost { connection_id })
+                .unwrap();
+        let mut reply = [0u8; 64];
+        let mut guard = guest.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        component
+            .protected(env, caller, &message, &mut reply)
+            .map(|used| postcard::from_bytes::<vmbus_ipc::synic::Reply>(&reply[..used]).unwrap())
+    };
+    assert_eq!(
+        signal(&mut guest, synic::channels::HEARTBEAT_CALL, heartbeat),
+        Ok(vmbus_ipc::synic::Reply::Done)
+    );
+    assert_eq!(
+        signal(&mut guest, synic::channels::HEARTBEAT_CALL, kvp),
+        Err(component_api::Refusal::DENIED)
+    );
+}
+
+#[test]
+fn an_older_host_gets_4_0_and_an_oldest_one_2_4() {
+    for (max, expected_log) in [
+        (ProtocolVersion::V4_0, "older host"),
+        (ProtocolVersion::V2_4, "refused"),
+    ] {
+        let config = ServerConfig {
+            max_version: max,
+            devices: ic_devices(),
+            ..ServerConfig::default()
+        };
+        let mut guest = Guest::boot(config);
+        assert_eq!(
+            guest.sim.borrow().vmbus.version(),
+            Some(max),
+            "{}",
+            guest.bus_env.console
+        );
+        assert!(
+            guest.bus_env.console.contains(expected_log),
+            "{}",
+            guest.bus_env.console
+        );
+        guest.open_all();
+        assert_eq!(guest.info(0).vmbus_version, max.0);
+    }
+}
+
+#[test]
+fn rescind_and_re_offer() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let old = guest.info(3);
+    assert!(guest.sim.borrow_mut().rescind(old.relid));
+    guest.pump();
+    assert_eq!(guest.info(3).state, ChannelState::Rescinded);
+    // The host forgot the relid (RelIdReleased accepted) and its GPADLs.
+    assert_eq!(guest.sim.borrow().vmbus.channel_state(old.relid), None);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 3);
+    let device = ic_devices().remove(3);
+    let relid = guest.sim.borrow_mut().add_device(device);
+    guest.pump();
+    let info = guest.info(3);
+    assert_eq!((info.state, info.relid), (ChannelState::Offered, relid));
+    assert_ne!(info.generation, old.generation);
+    guest.open(3);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);
+}
+
+#[test]
+fn rescind_at_every_step_is_recovered_without_a_host_complaint() {
+    for point in [
+        RescindPoint::AfterOffer,
+        RescindPoint::OnGpadlHeader,
+        RescindPoint::AfterGpadlCreated,
+        RescindPoint::OnOpen,
+        RescindPoint::AfterOpenResult,
+        RescindPoint::OnClose,
+    ] {
+        let devices = ic_devices();
+        let kvp_instance = devices[3].instance;
+        let mut guest = Guest::boot(ServerConfig {
+            devices,
+            ..ServerConfig::default()
+        });
+        guest
+            .sim
+            .borrow_mut()
+            .vmbus
+            .faults
+            .rescind_at
+            .push((kvp_instance, point));
+        // AfterOffer needs the fault before the offers go out: re-offer.
+        if point == RescindPoint::AfterOffer {
+            let relid = guest.info(3).relid;
+            guest.sim.borrow_mut().rescind(relid);
+            guest.pump();
+            let mut device = ic_devices().remove(3);
+            device.instance = kvp_instance;
+            guest.sim.borrow_mut().add_device(device);
+            guest.pump();
+        } else {
+            guest.open(3);
+            if point == RescindPoint::OnClose {
+                assert_eq!(guest.info(3).state, ChannelState::Open);
+                assert_eq!(
+                    guest.request(Guest::vsc_end(3), bus::Request::Close),
+                    bus::Reply::Accepted
+                );
+            }
+        }
+        let info = guest.info(3);
+        assert_eq!(
+            info.state,
+            ChannelState::Rescinded,
+            "{point:?}:\n{}",
+            guest.bus_env.console
+        );
+        let sim = guest.sim.borrow();
+        assert_eq!(sim.vmbus.relid_of(kvp_instance), None, "{point:?}");
+        assert_eq!(sim.vmbus.gpadl_count(), 0, "{point:?}: GPADLs left");
+        drop(sim);
+        assert!(
+            guest.synic.borrow().0.status().bound_channels == 0,
+            "{point:?}"
+        );
+    }
+}
+
+#[test]
+fn a_faulted_vsc_is_recovered_and_reopens() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    guest
+        .bus
+        .fault(&mut guest.bus_env, children::KVP, Fault::Panic);
+    guest.pump();
+    assert_eq!(guest.bus_env.restarted, [children::KVP]);
+    assert_eq!(guest.info(3).state, ChannelState::Offered);
+    assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 3);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_count(),
+        3,
+        "kvp's GPADL torn down"
+    );
+    guest.clock.set(guest.clock.get() + 2_000_000);
+    guest.open(3);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);
+    assert!(
+        guest
+            .bus_env
+            .console
+            .contains("open again 2 ms after its fault"),
+        "{}",
+        guest.bus_env.console
+    );
+}
+
+#[test]
+fn unload_closes_everything_and_powers_off() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    assert_eq!(
+        guest.request(
+            bus_channels::CLIENT,
+            bus::Request::Unload {
+                power_off_code: Some(0)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.bus_env.powered_off,
+        Some(0),
+        "{}",
+        guest.bus_env.console
+    );
+    let sim = guest.sim.borrow();
+    assert_eq!(sim.vmbus.version(), None, "the host saw Unload");
+    assert_eq!(sim.vmbus.gpadl_count(), 0);
+}
