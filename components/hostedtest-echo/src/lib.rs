@@ -1,7 +1,7 @@
 //! `ht_echo`: the component the hosted runtime's tests exercise.
 //!
 //! - A notification on `ping` is answered with one on `ping` (the
-//!   notification round trip).
+//!   notification round trip); so is the IRQ `device`, after `irq_ack`.
 //! - A protected call on `driver` is echoed back, unless it is one of the
 //!   [`commands`]: fault in a chosen way, report private state, write
 //!   across the end of the double-mapped `ring`.
@@ -114,7 +114,10 @@ impl Component for Echo {
     }
 
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
-        if channels.contains(channels::PING) {
+        if channels.contains(irqs::DEVICE) {
+            env.irq_ack(irqs::DEVICE);
+        }
+        if channels.contains(channels::PING) || channels.contains(irqs::DEVICE) {
             env.notify(channels::PING);
         }
         if channels.contains(channels::QUEUE) {

@@ -418,6 +418,26 @@ impl System {
         Ok(())
     }
 
+    /// Raise IRQ `irq` (its name in `system.toml`) of component `name`,
+    /// as the device would: the component is notified on the IRQ's channel.
+    pub fn raise_irq(&self, name: &str, irq: &str) -> io::Result<()> {
+        let state = self.lock();
+        let index = Self::index(&state, name)?;
+        let channel = state.layout.components[index]
+            .irqs
+            .iter()
+            .find(|i| i.name == irq)
+            .map(|i| i.channel)
+            .ok_or_else(|| other(format!("`{name}` has no IRQ `{irq}`")))?;
+        let (_, _, eventfd, _) = state.slots[index]
+            .events
+            .iter()
+            .find(|(id, role, _, _)| *id == channel && *role == ChannelRole::Irq)
+            .ok_or_else(|| other("the IRQ has no event"))?;
+        sys::eventfd_signal(eventfd.as_raw_fd());
+        Ok(())
+    }
+
     /// Start a component again from its initial state, as its supervisor
     /// would (or start an omitted one).
     pub fn restart(&self, name: &str) -> io::Result<()> {

@@ -182,6 +182,13 @@ impl Harness {
             .unwrap_or_else(|e| panic!("cannot kill `{name}`: {e}"));
     }
 
+    /// Raise IRQ `irq` of component `name` (as its device would).
+    pub fn raise_irq(&self, name: &str, irq: &str) {
+        self.system
+            .raise_irq(name, irq)
+            .unwrap_or_else(|e| panic!("cannot raise {name}.{irq}: {e}"));
+    }
+
     pub fn restart(&self, name: &str) {
         self.system
             .restart(name)

@@ -251,3 +251,42 @@ fn a_subset_runs_and_an_omitted_server_can_be_started_later() {
     harness.expect_output("echo started", 0);
     assert_eq!(driver.call("echo", b"now").unwrap(), b"now");
 }
+
+#[test]
+fn an_irq_raised_by_the_test_reaches_the_component() {
+    let harness = start();
+    let mut driver = harness.double("ht_driver");
+    harness.expect_output("echo started", 0);
+    harness.raise_irq("ht_echo", "device");
+    assert!(
+        driver.wait_notified("ping", WAIT),
+        "the IRQ was not delivered"
+    );
+    assert!(!driver.wait_notified("ping", std::time::Duration::from_millis(50)));
+}
+
+#[test]
+fn a_stopped_child_stays_down_without_a_fault_until_restarted() {
+    let harness = Harness::builder(SYSTEM)
+        .double("ht_driver")
+        .double("ht_super")
+        .start()
+        .expect("starts");
+    let mut driver = harness.double("ht_driver");
+    let mut supervisor = harness.double("ht_super");
+    assert_eq!(echo_state(&mut driver), (1, 1));
+    let child = supervisor.child("ht_echo");
+    component_api::Env::stop(supervisor.env(), child).expect("stop");
+    assert_eq!(harness.system().status("ht_echo"), Some(Status::Stopped));
+    assert_eq!(driver.call("echo", b"x"), Err(CallError::ServerFaulted));
+    assert!(
+        harness.system().faults().is_empty(),
+        "a stop is not a fault"
+    );
+    assert_eq!(
+        component_api::Env::stop(supervisor.env(), component_api::Child(7)),
+        Err(component_api::SupervisorError::NotMyChild)
+    );
+    supervisor.restart("ht_echo").expect("restart");
+    assert_eq!(echo_state(&mut driver), (1, 2));
+}
