@@ -28,7 +28,7 @@ use vmbus_protocol::ic::{
 };
 use vmbus_protocol::packet::{
     control, descriptor_for, parse_packet, PacketDescriptor, PacketKind, PacketType,
-    DESCRIPTOR_SIZE, FLAG_COMPLETION_REQUESTED, TRAILER_SIZE,
+    DESCRIPTOR_SIZE, TRAILER_SIZE,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -953,9 +953,6 @@ impl ChannelEndpoint {
     pub fn service_message_type(&self) -> u16 {
         self.ic_message_type()
     }
-
-    /// Completion flag of packets the host sends to generic devices.
-    pub const COMPLETION_REQUESTED: u16 = FLAG_COMPLETION_REQUESTED;
 }
 
 /// Malformed packet shapes for [`ChannelEndpoint::inject_malformed`].

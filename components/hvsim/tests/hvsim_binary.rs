@@ -59,14 +59,19 @@ fn binary_serves_a_guest_and_an_operator() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "hvsim did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let memory_path = dir.join("guest.mem");
     let memory = MappedGuestMemory::create(&memory_path, 1 << 20).unwrap();
-    let mut guest = HostedHypervisor::connect(&socket, &memory_path, 1 << 20).unwrap();
+    // The socket file appears at bind, a moment before listen: retry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut guest = loop {
+        match HostedHypervisor::connect(&socket, &memory_path, 1 << 20) {
+            Ok(guest) => break guest,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "hvsim did not listen: {error:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     guest.msr_write(msr::GUEST_OS_ID, 1 << 63).unwrap();
     guest.msr_write(msr::HYPERCALL, 0x3000 | 1).unwrap();
     guest.msr_write(msr::SIMP, 0x1000 | 1).unwrap();
