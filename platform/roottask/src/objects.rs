@@ -95,6 +95,12 @@ impl Allocator {
         }
     }
 
+    /// Root CNode slots left and bytes of untyped memory handed out.
+    pub fn usage(&self) -> (u64, u64) {
+        let bytes = self.untypeds.iter().map(|u| u.used).sum();
+        (self.end_slot - self.next_slot, bytes)
+    }
+
     /// A free slot in the root CNode.
     pub fn slot(&mut self) -> BuildResult<CPtr> {
         if self.next_slot >= self.end_slot {

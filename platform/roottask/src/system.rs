@@ -269,7 +269,12 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
     for index in 0..system.pds.len() {
         system.start(index)?;
     }
-    crate::log!("started {} protection domains", system.pds.len());
+    let (slots_left, bytes_used) = system.allocator.usage();
+    crate::log!(
+        "started {} protection domains ({} KiB of kernel objects, {slots_left} root slots left)",
+        system.pds.len(),
+        bytes_used / 1024
+    );
     Ok(system)
 }
 
