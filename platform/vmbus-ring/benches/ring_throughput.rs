@@ -134,6 +134,166 @@ fn sleep_until_signalled() -> bool {
     start.elapsed() < Duration::from_millis(45)
 }
 
+/// The same stream between two processes: the reader is a forked child
+/// sharing the memfd mapping; signals are bytes on pipes (as the hosted
+/// runtime's notifications would be).
+mod processes {
+    use super::*;
+    use std::os::raw::c_int;
+
+    struct Pipe {
+        read: c_int,
+        write: c_int,
+    }
+
+    fn pipe(flags: c_int) -> Pipe {
+        let mut fds = [0 as c_int; 2];
+        // Safety: fds is a valid two-element array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) }, 0);
+        Pipe {
+            read: fds[0],
+            write: fds[1],
+        }
+    }
+
+    fn notify(fd: c_int) {
+        // A full pipe already holds a pending wakeup, so EAGAIN is fine.
+        // Safety: writes one byte from a valid buffer.
+        let _ = unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+
+    /// Wait for a wakeup byte (50 ms guard); false if the guard ran out.
+    fn wait(fd: c_int) -> bool {
+        let mut poll_fd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Safety: one valid pollfd; reads go into a local buffer.
+        unsafe {
+            let ready = libc::poll(&mut poll_fd, 1, 50);
+            let mut sink = [0u8; 64];
+            while libc::read(fd, sink.as_mut_ptr().cast(), sink.len()) > 0 {}
+            ready > 0
+        }
+    }
+
+    pub fn ring_run(packet: usize, total: usize, poll: Duration) -> RunResult {
+        let memory = DoubleMappedRingMemory::new(RING_DATA).unwrap();
+        vmbus_ring::reset_control(&memory).unwrap();
+        memory.write_data(0, &vec![0u8; RING_DATA]).unwrap();
+        let packets = (total / packet) as u64;
+        let to_reader = pipe(libc::O_NONBLOCK);
+        let to_writer = pipe(libc::O_NONBLOCK);
+        let results = pipe(0);
+        // Safety: the benchmark is single-threaded here; the child only
+        // uses the shared mapping and the pipes, then _exits.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            let mut reader = RingReader::new(&memory).unwrap();
+            let mut private = vec![0u8; packet + 64];
+            let (mut received, mut checksum, mut timeouts) = (0u64, 0u64, 0u64);
+            notify(to_writer.write); // ready
+            reader.mask_interrupts().unwrap();
+            while received < packets {
+                let mut batch = 0;
+                while let Some(info) = reader.try_read(&mut private).unwrap() {
+                    checksum = checksum.wrapping_add(private[info.len - 1] as u64);
+                    received += 1;
+                    batch += 1;
+                    if batch == 64 {
+                        break;
+                    }
+                }
+                if reader.finish_batch().unwrap().0 {
+                    notify(to_writer.write);
+                }
+                if batch == 0 && poll > Duration::ZERO {
+                    let start = Instant::now();
+                    while start.elapsed() < poll && !reader.has_data().unwrap() {
+                        std::hint::spin_loop();
+                    }
+                    if reader.has_data().unwrap() {
+                        continue;
+                    }
+                }
+                if batch == 0 {
+                    if !reader.unmask_interrupts().unwrap() && !wait(to_reader.read) {
+                        timeouts += 1;
+                    }
+                    reader.mask_interrupts().unwrap();
+                }
+            }
+            let mut report = [0u8; 24];
+            report[..8].copy_from_slice(&reader.signals().to_le_bytes());
+            report[8..16].copy_from_slice(&checksum.to_le_bytes());
+            report[16..].copy_from_slice(&timeouts.to_le_bytes());
+            // Safety: writes the report, then leaves without running
+            // destructors (the parent owns the mapping).
+            unsafe {
+                libc::write(results.write, report.as_ptr().cast(), report.len());
+                libc::_exit(0);
+            }
+        }
+        wait_ready(to_writer.read);
+        let mut writer = RingWriter::new(&memory, true).unwrap();
+        let payload = vec![0x5Au8; packet];
+        let mut writer_timeouts = 0u64;
+        let start = Instant::now();
+        for id in 0..packets {
+            loop {
+                match writer.write_in_band(id, false, &payload) {
+                    Ok(signal) => {
+                        if signal.0 {
+                            notify(to_reader.write);
+                        }
+                        break;
+                    }
+                    Err(RingError::Full { .. }) => {
+                        if !wait(to_writer.read) {
+                            writer_timeouts += 1;
+                        }
+                    }
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        }
+        let mut report = [0u8; 24];
+        // Safety: blocking read of the child's report; then reap the child
+        // and close every descriptor.
+        unsafe {
+            let got = libc::read(results.read, report.as_mut_ptr().cast(), report.len());
+            assert_eq!(got, 24, "reader process died");
+            libc::waitpid(child, core::ptr::null_mut(), 0);
+            for fd in [
+                to_reader.read,
+                to_reader.write,
+                to_writer.read,
+                to_writer.write,
+                results.read,
+                results.write,
+            ] {
+                libc::close(fd);
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let word = |i: usize| u64::from_le_bytes(report[i..i + 8].try_into().unwrap());
+        assert_eq!(word(8), packets * 0x5A);
+        RunResult {
+            seconds,
+            packets,
+            writer_signals: writer.signals(),
+            reader_signals: word(0),
+            timeouts: word(16) + writer_timeouts,
+        }
+    }
+
+    fn wait_ready(fd: c_int) {
+        while !wait(fd) {}
+    }
+}
+
 /// memcpy of the same bytes in the same packet-sized pieces, through a
 /// buffer the size of the ring.
 fn memcpy_run(packet: usize, total: usize) -> f64 {
@@ -189,7 +349,7 @@ fn main() {
     println!("| mapping | packet | ring GB/s | packets/s | writer signals/packet | reader signals/packet | memcpy GB/s | ring/memcpy |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut lost_wakeups = 0u64;
-    for mapping in ["double", "single"] {
+    for mapping in ["double", "single", "double, 2 processes"] {
         for &packet in &SIZES {
             let mut ring_gbs = Vec::new();
             let mut ring_pps = Vec::new();
@@ -198,7 +358,9 @@ fn main() {
             let mut memcpy_gbs = Vec::new();
             let mut ratios = Vec::new();
             for _ in 0..reps {
-                let result = if mapping == "double" {
+                let result = if mapping == "double, 2 processes" {
+                    processes::ring_run(packet, total, poll)
+                } else if mapping == "double" {
                     ring_run(
                         Arc::new(DoubleMappedRingMemory::new(RING_DATA).unwrap()),
                         packet,
