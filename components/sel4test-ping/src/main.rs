@@ -15,7 +15,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-use component_api::{ChannelSet, Component, Env};
+use component_api::{CallError, ChannelSet, Component, Env};
 use core::sync::atomic::Ordering;
 
 /// In `.data`: 7 in the image.
@@ -77,6 +77,19 @@ impl Component for Ping {
             let value = unsafe { (UNGRANTED_ADDRESS as *const u32).read_volatile() };
             core::hint::black_box(value);
         } else {
+            // The crasher panics while serving this call: it must fail,
+            // not hang; once the ponger restarted it, it answers again.
+            let crashed = matches!(
+                env.ppcall(channels::CRASHER, b"crash", &mut reply),
+                Err(CallError::ServerFaulted)
+            );
+            let echoed = matches!(env.ppcall(channels::CRASHER, b"again", &mut reply), Ok(5) if &reply[..5] == b"again");
+            if !(crashed && echoed) {
+                env.region(regions::SHARED)
+                    .atomic_u32(8)
+                    .unwrap()
+                    .fetch_add(1, Ordering::SeqCst);
+            }
             let _ = env.ppcall(channels::CALLS, b"done", &mut reply);
         }
     }

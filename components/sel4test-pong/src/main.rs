@@ -98,7 +98,7 @@ impl Component for Pong {
                 let lives = shared.atomic_u32(0).unwrap().load(Ordering::SeqCst);
                 let reported = shared.atomic_u32(8).unwrap().load(Ordering::SeqCst);
                 let pass =
-                    self.failures == 0 && reported == 0 && self.faults_seen == 1 && lives == 2;
+                    self.failures == 0 && reported == 0 && self.faults_seen == 2 && lives == 2;
                 say!(
                     env,
                     "done: lives {lives}, faults {}, calls {}, failures {}+{reported}: {}",
@@ -116,14 +116,18 @@ impl Component for Pong {
 
     fn fault(&mut self, env: &mut dyn Env, child: Child, fault: Fault) {
         self.faults_seen += 1;
-        let expected = matches!(
-            fault,
-            Fault::Memory {
-                address: 0x5000_0000,
-                write: false,
-                ..
-            }
-        );
+        let expected = match child {
+            children::PINGER => matches!(
+                fault,
+                Fault::Memory {
+                    address: 0x5000_0000,
+                    write: false,
+                    ..
+                }
+            ),
+            children::CRASHER => fault == Fault::Panic,
+            _ => false,
+        };
         if !expected {
             self.failures += 1;
         }

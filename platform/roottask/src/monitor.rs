@@ -70,6 +70,9 @@ fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
         FaultKind::Panic => crate::log!("{name} panicked"),
         FaultKind::Instruction => crate::log!("{name} faulted: instruction at {:#x}", fault.ip),
     }
+    if let Err(error) = system.fail_pending_call_and_log(pd) {
+        crate::log!("cannot fail the call {name} was serving: {error}");
+    }
     system.pds[pd].pending_fault = Some(fault);
     match system.pds[pd].supervisor {
         Some(supervisor) => sys::signal(system.pds[supervisor].news),

@@ -37,6 +37,10 @@ pub struct Pd {
     image_pages: Vec<(u64, CPtr)>,
     /// Stack and IPC buffer frames (root-held copies), zeroed on restart.
     scratch_pages: Vec<CPtr>,
+    /// Root-held copy of the IPC buffer frame (to read the serving marker).
+    ipc_copy: Option<CPtr>,
+    /// Calls this PD serves: (its channel id, client PD, client's channel id).
+    served_calls: Vec<(u8, usize, u8)>,
     pub supervisor: Option<usize>,
     pub children: Vec<usize>,
     pub may_power_off: bool,
@@ -117,16 +121,83 @@ impl System {
         sys::tcb_write_registers(self.pds[pd].tcb, true, &context).context("start thread")
     }
 
-    /// Suspend, reset memory to the initial image, start again.
+    /// The byte at `address` of a PD's image (None outside it).
+    fn image_byte(&mut self, pd: usize, address: u64) -> BuildResult<Option<u8>> {
+        let page = address & !(PAGE_SIZE - 1);
+        let Some(&(_, frame)) = self.pds[pd].image_pages.iter().find(|(v, _)| *v == page) else {
+            return Ok(None);
+        };
+        let mut byte = 0;
+        self.write_frame(frame, |bytes| byte = bytes[(address - page) as usize])?;
+        Ok(Some(byte))
+    }
+
+    /// If `server` was serving a protected call (its runtime's marker in
+    /// the IPC buffer), make that client's `seL4_Call` return with
+    /// `PPC_REPLY_SERVER_FAULTED` instead of waiting forever for a reply
+    /// that will not come. The client's registers must show it in that
+    /// very call (`syscall` at rip, rdx = Call, rdi = its cap for this
+    /// channel); otherwise nothing is touched. Returns the client.
+    pub fn fail_pending_call(&mut self, server: usize) -> BuildResult<Option<usize>> {
+        let Some(ipc) = self.pds[server].ipc_copy else {
+            return Ok(None);
+        };
+        let mut marker = 0u64;
+        self.write_frame(ipc, |page| {
+            let word = &mut page[IPC_SERVING_OFFSET..IPC_SERVING_OFFSET + 8];
+            marker = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            word.fill(0);
+        })?;
+        let Some(channel) = marker.checked_sub(1).filter(|&c| c < 62) else {
+            return Ok(None);
+        };
+        let Some(&(_, client, client_channel)) = self.pds[server]
+            .served_calls
+            .iter()
+            .find(|(id, _, _)| u64::from(*id) == channel)
+        else {
+            return Ok(None);
+        };
+        let tcb = self.pds[client].tcb;
+        let mut context = sys::tcb_read_registers(tcb, false).context("read client registers")?;
+        let in_that_call = context.rdx == sys::syscall::Call as u64
+            && context.rdi == SLOT_CHANNEL_BASE + u64::from(client_channel)
+            && self.image_byte(client, context.rip)? == Some(0x0f)
+            && self.image_byte(client, context.rip + 1)? == Some(0x05);
+        if !in_that_call {
+            return Ok(None);
+        }
+        context.rip += 2; // past `syscall`, as if the kernel returned
+        context.rsi = sys::MessageInfo::new(PPC_REPLY_SERVER_FAULTED, 0, 0, 0).0;
+        context.rdi = 0;
+        sys::tcb_write_registers(tcb, true, &context).context("fail the client's call")?;
+        Ok(Some(client))
+    }
+
+    /// Suspend, fail the call it was serving, reset memory to the initial
+    /// image, start again.
     pub fn restart(&mut self, pd: usize) -> BuildResult {
         sys::tcb_suspend(self.pds[pd].tcb).context("suspend")?;
+        self.fail_pending_call_and_log(pd)?;
         self.reset_memory(pd)?;
         self.pds[pd].pending_fault = None;
         self.start(pd)
     }
 
     pub fn stop(&mut self, pd: usize) -> BuildResult {
-        sys::tcb_suspend(self.pds[pd].tcb).context("suspend")
+        sys::tcb_suspend(self.pds[pd].tcb).context("suspend")?;
+        self.fail_pending_call_and_log(pd)
+    }
+
+    pub fn fail_pending_call_and_log(&mut self, server: usize) -> BuildResult {
+        if let Some(client) = self.fail_pending_call(server)? {
+            crate::log!(
+                "{}'s call to {} fails: the server stopped while serving it",
+                self.pds[client].name,
+                self.pds[server].name
+            );
+        }
+        Ok(())
     }
 
     fn mint_into_pd(
@@ -250,6 +321,13 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
             parsed,
             image_pages: Vec::new(),
             scratch_pages: Vec::new(),
+            ipc_copy: None,
+            served_calls: component
+                .channels
+                .iter()
+                .filter(|c| c.kind == ChannelKind::CallServer)
+                .map(|c| (c.id, usize::from(c.peer), c.peer_id))
+                .collect(),
             supervisor: component.supervisor.map(usize::from),
             children: component.children.iter().map(|&c| usize::from(c)).collect(),
             may_power_off: component.may_power_off,
@@ -312,6 +390,7 @@ fn build_pd(
     let ipc = system.private_pages(pd, IPC_BUFFER_VADDR, 1, Rights::READ_WRITE)?;
     let (_, ipc_frame, ipc_copy) = ipc[0];
     system.pds[pd].scratch_pages.push(ipc_copy);
+    system.pds[pd].ipc_copy = Some(ipc_copy);
     system.reset_memory(pd)?;
 
     // Regions, with the declared rights; double maps back to back.

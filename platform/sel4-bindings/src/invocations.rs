@@ -84,6 +84,32 @@ pub struct UserContext {
 }
 
 impl UserContext {
+    fn from_words(words: &[u64; USER_CONTEXT_WORDS]) -> UserContext {
+        let [rip, rsp, rflags, rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15, tls_base] =
+            *words;
+        UserContext {
+            rip,
+            rsp,
+            rflags,
+            rax,
+            rbx,
+            rcx,
+            rdx,
+            rsi,
+            rdi,
+            rbp,
+            r8,
+            r9,
+            r10,
+            r11,
+            r12,
+            r13,
+            r14,
+            r15,
+            tls_base,
+        }
+    }
+
     fn words(&self) -> [u64; USER_CONTEXT_WORDS] {
         [
             self.rip,
@@ -193,6 +219,26 @@ pub fn tcb_write_registers(tcb: CPtr, resume: bool, context: &UserContext) -> Ke
     words[1] = USER_CONTEXT_WORDS as u64;
     words[2..].copy_from_slice(&context.words());
     invoke(tcb, label::TCBWriteRegisters, &words, &[]).map(drop)
+}
+
+/// Read another thread's registers (`rip` is the faulting or trapping
+/// instruction: for a thread in a syscall, the `syscall` instruction).
+pub fn tcb_read_registers(tcb: CPtr, suspend: bool) -> KernelResult<UserContext> {
+    let fast = invoke(
+        tcb,
+        label::TCBReadRegisters,
+        &[suspend as u64, USER_CONTEXT_WORDS as u64],
+        &[],
+    )?;
+    let mut words = [0u64; USER_CONTEXT_WORDS];
+    for (index, word) in words.iter_mut().enumerate() {
+        *word = if index < FAST_MESSAGE_REGISTERS {
+            fast[index]
+        } else {
+            crate::get_mr(index)
+        };
+    }
+    Ok(UserContext::from_words(&words))
 }
 
 pub fn tcb_suspend(tcb: CPtr) -> KernelResult {

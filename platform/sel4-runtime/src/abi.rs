@@ -76,6 +76,16 @@ pub const PD_INDEX_MASK: u64 = 0xffff;
 /// Reply labels of a protected call.
 pub const PPC_REPLY_OK: u64 = 0;
 pub const PPC_REPLY_REFUSED: u64 = 1;
+/// Not sent by a server: the monitor makes a blocked client's call return
+/// with this label when the server faulted (or was stopped or restarted)
+/// while serving it.
+pub const PPC_REPLY_SERVER_FAULTED: u64 = 2;
+
+/// Byte offset in the IPC buffer (`userData`, which the kernel never
+/// touches) where the runtime keeps `channel + 1` while `protected` runs
+/// and 0 otherwise, so the monitor can tell whose call a faulted server
+/// was serving.
+pub const IPC_SERVING_OFFSET: usize = 968;
 
 /// Labels of requests to the monitor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -281,6 +281,13 @@ fn serve_call<C: Component>(
     }
 }
 
+/// Record which call `protected` is serving (see [`abi::IPC_SERVING_OFFSET`]).
+fn set_serving(marker: u64) {
+    // SAFETY: the IPC buffer is mapped read-write for this PD's lifetime and
+    // `userData` lies within it.
+    unsafe { ((IPC_BUFFER_VADDR as usize + IPC_SERVING_OFFSET) as *mut u64).write_volatile(marker) }
+}
+
 /// The event loop. Called by `_start` (see [`component_main!`]).
 pub fn run<C: Component>() -> ! {
     sys::set_ipc_buffer(IPC_BUFFER_VADDR as usize);
@@ -298,7 +305,9 @@ pub fn run<C: Component>() -> ! {
             None => sys::recv(SLOT_ENDPOINT),
         };
         if received.badge & PPC_BADGE_FLAG != 0 {
+            set_serving((received.badge & 0x3f) + 1);
             pending_reply = Some(serve_call(&mut component, &mut env, &received));
+            set_serving(0);
             continue;
         }
         let word = received.badge;
