@@ -596,14 +596,17 @@ impl<M: RingMemory> RingReader<M> {
     }
 
     /// Ask the writer to signal again, then look once more: a packet written
-    /// while the mask was set produced no signal. Returns true if data is
-    /// waiting (do not sleep).
+    /// while the mask was set produced no signal. Returns true if the caller
+    /// must not sleep: data is waiting, or reads are not yet published with
+    /// [`RingReader::finish_batch`] (the writer compares against the
+    /// published index, so it would never signal a reader asleep on an
+    /// unpublished batch).
     pub fn unmask_interrupts(&self) -> Result<bool, RingError> {
         self.memory
             .control(control::INTERRUPT_MASK)?
             .store(0, Ordering::Release);
         fence(Ordering::SeqCst);
-        self.has_data()
+        Ok(self.read_index != self.published || self.has_data()?)
     }
 }
 

@@ -91,6 +91,11 @@ fn signal_only_on_empty_to_non_empty_with_mask_clear() {
         assert_eq!(writer.write_in_band(5, false, b"e").unwrap(), Signal(false));
         // Unmasking finds the packet written while masked.
         assert!(reader.unmask_interrupts().unwrap());
+        // Drained but not published: still not safe to sleep.
+        reader.try_read(&mut out).unwrap().unwrap();
+        assert!(reader.unmask_interrupts().unwrap());
+        let _ = reader.finish_batch().unwrap();
+        assert!(!reader.unmask_interrupts().unwrap());
         assert_eq!(writer.signals(), 2);
     }
 }
