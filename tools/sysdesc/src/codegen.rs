@@ -176,6 +176,19 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
         );
     }
     let _ = writeln!(out, "];");
+    let _ = writeln!(out, "/// Every mapped region's local name, by region.");
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const REGION_NAMES: &[(component_api::RegionName, &str)] = &["
+    );
+    for (position, map) in me.maps.iter().enumerate() {
+        let _ = write!(
+            out,
+            "(component_api::RegionName({position}), {:?}), ",
+            map.name
+        );
+    }
+    let _ = writeln!(out, "];");
     let _ = writeln!(out, "/// Every child's name, by child.");
     let _ = write!(
         out,

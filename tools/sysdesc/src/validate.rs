@@ -265,6 +265,62 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
             vaddr: 0,
         });
     }
+    // The simulated host maps every host-visible region it does not map
+    // already, read-write, under the region's name: it is the host, and
+    // those (and only those, besides its own declared maps) are the pages
+    // the host may touch. The root task hands each map's frames' physical
+    // address as its guest physical address, so the host can translate GPAs.
+    let simulated_host = raw.component.iter().position(|c| {
+        c.get_ref()
+            .simulated_host
+            .as_ref()
+            .is_some_and(|h| *h.get_ref())
+    });
+    if let Some(host) = simulated_host {
+        let host_key = raw.component[host]
+            .get_ref()
+            .simulated_host
+            .as_ref()
+            .map(|h| h.span().start)
+            .unwrap_or(0);
+        for (index, region) in raw.region.iter().enumerate() {
+            let region = region.get_ref();
+            if !region.host_visible.as_ref().is_some_and(|h| *h.get_ref())
+                || region_index.get(region.name.get_ref().as_str()) != Some(&index)
+                || maps[host].iter().any(|m| m.region as usize == index)
+            {
+                continue;
+            }
+            let name = region.name.get_ref();
+            if map_names[host].contains_key(name) {
+                check.error(
+                    region.name.span().start,
+                    format!(
+                        "the simulated host maps host-visible region `{name}` under its own name, which one of its maps already uses"
+                    ),
+                );
+                continue;
+            }
+            if maps[host].len() == MAX_MAPS_PER_COMPONENT {
+                check.error(
+                    host_key,
+                    format!(
+                        "the simulated host maps every host-visible region: more than {MAX_MAPS_PER_COMPONENT} maps"
+                    ),
+                );
+                break;
+            }
+            map_names[host].insert(name.clone(), ());
+            region_mapped[index] = true;
+            maps[host].push(MapLayout {
+                name: name.clone(),
+                region: index as u8,
+                writable: true,
+                double: false,
+                vaddr: 0,
+            });
+        }
+    }
     for (index, region) in raw.region.iter().enumerate() {
         if !region_mapped[index]
             && region_index.get(region.get_ref().name.get_ref().as_str()) == Some(&index)

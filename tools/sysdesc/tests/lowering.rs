@@ -202,3 +202,118 @@ driver = "kvp"
     let kvp = sysdesc::generate_ids(&layout, "kvp").unwrap();
     assert!(!kvp.contains("DEVICES"), "{kvp}");
 }
+
+const SIMULATED_HOST: &str = r#"
+version = 1
+
+[[component]]
+name = "hvsim"
+package = "hvsim"
+priority = 240
+simulated_host = true
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+
+[[region]]
+name = "synic_pages"
+size = 8192
+host_visible = true
+
+[[region]]
+name = "private"
+size = 4096
+
+[[region]]
+name = "ring"
+size = 16384
+host_visible = true
+
+[[region]]
+name = "host_scratch"
+size = 4096
+
+[[map]]
+component = "synic"
+region = "synic_pages"
+rights = "rw"
+
+[[map]]
+component = "synic"
+region = "private"
+rights = "rw"
+
+[[map]]
+component = "hvsim"
+region = "host_scratch"
+rights = "rw"
+
+[[map]]
+component = "hvsim"
+region = "ring"
+rights = "r"
+name = "guest_ring"
+"#;
+
+#[test]
+fn the_simulated_host_maps_every_host_visible_region_and_nothing_else() {
+    let layout = sysdesc::compile_str("system.toml", SIMULATED_HOST).unwrap();
+    let host = &layout.components[0];
+    let maps: Vec<(&str, &str, bool)> = host
+        .maps
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                layout.regions[m.region as usize].name.as_str(),
+                m.writable,
+            )
+        })
+        .collect();
+    // Its own maps as declared (the ring once, with its rights), then the
+    // host-visible regions it did not map, read-write, under their names.
+    assert_eq!(
+        maps,
+        vec![
+            ("host_scratch", "host_scratch", true),
+            ("guest_ring", "ring", false),
+            ("synic_pages", "synic_pages", true),
+        ]
+    );
+    // Each implicit map has its own address, after the declared ones.
+    assert!(host.maps[2].vaddr > host.maps[1].vaddr);
+    // The guest side is untouched.
+    assert_eq!(layout.components[1].maps.len(), 2);
+    let ids = sysdesc::generate_ids(&layout, "hvsim").unwrap();
+    assert!(
+        ids.contains("pub const SYNIC_PAGES: RegionName = RegionName(2);"),
+        "{ids}"
+    );
+    assert!(
+        ids.contains("(component_api::RegionName(2), \"synic_pages\")"),
+        "{ids}"
+    );
+
+    // Without a simulated host nobody gains a map.
+    let plain = SIMULATED_HOST.replace("simulated_host = true", "");
+    let layout = sysdesc::compile_str("system.toml", &plain).unwrap();
+    assert_eq!(layout.components[0].maps.len(), 2);
+}
+
+#[test]
+fn the_simulated_host_cannot_reuse_a_host_visible_region_name_for_another_map() {
+    let clash = SIMULATED_HOST.replace(
+        "region = \"host_scratch\"\nrights = \"rw\"",
+        "region = \"host_scratch\"\nrights = \"rw\"\nname = \"synic_pages\"",
+    );
+    let errors = sysdesc::compile_str("system.toml", &clash).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert!(
+        errors.0[0].message.contains("under its own name"),
+        "{errors}"
+    );
+    assert_eq!(errors.0[0].line, 17, "{errors}");
+}
