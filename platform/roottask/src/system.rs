@@ -221,7 +221,7 @@ impl System {
         .context("mint into PD CNode")
     }
 
-    fn copy_into_pd(&self, pd: usize, slot: u64, source: CPtr) -> BuildResult {
+    fn copy_into_pd(&self, pd: usize, slot: u64, source: CPtr, rights: Rights) -> BuildResult {
         sys::cnode_copy(
             self.pds[pd].cnode,
             slot,
@@ -229,7 +229,7 @@ impl System {
             initial_cap::INIT_THREAD_CNODE,
             source,
             ROOT_DEPTH,
-            Rights::ALL,
+            rights,
         )
         .context("copy into PD CNode")
     }
@@ -434,7 +434,8 @@ fn build_pd(
 
     // The PD's CSpace.
     let endpoint = system.pds[pd].endpoint;
-    system.copy_into_pd(pd, SLOT_ENDPOINT, endpoint)?;
+    // Receive only: nobody calls through the PD's own unbadged cap.
+    system.copy_into_pd(pd, SLOT_ENDPOINT, endpoint, Rights::READ)?;
     let monitor = system.monitor_endpoint;
     system.mint_into_pd(
         pd,
@@ -443,11 +444,13 @@ fn build_pd(
         Rights(Rights::WRITE.0 | Rights::GRANT.0),
         REQUEST_BADGE_FLAG | pd as u64,
     )?;
+    // The kernel sends faults only through a cap with send and grant; no
+    // read right, so the PD cannot receive on the monitor's endpoint.
     system.mint_into_pd(
         pd,
         SLOT_FAULT,
         monitor,
-        Rights::ALL,
+        Rights(Rights::WRITE.0 | Rights::GRANT.0),
         FAULT_BADGE_FLAG | pd as u64,
     )?;
     for channel in &component.channels {
@@ -516,7 +519,7 @@ fn build_pd(
         )
         .context("mint IRQ badge")?;
         sys::irq_handler_set_notification(handler, badged).context("IRQ notification")?;
-        system.copy_into_pd(pd, SLOT_IRQ_BASE + irq.channel as u64, handler)?;
+        system.copy_into_pd(pd, SLOT_IRQ_BASE + irq.channel as u64, handler, Rights::ALL)?;
         info.irq_channels |= 1 << irq.channel;
     }
     if component.ioports.len() > MAX_IOPORTS {
