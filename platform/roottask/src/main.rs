@@ -28,6 +28,8 @@ mod elf;
 
 #[cfg(target_os = "none")]
 mod boot;
+#[cfg_attr(not(target_os = "none"), allow(dead_code))] // the host build only tests it
+mod fault;
 #[cfg(target_os = "none")]
 mod monitor;
 #[cfg(target_os = "none")]

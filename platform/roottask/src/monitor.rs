@@ -8,57 +8,13 @@
 //!   description: only a PD's own children may be restarted, stopped or
 //!   reported, and only a PD allowed to may power off.
 
-use crate::system::{FaultRecord, System};
+use crate::fault::decode_fault;
+use crate::system::System;
 use sel4_bindings::{self as sys, MessageInfo};
 use sel4_runtime::abi::*;
 
-const FAULT_CAP: u64 = 1;
-const FAULT_UNKNOWN_SYSCALL: u64 = 2;
-const FAULT_USER_EXCEPTION: u64 = 3;
-const FAULT_VM: u64 = 5;
-/// x86 page-fault error code bit: the access was a write.
-const PF_WRITE: u64 = 1 << 1;
-
-fn decode_fault(received: &sys::Received) -> FaultRecord {
-    let mrs = received.mrs;
-    match received.info.label() {
-        FAULT_VM => {
-            let address = mrs[1];
-            let kind = if address & !0xfff == PANIC_FAULT_VADDR {
-                FaultKind::Panic
-            } else {
-                FaultKind::Memory
-            };
-            FaultRecord {
-                kind,
-                address,
-                ip: mrs[0],
-                write: mrs[3] & PF_WRITE != 0,
-            }
-        }
-        FAULT_USER_EXCEPTION | FAULT_CAP => FaultRecord {
-            kind: FaultKind::Instruction,
-            address: 0,
-            ip: mrs[0],
-            write: false,
-        },
-        FAULT_UNKNOWN_SYSCALL => FaultRecord {
-            kind: FaultKind::Instruction,
-            address: 0,
-            ip: sys::get_mr(15),
-            write: false,
-        },
-        _ => FaultRecord {
-            kind: FaultKind::Instruction,
-            address: 0,
-            ip: 0,
-            write: false,
-        },
-    }
-}
-
 fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
-    let fault = decode_fault(received);
+    let fault = decode_fault(received.info.label(), received.mrs, || sys::get_mr(15));
     let name = system.pds[pd].name.clone();
     match fault.kind {
         FaultKind::Memory => crate::log!(

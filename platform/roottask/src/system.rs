@@ -1,6 +1,7 @@
 //! Build every protection domain the description declares, then start them.
 
 use crate::elf;
+use crate::fault::FaultRecord;
 use crate::objects::{Allocator, BuildError, BuildResult, Context, ROOT_DEPTH};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -12,15 +13,6 @@ use system_layout::{ChannelKind, SystemLayout, LAYOUT_VERSION, PAGE_SIZE};
 const SCRATCH_VADDR: u64 = 0x7000_0000;
 /// Component images must lie below the fixed PD areas.
 const IMAGE_LIMIT: u64 = PD_INFO_VADDR;
-
-/// A fault the monitor holds for a supervisor.
-#[derive(Clone, Copy, Debug)]
-pub struct FaultRecord {
-    pub kind: FaultKind,
-    pub address: u64,
-    pub ip: u64,
-    pub write: bool,
-}
 
 pub struct Pd {
     pub name: String,
