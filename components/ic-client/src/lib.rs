@@ -5,7 +5,8 @@
 //! the host gave us. Then it is driven by notifications only (it never
 //! sleeps or polls): on `timesync_event`, when the description has it (a
 //! tick after each host time sample), it prints the time and the host's
-//! pairs again and counts the ticks in the guest pool (`GuestClientTicks`);
+//! pairs again and counts the ticks in the guest pool (`GuestClientTicks`,
+//! and `GuestClient` again, as a restarted KVP driver starts empty);
 //! on `shutdown_event` it asks the shutdown driver what the host wants and,
 //! for a power-off or reboot request, asks `vmbus` to unload the bus and
 //! power off with code 0 (this system cannot reboot, so a reboot request
@@ -100,6 +101,8 @@ impl Client {
         let mut count = heapless::String::<12>::new();
         let _ = core::fmt::write(&mut count, format_args!("{}", self.ticks));
         set_pair(env, TICKS_KEY, &count);
+        // Again on every tick: a restarted KVP driver starts empty.
+        set_pair(env, READY_KEY, READY_VALUE);
     }
 
     /// The shutdown driver notified us.

@@ -640,10 +640,13 @@ mod tests {
         // An unknown packet type and unknown flags.
         host.send_raw(&descriptor(0x42, 2, 4, 0), &[], &[0; 16]);
         host.send_raw(&descriptor(in_band(), 2, 4, 0x80), &[], &[0; 16]);
+        // A payload offset inside the descriptor, and one past the end.
+        host.send_raw(&descriptor(in_band(), 1, 4, 0), &[], &[0; 16]);
+        host.send_raw(&descriptor(in_band(), 4, 3, 0), &[], &[0; 8]);
         // And a good one after all that.
         host.send(&heartbeat(7));
         channel.poll(&mut env, &mut echo);
-        assert_eq!(channel.stats().rejected, 10);
+        assert_eq!(channel.stats().rejected, 12);
         assert_eq!(echo.served, 1);
         let (_, body) = host.receive_ic().unwrap();
         let body: HeartbeatMessage = ic::read_body(&body).unwrap();
@@ -660,6 +663,35 @@ mod tests {
         let (mut env, host, mut channel, mut echo) = open_channel();
         host.poke_in_control(0, 12);
         channel.poll(&mut env, &mut echo);
+    }
+
+    #[test]
+    #[should_panic(expected = "gave up")]
+    fn a_length_beyond_what_was_written_makes_the_driver_give_up() {
+        let (mut env, mut host, mut channel, mut echo) = open_channel();
+        let mut raw = descriptor(in_band(), 2, u16::MAX, 0).as_bytes().to_vec();
+        raw.resize(32, 0xee);
+        // Written as 32 bytes of payload behind a sane descriptor, then the
+        // descriptor overwritten in place: the reader sees len8 = 65535.
+        host.send(&raw[16..]);
+        host.poke_in_data(0, &raw[..16]);
+        channel.poll(&mut env, &mut echo);
+    }
+
+    #[test]
+    fn a_packet_too_short_to_skip_makes_the_driver_give_up() {
+        let (mut env, mut host, mut channel, mut echo) = open_channel();
+        host.send(&[0u8; 16]);
+        // len8 = 1: shorter than a descriptor, so there is no trustworthy
+        // way past it; the reader does not move and the driver gives up.
+        host.poke_in_data(0, descriptor(in_band(), 2, 1, 0).as_bytes());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            channel.poll(&mut env, &mut echo)
+        }));
+        assert!(outcome.is_err());
+        assert!(env
+            .console
+            .contains("giving up: too many malformed packets in a row"));
     }
 
     #[test]

@@ -163,6 +163,13 @@ impl TestHost {
             .unwrap();
     }
 
+    /// Write raw bytes into the in ring's data area (a host rewriting a
+    /// packet it already published).
+    pub fn poke_in_data(&self, offset: usize, bytes: &[u8]) {
+        let (out_len, _) = vmbus_ipc::ring_split(RING_REGION_BYTES);
+        self.ring.write(out_len + 4096 + offset, bytes).unwrap();
+    }
+
     /// The next answer of the VSC: transaction id and payload.
     pub fn receive(&mut self) -> Option<(u64, Vec<u8>)> {
         let mut buffer = vec![0u8; 16384];
