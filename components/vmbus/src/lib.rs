@@ -63,7 +63,6 @@ use zerocopy::IntoBytes;
 #[allow(clippy::type_complexity)] // the generated DEVICES table
 pub mod ids {
     include!(concat!(env!("OUT_DIR"), "/ids.rs"));
-    include!(concat!(env!("OUT_DIR"), "/region_names.rs"));
 }
 use ids::*;
 
