@@ -66,6 +66,9 @@ pub struct LaunchOptions {
     /// component is played by a bridge to that process; when not, it is
     /// not started.
     pub simulated_host: Option<PathBuf>,
+    /// Arguments for the simulated host's program after `--socket PATH`
+    /// (e.g. `--max-version 4.0`, `--events`; `docs/hvsim.md`).
+    pub simulated_host_args: Vec<String>,
     /// Extra environment variables for one component's process (e.g. where
     /// a hosted `synic` finds the simulated host's socket).
     pub component_env: HashMap<String, Vec<(String, String)>>,
@@ -79,6 +82,7 @@ impl LaunchOptions {
             omitted: Vec::new(),
             output: OutputSink::Print,
             simulated_host: None,
+            simulated_host_args: Vec::new(),
             component_env: HashMap::new(),
         }
     }
@@ -153,6 +157,8 @@ struct State {
     slots: Vec<Slot>,
     doubles: HashMap<String, Endpoint>,
     lines: Vec<String>,
+    /// When each line came, in ns since the system started.
+    line_times: Vec<u64>,
     faults: Vec<FaultRecord>,
     power_off: Option<u8>,
     shutting_down: bool,
@@ -171,6 +177,8 @@ pub struct System {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     bridges: Vec<JoinHandle<()>>,
+    /// The operator's console of the simulated host process, if one runs.
+    host_console: Mutex<Option<crate::simulated_host::HostConsole>>,
 }
 
 fn other(message: impl Into<String>) -> io::Error {
@@ -293,6 +301,7 @@ impl System {
                 slots,
                 doubles: HashMap::new(),
                 lines: Vec::new(),
+                line_times: Vec::new(),
                 faults: Vec::new(),
                 power_off: None,
                 shutting_down: false,
@@ -329,6 +338,7 @@ impl System {
             shared,
             thread: Some(thread),
             bridges: Vec::new(),
+            host_console: Mutex::new(None),
         };
         system.start_simulated_hosts()?;
         Ok(system)
@@ -337,7 +347,7 @@ impl System {
     /// Put a bridge to the host process in place of each `simulated_host`
     /// component (if a host program was given).
     fn start_simulated_hosts(&mut self) -> io::Result<()> {
-        let (program, hosts) = {
+        let (program, args, hosts) = {
             let state = self.lock();
             let Some(program) = state.options.simulated_host.clone() else {
                 return Ok(());
@@ -349,7 +359,7 @@ impl System {
                 .filter(|c| c.simulated_host && !state.options.doubles.contains(&c.name))
                 .map(|c| c.name.clone())
                 .collect();
-            (program, hosts)
+            (program, state.options.simulated_host_args.clone(), hosts)
         };
         for name in hosts {
             let endpoint = self
@@ -367,8 +377,10 @@ impl System {
                     shared.changed.notify_all();
                 }
             });
-            let bridge = crate::simulated_host::start(endpoint, &program, memory, sink)?;
+            let (bridge, console) =
+                crate::simulated_host::start(endpoint, &program, &args, memory, sink)?;
             self.bridges.push(bridge);
+            *self.host_console.lock().unwrap_or_else(|e| e.into_inner()) = Some(console);
         }
         Ok(())
     }
@@ -468,6 +480,28 @@ impl System {
     /// Every captured output line so far (`[name] text`).
     pub fn output(&self) -> Vec<String> {
         self.lock().lines.clone()
+    }
+
+    /// Every captured line with when it came (since the system started):
+    /// the timeline tests measure gaps and latencies on.
+    pub fn output_timed(&self) -> Vec<(Duration, String)> {
+        let state = self.lock();
+        state
+            .line_times
+            .iter()
+            .map(|ns| Duration::from_nanos(*ns))
+            .zip(state.lines.iter().cloned())
+            .collect()
+    }
+
+    /// Give the simulated host process an operator command
+    /// (`docs/hvsim.md`) and wait at most `timeout` for its answer line.
+    pub fn host_command(&self, command: &str, timeout: Duration) -> io::Result<String> {
+        let mut console = self.host_console.lock().unwrap_or_else(|e| e.into_inner());
+        match console.as_mut() {
+            Some(console) => console.command(command, timeout),
+            None => Err(other("no simulated host process runs")),
+        }
     }
 
     /// The guest-memory file (host-visible regions, GPA = offset) and, per
@@ -869,6 +903,8 @@ impl State {
         }
         if self.options.output != OutputSink::Print {
             self.lines.push(line);
+            self.line_times
+                .push(sys::monotonic_ns().saturating_sub(self.start_ns));
         }
     }
 

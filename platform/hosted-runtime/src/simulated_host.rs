@@ -9,25 +9,30 @@
 //! `vmbus_ipc::hypervisor` call into the transport's request and each
 //! INTERRUPT record into a notification. Guest memory is the launcher's
 //! guest-memory file (host-visible regions, GPA = offset), named to the
-//! host in HELLO by a `/proc/<launcher>/fd/<n>` path.
+//! host in HELLO by a `/proc/<launcher>/fd/<n>` path. The host's stdin
+//! is the operator's ([`HostConsole`]): a test writes a command and reads
+//! the one line the host answers on stdout.
 //!
 //! Trusts: the host process only as far as the transport client checks
 //! it; a broken transport ends the bridge (callers then see
-//! `ServerFaulted`). Writes: nothing but the transport and the host's
-//! output lines.
+//! `ServerFaulted`). Writes: nothing but the transport, the host's
+//! output lines and the operator commands it is given.
 
 use crate::endpoint::{Endpoint, Event};
 use crate::sys;
 use component_api::{decode, encode_reply, Env, Refusal, MAX_MESSAGE};
 use hv_interface::hosted::HostedHypervisor;
 use hv_interface::{HvError, Hypervisor};
+use std::io::Write;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::ChildStdin;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,15 +47,47 @@ pub type LineSink = Arc<dyn Fn(String) + Send + Sync>;
 
 static SESSION: AtomicU32 = AtomicU32::new(0);
 
-/// Start the host `program` (`program --socket PATH`), connect to it as the
-/// guest over `guest_memory`, and serve `endpoint` (the host component's
-/// ends) from a thread until the system ends.
+/// The operator's end of the host process: its stdin, and the lines it
+/// writes on stdout (one answer per command, `docs/hvsim.md`). The lines
+/// also appear in the system's output as `[name] ...`.
+pub struct HostConsole {
+    stdin: ChildStdin,
+    answers: Receiver<String>,
+}
+
+impl HostConsole {
+    /// Send one operator command and wait at most `timeout` for its answer
+    /// (the next stdout line; older unread lines are dropped first).
+    pub fn command(&mut self, line: &str, timeout: Duration) -> io::Result<String> {
+        while self.answers.try_recv().is_ok() {}
+        self.stdin
+            .write_all(format!("{}\n", line.trim_end()).as_bytes())?;
+        self.stdin.flush()?;
+        match self.answers.recv_timeout(timeout) {
+            Ok(answer) => Ok(answer),
+            Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the simulated host did not answer {line:?}"),
+            )),
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the simulated host has ended",
+            )),
+        }
+    }
+}
+
+/// Start the host `program` (`program --socket PATH ARGS..`), connect to
+/// it as the guest over `guest_memory`, and serve `endpoint` (the host
+/// component's ends) from a thread until the system ends. Returns the
+/// thread and the operator's console.
 pub fn start(
     endpoint: Endpoint,
     program: &Path,
+    args: &[String],
     guest_memory: (PathBuf, u64),
     sink: LineSink,
-) -> io::Result<JoinHandle<()>> {
+) -> io::Result<(JoinHandle<()>, HostConsole)> {
     let folder = std::env::temp_dir().join(format!(
         "hosted-{}-{}",
         std::process::id(),
@@ -62,7 +99,8 @@ pub fn start(
     command
         .arg("--socket")
         .arg(&socket)
-        .stdin(Stdio::null())
+        .args(args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Safety: only an async-signal-safe call between fork and exec.
@@ -90,17 +128,24 @@ pub fn start(
             return Err(error);
         }
     };
+    let (answer_sender, answers) = std::sync::mpsc::channel();
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("the simulated host has no stdin"))?;
     let bridge = Bridge {
         endpoint,
         hypervisor,
         child,
         folder,
         sink,
+        answers: answer_sender,
         partial: [Vec::new(), Vec::new()],
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("hosted-simulated-host".into())
-        .spawn(move || bridge.run())
+        .spawn(move || bridge.run())?;
+    Ok((thread, HostConsole { stdin, answers }))
 }
 
 /// Connect to the host's socket once it listens. The host binds it after
@@ -139,6 +184,8 @@ struct Bridge {
     child: Child,
     folder: PathBuf,
     sink: LineSink,
+    /// stdout lines, for the operator's console.
+    answers: Sender<String>,
     partial: [Vec<u8>; 2],
 }
 
@@ -266,7 +313,12 @@ impl Bridge {
         while let Some(end) = self.partial[stream].iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial[stream].drain(..=end).collect();
             let text = String::from_utf8_lossy(&line);
-            (self.sink)(format!("[{name}] {}", text.trim_end()));
+            let text = text.trim_end();
+            if stream == 0 {
+                // Nobody may be listening: that is fine.
+                let _ = self.answers.send(text.to_string());
+            }
+            (self.sink)(format!("[{name}] {text}"));
         }
         true
     }

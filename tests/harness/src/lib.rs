@@ -66,9 +66,17 @@ pub struct Builder {
     omitted: Vec<String>,
     release: bool,
     print: bool,
+    host_args: Vec<String>,
 }
 
 impl Builder {
+    /// Arguments for the simulated host process (after `--socket PATH`),
+    /// e.g. `["--max-version", "4.0"]` or `["--events"]` (`docs/hvsim.md`).
+    pub fn host_args(mut self, args: &[&str]) -> Self {
+        self.host_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Play component `name` from the test (it is not started).
     pub fn double(mut self, name: &str) -> Self {
         self.doubles.push(name.to_string());
@@ -124,6 +132,7 @@ impl Builder {
         let binary_dir = ensure_built(&self.description, &to_build, self.release)?;
         let mut options = LaunchOptions::new(&binary_dir);
         options.simulated_host = host.map(|package| binary_dir.join(package));
+        options.simulated_host_args = self.host_args;
         options.doubles = self.doubles;
         options.omitted = self.omitted;
         options.output = if self.print {
@@ -151,6 +160,7 @@ impl Harness {
             omitted: Vec::new(),
             release: false,
             print: false,
+            host_args: Vec::new(),
         }
     }
 
@@ -217,6 +227,21 @@ impl Harness {
             Some(index) => index + 1,
             None => self.fail(&format!("no output line containing {needle:?}")),
         }
+    }
+
+    /// Give the simulated host process an operator command and return its
+    /// answer line (fails the test if it does not answer within [`WAIT`]).
+    pub fn host(&self, command: &str) -> String {
+        self.system
+            .host_command(command, WAIT)
+            .unwrap_or_else(|e| self.fail(&format!("host command {command:?}: {e}")))
+    }
+
+    /// Like [`Harness::expect_output`], also returning the line.
+    pub fn expect_line(&self, needle: &str, from: usize) -> (usize, String) {
+        let next = self.expect_output(needle, from);
+        let line = self.system.output()[next - 1].clone();
+        (next, line)
     }
 
     /// Fail the test, showing what the components printed.
