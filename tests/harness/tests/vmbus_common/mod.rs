@@ -47,6 +47,13 @@ pub fn wait_negotiated(harness: &Harness, drivers: &[&str], from: usize) {
     }
 }
 
+/// Wait until the host has seen the IC negotiation of `kind` (`Heartbeat`,
+/// `Shutdown`, `TimeSync`, `Kvp`) at or after line `from`: the host sends
+/// requests on a channel only after it.
+pub fn wait_host_negotiated(harness: &Harness, kind: &str, from: usize) -> usize {
+    harness.expect_output(&format!("hvsim event: negotiated {kind} relid "), from)
+}
+
 /// The host's timestamp (`at N us`) in an event line.
 pub fn host_time(line: &str) -> Option<Duration> {
     let at = line.rfind(" at ")?;
