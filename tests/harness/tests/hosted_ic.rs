@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 const SYSTEM: &str = "tests/systems/vmbus.toml";
 
-/// Ask the host until its answer contains `needle` (the guest answers
-/// asynchronously; the host's view is polled, bounded by [`WAIT`]).
+/// Ask the host until its answer contains `needle`: the guest answers
+/// asynchronously, and a host command is refused ("false") until the host
+/// has seen the guest's negotiation answer. Polled, bounded by [`WAIT`].
 fn host_until(harness: &Harness, command: &str, needle: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -46,23 +47,23 @@ fn integration_components_serve_the_host_and_the_client_and_shut_down() {
 
     // Time: a host sync reaches timesync, which ticks the client.
     let from = harness.system().output().len();
-    assert_eq!(harness.host("time"), "true");
+    host_until(&harness, "time", "true");
     let from = harness.expect_output("[timesync] time sync 1: host time 2", from);
     harness.expect_output("[client] time 2", from);
 
     // KVP, host to client: the next tick lists the host's pair.
-    assert_eq!(harness.host("kvp-set 0 VirtualMachineName vm-one"), "true");
+    host_until(&harness, "kvp-set 0 VirtualMachineName vm-one", "true");
     let from = harness.expect_output("[kvp] host set pool 0 \"VirtualMachineName\"", 0);
-    assert_eq!(harness.host("time"), "true");
+    host_until(&harness, "time", "true");
     harness.expect_output("[client] kvp from host: VirtualMachineName = vm-one", from);
 
     // KVP, client to host: the client's pair in the guest pool.
-    assert_eq!(harness.host("kvp-get 1 GuestClient"), "true");
+    host_until(&harness, "kvp-get 1 GuestClient", "true");
     host_until(&harness, "kvp-responses", "value: \"ready\"");
 
     // Shutdown: the host's request reaches the client, which unloads the
     // bus; vmbus powers off with code 0.
-    assert_eq!(harness.host("shutdown"), "true");
+    host_until(&harness, "shutdown", "true");
     let from = harness.expect_output("[shutdown] host requests PowerOff", 0);
     harness.expect_output("[client] host asks for PowerOff", from);
     assert_eq!(harness.system().wait_for_power_off(WAIT), Some(0));
@@ -71,4 +72,81 @@ fn integration_components_serve_the_host_and_the_client_and_shut_down() {
         "{:?}",
         harness.system().faults()
     );
+}
+
+/// The sequence number of the last heartbeat the guest answered.
+fn last_heartbeat(harness: &Harness) -> u64 {
+    let answer = host_until(harness, "heartbeat", "sequence: ");
+    answer
+        .split("sequence: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| harness.fail(&format!("no sequence in {answer:?}")))
+}
+
+/// The time of the first output line at or after `from` containing `needle`.
+fn line_time(harness: &Harness, needle: &str, from: usize) -> Duration {
+    harness.expect_output(needle, from);
+    harness
+        .system()
+        .output_timed()
+        .iter()
+        .skip(from)
+        .find(|(_, line)| line.contains(needle))
+        .map(|(at, _)| *at)
+        .unwrap_or_else(|| harness.fail(&format!("no timed line {needle:?}")))
+}
+
+#[test]
+fn a_killed_kvp_driver_is_restarted_and_serves_again_while_heartbeats_go_on() {
+    let harness = Harness::builder(SYSTEM)
+        .start()
+        .expect("the VMBus system starts hosted");
+    harness.expect_output("[kvp] negotiated framework 3.0, message 5.0", 0);
+    host_until(&harness, "kvp-set 0 before restart", "true");
+    harness.expect_output("[kvp] host set pool 0 \"before\"", 0);
+
+    let beat_before_kill = last_heartbeat(&harness);
+    let from = harness.system().output().len();
+    let killed_at = harness
+        .system()
+        .output_timed()
+        .last()
+        .map(|(at, _)| *at)
+        .unwrap_or_default();
+    harness.kill("kvp");
+    harness.expect_fault("kvp", 1);
+    harness.expect_restarts("kvp", 1);
+    let from = harness.expect_output("[vmbus] kvp restarted (restart 1)", from);
+    let open_at = line_time(&harness, "[kvp] channel open", from);
+    let serving_at = line_time(
+        &harness,
+        "[kvp] negotiated framework 3.0, message 5.0",
+        from,
+    );
+    eprintln!(
+        "kvp restart: channel open again {:?} and negotiated {:?} after the kill",
+        open_at.saturating_sub(killed_at),
+        serving_at.saturating_sub(killed_at)
+    );
+
+    // The new life starts empty and serves the host and the client again.
+    host_until(&harness, "kvp-set 0 after restart", "true");
+    harness.expect_output("[kvp] host set pool 0 \"after\"", from);
+    host_until(&harness, "time", "true");
+    harness.expect_output("[client] kvp from host: after = restart", from);
+    host_until(&harness, "kvp-get 1 GuestClient", "true");
+    host_until(&harness, "kvp-responses", "value: \"ready\"");
+    // Heartbeats went on: the host's last answered sequence moves past
+    // the one it had when kvp was killed, and nothing else restarted.
+    let deadline = Instant::now() + WAIT;
+    while last_heartbeat(&harness) <= beat_before_kill {
+        if Instant::now() > deadline {
+            harness.fail("heartbeats stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(harness.system().restarts("heartbeat"), 0);
+    assert_eq!(harness.system().restarts("timesync"), 0);
 }
