@@ -260,9 +260,13 @@ impl KvpService {
                 if !client_may_write(*pool) {
                     return Reply::Refused;
                 }
+                let new_key = self.store.get(*pool, key).is_none();
                 match self.store.set(*pool, key, value) {
                     Ok(()) => {
-                        println!(env, "client set pool {pool} \"{key}\"");
+                        // New keys only: clients update their pairs often.
+                        if new_key {
+                            println!(env, "client set pool {pool} \"{key}\"");
+                        }
                         Reply::Done
                     }
                     Err(_) => Reply::Refused,

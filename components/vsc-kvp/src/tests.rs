@@ -205,6 +205,26 @@ fn client_set_then_host_enumerate_and_get() {
     )
     .unwrap();
     assert_eq!(header.status.get(), status::NO_MORE_ITEMS);
+    // Updating a pair is quiet (adding one was logged) and moves it last.
+    let update = Request::Set {
+        pool: POOL_GUEST,
+        key: key("first"),
+        value: value("1"),
+    };
+    assert_eq!(client(&mut component, &mut env, update), Reply::Done);
+    assert_eq!(
+        env.console.matches("client set pool 1 \"first\"").count(),
+        1
+    );
+    let (_, body) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &enumerate(POOL_GUEST, 1),
+    )
+    .unwrap();
+    let answer: KvpEnumerateMessage = read_body(&body).unwrap();
+    assert_eq!(string_of(answer.value.key_bytes().unwrap()), "first");
     // GET by key, and a key that is not there.
     let (header, body) = exchange(
         &mut host,
