@@ -24,7 +24,7 @@
 //! The core is `no_std` + `alloc` so it can run as an seL4 component; the
 //! `hosted` feature adds [`transport`], the host end of the hosted
 //! transport, and the `hvsim` binary.
-#![cfg_attr(not(feature = "hosted"), no_std)]
+#![cfg_attr(target_os = "none", no_std)]
 
 extern crate alloc;
 
@@ -33,13 +33,14 @@ pub mod host;
 pub mod hypercall;
 pub mod memory;
 pub mod pd;
+pub mod script;
 pub mod sim;
 pub mod synic;
-#[cfg(feature = "hosted")]
+#[cfg(not(target_os = "none"))]
 pub mod transport;
 pub mod vmbus;
 
-#[cfg(feature = "hosted")]
+#[cfg(not(target_os = "none"))]
 impl<M: hv_interface::GuestMemory> transport::Machine for host::Host<M> {
     fn msr_read(&mut self, msr: u32) -> Result<u64, synic::Exception> {
         host::Host::msr_read(self, msr)

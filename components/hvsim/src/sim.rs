@@ -203,7 +203,7 @@ impl<M: GuestMemory> Simulator<M> {
     }
 }
 
-#[cfg(feature = "hosted")]
+#[cfg(not(target_os = "none"))]
 impl<M: GuestMemory> crate::transport::Machine for Simulator<M> {
     fn msr_read(&mut self, msr: u32) -> Result<u64, Exception> {
         Simulator::msr_read(self, msr)

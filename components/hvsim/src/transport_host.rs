@@ -1,9 +1,15 @@
-//! The `hvsim` binary: the host end of the hosted hypervisor transport
+//! The `hvsim` binary, hosted: the host end of the hosted hypervisor transport
 //! (`docs/hypervisor-transport.md`) with the simulated VMBus host behind
 //! it. Listens on a Unix socket, accepts one guest, maps the guest memory
 //! file it names and serves it until it leaves. Operator commands are read
-//! from stdin, one per line (see `docs/hvsim.md`).
+//! from stdin, one per line (see `docs/hvsim.md`). With `--events` the
+//! host also reports, on stderr, what the guest did that a test or an
+//! operator waits for (heartbeats answered, time samples answered, KVP
+//! answers, shutdown answers, channels opening and closing, the version
+//! and Unload); `--time-interval-ms` sends a time sample periodically, as
+//! Hyper-V does.
 
+use hvsim::channel::PacketFault;
 use hvsim::sim::Simulator;
 use hvsim::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
 use std::io::BufRead;
@@ -16,7 +22,8 @@ use vmbus_protocol::ProtocolVersion;
 
 const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
-[--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp]";
+[--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
+[--heartbeat-interval-ms N] [--time-interval-ms N] [--events]";
 
 fn fail(message: &str) -> ! {
     eprintln!("hvsim: {message}\n{USAGE}");
@@ -30,27 +37,70 @@ fn parse_version(text: &str) -> ProtocolVersion {
     ProtocolVersion::new(major, minor)
 }
 
-fn device(name: &str, index: u128) -> DeviceConfig {
-    let kind = match name {
+fn device_kind(name: &str) -> Option<DeviceKind> {
+    Some(match name {
         "heartbeat" => DeviceKind::Heartbeat,
         "shutdown" => DeviceKind::Shutdown,
         "timesync" => DeviceKind::TimeSync,
         "kvp" => DeviceKind::Kvp,
-        other => fail(&format!("unknown device {other}")),
-    };
-    // Fixed instance GUIDs so runs are reproducible.
-    DeviceConfig::ic(
-        kind,
-        uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | index),
-    )
+        _ => return None,
+    })
 }
 
-fn parse_args() -> (PathBuf, ServerConfig) {
+/// Fixed instance GUIDs so runs are reproducible: `index` tells devices apart.
+fn instance(index: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | index)
+}
+
+/// An IC by name, or a device of any other class by its GUID (a generic
+/// device: the host only completes its packets; a guest without a driver
+/// for the class leaves it alone).
+fn parse_device(name: &str, index: u128) -> Option<DeviceConfig> {
+    if let Some(kind) = device_kind(name) {
+        return Some(DeviceConfig::ic(kind, instance(index)));
+    }
+    let class = uuid::Uuid::parse_str(name).ok()?;
+    Some(DeviceConfig {
+        class,
+        instance: instance(index),
+        kind: DeviceKind::Generic,
+        monitored: false,
+        message_pipe: false,
+    })
+}
+
+fn device(name: &str, index: u128) -> DeviceConfig {
+    parse_device(name, index).unwrap_or_else(|| fail(&format!("unknown device {name}")))
+}
+
+/// What the binary does besides serving the guest.
+#[derive(Default)]
+struct Options {
+    /// Report the guest's IC answers and bus changes on stderr.
+    events: bool,
+    /// Send a time sample this often (0: only on the `time` command).
+    time_interval_ns: u64,
+    /// The heartbeat period of newly opened heartbeat channels (0: the
+    /// simulator's default, 1 s).
+    heartbeat_interval_ns: u64,
+}
+
+fn parse_args() -> (PathBuf, ServerConfig, Options) {
     let mut args = std::env::args().skip(1);
     let mut socket = None;
     let mut config = ServerConfig::default();
+    let mut options = Options::default();
     let mut devices = "heartbeat,shutdown,timesync,kvp".to_string();
+    let millis = |text: String| -> u64 {
+        text.parse::<u64>()
+            .map(|ms| ms * 1_000_000)
+            .unwrap_or_else(|_| fail("bad milliseconds"))
+    };
     while let Some(arg) = args.next() {
+        if arg == "--events" {
+            options.events = true;
+            continue;
+        }
         let mut value = || {
             args.next()
                 .unwrap_or_else(|| fail(&format!("{arg} needs a value")))
@@ -66,6 +116,8 @@ fn parse_args() -> (PathBuf, ServerConfig) {
                 config.gpadl_memory_limit = value().parse().unwrap_or_else(|_| fail("bad limit"))
             }
             "--devices" => devices = value(),
+            "--time-interval-ms" => options.time_interval_ns = millis(value()),
+            "--heartbeat-interval-ms" => options.heartbeat_interval_ns = millis(value()),
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
@@ -78,6 +130,7 @@ fn parse_args() -> (PathBuf, ServerConfig) {
     (
         socket.unwrap_or_else(|| fail("--socket is required")),
         config,
+        options,
     )
 }
 
@@ -89,8 +142,200 @@ fn file_time_now() -> u64 {
     116_444_736_000_000_000 + (unix.as_nanos() / 100) as u64
 }
 
-fn operator<M: hv_interface::GuestMemory>(line: &str, sim: &mut Simulator<M>) -> String {
+fn packet_fault(name: &str) -> Option<PacketFault> {
+    Some(match name {
+        "offset-too-small" => PacketFault::OffsetTooSmall,
+        "length-before-offset" => PacketFault::LengthBeforeOffset,
+        "unknown-type" => PacketFault::UnknownType,
+        "unknown-flags" => PacketFault::UnknownFlags,
+        "length-beyond-ring" => PacketFault::LengthBeyondRing,
+        _ => return None,
+    })
+}
+
+/// The simulator and what the binary watches on it: the last state it
+/// reported (`--events`) and the periodic time samples.
+struct Machine<M: hv_interface::GuestMemory> {
+    sim: Simulator<M>,
+    options: Options,
+    now_ns: u64,
+    last_time_sample_ns: Option<u64>,
+    /// Devices added by the operator, for their instance GUIDs.
+    added: u128,
+    seen_version: Option<ProtocolVersion>,
+    seen_open: Vec<u32>,
+    /// (relid, sequence) of the last heartbeat answer reported.
+    seen_heartbeat: Option<(u32, u64)>,
+    /// (relid, count) of time-sample answers reported.
+    seen_time_answers: Option<(u32, u64)>,
+    seen_shutdown: Option<(u32, u32)>,
+    /// Open relids whose IC negotiation was reported.
+    seen_negotiated: Vec<u32>,
+}
+
+impl<M: hv_interface::GuestMemory> Machine<M> {
+    fn ic_relid(&self, kind: DeviceKind) -> Option<u32> {
+        self.sim.channel_of(kind)
+    }
+
+    /// Negotiated IC channel of `kind` (the host may send requests on it).
+    fn negotiated(&self, kind: DeviceKind) -> bool {
+        self.ic_relid(kind)
+            .and_then(|relid| self.sim.vmbus.endpoint(relid))
+            .is_some_and(|e| e.ic.message_version.is_some())
+    }
+
+    fn periodic(&mut self) {
+        if self.options.heartbeat_interval_ns > 0 {
+            let interval = self.options.heartbeat_interval_ns;
+            for relid in self.sim.vmbus.open_channels() {
+                if let Some(endpoint) = self.sim.vmbus.endpoint_mut(relid) {
+                    if endpoint.kind == DeviceKind::Heartbeat {
+                        endpoint.ic.heartbeat_interval_ns = interval;
+                    }
+                }
+            }
+        }
+        let interval = self.options.time_interval_ns;
+        if interval > 0
+            && self.negotiated(DeviceKind::TimeSync)
+            && self
+                .last_time_sample_ns
+                .is_none_or(|sent| self.now_ns >= sent.saturating_add(interval))
+        {
+            // The first sample of a session is a SYNC (set the clock), the
+            // rest SAMPLEs, as Hyper-V sends them.
+            let flags = if self.last_time_sample_ns.is_none() {
+                vmbus_protocol::ic::timesync_flags::SYNC
+            } else {
+                vmbus_protocol::ic::timesync_flags::SAMPLE
+            };
+            self.last_time_sample_ns = Some(self.now_ns);
+            self.sim.send_time(file_time_now(), flags);
+        }
+    }
+
+    /// Report on stderr what changed since the last step (`--events`).
+    fn report(&mut self) {
+        let at_us = self.now_ns / 1000;
+        let version = self.sim.vmbus.version();
+        if version != self.seen_version {
+            match version {
+                Some(v) => eprintln!(
+                    "hvsim event: version {}.{} at {at_us} us",
+                    v.major(),
+                    v.minor()
+                ),
+                None => eprintln!("hvsim event: unloaded at {at_us} us"),
+            }
+            self.seen_version = version;
+        }
+        let mut open = self.sim.vmbus.open_channels();
+        open.sort_unstable();
+        for relid in &open {
+            if !self.seen_open.contains(relid) {
+                let kind = self.sim.vmbus.endpoint(*relid).map(|e| e.kind);
+                eprintln!("hvsim event: open relid {relid} {kind:?} at {at_us} us");
+            }
+        }
+        for relid in &self.seen_open {
+            if !open.contains(relid) {
+                eprintln!("hvsim event: closed relid {relid} at {at_us} us");
+            }
+        }
+        self.seen_negotiated.retain(|relid| open.contains(relid));
+        for relid in &open {
+            let Some(endpoint) = self.sim.vmbus.endpoint(*relid) else {
+                continue;
+            };
+            if let (Some(framework), Some(message)) =
+                (endpoint.ic.framework, endpoint.ic.message_version)
+            {
+                if !self.seen_negotiated.contains(relid) {
+                    self.seen_negotiated.push(*relid);
+                    eprintln!(
+                        "hvsim event: negotiated {:?} relid {relid} framework {}.{} message {}.{} at {at_us} us",
+                        endpoint.kind,
+                        framework.major.get(),
+                        framework.minor.get(),
+                        message.major.get(),
+                        message.minor.get()
+                    );
+                }
+            }
+        }
+        self.seen_open = open;
+        if let Some(relid) = self.ic_relid(DeviceKind::Heartbeat) {
+            if let Some(beat) = self.sim.last_heartbeat() {
+                if self.seen_heartbeat != Some((relid, beat.sequence)) {
+                    self.seen_heartbeat = Some((relid, beat.sequence));
+                    eprintln!(
+                        "hvsim event: heartbeat sequence {} answered at {} us",
+                        beat.sequence,
+                        beat.at_ns / 1000
+                    );
+                }
+            }
+        }
+        if let Some(relid) = self.ic_relid(DeviceKind::TimeSync) {
+            let answers = self
+                .sim
+                .vmbus
+                .endpoint(relid)
+                .map_or(0, |e| e.ic.timesync_answers);
+            if answers > 0 && self.seen_time_answers != Some((relid, answers)) {
+                self.seen_time_answers = Some((relid, answers));
+                eprintln!("hvsim event: time sample {answers} answered at {at_us} us");
+            }
+        }
+        if let Some(relid) = self.ic_relid(DeviceKind::Shutdown) {
+            if let Some(status) = self.sim.shutdown_status() {
+                if self.seen_shutdown != Some((relid, status)) {
+                    self.seen_shutdown = Some((relid, status));
+                    eprintln!("hvsim event: shutdown answered status {status:#x} at {at_us} us");
+                }
+            }
+        }
+        for answer in self.sim.kvp_responses() {
+            eprintln!(
+                "hvsim event: kvp answer operation {} pool {} status {:#x} key {:?} value {:?} at {at_us} us",
+                answer.operation, answer.pool, answer.status, answer.key, answer.value
+            );
+        }
+    }
+}
+
+impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
+    fn msr_read(&mut self, msr: u32) -> Result<u64, hvsim::synic::Exception> {
+        self.sim.msr_read(msr)
+    }
+    fn msr_write(&mut self, msr: u32, value: u64) -> Result<(), hvsim::synic::Exception> {
+        self.sim.msr_write(msr, value)
+    }
+    fn hypercall(
+        &mut self,
+        control: u64,
+        input: u64,
+        output: u64,
+    ) -> Result<u64, hvsim::synic::Exception> {
+        self.sim.hypercall(control, input, output)
+    }
+    fn take_interrupt(&mut self) -> Option<u8> {
+        self.sim.take_interrupt()
+    }
+    fn step(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+        self.sim.step(now_ns);
+        self.periodic();
+        if self.options.events {
+            self.report();
+        }
+    }
+}
+
+fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
+    let sim = &mut machine.sim;
     match words.as_slice() {
         ["shutdown"] => format!("{}", sim.request_shutdown(0)),
         ["reboot"] => format!("{}", sim.request_shutdown(vmbus_protocol::ic::shutdown_flags::REBOOT)),
@@ -110,6 +355,39 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, sim: &mut Simulator<M>) ->
             Ok(relid) => format!("{}", sim.rescind(relid)),
             Err(_) => "bad relid".into(),
         },
+        // A device offered while the guest runs; INSTANCE (a number) reuses
+        // the instance GUID of the device configured at that position (a
+        // re-offer of a rescinded device), else a new one.
+        ["add-device", name, rest @ ..] => {
+            let index = match rest {
+                [] => {
+                    machine.added += 1;
+                    Some(0x100 + machine.added)
+                }
+                [number] => number.parse().ok(),
+                _ => None,
+            };
+            match index.and_then(|index| parse_device(name, index)) {
+                Some(device) => format!("relid {}", sim.add_device(device)),
+                None => "bad device".into(),
+            }
+        }
+        ["relid", name] => match device_kind(name) {
+            Some(kind) => format!("{:?}", sim.channel_of(kind)),
+            None => "bad device".into(),
+        },
+        ["malformed", relid, fault] => match (relid.parse(), packet_fault(fault)) {
+            (Ok(relid), Some(fault)) => format!("{}", sim.inject_malformed_packet(relid, fault)),
+            _ => "bad relid or fault (offset-too-small | length-before-offset | unknown-type | unknown-flags | length-beyond-ring)".into(),
+        },
+        ["oversized", relid, len] => match (relid.parse(), len.parse()) {
+            (Ok(relid), Ok(len)) => format!("{}", sim.inject_oversized_packet(relid, len)),
+            _ => "bad relid or length".into(),
+        },
+        ["corrupt-index", relid, value] => match (relid.parse(), value.parse()) {
+            (Ok(relid), Ok(value)) => format!("{}", sim.corrupt_ring_index(relid, value)),
+            _ => "bad relid or value".into(),
+        },
         ["stats"] => format!(
             "version {:?} server {:?} hypercalls {:?} synic {:?} open {:?}",
             sim.vmbus.version(),
@@ -123,12 +401,12 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, sim: &mut Simulator<M>) ->
                 .collect::<Vec<_>>()
         ),
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | stats | rejections".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections".into(),
     }
 }
 
-fn main() {
-    let (socket, config) = parse_args();
+pub fn main() {
+    let (socket, config, options) = parse_args();
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).unwrap_or_else(|e| {
         eprintln!("hvsim: cannot listen on {}: {e}", socket.display());
@@ -143,14 +421,26 @@ fn main() {
         connection.hello.memory_size,
         connection.hello.memory_path.display()
     );
-    let machine = Arc::new(Mutex::new(Simulator::new(memory, config)));
+    let machine = Arc::new(Mutex::new(Machine {
+        sim: Simulator::new(memory, config),
+        options,
+        now_ns: 0,
+        last_time_sample_ns: None,
+        added: 0,
+        seen_version: None,
+        seen_open: Vec::new(),
+        seen_heartbeat: None,
+        seen_time_answers: None,
+        seen_shutdown: None,
+        seen_negotiated: Vec::new(),
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let operator_machine = machine.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            let mut sim = operator_machine.lock().unwrap_or_else(|e| e.into_inner());
-            println!("{}", operator(&line, &mut sim));
+            let mut machine = operator_machine.lock().unwrap_or_else(|e| e.into_inner());
+            println!("{}", operator(&line, &mut machine));
         }
     });
     let end = connection.serve(&*machine, &stop, Duration::from_millis(10));

@@ -1,0 +1,118 @@
+//! The simulated host as an seL4 protection domain.
+//!
+//! Guest memory is every host-visible region, which the description maps
+//! into this component (sysdesc adds those maps for the `simulated_host`),
+//! each at the guest physical address the root task reports for it.
+//! `synic`'s hypervisor calls arrive on the `guest` call channel and the
+//! synic interrupt leaves on the `interrupt` notify channel
+//! ([`hvsim::pd::HostPd`]).
+//!
+//! Time: the host only runs when something happens, so it programs the PC's
+//! interval timer (PIT channel 0, IO ports `pit`, ISA IRQ 0 = IOAPIC pin 2,
+//! delivered on `timer`) at [`TICK_HZ`] and steps the simulator on each
+//! tick as well as on each call: heartbeat requests, time samples, delayed
+//! replies and the [`hvsim::script::Script`] advance with guest time.
+//!
+//! Trusts: nothing from the guest (the simulator validates everything).
+//! Writes: the host-visible regions, the PIT, the interrupt notification
+//! and console lines.
+
+use alloc::vec::Vec;
+use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
+use hvsim::pd::{HostPd, RegionMemory};
+use hvsim::script::{integration_components, Script, ScriptRunner};
+use talc::{ClaimOnOom, Span, Talc, Talck};
+
+include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+
+/// Timer ticks per second: fine enough for the 1 s heartbeat and time
+/// sample periods, coarse enough not to keep the CPU busy under TCG.
+pub const TICK_HZ: u32 = 20;
+const PIT_INPUT_HZ: u32 = 1_193_182;
+
+/// The simulator's heap (GPADL tables, queued messages, packet copies).
+const HEAP_BYTES: usize = 512 * 1024;
+static mut HEAP: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
+
+#[global_allocator]
+// SAFETY: HEAP is used by nothing but this allocator.
+static ALLOCATOR: Talck<spin::Mutex<()>, ClaimOnOom> =
+    Talc::new(unsafe { ClaimOnOom::new(Span::from_array(core::ptr::addr_of!(HEAP).cast_mut())) })
+        .lock();
+
+pub struct SimulatedHost {
+    host: HostPd<RegionMemory>,
+    script: ScriptRunner,
+}
+
+/// PIT channel 0, mode 2 (rate generator), lobyte/hibyte: an edge on IRQ 0
+/// every 1/`hz` s.
+fn start_timer(env: &mut dyn Env, hz: u32) {
+    let divisor = (PIT_INPUT_HZ / hz).clamp(1, 0xffff);
+    env.ioport_write(ioports::PIT, 3, 1, 0x34);
+    env.ioport_write(ioports::PIT, 0, 1, divisor & 0xff);
+    env.ioport_write(ioports::PIT, 0, 1, divisor >> 8);
+}
+
+impl SimulatedHost {
+    fn run_script(&mut self, env: &mut dyn Env) {
+        let now = env.now_ns();
+        for line in self.script.run(&mut self.host.sim, now) {
+            println!(env, "{}", line);
+        }
+        // The script's requests may have raised the interrupt.
+        self.host.step(env);
+    }
+}
+
+impl Component for SimulatedHost {
+    fn init(env: &mut dyn Env) -> Self {
+        let regions: Vec<Region> = REGION_NAMES
+            .iter()
+            .map(|(name, _)| env.region(*name))
+            .collect();
+        let memory = match RegionMemory::new(&regions) {
+            Ok(memory) => memory,
+            Err(_) => panic!("host-visible regions overlap"),
+        };
+        let visible = regions
+            .iter()
+            .filter(|r| r.guest_physical().is_some())
+            .count();
+        println!(
+            env,
+            "simulated Hyper-V host: {} host-visible regions, {} devices, tick {} Hz",
+            visible,
+            integration_components().devices.len(),
+            TICK_HZ
+        );
+        start_timer(env, TICK_HZ);
+        SimulatedHost {
+            host: HostPd::new(memory, integration_components(), channels::INTERRUPT),
+            script: ScriptRunner::new(Script::DEFAULT),
+        }
+    }
+
+    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+        if channels.contains(irqs::TIMER) {
+            env.irq_ack(irqs::TIMER);
+        }
+        self.host.step(env);
+        self.run_script(env);
+    }
+
+    fn protected(
+        &mut self,
+        env: &mut dyn Env,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        if channel != channels::GUEST {
+            return Err(Refusal::NOT_SERVED);
+        }
+        let length = self.host.call(env, message, reply)?;
+        self.run_script(env);
+        Ok(length)
+    }
+}

@@ -1,0 +1,219 @@
+//! The operator of the simulated host in the seL4 image, where no test or
+//! person types commands: a fixed [`Script`] run on every step of the host
+//! (each hypervisor call from `synic` and each timer tick).
+//!
+//! It sends time samples periodically, pushes the host's KVP pairs once the
+//! KVP channel is negotiated, and after a number of answered heartbeats
+//! asks the guest to shut down (which ends the run: the guest unloads VMBus
+//! and powers off). For the isolation test it can also send malformed
+//! packets on the KVP channel. Everything it does it reports as a line of
+//! text for the console. Heartbeat requests themselves are the channel's
+//! own periodic work (`IcState::heartbeat_interval_ns`).
+//!
+//! Trusts: nothing from the guest beyond what the simulator validated.
+//! Writes: only through the simulator's operator API.
+
+use crate::channel::PacketFault;
+use crate::sim::Simulator;
+use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use hv_interface::GuestMemory;
+use vmbus_protocol::ic::timesync_flags;
+
+/// Windows file time (100 ns units since 1601-01-01) of 2026-01-01 00:00
+/// UTC: the host's clock at guest time zero (the image has no wall clock).
+pub const HOST_EPOCH_FILE_TIME: u64 = 134_116_992_000_000_000;
+
+/// What the host does by itself while the guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// A time sample every this many nanoseconds (0: never). The first one
+    /// goes out as soon as time sync is negotiated, with the SYNC flag.
+    pub time_sample_period_ns: u64,
+    /// (key, value) pairs pushed into the guest's external pool (pool 0)
+    /// once KVP is negotiated.
+    pub host_pairs: &'static [(&'static str, &'static str)],
+    /// Ask the guest to shut down once this many heartbeats were answered.
+    pub shutdown_after_heartbeats: Option<u64>,
+    /// Isolation test: a malformed packet on the KVP channel once this many
+    /// heartbeats were answered, and again every `kvp_fault_every` more,
+    /// `kvp_fault_count` times in all.
+    pub kvp_fault_after_heartbeats: Option<u64>,
+    pub kvp_fault_every: u64,
+    pub kvp_fault_count: u32,
+    pub kvp_fault: PacketFault,
+}
+
+impl Script {
+    /// The bring-up run: samples every second, one host pair, shut down
+    /// after five heartbeats.
+    pub const DEFAULT: Script = Script {
+        time_sample_period_ns: 1_000_000_000,
+        host_pairs: &[("HostName", "hvsim")],
+        shutdown_after_heartbeats: Some(5),
+        kvp_fault_after_heartbeats: None,
+        kvp_fault_every: 0,
+        kvp_fault_count: 0,
+        kvp_fault: PacketFault::UnknownType,
+    };
+}
+
+/// The devices the host offers in the image: the four integration
+/// components, with fixed instance GUIDs (the same as the transport
+/// binary's) so runs are reproducible.
+pub fn integration_components() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.devices = [
+        DeviceKind::Heartbeat,
+        DeviceKind::Shutdown,
+        DeviceKind::TimeSync,
+        DeviceKind::Kvp,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(index, kind)| {
+        DeviceConfig::ic(
+            kind,
+            uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | (index as u128 + 1)),
+        )
+    })
+    .collect();
+    config
+}
+
+/// The script's progress.
+pub struct ScriptRunner {
+    script: Script,
+    next_time_sample_ns: Option<u64>,
+    /// The KVP channel (relid) the pairs were pushed on while it stayed
+    /// open.
+    pairs_pushed_on: Option<u32>,
+    heartbeats_answered: u64,
+    last_sequence: Option<u64>,
+    shutdown_requested: bool,
+    kvp_faults_sent: u32,
+    next_kvp_fault_at: Option<u64>,
+}
+
+impl ScriptRunner {
+    pub fn new(script: Script) -> Self {
+        ScriptRunner {
+            script,
+            next_time_sample_ns: None,
+            pairs_pushed_on: None,
+            heartbeats_answered: 0,
+            last_sequence: None,
+            shutdown_requested: false,
+            kvp_faults_sent: 0,
+            next_kvp_fault_at: script.kvp_fault_after_heartbeats,
+        }
+    }
+
+    pub fn heartbeats_answered(&self) -> u64 {
+        self.heartbeats_answered
+    }
+
+    /// Does what is due at `now_ns`; returns the lines to print.
+    pub fn run<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, now_ns: u64) -> Vec<String> {
+        let mut report = Vec::new();
+        if let Some(beat) = sim.last_heartbeat() {
+            if self.last_sequence != Some(beat.sequence) {
+                self.last_sequence = Some(beat.sequence);
+                self.heartbeats_answered += 1;
+            }
+        }
+        self.time_samples(sim, now_ns, &mut report);
+        self.host_pairs(sim, &mut report);
+        self.kvp_faults(sim, &mut report);
+        if let Some(after) = self.script.shutdown_after_heartbeats {
+            if !self.shutdown_requested
+                && self.heartbeats_answered >= after
+                && sim.request_shutdown(0)
+            {
+                self.shutdown_requested = true;
+                report.push(format!(
+                    "host: {} heartbeats answered; asking the guest to shut down",
+                    self.heartbeats_answered
+                ));
+            }
+        }
+        report
+    }
+
+    fn time_samples<M: GuestMemory>(
+        &mut self,
+        sim: &mut Simulator<M>,
+        now_ns: u64,
+        report: &mut Vec<String>,
+    ) {
+        if self.script.time_sample_period_ns == 0 {
+            return;
+        }
+        if sim.channel_of(DeviceKind::TimeSync).is_none() {
+            self.next_time_sample_ns = None;
+            return;
+        }
+        let (due, flags) = match self.next_time_sample_ns {
+            None => (true, timesync_flags::SYNC),
+            Some(at) => (now_ns >= at, timesync_flags::SAMPLE),
+        };
+        if !due {
+            return;
+        }
+        let parent_time = HOST_EPOCH_FILE_TIME + now_ns / 100;
+        if sim.send_time(parent_time, flags) {
+            self.next_time_sample_ns = Some(now_ns + self.script.time_sample_period_ns);
+            if flags == timesync_flags::SYNC {
+                report.push(String::from("host: time sync started"));
+            }
+        }
+    }
+
+    fn host_pairs<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let Some(relid) = sim.channel_of(DeviceKind::Kvp) else {
+            // Closed (a restarted driver reopens it with an empty store):
+            // push again once it is open.
+            self.pairs_pushed_on = None;
+            return;
+        };
+        if self.pairs_pushed_on == Some(relid) {
+            return;
+        }
+        let mut all = true;
+        for (key, value) in self.script.host_pairs {
+            all &= sim.kvp_set(vmbus_ipc::kvp::POOL_EXTERNAL, key, value);
+        }
+        if all {
+            self.pairs_pushed_on = Some(relid);
+            if !self.script.host_pairs.is_empty() {
+                report.push(format!(
+                    "host: {} KVP pair(s) pushed on relid {relid}",
+                    self.script.host_pairs.len()
+                ));
+            }
+        }
+    }
+
+    fn kvp_faults<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let Some(at) = self.next_kvp_fault_at else {
+            return;
+        };
+        if self.kvp_faults_sent >= self.script.kvp_fault_count || self.heartbeats_answered < at {
+            return;
+        }
+        let Some(relid) = sim.channel_of(DeviceKind::Kvp) else {
+            return;
+        };
+        if sim.inject_malformed_packet(relid, self.script.kvp_fault) {
+            self.kvp_faults_sent += 1;
+            self.next_kvp_fault_at =
+                Some(self.heartbeats_answered + self.script.kvp_fault_every.max(1));
+            report.push(format!(
+                "host: malformed packet ({:?}) sent on KVP relid {relid}",
+                self.script.kvp_fault
+            ));
+        }
+    }
+}
