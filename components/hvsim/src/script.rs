@@ -64,8 +64,7 @@ impl Script {
 /// components, with fixed instance GUIDs (the same as the transport
 /// binary's) so runs are reproducible.
 pub fn integration_components() -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.devices = [
+    let devices = [
         DeviceKind::Heartbeat,
         DeviceKind::Shutdown,
         DeviceKind::TimeSync,
@@ -74,13 +73,14 @@ pub fn integration_components() -> ServerConfig {
     .into_iter()
     .enumerate()
     .map(|(index, kind)| {
-        DeviceConfig::ic(
-            kind,
-            uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | (index as u128 + 1)),
-        )
+        let instance = 0x4856_5349_4d00_0000_0000_0000_0000_0000 | (index as u128 + 1);
+        DeviceConfig::ic(kind, uuid::Uuid::from_u128(instance))
     })
     .collect();
-    config
+    ServerConfig {
+        devices,
+        ..ServerConfig::default()
+    }
 }
 
 /// The script's progress.
@@ -122,6 +122,10 @@ impl ScriptRunner {
             if self.last_sequence != Some(beat.sequence) {
                 self.last_sequence = Some(beat.sequence);
                 self.heartbeats_answered += 1;
+                report.push(format!(
+                    "host: heartbeat {} answered (sequence {})",
+                    self.heartbeats_answered, beat.sequence
+                ));
             }
         }
         self.time_samples(sim, now_ns, &mut report);
@@ -215,5 +219,59 @@ impl ScriptRunner {
                 self.script.kvp_fault
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pd::RegionMemory;
+    use component_api::Region;
+
+    fn host() -> Simulator<RegionMemory> {
+        let memory = alloc::boxed::Box::leak(alloc::vec![0u64; 4 * 512].into_boxed_slice());
+        // SAFETY: leaked, so valid for the test's lifetime; 8-aligned.
+        let region = unsafe { Region::new(memory.as_mut_ptr().cast(), 4 * 4096, true, false) }
+            .with_guest_physical(0x10_0000);
+        Simulator::new(
+            RegionMemory::new(&[region]).unwrap(),
+            integration_components(),
+        )
+    }
+
+    #[test]
+    fn the_image_offers_the_four_integration_components_with_distinct_instances() {
+        let config = integration_components();
+        let kinds: Vec<DeviceKind> = config.devices.iter().map(|d| d.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                DeviceKind::Heartbeat,
+                DeviceKind::Shutdown,
+                DeviceKind::TimeSync,
+                DeviceKind::Kvp
+            ]
+        );
+        let mut instances: Vec<_> = config.devices.iter().map(|d| d.instance).collect();
+        instances.dedup();
+        assert_eq!(instances.len(), 4);
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_channels_are_open() {
+        let mut sim = host();
+        let mut runner = ScriptRunner::new(Script {
+            kvp_fault_after_heartbeats: Some(0),
+            kvp_fault_count: 1,
+            shutdown_after_heartbeats: Some(0),
+            ..Script::DEFAULT
+        });
+        for step in 0..5u64 {
+            assert!(runner.run(&mut sim, step * 2_000_000_000).is_empty());
+        }
+        assert_eq!(runner.heartbeats_answered(), 0);
+        assert!(!runner.shutdown_requested);
+        assert_eq!(runner.kvp_faults_sent, 0);
+        assert!(runner.next_time_sample_ns.is_none());
     }
 }

@@ -2,8 +2,9 @@
 //! with the console on the terminal (Ctrl-A X quits).
 //!
 //! `cargo xtask boot-test [--system FILE]`: for the given description, or
-//! by default for `system.toml` and then the platform's own bring-up test
-//! `tests/systems/sel4test.toml`: build, boot headless with a timeout, and
+//! by default for `system.toml`, then the platform's own bring-up test
+//! `tests/systems/sel4test.toml` and the VMBus system
+//! `tests/systems/vmbus.toml`: build, boot headless with a timeout, and
 //! pass if QEMU ends through isa-debug-exit with status 1
 //! (a component called `power_off(0)`; status is `code << 1 | 1`) and every
 //! line of the expectation file appears in the output in order. The
@@ -92,16 +93,20 @@ fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usiz
     (next, last)
 }
 
-/// The bring-up test of the seL4 platform itself.
-const PLATFORM_TEST_SYSTEM: &str = "tests/systems/sel4test.toml";
+/// Booted after `system.toml`: the bring-up test of the seL4 platform
+/// itself, then the VMBus system against the simulated host.
+const MORE_BOOT_TEST_SYSTEMS: &[&str] =
+    &["tests/systems/sel4test.toml", "tests/systems/vmbus.toml"];
 
 pub fn boot_test(args: &[String]) -> Result {
     if !args.is_empty() {
         return boot_test_one(&system_argument(args)?);
     }
-    let platform_test = crate::util::workspace_root().join(PLATFORM_TEST_SYSTEM);
     boot_test_one(&system_argument(&[])?)?;
-    boot_test_one(&platform_test)
+    for system in MORE_BOOT_TEST_SYSTEMS {
+        boot_test_one(&crate::util::workspace_root().join(system))?;
+    }
+    Ok(())
 }
 
 fn boot_test_one(system: &Path) -> Result {
