@@ -471,3 +471,57 @@ fn client_delete_and_garbage_calls() {
         Err(Refusal::NOT_SERVED)
     );
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Size fields worth trying: around the array bounds, odd, huge.
+    fn size() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            0u32..16,
+            500u32..530,
+            2040u32..2060,
+            Just(u32::MAX),
+            any::<u32>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(192))]
+
+        /// Whatever KVP message the host sends, the driver answers it or
+        /// rejects it, never panics, and keeps its store within bounds.
+        #[test]
+        fn any_kvp_message_is_answered_or_rejected(
+            operation in 0u8..8,
+            pool in 0u8..6,
+            key_size in size(),
+            value_size in size(),
+            value_kind in prop_oneof![Just(1u32), Just(4), Just(11), any::<u32>()],
+            key in proptest::collection::vec(any::<u8>(), 0..64),
+            value in proptest::collection::vec(any::<u8>(), 0..64),
+            index in 0u32..4,
+            cut in 0usize..2700,
+        ) {
+            let (mut env, mut host, mut component) = started(&[(5, 0)]);
+            let mut body = KvpEnumerateMessage::new_zeroed();
+            body.header.operation = operation;
+            body.header.pool = pool;
+            body.index = index.into();
+            body.value.value_type = value_kind.into();
+            body.value.key_size = key_size.into();
+            body.value.value_size = value_size.into();
+            body.value.key[..key.len()].copy_from_slice(&key);
+            body.value.value[..value.len()].copy_from_slice(&value);
+            let bytes = body.as_bytes();
+            let request = ic_request(ic::message_type::KVP, (5, 0), &bytes[..cut.min(bytes.len())]);
+            let rejected = component.channel.stats().rejected;
+            host.send(&request);
+            synic(&mut component, &mut env);
+            let answered = host.receive_ic().is_some();
+            prop_assert!(answered != (component.channel.stats().rejected == rejected + 1));
+            prop_assert!(component.service.store.used() <= store::STORE_BYTES);
+        }
+    }
+}

@@ -774,3 +774,86 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use crate::testing::*;
+    use component_api::RegionName;
+    use env_double::EnvDouble;
+    use proptest::prelude::*;
+    use vmbus_protocol::ic::{message_type, HeartbeatMessage, STATUS_OK};
+
+    const IDS: ChannelIds = ChannelIds {
+        ring: RegionName(0),
+        synic_call: Channel(1),
+        vmbus: Channel(2),
+    };
+
+    struct Echo;
+
+    impl IcService for Echo {
+        fn message_type(&self) -> u16 {
+            message_type::HEARTBEAT
+        }
+        fn message_versions(&self) -> &'static [(u16, u16)] {
+            &ic::versions::HEARTBEAT
+        }
+        fn handle(
+            &mut self,
+            _env: &mut dyn Env,
+            _version: IcVersion,
+            body: &mut [u8],
+        ) -> Result<u32, Rejection> {
+            let message: &mut HeartbeatMessage = body_mut(body)?;
+            message.sequence = (message.sequence.get() + 1).into();
+            Ok(STATUS_OK)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any in-band payload, and any mutation of a valid negotiate or
+        /// heartbeat message, is answered or rejected (counted), never a
+        /// panic, and the channel keeps working afterwards.
+        #[test]
+        fn any_payload_is_answered_or_rejected(
+            negotiated in any::<bool>(),
+            base in 0usize..3,
+            flips in proptest::collection::vec((0usize..96, any::<u8>()), 0..6),
+            random in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut env = EnvDouble::new();
+            let mut host = TestHost::new(&mut env, IDS);
+            let mut channel = IcChannel::new(IDS);
+            channel.on_bus_event(&mut env, &mut Echo);
+            channel.on_bus_event(&mut env, &mut Echo);
+            if negotiated {
+                host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
+                channel.poll(&mut env, &mut Echo);
+                prop_assert!(host.receive().is_some());
+            }
+            let heartbeat = HeartbeatMessage { sequence: 1.into(), reserved: Default::default() };
+            let mut payload = match base {
+                0 => negotiate_request(&[(3, 0), (1, 0)], &[(3, 0), (1, 0)]),
+                1 => ic_request(message_type::HEARTBEAT, (3, 0), &bytes_of(&heartbeat)),
+                _ => random,
+            };
+            for (at, value) in flips {
+                if let Some(byte) = payload.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            let rejected = channel.stats().rejected;
+            host.send(&payload);
+            channel.poll(&mut env, &mut Echo);
+            let answered = host.receive().is_some();
+            prop_assert!(answered != (channel.stats().rejected == rejected + 1));
+            // Still alive: a negotiation is answered.
+            host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
+            channel.poll(&mut env, &mut Echo);
+            prop_assert!(host.receive().is_some());
+        }
+    }
+}
