@@ -1,5 +1,6 @@
-//! `cargo xtask hosted [path/to/system.toml] [--release]`: run a system as
-//! Linux processes on the hosted runtime (`platform/hosted-runtime`).
+//! `cargo xtask hosted [path/to/system.toml] [--release] [--host-arg ARG]..`:
+//! run a system as Linux processes on the hosted runtime
+//! (`platform/hosted-runtime`).
 //!
 //! Validates the description (errors with file:line:col), builds each
 //! component's host binary with that description's identifiers, starts
@@ -8,25 +9,47 @@
 //! hypervisor transport, bridged to its channels), reports faults to
 //! supervisors, and exits with the code a component powers the system off
 //! with (1 if nothing is left running).
+//!
+//! With a simulated host, the host process gets `--time-interval-ms 5000`
+//! (a time sample every 5 s, as Hyper-V sends them) unless `--host-arg`s
+//! are given, and each line typed on stdin is an operator command for it
+//! (`shutdown`, `heartbeat`, `time`, `kvp-set 0 KEY VALUE`, `rescind RELID`,
+//! ...: `docs/hvsim.md`); its answer is printed as `[hvsim] ...`.
+//!
+//! Trusts: the description it is given. Writes: cargo's build output.
 
 use crate::util::{workspace_root, Result};
 use hosted_runtime::{build_components, LaunchOptions, System};
+use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str =
+    "usage: cargo xtask hosted [path/to/system.toml] [--release] [--host-arg ARG]...";
+
+/// What the simulated host process gets by default.
+const DEFAULT_HOST_ARGS: [&str; 2] = ["--time-interval-ms", "5000"];
 
 pub fn run(args: &[String]) -> Result {
     let root = workspace_root();
     let mut release = false;
     let mut description: Option<PathBuf> = None;
-    for arg in args {
+    let mut host_args: Vec<String> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--release" => release = true,
-            flag if flag.starts_with('-') => {
-                return Err(format!(
-                    "unknown option {flag}; usage: cargo xtask hosted [path/to/system.toml] [--release]"
-                ))
-            }
+            "--host-arg" => match args.next() {
+                Some(value) => host_args.push(value.clone()),
+                None => return Err(format!("--host-arg needs a value; {USAGE}")),
+            },
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}; {USAGE}")),
             path => description = Some(PathBuf::from(path)),
         }
+    }
+    if host_args.is_empty() {
+        host_args = DEFAULT_HOST_ARGS.iter().map(|a| a.to_string()).collect();
     }
     let description = match description {
         Some(path) if path.is_absolute() => path,
@@ -44,6 +67,7 @@ pub fn run(args: &[String]) -> Result {
         .map(|c| c.package.clone())
         .collect();
     let host = layout.components.iter().find(|c| c.simulated_host);
+    let host_name = host.map(|c| c.name.clone());
     println!(
         "[xtask] building {} component(s) for the host",
         packages.len()
@@ -52,15 +76,51 @@ pub fn run(args: &[String]) -> Result {
         .map_err(|e| format!("build failed: {e}"))?;
     let mut options = LaunchOptions::new(&binaries);
     options.simulated_host = host.map(|c| binaries.join(&c.package));
+    options.simulated_host_args = host_args;
     println!("[xtask] starting {}", description.display());
-    let system =
-        System::launch(layout, options).map_err(|e| format!("cannot start the system: {e}"))?;
+    let system = Arc::new(
+        System::launch(layout, options).map_err(|e| format!("cannot start the system: {e}"))?,
+    );
+    if let Some(name) = host_name {
+        println!(
+            "[xtask] {name} takes operator commands on stdin (shutdown, heartbeat, time, kvp-set 0 KEY VALUE, stats, ...)"
+        );
+        forward_operator_commands(Arc::downgrade(&system));
+    }
     let code = system.wait();
+    // The operator thread holds only a weak reference: this is the last
+    // one, and dropping it ends every component.
     drop(system);
     println!("[xtask] the system ended with code {code}");
     if code == 0 {
         Ok(())
     } else {
         std::process::exit(i32::from(code))
+    }
+}
+
+/// Each stdin line goes to the simulated host as an operator command; the
+/// answer shows in the output as the host's line. The thread ends at end
+/// of input or with the system (it is not joined: a read on a terminal
+/// cannot be interrupted, and the process exits after the run).
+fn forward_operator_commands(system: std::sync::Weak<System>) {
+    let spawned = std::thread::Builder::new()
+        .name("operator".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let Some(system) = system.upgrade() else {
+                    break;
+                };
+                if let Err(error) = system.host_command(&line, Duration::from_secs(5)) {
+                    println!("[xtask] {error}");
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        println!("[xtask] no operator input: {error}");
     }
 }
