@@ -20,10 +20,12 @@
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
-use hvsim::script::{integration_components, Script, ScriptRunner};
+use hvsim::script::{integration_components, ScriptRunner};
 use talc::{ClaimOnOom, Span, Talc, Talck};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+// `SCRIPT`: the operator script for the description being built (build.rs).
+include!(concat!(env!("OUT_DIR"), "/script.rs"));
 
 /// Timer ticks per second: fine enough for the 1 s heartbeat and time
 /// sample periods, coarse enough not to keep the CPU busy under TCG.
@@ -89,7 +91,7 @@ impl Component for SimulatedHost {
         start_timer(env, TICK_HZ);
         SimulatedHost {
             host: HostPd::new(memory, integration_components(), channels::INTERRUPT),
-            script: ScriptRunner::new(Script::DEFAULT),
+            script: ScriptRunner::new(SCRIPT),
         }
     }
 

@@ -95,6 +95,9 @@ pub struct ScriptRunner {
     shutdown_requested: bool,
     kvp_faults_sent: u32,
     next_kvp_fault_at: Option<u64>,
+    /// When the last malformed KVP packet went out and the guest has not
+    /// served KVP again since (the host's KVP pairs were not re-pushed).
+    kvp_fault_sent_ns: Option<u64>,
 }
 
 impl ScriptRunner {
@@ -108,6 +111,7 @@ impl ScriptRunner {
             shutdown_requested: false,
             kvp_faults_sent: 0,
             next_kvp_fault_at: script.kvp_fault_after_heartbeats,
+            kvp_fault_sent_ns: None,
         }
     }
 
@@ -129,8 +133,8 @@ impl ScriptRunner {
             }
         }
         self.time_samples(sim, now_ns, &mut report);
-        self.host_pairs(sim, &mut report);
-        self.kvp_faults(sim, &mut report);
+        self.host_pairs(sim, now_ns, &mut report);
+        self.kvp_faults(sim, now_ns, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -175,7 +179,12 @@ impl ScriptRunner {
         }
     }
 
-    fn host_pairs<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+    fn host_pairs<M: GuestMemory>(
+        &mut self,
+        sim: &mut Simulator<M>,
+        now_ns: u64,
+        report: &mut Vec<String>,
+    ) {
         let Some(relid) = sim.channel_of(DeviceKind::Kvp) else {
             // Closed (a restarted driver reopens it with an empty store):
             // push again once it is open.
@@ -197,10 +206,22 @@ impl ScriptRunner {
                     self.script.host_pairs.len()
                 ));
             }
+            // KVP negotiated and accepted a SET again: it serves again.
+            if let Some(at) = self.kvp_fault_sent_ns.take() {
+                report.push(format!(
+                    "host: KVP serving again {} ms after the malformed packet",
+                    now_ns.saturating_sub(at) / 1_000_000
+                ));
+            }
         }
     }
 
-    fn kvp_faults<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+    fn kvp_faults<M: GuestMemory>(
+        &mut self,
+        sim: &mut Simulator<M>,
+        now_ns: u64,
+        report: &mut Vec<String>,
+    ) {
         let Some(at) = self.next_kvp_fault_at else {
             return;
         };
@@ -212,6 +233,7 @@ impl ScriptRunner {
         };
         if sim.inject_malformed_packet(relid, self.script.kvp_fault) {
             self.kvp_faults_sent += 1;
+            self.kvp_fault_sent_ns = Some(now_ns);
             self.next_kvp_fault_at =
                 Some(self.heartbeats_answered + self.script.kvp_fault_every.max(1));
             report.push(format!(
