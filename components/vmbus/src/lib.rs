@@ -204,6 +204,9 @@ pub struct Vmbus {
     started_ns: u64,
     all_open_once: bool,
     status_dirty: bool,
+    /// The status view has been printed at least once.
+    view_printed: bool,
+    state_changed_after_all_open: bool,
     /// Drivers whose channel a host message changed: reconciled once the
     /// whole batch of queued messages is read, so a rescind queued behind a
     /// reply is seen before acting on the reply.
@@ -338,6 +341,8 @@ impl Vmbus {
             all_open_once: false,
             status_dirty: false,
             touched: 0,
+            view_printed: false,
+            state_changed_after_all_open: false,
         }
     }
 
@@ -1356,6 +1361,9 @@ impl Vmbus {
                 self.drivers[d].published = Some(view);
                 env.notify(self.drivers[d].wiring.event);
                 self.status_dirty = true;
+                if self.all_open_once {
+                    self.state_changed_after_all_open = true;
+                }
             }
         }
         if !self.status_dirty {
@@ -1379,7 +1387,14 @@ impl Vmbus {
                 elapsed / 1_000_000
             );
         }
-        if settled && self.all_open_once {
+        // The first view waits for the VSCs' version reports (they follow
+        // the open within moments) unless a channel changes state first.
+        let versions_known = (0..self.drivers.len())
+            .all(|d| self.presented(d) != ChannelState::Open || self.drivers[d].versions.is_some());
+        let worth_printing =
+            self.view_printed || versions_known || self.state_changed_after_all_open;
+        if settled && self.all_open_once && worth_printing {
+            self.view_printed = true;
             self.status_dirty = false;
             self.print_status(env);
         }

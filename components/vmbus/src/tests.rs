@@ -1042,27 +1042,35 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         "{}",
         rig.env.console
     );
+    // The table waits for the drivers' version reports.
     assert!(
-        rig.env.console.contains("VMBus 5.3, 4 devices"),
+        !rig.env.console.contains("VMBus 5.3, 4 devices"),
         "{}",
         rig.env.console
     );
+    let versions = [
+        ((3, 0), (3, 0)),
+        ((3, 0), (3, 2)),
+        ((3, 0), (4, 0)),
+        ((3, 0), (4, 0)),
+    ];
+    for (d, (framework, message)) in versions.iter().enumerate() {
+        let call_end = rig.bus.drivers[d].wiring.call;
+        let reply = rig.request(
+            call_end,
+            bus::Request::ReportVersions {
+                framework: *framework,
+                message: *message,
+            },
+        );
+        assert_eq!(reply, bus::Reply::Accepted);
+        let tables = rig.env.console.matches("VMBus 5.3, 4 devices").count();
+        assert_eq!(tables, if d == 3 { 1 } else { 0 }, "{}", rig.env.console);
+    }
     assert!(
         rig.env.console.contains(" relid class "),
         "{}",
         rig.env.console
-    );
-    let call_end = rig.bus.drivers[3].wiring.call;
-    rig.env.console.clear();
-    assert_eq!(
-        rig.request(
-            call_end,
-            bus::Request::ReportVersions {
-                framework: (3, 0),
-                message: (4, 0)
-            }
-        ),
-        bus::Reply::Accepted
     );
     let kvp_line = rig
         .env
@@ -1104,6 +1112,29 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         "{}",
         rig.env.console
     );
+    rig.torndown(gpadl);
+    assert!(
+        rig.env.console.contains("VMBus 5.3, 4 devices"),
+        "{}",
+        rig.env.console
+    );
+    assert!(
+        rig.env.console.contains("heartbeat  offered"),
+        "{}",
+        rig.env.console
+    );
+}
+
+#[test]
+fn without_version_reports_the_view_appears_at_the_next_state_change() {
+    let mut rig = Rig::offered();
+    for d in 0..4 {
+        rig.open_fully(d);
+    }
+    assert!(!rig.env.console.contains("VMBus 5.3, 4 devices"));
+    let call_end = rig.bus.drivers[1].wiring.call;
+    rig.request(call_end, bus::Request::Close);
+    let gpadl = rig.bus.drivers[1].channel.as_ref().unwrap().gpadl.unwrap();
     rig.torndown(gpadl);
     assert!(
         rig.env.console.contains("VMBus 5.3, 4 devices"),

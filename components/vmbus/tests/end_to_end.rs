@@ -416,6 +416,16 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
     }
     guest.open_all();
     assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);
+    for d in 0..4 {
+        let report = bus::Request::ReportVersions {
+            framework: (3, 0),
+            message: (3, 0),
+        };
+        assert_eq!(
+            guest.request(Guest::vsc_end(d), report),
+            bus::Reply::Accepted
+        );
+    }
     let console = guest.bus_env.console.clone();
     assert!(console.contains("VMBus 5.3, 5 devices"), "{console}");
     assert!(console.contains("no driver"), "{console}");
