@@ -187,6 +187,8 @@ pub struct Counters {
     pub rejected: u32,
     pub posts_deferred: u32,
     pub posts_failed: u32,
+    /// Offers without a driver beyond what is remembered.
+    pub offers_dropped: u32,
 }
 
 pub struct Vmbus {
@@ -715,6 +717,10 @@ impl Vmbus {
                 }
                 self.adopt(d, offer);
             }
+            _ if self.unclaimed.is_full() => {
+                // A host offering without end: no more log lines or memory.
+                self.counters.offers_dropped = self.counters.offers_dropped.wrapping_add(1);
+            }
             _ => {
                 println!(
                     env,
@@ -739,7 +745,13 @@ impl Vmbus {
     fn leave_alone(&mut self, env: &mut dyn Env, offer: Offer) {
         let relid = offer.relid;
         if self.unclaimed.push(offer).is_err() {
-            println!(env, "too many unclaimed offers: relid {} forgotten", relid);
+            self.counters.offers_dropped = self.counters.offers_dropped.wrapping_add(1);
+            println!(
+                env,
+                "{} offers without a driver: relid {} and later ones forgotten",
+                MAX_UNCLAIMED,
+                relid
+            );
         }
         self.status_dirty = true;
     }

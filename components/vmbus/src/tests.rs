@@ -1292,3 +1292,21 @@ fn a_rescind_queued_behind_a_reply_is_seen_before_acting_on_the_reply() {
         [(4, ChannelMessage::RelIdReleased(_))]
     ));
 }
+
+#[test]
+fn a_flood_of_unclaimed_offers_is_bounded() {
+    let mut rig = rig();
+    rig.connect();
+    for relid in 1..200 {
+        rig.offer(relid, class::NIC, instance(relid as u8));
+    }
+    assert_eq!(rig.bus.unclaimed.len(), MAX_UNCLAIMED);
+    assert_eq!(
+        rig.bus.counters().offers_dropped,
+        199 - MAX_UNCLAIMED as u32
+    );
+    assert!(rig.env.console.lines().count() < MAX_UNCLAIMED + 10);
+    // The drivers still get their devices.
+    rig.offer(500, class::KVP, instance(4));
+    assert_eq!(rig.state(3), ChannelState::Offered);
+}
