@@ -1415,6 +1415,24 @@ impl Vmbus {
     fn print_status(&self, env: &mut dyn Env) {
         let rows = (0..self.device_count()).filter_map(|i| self.device_status(i));
         status::print(env, self.version, rows);
+        if let Ok(synic::Reply::Status(counters)) =
+            call::<_, synic::Reply>(env, channels::SYNIC_CALL, &synic::Request::Status)
+        {
+            println!(
+                env,
+                "synic: {} messages in, {} posted, {} channel events, {} signals ({} refused), {} stray events",
+                counters.messages_received,
+                counters.messages_posted,
+                counters.events_delivered,
+                counters.signals_sent,
+                counters.signals_refused,
+                counters.stray_events
+            );
+        }
+        println!(
+            env,
+            "vmbus: {} host messages, {} rejected", self.counters.messages, self.counters.rejected
+        );
     }
 
     fn serve(&mut self, env: &mut dyn Env, channel: Channel, request: bus::Request) -> bus::Reply {

@@ -1072,6 +1072,8 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         "{}",
         rig.env.console
     );
+    assert!(rig.env.console.contains("synic: "), "{}", rig.env.console);
+    assert!(rig.env.console.contains("vmbus: "), "{}", rig.env.console);
     let kvp_line = rig
         .env
         .console
