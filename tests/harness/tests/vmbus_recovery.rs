@@ -123,6 +123,11 @@ fn a_packet_that_breaks_the_kvp_ring_restarts_only_kvp_and_the_others_keep_their
         harness.system().output_timed()[after_open - 1].0,
         after_open,
     );
+    // The status view counts the restart.
+    harness.expect_output(
+        &format!("[vmbus] {kvp:>6} kvp        48565349-4d00-0000-0000-000000000004  kvp        open      3.0       5.0  1"),
+        from,
+    );
     // KVP works again (the restarted driver starts with empty pools).
     assert_eq!(host_kvp_set(&harness, 0, "AfterFault", "2"), 0);
     let (answered, _) = line_time(&harness, "key \"AfterFault\"", from);

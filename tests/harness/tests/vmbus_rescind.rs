@@ -3,7 +3,8 @@
 //! releases the relid), offers the same device again (a new device to the
 //! guest, opened and working), and offers devices while the guest runs
 //! (a driven class opens, an unknown class is left alone). The other
-//! channels keep running throughout.
+//! channels keep running throughout. Unload on a client's request closes
+//! every channel and powers off with the client's code.
 
 mod vmbus_common;
 
@@ -90,5 +91,32 @@ fn offers_added_at_runtime_open_when_driven_and_are_left_alone_otherwise() {
         harness.system().faults().is_empty(),
         "{:?}",
         harness.system().faults()
+    );
+}
+
+#[test]
+fn unload_closes_every_channel_and_powers_off_with_the_clients_code() {
+    let harness = start(&[], &["client"]);
+    let mut client = harness.double("client");
+    wait_all_open(&harness, 4);
+    let from = harness.system().output().len();
+    let channel = client.channel("vmbus");
+    let reply: vmbus_ipc::bus::Reply = component_api::call(
+        client.env(),
+        channel,
+        &vmbus_ipc::bus::Request::Unload {
+            power_off_code: Some(7),
+        },
+    )
+    .expect("vmbus answers Unload");
+    assert_eq!(reply, vmbus_ipc::bus::Reply::Accepted);
+    for relid in 1..=4 {
+        harness.expect_output(&format!("hvsim event: closed relid {relid} "), from);
+    }
+    harness.expect_output("hvsim event: unloaded", from);
+    harness.expect_output("[vmbus] VMBus unloaded; powering off with code 7", from);
+    assert_eq!(
+        harness.system().wait_for_power_off(ipc_harness::WAIT),
+        Some(7)
     );
 }
