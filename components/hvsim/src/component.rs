@@ -7,15 +7,15 @@
 //! synic interrupt leaves on the `interrupt` notify channel
 //! ([`hvsim::pd::HostPd`]).
 //!
-//! Time: the host only runs when something happens, so it programs the PC's
-//! interval timer (PIT channel 0, IO ports `pit`, ISA IRQ 0 = IOAPIC pin 2,
-//! delivered on `timer`) at [`TICK_HZ`] and steps the simulator on each
-//! tick as well as on each call: heartbeat requests, time samples, delayed
-//! replies and the [`hvsim::script::Script`] advance with guest time.
+//! Time: the host only runs when something happens, so the description
+//! gives it a clock: the `ticker` component notifies its `tick` channel 20
+//! times a second. Any notification steps the simulator, as does each call:
+//! heartbeat requests, time samples, delayed replies and the operator
+//! script ([`hvsim::script::Script`], chosen by build.rs) advance with time.
 //!
 //! Trusts: nothing from the guest (the simulator validates everything).
-//! Writes: the host-visible regions, the PIT, the interrupt notification
-//! and console lines.
+//! Writes: the host-visible regions, the interrupt notification and
+//! console lines.
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
@@ -26,11 +26,6 @@ use talc::{ClaimOnOom, Span, Talc, Talck};
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 // `SCRIPT`: the operator script for the description being built (build.rs).
 include!(concat!(env!("OUT_DIR"), "/script.rs"));
-
-/// Timer ticks per second: fine enough for the 1 s heartbeat and time
-/// sample periods, coarse enough not to keep the CPU busy under TCG.
-pub const TICK_HZ: u32 = 20;
-const PIT_INPUT_HZ: u32 = 1_193_182;
 
 /// The simulator's heap (GPADL tables, queued messages, packet copies).
 const HEAP_BYTES: usize = 512 * 1024;
@@ -45,15 +40,6 @@ static ALLOCATOR: Talck<spin::Mutex<()>, ClaimOnOom> =
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,
     script: ScriptRunner,
-}
-
-/// PIT channel 0, mode 2 (rate generator), lobyte/hibyte: an edge on IRQ 0
-/// every 1/`hz` s.
-fn start_timer(env: &mut dyn Env, hz: u32) {
-    let divisor = (PIT_INPUT_HZ / hz).clamp(1, 0xffff);
-    env.ioport_write(ioports::PIT, 3, 1, 0x34);
-    env.ioport_write(ioports::PIT, 0, 1, divisor & 0xff);
-    env.ioport_write(ioports::PIT, 0, 1, divisor >> 8);
 }
 
 impl SimulatedHost {
@@ -83,22 +69,18 @@ impl Component for SimulatedHost {
             .count();
         println!(
             env,
-            "simulated Hyper-V host: {} host-visible regions, {} devices, tick {} Hz",
+            "simulated Hyper-V host: {} host-visible regions, {} devices",
             visible,
-            integration_components().devices.len(),
-            TICK_HZ
+            integration_components().devices.len()
         );
-        start_timer(env, TICK_HZ);
         SimulatedHost {
             host: HostPd::new(memory, integration_components(), channels::INTERRUPT),
             script: ScriptRunner::new(SCRIPT),
         }
     }
 
-    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
-        if channels.contains(irqs::TIMER) {
-            env.irq_ack(irqs::TIMER);
-        }
+    /// A tick (or any notification): run the host.
+    fn notified(&mut self, env: &mut dyn Env, _channels: ChannelSet) {
         self.host.step(env);
         self.run_script(env);
     }

@@ -44,6 +44,11 @@ pub struct Script {
     pub kvp_fault_every: u64,
     pub kvp_fault_count: u32,
     pub kvp_fault: PacketFault,
+    /// How much longer than its period a gap between two heartbeat (or
+    /// time sync) answers may be and still count as on time: the host acts
+    /// only on its timer ticks and on calls, so its requests go out up to a
+    /// tick late.
+    pub gap_allowance_ns: u64,
 }
 
 impl Script {
@@ -57,6 +62,7 @@ impl Script {
         kvp_fault_every: 0,
         kvp_fault_count: 0,
         kvp_fault: PacketFault::UnknownType,
+        gap_allowance_ns: 100_000_000,
     };
 }
 
@@ -83,6 +89,33 @@ pub fn integration_components() -> ServerConfig {
     }
 }
 
+/// The longest gap between consecutive answers of one service.
+#[derive(Clone, Copy, Debug, Default)]
+struct GapWatch {
+    last_ns: Option<u64>,
+    longest_ns: u64,
+}
+
+impl GapWatch {
+    fn answered(&mut self, now_ns: u64) {
+        if let Some(last) = self.last_ns {
+            self.longest_ns = self.longest_ns.max(now_ns.saturating_sub(last));
+        }
+        self.last_ns = Some(now_ns);
+    }
+
+    fn verdict(&self, what: &str, period_ns: u64, allowance_ns: u64) -> String {
+        let within = self.longest_ns <= period_ns + allowance_ns;
+        format!(
+            "host: {what} answers {} their period (longest gap {} ms, period {} ms + {} ms allowance)",
+            if within { "within" } else { "NOT within" },
+            self.longest_ns / 1_000_000,
+            period_ns / 1_000_000,
+            allowance_ns / 1_000_000
+        )
+    }
+}
+
 /// The script's progress.
 pub struct ScriptRunner {
     script: Script,
@@ -98,6 +131,11 @@ pub struct ScriptRunner {
     /// When the last malformed KVP packet went out and the guest has not
     /// served KVP again since (the host's KVP pairs were not re-pushed).
     kvp_fault_sent_ns: Option<u64>,
+    heartbeat_gaps: GapWatch,
+    heartbeat_period_ns: u64,
+    /// Time sync answers seen on (relid, count).
+    timesync_answers: Option<(u32, u64)>,
+    timesync_gaps: GapWatch,
 }
 
 impl ScriptRunner {
@@ -112,6 +150,10 @@ impl ScriptRunner {
             kvp_faults_sent: 0,
             next_kvp_fault_at: script.kvp_fault_after_heartbeats,
             kvp_fault_sent_ns: None,
+            heartbeat_gaps: GapWatch::default(),
+            heartbeat_period_ns: 0,
+            timesync_answers: None,
+            timesync_gaps: GapWatch::default(),
         }
     }
 
@@ -126,12 +168,20 @@ impl ScriptRunner {
             if self.last_sequence != Some(beat.sequence) {
                 self.last_sequence = Some(beat.sequence);
                 self.heartbeats_answered += 1;
+                self.heartbeat_gaps.answered(beat.at_ns);
+                if let Some(endpoint) = sim
+                    .channel_of(DeviceKind::Heartbeat)
+                    .and_then(|relid| sim.vmbus.endpoint(relid))
+                {
+                    self.heartbeat_period_ns = endpoint.ic.heartbeat_interval_ns;
+                }
                 report.push(format!(
                     "host: heartbeat {} answered (sequence {})",
                     self.heartbeats_answered, beat.sequence
                 ));
             }
         }
+        self.watch_time_sync(sim, now_ns);
         self.time_samples(sim, now_ns, &mut report);
         self.host_pairs(sim, now_ns, &mut report);
         self.kvp_faults(sim, now_ns, &mut report);
@@ -141,6 +191,16 @@ impl ScriptRunner {
                 && sim.request_shutdown(0)
             {
                 self.shutdown_requested = true;
+                report.push(self.heartbeat_gaps.verdict(
+                    "heartbeat",
+                    self.heartbeat_period_ns,
+                    self.script.gap_allowance_ns,
+                ));
+                report.push(self.timesync_gaps.verdict(
+                    "time sync",
+                    self.script.time_sample_period_ns,
+                    self.script.gap_allowance_ns,
+                ));
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered
@@ -148,6 +208,25 @@ impl ScriptRunner {
             }
         }
         report
+    }
+
+    fn watch_time_sync<M: GuestMemory>(&mut self, sim: &Simulator<M>, now_ns: u64) {
+        let Some(relid) = sim.channel_of(DeviceKind::TimeSync) else {
+            return;
+        };
+        let Some(count) = sim.vmbus.endpoint(relid).map(|e| e.ic.timesync_answers) else {
+            return;
+        };
+        if self.timesync_answers != Some((relid, count)) {
+            // A new channel starts its count again: only an increase on the
+            // same channel is an answer.
+            if matches!(self.timesync_answers, Some((r, c)) if r == relid && count > c) {
+                self.timesync_gaps.answered(now_ns);
+            } else if count > 0 {
+                self.timesync_gaps.last_ns.get_or_insert(now_ns);
+            }
+            self.timesync_answers = Some((relid, count));
+        }
     }
 
     fn time_samples<M: GuestMemory>(
@@ -277,6 +356,21 @@ mod tests {
         let mut instances: Vec<_> = config.devices.iter().map(|d| d.instance).collect();
         instances.dedup();
         assert_eq!(instances.len(), 4);
+    }
+
+    #[test]
+    fn gaps_are_measured_between_answers_and_judged_against_the_period() {
+        let mut watch = GapWatch::default();
+        for at in [5, 1_005, 2_090, 3_000] {
+            watch.answered(at * 1_000_000);
+        }
+        assert_eq!(watch.longest_ns, 1_085_000_000);
+        assert!(watch
+            .verdict("heartbeat", 1_000_000_000, 100_000_000)
+            .contains("answers within their period (longest gap 1085 ms"));
+        assert!(watch
+            .verdict("heartbeat", 1_000_000_000, 50_000_000)
+            .contains("NOT within"));
     }
 
     #[test]

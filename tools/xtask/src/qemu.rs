@@ -94,9 +94,13 @@ fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usiz
 }
 
 /// Booted after `system.toml`: the bring-up test of the seL4 platform
-/// itself, then the VMBus system against the simulated host.
-const MORE_BOOT_TEST_SYSTEMS: &[&str] =
-    &["tests/systems/sel4test.toml", "tests/systems/vmbus.toml"];
+/// itself, the VMBus system against the simulated host, and its isolation
+/// test (malformed packets on the KVP channel).
+const MORE_BOOT_TEST_SYSTEMS: &[&str] = &[
+    "tests/systems/sel4test.toml",
+    "tests/systems/vmbus.toml",
+    "tests/systems/vmbus-kvp-fault.toml",
+];
 
 pub fn boot_test(args: &[String]) -> Result {
     if !args.is_empty() {
