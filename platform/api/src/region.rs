@@ -53,7 +53,10 @@ impl Region {
     /// (page aligned). Runtimes set this for regions `system.toml` declares
     /// `host_visible`; drivers hand these addresses to the host in GPADLs.
     pub fn with_guest_physical(self, gpa: u64) -> Region {
-        Region { guest_physical: Some(gpa), ..self }
+        Region {
+            guest_physical: Some(gpa),
+            ..self
+        }
     }
 
     /// The guest physical address of the region's first byte, if the host

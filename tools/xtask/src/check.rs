@@ -6,12 +6,20 @@ use crate::util::{workspace_root, Result};
 use std::path::PathBuf;
 
 pub fn run(args: &[String]) -> Result {
-    let path = args.first().map(PathBuf::from).unwrap_or_else(|| workspace_root().join("system.toml"));
+    let path = args
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("system.toml"));
     let layout = sysdesc::compile_file(&path).map_err(|diagnostics| {
         eprint!("{diagnostics}");
         format!("{} has {} error(s)", path.display(), diagnostics.0.len())
     })?;
-    println!("{}: {} components, {} regions", path.display(), layout.components.len(), layout.regions.len());
+    println!(
+        "{}: {} components, {} regions",
+        path.display(),
+        layout.components.len(),
+        layout.regions.len()
+    );
     for component in &layout.components {
         let supervisor = component
             .supervisor

@@ -11,12 +11,12 @@
 //!
 //! Each subcommand lives in its own module.
 
-mod image;
-mod kernel;
-mod qemu;
 mod check;
 mod fuzz;
 mod hosted;
+mod image;
+mod kernel;
+mod qemu;
 mod setup;
 mod test;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each

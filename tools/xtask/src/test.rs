@@ -17,7 +17,10 @@ pub fn run(args: &[String]) -> Result {
     let mut results: Vec<(&str, bool)> = Vec::new();
 
     let mut cargo_test = Command::new(env!("CARGO"));
-    cargo_test.current_dir(&root).args(["test", "--workspace"]).args(args);
+    cargo_test
+        .current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(args);
     results.push(("cargo test --workspace", status_ok(&mut cargo_test)));
 
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
@@ -25,7 +28,11 @@ pub fn run(args: &[String]) -> Result {
     boot_test.current_dir(&root).arg("boot-test");
     results.push(("QEMU boot test", status_ok(&mut boot_test)));
 
-    let failed: Vec<&str> = results.iter().filter(|(_, ok)| !ok).map(|(name, _)| *name).collect();
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| *name)
+        .collect();
     let passed = results.len() - failed.len();
     for (name, ok) in &results {
         println!("suite {name}: {}", if *ok { "passed" } else { "FAILED" });
