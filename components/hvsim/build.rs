@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 const KEYS: &[&str] = &[
     "time_sample_period_ms",
     "shutdown_after_heartbeats",
+    "kvp_faults",
     "kvp_fault_after_heartbeats",
     "kvp_fault_every",
-    "kvp_fault_count",
-    "kvp_fault",
 ];
 const FAULTS: &[&str] = &[
     "OffsetTooSmall",
@@ -52,22 +51,22 @@ fn script_source(path: &Path) -> String {
             "time_sample_period_ms" => {
                 format!("time_sample_period_ns: {},", number_value() * 1_000_000)
             }
-            "shutdown_after_heartbeats" | "kvp_fault_after_heartbeats" => {
-                format!("{key}: Some({}),", number_value())
+            "shutdown_after_heartbeats" => format!("{key}: Some({}),", number_value()),
+            "kvp_fault_after_heartbeats" | "kvp_fault_every" => {
+                format!("{key}: {},", number_value())
             }
-            "kvp_fault_every" => format!("{key}: {},", number_value()),
-            "kvp_fault_count" => format!(
-                "{key}: {},",
-                u32::try_from(number_value()).unwrap_or_else(|_| fail("too large"))
-            ),
             _ => {
-                if !FAULTS.contains(&value) {
-                    fail(&format!(
-                        "unknown fault `{value}`; known: {}",
-                        FAULTS.join(", ")
-                    ));
+                let mut faults = String::new();
+                for fault in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    if !FAULTS.contains(&fault) {
+                        fail(&format!(
+                            "unknown fault `{fault}`; known: {}",
+                            FAULTS.join(", ")
+                        ));
+                    }
+                    faults.push_str(&format!("hvsim::channel::PacketFault::{fault}, "));
                 }
-                format!("{key}: hvsim::channel::PacketFault::{value},")
+                format!("{key}: &[{faults}],")
             }
         };
         fields.push_str("    ");

@@ -37,13 +37,12 @@ pub struct Script {
     pub host_pairs: &'static [(&'static str, &'static str)],
     /// Ask the guest to shut down once this many heartbeats were answered.
     pub shutdown_after_heartbeats: Option<u64>,
-    /// Isolation test: a malformed packet on the KVP channel once this many
-    /// heartbeats were answered, and again every `kvp_fault_every` more,
-    /// `kvp_fault_count` times in all.
-    pub kvp_fault_after_heartbeats: Option<u64>,
+    /// Isolation test: malformed packets on the KVP channel, in this order,
+    /// the first once `kvp_fault_after_heartbeats` heartbeats were answered
+    /// and each next one `kvp_fault_every` (at least 1) heartbeats later.
+    pub kvp_faults: &'static [PacketFault],
+    pub kvp_fault_after_heartbeats: u64,
     pub kvp_fault_every: u64,
-    pub kvp_fault_count: u32,
-    pub kvp_fault: PacketFault,
     /// How much longer than its period a gap between two heartbeat (or
     /// time sync) answers may be and still count as on time: the host acts
     /// only on its timer ticks and on calls, so its requests go out up to a
@@ -58,10 +57,9 @@ impl Script {
         time_sample_period_ns: 1_000_000_000,
         host_pairs: &[("HostName", "hvsim")],
         shutdown_after_heartbeats: Some(5),
-        kvp_fault_after_heartbeats: None,
-        kvp_fault_every: 0,
-        kvp_fault_count: 0,
-        kvp_fault: PacketFault::UnknownType,
+        kvp_faults: &[],
+        kvp_fault_after_heartbeats: 0,
+        kvp_fault_every: 1,
         gap_allowance_ns: 100_000_000,
     };
 }
@@ -126,8 +124,8 @@ pub struct ScriptRunner {
     heartbeats_answered: u64,
     last_sequence: Option<u64>,
     shutdown_requested: bool,
-    kvp_faults_sent: u32,
-    next_kvp_fault_at: Option<u64>,
+    kvp_faults_sent: usize,
+    next_kvp_fault_at: u64,
     /// When the last malformed KVP packet went out and the guest has not
     /// served KVP again since (the host's KVP pairs were not re-pushed).
     kvp_fault_sent_ns: Option<u64>,
@@ -301,23 +299,22 @@ impl ScriptRunner {
         now_ns: u64,
         report: &mut Vec<String>,
     ) {
-        let Some(at) = self.next_kvp_fault_at else {
+        let Some(&fault) = self.script.kvp_faults.get(self.kvp_faults_sent) else {
             return;
         };
-        if self.kvp_faults_sent >= self.script.kvp_fault_count || self.heartbeats_answered < at {
+        if self.heartbeats_answered < self.next_kvp_fault_at {
             return;
         }
         let Some(relid) = sim.channel_of(DeviceKind::Kvp) else {
             return;
         };
-        if sim.inject_malformed_packet(relid, self.script.kvp_fault) {
+        if sim.inject_malformed_packet(relid, fault) {
             self.kvp_faults_sent += 1;
             self.kvp_fault_sent_ns = Some(now_ns);
-            self.next_kvp_fault_at =
-                Some(self.heartbeats_answered + self.script.kvp_fault_every.max(1));
+            self.next_kvp_fault_at = self.heartbeats_answered + self.script.kvp_fault_every.max(1);
             report.push(format!(
                 "host: malformed packet ({:?}) sent on KVP relid {relid}",
-                self.script.kvp_fault
+                fault
             ));
         }
     }
@@ -377,8 +374,7 @@ mod tests {
     fn nothing_is_sent_before_the_channels_are_open() {
         let mut sim = host();
         let mut runner = ScriptRunner::new(Script {
-            kvp_fault_after_heartbeats: Some(0),
-            kvp_fault_count: 1,
+            kvp_faults: &[PacketFault::UnknownType],
             shutdown_after_heartbeats: Some(0),
             ..Script::DEFAULT
         });
