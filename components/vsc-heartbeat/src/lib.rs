@@ -12,8 +12,8 @@
 //! Writes: its own rings (answers) and the console.
 #![no_std]
 
-use component_api::{println, ChannelSet, Component, Env};
-use ic_channel::{body_mut, ChannelIds, IcChannel, IcService, Rejection};
+use component_api::{println, Env};
+use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use vmbus_protocol::ic::{self, HeartbeatMessage, IcVersion, STATUS_OK};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -22,11 +22,7 @@ include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 /// few seconds; a line each would drown the console).
 pub const LOG_EVERY: u64 = 10;
 
-pub const IDS: ChannelIds = ChannelIds {
-    ring: regions::RING,
-    synic_call: channels::SYNIC_CALL,
-    vmbus: channels::VMBUS,
-};
+pub const IDS: ChannelIds = ic_channel::driver_ids!();
 
 #[derive(Default)]
 pub struct HeartbeatService {
@@ -35,12 +31,9 @@ pub struct HeartbeatService {
 }
 
 impl IcService for HeartbeatService {
-    fn message_type(&self) -> u16 {
-        ic::message_type::HEARTBEAT
-    }
-    fn message_versions(&self) -> &'static [(u16, u16)] {
-        &ic::versions::HEARTBEAT
-    }
+    const MESSAGE_TYPE: u16 = ic::message_type::HEARTBEAT;
+    const MESSAGE_VERSIONS: &'static [(u16, u16)] = &ic::versions::HEARTBEAT;
+
     fn handle(
         &mut self,
         env: &mut dyn Env,
@@ -63,59 +56,24 @@ impl IcService for HeartbeatService {
     }
 }
 
-pub struct Heartbeat {
-    pub channel: IcChannel,
-    pub service: HeartbeatService,
+impl DriverService for HeartbeatService {
+    const IDS: ChannelIds = IDS;
 }
 
-impl Component for Heartbeat {
-    fn init(env: &mut dyn Env) -> Self {
-        let mut heartbeat = Heartbeat {
-            channel: IcChannel::new(IDS),
-            service: HeartbeatService::default(),
-        };
-        // The offer may be there already (we were restarted): ask now.
-        heartbeat.channel.on_bus_event(env, &mut heartbeat.service);
-        heartbeat
-    }
-
-    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
-        if set.contains(channels::VMBUS_EVENT) {
-            self.channel.on_bus_event(env, &mut self.service);
-        }
-        if set.contains(channels::SYNIC) {
-            self.channel.poll(env, &mut self.service);
-        }
-    }
-}
+/// The component: the channel loop around [`HeartbeatService`].
+pub type Heartbeat = IcDriver<HeartbeatService>;
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
+    use component_api::{Channel, Component, Refusal};
     use env_double::EnvDouble;
     use ic_channel::testing::*;
     use std::vec;
 
-    fn heartbeat(sequence: u64) -> std::vec::Vec<u8> {
-        let body = HeartbeatMessage {
-            sequence: sequence.into(),
-            reserved: Default::default(),
-        };
-        ic_request(ic::message_type::HEARTBEAT, (3, 0), &bytes_of(&body))
-    }
-
     fn started() -> (EnvDouble, TestHost, Heartbeat) {
-        let mut env = EnvDouble::new();
-        let host = TestHost::new(&mut env, IDS);
-        let mut component = Heartbeat::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        assert!(component.channel.is_open());
-        (env, host, component)
-    }
-
-    fn synic(component: &mut Heartbeat, env: &mut EnvDouble) {
-        component.notified(env, ChannelSet(channels::SYNIC.bit()));
+        open_driver()
     }
 
     #[test]
@@ -125,7 +83,7 @@ mod tests {
             &[(1, 0), (3, 0)],
             &[(1, 0), (3, 0), (4, 0)],
         ));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (header, body) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), STATUS_OK);
         assert_eq!(negotiated_in(&body), Some(((3, 0), (3, 0))));
@@ -136,7 +94,7 @@ mod tests {
     fn an_old_host_gets_1_0() {
         let (mut env, mut host, mut component) = started();
         host.send(&negotiate_request(&[(1, 0)], &[(1, 0)]));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (_, body) = host.receive_ic().unwrap();
         assert_eq!(negotiated_in(&body), Some(((1, 0), (1, 0))));
     }
@@ -145,24 +103,22 @@ mod tests {
     fn versions_the_guest_does_not_speak_fail_the_negotiation() {
         let (mut env, mut host, mut component) = started();
         host.send(&negotiate_request(&[(2, 0)], &[(3, 0)]));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (header, body) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), ic::STATUS_FAIL);
         assert_eq!(negotiated_in(&body), None);
         host.send(&heartbeat(1));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive().is_none());
     }
 
     #[test]
     fn echoes_sequence_plus_one_and_logs_every_tenth() {
         let (mut env, mut host, mut component) = started();
-        host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
-        synic(&mut component, &mut env);
-        host.receive_ic().unwrap();
+        negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &[(3, 0)]);
         for sequence in 100..100 + LOG_EVERY {
             let transaction = host.send(&heartbeat(sequence));
-            synic(&mut component, &mut env);
+            notify_synic(&mut component, &mut env);
             let (id, payload) = host.receive().unwrap();
             assert_eq!(id, transaction);
             let message = ic::parse_ic_message(&payload).unwrap();
@@ -179,7 +135,7 @@ mod tests {
         assert!(!env.console.contains("heartbeat 2 answered"));
         // The sequence wraps instead of overflowing.
         host.send(&heartbeat(u64::MAX));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (_, body) = host.receive_ic().unwrap();
         let body: HeartbeatMessage = ic::read_body(&body).unwrap();
         assert_eq!(body.sequence.get(), 0);
@@ -188,13 +144,23 @@ mod tests {
     #[test]
     fn a_short_heartbeat_is_rejected_without_an_answer() {
         let (mut env, mut host, mut component) = started();
-        host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
-        synic(&mut component, &mut env);
-        host.receive_ic().unwrap();
+        negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &[(3, 0)]);
         host.send(&ic_request(ic::message_type::HEARTBEAT, (3, 0), &[1, 2, 3]));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive().is_none());
         assert_eq!(component.channel.stats().rejected, 1);
         assert!(env.console.contains("body shorter than its message"));
+    }
+
+    #[test]
+    fn heartbeat_has_no_client_and_refuses_every_call() {
+        let (mut env, _host, mut component) = started();
+        let mut reply = [0u8; 16];
+        for channel in 0..8 {
+            assert_eq!(
+                component.protected(&mut env, Channel(channel), &[0], &mut reply),
+                Err(Refusal::NOT_SERVED)
+            );
+        }
     }
 }

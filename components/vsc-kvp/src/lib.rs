@@ -25,8 +25,8 @@
 
 pub mod store;
 
-use component_api::{decode, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
-use ic_channel::{body_mut, ChannelIds, IcChannel, IcService, Rejection};
+use component_api::{decode, encode_reply, println, Env, Refusal};
+use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use store::{Store, StoreError};
 use vmbus_ipc::kvp::{
     Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL, POOL_EXTERNAL, POOL_GUEST,
@@ -38,11 +38,7 @@ use vmbus_protocol::ic::{
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ChannelIds {
-    ring: regions::RING,
-    synic_call: channels::SYNIC_CALL,
-    vmbus: channels::VMBUS,
-};
+pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
 
 /// KVP status codes (HRESULTs as Hyper-V's KVP uses them).
 pub mod status {
@@ -293,12 +289,9 @@ impl KvpService {
 }
 
 impl IcService for KvpService {
-    fn message_type(&self) -> u16 {
-        ic::message_type::KVP
-    }
-    fn message_versions(&self) -> &'static [(u16, u16)] {
-        &ic::versions::KVP
-    }
+    const MESSAGE_TYPE: u16 = ic::message_type::KVP;
+    const MESSAGE_VERSIONS: &'static [(u16, u16)] = &ic::versions::KVP;
+
     fn handle(
         &mut self,
         env: &mut dyn Env,
@@ -325,45 +318,23 @@ impl IcService for KvpService {
     }
 }
 
-pub struct Kvp {
-    pub channel: IcChannel,
-    pub service: KvpService,
-}
+impl DriverService for KvpService {
+    const IDS: ChannelIds = IDS;
 
-impl Component for Kvp {
-    fn init(env: &mut dyn Env) -> Self {
-        let mut kvp = Kvp {
-            channel: IcChannel::new(IDS),
-            service: KvpService::default(),
-        };
-        kvp.channel.on_bus_event(env, &mut kvp.service);
-        kvp
-    }
-
-    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
-        if set.contains(channels::VMBUS_EVENT) {
-            self.channel.on_bus_event(env, &mut self.service);
-        }
-        if set.contains(channels::SYNIC) {
-            self.channel.poll(env, &mut self.service);
-        }
-    }
-
-    fn protected(
+    fn serve_client(
         &mut self,
         env: &mut dyn Env,
-        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        if channel != channels::CLIENT {
-            return Err(Refusal::NOT_SERVED);
-        }
         let request = decode::<Request>(message)?;
-        let answer = self.service.serve(env, &request);
+        let answer = self.serve(env, &request);
         encode_reply(reply, &answer)
     }
 }
+
+/// The component: the channel loop around [`KvpService`].
+pub type Kvp = IcDriver<KvpService>;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 extern crate std;
 use super::*;
+use component_api::Component;
 use env_double::EnvDouble;
 use ic_channel::testing::*;
 use ic_channel::MAX_BAD_IN_A_ROW;
@@ -10,18 +11,9 @@ use vmbus_protocol::ic::IcMessageHeader;
 use zerocopy::{FromZeros, IntoBytes};
 
 fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Kvp) {
-    let mut env = EnvDouble::new();
-    let mut host = TestHost::new(&mut env, IDS);
-    let mut component = Kvp::init(&mut env);
-    component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-    host.send(&negotiate_request(&[(3, 0)], offered));
-    synic(&mut component, &mut env);
-    host.receive_ic().unwrap();
+    let (mut env, mut host, mut component) = open_driver();
+    negotiate(&mut component, &mut env, &mut host, &[(3, 0)], offered);
     (env, host, component)
-}
-
-fn synic(component: &mut Kvp, env: &mut EnvDouble) {
-    component.notified(env, ChannelSet(channels::SYNIC.bit()));
 }
 
 fn utf16(text: &str) -> Vec<u8> {
@@ -83,7 +75,7 @@ fn exchange(
     request: &[u8],
 ) -> Option<(IcMessageHeader, Vec<u8>)> {
     host.send(request);
-    synic(component, env);
+    notify_synic(component, env);
     host.receive_ic()
 }
 
@@ -110,18 +102,10 @@ fn negotiates_5_0_and_falls_back() {
         (vec![(3, 0)], Some(((3, 0), (3, 0)))),
         (vec![(1, 0), (2, 0)], None),
     ] {
-        let mut env = EnvDouble::new();
-        let mut host = TestHost::new(&mut env, IDS);
-        let mut component = Kvp::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        let (_, body) = exchange(
-            &mut host,
-            &mut component,
-            &mut env,
-            &negotiate_request(&[(3, 0), (1, 0)], &offered),
-        )
-        .unwrap();
-        assert_eq!(negotiated_in(&body), chosen);
+        let (mut env, mut host, mut component) = open_driver::<KvpService>();
+        let framework = [(3, 0), (1, 0)];
+        let answer = negotiate(&mut component, &mut env, &mut host, &framework, &offered);
+        assert_eq!(answer, chosen);
     }
 }
 
@@ -379,7 +363,7 @@ fn malformed_requests_are_rejected_without_an_answer() {
         for request in batch {
             host.send(request);
         }
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
     }
     assert!(host.receive().is_none());
     assert_eq!(component.channel.stats().rejected, bad.len() as u32);
@@ -518,7 +502,7 @@ mod hostile {
             let request = ic_request(ic::message_type::KVP, (5, 0), &bytes[..cut.min(bytes.len())]);
             let rejected = component.channel.stats().rejected;
             host.send(&request);
-            synic(&mut component, &mut env);
+            notify_synic(&mut component, &mut env);
             let answered = host.receive_ic().is_some();
             prop_assert!(answered != (component.channel.stats().rejected == rejected + 1));
             prop_assert!(component.service.store.used() <= store::STORE_BYTES);

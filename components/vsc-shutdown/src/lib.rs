@@ -19,8 +19,8 @@
 //! console, the `client_event` notification.
 #![no_std]
 
-use component_api::{decode, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
-use ic_channel::{body_mut, ChannelIds, IcChannel, IcService, Rejection};
+use component_api::{decode, encode_reply, println, Env, Refusal};
+use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use vmbus_ipc::shutdown::{Kind, Reply, Request};
 use vmbus_protocol::ic::{
     self, shutdown_flags, IcVersion, ShutdownMessage, STATUS_FAIL, STATUS_OK,
@@ -28,11 +28,7 @@ use vmbus_protocol::ic::{
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ChannelIds {
-    ring: regions::RING,
-    synic_call: channels::SYNIC_CALL,
-    vmbus: channels::VMBUS,
-};
+pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
 
 /// The reason text as the client gets it.
 pub type Reason = heapless::String<64>;
@@ -80,12 +76,9 @@ pub fn display_text(bytes: &[u8]) -> Reason {
 }
 
 impl IcService for ShutdownService {
-    fn message_type(&self) -> u16 {
-        ic::message_type::SHUTDOWN
-    }
-    fn message_versions(&self) -> &'static [(u16, u16)] {
-        &ic::versions::SHUTDOWN
-    }
+    const MESSAGE_TYPE: u16 = ic::message_type::SHUTDOWN;
+    const MESSAGE_VERSIONS: &'static [(u16, u16)] = &ic::versions::SHUTDOWN;
+
     fn handle(
         &mut self,
         env: &mut dyn Env,
@@ -128,53 +121,29 @@ impl IcService for ShutdownService {
     }
 }
 
-pub struct Shutdown {
-    pub channel: IcChannel,
-    pub service: ShutdownService,
-}
+impl DriverService for ShutdownService {
+    const IDS: ChannelIds = IDS;
 
-impl Component for Shutdown {
-    fn init(env: &mut dyn Env) -> Self {
-        let mut shutdown = Shutdown {
-            channel: IcChannel::new(IDS),
-            service: ShutdownService::default(),
-        };
-        shutdown.channel.on_bus_event(env, &mut shutdown.service);
-        shutdown
-    }
-
-    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
-        if set.contains(channels::VMBUS_EVENT) {
-            self.channel.on_bus_event(env, &mut self.service);
-        }
-        if set.contains(channels::SYNIC) {
-            self.channel.poll(env, &mut self.service);
-        }
-    }
-
-    fn protected(
+    fn serve_client(
         &mut self,
         _env: &mut dyn Env,
-        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        if channel != channels::CLIENT {
-            return Err(Refusal::NOT_SERVED);
-        }
         match decode::<Request>(message)? {
-            Request::Pending => {
-                let answer = self.service.pending.clone().unwrap_or(Reply::None);
-                encode_reply(reply, &answer)
-            }
+            Request::Pending => encode_reply(reply, &self.pending.clone().unwrap_or(Reply::None)),
         }
     }
 }
+
+/// The component: the channel loop around [`ShutdownService`].
+pub type Shutdown = IcDriver<ShutdownService>;
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
+    use component_api::Component;
     use env_double::EnvDouble;
     use ic_channel::testing::*;
     use std::vec;
@@ -182,22 +151,16 @@ mod tests {
     use zerocopy::FromZeros;
 
     fn started() -> (EnvDouble, TestHost, Shutdown) {
-        let mut env = EnvDouble::new();
-        let mut host = TestHost::new(&mut env, IDS);
-        let mut component = Shutdown::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        host.send(&negotiate_request(
+        let (mut env, mut host, mut component) = open_driver();
+        let chosen = negotiate(
+            &mut component,
+            &mut env,
+            &mut host,
             &[(3, 0), (1, 0)],
             &[(1, 0), (3, 0), (3, 1), (3, 2)],
-        ));
-        synic(&mut component, &mut env);
-        let (_, body) = host.receive_ic().unwrap();
-        assert_eq!(negotiated_in(&body), Some(((3, 0), (3, 2))));
+        );
+        assert_eq!(chosen, Some(((3, 0), (3, 2))));
         (env, host, component)
-    }
-
-    fn synic(component: &mut Shutdown, env: &mut EnvDouble) {
-        component.notified(env, ChannelSet(channels::SYNIC.bit()));
     }
 
     fn request(flags: u32, text: &[u8]) -> Vec<u8> {
@@ -219,14 +182,15 @@ mod tests {
 
     #[test]
     fn negotiation_falls_back_to_what_the_host_has() {
-        let mut env = EnvDouble::new();
-        let mut host = TestHost::new(&mut env, IDS);
-        let mut component = Shutdown::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        host.send(&negotiate_request(&[(3, 0)], &[(3, 0), (1, 0)]));
-        synic(&mut component, &mut env);
-        let (_, body) = host.receive_ic().unwrap();
-        assert_eq!(negotiated_in(&body), Some(((3, 0), (3, 0))));
+        let (mut env, mut host, mut component) = open_driver::<ShutdownService>();
+        let chosen = negotiate(
+            &mut component,
+            &mut env,
+            &mut host,
+            &[(3, 0)],
+            &[(3, 0), (1, 0)],
+        );
+        assert_eq!(chosen, Some(((3, 0), (3, 0))));
         assert_eq!(host.bus.borrow().reported, vec![((3, 0), (3, 0))]);
     }
 
@@ -235,7 +199,7 @@ mod tests {
         let (mut env, mut host, mut component) = started();
         assert_eq!(ask(&mut component, &mut env), Reply::None);
         host.send(&request(0, b"Planned maintenance\0garbage"));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (header, _) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), STATUS_OK);
         assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
@@ -258,7 +222,7 @@ mod tests {
             shutdown_flags::REBOOT | shutdown_flags::FORCE,
             &text,
         ));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         host.receive_ic().unwrap();
         assert_eq!(
             ask(&mut component, &mut env),
@@ -275,7 +239,7 @@ mod tests {
         let (mut env, mut host, mut component) = started();
         for flags in [shutdown_flags::HIBERNATE, 0x40, 0x6] {
             host.send(&request(flags, b""));
-            synic(&mut component, &mut env);
+            notify_synic(&mut component, &mut env);
             let (header, _) = host.receive_ic().unwrap();
             assert_eq!(header.status.get(), STATUS_FAIL);
         }
@@ -287,7 +251,7 @@ mod tests {
     fn a_short_request_is_rejected() {
         let (mut env, mut host, mut component) = started();
         host.send(&ic_request(ic::message_type::SHUTDOWN, (3, 2), &[0; 12]));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive().is_none());
         assert_eq!(component.channel.stats().rejected, 1);
         assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 0);

@@ -21,8 +21,8 @@
 //! Writes: its own rings, the console.
 #![no_std]
 
-use component_api::{decode, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
-use ic_channel::{ChannelIds, IcChannel, IcService, Rejection};
+use component_api::{decode, encode_reply, println, Env, Refusal};
+use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use vmbus_ipc::timesync::{civil_time, Reply, Request};
 use vmbus_protocol::ic::{
     self, read_body, timesync_flags, IcVersion, TimesyncMessage, TimesyncRefMessage, STATUS_OK,
@@ -30,11 +30,7 @@ use vmbus_protocol::ic::{
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ChannelIds {
-    ring: regions::RING,
-    synic_call: channels::SYNIC_CALL,
-    vmbus: channels::VMBUS,
-};
+pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
 
 /// One console line per this many samples (syncs are always printed).
 pub const LOG_EVERY: u32 = 10;
@@ -75,12 +71,9 @@ impl TimesyncService {
 }
 
 impl IcService for TimesyncService {
-    fn message_type(&self) -> u16 {
-        ic::message_type::TIMESYNC
-    }
-    fn message_versions(&self) -> &'static [(u16, u16)] {
-        &ic::versions::TIMESYNC
-    }
+    const MESSAGE_TYPE: u16 = ic::message_type::TIMESYNC;
+    const MESSAGE_VERSIONS: &'static [(u16, u16)] = &ic::versions::TIMESYNC;
+
     fn handle(
         &mut self,
         env: &mut dyn Env,
@@ -120,53 +113,29 @@ impl IcService for TimesyncService {
     }
 }
 
-pub struct Timesync {
-    pub channel: IcChannel,
-    pub service: TimesyncService,
-}
+impl DriverService for TimesyncService {
+    const IDS: ChannelIds = IDS;
 
-impl Component for Timesync {
-    fn init(env: &mut dyn Env) -> Self {
-        let mut timesync = Timesync {
-            channel: IcChannel::new(IDS),
-            service: TimesyncService::default(),
-        };
-        timesync.channel.on_bus_event(env, &mut timesync.service);
-        timesync
-    }
-
-    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
-        if set.contains(channels::VMBUS_EVENT) {
-            self.channel.on_bus_event(env, &mut self.service);
-        }
-        if set.contains(channels::SYNIC) {
-            self.channel.poll(env, &mut self.service);
-        }
-    }
-
-    fn protected(
+    fn serve_client(
         &mut self,
         env: &mut dyn Env,
-        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        if channel != channels::CLIENT {
-            return Err(Refusal::NOT_SERVED);
-        }
         match decode::<Request>(message)? {
-            Request::Now => {
-                let now = self.service.now(env.now_ns());
-                encode_reply(reply, &now)
-            }
+            Request::Now => encode_reply(reply, &self.now(env.now_ns())),
         }
     }
 }
+
+/// The component: the channel loop around [`TimesyncService`].
+pub type Timesync = IcDriver<TimesyncService>;
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
+    use component_api::Component;
     use env_double::EnvDouble;
     use ic_channel::testing::*;
     use std::vec;
@@ -178,18 +147,15 @@ mod tests {
     const HOST_TIME: u64 = UNIX_EPOCH_100NS + 1_795_564_800 * 10_000_000;
 
     fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Timesync) {
-        let mut env = EnvDouble::new();
-        let mut host = TestHost::new(&mut env, IDS);
-        let mut component = Timesync::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        host.send(&negotiate_request(&[(3, 0), (1, 0)], offered));
-        synic(&mut component, &mut env);
-        host.receive_ic().unwrap();
+        let (mut env, mut host, mut component) = open_driver();
+        negotiate(
+            &mut component,
+            &mut env,
+            &mut host,
+            &[(3, 0), (1, 0)],
+            offered,
+        );
         (env, host, component)
-    }
-
-    fn synic(component: &mut Timesync, env: &mut EnvDouble) {
-        component.notified(env, ChannelSet(channels::SYNIC.bit()));
     }
 
     fn sample_4(time: u64, flags: u8) -> Vec<u8> {
@@ -211,20 +177,13 @@ mod tests {
 
     #[test]
     fn negotiates_4_0_and_falls_back_to_3_0() {
-        let mut env = EnvDouble::new();
-        let mut host = TestHost::new(&mut env, IDS);
-        let mut component = Timesync::init(&mut env);
-        component.notified(&mut env, ChannelSet(channels::VMBUS_EVENT.bit()));
-        host.send(&negotiate_request(&[(3, 0)], &[(1, 0), (3, 0), (4, 0)]));
-        synic(&mut component, &mut env);
+        let (mut env, mut host, mut component) = open_driver::<TimesyncService>();
+        let newest = [(1, 0), (3, 0), (4, 0)];
+        let chosen = negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &newest);
+        assert_eq!(chosen, Some(((3, 0), (4, 0))));
+        let older = [(1, 0), (3, 0), (2, 0)];
         assert_eq!(
-            negotiated_in(&host.receive_ic().unwrap().1),
-            Some(((3, 0), (4, 0)))
-        );
-        host.send(&negotiate_request(&[(3, 0)], &[(1, 0), (3, 0), (2, 0)]));
-        synic(&mut component, &mut env);
-        assert_eq!(
-            negotiated_in(&host.receive_ic().unwrap().1),
+            negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &older),
             Some(((3, 0), (3, 0)))
         );
         assert_eq!(
@@ -239,7 +198,7 @@ mod tests {
         assert_eq!(ask(&mut component, &mut env), Reply::NotSynced);
         env.now_ns = 5_000_000_000;
         host.send(&sample_4(HOST_TIME, timesync_flags::SYNC));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         let (header, _) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), STATUS_OK);
         assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
@@ -257,7 +216,7 @@ mod tests {
         );
         // A later sample replaces it.
         host.send(&sample_4(HOST_TIME + 100_000_000, timesync_flags::SAMPLE));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         host.receive_ic().unwrap();
         assert_eq!(
             ask(&mut component, &mut env),
@@ -280,7 +239,7 @@ mod tests {
             (3, 0),
             &bytes_of(&body),
         ));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         host.receive_ic().unwrap();
         assert!(matches!(
             ask(&mut component, &mut env),
@@ -292,7 +251,7 @@ mod tests {
         ));
         // A 4.0-sized body is too short for the 3.0 layout.
         host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive().is_none());
         assert_eq!(component.channel.stats().rejected, 1);
     }
@@ -301,7 +260,7 @@ mod tests {
     fn messages_without_flags_are_answered_but_not_used() {
         let (mut env, mut host, mut component) = started(&[(4, 0)]);
         host.send(&sample_4(HOST_TIME, 0));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive_ic().is_some());
         assert_eq!(component.service.ignored, 1);
         assert_eq!(ask(&mut component, &mut env), Reply::NotSynced);
@@ -311,11 +270,11 @@ mod tests {
     fn a_short_sample_is_rejected_and_time_does_not_overflow() {
         let (mut env, mut host, mut component) = started(&[(4, 0)]);
         host.send(&ic_request(ic::message_type::TIMESYNC, (4, 0), &[0; 10]));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert!(host.receive().is_none());
         assert_eq!(component.channel.stats().rejected, 1);
         host.send(&sample_4(u64::MAX - 1, timesync_flags::SYNC));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         env.now_ns = u64::MAX;
         assert!(matches!(
             ask(&mut component, &mut env),
@@ -333,7 +292,7 @@ mod tests {
         host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
         host.send(&sample_4(HOST_TIME, 0));
         host.send(&sample_4(HOST_TIME, timesync_flags::SYNC));
-        synic(&mut component, &mut env);
+        notify_synic(&mut component, &mut env);
         assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 2);
     }
 

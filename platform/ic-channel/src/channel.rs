@@ -43,6 +43,13 @@ pub struct ChannelIds {
     pub synic_call: Channel,
     /// Calls to the bus manager (`vmbus`).
     pub vmbus: Channel,
+    /// Notifications from the bus manager (`vmbus_event`): the channel's
+    /// state changed.
+    pub vmbus_event: Channel,
+    /// Notifications from synic (`synic`): the host signalled the channel.
+    pub synic: Channel,
+    /// Calls from the driver's client (`client`), for a driver that has one.
+    pub client: Option<Channel>,
 }
 
 /// Why a message was not answered. It is counted and logged; the host
@@ -53,9 +60,9 @@ pub struct Rejection(pub &'static str);
 /// A message type's service: heartbeat, shutdown, timesync, KVP.
 pub trait IcService {
     /// `ic::message_type::*` of the messages this service answers.
-    fn message_type(&self) -> u16;
+    const MESSAGE_TYPE: u16;
     /// The message versions it speaks, newest first.
-    fn message_versions(&self) -> &'static [(u16, u16)];
+    const MESSAGE_VERSIONS: &'static [(u16, u16)];
     /// Serve one request. `body` is the private copy of the message body
     /// (bounded by the pipe header); the answer is written in place, as IC
     /// answers are the request with the header flags turned around. Returns
@@ -328,7 +335,7 @@ impl IcChannel {
             let (len, chosen) = answer_negotiate(
                 &payload[..message_len],
                 &ic::versions::FRAMEWORK,
-                service.message_versions(),
+                S::MESSAGE_VERSIONS,
                 &mut response,
             )
             .map_err(|_| Rejection("malformed negotiate message"))?;
@@ -336,7 +343,7 @@ impl IcChannel {
             self.stats.negotiations += 1;
             self.on_negotiated(env, chosen);
             len
-        } else if header.message_type.get() == service.message_type() {
+        } else if header.message_type.get() == S::MESSAGE_TYPE {
             let Some(negotiated) = self.negotiated else {
                 return Err(Rejection("message before version negotiation"));
             };
@@ -466,50 +473,10 @@ pub fn body_mut<T: FromBytes + IntoBytes + zerocopy::KnownLayout + zerocopy::Una
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_service::{Echo, IDS};
     use crate::testing::*;
-    use component_api::RegionName;
     use env_double::EnvDouble;
     use vmbus_protocol::ic::{message_type, HeartbeatMessage, STATUS_FAIL, STATUS_OK};
-
-    const IDS: ChannelIds = ChannelIds {
-        ring: RegionName(0),
-        synic_call: Channel(1),
-        vmbus: Channel(2),
-    };
-
-    /// A heartbeat-like service: adds one to the first byte.
-    #[derive(Default)]
-    struct Echo {
-        served: u32,
-    }
-
-    impl IcService for Echo {
-        fn message_type(&self) -> u16 {
-            message_type::HEARTBEAT
-        }
-        fn message_versions(&self) -> &'static [(u16, u16)] {
-            &ic::versions::HEARTBEAT
-        }
-        fn handle(
-            &mut self,
-            _env: &mut dyn Env,
-            _version: IcVersion,
-            body: &mut [u8],
-        ) -> Result<u32, Rejection> {
-            let message: &mut HeartbeatMessage = body_mut(body)?;
-            message.sequence = (message.sequence.get() + 1).into();
-            self.served += 1;
-            Ok(STATUS_OK)
-        }
-    }
-
-    fn heartbeat(sequence: u64) -> Vec<u8> {
-        let body = HeartbeatMessage {
-            sequence: sequence.into(),
-            reserved: Default::default(),
-        };
-        ic_request(message_type::HEARTBEAT, (3, 0), &bytes_of(&body))
-    }
 
     fn open_channel() -> (EnvDouble, TestHost, IcChannel, Echo) {
         let mut env = EnvDouble::new();
@@ -778,38 +745,10 @@ mod tests {
 #[cfg(test)]
 mod hostile {
     use super::*;
+    use crate::test_service::{Echo, IDS};
     use crate::testing::*;
-    use component_api::RegionName;
     use env_double::EnvDouble;
     use proptest::prelude::*;
-    use vmbus_protocol::ic::{message_type, HeartbeatMessage, STATUS_OK};
-
-    const IDS: ChannelIds = ChannelIds {
-        ring: RegionName(0),
-        synic_call: Channel(1),
-        vmbus: Channel(2),
-    };
-
-    struct Echo;
-
-    impl IcService for Echo {
-        fn message_type(&self) -> u16 {
-            message_type::HEARTBEAT
-        }
-        fn message_versions(&self) -> &'static [(u16, u16)] {
-            &ic::versions::HEARTBEAT
-        }
-        fn handle(
-            &mut self,
-            _env: &mut dyn Env,
-            _version: IcVersion,
-            body: &mut [u8],
-        ) -> Result<u32, Rejection> {
-            let message: &mut HeartbeatMessage = body_mut(body)?;
-            message.sequence = (message.sequence.get() + 1).into();
-            Ok(STATUS_OK)
-        }
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
@@ -827,17 +766,17 @@ mod hostile {
             let mut env = EnvDouble::new();
             let mut host = TestHost::new(&mut env, IDS);
             let mut channel = IcChannel::new(IDS);
-            channel.on_bus_event(&mut env, &mut Echo);
-            channel.on_bus_event(&mut env, &mut Echo);
+            let mut echo = Echo::default();
+            channel.on_bus_event(&mut env, &mut echo);
+            channel.on_bus_event(&mut env, &mut echo);
             if negotiated {
                 host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
-                channel.poll(&mut env, &mut Echo);
+                channel.poll(&mut env, &mut echo);
                 prop_assert!(host.receive().is_some());
             }
-            let heartbeat = HeartbeatMessage { sequence: 1.into(), reserved: Default::default() };
             let mut payload = match base {
                 0 => negotiate_request(&[(3, 0), (1, 0)], &[(3, 0), (1, 0)]),
-                1 => ic_request(message_type::HEARTBEAT, (3, 0), &bytes_of(&heartbeat)),
+                1 => heartbeat(1),
                 _ => random,
             };
             for (at, value) in flips {
@@ -847,12 +786,12 @@ mod hostile {
             }
             let rejected = channel.stats().rejected;
             host.send(&payload);
-            channel.poll(&mut env, &mut Echo);
+            channel.poll(&mut env, &mut echo);
             let answered = host.receive().is_some();
             prop_assert!(answered != (channel.stats().rejected == rejected + 1));
             // Still alive: a negotiation is answered.
             host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
-            channel.poll(&mut env, &mut Echo);
+            channel.poll(&mut env, &mut echo);
             prop_assert!(host.receive().is_some());
         }
     }

@@ -16,6 +16,10 @@
 //!   the host is signalled through synic (`SignalHost`) only when a ring
 //!   operation says so.
 //!
+//! - The component: [`IcDriver`] is the whole driver around a service (a
+//!   [`DriverService`]): it routes `vmbus_event` and `synic` notifications
+//!   to the channel loop and protected calls on `client` to the service.
+//!
 //! Trusts: nothing from the host. Malformed packets and messages are
 //! rejected with a count and a (rate-limited) console line. The driver
 //! gives up deliberately (a panic, which the bus manager sees as a fault:
@@ -31,7 +35,10 @@
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 
 pub mod channel;
+pub mod driver;
 pub mod memory;
+#[cfg(test)]
+mod test_service;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -39,4 +46,5 @@ pub use channel::{
     body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, MAX_BAD_IN_A_ROW,
     PACKET_BUFFER,
 };
+pub use driver::{DriverService, IcDriver};
 pub use memory::{split_rings, RegionPart};

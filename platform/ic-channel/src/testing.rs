@@ -6,7 +6,8 @@
 //! the real host would.
 
 use crate::memory::{split_rings, RegionPart};
-use crate::ChannelIds;
+use crate::{ChannelIds, DriverService, IcDriver};
+use component_api::{ChannelSet, Component};
 use env_double::EnvDouble;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -189,6 +190,37 @@ impl TestHost {
     }
 }
 
+/// A driver of service `S` started over a fresh [`TestHost`], notified by
+/// the bus manager once more so that its channel is open.
+pub fn open_driver<S: DriverService>() -> (EnvDouble, TestHost, IcDriver<S>) {
+    let mut env = EnvDouble::new();
+    let host = TestHost::new(&mut env, S::IDS);
+    let mut driver = IcDriver::<S>::init(&mut env);
+    driver.notified(&mut env, ChannelSet(S::IDS.vmbus_event.bit()));
+    assert!(driver.channel.is_open());
+    (env, host, driver)
+}
+
+/// synic notifies the driver: the host signalled its channel.
+pub fn notify_synic<S: DriverService>(driver: &mut IcDriver<S>, env: &mut EnvDouble) {
+    driver.notified(env, ChannelSet(S::IDS.synic.bit()));
+}
+
+/// The host offers these versions; the driver reads the request and
+/// answers. Returns the versions the answer chose.
+pub fn negotiate<S: DriverService>(
+    driver: &mut IcDriver<S>,
+    env: &mut EnvDouble,
+    host: &mut TestHost,
+    framework: &[(u16, u16)],
+    message: &[(u16, u16)],
+) -> Option<((u16, u16), (u16, u16))> {
+    host.send(&negotiate_request(framework, message));
+    notify_synic(driver, env);
+    let (_, body) = host.receive_ic().expect("the negotiation is answered");
+    negotiated_in(&body)
+}
+
 /// An IC request as the host writes it.
 pub fn ic_request(message_type: u16, version: (u16, u16), body: &[u8]) -> Vec<u8> {
     let header = IcMessageHeader {
@@ -205,6 +237,15 @@ pub fn ic_request(message_type: u16, version: (u16, u16), body: &[u8]) -> Vec<u8
     let len = ic::write_ic_message(&mut out, &header, body).unwrap();
     out.truncate(len);
     out
+}
+
+/// A heartbeat request (message version 3.0) with this sequence number.
+pub fn heartbeat(sequence: u64) -> Vec<u8> {
+    let body = ic::HeartbeatMessage {
+        sequence: sequence.into(),
+        reserved: Default::default(),
+    };
+    ic_request(ic::message_type::HEARTBEAT, (3, 0), &bytes_of(&body))
 }
 
 /// A negotiate request offering these versions.

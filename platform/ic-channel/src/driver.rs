@@ -1,0 +1,126 @@
+//! The `Component` every IC driver is: one [`IcChannel`] and one service,
+//! with the notifications and protected calls routed by the driver's
+//! generated ids. A driver crate writes only its service and names the
+//! component `pub type NAME = IcDriver<NameService>;`.
+
+use crate::channel::{ChannelIds, IcChannel, IcService};
+use component_api::{Channel, ChannelSet, Component, Env, Refusal};
+
+/// A service that can run as a whole driver.
+pub trait DriverService: IcService + Default {
+    /// The driver's generated ids (see [`driver_ids!`](crate::driver_ids)).
+    const IDS: ChannelIds;
+
+    /// Serve one protected call from the driver's client (the `client`
+    /// end of [`ChannelIds`]): decode `message`, write the answer into
+    /// `reply` and return its length. Services without clients keep the
+    /// default, which refuses.
+    fn serve_client(
+        &mut self,
+        _env: &mut dyn Env,
+        _message: &[u8],
+        _reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        Err(Refusal::NOT_SERVED)
+    }
+}
+
+/// An IC driver: the channel loop and its service.
+pub struct IcDriver<S> {
+    pub channel: IcChannel,
+    pub service: S,
+}
+
+impl<S: DriverService> Component for IcDriver<S> {
+    fn init(env: &mut dyn Env) -> Self {
+        let mut driver = IcDriver {
+            channel: IcChannel::new(S::IDS),
+            service: S::default(),
+        };
+        // The offer may be there already (we were restarted): ask now.
+        driver.channel.on_bus_event(env, &mut driver.service);
+        driver
+    }
+
+    fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
+        if set.contains(S::IDS.vmbus_event) {
+            self.channel.on_bus_event(env, &mut self.service);
+        }
+        if set.contains(S::IDS.synic) {
+            self.channel.poll(env, &mut self.service);
+        }
+    }
+
+    fn protected(
+        &mut self,
+        env: &mut dyn Env,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        if S::IDS.client != Some(channel) {
+            return Err(Refusal::NOT_SERVED);
+        }
+        self.service.serve_client(env, message, reply)
+    }
+}
+
+/// The [`ChannelIds`] of an IC driver, from the `regions` and `channels`
+/// modules its build script generates (in scope where this is used). Every
+/// IC driver's description gives its ends the same names: region `ring`,
+/// channels `synic`, `synic_call`, `vmbus`, `vmbus_event` and, for a driver
+/// that serves a client, `client` (`driver_ids!(client)`).
+#[macro_export]
+macro_rules! driver_ids {
+    () => {
+        $crate::driver_ids!(@client None)
+    };
+    (client) => {
+        $crate::driver_ids!(@client Some(channels::CLIENT))
+    };
+    (@client $client:expr) => {
+        $crate::ChannelIds {
+            ring: regions::RING,
+            synic_call: channels::SYNIC_CALL,
+            vmbus: channels::VMBUS,
+            vmbus_event: channels::VMBUS_EVENT,
+            synic: channels::SYNIC,
+            client: $client,
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_service::{Echo, CLIENT, IDS};
+    use crate::testing::*;
+    use env_double::EnvDouble;
+    use vmbus_protocol::ic::STATUS_OK;
+
+    #[test]
+    fn routes_bus_events_ring_signals_and_client_calls() {
+        let mut env = EnvDouble::new();
+        let mut host = TestHost::new(&mut env, IDS);
+        let mut driver = IcDriver::<Echo>::init(&mut env);
+        assert_eq!(host.bus.borrow().open_requests, 1, "asks at init");
+        driver.notified(&mut env, ChannelSet(IDS.vmbus_event.bit()));
+        assert!(driver.channel.is_open());
+        host.send(&negotiate_request(&[(3, 0)], &[(3, 0)]));
+        host.send(&heartbeat(1));
+        // A bus event does not read the ring; synic's notification does.
+        driver.notified(&mut env, ChannelSet(IDS.vmbus_event.bit()));
+        assert!(host.receive().is_none());
+        driver.notified(&mut env, ChannelSet(IDS.synic.bit()));
+        let (header, _) = host.receive_ic().unwrap();
+        assert_eq!(header.status.get(), STATUS_OK);
+        assert!(host.receive_ic().is_some());
+        let mut reply = [0u8; 4];
+        assert_eq!(driver.protected(&mut env, CLIENT, &[], &mut reply), Ok(1));
+        assert_eq!(reply[0], 1, "the client is told one heartbeat was served");
+        assert_eq!(
+            driver.protected(&mut env, IDS.vmbus, &[], &mut reply),
+            Err(Refusal::NOT_SERVED)
+        );
+    }
+}
