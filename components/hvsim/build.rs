@@ -8,75 +8,21 @@
 //! neither.
 use std::path::{Path, PathBuf};
 
-const KEYS: &[&str] = &[
-    "time_sample_period_ms",
-    "shutdown_after_heartbeats",
-    "kvp_faults",
-    "kvp_fault_after_heartbeats",
-    "kvp_fault_every",
-];
-const FAULTS: &[&str] = &[
-    "OffsetTooSmall",
-    "LengthBeforeOffset",
-    "UnknownType",
-    "UnknownFlags",
-    "LengthBeyondRing",
-];
+#[path = "src/script_file.rs"]
+mod script_file;
 
 fn script_source(path: &Path) -> String {
-    let mut fields = String::new();
     let Ok(text) = std::fs::read_to_string(path) else {
-        return "pub const SCRIPT: hvsim::script::Script = hvsim::script::Script::DEFAULT;\n"
-            .into();
+        return script_file::DEFAULT_SOURCE.into();
     };
-    for (number, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let fail = |why: &str| -> ! { panic!("\n{}:{}: {why}\n", path.display(), number + 1) };
-        let Some((key, value)) = line.split_once('=') else {
-            fail("expected `key = value`")
-        };
-        let (key, value) = (key.trim(), value.trim());
-        if !KEYS.contains(&key) {
-            fail(&format!("unknown key `{key}`; known: {}", KEYS.join(", ")));
-        }
-        let number_value = || -> u64 {
-            value
-                .parse()
-                .unwrap_or_else(|_| fail(&format!("`{value}` is not a whole number")))
-        };
-        let field = match key {
-            "time_sample_period_ms" => {
-                format!("time_sample_period_ns: {},", number_value() * 1_000_000)
-            }
-            "shutdown_after_heartbeats" => format!("{key}: Some({}),", number_value()),
-            "kvp_fault_after_heartbeats" | "kvp_fault_every" => {
-                format!("{key}: {},", number_value())
-            }
-            _ => {
-                let mut faults = String::new();
-                for fault in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-                    if !FAULTS.contains(&fault) {
-                        fail(&format!(
-                            "unknown fault `{fault}`; known: {}",
-                            FAULTS.join(", ")
-                        ));
-                    }
-                    faults.push_str(&format!("hvsim::channel::PacketFault::{fault}, "));
-                }
-                format!("{key}: &[{faults}],")
-            }
-        };
-        fields.push_str("    ");
-        fields.push_str(&field);
-        fields.push('\n');
+    match script_file::script_source(&text) {
+        Ok(source) => format!(
+            "// Generated from {} by hvsim's build.rs.\n{source}",
+            path.display()
+        ),
+        // A build script's panic message is what the user sees.
+        Err((line, why)) => panic!("\n{}:{line}: {why}\n", path.display()),
     }
-    format!(
-        "// Generated from {} by hvsim's build.rs.\npub const SCRIPT: hvsim::script::Script = hvsim::script::Script {{\n{fields}    ..hvsim::script::Script::DEFAULT\n}};\n",
-        path.display()
-    )
 }
 
 fn main() {

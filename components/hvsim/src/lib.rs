@@ -34,6 +34,8 @@ pub mod hypercall;
 pub mod memory;
 pub mod pd;
 pub mod script;
+#[cfg(test)]
+mod script_file;
 pub mod sim;
 pub mod synic;
 #[cfg(not(target_os = "none"))]
