@@ -49,69 +49,29 @@ fn ring_run<M: RingMemory + Send + Sync + 'static>(
     let reader = thread::spawn(move || {
         let mut reader = RingReader::new(reader_memory).unwrap();
         let mut private = vec![0u8; packet + 64];
-        let mut received = 0u64;
-        let mut checksum = 0u64;
-        let mut timeouts = 0u64;
         ready_tx.send(thread::current()).unwrap();
-        reader.mask_interrupts().unwrap();
-        while received < packets {
-            let mut batch = 0;
-            while let Some(info) = reader.try_read(&mut private).unwrap() {
-                checksum = checksum.wrapping_add(private[info.len - 1] as u64);
-                received += 1;
-                batch += 1;
-                if batch == 64 {
-                    break;
-                }
-            }
-            if reader.finish_batch().unwrap().0 {
-                writer_thread.unpark();
-            }
-            if batch == 0 && poll > Duration::ZERO {
-                // Poll a little before asking for a signal: while the
-                // writer streams, this keeps the mask set and signals away.
-                let start = Instant::now();
-                while start.elapsed() < poll && !reader.has_data().unwrap() {
-                    std::hint::spin_loop();
-                }
-                if reader.has_data().unwrap() {
-                    continue;
-                }
-            }
-            if batch == 0 {
-                // Empty: ask for a signal, look once more, then sleep.
-                if !reader.unmask_interrupts().unwrap() && !sleep_until_signalled() {
-                    timeouts += 1;
-                }
-                reader.mask_interrupts().unwrap();
-            }
-        }
+        let (checksum, timeouts) = read_stream(
+            &mut reader,
+            &mut private,
+            packets,
+            poll,
+            || writer_thread.unpark(),
+            sleep_until_signalled,
+        );
         reader_done.store(true, Ordering::Release);
         (reader.signals(), checksum, timeouts)
     });
     let reader_thread = ready_rx.recv().unwrap();
     let mut writer = RingWriter::new(memory, true).unwrap();
     let payload = vec![0x5Au8; packet];
-    let mut writer_timeouts = 0u64;
     let start = Instant::now();
-    for id in 0..packets {
-        loop {
-            match writer.write_in_band(id, false, &payload) {
-                Ok(signal) => {
-                    if signal.0 {
-                        reader_thread.unpark();
-                    }
-                    break;
-                }
-                Err(RingError::Full { .. }) => {
-                    if !sleep_until_signalled() {
-                        writer_timeouts += 1;
-                    }
-                }
-                Err(other) => panic!("{other:?}"),
-            }
-        }
-    }
+    let writer_timeouts = write_stream(
+        &mut writer,
+        &payload,
+        packets,
+        || reader_thread.unpark(),
+        sleep_until_signalled,
+    );
     let (reader_signals, checksum, reader_timeouts) = reader.join().unwrap();
     let seconds = start.elapsed().as_secs_f64();
     assert!(done.load(Ordering::Acquire));
@@ -123,6 +83,89 @@ fn ring_run<M: RingMemory + Send + Sync + 'static>(
         reader_signals,
         timeouts: reader_timeouts + writer_timeouts,
     }
+}
+
+/// The reader's side of a run, whatever carries the signals: drain up to
+/// 64 packets per batch into private memory, wake the writer when a batch
+/// says so, and when the ring is empty poll for `poll`, then unmask, look
+/// once more and `sleep` (false: the sleep timed out). `private` holds a
+/// packet (allocated by the caller, outside the timed part). Returns the
+/// checksum of the packets' last bytes and the sleeps that timed out.
+fn read_stream<M: RingMemory>(
+    reader: &mut RingReader<M>,
+    private: &mut [u8],
+    packets: u64,
+    poll: Duration,
+    mut wake_writer: impl FnMut(),
+    mut sleep: impl FnMut() -> bool,
+) -> (u64, u64) {
+    let (mut received, mut checksum, mut timeouts) = (0u64, 0u64, 0u64);
+    reader.mask_interrupts().unwrap();
+    while received < packets {
+        let mut batch = 0;
+        while let Some(info) = reader.try_read(private).unwrap() {
+            checksum = checksum.wrapping_add(private[info.len - 1] as u64);
+            received += 1;
+            batch += 1;
+            if batch == 64 {
+                break;
+            }
+        }
+        if reader.finish_batch().unwrap().0 {
+            wake_writer();
+        }
+        if batch == 0 && poll > Duration::ZERO {
+            // Poll a little before asking for a signal: while the
+            // writer streams, this keeps the mask set and signals away.
+            let start = Instant::now();
+            while start.elapsed() < poll && !reader.has_data().unwrap() {
+                std::hint::spin_loop();
+            }
+            if reader.has_data().unwrap() {
+                continue;
+            }
+        }
+        if batch == 0 {
+            // Empty: ask for a signal, look once more, then sleep.
+            if !reader.unmask_interrupts().unwrap() && !sleep() {
+                timeouts += 1;
+            }
+            reader.mask_interrupts().unwrap();
+        }
+    }
+    (checksum, timeouts)
+}
+
+/// The writer's side of a run: `packets` packets of `payload`, waking the
+/// reader when the ring says so and sleeping while it is full. Returns the
+/// sleeps that timed out.
+fn write_stream<M: RingMemory>(
+    writer: &mut RingWriter<M>,
+    payload: &[u8],
+    packets: u64,
+    mut wake_reader: impl FnMut(),
+    mut sleep: impl FnMut() -> bool,
+) -> u64 {
+    let mut timeouts = 0u64;
+    for id in 0..packets {
+        loop {
+            match writer.write_in_band(id, false, payload) {
+                Ok(signal) => {
+                    if signal.0 {
+                        wake_reader();
+                    }
+                    break;
+                }
+                Err(RingError::Full { .. }) => {
+                    if !sleep() {
+                        timeouts += 1;
+                    }
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    timeouts
 }
 
 /// Park until unparked (a signal); a 50 ms timeout guards against a lost
@@ -193,38 +236,15 @@ mod processes {
         if child == 0 {
             let mut reader = RingReader::new(&memory).unwrap();
             let mut private = vec![0u8; packet + 64];
-            let (mut received, mut checksum, mut timeouts) = (0u64, 0u64, 0u64);
             notify(to_writer.write); // ready
-            reader.mask_interrupts().unwrap();
-            while received < packets {
-                let mut batch = 0;
-                while let Some(info) = reader.try_read(&mut private).unwrap() {
-                    checksum = checksum.wrapping_add(private[info.len - 1] as u64);
-                    received += 1;
-                    batch += 1;
-                    if batch == 64 {
-                        break;
-                    }
-                }
-                if reader.finish_batch().unwrap().0 {
-                    notify(to_writer.write);
-                }
-                if batch == 0 && poll > Duration::ZERO {
-                    let start = Instant::now();
-                    while start.elapsed() < poll && !reader.has_data().unwrap() {
-                        std::hint::spin_loop();
-                    }
-                    if reader.has_data().unwrap() {
-                        continue;
-                    }
-                }
-                if batch == 0 {
-                    if !reader.unmask_interrupts().unwrap() && !wait(to_reader.read) {
-                        timeouts += 1;
-                    }
-                    reader.mask_interrupts().unwrap();
-                }
-            }
+            let (checksum, timeouts) = read_stream(
+                &mut reader,
+                &mut private,
+                packets,
+                poll,
+                || notify(to_writer.write),
+                || wait(to_reader.read),
+            );
             let mut report = [0u8; 24];
             report[..8].copy_from_slice(&reader.signals().to_le_bytes());
             report[8..16].copy_from_slice(&checksum.to_le_bytes());
@@ -239,26 +259,14 @@ mod processes {
         wait_ready(to_writer.read);
         let mut writer = RingWriter::new(&memory, true).unwrap();
         let payload = vec![0x5Au8; packet];
-        let mut writer_timeouts = 0u64;
         let start = Instant::now();
-        for id in 0..packets {
-            loop {
-                match writer.write_in_band(id, false, &payload) {
-                    Ok(signal) => {
-                        if signal.0 {
-                            notify(to_reader.write);
-                        }
-                        break;
-                    }
-                    Err(RingError::Full { .. }) => {
-                        if !wait(to_writer.read) {
-                            writer_timeouts += 1;
-                        }
-                    }
-                    Err(other) => panic!("{other:?}"),
-                }
-            }
-        }
+        let writer_timeouts = write_stream(
+            &mut writer,
+            &payload,
+            packets,
+            || notify(to_reader.write),
+            || wait(to_writer.read),
+        );
         let mut report = [0u8; 24];
         // Safety: blocking read of the child's report; then reap the child
         // and close every descriptor.

@@ -26,42 +26,33 @@ pub trait RingMemory {
     fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError>;
 }
 
-impl<T: RingMemory + ?Sized> RingMemory for &T {
-    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        (**self).control(offset)
-    }
-    fn data_len(&self) -> usize {
-        (**self).data_len()
-    }
-    fn double_mapped(&self) -> bool {
-        (**self).double_mapped()
-    }
-    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        (**self).read_data(offset, out)
-    }
-    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        (**self).write_data(offset, data)
-    }
+/// A pointer to a ring memory is one: a reference lets two ring ends share
+/// a memory on one thread, an `Arc` across threads.
+macro_rules! ring_memory_through_pointer {
+    ($pointer:ty) => {
+        impl<T: RingMemory + ?Sized> RingMemory for $pointer {
+            fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+                (**self).control(offset)
+            }
+            fn data_len(&self) -> usize {
+                (**self).data_len()
+            }
+            fn double_mapped(&self) -> bool {
+                (**self).double_mapped()
+            }
+            fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+                (**self).read_data(offset, out)
+            }
+            fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+                (**self).write_data(offset, data)
+            }
+        }
+    };
 }
 
+ring_memory_through_pointer!(&T);
 #[cfg(feature = "std")]
-impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
-    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        (**self).control(offset)
-    }
-    fn data_len(&self) -> usize {
-        (**self).data_len()
-    }
-    fn double_mapped(&self) -> bool {
-        (**self).double_mapped()
-    }
-    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        (**self).read_data(offset, out)
-    }
-    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        (**self).write_data(offset, data)
-    }
-}
+ring_memory_through_pointer!(std::sync::Arc<T>);
 
 impl From<RegionError> for MemoryError {
     fn from(_: RegionError) -> Self {

@@ -19,6 +19,17 @@ fn both_memories() -> [(&'static str, std::boxed::Box<dyn RingMemory>); 2] {
     ]
 }
 
+/// A writer (with or without flow control) and a reader on `memory`, and
+/// a buffer every packet of the ring fits in.
+fn ends<M: RingMemory + Copy>(
+    memory: M,
+    flow_control: bool,
+) -> (RingWriter<M>, RingReader<M>, Vec<u8>) {
+    let writer = RingWriter::new(memory, flow_control).unwrap();
+    let reader = RingReader::new(memory).unwrap();
+    (writer, reader, vec![0u8; SIZE])
+}
+
 fn control_word(memory: &dyn RingMemory, offset: usize) -> u32 {
     memory.control(offset).unwrap().load(Ordering::SeqCst)
 }
@@ -27,9 +38,7 @@ fn control_word(memory: &dyn RingMemory, offset: usize) -> u32 {
 fn in_band_round_trip_across_the_wrap() {
     for (name, memory) in both_memories() {
         let memory = &*memory;
-        let mut writer = RingWriter::new(memory, true).unwrap();
-        let mut reader = RingReader::new(memory).unwrap();
-        let mut out = vec![0u8; SIZE];
+        let (mut writer, mut reader, mut out) = ends(memory, true);
         // Sizes that do not divide 4 KiB, so packets straddle the end.
         let mut straddled = 0;
         for i in 0..500u64 {
@@ -70,9 +79,7 @@ fn double_mapping_aliases() {
 fn signal_only_on_empty_to_non_empty_with_mask_clear() {
     for (name, memory) in both_memories() {
         let memory = &*memory;
-        let mut writer = RingWriter::new(memory, true).unwrap();
-        let mut reader = RingReader::new(memory).unwrap();
-        let mut out = vec![0u8; SIZE];
+        let (mut writer, mut reader, mut out) = ends(memory, true);
         assert_eq!(
             writer.write_in_band(1, false, b"a").unwrap(),
             Signal(true),
@@ -103,12 +110,10 @@ fn signal_only_on_empty_to_non_empty_with_mask_clear() {
 #[test]
 fn batch_publishes_read_index_once() {
     let memory = HeapRingMemory::new(SIZE);
-    let mut writer = RingWriter::new(&memory, true).unwrap();
-    let mut reader = RingReader::new(&memory).unwrap();
+    let (mut writer, mut reader, mut out) = ends(&memory, true);
     for i in 0..5 {
         let _ = writer.write_in_band(i, false, &[0u8; 100]).unwrap();
     }
-    let mut out = vec![0u8; SIZE];
     for _ in 0..5 {
         reader.try_read(&mut out).unwrap().unwrap();
         assert_eq!(control_word(&memory, control::READ_INDEX), 0);
@@ -124,8 +129,7 @@ fn batch_publishes_read_index_once() {
 #[test]
 fn pending_send_size_flow_control() {
     let memory = HeapRingMemory::new(SIZE);
-    let mut writer = RingWriter::new(&memory, true).unwrap();
-    let mut reader = RingReader::new(&memory).unwrap();
+    let (mut writer, mut reader, mut out) = ends(&memory, true);
     assert_eq!(
         control_word(&memory, control::FEATURE_BITS) & control::FEATURE_PENDING_SEND_SZ,
         1
@@ -143,7 +147,6 @@ fn pending_send_size_flow_control() {
         })
     );
     assert_eq!(control_word(&memory, control::PENDING_SEND_SZ), 1024);
-    let mut out = vec![0u8; SIZE];
     reader.try_read(&mut out).unwrap().unwrap();
     assert_eq!(
         reader.finish_batch().unwrap(),
@@ -167,8 +170,7 @@ fn pending_send_size_flow_control() {
 #[test]
 fn without_flow_control_the_reader_never_signals() {
     let memory = HeapRingMemory::new(SIZE);
-    let mut writer = RingWriter::new(&memory, false).unwrap();
-    let mut reader = RingReader::new(&memory).unwrap();
+    let (mut writer, mut reader, mut out) = ends(&memory, false);
     for i in 0..3 {
         let _ = writer.write_in_band(i, false, &[0u8; 1000]).unwrap();
     }
@@ -177,7 +179,6 @@ fn without_flow_control_the_reader_never_signals() {
         Err(RingError::Full { .. })
     ));
     assert_eq!(control_word(&memory, control::PENDING_SEND_SZ), 0);
-    let mut out = vec![0u8; SIZE];
     reader.try_read(&mut out).unwrap().unwrap();
     assert_eq!(reader.finish_batch().unwrap(), Signal(false));
 }
@@ -209,9 +210,7 @@ fn oversized_packets_are_refused() {
 fn gpa_direct_packets() {
     for (name, memory) in both_memories() {
         let memory = &*memory;
-        let mut writer = RingWriter::new(memory, true).unwrap();
-        let mut reader = RingReader::new(memory).unwrap();
-        let mut out = vec![0u8; SIZE];
+        let (mut writer, mut reader, mut out) = ends(memory, true);
         // One single-page range per buffer.
         let _ = writer
             .write_gpa_direct_buffers(9, true, &[(0x5000 + 16, 100), (0x9000, 4096)], b"req")
@@ -258,9 +257,7 @@ fn gpa_direct_packets() {
 #[test]
 fn hostile_indices_are_refused_on_every_load() {
     let memory = HeapRingMemory::new(SIZE);
-    let mut writer = RingWriter::new(&memory, true).unwrap();
-    let mut reader = RingReader::new(&memory).unwrap();
-    let mut out = vec![0u8; SIZE];
+    let (mut writer, mut reader, mut out) = ends(&memory, true);
     let _ = writer.write_in_band(1, false, b"x").unwrap();
     memory
         .control(control::WRITE_INDEX)
@@ -297,9 +294,7 @@ fn hostile_indices_are_refused_on_every_load() {
 #[test]
 fn hostile_packets_are_refused() {
     let memory = HeapRingMemory::new(SIZE);
-    let mut writer = RingWriter::new(&memory, true).unwrap();
-    let mut reader = RingReader::new(&memory).unwrap();
-    let mut out = vec![0u8; SIZE];
+    let (mut writer, mut reader, mut out) = ends(&memory, true);
     // An unknown type is consumed and reported; the next packet reads fine.
     let _ = writer.write_in_band(1, false, b"bad").unwrap();
     memory.poke(0, &[0x5, 0]);
