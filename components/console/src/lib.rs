@@ -13,7 +13,7 @@
 //! on every boot.
 #![no_std]
 
-use component_api::{Channel, ChannelSet, Component, Env, Refusal};
+use component_api::{name_of, Channel, ChannelSet, Component, Env, Refusal};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
@@ -56,11 +56,7 @@ fn put_str(env: &mut dyn Env, text: &str) {
 }
 
 fn channel_name(channel: Channel) -> &'static str {
-    CHANNEL_NAMES
-        .iter()
-        .find(|(c, _)| *c == channel)
-        .map(|(_, name)| *name)
-        .unwrap_or("?")
+    name_of(CHANNEL_NAMES, channel)
 }
 
 impl Console {

@@ -8,7 +8,7 @@
 //! word in `faulter_control`.
 #![no_std]
 
-use component_api::{println, ChannelSet, Child, Component, Env, Fault};
+use component_api::{name_of, println, ChannelSet, Child, Component, Env, Fault};
 use demo_faulter::{COMMAND_NONE, COMMAND_PANIC, COMMAND_READ_UNGRANTED, COMMAND_WRITE_READ_ONLY};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -28,11 +28,7 @@ pub struct Supervisor {
 }
 
 fn child_name(child: Child) -> &'static str {
-    CHILD_NAMES
-        .iter()
-        .find(|(c, _)| *c == child)
-        .map(|(_, n)| *n)
-        .unwrap_or("?")
+    name_of(CHILD_NAMES, child)
 }
 
 impl Supervisor {

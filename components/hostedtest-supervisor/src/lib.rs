@@ -7,7 +7,7 @@
 //! Trusts: fault reports from the runtime. Writes: nothing shared.
 #![no_std]
 
-use component_api::{println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal};
+use component_api::{name_of, println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
@@ -17,11 +17,7 @@ pub struct Supervisor {
 }
 
 fn child_name(child: Child) -> &'static str {
-    CHILD_NAMES
-        .iter()
-        .find(|(c, _)| *c == child)
-        .map(|(_, n)| *n)
-        .unwrap_or("?")
+    name_of(CHILD_NAMES, child)
 }
 
 impl Component for Supervisor {

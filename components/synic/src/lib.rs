@@ -32,8 +32,8 @@
 #![no_std]
 
 use component_api::{
-    call, decode, encode_reply, println, CallError, Channel, ChannelSet, Component, Env, Refusal,
-    Region,
+    call, decode, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,
+    Component, Env, Refusal, Region,
 };
 use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
@@ -106,18 +106,11 @@ pub struct Synic {
 }
 
 fn channel_named(name: &str) -> Option<Channel> {
-    CHANNEL_NAMES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(c, _)| *c)
+    id_named(CHANNEL_NAMES, name)
 }
 
 fn channel_name(channel: Channel) -> &'static str {
-    CHANNEL_NAMES
-        .iter()
-        .find(|(c, _)| *c == channel)
-        .map(|(_, n)| *n)
-        .unwrap_or("?")
+    name_of(CHANNEL_NAMES, channel)
 }
 
 /// The channel ends of a VSC by its name: `<vsc>` (notify) and

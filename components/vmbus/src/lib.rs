@@ -43,8 +43,8 @@
 mod status;
 
 use component_api::{
-    call, decode, encode_reply, println, Channel, ChannelSet, Child, Component, Env, Fault,
-    Refusal, Region, RegionName,
+    call, decode, encode_reply, id_named, println, Channel, ChannelSet, Child, Component, Env,
+    Fault, Refusal, Region, RegionName,
 };
 use heapless::{Deque, Vec};
 use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
@@ -216,17 +216,11 @@ pub struct Vmbus {
 }
 
 fn channel_named(name: &str) -> Option<Channel> {
-    CHANNEL_NAMES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(c, _)| *c)
+    id_named(CHANNEL_NAMES, name)
 }
 
 fn region_named(name: &str) -> Option<RegionName> {
-    REGION_NAMES
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map(|(r, _)| *r)
+    id_named(REGION_NAMES, name)
 }
 
 fn joined(name: &str, suffix: &str) -> heapless::String<48> {

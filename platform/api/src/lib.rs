@@ -241,6 +241,25 @@ pub fn encode_reply<T: serde::Serialize>(reply: &mut [u8], value: &T) -> Result<
         .map_err(|_| Refusal::MALFORMED)
 }
 
+/// The id a generated name table (`CHANNEL_NAMES`, `REGION_NAMES`,
+/// `CHILD_NAMES` in a component's `ids.rs`) gives `name`.
+pub fn id_named<T: Copy>(table: &[(T, &str)], name: &str) -> Option<T> {
+    table
+        .iter()
+        .find(|(_, listed)| *listed == name)
+        .map(|(id, _)| *id)
+}
+
+/// The name a generated name table gives `id`; "?" for an id it does not
+/// list (for console lines, which must not fail).
+pub fn name_of<T: PartialEq>(table: &[(T, &'static str)], id: T) -> &'static str {
+    table
+        .iter()
+        .find(|(listed, _)| *listed == id)
+        .map(|(_, name)| *name)
+        .unwrap_or("?")
+}
+
 /// `core::fmt::Write` adapter that sends formatted text to the console in
 /// chunks, so components can use `write!` without an allocator.
 pub struct ConsoleWriter<'a> {
@@ -296,4 +315,19 @@ macro_rules! println {
         let mut writer = $crate::ConsoleWriter::new($env);
         let _ = writeln!(writer, $($arg)*);
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMES: &[(Channel, &str)] = &[(Channel(0), "synic"), (Channel(3), "vmbus_event")];
+
+    #[test]
+    fn name_tables_are_looked_up_both_ways() {
+        assert_eq!(id_named(NAMES, "vmbus_event"), Some(Channel(3)));
+        assert_eq!(id_named(NAMES, "vmbus"), None);
+        assert_eq!(name_of(NAMES, Channel(0)), "synic");
+        assert_eq!(name_of(NAMES, Channel(1)), "?");
+    }
 }
