@@ -9,14 +9,12 @@
 //! channels over vmbus's call ends). Throughout, the simulated host must
 //! reject nothing the guest sends.
 
-use component_api::{
-    CallError, Channel, ChannelSet, Child, Component, Env, Fault, IoPortName, Region, RegionName,
-    SupervisorError,
-};
+use component_api::{CallError, Channel, ChannelSet, Component, Fault, Region};
+use env_double::EnvDouble;
 use hv_interface::{check_atomic_u32, check_range, GuestMemory, OutOfRange};
 use hvsim::sim::Simulator;
 use hvsim::vmbus::{DeviceConfig, DeviceKind, RescindPoint, ServerConfig};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -32,6 +30,8 @@ const HYPERCALL_PAGES: u64 = 0x4000;
 const MONITOR_PAGES: u64 = 0x8000;
 const RINGS: u64 = 0x1_0000;
 const RING_SIZE: usize = 32768;
+/// The guests' clock at boot.
+const BOOT_NS: u64 = 1_000_000;
 
 /// Guest memory as the host sees it: the arena through a `Region`.
 struct Arena(Region);
@@ -78,76 +78,14 @@ impl Arena {
     }
 }
 
-type Handler = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<usize, CallError>>;
-
-/// A component's environment: its regions, its call channels, and a record
-/// of what it did.
-struct TestEnv {
-    regions: Vec<Region>,
-    handlers: HashMap<u8, Handler>,
-    notified: Vec<Channel>,
-    console: String,
-    restarted: Vec<Child>,
-    stopped: Vec<Child>,
-    powered_off: Option<u8>,
-    clock: Rc<Cell<u64>>,
-}
-
-impl TestEnv {
-    fn new(regions: Vec<Region>, clock: Rc<Cell<u64>>) -> TestEnv {
-        TestEnv {
-            regions,
-            handlers: HashMap::new(),
-            notified: Vec::new(),
-            console: String::new(),
-            restarted: Vec::new(),
-            stopped: Vec::new(),
-            powered_off: None,
-            clock,
-        }
+/// A component's environment over regions carved from the arena.
+fn env_over(regions: Vec<Region>) -> EnvDouble {
+    let mut env = EnvDouble::new();
+    for region in regions {
+        env.add_region_over(region);
     }
-}
-
-impl Env for TestEnv {
-    fn notify(&mut self, channel: Channel) {
-        self.notified.push(channel);
-    }
-    fn ppcall(
-        &mut self,
-        channel: Channel,
-        message: &[u8],
-        reply: &mut [u8],
-    ) -> Result<usize, CallError> {
-        match self.handlers.get_mut(&channel.0) {
-            Some(handler) => handler(message, reply),
-            None => Err(CallError::NotACallChannel),
-        }
-    }
-    fn irq_ack(&mut self, _channel: Channel) {}
-    fn region(&self, region: RegionName) -> Region {
-        self.regions[region.0 as usize]
-    }
-    fn ioport_read(&mut self, _port: IoPortName, _offset: u16, _width: u8) -> u32 {
-        0
-    }
-    fn ioport_write(&mut self, _port: IoPortName, _offset: u16, _width: u8, _value: u32) {}
-    fn console(&mut self, text: &str) {
-        self.console.push_str(text);
-    }
-    fn restart(&mut self, child: Child) -> Result<(), SupervisorError> {
-        self.restarted.push(child);
-        Ok(())
-    }
-    fn stop(&mut self, child: Child) -> Result<(), SupervisorError> {
-        self.stopped.push(child);
-        Ok(())
-    }
-    fn power_off(&mut self, code: u8) {
-        self.powered_off = Some(code);
-    }
-    fn now_ns(&mut self) -> u64 {
-        self.clock.get()
-    }
+    env.now_ns = BOOT_NS;
+    env
 }
 
 type Sim = Simulator<Arena>;
@@ -155,11 +93,10 @@ type Sim = Simulator<Arena>;
 struct Guest {
     _arena: Vec<u64>,
     _queue: Vec<u64>,
-    clock: Rc<Cell<u64>>,
     sim: Rc<RefCell<Sim>>,
-    synic: Rc<RefCell<(Synic, TestEnv)>>,
+    synic: Rc<RefCell<(Synic, EnvDouble)>>,
     bus: Vmbus,
-    bus_env: TestEnv,
+    bus_env: EnvDouble,
     /// Channel events synic delivered to each VSC, by synic's channel.
     vsc_events: HashMap<u8, usize>,
 }
@@ -196,53 +133,44 @@ fn region(memory: &mut [u64], offset: usize, len: usize, gpa: Option<u64>) -> Re
 
 impl Guest {
     fn boot(config: ServerConfig) -> Guest {
-        let clock = Rc::new(Cell::new(1_000_000));
         let mut arena = vec![0u64; ARENA / 8];
         let mut queue = vec![0u64; 8192 / 8];
         let whole = region(&mut arena, 0, ARENA, None);
         let sim = Rc::new(RefCell::new(Simulator::new(Arena(whole), config)));
         let queue_region = region(&mut queue, 0, 8192, None);
 
-        let mut synic_env = TestEnv::new(
-            vec![
-                region(&mut arena, SYNIC_PAGES as usize, 8192, Some(SYNIC_PAGES)),
-                region(
-                    &mut arena,
-                    HYPERCALL_PAGES as usize,
-                    12288,
-                    Some(HYPERCALL_PAGES),
-                ),
-                queue_region,
-            ],
-            clock.clone(),
-        );
+        let mut synic_env = env_over(vec![
+            region(&mut arena, SYNIC_PAGES as usize, 8192, Some(SYNIC_PAGES)),
+            region(
+                &mut arena,
+                HYPERCALL_PAGES as usize,
+                12288,
+                Some(HYPERCALL_PAGES),
+            ),
+            queue_region,
+        ]);
         let host = sim.clone();
-        synic_env.handlers.insert(
-            synic::channels::HYPERVISOR.0,
-            Box::new(move |message, reply| {
-                use vmbus_ipc::hypervisor::{Reply, Request};
-                let request: Request =
-                    postcard::from_bytes(message).map_err(|_| CallError::Encoding)?;
-                let mut sim = host.borrow_mut();
-                let answer = match request {
-                    Request::MsrRead { msr } => sim.msr_read(msr).map(Reply::Value),
-                    Request::MsrWrite { msr, value } => {
-                        sim.msr_write(msr, value).map(|_| Reply::Done)
-                    }
-                    Request::Hypercall {
-                        control,
-                        input,
-                        output,
-                    } => sim.hypercall(control, input, output).map(Reply::Value),
-                    Request::EndOfInterrupt => Ok(Reply::Done),
-                };
-                let answer = answer.unwrap_or_else(|exception| match exception {
-                    hvsim::synic::Exception::GeneralProtection => Reply::GeneralProtection,
-                    hvsim::synic::Exception::InvalidOpcode => Reply::InvalidOpcode,
-                });
-                Ok(postcard::to_slice(&answer, reply).unwrap().len())
-            }),
-        );
+        synic_env.on_call(synic::channels::HYPERVISOR, move |message, reply| {
+            use vmbus_ipc::hypervisor::{Reply, Request};
+            let request: Request =
+                postcard::from_bytes(message).map_err(|_| CallError::Encoding)?;
+            let mut sim = host.borrow_mut();
+            let answer = match request {
+                Request::MsrRead { msr } => sim.msr_read(msr).map(Reply::Value),
+                Request::MsrWrite { msr, value } => sim.msr_write(msr, value).map(|_| Reply::Done),
+                Request::Hypercall {
+                    control,
+                    input,
+                    output,
+                } => sim.hypercall(control, input, output).map(Reply::Value),
+                Request::EndOfInterrupt => Ok(Reply::Done),
+            };
+            let answer = answer.unwrap_or_else(|exception| match exception {
+                hvsim::synic::Exception::GeneralProtection => Reply::GeneralProtection,
+                hvsim::synic::Exception::InvalidOpcode => Reply::InvalidOpcode,
+            });
+            Ok(postcard::to_slice(&answer, reply).unwrap().len())
+        });
         let synic_component = Synic::init(&mut synic_env);
         let synic = Rc::new(RefCell::new((synic_component, synic_env)));
 
@@ -261,23 +189,19 @@ impl Guest {
             ),
         ];
         bus_regions.extend(rings);
-        let mut bus_env = TestEnv::new(bus_regions, clock.clone());
+        let mut bus_env = env_over(bus_regions);
         let served = synic.clone();
-        bus_env.handlers.insert(
-            bus_channels::SYNIC_CALL.0,
-            Box::new(move |message, reply| {
-                let mut guard = served.borrow_mut();
-                let (component, env) = &mut *guard;
-                component
-                    .protected(env, synic::channels::VMBUS_CALL, message, reply)
-                    .map_err(|refusal| CallError::Refused(refusal.0))
-            }),
-        );
+        bus_env.on_call(bus_channels::SYNIC_CALL, move |message, reply| {
+            let mut guard = served.borrow_mut();
+            let (component, env) = &mut *guard;
+            component
+                .protected(env, synic::channels::VMBUS_CALL, message, reply)
+                .map_err(|refusal| CallError::Refused(refusal.0))
+        });
         let bus = Vmbus::init(&mut bus_env);
         let mut guest = Guest {
             _arena: arena,
             _queue: queue,
-            clock,
             sim,
             synic,
             bus,
@@ -288,11 +212,17 @@ impl Guest {
         guest
     }
 
+    /// Time passes for the host, synic and vmbus alike.
+    fn advance_clock(&mut self, ns: u64) {
+        self.bus_env.now_ns += ns;
+        self.synic.borrow_mut().1.now_ns += ns;
+    }
+
     /// Run host, interrupts and notifications until nothing moves.
     fn pump(&mut self) {
         for _ in 0..10_000 {
             let mut moved = false;
-            let now = self.clock.get();
+            let now = self.bus_env.now_ns;
             self.sim.borrow_mut().step(now);
             while self.sim.borrow_mut().take_interrupt().is_some() {
                 moved = true;
@@ -617,7 +547,7 @@ fn a_faulted_vsc_is_recovered_and_reopens() {
         3,
         "kvp's GPADL torn down"
     );
-    guest.clock.set(guest.clock.get() + 2_000_000);
+    guest.advance_clock(2_000_000);
     guest.open(3);
     assert_eq!(guest.info(3).state, ChannelState::Open);
     assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);

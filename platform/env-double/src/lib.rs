@@ -81,6 +81,18 @@ impl EnvDouble {
         RegionName((self.regions.len() - 1) as u8)
     }
 
+    /// Give the component a region over memory the test owns, for memory
+    /// another party (a simulated host) must see at the same addresses.
+    /// Numbered like [`EnvDouble::add_region`]; the test keeps the memory
+    /// alive for as long as the double (it promised so to `Region::new`).
+    pub fn add_region_over(&mut self, region: Region) -> RegionName {
+        self.regions.push(Backing {
+            _memory: Vec::new(),
+            region,
+        });
+        RegionName((self.regions.len() - 1) as u8)
+    }
+
     /// The region as the test sees it (always writable by the test).
     pub fn test_view(&self, name: RegionName) -> Region {
         let region = self.regions[name.0 as usize].region;
