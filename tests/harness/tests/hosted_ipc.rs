@@ -4,7 +4,7 @@
 
 use component_api::{CallError, Fault};
 use hostedtest_echo::{commands, STARTS};
-use ipc_harness::{Harness, Status, WAIT};
+use ipc_harness::{Double, Harness, Status, WAIT};
 
 const SYSTEM: &str = "tests/systems/hosted_ipc.toml";
 const SIGKILL: i32 = 9;
@@ -17,22 +17,43 @@ fn start() -> Harness {
         .expect("the test system starts")
 }
 
-/// (calls served by this incarnation, starts recorded in shared memory).
-fn echo_state(driver: &mut ipc_harness::Double) -> (u32, u32) {
-    let reply = driver.call("echo", commands::STATE).expect("state call");
-    assert_eq!(reply.len(), 8);
+/// The test plays the supervisor as well as the driver; the echo has
+/// answered its first call. Returns the harness, driver and supervisor.
+fn start_supervised_by_the_test() -> (Harness, Double, Double) {
+    let harness = Harness::builder(SYSTEM)
+        .double("ht_driver")
+        .double("ht_super")
+        .start()
+        .expect("starts");
+    let mut driver = harness.double("ht_driver");
+    let supervisor = harness.double("ht_super");
+    assert_eq!(echo_state(&mut driver), (1, 1));
+    (harness, driver, supervisor)
+}
+
+/// Two little-endian u32 counters, as the echo and the supervisor answer.
+fn two_counters(reply: &[u8]) -> (u32, u32) {
+    assert_eq!(reply.len(), 8, "two counters");
     (
         u32::from_le_bytes(reply[..4].try_into().unwrap()),
         u32::from_le_bytes(reply[4..].try_into().unwrap()),
     )
 }
 
-fn supervisor_counts(driver: &mut ipc_harness::Double) -> (u32, u32) {
-    let reply = driver.call("super", b"counts").expect("supervisor call");
-    (
-        u32::from_le_bytes(reply[..4].try_into().unwrap()),
-        u32::from_le_bytes(reply[4..].try_into().unwrap()),
-    )
+/// (calls served by this incarnation, starts recorded in shared memory).
+fn echo_state(driver: &mut Double) -> (u32, u32) {
+    two_counters(&driver.call("echo", commands::STATE).expect("state call"))
+}
+
+fn supervisor_counts(driver: &mut Double) -> (u32, u32) {
+    two_counters(&driver.call("super", b"counts").expect("supervisor call"))
+}
+
+/// Command the echo to fault: the call fails as a fault, and the launcher
+/// reports the echo's first fault, which is returned.
+fn commanded_fault(harness: &Harness, driver: &mut Double, command: &[u8]) -> Fault {
+    assert_eq!(driver.call("echo", command), Err(CallError::ServerFaulted));
+    harness.expect_fault("ht_echo", 1)
 }
 
 #[test]
@@ -114,10 +135,9 @@ fn a_panic_is_reported_as_a_panic() {
     let harness = start();
     let mut driver = harness.double("ht_driver");
     assert_eq!(
-        driver.call("echo", commands::PANIC),
-        Err(CallError::ServerFaulted)
+        commanded_fault(&harness, &mut driver, commands::PANIC),
+        Fault::Panic
     );
-    assert_eq!(harness.expect_fault("ht_echo", 1), Fault::Panic);
     harness.expect_output("[ht_echo] panic: commanded panic", 0);
     harness.expect_output("[ht_super] restarted ht_echo", 0);
     assert_eq!(driver.call("echo", b"again").unwrap(), b"again");
@@ -146,11 +166,7 @@ fn the_os_enforces_a_read_only_map() {
         readonly_maps[0]
     );
 
-    assert_eq!(
-        driver.call("echo", commands::WRITE_READ_ONLY),
-        Err(CallError::ServerFaulted)
-    );
-    match harness.expect_fault("ht_echo", 1) {
+    match commanded_fault(&harness, &mut driver, commands::WRITE_READ_ONLY) {
         Fault::Memory { write, address, ip } => {
             assert!(write, "reported as a write");
             assert_ne!(address, 0);
@@ -176,11 +192,7 @@ fn the_os_enforces_a_read_only_map() {
 fn an_illegal_instruction_is_reported_with_its_address() {
     let harness = start();
     let mut driver = harness.double("ht_driver");
-    assert_eq!(
-        driver.call("echo", commands::ILLEGAL_INSTRUCTION),
-        Err(CallError::ServerFaulted)
-    );
-    match harness.expect_fault("ht_echo", 1) {
+    match commanded_fault(&harness, &mut driver, commands::ILLEGAL_INSTRUCTION) {
         Fault::Instruction { ip } => assert_ne!(ip, 0),
         other => harness.fail(&format!("expected an instruction fault, got {other:?}")),
     }
@@ -210,14 +222,7 @@ fn a_double_map_aliases_in_every_process() {
 
 #[test]
 fn a_supervisor_played_by_the_test_sees_faults_and_restarts() {
-    let harness = Harness::builder(SYSTEM)
-        .double("ht_driver")
-        .double("ht_super")
-        .start()
-        .expect("starts");
-    let mut driver = harness.double("ht_driver");
-    let mut supervisor = harness.double("ht_super");
-    assert_eq!(echo_state(&mut driver), (1, 1));
+    let (harness, mut driver, mut supervisor) = start_supervised_by_the_test();
 
     harness.kill("ht_echo");
     let (child, fault) = supervisor.wait_fault(WAIT).expect("fault report");
@@ -267,14 +272,7 @@ fn an_irq_raised_by_the_test_reaches_the_component() {
 
 #[test]
 fn a_stopped_child_stays_down_without_a_fault_until_restarted() {
-    let harness = Harness::builder(SYSTEM)
-        .double("ht_driver")
-        .double("ht_super")
-        .start()
-        .expect("starts");
-    let mut driver = harness.double("ht_driver");
-    let mut supervisor = harness.double("ht_super");
-    assert_eq!(echo_state(&mut driver), (1, 1));
+    let (harness, mut driver, mut supervisor) = start_supervised_by_the_test();
     let child = supervisor.child("ht_echo");
     component_api::Env::stop(supervisor.env(), child).expect("stop");
     assert_eq!(harness.system().status("ht_echo"), Some(Status::Stopped));
