@@ -237,6 +237,7 @@ impl Hypervisor for HostedHypervisor {
 mod tests {
     use super::*;
     use crate::wire::{HelloReply, InterruptRecord, MsrRead, ProtocolError};
+    use zerocopy::{FromBytes, Immutable};
 
     /// A fake host on the other end of a socket pair: answers HELLO, then
     /// runs `script` on its record stream.
@@ -270,7 +271,22 @@ mod tests {
         (guest, host)
     }
 
-    use zerocopy::FromBytes;
+    /// A fake host that answers the first request, whatever it is, with
+    /// `reply` (of kind `reply_kind`).
+    fn host_answering_once<T: IntoBytes + Immutable + Send + 'static>(
+        reply_kind: u32,
+        reply: T,
+    ) -> (HostedHypervisor, std::thread::JoinHandle<()>) {
+        with_fake_host(move |stream| {
+            stream.recv(None).unwrap().unwrap();
+            stream.send(reply_kind, &reply).unwrap();
+        })
+    }
+
+    const STATUS_OK: StatusReply = StatusReply {
+        exception: 0,
+        reserved: 0,
+    };
 
     #[test]
     fn interrupts_between_request_and_reply_are_queued() {
@@ -331,53 +347,28 @@ mod tests {
 
     #[test]
     fn wrong_reply_kind_or_protocol_error_breaks_the_transport() {
-        let (mut guest, host) = with_fake_host(|stream| {
-            stream.recv(None).unwrap().unwrap();
-            // An MSR_WRITE_REPLY to an MSR_READ.
-            stream
-                .send(
-                    kind::MSR_WRITE_REPLY,
-                    &StatusReply {
-                        exception: 0,
-                        reserved: 0,
-                    },
-                )
-                .unwrap();
-        });
+        // An MSR_WRITE_REPLY to an MSR_READ.
+        let (mut guest, host) = host_answering_once(kind::MSR_WRITE_REPLY, STATUS_OK);
         assert_eq!(guest.msr_read(0x4000_0081), Err(HvError::Transport));
         // Once broken, every call fails without touching the socket.
         assert_eq!(guest.msr_write(0x4000_0084, 0), Err(HvError::Transport));
         host.join().unwrap();
 
-        let (mut guest, host) = with_fake_host(|stream| {
-            stream.recv(None).unwrap().unwrap();
-            stream
-                .send(
-                    kind::PROTOCOL_ERROR,
-                    &ProtocolError {
-                        code: wire::protocol_error::RESERVED_NOT_ZERO,
-                        reserved: 0,
-                    },
-                )
-                .unwrap();
-        });
+        let protocol_error = ProtocolError {
+            code: wire::protocol_error::RESERVED_NOT_ZERO,
+            reserved: 0,
+        };
+        let (mut guest, host) = host_answering_once(kind::PROTOCOL_ERROR, protocol_error);
         assert_eq!(guest.hypercall(0x5C, 0, 0), Err(HvError::Transport));
         host.join().unwrap();
 
         // A reply with a non-zero reserved field is not trusted either.
-        let (mut guest, host) = with_fake_host(|stream| {
-            stream.recv(None).unwrap().unwrap();
-            stream
-                .send(
-                    kind::HYPERCALL_REPLY,
-                    &ValueReply {
-                        exception: 0,
-                        reserved: 7,
-                        value: 0,
-                    },
-                )
-                .unwrap();
-        });
+        let reserved_set = ValueReply {
+            exception: 0,
+            reserved: 7,
+            value: 0,
+        };
+        let (mut guest, host) = host_answering_once(kind::HYPERCALL_REPLY, reserved_set);
         assert_eq!(guest.hypercall(0x5C, 0, 0), Err(HvError::Transport));
         host.join().unwrap();
     }
@@ -389,15 +380,7 @@ mod tests {
             assert_eq!(request.kind, kind::MSR_WRITE);
             let body: wire::MsrWrite = request.parse().unwrap();
             assert_eq!((body.msr, body.value), (APIC_EOI_MSR, 0));
-            stream
-                .send(
-                    kind::MSR_WRITE_REPLY,
-                    &StatusReply {
-                        exception: 0,
-                        reserved: 0,
-                    },
-                )
-                .unwrap();
+            stream.send(kind::MSR_WRITE_REPLY, &STATUS_OK).unwrap();
         });
         assert_eq!(guest.end_of_interrupt(), Ok(()));
         host.join().unwrap();
