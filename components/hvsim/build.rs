@@ -1,9 +1,10 @@
 //! For the seL4 component: the channel and region ids generated from the
 //! system description being built, and the operator script
 //! (`$OUT_DIR/script.rs`). The script is `hvsim::script::Script::DEFAULT`
-//! unless a file named like the description with the extension `.hvsim`
-//! lies beside it (`tests/systems/vmbus-kvp-fault.hvsim` for
-//! `tests/systems/vmbus-kvp-fault.toml`): `key = value` lines that override
+//! unless the environment variable `HVSIM_SCRIPT` names a script file (the
+//! isolation test's `tests/systems/kvp-fault.hvsim`; `cargo xtask run
+//! --host-script FILE` sets it) or a file named like the description with
+//! the extension `.hvsim` lies beside it: `key = value` lines that override
 //! the default (see `docs/hvsim.md`). The hosted transport binary needs
 //! neither.
 use std::path::{Path, PathBuf};
@@ -39,7 +40,12 @@ fn main() {
         Some(path) => root.join(path),
         None => root.join("system.toml"),
     };
-    let script = description.with_extension("hvsim");
+    println!("cargo:rerun-if-env-changed=HVSIM_SCRIPT");
+    let script = match std::env::var_os("HVSIM_SCRIPT") {
+        Some(path) if Path::new(&path).is_absolute() => PathBuf::from(path),
+        Some(path) => root.join(path),
+        None => description.with_extension("hvsim"),
+    };
     println!("cargo:rerun-if-changed={}", script.display());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("script.rs");
     let source = script_source(&script);

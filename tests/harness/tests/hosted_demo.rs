@@ -1,4 +1,4 @@
-//! The demonstration system (`system.toml`) run hosted, with the same
+//! The demonstration system (`tests/systems/demo.toml`) run hosted, with the same
 //! checks as its QEMU boot test: every step appears on the console, the
 //! faulter's three faults are reported to the supervisor and it restarts
 //! with its state reset each time, the stream arrives complete with the
@@ -58,7 +58,9 @@ fn checksum_of(line: &str) -> Option<&str> {
 
 #[test]
 fn the_demonstration_passes_hosted() {
-    let harness = Harness::builder("system.toml").start().expect("starts");
+    let harness = Harness::builder("tests/systems/demo.toml")
+        .start()
+        .expect("starts");
     // Bounded: the run takes well under a second once built.
     let code = harness.system().wait_for_power_off(Duration::from_secs(60));
     if code != Some(0) {
@@ -150,7 +152,7 @@ fn the_demonstration_passes_hosted() {
 /// still completes.
 #[test]
 fn the_test_can_play_the_console_for_the_whole_demonstration() {
-    let harness = Harness::builder("system.toml")
+    let harness = Harness::builder("tests/systems/demo.toml")
         .double("console")
         .start()
         .expect("starts");

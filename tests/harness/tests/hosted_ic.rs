@@ -1,5 +1,5 @@
 //! The integration-component drivers and their client in the whole VMBus
-//! system (`tests/systems/vmbus.toml`), hosted, against the simulated host
+//! system (`system.toml`), hosted, against the simulated host
 //! process driven through its operator commands: each driver negotiates,
 //! heartbeats come back, a host time sample reaches the client, host KVP
 //! pairs reach the client and the client's pair reaches the host, and a
@@ -8,7 +8,7 @@
 use ipc_harness::{Harness, WAIT};
 use std::time::{Duration, Instant};
 
-const SYSTEM: &str = "tests/systems/vmbus.toml";
+const SYSTEM: &str = "system.toml";
 
 /// Ask the host until its answer contains `needle`: the guest answers
 /// asynchronously, and a host command is refused ("false") until the host

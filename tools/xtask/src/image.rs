@@ -1,10 +1,13 @@
-//! `cargo xtask build [--system FILE]`: the bootable seL4 image.
+//! `cargo xtask build [--system FILE] [--host-script FILE]`: the bootable
+//! seL4 image.
 //!
 //! 1. compile the description (default `system.toml`) with `sysdesc`;
 //! 2. build each component package it names for `x86_64-unknown-none`
 //!    (release, static relocation model, `sel4-runtime/link.ld`, so the
 //!    ELFs have only PT_LOAD segments), with `SYSTEM_DESCRIPTION` set so
-//!    their generated ids come from the same description;
+//!    their generated ids come from the same description, and
+//!    `HVSIM_SCRIPT` naming the simulated host's operator script if one was
+//!    given (the isolation test's `tests/systems/kvp-fault.hvsim`);
 //! 3. write `layout.bin` and the ELFs to `<target>/sel4/image/embed`;
 //! 4. build the root task with `ROOTTASK_IMAGE_DIR` naming that folder;
 //! 5. build (or reuse) the kernel, converted to elf32-i386.
@@ -26,36 +29,70 @@ pub struct BootImage {
     pub roottask: PathBuf,
 }
 
-/// `--system FILE` from the arguments, else `system.toml`.
-pub fn system_argument(args: &[String]) -> Result<PathBuf> {
-    let mut system = workspace_root().join("system.toml");
+/// What to build: a description, and optionally the simulated host's
+/// operator script (a `.hvsim` file, see `docs/hvsim.md`).
+#[derive(Clone, Debug)]
+pub struct ImageSpec {
+    pub system: PathBuf,
+    pub host_script: Option<PathBuf>,
+}
+
+impl ImageSpec {
+    pub fn new(system: &str, host_script: Option<&str>) -> ImageSpec {
+        ImageSpec {
+            system: workspace_path(system),
+            host_script: host_script.map(workspace_path),
+        }
+    }
+
+    /// The boot test's expectations: beside the script if there is one,
+    /// else beside the description (`system.expect` for `system.toml`).
+    pub fn expectations_file(&self) -> PathBuf {
+        self.host_script
+            .as_ref()
+            .unwrap_or(&self.system)
+            .with_extension("expect")
+    }
+}
+
+fn workspace_path(path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        path
+    } else {
+        workspace_root().join(path)
+    }
+}
+
+/// `--system FILE` (default `system.toml`) and `--host-script FILE` from
+/// the arguments.
+pub fn system_argument(args: &[String]) -> Result<ImageSpec> {
+    let mut spec = ImageSpec::new("system.toml", None);
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--system" => {
-                let path = iter.next().ok_or("--system needs a file")?;
-                let path = PathBuf::from(path);
-                system = if path.is_absolute() {
-                    path
-                } else {
-                    workspace_root().join(path)
-                };
+                spec.system = workspace_path(iter.next().ok_or("--system needs a file")?);
+            }
+            "--host-script" => {
+                let path = iter.next().ok_or("--host-script needs a file")?;
+                spec.host_script = Some(workspace_path(path));
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(system)
+    Ok(spec)
 }
 
 pub fn run(args: &[String]) -> Result {
-    let system = system_argument(args)?;
-    let image = build(&system)?;
+    let spec = system_argument(args)?;
+    let image = build(&spec)?;
     println!("kernel:    {}", image.kernel.display());
     println!("root task: {}", image.roottask.display());
     Ok(())
 }
 
-fn cargo_for_sel4(system: &Path) -> Command {
+fn cargo_for_sel4(spec: &ImageSpec) -> Command {
     let link_script = workspace_root().join("platform/sel4-runtime/link.ld");
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
@@ -68,8 +105,12 @@ fn cargo_for_sel4(system: &Path) -> Command {
                 link_script.display()
             ),
         )
-        .env("SYSTEM_DESCRIPTION", system)
+        .env("SYSTEM_DESCRIPTION", &spec.system)
         .args(["build", "--quiet", "--release", "--target", SEL4_TARGET]);
+    match &spec.host_script {
+        Some(script) => command.env("HVSIM_SCRIPT", script),
+        None => command.env_remove("HVSIM_SCRIPT"),
+    };
     command
 }
 
@@ -120,7 +161,8 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result {
 }
 
 /// Build the whole image for a description.
-pub fn build(system: &Path) -> Result<BootImage> {
+pub fn build(spec: &ImageSpec) -> Result<BootImage> {
+    let system = spec.system.as_path();
     let started = Instant::now();
     let layout = sysdesc::compile_file(system).map_err(|diagnostics| {
         eprint!("{diagnostics}");
@@ -140,7 +182,7 @@ pub fn build(system: &Path) -> Result<BootImage> {
     packages.dedup();
     check_sel4_entry_points(&packages)?;
     if !packages.is_empty() {
-        let mut command = cargo_for_sel4(system);
+        let mut command = cargo_for_sel4(spec);
         for package in &packages {
             command.args(["--package", package, "--bin", package]);
         }
@@ -175,7 +217,7 @@ pub fn build(system: &Path) -> Result<BootImage> {
         }
     }
 
-    let mut command = cargo_for_sel4(system);
+    let mut command = cargo_for_sel4(spec);
     command
         .env("ROOTTASK_IMAGE_DIR", &embed)
         .args(["--package", "roottask"]);

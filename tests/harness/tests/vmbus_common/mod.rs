@@ -1,4 +1,4 @@
-//! Shared by the `vmbus_*` tests: start `tests/systems/vmbus.toml` hosted
+//! Shared by the `vmbus_*` tests: start `system.toml` (the VMBus system) hosted
 //! with the `hvsim` process reporting what the guest did (`--events`), and
 //! read the host's event lines and the launcher's line timeline.
 //!
@@ -12,7 +12,7 @@ use ipc_harness::{Double, Harness};
 use std::time::Duration;
 use vmbus_ipc::{bus, kvp, timesync};
 
-pub const SYSTEM: &str = "tests/systems/vmbus.toml";
+pub const SYSTEM: &str = "system.toml";
 
 /// The four integration components the host offers by default, by relid.
 pub const DRIVERS: [&str; 4] = ["heartbeat", "shutdown", "timesync", "kvp"];
