@@ -20,7 +20,7 @@
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
-use hvsim::script::{integration_components, ScriptRunner};
+use hvsim::script::ScriptRunner;
 use talc::{ClaimOnOom, Span, Talc, Talck};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -69,12 +69,16 @@ impl Component for SimulatedHost {
             .count();
         println!(
             env,
-            "simulated Hyper-V host: {} host-visible regions, {} devices",
+            "simulated Hyper-V host: {} host-visible regions, {} devices, VMBus {}.{} to {}.{}",
             visible,
-            integration_components().devices.len()
+            SCRIPT.devices.len(),
+            SCRIPT.min_version.major(),
+            SCRIPT.min_version.minor(),
+            SCRIPT.max_version.major(),
+            SCRIPT.max_version.minor()
         );
         SimulatedHost {
-            host: HostPd::new(memory, integration_components(), channels::INTERRUPT),
+            host: HostPd::new(memory, SCRIPT.server_config(), channels::INTERRUPT),
             script: ScriptRunner::new(SCRIPT),
         }
     }

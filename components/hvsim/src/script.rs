@@ -6,8 +6,11 @@
 //! KVP channel is negotiated, and after a number of answered heartbeats
 //! asks the guest to shut down (which ends the run: the guest unloads VMBus
 //! and powers off). For the isolation test it can also send malformed
-//! packets on the KVP channel. Everything it does it reports as a line of
-//! text for the console. Heartbeat requests themselves are the channel's
+//! packets on the KVP channel, rescind the KVP channel and offer the same
+//! device again once the guest released it, offer more devices while the
+//! guest runs, and read a pair from the guest's pool. The offered devices
+//! and the VMBus versions the host accepts are the script's too. Everything
+//! it does it reports as a line of text for the console. Heartbeat requests themselves are the channel's
 //! own periodic work (`IcState::heartbeat_interval_ns`).
 //!
 //! Trusts: nothing from the guest beyond what the simulator validated.
@@ -21,6 +24,41 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
 use vmbus_protocol::ic::timesync_flags;
+use vmbus_protocol::ProtocolVersion;
+
+/// A device the script offers: an integration component the host speaks,
+/// or a device of any other class (a generic device: the host only
+/// completes its packets; a guest without a driver leaves it alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptDevice {
+    Ic(DeviceKind),
+    Generic { class: u128 },
+}
+
+/// The instance GUID of the device at `index` (fixed, the same as the
+/// transport binary's, so runs are reproducible).
+pub fn instance(index: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | index)
+}
+
+impl ScriptDevice {
+    pub fn config(self, index: u128) -> DeviceConfig {
+        match self {
+            ScriptDevice::Ic(kind) => DeviceConfig::ic(kind, instance(index)),
+            ScriptDevice::Generic { class } => DeviceConfig {
+                class: uuid::Uuid::from_u128(class),
+                instance: instance(index),
+                kind: DeviceKind::Generic,
+                monitored: false,
+                message_pipe: false,
+            },
+        }
+    }
+}
+
+/// The first instance index of devices added while the guest runs (those
+/// offered at start count from 1).
+pub const ADDED_INSTANCE_BASE: u128 = 0x100;
 
 /// Windows file time (100 ns units since 1601-01-01) of 2026-01-01 00:00
 /// UTC: the host's clock at guest time zero (the image has no wall clock).
@@ -43,6 +81,25 @@ pub struct Script {
     pub kvp_faults: &'static [PacketFault],
     pub kvp_fault_after_heartbeats: u64,
     pub kvp_fault_every: u64,
+    /// The VMBus versions the host accepts (a guest asking for anything
+    /// else is refused and must fall back).
+    pub min_version: ProtocolVersion,
+    pub max_version: ProtocolVersion,
+    /// The devices offered at start, in relid order.
+    pub devices: &'static [ScriptDevice],
+    /// Devices offered while the guest runs, all at once, once
+    /// `add_devices_after_heartbeats` heartbeats were answered.
+    pub added_devices: &'static [ScriptDevice],
+    pub add_devices_after_heartbeats: u64,
+    /// Rescind the KVP channel once this many heartbeats were answered;
+    /// when the guest released the relid, offer the same device (same
+    /// instance) again.
+    pub kvp_rescind_after_heartbeats: Option<u64>,
+    /// Ask the guest for this key of its own pool (`POOL_GUEST`) once
+    /// `kvp_get_after_heartbeats` heartbeats were answered, and print the
+    /// answer.
+    pub kvp_get_guest_key: Option<&'static str>,
+    pub kvp_get_after_heartbeats: u64,
     /// How much longer than its period a gap between two heartbeat (or
     /// time sync) answers may be and still count as on time: the host acts
     /// only on its timer ticks and on calls, so its requests go out up to a
@@ -60,31 +117,44 @@ impl Script {
         kvp_faults: &[],
         kvp_fault_after_heartbeats: 0,
         kvp_fault_every: 1,
+        min_version: ProtocolVersion::V2_4,
+        max_version: ProtocolVersion::V5_3,
+        devices: &[
+            ScriptDevice::Ic(DeviceKind::Heartbeat),
+            ScriptDevice::Ic(DeviceKind::Shutdown),
+            ScriptDevice::Ic(DeviceKind::TimeSync),
+            ScriptDevice::Ic(DeviceKind::Kvp),
+        ],
+        added_devices: &[],
+        add_devices_after_heartbeats: 0,
+        kvp_rescind_after_heartbeats: None,
+        kvp_get_guest_key: None,
+        kvp_get_after_heartbeats: 0,
         gap_allowance_ns: 100_000_000,
     };
+
+    /// The server the host starts with: the script's devices (instances
+    /// numbered from 1 in order) and versions.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            devices: self
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(index, device)| device.config(index as u128 + 1))
+                .collect(),
+            min_version: self.min_version,
+            max_version: self.max_version,
+            ..ServerConfig::default()
+        }
+    }
 }
 
-/// The devices the host offers in the image: the four integration
-/// components, with fixed instance GUIDs (the same as the transport
-/// binary's) so runs are reproducible.
+/// The devices the host offers in the image by default: the four
+/// integration components, with fixed instance GUIDs (the same as the
+/// transport binary's) so runs are reproducible.
 pub fn integration_components() -> ServerConfig {
-    let devices = [
-        DeviceKind::Heartbeat,
-        DeviceKind::Shutdown,
-        DeviceKind::TimeSync,
-        DeviceKind::Kvp,
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(index, kind)| {
-        let instance = 0x4856_5349_4d00_0000_0000_0000_0000_0000 | (index as u128 + 1);
-        DeviceConfig::ic(kind, uuid::Uuid::from_u128(instance))
-    })
-    .collect();
-    ServerConfig {
-        devices,
-        ..ServerConfig::default()
-    }
+    Script::DEFAULT.server_config()
 }
 
 /// The longest gap between consecutive answers of one service.
@@ -134,7 +204,31 @@ pub struct ScriptRunner {
     /// Time sync answers seen on (relid, count).
     timesync_answers: Option<(u32, u64)>,
     timesync_gaps: GapWatch,
+    devices_added: bool,
+    rescind: RescindProgress,
+    kvp_get_sent: bool,
 }
+
+/// Where the KVP rescind and re-offer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RescindProgress {
+    NotYet,
+    /// Rescinded `relid` (whose device had `instance`); waiting for the
+    /// guest's RelIdReleased.
+    Rescinded {
+        relid: u32,
+        instance: uuid::Uuid,
+    },
+    /// Offered again as `relid`; the marker pair not yet pushed on it.
+    Reoffered {
+        relid: u32,
+    },
+    Done,
+}
+
+/// The pair pushed on the re-offered KVP channel, so that the client shows
+/// that the new channel serves.
+pub const REOFFER_PAIR: (&str, &str) = ("HostReoffered", "yes");
 
 impl ScriptRunner {
     pub fn new(script: Script) -> Self {
@@ -152,6 +246,9 @@ impl ScriptRunner {
             heartbeat_period_ns: 0,
             timesync_answers: None,
             timesync_gaps: GapWatch::default(),
+            devices_added: false,
+            rescind: RescindProgress::NotYet,
+            kvp_get_sent: false,
         }
     }
 
@@ -183,6 +280,9 @@ impl ScriptRunner {
         self.time_samples(sim, now_ns, &mut report);
         self.host_pairs(sim, now_ns, &mut report);
         self.kvp_faults(sim, now_ns, &mut report);
+        self.add_devices(sim, &mut report);
+        self.rescind_kvp(sim, &mut report);
+        self.kvp_get(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -317,6 +417,107 @@ impl ScriptRunner {
                 fault
             ));
         }
+    }
+
+    fn add_devices<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        if self.devices_added
+            || self.script.added_devices.is_empty()
+            || self.heartbeats_answered < self.script.add_devices_after_heartbeats
+            || sim.channel_of(DeviceKind::Heartbeat).is_none()
+        {
+            return;
+        }
+        self.devices_added = true;
+        for (index, device) in self.script.added_devices.iter().enumerate() {
+            let config = device.config(ADDED_INSTANCE_BASE + index as u128 + 1);
+            let (class, instance) = (config.class, config.instance);
+            let relid = sim.add_device(config);
+            report.push(format!(
+                "host: offered {} {instance} as relid {relid} while the guest runs",
+                describe(*device, class)
+            ));
+        }
+    }
+
+    fn rescind_kvp<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        match self.rescind {
+            RescindProgress::NotYet => {
+                let Some(after) = self.script.kvp_rescind_after_heartbeats else {
+                    return;
+                };
+                if self.heartbeats_answered < after {
+                    return;
+                }
+                let Some(relid) = sim.channel_of(DeviceKind::Kvp) else {
+                    return;
+                };
+                let Some(instance) = sim.vmbus.device(relid).map(|d| d.instance) else {
+                    return;
+                };
+                if sim.rescind(relid) {
+                    self.rescind = RescindProgress::Rescinded { relid, instance };
+                    report.push(format!("host: KVP relid {relid} rescinded"));
+                }
+            }
+            RescindProgress::Rescinded { relid, instance } => {
+                // The guest's RelIdReleased removes the channel.
+                if sim.vmbus.channel_state(relid).is_some() {
+                    return;
+                }
+                let new_relid = sim.add_device(DeviceConfig::ic(DeviceKind::Kvp, instance));
+                self.rescind = RescindProgress::Reoffered { relid: new_relid };
+                report.push(format!(
+                    "host: relid {relid} released by the guest; KVP {instance} offered again as relid {new_relid}"
+                ));
+            }
+            RescindProgress::Reoffered { relid } => {
+                if sim.channel_of(DeviceKind::Kvp) != Some(relid) {
+                    return;
+                }
+                let (key, value) = REOFFER_PAIR;
+                if sim.kvp_set(vmbus_ipc::kvp::POOL_EXTERNAL, key, value) {
+                    self.rescind = RescindProgress::Done;
+                    report.push(format!(
+                        "host: re-offered KVP relid {relid} open; pair {key} = {value} pushed"
+                    ));
+                }
+            }
+            RescindProgress::Done => {}
+        }
+    }
+
+    fn kvp_get<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let Some(key) = self.script.kvp_get_guest_key else {
+            return;
+        };
+        if sim.channel_of(DeviceKind::Kvp).is_none() {
+            return;
+        }
+        if !self.kvp_get_sent {
+            if self.heartbeats_answered >= self.script.kvp_get_after_heartbeats
+                && sim.kvp_get(vmbus_ipc::kvp::POOL_GUEST, key)
+            {
+                self.kvp_get_sent = true;
+                report.push(format!("host: KVP GET pool 1 \"{key}\" sent"));
+            }
+            return;
+        }
+        for response in sim.kvp_responses() {
+            if response.operation == vmbus_protocol::ic::kvp_operation::GET {
+                report.push(format!(
+                    "host: KVP GET pool {} \"{}\" answered: status {:#x}, value \"{}\"",
+                    response.pool, response.key, response.status, response.value
+                ));
+            }
+        }
+    }
+}
+
+/// How a script device is named in the report.
+fn describe(device: ScriptDevice, class: uuid::Uuid) -> String {
+    match device {
+        ScriptDevice::Ic(kind) => format!("{kind:?}"),
+        ScriptDevice::Generic { .. } => format!("a device of class {class}"),
     }
 }
 

@@ -291,6 +291,11 @@ impl Server {
         self.channels.get(&relid).map(|c| c.state)
     }
 
+    /// The device a channel (offered, open or rescinded) was created for.
+    pub fn device(&self, relid: u32) -> Option<&DeviceConfig> {
+        self.channels.get(&relid).map(|c| &c.device)
+    }
+
     /// The relid of the (unrescinded) channel with this instance GUID.
     pub fn relid_of(&self, instance: Uuid) -> Option<u32> {
         self.channels

@@ -100,6 +100,8 @@ fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usiz
 pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", None),
     ("system.toml", Some("tests/systems/kvp-fault.hvsim")),
+    ("system.toml", Some("tests/systems/vmbus-4.0.hvsim")),
+    ("system.toml", Some("tests/systems/vmbus-2.4.hvsim")),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
 ];
