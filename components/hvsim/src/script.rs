@@ -207,6 +207,9 @@ pub struct ScriptRunner {
     devices_added: bool,
     rescind: RescindProgress,
     kvp_get_sent: bool,
+    /// The VMBus version negotiated when last looked (None: not connected,
+    /// or unloaded).
+    connected: Option<ProtocolVersion>,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -249,6 +252,7 @@ impl ScriptRunner {
             devices_added: false,
             rescind: RescindProgress::NotYet,
             kvp_get_sent: false,
+            connected: None,
         }
     }
 
@@ -259,6 +263,14 @@ impl ScriptRunner {
     /// Does what is due at `now_ns`; returns the lines to print.
     pub fn run<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, now_ns: u64) -> Vec<String> {
         let mut report = Vec::new();
+        let version = sim.vmbus.version();
+        if self.connected.is_some() && version.is_none() {
+            report.push(format!(
+                "host: the guest unloaded VMBus (UnloadResponse sent); {} channels open",
+                sim.vmbus.open_channels().len()
+            ));
+        }
+        self.connected = version;
         if let Some(beat) = sim.last_heartbeat() {
             if self.last_sequence != Some(beat.sequence) {
                 self.last_sequence = Some(beat.sequence);

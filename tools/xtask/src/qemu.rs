@@ -103,6 +103,8 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", Some("tests/systems/vmbus-4.0.hvsim")),
     ("system.toml", Some("tests/systems/vmbus-2.4.hvsim")),
     ("system.toml", Some("tests/systems/kvp-rescind.hvsim")),
+    ("system.toml", Some("tests/systems/runtime-offers.hvsim")),
+    ("system.toml", Some("tests/systems/kvp-get.hvsim")),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
 ];
