@@ -1,13 +1,17 @@
 //! `cargo xtask`: the project's one entry point.
 //!
-//! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
-//! - `cargo xtask run`    : build it and boot it in QEMU, console on the terminal
-//! - `cargo xtask hosted` : run the same system as Linux processes
+//! - `cargo xtask run`    : build the seL4 image and boot it in QEMU, console
+//!   on the terminal (`--system FILE`, `--host-script FILE`)
 //! - `cargo xtask test`   : every test: unit, description-error goldens,
-//!   hosted component tests and the QEMU boot tests
+//!   property tests, hosted component tests and the QEMU boot tests
+//! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
+//! - `cargo xtask boot-test`: the QEMU boot tests only
+//! - `cargo xtask hosted` : run the same system as Linux processes
 //! - `cargo xtask check [FILE]`: validate a system description
+//! - `cargo xtask fuzz`   : fuzz the protocol parsers
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
-//!   the kernel build's Python packages, the Rust target)
+//!   the kernel build's Python packages, the Rust target); `run`, `test`,
+//!   `build` and `boot-test` do this first
 //!
 //! Each subcommand lives in its own module.
 
@@ -25,7 +29,7 @@ mod util;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <build|run|hosted|test|check|setup> [args]");
+    eprintln!("usage: cargo xtask <run|test|build|boot-test|hosted|check|fuzz|setup> [args]");
     ExitCode::from(2)
 }
 
@@ -40,9 +44,12 @@ fn main() -> ExitCode {
         "check" => check::run(rest),
         "fuzz" => fuzz::run(rest),
         "test" => test::run(rest),
-        "build" => image::run(rest),
-        "run" => qemu::run(rest),
-        "boot-test" => qemu::boot_test(rest),
+        // The image needs QEMU, xmllint, the kernel build's Python packages
+        // and the Rust target: install what is missing first (quick when
+        // everything is there).
+        "build" => setup::run_setup().and_then(|()| image::run(rest)),
+        "run" => setup::run_setup().and_then(|()| qemu::run(rest)),
+        "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "hosted" => hosted::run(rest),
         _ => return usage(),
     };
