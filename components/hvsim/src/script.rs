@@ -569,6 +569,59 @@ mod tests {
     }
 
     #[test]
+    fn the_script_chooses_the_devices_and_versions_the_host_starts_with() {
+        const STORVSC: u128 = 0xba61_63d9_04a1_4d29_b605_72e2_ffb1_dc7f;
+        let script = Script {
+            min_version: ProtocolVersion::V4_0,
+            max_version: ProtocolVersion::V4_0,
+            devices: &[
+                ScriptDevice::Ic(DeviceKind::Kvp),
+                ScriptDevice::Generic { class: STORVSC },
+            ],
+            ..Script::DEFAULT
+        };
+        let config = script.server_config();
+        assert_eq!(
+            (config.min_version, config.max_version),
+            (ProtocolVersion::V4_0, ProtocolVersion::V4_0)
+        );
+        assert_eq!(config.devices.len(), 2);
+        assert_eq!(config.devices[0].kind, DeviceKind::Kvp);
+        assert_eq!(config.devices[0].class, vmbus_protocol::guid::class::KVP);
+        assert_eq!(config.devices[0].instance, instance(1));
+        assert_eq!(config.devices[1].kind, DeviceKind::Generic);
+        assert_eq!(
+            config.devices[1].class.to_string(),
+            "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
+        );
+        assert_eq!(
+            config.devices[1].instance.to_string(),
+            "48565349-4d00-0000-0000-000000000002"
+        );
+        assert!(!config.devices[1].message_pipe);
+    }
+
+    #[test]
+    fn rescind_runtime_offers_and_get_wait_for_their_channels() {
+        // Without a guest nothing is open: the scenarios must not act on
+        // channels that do not exist (no rescind of relid 0, no offers
+        // before the heartbeat channel serves, no GET into the void).
+        let mut sim = host();
+        let mut runner = ScriptRunner::new(Script {
+            kvp_rescind_after_heartbeats: Some(0),
+            added_devices: &[ScriptDevice::Ic(DeviceKind::Kvp)],
+            kvp_get_guest_key: Some("GuestClient"),
+            ..Script::DEFAULT
+        });
+        for step in 0..3u64 {
+            assert!(runner.run(&mut sim, step * 1_000_000_000).is_empty());
+        }
+        assert_eq!(runner.rescind, RescindProgress::NotYet);
+        assert!(!runner.devices_added && !runner.kvp_get_sent);
+        assert_eq!(sim.vmbus.channel_state(5), None);
+    }
+
+    #[test]
     fn gaps_are_measured_between_answers_and_judged_against_the_period() {
         let mut watch = GapWatch::default();
         for at in [5, 1_005, 2_090, 3_000] {
