@@ -3,8 +3,9 @@
 //!
 //! `cargo xtask boot-test [--system FILE] [--host-script FILE]`: for the
 //! given image, or by default for every case in [`BOOT_TESTS`] (the VMBus
-//! system, its isolation test, the platform demonstration and the
-//! platform's own bring-up test): build, boot headless with a timeout, and
+//! system, its isolation test, its bus scenarios (version fallback,
+//! rescind and re-offer, offers at runtime, KVP GET), the platform
+//! demonstration and the platform's own bring-up test): build, boot headless with a timeout, and
 //! pass if QEMU ends through isa-debug-exit with status 1 (a component
 //! called `power_off(0)`; status is `code << 1 | 1`) and every line of the
 //! expectation file appears in the output in order. The expectation file is
