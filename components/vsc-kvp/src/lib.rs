@@ -12,7 +12,14 @@
 //! and `AUTO_EXTERNAL` (3), the guest's clients write `GUEST` (1) and
 //! `AUTO` (2); both read every pool. The host enumerates the guest pools.
 //!
-//! Trusts: nothing from the host. A body shorter than its operation's
+//! Persistence ([`persist`]): every change to the pools is saved in the
+//! private region `store` before it is acknowledged, and loaded (copied
+//! out and validated) when the driver starts, so a pair acknowledged to
+//! the host or a client outlives a restart of the driver. A store that
+//! fails validation is reported in one console line and the driver starts
+//! empty.
+//!
+//! Trusts: nothing from the host, nor the contents of `store`. A body shorter than its operation's
 //! message, a size beyond its array or odd, invalid UTF-16, or an unknown
 //! operation is rejected (no answer, counted, logged). A well-formed
 //! request we will not serve is answered with an error status: a pool the
@@ -20,13 +27,15 @@
 //! limits (`kvp::MAX_KEY`/`MAX_VALUE` UTF-8 bytes), a full store, a key
 //! not found, an index past the end (`HV_S_CONT`). Clients are trusted no
 //! further than their requests' types: pool rights and sizes are checked.
-//! Writes: its own rings, the console.
+//! Writes: its own rings, its `store` region, the console.
 #![no_std]
 
+pub mod persist;
 pub mod store;
 
 use component_api::{decode, encode_reply, println, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
+use persist::{Loaded, Persistence};
 use store::{Store, StoreError};
 use vmbus_ipc::kvp::{
     Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL, POOL_EXTERNAL, POOL_GUEST,
@@ -177,9 +186,63 @@ fn fill_pair(pair: &mut KvpValue, key: Option<&str>, value: &str) -> u32 {
 pub struct KvpService {
     pub store: Store,
     pub host_operations: u32,
+    /// Where the pools outlive a restart; `None` if the region is unusable
+    /// (then they live only as long as the driver).
+    pub persistence: Option<Persistence>,
+    /// A failed save was reported (once: it would fail every time).
+    save_failure_reported: bool,
 }
 
 impl KvpService {
+    /// Load the pools saved by an earlier run of the driver.
+    fn load(&mut self, env: &mut dyn Env) {
+        let region = env.region(regions::STORE);
+        match Persistence::load(region, &mut self.store) {
+            Ok((persistence, loaded)) => {
+                match loaded {
+                    Loaded::Fresh => {}
+                    Loaded::Restored {
+                        generation,
+                        pairs,
+                        rejected: None,
+                    } => println!(env, "store: {pairs} pairs restored (generation {generation})"),
+                    Loaded::Restored {
+                        generation,
+                        pairs,
+                        rejected: Some(why),
+                    } => println!(
+                        env,
+                        "store: {pairs} pairs restored (generation {generation}; a newer slot was rejected: {why})"
+                    ),
+                    Loaded::Rejected { why } => {
+                        println!(env, "store rejected ({why}): starting empty")
+                    }
+                }
+                self.persistence = Some(persistence);
+            }
+            Err(why) => println!(
+                env,
+                "store region unusable ({why}): pairs will not outlive a restart"
+            ),
+        }
+    }
+
+    /// Save the pools after a change, before it is acknowledged.
+    fn save(&mut self, env: &mut dyn Env) {
+        let Some(persistence) = self.persistence.as_mut() else {
+            return;
+        };
+        if let Err(error) = persistence.save(&self.store) {
+            if !self.save_failure_reported {
+                self.save_failure_reported = true;
+                println!(
+                    env,
+                    "store save failed ({error:?}): pairs will not outlive a restart"
+                );
+            }
+        }
+    }
+
     fn host_get(&mut self, pool: u8, body: &mut [u8]) -> Result<u32, Rejection> {
         let message: &mut KvpGetSetMessage = body_mut(body)?;
         let key = match wire_key(&message.value.key, message.value.key_size.get())? {
@@ -208,6 +271,7 @@ impl KvpService {
         }
         match self.store.set(pool, &key, &value) {
             Ok(()) => {
+                self.save(env);
                 println!(
                     env,
                     "host set pool {pool} \"{key}\" ({} bytes)",
@@ -220,7 +284,12 @@ impl KvpService {
         }
     }
 
-    fn host_delete(&mut self, pool: u8, body: &mut [u8]) -> Result<u32, Rejection> {
+    fn host_delete(
+        &mut self,
+        env: &mut dyn Env,
+        pool: u8,
+        body: &mut [u8],
+    ) -> Result<u32, Rejection> {
         let message: &mut KvpDeleteMessage = body_mut(body)?;
         let key = match wire_key(&message.key, message.key_size.get())? {
             Ok(key) => key,
@@ -230,6 +299,7 @@ impl KvpService {
             return Ok(status::ACCESS_DENIED);
         }
         Ok(if self.store.delete(pool, &key) {
+            self.save(env);
             status::OK
         } else {
             status::FAIL
@@ -259,6 +329,7 @@ impl KvpService {
                 let new_key = self.store.get(*pool, key).is_none();
                 match self.store.set(*pool, key, value) {
                     Ok(()) => {
+                        self.save(env);
                         // New keys only: clients update their pairs often.
                         if new_key {
                             println!(env, "client set pool {pool} \"{key}\"");
@@ -272,6 +343,7 @@ impl KvpService {
                 if !client_may_write(*pool) {
                     Reply::Refused
                 } else if self.store.delete(*pool, key) {
+                    self.save(env);
                     Reply::Done
                 } else {
                     Reply::NotFound
@@ -310,7 +382,7 @@ impl IcService for KvpService {
         match header.operation {
             kvp_operation::GET => self.host_get(pool, body),
             kvp_operation::SET => self.host_set(env, pool, body),
-            kvp_operation::DELETE => self.host_delete(pool, body),
+            kvp_operation::DELETE => self.host_delete(env, pool, body),
             kvp_operation::ENUMERATE => self.host_enumerate(pool, body),
             // IP address injection (GET/SET_IP_INFO): no network here.
             _ => Ok(status::NOT_SUPPORTED),
@@ -320,6 +392,10 @@ impl IcService for KvpService {
 
 impl DriverService for KvpService {
     const IDS: ChannelIds = IDS;
+
+    fn start(&mut self, env: &mut dyn Env) {
+        self.load(env);
+    }
 
     fn serve_client(
         &mut self,

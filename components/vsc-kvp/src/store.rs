@@ -4,6 +4,10 @@
 //! Keys and values are UTF-8 already bounded by the IPC limits
 //! (`vmbus_ipc::kvp::MAX_KEY`, `MAX_VALUE`); a store that would overflow
 //! refuses the write and keeps what it had.
+//!
+//! The same bytes are what [`crate::persist`] keeps across a restart:
+//! [`Store::contents`] to save, [`Store::restore_with`] to load, which takes
+//! them only if [`check_entries`] accepts every entry.
 
 use vmbus_ipc::kvp::{MAX_KEY, MAX_VALUE};
 
@@ -54,6 +58,32 @@ impl Store {
 
     pub fn used(&self) -> usize {
         self.used
+    }
+
+    /// The packed entries (what [`crate::persist`] saves).
+    pub fn contents(&self) -> &[u8] {
+        &self.bytes[..self.used]
+    }
+
+    /// Replace the pairs with `len` bytes that `fill` copies in (it may
+    /// refuse them: a checksum that does not match, say), kept only if
+    /// they are a well-formed store ([`check_entries`]). On any error the
+    /// store is left empty. Fills in place: no second 4 KiB on the stack.
+    pub fn restore_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), &'static str>,
+    ) -> Result<(), &'static str> {
+        self.used = 0;
+        let Some(bytes) = self.bytes.get_mut(..len) else {
+            return Err("length beyond the store");
+        };
+        let checked = fill(bytes).and_then(|()| check_entries(bytes));
+        match checked {
+            Ok(()) => self.used = len,
+            Err(_) => self.bytes.fill(0),
+        }
+        checked
     }
 
     fn entry_at(&self, offset: usize) -> Option<Entry<'_>> {
@@ -155,6 +185,57 @@ impl Store {
     }
 }
 
+/// Whether `bytes` are packed entries as [`Store::set`] writes them: each
+/// header and string within `bytes`, the last entry ending exactly at the
+/// end, every pool known, keys non-empty and within `MAX_KEY`, values
+/// within `MAX_VALUE`, both UTF-8, and no key twice in a pool.
+pub fn check_entries(bytes: &[u8]) -> Result<(), &'static str> {
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let header = bytes
+            .get(offset..offset + ENTRY_HEADER)
+            .ok_or("entry header beyond the end")?;
+        let (pool, key_len) = (header[0], header[1] as usize);
+        let value_len = u16::from_le_bytes([header[2], header[3]]) as usize;
+        if pool >= POOLS {
+            return Err("unknown pool");
+        }
+        if key_len == 0 || key_len > MAX_KEY || value_len > MAX_VALUE {
+            return Err("key or value size out of bounds");
+        }
+        let key_start = offset + ENTRY_HEADER;
+        let value_start = key_start + key_len;
+        let end = value_start + value_len;
+        let key = bytes
+            .get(key_start..value_start)
+            .ok_or("key beyond the end")?;
+        let value = bytes.get(value_start..end).ok_or("value beyond the end")?;
+        let key = core::str::from_utf8(key).map_err(|_| "key not UTF-8")?;
+        core::str::from_utf8(value).map_err(|_| "value not UTF-8")?;
+        if key_seen_before(&bytes[..offset], pool, key) {
+            return Err("a key twice in a pool");
+        }
+        offset = end;
+    }
+    Ok(())
+}
+
+/// Whether `earlier` (entries already checked) holds `pool`'s `key`.
+fn key_seen_before(earlier: &[u8], pool: u8, key: &str) -> bool {
+    let mut offset = 0;
+    while let Some(header) = earlier.get(offset..offset + ENTRY_HEADER) {
+        let key_len = header[1] as usize;
+        let value_len = u16::from_le_bytes([header[2], header[3]]) as usize;
+        let key_start = offset + ENTRY_HEADER;
+        if header[0] == pool && earlier.get(key_start..key_start + key_len) == Some(key.as_bytes())
+        {
+            return true;
+        }
+        offset = key_start + key_len + value_len;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -206,5 +287,65 @@ mod tests {
         // Replacing a pair with one of the same size still fits.
         store.set(1, "key0", &value).unwrap();
         assert_eq!(store.nth(1, stored - 1), Some(("key0", value.as_str())));
+    }
+
+    #[test]
+    fn restore_takes_a_stores_own_bytes_and_refuses_malformed_ones() {
+        let mut store = Store::new();
+        store.set(0, "a", "1").unwrap();
+        store.set(2, "b", "ü").unwrap();
+        let saved: Vec<u8> = store.contents().to_vec();
+        let mut restored = Store::new();
+        restored
+            .restore_with(saved.len(), |bytes| {
+                bytes.copy_from_slice(&saved);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(restored.get(0, "a"), Some("1"));
+        assert_eq!(restored.get(2, "b"), Some("ü"));
+        assert_eq!(restored.used(), store.used());
+
+        let entry = |pool: u8, key: &[u8], value: &[u8]| -> Vec<u8> {
+            let mut bytes = std::vec![pool, key.len() as u8];
+            bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(key);
+            bytes.extend_from_slice(value);
+            bytes
+        };
+        let twice = [entry(1, b"k", b"1"), entry(1, b"k", b"2")].concat();
+        let cases: [(&[u8], &str); 8] = [
+            (&entry(4, b"k", b"v"), "unknown pool"),
+            (&entry(0, b"", b"v"), "key or value size out of bounds"),
+            (
+                &entry(0, &[b'k'; MAX_KEY + 1], b"v"),
+                "key or value size out of bounds",
+            ),
+            (&entry(0, b"k", &[0xff]), "value not UTF-8"),
+            (&entry(0, &[0xc3], b"v"), "key not UTF-8"),
+            (&entry(0, b"k", b"v")[..5], "value beyond the end"),
+            (&[0, 1], "entry header beyond the end"),
+            (&twice, "a key twice in a pool"),
+        ];
+        for (bytes, why) in cases {
+            let mut store = Store::new();
+            store.set(0, "old", "pair").unwrap();
+            let result = store.restore_with(bytes.len(), |out| {
+                out.copy_from_slice(bytes);
+                Ok(())
+            });
+            assert_eq!(result, Err(why));
+            assert_eq!(store.used(), 0, "{why}: left empty");
+            assert_eq!(store.iter().count(), 0);
+        }
+        // Another key in another pool is fine; a refusal by `fill` stands.
+        let other_pool = [entry(1, b"k", b"1"), entry(0, b"k", b"2")].concat();
+        assert_eq!(check_entries(&other_pool), Ok(()));
+        let mut store = Store::new();
+        assert_eq!(store.restore_with(4, |_| Err("checksum")), Err("checksum"));
+        assert_eq!(
+            store.restore_with(STORE_BYTES + 1, |_| Ok(())),
+            Err("length beyond the store")
+        );
     }
 }

@@ -10,8 +10,18 @@ use std::vec::Vec;
 use vmbus_protocol::ic::IcMessageHeader;
 use zerocopy::{FromZeros, IntoBytes};
 
+/// A fresh `store` region of the size the description gives it.
+const STORE_REGION_BYTES: usize = 12288;
+
+/// The driver open, with a fresh `store` region (its second region).
+fn opened() -> (EnvDouble, TestHost, Kvp) {
+    open_driver_with(|env| {
+        assert_eq!(env.add_region(STORE_REGION_BYTES, true), regions::STORE);
+    })
+}
+
 fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Kvp) {
-    let (mut env, mut host, mut component) = open_driver();
+    let (mut env, mut host, mut component) = opened();
     negotiate(&mut component, &mut env, &mut host, &[(3, 0)], offered);
     (env, host, component)
 }
@@ -95,6 +105,155 @@ fn value(text: &str) -> Value {
     Value::try_from(text).unwrap()
 }
 
+/// The driver started again over `store` (kept from an earlier run, as
+/// a restart keeps regions), in a fresh environment, open and negotiated.
+fn restarted_over(store: component_api::Region) -> (EnvDouble, TestHost, Kvp) {
+    let (mut env, mut host, mut component) = open_driver_with(|env| {
+        assert_eq!(env.add_region_over(store), regions::STORE);
+    });
+    negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &[(5, 0)]);
+    (env, host, component)
+}
+
+#[test]
+fn acknowledged_pairs_survive_a_restart_of_the_driver() {
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    assert!(!env.console.contains("store"), "a fresh store says nothing");
+    let request = get_set(
+        kvp_operation::SET,
+        POOL_EXTERNAL,
+        pair(&utf16("HostName"), &utf16("hv-7")),
+    );
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let set = |key: &str, value: &str| Request::Set {
+        pool: POOL_GUEST,
+        key: self::key(key),
+        value: self::value(value),
+    };
+    for (key, value) in [("GuestA", "1"), ("GuestB", "2"), ("GuestA", "3")] {
+        assert_eq!(
+            client(&mut component, &mut env, set(key, value)),
+            Reply::Done
+        );
+    }
+    let request = Request::Delete {
+        pool: POOL_GUEST,
+        key: key("GuestB"),
+    };
+    assert_eq!(client(&mut component, &mut env, request), Reply::Done);
+    let store = env.test_view(regions::STORE);
+
+    // A new driver (fresh memory) over the same region, as after a
+    // restart. The old environment stays alive (shadowed): it owns the
+    // region's memory.
+    let (mut env, mut host, mut component) = restarted_over(store);
+    assert!(
+        env.console
+            .contains("store: 2 pairs restored (generation 5)"),
+        "{}",
+        env.console
+    );
+    let get = |pool: u8, key: &str| Request::Get {
+        pool,
+        key: self::key(key),
+    };
+    assert_eq!(
+        client(&mut component, &mut env, get(POOL_EXTERNAL, "HostName")),
+        Reply::Value(value("hv-7"))
+    );
+    assert_eq!(
+        client(&mut component, &mut env, get(POOL_GUEST, "GuestA")),
+        Reply::Value(value("3"))
+    );
+    assert_eq!(
+        client(&mut component, &mut env, get(POOL_GUEST, "GuestB")),
+        Reply::NotFound
+    );
+    // The host sees them too, and a host DELETE is saved as well.
+    let (header, body) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &enumerate(POOL_GUEST, 0),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let answer: KvpEnumerateMessage = read_body(&body).unwrap();
+    assert_eq!(string_of(&answer.value.key), "GuestA");
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &delete(POOL_EXTERNAL, "HostName"),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let (mut env, _, mut component) = restarted_over(store);
+    assert_eq!(
+        client(&mut component, &mut env, get(POOL_EXTERNAL, "HostName")),
+        Reply::NotFound
+    );
+    assert_eq!(component.service.store.count(POOL_GUEST), 1);
+}
+
+#[test]
+fn a_corrupted_store_is_reported_once_and_the_driver_starts_empty_and_works() {
+    let (mut env, _, mut component) = started(&[(5, 0)]);
+    let request = Request::Set {
+        pool: POOL_GUEST,
+        key: key("Lost"),
+        value: value("to corruption"),
+    };
+    assert_eq!(client(&mut component, &mut env, request), Reply::Done);
+    let store = env.test_view(regions::STORE);
+    // Garbage over both slots' headers and entries.
+    let garbage: Vec<u8> = (0..store.len()).map(|i| (i * 7 + 3) as u8).collect();
+    store.write(0, &garbage).unwrap();
+    let (mut env, mut host, mut component) = restarted_over(store);
+    let lines: Vec<&str> = env
+        .console
+        .lines()
+        .filter(|line| line.contains("store"))
+        .collect();
+    assert_eq!(lines, ["store rejected (bad magic): starting empty"]);
+    assert_eq!(component.service.store.used(), 0);
+    // It serves, and saves again, as a fresh store would.
+    let request = get_set(
+        kvp_operation::SET,
+        POOL_EXTERNAL,
+        pair(&utf16("After"), &utf16("corruption")),
+    );
+    let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    let (mut env, _, mut component) = restarted_over(store);
+    let request = Request::Get {
+        pool: POOL_EXTERNAL,
+        key: key("After"),
+    };
+    assert_eq!(
+        client(&mut component, &mut env, request),
+        Reply::Value(value("corruption"))
+    );
+}
+
+#[test]
+fn without_a_usable_store_region_the_driver_still_serves() {
+    let (mut env, mut host, mut component) = open_driver_with::<KvpService>(|env| {
+        env.add_region(4096, true);
+    });
+    negotiate(&mut component, &mut env, &mut host, &[(3, 0)], &[(5, 0)]);
+    assert!(env
+        .console
+        .contains("store region unusable (region too small): pairs will not outlive a restart"));
+    let request = Request::Set {
+        pool: POOL_GUEST,
+        key: key("k"),
+        value: value("v"),
+    };
+    assert_eq!(client(&mut component, &mut env, request), Reply::Done);
+}
+
 #[test]
 fn negotiates_5_0_and_falls_back() {
     for (offered, chosen) in [
@@ -102,7 +261,7 @@ fn negotiates_5_0_and_falls_back() {
         (vec![(3, 0)], Some(((3, 0), (3, 0)))),
         (vec![(1, 0), (2, 0)], None),
     ] {
-        let (mut env, mut host, mut component) = open_driver::<KvpService>();
+        let (mut env, mut host, mut component) = opened();
         let framework = [(3, 0), (1, 0)];
         let answer = negotiate(&mut component, &mut env, &mut host, &framework, &offered);
         assert_eq!(answer, chosen);

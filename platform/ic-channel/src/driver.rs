@@ -11,6 +11,11 @@ pub trait DriverService: IcService + Default {
     /// The driver's generated ids (see [`driver_ids!`](crate::driver_ids)).
     const IDS: ChannelIds;
 
+    /// Called once when the driver starts (and after every restart),
+    /// before the channel is looked at: a service that keeps state in a
+    /// region of its own (one that outlives a restart) loads it here.
+    fn start(&mut self, _env: &mut dyn Env) {}
+
     /// Serve one protected call from the driver's client (the `client`
     /// end of [`ChannelIds`]): decode `message`, write the answer into
     /// `reply` and return its length. Services without clients keep the
@@ -37,6 +42,7 @@ impl<S: DriverService> Component for IcDriver<S> {
             channel: IcChannel::new(S::IDS),
             service: S::default(),
         };
+        driver.service.start(env);
         // The offer may be there already (we were restarted): ask now.
         driver.channel.on_bus_event(env, &mut driver.service);
         driver

@@ -193,8 +193,17 @@ impl TestHost {
 /// A driver of service `S` started over a fresh [`TestHost`], notified by
 /// the bus manager once more so that its channel is open.
 pub fn open_driver<S: DriverService>() -> (EnvDouble, TestHost, IcDriver<S>) {
+    open_driver_with(|_| {})
+}
+
+/// [`open_driver`], with `more` giving the driver's environment what else
+/// it needs (its other regions, say) after the ring and before it starts.
+pub fn open_driver_with<S: DriverService>(
+    more: impl FnOnce(&mut EnvDouble),
+) -> (EnvDouble, TestHost, IcDriver<S>) {
     let mut env = EnvDouble::new();
     let host = TestHost::new(&mut env, S::IDS);
+    more(&mut env);
     let mut driver = IcDriver::<S>::init(&mut env);
     driver.notified(&mut env, ChannelSet(S::IDS.vmbus_event.bit()));
     assert!(driver.channel.is_open());
