@@ -2,7 +2,8 @@
 //! packets on the KVP channel. Only the KVP driver rejects them (a bad
 //! packet it can skip) or faults (a packet that breaks the ring); vmbus
 //! closes the channel, tears its GPADL down, resets the rings, restarts
-//! the driver and opens the channel again; KVP works again. Heartbeat and
+//! the driver and opens the channel again; KVP works again, with the pairs
+//! acknowledged before the fault (kept in its `store` region). Heartbeat and
 //! time sync keep running throughout: from the host's view no interval
 //! between two answered heartbeats, or two answered time samples, is
 //! longer than their period plus scheduling slack (a missed beat would
@@ -128,7 +129,18 @@ fn a_packet_that_breaks_the_kvp_ring_restarts_only_kvp_and_the_others_keep_their
         &format!("[vmbus] {kvp:>6} kvp        48565349-4d00-0000-0000-000000000004  kvp        open      3.0       5.0  1"),
         from,
     );
-    // KVP works again (the restarted driver starts with empty pools).
+    // The pools outlived the restart (the driver keeps them in its
+    // private `store` region): the driver restored the pair the host set
+    // before the fault, and the client reads it from the restarted driver
+    // without the host pushing it again; so does the host.
+    let (restored, line) = harness.expect_line("[kvp] store: ", from);
+    assert!(line.contains(" pairs restored (generation "), "{line}");
+    harness.expect_output("[client] kvp from host: BeforeFault = 1", restored);
+    assert_eq!(
+        host_kvp_get(&harness, 0, "BeforeFault"),
+        (0, "1".to_string())
+    );
+    // KVP works again.
     assert_eq!(host_kvp_set(&harness, 0, "AfterFault", "2"), 0);
     let (answered, _) = line_time(&harness, "key \"AfterFault\"", from);
 
