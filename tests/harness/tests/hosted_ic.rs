@@ -118,6 +118,8 @@ fn a_killed_kvp_driver_is_restarted_and_serves_again_while_heartbeats_go_on() {
     harness.kill("kvp");
     harness.expect_fault("kvp", 1);
     harness.expect_restarts("kvp", 1);
+    // The restarted driver may print before vmbus's line does.
+    let since_kill = from;
     let from = harness.expect_output("[vmbus] kvp restarted (restart 1)", from);
     let open_at = line_time(&harness, "[kvp] channel open", from);
     let serving_at = line_time(
@@ -131,10 +133,18 @@ fn a_killed_kvp_driver_is_restarted_and_serves_again_while_heartbeats_go_on() {
         serving_at.saturating_sub(killed_at)
     );
 
-    // The new life starts empty and serves the host and the client again.
+    // The new life restores the pools from its `store` region and serves
+    // the host and the client again: the client reads the pair set before
+    // the kill (not pushed again) and the one set after.
+    let (_, restored) = harness.expect_line("[kvp] store: ", since_kill);
+    assert!(
+        restored.contains(" pairs restored (generation "),
+        "{restored}"
+    );
     host_until(&harness, "kvp-set 0 after restart", "true");
     harness.expect_output("[kvp] host set pool 0 \"after\"", from);
     host_until(&harness, "time", "true");
+    harness.expect_output("[client] kvp from host: before = restart", from);
     harness.expect_output("[client] kvp from host: after = restart", from);
     host_until(&harness, "kvp-get 1 GuestClient", "true");
     host_until(&harness, "kvp-responses", "value: \"ready\"");
