@@ -6,7 +6,8 @@
 //! sleeps or polls): on `timesync_event`, when the description has it (a
 //! tick after each host time sample), it prints the time and the host's
 //! pairs again and counts the ticks in the guest pool (`GuestClientTicks`,
-//! and `GuestClient` again, as a restarted KVP driver starts empty);
+//! and `GuestClient` again, in case a restarted KVP driver found its
+//! saved pools corrupt and started empty);
 //! on `shutdown_event` it asks the shutdown driver what the host wants and,
 //! for a power-off or reboot request, asks `vmbus` to unload the bus and
 //! power off with code 0 (this system cannot reboot, so a reboot request
@@ -101,7 +102,8 @@ impl Client {
         let mut count = heapless::String::<12>::new();
         let _ = core::fmt::write(&mut count, format_args!("{}", self.ticks));
         set_pair(env, TICKS_KEY, &count);
-        // Again on every tick: a restarted KVP driver starts empty.
+        // Again on every tick: a restarted KVP driver keeps its pools, but
+        // starts empty if it found them corrupt.
         set_pair(env, READY_KEY, READY_VALUE);
     }
 
