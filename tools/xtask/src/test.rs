@@ -4,7 +4,9 @@
 //! 2. `cargo test --workspace`: unit tests, the description-error golden
 //!    tests, the protocol-library property tests and the hosted
 //!    component-level IPC tests (they start real component processes),
-//! 3. the QEMU boot test of the seL4 image (`cargo xtask boot-test`).
+//! 3. `cargo fmt --check` and `cargo clippy --workspace --all-targets -D
+//!    warnings` (the code standards),
+//! 4. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
 
@@ -22,6 +24,23 @@ pub fn run(args: &[String]) -> Result {
         .args(["test", "--workspace"])
         .args(args);
     results.push(("cargo test --workspace", status_ok(&mut cargo_test)));
+
+    let mut format = Command::new(env!("CARGO"));
+    format
+        .current_dir(&root)
+        .args(["fmt", "--all", "--", "--check"]);
+    results.push(("cargo fmt --check", status_ok(&mut format)));
+
+    let mut clippy = Command::new(env!("CARGO"));
+    clippy.current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    results.push(("cargo clippy -D warnings", status_ok(&mut clippy)));
 
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
     let mut boot_test = Command::new(xtask);
