@@ -110,23 +110,54 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("tests/systems/sel4test.toml", None),
 ];
 
+/// Lines after which a boot cannot pass: stop QEMU at once instead of
+/// waiting for the timeout.
+const FATAL_LINES: &[&str] = &["has no supervisor: it stays stopped", "KERNEL EXCEPTION"];
+
+/// A failed case is booted once more. The seL4 5.0 kernel under QEMU's TCG
+/// occasionally turns the delivery of a device interrupt into a #GP (see
+/// docs/sel4.md, "Known limits"; seen about once in 30 demo boots, at the
+/// console's one IRQ). A second failure fails the case, and every retry is
+/// counted in the summary so a rising flake rate shows.
+const ATTEMPTS: usize = 2;
+
 pub fn boot_test(args: &[String]) -> Result {
     if !args.is_empty() {
         return boot_test_one(&system_argument(args)?);
     }
     let mut failed = Vec::new();
+    let mut retried = Vec::new();
     for (system, host_script) in BOOT_TESTS {
         let spec = ImageSpec::new(system, *host_script);
         let name = match host_script {
             Some(script) => format!("{system} with {script}"),
             None => system.to_string(),
         };
-        println!("xtask: boot test of {name}");
-        if let Err(error) = boot_test_one(&spec) {
-            eprintln!("xtask: boot test of {name} FAILED: {error}");
-            failed.push(name);
+        let mut attempt = 1;
+        loop {
+            println!("xtask: boot test of {name} (attempt {attempt})");
+            match boot_test_one(&spec) {
+                Ok(()) => break,
+                Err(error) if attempt < ATTEMPTS => {
+                    eprintln!("xtask: boot test of {name} failed, booting it again: {error}");
+                    retried.push(format!("{name}: {error}"));
+                    attempt += 1;
+                }
+                Err(error) => {
+                    eprintln!("xtask: boot test of {name} FAILED: {error}");
+                    failed.push(name);
+                    break;
+                }
+            }
         }
     }
+    for retry in &retried {
+        println!("xtask: retried: {retry}");
+    }
+    println!(
+        "xtask: boot tests booted again after a failure: {}",
+        retried.len()
+    );
     println!(
         "boot-tests: {} passed, {} failed",
         BOOT_TESTS.len() - failed.len(),
@@ -166,9 +197,13 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
     });
     let mut lines: Vec<String> = Vec::new();
     let mut times: Vec<Duration> = Vec::new();
+    let mut fatal: Option<String> = None;
     let status = loop {
         while let Ok((line, at)) = receiver.try_recv() {
             println!("{line}");
+            if fatal.is_none() && FATAL_LINES.iter().any(|f| line.contains(f)) {
+                fatal = Some(line.clone());
+            }
             lines.push(line);
             times.push(at);
         }
@@ -179,7 +214,7 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
         {
             break Some(status);
         }
-        if started.elapsed() > BOOT_TIMEOUT {
+        if started.elapsed() > BOOT_TIMEOUT || fatal.is_some() {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -200,6 +235,9 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
         );
     }
     eprintln!("xtask: QEMU ran {:.2} s", started.elapsed().as_secs_f64());
+    if let Some(line) = fatal {
+        return Err(format!("the run cannot complete: {line:?}"));
+    }
     let Some(status) = status else {
         return Err(format!(
             "boot test timed out after {} s",
