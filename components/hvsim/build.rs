@@ -42,11 +42,28 @@ fn main() {
     };
     println!("cargo:rerun-if-env-changed=HVSIM_SCRIPT");
     let script = match std::env::var_os("HVSIM_SCRIPT") {
-        Some(path) if Path::new(&path).is_absolute() => PathBuf::from(path),
-        Some(path) => root.join(path),
+        Some(path) => {
+            let path = if Path::new(&path).is_absolute() {
+                PathBuf::from(path)
+            } else {
+                root.join(path)
+            };
+            // A script that was asked for must exist: falling back to the
+            // default would boot a different scenario than the one named.
+            if !path.is_file() {
+                panic!("\nHVSIM_SCRIPT names {}, which is not a file\n", path.display());
+            }
+            path
+        }
         None => description.with_extension("hvsim"),
     };
-    println!("cargo:rerun-if-changed={}", script.display());
+    // Cargo treats a watched file that does not exist as always changed
+    // (a rebuild on every build), so only an existing script is watched; a
+    // script added beside the description is seen when the description
+    // changes (sysdesc watches it) or on a clean build.
+    if script.is_file() {
+        println!("cargo:rerun-if-changed={}", script.display());
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("script.rs");
     let source = script_source(&script);
     if std::fs::read_to_string(&out).ok().as_deref() != Some(source.as_str()) {
