@@ -51,7 +51,10 @@ fn main() {
             // A script that was asked for must exist: falling back to the
             // default would boot a different scenario than the one named.
             if !path.is_file() {
-                panic!("\nHVSIM_SCRIPT names {}, which is not a file\n", path.display());
+                panic!(
+                    "\nHVSIM_SCRIPT names {}, which is not a file\n",
+                    path.display()
+                );
             }
             path
         }
