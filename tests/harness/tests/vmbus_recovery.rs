@@ -98,6 +98,38 @@ fn a_malformed_packet_the_kvp_driver_can_skip_is_rejected_and_kvp_keeps_working(
 }
 
 #[test]
+fn a_killed_kvp_driver_is_restarted_with_its_pairs_while_heartbeats_go_on() {
+    let harness = start_with_periods();
+    assert_eq!(host_kvp_set(&harness, 0, "BeforeKill", "1"), 0);
+    let from = harness.system().output().len();
+    harness.kill("kvp");
+    // A crash from outside (SIGKILL) is a fault like any other: vmbus
+    // recovers the channel and restarts the driver.
+    harness.expect_fault("kvp", 1);
+    harness.expect_restarts("kvp", 1);
+    harness.expect_output("[vmbus] kvp faulted", from);
+    wait_host_negotiated(&harness, "Kvp", from);
+    // The pools outlived the process: restored from the `store` region,
+    // read by the client and by the host without being pushed again.
+    let (restored, line) = harness.expect_line("[kvp] store: ", from);
+    assert!(line.contains(" pairs restored (generation "), "{line}");
+    harness.expect_output("[client] kvp from host: BeforeKill = 1", restored);
+    assert_eq!(
+        host_kvp_get(&harness, 0, "BeforeKill"),
+        (0, "1".to_string())
+    );
+    assert_eq!(host_kvp_set(&harness, 0, "AfterKill", "2"), 0);
+    // Heartbeats go on, and nothing else restarted.
+    let after = harness.system().output().len();
+    wait_events(&harness, "hvsim event: heartbeat sequence ", 3, after);
+    assert_only_kvp_faulted(&harness);
+    assert!(matches!(
+        harness.system().faults()[0].fault,
+        component_api::Fault::Crashed { signal: 9 }
+    ));
+}
+
+#[test]
 fn a_packet_that_breaks_the_kvp_ring_restarts_only_kvp_and_the_others_keep_their_period() {
     let harness = start_with_periods();
     let (all_open, _) = line_time(&harness, "[vmbus] all 4 offered devices open", 0);
