@@ -9,7 +9,7 @@
 
 use component_api::{call, println, CallError, ChannelSet, Component, Env, Refusal};
 use demo_producer::stream;
-use demo_server::protocol::{Reply, Request};
+use demo_server::protocol::{Demo, Reply, Request};
 use spsc_queue::Consumer as QueueConsumer;
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -83,7 +83,7 @@ impl Consumer {
             messages: self.received,
             checksum: self.checksum,
         };
-        match call::<_, Reply>(env, channels::SERVER, &record) {
+        match call::<Demo>(env, channels::SERVER, &record) {
             Ok(Reply::Recorded { calls_served }) => {
                 println!(
                     env,
@@ -98,17 +98,27 @@ impl Consumer {
 
 impl Component for Consumer {
     fn init(env: &mut dyn Env) -> Self {
-        match call::<_, Reply>(env, channels::SERVER, &Request::Add { a: 40, b: 2 }) {
+        match call::<Demo>(env, channels::SERVER, &Request::Add { a: 40, b: 2 }) {
             Ok(Reply::Sum(sum)) => println!(env, "protected call: 40 + 2 = {sum}"),
             other => println!(env, "protected call failed: {other:?}"),
         }
-        // A server must refuse what it cannot decode rather than trust it.
+        // A server must refuse what it cannot decode rather than trust it:
+        // a body that does not decode, and a message of another protocol.
+        let mut message = [0u8; 16];
+        let used =
+            component_api::protocol::encode::<Demo, _>(&mut message, &0xffff_ffffu32).unwrap_or(0);
         let mut reply = [0u8; 8];
-        match env.ppcall(channels::SERVER, &[0xff, 0xff, 0xff], &mut reply) {
+        match env.ppcall(channels::SERVER, &message[..used], &mut reply) {
             Err(CallError::Refused(code)) if code == Refusal::MALFORMED.0 => {
                 println!(env, "malformed call refused by the server")
             }
             other => println!(env, "malformed call NOT refused: {other:?}"),
+        }
+        match env.ppcall(channels::SERVER, &[0xff, 0xff, 0xff], &mut reply) {
+            Err(CallError::Refused(code)) if code == Refusal::WRONG_PROTOCOL.0 => {
+                println!(env, "call of another protocol refused by the server")
+            }
+            other => println!(env, "call of another protocol NOT refused: {other:?}"),
         }
         let queue = QueueConsumer::new(env.region(regions::QUEUE), stream::SLOT_SIZE);
         if let Err(error) = &queue {

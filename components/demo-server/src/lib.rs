@@ -5,13 +5,31 @@
 //! trusted. Writes: nothing but its replies and console lines.
 #![no_std]
 
-use component_api::{encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
+use component_api::{
+    decode_request, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal,
+};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-/// The messages of the server's call interface (postcard-encoded).
+/// The server's call interface (`protocol = "demo"`).
 pub mod protocol {
     use serde::{Deserialize, Serialize};
+
+    pub struct Demo;
+
+    impl component_api::Protocol for Demo {
+        const NAME: &'static str = "demo";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["add", "record"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Add { .. } => 0,
+                Request::Record { .. } => 1,
+            }
+        }
+    }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
@@ -26,7 +44,7 @@ pub mod protocol {
     }
 }
 
-use protocol::{Reply, Request};
+use protocol::{Demo, Reply, Request};
 
 pub struct Server {
     calls_served: u32,
@@ -50,7 +68,7 @@ impl Component for Server {
         if channel != channels::CONSUMER {
             return Err(Refusal::NOT_SERVED);
         }
-        let request: Request = component_api::decode(message)?;
+        let request = decode_request::<Demo>(message)?;
         self.calls_served += 1;
         let answer = match request {
             Request::Add { a, b } => Reply::Sum(a as u64 + b as u64),
@@ -64,6 +82,6 @@ impl Component for Server {
                 }
             }
         };
-        encode_reply(reply, &answer)
+        encode_reply::<Demo>(reply, &answer)
     }
 }

@@ -14,9 +14,9 @@ use crate::sim::Simulator;
 use crate::synic::{Exception, APIC_EOI_MSR};
 use crate::vmbus::ServerConfig;
 use alloc::vec::Vec;
-use component_api::{decode, encode_reply, Channel, Env, Refusal, Region};
+use component_api::{decode_request, encode_reply, Channel, Env, Refusal, Region};
 use hv_interface::{GuestMemory, OutOfRange};
-use vmbus_ipc::hypervisor::{Reply, Request};
+use vmbus_ipc::hypervisor::{Hypervisor, Reply, Request};
 
 /// Guest memory made of host-visible regions at their GPAs.
 pub struct RegionMemory {
@@ -158,7 +158,7 @@ impl<M: GuestMemory> HostPd<M> {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request: Request = decode(message)?;
+        let request = decode_request::<Hypervisor>(message)?;
         let answer = match request {
             Request::MsrRead { msr } => Self::reply_of(self.sim.msr_read(msr)),
             Request::MsrWrite { msr, value } => match self.sim.msr_write(msr, value) {
@@ -176,7 +176,7 @@ impl<M: GuestMemory> HostPd<M> {
             },
         };
         self.step(env);
-        encode_reply(reply, &answer)
+        encode_reply::<Hypervisor>(reply, &answer)
     }
 }
 

@@ -9,7 +9,7 @@ use hv_interface::GuestMemory;
 use hvsim::pd::{HostPd, RegionMemory};
 use hvsim::vmbus::ServerConfig;
 use hyperv_defs::{call_code, msr, HvStatus, HypercallControl, HypercallResult, SintMsr};
-use vmbus_ipc::hypervisor::{Reply, Request};
+use vmbus_ipc::hypervisor::{Hypervisor, Reply, Request};
 use vmbus_protocol::messages::InitiateContact;
 use vmbus_protocol::{parse, ChannelMessage, ProtocolVersion, VmbusMessage};
 use zerocopy::IntoBytes;
@@ -18,10 +18,10 @@ const INTERRUPT: Channel = Channel(1);
 const BASE: u64 = 0x20_0000;
 
 fn call(pd: &mut HostPd<RegionMemory>, env: &mut EnvDouble, request: Request) -> Reply {
-    let message = postcard::to_allocvec(&request).unwrap();
+    let message = env_double::encode_request::<Hypervisor>(&request);
     let mut reply = [0u8; 64];
     let used = pd.call(env, &message, &mut reply).unwrap();
-    postcard::from_bytes(&reply[..used]).unwrap()
+    env_double::decode_reply::<Hypervisor>(&reply[..used])
 }
 
 #[test]
@@ -107,11 +107,25 @@ fn synic_calls_as_protected_calls_and_the_interrupt_as_a_notification() {
         call(&mut pd, &mut env, Request::EndOfInterrupt),
         Reply::Done
     );
-    // A malformed call is refused, not trusted.
+    // A malformed call is refused, not trusted; so is one of another
+    // protocol, or untagged.
     let mut reply = [0u8; 16];
+    let mut garbage = env_double::encode_request::<Hypervisor>(&Request::EndOfInterrupt);
+    garbage.truncate(component_api::protocol::HEADER_BYTES);
+    garbage.extend_from_slice(&[0xFF, 0xFF, 0xFF]);
+    assert_eq!(
+        pd.call(&mut env, &garbage, &mut reply),
+        Err(Refusal::MALFORMED)
+    );
     assert_eq!(
         pd.call(&mut env, &[0xFF, 0xFF, 0xFF], &mut reply),
-        Err(Refusal::MALFORMED)
+        Err(Refusal::WRONG_PROTOCOL)
+    );
+    let status =
+        env_double::encode_request::<vmbus_ipc::synic::Synic>(&vmbus_ipc::synic::Request::Status);
+    assert_eq!(
+        pd.call(&mut env, &status, &mut reply),
+        Err(Refusal::WRONG_PROTOCOL)
     );
     assert!(pd.sim.host.memory.contains(BASE, 8 * 4096));
 }

@@ -50,7 +50,7 @@ fn set_pair(env: &mut dyn Env, key: &str, value: &str) {
         key: wire_key,
         value: wire_value,
     };
-    match call::<_, kvp::Reply>(env, channels::KVP, &request) {
+    match call::<kvp::Kvp>(env, channels::KVP, &request) {
         Ok(kvp::Reply::Done) => {}
         other => println!(env, "kvp set {key}: {other:?}"),
     }
@@ -59,7 +59,7 @@ fn set_pair(env: &mut dyn Env, key: &str, value: &str) {
 impl Client {
     /// Print the time and the host's KVP pairs.
     pub fn report(&mut self, env: &mut dyn Env) {
-        match call::<_, timesync::Reply>(env, channels::TIMESYNC, &timesync::Request::Now) {
+        match call::<timesync::TimeSync>(env, channels::TIMESYNC, &timesync::Request::Now) {
             Ok(timesync::Reply::Time {
                 now_100ns_since_1601,
                 samples,
@@ -77,7 +77,7 @@ impl Client {
                 pool: kvp::POOL_EXTERNAL,
                 index,
             };
-            match call::<_, kvp::Reply>(env, channels::KVP, &request) {
+            match call::<kvp::Kvp>(env, channels::KVP, &request) {
                 Ok(kvp::Reply::Pair { key, value }) => {
                     println!(env, "kvp from host: {key} = {value}")
                 }
@@ -112,7 +112,7 @@ impl Client {
         if self.unloading {
             return;
         }
-        let pending = match call::<_, shutdown::Reply>(
+        let pending = match call::<shutdown::Shutdown>(
             env,
             channels::SHUTDOWN,
             &shutdown::Request::Pending,
@@ -141,7 +141,7 @@ impl Client {
         let request = bus::Request::Unload {
             power_off_code: Some(0),
         };
-        match call::<_, bus::Reply>(env, channels::VMBUS, &request) {
+        match call::<bus::Bus>(env, channels::VMBUS, &request) {
             Ok(bus::Reply::Accepted) => {}
             other => {
                 println!(env, "vmbus refused the unload: {other:?}");
@@ -198,7 +198,7 @@ mod tests {
     fn services(env: &mut EnvDouble) -> Services {
         let pairs: Pairs = Rc::default();
         let store = pairs.clone();
-        env.on_typed_call(channels::KVP, move |request: kvp::Request| {
+        env.on_typed_call::<kvp::Kvp>(channels::KVP, move |request: kvp::Request| {
             let mut store = store.borrow_mut();
             match request {
                 kvp::Request::Set { pool, key, value } => {
@@ -219,15 +219,15 @@ mod tests {
         });
         let shutdown = Rc::new(RefCell::new(shutdown::Reply::None));
         let pending = shutdown.clone();
-        env.on_typed_call(channels::SHUTDOWN, move |_: shutdown::Request| {
+        env.on_typed_call::<shutdown::Shutdown>(channels::SHUTDOWN, move |_: shutdown::Request| {
             pending.borrow().clone()
         });
         let time = Rc::new(RefCell::new(timesync::Reply::NotSynced));
         let now = time.clone();
-        env.on_typed_call(channels::TIMESYNC, move |_: timesync::Request| {
+        env.on_typed_call::<timesync::TimeSync>(channels::TIMESYNC, move |_: timesync::Request| {
             *now.borrow()
         });
-        env.on_typed_call(channels::VMBUS, |_: bus::Request| bus::Reply::Accepted);
+        env.on_typed_call::<bus::Bus>(channels::VMBUS, |_: bus::Request| bus::Reply::Accepted);
         Services {
             pairs,
             shutdown,
@@ -254,7 +254,7 @@ mod tests {
         assert!(env
             .console
             .contains("kvp from host: VirtualMachineName = vm1"));
-        assert!(env.calls_on::<bus::Request>(channels::VMBUS).is_empty());
+        assert!(env.calls_on::<bus::Bus>(channels::VMBUS).is_empty());
     }
 
     #[test]
@@ -287,7 +287,7 @@ mod tests {
         let mut client = Client::init(&mut env);
         // A notification without a request does nothing.
         client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
-        assert!(env.calls_on::<bus::Request>(channels::VMBUS).is_empty());
+        assert!(env.calls_on::<bus::Bus>(channels::VMBUS).is_empty());
         *services.shutdown.borrow_mut() = shutdown::Reply::Requested {
             kind: shutdown::Kind::PowerOff,
             force: false,
@@ -296,7 +296,7 @@ mod tests {
         client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
         client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
         assert_eq!(
-            env.calls_on::<bus::Request>(channels::VMBUS),
+            env.calls_on::<bus::Bus>(channels::VMBUS),
             vec![bus::Request::Unload {
                 power_off_code: Some(0)
             }]
@@ -343,7 +343,7 @@ mod tests {
     fn a_refused_unload_is_tried_again_on_the_next_notification() {
         let mut env = EnvDouble::new();
         let services = services(&mut env);
-        env.on_typed_call(channels::VMBUS, |_: bus::Request| {
+        env.on_typed_call::<bus::Bus>(channels::VMBUS, |_: bus::Request| {
             bus::Reply::Refused(bus::Refusal::Unavailable)
         });
         let mut client = Client::init(&mut env);
@@ -355,6 +355,6 @@ mod tests {
         client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
         assert!(!client.unloading);
         client.notified(&mut env, ChannelSet(channels::SHUTDOWN_EVENT.bit()));
-        assert_eq!(env.calls_on::<bus::Request>(channels::VMBUS).len(), 2);
+        assert_eq!(env.calls_on::<bus::Bus>(channels::VMBUS).len(), 2);
     }
 }

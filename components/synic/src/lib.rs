@@ -32,7 +32,7 @@
 #![no_std]
 
 use component_api::{
-    call, decode, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,
+    call, decode_request, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,
     Component, Env, Refusal, Region,
 };
 use core::sync::atomic::{fence, Ordering};
@@ -42,8 +42,8 @@ use hyperv_defs::{
     SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
 };
 use spsc_queue::{Producer, QueueError};
-use vmbus_ipc::hypervisor;
-use vmbus_ipc::synic::{Reply, Request, Status};
+use vmbus_ipc::hypervisor::{self, Hypervisor};
+use vmbus_ipc::synic::{Reply, Request, Status, Synic as SynicProtocol};
 use zerocopy::IntoBytes;
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -142,7 +142,7 @@ enum HvError {
 }
 
 fn hypervisor_call(env: &mut dyn Env, request: hypervisor::Request) -> Result<u64, HvError> {
-    match call::<_, hypervisor::Reply>(env, channels::HYPERVISOR, &request) {
+    match call::<Hypervisor>(env, channels::HYPERVISOR, &request) {
         Ok(hypervisor::Reply::Value(value)) => Ok(value),
         Ok(hypervisor::Reply::Done) => Ok(0),
         Ok(hypervisor::Reply::GeneralProtection) => Err(HvError::GeneralProtection),
@@ -606,9 +606,9 @@ impl Component for Synic {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request: Request = decode(message)?;
+        let request = decode_request::<SynicProtocol>(message)?;
         let answer = self.handle(env, channel, request)?;
-        encode_reply(reply, &answer)
+        encode_reply::<SynicProtocol>(reply, &answer)
     }
 }
 

@@ -97,7 +97,7 @@ fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
     let host = Rc::new(RefCell::new(FakeHost::default()));
     setup(&mut host.borrow_mut());
     let handler_host = host.clone();
-    env.on_typed_call(
+    env.on_typed_call::<hypervisor::Hypervisor>(
         channels::HYPERVISOR,
         move |request: hypervisor::Request| -> hypervisor::Reply {
             let mut host = handler_host.borrow_mut();
@@ -164,10 +164,12 @@ fn request(
     channel: Channel,
     request: &Request,
 ) -> Result<Reply, Refusal> {
-    let message = postcard::to_allocvec(request).unwrap();
+    let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(request);
     let mut reply = [0u8; 1024];
     let used = synic.protected(&mut rig.env, channel, &message, &mut reply)?;
-    Ok(postcard::from_bytes(&reply[..used]).unwrap())
+    Ok(env_double::decode_reply::<vmbus_ipc::synic::Synic>(
+        &reply[..used],
+    ))
 }
 
 fn pop_all(rig: &mut Rig) -> Vec<Vec<u8>> {
@@ -592,7 +594,7 @@ fn post_message_writes_the_input_page_and_reports_the_status() {
 }
 
 #[test]
-fn malformed_requests_are_refused() {
+fn malformed_requests_and_other_protocols_are_refused() {
     let (mut rig, mut synic) = rig();
     let mut reply = [0u8; 64];
     assert_eq!(
@@ -602,7 +604,22 @@ fn malformed_requests_are_refused() {
             &[0xFF, 0xFF, 0xFF],
             &mut reply
         ),
+        Err(Refusal::WRONG_PROTOCOL)
+    );
+    let mut garbage = env_double::encode_request::<vmbus_ipc::synic::Synic>(&Request::Status);
+    garbage.extend_from_slice(&[0xFF]);
+    assert_eq!(
+        synic.protected(&mut rig.env, channels::VMBUS_CALL, &garbage, &mut reply),
         Err(Refusal::MALFORMED)
+    );
+    // The bus's `Device { index: 3 }` would read as `Status` untagged.
+    let bus_request =
+        env_double::encode_request::<vmbus_ipc::bus::Bus>(&vmbus_ipc::bus::Request::Device {
+            index: 3,
+        });
+    assert_eq!(
+        synic.protected(&mut rig.env, channels::VMBUS_CALL, &bus_request, &mut reply),
+        Err(Refusal::WRONG_PROTOCOL)
     );
     assert_eq!(
         request(&mut rig, &mut synic, channels::VMBUS_CALL, &Request::Status),

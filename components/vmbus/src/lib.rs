@@ -43,8 +43,8 @@
 mod status;
 
 use component_api::{
-    call, decode, encode_reply, id_named, println, Channel, ChannelSet, Child, Component, Env,
-    Fault, Refusal, Region, RegionName,
+    call, decode_request, encode_reply, id_named, println, Channel, ChannelSet, Child, Component,
+    Env, Fault, Refusal, Region, RegionName,
 };
 use heapless::{Deque, Vec};
 use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
@@ -254,7 +254,7 @@ fn post_now(env: &mut dyn Env, connection_id: u32, bytes: &[u8]) -> Result<(), P
         connection_id,
         payload,
     };
-    match call::<_, synic::Reply>(env, channels::SYNIC_CALL, &request) {
+    match call::<synic::Synic>(env, channels::SYNIC_CALL, &request) {
         Ok(synic::Reply::Done) => Ok(()),
         Ok(synic::Reply::HypercallFailed { status }) => Err(PostError::Hypercall(status)),
         Ok(_) => Err(PostError::Unexpected),
@@ -964,7 +964,7 @@ impl Vmbus {
         // Closing: undo in reverse order, each step confirmed.
         if channel.bound {
             let unbind = synic::Request::Unbind { relid };
-            if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &unbind) {
+            if let Err(error) = call::<synic::Synic>(env, channels::SYNIC_CALL, &unbind) {
                 println!(env, "unbinding relid {} failed: {:?}", relid, error);
             }
             self.channel_mut(d).bound = false;
@@ -1109,7 +1109,7 @@ impl Vmbus {
             connection_id,
             driver: heapless::String::try_from(name).unwrap_or_default(),
         };
-        match call::<_, synic::Reply>(env, channels::SYNIC_CALL, &request) {
+        match call::<synic::Synic>(env, channels::SYNIC_CALL, &request) {
             Ok(synic::Reply::Done) => {
                 self.channel_mut(d).bound = true;
                 let now = env.now_ns();
@@ -1410,7 +1410,7 @@ impl Vmbus {
         let rows = (0..self.device_count()).filter_map(|i| self.device_status(i));
         status::print(env, self.version, rows);
         if let Ok(synic::Reply::Status(counters)) =
-            call::<_, synic::Reply>(env, channels::SYNIC_CALL, &synic::Request::Status)
+            call::<synic::Synic>(env, channels::SYNIC_CALL, &synic::Request::Status)
         {
             println!(
                 env,
@@ -1568,13 +1568,13 @@ impl Component for Vmbus {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request: bus::Request = decode(message)?;
+        let request = decode_request::<bus::Bus>(message)?;
         // Host messages may be waiting behind this call: take them first so
         // the answer reflects the latest state.
         self.drain_queue(env);
         let answer = self.serve(env, channel, request);
         self.finish_event(env);
-        encode_reply(reply, &answer)
+        encode_reply::<bus::Bus>(reply, &answer)
     }
 
     fn fault(&mut self, env: &mut dyn Env, child: Child, fault: Fault) {

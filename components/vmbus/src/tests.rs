@@ -69,7 +69,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     let synic = Rc::new(RefCell::new(FakeSynic::default()));
     setup(&mut synic.borrow_mut());
     let fake = synic.clone();
-    env.on_typed_call(
+    env.on_typed_call::<synic::Synic>(
         channels::SYNIC_CALL,
         move |request: synic::Request| -> synic::Reply {
             let mut fake = fake.borrow_mut();
@@ -156,13 +156,13 @@ impl Rig {
     }
 
     fn request(&mut self, channel: Channel, request: bus::Request) -> bus::Reply {
-        let message = postcard::to_allocvec(&request).unwrap();
+        let message = env_double::encode_request::<bus::Bus>(&request);
         let mut reply = [0u8; 1024];
         let used = self
             .bus
             .protected(&mut self.env, channel, &message, &mut reply)
             .unwrap();
-        postcard::from_bytes(&reply[..used]).unwrap()
+        env_double::decode_reply::<bus::Bus>(&reply[..used])
     }
 
     fn query(&mut self, d: usize) -> ChannelInfo {
@@ -1170,7 +1170,7 @@ fn only_drivers_query_open_and_close() {
     assert_eq!(
         rig.bus
             .protected(&mut rig.env, channels::CLIENT, &[0xFF; 4], &mut reply),
-        Err(Refusal::MALFORMED)
+        Err(Refusal::WRONG_PROTOCOL)
     );
 }
 

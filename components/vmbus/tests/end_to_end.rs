@@ -151,9 +151,9 @@ impl Guest {
         ]);
         let host = sim.clone();
         synic_env.on_call(synic::channels::HYPERVISOR, move |message, reply| {
-            use vmbus_ipc::hypervisor::{Reply, Request};
-            let request: Request =
-                postcard::from_bytes(message).map_err(|_| CallError::Encoding)?;
+            use vmbus_ipc::hypervisor::{Hypervisor, Reply, Request};
+            let request = component_api::decode_request::<Hypervisor>(message)
+                .map_err(|refusal| CallError::Refused(refusal.0))?;
             let mut sim = host.borrow_mut();
             let answer = match request {
                 Request::MsrRead { msr } => sim.msr_read(msr).map(Reply::Value),
@@ -169,7 +169,8 @@ impl Guest {
                 hvsim::synic::Exception::GeneralProtection => Reply::GeneralProtection,
                 hvsim::synic::Exception::InvalidOpcode => Reply::InvalidOpcode,
             });
-            Ok(postcard::to_slice(&answer, reply).unwrap().len())
+            component_api::encode_reply::<Hypervisor>(reply, &answer)
+                .map_err(|_| CallError::Encoding)
         });
         let synic_component = Synic::init(&mut synic_env);
         let synic = Rc::new(RefCell::new((synic_component, synic_env)));
@@ -270,13 +271,13 @@ impl Guest {
     }
 
     fn request(&mut self, channel: Channel, request: bus::Request) -> bus::Reply {
-        let message = postcard::to_allocvec(&request).unwrap();
+        let message = env_double::encode_request::<bus::Bus>(&request);
         let mut reply = [0u8; 1024];
         let used = self
             .bus
             .protected(&mut self.bus_env, channel, &message, &mut reply)
             .unwrap();
-        let answer = postcard::from_bytes(&reply[..used]).unwrap();
+        let answer = env_double::decode_reply::<bus::Bus>(&reply[..used]);
         self.pump();
         answer
     }
@@ -395,15 +396,15 @@ fn host_events_reach_the_owning_vsc_and_a_vsc_signals_only_its_own_channel() {
     let heartbeat = guest.info(0).connection_id;
     let kvp = guest.info(3).connection_id;
     let signal = |guest: &mut Guest, caller: Channel, connection_id: u32| {
-        let message =
-            postcard::to_allocvec(&vmbus_ipc::synic::Request::SignalHost { connection_id })
-                .unwrap();
+        let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(
+            &vmbus_ipc::synic::Request::SignalHost { connection_id },
+        );
         let mut reply = [0u8; 64];
         let mut guard = guest.synic.borrow_mut();
         let (component, env) = &mut *guard;
         component
             .protected(env, caller, &message, &mut reply)
-            .map(|used| postcard::from_bytes::<vmbus_ipc::synic::Reply>(&reply[..used]).unwrap())
+            .map(|used| env_double::decode_reply::<vmbus_ipc::synic::Synic>(&reply[..used]))
     };
     assert_eq!(
         signal(&mut guest, synic::channels::HEARTBEAT_CALL, heartbeat),

@@ -33,12 +33,13 @@
 pub mod persist;
 pub mod store;
 
-use component_api::{decode, encode_reply, println, Env, Refusal};
+use component_api::{decode_request, encode_reply, println, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use persist::{Loaded, Persistence};
 use store::{Store, StoreError};
 use vmbus_ipc::kvp::{
-    Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL, POOL_EXTERNAL, POOL_GUEST,
+    Kvp as KvpProtocol, Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL,
+    POOL_EXTERNAL, POOL_GUEST,
 };
 use vmbus_protocol::ic::{
     self, kvp_operation, read_body, IcVersion, KvpDeleteMessage, KvpEnumerateMessage,
@@ -403,9 +404,9 @@ impl DriverService for KvpService {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request = decode::<Request>(message)?;
+        let request = decode_request::<KvpProtocol>(message)?;
         let answer = self.serve(env, &request);
-        encode_reply(reply, &answer)
+        encode_reply::<KvpProtocol>(reply, &answer)
     }
 }
 

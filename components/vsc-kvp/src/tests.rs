@@ -90,12 +90,12 @@ fn exchange(
 }
 
 fn client(component: &mut Kvp, env: &mut EnvDouble, request: Request) -> Reply {
-    let message = postcard::to_allocvec(&request).unwrap();
+    let message = env_double::encode_request::<vmbus_ipc::kvp::Kvp>(&request);
     let mut reply = [0u8; component_api::MAX_MESSAGE];
     let len = component
         .protected(env, channels::CLIENT, &message, &mut reply)
         .unwrap();
-    postcard::from_bytes(&reply[..len]).unwrap()
+    env_double::decode_reply::<vmbus_ipc::kvp::Kvp>(&reply[..len])
 }
 
 fn key(text: &str) -> Key {
@@ -607,7 +607,7 @@ fn client_delete_and_garbage_calls() {
     let mut reply = [0u8; 16];
     assert_eq!(
         component.protected(&mut env, channels::CLIENT, &[7, 7, 7], &mut reply),
-        Err(Refusal::MALFORMED)
+        Err(Refusal::WRONG_PROTOCOL)
     );
     assert_eq!(
         component.protected(&mut env, channels::VMBUS, &[0], &mut reply),

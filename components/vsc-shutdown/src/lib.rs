@@ -19,9 +19,9 @@
 //! console, the `client_event` notification.
 #![no_std]
 
-use component_api::{decode, encode_reply, println, Env, Refusal};
+use component_api::{decode_request, encode_reply, println, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
-use vmbus_ipc::shutdown::{Kind, Reply, Request};
+use vmbus_ipc::shutdown::{Kind, Reply, Request, Shutdown as ShutdownProtocol};
 use vmbus_protocol::ic::{
     self, shutdown_flags, IcVersion, ShutdownMessage, STATUS_FAIL, STATUS_OK,
 };
@@ -130,8 +130,11 @@ impl DriverService for ShutdownService {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        match decode::<Request>(message)? {
-            Request::Pending => encode_reply(reply, &self.pending.clone().unwrap_or(Reply::None)),
+        match decode_request::<ShutdownProtocol>(message)? {
+            Request::Pending => encode_reply::<ShutdownProtocol>(
+                reply,
+                &self.pending.clone().unwrap_or(Reply::None),
+            ),
         }
     }
 }
@@ -172,12 +175,12 @@ mod tests {
     }
 
     fn ask(component: &mut Shutdown, env: &mut EnvDouble) -> Reply {
-        let message = postcard::to_allocvec(&Request::Pending).unwrap();
+        let message = env_double::encode_request::<ShutdownProtocol>(&Request::Pending);
         let mut reply = [0u8; 256];
         let len = component
             .protected(env, channels::CLIENT, &message, &mut reply)
             .unwrap();
-        postcard::from_bytes(&reply[..len]).unwrap()
+        env_double::decode_reply::<ShutdownProtocol>(&reply[..len])
     }
 
     #[test]
@@ -275,7 +278,7 @@ mod tests {
         let mut reply = [0u8; 64];
         assert_eq!(
             component.protected(&mut env, channels::CLIENT, &[0xff, 0xff], &mut reply),
-            Err(Refusal::MALFORMED)
+            Err(Refusal::WRONG_PROTOCOL)
         );
         assert_eq!(
             component.protected(&mut env, channels::SYNIC, &[0], &mut reply),

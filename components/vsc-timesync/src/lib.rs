@@ -21,9 +21,9 @@
 //! Writes: its own rings, the console.
 #![no_std]
 
-use component_api::{decode, encode_reply, println, Env, Refusal};
+use component_api::{decode_request, encode_reply, println, Env, Refusal};
 use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};
-use vmbus_ipc::timesync::{civil_time, Reply, Request};
+use vmbus_ipc::timesync::{civil_time, Reply, Request, TimeSync as TimeSyncProtocol};
 use vmbus_protocol::ic::{
     self, read_body, timesync_flags, IcVersion, TimesyncMessage, TimesyncRefMessage, STATUS_OK,
 };
@@ -122,8 +122,8 @@ impl DriverService for TimesyncService {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        match decode::<Request>(message)? {
-            Request::Now => encode_reply(reply, &self.now(env.now_ns())),
+        match decode_request::<TimeSyncProtocol>(message)? {
+            Request::Now => encode_reply::<TimeSyncProtocol>(reply, &self.now(env.now_ns())),
         }
     }
 }
@@ -167,12 +167,12 @@ mod tests {
     }
 
     fn ask(component: &mut Timesync, env: &mut EnvDouble) -> Reply {
-        let message = postcard::to_allocvec(&Request::Now).unwrap();
+        let message = env_double::encode_request::<TimeSyncProtocol>(&Request::Now);
         let mut reply = [0u8; 64];
         let len = component
             .protected(env, channels::CLIENT, &message, &mut reply)
             .unwrap();
-        postcard::from_bytes(&reply[..len]).unwrap()
+        env_double::decode_reply::<TimeSyncProtocol>(&reply[..len])
     }
 
     #[test]
@@ -306,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             component.protected(&mut env, channels::CLIENT, &[9], &mut reply),
-            Err(Refusal::MALFORMED)
+            Err(Refusal::WRONG_PROTOCOL)
         );
     }
 }

@@ -18,8 +18,12 @@
 //! (`platform/hosted-runtime`), where each component is a Linux process.
 #![no_std]
 
+pub mod protocol;
 pub mod region;
 
+pub use protocol::{
+    call, decode_allowed, decode_request, encode_reply, Client, MessageError, Protocol,
+};
 pub use region::{Region, RegionError};
 
 /// The largest protected-call message or reply, in bytes. On seL4 a message
@@ -93,6 +97,10 @@ pub enum CallError {
     ServerFaulted,
     /// Encoding the request or decoding the reply failed.
     Encoding,
+    /// The reply carries another protocol's tag.
+    WrongProtocol,
+    /// The reply is of a version of the protocol we do not speak.
+    UnsupportedVersion,
 }
 
 /// What a server returns to refuse a protected call. The code reaches the
@@ -107,6 +115,22 @@ impl Refusal {
     pub const NOT_SERVED: Refusal = Refusal(2);
     /// The caller is not allowed to ask for this.
     pub const DENIED: Refusal = Refusal(3);
+    /// The message is of another protocol than the channel's.
+    pub const WRONG_PROTOCOL: Refusal = Refusal(4);
+    /// The message is of a protocol version the server does not speak.
+    pub const UNSUPPORTED_VERSION: Refusal = Refusal(5);
+
+    /// What the refusal means, for logs.
+    pub const fn reason(self) -> &'static str {
+        match self.0 {
+            1 => "malformed message",
+            2 => "not served on this channel",
+            3 => "operation denied to this caller",
+            4 => "message of another protocol",
+            5 => "unsupported protocol version",
+            _ => "refused by the server",
+        }
+    }
 }
 
 /// Why a supervised component stopped.
@@ -207,38 +231,6 @@ pub trait Component: Sized {
     /// A component this one supervises faulted. It is stopped; the
     /// supervisor decides whether to restart it.
     fn fault(&mut self, _env: &mut dyn Env, _child: Child, _fault: Fault) {}
-}
-
-/// Make a typed protected call: the request and the reply are encoded with
-/// postcard.
-pub fn call<Req, Resp>(
-    env: &mut dyn Env,
-    channel: Channel,
-    request: &Req,
-) -> Result<Resp, CallError>
-where
-    Req: serde::Serialize,
-    Resp: serde::de::DeserializeOwned,
-{
-    let mut message = [0u8; MAX_MESSAGE];
-    let used = postcard::to_slice(request, &mut message)
-        .map_err(|_| CallError::Encoding)?
-        .len();
-    let mut reply = [0u8; MAX_MESSAGE];
-    let reply_len = env.ppcall(channel, &message[..used], &mut reply)?;
-    postcard::from_bytes(&reply[..reply_len]).map_err(|_| CallError::Encoding)
-}
-
-/// Decode a typed protected-call message (server side).
-pub fn decode<'a, T: serde::Deserialize<'a>>(message: &'a [u8]) -> Result<T, Refusal> {
-    postcard::from_bytes(message).map_err(|_| Refusal::MALFORMED)
-}
-
-/// Encode a typed reply into the reply buffer (server side).
-pub fn encode_reply<T: serde::Serialize>(reply: &mut [u8], value: &T) -> Result<usize, Refusal> {
-    postcard::to_slice(value, reply)
-        .map(|used| used.len())
-        .map_err(|_| Refusal::MALFORMED)
 }
 
 /// The id a generated name table (`CHANNEL_NAMES`, `REGION_NAMES`,

@@ -9,9 +9,23 @@
 //! `tests/`; this double is for fast, deterministic tests beside the code.
 
 use component_api::{
-    CallError, Channel, Child, Env, IoPortName, Region, RegionName, SupervisorError,
+    CallError, Channel, Child, Env, IoPortName, Protocol, Region, RegionName, SupervisorError,
 };
 use std::collections::HashMap;
+
+/// A request of protocol `P` as it travels (for tests that call a
+/// component's `protected` directly).
+pub fn encode_request<P: Protocol>(request: &P::Request) -> Vec<u8> {
+    let mut buffer = [0u8; component_api::MAX_MESSAGE];
+    let used = component_api::protocol::encode::<P, P::Request>(&mut buffer, request)
+        .expect("the request fits a message");
+    buffer[..used].to_vec()
+}
+
+/// A reply of protocol `P` as a component's `protected` wrote it.
+pub fn decode_reply<P: Protocol>(reply: &[u8]) -> P::Reply {
+    component_api::protocol::decode::<P, P::Reply>(reply).expect("a well-formed reply")
+}
 
 type CallHandler = Box<dyn FnMut(&[u8], &mut [u8]) -> Result<usize, CallError>>;
 
@@ -109,21 +123,18 @@ impl EnvDouble {
         self.handlers.insert(channel.0, Box::new(handler));
     }
 
-    /// Answer typed (postcard) calls on `channel`.
-    pub fn on_typed_call<Req, Resp>(
+    /// Answer calls of protocol `P` on `channel` (a message of another
+    /// protocol or version is refused, as a real server would).
+    pub fn on_typed_call<P: Protocol>(
         &mut self,
-        channel: Channel,
-        mut handler: impl FnMut(Req) -> Resp + 'static,
-    ) where
-        Req: serde::de::DeserializeOwned,
-        Resp: serde::Serialize,
-    {
-        self.on_call(channel, move |message, reply| {
-            let request: Req = postcard::from_bytes(message).map_err(|_| CallError::Refused(1))?;
+        channel: impl Into<Channel>,
+        mut handler: impl FnMut(P::Request) -> P::Reply + 'static,
+    ) {
+        self.on_call(channel.into(), move |message, reply| {
+            let request = component_api::decode_request::<P>(message)
+                .map_err(|refusal| CallError::Refused(refusal.0))?;
             let response = handler(request);
-            postcard::to_slice(&response, reply)
-                .map(|used| used.len())
-                .map_err(|_| CallError::Encoding)
+            component_api::encode_reply::<P>(reply, &response).map_err(|_| CallError::Encoding)
         });
     }
 
@@ -137,12 +148,13 @@ impl EnvDouble {
         self.notified.iter().filter(|c| **c == channel).count()
     }
 
-    /// The messages of calls made on `channel`, decoded.
-    pub fn calls_on<T: serde::de::DeserializeOwned>(&self, channel: Channel) -> Vec<T> {
+    /// The requests of protocol `P` made on `channel`, decoded.
+    pub fn calls_on<P: Protocol>(&self, channel: impl Into<Channel>) -> Vec<P::Request> {
+        let channel = channel.into();
         self.calls
             .iter()
             .filter(|(c, _)| *c == channel)
-            .filter_map(|(_, bytes)| postcard::from_bytes(bytes).ok())
+            .filter_map(|(_, bytes)| component_api::decode_request::<P>(bytes).ok())
             .collect()
     }
 }
@@ -215,12 +227,24 @@ mod tests {
     use super::*;
     use component_api::println;
 
+    struct Increment;
+    impl Protocol for Increment {
+        const NAME: &'static str = "increment";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["increment"];
+        type Request = u32;
+        type Reply = u32;
+        fn operation(_: &u32) -> usize {
+            0
+        }
+    }
+
     #[test]
     fn records_and_answers() {
         let mut env = EnvDouble::new();
         let queue = env.add_region(4096, true);
-        env.on_typed_call(Channel(2), |x: u32| x + 1);
-        let reply: u32 = component_api::call(&mut env, Channel(2), &41u32).unwrap();
+        env.on_typed_call::<Increment>(Channel(2), |x| x + 1);
+        let reply = component_api::call::<Increment>(&mut env, Channel(2), &41).unwrap();
         assert_eq!(reply, 42);
         env.notify(Channel(1));
         println!(&mut env, "hello {}", 7);
@@ -230,7 +254,7 @@ mod tests {
         let mut out = [0u8; 3];
         env.test_view(queue).read(0, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3]);
-        assert_eq!(env.calls_on::<u32>(Channel(2)), vec![41]);
+        assert_eq!(env.calls_on::<Increment>(Channel(2)), vec![41]);
         assert_eq!(
             env.ppcall(Channel(9), &[], &mut []),
             Err(CallError::NotACallChannel)

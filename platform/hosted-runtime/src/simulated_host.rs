@@ -20,7 +20,7 @@
 
 use crate::endpoint::{Endpoint, Event};
 use crate::sys;
-use component_api::{decode, encode_reply, Env, Refusal, MAX_MESSAGE};
+use component_api::{decode_request, encode_reply, Env, Refusal, MAX_MESSAGE};
 use hv_interface::hosted::HostedHypervisor;
 use hv_interface::{HvError, Hypervisor};
 use std::io::Write;
@@ -275,7 +275,7 @@ impl Bridge {
     }
 
     fn serve(&mut self, message: &[u8], reply: &mut [u8]) -> Result<usize, Refusal> {
-        let request: Request = decode(message)?;
+        let request = decode_request::<vmbus_ipc::hypervisor::Hypervisor>(message)?;
         let outcome = match request {
             Request::MsrRead { msr } => self.hypervisor.msr_read(msr).map(Reply::Value),
             Request::MsrWrite { msr, value } => {
@@ -299,7 +299,7 @@ impl Bridge {
             // next wait notices the broken transport.
             Err(HvError::Transport) => return Err(Refusal::DENIED),
         };
-        encode_reply(reply, &answer)
+        encode_reply::<vmbus_ipc::hypervisor::Hypervisor>(reply, &answer)
     }
 
     /// Forward complete lines from the host's output; false at end of file.

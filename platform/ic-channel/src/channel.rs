@@ -150,7 +150,7 @@ impl IcChannel {
     /// The bus manager notified us (or we just started): ask where the
     /// channel stands and act on it.
     pub fn on_bus_event<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) {
-        let info = match call::<_, bus::Reply>(env, self.ids.vmbus, &bus::Request::Query) {
+        let info = match call::<bus::Bus>(env, self.ids.vmbus, &bus::Request::Query) {
             Ok(bus::Reply::Channel(info)) => info,
             Ok(other) => {
                 println!(env, "vmbus answered Query with {other:?}");
@@ -217,7 +217,7 @@ impl IcChannel {
         let request = bus::Request::Open {
             user_data: heapless::Vec::new(),
         };
-        match call::<_, bus::Reply>(env, self.ids.vmbus, &request) {
+        match call::<bus::Bus>(env, self.ids.vmbus, &request) {
             Ok(bus::Reply::Accepted) => {}
             Ok(other) => println!(env, "vmbus answered Open with {other:?}"),
             Err(error) => println!(env, "vmbus Open failed: {error:?}"),
@@ -381,7 +381,7 @@ impl IcChannel {
             message.1
         );
         let report = bus::Request::ReportVersions { framework, message };
-        match call::<_, bus::Reply>(env, self.ids.vmbus, &report) {
+        match call::<bus::Bus>(env, self.ids.vmbus, &report) {
             Ok(bus::Reply::Accepted) => {}
             Ok(other) => println!(env, "vmbus answered ReportVersions with {other:?}"),
             Err(error) => println!(env, "vmbus ReportVersions failed: {error:?}"),
@@ -421,7 +421,7 @@ impl IcChannel {
         let request = synic::Request::SignalHost {
             connection_id: self.connection_id,
         };
-        match call::<_, synic::Reply>(env, self.ids.synic_call, &request) {
+        match call::<synic::Synic>(env, self.ids.synic_call, &request) {
             Ok(synic::Reply::Done) => self.stats.signals += 1,
             other => {
                 self.stats.signal_failures += 1;

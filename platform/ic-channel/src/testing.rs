@@ -67,7 +67,7 @@ impl TestHost {
             unloads: Vec::new(),
         }));
         let bus_handle = bus.clone();
-        env.on_typed_call(ids.vmbus, move |request: bus::Request| {
+        env.on_typed_call::<bus::Bus>(ids.vmbus, move |request: bus::Request| {
             let mut state = bus_handle.borrow_mut();
             match request {
                 bus::Request::Query => bus::Reply::Channel(state.info.clone()),
@@ -89,16 +89,15 @@ impl TestHost {
         });
         let signals = Rc::new(RefCell::new(Vec::new()));
         let signal_handle = signals.clone();
-        env.on_typed_call(
-            ids.synic_call,
-            move |request: synic::Request| match request {
+        env.on_typed_call::<synic::Synic>(ids.synic_call, move |request: synic::Request| {
+            match request {
                 synic::Request::SignalHost { connection_id } => {
                     signal_handle.borrow_mut().push(connection_id);
                     synic::Reply::Done
                 }
                 _ => synic::Reply::HypercallFailed { status: 0x12 },
-            },
-        );
+            }
+        });
         TestHost {
             bus,
             signals,

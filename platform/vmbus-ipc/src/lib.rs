@@ -25,6 +25,7 @@
 // the large variants would need an allocator for no gain.
 #![allow(clippy::large_enum_variant)]
 
+use component_api::Protocol;
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,26 @@ pub fn ring_split(region_bytes: usize) -> (usize, usize) {
 /// notification on synic's `hypervisor_interrupt` end.
 pub mod hypervisor {
     use super::*;
+
+    /// The hypervisor interface protocol (`protocol = "hypervisor"`).
+    pub struct Hypervisor;
+
+    impl Protocol for Hypervisor {
+        const NAME: &'static str = "hypervisor";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] =
+            &["msr_read", "msr_write", "hypercall", "end_of_interrupt"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::MsrRead { .. } => 0,
+                Request::MsrWrite { .. } => 1,
+                Request::Hypercall { .. } => 2,
+                Request::EndOfInterrupt => 3,
+            }
+        }
+    }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
@@ -91,6 +112,27 @@ pub mod hypervisor {
 
 pub mod synic {
     use super::*;
+
+    /// What `synic` serves (`protocol = "synic"`).
+    pub struct Synic;
+
+    impl Protocol for Synic {
+        const NAME: &'static str = "synic";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] =
+            &["post_message", "bind", "unbind", "signal_host", "status"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::PostMessage { .. } => 0,
+                Request::Bind { .. } => 1,
+                Request::Unbind { .. } => 2,
+                Request::SignalHost { .. } => 3,
+                Request::Status => 4,
+            }
+        }
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
@@ -155,6 +197,34 @@ pub mod synic {
 
 pub mod bus {
     use super::*;
+
+    /// What the bus manager serves (`protocol = "bus"`).
+    pub struct Bus;
+
+    impl Protocol for Bus {
+        const NAME: &'static str = "bus";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &[
+            "query",
+            "open",
+            "close",
+            "report_versions",
+            "device",
+            "unload",
+        ];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Query => 0,
+                Request::Open { .. } => 1,
+                Request::Close => 2,
+                Request::ReportVersions { .. } => 3,
+                Request::Device { .. } => 4,
+                Request::Unload { .. } => 5,
+            }
+        }
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
@@ -249,6 +319,22 @@ pub mod bus {
 pub mod shutdown {
     use super::*;
 
+    /// What the shutdown VSC serves its clients (`protocol = "shutdown"`).
+    pub struct Shutdown;
+
+    impl Protocol for Shutdown {
+        const NAME: &'static str = "shutdown";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["pending"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Pending => 0,
+            }
+        }
+    }
+
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
         /// Client: is a shutdown pending (the VSC notified us)?
@@ -275,6 +361,22 @@ pub mod shutdown {
 
 pub mod timesync {
     use super::*;
+
+    /// What the time-sync VSC serves its clients (`protocol = "timesync"`).
+    pub struct TimeSync;
+
+    impl Protocol for TimeSync {
+        const NAME: &'static str = "timesync";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["now"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Now => 0,
+            }
+        }
+    }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
@@ -356,6 +458,25 @@ pub mod timesync {
 pub mod kvp {
     use super::*;
 
+    /// What the KVP VSC serves its clients (`protocol = "kvp"`).
+    pub struct Kvp;
+
+    impl Protocol for Kvp {
+        const NAME: &'static str = "kvp";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["get", "set", "delete", "enumerate"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Get { .. } => 0,
+                Request::Set { .. } => 1,
+                Request::Delete { .. } => 2,
+                Request::Enumerate { .. } => 3,
+            }
+        }
+    }
+
     /// Key and value limits over IPC (UTF-8 bytes). The wire allows 512
     /// bytes of UTF-16 key and 2048 of value; longer pairs are refused.
     pub const MAX_KEY: usize = 128;
@@ -407,6 +528,12 @@ pub mod kvp {
 mod tests {
     use super::*;
 
+    /// The framed size of a message of `P` (header included).
+    fn framed<P: Protocol, T: serde::Serialize>(value: &T) -> Option<usize> {
+        let mut buffer = [0u8; component_api::MAX_MESSAGE];
+        component_api::protocol::encode::<P, T>(&mut buffer, value).ok()
+    }
+
     #[test]
     fn the_largest_messages_fit_a_protected_call() {
         let set = kvp::Request::Set {
@@ -414,13 +541,12 @@ mod tests {
             key: String::try_from("k".repeat(kvp::MAX_KEY).as_str()).unwrap(),
             value: String::try_from("v".repeat(kvp::MAX_VALUE).as_str()).unwrap(),
         };
-        let bytes = postcard::to_allocvec(&set).unwrap();
-        assert!(bytes.len() <= component_api::MAX_MESSAGE, "{}", bytes.len());
+        assert!(framed::<kvp::Kvp, _>(&set).is_some());
         let post = synic::Request::PostMessage {
             connection_id: 4,
             payload: Vec::from_slice(&[0xff; MAX_POST_PAYLOAD]).unwrap(),
         };
-        assert!(postcard::to_allocvec(&post).unwrap().len() <= component_api::MAX_MESSAGE);
+        assert!(framed::<synic::Synic, _>(&post).is_some());
         let info = bus::Reply::Channel(bus::ChannelInfo {
             state: bus::ChannelState::Failed { status: u32::MAX },
             class: [0xff; 16],
@@ -431,7 +557,43 @@ mod tests {
             vmbus_version: u32::MAX,
             generation: u32::MAX,
         });
-        assert!(postcard::to_allocvec(&info).unwrap().len() <= component_api::MAX_MESSAGE);
+        assert!(framed::<bus::Bus, _>(&info).is_some());
+    }
+
+    #[test]
+    fn a_request_sent_to_the_wrong_server_is_refused_not_misread() {
+        use component_api::{decode_request, protocol::encode, Refusal};
+        // Untagged, the bus's `Device { index: 3 }` reads as synic's `Status`.
+        let device = bus::Request::Device { index: 3 };
+        let raw = postcard::to_allocvec(&device).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<synic::Request>(&raw).unwrap(),
+            synic::Request::Status
+        );
+        let mut buffer = [0u8; 64];
+        let used = encode::<bus::Bus, _>(&mut buffer, &device).unwrap();
+        assert_eq!(
+            decode_request::<synic::Synic>(&buffer[..used]),
+            Err(Refusal::WRONG_PROTOCOL)
+        );
+        assert_eq!(decode_request::<bus::Bus>(&buffer[..used]), Ok(device));
+    }
+
+    #[test]
+    fn every_protocol_has_its_own_tag() {
+        let tags = [
+            hypervisor::Hypervisor::TAG,
+            synic::Synic::TAG,
+            bus::Bus::TAG,
+            shutdown::Shutdown::TAG,
+            timesync::TimeSync::TAG,
+            kvp::Kvp::TAG,
+        ];
+        for (i, a) in tags.iter().enumerate() {
+            for b in &tags[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ const EXPECTED: &[&str] = &[
     "[producer] streaming 2000 messages",
     "[consumer] protected call: 40 + 2 = 42",
     "[consumer] malformed call refused by the server",
+    "[consumer] call of another protocol refused by the server",
     "[faulter] started: data word 7, bss word 0",
     "[faulter] writing to my read-only region",
     "[supervisor] faulter faulted: write at 0x",

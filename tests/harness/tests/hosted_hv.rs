@@ -18,7 +18,7 @@ const VECTOR: u8 = 0x30;
 
 fn hv(guest: &mut Double, request: Request) -> Result<Reply, CallError> {
     let channel = guest.channel("hypervisor");
-    call(guest.env(), channel, &request)
+    call::<vmbus_ipc::hypervisor::Hypervisor>(guest.env(), channel, &request)
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn unload_closes_every_channel_and_powers_off_with_the_clients_code() {
     wait_all_open(&harness, 4);
     let from = harness.system().output().len();
     let channel = client.channel("vmbus");
-    let reply: vmbus_ipc::bus::Reply = component_api::call(
+    let reply = component_api::call::<vmbus_ipc::bus::Bus>(
         client.env(),
         channel,
         &vmbus_ipc::bus::Request::Unload {

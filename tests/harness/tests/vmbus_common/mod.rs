@@ -143,7 +143,7 @@ fn kvp_answer(harness: &Harness, key: &str, from: usize) -> (u32, String) {
 /// One row of the status view, through `bus::Request::Device`.
 pub fn device_row(client: &mut Double, index: u8) -> Result<bus::Reply, CallError> {
     let channel = client.channel("vmbus");
-    call(client.env(), channel, &bus::Request::Device { index })
+    call::<bus::Bus>(client.env(), channel, &bus::Request::Device { index })
 }
 
 /// Every row of the status view.
@@ -161,12 +161,13 @@ pub fn device_rows(client: &mut Double) -> Vec<bus::DeviceStatus> {
 
 pub fn time_now(client: &mut Double) -> timesync::Reply {
     let channel = client.channel("timesync");
-    call(client.env(), channel, &timesync::Request::Now).expect("the time service answers")
+    call::<timesync::TimeSync>(client.env(), channel, &timesync::Request::Now)
+        .expect("the time service answers")
 }
 
 pub fn kvp_call(client: &mut Double, request: kvp::Request) -> Result<kvp::Reply, CallError> {
     let channel = client.channel("kvp");
-    call(client.env(), channel, &request)
+    call::<kvp::Kvp>(client.env(), channel, &request)
 }
 
 pub fn text<const N: usize>(text: &str) -> heapless::String<N> {
