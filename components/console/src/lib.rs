@@ -3,7 +3,7 @@
 //! Owns the COM1 UART (IO ports 0x3f8..0x400, IRQ 4) and nothing else. Every
 //! other component reaches it by a protected call on its end named
 //! `console`; the message is text, printed after the caller's name (the
-//! name of the channel end here, from `system.toml`), one prefix per line.
+//! calling component, the generated `Caller`), one prefix per line.
 //!
 //! Trusts: nothing in messages: invalid UTF-8 is printed replaced, control
 //! characters other than newline and tab are dropped. Writes: the UART.
@@ -13,7 +13,7 @@
 //! on every boot.
 #![no_std]
 
-use component_api::{name_of, Channel, ChannelSet, Component, Env, Refusal};
+use component_api::{Channel, ChannelSet, Component, Env, Refusal};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
@@ -55,8 +55,9 @@ fn put_str(env: &mut dyn Env, text: &str) {
     }
 }
 
+/// The calling component's name (the generated `Caller` of the channel).
 fn channel_name(channel: Channel) -> &'static str {
-    name_of(CHANNEL_NAMES, channel)
+    Caller::on(channel).map_or("?", Caller::name)
 }
 
 impl Console {

@@ -7,7 +7,7 @@
 //! Writes: the queue's head and its "signal me" flag.
 #![no_std]
 
-use component_api::{call, println, CallError, ChannelSet, Component, Env, Refusal};
+use component_api::{println, CallError, ChannelSet, Component, Env, Refusal};
 use demo_producer::stream;
 use demo_server::protocol::{Demo, Reply, Request};
 use spsc_queue::Consumer as QueueConsumer;
@@ -83,7 +83,7 @@ impl Consumer {
             messages: self.received,
             checksum: self.checksum,
         };
-        match call::<Demo>(env, channels::SERVER, &record) {
+        match channels::SERVER.call(env, &record) {
             Ok(Reply::Recorded { calls_served }) => {
                 println!(
                     env,
@@ -98,7 +98,7 @@ impl Consumer {
 
 impl Component for Consumer {
     fn init(env: &mut dyn Env) -> Self {
-        match call::<Demo>(env, channels::SERVER, &Request::Add { a: 40, b: 2 }) {
+        match channels::SERVER.call(env, &Request::Add { a: 40, b: 2 }) {
             Ok(Reply::Sum(sum)) => println!(env, "protected call: 40 + 2 = {sum}"),
             other => println!(env, "protected call failed: {other:?}"),
         }
@@ -108,13 +108,13 @@ impl Component for Consumer {
         let used =
             component_api::protocol::encode::<Demo, _>(&mut message, &0xffff_ffffu32).unwrap_or(0);
         let mut reply = [0u8; 8];
-        match env.ppcall(channels::SERVER, &message[..used], &mut reply) {
+        match env.ppcall(channels::SERVER.channel(), &message[..used], &mut reply) {
             Err(CallError::Refused(code)) if code == Refusal::MALFORMED.0 => {
                 println!(env, "malformed call refused by the server")
             }
             other => println!(env, "malformed call NOT refused: {other:?}"),
         }
-        match env.ppcall(channels::SERVER, &[0xff, 0xff, 0xff], &mut reply) {
+        match env.ppcall(channels::SERVER.channel(), &[0xff, 0xff, 0xff], &mut reply) {
             Err(CallError::Refused(code)) if code == Refusal::WRONG_PROTOCOL.0 => {
                 println!(env, "call of another protocol refused by the server")
             }

@@ -4,10 +4,11 @@
 //! records the consumer's final tally. Malformed messages are refused, not
 //! trusted. Writes: nothing but its replies and console lines.
 #![no_std]
+// The generated ids name the protocol by its path from anywhere,
+// `demo_server::protocol::Demo`, this crate included.
+extern crate self as demo_server;
 
-use component_api::{
-    decode_request, encode_reply, println, Channel, ChannelSet, Component, Env, Refusal,
-};
+use component_api::{println, Channel, ChannelSet, Component, Env, Refusal};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
@@ -44,7 +45,7 @@ pub mod protocol {
     }
 }
 
-use protocol::{Demo, Reply, Request};
+use protocol::{Reply, Request};
 
 pub struct Server {
     calls_served: u32,
@@ -65,23 +66,22 @@ impl Component for Server {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        if channel != channels::CONSUMER {
-            return Err(Refusal::NOT_SERVED);
-        }
-        let request = decode_request::<Demo>(message)?;
-        self.calls_served += 1;
-        let answer = match request {
-            Request::Add { a, b } => Reply::Sum(a as u64 + b as u64),
-            Request::Record { messages, checksum } => {
-                println!(
-                    env,
-                    "recorded {messages} messages, checksum {checksum:#018x}"
-                );
-                Reply::Recorded {
-                    calls_served: self.calls_served,
+        // Only the consumer calls us (the generated `serve::demo` refuses
+        // every other channel, and messages of another protocol).
+        serve::demo(channel, message, reply, |Caller::Consumer, request| {
+            self.calls_served += 1;
+            Ok(match request {
+                Request::Add { a, b } => Reply::Sum(a as u64 + b as u64),
+                Request::Record { messages, checksum } => {
+                    println!(
+                        env,
+                        "recorded {messages} messages, checksum {checksum:#018x}"
+                    );
+                    Reply::Recorded {
+                        calls_served: self.calls_served,
+                    }
                 }
-            }
-        };
-        encode_reply::<Demo>(reply, &answer)
+            })
+        })
     }
 }

@@ -19,7 +19,7 @@
 //! KVP service, its own pairs in the guest pool.
 #![no_std]
 
-use component_api::{call, println, ChannelSet, Component, Env};
+use component_api::{println, ChannelSet, Component, Env};
 use vmbus_ipc::{bus, kvp, shutdown, timesync};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -50,7 +50,7 @@ fn set_pair(env: &mut dyn Env, key: &str, value: &str) {
         key: wire_key,
         value: wire_value,
     };
-    match call::<kvp::Kvp>(env, channels::KVP, &request) {
+    match channels::KVP.call(env, &request) {
         Ok(kvp::Reply::Done) => {}
         other => println!(env, "kvp set {key}: {other:?}"),
     }
@@ -59,7 +59,7 @@ fn set_pair(env: &mut dyn Env, key: &str, value: &str) {
 impl Client {
     /// Print the time and the host's KVP pairs.
     pub fn report(&mut self, env: &mut dyn Env) {
-        match call::<timesync::TimeSync>(env, channels::TIMESYNC, &timesync::Request::Now) {
+        match channels::TIMESYNC.call(env, &timesync::Request::Now) {
             Ok(timesync::Reply::Time {
                 now_100ns_since_1601,
                 samples,
@@ -77,7 +77,7 @@ impl Client {
                 pool: kvp::POOL_EXTERNAL,
                 index,
             };
-            match call::<kvp::Kvp>(env, channels::KVP, &request) {
+            match channels::KVP.call(env, &request) {
                 Ok(kvp::Reply::Pair { key, value }) => {
                     println!(env, "kvp from host: {key} = {value}")
                 }
@@ -112,11 +112,7 @@ impl Client {
         if self.unloading {
             return;
         }
-        let pending = match call::<shutdown::Shutdown>(
-            env,
-            channels::SHUTDOWN,
-            &shutdown::Request::Pending,
-        ) {
+        let pending = match channels::SHUTDOWN.call(env, &shutdown::Request::Pending) {
             Ok(reply) => reply,
             Err(error) => {
                 println!(env, "shutdown service: {error:?}");
@@ -141,7 +137,7 @@ impl Client {
         let request = bus::Request::Unload {
             power_off_code: Some(0),
         };
-        match call::<bus::Bus>(env, channels::VMBUS, &request) {
+        match channels::VMBUS.call(env, &request) {
             Ok(bus::Reply::Accepted) => {}
             other => {
                 println!(env, "vmbus refused the unload: {other:?}");

@@ -32,8 +32,7 @@
 #![no_std]
 
 use component_api::{
-    call, decode_request, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,
-    Component, Env, Refusal, Region,
+    id_named, println, CallError, Channel, ChannelSet, Component, Env, Refusal, Region,
 };
 use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
@@ -42,8 +41,8 @@ use hyperv_defs::{
     SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
 };
 use spsc_queue::{Producer, QueueError};
-use vmbus_ipc::hypervisor::{self, Hypervisor};
-use vmbus_ipc::synic::{Reply, Request, Status, Synic as SynicProtocol};
+use vmbus_ipc::hypervisor;
+use vmbus_ipc::synic::{Reply, Request, Status};
 use zerocopy::IntoBytes;
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -109,10 +108,6 @@ fn channel_named(name: &str) -> Option<Channel> {
     id_named(CHANNEL_NAMES, name)
 }
 
-fn channel_name(channel: Channel) -> &'static str {
-    name_of(CHANNEL_NAMES, channel)
-}
-
 /// The channel ends of a VSC by its name: `<vsc>` (notify) and
 /// `<vsc>_call` (its calls). `vmbus` has the same pair of names but is no
 /// VSC; our other ends (`hypervisor`, `console`) have no `_call` twin.
@@ -126,13 +121,6 @@ fn vsc_channels(name: &str) -> Option<(Channel, Channel)> {
     Some((channel_named(name)?, channel_named(&call_name)?))
 }
 
-fn is_vsc_caller(channel: Channel) -> bool {
-    let name = channel_name(channel);
-    name.strip_suffix("_call")
-        .and_then(vsc_channels)
-        .is_some_and(|(_, caller)| caller == channel)
-}
-
 /// Why a hypervisor request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum HvError {
@@ -142,7 +130,7 @@ enum HvError {
 }
 
 fn hypervisor_call(env: &mut dyn Env, request: hypervisor::Request) -> Result<u64, HvError> {
-    match call::<Hypervisor>(env, channels::HYPERVISOR, &request) {
+    match channels::HYPERVISOR.call(env, &request) {
         Ok(hypervisor::Reply::Value(value)) => Ok(value),
         Ok(hypervisor::Reply::Done) => Ok(0),
         Ok(hypervisor::Reply::GeneralProtection) => Err(HvError::GeneralProtection),
@@ -541,19 +529,16 @@ impl Synic {
     fn handle(
         &mut self,
         env: &mut dyn Env,
-        channel: Channel,
+        caller: Caller,
         request: Request,
     ) -> Result<Reply, Refusal> {
-        let from_vmbus = channel == channels::VMBUS_CALL;
+        // Who may ask for what was checked before this, in one place
+        // (`serve::synic`, from the description's `allow`); which
+        // connection a VSC may signal is a binding, checked here.
         match request {
-            Request::SignalHost { connection_id } if is_vsc_caller(channel) => {
-                self.signal_host(env, channel, connection_id)
+            Request::SignalHost { connection_id } => {
+                self.signal_host(env, caller.channel(), connection_id)
             }
-            Request::SignalHost { .. } => {
-                self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
-                Err(Refusal::DENIED)
-            }
-            _ if !from_vmbus => Err(Refusal::DENIED),
             Request::PostMessage {
                 connection_id,
                 payload,
@@ -606,9 +591,9 @@ impl Component for Synic {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request = decode_request::<SynicProtocol>(message)?;
-        let answer = self.handle(env, channel, request)?;
-        encode_reply::<SynicProtocol>(reply, &answer)
+        serve::synic(channel, message, reply, |caller, request| {
+            self.handle(env, caller, request)
+        })
     }
 }
 

@@ -43,8 +43,8 @@
 mod status;
 
 use component_api::{
-    call, decode_request, encode_reply, id_named, println, Channel, ChannelSet, Child, Component,
-    Env, Fault, Refusal, Region, RegionName,
+    id_named, println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, Region,
+    RegionName,
 };
 use heapless::{Deque, Vec};
 use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
@@ -254,7 +254,7 @@ fn post_now(env: &mut dyn Env, connection_id: u32, bytes: &[u8]) -> Result<(), P
         connection_id,
         payload,
     };
-    match call::<synic::Synic>(env, channels::SYNIC_CALL, &request) {
+    match channels::SYNIC_CALL.call(env, &request) {
         Ok(synic::Reply::Done) => Ok(()),
         Ok(synic::Reply::HypercallFailed { status }) => Err(PostError::Hypercall(status)),
         Ok(_) => Err(PostError::Unexpected),
@@ -964,7 +964,7 @@ impl Vmbus {
         // Closing: undo in reverse order, each step confirmed.
         if channel.bound {
             let unbind = synic::Request::Unbind { relid };
-            if let Err(error) = call::<synic::Synic>(env, channels::SYNIC_CALL, &unbind) {
+            if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
                 println!(env, "unbinding relid {} failed: {:?}", relid, error);
             }
             self.channel_mut(d).bound = false;
@@ -1109,7 +1109,7 @@ impl Vmbus {
             connection_id,
             driver: heapless::String::try_from(name).unwrap_or_default(),
         };
-        match call::<synic::Synic>(env, channels::SYNIC_CALL, &request) {
+        match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) => {
                 self.channel_mut(d).bound = true;
                 let now = env.now_ns();
@@ -1410,7 +1410,7 @@ impl Vmbus {
         let rows = (0..self.device_count()).filter_map(|i| self.device_status(i));
         status::print(env, self.version, rows);
         if let Ok(synic::Reply::Status(counters)) =
-            call::<synic::Synic>(env, channels::SYNIC_CALL, &synic::Request::Status)
+            channels::SYNIC_CALL.call(env, &synic::Request::Status)
         {
             println!(
                 env,
@@ -1429,19 +1429,21 @@ impl Vmbus {
         );
     }
 
-    fn serve(&mut self, env: &mut dyn Env, channel: Channel, request: bus::Request) -> bus::Reply {
-        let driver = self.drivers.iter().position(|d| d.wiring.call == channel);
+    fn serve(&mut self, env: &mut dyn Env, caller: Caller, request: bus::Request) -> bus::Reply {
+        let driver = self
+            .drivers
+            .iter()
+            .position(|d| d.wiring.call == caller.channel());
         let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
         match (request, driver) {
             (bus::Request::Device { index }, _) => match self.device_status(index as usize) {
                 Some(row) => bus::Reply::Device(row),
                 None => bus::Reply::NoSuchDevice,
             },
-            (bus::Request::Unload { power_off_code }, None) => {
+            (bus::Request::Unload { power_off_code }, _) => {
                 self.start_unload(env, power_off_code);
                 bus::Reply::Accepted
             }
-            (bus::Request::Unload { .. }, Some(_)) => bus::Reply::Refused(bus::Refusal::NotADriver),
             (_, None) => bus::Reply::Refused(bus::Refusal::NotADriver),
             (bus::Request::Query, Some(d)) => bus::Reply::Channel(self.channel_info(d)),
             (bus::Request::ReportVersions { framework, message }, Some(d)) => {
@@ -1568,13 +1570,14 @@ impl Component for Vmbus {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request = decode_request::<bus::Bus>(message)?;
-        // Host messages may be waiting behind this call: take them first so
-        // the answer reflects the latest state.
-        self.drain_queue(env);
-        let answer = self.serve(env, channel, request);
-        self.finish_event(env);
-        encode_reply::<bus::Bus>(reply, &answer)
+        serve::bus(channel, message, reply, |caller, request| {
+            // Host messages may be waiting behind this call: take them
+            // first so the answer reflects the latest state.
+            self.drain_queue(env);
+            let answer = self.serve(env, caller, request);
+            self.finish_event(env);
+            Ok(answer)
+        })
     }
 
     fn fault(&mut self, env: &mut dyn Env, child: Child, fault: Fault) {

@@ -33,13 +33,12 @@
 pub mod persist;
 pub mod store;
 
-use component_api::{decode_request, encode_reply, println, Env, Refusal};
+use component_api::{println, Channel, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use persist::{Loaded, Persistence};
 use store::{Store, StoreError};
 use vmbus_ipc::kvp::{
-    Kvp as KvpProtocol, Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL,
-    POOL_EXTERNAL, POOL_GUEST,
+    Reply, Request, MAX_KEY, MAX_VALUE, POOL_AUTO, POOL_AUTO_EXTERNAL, POOL_EXTERNAL, POOL_GUEST,
 };
 use vmbus_protocol::ic::{
     self, kvp_operation, read_body, IcVersion, KvpDeleteMessage, KvpEnumerateMessage,
@@ -48,7 +47,7 @@ use vmbus_protocol::ic::{
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
+pub const IDS: ChannelIds = ic_channel::driver_ids!();
 
 /// KVP status codes (HRESULTs as Hyper-V's KVP uses them).
 pub mod status {
@@ -401,12 +400,13 @@ impl DriverService for KvpService {
     fn serve_client(
         &mut self,
         env: &mut dyn Env,
+        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        let request = decode_request::<KvpProtocol>(message)?;
-        let answer = self.serve(env, &request);
-        encode_reply::<KvpProtocol>(reply, &answer)
+        serve::kvp(channel, message, reply, |_, request| {
+            Ok(self.serve(env, &request))
+        })
     }
 }
 

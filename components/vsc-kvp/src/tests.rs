@@ -610,7 +610,7 @@ fn client_delete_and_garbage_calls() {
         Err(Refusal::WRONG_PROTOCOL)
     );
     assert_eq!(
-        component.protected(&mut env, channels::VMBUS, &[0], &mut reply),
+        component.protected(&mut env, channels::VMBUS.channel(), &[0], &mut reply),
         Err(Refusal::NOT_SERVED)
     );
 }

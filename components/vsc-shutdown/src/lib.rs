@@ -19,16 +19,16 @@
 //! console, the `client_event` notification.
 #![no_std]
 
-use component_api::{decode_request, encode_reply, println, Env, Refusal};
+use component_api::{println, Channel, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
-use vmbus_ipc::shutdown::{Kind, Reply, Request, Shutdown as ShutdownProtocol};
+use vmbus_ipc::shutdown::{Kind, Reply, Request};
 use vmbus_protocol::ic::{
     self, shutdown_flags, IcVersion, ShutdownMessage, STATUS_FAIL, STATUS_OK,
 };
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
+pub const IDS: ChannelIds = ic_channel::driver_ids!();
 
 /// The reason text as the client gets it.
 pub type Reason = heapless::String<64>;
@@ -127,15 +127,13 @@ impl DriverService for ShutdownService {
     fn serve_client(
         &mut self,
         _env: &mut dyn Env,
+        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        match decode_request::<ShutdownProtocol>(message)? {
-            Request::Pending => encode_reply::<ShutdownProtocol>(
-                reply,
-                &self.pending.clone().unwrap_or(Reply::None),
-            ),
-        }
+        serve::shutdown(channel, message, reply, |_, request| match request {
+            Request::Pending => Ok(self.pending.clone().unwrap_or(Reply::None)),
+        })
     }
 }
 
@@ -175,12 +173,13 @@ mod tests {
     }
 
     fn ask(component: &mut Shutdown, env: &mut EnvDouble) -> Reply {
-        let message = env_double::encode_request::<ShutdownProtocol>(&Request::Pending);
+        let message =
+            env_double::encode_request::<vmbus_ipc::shutdown::Shutdown>(&Request::Pending);
         let mut reply = [0u8; 256];
         let len = component
             .protected(env, channels::CLIENT, &message, &mut reply)
             .unwrap();
-        env_double::decode_reply::<ShutdownProtocol>(&reply[..len])
+        env_double::decode_reply::<vmbus_ipc::shutdown::Shutdown>(&reply[..len])
     }
 
     #[test]

@@ -21,16 +21,16 @@
 //! Writes: its own rings, the console.
 #![no_std]
 
-use component_api::{decode_request, encode_reply, println, Env, Refusal};
+use component_api::{println, Channel, Env, Refusal};
 use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};
-use vmbus_ipc::timesync::{civil_time, Reply, Request, TimeSync as TimeSyncProtocol};
+use vmbus_ipc::timesync::{civil_time, Reply, Request};
 use vmbus_protocol::ic::{
     self, read_body, timesync_flags, IcVersion, TimesyncMessage, TimesyncRefMessage, STATUS_OK,
 };
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
-pub const IDS: ChannelIds = ic_channel::driver_ids!(client);
+pub const IDS: ChannelIds = ic_channel::driver_ids!();
 
 /// One console line per this many samples (syncs are always printed).
 pub const LOG_EVERY: u32 = 10;
@@ -119,12 +119,13 @@ impl DriverService for TimesyncService {
     fn serve_client(
         &mut self,
         env: &mut dyn Env,
+        channel: Channel,
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        match decode_request::<TimeSyncProtocol>(message)? {
-            Request::Now => encode_reply::<TimeSyncProtocol>(reply, &self.now(env.now_ns())),
-        }
+        serve::timesync(channel, message, reply, |_, request| match request {
+            Request::Now => Ok(self.now(env.now_ns())),
+        })
     }
 }
 
@@ -167,12 +168,12 @@ mod tests {
     }
 
     fn ask(component: &mut Timesync, env: &mut EnvDouble) -> Reply {
-        let message = env_double::encode_request::<TimeSyncProtocol>(&Request::Now);
+        let message = env_double::encode_request::<vmbus_ipc::timesync::TimeSync>(&Request::Now);
         let mut reply = [0u8; 64];
         let len = component
             .protected(env, channels::CLIENT, &message, &mut reply)
             .unwrap();
-        env_double::decode_reply::<TimeSyncProtocol>(&reply[..len])
+        env_double::decode_reply::<vmbus_ipc::timesync::TimeSync>(&reply[..len])
     }
 
     #[test]
@@ -301,7 +302,7 @@ mod tests {
         let (mut env, _host, mut component) = started(&[(4, 0)]);
         let mut reply = [0u8; 16];
         assert_eq!(
-            component.protected(&mut env, channels::VMBUS, &[0], &mut reply),
+            component.protected(&mut env, channels::VMBUS.channel(), &[0], &mut reply),
             Err(Refusal::NOT_SERVED)
         );
         assert_eq!(

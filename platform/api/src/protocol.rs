@@ -213,6 +213,17 @@ pub const fn operation_mask<P: Protocol>(names: &[&str]) -> u64 {
     mask
 }
 
+/// The operations of `P` one caller may use: every operation not in
+/// `restricted` (open to all clients), and those of `granted`.
+pub const fn caller_mask<P: Protocol>(restricted: &[&str], granted: &[&str]) -> u64 {
+    let all = if P::OPERATIONS.len() >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << P::OPERATIONS.len()) - 1
+    };
+    (all & !operation_mask::<P>(restricted)) | operation_mask::<P>(granted)
+}
+
 /// Stops the build unless `P` is the protocol the description calls `name`.
 pub const fn assert_protocol_name<P: Protocol>(name: &str) {
     if !str_eq(P::NAME, name) {

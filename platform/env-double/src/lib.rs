@@ -117,10 +117,10 @@ impl EnvDouble {
     /// Answer protected calls on `channel` with `handler`.
     pub fn on_call(
         &mut self,
-        channel: Channel,
+        channel: impl Into<Channel>,
         handler: impl FnMut(&[u8], &mut [u8]) -> Result<usize, CallError> + 'static,
     ) {
-        self.handlers.insert(channel.0, Box::new(handler));
+        self.handlers.insert(channel.into().0, Box::new(handler));
     }
 
     /// Answer calls of protocol `P` on `channel` (a message of another

@@ -4,7 +4,7 @@
 //! signal the host through synic only when the ring asks for it.
 
 use crate::memory::{split_rings, RegionPart};
-use component_api::{call, println, Channel, Env, RegionName};
+use component_api::{println, Channel, Client, Env, RegionName};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
     self, answer_negotiate, flags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
@@ -40,16 +40,14 @@ pub struct ChannelIds {
     /// The VSC's region `ring` (both rings).
     pub ring: RegionName,
     /// Calls to synic (`synic_call`): SignalHost.
-    pub synic_call: Channel,
+    pub synic_call: Client<synic::Synic>,
     /// Calls to the bus manager (`vmbus`).
-    pub vmbus: Channel,
+    pub vmbus: Client<bus::Bus>,
     /// Notifications from the bus manager (`vmbus_event`): the channel's
     /// state changed.
     pub vmbus_event: Channel,
     /// Notifications from synic (`synic`): the host signalled the channel.
     pub synic: Channel,
-    /// Calls from the driver's client (`client`), for a driver that has one.
-    pub client: Option<Channel>,
 }
 
 /// Why a message was not answered. It is counted and logged; the host
@@ -150,7 +148,7 @@ impl IcChannel {
     /// The bus manager notified us (or we just started): ask where the
     /// channel stands and act on it.
     pub fn on_bus_event<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) {
-        let info = match call::<bus::Bus>(env, self.ids.vmbus, &bus::Request::Query) {
+        let info = match self.ids.vmbus.call(env, &bus::Request::Query) {
             Ok(bus::Reply::Channel(info)) => info,
             Ok(other) => {
                 println!(env, "vmbus answered Query with {other:?}");
@@ -217,7 +215,7 @@ impl IcChannel {
         let request = bus::Request::Open {
             user_data: heapless::Vec::new(),
         };
-        match call::<bus::Bus>(env, self.ids.vmbus, &request) {
+        match self.ids.vmbus.call(env, &request) {
             Ok(bus::Reply::Accepted) => {}
             Ok(other) => println!(env, "vmbus answered Open with {other:?}"),
             Err(error) => println!(env, "vmbus Open failed: {error:?}"),
@@ -381,7 +379,7 @@ impl IcChannel {
             message.1
         );
         let report = bus::Request::ReportVersions { framework, message };
-        match call::<bus::Bus>(env, self.ids.vmbus, &report) {
+        match self.ids.vmbus.call(env, &report) {
             Ok(bus::Reply::Accepted) => {}
             Ok(other) => println!(env, "vmbus answered ReportVersions with {other:?}"),
             Err(error) => println!(env, "vmbus ReportVersions failed: {error:?}"),
@@ -421,7 +419,7 @@ impl IcChannel {
         let request = synic::Request::SignalHost {
             connection_id: self.connection_id,
         };
-        match call::<synic::Synic>(env, self.ids.synic_call, &request) {
+        match self.ids.synic_call.call(env, &request) {
             Ok(synic::Reply::Done) => self.stats.signals += 1,
             other => {
                 self.stats.signal_failures += 1;

@@ -16,13 +16,15 @@ pub trait DriverService: IcService + Default {
     /// region of its own (one that outlives a restart) loads it here.
     fn start(&mut self, _env: &mut dyn Env) {}
 
-    /// Serve one protected call from the driver's client (the `client`
-    /// end of [`ChannelIds`]): decode `message`, write the answer into
+    /// Serve one protected call on `channel` (from a client: the
+    /// generated `serve` function of the driver's protocol tells them
+    /// apart and refuses every other channel): write the answer into
     /// `reply` and return its length. Services without clients keep the
     /// default, which refuses.
     fn serve_client(
         &mut self,
         _env: &mut dyn Env,
+        _channel: Channel,
         _message: &[u8],
         _reply: &mut [u8],
     ) -> Result<usize, Refusal> {
@@ -64,34 +66,23 @@ impl<S: DriverService> Component for IcDriver<S> {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        if S::IDS.client != Some(channel) {
-            return Err(Refusal::NOT_SERVED);
-        }
-        self.service.serve_client(env, message, reply)
+        self.service.serve_client(env, channel, message, reply)
     }
 }
 
 /// The [`ChannelIds`] of an IC driver, from the `regions` and `channels`
 /// modules its build script generates (in scope where this is used). Every
 /// IC driver's description gives its ends the same names: region `ring`,
-/// channels `synic`, `synic_call`, `vmbus`, `vmbus_event` and, for a driver
-/// that serves a client, `client` (`driver_ids!(client)`).
+/// channels `synic`, `synic_call`, `vmbus` and `vmbus_event`.
 #[macro_export]
 macro_rules! driver_ids {
     () => {
-        $crate::driver_ids!(@client None)
-    };
-    (client) => {
-        $crate::driver_ids!(@client Some(channels::CLIENT))
-    };
-    (@client $client:expr) => {
         $crate::ChannelIds {
             ring: regions::RING,
             synic_call: channels::SYNIC_CALL,
             vmbus: channels::VMBUS,
             vmbus_event: channels::VMBUS_EVENT,
             synic: channels::SYNIC,
-            client: $client,
         }
     };
 }
@@ -125,7 +116,7 @@ mod tests {
         assert_eq!(driver.protected(&mut env, CLIENT, &[], &mut reply), Ok(1));
         assert_eq!(reply[0], 1, "the client is told one heartbeat was served");
         assert_eq!(
-            driver.protected(&mut env, IDS.vmbus, &[], &mut reply),
+            driver.protected(&mut env, IDS.vmbus.channel(), &[], &mut reply),
             Err(Refusal::NOT_SERVED)
         );
     }

@@ -2,16 +2,15 @@
 //! and the driver with.
 
 use crate::{body_mut, ChannelIds, DriverService, IcService, Rejection};
-use component_api::{Channel, Env, Refusal, RegionName};
+use component_api::{Channel, Client, Env, Refusal, RegionName};
 use vmbus_protocol::ic::{self, HeartbeatMessage, IcVersion, STATUS_OK};
 
 pub const IDS: ChannelIds = ChannelIds {
     ring: RegionName(0),
     synic: Channel(0),
-    synic_call: Channel(1),
-    vmbus: Channel(2),
+    synic_call: Client::new(Channel(1)),
+    vmbus: Client::new(Channel(2)),
     vmbus_event: Channel(3),
-    client: Some(CLIENT),
 };
 
 /// The client's calls: [`Echo`] answers with the number it served.
@@ -47,9 +46,13 @@ impl DriverService for Echo {
     fn serve_client(
         &mut self,
         _env: &mut dyn Env,
+        channel: Channel,
         _message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
+        if channel != CLIENT {
+            return Err(Refusal::NOT_SERVED);
+        }
         let served = u8::try_from(self.served).unwrap_or(u8::MAX);
         *reply.first_mut().ok_or(Refusal::MALFORMED)? = served;
         Ok(1)

@@ -1,7 +1,7 @@
 //! Generated identifiers: the constants a component's code uses for its
 //! channel ends, IRQs, regions, IO ports and children.
 
-use crate::{compile_file, description_search_list, find_workspace_root, SystemLayout};
+use crate::{describe_file, description_search_list, find_workspace_root, Description};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use system_layout::ChannelKind;
@@ -10,9 +10,24 @@ fn constant_name(name: &str) -> String {
     name.to_ascii_uppercase()
 }
 
+/// `snake_case` -> `CamelCase`.
+fn type_name(name: &str) -> String {
+    name.split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
 /// The Rust source of the identifier module for `component`, or `None` if
 /// the description has no such component.
-pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
+pub fn generate_ids(description: &Description, component: &str) -> Option<String> {
+    let layout = &description.layout;
+    let contracts = &description.contracts;
     let index = layout.component_index(component)?;
     let me = &layout.components[index];
     let mut out = String::new();
@@ -40,15 +55,49 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
             ChannelKind::CallClient => format!("protected calls to `{peer}`"),
             ChannelKind::CallServer => format!("protected calls from `{peer}`"),
         };
-        let _ = writeln!(out, "    /// {what}");
-        let _ = writeln!(
-            out,
-            "    pub const {}: Channel = Channel({});",
-            constant_name(&end.name),
-            end.id
-        );
+        match (end.kind, contracts.protocol_of(index, end.id)) {
+            (ChannelKind::CallClient, Some(protocol)) => {
+                let _ = writeln!(out, "    /// {what}, protocol `{}`", protocol.name);
+                let _ = writeln!(
+                    out,
+                    "    pub const {}: component_api::Client<{}> = component_api::Client::new(Channel({}));",
+                    constant_name(&end.name),
+                    protocol.rust,
+                    end.id
+                );
+            }
+            (_, protocol) => {
+                let protocol = protocol
+                    .map(|p| format!(", protocol `{}`", p.name))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    /// {what}{protocol}");
+                let _ = writeln!(
+                    out,
+                    "    pub const {}: Channel = Channel({});",
+                    constant_name(&end.name),
+                    end.id
+                );
+            }
+        }
     }
     let _ = writeln!(out, "}}");
+    // The Rust types must be the protocols the description names.
+    let mut named: Vec<usize> = contracts.channel_protocols[index]
+        .iter()
+        .map(|(_, p)| *p)
+        .chain(contracts.serves[index].iter().copied())
+        .collect();
+    named.sort();
+    named.dedup();
+    for protocol in &named {
+        let protocol = &contracts.protocols[*protocol];
+        let _ = writeln!(
+            out,
+            "const _: () = component_api::protocol::assert_protocol_name::<{}>({:?});",
+            protocol.rust, protocol.name
+        );
+    }
+    generate_callers(&mut out, description, index);
 
     let _ = writeln!(
         out,
@@ -205,6 +254,152 @@ pub fn generate_ids(layout: &SystemLayout, component: &str) -> Option<String> {
     Some(out)
 }
 
+/// The `Caller` enum (who calls this component, by the calling component)
+/// and, per protocol the component serves, a `serve` function that maps
+/// the channel to the caller, refuses a message of another protocol or
+/// version, refuses an operation the description does not allow that
+/// caller, and encodes the reply.
+fn generate_callers(out: &mut String, description: &Description, index: usize) {
+    let layout = &description.layout;
+    let contracts = &description.contracts;
+    let me = &layout.components[index];
+    let servers: Vec<_> = me
+        .channels
+        .iter()
+        .filter(|end| end.kind == ChannelKind::CallServer)
+        .collect();
+    if servers.is_empty() {
+        return;
+    }
+    let caller_name =
+        |end: &system_layout::ChannelEnd| type_name(&layout.components[end.peer as usize].name);
+    let _ = writeln!(
+        out,
+        "/// The components that call this one (one call channel each)."
+    );
+    let _ = writeln!(
+        out,
+        "#[allow(dead_code)]\n#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]\npub enum Caller {{"
+    );
+    for end in &servers {
+        let protocol = contracts
+            .protocol_of(index, end.id)
+            .map(|p| format!(", protocol `{}`", p.name))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    /// `{}`, on our end `{}`{protocol}",
+            layout.components[end.peer as usize].name, end.name
+        );
+        let _ = writeln!(out, "    {},", caller_name(end));
+    }
+    let _ = writeln!(out, "}}");
+    let _ = writeln!(out, "#[allow(dead_code)]\nimpl Caller {{");
+    let _ = writeln!(out, "    pub const ALL: &'static [Caller] = &[");
+    for end in &servers {
+        let _ = writeln!(out, "        Caller::{},", caller_name(end));
+    }
+    let _ = writeln!(out, "    ];");
+    let _ = writeln!(
+        out,
+        "    /// The caller on `channel`, if a component calls us there.\n    pub const fn on(channel: component_api::Channel) -> Option<Caller> {{\n        match channel.0 {{"
+    );
+    for end in &servers {
+        let _ = writeln!(
+            out,
+            "            {} => Some(Caller::{}),",
+            end.id,
+            caller_name(end)
+        );
+    }
+    let _ = writeln!(out, "            _ => None,\n        }}\n    }}");
+    let _ = writeln!(
+        out,
+        "    /// Our end of the caller's channel.\n    pub const fn channel(self) -> component_api::Channel {{\n        match self {{"
+    );
+    for end in &servers {
+        let _ = writeln!(
+            out,
+            "            Caller::{} => component_api::Channel({}),",
+            caller_name(end),
+            end.id
+        );
+    }
+    let _ = writeln!(out, "        }}\n    }}");
+    let _ = writeln!(
+        out,
+        "    /// The calling component's name (for console lines).\n    pub const fn name(self) -> &'static str {{\n        match self {{"
+    );
+    for end in &servers {
+        let _ = writeln!(
+            out,
+            "            Caller::{} => {:?},",
+            caller_name(end),
+            layout.components[end.peer as usize].name
+        );
+    }
+    let _ = writeln!(out, "        }}\n    }}\n}}");
+
+    // One serve function per protocol served here.
+    let mut served: Vec<usize> = contracts.channel_protocols[index]
+        .iter()
+        .filter(|(id, _)| servers.iter().any(|end| end.id == *id))
+        .map(|(_, p)| *p)
+        .collect();
+    served.sort();
+    served.dedup();
+    if served.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "/// Serving the protocols of `system.toml`: one function per protocol."
+    );
+    let _ = writeln!(out, "#[allow(dead_code)]\npub mod serve {{");
+    for protocol_index in served {
+        let protocol = &contracts.protocols[protocol_index];
+        let rust = &protocol.rust;
+        let restricted: Vec<&str> = protocol.allow.iter().map(|(op, _)| op.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "    /// A call of protocol `{}`: the caller, checked against who may use\n    /// each operation, gets `handler`'s reply; anything else is refused.",
+            protocol.name
+        );
+        let _ = writeln!(
+            out,
+            "    pub fn {}(\n        channel: component_api::Channel,\n        message: &[u8],\n        reply: &mut [u8],\n        handler: impl FnOnce(super::Caller, <{rust} as component_api::Protocol>::Request) -> Result<<{rust} as component_api::Protocol>::Reply, component_api::Refusal>,\n    ) -> Result<usize, component_api::Refusal> {{",
+            protocol.name
+        );
+        let _ = writeln!(out, "        let (caller, allowed) = match channel.0 {{");
+        for end in &servers {
+            if contracts.protocol_of(index, end.id).map(|p| &p.name) != Some(&protocol.name) {
+                continue;
+            }
+            let granted: Vec<&str> = protocol
+                .allow
+                .iter()
+                .filter(|(_, callers)| callers.contains(&(end.peer as usize)))
+                .map(|(op, _)| op.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "            {} => (super::Caller::{}, {{ const MASK: u64 = component_api::protocol::caller_mask::<{rust}>(&{restricted:?}, &{granted:?}); MASK }}),",
+                end.id,
+                caller_name(end)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "            _ => return Err(component_api::Refusal::NOT_SERVED),\n        }};"
+        );
+        let _ = writeln!(
+            out,
+            "        let request = component_api::decode_allowed::<{rust}>(message, allowed)?;\n        let answer = handler(caller, request)?;\n        component_api::encode_reply::<{rust}>(reply, &answer)\n    }}"
+        );
+    }
+    let _ = writeln!(out, "}}");
+}
+
 /// The identifiers of `component` from the first description in `list`
 /// that has it. `list` is in priority order: the description being built
 /// first (see `description_search_list`), so a component that serves
@@ -215,8 +410,8 @@ pub fn ids_from_descriptions(list: &[PathBuf], component: &str) -> Result<String
         if !path.is_file() {
             continue;
         }
-        let layout = compile_file(path).map_err(|d| d.to_string())?;
-        if let Some(ids) = generate_ids(&layout, component) {
+        let description = describe_file(path).map_err(|d| d.to_string())?;
+        if let Some(ids) = generate_ids(&description, component) {
             return Ok(ids);
         }
     }

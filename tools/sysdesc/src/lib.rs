@@ -11,6 +11,7 @@
 //! Trusts: nothing in the file. Writes: nothing but what callers ask for.
 
 mod codegen;
+pub mod contracts;
 mod raw;
 mod validate;
 
@@ -18,7 +19,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use codegen::{emit_ids_for_build_script, generate_ids, ids_from_descriptions};
+pub use contracts::Contracts;
 pub use system_layout::SystemLayout;
+
+/// A compiled description: the layout the runtimes consume and the
+/// contracts the generated code and the checks use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    pub layout: SystemLayout,
+    pub contracts: Contracts,
+}
 
 /// One problem found in a description, with its position.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,13 +89,23 @@ impl Source<'_> {
 /// Validate and compile a description given as text. `name` is what
 /// diagnostics call the file.
 pub fn compile_str(name: &str, text: &str) -> Result<SystemLayout, Diagnostics> {
+    describe_str(name, text).map(|d| d.layout)
+}
+
+/// Validate and compile a description file. Diagnostics name it as given.
+pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
+    describe_file(path).map(|d| d.layout)
+}
+
+/// [`compile_str`] with the contracts.
+pub fn describe_str(name: &str, text: &str) -> Result<Description, Diagnostics> {
     let source = Source { name, text };
     let raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
     validate::lower(&source, &raw).map_err(Diagnostics)
 }
 
-/// Validate and compile a description file. Diagnostics name it as given.
-pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
+/// [`compile_file`] with the contracts.
+pub fn describe_file(path: &Path) -> Result<Description, Diagnostics> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|error| {
         Diagnostics(vec![Diagnostic {
@@ -95,7 +115,7 @@ pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
             message: format!("cannot read the file: {error}"),
         }])
     })?;
-    compile_str(&name, &text)
+    describe_str(&name, &text)
 }
 
 /// The descriptions a component's identifiers may come from, in priority

@@ -3,6 +3,7 @@
 
 use crate::{Diagnostic, Source};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use toml::Spanned;
 
 pub type Text = Spanned<String>;
@@ -26,6 +27,19 @@ pub struct RawSystem {
     pub ioport: Vec<Spanned<RawIoPort>>,
     #[serde(default)]
     pub device: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    pub protocol: Vec<Spanned<RawProtocol>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtocol {
+    pub name: Text,
+    /// The Rust type implementing `component_api::Protocol`.
+    pub rust: Text,
+    /// Operation name -> the components that may call it.
+    #[serde(default)]
+    pub allow: BTreeMap<String, Spanned<Vec<Text>>>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +61,9 @@ pub struct RawComponent {
     pub power_off: Option<Spanned<bool>>,
     pub hypervisor: Option<Spanned<bool>>,
     pub simulated_host: Option<Spanned<bool>>,
+    /// The protocols this component's code serves.
+    #[serde(default)]
+    pub serves: Vec<Text>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +96,7 @@ pub struct RawChannel {
 pub struct RawCall {
     pub client: Text,
     pub server: Text,
+    pub protocol: Option<Text>,
 }
 
 #[derive(Deserialize)]

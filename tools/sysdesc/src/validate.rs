@@ -2,8 +2,9 @@
 //! channel ids and virtual addresses assigned. Every problem found is
 //! reported (not only the first), each at the position of the value at fault.
 
+use crate::contracts::{Contracts, ProtocolContract};
 use crate::raw::{RawSystem, Text};
-use crate::{Diagnostic, Source};
+use crate::{Description, Diagnostic, Source};
 use std::collections::HashMap;
 use system_layout::*;
 use toml::Spanned;
@@ -60,7 +61,7 @@ enum LocalEnd {
     Irq { irq: usize },
 }
 
-pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<Diagnostic>> {
+pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Diagnostic>> {
     let mut check = Checker {
         source,
         errors: Vec::new(),
@@ -127,6 +128,72 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
         }
         found
     };
+
+    // Protocols.
+    let mut protocol_index: HashMap<&str, usize> = HashMap::new();
+    for (index, protocol) in raw.protocol.iter().enumerate() {
+        let protocol = protocol.get_ref();
+        if check.check_name(&protocol.name, "protocol") {
+            let name = protocol.name.get_ref().as_str();
+            // The first declaration is the one references find.
+            if protocol_index.contains_key(name) {
+                check.error(
+                    protocol.name.span().start,
+                    format!("duplicate protocol name `{name}`"),
+                );
+            } else {
+                protocol_index.insert(name, index);
+            }
+        }
+        let rust = protocol.rust.get_ref();
+        let is_path = rust.split("::").all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !is_path {
+            check.error(
+                protocol.rust.span().start,
+                format!("`{rust}` is not a Rust type path (like `vmbus_ipc::synic::Synic`)"),
+            );
+        }
+        for operation in protocol.allow.keys() {
+            let valid = operation.starts_with(|c: char| c.is_ascii_lowercase())
+                && operation
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                check.error(
+                    protocol.name.span().start,
+                    format!("operation name `{operation}` must be snake case"),
+                );
+            }
+        }
+    }
+    let lookup_protocol = |check: &mut Checker<'_>, name: &Text| -> Option<usize> {
+        let found = protocol_index.get(name.get_ref().as_str()).copied();
+        if found.is_none() {
+            check.error(
+                name.span().start,
+                format!("no protocol named `{}`", name.get_ref()),
+            );
+        }
+        found
+    };
+    let mut serves: Vec<Vec<usize>> = vec![Vec::new(); raw.component.len()];
+    for (index, component) in raw.component.iter().enumerate() {
+        for name in &component.get_ref().serves {
+            if let Some(protocol) = lookup_protocol(&mut check, name) {
+                if serves[index].contains(&protocol) {
+                    check.error(
+                        name.span().start,
+                        format!("protocol `{}` is listed twice", name.get_ref()),
+                    );
+                } else {
+                    serves[index].push(protocol);
+                }
+            }
+        }
+    }
 
     // Supervision.
     let mut supervisor_of: Vec<Option<usize>> = vec![None; raw.component.len()];
@@ -387,6 +454,10 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
 
     // (kind, [end0, end1]) per channel; for calls end0 is the client.
     let mut channels: Vec<(bool, [EndRef; 2])> = Vec::new();
+    // The protocol of each call channel that names one, by channel index.
+    let mut channel_protocols: HashMap<usize, usize> = HashMap::new();
+    // (server, client) of each call channel, to find a second one.
+    let mut call_pairs: Vec<(usize, usize)> = Vec::new();
     for channel in &raw.channel {
         let offset = channel.span().start;
         let channel = channel.get_ref();
@@ -419,6 +490,36 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
             continue;
         }
         if is_call {
+            if call_pairs.contains(&(second.component, first.component)) {
+                check.error(
+                    first.offset,
+                    format!(
+                        "`{}` already calls `{}`: a server tells its callers apart by component, so one call channel per pair",
+                        raw.component[first.component].get_ref().name.get_ref(),
+                        raw.component[second.component].get_ref().name.get_ref()
+                    ),
+                );
+            }
+            call_pairs.push((second.component, first.component));
+            let protocol_text = channel
+                .call
+                .as_ref()
+                .and_then(|c| c.get_ref().protocol.as_ref());
+            if let Some(text) = protocol_text {
+                if let Some(protocol) = lookup_protocol(&mut check, text) {
+                    if !serves[second.component].contains(&protocol) {
+                        check.error(
+                            text.span().start,
+                            format!(
+                                "`{}` does not serve protocol `{}` (add it to the component's `serves`)",
+                                raw.component[second.component].get_ref().name.get_ref(),
+                                text.get_ref()
+                            ),
+                        );
+                    }
+                    channel_protocols.insert(channels.len(), protocol);
+                }
+            }
             let client = raw.component[first.component].get_ref();
             let server = raw.component[second.component].get_ref();
             if server.priority.get_ref() <= client.priority.get_ref() {
@@ -473,6 +574,37 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
             server.offset,
             "the end named `console` must be the client end of a call channel",
         );
+    }
+
+    // Who may call which operation: each caller named must be a client of
+    // a channel that speaks the protocol.
+    let mut allow: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); raw.protocol.len()];
+    for (index, protocol) in raw.protocol.iter().enumerate() {
+        for (operation, callers) in &protocol.get_ref().allow {
+            let mut granted = Vec::new();
+            for caller in callers.get_ref() {
+                let Some(component) = lookup_component(&mut check, caller) else {
+                    continue;
+                };
+                let calls_it = channels.iter().enumerate().any(|(c, (is_call, ends))| {
+                    *is_call
+                        && ends[0].component == component
+                        && channel_protocols.get(&c) == Some(&index)
+                });
+                if !calls_it {
+                    check.error(
+                        caller.span().start,
+                        format!(
+                            "`{}` has no call channel of protocol `{}`",
+                            caller.get_ref(),
+                            protocol.get_ref().name.get_ref()
+                        ),
+                    );
+                }
+                granted.push(component);
+            }
+            allow[index].push((operation.clone(), granted));
+        }
     }
 
     let mut irq_lines: HashMap<i64, usize> = HashMap::new();
@@ -763,11 +895,48 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<SystemLayout, Vec<D
             }
         })
         .collect();
-    Ok(SystemLayout {
-        version: LAYOUT_VERSION,
-        components,
-        regions,
-        devices,
+    // Protocols by local channel id, per component.
+    let channel_protocol_ids = components
+        .iter()
+        .enumerate()
+        .map(|(index, component)| {
+            component
+                .channels
+                .iter()
+                .filter_map(|end| {
+                    let (channel, _) = local_ends[index].iter().find_map(|(name, e)| match e {
+                        LocalEnd::Channel { channel, side } if *name == end.name => {
+                            Some((*channel, *side))
+                        }
+                        _ => None,
+                    })?;
+                    channel_protocols.get(&channel).map(|p| (end.id, *p))
+                })
+                .collect()
+        })
+        .collect();
+    let contracts = Contracts {
+        protocols: raw
+            .protocol
+            .iter()
+            .zip(allow)
+            .map(|(p, allow)| ProtocolContract {
+                name: p.get_ref().name.get_ref().clone(),
+                rust: p.get_ref().rust.get_ref().clone(),
+                allow,
+            })
+            .collect(),
+        channel_protocols: channel_protocol_ids,
+        serves,
+    };
+    Ok(Description {
+        layout: SystemLayout {
+            version: LAYOUT_VERSION,
+            components,
+            regions,
+            devices,
+        },
+        contracts,
     })
 }
 

@@ -99,8 +99,8 @@ fn a_valid_description_lowers_with_ids_peers_and_addresses() {
 
 #[test]
 fn generated_ids_name_every_end_map_port_and_child() {
-    let layout = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
-    let console = sysdesc::generate_ids(&layout, "console").unwrap();
+    let description = sysdesc::describe_str("system.toml", DESCRIPTION).unwrap();
+    let console = sysdesc::generate_ids(&description, "console").unwrap();
     assert!(
         console.contains("pub const WORKER: Channel = Channel(0);"),
         "{console}"
@@ -113,7 +113,7 @@ fn generated_ids_name_every_end_map_port_and_child() {
         console.contains("pub const COM1: IoPortName = IoPortName(0);"),
         "{console}"
     );
-    let boss = sysdesc::generate_ids(&layout, "boss").unwrap();
+    let boss = sysdesc::generate_ids(&description, "boss").unwrap();
     assert!(
         boss.contains("pub const WORKER_RING: RegionName = RegionName(0);"),
         "{boss}"
@@ -126,7 +126,7 @@ fn generated_ids_name_every_end_map_port_and_child() {
         boss.contains("pub const WORKER: Child = Child(1);"),
         "{boss}"
     );
-    assert!(sysdesc::generate_ids(&layout, "nobody").is_none());
+    assert!(sysdesc::generate_ids(&description, "nobody").is_none());
 }
 
 #[test]
@@ -187,19 +187,20 @@ supervisor = "vmbus"
 class = "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6"
 driver = "kvp"
 "#;
-    let layout = sysdesc::compile_str("system.toml", text).unwrap();
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
     assert!(layout.components[0].hypervisor);
     assert!(!layout.components[1].hypervisor);
     assert_eq!(layout.devices.len(), 1);
     assert_eq!(layout.devices[0].class[0], 0xa9);
     assert_eq!(layout.devices[0].driver, 2);
-    let vmbus = sysdesc::generate_ids(&layout, "vmbus").unwrap();
+    let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
     assert!(vmbus.contains("pub const DEVICES"), "{vmbus}");
     assert!(
         vmbus.contains("\"kvp\", component_api::Child(0)"),
         "{vmbus}"
     );
-    let kvp = sysdesc::generate_ids(&layout, "kvp").unwrap();
+    let kvp = sysdesc::generate_ids(&description, "kvp").unwrap();
     assert!(!kvp.contains("DEVICES"), "{kvp}");
 }
 
@@ -260,7 +261,8 @@ name = "guest_ring"
 
 #[test]
 fn the_simulated_host_maps_every_host_visible_region_and_nothing_else() {
-    let layout = sysdesc::compile_str("system.toml", SIMULATED_HOST).unwrap();
+    let description = sysdesc::describe_str("system.toml", SIMULATED_HOST).unwrap();
+    let layout = &description.layout;
     let host = &layout.components[0];
     let maps: Vec<(&str, &str, bool)> = host
         .maps
@@ -287,7 +289,7 @@ fn the_simulated_host_maps_every_host_visible_region_and_nothing_else() {
     assert!(host.maps[2].vaddr > host.maps[1].vaddr);
     // The guest side is untouched.
     assert_eq!(layout.components[1].maps.len(), 2);
-    let ids = sysdesc::generate_ids(&layout, "hvsim").unwrap();
+    let ids = sysdesc::generate_ids(&description, "hvsim").unwrap();
     assert!(
         ids.contains("pub const SYNIC_PAGES: RegionName = RegionName(2);"),
         "{ids}"
@@ -316,4 +318,72 @@ fn the_simulated_host_cannot_reuse_a_host_visible_region_name_for_another_map() 
         "{errors}"
     );
     assert_eq!(errors.0[0].line, 17, "{errors}");
+}
+
+const CONTRACTS: &str = r#"
+version = 1
+
+[[component]]
+name = "counter"
+package = "counter"
+priority = 20
+serves = ["count"]
+
+[[component]]
+name = "reader"
+package = "reader"
+priority = 10
+
+[[component]]
+name = "admin_tool"
+package = "admin"
+priority = 10
+
+[[protocol]]
+name = "count"
+rust = "demo::Count"
+allow.reset = ["admin_tool"]
+
+[[channel]]
+call = { client = "reader.counter", server = "counter.reader", protocol = "count" }
+
+[[channel]]
+call = { client = "admin_tool.counter", server = "counter.admin", protocol = "count" }
+"#;
+
+#[test]
+fn call_channels_get_typed_handles_and_servers_know_their_callers() {
+    let description = sysdesc::describe_str("system.toml", CONTRACTS).unwrap();
+    let reader = sysdesc::generate_ids(&description, "reader").unwrap();
+    assert!(
+        reader.contains(
+            "pub const COUNTER: component_api::Client<demo::Count> = component_api::Client::new(Channel(0));"
+        ),
+        "{reader}"
+    );
+    assert!(reader.contains("assert_protocol_name::<demo::Count>(\"count\")"));
+    assert!(!reader.contains("enum Caller"), "{reader}");
+    let counter = sysdesc::generate_ids(&description, "counter").unwrap();
+    assert!(counter.contains("pub enum Caller {"), "{counter}");
+    assert!(counter.contains("    Reader,"), "{counter}");
+    assert!(counter.contains("    AdminTool,"), "{counter}");
+    assert!(counter.contains("pub fn count("), "{counter}");
+    // `reset` is restricted to admin_tool: the reader's mask leaves it out.
+    assert!(
+        counter.contains(
+            "0 => (super::Caller::Reader, { const MASK: u64 = component_api::protocol::caller_mask::<demo::Count>(&[\"reset\"], &[]); MASK }),"
+        ),
+        "{counter}"
+    );
+    assert!(
+        counter.contains("caller_mask::<demo::Count>(&[\"reset\"], &[\"reset\"])"),
+        "{counter}"
+    );
+    assert_eq!(
+        description
+            .contracts
+            .protocol_of(0, 0)
+            .map(|p| p.name.as_str()),
+        Some("count")
+    );
 }

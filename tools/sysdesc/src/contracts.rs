@@ -1,0 +1,36 @@
+//! What the description says beyond the runtime layout: the IPC contracts
+//! (which protocol each call channel speaks, who serves it, who may call
+//! which operation). The runtimes never need it; the generated ids and
+//! `cargo xtask check` do.
+
+/// One protocol as the description declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolContract {
+    pub name: String,
+    /// The Rust type implementing `component_api::Protocol`.
+    pub rust: String,
+    /// Operations only some callers may use: (operation, component indices).
+    /// An operation not listed is open to every client of the protocol.
+    pub allow: Vec<(String, Vec<usize>)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contracts {
+    pub protocols: Vec<ProtocolContract>,
+    /// Per component: (local channel id, protocol index) of each call end
+    /// that speaks a protocol.
+    pub channel_protocols: Vec<Vec<(u8, usize)>>,
+    /// Per component: the protocols its code serves.
+    pub serves: Vec<Vec<usize>>,
+}
+
+impl Contracts {
+    /// The protocol the channel end `id` of `component` speaks, if any.
+    pub fn protocol_of(&self, component: usize, id: u8) -> Option<&ProtocolContract> {
+        self.channel_protocols
+            .get(component)?
+            .iter()
+            .find(|(end, _)| *end == id)
+            .map(|(_, protocol)| &self.protocols[*protocol])
+    }
+}
