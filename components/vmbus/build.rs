@@ -1,6 +1,6 @@
-//! The generated ids (channels, regions and REGION_NAMES, children,
-//! DEVICES); the bus manager finds each VSC's ring region by its map name
-//! (`<driver>_ring`) in REGION_NAMES.
+//! The generated ids: channels, regions, children, the `Caller` enum, the
+//! `serve::bus` dispatcher and the `drivers::DRIVERS` table (each VSC's
+//! classes, child, caller, event channel, ring region and ring sizes).
 fn main() {
     sysdesc::emit_ids_for_build_script("vmbus");
 }

@@ -3,8 +3,8 @@
 //! At start it writes a pair into the guest KVP pool (`GuestClient` =
 //! `ready`, for the host to enumerate) and prints the time and the pairs
 //! the host gave us. Then it is driven by notifications only (it never
-//! sleeps or polls): on `timesync_event`, when the description has it (a
-//! tick after each host time sample), it prints the time and the host's
+//! sleeps or polls): on `timesync_event` (a tick after each host time
+//! sample), it prints the time and the host's
 //! pairs again and counts the ticks in the guest pool (`GuestClientTicks`,
 //! and `GuestClient` again, in case a restarted KVP driver found its
 //! saved pools corrupt and started empty);
@@ -162,7 +162,6 @@ impl Component for Client {
     }
 
     fn notified(&mut self, env: &mut dyn Env, set: ChannelSet) {
-        #[cfg(timesync_event)]
         if set.contains(channels::TIMESYNC_EVENT) && !self.unloading {
             self.tick(env);
         }
@@ -303,7 +302,6 @@ mod tests {
             .contains("host asks for PowerOff (\"maintenance\")"));
     }
 
-    #[cfg(timesync_event)]
     #[test]
     fn timesync_ticks_drive_the_reports_until_unloading() {
         let mut env = EnvDouble::new();

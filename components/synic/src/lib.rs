@@ -15,9 +15,11 @@
 //!   its slot until `vmbus` has drained the queue and notified us: nothing
 //!   is dropped.
 //! - It serves `vmbus_ipc::synic::Request`: `PostMessage`, `Bind`, `Unbind`
-//!   and `Status` from `vmbus` (on `vmbus_call`), and `SignalHost` from each
-//!   VSC (on `<vsc>_call`), which it honours only for a connection ID that
-//!   `vmbus` bound to that same VSC.
+//!   and `Status` from `vmbus`, and `SignalHost` from each VSC (who may
+//!   ask for what is the description's `allow`, checked by the generated
+//!   `serve::synic`); it honours `SignalHost` only for a connection ID that
+//!   `vmbus` bound to that same VSC (a `DriverId`: its row of the generated
+//!   `drivers::DRIVERS`).
 //!
 //! What it trusts: `vmbus` for the relid -> VSC table (it is the authority
 //! on channels); the hypervisor's replies as far as the call succeeded.
@@ -31,9 +33,7 @@
 //! hypervisor.
 #![no_std]
 
-use component_api::{
-    id_named, println, CallError, Channel, ChannelSet, Component, Env, Refusal, Region,
-};
+use component_api::{println, CallError, Channel, ChannelSet, Component, Env, Refusal, Region};
 use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
     call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
@@ -81,10 +81,10 @@ const FLAGS_OFFSET: usize = SIEFP_OFFSET + VMBUS_SINT as usize * EVENT_FLAGS_BYT
 struct Binding {
     relid: u32,
     connection_id: u32,
-    /// synic's notify end to the VSC (`<vsc>`).
+    /// synic's notify end to the VSC.
     notify: Channel,
-    /// synic's call end serving the VSC (`<vsc>_call`).
-    caller: Channel,
+    /// The VSC as it calls us.
+    caller: Caller,
 }
 
 /// The synic's resources once it is enabled.
@@ -102,23 +102,6 @@ pub struct Synic {
     /// The last message could not be queued: it waits in its slot until
     /// vmbus drains the queue.
     waiting_for_queue_space: bool,
-}
-
-fn channel_named(name: &str) -> Option<Channel> {
-    id_named(CHANNEL_NAMES, name)
-}
-
-/// The channel ends of a VSC by its name: `<vsc>` (notify) and
-/// `<vsc>_call` (its calls). `vmbus` has the same pair of names but is no
-/// VSC; our other ends (`hypervisor`, `console`) have no `_call` twin.
-fn vsc_channels(name: &str) -> Option<(Channel, Channel)> {
-    if name == "vmbus" || name.is_empty() || name.len() > 26 {
-        return None;
-    }
-    let mut call_name: heapless::String<32> = heapless::String::new();
-    call_name.push_str(name).ok()?;
-    call_name.push_str("_call").ok()?;
-    Some((channel_named(name)?, channel_named(&call_name)?))
 }
 
 /// Why a hypervisor request failed.
@@ -454,7 +437,7 @@ impl Synic {
     fn signal_host(
         &mut self,
         env: &mut dyn Env,
-        caller: Channel,
+        caller: Caller,
         connection_id: u32,
     ) -> Result<Reply, Refusal> {
         let owned = self
@@ -488,15 +471,18 @@ impl Synic {
         env: &mut dyn Env,
         relid: u32,
         connection_id: u32,
-        driver: &str,
+        driver: vmbus_ipc::DriverId,
     ) -> Result<Reply, Refusal> {
-        let Some((notify, caller)) = vsc_channels(driver) else {
+        // The driver table is generated from the description, the same one
+        // the bus manager has: the id is a row of it or refused.
+        let Some(row) = drivers::DRIVERS.iter().find(|row| row.id == driver) else {
             println!(
                 env,
-                "bind of relid {} to unknown VSC {:?} refused", relid, driver
+                "bind of relid {} to unknown driver {} refused", relid, driver.0
             );
             return Err(Refusal::DENIED);
         };
+        let (notify, caller) = (row.notify, row.caller);
         if relid == 0 || relid as usize >= EVENT_WORDS * 32 {
             return Err(Refusal::MALFORMED);
         }
@@ -536,9 +522,7 @@ impl Synic {
         // (`serve::synic`, from the description's `allow`); which
         // connection a VSC may signal is a binding, checked here.
         match request {
-            Request::SignalHost { connection_id } => {
-                self.signal_host(env, caller.channel(), connection_id)
-            }
+            Request::SignalHost { connection_id } => self.signal_host(env, caller, connection_id),
             Request::PostMessage {
                 connection_id,
                 payload,
@@ -547,7 +531,7 @@ impl Synic {
                 relid,
                 connection_id,
                 driver,
-            } => self.bind(env, relid, connection_id, &driver),
+            } => self.bind(env, relid, connection_id, driver),
             Request::Unbind { relid } => {
                 self.bindings.retain(|b| b.relid != relid);
                 Ok(Reply::Done)

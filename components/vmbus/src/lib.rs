@@ -8,13 +8,15 @@
 //!   a VersionResponse that refuses. Later messages go to the host's
 //!   `msg_conn_id` (>= 5.0) or to connection 1.
 //! - Requests offers and matches each offer's class (and instance, if the
-//!   description pins one) to the VSCs `DEVICES` names; unknown classes and
+//!   description pins one) to the classes of each `[[driver]]` (the
+//!   generated `drivers::DRIVERS` table); unknown classes and
 //!   sub-channels are logged and left alone (released if rescinded).
 //! - Runs each VSC's channel: on the VSC's `bus::Request::Open` it builds
-//!   the ring GPADL from the VSC's ring region (`<driver>_ring`: its guest
-//!   physical address and size; GpadlHeader with up to 26 PFNs, GpadlBody
-//!   with up to 28), waits for GpadlCreated, sends OpenChannel (downstream
-//!   offset per `vmbus_ipc::ring_split`), waits for OpenChannelResult, binds
+//!   the ring GPADL from the VSC's ring region (its row of `DRIVERS`: its
+//!   guest physical address and size; GpadlHeader with up to 26 PFNs,
+//!   GpadlBody with up to 28), waits for GpadlCreated, sends OpenChannel
+//!   (downstream offset: the driver's `ring_out` bytes), waits for
+//!   OpenChannelResult, binds
 //!   relid -> VSC at synic and notifies the VSC. Close, rescind at any step,
 //!   offers while running and Unload (then power-off) use the same
 //!   reconciliation: every channel moves towards "open" or "closed" one
@@ -43,8 +45,7 @@
 mod status;
 
 use component_api::{
-    id_named, println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, Region,
-    RegionName,
+    println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, Region, RegionName,
 };
 use heapless::{Deque, Vec};
 use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
@@ -90,20 +91,23 @@ const HV_STATUS_INSUFFICIENT_BUFFERS: u16 = 0x13;
 /// not proceed (no usable ring region, synic refused the binding).
 pub const STATUS_GUEST_FAILURE: u32 = 0xC000_0001;
 
-/// A driver's static wiring: from `DEVICES` and the channel and region
-/// names of the description.
+/// A driver's static wiring: its row of the generated `drivers::DRIVERS`
+/// (from its `[[driver]]` stanza).
 #[derive(Clone, Copy, Debug)]
 struct Wiring {
+    id: vmbus_ipc::DriverId,
     name: &'static str,
-    class: Guid,
-    instance: Option<Guid>,
+    /// (class, instance if only that one) GUIDs it drives.
+    classes: &'static [(Guid, Option<Guid>)],
     child: Child,
-    /// Our call end serving the VSC (`<driver>`).
+    /// Our call end serving the VSC.
     call: Channel,
-    /// Our notify end to the VSC (`<driver>_event`).
+    /// Our notify end to the VSC.
     event: Channel,
-    /// The VSC's ring region as we map it (`<driver>_ring`).
+    /// The VSC's ring region as we map it: out ring, then in ring.
     ring: Option<RegionName>,
+    /// Bytes of the guest-to-host ring (the downstream offset).
+    ring_out_bytes: usize,
 }
 
 /// An offer, copied out and checked.
@@ -215,21 +219,6 @@ pub struct Vmbus {
     touched: u32,
 }
 
-fn channel_named(name: &str) -> Option<Channel> {
-    id_named(CHANNEL_NAMES, name)
-}
-
-fn region_named(name: &str) -> Option<RegionName> {
-    id_named(REGION_NAMES, name)
-}
-
-fn joined(name: &str, suffix: &str) -> heapless::String<48> {
-    let mut out = heapless::String::new();
-    let _ = out.push_str(name);
-    let _ = out.push_str(suffix);
-    out
-}
-
 fn uuid(guid: &Guid) -> uuid::Uuid {
     uuid::Uuid::from_bytes(*guid)
 }
@@ -265,32 +254,18 @@ fn post_now(env: &mut dyn Env, connection_id: u32, bytes: &[u8]) -> Result<(), P
 impl Vmbus {
     fn build(env: &mut dyn Env) -> Vmbus {
         let mut drivers = Vec::new();
-        for (class, instance, name, child) in DEVICES.iter().copied() {
-            let (Some(call_end), Some(event)) =
-                (channel_named(name), channel_named(&joined(name, "_event")))
-            else {
-                println!(
-                    env,
-                    "driver {} has no `{}`/`{}_event` channels: ignored", name, name, name
-                );
-                continue;
-            };
-            let ring = region_named(&joined(name, "_ring"));
-            if ring.is_none() {
-                println!(
-                    env,
-                    "driver {} has no `{}_ring` region: it cannot open", name, name
-                );
-            }
+        for row in drivers::DRIVERS {
+            let name = row.name;
             let driver = Driver {
                 wiring: Wiring {
+                    id: row.id,
                     name,
-                    class,
-                    instance,
-                    child,
-                    call: call_end,
-                    event,
-                    ring,
+                    classes: row.classes,
+                    child: row.child,
+                    call: row.caller.channel(),
+                    event: row.event,
+                    ring: Some(row.ring),
+                    ring_out_bytes: row.ring_out_bytes,
                 },
                 channel: None,
                 next_offer: None,
@@ -674,7 +649,9 @@ impl Vmbus {
             vmbus_protocol::guid::class::name_of(uuid(&offer.class)).unwrap_or("unknown class");
         let sub_channel = message.sub_channel_index.get() != 0;
         let candidate = self.drivers.iter().position(|d| {
-            d.wiring.class == offer.class && d.wiring.instance.is_none_or(|i| i == offer.instance)
+            d.wiring.classes.iter().any(|(class, instance)| {
+                *class == offer.class && instance.is_none_or(|i| i == offer.instance)
+            })
         });
         let unloading = matches!(self.phase, Phase::Unloading { .. });
         match candidate {
@@ -1085,7 +1062,7 @@ impl Vmbus {
             .wiring
             .ring
             .map_or(0, |r| env.region(r).len());
-        let (out_bytes, _) = vmbus_ipc::ring_split(ring_len);
+        let out_bytes = self.drivers[d].wiring.ring_out_bytes.min(ring_len);
         let open_id = self.next_open_id;
         self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
         let channel = self.channel_mut(d);
@@ -1107,7 +1084,7 @@ impl Vmbus {
         let request = synic::Request::Bind {
             relid,
             connection_id,
-            driver: heapless::String::try_from(name).unwrap_or_default(),
+            driver: self.drivers[d].wiring.id,
         };
         match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) => {
@@ -1311,7 +1288,14 @@ impl Vmbus {
         let channel = driver.channel.as_ref();
         ChannelInfo {
             state: self.presented(d),
-            class: channel.map_or(driver.wiring.class, |c| c.offer.class),
+            class: channel.map_or(
+                driver
+                    .wiring
+                    .classes
+                    .first()
+                    .map_or([0; 16], |(class, _)| *class),
+                |c| c.offer.class,
+            ),
             instance: channel.map_or([0; 16], |c| c.offer.instance),
             relid: channel.map_or(0, |c| c.offer.relid),
             connection_id: channel.map_or(0, |c| c.offer.connection_id),

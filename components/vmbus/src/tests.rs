@@ -96,8 +96,13 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     if fake.refuse_binds {
                         return synic::Reply::HypercallFailed { status: 0xFFFF };
                     }
+                    // Named through the table synic has too.
+                    let name = ids::drivers::DRIVERS
+                        .iter()
+                        .find(|row| row.id == driver)
+                        .map_or("?", |row| row.name);
                     fake.bound
-                        .insert(relid, (connection_id, String::from(driver.as_str())));
+                        .insert(relid, (connection_id, String::from(name)));
                     synic::Reply::Done
                 }
                 synic::Request::Unbind { relid } => {

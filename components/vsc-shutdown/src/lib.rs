@@ -3,8 +3,8 @@
 //! The host asks the guest to shut down (or reboot, or hibernate) with a
 //! shutdown message. The channel loop (`ic-channel`) opens the channel,
 //! negotiates framework 3.0/1.0 and shutdown 3.2/3.1/3.0/1.0 and reports
-//! them; this crate answers the request, keeps it, and notifies its client
-//! (`client_event`), which asks on `client` (`shutdown::Request::Pending`)
+//! them; this crate answers the request, keeps it, and notifies its clients
+//! (`driver::CLIENT_EVENTS`), which ask (`shutdown::Request::Pending`)
 //! and gets the kind, force flag and reason. Powering off is the client's
 //! decision (it asks `vmbus` to unload the bus and power off).
 //!
@@ -16,7 +16,7 @@
 //! Trusts: nothing from the host: a short body is rejected; the display
 //! message is read as UTF-16LE or UTF-8 up to its first NUL, control
 //! characters replaced, cut to 64 characters. Writes: its own rings, the
-//! console, the `client_event` notification.
+//! console, the notifications to its clients.
 #![no_std]
 
 use component_api::{println, Channel, Env, Refusal};
@@ -116,7 +116,9 @@ impl IcService for ShutdownService {
             force,
             reason,
         });
-        env.notify(channels::CLIENT_EVENT);
+        for event in driver::CLIENT_EVENTS {
+            env.notify(*event);
+        }
         Ok(STATUS_OK)
     }
 }

@@ -11,8 +11,8 @@
 //! guest time elapsed since. Messages of 4.0 carry the host's reference
 //! time too; it is not needed for this coarse service and is ignored.
 //!
-//! When the description gives it a notify end `client_event`, it notifies
-//! the client after each sample (the client's periodic tick).
+//! It notifies each client (`driver::CLIENT_EVENTS`) after each sample
+//! (the client's periodic tick).
 //!
 //! Trusts: nothing from the host: a body shorter than its version's
 //! message is rejected; a message with neither the sync nor the sample flag
@@ -107,8 +107,9 @@ impl IcService for TimesyncService {
                 civil_time(host_time)
             );
         }
-        #[cfg(client_event)]
-        env.notify(channels::CLIENT_EVENT);
+        for event in driver::CLIENT_EVENTS {
+            env.notify(*event);
+        }
         Ok(STATUS_OK)
     }
 }
@@ -286,7 +287,6 @@ mod tests {
         ));
     }
 
-    #[cfg(client_event)]
     #[test]
     fn each_used_sample_ticks_the_client() {
         let (mut env, mut host, mut component) = started(&[(4, 0)]);

@@ -39,6 +39,9 @@ const REJECT_LOG_EVERY: u32 = 100;
 pub struct ChannelIds {
     /// The VSC's region `ring` (both rings).
     pub ring: RegionName,
+    /// Bytes of the out ring, the first part of `ring` (the rest is the
+    /// in ring).
+    pub ring_out_bytes: usize,
     /// Calls to synic (`synic_call`): SignalHost.
     pub synic_call: Client<synic::Synic>,
     /// Calls to the bus manager (`vmbus`).
@@ -208,7 +211,7 @@ impl IcChannel {
         // The host cannot see the rings before the GPADL exists: start
         // them from zero so no index of an earlier life is trusted.
         let region = env.region(self.ids.ring);
-        if let Ok((out_ring, in_ring)) = split_rings(region) {
+        if let Ok((out_ring, in_ring)) = split_rings(region, self.ids.ring_out_bytes) {
             let _ = reset_control(&out_ring);
             let _ = reset_control(&in_ring);
         }
@@ -224,7 +227,7 @@ impl IcChannel {
 
     fn attach(&mut self, env: &mut dyn Env) {
         let region = env.region(self.ids.ring);
-        let Ok((out_ring, in_ring)) = split_rings(region) else {
+        let Ok((out_ring, in_ring)) = split_rings(region, self.ids.ring_out_bytes) else {
             give_up(env, "the ring region is too small for two rings");
         };
         // Our own indices are read once here; a host that corrupted them

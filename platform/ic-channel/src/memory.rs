@@ -65,9 +65,14 @@ impl RingMemory for RegionPart {
 }
 
 /// The two rings of a VSC's ring region, split as the bus manager tells the
-/// host (`vmbus_ipc::ring_split`): (guest-to-host "out", host-to-guest "in").
-pub fn split_rings(region: Region) -> Result<(RegionPart, RegionPart), MemoryError> {
-    let (out_len, in_len) = vmbus_ipc::ring_split(region.len());
+/// host: the first `out_len` bytes are the guest-to-host ("out") ring, the
+/// rest the host-to-guest ("in") ring (the sizes of the driver's
+/// `[[driver]]` stanza, generated as `driver::RING_OUT_BYTES`).
+pub fn split_rings(
+    region: Region,
+    out_len: usize,
+) -> Result<(RegionPart, RegionPart), MemoryError> {
+    let in_len = region.len().checked_sub(out_len).ok_or(MemoryError)?;
     Ok((
         RegionPart::new(region, 0, out_len)?,
         RegionPart::new(region, out_len, in_len)?,
@@ -84,7 +89,7 @@ mod tests {
     fn parts_stay_inside_their_half() {
         let mut env = EnvDouble::new();
         let name = env.add_region(32768, true);
-        let (out_ring, in_ring) = split_rings(env.region(name)).unwrap();
+        let (out_ring, in_ring) = split_rings(env.region(name), 16384).unwrap();
         assert_eq!(out_ring.data_len(), 12288);
         assert_eq!(in_ring.data_len(), 12288);
         in_ring.write_data(12280, &[7; 8]).unwrap();

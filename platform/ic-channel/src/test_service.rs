@@ -7,6 +7,7 @@ use vmbus_protocol::ic::{self, HeartbeatMessage, IcVersion, STATUS_OK};
 
 pub const IDS: ChannelIds = ChannelIds {
     ring: RegionName(0),
+    ring_out_bytes: crate::testing::RING_REGION_BYTES / 2,
     synic: Channel(0),
     synic_call: Client::new(Channel(1)),
     vmbus: Client::new(Channel(2)),

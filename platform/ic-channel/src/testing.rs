@@ -35,6 +35,8 @@ pub struct TestHost {
     /// Connection ids the VSC asked synic to signal.
     pub signals: Rc<RefCell<Vec<u32>>>,
     ring: component_api::Region,
+    /// Where the in ring starts (the VSC's `ring_out_bytes`).
+    out_len: usize,
     writer: Option<RingWriter<RegionPart>>,
     reader: Option<RingReader<RegionPart>>,
     next_transaction: u64,
@@ -102,6 +104,7 @@ impl TestHost {
             bus,
             signals,
             ring: env.test_view(name),
+            out_len: ids.ring_out_bytes,
             writer: None,
             reader: None,
             next_transaction: 1,
@@ -121,17 +124,17 @@ impl TestHost {
     }
 
     fn writer(&mut self) -> &mut RingWriter<RegionPart> {
-        let ring = self.ring;
+        let (ring, out_len) = (self.ring, self.out_len);
         self.writer.get_or_insert_with(|| {
-            let (_, in_ring) = split_rings(ring).unwrap();
+            let (_, in_ring) = split_rings(ring, out_len).unwrap();
             RingWriter::new(in_ring, false).unwrap()
         })
     }
 
     fn reader(&mut self) -> &mut RingReader<RegionPart> {
-        let ring = self.ring;
+        let (ring, out_len) = (self.ring, self.out_len);
         self.reader.get_or_insert_with(|| {
-            let (out_ring, _) = split_rings(ring).unwrap();
+            let (out_ring, _) = split_rings(ring, out_len).unwrap();
             RingReader::new(out_ring).unwrap()
         })
     }
@@ -157,17 +160,17 @@ impl TestHost {
 
     /// Write raw bytes into the in ring's control page (hostile indices).
     pub fn poke_in_control(&self, offset: usize, value: u32) {
-        let (out_len, _) = vmbus_ipc::ring_split(RING_REGION_BYTES);
         self.ring
-            .write(out_len + offset, &value.to_le_bytes())
+            .write(self.out_len + offset, &value.to_le_bytes())
             .unwrap();
     }
 
     /// Write raw bytes into the in ring's data area (a host rewriting a
     /// packet it already published).
     pub fn poke_in_data(&self, offset: usize, bytes: &[u8]) {
-        let (out_len, _) = vmbus_ipc::ring_split(RING_REGION_BYTES);
-        self.ring.write(out_len + 4096 + offset, bytes).unwrap();
+        self.ring
+            .write(self.out_len + 4096 + offset, bytes)
+            .unwrap();
     }
 
     /// The next answer of the VSC: transaction id and payload.

@@ -40,6 +40,12 @@ pub type Name = String<32>;
 /// A GUID in standard (RFC 4122, big-endian) byte order.
 pub type Guid = [u8; 16];
 
+/// A VMBus driver of the system, by its position among the description's
+/// `[[driver]]`s: the bus manager and synic get the same generated table
+/// (`drivers::DRIVERS`), so this is how they name a driver to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DriverId(pub u8);
+
 /// How a VSC's ring region is split between the two rings: the first half
 /// is the guest-to-host ("out") ring, the second half the host-to-guest
 /// ("in") ring; both start with their 4 KiB control page. The bus manager
@@ -141,12 +147,12 @@ pub mod synic {
             connection_id: u32,
             payload: Vec<u8, MAX_POST_PAYLOAD>,
         },
-        /// vmbus: the events of `relid` go to the VSC `driver` (its channel
-        /// end name at synic), which may then signal `connection_id`.
+        /// vmbus: the events of `relid` go to the VSC `driver`, which may
+        /// then signal `connection_id`.
         Bind {
             relid: u32,
             connection_id: u32,
-            driver: Name,
+            driver: DriverId,
         },
         /// vmbus: forget a relid (rescind, close, restart).
         Unbind { relid: u32 },

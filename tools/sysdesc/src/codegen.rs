@@ -185,33 +185,7 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
     }
     let _ = writeln!(out, "}}");
 
-    // The device table goes to the supervisor of the drivers (the bus
-    // manager): which child drives which VMBus class.
-    let my_devices: Vec<_> = layout
-        .devices
-        .iter()
-        .filter(|d| me.children.contains(&d.driver))
-        .collect();
-    if !my_devices.is_empty() {
-        let _ = writeln!(out, "/// The VMBus devices this component's children drive: (class GUID, instance GUID if only one, driver, the driver as a child). GUIDs in standard byte order.");
-        let _ = write!(
-            out,
-            "#[allow(dead_code)]\npub const DEVICES: &[([u8; 16], Option<[u8; 16]>, &str, component_api::Child)] = &["
-        );
-        for device in my_devices {
-            let child = me
-                .children
-                .iter()
-                .position(|c| *c == device.driver)
-                .unwrap_or(0);
-            let _ = write!(
-                out,
-                "({:?}, {:?}, {:?}, component_api::Child({child})), ",
-                device.class, device.instance, layout.components[device.driver as usize].name
-            );
-        }
-        let _ = writeln!(out, "];");
-    }
+    generate_driver_tables(&mut out, description, index);
     let _ = writeln!(out, "/// Every channel end's name, by channel.");
     let _ = write!(
         out,
@@ -398,6 +372,120 @@ fn generate_callers(out: &mut String, description: &Description, index: usize) {
         );
     }
     let _ = writeln!(out, "}}");
+}
+
+/// The VMBus wiring of `[[driver]]`s, as typed tables: for the bus
+/// manager (`drivers::DRIVERS`: classes, child, caller, event channel, ring
+/// region and ring sizes), for synic (`drivers::DRIVERS`: the notify
+/// channel and the caller), and for each driver (`driver::RING_*_BYTES`,
+/// `driver::CLIENT_EVENTS`). The ends were named by the expansion
+/// (`expand.rs`); code never looks them up by name.
+fn generate_driver_tables(out: &mut String, description: &Description, index: usize) {
+    let layout = &description.layout;
+    let contracts = &description.contracts;
+    let me = &layout.components[index];
+    let end_id = |component: usize, name: &str| {
+        layout.components[component]
+            .channels
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.id)
+            .expect("the expansion named this end")
+    };
+    let type_of = |component: usize| type_name(&layout.components[component].name);
+    if let Some(driver) = contracts.drivers.iter().find(|d| d.component == index) {
+        let _ = writeln!(
+            out,
+            "/// This VMBus driver's wiring (its `[[driver]]` stanza).\n#[allow(dead_code, unused_imports)]\npub mod driver {{\n    use component_api::Channel;"
+        );
+        let _ = writeln!(
+            out,
+            "    /// The host-to-guest ring: the second part of the region `ring`.\n    pub const RING_IN_BYTES: usize = {};",
+            driver.ring_in
+        );
+        let _ = writeln!(
+            out,
+            "    /// The guest-to-host ring: the first part of the region `ring`.\n    pub const RING_OUT_BYTES: usize = {};",
+            driver.ring_out
+        );
+        let events: Vec<String> = driver
+            .clients
+            .iter()
+            .map(|client| {
+                let name = format!("{}_event", layout.components[*client].name);
+                format!("Channel({})", end_id(index, &name))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "    /// Each client's notify channel.\n    pub const CLIENT_EVENTS: &[Channel] = &[{}];\n}}",
+            events.join(", ")
+        );
+    }
+    let Some((manager, synic)) = contracts.vmbus else {
+        return;
+    };
+    if index == manager {
+        let _ = writeln!(
+            out,
+            "/// The VMBus drivers of this bus manager (`[[driver]]`), in driver-id order.\n#[allow(dead_code, unused_imports)]\npub mod drivers {{\n    use component_api::{{Channel, Child, RegionName}};"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region as we map it: out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
+        for (id, driver) in contracts.drivers.iter().enumerate() {
+            let name = &layout.components[driver.component].name;
+            let classes: Vec<String> = layout
+                .devices
+                .iter()
+                .filter(|d| d.driver as usize == driver.component)
+                .map(|d| format!("({:?}, {:?})", d.class, d.instance))
+                .collect();
+            let child = me
+                .children
+                .iter()
+                .position(|c| *c as usize == driver.component)
+                .expect("the manager supervises its drivers");
+            let ring = me
+                .maps
+                .iter()
+                .position(|m| m.name == format!("{name}_ring"))
+                .expect("the expansion maps the ring");
+            let _ = writeln!(
+                out,
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), ring: RegionName({ring}), ring_in_bytes: {}, ring_out_bytes: {} }},",
+                classes.join(", "),
+                type_of(driver.component),
+                end_id(index, &format!("{name}_event")),
+                driver.ring_in,
+                driver.ring_out
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
+    if index == synic {
+        let _ = writeln!(
+            out,
+            "/// The VMBus drivers whose channel events we route (`[[driver]]`), in driver-id order.\n#[allow(dead_code, unused_imports)]\npub mod drivers {{\n    use component_api::Channel;"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// Our notify end to it: its channel's events.\n        pub notify: Channel,\n        /// The driver as it calls us (SignalHost).\n        pub caller: super::Caller,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
+        for (id, driver) in contracts.drivers.iter().enumerate() {
+            let name = &layout.components[driver.component].name;
+            let _ = writeln!(
+                out,
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, notify: Channel({}), caller: super::Caller::{} }},",
+                end_id(index, name),
+                type_of(driver.component)
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
 }
 
 /// The identifiers of `component` from the first description in `list`

@@ -22,6 +22,21 @@ pub struct Contracts {
     pub channel_protocols: Vec<Vec<(u8, usize)>>,
     /// Per component: the protocols its code serves.
     pub serves: Vec<Vec<usize>>,
+    /// The `[[driver]]`s, in driver-id order.
+    pub drivers: Vec<DriverContract>,
+    /// (bus manager, synic) of the `[vmbus]` table.
+    pub vmbus: Option<(usize, usize)>,
+}
+
+/// One VMBus driver (from its `[[driver]]` stanza).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverContract {
+    pub component: usize,
+    /// Bytes of the host-to-guest ring (the second part of its region).
+    pub ring_in: u64,
+    /// Bytes of the guest-to-host ring (the first part of its region).
+    pub ring_out: u64,
+    pub clients: Vec<usize>,
 }
 
 impl Contracts {

@@ -12,6 +12,7 @@
 
 mod codegen;
 pub mod contracts;
+mod expand;
 mod raw;
 mod validate;
 
@@ -100,8 +101,18 @@ pub fn compile_file(path: &Path) -> Result<SystemLayout, Diagnostics> {
 /// [`compile_str`] with the contracts.
 pub fn describe_str(name: &str, text: &str) -> Result<Description, Diagnostics> {
     let source = Source { name, text };
-    let raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
-    validate::lower(&source, &raw).map_err(Diagnostics)
+    let mut raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
+    let mut errors = expand::expand(&source, &mut raw);
+    match validate::lower(&source, &raw) {
+        Ok(description) if errors.is_empty() => Ok(description),
+        Ok(_) => Err(Diagnostics(errors)),
+        Err(more) => {
+            errors.extend(more);
+            errors.sort_by_key(|d| (d.line, d.column));
+            errors.dedup();
+            Err(Diagnostics(errors))
+        }
+    }
 }
 
 /// [`compile_file`] with the contracts.

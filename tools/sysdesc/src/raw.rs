@@ -29,6 +29,42 @@ pub struct RawSystem {
     pub device: Vec<Spanned<RawDevice>>,
     #[serde(default)]
     pub protocol: Vec<Spanned<RawProtocol>>,
+    pub vmbus: Option<Spanned<RawVmbus>>,
+    #[serde(default)]
+    pub driver: Vec<Spanned<RawDriver>>,
+}
+
+/// The components every VMBus driver is wired to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVmbus {
+    /// The bus manager: supervises the drivers and maps their rings.
+    pub manager: Text,
+    /// Routes the drivers' channel events and signals the host for them.
+    pub synic: Text,
+    /// Where the drivers' console output goes, if anywhere.
+    pub console: Option<Text>,
+}
+
+/// One VMBus driver (VSC), expanded by `expand` into its component, ring
+/// region, maps, channels and device entries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDriver {
+    pub name: Text,
+    pub package: Text,
+    pub priority: Number,
+    pub stack_pages: Option<Number>,
+    /// The VMBus class GUIDs it drives.
+    pub classes: Spanned<Vec<Text>>,
+    /// Bytes of the host-to-guest ring, control page included.
+    pub ring_in: Number,
+    /// Bytes of the guest-to-host ring, control page included.
+    pub ring_out: Number,
+    /// The protocol its clients call, if it has clients.
+    pub serves: Option<Text>,
+    #[serde(default)]
+    pub clients: Vec<Text>,
 }
 
 #[derive(Deserialize)]

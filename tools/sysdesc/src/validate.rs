@@ -2,7 +2,7 @@
 //! channel ids and virtual addresses assigned. Every problem found is
 //! reported (not only the first), each at the position of the value at fault.
 
-use crate::contracts::{Contracts, ProtocolContract};
+use crate::contracts::{Contracts, DriverContract, ProtocolContract};
 use crate::raw::{RawSystem, Text};
 use crate::{Description, Diagnostic, Source};
 use std::collections::HashMap;
@@ -18,6 +18,8 @@ pub const MAX_STACK_PAGES: i64 = 64;
 pub const DEFAULT_STACK_PAGES: u16 = 4;
 /// IOAPIC pins on the PC platform.
 pub const MAX_IRQ_LINE: i64 = 23;
+/// In a protocol's `allow` lists: every `[[driver]]`.
+pub const DRIVERS_GROUP: &str = "@drivers";
 
 struct Checker<'a> {
     source: &'a Source<'a>,
@@ -89,11 +91,14 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         let component = component.get_ref();
         if check.check_name(&component.name, "component") {
             let name = component.name.get_ref().as_str();
-            if component_index.insert(name, index).is_some() {
+            // The first declaration is the one references find.
+            if component_index.contains_key(name) {
                 check.error(
                     component.name.span().start,
                     format!("duplicate component name `{name}`"),
                 );
+            } else {
+                component_index.insert(name, index);
             }
         }
         if component.package.get_ref().is_empty() {
@@ -576,6 +581,29 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         );
     }
 
+    // The VMBus drivers and the components they are wired to.
+    let driver_components: Vec<usize> = raw
+        .driver
+        .iter()
+        .filter_map(|d| {
+            component_index
+                .get(d.get_ref().name.get_ref().as_str())
+                .copied()
+        })
+        .collect();
+    let vmbus = raw.vmbus.as_ref().map(|v| {
+        let v = v.get_ref();
+        (
+            lookup_component(&mut check, &v.manager),
+            lookup_component(&mut check, &v.synic),
+            v.console.as_ref().map(|c| lookup_component(&mut check, c)),
+        )
+    });
+    let vmbus = match vmbus {
+        Some((Some(manager), Some(synic), None | Some(Some(_)))) => Some((manager, synic)),
+        _ => None,
+    };
+
     // Who may call which operation: each caller named must be a client of
     // a channel that speaks the protocol.
     let mut allow: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); raw.protocol.len()];
@@ -583,6 +611,14 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         for (operation, callers) in &protocol.get_ref().allow {
             let mut granted = Vec::new();
             for caller in callers.get_ref() {
+                if caller.get_ref() == DRIVERS_GROUP {
+                    for driver in &driver_components {
+                        if !granted.contains(driver) {
+                            granted.push(*driver);
+                        }
+                    }
+                    continue;
+                }
                 let Some(component) = lookup_component(&mut check, caller) else {
                     continue;
                 };
@@ -928,6 +964,25 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             .collect(),
         channel_protocols: channel_protocol_ids,
         serves,
+        drivers: raw
+            .driver
+            .iter()
+            .zip(&driver_components)
+            .map(|(d, component)| {
+                let d = d.get_ref();
+                DriverContract {
+                    component: *component,
+                    ring_in: *d.ring_in.get_ref() as u64,
+                    ring_out: *d.ring_out.get_ref() as u64,
+                    clients: d
+                        .clients
+                        .iter()
+                        .filter_map(|c| component_index.get(c.get_ref().as_str()).copied())
+                        .collect(),
+                }
+            })
+            .collect(),
+        vmbus,
     };
     Ok(Description {
         layout: SystemLayout {

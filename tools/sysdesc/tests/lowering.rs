@@ -162,7 +162,7 @@ fn the_first_description_that_has_the_component_gives_its_ids() {
 }
 
 #[test]
-fn the_bus_manager_gets_the_device_table_of_its_children() {
+fn a_driver_stanza_expands_into_its_wiring_and_typed_tables() {
     let text = r#"
 version = 1
 
@@ -171,37 +171,109 @@ name = "synic"
 package = "synic"
 priority = 230
 hypervisor = true
+serves = ["synic"]
 
 [[component]]
 name = "vmbus"
 package = "vmbus"
 priority = 200
+serves = ["bus"]
 
 [[component]]
+name = "app"
+package = "app"
+priority = 100
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+allow.signal_host = ["@drivers"]
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[[protocol]]
+name = "kvp"
+rust = "vmbus_ipc::kvp::Kvp"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
 name = "kvp"
 package = "vsc-kvp"
 priority = 150
-supervisor = "vmbus"
-
-[[device]]
-class = "a9a0f4e7-5a45-4d96-b827-8a841e8c03e6"
-driver = "kvp"
+classes = ["a9a0f4e7-5a45-4d96-b827-8a841e8c03e6"]
+ring_out = 8192
+ring_in = 24576
+serves = "kvp"
+clients = ["app"]
 "#;
     let description = sysdesc::describe_str("system.toml", text).unwrap();
     let layout = &description.layout;
     assert!(layout.components[0].hypervisor);
-    assert!(!layout.components[1].hypervisor);
+    let kvp = layout.component_index("kvp").unwrap();
+    assert_eq!(layout.components[kvp].supervisor, Some(1));
     assert_eq!(layout.devices.len(), 1);
     assert_eq!(layout.devices[0].class[0], 0xa9);
-    assert_eq!(layout.devices[0].driver, 2);
+    assert_eq!(layout.devices[0].driver as usize, kvp);
+    let ring = layout
+        .regions
+        .iter()
+        .find(|r| r.name == "kvp_ring")
+        .unwrap();
+    assert_eq!((ring.size, ring.host_visible), (32768, true));
+    let ends: Vec<&str> = layout.components[kvp]
+        .channels
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "synic",
+            "synic_call",
+            "vmbus",
+            "vmbus_event",
+            "app",
+            "app_event"
+        ]
+    );
     let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
-    assert!(vmbus.contains("pub const DEVICES"), "{vmbus}");
+    assert!(vmbus.contains("pub const DRIVERS: &[Driver]"), "{vmbus}");
     assert!(
-        vmbus.contains("\"kvp\", component_api::Child(0)"),
+        vmbus.contains("name: \"kvp\", classes: &[([169, 160, 244, 231, 90, 69, 77, 150, 184, 39, 138, 132, 30, 140, 3, 230], None)], child: Child(0), caller: super::Caller::Kvp,"),
         "{vmbus}"
     );
-    let kvp = sysdesc::generate_ids(&description, "kvp").unwrap();
-    assert!(!kvp.contains("DEVICES"), "{kvp}");
+    assert!(
+        vmbus.contains("ring_in_bytes: 24576, ring_out_bytes: 8192"),
+        "{vmbus}"
+    );
+    let synic = sysdesc::generate_ids(&description, "synic").unwrap();
+    assert!(
+        synic.contains("Driver { id: vmbus_ipc::DriverId(0), name: \"kvp\", notify: Channel(0), caller: super::Caller::Kvp }"),
+        "{synic}"
+    );
+    let driver = sysdesc::generate_ids(&description, "kvp").unwrap();
+    assert!(
+        driver.contains("pub const RING_OUT_BYTES: usize = 8192;"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("pub const CLIENT_EVENTS: &[Channel] = &[Channel(5)];"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("pub const RING: RegionName = RegionName(0);"),
+        "{driver}"
+    );
+    let app = sysdesc::generate_ids(&description, "app").unwrap();
+    assert!(
+        app.contains("pub const KVP: component_api::Client<vmbus_ipc::kvp::Kvp>"),
+        "{app}"
+    );
 }
 
 const SIMULATED_HOST: &str = r#"
