@@ -14,6 +14,7 @@ mod codegen;
 pub mod contracts;
 mod expand;
 mod raw;
+mod summary;
 mod validate;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use codegen::{emit_ids_for_build_script, generate_ids, ids_from_descriptions};
 pub use contracts::Contracts;
+pub use summary::summary;
 pub use system_layout::SystemLayout;
 
 /// A compiled description: the layout the runtimes consume and the

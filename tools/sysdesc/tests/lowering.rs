@@ -459,3 +459,28 @@ fn call_channels_get_typed_handles_and_servers_know_their_callers() {
         Some("count")
     );
 }
+
+#[test]
+fn the_summary_says_what_every_component_holds() {
+    let description = sysdesc::describe_str("system.toml", CONTRACTS).unwrap();
+    let summary = sysdesc::summary(&description);
+    assert!(
+        summary.contains(
+            "  channel  reader           serves   <-  reader, protocol count except reset\n"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  channel  admin            serves   <-  admin_tool, protocol count\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  channel  counter          calls     -> counter, protocol count\n"),
+        "{summary}"
+    );
+    assert_eq!(
+        summary.matches("  hypervisor: no\n").count(),
+        3,
+        "{summary}"
+    );
+}
