@@ -809,6 +809,17 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         let (Some(class), Some(driver)) = (class, driver) else {
             continue;
         };
+        if !driver_components.contains(&driver) {
+            // The bus manager's table has the `[[driver]]`s only.
+            check.error(
+                device.driver.span().start,
+                format!(
+                    "`{}` is not a `[[driver]]`: a `[[device]]` adds a class or instance to one",
+                    device.driver.get_ref()
+                ),
+            );
+            continue;
+        }
         let instance = match instance {
             Some(None) => continue,
             Some(Some(instance)) => Some(instance),
