@@ -125,9 +125,51 @@ impl Component for Console {
         env: &mut dyn Env,
         channel: Channel,
         message: &[u8],
-        _reply: &mut [u8],
+        reply: &mut [u8],
     ) -> Result<usize, Refusal> {
-        self.print_from(env, channel, message);
-        Ok(0)
+        serve::console(channel, message, reply, |caller, text| {
+            self.print_from(env, caller.channel(), &text);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use env_double::EnvDouble;
+    use std::vec::Vec;
+
+    /// The bytes written to the UART's transmit register.
+    fn printed(env: &EnvDouble) -> Vec<u8> {
+        env.ioport_writes
+            .iter()
+            .filter(|(port, offset, _, _)| *port == ioports::COM1 && *offset == THR)
+            .map(|(_, _, _, value)| *value as u8)
+            .collect()
+    }
+
+    #[test]
+    fn prints_console_messages_with_the_callers_name_and_refuses_the_rest() {
+        let mut env = EnvDouble::new();
+        env.set_ioport(ioports::COM1, LSR, LSR_THR_EMPTY);
+        let mut console = Console::init(&mut env);
+        env.ioport_writes.clear();
+        let mut message = [0u8; component_api::MAX_MESSAGE];
+        let used = component_api::console::message(&mut message, b"hi\n").unwrap();
+        let mut reply = [0u8; 16];
+        assert_eq!(
+            console.protected(&mut env, channels::CLIENT, &message[..used], &mut reply),
+            Ok(component_api::protocol::HEADER_BYTES),
+            "an empty reply of the console protocol"
+        );
+        assert_eq!(printed(&env), b"[client] hi\r\n");
+        // Untagged text (or another protocol's message) is refused.
+        assert_eq!(
+            console.protected(&mut env, channels::CLIENT, b"hi\n", &mut reply),
+            Err(Refusal::WRONG_PROTOCOL)
+        );
+        assert_eq!(printed(&env).len(), b"[client] hi\r\n".len());
     }
 }

@@ -18,6 +18,7 @@
 //! (`platform/hosted-runtime`), where each component is a Linux process.
 #![no_std]
 
+pub mod console;
 pub mod protocol;
 pub mod region;
 

@@ -535,16 +535,17 @@ impl Env for Endpoint {
         };
         let mut rest = text;
         while !rest.is_empty() {
-            let mut cut = rest.len().min(MAX_MESSAGE);
+            let mut cut = rest.len().min(component_api::console::CHUNK);
             while !rest.is_char_boundary(cut) {
                 cut -= 1;
             }
             let (chunk, tail) = rest.split_at(cut);
-            let mut reply = [0u8; 8];
-            if self
-                .ppcall(Channel(id), chunk.as_bytes(), &mut reply)
-                .is_err()
-            {
+            let mut message = [0u8; MAX_MESSAGE];
+            let mut reply = [0u8; 16];
+            let sent = component_api::console::message(&mut message, chunk.as_bytes())
+                .map_err(|_| CallError::Encoding)
+                .and_then(|used| self.ppcall(Channel(id), &message[..used], &mut reply));
+            if sent.is_err() {
                 // The console is down: keep the text rather than lose it.
                 self.write_output(chunk.as_bytes());
             }

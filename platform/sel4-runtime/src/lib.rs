@@ -191,9 +191,12 @@ impl Env for Sel4Env {
         }
         let mut rest = text.as_bytes();
         while !rest.is_empty() {
-            let take = rest.len().min(MAX_MESSAGE);
-            let mut reply = [0u8; 8];
-            let _ = self.ppcall(Channel(channel as u8), &rest[..take], &mut reply);
+            let take = rest.len().min(component_api::console::CHUNK);
+            let mut message = [0u8; MAX_MESSAGE];
+            if let Ok(used) = component_api::console::message(&mut message, &rest[..take]) {
+                let mut reply = [0u8; 16];
+                let _ = self.ppcall(Channel(channel as u8), &message[..used], &mut reply);
+            }
             rest = &rest[take..];
         }
     }

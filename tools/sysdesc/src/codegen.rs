@@ -329,7 +329,11 @@ fn generate_callers(out: &mut String, description: &Description, index: usize) {
         out,
         "/// Serving the protocols of `system.toml`: one function per protocol."
     );
-    let _ = writeln!(out, "#[allow(dead_code)]\npub mod serve {{");
+    // A protocol's reply may be `()` (the console's).
+    let _ = writeln!(
+        out,
+        "#[allow(dead_code, clippy::let_unit_value)]\npub mod serve {{"
+    );
     for protocol_index in served {
         let protocol = &contracts.protocols[protocol_index];
         let rust = &protocol.rust;

@@ -47,6 +47,11 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             .iter()
             .any(|c| c.get_ref().name.get_ref() == console.get_ref())
     });
+    // The console channels speak the console protocol if there is one.
+    let console_protocol = raw
+        .protocol
+        .iter()
+        .any(|p| p.get_ref().name.get_ref() == "console");
     let mut components = Vec::new();
     let mut regions = Vec::new();
     let mut maps = Vec::new();
@@ -197,7 +202,11 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             channels.push(call(
                 end(at, "console".into()),
                 end(console, name.clone()),
-                None,
+                if console_protocol {
+                    protocol("console")
+                } else {
+                    None
+                },
             ));
         }
         for class in driver.classes.get_ref() {
