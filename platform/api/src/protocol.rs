@@ -145,6 +145,42 @@ pub fn call<P: Protocol>(
 /// The client end of a call channel that speaks protocol `P`. Generated
 /// from the system description: a component can send only `P`'s requests
 /// on it and gets `P`'s reply type back.
+///
+/// ```
+/// use component_api::{Channel, Client, Env, Protocol};
+/// struct Lamp;
+/// impl Protocol for Lamp {
+///     const NAME: &'static str = "lamp";
+///     const VERSION: u16 = 1;
+///     const OPERATIONS: &'static [&'static str] = &["dim"];
+///     type Request = u8;
+///     type Reply = bool;
+///     fn operation(_: &u8) -> usize { 0 }
+/// }
+/// const LAMP: Client<Lamp> = Client::new(Channel(3));
+/// fn dim(env: &mut dyn Env) -> bool {
+///     LAMP.call(env, &50).unwrap_or(false)
+/// }
+/// ```
+///
+/// Another protocol's request does not compile:
+///
+/// ```compile_fail
+/// use component_api::{Channel, Client, Env, Protocol};
+/// struct Lamp;
+/// impl Protocol for Lamp {
+///     const NAME: &'static str = "lamp";
+///     const VERSION: u16 = 1;
+///     const OPERATIONS: &'static [&'static str] = &["dim"];
+///     type Request = u8;
+///     type Reply = bool;
+///     fn operation(_: &u8) -> usize { 0 }
+/// }
+/// const LAMP: Client<Lamp> = Client::new(Channel(3));
+/// fn dim(env: &mut dyn Env) -> bool {
+///     LAMP.call(env, &"an order for another server").unwrap_or(false)
+/// }
+/// ```
 pub struct Client<P> {
     channel: Channel,
     protocol: PhantomData<fn() -> P>,
