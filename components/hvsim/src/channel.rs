@@ -964,3 +964,18 @@ pub enum PacketFault {
     UnknownFlags,
     LengthBeyondRing,
 }
+
+impl PacketFault {
+    /// The fault by its name in scenarios and operator commands
+    /// (`crate::scenario::FAULTS`).
+    pub fn from_name(name: &str) -> Option<PacketFault> {
+        Some(match name {
+            "offset-too-small" => PacketFault::OffsetTooSmall,
+            "length-before-offset" => PacketFault::LengthBeforeOffset,
+            "unknown-type" => PacketFault::UnknownType,
+            "unknown-flags" => PacketFault::UnknownFlags,
+            "length-beyond-ring" => PacketFault::LengthBeyondRing,
+            _ => return None,
+        })
+    }
+}

@@ -11,8 +11,8 @@
 //! PC's interval timer (PIT channel 0, IO ports `pit`, ISA IRQ 0 = IOAPIC
 //! pin 2, delivered on `timer`) at [`TICK_HZ`] and steps the simulator on
 //! each tick as well as on each call: heartbeat requests, time samples,
-//! delayed replies and the operator script ([`hvsim::script::Script`],
-//! chosen by build.rs) advance with guest time. Between ticks it waits, so
+//! delayed replies and the scenario ([`hvsim::scenario::Scenario`],
+//! chosen and embedded by build.rs) advance with guest time. Between ticks it waits, so
 //! the kernel idles.
 //!
 //! Trusts: nothing from the guest (the simulator validates everything).
@@ -22,12 +22,13 @@
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
-use hvsim::script::ScriptRunner;
+use hvsim::script::{Script, ScriptRunner};
 use talc::{ClaimOnOom, Span, Talc, Talck};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
-// `SCRIPT`: the operator script for the description being built (build.rs).
-include!(concat!(env!("OUT_DIR"), "/script.rs"));
+// `fn scenario()`: the host's scenario for the description being built
+// (build.rs: the `.hvsim` file, read with serde, checked, written as Rust).
+include!(concat!(env!("OUT_DIR"), "/scenario.rs"));
 
 /// The simulator's heap (GPADL tables, queued messages, packet copies).
 const HEAP_BYTES: usize = 512 * 1024;
@@ -83,20 +84,25 @@ impl Component for SimulatedHost {
             .iter()
             .filter(|r| r.guest_physical().is_some())
             .count();
+        // build.rs checked the scenario already.
+        let script = match Script::from_scenario(&scenario()) {
+            Ok(script) => script,
+            Err(invalid) => panic!("the embedded scenario is invalid: {invalid:?}"),
+        };
         println!(
             env,
             "simulated Hyper-V host: {} host-visible regions, {} devices, VMBus {}.{} to {}.{}",
             visible,
-            SCRIPT.devices.len(),
-            SCRIPT.min_version.major(),
-            SCRIPT.min_version.minor(),
-            SCRIPT.max_version.major(),
-            SCRIPT.max_version.minor()
+            script.devices.len(),
+            script.min_version.major(),
+            script.min_version.minor(),
+            script.max_version.major(),
+            script.max_version.minor()
         );
         start_timer(env, TICK_HZ);
         SimulatedHost {
-            host: HostPd::new(memory, SCRIPT.server_config(), channels::INTERRUPT),
-            script: ScriptRunner::new(SCRIPT),
+            host: HostPd::new(memory, script.server_config(), channels::INTERRUPT),
+            script: ScriptRunner::new(script),
         }
     }
 

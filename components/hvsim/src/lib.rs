@@ -33,9 +33,8 @@ pub mod host;
 pub mod hypercall;
 pub mod memory;
 pub mod pd;
+pub mod scenario;
 pub mod script;
-#[cfg(test)]
-mod script_file;
 pub mod sim;
 pub mod synic;
 #[cfg(not(target_os = "none"))]

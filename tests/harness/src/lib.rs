@@ -15,6 +15,8 @@
 //! Trusts: the description files it is given. Writes: nothing on disk but
 //! cargo's build output.
 
+pub mod expect;
+
 use component_api::{CallError, Channel, Child, Env, Fault, Refusal, Region, RegionName};
 use hosted_runtime::{build_components, LaunchOptions};
 pub use hosted_runtime::{Endpoint, Event, FaultRecord, OutputSink, Status, System};

@@ -8,14 +8,15 @@
 //! demonstration and the platform's own bring-up test): build, boot headless with a timeout, and
 //! pass if QEMU ends through isa-debug-exit with status 1 (a component
 //! called `power_off(0)`; status is `code << 1 | 1`) and every line of the
-//! expectation file appears in the output in order. The expectation file is
-//! the host script's or else the description's path with `.expect` instead
-//! of its extension (`system.expect` for `system.toml`); lines starting with
-//! `#` and blank lines are ignored. It reports the time from QEMU's start to
-//! the last expected line. Every case runs even if one fails.
+//! expectation file appears in the output, each component's lines in order
+//! (`ipc_harness::expect`). The expectation file is the host script's or
+//! else the description's path with `.expect` instead of its extension
+//! (`system.expect` for `system.toml`). It reports the time from QEMU's
+//! start to the last expected line. Every case runs even if one fails.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
 use crate::util::Result;
+use ipc_harness::expect;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -61,36 +62,14 @@ pub fn run(args: &[String]) -> Result {
     }
 }
 
-/// Lines that must appear, in order.
+/// The lines that must appear (`ipc_harness::expect`).
 fn expectations(spec: &ImageSpec) -> Result<Vec<String>> {
     let path = spec.expectations_file();
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(parse_expectations(&text)),
+        Ok(text) => Ok(expect::parse(&text, expect::Backend::Sel4)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-}
-
-fn parse_expectations(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(String::from)
-        .collect()
-}
-
-/// Match `expected` lines in order against output lines (substring match).
-/// Returns how many matched and the index of the output line of the last.
-fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usize>) {
-    let mut next = 0;
-    let mut last = None;
-    for (index, line) in output.iter().enumerate() {
-        if next < expected.len() && line.contains(expected[next].as_str()) {
-            next += 1;
-            last = Some(index);
-        }
-    }
-    (next, last)
 }
 
 /// What `cargo xtask boot-test` boots: (description, simulated host's
@@ -192,8 +171,9 @@ struct Boot {
 
 impl Boot {
     fn last_expected_at(&self, expected: &[String]) -> Option<Duration> {
-        match_in_order(expected, &self.lines)
-            .1
+        expect::check(expected, &self.lines)
+            .ok()
+            .flatten()
             .map(|index| self.times[index])
     }
 
@@ -227,12 +207,8 @@ impl Boot {
                 BOOT_TIMEOUT.as_secs()
             ));
         };
-        let (matched, _) = match_in_order(expected, &self.lines);
-        if matched < expected.len() {
-            return Err(format!(
-                "expected output line not seen: {:?}",
-                expected[matched]
-            ));
+        if let Err(missing) = expect::check(expected, &self.lines) {
+            return Err(format!("expected output line not seen: {missing:?}"));
         }
         match status.code() {
             Some(1) => Ok(()),
@@ -426,23 +402,5 @@ pub fn soak(args: &[String]) -> Result {
             "{} of {boots} boots failed, {kernel_exceptions} kernel exceptions",
             failures.len()
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expectations_match_in_order_only() {
-        let expected = parse_expectations("# comment\n\nalpha\n  beta \n");
-        assert_eq!(expected, vec!["alpha".to_string(), "beta".to_string()]);
-        let in_order: Vec<String> = ["x alpha", "y", "beta z"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(match_in_order(&expected, &in_order), (2, Some(2)));
-        let reversed: Vec<String> = ["beta", "alpha"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(match_in_order(&expected, &reversed).0, 1);
     }
 }
