@@ -68,11 +68,19 @@ impl FakeHost {
             .load(Ordering::Acquire)
             != 0;
         if busy {
+            // The documented rule: set MessagePending, then look again.
             pages
                 .atomic_u32(SLOT_OFFSET + 4)
                 .unwrap()
-                .fetch_or(1 << 8, Ordering::AcqRel);
-            return;
+                .fetch_or(1 << 8, Ordering::SeqCst);
+            let still_busy = pages
+                .atomic_u32(SLOT_OFFSET)
+                .unwrap()
+                .load(Ordering::SeqCst)
+                != 0;
+            if still_busy {
+                return;
+            }
         }
         let payload = self.waiting.pop_front().unwrap();
         write_slot(
