@@ -551,7 +551,9 @@ fn signal_host_only_for_the_callers_own_connection() {
         request(&mut rig, &mut synic, channels::VMBUS_CALL, &signal(0x2005)),
         Err(Refusal::DENIED)
     );
-    // After unbind kvp may no longer signal.
+    // After unbind (a rescind, a close) kvp may no longer signal: it is
+    // told quietly that the channel is closed (it has not heard yet); that
+    // is no refusal. Another VSC naming that connection is still refused.
     request(
         &mut rig,
         &mut synic,
@@ -561,6 +563,15 @@ fn signal_host_only_for_the_callers_own_connection() {
     .unwrap();
     assert_eq!(
         request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Ok(Reply::ChannelClosed)
+    );
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::HEARTBEAT_CALL,
+            &signal(0x2005)
+        ),
         Err(Refusal::DENIED)
     );
     assert_eq!(
@@ -570,6 +581,68 @@ fn signal_host_only_for_the_callers_own_connection() {
     );
     let status = synic.status();
     assert_eq!((status.signals_sent, status.signals_refused), (1, 4));
+    assert_eq!(status.signals_after_unbind, 1);
+    // Bound again (a reopen): signals go through again.
+    bind(&mut rig, &mut synic, 5, 0x2005, "kvp").unwrap();
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Ok(Reply::Done)
+    );
+}
+
+#[test]
+fn events_before_open_result_are_early_not_stray_and_reach_the_vsc_at_bind() {
+    let (mut rig, mut synic) = rig();
+    let opening = Request::Opening { relid: 7 };
+    // Only vmbus says what is opening.
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &opening),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::VMBUS_CALL,
+            &Request::Opening { relid: 0 }
+        ),
+        Err(Refusal::MALFORMED)
+    );
+    request(&mut rig, &mut synic, channels::VMBUS_CALL, &opening).unwrap();
+    // The host signals relid 7 before OpenResult, and relid 9 (nobody's).
+    set_flag(&rig, 7);
+    set_flag(&rig, 9);
+    rig.env.notified.clear();
+    interrupt(&mut rig, &mut synic);
+    let status = synic.status();
+    assert_eq!((status.early_events, status.stray_events), (1, 1));
+    assert!(rig.env.notified.is_empty(), "nobody to tell yet");
+    // OpenResult came: vmbus binds, and the VSC is told to look.
+    bind(&mut rig, &mut synic, 7, 0x2007, "kvp").unwrap();
+    assert_eq!(rig.env.notified, [channels::KVP]);
+    // Later events are delivered; nothing more is early.
+    set_flag(&rig, 7);
+    interrupt(&mut rig, &mut synic);
+    let status = synic.status();
+    assert_eq!(
+        (
+            status.early_events,
+            status.stray_events,
+            status.events_delivered
+        ),
+        (1, 1, 1)
+    );
+    // After Unbind the relid's events are strays again (no longer opening).
+    request(
+        &mut rig,
+        &mut synic,
+        channels::VMBUS_CALL,
+        &Request::Unbind { relid: 7 },
+    )
+    .unwrap();
+    set_flag(&rig, 7);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(synic.status().stray_events, 2);
 }
 
 #[test]

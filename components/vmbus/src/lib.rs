@@ -1097,6 +1097,16 @@ impl Vmbus {
         open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
         open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
         channel.open_pending = Some(open_id);
+        let relid = channel.offer.relid;
+        // The host may signal the channel before its OpenResult: synic
+        // then knows those events are early, not stray.
+        let opening = synic::Request::Opening { relid };
+        if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &opening) {
+            println!(
+                env,
+                "telling synic relid {} opens failed: {:?}", relid, error
+            );
+        }
         self.post_control(env, open.as_bytes());
     }
 
@@ -1414,12 +1424,14 @@ impl Vmbus {
         {
             println!(
                 env,
-                "synic: {} messages in, {} posted, {} channel events, {} signals ({} refused), {} stray events",
+                "synic: {} messages in, {} posted, {} channel events ({} before open), {} signals ({} refused, {} after close), {} stray events",
                 counters.messages_received,
                 counters.messages_posted,
                 counters.events_delivered,
+                counters.early_events,
                 counters.signals_sent,
                 counters.signals_refused,
+                counters.signals_after_unbind,
                 counters.stray_events
             );
         }
