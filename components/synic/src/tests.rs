@@ -721,11 +721,13 @@ fn hostile_slot_contents_never_panic() {
 struct RaceMemory {
     pages: Region,
     size: u64,
-    guest: RefCell<Option<Rc<RefCell<(EnvDouble, Synic)>>>>,
+    guest: RefCell<Option<SharedGuest>>,
     armed: std::cell::Cell<bool>,
 }
 
 type OutOfRange = hv_interface::OutOfRange;
+/// The guest component and its environment, shared with the memory hook.
+type SharedGuest = Rc<RefCell<(EnvDouble, Synic)>>;
 
 impl RaceMemory {
     fn offset(&self, gpa: u64, len: u64) -> Result<usize, OutOfRange> {
