@@ -828,6 +828,7 @@ impl Vmbus {
         // except GpadlTorndown for a GPADL it created.
         if channel.open_pending.take().is_some() {
             println!(env, "relid {} ({}) rescinded while opening", relid, name);
+            end_opening(env, relid);
         } else {
             println!(env, "relid {} ({}) rescinded", relid, name);
         }
@@ -904,6 +905,7 @@ impl Vmbus {
                 if channel.want_open {
                     channel.failed = Some(status);
                 }
+                end_opening(env, relid);
             }
         }
         self.touch(d);
@@ -1592,6 +1594,18 @@ impl Component for Vmbus {
     fn fault(&mut self, env: &mut dyn Env, child: Child, fault: Fault) {
         self.on_fault(env, child, fault);
         self.finish_event(env);
+    }
+}
+
+/// An open that will not be bound (it failed, or the channel was rescinded
+/// first): synic stops treating the relid's events as early.
+fn end_opening(env: &mut dyn Env, relid: u32) {
+    let unbind = synic::Request::Unbind { relid };
+    if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &unbind) {
+        println!(
+            env,
+            "ending the opening of relid {} failed: {:?}", relid, error
+        );
     }
 }
 

@@ -623,6 +623,8 @@ fn a_failed_open_tears_the_gpadl_down_then_reports_failure_and_may_retry() {
         rig.posted()[..],
         [(4, ChannelMessage::GpadlTeardown(t))] if t.gpadl_id.get() == gpadl
     ));
+    // synic stops counting the relid's events as early.
+    assert_eq!(rig.synic.borrow().unbinds, [1]);
     assert_eq!(rig.state(0), ChannelState::Closing);
     assert_eq!(rig.open(0), bus::Reply::Refused(bus::Refusal::WrongState));
     rig.torndown(gpadl);

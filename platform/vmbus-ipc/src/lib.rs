@@ -115,7 +115,9 @@ pub mod synic {
         /// vmbus: an OpenChannel for `relid` goes out now. The host may
         /// signal the channel before its OpenResult arrives (the protocol
         /// allows it): such events are early, not stray, and the VSC is
-        /// told at `Bind`. Ends at `Bind` or `Unbind` of the relid.
+        /// told at `Bind`. Ends at `Bind` or `Unbind` of the relid (vmbus
+        /// sends `Unbind` when the open fails or the offer is rescinded
+        /// first).
         Opening { relid: u32 },
         /// vmbus: counters for the status view.
         Status,
