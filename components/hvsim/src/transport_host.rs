@@ -15,6 +15,7 @@ use hvsim::channel::PacketFault;
 use hvsim::scenario::parse_device as device_name;
 use hvsim::script::{Script, ScriptDevice, ScriptRunner};
 use hvsim::sim::Simulator;
+use hvsim::transport::SessionEnd;
 use hvsim::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
 use std::io::BufRead;
 use std::os::unix::net::UnixListener;
@@ -425,6 +426,8 @@ pub fn main() {
         eprintln!("hvsim: handshake failed: {e}");
         std::process::exit(1);
     });
+    // One guest per run: later connections are refused, not left waiting.
+    drop(listener);
     eprintln!(
         "hvsim: guest connected, {} bytes of memory in {}",
         connection.hello.memory_size,
@@ -457,4 +460,12 @@ pub fn main() {
     let end = connection.serve(&*machine, &stop, Duration::from_millis(10));
     stop.store(true, Ordering::SeqCst);
     eprintln!("hvsim: session ended: {end:?}");
+    // One session per run: the guest's state (synic, ports, queued
+    // messages, the bus) ends with it, and so does the process.
+    let _ = std::fs::remove_file(&socket);
+    let code = match end {
+        SessionEnd::GuestClosed | SessionEnd::Stopped => 0,
+        SessionEnd::ProtocolError(_) | SessionEnd::Io(_) => 3,
+    };
+    std::process::exit(code);
 }

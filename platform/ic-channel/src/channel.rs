@@ -86,6 +86,9 @@ pub struct Stats {
     pub dropped: u32,
     pub signals: u32,
     pub signal_failures: u32,
+    /// Signals synic answered `ChannelClosed` (the channel was rescinded
+    /// or closed before we heard): expected, not failures.
+    pub signals_after_close: u32,
     /// Notifications from synic that found no open channel.
     pub spurious: u32,
 }
@@ -423,6 +426,8 @@ impl IcChannel {
         };
         match call::<_, synic::Reply>(env, self.ids.synic_call, &request) {
             Ok(synic::Reply::Done) => self.stats.signals += 1,
+            // Rescinded or closed a moment ago; vmbus tells us next.
+            Ok(synic::Reply::ChannelClosed) => self.stats.signals_after_close += 1,
             other => {
                 self.stats.signal_failures += 1;
                 println!(env, "SignalHost failed: {other:?}");
@@ -542,6 +547,23 @@ mod tests {
         while host.receive().is_some() {}
         channel.poll(&mut env, &mut echo);
         assert_eq!(host.signals.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_signal_for_a_channel_closed_meanwhile_is_no_failure() {
+        let (mut env, mut host, mut channel, mut echo) = open_channel();
+        negotiate(&mut env, &mut host, &mut channel, &mut echo);
+        // Rescinded between the host's request and our answer's signal.
+        host.channel_closed.set(true);
+        host.send(&heartbeat(1));
+        channel.poll(&mut env, &mut echo);
+        let stats = channel.stats();
+        assert_eq!((stats.signals_after_close, stats.signal_failures), (1, 0));
+        assert!(
+            !env.console.contains("SignalHost failed"),
+            "{}",
+            env.console
+        );
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct TestHost {
     pub bus: Rc<RefCell<BusState>>,
     /// Connection ids the VSC asked synic to signal.
     pub signals: Rc<RefCell<Vec<u32>>>,
+    /// When set, synic answers `SignalHost` with `ChannelClosed` (the
+    /// channel was just rescinded or closed).
+    pub channel_closed: Rc<std::cell::Cell<bool>>,
     ring: component_api::Region,
     writer: Option<RingWriter<RegionPart>>,
     reader: Option<RingReader<RegionPart>>,
@@ -89,9 +92,14 @@ impl TestHost {
         });
         let signals = Rc::new(RefCell::new(Vec::new()));
         let signal_handle = signals.clone();
+        let channel_closed = Rc::new(std::cell::Cell::new(false));
+        let closed_handle = channel_closed.clone();
         env.on_typed_call(
             ids.synic_call,
             move |request: synic::Request| match request {
+                synic::Request::SignalHost { .. } if closed_handle.get() => {
+                    synic::Reply::ChannelClosed
+                }
                 synic::Request::SignalHost { connection_id } => {
                     signal_handle.borrow_mut().push(connection_id);
                     synic::Reply::Done
@@ -102,6 +110,7 @@ impl TestHost {
         TestHost {
             bus,
             signals,
+            channel_closed,
             ring: env.test_view(name),
             writer: None,
             reader: None,
