@@ -200,6 +200,14 @@ pub fn yield_now() {
     raw_syscall(syscall::Yield, 0, 0, [0; 4]);
 }
 
+/// `seL4_DebugCapIdentify` (debug kernels only): the type of the cap at
+/// `cap` in the caller's CSpace, one of [`cap_type`]; `null_cap` for an
+/// empty slot or one the address does not resolve to. Never fails and the
+/// kernel prints nothing, so it can probe every slot of a CNode.
+pub fn debug_cap_identify(cap: CPtr) -> u64 {
+    raw_syscall(syscall::DebugCapIdentify, cap, 0, [0; 4]).badge
+}
+
 /// `seL4_DebugPutChar` (debug kernels only; used by the root task before
 /// it has its own serial port access).
 pub fn debug_put_char(byte: u8) {
@@ -247,5 +255,13 @@ mod tests {
         assert_eq!(object_type::seL4_X86_PageTableObject, 9);
         assert_eq!(syscall::DebugPutChar, -9);
         assert_eq!(syscall::Recv, -5);
+        assert_eq!(syscall::DebugCapIdentify, -11);
+        assert_eq!(label::TCBSetSpace, 9);
+        assert_eq!(cap_type::null_cap, 0);
+        assert_eq!(cap_type::frame_cap, 1);
+        assert_eq!(cap_type::endpoint_cap, 4);
+        assert_eq!(cap_type::notification_cap, 6);
+        assert_eq!(cap_type::irq_handler_cap, 16);
+        assert_eq!(cap_type::io_port_cap, 19);
     }
 }
