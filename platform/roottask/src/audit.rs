@@ -20,7 +20,10 @@ pub enum CapKind {
     Notification,
     IrqHandler,
     /// An IO-port cap for exactly ports `first..=last`.
-    IoPort { first: u16, last: u16 },
+    IoPort {
+        first: u16,
+        last: u16,
+    },
     /// An IO-port cap whose range is not the one the description grants
     /// in this slot (or any IO-port cap where none is granted).
     IoPortOtherRange,
@@ -63,15 +66,30 @@ pub struct ExpectedFrame {
 /// One difference between what a PD holds and what it may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finding {
-    ExtraCap { slot: u64, kind: CapKind },
-    MissingCap { slot: u64, kind: CapKind },
-    WrongCap { slot: u64, found: CapKind, expected: CapKind },
+    ExtraCap {
+        slot: u64,
+        kind: CapKind,
+    },
+    MissingCap {
+        slot: u64,
+        kind: CapKind,
+    },
+    WrongCap {
+        slot: u64,
+        found: CapKind,
+        expected: CapKind,
+    },
     ExtraFrame(Mapping),
     MissingFrame(ExpectedFrame),
-    WrongFrame { found: Mapping, expected: ExpectedFrame },
+    WrongFrame {
+        found: Mapping,
+        expected: ExpectedFrame,
+    },
     /// A frame that should be private to one PD is mapped more than once
     /// (in one PD or two) or is a page of a region.
-    PrivateFrameShared { paddr: u64 },
+    PrivateFrameShared {
+        paddr: u64,
+    },
 }
 
 fn rights_name(rights: Rights) -> &'static str {
@@ -95,7 +113,10 @@ impl core::fmt::Display for Finding {
                 slot,
                 found,
                 expected,
-            } => write!(f, "slot {slot} holds {found}, the description grants {expected}"),
+            } => write!(
+                f,
+                "slot {slot} holds {found}, the description grants {expected}"
+            ),
             Finding::ExtraFrame(m) => write!(
                 f,
                 "extra frame at {:#x} ({}, physical {:#x})",
@@ -104,7 +125,12 @@ impl core::fmt::Display for Finding {
                 m.paddr
             ),
             Finding::MissingFrame(e) => {
-                write!(f, "missing frame at {:#x} ({})", e.vaddr, rights_name(e.rights))
+                write!(
+                    f,
+                    "missing frame at {:#x} ({})",
+                    e.vaddr,
+                    rights_name(e.rights)
+                )
             }
             Finding::WrongFrame { found, expected } => {
                 write!(
@@ -208,7 +234,10 @@ pub fn expected_frames(
     }
     let stack_pages = u64::from(component.stack_pages.max(1));
     for page in 1..=stack_pages {
-        frames.push(private(STACK_TOP_VADDR - page * PAGE_SIZE, Rights::READ_WRITE));
+        frames.push(private(
+            STACK_TOP_VADDR - page * PAGE_SIZE,
+            Rights::READ_WRITE,
+        ));
     }
     frames.push(private(IPC_BUFFER_VADDR, Rights::READ_WRITE));
     frames.push(private(PD_INFO_VADDR, Rights::READ));
@@ -465,8 +494,10 @@ mod tests {
     #[test]
     fn expected_frames_follow_the_description_and_the_image() {
         let frames = expected_frames(&layout(), &component(), &segments(), &[0x80_0000]);
-        let summary: Vec<(u64, Rights, Option<u64>)> =
-            frames.iter().map(|f| (f.vaddr, f.rights, f.paddr)).collect();
+        let summary: Vec<(u64, Rights, Option<u64>)> = frames
+            .iter()
+            .map(|f| (f.vaddr, f.rights, f.paddr))
+            .collect();
         let region = 0x10_0000_0000;
         assert_eq!(
             summary,

@@ -1,5 +1,6 @@
 //! Build every protection domain the description declares, then start them.
 
+use crate::audit::Mapping;
 use crate::elf;
 use crate::fault::FaultRecord;
 use crate::objects::{Allocator, BuildError, BuildResult, Context, ROOT_DEPTH};
@@ -17,14 +18,16 @@ const IMAGE_LIMIT: u64 = PD_INFO_VADDR;
 pub struct Pd {
     pub name: String,
     pub tcb: CPtr,
-    cnode: CPtr,
+    pub cnode: CPtr,
     vspace: CPtr,
     endpoint: CPtr,
     notification: CPtr,
     /// Root-held cap to the PD's notification, badged MONITOR_NEWS_BIT.
     pub news: CPtr,
     image: &'static [u8],
-    parsed: elf::Image,
+    pub parsed: elf::Image,
+    /// Every frame mapped into the PD's VSpace (by [`System::map_into_pd`]).
+    pub mappings: Vec<Mapping>,
     /// Image pages: (vaddr, root-held copy of the frame cap).
     image_pages: Vec<(u64, CPtr)>,
     /// Stack and IPC buffer frames (root-held copies), zeroed on restart.
@@ -42,13 +45,13 @@ pub struct Pd {
 pub struct System {
     pub pds: Vec<Pd>,
     pub monitor_endpoint: CPtr,
-    allocator: Allocator,
+    pub allocator: Allocator,
 }
 
-struct RegionFrames {
+pub struct RegionFrames {
     first: CPtr,
-    pages: u64,
-    paddr: u64,
+    pub pages: u64,
+    pub paddr: u64,
     host_visible: bool,
 }
 
@@ -192,6 +195,21 @@ impl System {
         Ok(())
     }
 
+    /// The one way a frame enters a PD's VSpace: map it and record the
+    /// mapping (with the frame's physical address, from the kernel) for the
+    /// capability audit.
+    fn map_into_pd(&mut self, pd: usize, frame: CPtr, vaddr: u64, rights: Rights) -> BuildResult {
+        let vspace = self.pds[pd].vspace;
+        self.allocator.map_page(frame, vspace, vaddr, rights)?;
+        let paddr = sys::page_get_address(frame).context("frame address")?;
+        self.pds[pd].mappings.push(Mapping {
+            vaddr,
+            paddr,
+            rights,
+        });
+        Ok(())
+    }
+
     fn mint_into_pd(
         &self,
         pd: usize,
@@ -240,8 +258,7 @@ impl System {
         for index in 0..count {
             let frame = first + index;
             let page_vaddr = vaddr + index * PAGE_SIZE;
-            let vspace = self.pds[pd].vspace;
-            self.allocator.map_page(frame, vspace, page_vaddr, rights)?;
+            self.map_into_pd(pd, frame, page_vaddr, rights)?;
             let copy = self.allocator.copy(frame)?;
             pages.push((page_vaddr, frame, copy));
         }
@@ -311,6 +328,7 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
             news,
             image,
             parsed,
+            mappings: Vec::new(),
             image_pages: Vec::new(),
             scratch_pages: Vec::new(),
             ipc_copy: None,
@@ -336,6 +354,14 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
         build_pd(&mut system, &layout, &regions, index, tsc_per_us)?;
         crate::log!("built {} (priority {})", component.name, component.priority);
     }
+    grant_one_extra_for_the_audit_test(&mut system, &regions)?;
+    crate::audit_probe::audit(
+        &mut system,
+        &layout,
+        &regions,
+        boot_info.init_thread_cnode_size_bits,
+        tsc_per_us,
+    )?;
     for index in 0..system.pds.len() {
         system.start(index)?;
     }
@@ -404,10 +430,9 @@ fn build_pd(
         for copy_index in 0..copies {
             for page in 0..region.pages {
                 let frame = system.allocator.copy(region.first + page)?;
-                let vspace = system.pds[pd].vspace;
-                system.allocator.map_page(
+                system.map_into_pd(
+                    pd,
                     frame,
-                    vspace,
                     map.vaddr + copy_index * size + page * PAGE_SIZE,
                     rights,
                 )?;
@@ -574,5 +599,35 @@ fn build_pd(
         ipc_frame,
     )
     .context("configure TCB")?;
+    Ok(())
+}
+
+/// The capability audit's own test (`cargo xtask boot-test` builds the
+/// root task with `ROOTTASK_AUDIT_TEST_GRANT` set, see `build.rs`): grant
+/// the last PD one thing the description does not, the way a mistake in
+/// this file would. A normal build grants nothing here.
+fn grant_one_extra_for_the_audit_test(
+    system: &mut System,
+    regions: &[RegionFrames],
+) -> BuildResult {
+    let Some(pd) = system.pds.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let _ = (&system, regions, pd);
+    #[cfg(roottask_audit_test = "extra-cap")]
+    {
+        // The root task's own cap to every IO port, in the last IO-port
+        // slot (no PD is granted that many ranges).
+        let slot = SLOT_IOPORT_BASE + MAX_IOPORTS as u64 - 1;
+        system.copy_into_pd(pd, slot, initial_cap::IO_PORT, Rights::ALL)?;
+    }
+    #[cfg(roottask_audit_test = "extra-frame")]
+    {
+        // The first page of the first region, writable, where nothing is.
+        if let Some(region) = regions.first() {
+            let frame = system.allocator.copy(region.first)?;
+            system.map_into_pd(pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+        }
+    }
     Ok(())
 }

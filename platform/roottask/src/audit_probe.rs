@@ -1,0 +1,246 @@
+//! The capability audit's kernel side: after every PD is built and before
+//! any starts, ask the kernel what each PD's CNode holds, compare it and
+//! the recorded mappings with what the description grants
+//! (`audit.rs`), and refuse to start the system on any difference.
+//!
+//! CSpace, from the kernel: the root task cannot name a slot inside a PD's
+//! CNode with a cap pointer (its own CNode resolves all 64 bits), and
+//! copying from an empty slot fails with a kernel error message per slot.
+//! So for the audit it switches its own CSpace root (`TCB_SetSpace` on its
+//! TCB) to a small audit CNode: slot 0 holds its own CNode with a guard
+//! that keeps every root cap pointer as it was, slot `i + 1` holds PD
+//! `i`'s CNode, so `(i + 1) << (64 - radix) | slot` names a PD's slot.
+//! `seL4_DebugCapIdentify` then gives the type of every one of the 2^8
+//! slots (null for empty, no kernel message). IO-port caps are narrowed
+//! further: a mint of the granted range from the PD's cap must succeed and
+//! a mint of the port just below and just above must fail (the kernel
+//! refuses to widen a range), so the cap covers exactly that range. Each
+//! refused mint prints one kernel line (`Mutated cap would be invalid`):
+//! two per IO-port range.
+//!
+//! Frames: seL4 5.0 gives user level no page-table walk, so every mapping
+//! into a PD goes through `System::map_into_pd`, which records the
+//! address, the rights and the frame's physical address (asked of the
+//! kernel). PDs hold no frame, page-table or untyped caps (the CSpace audit
+//! checks that), so they cannot map anything themselves.
+
+use crate::audit::{self, CapKind};
+use crate::elf::Segment;
+use crate::objects::{BuildError, BuildResult, Context, ROOT_DEPTH};
+use crate::system::{RegionFrames, System};
+use alloc::vec::Vec;
+use sel4_bindings::{self as sys, cap_type, initial_cap, object_type, CPtr, Rights};
+use sel4_runtime::abi::*;
+use system_layout::SystemLayout;
+
+/// At most this many differences are printed (all are counted).
+const MAX_FINDINGS_SHOWN: usize = 24;
+
+/// Audit every PD; `Err(BuildError::AuditFailed)` if anything differs.
+pub fn audit(
+    system: &mut System,
+    layout: &SystemLayout,
+    regions: &[RegionFrames],
+    root_cnode_bits: u8,
+    tsc_per_us: u64,
+) -> BuildResult {
+    // SAFETY: rdtsc has no memory effects; user mode may use it.
+    let started = unsafe { core::arch::x86_64::_rdtsc() };
+    let cap_types = kernel_cap_types(system, root_cnode_bits)?;
+    let scratch = system.allocator.slot()?;
+    let region_paddrs: Vec<u64> = regions.iter().map(|r| r.paddr).collect();
+    let region_spans: Vec<(u64, u64)> = regions.iter().map(|r| (r.paddr, r.pages)).collect();
+    let (mut caps, mut frames, mut differences) = (0, 0, 0);
+    let mut private = Vec::new();
+    for (pd, component) in layout.components.iter().enumerate() {
+        let expected_caps = audit::expected_caps(component);
+        let mut found_caps = Vec::new();
+        for &(slot, kind) in &cap_types[pd] {
+            let kind = classify(system, pd, slot, kind, &expected_caps, scratch)?;
+            found_caps.push((slot, kind));
+        }
+        let segments: Vec<Segment> = system.pds[pd].parsed.segments.iter().copied().collect();
+        let expected_frames = audit::expected_frames(layout, component, &segments, &region_paddrs);
+        let mappings = &system.pds[pd].mappings;
+        let mut findings = audit::compare_caps(&expected_caps, &found_caps);
+        findings.extend(audit::compare_frames(&expected_frames, mappings));
+        private.extend(
+            mappings
+                .iter()
+                .filter(|m| {
+                    expected_frames
+                        .iter()
+                        .any(|e| e.vaddr == m.vaddr && e.paddr.is_none())
+                })
+                .map(|m| m.paddr),
+        );
+        caps += found_caps.len();
+        frames += mappings.len();
+        if findings.is_empty() {
+            crate::log!(
+                "capability audit: {}: {} caps, {} frames: as described",
+                component.name,
+                found_caps.len(),
+                mappings.len()
+            );
+        }
+        for finding in &findings {
+            if differences < MAX_FINDINGS_SHOWN {
+                crate::log!("capability audit: {}: {finding}", component.name);
+            }
+            differences += 1;
+        }
+    }
+    for finding in audit::private_frames_unshared(private, &region_spans) {
+        if differences < MAX_FINDINGS_SHOWN {
+            crate::log!("capability audit: {finding}");
+        }
+        differences += 1;
+    }
+    // SAFETY: as above.
+    let elapsed = unsafe { core::arch::x86_64::_rdtsc() } - started;
+    let micros = elapsed / tsc_per_us.max(1);
+    if differences > 0 {
+        crate::log!(
+            "capability audit: {differences} differences from the description: the system is not started"
+        );
+        return Err(BuildError::AuditFailed(differences));
+    }
+    crate::log!(
+        "capability audit: {} PDs, {caps} caps, {frames} frames: as the description grants ({}.{:03} ms)",
+        layout.components.len(),
+        micros / 1000,
+        micros % 1000
+    );
+    Ok(())
+}
+
+/// What the kernel says a non-empty slot holds; IO-port caps checked
+/// against the range the description grants in that slot.
+fn classify(
+    system: &System,
+    pd: usize,
+    slot: u64,
+    kernel_type: u64,
+    expected: &[(u64, CapKind)],
+    scratch: CPtr,
+) -> BuildResult<CapKind> {
+    Ok(match kernel_type {
+        cap_type::endpoint_cap => CapKind::Endpoint,
+        cap_type::notification_cap => CapKind::Notification,
+        cap_type::irq_handler_cap => CapKind::IrqHandler,
+        cap_type::io_port_cap => {
+            let granted = expected.iter().find_map(|&(s, kind)| match kind {
+                CapKind::IoPort { first, last } if s == slot => Some((first, last)),
+                _ => None,
+            });
+            match granted {
+                Some((first, last)) => {
+                    let covers = |a, b| io_port_cap_covers(system, pd, slot, scratch, a, b);
+                    let exact = covers(first, last)?
+                        && (first == 0 || !covers(first - 1, first - 1)?)
+                        && (last == u16::MAX || !covers(last + 1, last + 1)?);
+                    if exact {
+                        CapKind::IoPort { first, last }
+                    } else {
+                        CapKind::IoPortOtherRange
+                    }
+                }
+                None => CapKind::IoPortOtherRange,
+            }
+        }
+        other => CapKind::Other(other),
+    })
+}
+
+/// Whether the IO-port cap in the PD's `slot` covers ports `first..=last`:
+/// the kernel mints a narrower IO-port cap only from one that covers it.
+fn io_port_cap_covers(
+    system: &System,
+    pd: usize,
+    slot: u64,
+    scratch: CPtr,
+    first: u16,
+    last: u16,
+) -> BuildResult<bool> {
+    let minted = sys::cnode_mint(
+        initial_cap::INIT_THREAD_CNODE,
+        scratch,
+        ROOT_DEPTH,
+        system.pds[pd].cnode,
+        slot,
+        PD_CNODE_BITS as u8,
+        Rights::ALL,
+        sys::io_port_cap_data(first, last),
+    );
+    if minted.is_err() {
+        return Ok(false);
+    }
+    sys::cnode_delete(initial_cap::INIT_THREAD_CNODE, scratch, ROOT_DEPTH)
+        .context("delete IO-port probe")?;
+    Ok(true)
+}
+
+/// For every PD, the (slot, kernel cap type) of each non-empty slot of its
+/// CNode, read with `seL4_DebugCapIdentify` through the audit CSpace.
+fn kernel_cap_types(system: &mut System, root_cnode_bits: u8) -> BuildResult<Vec<Vec<(u64, u64)>>> {
+    let pds = system.pds.len() as u64;
+    // 2^radix slots: the root CNode and one per PD.
+    let radix = u64::from(64 - pds.leading_zeros()).max(1);
+    let audit_cnode = system
+        .allocator
+        .object(object_type::seL4_CapTableObject, radix)?;
+    let mint_cnode = |index: u64, cnode: CPtr, cnode_bits: u64| {
+        sys::cnode_mint(
+            audit_cnode,
+            index,
+            radix as u8,
+            initial_cap::INIT_THREAD_CNODE,
+            cnode,
+            ROOT_DEPTH,
+            Rights::ALL,
+            sys::cnode_cap_data(0, 64 - radix - cnode_bits),
+        )
+        .context("mint into the audit CNode")
+    };
+    mint_cnode(
+        0,
+        initial_cap::INIT_THREAD_CNODE,
+        u64::from(root_cnode_bits),
+    )?;
+    for pd in 0..system.pds.len() {
+        mint_cnode(pd as u64 + 1, system.pds[pd].cnode, PD_CNODE_BITS)?;
+    }
+    sys::tcb_set_space(
+        initial_cap::INIT_THREAD_TCB,
+        0,
+        audit_cnode,
+        0,
+        initial_cap::INIT_THREAD_VSPACE,
+    )
+    .context("enter the audit CSpace")?;
+    let mut types = Vec::new();
+    for pd in 0..pds {
+        let mut held = Vec::new();
+        for slot in 0..1u64 << PD_CNODE_BITS {
+            let kind = sys::debug_cap_identify(((pd + 1) << (64 - radix)) | slot);
+            if kind != cap_type::null_cap {
+                held.push((slot, kind));
+            }
+        }
+        types.push(held);
+    }
+    sys::tcb_set_space(
+        initial_cap::INIT_THREAD_TCB,
+        0,
+        initial_cap::INIT_THREAD_CNODE,
+        0,
+        initial_cap::INIT_THREAD_VSPACE,
+    )
+    .context("leave the audit CSpace")?;
+    // The audit CNode keeps no authority over the PDs' CNodes.
+    for index in 0..=pds {
+        sys::cnode_delete(audit_cnode, index, radix as u8).context("empty the audit CNode")?;
+    }
+    Ok(types)
+}
