@@ -47,6 +47,8 @@ pub fn audit(
     // SAFETY: rdtsc has no memory effects; user mode may use it.
     let started = unsafe { core::arch::x86_64::_rdtsc() };
     let cap_types = kernel_cap_types(system, root_cnode_bits)?;
+    // SAFETY: as above.
+    let slots_read = unsafe { core::arch::x86_64::_rdtsc() };
     let scratch = system.allocator.slot()?;
     let region_paddrs: Vec<u64> = regions.iter().map(|r| r.paddr).collect();
     let region_spans: Vec<(u64, u64)> = regions.iter().map(|r| (r.paddr, r.pages)).collect();
@@ -100,17 +102,22 @@ pub fn audit(
     // SAFETY: as above.
     let elapsed = unsafe { core::arch::x86_64::_rdtsc() } - started;
     let micros = elapsed / tsc_per_us.max(1);
+    let scan_micros = (slots_read - started) / tsc_per_us.max(1);
     if differences > 0 {
         crate::log!(
-            "capability audit: {differences} differences from the description: the system is not started"
+            "capability audit: {differences} difference{} from the description: the system is not started",
+            if differences == 1 { "" } else { "s" }
         );
         return Err(BuildError::AuditFailed(differences));
     }
     crate::log!(
-        "capability audit: {} PDs, {caps} caps, {frames} frames: as the description grants ({}.{:03} ms)",
+        "capability audit: {} PDs, {caps} caps, {frames} frames: as the description grants ({}.{:03} ms; {} CNode slots read in {}.{:03} ms)",
         layout.components.len(),
         micros / 1000,
-        micros % 1000
+        micros % 1000,
+        layout.components.len() << PD_CNODE_BITS,
+        scan_micros / 1000,
+        scan_micros % 1000
     );
     Ok(())
 }

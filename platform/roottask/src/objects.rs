@@ -38,7 +38,7 @@ impl core::fmt::Display for BuildError {
             BuildError::Description(what) => write!(f, "bad system description: {what}"),
             BuildError::AuditFailed(count) => write!(
                 f,
-                "the capability audit found {count} differences from the description"
+                "the capability audit found {count} difference(s) from the description"
             ),
         }
     }

@@ -354,7 +354,7 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
         build_pd(&mut system, &layout, &regions, index, tsc_per_us)?;
         crate::log!("built {} (priority {})", component.name, component.priority);
     }
-    grant_one_extra_for_the_audit_test(&mut system, &regions)?;
+    grant_one_extra_for_the_audit_test(&mut system, &layout, &regions)?;
     crate::audit_probe::audit(
         &mut system,
         &layout,
@@ -604,29 +604,53 @@ fn build_pd(
 
 /// The capability audit's own test (`cargo xtask boot-test` builds the
 /// root task with `ROOTTASK_AUDIT_TEST_GRANT` set, see `build.rs`): grant
-/// the last PD one thing the description does not, the way a mistake in
-/// this file would. A normal build grants nothing here.
+/// one thing the description does not, the way a mistake in this file
+/// would. A normal build grants nothing here.
 fn grant_one_extra_for_the_audit_test(
     system: &mut System,
+    layout: &SystemLayout,
     regions: &[RegionFrames],
 ) -> BuildResult {
-    let Some(pd) = system.pds.len().checked_sub(1) else {
+    let Some(last_pd) = system.pds.len().checked_sub(1) else {
         return Ok(());
     };
-    let _ = (&system, regions, pd);
+    let _ = (&system, layout, regions, last_pd);
     #[cfg(roottask_audit_test = "extra-cap")]
     {
-        // The root task's own cap to every IO port, in the last IO-port
-        // slot (no PD is granted that many ranges).
+        // The root task's own cap to every IO port, in the last PD's last
+        // IO-port slot (no PD is granted that many ranges).
         let slot = SLOT_IOPORT_BASE + MAX_IOPORTS as u64 - 1;
-        system.copy_into_pd(pd, slot, initial_cap::IO_PORT, Rights::ALL)?;
+        system.copy_into_pd(last_pd, slot, initial_cap::IO_PORT, Rights::ALL)?;
     }
     #[cfg(roottask_audit_test = "extra-frame")]
     {
-        // The first page of the first region, writable, where nothing is.
+        // The first page of the first region, writable, where the last PD
+        // has nothing.
         if let Some(region) = regions.first() {
             let frame = system.allocator.copy(region.first)?;
-            system.map_into_pd(pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+            system.map_into_pd(last_pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+        }
+    }
+    #[cfg(roottask_audit_test = "wider-ioport")]
+    {
+        // The first granted IO-port range, one port longer: right slot,
+        // right cap type, one port too many.
+        let granted = layout
+            .components
+            .iter()
+            .enumerate()
+            .find_map(|(pd, c)| c.ioports.first().map(|range| (pd, range.base, range.size)));
+        if let Some((pd, base, size)) = granted {
+            let cnode = system.pds[pd].cnode;
+            sys::cnode_delete(cnode, SLOT_IOPORT_BASE, PD_CNODE_BITS as u8)
+                .context("delete IO-port cap")?;
+            system.mint_into_pd(
+                pd,
+                SLOT_IOPORT_BASE,
+                initial_cap::IO_PORT,
+                Rights::ALL,
+                sys::io_port_cap_data(base, base + size),
+            )?;
         }
     }
     Ok(())
