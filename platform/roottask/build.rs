@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// The capability audit's negative test: `ROOTTASK_AUDIT_TEST_GRANT` set to
-/// one of these makes the root task grant one extra cap, frame or IO port
-/// (`system.rs`), which the audit must refuse.
-const AUDIT_TEST_GRANTS: &[&str] = &["extra-cap", "extra-frame", "wider-ioport"];
+/// one of these makes the root task grant one extra cap, frame or IO port,
+/// or point a notify cap at the wrong object (`system.rs`), which the audit
+/// must refuse.
+const AUDIT_TEST_GRANTS: &[&str] = &["extra-cap", "extra-frame", "wider-ioport", "wrong-notify"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=ROOTTASK_AUDIT_TEST_GRANT");

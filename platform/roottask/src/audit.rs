@@ -18,6 +18,9 @@ use system_layout::{ChannelKind, ComponentLayout, SystemLayout, PAGE_SIZE};
 pub enum CapKind {
     Endpoint,
     Notification,
+    /// A notification cap that does not signal the channel's peer with the
+    /// channel's badge (another object, another badge, or no write right).
+    NotificationNotAsGranted,
     IrqHandler,
     /// An IO-port cap for exactly ports `first..=last`.
     IoPort {
@@ -37,6 +40,12 @@ impl core::fmt::Display for CapKind {
         match self {
             CapKind::Endpoint => write!(f, "endpoint"),
             CapKind::Notification => write!(f, "notification"),
+            CapKind::NotificationNotAsGranted => {
+                write!(
+                    f,
+                    "a notification that does not reach the peer with its badge"
+                )
+            }
             CapKind::IrqHandler => write!(f, "IRQ handler"),
             CapKind::IoPort { first, last } => write!(f, "IO ports {first:#x}-{last:#x}"),
             CapKind::IoPortOtherRange => write!(f, "IO ports of another range"),

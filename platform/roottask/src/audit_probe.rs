@@ -16,7 +16,10 @@
 //! a mint of the port just below and just above must fail (the kernel
 //! refuses to widen a range), so the cap covers exactly that range. Each
 //! refused mint prints one kernel line (`Mutated cap would be invalid`):
-//! two per IO-port range.
+//! two per IO-port range. A notify channel's cap is signalled once (from a
+//! copy) and the peer's notification, briefly unbound from its thread so
+//! the root task may poll it, must show exactly the channel's badge: the
+//! right object, badge and write right.
 //!
 //! Frames: seL4 5.0 gives user level no page-table walk, so every mapping
 //! into a PD goes through `System::map_into_pd`, which records the
@@ -31,7 +34,7 @@ use crate::system::{RegionFrames, System};
 use alloc::vec::Vec;
 use sel4_bindings::{self as sys, cap_type, initial_cap, object_type, CPtr, Rights};
 use sel4_runtime::abi::*;
-use system_layout::SystemLayout;
+use system_layout::{ChannelKind, ComponentLayout, SystemLayout};
 
 /// At most this many differences are printed (all are counted).
 const MAX_FINDINGS_SHOWN: usize = 24;
@@ -58,7 +61,7 @@ pub fn audit(
         let expected_caps = audit::expected_caps(component);
         let mut found_caps = Vec::new();
         for &(slot, kind) in &cap_types[pd] {
-            let kind = classify(system, pd, slot, kind, &expected_caps, scratch)?;
+            let kind = classify(system, component, pd, slot, kind, &expected_caps, scratch)?;
             found_caps.push((slot, kind));
         }
         let segments: Vec<Segment> = system.pds[pd].parsed.segments.iter().copied().collect();
@@ -124,8 +127,10 @@ pub fn audit(
 
 /// What the kernel says a non-empty slot holds; IO-port caps checked
 /// against the range the description grants in that slot.
+#[allow(clippy::too_many_arguments)]
 fn classify(
     system: &System,
+    component: &ComponentLayout,
     pd: usize,
     slot: u64,
     kernel_type: u64,
@@ -134,7 +139,24 @@ fn classify(
 ) -> BuildResult<CapKind> {
     Ok(match kernel_type {
         cap_type::endpoint_cap => CapKind::Endpoint,
-        cap_type::notification_cap => CapKind::Notification,
+        cap_type::notification_cap => {
+            let channel = component.channels.iter().find(|c| {
+                c.kind == ChannelKind::Notify && SLOT_CHANNEL_BASE + u64::from(c.id) == slot
+            });
+            match channel {
+                Some(channel) => {
+                    let peer = usize::from(channel.peer);
+                    let badge = notification_bit(channel.peer_id);
+                    if notification_reaches(system, pd, slot, peer, badge, scratch)? {
+                        CapKind::Notification
+                    } else {
+                        CapKind::NotificationNotAsGranted
+                    }
+                }
+                // Not granted at all: compare_caps reports it as extra.
+                None => CapKind::Notification,
+            }
+        }
         cap_type::irq_handler_cap => CapKind::IrqHandler,
         cap_type::io_port_cap => {
             let granted = expected.iter().find_map(|&(s, kind)| match kind {
@@ -186,6 +208,58 @@ fn io_port_cap_covers(
     sys::cnode_delete(initial_cap::INIT_THREAD_CNODE, scratch, ROOT_DEPTH)
         .context("delete IO-port probe")?;
     Ok(true)
+}
+
+/// Whether signalling the notification cap in the PD's `slot` sets
+/// exactly `badge` in `peer`'s notification. That notification is bound
+/// to the peer's (not yet started) thread, and only that thread may poll a
+/// bound notification, so it is unbound for the check and bound again;
+/// bits already pending (an early interrupt) are put back.
+fn notification_reaches(
+    system: &System,
+    pd: usize,
+    slot: u64,
+    peer: usize,
+    badge: u64,
+    scratch: CPtr,
+) -> BuildResult<bool> {
+    let Some(target) = system.pds.get(peer) else {
+        return Ok(false);
+    };
+    let (tcb, notification) = (target.tcb, target.notification);
+    sys::tcb_unbind_notification(tcb).context("unbind for the audit")?;
+    let pending = sys::poll(notification);
+    sys::cnode_copy(
+        initial_cap::INIT_THREAD_CNODE,
+        scratch,
+        ROOT_DEPTH,
+        system.pds[pd].cnode,
+        slot,
+        PD_CNODE_BITS as u8,
+        Rights::ALL,
+    )
+    .context("copy a notify cap")?;
+    sys::signal(scratch);
+    let arrived = sys::poll(notification);
+    let root = initial_cap::INIT_THREAD_CNODE;
+    sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the notify copy")?;
+    if pending != 0 {
+        sys::cnode_mint(
+            root,
+            scratch,
+            ROOT_DEPTH,
+            root,
+            notification,
+            ROOT_DEPTH,
+            Rights::WRITE,
+            pending,
+        )
+        .context("mint the pending bits")?;
+        sys::signal(scratch);
+        sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the pending bits")?;
+    }
+    sys::tcb_bind_notification(tcb, notification).context("bind after the audit")?;
+    Ok(arrived == badge)
 }
 
 /// For every PD, the (slot, kernel cap type) of each non-empty slot of its

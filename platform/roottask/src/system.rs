@@ -21,7 +21,7 @@ pub struct Pd {
     pub cnode: CPtr,
     vspace: CPtr,
     endpoint: CPtr,
-    notification: CPtr,
+    pub notification: CPtr,
     /// Root-held cap to the PD's notification, badged MONITOR_NEWS_BIT.
     pub news: CPtr,
     image: &'static [u8],
@@ -629,6 +629,23 @@ fn grant_one_extra_for_the_audit_test(
         if let Some(region) = regions.first() {
             let frame = system.allocator.copy(region.first)?;
             system.map_into_pd(last_pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+        }
+    }
+    #[cfg(roottask_audit_test = "wrong-notify")]
+    {
+        // The first notify channel's cap, re-pointed at the PD's own
+        // notification (with the badge the peer would have seen).
+        let granted = layout.components.iter().enumerate().find_map(|(pd, c)| {
+            c.channels
+                .iter()
+                .find(|ch| ch.kind == ChannelKind::Notify)
+                .map(|ch| (pd, ch.id, ch.peer_id))
+        });
+        if let Some((pd, id, peer_id)) = granted {
+            let slot = SLOT_CHANNEL_BASE + u64::from(id);
+            let (cnode, own) = (system.pds[pd].cnode, system.pds[pd].notification);
+            sys::cnode_delete(cnode, slot, PD_CNODE_BITS as u8).context("delete notify cap")?;
+            system.mint_into_pd(pd, slot, own, Rights::WRITE, notification_bit(peer_id))?;
         }
     }
     #[cfg(roottask_audit_test = "wider-ioport")]

@@ -271,6 +271,10 @@ pub fn tcb_bind_notification(tcb: CPtr, notification: CPtr) -> KernelResult {
     invoke(tcb, label::TCBBindNotification, &[], &[notification]).map(drop)
 }
 
+pub fn tcb_unbind_notification(tcb: CPtr) -> KernelResult {
+    invoke(tcb, label::TCBUnbindNotification, &[], &[]).map(drop)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn cnode_mint(
     root: CPtr,

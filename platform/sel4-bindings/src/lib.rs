@@ -195,6 +195,13 @@ pub fn wait(notification: CPtr) -> u64 {
     recv(notification).badge
 }
 
+/// `seL4_Poll` (`NBRecv` on a notification): its word, cleared; 0 when
+/// nothing is pending. The caller must hold a cap with the read right, and
+/// the notification must not be bound to another thread.
+pub fn poll(notification: CPtr) -> u64 {
+    raw_syscall(syscall::NBRecv, notification, 0, [0; 4]).badge
+}
+
 /// `seL4_Yield`.
 pub fn yield_now() {
     raw_syscall(syscall::Yield, 0, 0, [0; 4]);
@@ -257,6 +264,8 @@ mod tests {
         assert_eq!(syscall::Recv, -5);
         assert_eq!(syscall::DebugCapIdentify, -11);
         assert_eq!(label::TCBSetSpace, 9);
+        assert_eq!(label::TCBUnbindNotification, 13);
+        assert_eq!(syscall::NBRecv, -8);
         assert_eq!(cap_type::null_cap, 0);
         assert_eq!(cap_type::frame_cap, 1);
         assert_eq!(cap_type::endpoint_cap, 4);

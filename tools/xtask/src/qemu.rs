@@ -118,7 +118,8 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
 /// a free IO-port slot of the last PD (`client`), the first page of the
 /// first region mapped writable at 0x3000_0000 in `client`, or the
-/// console's COM1 range one port longer. The audit must name it, and the
+/// console's COM1 range one port longer, or the first notify channel's cap
+/// pointed at its own PD's notification. The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
@@ -139,6 +140,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         "wider-ioport",
         &[
             "[monitor] capability audit: console: slot 144 holds IO ports of another range, the description grants IO ports 0x3f8-0x3ff",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-notify",
+        &[
+            "holds a notification that does not reach the peer with its badge, the description grants notification",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
