@@ -12,9 +12,15 @@ use std::path::PathBuf;
 
 /// The capability audit's negative test: `ROOTTASK_AUDIT_TEST_GRANT` set to
 /// one of these makes the root task grant one extra cap, frame or IO port,
-/// or point a notify cap at the wrong object (`system.rs`), which the audit
-/// must refuse.
-const AUDIT_TEST_GRANTS: &[&str] = &["extra-cap", "extra-frame", "wider-ioport", "wrong-notify"];
+/// point a notify cap at the wrong object or badge a monitor cap as
+/// another PD (`system.rs`), which the audit must refuse.
+const AUDIT_TEST_GRANTS: &[&str] = &[
+    "extra-cap",
+    "extra-frame",
+    "wider-ioport",
+    "wrong-notify",
+    "wrong-badge",
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=ROOTTASK_AUDIT_TEST_GRANT");

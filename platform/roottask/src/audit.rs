@@ -17,6 +17,9 @@ use system_layout::{ChannelKind, ComponentLayout, SystemLayout, PAGE_SIZE};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapKind {
     Endpoint,
+    /// An endpoint cap that does not lead where the description says (for
+    /// a send cap: the endpoint and badge; for the PD's own: receiving).
+    EndpointNotAsGranted,
     Notification,
     /// A notification cap that does not signal the channel's peer with the
     /// channel's badge (another object, another badge, or no write right).
@@ -39,6 +42,9 @@ impl core::fmt::Display for CapKind {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             CapKind::Endpoint => write!(f, "endpoint"),
+            CapKind::EndpointNotAsGranted => {
+                write!(f, "an endpoint that does not lead where granted")
+            }
             CapKind::Notification => write!(f, "notification"),
             CapKind::NotificationNotAsGranted => {
                 write!(

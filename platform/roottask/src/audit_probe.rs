@@ -19,7 +19,13 @@
 //! two per IO-port range. A notify channel's cap is signalled once (from a
 //! copy) and the peer's notification, briefly unbound from its thread so
 //! the root task may poll it, must show exactly the channel's badge: the
-//! right object, badge and write right.
+//! right object, badge and write right. Endpoint caps are followed by a
+//! probe thread of the root task (same address space, its priority, no
+//! IPC buffer): it sends through a copy of a PD's send cap and the root
+//! task must receive that message, with the granted badge, on the endpoint
+//! the description names (the monitor's or the server's), or it waits on a
+//! copy of the PD's own endpoint cap and must receive what the root task
+//! sends to that PD's endpoint.
 //!
 //! Frames: seL4 5.0 gives user level no page-table walk, so every mapping
 //! into a PD goes through `System::map_into_pd`, which records the
@@ -32,7 +38,8 @@ use crate::elf::Segment;
 use crate::objects::{BuildError, BuildResult, Context, ROOT_DEPTH};
 use crate::system::{RegionFrames, System};
 use alloc::vec::Vec;
-use sel4_bindings::{self as sys, cap_type, initial_cap, object_type, CPtr, Rights};
+use core::sync::atomic::{AtomicU64, Ordering};
+use sel4_bindings::{self as sys, cap_type, initial_cap, object_type, CPtr, MessageInfo, Rights};
 use sel4_runtime::abi::*;
 use system_layout::{ChannelKind, ComponentLayout, SystemLayout};
 
@@ -50,6 +57,7 @@ pub fn audit(
     // SAFETY: rdtsc has no memory effects; user mode may use it.
     let started = unsafe { core::arch::x86_64::_rdtsc() };
     let cap_types = kernel_cap_types(system, root_cnode_bits)?;
+    let probe = ProbeThread::new(system)?;
     // SAFETY: as above.
     let slots_read = unsafe { core::arch::x86_64::_rdtsc() };
     let scratch = system.allocator.slot()?;
@@ -61,7 +69,16 @@ pub fn audit(
         let expected_caps = audit::expected_caps(component);
         let mut found_caps = Vec::new();
         for &(slot, kind) in &cap_types[pd] {
-            let kind = classify(system, component, pd, slot, kind, &expected_caps, scratch)?;
+            let kind = classify(
+                system,
+                component,
+                pd,
+                slot,
+                kind,
+                &expected_caps,
+                scratch,
+                &probe,
+            )?;
             found_caps.push((slot, kind));
         }
         let segments: Vec<Segment> = system.pds[pd].parsed.segments.iter().copied().collect();
@@ -136,9 +153,19 @@ fn classify(
     kernel_type: u64,
     expected: &[(u64, CapKind)],
     scratch: CPtr,
+    probe: &ProbeThread,
 ) -> BuildResult<CapKind> {
     Ok(match kernel_type {
-        cap_type::endpoint_cap => CapKind::Endpoint,
+        cap_type::endpoint_cap => match granted_endpoint(system, component, pd, slot) {
+            Some(granted) => {
+                if probe.endpoint_leads_to(system, pd, slot, granted, scratch)? {
+                    CapKind::Endpoint
+                } else {
+                    CapKind::EndpointNotAsGranted
+                }
+            }
+            None => CapKind::Endpoint,
+        },
         cap_type::notification_cap => {
             let channel = component.channels.iter().find(|c| {
                 c.kind == ChannelKind::Notify && SLOT_CHANNEL_BASE + u64::from(c.id) == slot
@@ -324,4 +351,156 @@ fn kernel_cap_types(system: &mut System, root_cnode_bits: u8) -> BuildResult<Vec
         sys::cnode_delete(audit_cnode, index, radix as u8).context("empty the audit CNode")?;
     }
     Ok(types)
+}
+
+/// Where the description says an endpoint cap of a PD leads.
+#[derive(Clone, Copy)]
+enum GrantedEndpoint {
+    /// The PD receives on this endpoint (its own, slot 1).
+    Receive(CPtr),
+    /// Messages sent through it arrive on this endpoint with this badge.
+    Send(CPtr, u64),
+}
+
+fn granted_endpoint(
+    system: &System,
+    component: &ComponentLayout,
+    pd: usize,
+    slot: u64,
+) -> Option<GrantedEndpoint> {
+    let monitor = system.monitor_endpoint;
+    match slot {
+        SLOT_ENDPOINT => Some(GrantedEndpoint::Receive(system.pds[pd].endpoint)),
+        SLOT_MONITOR => Some(GrantedEndpoint::Send(
+            monitor,
+            REQUEST_BADGE_FLAG | pd as u64,
+        )),
+        SLOT_FAULT => Some(GrantedEndpoint::Send(monitor, FAULT_BADGE_FLAG | pd as u64)),
+        _ => {
+            let channel = component.channels.iter().find(|c| {
+                c.kind == ChannelKind::CallClient && SLOT_CHANNEL_BASE + u64::from(c.id) == slot
+            })?;
+            let server = system.pds.get(usize::from(channel.peer))?;
+            Some(GrantedEndpoint::Send(
+                server.endpoint,
+                PPC_BADGE_FLAG | u64::from(channel.peer_id),
+            ))
+        }
+    }
+}
+
+/// The label of the probe thread's messages.
+const PROBE_LABEL: u64 = 0x5a;
+/// The label the probe thread last received (0: none).
+static PROBE_RECEIVED: AtomicU64 = AtomicU64::new(0);
+const PROBE_STACK_BYTES: usize = 4096;
+/// seL4 starts the root task at the highest priority; the probe thread
+/// runs at the same one, so the root task's yield hands it the CPU.
+const ROOT_TASK_PRIORITY: u8 = 255;
+
+#[repr(align(16))]
+struct ProbeStack {
+    _bytes: [u8; PROBE_STACK_BYTES],
+}
+/// Only the probe thread uses it; the root task takes its address.
+static mut PROBE_STACK: ProbeStack = ProbeStack {
+    _bytes: [0; PROBE_STACK_BYTES],
+};
+
+/// Send one message through `cap` (blocking until someone receives it).
+extern "C" fn probe_send(cap: CPtr) -> ! {
+    sys::send(cap, MessageInfo::new(PROBE_LABEL, 0, 0, 0), [0; 4]);
+    loop {
+        sys::yield_now();
+    }
+}
+
+/// Receive one message on `cap` and record its label.
+extern "C" fn probe_receive(cap: CPtr) -> ! {
+    let received = sys::recv(cap);
+    PROBE_RECEIVED.store(received.info.label(), Ordering::SeqCst);
+    loop {
+        sys::yield_now();
+    }
+}
+
+/// A thread of the root task (its VSpace and CSpace, no IPC buffer: the
+/// probes use register messages only) that uses one copied PD cap.
+struct ProbeThread {
+    tcb: CPtr,
+}
+
+impl ProbeThread {
+    fn new(system: &mut System) -> BuildResult<ProbeThread> {
+        let tcb = system.allocator.object(object_type::seL4_TCBObject, 0)?;
+        sys::tcb_configure(
+            tcb,
+            0,
+            ROOT_TASK_PRIORITY,
+            0,
+            initial_cap::INIT_THREAD_CNODE,
+            0,
+            initial_cap::INIT_THREAD_VSPACE,
+            0,
+            0,
+        )
+        .context("configure the probe thread")?;
+        Ok(ProbeThread { tcb })
+    }
+
+    /// Start `entry(cap)` and let it run until it blocks or yields back.
+    fn run(&self, entry: extern "C" fn(CPtr) -> !, cap: CPtr) -> BuildResult {
+        let stack_top = core::ptr::addr_of!(PROBE_STACK) as u64 + PROBE_STACK_BYTES as u64;
+        let context = sys::UserContext {
+            rip: entry as usize as u64,
+            // As after a call: the return address slot below an aligned top.
+            rsp: stack_top - 8,
+            rdi: cap,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        sys::tcb_write_registers(self.tcb, true, &context).context("start the probe thread")?;
+        sys::yield_now();
+        Ok(())
+    }
+
+    /// Whether the endpoint cap in the PD's `slot` leads where granted.
+    fn endpoint_leads_to(
+        &self,
+        system: &System,
+        pd: usize,
+        slot: u64,
+        granted: GrantedEndpoint,
+        scratch: CPtr,
+    ) -> BuildResult<bool> {
+        let root = initial_cap::INIT_THREAD_CNODE;
+        sys::cnode_copy(
+            root,
+            scratch,
+            ROOT_DEPTH,
+            system.pds[pd].cnode,
+            slot,
+            PD_CNODE_BITS as u8,
+            Rights::ALL,
+        )
+        .context("copy an endpoint cap")?;
+        let leads = match granted {
+            GrantedEndpoint::Send(endpoint, badge) => {
+                self.run(probe_send, scratch)?;
+                let received = sys::nb_recv(endpoint);
+                received.info.label() == PROBE_LABEL && received.badge == badge
+            }
+            GrantedEndpoint::Receive(endpoint) => {
+                PROBE_RECEIVED.store(0, Ordering::SeqCst);
+                self.run(probe_receive, scratch)?;
+                sys::nb_send(endpoint, MessageInfo::new(PROBE_LABEL, 0, 0, 0), [0; 4]);
+                sys::yield_now();
+                PROBE_RECEIVED.load(Ordering::SeqCst) == PROBE_LABEL
+            }
+        };
+        // Suspending also withdraws a message still waiting to be sent.
+        sys::tcb_suspend(self.tcb).context("stop the probe thread")?;
+        sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the endpoint copy")?;
+        Ok(leads)
+    }
 }

@@ -20,7 +20,7 @@ pub struct Pd {
     pub tcb: CPtr,
     pub cnode: CPtr,
     vspace: CPtr,
-    endpoint: CPtr,
+    pub endpoint: CPtr,
     pub notification: CPtr,
     /// Root-held cap to the PD's notification, badged MONITOR_NEWS_BIT.
     pub news: CPtr,
@@ -647,6 +647,22 @@ fn grant_one_extra_for_the_audit_test(
             sys::cnode_delete(cnode, slot, PD_CNODE_BITS as u8).context("delete notify cap")?;
             system.mint_into_pd(pd, slot, own, Rights::WRITE, notification_bit(peer_id))?;
         }
+    }
+    #[cfg(roottask_audit_test = "wrong-badge")]
+    {
+        // The last PD's monitor cap badged as PD 0: it could ask the
+        // monitor for what only PD 0 may.
+        let cnode = system.pds[last_pd].cnode;
+        sys::cnode_delete(cnode, SLOT_MONITOR, PD_CNODE_BITS as u8)
+            .context("delete monitor cap")?;
+        let monitor = system.monitor_endpoint;
+        system.mint_into_pd(
+            last_pd,
+            SLOT_MONITOR,
+            monitor,
+            Rights(Rights::WRITE.0 | Rights::GRANT.0),
+            REQUEST_BADGE_FLAG,
+        )?;
     }
     #[cfg(roottask_audit_test = "wider-ioport")]
     {

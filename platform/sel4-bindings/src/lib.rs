@@ -199,7 +199,13 @@ pub fn wait(notification: CPtr) -> u64 {
 /// nothing is pending. The caller must hold a cap with the read right, and
 /// the notification must not be bound to another thread.
 pub fn poll(notification: CPtr) -> u64 {
-    raw_syscall(syscall::NBRecv, notification, 0, [0; 4]).badge
+    nb_recv(notification).badge
+}
+
+/// `seL4_NBRecv`: a message if a sender is waiting; otherwise badge 0 and
+/// the message tag 0 (the kernel leaves the tag register as passed).
+pub fn nb_recv(source: CPtr) -> Received {
+    raw_syscall(syscall::NBRecv, source, 0, [0; 4])
 }
 
 /// `seL4_Yield`.

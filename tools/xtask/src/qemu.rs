@@ -118,8 +118,9 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
 /// a free IO-port slot of the last PD (`client`), the first page of the
 /// first region mapped writable at 0x3000_0000 in `client`, or the
-/// console's COM1 range one port longer, or the first notify channel's cap
-/// pointed at its own PD's notification. The audit must name it, and the
+/// console's COM1 range one port longer, the first notify channel's cap
+/// pointed at its own PD's notification, or `client`'s monitor cap badged
+/// as PD 0. The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
@@ -147,6 +148,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         "wrong-notify",
         &[
             "holds a notification that does not reach the peer with its badge, the description grants notification",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-badge",
+        &[
+            "[monitor] capability audit: client: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
