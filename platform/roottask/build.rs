@@ -12,14 +12,16 @@ use std::path::PathBuf;
 
 /// The capability audit's negative test: `ROOTTASK_AUDIT_TEST_GRANT` set to
 /// one of these makes the root task grant one extra cap, frame or IO port,
-/// point a notify cap at the wrong object or badge a monitor cap as
-/// another PD (`system.rs`), which the audit must refuse.
+/// point a notify cap at the wrong object, badge a monitor cap as another
+/// PD or give a fault cap the read right (`system.rs`), which the audit
+/// must refuse.
 const AUDIT_TEST_GRANTS: &[&str] = &[
     "extra-cap",
     "extra-frame",
     "wider-ioport",
     "wrong-notify",
     "wrong-badge",
+    "readable-monitor",
 ];
 
 fn main() {

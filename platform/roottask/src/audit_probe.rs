@@ -25,7 +25,10 @@
 //! task must receive that message, with the granted badge, on the endpoint
 //! the description names (the monitor's or the server's), or it waits on a
 //! copy of the PD's own endpoint cap and must receive what the root task
-//! sends to that PD's endpoint.
+//! sends to that PD's endpoint. Send and notify caps must also lack the
+//! read right: the probe thread's poll through the copy must end in a cap
+//! fault (delivered quietly to the probe's own fault endpoint) instead of
+//! returning.
 //!
 //! Frames: seL4 5.0 gives user level no page-table walk, so every mapping
 //! into a PD goes through `System::map_into_pd`, which records the
@@ -174,7 +177,7 @@ fn classify(
                 Some(channel) => {
                     let peer = usize::from(channel.peer);
                     let badge = notification_bit(channel.peer_id);
-                    if notification_reaches(system, pd, slot, peer, badge, scratch)? {
+                    if notification_reaches(system, pd, slot, peer, badge, scratch, probe)? {
                         CapKind::Notification
                     } else {
                         CapKind::NotificationNotAsGranted
@@ -241,7 +244,8 @@ fn io_port_cap_covers(
 /// exactly `badge` in `peer`'s notification. That notification is bound
 /// to the peer's (not yet started) thread, and only that thread may poll a
 /// bound notification, so it is unbound for the check and bound again;
-/// bits already pending (an early interrupt) are put back.
+/// bits already pending (an early interrupt) are put back. The cap must
+/// not let its holder wait on that notification either.
 fn notification_reaches(
     system: &System,
     pd: usize,
@@ -249,6 +253,7 @@ fn notification_reaches(
     peer: usize,
     badge: u64,
     scratch: CPtr,
+    probe: &ProbeThread,
 ) -> BuildResult<bool> {
     let Some(target) = system.pds.get(peer) else {
         return Ok(false);
@@ -268,6 +273,8 @@ fn notification_reaches(
     .context("copy a notify cap")?;
     sys::signal(scratch);
     let arrived = sys::poll(notification);
+    // While it is unbound: a read right would let the poll return.
+    let send_only = probe.cannot_receive(scratch)?;
     let root = initial_cap::INIT_THREAD_CNODE;
     sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the notify copy")?;
     if pending != 0 {
@@ -286,7 +293,7 @@ fn notification_reaches(
         sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the pending bits")?;
     }
     sys::tcb_bind_notification(tcb, notification).context("bind after the audit")?;
-    Ok(arrived == badge)
+    Ok(arrived == badge && send_only)
 }
 
 /// For every PD, the (slot, kernel cap type) of each non-empty slot of its
@@ -391,8 +398,11 @@ fn granted_endpoint(
 
 /// The label of the probe thread's messages.
 const PROBE_LABEL: u64 = 0x5a;
-/// The label the probe thread last received (0: none).
+/// The label the probe thread last received (0: none), or
+/// [`PROBE_RETURNED`].
 static PROBE_RECEIVED: AtomicU64 = AtomicU64::new(0);
+/// The probe thread's poll returned (the cap has the read right).
+const PROBE_RETURNED: u64 = u64::MAX;
 const PROBE_STACK_BYTES: usize = 4096;
 /// seL4 starts the root task at the highest priority; the probe thread
 /// runs at the same one, so the root task's yield hands it the CPU.
@@ -424,18 +434,33 @@ extern "C" fn probe_receive(cap: CPtr) -> ! {
     }
 }
 
+/// Poll through `cap`: returns only if the cap has the read right (else
+/// the kernel sends a cap fault to the probe's fault endpoint).
+extern "C" fn probe_try_receive(cap: CPtr) -> ! {
+    sys::nb_recv(cap);
+    PROBE_RECEIVED.store(PROBE_RETURNED, Ordering::SeqCst);
+    loop {
+        sys::yield_now();
+    }
+}
+
 /// A thread of the root task (its VSpace and CSpace, no IPC buffer: the
 /// probes use register messages only) that uses one copied PD cap.
 struct ProbeThread {
     tcb: CPtr,
+    /// Where the kernel reports the probe thread's cap faults.
+    fault_endpoint: CPtr,
 }
 
 impl ProbeThread {
     fn new(system: &mut System) -> BuildResult<ProbeThread> {
         let tcb = system.allocator.object(object_type::seL4_TCBObject, 0)?;
+        let fault_endpoint = system
+            .allocator
+            .object(object_type::seL4_EndpointObject, 0)?;
         sys::tcb_configure(
             tcb,
-            0,
+            fault_endpoint,
             ROOT_TASK_PRIORITY,
             0,
             initial_cap::INIT_THREAD_CNODE,
@@ -445,7 +470,10 @@ impl ProbeThread {
             0,
         )
         .context("configure the probe thread")?;
-        Ok(ProbeThread { tcb })
+        Ok(ProbeThread {
+            tcb,
+            fault_endpoint,
+        })
     }
 
     /// Start `entry(cap)` and let it run until it blocks or yields back.
@@ -464,7 +492,20 @@ impl ProbeThread {
         Ok(())
     }
 
-    /// Whether the endpoint cap in the PD's `slot` leads where granted.
+    /// Whether the cap at `cap` (a root slot) cannot be received on: the
+    /// probe's poll through it faults (a read right would let it return).
+    fn cannot_receive(&self, cap: CPtr) -> BuildResult<bool> {
+        PROBE_RECEIVED.store(0, Ordering::SeqCst);
+        self.run(probe_try_receive, cap)?;
+        let returned = PROBE_RECEIVED.load(Ordering::SeqCst) == PROBE_RETURNED;
+        let fault = sys::nb_recv(self.fault_endpoint);
+        // A faulted probe waits for a reply: suspending it ends that.
+        sys::tcb_suspend(self.tcb).context("stop the probe thread")?;
+        Ok(!returned && fault.info.label() != 0)
+    }
+
+    /// Whether the endpoint cap in the PD's `slot` leads where granted
+    /// (and, for a send cap, cannot be received on).
     fn endpoint_leads_to(
         &self,
         system: &System,
@@ -488,7 +529,10 @@ impl ProbeThread {
             GrantedEndpoint::Send(endpoint, badge) => {
                 self.run(probe_send, scratch)?;
                 let received = sys::nb_recv(endpoint);
-                received.info.label() == PROBE_LABEL && received.badge == badge
+                sys::tcb_suspend(self.tcb).context("stop the probe thread")?;
+                received.info.label() == PROBE_LABEL
+                    && received.badge == badge
+                    && self.cannot_receive(scratch)?
             }
             GrantedEndpoint::Receive(endpoint) => {
                 PROBE_RECEIVED.store(0, Ordering::SeqCst);

@@ -664,6 +664,21 @@ fn grant_one_extra_for_the_audit_test(
             REQUEST_BADGE_FLAG,
         )?;
     }
+    #[cfg(roottask_audit_test = "readable-monitor")]
+    {
+        // The last PD's fault cap with the read right too: it could
+        // receive other PDs' requests and faults on the monitor's endpoint.
+        let cnode = system.pds[last_pd].cnode;
+        sys::cnode_delete(cnode, SLOT_FAULT, PD_CNODE_BITS as u8).context("delete fault cap")?;
+        let monitor = system.monitor_endpoint;
+        system.mint_into_pd(
+            last_pd,
+            SLOT_FAULT,
+            monitor,
+            Rights::ALL,
+            FAULT_BADGE_FLAG | last_pd as u64,
+        )?;
+    }
     #[cfg(roottask_audit_test = "wider-ioport")]
     {
         // The first granted IO-port range, one port longer: right slot,

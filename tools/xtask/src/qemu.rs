@@ -119,8 +119,9 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// a free IO-port slot of the last PD (`client`), the first page of the
 /// first region mapped writable at 0x3000_0000 in `client`, or the
 /// console's COM1 range one port longer, the first notify channel's cap
-/// pointed at its own PD's notification, or `client`'s monitor cap badged
-/// as PD 0. The audit must name it, and the
+/// pointed at its own PD's notification, `client`'s monitor cap badged as
+/// PD 0, or `client`'s fault cap with the read right (it could receive on
+/// the monitor's endpoint). The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
@@ -155,6 +156,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         "wrong-badge",
         &[
             "[monitor] capability audit: client: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "readable-monitor",
+        &[
+            "[monitor] capability audit: client: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
