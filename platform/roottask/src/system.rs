@@ -614,6 +614,7 @@ fn grant_one_extra_for_the_audit_test(
     let Some(last_pd) = system.pds.len().checked_sub(1) else {
         return Ok(());
     };
+    // Only the test builds below use them.
     let _ = (&system, layout, regions, last_pd);
     #[cfg(roottask_audit_test = "extra-cap")]
     {
