@@ -65,6 +65,13 @@ fn main() {
             next += 1;
         }
     }
+    out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod cap_type {\n");
+    // What seL4_DebugCapIdentify returns: the tag of the `cap` union.
+    for (name, number) in cap_tags(&read(
+        &kernel.join("include/arch/x86/arch/64/mode/object/structures.bf"),
+    )) {
+        out.push_str(&format!("    pub const {name}: u64 = {number};\n"));
+    }
     out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod syscall {\n");
     for (name, number) in syscalls(&read(&libsel4.join("include/api/syscall.xml")), &config) {
         out.push_str(&format!("    pub const {name}: i64 = {number};\n"));
@@ -122,6 +129,37 @@ fn locate_kernel_source(manifest: &Path) -> PathBuf {
         "sel4-bindings: cannot locate the seL4 source (run `cargo fetch --manifest-path {}`): {last_error}",
         manifest.display()
     );
+}
+
+/// The `tag NAME NUMBER` lines of the `tagged_union cap capType` block of
+/// the kernel's bitfield file.
+fn cap_tags(text: &str) -> Vec<(String, u64)> {
+    let mut tags = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("tagged_union cap capType") {
+            inside = true;
+            continue;
+        }
+        if inside && line.starts_with('}') {
+            break;
+        }
+        let mut words = line.split_whitespace();
+        if inside && words.next() == Some("tag") {
+            if let (Some(name), Some(number)) = (words.next(), words.next()) {
+                let number = number
+                    .parse()
+                    .unwrap_or_else(|_| panic!("sel4-bindings: bad cap tag line `{line}`"));
+                tags.push((name.to_string(), number));
+            }
+        }
+    }
+    assert!(
+        !tags.is_empty(),
+        "sel4-bindings: no cap tags in structures.bf"
+    );
+    tags
 }
 
 /// `#define NAME VALUE` lines; a bare define counts as 1.

@@ -4,6 +4,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use sel4_bindings as sys;
 
+/// The power-off code when the capability audit refuses the system.
+pub const AUDIT_FAILED_CODE: u8 = 0x7d;
+
 const STACK_BYTES: usize = 64 * 1024;
 const HEAP_BYTES: usize = 1024 * 1024;
 
@@ -116,7 +119,10 @@ extern "C" fn roottask_main(boot_info: *const sys::BootInfo) -> ! {
         Ok(system) => crate::monitor::serve(system),
         Err(error) => {
             log!("cannot build the system: {error}");
-            power_off(0x7f)
+            match error {
+                crate::objects::BuildError::AuditFailed(_) => power_off(AUDIT_FAILED_CODE),
+                _ => power_off(0x7f),
+            }
         }
     }
 }

@@ -12,7 +12,10 @@
 //! (`ipc_harness::expect`). The expectation file is the host script's or
 //! else the description's path with `.expect` instead of its extension
 //! (`system.expect` for `system.toml`). It reports the time from QEMU's
-//! start to the last expected line. Every case runs even if one fails.
+//! start to the last expected line. By default the capability audit's
+//! negative tests follow ([`AUDIT_TESTS`]): a root task that grants one
+//! extra cap or frame must be refused by its audit (`--audit-tests`: only
+//! those). Every case runs even if one fails.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
 use crate::util::Result;
@@ -89,6 +92,67 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("tests/systems/sel4test.toml", None),
 ];
 
+/// The capability audit's negative tests: the VMBus system with a root
+/// task built to grant one thing the description does not
+/// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
+/// a free IO-port slot of the last PD (`client`), the first page of the
+/// first region mapped writable at 0x3000_0000 in `client`, or the
+/// console's COM1 range one port longer, the first notify channel's cap
+/// pointed at its own PD's notification, `client`'s monitor cap badged as
+/// PD 0, or `client`'s fault cap with the read right (it could receive on
+/// the monitor's endpoint). The audit must name it, and the
+/// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
+pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
+    (
+        "extra-cap",
+        &[
+            "[monitor] capability audit: client: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "extra-frame",
+        &[
+            "[monitor] capability audit: client: extra frame at 0x30000000 (rw, physical",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wider-ioport",
+        &[
+            "[monitor] capability audit: console: slot 144 holds IO ports of another range, the description grants IO ports 0x3f8-0x3ff",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-notify",
+        &[
+            "holds a notification that does not reach the peer with its badge, the description grants notification",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-badge",
+        &[
+            "[monitor] capability audit: client: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "readable-monitor",
+        &[
+            "[monitor] capability audit: client: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+];
+
+/// `AUDIT_FAILED_CODE` in `platform/roottask/src/boot.rs`.
+const AUDIT_FAILED_CODE: i32 = 0x7d;
+
+/// A line that shows the PDs were started.
+const STARTED_LINE: &str = "protection domains (";
+
 /// Lines after which a boot cannot pass: stop QEMU at once instead of
 /// waiting for the timeout.
 const FATAL_LINES: &[&str] = &["has no supervisor: it stays stopped", "KERNEL EXCEPTION"];
@@ -103,11 +167,13 @@ const IDLE_FROM: &str = "offered devices open";
 const IDLE_TO: &str = "powers off";
 
 pub fn boot_test(args: &[String]) -> Result {
-    if !args.is_empty() {
+    let audit_only = args.iter().any(|arg| arg == "--audit-tests");
+    if !args.is_empty() && !audit_only {
         return boot_test_one(&system_argument(args)?);
     }
+    let boot_tests = if audit_only { &[][..] } else { BOOT_TESTS };
     let mut failed = Vec::new();
-    for (system, host_script) in BOOT_TESTS {
+    for (system, host_script) in boot_tests {
         let spec = ImageSpec::new(system, *host_script);
         let name = match host_script {
             Some(script) => format!("{system} with {script}"),
@@ -119,9 +185,17 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
+    for (grant, expected) in AUDIT_TESTS {
+        let name = format!("the capability audit with one {grant}");
+        println!("xtask: boot test of {name}");
+        if let Err(error) = audit_test_one(grant, expected) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
+    }
     println!(
         "boot-tests: {} passed, {} failed",
-        BOOT_TESTS.len() - failed.len(),
+        boot_tests.len() + AUDIT_TESTS.len() - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -148,6 +222,31 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
         expected.len()
     );
     Ok(())
+}
+
+/// Boot the VMBus system with a root task that grants one extra item:
+/// pass if the audit names it and the system is refused.
+fn audit_test_one(grant: &'static str, expected: &[&str]) -> Result {
+    let mut spec = ImageSpec::new("system.toml", None);
+    spec.audit_test_grant = Some(grant);
+    let image = build(&spec)?;
+    let boot = boot_once(&image, Echo::Lines)?;
+    let expected: Vec<String> = expected.iter().map(|line| line.to_string()).collect();
+    if let Err(missing) = expect::check(&expected, &boot.lines) {
+        return Err(format!("expected output line not seen: {missing:?}"));
+    }
+    if let Some(line) = boot.lines.iter().find(|l| l.contains(STARTED_LINE)) {
+        return Err(format!("the system was started anyway: {line:?}"));
+    }
+    match boot.status.and_then(|status| status.code()) {
+        Some(code) if code == (AUDIT_FAILED_CODE << 1) | 1 => {
+            eprintln!("xtask: boot test passed (the audit refused the system)");
+            Ok(())
+        }
+        other => Err(format!(
+            "expected power-off code {AUDIT_FAILED_CODE:#x}, QEMU ended with {other:?}"
+        )),
+    }
 }
 
 /// Whether a boot's console lines are printed as they come.
