@@ -21,21 +21,13 @@ use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
 use hvsim::script::ScriptRunner;
-use talc::{ClaimOnOom, Span, Talc, Talck};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 // `SCRIPT`: the operator script for the description being built (build.rs).
 include!(concat!(env!("OUT_DIR"), "/script.rs"));
 
-/// The simulator's heap (GPADL tables, queued messages, packet copies).
-const HEAP_BYTES: usize = 512 * 1024;
-static mut HEAP: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
-
-#[global_allocator]
-// SAFETY: HEAP is used by nothing but this allocator.
-static ALLOCATOR: Talck<spin::Mutex<()>, ClaimOnOom> =
-    Talc::new(unsafe { ClaimOnOom::new(Span::from_array(core::ptr::addr_of!(HEAP).cast_mut())) })
-        .lock();
+// The simulator's heap (GPADL tables, queued messages, packet copies).
+use sel4_heap as _;
 
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,

@@ -11,17 +11,17 @@
 //! Trusts: the ponger's replies only as far as comparing them. Writes: the
 //! shared region.
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![allow(static_mut_refs)]
+#![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
 use component_api::{CallError, ChannelSet, Component, Env};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// In `.data`: 7 in the image.
-static mut DATA_MARK: u32 = 7;
+static DATA_MARK: AtomicU32 = AtomicU32::new(7);
 /// In `.bss`: 0 in the image.
-static mut BSS_MARK: u32 = 0;
+static BSS_MARK: AtomicU32 = AtomicU32::new(0);
 
 /// An address no description grants (below the region area, above the
 /// fixed PD areas).
@@ -35,12 +35,8 @@ pub struct Ping {
 impl Component for Ping {
     fn init(env: &mut dyn Env) -> Self {
         let shared = env.region(regions::SHARED);
-        // SAFETY: single-threaded PD; these statics are only touched here.
-        let (data, bss) = unsafe { (DATA_MARK, BSS_MARK) };
-        unsafe {
-            DATA_MARK = 99;
-            BSS_MARK = 99;
-        }
+        let data = DATA_MARK.swap(99, Ordering::Relaxed);
+        let bss = BSS_MARK.swap(99, Ordering::Relaxed);
         if data != 7 || bss != 0 {
             shared.atomic_u32(8).unwrap().fetch_add(1, Ordering::SeqCst);
         }
@@ -72,9 +68,9 @@ impl Component for Ping {
                     .unwrap()
                     .fetch_add(1, Ordering::SeqCst);
             }
-            // SAFETY: deliberately reading memory we were not granted: the
-            // kernel stops us here and the supervisor sees the fault.
-            let value = unsafe { (UNGRANTED_ADDRESS as *const u32).read_volatile() };
+            // Deliberately reading memory we were not granted: the kernel
+            // stops us here and the supervisor sees the fault.
+            let value = component_api::deliberate::read_ungranted(UNGRANTED_ADDRESS);
             core::hint::black_box(value);
         } else {
             // The crasher panics while serving this call: it must fail,

@@ -30,6 +30,7 @@
 //! the hypervisor interface. It is the only component that can reach the
 //! hypervisor.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{
     call, decode, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,

@@ -15,6 +15,7 @@
 //!
 //! Trusts: nothing. Writes: its tick notifications.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{ChannelSet, Component, Env};
 

@@ -11,6 +11,7 @@
 //! rejected and counted; see `ic-channel` for when the driver gives up).
 //! Writes: its own rings (answers) and the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, Env};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};

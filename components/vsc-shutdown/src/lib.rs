@@ -18,6 +18,7 @@
 //! characters replaced, cut to 64 characters. Writes: its own rings, the
 //! console, the `client_event` notification.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{decode, encode_reply, println, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};

@@ -20,6 +20,7 @@
 //! so its values are taken as they come (arithmetic saturates).
 //! Writes: its own rings, the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{decode, encode_reply, println, Env, Refusal};
 use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};

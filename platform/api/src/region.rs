@@ -21,9 +21,10 @@ pub struct Region {
     guest_physical: Option<u64>,
 }
 
-// Safety: a Region is a description of shared memory; all access through it
+// SAFETY: a Region is a description of shared memory; all access through it
 // is volatile or atomic.
 unsafe impl Send for Region {}
+// SAFETY: as for Send.
 unsafe impl Sync for Region {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,36 @@ impl Region {
             double_mapped,
             guest_physical: None,
         }
+    }
+
+    /// A zeroed, writable region of `len` bytes over memory leaked for
+    /// the rest of the process: for tests, which otherwise would need
+    /// `unsafe` to make a region over memory of their own.
+    #[cfg(feature = "test-memory")]
+    pub fn leaked(len: usize) -> Region {
+        extern crate alloc;
+        let words = alloc::vec![0u64; len.div_ceil(8)].leak();
+        // SAFETY: the memory is never freed (leaked), 8-byte aligned,
+        // readable and writable, and reached from nothing else.
+        unsafe { Region::new(words.as_mut_ptr().cast(), len, true, false) }
+    }
+
+    /// The `len` bytes at `offset` as a region of their own (never double
+    /// mapped; host visible at the matching address if this one is).
+    pub fn subregion(&self, offset: usize, len: usize) -> Result<Region, RegionError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(RegionError::OutOfBounds),
+        }
+        Ok(Region {
+            // SAFETY: `offset <= self.len`, so the pointer stays inside (or
+            // one past) the mapping `self` describes.
+            base: unsafe { self.base.add(offset) },
+            len,
+            writable: self.writable,
+            double_mapped: false,
+            guest_physical: self.guest_physical.map(|gpa| gpa + offset as u64),
+        })
     }
 
     /// The same region, marked as host visible: its memory is physically
@@ -181,6 +212,7 @@ mod tests {
     #[test]
     fn bounds_are_checked() {
         let mut memory = [0u8; 64];
+        // SAFETY: `memory` outlives the region.
         let region = unsafe { Region::new(memory.as_mut_ptr(), 64, true, false) };
         assert_eq!(region.write(60, &[1, 2, 3, 4]), Ok(()));
         assert_eq!(
@@ -198,8 +230,26 @@ mod tests {
     }
 
     #[test]
+    fn subregions_stay_inside() {
+        let mut memory = [0u8; 64];
+        // SAFETY: `memory` outlives the region.
+        let region = unsafe { Region::new(memory.as_mut_ptr(), 64, true, false) }
+            .with_guest_physical(0x1000);
+        let part = region.subregion(16, 8).unwrap();
+        part.write(0, &[7]).unwrap();
+        let mut out = [0u8; 1];
+        region.read(16, &mut out).unwrap();
+        assert_eq!(out, [7]);
+        assert_eq!(part.guest_physical(), Some(0x1010));
+        assert_eq!(part.write(8, &[1]), Err(RegionError::OutOfBounds));
+        assert!(region.subregion(60, 5).is_err());
+        assert!(region.subregion(usize::MAX, 2).is_err());
+    }
+
+    #[test]
     fn read_only_region_refuses_writes() {
         let mut memory = [0u8; 8];
+        // SAFETY: `memory` outlives the region.
         let region = unsafe { Region::new(memory.as_mut_ptr(), 8, false, false) };
         assert_eq!(region.write(0, &[1]), Err(RegionError::ReadOnly));
     }

@@ -402,6 +402,7 @@ fn refusal_frame(refusal: Refusal) -> Vec<u8> {
 fn write_all(fd: RawFd, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         let written =
+            // SAFETY: the buffer is ours and `bytes.len()` long.
             unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
         if written < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {

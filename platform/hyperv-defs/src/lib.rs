@@ -16,6 +16,7 @@
 //! against OpenVMM's `hvdef` crate and Linux's `hyperv-tlfs.h` (read for
 //! facts only).
 #![no_std]
+#![forbid(unsafe_code)]
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

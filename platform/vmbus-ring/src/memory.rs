@@ -115,11 +115,12 @@ mod heap {
         data: Box<[UnsafeCell<u8>]>,
     }
 
-    // Safety: the control page is atomics; data bytes are only copied with
+    // SAFETY: the control page is atomics; data bytes are only copied with
     // raw pointers in bounds, and the ring protocol gives each byte range to
     // one side at a time (a misbehaving peer can only corrupt bytes, which
     // the reader validates after copying).
     unsafe impl Sync for HeapRingMemory {}
+    // SAFETY: as for Sync; the memory is owned (boxed), not thread-bound.
     unsafe impl Send for HeapRingMemory {}
 
     impl HeapRingMemory {
@@ -197,7 +198,10 @@ mod heap {
         regions: RegionRingMemory,
     }
 
+    // SAFETY: the mapping is owned by this value and unmapped only on drop;
+    // all access goes through `RegionRingMemory` (volatile or atomic).
     unsafe impl Send for DoubleMappedRingMemory {}
+    // SAFETY: as for Send: shared access is volatile or atomic.
     unsafe impl Sync for DoubleMappedRingMemory {}
 
     impl DoubleMappedRingMemory {

@@ -11,6 +11,7 @@
 //!
 //! The test prints how long the KVP restart took, from the fault to
 //! serving again, and how long the boot took to all channels open.
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

@@ -1,4 +1,5 @@
 //! The compiled form of a valid description: ids, peers, addresses.
+#![forbid(unsafe_code)]
 
 use system_layout::ChannelKind;
 

@@ -1,0 +1,47 @@
+//! Deliberate faults, for the test fixtures that check the OS stops a
+//! component which steps outside what its description grants (the
+//! isolation tests). They live here, beside the memory layer, so the
+//! fixtures themselves stay free of `unsafe`. Each one returns only if the
+//! OS failed to stop the component; the caller reports that.
+
+use crate::Region;
+
+/// Write a byte to `region`, which the description maps read-only: the OS
+/// must fault the component here. A writable region is not written (the
+/// write would be no fault, only damage): `Err(())`.
+#[allow(clippy::result_unit_err)]
+pub fn write_read_only(region: &Region) -> Result<(), ()> {
+    if region.writable() {
+        return Err(());
+    }
+    // SAFETY: the pointer is the region's base, mapped for the component's
+    // lifetime; the region is read-only, so the hardware refuses the store
+    // before any byte changes.
+    unsafe { region.as_ptr().write_volatile(0xff) };
+    Ok(())
+}
+
+/// Read the first byte after `region`'s mapping. Both runtimes leave the
+/// page after every region mapping unmapped (a guard), so the OS must
+/// fault the component here.
+pub fn read_after(region: &Region) -> u8 {
+    // SAFETY: one past the region's span is the guard page both runtimes
+    // keep unmapped: no memory of this program is there to be read.
+    unsafe { region.as_ptr().add(region.span()).read_volatile() }
+}
+
+/// Read a word at `address`, which the component's description grants
+/// nothing at (so nothing of this program is there either): the OS must
+/// fault the component here.
+pub fn read_ungranted(address: usize) -> u32 {
+    // SAFETY: the caller names an address its description maps nothing
+    // at; the read faults before it returns a value.
+    unsafe { (address as *const u32).read_volatile() }
+}
+
+/// Execute an undefined instruction (`ud2`): the OS must fault the
+/// component here.
+pub fn illegal_instruction() {
+    // SAFETY: `ud2` touches no memory and no register; it only traps.
+    unsafe { core::arch::asm!("ud2") };
+}
