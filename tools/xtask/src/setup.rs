@@ -29,8 +29,8 @@ pub fn run_setup() -> Result {
         }
         apt_update(&mut apt_updated)?;
         // Without its recommended packages (GUI, audio, GStreamer, VA
-        // drivers: 174 packages, 535 MB on a fresh machine) QEMU is 21
-        // packages, 97 MB, and boots the image headless just the same.
+        // drivers: 174 packages, 535 MiB installed on a fresh machine) QEMU
+        // is 21 packages, 97 MiB, and boots the image headless just the same.
         run_checked(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
