@@ -131,7 +131,7 @@ impl Region {
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
         self.check(offset, out.len())?;
         for (i, byte) in out.iter_mut().enumerate() {
-            // Safety: bounds checked above.
+            // SAFETY: bounds checked above.
             *byte = unsafe { self.base.as_ptr().add(offset + i).read_volatile() };
         }
         Ok(())
@@ -144,7 +144,7 @@ impl Region {
         }
         self.check(offset, data.len())?;
         for (i, byte) in data.iter().enumerate() {
-            // Safety: bounds checked above.
+            // SAFETY: bounds checked above.
             unsafe { self.base.as_ptr().add(offset + i).write_volatile(*byte) };
         }
         Ok(())
@@ -155,7 +155,7 @@ impl Region {
     /// own them (an index-protected ring slot); the copy is then validated.
     pub fn read_bulk(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
         self.check(offset, out.len())?;
-        // Safety: bounds checked; the destination is private memory.
+        // SAFETY: bounds checked; the destination is private memory.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.base.as_ptr().add(offset),
@@ -172,7 +172,7 @@ impl Region {
             return Err(RegionError::ReadOnly);
         }
         self.check(offset, data.len())?;
-        // Safety: bounds checked.
+        // SAFETY: bounds checked.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -189,7 +189,7 @@ impl Region {
         if !offset.is_multiple_of(4) {
             return Err(RegionError::Misaligned);
         }
-        // Safety: in bounds and aligned; atomics are valid on shared memory.
+        // SAFETY: in bounds and aligned; atomics are valid on shared memory.
         Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU32) })
     }
 
@@ -199,7 +199,7 @@ impl Region {
         if !offset.is_multiple_of(8) {
             return Err(RegionError::Misaligned);
         }
-        // Safety: in bounds and aligned.
+        // SAFETY: in bounds and aligned.
         Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) })
     }
 }

@@ -72,7 +72,7 @@ pub struct Endpoint {
 }
 
 fn adopt(fd: i32) -> OwnedFd {
-    // Safety: the launcher handed us this descriptor for our sole use.
+    // SAFETY: the launcher handed us this descriptor for our sole use.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -87,7 +87,7 @@ impl Endpoint {
             let size = usize::try_from(map.size)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
             let base = sys::map_shared(&fd, map.offset, size, map.writable, map.double)?;
-            // Safety: just mapped, never unmapped, with these rights.
+            // SAFETY: just mapped, never unmapped, with these rights.
             let region = unsafe { Region::new(base, size, map.writable, map.double) };
             regions.push(match map.guest_physical {
                 Some(gpa) => region.with_guest_physical(gpa),

@@ -76,7 +76,7 @@ extern "C" fn on_fault_signal(
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    // Safety: the kernel passes valid siginfo and ucontext pointers.
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers.
     let (from_hardware, address) = unsafe { ((*info).si_code > 0, (*info).si_addr() as u64) };
     let fd = CONTROL_FD.load(Ordering::Relaxed);
     if from_hardware && fd >= 0 {

@@ -161,7 +161,7 @@ mod heap {
                 Some(end) if end <= self.data.len() => {}
                 _ => return Err(MemoryError),
             }
-            // Safety: in bounds (checked); the destination is private.
+            // SAFETY: in bounds (checked); the destination is private.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.data_ptr().add(offset),
@@ -176,7 +176,7 @@ mod heap {
                 Some(end) if end <= self.data.len() => {}
                 _ => return Err(MemoryError),
             }
-            // Safety: in bounds (checked).
+            // SAFETY: in bounds (checked).
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     data.as_ptr(),
@@ -212,7 +212,7 @@ mod heap {
                 return Err(Error::other("data_len must be a multiple of 4096"));
             }
             let total = CONTROL_PAGE_SIZE + 2 * data_len;
-            // Safety: plain libc calls; every result is checked, and the
+            // SAFETY: plain libc calls; every result is checked, and the
             // fixed mappings land inside the reservation made just before.
             unsafe {
                 let fd = libc::memfd_create(c"vmbus-ring".as_ptr(), 0);
@@ -280,7 +280,7 @@ mod heap {
 
     impl Drop for DoubleMappedRingMemory {
         fn drop(&mut self) {
-            // Safety: unmaps exactly the reservation made in new().
+            // SAFETY: unmaps exactly the reservation made in new().
             unsafe {
                 libc::munmap(
                     self.base as *mut libc::c_void,
