@@ -51,8 +51,11 @@ impl Component for Faulter {
         match u32::from_le_bytes(word) {
             COMMAND_WRITE_READ_ONLY => {
                 println!(env, "writing to my read-only region");
-                let _ = component_api::deliberate::write_read_only(&control);
-                println!(env, "the write to a read-only region did NOT fault");
+                if component_api::deliberate::write_read_only(&control) {
+                    println!(env, "the write to a read-only region did NOT fault");
+                } else {
+                    println!(env, "my control region is writable: nothing to test");
+                }
             }
             COMMAND_READ_UNGRANTED => {
                 println!(env, "reading memory no region was granted at");

@@ -8,17 +8,16 @@ use crate::Region;
 
 /// Write a byte to `region`, which the description maps read-only: the OS
 /// must fault the component here. A writable region is not written (the
-/// write would be no fault, only damage): `Err(())`.
-#[allow(clippy::result_unit_err)]
-pub fn write_read_only(region: &Region) -> Result<(), ()> {
+/// write would be no fault, only damage): `false`.
+pub fn write_read_only(region: &Region) -> bool {
     if region.writable() {
-        return Err(());
+        return false;
     }
     // SAFETY: the pointer is the region's base, mapped for the component's
     // lifetime; the region is read-only, so the hardware refuses the store
     // before any byte changes.
     unsafe { region.as_ptr().write_volatile(0xff) };
-    Ok(())
+    true
 }
 
 /// Read the first byte after `region`'s mapping. Both runtimes leave the
@@ -44,4 +43,18 @@ pub fn read_ungranted(address: usize) -> u32 {
 pub fn illegal_instruction() {
     // SAFETY: `ud2` touches no memory and no register; it only traps.
     unsafe { core::arch::asm!("ud2") };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writable_region_is_not_written() {
+        let mut memory = [7u8; 8];
+        // SAFETY: `memory` outlives the region.
+        let region = unsafe { Region::new(memory.as_mut_ptr(), 8, true, false) };
+        assert!(!write_read_only(&region));
+        assert_eq!(memory, [7u8; 8]);
+    }
 }

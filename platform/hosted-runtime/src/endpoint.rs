@@ -12,7 +12,7 @@ use crate::protocol::{
     self, ChannelRole, Handoff, ToComponent, ToLauncher, MAX_CONTROL, REPLY_OK, REPLY_REFUSED,
     REQUEST,
 };
-use crate::sys::{self, Received};
+use crate::sys::{self, write_all, Received};
 use component_api::{
     CallError, Channel, ChannelSet, Child, Env, Fault, IoPortName, Refusal, Region, RegionName,
     SupervisorError, MAX_MESSAGE,
@@ -397,21 +397,6 @@ impl Endpoint {
 fn refusal_frame(refusal: Refusal) -> Vec<u8> {
     let code = refusal.0.to_le_bytes();
     vec![REPLY_REFUSED, code[0], code[1]]
-}
-
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        let written =
-            // SAFETY: the buffer is ours and `bytes.len()` long.
-            unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
-        if written < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        bytes = &bytes[written as usize..];
-    }
 }
 
 impl Env for Endpoint {

@@ -152,6 +152,23 @@ pub fn eventfd_take(fd: RawFd) -> bool {
     matches!(rustix::io::read(fd, &mut value), Ok(8)) && u64::from_ne_bytes(value) > 0
 }
 
+/// Write all of `bytes`, past short and interrupted writes; stop quietly
+/// at an error (the console is best effort: a gone reader loses text, it
+/// does not stop the component).
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    let Ok(fd) = borrow(fd) else {
+        return;
+    };
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return,
+            Ok(written) => bytes = &bytes[written..],
+            Err(Errno::INTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
 /// A connected pair of SOCK_SEQPACKET sockets: message boundaries are kept
 /// and a peer's death is seen as end of file.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
