@@ -424,11 +424,7 @@ impl System {
         let pid = self
             .pid(name)
             .ok_or_else(|| other(format!("`{name}` is not running")))?;
-        // SAFETY: kill takes no pointers; the pid is our own child's.
-        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::kill(pid, signal)
     }
 
     /// Raise IRQ `irq` (its name in `system.toml`) of component `name`,
@@ -814,10 +810,7 @@ impl State {
                     sys::inherit(*fd)?;
                 }
                 // Components never outlive the launcher.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
+                sys::die_with_parent()
             });
         }
         let mut child = command

@@ -105,12 +105,7 @@ pub fn start(
         .stderr(Stdio::piped());
     // Safety: only an async-signal-safe call between fork and exec.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(sys::die_with_parent);
     }
     let mut child = command
         .spawn()
