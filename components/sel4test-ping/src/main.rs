@@ -25,7 +25,8 @@ static BSS_MARK: AtomicU32 = AtomicU32::new(0);
 
 /// An address no description grants (below the region area, above the
 /// fixed PD areas).
-const UNGRANTED_ADDRESS: usize = 0x5000_0000;
+#[cfg(target_os = "none")]
+const UNGRANTED_ADDRESS: u64 = 0x5000_0000;
 
 /// Shared region layout: word 0 lives, word 1 token, word 2 failures.
 pub struct Ping {
@@ -70,8 +71,7 @@ impl Component for Ping {
             }
             // Deliberately reading memory we were not granted: the kernel
             // stops us here and the supervisor sees the fault.
-            let value = component_api::deliberate::read_ungranted(UNGRANTED_ADDRESS);
-            core::hint::black_box(value);
+            core::hint::black_box(read_ungranted());
         } else {
             // The crasher panics while serving this call: it must fail,
             // not hang; once the ponger restarted it, it answers again.
@@ -118,6 +118,16 @@ fn authority_is_confined() -> bool {
 #[cfg(not(target_os = "none"))]
 fn authority_is_confined() -> bool {
     true
+}
+
+#[cfg(target_os = "none")]
+fn read_ungranted() -> Option<u32> {
+    sel4_runtime::read_ungranted(UNGRANTED_ADDRESS)
+}
+
+#[cfg(not(target_os = "none"))]
+fn read_ungranted() -> Option<u32> {
+    None
 }
 
 #[cfg(target_os = "none")]

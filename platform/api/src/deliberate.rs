@@ -29,15 +29,6 @@ pub fn read_after(region: &Region) -> u8 {
     unsafe { region.as_ptr().add(region.span()).read_volatile() }
 }
 
-/// Read a word at `address`, which the component's description grants
-/// nothing at (so nothing of this program is there either): the OS must
-/// fault the component here.
-pub fn read_ungranted(address: usize) -> u32 {
-    // SAFETY: the caller names an address its description maps nothing
-    // at; the read faults before it returns a value.
-    unsafe { (address as *const u32).read_volatile() }
-}
-
 /// Execute an undefined instruction (`ud2`): the OS must fault the
 /// component here.
 pub fn illegal_instruction() {
