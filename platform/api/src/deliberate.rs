@@ -22,11 +22,16 @@ pub fn write_read_only(region: &Region) -> bool {
 
 /// Read the first byte after `region`'s mapping. Both runtimes leave the
 /// page after every region mapping unmapped (a guard), so the OS must
-/// fault the component here.
-pub fn read_after(region: &Region) -> u8 {
-    // SAFETY: one past the region's span is the guard page both runtimes
-    // keep unmapped: no memory of this program is there to be read.
-    unsafe { region.as_ptr().add(region.span()).read_volatile() }
+/// fault the component here. A region without a guard page (a test's, or
+/// part of another) is not read: `None`.
+pub fn read_after(region: &Region) -> Option<u8> {
+    if !region.guarded() {
+        return None;
+    }
+    // SAFETY: one past the region's span is its guard page, unmapped (the
+    // promise of `Region::with_guard_page`): no memory of this program is
+    // there to be read.
+    Some(unsafe { region.as_ptr().add(region.span()).read_volatile() })
 }
 
 /// Execute an undefined instruction (`ud2`): the OS must fault the
@@ -47,5 +52,14 @@ mod tests {
         let region = unsafe { Region::new(memory.as_mut_ptr(), 8, true, false) };
         assert!(!write_read_only(&region));
         assert_eq!(memory, [7u8; 8]);
+    }
+
+    #[test]
+    fn a_region_without_a_guard_page_is_not_read_past() {
+        let memory = [0u8; 16];
+        // SAFETY: `memory` outlives the region (read-only).
+        let region = unsafe { Region::new(memory.as_ptr().cast_mut(), 8, false, false) };
+        assert_eq!(read_after(&region), None);
+        assert_eq!(read_after(&region.subregion(0, 4).unwrap()), None);
     }
 }

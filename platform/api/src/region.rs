@@ -19,6 +19,8 @@ pub struct Region {
     writable: bool,
     double_mapped: bool,
     guest_physical: Option<u64>,
+    /// The page after the span is unmapped (the runtimes' guard page).
+    guard_after: bool,
 }
 
 // SAFETY: a Region is a description of shared memory; all access through it
@@ -46,7 +48,27 @@ impl Region {
             writable,
             double_mapped,
             guest_physical: None,
+            guard_after: false,
         }
+    }
+
+    /// The same region, marked as followed by an unmapped guard page, as
+    /// both runtimes map regions (what lets [`crate::deliberate::read_after`]
+    /// fault there).
+    ///
+    /// # Safety
+    /// The page right after the region's span must stay unmapped for the
+    /// lifetime of the component.
+    pub unsafe fn with_guard_page(self) -> Region {
+        Region {
+            guard_after: true,
+            ..self
+        }
+    }
+
+    /// Whether the page after the span is a guard page.
+    pub fn guarded(&self) -> bool {
+        self.guard_after
     }
 
     /// A zeroed, writable region of `len` bytes over memory leaked for
@@ -76,6 +98,7 @@ impl Region {
             writable: self.writable,
             double_mapped: false,
             guest_physical: self.guest_physical.map(|gpa| gpa + offset as u64),
+            guard_after: false,
         })
     }
 

@@ -87,8 +87,10 @@ impl Endpoint {
             let size = usize::try_from(map.size)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
             let base = sys::map_shared(&fd, map.offset, size, map.writable, map.double)?;
-            // SAFETY: just mapped, never unmapped, with these rights.
-            let region = unsafe { Region::new(base, size, map.writable, map.double) };
+            // SAFETY: just mapped, never unmapped, with these rights, and
+            // a guard page after it (`sys::map_shared`).
+            let region =
+                unsafe { Region::new(base, size, map.writable, map.double).with_guard_page() };
             regions.push(match map.guest_physical {
                 Some(gpa) => region.with_guest_physical(gpa),
                 None => region,

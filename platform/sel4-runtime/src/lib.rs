@@ -153,7 +153,9 @@ impl Env for Sel4Env {
         );
         let map = self.info.maps[index];
         // SAFETY: the root task mapped [vaddr, vaddr + size) (twice when
-        // double) with these rights before starting us, for our lifetime.
+        // double) with these rights before starting us, for our lifetime,
+        // and left the page after it unmapped (sysdesc spaces the maps a
+        // page apart).
         let mapped = unsafe {
             Region::new(
                 map.vaddr as *mut u8,
@@ -161,6 +163,7 @@ impl Env for Sel4Env {
                 map.writable != 0,
                 map.double != 0,
             )
+            .with_guard_page()
         };
         if map.guest_physical != 0 {
             mapped.with_guest_physical(map.guest_physical)
