@@ -4,6 +4,7 @@
 //! records the consumer's final tally. Malformed messages are refused, not
 //! trusted. Writes: nothing but its replies and console lines.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{encode_reply, println, Channel, ChannelSet, Component, Env, Refusal};
 

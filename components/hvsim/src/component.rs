@@ -23,22 +23,14 @@ use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
 use hvsim::script::{Script, ScriptRunner};
-use talc::{ClaimOnOom, Span, Talc, Talck};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 // `fn scenario()`: the host's scenario for the description being built
 // (build.rs: the `.hvsim` file, read with serde, checked, written as Rust).
 include!(concat!(env!("OUT_DIR"), "/scenario.rs"));
 
-/// The simulator's heap (GPADL tables, queued messages, packet copies).
-const HEAP_BYTES: usize = 512 * 1024;
-static mut HEAP: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
-
-#[global_allocator]
-// SAFETY: HEAP is used by nothing but this allocator.
-static ALLOCATOR: Talck<spin::Mutex<()>, ClaimOnOom> =
-    Talc::new(unsafe { ClaimOnOom::new(Span::from_array(core::ptr::addr_of!(HEAP).cast_mut())) })
-        .lock();
+// The simulator's heap (GPADL tables, queued messages, packet copies).
+use sel4_heap as _;
 
 /// Timer ticks per second: fine enough for the 1 s heartbeat and time
 /// sample periods, coarse enough to leave the CPU idle in between.

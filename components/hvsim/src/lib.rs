@@ -25,6 +25,7 @@
 //! `hosted` feature adds [`transport`], the host end of the hosted
 //! transport, and the `hvsim` binary.
 #![cfg_attr(target_os = "none", no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -575,10 +575,7 @@ mod tests {
     use component_api::Region;
 
     fn host() -> Simulator<RegionMemory> {
-        let memory = alloc::boxed::Box::leak(alloc::vec![0u64; 4 * 512].into_boxed_slice());
-        // SAFETY: leaked, so valid for the test's lifetime; 8-aligned.
-        let region = unsafe { Region::new(memory.as_mut_ptr().cast(), 4 * 4096, true, false) }
-            .with_guest_physical(0x10_0000);
+        let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);
         Simulator::new(
             RegionMemory::new(&[region]).unwrap(),
             integration_components(),

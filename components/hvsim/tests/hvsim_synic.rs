@@ -1,6 +1,7 @@
 //! The synic and the hypercalls, driven through the hosted transport by a
 //! scripted guest: MSR rules, every hypercall status code, message slots
 //! with the pending flag and EOM, event flags, interrupt masking and EOI.
+#![forbid(unsafe_code)]
 
 mod common;
 

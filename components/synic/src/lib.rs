@@ -36,6 +36,7 @@
 //! the hypervisor interface. It is the only component that can reach the
 //! hypervisor.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{
     call, decode, encode_reply, id_named, name_of, println, CallError, Channel, ChannelSet,
@@ -44,8 +45,8 @@ use component_api::{
 use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
     call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
-    HypercallMsr, HypercallResult, PostMessageInput, ScontrolMsr, SignalEventInput, SintMsr,
-    SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
+    HypercallMsr, HypercallResult, PostMessageInput, ScontrolFlags, SignalEventInput, SintFlags,
+    SintMsr, SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
 };
 use spsc_queue::{Producer, QueueError};
 use vmbus_ipc::hypervisor;
@@ -266,8 +267,7 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
             "SINT2",
             msr::SINT0 + VMBUS_SINT as u32,
             |old, _| {
-                let ours =
-                    SintMsr::VECTOR_MASK | SintMsr::MASKED | SintMsr::AUTO_EOI | SintMsr::POLLING;
+                let ours = SintMsr::VECTOR_MASK | SintFlags::all().bits();
                 (old & !ours) | SintMsr::new(VMBUS_VECTOR, false, true).0
             },
             0,
@@ -275,7 +275,7 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
         (
             "SCONTROL",
             msr::SCONTROL,
-            |old, _| old | ScontrolMsr::ENABLE,
+            |old, _| old | ScontrolFlags::ENABLE.bits(),
             0,
         ),
     ];

@@ -39,6 +39,7 @@
 //! What it writes: messages to the host (through synic), the `synic`
 //! bindings, its VSCs' ring regions (zeroed between lives), the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 mod status;
 

@@ -219,7 +219,9 @@ impl Rig {
         offer.interface_instance = WireGuid::from_uuid(instance);
         offer.child_relid = relid.into();
         offer.connection_id = (0x1_0000 + relid).into();
-        offer.chn_flags = vmbus_protocol::messages::offer_flags::NAMED_PIPE_MODE.into();
+        offer.chn_flags = vmbus_protocol::messages::OfferFlags::NAMED_PIPE_MODE
+            .bits()
+            .into();
         offer.user_def[..4].copy_from_slice(&4u32.to_le_bytes());
         self.send(offer.as_bytes());
     }

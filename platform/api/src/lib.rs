@@ -17,7 +17,13 @@
 //! where each component is a protection domain, and the hosted one
 //! (`platform/hosted-runtime`), where each component is a Linux process.
 #![no_std]
+// `unsafe` lives only in the memory layer (`region`) and the deliberate
+// faults of the isolation fixtures beside it.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod deliberate;
+#[allow(unsafe_code)]
 pub mod region;
 
 pub use region::{Region, RegionError};

@@ -462,10 +462,7 @@ impl System {
         let pid = self
             .pid(name)
             .ok_or_else(|| other(format!("`{name}` is not running")))?;
-        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::kill(pid, signal)
     }
 
     /// Raise IRQ `irq` (its name in `system.toml`) of component `name`,
@@ -851,10 +848,7 @@ impl State {
                     sys::inherit(*fd)?;
                 }
                 // Components never outlive the launcher.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
+                sys::die_with_parent()
             });
         }
         let mut child = command
@@ -1343,6 +1337,8 @@ mod tests {
         // Bytes written through a region's descriptor land at its GPA.
         let ring = sys::map_shared(&fds[2].0, fds[2].1, 4096, true, false).unwrap();
         let whole = sys::map_shared(memory.as_ref().unwrap(), 0, 16384, false, false).unwrap();
+        // SAFETY: both mappings were just made, 4096 and 16384 bytes long,
+        // and live until the process ends.
         unsafe {
             ring.write_volatile(0x42);
             assert_eq!(whole.add(12288).read_volatile(), 0x42);

@@ -205,12 +205,7 @@ fn spawn_host(program: &Path, socket: &Path, args: &[String]) -> io::Result<Chil
         .stderr(Stdio::piped());
     // Safety: only an async-signal-safe call between fork and exec.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(sys::die_with_parent);
     }
     command
         .spawn()

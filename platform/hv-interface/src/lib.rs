@@ -22,6 +22,9 @@
 //! bounds-checked). Writes: only the socket and, through `GuestMemory`, the
 //! guest memory it was asked to write.
 #![no_std]
+// `unsafe` lives only in the hosted transport client (the guest memory
+// mapping and poll), which is runtime code.
+#![deny(unsafe_code)]
 
 #[cfg(feature = "hosted")]
 extern crate std;
@@ -29,6 +32,7 @@ extern crate std;
 pub mod wire;
 
 #[cfg(feature = "hosted")]
+#[allow(unsafe_code)]
 pub mod hosted;
 
 /// What an operation at the boundary can fail with.

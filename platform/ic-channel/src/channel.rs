@@ -7,7 +7,7 @@ use crate::memory::{split_rings, RegionPart};
 use component_api::{call, println, Channel, Env, RegionName};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
-    self, answer_negotiate, flags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
+    self, answer_negotiate, IcFlags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
     PIPE_PACKET_DATA,
 };
 use vmbus_protocol::packet::PacketKind;
@@ -353,7 +353,7 @@ impl IcChannel {
             let body = &mut payload[IC_HEADERS_SIZE..message_len];
             let status = service.handle(env, negotiated.message, body)?;
             let mut answer_header = header;
-            answer_header.flags = flags::TRANSACTION | flags::RESPONSE;
+            answer_header.set_flags(IcFlags::TRANSACTION | IcFlags::RESPONSE);
             answer_header.status = status.into();
             payload[8..IC_HEADERS_SIZE].copy_from_slice(answer_header.as_bytes());
             message_len
@@ -460,7 +460,7 @@ pub fn check_frame(payload: &[u8]) -> Result<(IcMessageHeader, usize), Rejection
             "pipe size beyond the packet or below the IC header",
         ))?;
     let header = message.header;
-    if header.flags & flags::RESPONSE != 0 {
+    if header.flags().contains(IcFlags::RESPONSE) {
         return Err(Rejection("a response where a request belongs"));
     }
     Ok((header, message_len))
@@ -519,7 +519,10 @@ mod tests {
         let (id, payload) = host.receive().unwrap();
         assert_eq!(id, transaction);
         let message = ic::parse_ic_message(&payload).unwrap();
-        assert_eq!(message.header.flags, flags::TRANSACTION | flags::RESPONSE);
+        assert_eq!(
+            message.header.flags(),
+            IcFlags::TRANSACTION | IcFlags::RESPONSE
+        );
         let body: HeartbeatMessage = ic::read_body(message.body).unwrap();
         assert_eq!(body.sequence.get(), 42);
         assert_eq!(channel.stats().answered, 2);
@@ -618,7 +621,7 @@ mod tests {
         host.send(&control);
         // A response instead of a request.
         let mut response = heartbeat(1);
-        response[8 + 17] = flags::RESPONSE;
+        response[8 + 17] = IcFlags::RESPONSE.bits();
         host.send(&response);
         // Another service's message type.
         host.send(&ic_request(message_type::KVP, (5, 0), &[0; 16]));

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::vec::Vec;
 use vmbus_ipc::{bus, synic};
-use vmbus_protocol::ic::{self, flags, IcMessageHeader, IcVersion};
+use vmbus_protocol::ic::{self, IcFlags, IcMessageHeader, IcVersion};
 use vmbus_protocol::packet::{self, PacketDescriptor};
 use vmbus_ring::{RingReader, RingWriter};
 use zerocopy::IntoBytes;
@@ -248,7 +248,7 @@ pub fn ic_request(message_type: u16, version: (u16, u16), body: &[u8]) -> Vec<u8
         message_size: (body.len() as u16).into(),
         status: 0.into(),
         transaction_id: 0,
-        flags: flags::TRANSACTION | flags::REQUEST,
+        flags: (IcFlags::TRANSACTION | IcFlags::REQUEST).bits(),
         reserved: [0; 2],
     };
     let mut out = vec![0u8; ic::IC_HEADERS_SIZE + body.len()];

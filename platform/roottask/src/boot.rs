@@ -41,6 +41,9 @@ static mut HEAP: HeapArea = HeapArea {
 };
 static HEAP_USED: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: each allocation is a distinct, suitably aligned range of HEAP
+// (claimed with a compare-exchange on HEAP_USED), inside HEAP_BYTES; nothing
+// else touches HEAP; a failed allocation returns null.
 unsafe impl GlobalAlloc for BumpHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let base = core::ptr::addr_of_mut!(HEAP) as usize;

@@ -21,6 +21,7 @@
 //! is one whole 256-byte message slot as synic copied it out of the SIMP
 //! page, slot size [`MESSAGE_SLOT_BYTES`] + the queue's length word.
 #![no_std]
+#![forbid(unsafe_code)]
 // These enums live briefly on the stack around an encode or decode; boxing
 // the large variants would need an allocator for no gain.
 #![allow(clippy::large_enum_variant)]

@@ -14,6 +14,7 @@
 //!
 //! Trusts: the description files it is given. Writes: nothing on disk but
 //! cargo's build output.
+#![forbid(unsafe_code)]
 
 pub mod expect;
 

@@ -3,6 +3,7 @@
 //! another name) or a host already listening on a socket; and what happens
 //! when that host goes away while the guest runs: the system powers off
 //! with `HOST_LOST_CODE` and a line that says why, within a bound.
+#![forbid(unsafe_code)]
 
 use hosted_runtime::simulated_host::HOST_LOST_CODE;
 use ipc_harness::{built_binary, Harness, WAIT};

@@ -15,6 +15,7 @@
 //! and in QEMU by `cargo xtask boot-test`; the tests here drive what a
 //! scenario file does not express (operator commands one by one, kill -9,
 //! repeated faults).
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

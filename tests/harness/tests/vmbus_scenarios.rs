@@ -4,6 +4,7 @@
 //! hosted system with the host process reading the scenario
 //! (`hvsim --script FILE`). A scenario is written once and checked on both
 //! backends. How expectation files are read: `ipc_harness::expect`.
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

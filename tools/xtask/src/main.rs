@@ -16,6 +16,7 @@
 //!   `build` and `boot-test` do this first
 //!
 //! Each subcommand lives in its own module.
+#![forbid(unsafe_code)]
 
 mod check;
 mod fuzz;
