@@ -4,12 +4,39 @@
 //! `layout.bin` (the postcard-encoded `SystemLayout`) and one ELF per
 //! component package, named after the package. Without it (a plain
 //! workspace build) nothing is embedded and the root task reports that.
-//! Reads only that folder; writes `$OUT_DIR/embedded.rs`.
+//! Reads only that folder and `ROOTTASK_AUDIT_TEST_GRANT` (the capability
+//! audit's negative test); writes `$OUT_DIR/embedded.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+/// The capability audit's negative test: `ROOTTASK_AUDIT_TEST_GRANT` set to
+/// one of these makes the root task grant one extra cap, frame or IO port,
+/// point a notify cap at the wrong object, badge a monitor cap as another
+/// PD or give a fault cap the read right (`system.rs`), which the audit
+/// must refuse.
+const AUDIT_TEST_GRANTS: &[&str] = &[
+    "extra-cap",
+    "extra-frame",
+    "wider-ioport",
+    "wrong-notify",
+    "wrong-badge",
+    "readable-monitor",
+];
+
 fn main() {
+    println!("cargo:rerun-if-env-changed=ROOTTASK_AUDIT_TEST_GRANT");
+    println!(
+        "cargo:rustc-check-cfg=cfg(roottask_audit_test, values(\"{}\"))",
+        AUDIT_TEST_GRANTS.join("\", \"")
+    );
+    match std::env::var("ROOTTASK_AUDIT_TEST_GRANT").as_deref() {
+        Ok("") | Err(_) => {}
+        Ok(grant) if AUDIT_TEST_GRANTS.contains(&grant) => {
+            println!("cargo:rustc-cfg=roottask_audit_test=\"{grant}\"");
+        }
+        Ok(other) => panic!("ROOTTASK_AUDIT_TEST_GRANT={other}: not one of {AUDIT_TEST_GRANTS:?}"),
+    }
     println!("cargo:rerun-if-env-changed=ROOTTASK_IMAGE_DIR");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded.rs");
     let mut code = String::new();

@@ -65,6 +65,13 @@ fn main() {
             next += 1;
         }
     }
+    out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod cap_type {\n");
+    // What seL4_DebugCapIdentify returns: the tag of the `cap` union.
+    for (name, number) in cap_tags(&read(
+        &kernel.join("include/arch/x86/arch/64/mode/object/structures.bf"),
+    )) {
+        out.push_str(&format!("    pub const {name}: u64 = {number};\n"));
+    }
     out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod syscall {\n");
     for (name, number) in syscalls(&read(&libsel4.join("include/api/syscall.xml")), &config) {
         out.push_str(&format!("    pub const {name}: i64 = {number};\n"));
@@ -102,18 +109,11 @@ fn locate_kernel_source(manifest: &Path) -> PathBuf {
         // Our own target dir must not be locked by the nested cargo.
         command.env_remove("CARGO_TARGET_DIR");
         match command.output() {
-            Ok(output) if output.status.success() => {
-                let text = String::from_utf8_lossy(&output.stdout);
-                if let Some(path) = text
-                    .split("\"manifest_path\":\"")
-                    .skip(1)
-                    .filter_map(|rest| rest.split('"').next())
-                    .find(|path| path.ends_with("sel4-sys-0.0.28/Cargo.toml"))
-                {
-                    return Path::new(path).parent().unwrap().join("seL4");
-                }
-                last_error = "metadata does not list sel4-sys 0.0.28".into();
-            }
+            Ok(output) if output.status.success() => match sel4_sys_manifest(&output.stdout) {
+                Ok(Some(path)) => return path.parent().unwrap().join("seL4"),
+                Ok(None) => last_error = "metadata does not list sel4-sys 0.0.28".into(),
+                Err(e) => last_error = format!("cannot read cargo's metadata: {e}"),
+            },
             Ok(output) => last_error = String::from_utf8_lossy(&output.stderr).into_owned(),
             Err(e) => last_error = e.to_string(),
         }
@@ -122,6 +122,60 @@ fn locate_kernel_source(manifest: &Path) -> PathBuf {
         "sel4-bindings: cannot locate the seL4 source (run `cargo fetch --manifest-path {}`): {last_error}",
         manifest.display()
     );
+}
+
+/// The `tag NAME NUMBER` lines of the `tagged_union cap capType` block of
+/// the kernel's bitfield file.
+fn cap_tags(text: &str) -> Vec<(String, u64)> {
+    let mut tags = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("tagged_union cap capType") {
+            inside = true;
+            continue;
+        }
+        if inside && line.starts_with('}') {
+            break;
+        }
+        let mut words = line.split_whitespace();
+        if inside && words.next() == Some("tag") {
+            if let (Some(name), Some(number)) = (words.next(), words.next()) {
+                let number = number
+                    .parse()
+                    .unwrap_or_else(|_| panic!("sel4-bindings: bad cap tag line `{line}`"));
+                tags.push((name.to_string(), number));
+            }
+        }
+    }
+    assert!(
+        !tags.is_empty(),
+        "sel4-bindings: no cap tags in structures.bf"
+    );
+    tags
+}
+
+/// The part of `cargo metadata --format-version 1` we read.
+#[derive(serde::Deserialize)]
+struct Metadata {
+    packages: Vec<Package>,
+}
+
+#[derive(serde::Deserialize)]
+struct Package {
+    name: String,
+    version: String,
+    manifest_path: PathBuf,
+}
+
+/// The manifest of `sel4-sys` 0.0.28 in cargo's metadata, if listed.
+fn sel4_sys_manifest(metadata: &[u8]) -> serde_json::Result<Option<PathBuf>> {
+    let metadata: Metadata = serde_json::from_slice(metadata)?;
+    Ok(metadata
+        .packages
+        .into_iter()
+        .find(|package| package.name == "sel4-sys" && package.version == "0.0.28")
+        .map(|package| package.manifest_path))
 }
 
 /// `#define NAME VALUE` lines; a bare define counts as 1.
@@ -230,63 +284,30 @@ fn parse_unary(t: &[&str], p: &mut usize, c: &HashMap<String, i64>) -> i64 {
     }
 }
 
-/// The value of `attribute="..."` inside one tag's text.
-fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let needle = format!(" {name}=\"");
-    let start = tag.find(&needle)? + needle.len();
-    let rest = &tag[start..];
-    Some(&rest[..rest.find('"')?])
+/// Whether an element's `condition` attribute (a C preprocessor
+/// expression; none or empty: always) holds.
+fn condition_holds(node: roxmltree::Node, config: &HashMap<String, i64>) -> bool {
+    node.attribute("condition")
+        .is_none_or(|c| c.is_empty() || evaluate(c, config))
 }
 
-/// Where a tag's text ends: the first `>` outside quotes (conditions such
-/// as `CONFIG_MAX_NUM_NODES > 1` hold a raw `>`).
-fn tag_end(text: &str) -> usize {
-    let mut quoted = false;
-    for (index, ch) in text.char_indices() {
-        match ch {
-            '"' => quoted = !quoted,
-            '>' if !quoted => return index,
-            _ => {}
-        }
-    }
-    text.len()
-}
-
-/// Undo the XML escapes the interface files use in conditions.
-fn unescape(text: &str) -> String {
-    text.replace("&gt;", ">")
-        .replace("&lt;", "<")
-        .replace("&amp;", "&")
+fn parse_xml(xml: &str) -> roxmltree::Document<'_> {
+    roxmltree::Document::parse(xml)
+        .unwrap_or_else(|e| panic!("sel4-bindings: malformed interface XML: {e}"))
 }
 
 /// The ids of the `<method>`s whose condition holds, in file order.
 fn methods(xml: &str, config: &HashMap<String, i64>) -> Vec<String> {
-    let without_comments = strip_xml_comments(xml);
-    let mut ids = Vec::new();
-    for piece in without_comments.split("<method").skip(1) {
-        let tag = &piece[..tag_end(piece)];
-        let tag = tag.replace(['\n', '\t'], " ");
-        let id = attribute(&tag, "id").expect("sel4-bindings: method without id");
-        let enabled = attribute(&tag, "condition")
-            .is_none_or(|c| c.is_empty() || evaluate(&unescape(c), config));
-        if enabled {
-            ids.push(id.to_string());
-        }
-    }
-    ids
-}
-
-fn strip_xml_comments(xml: &str) -> String {
-    let mut out = String::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<!--") {
-        out.push_str(&rest[..start]);
-        rest = rest[start..]
-            .find("-->")
-            .map_or("", |end| &rest[start + end + 3..]);
-    }
-    out.push_str(rest);
-    out
+    parse_xml(xml)
+        .descendants()
+        .filter(|node| node.has_tag_name("method") && condition_holds(*node, config))
+        .map(|method| {
+            method
+                .attribute("id")
+                .expect("sel4-bindings: method without id")
+                .to_string()
+        })
+        .collect()
 }
 
 /// Members of the first `enum { ... }` in a header, honouring
@@ -325,16 +346,13 @@ fn enum_members(header: &str, config: &HashMap<String, i64>) -> Vec<String> {
 /// Syscall names and numbers: numbered -1, -2, … in file order whether or
 /// not enabled; only enabled ones are emitted.
 fn syscalls(xml: &str, config: &HashMap<String, i64>) -> Vec<(String, i64)> {
-    let xml = strip_xml_comments(xml);
+    let document = parse_xml(xml);
     let mut result = Vec::new();
     let mut number = -1i64;
-    for block in xml.split("<config").skip(1) {
-        let tag = &block[..tag_end(block)];
-        let enabled = attribute(tag, "condition")
-            .is_none_or(|c| c.is_empty() || evaluate(&unescape(c), config));
-        let body = &block[..block.find("</config>").unwrap_or(block.len())];
-        for syscall in body.split("<syscall").skip(1) {
-            let name = attribute(syscall, "name").expect("syscall without name");
+    for block in document.descendants().filter(|n| n.has_tag_name("config")) {
+        let enabled = condition_holds(block, config);
+        for syscall in block.children().filter(|n| n.has_tag_name("syscall")) {
+            let name = syscall.attribute("name").expect("syscall without name");
             if enabled {
                 result.push((name.to_string(), number));
             }

@@ -12,6 +12,7 @@
 //! IRQ path (IOAPIC -> notification -> `notified` -> `irq_ack`) is exercised
 //! on every boot.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{Channel, ChannelSet, Component, Env, Refusal};
 

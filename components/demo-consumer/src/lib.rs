@@ -6,6 +6,7 @@
 //! Trusts: nothing in the queue (lengths, numbers and bytes are checked).
 //! Writes: the queue's head and its "signal me" flag.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, CallError, ChannelSet, Component, Env, Refusal};
 use demo_producer::stream;

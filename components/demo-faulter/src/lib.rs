@@ -11,6 +11,7 @@
 //! Trusts: the command word (it only selects among the faults above).
 //! Writes: nothing shared, by design; it only tries to.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, ChannelSet, Component, Env};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -50,16 +51,22 @@ impl Component for Faulter {
         match u32::from_le_bytes(word) {
             COMMAND_WRITE_READ_ONLY => {
                 println!(env, "writing to my read-only region");
-                // Safety: deliberately not safe: the OS must stop this write.
-                unsafe { control.as_ptr().write_volatile(0xff) };
-                println!(env, "the write to a read-only region did NOT fault");
+                if component_api::deliberate::write_read_only(&control) {
+                    println!(env, "the write to a read-only region did NOT fault");
+                } else {
+                    println!(env, "my control region is writable: nothing to test");
+                }
             }
             COMMAND_READ_UNGRANTED => {
                 println!(env, "reading memory no region was granted at");
-                // Safety: deliberately not safe: the guard page after our
-                // only region is mapped to nothing, so the OS must fault us.
-                let value = unsafe { control.as_ptr().add(control.span()).read_volatile() };
-                println!(env, "the read of ungranted memory did NOT fault ({value})");
+                // The guard page after our only region is mapped to
+                // nothing, so the OS must fault us.
+                match component_api::deliberate::read_after(&control) {
+                    Some(value) => {
+                        println!(env, "the read of ungranted memory did NOT fault ({value})")
+                    }
+                    None => println!(env, "my control region has no guard page: nothing to test"),
+                }
             }
             COMMAND_PANIC => {
                 println!(env, "panicking");

@@ -6,6 +6,7 @@
 //! Trusts: nothing the consumer writes (the queue validates its index).
 //! Writes: the queue's slots and tail, the `mirror` region.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, ChannelSet, Component, Env};
 use spsc_queue::{Producer as QueueProducer, QueueError};

@@ -4,6 +4,7 @@
 //! records the consumer's final tally. Malformed messages are refused, not
 //! trusted. Writes: nothing but its replies and console lines.
 #![no_std]
+#![forbid(unsafe_code)]
 // The generated ids name the protocol by its path from anywhere,
 // `demo_server::protocol::Demo`, this crate included.
 extern crate self as demo_server;

@@ -7,6 +7,7 @@
 //! Trusts: fault reports from the runtime. Writes: the faulter's command
 //! word in `faulter_control`.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{name_of, println, ChannelSet, Child, Component, Env, Fault};
 use demo_faulter::{COMMAND_NONE, COMMAND_PANIC, COMMAND_READ_UNGRANTED, COMMAND_WRITE_READ_ONLY};

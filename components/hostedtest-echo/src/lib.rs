@@ -15,6 +15,7 @@
 //! Trusts: the test driving it (it exists to misbehave on command).
 //! Writes: `shared`, `ring`, `queue`; tries to write `readonly`.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -140,14 +141,15 @@ impl Component for Echo {
             commands::PANIC => panic!("commanded panic"),
             commands::WRITE_READ_ONLY => {
                 let readonly = env.region(regions::READONLY);
-                // Safety: deliberately not safe: the OS must stop this write.
-                unsafe { readonly.as_ptr().write_volatile(0xff) };
-                println!(env, "the write to a read-only region did NOT fault");
+                if component_api::deliberate::write_read_only(&readonly) {
+                    println!(env, "the write to a read-only region did NOT fault");
+                } else {
+                    println!(env, "my readonly region is writable: nothing to test");
+                }
                 Err(Refusal::DENIED)
             }
             commands::ILLEGAL_INSTRUCTION => {
-                // Safety: deliberately faults.
-                unsafe { core::arch::asm!("ud2") };
+                component_api::deliberate::illegal_instruction();
                 Err(Refusal::DENIED)
             }
             commands::SPIN => {

@@ -6,6 +6,7 @@
 //!
 //! Trusts: fault reports from the runtime. Writes: nothing shared.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{name_of, println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal};
 

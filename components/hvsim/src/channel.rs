@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use hv_interface::GuestMemory;
 use hyperv_defs::PAGE_SIZE;
 use vmbus_protocol::ic::{
-    self, flags as ic_flags, message_type as ic_type, HeartbeatMessage, IcMessageHeader, IcVersion,
+    self, message_type as ic_type, HeartbeatMessage, IcFlags, IcMessageHeader, IcVersion,
     KvpGetSetMessage, ShutdownMessage, TimesyncRefMessage,
 };
 use vmbus_protocol::packet::{
@@ -736,7 +736,7 @@ impl ChannelEndpoint {
             ));
             return false;
         };
-        if message.header.flags & ic_flags::RESPONSE == 0 {
+        if !message.header.flags().contains(IcFlags::RESPONSE) {
             self.stats.unknown_responses += 1;
             return false;
         }
@@ -810,7 +810,7 @@ impl ChannelEndpoint {
             message_size: (body.len() as u16).into(),
             status: 0.into(),
             transaction_id: transaction_id as u8,
-            flags: ic_flags::TRANSACTION | ic_flags::REQUEST,
+            flags: (IcFlags::TRANSACTION | IcFlags::REQUEST).bits(),
             reserved: [0; 2],
         };
         let mut bytes = alloc::vec![0u8; ic::IC_HEADERS_SIZE + body.len()];
@@ -963,4 +963,19 @@ pub enum PacketFault {
     UnknownType,
     UnknownFlags,
     LengthBeyondRing,
+}
+
+impl PacketFault {
+    /// The fault by its name in scenarios and operator commands
+    /// (`crate::scenario::FAULTS`).
+    pub fn from_name(name: &str) -> Option<PacketFault> {
+        Some(match name {
+            "offset-too-small" => PacketFault::OffsetTooSmall,
+            "length-before-offset" => PacketFault::LengthBeforeOffset,
+            "unknown-type" => PacketFault::UnknownType,
+            "unknown-flags" => PacketFault::UnknownFlags,
+            "length-beyond-ring" => PacketFault::LengthBeyondRing,
+            _ => return None,
+        })
+    }
 }

@@ -7,35 +7,44 @@
 //! synic interrupt leaves on the `interrupt` notify channel
 //! ([`hvsim::pd::HostPd`]).
 //!
-//! Time: the host only runs when something happens, so the description
-//! gives it a clock: the `ticker` component notifies its `tick` channel 20
-//! times a second. Any notification steps the simulator, as does each call:
-//! heartbeat requests, time samples, delayed replies and the operator
-//! script ([`hvsim::script::Script`], chosen by build.rs) advance with time.
+//! Time: the host only runs when something happens, so it programs the
+//! PC's interval timer (PIT channel 0, IO ports `pit`, ISA IRQ 0 = IOAPIC
+//! pin 2, delivered on `timer`) at [`TICK_HZ`] and steps the simulator on
+//! each tick as well as on each call: heartbeat requests, time samples,
+//! delayed replies and the scenario ([`hvsim::scenario::Scenario`],
+//! chosen and embedded by build.rs) advance with guest time. Between ticks it waits, so
+//! the kernel idles.
 //!
 //! Trusts: nothing from the guest (the simulator validates everything).
-//! Writes: the host-visible regions, the interrupt notification and
-//! console lines.
+//! Writes: the host-visible regions, the PIT, the interrupt notification
+//! and console lines.
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hvsim::pd::{HostPd, RegionMemory};
-use hvsim::script::ScriptRunner;
-use talc::{ClaimOnOom, Span, Talc, Talck};
+use hvsim::script::{Script, ScriptRunner};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
-// `SCRIPT`: the operator script for the description being built (build.rs).
-include!(concat!(env!("OUT_DIR"), "/script.rs"));
+// `fn scenario()`: the host's scenario for the description being built
+// (build.rs: the `.hvsim` file, read with serde, checked, written as Rust).
+include!(concat!(env!("OUT_DIR"), "/scenario.rs"));
 
-/// The simulator's heap (GPADL tables, queued messages, packet copies).
-const HEAP_BYTES: usize = 512 * 1024;
-static mut HEAP: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
+// The simulator's heap (GPADL tables, queued messages, packet copies).
+use sel4_heap as _;
 
-#[global_allocator]
-// SAFETY: HEAP is used by nothing but this allocator.
-static ALLOCATOR: Talck<spin::Mutex<()>, ClaimOnOom> =
-    Talc::new(unsafe { ClaimOnOom::new(Span::from_array(core::ptr::addr_of!(HEAP).cast_mut())) })
-        .lock();
+/// Timer ticks per second: fine enough for the 1 s heartbeat and time
+/// sample periods, coarse enough to leave the CPU idle in between.
+pub const TICK_HZ: u32 = 20;
+const PIT_INPUT_HZ: u32 = 1_193_182;
+
+/// PIT channel 0, mode 2 (rate generator), lobyte/hibyte: an edge on IRQ 0
+/// every 1/`hz` s.
+fn start_timer(env: &mut dyn Env, hz: u32) {
+    let divisor = (PIT_INPUT_HZ / hz).clamp(1, 0xffff);
+    env.ioport_write(ioports::PIT, 3, 1, 0x34);
+    env.ioport_write(ioports::PIT, 0, 1, divisor & 0xff);
+    env.ioport_write(ioports::PIT, 0, 1, divisor >> 8);
+}
 
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,
@@ -67,24 +76,33 @@ impl Component for SimulatedHost {
             .iter()
             .filter(|r| r.guest_physical().is_some())
             .count();
+        // build.rs checked the scenario already.
+        let script = match Script::from_scenario(&scenario()) {
+            Ok(script) => script,
+            Err(invalid) => panic!("the embedded scenario is invalid: {invalid:?}"),
+        };
         println!(
             env,
             "simulated Hyper-V host: {} host-visible regions, {} devices, VMBus {}.{} to {}.{}",
             visible,
-            SCRIPT.devices.len(),
-            SCRIPT.min_version.major(),
-            SCRIPT.min_version.minor(),
-            SCRIPT.max_version.major(),
-            SCRIPT.max_version.minor()
+            script.devices.len(),
+            script.min_version.major(),
+            script.min_version.minor(),
+            script.max_version.major(),
+            script.max_version.minor()
         );
+        start_timer(env, TICK_HZ);
         SimulatedHost {
-            host: HostPd::new(memory, SCRIPT.server_config(), channels::INTERRUPT),
-            script: ScriptRunner::new(SCRIPT),
+            host: HostPd::new(memory, script.server_config(), channels::INTERRUPT),
+            script: ScriptRunner::new(script),
         }
     }
 
     /// A tick (or any notification): run the host.
-    fn notified(&mut self, env: &mut dyn Env, _channels: ChannelSet) {
+    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+        if channels.contains(irqs::TIMER) {
+            env.irq_ack(irqs::TIMER);
+        }
         self.host.step(env);
         self.run_script(env);
     }

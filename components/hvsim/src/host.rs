@@ -9,7 +9,7 @@ use crate::synic::{Exception, QueuedMessage, Synic};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
-use hyperv_defs::{message_type, HvStatus, HypercallResult};
+use hyperv_defs::{call_code, message_type, HvStatus, HypercallResult};
 
 /// What a connection ID leads to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,9 +118,17 @@ impl<M: GuestMemory> Host<M> {
             return Err(Exception::InvalidOpcode);
         }
         self.stats.calls += 1;
-        let status = match hypercall::decode(&self.memory, control, input, output) {
-            Ok(request) => self.execute(request),
+        let _ = output;
+        // The control word first, then the partition's privilege for the
+        // call (before its input is even read), then the input, then what
+        // the call addresses (docs/hypervisor-transport.md section 5.3).
+        let status = match hypercall::check_control(control) {
             Err(status) => status,
+            Ok(code) if !self.privileged(code) => HvStatus::ACCESS_DENIED,
+            Ok(code) => match hypercall::decode_input(&self.memory, code, control, input) {
+                Ok(request) => self.execute(request),
+                Err(status) => status,
+            },
         };
         if status != HvStatus::SUCCESS {
             self.stats.failures += 1;
@@ -134,6 +142,14 @@ impl<M: GuestMemory> Host<M> {
         Ok(HypercallResult::new(status, 0).0)
     }
 
+    fn privileged(&self, code: u16) -> bool {
+        match code {
+            call_code::POST_MESSAGE => self.may_post_messages,
+            call_code::SIGNAL_EVENT => self.may_signal_events,
+            _ => false,
+        }
+    }
+
     fn execute(&mut self, request: Request) -> HvStatus {
         match request {
             Request::PostMessage {
@@ -141,9 +157,6 @@ impl<M: GuestMemory> Host<M> {
                 payload,
                 ..
             } => {
-                if !self.may_post_messages {
-                    return HvStatus::ACCESS_DENIED;
-                }
                 let Some(port) = self.ports.get_mut(&connection_id) else {
                     return HvStatus::INVALID_CONNECTION_ID;
                 };
@@ -160,9 +173,6 @@ impl<M: GuestMemory> Host<M> {
                 connection_id,
                 flag_number,
             } => {
-                if !self.may_signal_events {
-                    return HvStatus::ACCESS_DENIED;
-                }
                 let Some(port) = self.ports.get_mut(&connection_id) else {
                     return HvStatus::INVALID_CONNECTION_ID;
                 };

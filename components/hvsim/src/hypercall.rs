@@ -37,13 +37,24 @@ fn check_parameter_block<M: GuestMemory>(memory: &M, gpa: u64, len: u64) -> Resu
 
 /// Decodes a hypercall. `input` is RDX (a GPA, or the value for a fast
 /// call), `_output` is R8 (neither call has output parameters, so the TLFS
-/// says it is ignored).
+/// says it is ignored). The checks apply in the order of
+/// `docs/hypervisor-transport.md` section 5.3: the control word
+/// ([`check_control`]), then (after the host's privilege check) the input
+/// ([`decode_input`]).
 pub fn decode<M: GuestMemory>(
     memory: &M,
     control: u64,
     input: u64,
     _output: u64,
 ) -> Result<Request, HvStatus> {
+    let code = check_control(control)?;
+    decode_input(memory, code, control, input)
+}
+
+/// The checks on the control word alone (RCX): a call code this host
+/// implements, no reps, no variable header, no reserved bits, and the
+/// fast bit only where the call allows it. Returns the call code.
+pub fn check_control(control: u64) -> Result<u16, HvStatus> {
     let control = HypercallControl(control);
     let code = control.code();
     if code != call_code::POST_MESSAGE && code != call_code::SIGNAL_EVENT {
@@ -57,13 +68,25 @@ pub fn decode<M: GuestMemory>(
     {
         return Err(HvStatus::INVALID_HYPERCALL_INPUT);
     }
+    // The 256-byte input of HvCallPostMessage cannot be passed in two
+    // registers, and this host does not offer XMM fast input.
+    if code == call_code::POST_MESSAGE && control.fast() {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    Ok(code)
+}
+
+/// The checks on the input of a call whose control word passed
+/// [`check_control`]: where it lies, then what it says.
+pub fn decode_input<M: GuestMemory>(
+    memory: &M,
+    code: u16,
+    control: u64,
+    input: u64,
+) -> Result<Request, HvStatus> {
+    let control = HypercallControl(control);
     match code {
         call_code::POST_MESSAGE => {
-            // The 256-byte input cannot be passed in two registers, and
-            // this host does not offer XMM fast input.
-            if control.fast() {
-                return Err(HvStatus::INVALID_HYPERCALL_INPUT);
-            }
             check_parameter_block(memory, input, 256)?;
             let mut bytes = [0u8; 256];
             memory
@@ -83,7 +106,7 @@ pub fn decode<M: GuestMemory>(
                 payload: posted.payload[..posted.payload_size as usize].to_vec(),
             })
         }
-        _ => {
+        call_code::SIGNAL_EVENT => {
             let signal = if control.fast() {
                 SignalEventInput::from_fast(input)
             } else {
@@ -102,6 +125,7 @@ pub fn decode<M: GuestMemory>(
                 flag_number: signal.flag_number,
             })
         }
+        _ => Err(HvStatus::INVALID_HYPERCALL_CODE),
     }
 }
 

@@ -25,6 +25,7 @@
 //! `hosted` feature adds [`transport`], the host end of the hosted
 //! transport, and the `hvsim` binary.
 #![cfg_attr(target_os = "none", no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -33,9 +34,8 @@ pub mod host;
 pub mod hypercall;
 pub mod memory;
 pub mod pd;
+pub mod scenario;
 pub mod script;
-#[cfg(test)]
-mod script_file;
 pub mod sim;
 pub mod synic;
 #[cfg(not(target_os = "none"))]

@@ -2,6 +2,7 @@
 //! transport ([`transport_host`]); on seL4 it is the simulated host as a
 //! protection domain ([`component`]).
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
 
 #[cfg(not(target_os = "none"))]
 mod transport_host;

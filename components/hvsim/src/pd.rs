@@ -183,14 +183,10 @@ impl<M: GuestMemory> HostPd<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::boxed::Box;
     use hyperv_defs::msr;
 
     fn region(gpa: u64, pages: usize) -> Region {
-        let memory = Box::leak(alloc::vec![0u64; pages * 512].into_boxed_slice());
-        // SAFETY: leaked, so valid for the test's lifetime; 8-aligned.
-        unsafe { Region::new(memory.as_mut_ptr().cast(), pages * 4096, true, false) }
-            .with_guest_physical(gpa)
+        Region::leaked(pages * 4096).with_guest_physical(gpa)
     }
 
     #[test]

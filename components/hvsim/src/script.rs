@@ -17,6 +17,7 @@
 //! Writes: only through the simulator's operator API.
 
 use crate::channel::PacketFault;
+use crate::scenario::{parse_device, parse_version, DeviceName, IcName, Invalid, Scenario};
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
 use alloc::format;
@@ -42,6 +43,16 @@ pub fn instance(index: u128) -> uuid::Uuid {
 }
 
 impl ScriptDevice {
+    pub fn from_name(name: DeviceName) -> ScriptDevice {
+        match name {
+            DeviceName::Ic(IcName::Heartbeat) => ScriptDevice::Ic(DeviceKind::Heartbeat),
+            DeviceName::Ic(IcName::Shutdown) => ScriptDevice::Ic(DeviceKind::Shutdown),
+            DeviceName::Ic(IcName::TimeSync) => ScriptDevice::Ic(DeviceKind::TimeSync),
+            DeviceName::Ic(IcName::Kvp) => ScriptDevice::Ic(DeviceKind::Kvp),
+            DeviceName::Class(class) => ScriptDevice::Generic { class },
+        }
+    }
+
     pub fn config(self, index: u128) -> DeviceConfig {
         match self {
             ScriptDevice::Ic(kind) => DeviceConfig::ic(kind, instance(index)),
@@ -64,21 +75,23 @@ pub const ADDED_INSTANCE_BASE: u128 = 0x100;
 /// UTC: the host's clock at guest time zero (the image has no wall clock).
 pub const HOST_EPOCH_FILE_TIME: u64 = 134_116_992_000_000_000;
 
-/// What the host does by itself while the guest runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the host does by itself while the guest runs: a [`Scenario`]
+/// (the file format, read with serde) turned into the simulator's types by
+/// [`Script::from_scenario`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Script {
     /// A time sample every this many nanoseconds (0: never). The first one
     /// goes out as soon as time sync is negotiated, with the SYNC flag.
     pub time_sample_period_ns: u64,
     /// (key, value) pairs pushed into the guest's external pool (pool 0)
     /// once KVP is negotiated.
-    pub host_pairs: &'static [(&'static str, &'static str)],
+    pub host_pairs: Vec<(String, String)>,
     /// Ask the guest to shut down once this many heartbeats were answered.
     pub shutdown_after_heartbeats: Option<u64>,
     /// Isolation test: malformed packets on the KVP channel, in this order,
     /// the first once `kvp_fault_after_heartbeats` heartbeats were answered
     /// and each next one `kvp_fault_every` (at least 1) heartbeats later.
-    pub kvp_faults: &'static [PacketFault],
+    pub kvp_faults: Vec<PacketFault>,
     pub kvp_fault_after_heartbeats: u64,
     pub kvp_fault_every: u64,
     /// The VMBus versions the host accepts (a guest asking for anything
@@ -86,10 +99,10 @@ pub struct Script {
     pub min_version: ProtocolVersion,
     pub max_version: ProtocolVersion,
     /// The devices offered at start, in relid order.
-    pub devices: &'static [ScriptDevice],
+    pub devices: Vec<ScriptDevice>,
     /// Devices offered while the guest runs, all at once, once
     /// `add_devices_after_heartbeats` heartbeats were answered.
-    pub added_devices: &'static [ScriptDevice],
+    pub added_devices: Vec<ScriptDevice>,
     pub add_devices_after_heartbeats: u64,
     /// Rescind the KVP channel once this many heartbeats were answered;
     /// when the guest released the relid, offer the same device (same
@@ -98,7 +111,7 @@ pub struct Script {
     /// Ask the guest for this key of its own pool (`POOL_GUEST`) once
     /// `kvp_get_after_heartbeats` heartbeats were answered, and print the
     /// answer.
-    pub kvp_get_guest_key: Option<&'static str>,
+    pub kvp_get_guest_key: Option<String>,
     pub kvp_get_after_heartbeats: u64,
     /// How much longer than its period a gap between two heartbeat (or
     /// time sync) answers may be and still count as on time: the host acts
@@ -108,30 +121,42 @@ pub struct Script {
 }
 
 impl Script {
-    /// The bring-up run: samples every second, one host pair, shut down
-    /// after five heartbeats.
-    pub const DEFAULT: Script = Script {
-        time_sample_period_ns: 1_000_000_000,
-        host_pairs: &[("HostName", "hvsim")],
-        shutdown_after_heartbeats: Some(5),
-        kvp_faults: &[],
-        kvp_fault_after_heartbeats: 0,
-        kvp_fault_every: 1,
-        min_version: ProtocolVersion::V2_4,
-        max_version: ProtocolVersion::V5_3,
-        devices: &[
-            ScriptDevice::Ic(DeviceKind::Heartbeat),
-            ScriptDevice::Ic(DeviceKind::Shutdown),
-            ScriptDevice::Ic(DeviceKind::TimeSync),
-            ScriptDevice::Ic(DeviceKind::Kvp),
-        ],
-        added_devices: &[],
-        add_devices_after_heartbeats: 0,
-        kvp_rescind_after_heartbeats: None,
-        kvp_get_guest_key: None,
-        kvp_get_after_heartbeats: 0,
-        gap_allowance_ns: 100_000_000,
-    };
+    /// The simulator's form of `scenario`, or why it means nothing.
+    pub fn from_scenario(scenario: &Scenario) -> Result<Script, Invalid> {
+        scenario.check()?;
+        let version = |text: &str| {
+            let (major, minor) = parse_version(text).unwrap_or((0, 0));
+            ProtocolVersion::new(major, minor)
+        };
+        let devices = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|name| parse_device(name))
+                .map(ScriptDevice::from_name)
+                .collect()
+        };
+        Ok(Script {
+            time_sample_period_ns: scenario.time_sample_period_ms * 1_000_000,
+            host_pairs: scenario.host_pairs.clone(),
+            shutdown_after_heartbeats: scenario.shutdown_after_heartbeats,
+            kvp_faults: scenario
+                .kvp_faults
+                .iter()
+                .filter_map(|name| PacketFault::from_name(name))
+                .collect(),
+            kvp_fault_after_heartbeats: scenario.kvp_fault_after_heartbeats,
+            kvp_fault_every: scenario.kvp_fault_every,
+            min_version: version(&scenario.min_version),
+            max_version: version(&scenario.max_version),
+            devices: devices(&scenario.devices),
+            added_devices: devices(&scenario.added_devices),
+            add_devices_after_heartbeats: scenario.add_devices_after_heartbeats,
+            kvp_rescind_after_heartbeats: scenario.kvp_rescind_after_heartbeats,
+            kvp_get_guest_key: scenario.kvp_get_guest_key.clone(),
+            kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
+            gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
+        })
+    }
 
     /// The server the host starts with: the script's devices (instances
     /// numbered from 1 in order) and versions.
@@ -150,11 +175,21 @@ impl Script {
     }
 }
 
+impl Default for Script {
+    /// The bring-up run ([`Scenario::default`]).
+    fn default() -> Self {
+        match Script::from_scenario(&Scenario::default()) {
+            Ok(script) => script,
+            Err(invalid) => unreachable!("the default scenario is valid: {invalid:?}"),
+        }
+    }
+}
+
 /// The devices the host offers in the image by default: the four
 /// integration components, with fixed instance GUIDs (the same as the
 /// transport binary's) so runs are reproducible.
 pub fn integration_components() -> ServerConfig {
-    Script::DEFAULT.server_config()
+    Script::default().server_config()
 }
 
 /// The longest gap between consecutive answers of one service.
@@ -236,6 +271,7 @@ pub const REOFFER_PAIR: (&str, &str) = ("HostReoffered", "yes");
 impl ScriptRunner {
     pub fn new(script: Script) -> Self {
         ScriptRunner {
+            next_kvp_fault_at: script.kvp_fault_after_heartbeats,
             script,
             next_time_sample_ns: None,
             pairs_pushed_on: None,
@@ -243,7 +279,6 @@ impl ScriptRunner {
             last_sequence: None,
             shutdown_requested: false,
             kvp_faults_sent: 0,
-            next_kvp_fault_at: script.kvp_fault_after_heartbeats,
             kvp_fault_sent_ns: None,
             heartbeat_gaps: GapWatch::default(),
             heartbeat_period_ns: 0,
@@ -384,7 +419,7 @@ impl ScriptRunner {
             return;
         }
         let mut all = true;
-        for (key, value) in self.script.host_pairs {
+        for (key, value) in &self.script.host_pairs {
             all &= sim.kvp_set(vmbus_ipc::kvp::POOL_EXTERNAL, key, value);
         }
         if all {
@@ -499,7 +534,7 @@ impl ScriptRunner {
     }
 
     fn kvp_get<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
-        let Some(key) = self.script.kvp_get_guest_key else {
+        let Some(key) = self.script.kvp_get_guest_key.clone() else {
             return;
         };
         if sim.channel_of(DeviceKind::Kvp).is_none() {
@@ -507,7 +542,7 @@ impl ScriptRunner {
         }
         if !self.kvp_get_sent {
             if self.heartbeats_answered >= self.script.kvp_get_after_heartbeats
-                && sim.kvp_get(vmbus_ipc::kvp::POOL_GUEST, key)
+                && sim.kvp_get(vmbus_ipc::kvp::POOL_GUEST, &key)
             {
                 self.kvp_get_sent = true;
                 report.push(format!("host: KVP GET pool 1 \"{key}\" sent"));
@@ -540,10 +575,7 @@ mod tests {
     use component_api::Region;
 
     fn host() -> Simulator<RegionMemory> {
-        let memory = alloc::boxed::Box::leak(alloc::vec![0u64; 4 * 512].into_boxed_slice());
-        // SAFETY: leaked, so valid for the test's lifetime; 8-aligned.
-        let region = unsafe { Region::new(memory.as_mut_ptr().cast(), 4 * 4096, true, false) }
-            .with_guest_physical(0x10_0000);
+        let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);
         Simulator::new(
             RegionMemory::new(&[region]).unwrap(),
             integration_components(),
@@ -574,11 +606,11 @@ mod tests {
         let script = Script {
             min_version: ProtocolVersion::V4_0,
             max_version: ProtocolVersion::V4_0,
-            devices: &[
+            devices: vec![
                 ScriptDevice::Ic(DeviceKind::Kvp),
                 ScriptDevice::Generic { class: STORVSC },
             ],
-            ..Script::DEFAULT
+            ..Script::default()
         };
         let config = script.server_config();
         assert_eq!(
@@ -609,9 +641,9 @@ mod tests {
         let mut sim = host();
         let mut runner = ScriptRunner::new(Script {
             kvp_rescind_after_heartbeats: Some(0),
-            added_devices: &[ScriptDevice::Ic(DeviceKind::Kvp)],
-            kvp_get_guest_key: Some("GuestClient"),
-            ..Script::DEFAULT
+            added_devices: vec![ScriptDevice::Ic(DeviceKind::Kvp)],
+            kvp_get_guest_key: Some("GuestClient".into()),
+            ..Script::default()
         });
         for step in 0..3u64 {
             assert!(runner.run(&mut sim, step * 1_000_000_000).is_empty());
@@ -640,9 +672,9 @@ mod tests {
     fn nothing_is_sent_before_the_channels_are_open() {
         let mut sim = host();
         let mut runner = ScriptRunner::new(Script {
-            kvp_faults: &[PacketFault::UnknownType],
+            kvp_faults: vec![PacketFault::UnknownType],
             shutdown_after_heartbeats: Some(0),
-            ..Script::DEFAULT
+            ..Script::default()
         });
         for step in 0..5u64 {
             assert!(runner.run(&mut sim, step * 2_000_000_000).is_empty());

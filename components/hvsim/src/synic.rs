@@ -47,6 +47,9 @@ pub struct SynicStats {
     pub apic_eois: u64,
     /// Event flags set that were already set (no interrupt).
     pub event_flags_already_set: u64,
+    /// The guest emptied a busy slot while MessagePending was being set:
+    /// the re-check after setting it delivered the message at once.
+    pub freed_while_marking: u64,
 }
 
 /// The synic of one virtual processor.
@@ -177,10 +180,10 @@ impl Synic {
                 self.hypercall = HypercallMsr(stored);
             }
             msr::VP_INDEX | msr::SVERSION => return Err(Exception::GeneralProtection),
-            msr::SCONTROL => {
-                self.scontrol = ScontrolMsr(value);
-                self.rescan_all(memory);
-            }
+            // TLFS: queued messages are retried only when another message
+            // is queued for the SINT, on EOM and on APIC EOI; enabling the
+            // synic or the SIM page is none of these.
+            msr::SCONTROL => self.scontrol = ScontrolMsr(value),
             msr::SIEFP => {
                 let page = SynicPageMsr(value);
                 if page.enabled() && !page_in_memory(page.gpa()) {
@@ -194,7 +197,6 @@ impl Synic {
                     return Err(Exception::GeneralProtection);
                 }
                 self.simp = page;
-                self.rescan_all(memory);
             }
             msr::EOM => {
                 self.stats.eom_writes += 1;
@@ -254,10 +256,24 @@ impl Synic {
             return;
         };
         if slot_type != 0 {
-            // Busy: tell the guest to write EOM after emptying it. The flags
-            // byte is byte 1 of the u32 at offset 4.
-            let _ = memory.fetch_or_u32(slot + 4, (message_flags::MESSAGE_PENDING as u32) << 8);
-            return;
+            // Busy: tell the guest to write EOM after emptying it (the flags
+            // byte is byte 1 of the u32 at offset 4), then look at the slot
+            // again. The guest clears the type and then reads the flags; we
+            // set the flag and then read the type. Both orders are
+            // sequentially consistent, so at least one side sees the
+            // other's write: either the guest sees the flag and writes EOM,
+            // or we see the slot free and deliver now. Without the second
+            // look a guest that emptied the slot between our two accesses
+            // would not write EOM and the message would wait for the next
+            // one (docs/hypervisor-transport.md, "The MessagePending rule").
+            let pending = (message_flags::MESSAGE_PENDING as u32) << 8;
+            if memory.fetch_or_u32(slot + 4, pending).is_err() {
+                return;
+            }
+            match memory.load_u32(slot) {
+                Ok(0) => self.stats.freed_while_marking += 1,
+                _ => return,
+            }
         }
         let Some(message) = self.queues[sint as usize].pop_front() else {
             return;
@@ -360,7 +376,7 @@ mod tests {
     use super::*;
     use crate::memory::VecMemory;
 
-    fn enabled_synic(memory: &VecMemory, auto_eoi: bool) -> Synic {
+    fn enabled_synic<M: GuestMemory>(memory: &M, auto_eoi: bool) -> Synic {
         let mut synic = Synic::new();
         synic.msr_write(memory, msr::SIMP, 0x1000 | 1).unwrap();
         synic.msr_write(memory, msr::SIEFP, 0x2000 | 1).unwrap();
@@ -401,6 +417,11 @@ mod tests {
         memory.store_u32(slot, 0).unwrap();
         synic.post(&memory, 3, message(0)); // a different SINT does not rescan SINT 2
         assert_eq!(memory.load_u32(slot).unwrap(), 0);
+        // Nor does writing SIMP or SCONTROL (TLFS: only a new message for
+        // the SINT, EOM and APIC EOI).
+        synic.msr_write(&memory, msr::SIMP, 0x1000 | 1).unwrap();
+        synic.msr_write(&memory, msr::SCONTROL, 1).unwrap();
+        assert_eq!(memory.load_u32(slot).unwrap(), 0);
         synic.msr_write(&memory, msr::EOM, 0).unwrap();
         assert_eq!(memory.load_u32(slot).unwrap(), 1);
         let mut payload = [0u8; 1];
@@ -408,6 +429,84 @@ mod tests {
         assert_eq!(payload[0], 0xB);
         // Two on SINT 2 and the one on SINT 3.
         assert_eq!(synic.stats.messages_delivered, 3);
+    }
+
+    /// Guest memory whose guest empties SINT 2's slot at the worst moment:
+    /// right before the host sets MessagePending on it (after the host saw
+    /// the slot busy). The guest does its documented part: copy the slot,
+    /// clear the type, then read the flags (and would write EOM if it saw
+    /// MessagePending).
+    struct GuestEmptiesSlotWhileMarking {
+        memory: VecMemory,
+        slot: u64,
+        /// What the guest took: the payload's first byte and whether it
+        /// saw MessagePending after clearing the type.
+        taken: core::cell::RefCell<Option<(u8, bool)>>,
+    }
+
+    impl GuestMemory for GuestEmptiesSlotWhileMarking {
+        fn size(&self) -> u64 {
+            self.memory.size()
+        }
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), hv_interface::OutOfRange> {
+            self.memory.read(gpa, buf)
+        }
+        fn write(&self, gpa: u64, data: &[u8]) -> Result<(), hv_interface::OutOfRange> {
+            self.memory.write(gpa, data)
+        }
+        fn load_u32(&self, gpa: u64) -> Result<u32, hv_interface::OutOfRange> {
+            self.memory.load_u32(gpa)
+        }
+        fn store_u32(&self, gpa: u64, value: u32) -> Result<(), hv_interface::OutOfRange> {
+            self.memory.store_u32(gpa, value)
+        }
+        fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, hv_interface::OutOfRange> {
+            let marking_pending = gpa == self.slot + 4 && bits & (1 << 8) != 0;
+            if marking_pending && self.taken.borrow().is_none() {
+                let mut payload = [0u8; 1];
+                self.memory.read(self.slot + 16, &mut payload)?;
+                self.memory.store_u32(self.slot, 0)?;
+                let flags = (self.memory.load_u32(self.slot + 4)? >> 8) as u8;
+                let saw_pending = flags & message_flags::MESSAGE_PENDING != 0;
+                *self.taken.borrow_mut() = Some((payload[0], saw_pending));
+            }
+            self.memory.fetch_or_u32(gpa, bits)
+        }
+        fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, hv_interface::OutOfRange> {
+            self.memory.fetch_and_u32(gpa, bits)
+        }
+    }
+
+    #[test]
+    fn a_slot_emptied_while_pending_is_set_gets_the_message_at_once() {
+        let slot = 0x1000 + 2 * 256;
+        let memory = GuestEmptiesSlotWhileMarking {
+            memory: VecMemory::new(0x4000),
+            slot,
+            taken: core::cell::RefCell::new(None),
+        };
+        let mut synic = enabled_synic(&memory, true);
+        synic.post(&memory, 2, message(0xA));
+        assert_eq!(synic.take_interrupt(), Some(0x30));
+        // The slot is busy with A; posting B finds it busy, and the guest
+        // takes A between that look and the MessagePending write.
+        synic.post(&memory, 2, message(0xB));
+        let taken = *memory.taken.borrow();
+        assert_eq!(
+            taken,
+            Some((0xA, false)),
+            "the guest took A before the flag was set, so it writes no EOM"
+        );
+        // No EOM comes, yet B must not wait for a third message: the host's
+        // second look after setting the flag found the slot free.
+        assert_eq!(memory.load_u32(slot).unwrap(), 1, "B was stranded");
+        let mut payload = [0u8; 1];
+        memory.read(slot + 16, &mut payload).unwrap();
+        assert_eq!(payload[0], 0xB);
+        assert_eq!(synic.queued(2), 0);
+        assert_eq!(synic.take_interrupt(), Some(0x30));
+        assert_eq!(synic.stats.freed_while_marking, 1);
+        assert_eq!(synic.stats.eom_writes, 0);
     }
 
     #[test]

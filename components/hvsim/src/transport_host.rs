@@ -7,10 +7,15 @@
 //! operator waits for (heartbeats answered, time samples answered, KVP
 //! answers, shutdown answers, channels opening and closing, the version
 //! and Unload); `--time-interval-ms` sends a time sample periodically, as
-//! Hyper-V does.
+//! Hyper-V does. `--script FILE` runs a scenario (`hvsim::scenario`, the
+//! same TOML file the seL4 image's host embeds) and prints what it does,
+//! as the seL4 host prints it on the console.
 
 use hvsim::channel::PacketFault;
+use hvsim::scenario::parse_device as device_name;
+use hvsim::script::{Script, ScriptDevice, ScriptRunner};
 use hvsim::sim::Simulator;
+use hvsim::transport::SessionEnd;
 use hvsim::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
 use std::io::BufRead;
 use std::os::unix::net::UnixListener;
@@ -23,7 +28,7 @@ use vmbus_protocol::ProtocolVersion;
 const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
 [--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
-[--heartbeat-interval-ms N] [--time-interval-ms N] [--events]";
+[--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE]";
 
 fn fail(message: &str) -> ! {
     eprintln!("hvsim: {message}\n{USAGE}");
@@ -47,26 +52,12 @@ fn device_kind(name: &str) -> Option<DeviceKind> {
     })
 }
 
-/// Fixed instance GUIDs so runs are reproducible: `index` tells devices apart.
-fn instance(index: u128) -> uuid::Uuid {
-    uuid::Uuid::from_u128(0x4856_5349_4d00_0000_0000_0000_0000_0000 | index)
-}
-
 /// An IC by name, or a device of any other class by its GUID (a generic
 /// device: the host only completes its packets; a guest without a driver
-/// for the class leaves it alone).
+/// for the class leaves it alone). `index` numbers the instance GUIDs, which
+/// are fixed so runs are reproducible.
 fn parse_device(name: &str, index: u128) -> Option<DeviceConfig> {
-    if let Some(kind) = device_kind(name) {
-        return Some(DeviceConfig::ic(kind, instance(index)));
-    }
-    let class = uuid::Uuid::parse_str(name).ok()?;
-    Some(DeviceConfig {
-        class,
-        instance: instance(index),
-        kind: DeviceKind::Generic,
-        monitored: false,
-        message_pipe: false,
-    })
+    device_name(name).map(|name| ScriptDevice::from_name(name).config(index))
 }
 
 fn device(name: &str, index: u128) -> DeviceConfig {
@@ -83,6 +74,17 @@ struct Options {
     /// The heartbeat period of newly opened heartbeat channels (0: the
     /// simulator's default, 1 s).
     heartbeat_interval_ns: u64,
+    /// The scenario (`--script FILE`).
+    script: Option<Script>,
+}
+
+/// The scenario in `path`, or exit naming the file, line and column of
+/// what is wrong.
+fn read_scenario(path: &str) -> Script {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("cannot read {path}: {e}")));
+    let scenario = hvsim::scenario::parse_file(path, &text).unwrap_or_else(|e| fail(&e));
+    Script::from_scenario(&scenario).unwrap_or_else(|e| fail(&format!("{path}: {e:?}")))
 }
 
 fn parse_args() -> (PathBuf, ServerConfig, Options) {
@@ -118,8 +120,21 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
             "--devices" => devices = value(),
             "--time-interval-ms" => options.time_interval_ns = millis(value()),
             "--heartbeat-interval-ms" => options.heartbeat_interval_ns = millis(value()),
+            "--script" => options.script = Some(read_scenario(&value())),
             _ => fail(&format!("unknown argument {arg}")),
         }
+    }
+    // The scenario names its devices and versions (as in the seL4 image).
+    if let Some(script) = &options.script {
+        let scripted = script.server_config();
+        config.devices = scripted.devices;
+        config.min_version = scripted.min_version;
+        config.max_version = scripted.max_version;
+        return (
+            socket.unwrap_or_else(|| fail("--socket is required")),
+            config,
+            options,
+        );
     }
     config.devices = devices
         .split(',')
@@ -142,17 +157,6 @@ fn file_time_now() -> u64 {
     116_444_736_000_000_000 + (unix.as_nanos() / 100) as u64
 }
 
-fn packet_fault(name: &str) -> Option<PacketFault> {
-    Some(match name {
-        "offset-too-small" => PacketFault::OffsetTooSmall,
-        "length-before-offset" => PacketFault::LengthBeforeOffset,
-        "unknown-type" => PacketFault::UnknownType,
-        "unknown-flags" => PacketFault::UnknownFlags,
-        "length-beyond-ring" => PacketFault::LengthBeyondRing,
-        _ => return None,
-    })
-}
-
 /// The simulator and what the binary watches on it: the last state it
 /// reported (`--events`) and the periodic time samples.
 struct Machine<M: hv_interface::GuestMemory> {
@@ -171,6 +175,7 @@ struct Machine<M: hv_interface::GuestMemory> {
     seen_shutdown: Option<(u32, u32)>,
     /// Open relids whose IC negotiation was reported.
     seen_negotiated: Vec<u32>,
+    script: Option<ScriptRunner>,
 }
 
 impl<M: hv_interface::GuestMemory> Machine<M> {
@@ -327,6 +332,11 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
         self.now_ns = now_ns;
         self.sim.step(now_ns);
         self.periodic();
+        if let Some(runner) = &mut self.script {
+            for line in runner.run(&mut self.sim, now_ns) {
+                eprintln!("{line}");
+            }
+        }
         if self.options.events {
             self.report();
         }
@@ -376,7 +386,7 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Some(kind) => format!("{:?}", sim.channel_of(kind)),
             None => "bad device".into(),
         },
-        ["malformed", relid, fault] => match (relid.parse(), packet_fault(fault)) {
+        ["malformed", relid, fault] => match (relid.parse(), PacketFault::from_name(fault)) {
             (Ok(relid), Some(fault)) => format!("{}", sim.inject_malformed_packet(relid, fault)),
             _ => "bad relid or fault (offset-too-small | length-before-offset | unknown-type | unknown-flags | length-beyond-ring)".into(),
         },
@@ -416,13 +426,17 @@ pub fn main() {
         eprintln!("hvsim: handshake failed: {e}");
         std::process::exit(1);
     });
+    // One guest per run: later connections are refused, not left waiting.
+    drop(listener);
     eprintln!(
         "hvsim: guest connected, {} bytes of memory in {}",
         connection.hello.memory_size,
         connection.hello.memory_path.display()
     );
+    let script = options.script.clone().map(ScriptRunner::new);
     let machine = Arc::new(Mutex::new(Machine {
         sim: Simulator::new(memory, config),
+        script,
         options,
         now_ns: 0,
         last_time_sample_ns: None,
@@ -446,4 +460,12 @@ pub fn main() {
     let end = connection.serve(&*machine, &stop, Duration::from_millis(10));
     stop.store(true, Ordering::SeqCst);
     eprintln!("hvsim: session ended: {end:?}");
+    // One session per run: the guest's state (synic, ports, queued
+    // messages, the bus) ends with it, and so does the process.
+    let _ = std::fs::remove_file(&socket);
+    let code = match end {
+        SessionEnd::GuestClosed | SessionEnd::Stopped => 0,
+        SessionEnd::ProtocolError(_) | SessionEnd::Io(_) => 3,
+    };
+    std::process::exit(code);
 }

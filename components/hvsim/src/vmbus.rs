@@ -31,7 +31,7 @@ use hyperv_defs::{MONITOR_BITS_PER_GROUP, MONITOR_ID_MAX, PAGE_SIZE};
 use uuid::Uuid;
 use vmbus_protocol::gpadl::GpadlAssembler;
 use vmbus_protocol::messages::{
-    offer_flags, AllOffersDelivered, GpadlCreated, GpadlTorndown, OfferChannel, OpenChannelResult,
+    AllOffersDelivered, GpadlCreated, GpadlTorndown, OfferChannel, OfferFlags, OpenChannelResult,
     RescindChannelOffer, UnloadResponse, VersionResponse, PIPE_MODE_MESSAGE,
 };
 use vmbus_protocol::version::{
@@ -443,17 +443,17 @@ impl Server {
         let mut offer = OfferChannel::empty();
         offer.interface_type = WireGuid::from_uuid(channel.device.class);
         offer.interface_instance = WireGuid::from_uuid(channel.device.instance);
-        let mut flags = 0;
+        let mut flags = OfferFlags::empty();
         if channel.device.message_pipe {
-            flags |= offer_flags::NAMED_PIPE_MODE;
+            flags |= OfferFlags::NAMED_PIPE_MODE;
             offer.user_def[..4].copy_from_slice(&PIPE_MODE_MESSAGE.to_le_bytes());
         }
         if let Some(monitor_id) = channel.monitor_id {
-            flags |= offer_flags::MONITORED_NOTIFICATION;
+            flags |= OfferFlags::MONITORED_NOTIFICATION;
             offer.monitor_id = monitor_id;
             offer.monitor_allocated = 1;
         }
-        offer.chn_flags = flags.into();
+        offer.chn_flags = flags.bits().into();
         offer.child_relid = relid.into();
         offer.is_dedicated_interrupt = 1.into();
         offer.connection_id = channel.connection_id.into();

@@ -1,6 +1,7 @@
 //! The `hvsim` binary as a separate process: a scripted guest connects over
 //! the socket, negotiates VMBus 5.3, receives the four IC offers, and the
 //! operator reads the state over stdin.
+#![forbid(unsafe_code)]
 
 use hv_interface::hosted::{HostedHypervisor, MappedGuestMemory};
 use hv_interface::{GuestMemory, Hypervisor};

@@ -2,6 +2,7 @@
 //! sync and KVP hosts with their operator API, completions for generic
 //! devices, the unnecessary-signal count, and a host that stops touching a
 //! ring the guest broke.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The VMBus system runs the simulated host as an seL4 PD: the host must
 //! map exactly the host-visible regions besides its own maps, and the
 //! isolation test's script must parse.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

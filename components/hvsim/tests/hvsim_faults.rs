@@ -3,6 +3,7 @@
 //! packets, out-of-range ring indices, unknown and repeated completions, a
 //! rescind at each step of a channel's life, floods of messages and of
 //! interrupts, and delayed replies.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A hostile guest, in-process: random hypercalls, random and mutated
 //! control messages, and random ring contents and indices. The host must
 //! answer with errors and counters, never panic, and keep working.
+#![forbid(unsafe_code)]
 
 use hv_interface::GuestMemory;
 use hvsim::memory::VecMemory;

@@ -2,6 +2,7 @@
 //! hypervisor calls arrive as protected calls, guest memory is the
 //! host-visible regions at their GPAs, and the interrupt is a notification.
 //! Driven here through the component environment double.
+#![forbid(unsafe_code)]
 
 use component_api::{Channel, Env, Refusal};
 use env_double::EnvDouble;

@@ -1,6 +1,7 @@
 //! The synic and the hypercalls, driven through the hosted transport by a
 //! scripted guest: MSR rules, every hypercall status code, message slots
 //! with the pending flag and EOM, event flags, interrupt masking and EOI.
+#![forbid(unsafe_code)]
 
 mod common;
 
@@ -147,6 +148,18 @@ fn every_hypercall_status_code() {
     });
     assert_eq!(h.post(MESSAGE_PORT, &[4]), HvStatus::ACCESS_DENIED);
     assert_eq!(h.signal(EVENT_PORT, 0), HvStatus::ACCESS_DENIED);
+    // The privilege is checked before the input is looked at, after the
+    // control word.
+    assert_eq!(
+        h.post_raw(MESSAGE_PORT, 0, 8, &[0; 8]),
+        HvStatus::ACCESS_DENIED
+    );
+    assert_eq!(h.signal(0x778, 5), HvStatus::ACCESS_DENIED);
+    let fast_post = HypercallControl::simple(call_code::POST_MESSAGE, true).0;
+    assert_eq!(
+        HypercallResult(h.guest.hypercall(fast_post, 0, 0).unwrap()).status(),
+        HvStatus::INVALID_HYPERCALL_INPUT
+    );
     let stats = h.with(|host| host.stats);
     assert_eq!(stats.insufficient_buffers, 1);
     assert_eq!(stats.invalid_connection, 2);

@@ -2,6 +2,7 @@
 //! records: HELLO refusals, unknown kinds, wrong lengths, non-zero reserved
 //! fields and records the guest may not send all end the session with the
 //! documented reply.
+#![forbid(unsafe_code)]
 
 mod common;
 

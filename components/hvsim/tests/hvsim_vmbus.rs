@@ -2,6 +2,7 @@
 //! transport: version negotiation and connection-ID rules, offers, GPADLs,
 //! open/close, rescind and RelIdReleased, Unload, offers added while the
 //! guest runs, monitor pages, and rejection of malformed guest messages.
+#![forbid(unsafe_code)]
 
 mod common;
 

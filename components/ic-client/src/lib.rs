@@ -18,6 +18,7 @@
 //! skipped; the next tick asks again. Writes: the console and, through the
 //! KVP service, its own pairs in the guest pool.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, ChannelSet, Component, Env};
 use vmbus_ipc::{bus, kvp, shutdown, timesync};

@@ -3,6 +3,7 @@
 //! client instead of leaving it blocked) and echoes any other message.
 //! Trusts: nothing; it only copies the message back. Writes: the reply.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 

@@ -11,21 +11,22 @@
 //! Trusts: the ponger's replies only as far as comparing them. Writes: the
 //! shared region.
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![allow(static_mut_refs)]
+#![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
 use component_api::{CallError, ChannelSet, Component, Env};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// In `.data`: 7 in the image.
-static mut DATA_MARK: u32 = 7;
+static DATA_MARK: AtomicU32 = AtomicU32::new(7);
 /// In `.bss`: 0 in the image.
-static mut BSS_MARK: u32 = 0;
+static BSS_MARK: AtomicU32 = AtomicU32::new(0);
 
 /// An address no description grants (below the region area, above the
 /// fixed PD areas).
-const UNGRANTED_ADDRESS: usize = 0x5000_0000;
+#[cfg(target_os = "none")]
+const UNGRANTED_ADDRESS: u64 = 0x5000_0000;
 
 /// Shared region layout: word 0 lives, word 1 token, word 2 failures.
 pub struct Ping {
@@ -35,12 +36,8 @@ pub struct Ping {
 impl Component for Ping {
     fn init(env: &mut dyn Env) -> Self {
         let shared = env.region(regions::SHARED);
-        // SAFETY: single-threaded PD; these statics are only touched here.
-        let (data, bss) = unsafe { (DATA_MARK, BSS_MARK) };
-        unsafe {
-            DATA_MARK = 99;
-            BSS_MARK = 99;
-        }
+        let data = DATA_MARK.swap(99, Ordering::Relaxed);
+        let bss = BSS_MARK.swap(99, Ordering::Relaxed);
         if data != 7 || bss != 0 {
             shared.atomic_u32(8).unwrap().fetch_add(1, Ordering::SeqCst);
         }
@@ -72,10 +69,9 @@ impl Component for Ping {
                     .unwrap()
                     .fetch_add(1, Ordering::SeqCst);
             }
-            // SAFETY: deliberately reading memory we were not granted: the
-            // kernel stops us here and the supervisor sees the fault.
-            let value = unsafe { (UNGRANTED_ADDRESS as *const u32).read_volatile() };
-            core::hint::black_box(value);
+            // Deliberately reading memory we were not granted: the kernel
+            // stops us here and the supervisor sees the fault.
+            core::hint::black_box(read_ungranted());
         } else {
             // The crasher panics while serving this call: it must fail,
             // not hang; once the ponger restarted it, it answers again.
@@ -122,6 +118,16 @@ fn authority_is_confined() -> bool {
 #[cfg(not(target_os = "none"))]
 fn authority_is_confined() -> bool {
     true
+}
+
+#[cfg(target_os = "none")]
+fn read_ungranted() -> Option<u32> {
+    sel4_runtime::read_ungranted(UNGRANTED_ADDRESS)
+}
+
+#[cfg(not(target_os = "none"))]
+fn read_ungranted() -> Option<u32> {
+    None
 }
 
 #[cfg(target_os = "none")]

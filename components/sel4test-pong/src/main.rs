@@ -5,6 +5,7 @@
 //! its own COM1 IO-port cap.
 //! Trusts: nothing the pinger writes beyond comparing it. Writes: COM1.
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 

@@ -19,7 +19,13 @@
 //!   ask for what is the description's `allow`, checked by the generated
 //!   `serve::synic`); it honours `SignalHost` only for a connection ID that
 //!   `vmbus` bound to that same VSC (a `DriverId`: its row of the generated
-//!   `drivers::DRIVERS`).
+//!   `drivers::DRIVERS`). A VSC that signals a channel `vmbus` has just
+//!   unbound (rescinded or closed: the VSC has not heard yet) is answered
+//!   `ChannelClosed` and counted apart, not refused.
+//! - Events for a relid between `Opening` (vmbus sent OpenChannel) and its
+//!   `Bind` (after OpenResult) are early, as the protocol allows: counted
+//!   as such and passed on to the VSC at `Bind`. Only events for relids
+//!   nobody bound or is opening are strays.
 //!
 //! What it trusts: `vmbus` for the relid -> VSC table (it is the authority
 //! on channels); the hypervisor's replies as far as the call succeeded.
@@ -32,13 +38,14 @@
 //! the hypervisor interface. It is the only component that can reach the
 //! hypervisor.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, CallError, Channel, ChannelSet, Component, Env, Refusal, Region};
 use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
     call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
-    HypercallMsr, HypercallResult, PostMessageInput, ScontrolMsr, SignalEventInput, SintMsr,
-    SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
+    HypercallMsr, HypercallResult, PostMessageInput, ScontrolFlags, SignalEventInput, SintFlags,
+    SintMsr, SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
 };
 use spsc_queue::{Producer, QueueError};
 use vmbus_ipc::hypervisor;
@@ -95,9 +102,23 @@ struct Enabled {
     queue: Producer,
 }
 
+/// A relid vmbus is opening: events before its `Bind` are early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Opening {
+    relid: u32,
+    /// An event came for it; the VSC is notified at `Bind`.
+    event_seen: bool,
+}
+
 pub struct Synic {
     enabled: Option<Enabled>,
     bindings: heapless::Vec<Binding, MAX_BINDINGS>,
+    /// Relids between `Opening` and `Bind`/`Unbind`.
+    opening: heapless::Vec<Opening, MAX_BINDINGS>,
+    /// Bindings removed by `Unbind`, newest last: a VSC that signals its
+    /// channel right after a rescind or close is told `ChannelClosed`,
+    /// not refused. Bounded: the oldest is forgotten first.
+    unbound: heapless::Deque<Binding, MAX_BINDINGS>,
     status: Status,
     /// The last message could not be queued: it waits in its slot until
     /// vmbus drains the queue.
@@ -217,8 +238,7 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
             "SINT2",
             msr::SINT0 + VMBUS_SINT as u32,
             |old, _| {
-                let ours =
-                    SintMsr::VECTOR_MASK | SintMsr::MASKED | SintMsr::AUTO_EOI | SintMsr::POLLING;
+                let ours = SintMsr::VECTOR_MASK | SintFlags::all().bits();
                 (old & !ours) | SintMsr::new(VMBUS_VECTOR, false, true).0
             },
             0,
@@ -226,7 +246,7 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
         (
             "SCONTROL",
             msr::SCONTROL,
-            |old, _| old | ScontrolMsr::ENABLE,
+            |old, _| old | ScontrolFlags::ENABLE.bits(),
             0,
         ),
     ];
@@ -301,14 +321,16 @@ impl Synic {
                 let bit = bits.trailing_zeros();
                 bits &= bits - 1;
                 let relid = word_index as u32 * 32 + bit;
-                match self.bindings.iter().find(|b| b.relid == relid) {
-                    Some(binding) => {
-                        to_notify.insert(binding.notify);
-                        self.status.events_delivered = self.status.events_delivered.wrapping_add(1);
-                    }
-                    None => {
-                        self.status.stray_events = self.status.stray_events.wrapping_add(1);
-                    }
+                if let Some(binding) = self.bindings.iter().find(|b| b.relid == relid) {
+                    to_notify.insert(binding.notify);
+                    self.status.events_delivered = self.status.events_delivered.wrapping_add(1);
+                } else if let Some(opening) = self.opening.iter_mut().find(|o| o.relid == relid) {
+                    // Before OpenResult: allowed, and the VSC learns of it
+                    // at Bind (it also reads its ring when it attaches).
+                    opening.event_seen = true;
+                    self.status.early_events = self.status.early_events.wrapping_add(1);
+                } else {
+                    self.status.stray_events = self.status.stray_events.wrapping_add(1);
                 }
             }
         }
@@ -444,6 +466,18 @@ impl Synic {
             .bindings
             .iter()
             .any(|b| b.caller == caller && b.connection_id == connection_id);
+        if !owned {
+            let just_unbound = self
+                .unbound
+                .iter()
+                .any(|b| b.caller == caller && b.connection_id == connection_id);
+            if just_unbound {
+                // The VSC has not heard of the rescind or close yet: an
+                // expected race, answered without fuss.
+                self.status.signals_after_unbind = self.status.signals_after_unbind.wrapping_add(1);
+                return Ok(Reply::ChannelClosed);
+            }
+        }
         if !owned || self.enabled.is_none() {
             self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
             return Err(Refusal::DENIED);
@@ -498,16 +532,73 @@ impl Synic {
         } else if self.bindings.push(binding).is_err() {
             return Err(Refusal::DENIED);
         }
+        self.forget_unbound(relid);
+        let early = self.end_opening(relid);
         // A bit left set from the relid's previous life would keep the host
         // from interrupting for it again: clear it and let the VSC look.
+        let mut look = early;
         if let Some(enabled) = &self.enabled {
             let offset = FLAGS_OFFSET + (relid as usize / 32) * 4;
             if let Ok(word) = enabled.pages.atomic_u32(offset) {
                 let mask = 1u32 << (relid % 32);
-                if word.fetch_and(!mask, Ordering::AcqRel) & mask != 0 {
-                    env.notify(notify);
-                }
+                look |= word.fetch_and(!mask, Ordering::AcqRel) & mask != 0;
             }
+        }
+        if look {
+            env.notify(notify);
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Ends the opening of `relid`; whether an event came for it meanwhile.
+    fn end_opening(&mut self, relid: u32) -> bool {
+        let early = self
+            .opening
+            .iter()
+            .any(|o| o.relid == relid && o.event_seen);
+        self.opening.retain(|o| o.relid != relid);
+        early
+    }
+
+    fn forget_unbound(&mut self, relid: u32) {
+        let kept: heapless::Vec<Binding, MAX_BINDINGS> = self
+            .unbound
+            .iter()
+            .filter(|b| b.relid != relid)
+            .copied()
+            .collect();
+        self.unbound.clear();
+        for binding in kept {
+            let _ = self.unbound.push_back(binding);
+        }
+    }
+
+    fn unbind(&mut self, relid: u32) {
+        self.end_opening(relid);
+        self.forget_unbound(relid);
+        if let Some(position) = self.bindings.iter().position(|b| b.relid == relid) {
+            let binding = self.bindings.swap_remove(position);
+            if self.unbound.is_full() {
+                self.unbound.pop_front();
+            }
+            let _ = self.unbound.push_back(binding);
+        }
+    }
+
+    fn opening(&mut self, relid: u32) -> Result<Reply, Refusal> {
+        if relid == 0 || relid as usize >= EVENT_WORDS * 32 {
+            return Err(Refusal::MALFORMED);
+        }
+        if !self.opening.iter().any(|o| o.relid == relid) {
+            // Bounded like the bindings: the oldest opening gives way (its
+            // events would then count as strays, nothing worse).
+            if self.opening.is_full() {
+                self.opening.remove(0);
+            }
+            let _ = self.opening.push(Opening {
+                relid,
+                event_seen: false,
+            });
         }
         Ok(Reply::Done)
     }
@@ -533,9 +624,10 @@ impl Synic {
                 driver,
             } => self.bind(env, relid, connection_id, driver),
             Request::Unbind { relid } => {
-                self.bindings.retain(|b| b.relid != relid);
+                self.unbind(relid);
                 Ok(Reply::Done)
             }
+            Request::Opening { relid } => self.opening(relid),
             Request::Status => Ok(Reply::Status(self.status())),
         }
     }
@@ -547,6 +639,8 @@ impl Component for Synic {
         let mut synic = Synic {
             enabled,
             bindings: heapless::Vec::new(),
+            opening: heapless::Vec::new(),
+            unbound: heapless::Deque::new(),
             status: Status::default(),
             waiting_for_queue_space: false,
         };

@@ -68,11 +68,19 @@ impl FakeHost {
             .load(Ordering::Acquire)
             != 0;
         if busy {
+            // The documented rule: set MessagePending, then look again.
             pages
                 .atomic_u32(SLOT_OFFSET + 4)
                 .unwrap()
-                .fetch_or(1 << 8, Ordering::AcqRel);
-            return;
+                .fetch_or(1 << 8, Ordering::SeqCst);
+            let still_busy = pages
+                .atomic_u32(SLOT_OFFSET)
+                .unwrap()
+                .load(Ordering::SeqCst)
+                != 0;
+            if still_busy {
+                return;
+            }
         }
         let payload = self.waiting.pop_front().unwrap();
         write_slot(
@@ -556,7 +564,9 @@ fn signal_host_only_for_the_callers_own_connection() {
         request(&mut rig, &mut synic, channels::VMBUS_CALL, &signal(0x2005)),
         Err(Refusal::DENIED)
     );
-    // After unbind kvp may no longer signal.
+    // After unbind (a rescind, a close) kvp may no longer signal: it is
+    // told quietly that the channel is closed (it has not heard yet); that
+    // is no refusal. Another VSC naming that connection is still refused.
     request(
         &mut rig,
         &mut synic,
@@ -566,6 +576,15 @@ fn signal_host_only_for_the_callers_own_connection() {
     .unwrap();
     assert_eq!(
         request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Ok(Reply::ChannelClosed)
+    );
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::HEARTBEAT_CALL,
+            &signal(0x2005)
+        ),
         Err(Refusal::DENIED)
     );
     assert_eq!(
@@ -575,6 +594,68 @@ fn signal_host_only_for_the_callers_own_connection() {
     );
     let status = synic.status();
     assert_eq!((status.signals_sent, status.signals_refused), (1, 3));
+    assert_eq!(status.signals_after_unbind, 1);
+    // Bound again (a reopen): signals go through again.
+    bind(&mut rig, &mut synic, 5, 0x2005, "kvp").unwrap();
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal(0x2005)),
+        Ok(Reply::Done)
+    );
+}
+
+#[test]
+fn events_before_open_result_are_early_not_stray_and_reach_the_vsc_at_bind() {
+    let (mut rig, mut synic) = rig();
+    let opening = Request::Opening { relid: 7 };
+    // Only vmbus says what is opening.
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &opening),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::VMBUS_CALL,
+            &Request::Opening { relid: 0 }
+        ),
+        Err(Refusal::MALFORMED)
+    );
+    request(&mut rig, &mut synic, channels::VMBUS_CALL, &opening).unwrap();
+    // The host signals relid 7 before OpenResult, and relid 9 (nobody's).
+    set_flag(&rig, 7);
+    set_flag(&rig, 9);
+    rig.env.notified.clear();
+    interrupt(&mut rig, &mut synic);
+    let status = synic.status();
+    assert_eq!((status.early_events, status.stray_events), (1, 1));
+    assert!(rig.env.notified.is_empty(), "nobody to tell yet");
+    // OpenResult came: vmbus binds, and the VSC is told to look.
+    bind(&mut rig, &mut synic, 7, 0x2007, "kvp").unwrap();
+    assert_eq!(rig.env.notified, [channels::KVP]);
+    // Later events are delivered; nothing more is early.
+    set_flag(&rig, 7);
+    interrupt(&mut rig, &mut synic);
+    let status = synic.status();
+    assert_eq!(
+        (
+            status.early_events,
+            status.stray_events,
+            status.events_delivered
+        ),
+        (1, 1, 1)
+    );
+    // After Unbind the relid's events are strays again (no longer opening).
+    request(
+        &mut rig,
+        &mut synic,
+        channels::VMBUS_CALL,
+        &Request::Unbind { relid: 7 },
+    )
+    .unwrap();
+    set_flag(&rig, 7);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(synic.status().stray_events, 2);
 }
 
 #[test]
@@ -693,4 +774,164 @@ fn the_description_says_who_may_use_each_operation() {
     );
     assert_eq!(Caller::on(channels::KVP_CALL), Some(Caller::Kvp));
     assert_eq!(Caller::Kvp.name(), "kvp");
+}
+
+/// Guest memory for hvsim's synic: GPAs of the `synic_pages` region map to
+/// the region; the rest of the address space exists but is never touched
+/// here. Just before hvsim sets MessagePending on SINT2's slot (armed
+/// once), the guest component takes its synic interrupt: the worst moment
+/// of the race `docs/hypervisor-transport.md` 5.2 closes.
+struct RaceMemory {
+    pages: Region,
+    size: u64,
+    guest: RefCell<Option<SharedGuest>>,
+    armed: std::cell::Cell<bool>,
+}
+
+type OutOfRange = hv_interface::OutOfRange;
+/// The guest component and its environment, shared with the memory hook.
+type SharedGuest = Rc<RefCell<(EnvDouble, Synic)>>;
+
+impl RaceMemory {
+    fn offset(&self, gpa: u64, len: u64) -> Result<usize, OutOfRange> {
+        let out = OutOfRange { gpa, len };
+        let offset = gpa.checked_sub(PAGES_GPA).ok_or(out)?;
+        if offset + len > self.pages.len() as u64 {
+            return Err(out);
+        }
+        Ok(offset as usize)
+    }
+    fn atomic(&self, gpa: u64) -> Result<&core::sync::atomic::AtomicU32, OutOfRange> {
+        let offset = self.offset(gpa, 4)?;
+        self.pages
+            .atomic_u32(offset)
+            .map_err(|_| OutOfRange { gpa, len: 4 })
+    }
+}
+
+impl hv_interface::GuestMemory for RaceMemory {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        let offset = self.offset(gpa, buf.len() as u64)?;
+        self.pages
+            .read(offset, buf)
+            .map_err(|_| OutOfRange { gpa, len: 0 })
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        let offset = self.offset(gpa, data.len() as u64)?;
+        self.pages
+            .write(offset, data)
+            .map_err(|_| OutOfRange { gpa, len: 0 })
+    }
+    fn load_u32(&self, gpa: u64) -> Result<u32, OutOfRange> {
+        Ok(self.atomic(gpa)?.load(Ordering::SeqCst))
+    }
+    fn store_u32(&self, gpa: u64, value: u32) -> Result<(), OutOfRange> {
+        self.atomic(gpa)?.store(value, Ordering::SeqCst);
+        Ok(())
+    }
+    fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        let slot = PAGES_GPA + SLOT_OFFSET as u64;
+        if gpa == slot + 4 && bits & (1 << 8) != 0 && self.armed.replace(false) {
+            let guest = self.guest.borrow().clone().expect("the guest is running");
+            let mut guest = guest.borrow_mut();
+            let (env, synic) = &mut *guest;
+            let mut set = ChannelSet::EMPTY;
+            set.insert(channels::HYPERVISOR_INTERRUPT);
+            synic.notified(env, set);
+        }
+        Ok(self.atomic(gpa)?.fetch_or(bits, Ordering::SeqCst))
+    }
+    fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        Ok(self.atomic(gpa)?.fetch_and(bits, Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn against_hvsims_synic_a_slot_drained_in_the_pending_gap_strands_nothing() {
+    use hvsim::synic::{QueuedMessage, Synic as HostSynic};
+    let mut env = EnvDouble::new();
+    let pages_name = env.add_region_with(8192, true, Some(PAGES_GPA));
+    env.add_region_with(12288, true, Some(HYPERCALL_GPA));
+    let queue_name = env.add_region(8192, true);
+    let mut queue =
+        Consumer::new(env.test_view(queue_name), vmbus_ipc::MESSAGE_QUEUE_SLOT).unwrap();
+    let memory = Rc::new(RaceMemory {
+        pages: env.test_view(pages_name),
+        size: HYPERCALL_GPA + 12288,
+        guest: RefCell::new(None),
+        armed: std::cell::Cell::new(false),
+    });
+    let host = Rc::new(RefCell::new(HostSynic::new()));
+    // The guest's MSR accesses reach hvsim's synic. One made while hvsim
+    // is in the middle of a delivery (the vCPU ran in the gap) is applied
+    // right after it, as the instruction would be.
+    let deferred: Rc<RefCell<Vec<(u32, u64)>>> = Rc::new(RefCell::new(Vec::new()));
+    {
+        let (host, deferred, memory) = (host.clone(), deferred.clone(), memory.clone());
+        env.on_typed_call::<vmbus_ipc::hypervisor::Hypervisor>(
+            channels::HYPERVISOR,
+            move |request: hypervisor::Request| -> hypervisor::Reply {
+                let Ok(mut host) = host.try_borrow_mut() else {
+                    if let hypervisor::Request::MsrWrite { msr, value } = request {
+                        deferred.borrow_mut().push((msr, value));
+                    }
+                    return hypervisor::Reply::Done;
+                };
+                match request {
+                    hypervisor::Request::MsrRead { msr } => match host.msr_read(msr) {
+                        Ok(value) => hypervisor::Reply::Value(value),
+                        Err(_) => hypervisor::Reply::GeneralProtection,
+                    },
+                    hypervisor::Request::MsrWrite { msr, value } => {
+                        match host.msr_write(&*memory, msr, value) {
+                            Ok(()) => hypervisor::Reply::Done,
+                            Err(_) => hypervisor::Reply::GeneralProtection,
+                        }
+                    }
+                    _ => hypervisor::Reply::InvalidOpcode,
+                }
+            },
+        );
+    }
+    let synic = Synic::init(&mut env);
+    assert!(synic.enabled.is_some(), "hvsim's synic accepted the enable");
+    let guest = Rc::new(RefCell::new((env, synic)));
+    *memory.guest.borrow_mut() = Some(guest.clone());
+    let message = |byte: u8| QueuedMessage {
+        message_type: message_type::VMBUS,
+        origin: 0,
+        payload: std::vec![byte; 8],
+    };
+
+    host.borrow_mut().post(&*memory, VMBUS_SINT, message(0xA));
+    assert_eq!(host.borrow_mut().take_interrupt(), Some(VMBUS_VECTOR));
+    // B finds A in the slot; the guest takes A between hvsim's look and its
+    // MessagePending write, so it sees no flag and writes no EOM.
+    memory.armed.set(true);
+    host.borrow_mut().post(&*memory, VMBUS_SINT, message(0xB));
+    assert!(!memory.armed.get(), "the guest ran in the gap");
+    assert!(deferred.borrow().is_empty(), "no EOM: the flag came later");
+    // hvsim looked again after setting the flag and delivered B at once.
+    assert_eq!(host.borrow().queued(VMBUS_SINT), 0, "B was stranded");
+    assert_eq!(host.borrow().stats.freed_while_marking, 1);
+    assert_eq!(host.borrow_mut().take_interrupt(), Some(VMBUS_VECTOR));
+    {
+        let mut guest = guest.borrow_mut();
+        let (env, synic) = &mut *guest;
+        let mut set = ChannelSet::EMPTY;
+        set.insert(channels::HYPERVISOR_INTERRUPT);
+        synic.notified(env, set);
+        assert_eq!(synic.status().messages_received, 2);
+        assert_eq!(synic.status().eoms, 0);
+    }
+    let mut buffer = [0u8; vmbus_ipc::MESSAGE_QUEUE_SLOT];
+    let mut firsts = Vec::new();
+    while let Some(len) = queue.pop(&mut buffer).unwrap() {
+        assert_eq!(len, 256);
+        firsts.push(buffer[16]);
+    }
+    assert_eq!(firsts, [0xA, 0xB]);
 }

@@ -41,6 +41,7 @@
 //! What it writes: messages to the host (through synic), the `synic`
 //! bindings, its VSCs' ring regions (zeroed between lives), the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 mod status;
 
@@ -805,6 +806,7 @@ impl Vmbus {
         // except GpadlTorndown for a GPADL it created.
         if channel.open_pending.take().is_some() {
             println!(env, "relid {} ({}) rescinded while opening", relid, name);
+            end_opening(env, relid);
         } else {
             println!(env, "relid {} ({}) rescinded", relid, name);
         }
@@ -881,6 +883,7 @@ impl Vmbus {
                 if channel.want_open {
                     channel.failed = Some(status);
                 }
+                end_opening(env, relid);
             }
         }
         self.touch(d);
@@ -1074,6 +1077,16 @@ impl Vmbus {
         open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
         open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
         channel.open_pending = Some(open_id);
+        let relid = channel.offer.relid;
+        // The host may signal the channel before its OpenResult: synic
+        // then knows those events are early, not stray.
+        let opening = synic::Request::Opening { relid };
+        if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &opening) {
+            println!(
+                env,
+                "telling synic relid {} opens failed: {:?}", relid, error
+            );
+        }
         self.post_control(env, open.as_bytes());
     }
 
@@ -1398,12 +1411,14 @@ impl Vmbus {
         {
             println!(
                 env,
-                "synic: {} messages in, {} posted, {} channel events, {} signals ({} refused), {} stray events",
+                "synic: {} messages in, {} posted, {} channel events ({} before open), {} signals ({} refused, {} after close), {} stray events",
                 counters.messages_received,
                 counters.messages_posted,
                 counters.events_delivered,
+                counters.early_events,
                 counters.signals_sent,
                 counters.signals_refused,
+                counters.signals_after_unbind,
                 counters.stray_events
             );
         }
@@ -1567,6 +1582,18 @@ impl Component for Vmbus {
     fn fault(&mut self, env: &mut dyn Env, child: Child, fault: Fault) {
         self.on_fault(env, child, fault);
         self.finish_event(env);
+    }
+}
+
+/// An open that will not be bound (it failed, or the channel was rescinded
+/// first): synic stops treating the relid's events as early.
+fn end_opening(env: &mut dyn Env, relid: u32) {
+    let unbind = synic::Request::Unbind { relid };
+    if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &unbind) {
+        println!(
+            env,
+            "ending the opening of relid {} failed: {:?}", relid, error
+        );
     }
 }
 

@@ -29,6 +29,8 @@ struct FakeSynic {
     posted: StdVec<(u32, StdVec<u8>)>,
     bound: BTreeMap<u32, (u32, String)>,
     unbinds: StdVec<u32>,
+    /// Relids vmbus announced as opening (before OpenChannel).
+    opening: StdVec<u32>,
     /// Connections that answer InvalidConnectionId.
     invalid_connections: StdVec<u32>,
     /// The next this-many posts answer InsufficientBuffers.
@@ -108,6 +110,10 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                 synic::Request::Unbind { relid } => {
                     fake.bound.remove(&relid);
                     fake.unbinds.push(relid);
+                    synic::Reply::Done
+                }
+                synic::Request::Opening { relid } => {
+                    fake.opening.push(relid);
                     synic::Reply::Done
                 }
                 synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
@@ -225,7 +231,9 @@ impl Rig {
         offer.interface_instance = WireGuid::from_uuid(instance);
         offer.child_relid = relid.into();
         offer.connection_id = (0x1_0000 + relid).into();
-        offer.chn_flags = vmbus_protocol::messages::offer_flags::NAMED_PIPE_MODE.into();
+        offer.chn_flags = vmbus_protocol::messages::OfferFlags::NAMED_PIPE_MODE
+            .bits()
+            .into();
         offer.user_def[..4].copy_from_slice(&4u32.to_le_bytes());
         self.send(offer.as_bytes());
     }
@@ -534,6 +542,11 @@ fn open_builds_the_gpadl_from_the_ring_region_then_opens_and_binds() {
         rig.synic.borrow().bound.is_empty(),
         "not bound before the host opened"
     );
+    assert_eq!(
+        rig.synic.borrow().opening,
+        [1],
+        "synic was told before OpenChannel went out"
+    );
 
     rig.env.notified.clear();
     rig.open_result(1, open.open_id.get(), 0);
@@ -624,6 +637,8 @@ fn a_failed_open_tears_the_gpadl_down_then_reports_failure_and_may_retry() {
         rig.posted()[..],
         [(4, ChannelMessage::GpadlTeardown(t))] if t.gpadl_id.get() == gpadl
     ));
+    // synic stops counting the relid's events as early.
+    assert_eq!(rig.synic.borrow().unbinds, [1]);
     assert_eq!(rig.state(0), ChannelState::Closing);
     assert_eq!(rig.open(0), bus::Reply::Refused(bus::Refusal::WrongState));
     rig.torndown(gpadl);

@@ -8,6 +8,7 @@
 //! delivered by the pump below. The test plays the VSCs (it opens their
 //! channels over vmbus's call ends). Throughout, the simulated host must
 //! reject nothing the guest sends.
+#![forbid(unsafe_code)]
 
 use component_api::{CallError, Channel, ChannelSet, Component, Fault, Region};
 use env_double::EnvDouble;
@@ -91,8 +92,6 @@ fn env_over(regions: Vec<Region>) -> EnvDouble {
 type Sim = Simulator<Arena>;
 
 struct Guest {
-    _arena: Vec<u64>,
-    _queue: Vec<u64>,
     sim: Rc<RefCell<Sim>>,
     synic: Rc<RefCell<(Synic, EnvDouble)>>,
     bus: Vmbus,
@@ -115,16 +114,8 @@ fn ic_devices() -> Vec<DeviceConfig> {
     .collect()
 }
 
-fn region(memory: &mut [u64], offset: usize, len: usize, gpa: Option<u64>) -> Region {
-    // SAFETY: the memory outlives the guest (kept in `Guest`).
-    let region = unsafe {
-        Region::new(
-            (memory.as_mut_ptr() as *mut u8).add(offset),
-            len,
-            true,
-            false,
-        )
-    };
+fn region(memory: &Region, offset: usize, len: usize, gpa: Option<u64>) -> Region {
+    let region = memory.subregion(offset, len).expect("inside the arena");
     match gpa {
         Some(gpa) => region.with_guest_physical(gpa),
         None => region,
@@ -133,16 +124,16 @@ fn region(memory: &mut [u64], offset: usize, len: usize, gpa: Option<u64>) -> Re
 
 impl Guest {
     fn boot(config: ServerConfig) -> Guest {
-        let mut arena = vec![0u64; ARENA / 8];
-        let mut queue = vec![0u64; 8192 / 8];
-        let whole = region(&mut arena, 0, ARENA, None);
+        let arena = Region::leaked(ARENA);
+        let queue = Region::leaked(8192);
+        let whole = region(&arena, 0, ARENA, None);
         let sim = Rc::new(RefCell::new(Simulator::new(Arena(whole), config)));
-        let queue_region = region(&mut queue, 0, 8192, None);
+        let queue_region = region(&queue, 0, 8192, None);
 
         let mut synic_env = env_over(vec![
-            region(&mut arena, SYNIC_PAGES as usize, 8192, Some(SYNIC_PAGES)),
+            region(&arena, SYNIC_PAGES as usize, 8192, Some(SYNIC_PAGES)),
             region(
-                &mut arena,
+                &arena,
                 HYPERCALL_PAGES as usize,
                 12288,
                 Some(HYPERCALL_PAGES),
@@ -178,16 +169,11 @@ impl Guest {
         let mut rings = Vec::new();
         for i in 0..4 {
             let gpa = RINGS + (i * RING_SIZE) as u64;
-            rings.push(region(&mut arena, gpa as usize, RING_SIZE, Some(gpa)));
+            rings.push(region(&arena, gpa as usize, RING_SIZE, Some(gpa)));
         }
         let mut bus_regions = vec![
             queue_region,
-            region(
-                &mut arena,
-                MONITOR_PAGES as usize,
-                8192,
-                Some(MONITOR_PAGES),
-            ),
+            region(&arena, MONITOR_PAGES as usize, 8192, Some(MONITOR_PAGES)),
         ];
         bus_regions.extend(rings);
         let mut bus_env = env_over(bus_regions);
@@ -201,8 +187,6 @@ impl Guest {
         });
         let bus = Vmbus::init(&mut bus_env);
         let mut guest = Guest {
-            _arena: arena,
-            _queue: queue,
             sim,
             synic,
             bus,

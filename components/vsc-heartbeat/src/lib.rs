@@ -11,6 +11,7 @@
 //! rejected and counted; see `ic-channel` for when the driver gives up).
 //! Writes: its own rings (answers) and the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, Env};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
@@ -123,8 +124,8 @@ mod tests {
             assert_eq!(id, transaction);
             let message = ic::parse_ic_message(&payload).unwrap();
             assert_eq!(
-                message.header.flags,
-                ic::flags::TRANSACTION | ic::flags::RESPONSE
+                message.header.flags(),
+                ic::IcFlags::TRANSACTION | ic::IcFlags::RESPONSE
             );
             let body: HeartbeatMessage = ic::read_body(message.body).unwrap();
             assert_eq!(body.sequence.get(), sequence + 1);

@@ -29,6 +29,7 @@
 //! further than their requests' types: pool rights and sizes are checked.
 //! Writes: its own rings, its `store` region, the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod persist;
 pub mod store;

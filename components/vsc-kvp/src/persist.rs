@@ -31,49 +31,44 @@
 use crate::store::{Store, STORE_BYTES};
 use component_api::{Region, RegionError};
 use core::sync::atomic::{fence, Ordering};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const MAGIC: [u8; 4] = *b"KVPS";
 pub const LAYOUT_VERSION: u16 = 1;
-pub const HEADER_BYTES: usize = 32;
+pub const HEADER_BYTES: usize = size_of::<RawHeader>();
 pub const SLOT_BYTES: usize = HEADER_BYTES + STORE_BYTES;
 pub const SLOTS: usize = 2;
 /// The least region that holds both slots.
 pub const REGION_BYTES: usize = SLOTS * SLOT_BYTES;
 
-/// The header bytes the checksum covers (the checksum's own offset).
-const CHECKED_HEADER: usize = 20;
-
-/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320), table built at compile time.
-static CRC_TABLE: [u32; 256] = crc_table();
-
-const fn crc_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut index = 0;
-    while index < 256 {
-        let mut crc = index as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[index] = crc;
-        index += 1;
-    }
-    table
+/// A slot's header as it lies in the region (the table above).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct RawHeader {
+    magic: [u8; 4],
+    version: U16,
+    reserved: [u8; 2],
+    generation: U64,
+    length: U32,
+    checksum: U32,
+    reserved_tail: [u8; 8],
 }
 
+const _: () = assert!(HEADER_BYTES == 32);
+
+/// The header bytes the checksum covers (the checksum's own offset).
+const CHECKED_HEADER: usize = core::mem::offset_of!(RawHeader, checksum);
+
+/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320).
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
 fn crc32(parts: &[&[u8]]) -> u32 {
-    let mut crc = !0u32;
+    let mut digest = CRC.digest();
     for part in parts {
-        for &byte in *part {
-            crc = CRC_TABLE[((crc ^ byte as u32) & 0xff) as usize] ^ (crc >> 8);
-        }
+        digest.update(part);
     }
-    !crc
+    digest.finalize()
 }
 
 /// A slot's header, parsed and bounds-checked (not yet its checksum).
@@ -85,15 +80,16 @@ struct Header {
 }
 
 fn encode_header(generation: u64, entries: &[u8]) -> [u8; HEADER_BYTES] {
-    let mut header = [0u8; HEADER_BYTES];
-    header[0..4].copy_from_slice(&MAGIC);
-    header[4..6].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
-    header[8..16].copy_from_slice(&generation.to_le_bytes());
+    let mut header = RawHeader::new_zeroed();
+    header.magic = MAGIC;
+    header.version = LAYOUT_VERSION.into();
+    header.generation = generation.into();
     // Bounded: the entries are at most STORE_BYTES.
-    header[16..20].copy_from_slice(&(entries.len() as u32).to_le_bytes());
-    let checksum = crc32(&[&header[..CHECKED_HEADER], entries]);
-    header[20..24].copy_from_slice(&checksum.to_le_bytes());
-    header
+    header.length = (entries.len() as u32).into();
+    header.checksum = crc32(&[&header.as_bytes()[..CHECKED_HEADER], entries]).into();
+    let mut bytes = [0u8; HEADER_BYTES];
+    bytes.copy_from_slice(header.as_bytes());
+    bytes
 }
 
 /// `None` for a slot never written (all zero); otherwise the header, or
@@ -102,23 +98,23 @@ fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Option<Result<Header, &'static st
     if bytes.iter().all(|&byte| byte == 0) {
         return None;
     }
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    Some(if bytes[0..4] != MAGIC {
+    let Ok(header) = RawHeader::ref_from_bytes(bytes) else {
+        return Some(Err("header of the wrong size"));
+    };
+    let length = header.length.get() as usize;
+    Some(if header.magic != MAGIC {
         Err("bad magic")
-    } else if u16::from_le_bytes([bytes[4], bytes[5]]) != LAYOUT_VERSION {
+    } else if header.version.get() != LAYOUT_VERSION {
         Err("unknown layout version")
-    } else if bytes[6..8] != [0, 0] || bytes[24..32].iter().any(|&byte| byte != 0) {
+    } else if header.reserved != [0; 2] || header.reserved_tail != [0; 8] {
         Err("reserved bytes not zero")
-    } else if u32_at(16) as usize > STORE_BYTES {
+    } else if length > STORE_BYTES {
         Err("length beyond the store")
     } else {
-        let mut generation = [0u8; 8];
-        generation.copy_from_slice(&bytes[8..16]);
         Ok(Header {
-            generation: u64::from_le_bytes(generation),
-            length: u32_at(16) as usize,
-            checksum: u32_at(20),
+            generation: header.generation.get(),
+            length,
+            checksum: header.checksum.get(),
         })
     })
 }

@@ -10,6 +10,8 @@
 //! them only if [`check_entries`] accepts every entry.
 
 use vmbus_ipc::kvp::{MAX_KEY, MAX_VALUE};
+use zerocopy::little_endian::U16;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// The arena for every pool together. Small pairs (the usual case) take a
 /// few dozen bytes each; at worst six pairs of the largest size fit.
@@ -17,7 +19,24 @@ pub const STORE_BYTES: usize = 4096;
 /// The pools this store keeps: external, guest, auto, auto-external.
 pub const POOLS: u8 = 4;
 
-const ENTRY_HEADER: usize = 4;
+/// The header before each entry's key and value.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct EntryHeader {
+    pool: u8,
+    key_len: u8,
+    value_len: U16,
+}
+
+const ENTRY_HEADER: usize = size_of::<EntryHeader>();
+const _: () = assert!(ENTRY_HEADER == 4);
+
+/// The entry header at `offset`, if `bytes` holds a whole one there.
+fn entry_header(bytes: &[u8], offset: usize) -> Option<&EntryHeader> {
+    EntryHeader::ref_from_prefix(bytes.get(offset..)?)
+        .ok()
+        .map(|(header, _)| header)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
@@ -87,9 +106,9 @@ impl Store {
     }
 
     fn entry_at(&self, offset: usize) -> Option<Entry<'_>> {
-        let header = self.bytes.get(offset..offset + ENTRY_HEADER)?;
-        let key_len = header[1] as usize;
-        let value_len = u16::from_le_bytes([header[2], header[3]]) as usize;
+        let header = entry_header(&self.bytes, offset)?;
+        let key_len = header.key_len as usize;
+        let value_len = header.value_len.get() as usize;
         let key_start = offset + ENTRY_HEADER;
         let value_start = key_start + key_len;
         let end = value_start + value_len;
@@ -99,7 +118,7 @@ impl Store {
         // Only whole `&str`s are ever stored, so these never fail; an
         // empty string is the harmless answer if they did.
         Some(Entry {
-            pool: header[0],
+            pool: header.pool,
             key: core::str::from_utf8(&self.bytes[key_start..value_start]).unwrap_or(""),
             value: core::str::from_utf8(&self.bytes[value_start..end]).unwrap_or(""),
             offset,
@@ -161,10 +180,13 @@ impl Store {
             self.remove(offset, len);
         }
         let start = self.used;
-        self.bytes[start] = pool;
-        // Bounded above: MAX_KEY < 256, MAX_VALUE < 65536.
-        self.bytes[start + 1] = key.len() as u8;
-        self.bytes[start + 2..start + 4].copy_from_slice(&(value.len() as u16).to_le_bytes());
+        let header = EntryHeader {
+            pool,
+            // Bounded above: MAX_KEY < 256, MAX_VALUE < 65536.
+            key_len: key.len() as u8,
+            value_len: (value.len() as u16).into(),
+        };
+        self.bytes[start..start + ENTRY_HEADER].copy_from_slice(header.as_bytes());
         let key_start = start + ENTRY_HEADER;
         self.bytes[key_start..key_start + key.len()].copy_from_slice(key.as_bytes());
         let value_start = key_start + key.len();
@@ -192,11 +214,9 @@ impl Store {
 pub fn check_entries(bytes: &[u8]) -> Result<(), &'static str> {
     let mut offset = 0;
     while offset < bytes.len() {
-        let header = bytes
-            .get(offset..offset + ENTRY_HEADER)
-            .ok_or("entry header beyond the end")?;
-        let (pool, key_len) = (header[0], header[1] as usize);
-        let value_len = u16::from_le_bytes([header[2], header[3]]) as usize;
+        let header = entry_header(bytes, offset).ok_or("entry header beyond the end")?;
+        let (pool, key_len) = (header.pool, header.key_len as usize);
+        let value_len = header.value_len.get() as usize;
         if pool >= POOLS {
             return Err("unknown pool");
         }
@@ -223,11 +243,12 @@ pub fn check_entries(bytes: &[u8]) -> Result<(), &'static str> {
 /// Whether `earlier` (entries already checked) holds `pool`'s `key`.
 fn key_seen_before(earlier: &[u8], pool: u8, key: &str) -> bool {
     let mut offset = 0;
-    while let Some(header) = earlier.get(offset..offset + ENTRY_HEADER) {
-        let key_len = header[1] as usize;
-        let value_len = u16::from_le_bytes([header[2], header[3]]) as usize;
+    while let Some(header) = entry_header(earlier, offset) {
+        let key_len = header.key_len as usize;
+        let value_len = header.value_len.get() as usize;
         let key_start = offset + ENTRY_HEADER;
-        if header[0] == pool && earlier.get(key_start..key_start + key_len) == Some(key.as_bytes())
+        if header.pool == pool
+            && earlier.get(key_start..key_start + key_len) == Some(key.as_bytes())
         {
             return true;
         }

@@ -278,7 +278,10 @@ fn host_set_then_client_get() {
     );
     let (header, _) = exchange(&mut host, &mut component, &mut env, &request).unwrap();
     assert_eq!(header.status.get(), status::OK);
-    assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
+    assert_eq!(
+        header.flags(),
+        ic::IcFlags::TRANSACTION | ic::IcFlags::RESPONSE
+    );
     assert_eq!(
         client(
             &mut component,

@@ -18,6 +18,7 @@
 //! characters replaced, cut to 64 characters. Writes: its own rings, the
 //! console, the notifications to its clients.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, Channel, Env, Refusal};
 use ic_channel::{body_mut, ChannelIds, DriverService, IcDriver, IcService, Rejection};
@@ -206,7 +207,10 @@ mod tests {
         notify_synic(&mut component, &mut env);
         let (header, _) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), STATUS_OK);
-        assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
+        assert_eq!(
+            header.flags(),
+            ic::IcFlags::TRANSACTION | ic::IcFlags::RESPONSE
+        );
         assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 1);
         assert_eq!(
             ask(&mut component, &mut env),

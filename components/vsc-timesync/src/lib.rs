@@ -20,6 +20,7 @@
 //! so its values are taken as they come (arithmetic saturates).
 //! Writes: its own rings, the console.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{println, Channel, Env, Refusal};
 use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};
@@ -203,7 +204,10 @@ mod tests {
         notify_synic(&mut component, &mut env);
         let (header, _) = host.receive_ic().unwrap();
         assert_eq!(header.status.get(), STATUS_OK);
-        assert_eq!(header.flags, ic::flags::TRANSACTION | ic::flags::RESPONSE);
+        assert_eq!(
+            header.flags(),
+            ic::IcFlags::TRANSACTION | ic::IcFlags::RESPONSE
+        );
         assert!(env
             .console
             .contains("time sync 1: host time 2026-11-25 00:00:00 UTC"));

@@ -17,9 +17,15 @@
 //! where each component is a protection domain, and the hosted one
 //! (`platform/hosted-runtime`), where each component is a Linux process.
 #![no_std]
+// `unsafe` lives only in the memory layer (`region`) and the deliberate
+// faults of the isolation fixtures beside it.
+#![deny(unsafe_code)]
 
 pub mod console;
+#[allow(unsafe_code)]
+pub mod deliberate;
 pub mod protocol;
+#[allow(unsafe_code)]
 pub mod region;
 
 pub use protocol::{

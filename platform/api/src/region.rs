@@ -19,11 +19,14 @@ pub struct Region {
     writable: bool,
     double_mapped: bool,
     guest_physical: Option<u64>,
+    /// The page after the span is unmapped (the runtimes' guard page).
+    guard_after: bool,
 }
 
-// Safety: a Region is a description of shared memory; all access through it
+// SAFETY: a Region is a description of shared memory; all access through it
 // is volatile or atomic.
 unsafe impl Send for Region {}
+// SAFETY: as for Send.
 unsafe impl Sync for Region {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +48,58 @@ impl Region {
             writable,
             double_mapped,
             guest_physical: None,
+            guard_after: false,
         }
+    }
+
+    /// The same region, marked as followed by an unmapped guard page, as
+    /// both runtimes map regions (what lets [`crate::deliberate::read_after`]
+    /// fault there).
+    ///
+    /// # Safety
+    /// The page right after the region's span must stay unmapped for the
+    /// lifetime of the component.
+    pub unsafe fn with_guard_page(self) -> Region {
+        Region {
+            guard_after: true,
+            ..self
+        }
+    }
+
+    /// Whether the page after the span is a guard page.
+    pub fn guarded(&self) -> bool {
+        self.guard_after
+    }
+
+    /// A zeroed, writable region of `len` bytes over memory leaked for
+    /// the rest of the process: for tests, which otherwise would need
+    /// `unsafe` to make a region over memory of their own.
+    #[cfg(feature = "test-memory")]
+    pub fn leaked(len: usize) -> Region {
+        extern crate alloc;
+        let words = alloc::vec![0u64; len.div_ceil(8)].leak();
+        // SAFETY: the memory is never freed (leaked), 8-byte aligned,
+        // readable and writable, and reached from nothing else.
+        unsafe { Region::new(words.as_mut_ptr().cast(), len, true, false) }
+    }
+
+    /// The `len` bytes at `offset` as a region of their own (never double
+    /// mapped; host visible at the matching address if this one is).
+    pub fn subregion(&self, offset: usize, len: usize) -> Result<Region, RegionError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(RegionError::OutOfBounds),
+        }
+        Ok(Region {
+            // SAFETY: `offset <= self.len`, so the pointer stays inside (or
+            // one past) the mapping `self` describes.
+            base: unsafe { self.base.add(offset) },
+            len,
+            writable: self.writable,
+            double_mapped: false,
+            guest_physical: self.guest_physical.map(|gpa| gpa + offset as u64),
+            guard_after: false,
+        })
     }
 
     /// The same region, marked as host visible: its memory is physically
@@ -100,7 +154,7 @@ impl Region {
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
         self.check(offset, out.len())?;
         for (i, byte) in out.iter_mut().enumerate() {
-            // Safety: bounds checked above.
+            // SAFETY: bounds checked above.
             *byte = unsafe { self.base.as_ptr().add(offset + i).read_volatile() };
         }
         Ok(())
@@ -113,7 +167,7 @@ impl Region {
         }
         self.check(offset, data.len())?;
         for (i, byte) in data.iter().enumerate() {
-            // Safety: bounds checked above.
+            // SAFETY: bounds checked above.
             unsafe { self.base.as_ptr().add(offset + i).write_volatile(*byte) };
         }
         Ok(())
@@ -124,7 +178,7 @@ impl Region {
     /// own them (an index-protected ring slot); the copy is then validated.
     pub fn read_bulk(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
         self.check(offset, out.len())?;
-        // Safety: bounds checked; the destination is private memory.
+        // SAFETY: bounds checked; the destination is private memory.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 self.base.as_ptr().add(offset),
@@ -141,7 +195,7 @@ impl Region {
             return Err(RegionError::ReadOnly);
         }
         self.check(offset, data.len())?;
-        // Safety: bounds checked.
+        // SAFETY: bounds checked.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -158,7 +212,7 @@ impl Region {
         if !offset.is_multiple_of(4) {
             return Err(RegionError::Misaligned);
         }
-        // Safety: in bounds and aligned; atomics are valid on shared memory.
+        // SAFETY: in bounds and aligned; atomics are valid on shared memory.
         Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU32) })
     }
 
@@ -168,7 +222,7 @@ impl Region {
         if !offset.is_multiple_of(8) {
             return Err(RegionError::Misaligned);
         }
-        // Safety: in bounds and aligned.
+        // SAFETY: in bounds and aligned.
         Ok(unsafe { &*(self.base.as_ptr().add(offset) as *const AtomicU64) })
     }
 }
@@ -181,6 +235,7 @@ mod tests {
     #[test]
     fn bounds_are_checked() {
         let mut memory = [0u8; 64];
+        // SAFETY: `memory` outlives the region.
         let region = unsafe { Region::new(memory.as_mut_ptr(), 64, true, false) };
         assert_eq!(region.write(60, &[1, 2, 3, 4]), Ok(()));
         assert_eq!(
@@ -198,8 +253,26 @@ mod tests {
     }
 
     #[test]
+    fn subregions_stay_inside() {
+        let mut memory = [0u8; 64];
+        // SAFETY: `memory` outlives the region.
+        let region = unsafe { Region::new(memory.as_mut_ptr(), 64, true, false) }
+            .with_guest_physical(0x1000);
+        let part = region.subregion(16, 8).unwrap();
+        part.write(0, &[7]).unwrap();
+        let mut out = [0u8; 1];
+        region.read(16, &mut out).unwrap();
+        assert_eq!(out, [7]);
+        assert_eq!(part.guest_physical(), Some(0x1010));
+        assert_eq!(part.write(8, &[1]), Err(RegionError::OutOfBounds));
+        assert!(region.subregion(60, 5).is_err());
+        assert!(region.subregion(usize::MAX, 2).is_err());
+    }
+
+    #[test]
     fn read_only_region_refuses_writes() {
         let mut memory = [0u8; 8];
+        // SAFETY: `memory` outlives the region.
         let region = unsafe { Region::new(memory.as_mut_ptr(), 8, false, false) };
         assert_eq!(region.write(0, &[1]), Err(RegionError::ReadOnly));
     }

@@ -81,7 +81,7 @@ impl EnvDouble {
             "region length must be a multiple of 8"
         );
         let mut memory = vec![0u64; len / 8];
-        // Safety: the memory lives as long as the double (moved into it
+        // SAFETY: the memory lives as long as the double (moved into it
         // below without reallocation: a Vec's heap buffer does not move).
         let mut region =
             unsafe { Region::new(memory.as_mut_ptr() as *mut u8, len, writable, false) };
@@ -110,7 +110,7 @@ impl EnvDouble {
     /// The region as the test sees it (always writable by the test).
     pub fn test_view(&self, name: RegionName) -> Region {
         let region = self.regions[name.0 as usize].region;
-        // Safety: same memory, same lifetime; the test may write it.
+        // SAFETY: same memory, same lifetime; the test may write it.
         unsafe { Region::new(region.as_ptr(), region.len(), true, region.double_mapped()) }
     }
 

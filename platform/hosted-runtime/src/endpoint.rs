@@ -12,7 +12,7 @@ use crate::protocol::{
     self, ChannelRole, Handoff, ToComponent, ToLauncher, MAX_CONTROL, REPLY_OK, REPLY_REFUSED,
     REQUEST,
 };
-use crate::sys::{self, Received};
+use crate::sys::{self, write_all, Received};
 use component_api::{
     CallError, Channel, ChannelSet, Child, Env, Fault, IoPortName, Refusal, Region, RegionName,
     SupervisorError, MAX_MESSAGE,
@@ -72,7 +72,7 @@ pub struct Endpoint {
 }
 
 fn adopt(fd: i32) -> OwnedFd {
-    // Safety: the launcher handed us this descriptor for our sole use.
+    // SAFETY: the launcher handed us this descriptor for our sole use.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -87,8 +87,10 @@ impl Endpoint {
             let size = usize::try_from(map.size)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
             let base = sys::map_shared(&fd, map.offset, size, map.writable, map.double)?;
-            // Safety: just mapped, never unmapped, with these rights.
-            let region = unsafe { Region::new(base, size, map.writable, map.double) };
+            // SAFETY: just mapped, never unmapped, with these rights, and
+            // a guard page after it (`sys::map_shared`).
+            let region =
+                unsafe { Region::new(base, size, map.writable, map.double).with_guard_page() };
             regions.push(match map.guest_physical {
                 Some(gpa) => region.with_guest_physical(gpa),
                 None => region,
@@ -397,20 +399,6 @@ impl Endpoint {
 fn refusal_frame(refusal: Refusal) -> Vec<u8> {
     let code = refusal.0.to_le_bytes();
     vec![REPLY_REFUSED, code[0], code[1]]
-}
-
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        let written =
-            unsafe { libc::write(fd, bytes.as_ptr() as *const libc::c_void, bytes.len()) };
-        if written < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        bytes = &bytes[written as usize..];
-    }
 }
 
 impl Env for Endpoint {

@@ -24,6 +24,7 @@ use crate::protocol::{
     self, ChannelHandoff, ChannelRole, Handoff, MapHandoff, ToComponent, ToLauncher, WireFault,
     HANDOFF_VARIABLE, MAX_CONTROL,
 };
+use crate::simulated_host::{HostSource, HOST_LOST_CODE};
 use crate::sys::{self, Received};
 use component_api::Fault;
 use std::collections::HashMap;
@@ -69,12 +70,28 @@ pub struct LaunchOptions {
     /// Arguments for the simulated host's program after `--socket PATH`
     /// (e.g. `--max-version 4.0`, `--events`; `docs/hvsim.md`).
     pub simulated_host_args: Vec<String>,
+    /// Connect to a host already listening on this socket instead of
+    /// starting a program (takes precedence over `simulated_host`).
+    pub simulated_host_socket: Option<PathBuf>,
     /// Extra environment variables for one component's process (e.g. where
     /// a hosted `synic` finds the simulated host's socket).
     pub component_env: HashMap<String, Vec<(String, String)>>,
 }
 
 impl LaunchOptions {
+    /// Where a `simulated_host` component's host comes from, if anywhere.
+    pub fn host_source(&self) -> Option<HostSource> {
+        if let Some(socket) = &self.simulated_host_socket {
+            return Some(HostSource::Socket(socket.clone()));
+        }
+        self.simulated_host
+            .as_ref()
+            .map(|program| HostSource::Program {
+                program: program.clone(),
+                args: self.simulated_host_args.clone(),
+            })
+    }
+
     pub fn new(binary_dir: impl Into<PathBuf>) -> LaunchOptions {
         LaunchOptions {
             binary_dir: binary_dir.into(),
@@ -83,6 +100,7 @@ impl LaunchOptions {
             output: OutputSink::Print,
             simulated_host: None,
             simulated_host_args: Vec::new(),
+            simulated_host_socket: None,
             component_env: HashMap::new(),
         }
     }
@@ -179,6 +197,8 @@ pub struct System {
     bridges: Vec<JoinHandle<()>>,
     /// The operator's console of the simulated host process, if one runs.
     host_console: Mutex<Option<crate::simulated_host::HostConsole>>,
+    /// The host program's process id, if the launcher started one.
+    host_pid: Option<u32>,
 }
 
 fn other(message: impl Into<String>) -> io::Error {
@@ -197,7 +217,7 @@ impl System {
         let (guest_memory, guest_map, region_fds) = create_regions(&layout)?;
         let mut slots = Vec::with_capacity(layout.components.len());
         for (index, component) in layout.components.iter().enumerate() {
-            let bridged = component.simulated_host && options.simulated_host.is_some();
+            let bridged = component.simulated_host && options.host_source().is_some();
             let role = if options.doubles.contains(&component.name) || bridged {
                 Role::Double
             } else if options.omitted.contains(&component.name) || component.simulated_host {
@@ -339,17 +359,19 @@ impl System {
             thread: Some(thread),
             bridges: Vec::new(),
             host_console: Mutex::new(None),
+            host_pid: None,
         };
         system.start_simulated_hosts()?;
         Ok(system)
     }
 
-    /// Put a bridge to the host process in place of each `simulated_host`
-    /// component (if a host program was given).
+    /// Put a bridge to the host in place of each `simulated_host`
+    /// component (if a host program or socket was given). When the host is
+    /// lost later, the system powers off with [`HOST_LOST_CODE`].
     fn start_simulated_hosts(&mut self) -> io::Result<()> {
-        let (program, args, hosts) = {
+        let (source, hosts) = {
             let state = self.lock();
-            let Some(program) = state.options.simulated_host.clone() else {
+            let Some(source) = state.options.host_source() else {
                 return Ok(());
             };
             let hosts: Vec<String> = state
@@ -359,7 +381,7 @@ impl System {
                 .filter(|c| c.simulated_host && !state.options.doubles.contains(&c.name))
                 .map(|c| c.name.clone())
                 .collect();
-            (program, state.options.simulated_host_args.clone(), hosts)
+            (source, hosts)
         };
         for name in hosts {
             let endpoint = self
@@ -377,12 +399,28 @@ impl System {
                     shared.changed.notify_all();
                 }
             });
-            let (bridge, console) =
-                crate::simulated_host::start(endpoint, &program, &args, memory, sink)?;
-            self.bridges.push(bridge);
-            *self.host_console.lock().unwrap_or_else(|e| e.into_inner()) = Some(console);
+            let weak = Arc::downgrade(&self.shared);
+            let on_lost: crate::simulated_host::LostSink = Arc::new(move |why: String| {
+                if let Some(shared) = weak.upgrade() {
+                    if let Ok(mut state) = shared.state.lock() {
+                        state.host_lost(why);
+                    }
+                    shared.changed.notify_all();
+                    sys::eventfd_signal(shared.wake.as_raw_fd());
+                }
+            });
+            let started = crate::simulated_host::start(endpoint, &source, memory, sink, on_lost)?;
+            self.bridges.push(started.thread);
+            self.host_pid = started.pid;
+            *self.host_console.lock().unwrap_or_else(|e| e.into_inner()) = started.console;
         }
         Ok(())
+    }
+
+    /// The process id of the host program the launcher started (none for
+    /// a host reached on a socket).
+    pub fn host_pid(&self) -> Option<u32> {
+        self.host_pid
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -424,10 +462,7 @@ impl System {
         let pid = self
             .pid(name)
             .ok_or_else(|| other(format!("`{name}` is not running")))?;
-        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::kill(pid, signal)
     }
 
     /// Raise IRQ `irq` (its name in `system.toml`) of component `name`,
@@ -813,10 +848,7 @@ impl State {
                     sys::inherit(*fd)?;
                 }
                 // Components never outlive the launcher.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
+                sys::die_with_parent()
             });
         }
         let mut child = command
@@ -871,6 +903,19 @@ impl State {
             self.end_process(index);
             self.slots[index].status = Status::Stopped;
         }
+    }
+
+    /// The hypervisor host is gone: the guest cannot run on, so the
+    /// system powers off (unless it is ending already).
+    fn host_lost(&mut self, why: String) {
+        if self.power_off.is_some() || self.shutting_down {
+            return;
+        }
+        self.emit_line(format!(
+            "[launcher] {why}; powering off with code {HOST_LOST_CODE}"
+        ));
+        self.power_off = Some(HOST_LOST_CODE);
+        self.end_all();
     }
 
     fn end_all(&mut self) {
@@ -1292,6 +1337,8 @@ mod tests {
         // Bytes written through a region's descriptor land at its GPA.
         let ring = sys::map_shared(&fds[2].0, fds[2].1, 4096, true, false).unwrap();
         let whole = sys::map_shared(memory.as_ref().unwrap(), 0, 16384, false, false).unwrap();
+        // SAFETY: both mappings were just made, 4096 and 16384 bytes long,
+        // and live until the process ends.
         unsafe {
             ring.write_volatile(0x42);
             assert_eq!(whole.add(12288).read_volatile(), 0x42);

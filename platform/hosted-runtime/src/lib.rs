@@ -76,11 +76,13 @@ extern "C" fn on_fault_signal(
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    // Safety: the kernel passes valid siginfo and ucontext pointers.
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers.
     let (from_hardware, address) = unsafe { ((*info).si_code > 0, (*info).si_addr() as u64) };
     let fd = CONTROL_FD.load(Ordering::Relaxed);
     if from_hardware && fd >= 0 {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid
+        // ucontext_t as the third argument.
         let (ip, write) = unsafe {
             let registers = &(*(context as *const libc::ucontext_t)).uc_mcontext.gregs;
             // Page-fault error code bit 1: the access was a write.
@@ -100,6 +102,8 @@ extern "C" fn on_fault_signal(
         };
         let mut buffer = [0u8; protocol::MAX_CONTROL];
         if let Ok(bytes) = postcard::to_slice(&ToLauncher::Faulted { fault }, &mut buffer) {
+            // SAFETY: send is async-signal-safe; the buffer is ours and
+            // `bytes.len()` long; a closed descriptor only makes it fail.
             unsafe {
                 libc::send(
                     fd,
@@ -114,6 +118,7 @@ extern "C" fn on_fault_signal(
     // hardware fault repeats on return and kills us; a signal sent from
     // outside is raised again, pending until we return.
     if !from_hardware {
+        // SAFETY: raise is async-signal-safe and takes no pointers.
         unsafe { libc::raise(signal) };
     }
 }
@@ -128,8 +133,11 @@ fn install_fault_handlers() {
         ss_flags: 0,
         ss_size: ALT_STACK,
     };
+    // SAFETY: the stack is leaked, so it outlives every handler run on it.
     unsafe { libc::sigaltstack(&alt, std::ptr::null_mut()) };
     for signal in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+        // SAFETY: a zeroed sigaction is valid; the handler has the
+        // SA_SIGINFO signature and only makes async-signal-safe calls.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_fault_signal as *const () as usize;

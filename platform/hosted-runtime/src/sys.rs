@@ -1,17 +1,40 @@
 //! Thin, checked wrappers over the Linux calls the runtime uses: memfd,
 //! mmap, eventfd, SOCK_SEQPACKET socket pairs with fd passing, poll and
-//! pidfd. Every wrapper returns `io::Result`; nothing here panics on an
-//! error from the OS.
+//! pidfd, through rustix. Every wrapper returns `io::Result`; nothing here
+//! panics on an error from the OS.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
+/// The descriptor callers name by number, as rustix wants it. Callers pass
+/// descriptors of `OwnedFd`s they keep open across the call; a negative
+/// number is refused rather than borrowed.
+fn borrow<'a>(fd: RawFd) -> io::Result<BorrowedFd<'a>> {
+    if fd < 0 {
+        return Err(Errno::BADF.into());
+    }
+    // SAFETY: non-negative, and every caller holds the descriptor open for
+    // the duration of the call it is borrowed for (see above).
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Retry a call the kernel interrupted with a signal.
+fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            other => return other,
+        }
     }
 }
 
@@ -19,19 +42,12 @@ fn check(result: libc::c_int) -> io::Result<libc::c_int> {
 /// nor shrunk, so no process can make another's mapping fault with
 /// SIGBUS by truncating it).
 pub fn memfd(name: &str, size: u64) -> io::Result<OwnedFd> {
-    let cname = std::ffi::CString::new(name.replace('\0', "_")).expect("no NUL left");
-    let fd = check(unsafe {
-        libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })?;
-    check(unsafe {
-        libc::fcntl(
-            fd.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
-        )
-    })?;
+    let fd = rustix::fs::memfd_create(
+        name.replace('\0', "_"),
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, size)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
 }
 
@@ -39,10 +55,12 @@ pub fn memfd(name: &str, size: u64) -> io::Result<OwnedFd> {
 /// mapping made from it can never be made writable (mprotect refuses),
 /// which is what makes a read-only map read-only.
 pub fn reopen_read_only(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("no NUL in a path we formatted");
-    let new = check(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
 }
 
 pub fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
@@ -64,44 +82,45 @@ pub fn map_shared(
     double: bool,
 ) -> io::Result<*mut u8> {
     let prot = if writable {
-        libc::PROT_READ | libc::PROT_WRITE
+        ProtFlags::READ | ProtFlags::WRITE
     } else {
-        libc::PROT_READ
+        ProtFlags::READ
     };
     let span = if double { size * 2 } else { size };
     let total = span + 2 * GUARD;
     // Reserve guards and span first so both halves land back to back.
+    // SAFETY: a fresh private mapping at an address the kernel picks
+    // replaces nothing.
     let reserved = unsafe {
-        libc::mmap(
+        rustix::mm::mmap_anonymous(
             std::ptr::null_mut(),
             total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
         )
-    };
-    if reserved == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let base = unsafe { (reserved as *mut u8).add(GUARD) };
+    }?;
+    // SAFETY: GUARD < total: still inside the reservation.
+    let base = unsafe { reserved.cast::<u8>().add(GUARD) };
     let halves = if double { 2 } else { 1 };
     for half in 0..halves {
+        // SAFETY: half * size + size <= span: inside the reservation.
         let at = unsafe { base.add(half * size) };
+        // SAFETY: MAP_FIXED replaces only pages of the reservation made
+        // above, which nothing else uses.
         let mapped = unsafe {
-            libc::mmap(
-                at as *mut libc::c_void,
+            rustix::mm::mmap(
+                at.cast(),
                 size,
                 prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                offset,
             )
         };
-        if mapped == libc::MAP_FAILED {
-            let error = io::Error::last_os_error();
-            unsafe { libc::munmap(reserved, total) };
-            return Err(error);
+        if let Err(error) = mapped {
+            // SAFETY: unmaps exactly the reservation, which nothing uses.
+            let _ = unsafe { rustix::mm::munmap(reserved, total) };
+            return Err(error.into());
         }
     }
     Ok(base)
@@ -110,71 +129,79 @@ pub fn map_shared(
 /// A non-blocking eventfd (a notification: writers add, the reader takes
 /// the count and resets it).
 pub fn eventfd() -> io::Result<OwnedFd> {
-    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
 }
 
 /// Signal an eventfd. Never blocks: if the counter is saturated the
 /// notification is already pending, which is all a notification says.
 pub fn eventfd_signal(fd: RawFd) {
-    let one: u64 = 1;
-    unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+    if let Ok(fd) = borrow(fd) {
+        let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+    }
 }
 
 /// Take an eventfd's pending count; true if it was signalled.
 pub fn eventfd_take(fd: RawFd) -> bool {
-    let mut value: u64 = 0;
-    let read = unsafe { libc::read(fd, &mut value as *mut u64 as *mut libc::c_void, 8) };
-    read == 8 && value > 0
+    let mut value = [0u8; 8];
+    let Ok(fd) = borrow(fd) else {
+        return false;
+    };
+    matches!(rustix::io::read(fd, &mut value), Ok(8)) && u64::from_ne_bytes(value) > 0
+}
+
+/// Write all of `bytes`, past short and interrupted writes; stop quietly
+/// at an error (the console is best effort: a gone reader loses text, it
+/// does not stop the component).
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    let Ok(fd) = borrow(fd) else {
+        return;
+    };
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return,
+            Ok(written) => bytes = &bytes[written..],
+            Err(Errno::INTR) => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 /// A connected pair of SOCK_SEQPACKET sockets: message boundaries are kept
 /// and a peer's death is seen as end of file.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Send one message, with at most one file descriptor attached.
 pub fn send_message(socket: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
+    let socket = borrow(socket)?;
+    let attached = match fd {
+        Some(fd) => Some(borrow(fd)?),
+        None => None,
     };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        header.msg_controllen = space as _;
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&header);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
-        }
+    let attached = attached.as_slice();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !attached.is_empty() && !control.push(SendAncillaryMessage::ScmRights(attached)) {
+        return Err(io::Error::other("no room for the descriptor"));
     }
-    loop {
-        let sent = unsafe { libc::sendmsg(socket, &header, libc::MSG_NOSIGNAL) };
-        if sent >= 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    retry(|| {
+        rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
+    Ok(())
 }
 
 /// What one receive produced.
@@ -190,86 +217,80 @@ pub enum Received {
 /// Receive one message into `buffer`. A message longer than the buffer is
 /// an error (our protocols bound every message), not a silent truncation.
 pub fn receive_message(socket: RawFd, buffer: &mut [u8], blocking: bool) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buffer.len(),
-    };
-    let space = unsafe { libc::CMSG_SPACE((std::mem::size_of::<RawFd>() * 4) as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-    header.msg_iov = &mut iov;
-    header.msg_iovlen = 1;
-    header.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    header.msg_controllen = space as _;
-    let flags = libc::MSG_CMSG_CLOEXEC | if blocking { 0 } else { libc::MSG_DONTWAIT };
-    let got = loop {
-        let got = unsafe { libc::recvmsg(socket, &mut header, flags) };
-        if got >= 0 {
-            break got as usize;
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(Received::Empty),
-            io::ErrorKind::ConnectionReset => return Ok(Received::Closed),
-            _ => return Err(error),
-        }
+    let socket = borrow(socket)?;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC
+        | if blocking {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
+    let received = match retry(|| {
+        rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buffer)], &mut control, flags)
+    }) {
+        Ok(received) => received,
+        Err(Errno::AGAIN) => return Ok(Received::Empty),
+        Err(Errno::CONNRESET) => return Ok(Received::Closed),
+        Err(error) => return Err(error.into()),
     };
     // Take every descriptor that arrived so none leaks; keep the first.
     let mut first: Option<OwnedFd> = None;
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned((data as *const RawFd).add(i));
-                    let owned = OwnedFd::from_raw_fd(fd);
-                    if first.is_none() {
-                        first = Some(owned);
-                    }
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for fd in fds {
+                if first.is_none() {
+                    first = Some(fd);
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
     }
-    if got == 0 && header.msg_flags & libc::MSG_TRUNC == 0 && first.is_none() {
+    let truncated = received.flags.contains(ReturnFlags::TRUNC);
+    if received.bytes == 0 && !truncated && first.is_none() {
         // A zero-length read on a SEQPACKET socket is end of file; our
         // protocols never send empty messages.
         return Ok(Received::Closed);
     }
-    if header.msg_flags & libc::MSG_TRUNC != 0 {
+    if truncated {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "message longer than the receive buffer",
         ));
     }
-    Ok(Received::Message(got, first))
+    Ok(Received::Message(received.bytes, first))
 }
 
 /// Poll `fds` (events already set) until one is ready or `timeout` passes
 /// (`None`: wait indefinitely). Returns the number ready (0 on timeout).
 pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let millis = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Round up so a short wait does not become a busy loop.
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
-            }
-        };
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-        if ready >= 0 {
-            return Ok(ready as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
+    let mut polled = Vec::with_capacity(fds.len());
+    for fd in fds.iter() {
+        polled.push(PollFd::from_borrowed_fd(
+            borrow(fd.fd)?,
+            PollFlags::from_bits_retain(fd.events as _),
+        ));
     }
+    let ready = loop {
+        let left = deadline.map(|deadline| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Round up so a short wait does not become a busy loop.
+            let millis = left.as_micros().div_ceil(1000) as u64;
+            rustix::time::Timespec {
+                tv_sec: (millis / 1000) as _,
+                tv_nsec: ((millis % 1000) * 1_000_000) as _,
+            }
+        });
+        match rustix::event::poll(&mut polled, left.as_ref()) {
+            Ok(ready) => break ready,
+            Err(Errno::INTR) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    };
+    for (fd, polled) in fds.iter_mut().zip(&polled) {
+        fd.revents = polled.revents().bits() as _;
+    }
+    Ok(ready)
 }
 
 pub fn pollfd(fd: RawFd) -> libc::pollfd {
@@ -282,45 +303,59 @@ pub fn pollfd(fd: RawFd) -> libc::pollfd {
 
 /// A pidfd for a child process: readable once the process has ended.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from(Errno::SRCH))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Send `signal` (a named one, e.g. `libc::SIGKILL`) to process `pid`.
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from(Errno::SRCH))?;
+    let signal = rustix::process::Signal::from_named_raw(signal)
+        .ok_or_else(|| io::Error::from(Errno::INVAL))?;
+    Ok(rustix::process::kill_process(pid, signal)?)
+}
+
+/// Have the kernel SIGKILL this process when its parent dies. Called
+/// between fork and exec: a plain system call, async-signal-safe.
+pub fn die_with_parent() -> io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        rustix::process::Signal::KILL,
+    ))?)
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC.
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// A pipe (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(std::fs::File, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok((std::fs::File::from(read), write))
 }
 
 /// Clear close-on-exec so a spawned component inherits `fd`. Called
-/// between fork and exec: only async-signal-safe calls.
+/// between fork and exec: only async-signal-safe calls (rustix's are
+/// plain system calls).
 pub fn inherit(fd: RawFd) -> io::Result<()> {
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    let fd = borrow(fd)?;
+    let flags = rustix::io::fcntl_getfd(fd)?;
+    rustix::io::fcntl_setfd(fd, flags - FdFlags::CLOEXEC)?;
     Ok(())
 }
 
 pub fn as_raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
+    fd.as_fd().as_raw_fd()
 }
 
 #[cfg(test)]
@@ -331,6 +366,7 @@ mod tests {
     fn double_map_aliases_and_read_only_reopen_refuses_write_upgrade() {
         let fd = memfd("test", 4096).unwrap();
         let base = map_shared(&fd, 0, 4096, true, true).unwrap();
+        // SAFETY: a writable double mapping of 4096 bytes: 8192 valid.
         unsafe {
             base.write_volatile(0x5a);
             assert_eq!(base.add(4096).read_volatile(), 0x5a);
@@ -339,17 +375,23 @@ mod tests {
         }
         let read_only = reopen_read_only(&fd).unwrap();
         let ro_base = map_shared(&read_only, 0, 4096, false, false).unwrap();
+        // SAFETY: mapped readable just above.
         assert_eq!(unsafe { ro_base.read_volatile() }, 0x5a);
+        // SAFETY: changes only the protection of our own mapping (and must
+        // be refused).
         let upgraded = unsafe {
-            libc::mprotect(
-                ro_base as *mut libc::c_void,
+            rustix::mm::mprotect(
+                ro_base.cast(),
                 4096,
-                libc::PROT_READ | libc::PROT_WRITE,
+                rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
             )
         };
-        assert_eq!(upgraded, -1, "a read-only map must not become writable");
+        assert!(
+            upgraded.is_err(),
+            "a read-only map must not become writable"
+        );
         // Sealed: nobody can shrink it under another process's mapping.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }, -1);
+        assert!(rustix::fs::ftruncate(&fd, 0).is_err());
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! [`Hypervisor`] is the whole interface: read and write a synthetic MSR,
 //! make a hypercall (control word, input GPA or fast value, output GPA or
-//! fast value), and take and end the synic interrupt. Three backends sit
-//! behind it: real Hyper-V (a kernel extension on seL4), the simulated host
-//! as an seL4 component, and the hosted transport in [`hosted`] (feature
-//! `hosted`), where guest physical memory is one shared file (GPA = byte
-//! offset) and the operations travel over a Unix socket to a host process.
+//! fast value), and take and end the synic interrupt. Two backends sit
+//! behind it today: the simulated host as an seL4 component (`hvsim`'s
+//! PD, reached over a protected-call channel), and the hosted transport in
+//! [`hosted`] (feature `hosted`), where guest physical memory is one shared
+//! file (GPA = byte offset) and the operations travel over a Unix socket to
+//! a host process. Real Hyper-V needs a kernel extension on seL4 that does
+//! not exist yet.
 //! [`wire`] is that transport's record format; `docs/hypervisor-transport.md`
 //! is its specification.
 //!
@@ -20,6 +22,9 @@
 //! bounds-checked). Writes: only the socket and, through `GuestMemory`, the
 //! guest memory it was asked to write.
 #![no_std]
+// `unsafe` lives only in the hosted transport client (the guest memory
+// mapping and poll), which is runtime code.
+#![deny(unsafe_code)]
 
 #[cfg(feature = "hosted")]
 extern crate std;
@@ -27,6 +32,7 @@ extern crate std;
 pub mod wire;
 
 #[cfg(feature = "hosted")]
+#[allow(unsafe_code)]
 pub mod hosted;
 
 /// What an operation at the boundary can fail with.

@@ -16,6 +16,7 @@
 //! against OpenVMM's `hvdef` crate and Linux's `hyperv-tlfs.h` (read for
 //! facts only).
 #![no_std]
+#![forbid(unsafe_code)]
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -94,10 +95,21 @@ impl HypercallMsr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ScontrolMsr(pub u64);
 
+bitflags::bitflags! {
+    /// The defined bits of SCONTROL.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ScontrolFlags: u64 {
+        const ENABLE = 1 << 0;
+    }
+}
+
 impl ScontrolMsr {
-    pub const ENABLE: u64 = 1 << 0;
+    /// The defined bits (RsvdP ones dropped).
+    pub const fn flags(self) -> ScontrolFlags {
+        ScontrolFlags::from_bits_truncate(self.0)
+    }
     pub const fn enabled(self) -> bool {
-        self.0 & Self::ENABLE != 0
+        self.flags().contains(ScontrolFlags::ENABLE)
     }
 }
 
@@ -127,35 +139,46 @@ impl SynicPageMsr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SintMsr(pub u64);
 
+bitflags::bitflags! {
+    /// The flag bits of a SINTx register (its vector is bits 7:0).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SintFlags: u64 {
+        const MASKED = 1 << 16;
+        const AUTO_EOI = 1 << 17;
+        const POLLING = 1 << 18;
+    }
+}
+
 impl SintMsr {
     pub const VECTOR_MASK: u64 = 0xFF;
-    pub const MASKED: u64 = 1 << 16;
-    pub const AUTO_EOI: u64 = 1 << 17;
-    pub const POLLING: u64 = 1 << 18;
     /// The value every SINT has after reset: masked, vector 0.
-    pub const RESET: SintMsr = SintMsr(Self::MASKED);
+    pub const RESET: SintMsr = SintMsr(SintFlags::MASKED.bits());
 
     pub const fn vector(self) -> u8 {
         (self.0 & Self::VECTOR_MASK) as u8
     }
+    /// The flag bits (RsvdP ones dropped).
+    pub const fn flags(self) -> SintFlags {
+        SintFlags::from_bits_truncate(self.0)
+    }
     pub const fn masked(self) -> bool {
-        self.0 & Self::MASKED != 0
+        self.flags().contains(SintFlags::MASKED)
     }
     pub const fn auto_eoi(self) -> bool {
-        self.0 & Self::AUTO_EOI != 0
+        self.flags().contains(SintFlags::AUTO_EOI)
     }
     pub const fn polling(self) -> bool {
-        self.0 & Self::POLLING != 0
+        self.flags().contains(SintFlags::POLLING)
     }
     pub const fn new(vector: u8, masked: bool, auto_eoi: bool) -> Self {
-        let mut value = vector as u64;
+        let mut flags = SintFlags::empty();
         if masked {
-            value |= Self::MASKED;
+            flags = flags.union(SintFlags::MASKED);
         }
         if auto_eoi {
-            value |= Self::AUTO_EOI;
+            flags = flags.union(SintFlags::AUTO_EOI);
         }
-        SintMsr(value)
+        SintMsr(vector as u64 | flags.bits())
     }
 }
 

@@ -7,7 +7,7 @@ use crate::memory::{split_rings, RegionPart};
 use component_api::{println, Channel, Client, Env, RegionName};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
-    self, answer_negotiate, flags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
+    self, answer_negotiate, IcFlags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
     PIPE_PACKET_DATA,
 };
 use vmbus_protocol::packet::PacketKind;
@@ -87,6 +87,9 @@ pub struct Stats {
     pub dropped: u32,
     pub signals: u32,
     pub signal_failures: u32,
+    /// Signals synic answered `ChannelClosed` (the channel was rescinded
+    /// or closed before we heard): expected, not failures.
+    pub signals_after_close: u32,
     /// Notifications from synic that found no open channel.
     pub spurious: u32,
 }
@@ -351,7 +354,7 @@ impl IcChannel {
             let body = &mut payload[IC_HEADERS_SIZE..message_len];
             let status = service.handle(env, negotiated.message, body)?;
             let mut answer_header = header;
-            answer_header.flags = flags::TRANSACTION | flags::RESPONSE;
+            answer_header.set_flags(IcFlags::TRANSACTION | IcFlags::RESPONSE);
             answer_header.status = status.into();
             payload[8..IC_HEADERS_SIZE].copy_from_slice(answer_header.as_bytes());
             message_len
@@ -424,6 +427,8 @@ impl IcChannel {
         };
         match self.ids.synic_call.call(env, &request) {
             Ok(synic::Reply::Done) => self.stats.signals += 1,
+            // Rescinded or closed a moment ago; vmbus tells us next.
+            Ok(synic::Reply::ChannelClosed) => self.stats.signals_after_close += 1,
             other => {
                 self.stats.signal_failures += 1;
                 println!(env, "SignalHost failed: {other:?}");
@@ -456,7 +461,7 @@ pub fn check_frame(payload: &[u8]) -> Result<(IcMessageHeader, usize), Rejection
             "pipe size beyond the packet or below the IC header",
         ))?;
     let header = message.header;
-    if header.flags & flags::RESPONSE != 0 {
+    if header.flags().contains(IcFlags::RESPONSE) {
         return Err(Rejection("a response where a request belongs"));
     }
     Ok((header, message_len))
@@ -515,7 +520,10 @@ mod tests {
         let (id, payload) = host.receive().unwrap();
         assert_eq!(id, transaction);
         let message = ic::parse_ic_message(&payload).unwrap();
-        assert_eq!(message.header.flags, flags::TRANSACTION | flags::RESPONSE);
+        assert_eq!(
+            message.header.flags(),
+            IcFlags::TRANSACTION | IcFlags::RESPONSE
+        );
         let body: HeartbeatMessage = ic::read_body(message.body).unwrap();
         assert_eq!(body.sequence.get(), 42);
         assert_eq!(channel.stats().answered, 2);
@@ -543,6 +551,23 @@ mod tests {
         while host.receive().is_some() {}
         channel.poll(&mut env, &mut echo);
         assert_eq!(host.signals.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_signal_for_a_channel_closed_meanwhile_is_no_failure() {
+        let (mut env, mut host, mut channel, mut echo) = open_channel();
+        negotiate(&mut env, &mut host, &mut channel, &mut echo);
+        // Rescinded between the host's request and our answer's signal.
+        host.channel_closed.set(true);
+        host.send(&heartbeat(1));
+        channel.poll(&mut env, &mut echo);
+        let stats = channel.stats();
+        assert_eq!((stats.signals_after_close, stats.signal_failures), (1, 0));
+        assert!(
+            !env.console.contains("SignalHost failed"),
+            "{}",
+            env.console
+        );
     }
 
     #[test]
@@ -597,7 +622,7 @@ mod tests {
         host.send(&control);
         // A response instead of a request.
         let mut response = heartbeat(1);
-        response[8 + 17] = flags::RESPONSE;
+        response[8 + 17] = IcFlags::RESPONSE.bits();
         host.send(&response);
         // Another service's message type.
         host.send(&ic_request(message_type::KVP, (5, 0), &[0; 16]));

@@ -33,6 +33,7 @@
 //! Writes: its own ring region (the control pages at open, the out ring's
 //! packets and our indices), and nothing else.
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
+#![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod driver;

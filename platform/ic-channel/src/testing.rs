@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::vec::Vec;
 use vmbus_ipc::{bus, synic};
-use vmbus_protocol::ic::{self, flags, IcMessageHeader, IcVersion};
+use vmbus_protocol::ic::{self, IcFlags, IcMessageHeader, IcVersion};
 use vmbus_protocol::packet::{self, PacketDescriptor};
 use vmbus_ring::{RingReader, RingWriter};
 use zerocopy::IntoBytes;
@@ -34,6 +34,9 @@ pub struct TestHost {
     pub bus: Rc<RefCell<BusState>>,
     /// Connection ids the VSC asked synic to signal.
     pub signals: Rc<RefCell<Vec<u32>>>,
+    /// When set, synic answers `SignalHost` with `ChannelClosed` (the
+    /// channel was just rescinded or closed).
+    pub channel_closed: Rc<std::cell::Cell<bool>>,
     ring: component_api::Region,
     /// Where the in ring starts (the VSC's `ring_out_bytes`).
     out_len: usize,
@@ -91,8 +94,13 @@ impl TestHost {
         });
         let signals = Rc::new(RefCell::new(Vec::new()));
         let signal_handle = signals.clone();
+        let channel_closed = Rc::new(std::cell::Cell::new(false));
+        let closed_handle = channel_closed.clone();
         env.on_typed_call::<synic::Synic>(ids.synic_call, move |request: synic::Request| {
             match request {
+                synic::Request::SignalHost { .. } if closed_handle.get() => {
+                    synic::Reply::ChannelClosed
+                }
                 synic::Request::SignalHost { connection_id } => {
                     signal_handle.borrow_mut().push(connection_id);
                     synic::Reply::Done
@@ -103,6 +111,7 @@ impl TestHost {
         TestHost {
             bus,
             signals,
+            channel_closed,
             ring: env.test_view(name),
             out_len: ids.ring_out_bytes,
             writer: None,
@@ -241,7 +250,7 @@ pub fn ic_request(message_type: u16, version: (u16, u16), body: &[u8]) -> Vec<u8
         message_size: (body.len() as u16).into(),
         status: 0.into(),
         transaction_id: 0,
-        flags: flags::TRANSACTION | flags::REQUEST,
+        flags: (IcFlags::TRANSACTION | IcFlags::REQUEST).bits(),
         reserved: [0; 2],
     };
     let mut out = vec![0u8; ic::IC_HEADERS_SIZE + body.len()];

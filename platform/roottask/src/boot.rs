@@ -4,6 +4,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use sel4_bindings as sys;
 
+/// The power-off code when the capability audit refuses the system.
+pub const AUDIT_FAILED_CODE: u8 = 0x7d;
+
 const STACK_BYTES: usize = 64 * 1024;
 const HEAP_BYTES: usize = 1024 * 1024;
 
@@ -38,6 +41,9 @@ static mut HEAP: HeapArea = HeapArea {
 };
 static HEAP_USED: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: each allocation is a distinct, suitably aligned range of HEAP
+// (claimed with a compare-exchange on HEAP_USED), inside HEAP_BYTES; nothing
+// else touches HEAP; a failed allocation returns null.
 unsafe impl GlobalAlloc for BumpHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let base = core::ptr::addr_of_mut!(HEAP) as usize;
@@ -116,7 +122,10 @@ extern "C" fn roottask_main(boot_info: *const sys::BootInfo) -> ! {
         Ok(system) => crate::monitor::serve(system),
         Err(error) => {
             log!("cannot build the system: {error}");
-            power_off(0x7f)
+            match error {
+                crate::objects::BuildError::AuditFailed(_) => power_off(AUDIT_FAILED_CODE),
+                _ => power_off(0x7f),
+            }
         }
     }
 }

@@ -23,6 +23,8 @@ pub enum BuildError {
     OutOfMemory,
     OutOfSlots,
     Description(&'static str),
+    /// The capability audit found this many differences.
+    AuditFailed(usize),
 }
 
 impl core::fmt::Display for BuildError {
@@ -34,6 +36,10 @@ impl core::fmt::Display for BuildError {
             BuildError::OutOfMemory => write!(f, "out of untyped memory"),
             BuildError::OutOfSlots => write!(f, "out of root CNode slots"),
             BuildError::Description(what) => write!(f, "bad system description: {what}"),
+            BuildError::AuditFailed(count) => write!(
+                f,
+                "the capability audit found {count} difference(s) from the description"
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Build every protection domain the description declares, then start them.
 
+use crate::audit::Mapping;
 use crate::elf;
 use crate::fault::FaultRecord;
 use crate::objects::{Allocator, BuildError, BuildResult, Context, ROOT_DEPTH};
@@ -17,14 +18,16 @@ const IMAGE_LIMIT: u64 = PD_INFO_VADDR;
 pub struct Pd {
     pub name: String,
     pub tcb: CPtr,
-    cnode: CPtr,
+    pub cnode: CPtr,
     vspace: CPtr,
-    endpoint: CPtr,
-    notification: CPtr,
+    pub endpoint: CPtr,
+    pub notification: CPtr,
     /// Root-held cap to the PD's notification, badged MONITOR_NEWS_BIT.
     pub news: CPtr,
     image: &'static [u8],
-    parsed: elf::Image,
+    pub parsed: elf::Image,
+    /// Every frame mapped into the PD's VSpace (by [`System::map_into_pd`]).
+    pub mappings: Vec<Mapping>,
     /// Image pages: (vaddr, root-held copy of the frame cap).
     image_pages: Vec<(u64, CPtr)>,
     /// Stack and IPC buffer frames (root-held copies), zeroed on restart.
@@ -42,13 +45,13 @@ pub struct Pd {
 pub struct System {
     pub pds: Vec<Pd>,
     pub monitor_endpoint: CPtr,
-    allocator: Allocator,
+    pub allocator: Allocator,
 }
 
-struct RegionFrames {
+pub struct RegionFrames {
     first: CPtr,
-    pages: u64,
-    paddr: u64,
+    pub pages: u64,
+    pub paddr: u64,
     host_visible: bool,
 }
 
@@ -192,6 +195,21 @@ impl System {
         Ok(())
     }
 
+    /// The one way a frame enters a PD's VSpace: map it and record the
+    /// mapping (with the frame's physical address, from the kernel) for the
+    /// capability audit.
+    fn map_into_pd(&mut self, pd: usize, frame: CPtr, vaddr: u64, rights: Rights) -> BuildResult {
+        let vspace = self.pds[pd].vspace;
+        self.allocator.map_page(frame, vspace, vaddr, rights)?;
+        let paddr = sys::page_get_address(frame).context("frame address")?;
+        self.pds[pd].mappings.push(Mapping {
+            vaddr,
+            paddr,
+            rights,
+        });
+        Ok(())
+    }
+
     fn mint_into_pd(
         &self,
         pd: usize,
@@ -240,8 +258,7 @@ impl System {
         for index in 0..count {
             let frame = first + index;
             let page_vaddr = vaddr + index * PAGE_SIZE;
-            let vspace = self.pds[pd].vspace;
-            self.allocator.map_page(frame, vspace, page_vaddr, rights)?;
+            self.map_into_pd(pd, frame, page_vaddr, rights)?;
             let copy = self.allocator.copy(frame)?;
             pages.push((page_vaddr, frame, copy));
         }
@@ -311,6 +328,7 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
             news,
             image,
             parsed,
+            mappings: Vec::new(),
             image_pages: Vec::new(),
             scratch_pages: Vec::new(),
             ipc_copy: None,
@@ -336,6 +354,14 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
         build_pd(&mut system, &layout, &regions, index, tsc_per_us)?;
         crate::log!("built {} (priority {})", component.name, component.priority);
     }
+    grant_one_extra_for_the_audit_test(&mut system, &layout, &regions)?;
+    crate::audit_probe::audit(
+        &mut system,
+        &layout,
+        &regions,
+        boot_info.init_thread_cnode_size_bits,
+        tsc_per_us,
+    )?;
     for index in 0..system.pds.len() {
         system.start(index)?;
     }
@@ -404,10 +430,9 @@ fn build_pd(
         for copy_index in 0..copies {
             for page in 0..region.pages {
                 let frame = system.allocator.copy(region.first + page)?;
-                let vspace = system.pds[pd].vspace;
-                system.allocator.map_page(
+                system.map_into_pd(
+                    pd,
                     frame,
-                    vspace,
                     map.vaddr + copy_index * size + page * PAGE_SIZE,
                     rights,
                 )?;
@@ -574,5 +599,108 @@ fn build_pd(
         ipc_frame,
     )
     .context("configure TCB")?;
+    Ok(())
+}
+
+/// The capability audit's own test (`cargo xtask boot-test` builds the
+/// root task with `ROOTTASK_AUDIT_TEST_GRANT` set, see `build.rs`): grant
+/// one thing the description does not, the way a mistake in this file
+/// would. A normal build grants nothing here.
+fn grant_one_extra_for_the_audit_test(
+    system: &mut System,
+    layout: &SystemLayout,
+    regions: &[RegionFrames],
+) -> BuildResult {
+    let Some(last_pd) = system.pds.len().checked_sub(1) else {
+        return Ok(());
+    };
+    // Only the test builds below use them.
+    let _ = (&system, layout, regions, last_pd);
+    #[cfg(roottask_audit_test = "extra-cap")]
+    {
+        // The root task's own cap to every IO port, in the last PD's last
+        // IO-port slot (no PD is granted that many ranges).
+        let slot = SLOT_IOPORT_BASE + MAX_IOPORTS as u64 - 1;
+        system.copy_into_pd(last_pd, slot, initial_cap::IO_PORT, Rights::ALL)?;
+    }
+    #[cfg(roottask_audit_test = "extra-frame")]
+    {
+        // The first page of the first region, writable, where the last PD
+        // has nothing.
+        if let Some(region) = regions.first() {
+            let frame = system.allocator.copy(region.first)?;
+            system.map_into_pd(last_pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+        }
+    }
+    #[cfg(roottask_audit_test = "wrong-notify")]
+    {
+        // The first notify channel's cap, re-pointed at the PD's own
+        // notification (with the badge the peer would have seen).
+        let granted = layout.components.iter().enumerate().find_map(|(pd, c)| {
+            c.channels
+                .iter()
+                .find(|ch| ch.kind == ChannelKind::Notify)
+                .map(|ch| (pd, ch.id, ch.peer_id))
+        });
+        if let Some((pd, id, peer_id)) = granted {
+            let slot = SLOT_CHANNEL_BASE + u64::from(id);
+            let (cnode, own) = (system.pds[pd].cnode, system.pds[pd].notification);
+            sys::cnode_delete(cnode, slot, PD_CNODE_BITS as u8).context("delete notify cap")?;
+            system.mint_into_pd(pd, slot, own, Rights::WRITE, notification_bit(peer_id))?;
+        }
+    }
+    #[cfg(roottask_audit_test = "wrong-badge")]
+    {
+        // The last PD's monitor cap badged as PD 0: it could ask the
+        // monitor for what only PD 0 may.
+        let cnode = system.pds[last_pd].cnode;
+        sys::cnode_delete(cnode, SLOT_MONITOR, PD_CNODE_BITS as u8)
+            .context("delete monitor cap")?;
+        let monitor = system.monitor_endpoint;
+        system.mint_into_pd(
+            last_pd,
+            SLOT_MONITOR,
+            monitor,
+            Rights(Rights::WRITE.0 | Rights::GRANT.0),
+            REQUEST_BADGE_FLAG,
+        )?;
+    }
+    #[cfg(roottask_audit_test = "readable-monitor")]
+    {
+        // The last PD's fault cap with the read right too: it could
+        // receive other PDs' requests and faults on the monitor's endpoint.
+        let cnode = system.pds[last_pd].cnode;
+        sys::cnode_delete(cnode, SLOT_FAULT, PD_CNODE_BITS as u8).context("delete fault cap")?;
+        let monitor = system.monitor_endpoint;
+        system.mint_into_pd(
+            last_pd,
+            SLOT_FAULT,
+            monitor,
+            Rights::ALL,
+            FAULT_BADGE_FLAG | last_pd as u64,
+        )?;
+    }
+    #[cfg(roottask_audit_test = "wider-ioport")]
+    {
+        // The first granted IO-port range, one port longer: right slot,
+        // right cap type, one port too many.
+        let granted = layout
+            .components
+            .iter()
+            .enumerate()
+            .find_map(|(pd, c)| c.ioports.first().map(|range| (pd, range.base, range.size)));
+        if let Some((pd, base, size)) = granted {
+            let cnode = system.pds[pd].cnode;
+            sys::cnode_delete(cnode, SLOT_IOPORT_BASE, PD_CNODE_BITS as u8)
+                .context("delete IO-port cap")?;
+            system.mint_into_pd(
+                pd,
+                SLOT_IOPORT_BASE,
+                initial_cap::IO_PORT,
+                Rights::ALL,
+                sys::io_port_cap_data(base, base + size),
+            )?;
+        }
+    }
     Ok(())
 }

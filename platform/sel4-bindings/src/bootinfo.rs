@@ -48,9 +48,14 @@ impl BootInfo {
     /// `self` must be the kernel's boot information frame and `index` below
     /// `untyped.end - untyped.start`.
     pub unsafe fn untyped(&self, index: usize) -> UntypedDesc {
-        let list = (self as *const BootInfo as *const u8).add(core::mem::size_of::<BootInfo>())
-            as *const UntypedDesc;
-        list.add(index).read_unaligned()
+        // SAFETY: the kernel places the untyped descriptor list right after
+        // the BootInfo header in the same frame (the caller's promise), and
+        // `index` is inside it.
+        unsafe {
+            let list = (self as *const BootInfo as *const u8).add(core::mem::size_of::<BootInfo>())
+                as *const UntypedDesc;
+            list.add(index).read_unaligned()
+        }
     }
 }
 

@@ -213,6 +213,24 @@ pub fn tcb_configure(
     .map(drop)
 }
 
+/// `seL4_TCB_SetSpace`: a thread's fault endpoint, CSpace and VSpace
+/// (a zero `*_data` keeps the cap's guard as it is).
+pub fn tcb_set_space(
+    tcb: CPtr,
+    fault_endpoint: CPtr,
+    cspace_root: CPtr,
+    cspace_root_data: u64,
+    vspace_root: CPtr,
+) -> KernelResult {
+    invoke(
+        tcb,
+        label::TCBSetSpace,
+        &[fault_endpoint, cspace_root_data, 0],
+        &[cspace_root, vspace_root],
+    )
+    .map(drop)
+}
+
 pub fn tcb_write_registers(tcb: CPtr, resume: bool, context: &UserContext) -> KernelResult {
     let mut words = [0u64; 2 + USER_CONTEXT_WORDS];
     words[0] = resume as u64; // arch_flags (bits 8-15) = 0
@@ -251,6 +269,10 @@ pub fn tcb_resume(tcb: CPtr) -> KernelResult {
 
 pub fn tcb_bind_notification(tcb: CPtr, notification: CPtr) -> KernelResult {
     invoke(tcb, label::TCBBindNotification, &[], &[notification]).map(drop)
+}
+
+pub fn tcb_unbind_notification(tcb: CPtr) -> KernelResult {
+    invoke(tcb, label::TCBUnbindNotification, &[], &[]).map(drop)
 }
 
 #[allow(clippy::too_many_arguments)]

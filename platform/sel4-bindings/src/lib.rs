@@ -195,9 +195,30 @@ pub fn wait(notification: CPtr) -> u64 {
     recv(notification).badge
 }
 
+/// `seL4_Poll` (`NBRecv` on a notification): its word, cleared; 0 when
+/// nothing is pending. The caller must hold a cap with the read right, and
+/// the notification must not be bound to another thread.
+pub fn poll(notification: CPtr) -> u64 {
+    nb_recv(notification).badge
+}
+
+/// `seL4_NBRecv`: a message if a sender is waiting; otherwise badge 0 and
+/// the message tag 0 (the kernel leaves the tag register as passed).
+pub fn nb_recv(source: CPtr) -> Received {
+    raw_syscall(syscall::NBRecv, source, 0, [0; 4])
+}
+
 /// `seL4_Yield`.
 pub fn yield_now() {
     raw_syscall(syscall::Yield, 0, 0, [0; 4]);
+}
+
+/// `seL4_DebugCapIdentify` (debug kernels only): the type of the cap at
+/// `cap` in the caller's CSpace, one of [`cap_type`]; `null_cap` for an
+/// empty slot or one the address does not resolve to. Never fails and the
+/// kernel prints nothing, so it can probe every slot of a CNode.
+pub fn debug_cap_identify(cap: CPtr) -> u64 {
+    raw_syscall(syscall::DebugCapIdentify, cap, 0, [0; 4]).badge
 }
 
 /// `seL4_DebugPutChar` (debug kernels only; used by the root task before
@@ -247,5 +268,15 @@ mod tests {
         assert_eq!(object_type::seL4_X86_PageTableObject, 9);
         assert_eq!(syscall::DebugPutChar, -9);
         assert_eq!(syscall::Recv, -5);
+        assert_eq!(syscall::DebugCapIdentify, -11);
+        assert_eq!(label::TCBSetSpace, 9);
+        assert_eq!(label::TCBUnbindNotification, 13);
+        assert_eq!(syscall::NBRecv, -8);
+        assert_eq!(cap_type::null_cap, 0);
+        assert_eq!(cap_type::frame_cap, 1);
+        assert_eq!(cap_type::endpoint_cap, 4);
+        assert_eq!(cap_type::notification_cap, 6);
+        assert_eq!(cap_type::irq_handler_cap, 16);
+        assert_eq!(cap_type::io_port_cap, 19);
     }
 }

@@ -14,6 +14,10 @@ pub const STACK_TOP_VADDR: u64 = 0x2000_0000;
 /// The panic handler writes here (never mapped) so that a panic reaches the
 /// supervisor as a fault the monitor can tell apart from a wild access.
 pub const PANIC_FAULT_VADDR: u64 = 0xdead_0000;
+/// Where the regions start (sysdesc's `REGION_VADDR_BASE`): from the stack
+/// top up to here the root task maps nothing in any PD.
+pub const REGIONS_VADDR: u64 = 0x10_0000_0000;
+const _: () = assert!(STACK_TOP_VADDR < PANIC_FAULT_VADDR && PANIC_FAULT_VADDR < REGIONS_VADDR);
 
 /// A PD's CNode: 2^8 slots, resolved with a 56-bit zero guard so that a
 /// 64-bit capability pointer is the slot number.

@@ -153,7 +153,9 @@ impl Env for Sel4Env {
         );
         let map = self.info.maps[index];
         // SAFETY: the root task mapped [vaddr, vaddr + size) (twice when
-        // double) with these rights before starting us, for our lifetime.
+        // double) with these rights before starting us, for our lifetime,
+        // and left the page after it unmapped (sysdesc spaces the maps a
+        // page apart).
         let mapped = unsafe {
             Region::new(
                 map.vaddr as *mut u8,
@@ -161,6 +163,7 @@ impl Env for Sel4Env {
                 map.writable != 0,
                 map.double != 0,
             )
+            .with_guard_page()
         };
         if map.guest_physical != 0 {
             mapped.with_guest_physical(map.guest_physical)
@@ -339,6 +342,20 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
     }
 }
 
+/// Read a word at `address` on purpose, for the bring-up test that checks
+/// the kernel stops a PD reading memory it was not granted: the read faults
+/// and does not return. `None` (nothing read) unless `address` lies where
+/// the root task maps nothing in any PD (between the stack top and the
+/// regions).
+pub fn read_ungranted(address: u64) -> Option<u32> {
+    if !(STACK_TOP_VADDR..REGIONS_VADDR - 4).contains(&address) {
+        return None;
+    }
+    // SAFETY: nothing is mapped at `address` in this PD (checked above), so
+    // no memory of the program is read: the access faults.
+    Some(unsafe { (address as *const u32).read_volatile() })
+}
+
 /// Define the PD's entry point and panic handler for a component type.
 ///
 /// ```ignore
@@ -368,4 +385,25 @@ macro_rules! component_main {
             $crate::panic(info)
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_that_may_be_mapped_is_not_read() {
+        for address in [
+            0,
+            0x40_0000,
+            PD_INFO_VADDR,
+            IPC_BUFFER_VADDR,
+            STACK_TOP_VADDR - 4,
+            REGIONS_VADDR - 4,
+            REGIONS_VADDR,
+            u64::MAX,
+        ] {
+            assert_eq!(read_ungranted(address), None, "{address:#x}");
+        }
+    }
 }

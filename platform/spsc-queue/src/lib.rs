@@ -17,6 +17,7 @@
 //! `producer_wants_signal` u32 at 192, slots from 256, each
 //! `slot_size` bytes: a u32 length then the payload.
 #![no_std]
+#![forbid(unsafe_code)]
 
 use component_api::{Region, RegionError};
 use core::sync::atomic::{fence, AtomicU32, Ordering};
@@ -226,24 +227,17 @@ impl Consumer {
 mod tests {
     extern crate std;
     use super::*;
-    use std::vec;
 
-    fn region(memory: &mut [u64]) -> Region {
-        unsafe {
-            Region::new(
-                memory.as_mut_ptr() as *mut u8,
-                memory.len() * 8,
-                true,
-                false,
-            )
-        }
+    /// Set 64-bit word `index` of the region as a (corrupt) peer would.
+    fn set_word(region: Region, index: usize, value: u64) {
+        region.write(index * 8, &value.to_le_bytes()).unwrap();
     }
 
     #[test]
     fn messages_arrive_in_order_and_signals_are_suppressed() {
-        let mut memory = vec![0u64; 4096 / 8];
-        let mut producer = Producer::new(region(&mut memory), 64).unwrap();
-        let mut consumer = Consumer::new(region(&mut memory), 64).unwrap();
+        let memory = Region::leaked(4096);
+        let mut producer = Producer::new(memory, 64).unwrap();
+        let mut consumer = Consumer::new(memory, 64).unwrap();
         assert_eq!(producer.capacity(), (4096 - 256) / 64);
         // Consumer finds nothing and goes to sleep: exactly one signal needed.
         let mut out = [0u8; 64];
@@ -262,9 +256,9 @@ mod tests {
 
     #[test]
     fn a_full_queue_asks_for_space_and_the_consumer_is_told() {
-        let mut memory = vec![0u64; 4096 / 8];
-        let mut producer = Producer::new(region(&mut memory), 64).unwrap();
-        let mut consumer = Consumer::new(region(&mut memory), 64).unwrap();
+        let memory = Region::leaked(4096);
+        let mut producer = Producer::new(memory, 64).unwrap();
+        let mut consumer = Consumer::new(memory, 64).unwrap();
         let capacity = producer.capacity();
         for i in 0..capacity {
             producer.push(&i.to_le_bytes()).unwrap();
@@ -279,26 +273,26 @@ mod tests {
 
     #[test]
     fn a_corrupt_peer_index_is_an_error_not_a_crash() {
-        let mut memory = vec![0u64; 4096 / 8];
-        let mut consumer = Consumer::new(region(&mut memory), 64).unwrap();
-        memory[0] = 1000; // tail far beyond capacity
+        let memory = Region::leaked(4096);
+        let mut consumer = Consumer::new(memory, 64).unwrap();
+        set_word(memory, 0, 1000); // tail far beyond capacity
         let mut out = [0u8; 64];
         assert_eq!(consumer.pop(&mut out), Err(QueueError::PeerCorrupted));
-        memory[0] = 1;
-        memory[32] = 0; // slot 0 length set below
-        let mut consumer = Consumer::new(region(&mut memory), 64).unwrap();
-        memory[256 / 8] = 10_000; // length beyond a slot
+        set_word(memory, 0, 1);
+        set_word(memory, 32, 0); // slot 0 length set below
+        let mut consumer = Consumer::new(memory, 64).unwrap();
+        set_word(memory, 256 / 8, 10_000); // length beyond a slot
         assert_eq!(consumer.pop(&mut out), Err(QueueError::PeerCorrupted));
         assert_eq!(
-            Producer::new(region(&mut memory[..40]), 64).err(),
+            Producer::new(memory.subregion(0, 40 * 8).unwrap(), 64).err(),
             Some(QueueError::RegionTooSmall)
         );
     }
 
     #[test]
     fn two_threads_stream_without_loss() {
-        let mut memory = vec![0u64; 8192 / 8];
-        let shared = region(&mut memory);
+        let memory = Region::leaked(8192);
+        let shared = memory;
         let mut producer = Producer::new(shared, 32).unwrap();
         let count = 100_000u32;
         std::thread::scope(|scope| {

@@ -7,6 +7,7 @@
 //! and trust it: validation happened in the tool, with file positions.
 //! It needs `alloc` (the root task has a small heap), not `std`.
 #![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -21,6 +21,7 @@
 //! is one whole 256-byte message slot as synic copied it out of the SIMP
 //! page, slot size [`MESSAGE_SLOT_BYTES`] + the queue's length word.
 #![no_std]
+#![forbid(unsafe_code)]
 // These enums live briefly on the stack around an encode or decode; boxing
 // the large variants would need an allocator for no gain.
 #![allow(clippy::large_enum_variant)]
@@ -121,8 +122,14 @@ pub mod synic {
     impl Protocol for Synic {
         const NAME: &'static str = "synic";
         const VERSION: u16 = 1;
-        const OPERATIONS: &'static [&'static str] =
-            &["post_message", "bind", "unbind", "signal_host", "status"];
+        const OPERATIONS: &'static [&'static str] = &[
+            "post_message",
+            "bind",
+            "unbind",
+            "signal_host",
+            "status",
+            "opening",
+        ];
         type Request = Request;
         type Reply = Reply;
         fn operation(request: &Request) -> usize {
@@ -132,6 +139,7 @@ pub mod synic {
                 Request::Unbind { .. } => 2,
                 Request::SignalHost { .. } => 3,
                 Request::Status => 4,
+                Request::Opening { .. } => 5,
             }
         }
     }
@@ -153,8 +161,16 @@ pub mod synic {
         /// vmbus: forget a relid (rescind, close, restart).
         Unbind { relid: u32 },
         /// A VSC: signal the host for its channel (HvSignalEvent). Refused
-        /// unless `connection_id` is bound to this caller.
+        /// unless `connection_id` is bound to this caller; answered
+        /// [`Reply::ChannelClosed`] if it was until an `Unbind`.
         SignalHost { connection_id: u32 },
+        /// vmbus: an OpenChannel for `relid` goes out now. The host may
+        /// signal the channel before its OpenResult arrives (the protocol
+        /// allows it): such events are early, not stray, and the VSC is
+        /// told at `Bind`. Ends at `Bind` or `Unbind` of the relid (vmbus
+        /// sends `Unbind` when the open fails or the offer is rescinded
+        /// first).
+        Opening { relid: u32 },
         /// vmbus: counters for the status view.
         Status,
     }
@@ -168,6 +184,10 @@ pub mod synic {
             status: u16,
         },
         Status(Status),
+        /// SignalHost for a channel vmbus has just unbound (rescinded,
+        /// closed or restarting): nothing was signalled, and that is
+        /// expected; the VSC hears about the channel from vmbus.
+        ChannelClosed,
     }
 
     /// The status of a hypercall the hypervisor interface could not make
@@ -184,8 +204,15 @@ pub mod synic {
         pub signals_sent: u32,
         pub signals_refused: u32,
         pub bound_channels: u8,
-        /// Event-flag bits set for relids no VSC is bound to (cleared).
+        /// Event-flag bits set for relids no VSC is bound to and none
+        /// is opening (cleared).
         pub stray_events: u32,
+        /// Event-flag bits set for a relid between `Opening` and `Bind`
+        /// (cleared; the VSC is notified at `Bind`).
+        pub early_events: u32,
+        /// SignalHost calls for a channel unbound since (answered
+        /// `ChannelClosed`, not counted as refused).
+        pub signals_after_unbind: u32,
         /// Slot messages that were not VMBus messages (cleared, not queued).
         pub messages_dropped: u32,
         /// Times a message had to wait in its slot for queue space.

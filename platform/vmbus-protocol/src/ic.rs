@@ -64,11 +64,24 @@ pub mod message_type {
     pub const VSS: u16 = 5;
     pub const FCOPY: u16 = 7;
 }
-/// `IcMessageHeader::flags` bits; a response carries TRANSACTION | RESPONSE.
-pub mod flags {
-    pub const TRANSACTION: u8 = 1;
-    pub const REQUEST: u8 = 2;
-    pub const RESPONSE: u8 = 4;
+bitflags::bitflags! {
+    /// `IcMessageHeader::flags` bits; a response carries TRANSACTION | RESPONSE.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct IcFlags: u8 {
+        const TRANSACTION = 1;
+        const REQUEST = 2;
+        const RESPONSE = 4;
+    }
+}
+
+impl IcMessageHeader {
+    /// The flag bits, unknown ones kept.
+    pub fn flags(&self) -> IcFlags {
+        IcFlags::from_bits_retain(self.flags)
+    }
+    pub fn set_flags(&mut self, flags: IcFlags) {
+        self.flags = flags.bits();
+    }
 }
 pub const STATUS_OK: u32 = 0;
 /// HRESULT E_FAIL, what ICs answer when they cannot serve a request.
@@ -338,7 +351,7 @@ pub fn answer_negotiate(
         _ => None,
     };
     let mut header = message.header;
-    header.flags = flags::TRANSACTION | flags::RESPONSE;
+    header.set_flags(IcFlags::TRANSACTION | IcFlags::RESPONSE);
     let mut body = [0u8; 16];
     let body_len = match chosen {
         Some(chosen) => {
@@ -444,7 +457,7 @@ mod tests {
             message_size: (body_len as u16).into(),
             status: 0.into(),
             transaction_id: 9,
-            flags: flags::TRANSACTION | flags::REQUEST,
+            flags: (IcFlags::TRANSACTION | IcFlags::REQUEST).bits(),
             reserved: [0; 2],
         };
         let mut out = [0u8; 256];
@@ -473,7 +486,10 @@ mod tests {
             Ok(Some(expected))
         );
         let parsed = parse_ic_message(&response[..response_len]).unwrap();
-        assert_eq!(parsed.header.flags, flags::TRANSACTION | flags::RESPONSE);
+        assert_eq!(
+            parsed.header.flags(),
+            IcFlags::TRANSACTION | IcFlags::RESPONSE
+        );
         assert_eq!(parsed.header.transaction_id, 9);
         assert_eq!(parsed.pipe.data_size.get() as usize, response_len - 8);
     }

@@ -18,6 +18,7 @@
 //! `hyperv-defs`.
 
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod gpadl;
 pub mod guid;

@@ -124,17 +124,21 @@ macro_rules! message {
     };
 }
 
-/// Offer flag bits (`OfferChannel::chn_flags`).
-pub mod offer_flags {
-    pub const ENUMERATE_DEVICE_INTERFACE: u16 = 0x1;
-    /// 6.0 (confidential channels feature): the ring must be encrypted memory.
-    pub const CONFIDENTIAL_RING_BUFFER: u16 = 0x2;
-    /// 6.0: other GPADLs and GPA-direct ranges must be encrypted memory.
-    pub const CONFIDENTIAL_EXTERNAL_MEMORY: u16 = 0x4;
-    /// `user_def` starts with a u32 pipe mode ([`super::PIPE_MODE_BYTE`]/[`super::PIPE_MODE_MESSAGE`]).
-    pub const NAMED_PIPE_MODE: u16 = 0x10;
-    pub const MONITORED_NOTIFICATION: u16 = 0x400;
-    pub const HV_SOCKET: u16 = 0x2000;
+bitflags::bitflags! {
+    /// Offer flag bits (`OfferChannel::chn_flags`, read with
+    /// `OfferChannel::flags`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct OfferFlags: u16 {
+        const ENUMERATE_DEVICE_INTERFACE = 0x1;
+        /// 6.0 (confidential channels feature): the ring must be encrypted memory.
+        const CONFIDENTIAL_RING_BUFFER = 0x2;
+        /// 6.0: other GPADLs and GPA-direct ranges must be encrypted memory.
+        const CONFIDENTIAL_EXTERNAL_MEMORY = 0x4;
+        /// `user_def` starts with a u32 pipe mode ([`PIPE_MODE_BYTE`]/[`PIPE_MODE_MESSAGE`]).
+        const NAMED_PIPE_MODE = 0x10;
+        const MONITORED_NOTIFICATION = 0x400;
+        const HV_SOCKET = 0x2000;
+    }
 }
 pub const PIPE_MODE_BYTE: u32 = 0;
 pub const PIPE_MODE_MESSAGE: u32 = 4;
@@ -162,6 +166,10 @@ message! {
 }
 
 impl OfferChannel {
+    /// The offer flags, unknown bits kept.
+    pub fn flags(&self) -> OfferFlags {
+        OfferFlags::from_bits_retain(self.chn_flags.get())
+    }
     pub fn monitor_allocated(&self) -> bool {
         self.monitor_allocated & 1 != 0
     }
@@ -170,7 +178,7 @@ impl OfferChannel {
     }
     /// The pipe mode when the offer is a named pipe, else `None`.
     pub fn pipe_mode(&self) -> Option<u32> {
-        if self.chn_flags.get() & offer_flags::NAMED_PIPE_MODE == 0 {
+        if !self.flags().contains(OfferFlags::NAMED_PIPE_MODE) {
             return None;
         }
         let mut mode = [0u8; 4];
@@ -913,7 +921,7 @@ mod tests {
         let mut offer = OfferChannel::empty();
         offer.user_def[..4].copy_from_slice(&PIPE_MODE_MESSAGE.to_le_bytes());
         assert_eq!(offer.pipe_mode(), None);
-        offer.chn_flags = offer_flags::NAMED_PIPE_MODE.into();
+        offer.chn_flags = OfferFlags::NAMED_PIPE_MODE.bits().into();
         assert_eq!(offer.pipe_mode(), Some(PIPE_MODE_MESSAGE));
     }
 }

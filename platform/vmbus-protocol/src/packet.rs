@@ -41,10 +41,15 @@ impl PacketType {
     }
 }
 
-/// Descriptor flag: the receiver must send a completion packet.
-pub const FLAG_COMPLETION_REQUESTED: u16 = 0x1;
-/// Every flag this crate understands; others are refused.
-pub const KNOWN_FLAGS: u16 = FLAG_COMPLETION_REQUESTED;
+bitflags::bitflags! {
+    /// Descriptor flags. Every flag this crate understands is here; a
+    /// packet with any other is refused.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PacketFlags: u16 {
+        /// The receiver must send a completion packet.
+        const COMPLETION_REQUESTED = 0x1;
+    }
+}
 
 /// The first 16 bytes of every packet.
 #[derive(
@@ -274,10 +279,8 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
     if len > bytes.len() {
         return Err(PacketError::LengthBeyondAvailable);
     }
-    let flags = descriptor.flags.get();
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(PacketError::UnknownFlags(flags));
-    }
+    let raw_flags = descriptor.flags.get();
+    let flags = PacketFlags::from_bits(raw_flags).ok_or(PacketError::UnknownFlags(raw_flags))?;
     let packet_type = descriptor.packet_type.get();
     let kind = PacketType::from_wire(packet_type).ok_or(PacketError::UnknownType(packet_type))?;
     let header_area = &bytes[DESCRIPTOR_SIZE..offset];
@@ -306,7 +309,7 @@ pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
     };
     Ok(Packet {
         transaction_id: descriptor.transaction_id.get(),
-        completion_requested: flags & FLAG_COMPLETION_REQUESTED != 0,
+        completion_requested: flags.contains(PacketFlags::COMPLETION_REQUESTED),
         kind,
         payload: &bytes[offset..len],
     })
@@ -359,7 +362,7 @@ pub fn descriptor_for(
         offset8: U16::new(offset8),
         len8: U16::new(len8),
         flags: U16::new(if completion_requested {
-            FLAG_COMPLETION_REQUESTED
+            PacketFlags::COMPLETION_REQUESTED.bits()
         } else {
             0
         }),

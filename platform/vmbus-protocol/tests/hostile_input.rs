@@ -1,6 +1,7 @@
 //! Property tests: random and mutated bytes to every parser. Each must
 //! return a value or an error; a panic (including a failed bounds check)
 //! fails the test. Values that are returned are checked for consistency.
+#![forbid(unsafe_code)]
 
 use proptest::prelude::*;
 use vmbus_protocol::gpadl::{GpadlAssembler, GpadlMessages};

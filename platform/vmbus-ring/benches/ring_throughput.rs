@@ -191,7 +191,7 @@ mod processes {
 
     fn pipe(flags: c_int) -> Pipe {
         let mut fds = [0 as c_int; 2];
-        // Safety: fds is a valid two-element array.
+        // SAFETY: fds is a valid two-element array.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) }, 0);
         Pipe {
             read: fds[0],
@@ -201,7 +201,7 @@ mod processes {
 
     fn notify(fd: c_int) {
         // A full pipe already holds a pending wakeup, so EAGAIN is fine.
-        // Safety: writes one byte from a valid buffer.
+        // SAFETY: writes one byte from a valid buffer.
         let _ = unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
     }
 
@@ -212,7 +212,7 @@ mod processes {
             events: libc::POLLIN,
             revents: 0,
         };
-        // Safety: one valid pollfd; reads go into a local buffer.
+        // SAFETY: one valid pollfd; reads go into a local buffer.
         unsafe {
             let ready = libc::poll(&mut poll_fd, 1, 50);
             let mut sink = [0u8; 64];
@@ -229,7 +229,7 @@ mod processes {
         let to_reader = pipe(libc::O_NONBLOCK);
         let to_writer = pipe(libc::O_NONBLOCK);
         let results = pipe(0);
-        // Safety: the benchmark is single-threaded here; the child only
+        // SAFETY: the benchmark is single-threaded here; the child only
         // uses the shared mapping and the pipes, then _exits.
         let child = unsafe { libc::fork() };
         assert!(child >= 0);
@@ -249,7 +249,7 @@ mod processes {
             report[..8].copy_from_slice(&reader.signals().to_le_bytes());
             report[8..16].copy_from_slice(&checksum.to_le_bytes());
             report[16..].copy_from_slice(&timeouts.to_le_bytes());
-            // Safety: writes the report, then leaves without running
+            // SAFETY: writes the report, then leaves without running
             // destructors (the parent owns the mapping).
             unsafe {
                 libc::write(results.write, report.as_ptr().cast(), report.len());
@@ -268,7 +268,7 @@ mod processes {
             || wait(to_writer.read),
         );
         let mut report = [0u8; 24];
-        // Safety: blocking read of the child's report; then reap the child
+        // SAFETY: blocking read of the child's report; then reap the child
         // and close every descriptor.
         unsafe {
             let got = libc::read(results.read, report.as_mut_ptr().cast(), report.len());

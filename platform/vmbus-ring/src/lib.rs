@@ -15,9 +15,12 @@
 //! when a batch makes free space cross the writer's pending_send_sz.
 
 #![no_std]
+// `unsafe` lives only in the memory layer.
+#![deny(unsafe_code)]
 #[cfg(feature = "std")]
 extern crate std;
 
+#[allow(unsafe_code)]
 pub mod memory;
 pub mod ring;
 pub mod transactions;

@@ -115,11 +115,12 @@ mod heap {
         data: Box<[UnsafeCell<u8>]>,
     }
 
-    // Safety: the control page is atomics; data bytes are only copied with
+    // SAFETY: the control page is atomics; data bytes are only copied with
     // raw pointers in bounds, and the ring protocol gives each byte range to
     // one side at a time (a misbehaving peer can only corrupt bytes, which
     // the reader validates after copying).
     unsafe impl Sync for HeapRingMemory {}
+    // SAFETY: as for Sync; the memory is owned (boxed), not thread-bound.
     unsafe impl Send for HeapRingMemory {}
 
     impl HeapRingMemory {
@@ -160,7 +161,7 @@ mod heap {
                 Some(end) if end <= self.data.len() => {}
                 _ => return Err(MemoryError),
             }
-            // Safety: in bounds (checked); the destination is private.
+            // SAFETY: in bounds (checked); the destination is private.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     self.data_ptr().add(offset),
@@ -175,7 +176,7 @@ mod heap {
                 Some(end) if end <= self.data.len() => {}
                 _ => return Err(MemoryError),
             }
-            // Safety: in bounds (checked).
+            // SAFETY: in bounds (checked).
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     data.as_ptr(),
@@ -197,7 +198,10 @@ mod heap {
         regions: RegionRingMemory,
     }
 
+    // SAFETY: the mapping is owned by this value and unmapped only on drop;
+    // all access goes through `RegionRingMemory` (volatile or atomic).
     unsafe impl Send for DoubleMappedRingMemory {}
+    // SAFETY: as for Send: shared access is volatile or atomic.
     unsafe impl Sync for DoubleMappedRingMemory {}
 
     impl DoubleMappedRingMemory {
@@ -208,7 +212,7 @@ mod heap {
                 return Err(Error::other("data_len must be a multiple of 4096"));
             }
             let total = CONTROL_PAGE_SIZE + 2 * data_len;
-            // Safety: plain libc calls; every result is checked, and the
+            // SAFETY: plain libc calls; every result is checked, and the
             // fixed mappings land inside the reservation made just before.
             unsafe {
                 let fd = libc::memfd_create(c"vmbus-ring".as_ptr(), 0);
@@ -276,7 +280,7 @@ mod heap {
 
     impl Drop for DoubleMappedRingMemory {
         fn drop(&mut self) {
-            // Safety: unmaps exactly the reservation made in new().
+            // SAFETY: unmaps exactly the reservation made in new().
             unsafe {
                 libc::munmap(
                     self.base as *mut libc::c_void,

@@ -325,20 +325,9 @@ fn hostile_packets_are_refused() {
 
 #[test]
 fn region_memory_checks_its_control_page() {
-    let mut control_page = vec![0u32; 1024];
-    let mut data = vec![0u8; SIZE];
-    // Safety: both buffers outlive the regions.
-    let (control, data) = unsafe {
-        (
-            component_api::region::Region::new(
-                control_page.as_mut_ptr() as *mut u8,
-                4096,
-                true,
-                false,
-            ),
-            component_api::region::Region::new(data.as_mut_ptr(), SIZE, true, false),
-        )
-    };
+    let control_page = component_api::region::Region::leaked(4096);
+    let data = component_api::region::Region::leaked(SIZE);
+    let control = control_page;
     let memory = RegionRingMemory::new(control, data).unwrap();
     assert!(memory.control(4096).is_err());
     assert!(memory.control(2).is_err());
@@ -355,9 +344,7 @@ fn region_memory_checks_its_control_page() {
         5
     );
     // A control region smaller than a page is refused.
-    let small = unsafe {
-        component_api::region::Region::new(control_page.as_mut_ptr() as *mut u8, 64, true, false)
-    };
+    let small = control_page.subregion(0, 64).unwrap();
     assert!(RegionRingMemory::new(small, data).is_err());
 }
 

@@ -14,6 +14,9 @@
 //!
 //! Trusts: the description files it is given. Writes: nothing on disk but
 //! cargo's build output.
+#![forbid(unsafe_code)]
+
+pub mod expect;
 
 use component_api::{CallError, Channel, Child, Env, Fault, Refusal, Region, RegionName};
 use hosted_runtime::{build_components, LaunchOptions};
@@ -59,6 +62,15 @@ fn ensure_built(description: &Path, packages: &[String], release: bool) -> Resul
     Ok(dir)
 }
 
+/// The host binary of `package` as built for `description` (a path
+/// relative to the workspace root), building it if needed: for a test that
+/// starts a program itself, or names it as the host.
+pub fn built_binary(description: &str, package: &str) -> Result<PathBuf, String> {
+    let description = workspace_root().join(description);
+    let dir = ensure_built(&description, &[package.to_string()], false)?;
+    Ok(dir.join(package))
+}
+
 /// How to start a system under test.
 pub struct Builder {
     description: PathBuf,
@@ -67,9 +79,26 @@ pub struct Builder {
     release: bool,
     print: bool,
     host_args: Vec<String>,
+    host_program: Option<PathBuf>,
+    host_socket: Option<PathBuf>,
 }
 
 impl Builder {
+    /// Run this program as the hypervisor host instead of the
+    /// description's `simulated_host` package (`PROGRAM --socket PATH
+    /// ARGS..`, `docs/hypervisor-transport.md` section 7).
+    pub fn host_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.host_program = Some(program.into());
+        self
+    }
+
+    /// Connect to a hypervisor host already listening on `socket` instead
+    /// of starting one.
+    pub fn host_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.host_socket = Some(socket.into());
+        self
+    }
+
     /// Arguments for the simulated host process (after `--socket PATH`),
     /// e.g. `["--max-version", "4.0"]` or `["--events"]` (`docs/hvsim.md`).
     pub fn host_args(mut self, args: &[&str]) -> Self {
@@ -107,10 +136,12 @@ impl Builder {
         // The simulated host (if any, and not played or omitted) runs as
         // its own process on the hypervisor transport: its package is
         // built too.
+        let outside_host = self.host_program.is_some() || self.host_socket.is_some();
         let packages: Vec<String> = layout
             .components
             .iter()
             .filter(|c| !self.doubles.contains(&c.name) && !self.omitted.contains(&c.name))
+            .filter(|c| !(c.simulated_host && outside_host))
             .map(|c| c.package.clone())
             .collect();
         let host = layout
@@ -131,8 +162,11 @@ impl Builder {
         }
         let binary_dir = ensure_built(&self.description, &to_build, self.release)?;
         let mut options = LaunchOptions::new(&binary_dir);
-        options.simulated_host = host.map(|package| binary_dir.join(package));
+        options.simulated_host = self
+            .host_program
+            .or_else(|| host.map(|package| binary_dir.join(package)));
         options.simulated_host_args = self.host_args;
+        options.simulated_host_socket = self.host_socket;
         options.doubles = self.doubles;
         options.omitted = self.omitted;
         options.output = if self.print {
@@ -161,6 +195,8 @@ impl Harness {
             release: false,
             print: false,
             host_args: Vec::new(),
+            host_program: None,
+            host_socket: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! with its state reset each time, the stream arrives complete with the
 //! same checksum at producer, consumer and server, and the supervisor
 //! powers the system off with code 0.
+#![forbid(unsafe_code)]
 
 use component_api::Fault;
 use ipc_harness::{Event, Harness};

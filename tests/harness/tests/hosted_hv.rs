@@ -3,6 +3,7 @@
 //! the `vmbus_ipc::hypervisor` calls a real `synic` makes; the bridge turns
 //! them into the hosted transport's records, and the host's interrupt into
 //! a notification.
+#![forbid(unsafe_code)]
 
 use component_api::{call, CallError};
 use hyperv_defs::{call_code, msr, HvStatus, HypercallControl, HypercallResult, SintMsr};

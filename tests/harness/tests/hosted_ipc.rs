@@ -1,6 +1,7 @@
 //! Component-level IPC tests of the hosted runtime itself, on
 //! `tests/systems/hosted_ipc.toml`: the test plays `ht_driver` (and in one
 //! test `ht_super`), `ht_echo` and `ht_super` are real processes.
+#![forbid(unsafe_code)]
 
 use component_api::{CallError, Fault};
 use hostedtest_echo::{commands, STARTS};

@@ -4,6 +4,7 @@
 //! with a driver opens, an unknown class is logged and left alone, and the
 //! status view (the printed table and `bus::Request::Device` rows) shows
 //! each device's class, instance, relid, versions, state and restarts.
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

@@ -2,6 +2,7 @@
 //! and one that offers only 2.4, the bus manager walks down from 5.3 (an
 //! unknown connection 4 means an older host), settles on the host's
 //! version, and every driver opens and works on it.
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

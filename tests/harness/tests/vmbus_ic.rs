@@ -2,6 +2,7 @@
 //! simulated host process on one side, the driver and its client on the
 //! other, everything observed from the host's view (`hvsim --events`) and
 //! the client's (the real `client`, or the test playing it).
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

@@ -9,8 +9,13 @@
 //! longer than their period plus scheduling slack (a missed beat would
 //! show as two periods).
 //!
-//! The test prints how long the KVP restart took, from the fault to
-//! serving again, and how long the boot took to all channels open.
+//! The isolation scenario itself (a skippable packet, then one that breaks
+//! the ring, heartbeats and time samples within their period throughout)
+//! is `tests/systems/kvp-fault.hvsim`, run hosted by `vmbus_scenarios.rs`
+//! and in QEMU by `cargo xtask boot-test`; the tests here drive what a
+//! scenario file does not express (operator commands one by one, kill -9,
+//! repeated faults).
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 
@@ -19,9 +24,6 @@ use vmbus_common::*;
 
 /// The heartbeat and time-sample period the host uses here.
 const PERIOD: Duration = Duration::from_millis(500);
-/// Slack for scheduling on a loaded machine (the host's loop runs every
-/// 10 ms; processes share two cores). A missed period is 2 x PERIOD.
-const SLACK: Duration = Duration::from_millis(250);
 
 fn start_with_periods() -> ipc_harness::Harness {
     let period = PERIOD.as_millis().to_string();
@@ -48,13 +50,6 @@ fn wait_events(harness: &ipc_harness::Harness, needle: &str, count: usize, from:
         at = harness.expect_output(needle, at);
     }
     at
-}
-
-fn times(harness: &ipc_harness::Harness, needle: &str) -> Vec<Duration> {
-    host_events(harness, needle)
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect()
 }
 
 fn assert_only_kvp_faulted(harness: &ipc_harness::Harness) {
@@ -127,86 +122,6 @@ fn a_killed_kvp_driver_is_restarted_with_its_pairs_while_heartbeats_go_on() {
         harness.system().faults()[0].fault,
         component_api::Fault::Crashed { signal: 9 }
     ));
-}
-
-#[test]
-fn a_packet_that_breaks_the_kvp_ring_restarts_only_kvp_and_the_others_keep_their_period() {
-    let harness = start_with_periods();
-    let (all_open, _) = line_time(&harness, "[vmbus] all 4 offered devices open", 0);
-    let kvp = relid_of(&harness, "kvp").unwrap_or_else(|| harness.fail("kvp is not open"));
-    // A baseline of a few periods.
-    let baseline = harness.system().output().len();
-    wait_events(&harness, "hvsim event: heartbeat sequence ", 3, baseline);
-    wait_events(&harness, "hvsim event: time sample ", 3, baseline);
-    assert_eq!(host_kvp_set(&harness, 0, "BeforeFault", "1"), 0);
-
-    let from = harness.system().output().len();
-    assert_eq!(
-        harness.host(&format!("malformed {kvp} length-beyond-ring")),
-        "true"
-    );
-    let (gave_up, _) = line_time(&harness, "[kvp] giving up", from);
-    harness.expect_fault("kvp", 1);
-    harness.expect_output("[vmbus] kvp faulted", from);
-    let (_, vmbus_line) =
-        harness.expect_line(&format!("[vmbus] relid {kvp} (kvp) open again "), from);
-    harness.expect_restarts("kvp", 1);
-    let after_open = wait_host_negotiated(&harness, "Kvp", from);
-    let (serving, _) = (
-        harness.system().output_timed()[after_open - 1].0,
-        after_open,
-    );
-    // The status view counts the restart.
-    harness.expect_output(
-        &format!("[vmbus] {kvp:>6} kvp        48565349-4d00-0000-0000-000000000004  kvp        open      3.0       5.0  1"),
-        from,
-    );
-    // The pools outlived the restart (the driver keeps them in its
-    // private `store` region): the driver restored the pair the host set
-    // before the fault, and the client reads it from the restarted driver
-    // without the host pushing it again; so does the host.
-    let (restored, line) = harness.expect_line("[kvp] store: ", from);
-    assert!(line.contains(" pairs restored (generation "), "{line}");
-    harness.expect_output("[client] kvp from host: BeforeFault = 1", restored);
-    assert_eq!(
-        host_kvp_get(&harness, 0, "BeforeFault"),
-        (0, "1".to_string())
-    );
-    // KVP works again.
-    assert_eq!(host_kvp_set(&harness, 0, "AfterFault", "2"), 0);
-    let (answered, _) = line_time(&harness, "key \"AfterFault\"", from);
-
-    // A few more periods after the recovery, then look at the whole run.
-    let after = harness.system().output().len();
-    wait_events(&harness, "hvsim event: heartbeat sequence ", 3, after);
-    wait_events(&harness, "hvsim event: time sample ", 3, after);
-    let heartbeats = times(&harness, "heartbeat sequence ");
-    let samples = times(&harness, "time sample ");
-    let heartbeat_gap = longest_gap(&heartbeats);
-    let sample_gap = longest_gap(&samples);
-    eprintln!("launch to all channels open: {all_open:?}");
-    eprintln!(
-        "KVP restart: fault (driver gave up) to the host seeing KVP negotiated again: {:?}; to the first host request answered: {:?}; vmbus says: {}",
-        serving.saturating_sub(gave_up),
-        answered.saturating_sub(gave_up),
-        vmbus_line.trim_start_matches("[vmbus] ")
-    );
-    eprintln!(
-        "longest interval between answered heartbeats: {heartbeat_gap:?} over {} beats; between answered time samples: {sample_gap:?} over {} samples (period {PERIOD:?})",
-        heartbeats.len(),
-        samples.len()
-    );
-    assert!(heartbeats.len() >= 6 && samples.len() >= 6);
-    assert!(
-        heartbeat_gap <= PERIOD + SLACK,
-        "a heartbeat gap of {heartbeat_gap:?}: {heartbeats:?}"
-    );
-    assert!(
-        sample_gap <= PERIOD + SLACK,
-        "a time-sample gap of {sample_gap:?}: {samples:?}"
-    );
-    assert_only_kvp_faulted(&harness);
-    assert_eq!(harness.system().faults().len(), 1);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! (a driven class opens, an unknown class is left alone). The other
 //! channels keep running throughout. Unload on a client's request closes
 //! every channel and powers off with the client's code.
+#![forbid(unsafe_code)]
 
 mod vmbus_common;
 

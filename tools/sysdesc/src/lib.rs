@@ -9,6 +9,7 @@
 //! identifier is ever kept by hand.
 //!
 //! Trusts: nothing in the file. Writes: nothing but what callers ask for.
+#![forbid(unsafe_code)]
 
 mod codegen;
 pub mod contracts;

@@ -1009,19 +1009,16 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
 /// A GUID written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as standard bytes.
 fn parse_guid(check: &mut Checker<'_>, text: &Text) -> Option<[u8; 16]> {
     let value = text.get_ref();
-    let groups: Vec<&str> = value.split('-').collect();
-    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    let hex: String = groups.concat();
-    if lengths != [8, 4, 4, 4, 12] || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        check.error(
-            text.span().start,
-            format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
-        );
-        return None;
+    // uuid also reads the simple, braced and URN forms; the description
+    // allows only the hyphenated one, the only form 36 characters long.
+    match uuid::Uuid::try_parse(value) {
+        Ok(guid) if value.len() == 36 => Some(*guid.as_bytes()),
+        _ => {
+            check.error(
+                text.span().start,
+                format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+            );
+            None
+        }
     }
-    let mut bytes = [0u8; 16];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(bytes)
 }

@@ -2,6 +2,7 @@
 //! compiled as if it were `system.toml`; the diagnostics must equal
 //! `golden/NAME.expected` exactly. Run with `BLESS=1` to rewrite the
 //! expected files after a deliberate change, then review the diff.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
 //! The compiled form of a valid description: ids, peers, addresses.
+#![forbid(unsafe_code)]
 
 use system_layout::ChannelKind;
 
@@ -330,6 +331,45 @@ region = "ring"
 rights = "r"
 name = "guest_ring"
 "#;
+
+#[test]
+fn a_device_class_is_a_hyphenated_guid_in_standard_byte_order() {
+    let description = |class: &str| {
+        format!(
+            "version = 1\n\n[[component]]\nname = \"vmbus\"\npackage = \"vmbus\"\npriority = 200\n\n\
+             [[component]]\nname = \"kvp\"\npackage = \"vsc-kvp\"\npriority = 150\nsupervisor = \"vmbus\"\n\n\
+             [[device]]\nclass = \"{class}\"\ndriver = \"kvp\"\n"
+        )
+    };
+    let layout = sysdesc::compile_str(
+        "system.toml",
+        &description("A9A0F4E7-5a45-4d96-b827-8a841e8c03e6"),
+    )
+    .unwrap();
+    assert_eq!(
+        layout.devices[0].class,
+        [
+            0xa9, 0xa0, 0xf4, 0xe7, 0x5a, 0x45, 0x4d, 0x96, 0xb8, 0x27, 0x8a, 0x84, 0x1e, 0x8c,
+            0x03, 0xe6
+        ]
+    );
+    for not_a_guid in [
+        "a9a0f4e75a454d96b8278a841e8c03e6",
+        "{a9a0f4e7-5a45-4d96-b827-8a841e8c03e6}",
+        "urn:uuid:a9a0f4e7-5a45-4d96-b827-8a841e8c03e6",
+        "a9a0f4e7-5a45-4d96-b827-8a841e8c03eg",
+        "a9a0f4e75-a45-4d96-b827-8a841e8c03e6",
+        "a9a0f4e7-5a45-4d96-b827-8a841e8c03e",
+    ] {
+        let diagnostics = sysdesc::compile_str("system.toml", &description(not_a_guid))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            diagnostics.contains(&format!("`{not_a_guid}` is not a GUID")),
+            "{not_a_guid}: {diagnostics}"
+        );
+    }
+}
 
 #[test]
 fn the_simulated_host_maps_every_host_visible_region_and_nothing_else() {

@@ -1,6 +1,6 @@
-//! `cargo xtask hosted [path/to/system.toml] [--release] [--host-arg ARG]..`:
-//! run a system as Linux processes on the hosted runtime
-//! (`platform/hosted-runtime`).
+//! `cargo xtask hosted [path/to/system.toml] [--release] [--host PROGRAM |
+//! --host-socket PATH] [--host-arg ARG]..`: run a system as Linux
+//! processes on the hosted runtime (`platform/hosted-runtime`).
 //!
 //! Validates the description (errors with file:line:col), builds each
 //! component's host binary with that description's identifiers, starts
@@ -8,13 +8,18 @@
 //! name (a `simulated_host` component runs as the host process on the
 //! hypervisor transport, bridged to its channels), reports faults to
 //! supervisors, and exits with the code a component powers the system off
-//! with (1 if nothing is left running).
+//! with (1 if nothing is left running; 4 if the host is lost).
 //!
-//! With a simulated host, the host process gets `--time-interval-ms 5000`
-//! (a time sample every 5 s, as Hyper-V sends them) unless `--host-arg`s
-//! are given, and each line typed on stdin is an operator command for it
-//! (`shutdown`, `heartbeat`, `time`, `kvp-set 0 KEY VALUE`, `rescind RELID`,
-//! ...: `docs/hvsim.md`); its answer is printed as `[hvsim] ...`.
+//! The host is the description's `simulated_host` package (`hvsim`) unless
+//! `--host PROGRAM` names another program (started as `PROGRAM --socket
+//! PATH ARGS..`, `docs/hypervisor-transport.md` section 7) or
+//! `--host-socket PATH` names the socket of a host that is already
+//! listening. hvsim gets `--time-interval-ms 5000` (a time sample every
+//! 5 s, as Hyper-V sends them) unless `--host-arg`s are given, and each
+//! line typed on stdin is an operator command for a host the launcher
+//! started (`shutdown`, `heartbeat`, `time`, `kvp-set 0 KEY VALUE`,
+//! `rescind RELID`, ...: `docs/hvsim.md`); its answer is printed as
+//! `[hvsim] ...`.
 //!
 //! Trusts: the description it is given. Writes: cargo's build output.
 
@@ -25,8 +30,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str =
-    "usage: cargo xtask hosted [path/to/system.toml] [--release] [--host-arg ARG]...";
+const USAGE: &str = "usage: cargo xtask hosted [path/to/system.toml] [--release] \
+[--host PROGRAM | --host-socket PATH] [--host-arg ARG]...";
 
 /// What the simulated host process gets by default.
 const DEFAULT_HOST_ARGS: [&str; 2] = ["--time-interval-ms", "5000"];
@@ -36,37 +41,61 @@ pub fn run(args: &[String]) -> Result {
     let mut release = false;
     let mut description: Option<PathBuf> = None;
     let mut host_args: Vec<String> = Vec::new();
+    let mut host_program: Option<PathBuf> = None;
+    let mut host_socket: Option<PathBuf> = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
+        let mut value = |name: &str| match args.next() {
+            Some(value) => Ok(value.clone()),
+            None => Err(format!("{name} needs a value; {USAGE}")),
+        };
         match arg.as_str() {
             "--release" => release = true,
-            "--host-arg" => match args.next() {
-                Some(value) => host_args.push(value.clone()),
-                None => return Err(format!("--host-arg needs a value; {USAGE}")),
-            },
+            "--host-arg" => host_args.push(value("--host-arg")?),
+            // Used as given: a bare name is looked up on PATH.
+            "--host" => host_program = Some(PathBuf::from(value("--host")?)),
+            "--host-socket" => host_socket = Some(PathBuf::from(value("--host-socket")?)),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}; {USAGE}")),
             path => description = Some(PathBuf::from(path)),
         }
     }
-    if host_args.is_empty() {
+    if host_program.is_some() && host_socket.is_some() {
+        return Err(format!(
+            "--host and --host-socket exclude each other; {USAGE}"
+        ));
+    }
+    if host_socket.is_some() && !host_args.is_empty() {
+        return Err(
+            "--host-arg is for a host the launcher starts, not one on --host-socket".into(),
+        );
+    }
+    // The defaults are hvsim's options; another program gets only what
+    // it is given.
+    if host_args.is_empty() && host_program.is_none() {
         host_args = DEFAULT_HOST_ARGS.iter().map(|a| a.to_string()).collect();
     }
     let description = match description {
-        Some(path) if path.is_absolute() => path,
-        Some(path) => std::env::current_dir()
-            .map_err(|e| format!("no current folder: {e}"))?
-            .join(path),
+        Some(path) => absolute(path)?,
         None => root.join("system.toml"),
     };
     let layout = sysdesc::compile_file(&description).map_err(|d| d.to_string())?;
-    // Every component's package, and the simulated host's (it runs as its
-    // own process on the hypervisor transport, bridged to its channels).
+    let host = layout.components.iter().find(|c| c.simulated_host);
+    let outside_host = host_program.is_some() || host_socket.is_some();
+    if outside_host && host.is_none() {
+        return Err(format!(
+            "{} has no simulated_host component for --host or --host-socket to stand in for",
+            description.display()
+        ));
+    }
+    // Every component's package, and the simulated host's unless another
+    // host stands in for it (it runs as its own process on the hypervisor
+    // transport, bridged to its channels).
     let packages: Vec<String> = layout
         .components
         .iter()
+        .filter(|c| !(c.simulated_host && outside_host))
         .map(|c| c.package.clone())
         .collect();
-    let host = layout.components.iter().find(|c| c.simulated_host);
     let host_name = host.map(|c| c.name.clone());
     println!(
         "[xtask] building {} component(s) for the host",
@@ -75,13 +104,14 @@ pub fn run(args: &[String]) -> Result {
     let binaries = build_components(&root, &description, &packages, release)
         .map_err(|e| format!("build failed: {e}"))?;
     let mut options = LaunchOptions::new(&binaries);
-    options.simulated_host = host.map(|c| binaries.join(&c.package));
+    options.simulated_host = host_program.or_else(|| host.map(|c| binaries.join(&c.package)));
     options.simulated_host_args = host_args;
+    options.simulated_host_socket = host_socket.clone();
     println!("[xtask] starting {}", description.display());
     let system = Arc::new(
         System::launch(layout, options).map_err(|e| format!("cannot start the system: {e}"))?,
     );
-    if let Some(name) = host_name {
+    if let (Some(name), None) = (host_name, &host_socket) {
         println!(
             "[xtask] {name} takes operator commands on stdin (shutdown, heartbeat, time, kvp-set 0 KEY VALUE, stats, ...)"
         );
@@ -97,6 +127,16 @@ pub fn run(args: &[String]) -> Result {
     } else {
         std::process::exit(i32::from(code))
     }
+}
+
+/// A path from the command line, relative to the current folder.
+fn absolute(path: PathBuf) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    Ok(std::env::current_dir()
+        .map_err(|e| format!("no current folder: {e}"))?
+        .join(path))
 }
 
 /// Each stdin line goes to the simulated host as an operator command; the

@@ -35,6 +35,10 @@ pub struct BootImage {
 pub struct ImageSpec {
     pub system: PathBuf,
     pub host_script: Option<PathBuf>,
+    /// The capability audit's negative test: the root task grants one
+    /// extra cap or frame (`ROOTTASK_AUDIT_TEST_GRANT`, see
+    /// `platform/roottask/build.rs`). `None` for every real image.
+    pub audit_test_grant: Option<&'static str>,
 }
 
 impl ImageSpec {
@@ -42,6 +46,7 @@ impl ImageSpec {
         ImageSpec {
             system: workspace_path(system),
             host_script: host_script.map(workspace_path),
+            audit_test_grant: None,
         }
     }
 
@@ -220,6 +225,10 @@ pub fn build(spec: &ImageSpec) -> Result<BootImage> {
     let mut command = cargo_for_sel4(spec);
     command
         .env("ROOTTASK_IMAGE_DIR", &embed)
+        .env(
+            "ROOTTASK_AUDIT_TEST_GRANT",
+            spec.audit_test_grant.unwrap_or_default(),
+        )
         .args(["--package", "roottask"]);
     run_cargo(command, "the root task")?;
     let roottask = target_dir().join("sel4").join("image").join("roottask.elf");

@@ -59,10 +59,10 @@ pub fn registry_kernel_source() -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let crate_manifest = find_sel4_sys_manifest(&text)
+    let crate_manifest = find_sel4_sys_manifest(&output.stdout)
+        .map_err(|e| format!("cannot read cargo's metadata: {e}"))?
         .ok_or("cargo metadata does not list sel4-sys 0.0.28's manifest_path")?;
-    let root = Path::new(&crate_manifest)
+    let root = crate_manifest
         .parent()
         .ok_or("sel4-sys manifest path has no parent")?
         .join("seL4");
@@ -72,15 +72,27 @@ pub fn registry_kernel_source() -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Pick `"manifest_path":"…/sel4-sys-0.0.28/Cargo.toml"` out of cargo's
-/// metadata JSON without a JSON parser (xtask has no dependencies).
-fn find_sel4_sys_manifest(metadata: &str) -> Option<String> {
-    metadata
-        .split("\"manifest_path\":\"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .find(|path| path.ends_with("sel4-sys-0.0.28/Cargo.toml"))
-        .map(|path| path.replace("\\\\", "\\"))
+/// The part of `cargo metadata --format-version 1` we read.
+#[derive(serde::Deserialize)]
+struct Metadata {
+    packages: Vec<MetadataPackage>,
+}
+
+#[derive(serde::Deserialize)]
+struct MetadataPackage {
+    name: String,
+    version: String,
+    manifest_path: PathBuf,
+}
+
+/// The manifest of `sel4-sys` 0.0.28 in cargo's metadata, if listed.
+fn find_sel4_sys_manifest(metadata: &[u8]) -> serde_json::Result<Option<PathBuf>> {
+    let metadata: Metadata = serde_json::from_slice(metadata)?;
+    Ok(metadata
+        .packages
+        .into_iter()
+        .find(|package| package.name == "sel4-sys" && package.version == "0.0.28")
+        .map(|package| package.manifest_path))
 }
 
 /// 64-bit FNV-1a: a stable hash for the cache key (std's hasher is not
@@ -214,15 +226,19 @@ mod tests {
 
     #[test]
     fn finds_sel4_sys_in_metadata() {
-        let json = r#"{"packages":[{"manifest_path":"/r/bitflags-0.7.0/Cargo.toml"},{"manifest_path":"/r/sel4-sys-0.0.28/Cargo.toml"}]}"#;
+        let json = br#"{"packages":[
+            {"name":"bitflags","version":"0.7.0","manifest_path":"/r/bitflags-0.7.0/Cargo.toml"},
+            {"name":"sel4-sys","version":"0.0.27","manifest_path":"/r/sel4-sys-0.0.27/Cargo.toml"},
+            {"name":"sel4-sys","version":"0.0.28","manifest_path":"C:\\r\\sel4-sys-0.0.28\\Cargo.toml","id":"x"}
+        ],"version":1}"#;
         assert_eq!(
-            find_sel4_sys_manifest(json).as_deref(),
-            Some("/r/sel4-sys-0.0.28/Cargo.toml")
+            find_sel4_sys_manifest(json).unwrap(),
+            Some(PathBuf::from("C:\\r\\sel4-sys-0.0.28\\Cargo.toml"))
         );
-        assert_eq!(
-            find_sel4_sys_manifest(r#"{"manifest_path":"/x/Cargo.toml"}"#),
-            None
-        );
+        let without =
+            br#"{"packages":[{"name":"x","version":"1.0.0","manifest_path":"/x/Cargo.toml"}]}"#;
+        assert_eq!(find_sel4_sys_manifest(without).unwrap(), None);
+        assert!(find_sel4_sys_manifest(br#"{"manifest_path":"/x/Cargo.toml"}"#).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   property tests, hosted component tests and the QEMU boot tests
 //! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
 //! - `cargo xtask boot-test`: the QEMU boot tests only
+//! - `cargo xtask soak [--boots N]`: boot the VMBus system N times (200) and
+//!   count kernel exceptions and failures; QEMU's CPU use while idle
 //! - `cargo xtask hosted` : run the same system as Linux processes
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
@@ -14,6 +16,7 @@
 //!   `build` and `boot-test` do this first
 //!
 //! Each subcommand lives in its own module.
+#![forbid(unsafe_code)]
 
 mod check;
 mod fuzz;
@@ -29,7 +32,7 @@ mod util;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <run|test|build|boot-test|hosted|check|fuzz|setup> [args]");
+    eprintln!("usage: cargo xtask <run|test|build|boot-test|soak|hosted|check|fuzz|setup> [args]");
     ExitCode::from(2)
 }
 
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         "build" => setup::run_setup().and_then(|()| image::run(rest)),
         "run" => setup::run_setup().and_then(|()| qemu::run(rest)),
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
+        "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
         _ => return usage(),
     };

@@ -8,16 +8,20 @@
 //! demonstration and the platform's own bring-up test): build, boot headless with a timeout, and
 //! pass if QEMU ends through isa-debug-exit with status 1 (a component
 //! called `power_off(0)`; status is `code << 1 | 1`) and every line of the
-//! expectation file appears in the output in order. The expectation file is
-//! the host script's or else the description's path with `.expect` instead
-//! of its extension (`system.expect` for `system.toml`); lines starting with
-//! `#` and blank lines are ignored. It reports the time from QEMU's start to
-//! the last expected line. Every case runs even if one fails.
+//! expectation file appears in the output, each component's lines in order
+//! (`ipc_harness::expect`). The expectation file is the host script's or
+//! else the description's path with `.expect` instead of its extension
+//! (`system.expect` for `system.toml`). It reports the time from QEMU's
+//! start to the last expected line. By default the capability audit's
+//! negative tests follow ([`AUDIT_TESTS`]): a root task that grants one
+//! extra cap or frame must be refused by its audit (`--audit-tests`: only
+//! those). Every case runs even if one fails.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
 use crate::util::Result;
+use ipc_harness::expect;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -61,36 +65,14 @@ pub fn run(args: &[String]) -> Result {
     }
 }
 
-/// Lines that must appear, in order.
+/// The lines that must appear (`ipc_harness::expect`).
 fn expectations(spec: &ImageSpec) -> Result<Vec<String>> {
     let path = spec.expectations_file();
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(parse_expectations(&text)),
+        Ok(text) => Ok(expect::parse(&text, expect::Backend::Sel4)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-}
-
-fn parse_expectations(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(String::from)
-        .collect()
-}
-
-/// Match `expected` lines in order against output lines (substring match).
-/// Returns how many matched and the index of the output line of the last.
-fn match_in_order(expected: &[String], output: &[String]) -> (usize, Option<usize>) {
-    let mut next = 0;
-    let mut last = None;
-    for (index, line) in output.iter().enumerate() {
-        if next < expected.len() && line.contains(expected[next].as_str()) {
-            next += 1;
-            last = Some(index);
-        }
-    }
-    (next, last)
 }
 
 /// What `cargo xtask boot-test` boots: (description, simulated host's
@@ -110,57 +92,110 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("tests/systems/sel4test.toml", None),
 ];
 
+/// The capability audit's negative tests: the VMBus system with a root
+/// task built to grant one thing the description does not
+/// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
+/// a free IO-port slot of the last PD (`client`), the first page of the
+/// first region mapped writable at 0x3000_0000 in `client`, or the
+/// console's COM1 range one port longer, the first notify channel's cap
+/// pointed at its own PD's notification, `client`'s monitor cap badged as
+/// PD 0, or `client`'s fault cap with the read right (it could receive on
+/// the monitor's endpoint). The audit must name it, and the
+/// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
+pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
+    (
+        "extra-cap",
+        &[
+            "[monitor] capability audit: client: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "extra-frame",
+        &[
+            "[monitor] capability audit: client: extra frame at 0x30000000 (rw, physical",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wider-ioport",
+        &[
+            "[monitor] capability audit: console: slot 144 holds IO ports of another range, the description grants IO ports 0x3f8-0x3ff",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-notify",
+        &[
+            "holds a notification that does not reach the peer with its badge, the description grants notification",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-badge",
+        &[
+            "[monitor] capability audit: client: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "readable-monitor",
+        &[
+            "[monitor] capability audit: client: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+];
+
+/// `AUDIT_FAILED_CODE` in `platform/roottask/src/boot.rs`.
+const AUDIT_FAILED_CODE: i32 = 0x7d;
+
+/// A line that shows the PDs were started.
+const STARTED_LINE: &str = "protection domains (";
+
 /// Lines after which a boot cannot pass: stop QEMU at once instead of
 /// waiting for the timeout.
 const FATAL_LINES: &[&str] = &["has no supervisor: it stays stopped", "KERNEL EXCEPTION"];
 
-/// A failed case is booted once more. The seL4 5.0 kernel under QEMU's TCG
-/// occasionally turns the delivery of a device interrupt into a #GP (see
-/// docs/sel4.md, "Known limits"; seen about once in 30 demo boots, at the
-/// console's one IRQ). A second failure fails the case, and every retry is
-/// counted in the summary so a rising flake rate shows.
-const ATTEMPTS: usize = 2;
+/// The seL4 kernel's report of an exception it took itself.
+const KERNEL_EXCEPTION: &str = "KERNEL EXCEPTION";
+
+/// The idle window of the VMBus system: from every offered device open to
+/// the power-off, the guest only waits for the host's heartbeats and time
+/// samples.
+const IDLE_FROM: &str = "offered devices open";
+const IDLE_TO: &str = "powers off";
 
 pub fn boot_test(args: &[String]) -> Result {
-    if !args.is_empty() {
+    let audit_only = args.iter().any(|arg| arg == "--audit-tests");
+    if !args.is_empty() && !audit_only {
         return boot_test_one(&system_argument(args)?);
     }
+    let boot_tests = if audit_only { &[][..] } else { BOOT_TESTS };
     let mut failed = Vec::new();
-    let mut retried = Vec::new();
-    for (system, host_script) in BOOT_TESTS {
+    for (system, host_script) in boot_tests {
         let spec = ImageSpec::new(system, *host_script);
         let name = match host_script {
             Some(script) => format!("{system} with {script}"),
             None => system.to_string(),
         };
-        let mut attempt = 1;
-        loop {
-            println!("xtask: boot test of {name} (attempt {attempt})");
-            match boot_test_one(&spec) {
-                Ok(()) => break,
-                Err(error) if attempt < ATTEMPTS => {
-                    eprintln!("xtask: boot test of {name} failed, booting it again: {error}");
-                    retried.push(format!("{name}: {error}"));
-                    attempt += 1;
-                }
-                Err(error) => {
-                    eprintln!("xtask: boot test of {name} FAILED: {error}");
-                    failed.push(name);
-                    break;
-                }
-            }
+        println!("xtask: boot test of {name}");
+        if let Err(error) = boot_test_one(&spec) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
         }
     }
-    for retry in &retried {
-        println!("xtask: retried: {retry}");
+    for (grant, expected) in AUDIT_TESTS {
+        let name = format!("the capability audit with one {grant}");
+        println!("xtask: boot test of {name}");
+        if let Err(error) = audit_test_one(grant, expected) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
     }
     println!(
-        "xtask: boot tests booted again after a failure: {}",
-        retried.len()
-    );
-    println!(
         "boot-tests: {} passed, {} failed",
-        BOOT_TESTS.len() - failed.len(),
+        boot_tests.len() + AUDIT_TESTS.len() - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -173,15 +208,158 @@ pub fn boot_test(args: &[String]) -> Result {
 fn boot_test_one(spec: &ImageSpec) -> Result {
     let expected = expectations(spec)?;
     let image = build(spec)?;
+    let boot = boot_once(&image, Echo::Lines)?;
+    if let Some(at) = boot.last_expected_at(&expected) {
+        eprintln!(
+            "xtask: boot time to the last expected line: {:.2} s",
+            at.as_secs_f64()
+        );
+    }
+    eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
+    boot.verdict(&expected)?;
+    eprintln!(
+        "xtask: boot test passed ({} expected lines seen)",
+        expected.len()
+    );
+    Ok(())
+}
+
+/// Boot the VMBus system with a root task that grants one extra item:
+/// pass if the audit names it and the system is refused.
+fn audit_test_one(grant: &'static str, expected: &[&str]) -> Result {
+    let mut spec = ImageSpec::new("system.toml", None);
+    spec.audit_test_grant = Some(grant);
+    let image = build(&spec)?;
+    let boot = boot_once(&image, Echo::Lines)?;
+    let expected: Vec<String> = expected.iter().map(|line| line.to_string()).collect();
+    if let Err(missing) = expect::check(&expected, &boot.lines) {
+        return Err(format!("expected output line not seen: {missing:?}"));
+    }
+    if let Some(line) = boot.lines.iter().find(|l| l.contains(STARTED_LINE)) {
+        return Err(format!("the system was started anyway: {line:?}"));
+    }
+    match boot.status.and_then(|status| status.code()) {
+        Some(code) if code == (AUDIT_FAILED_CODE << 1) | 1 => {
+            eprintln!("xtask: boot test passed (the audit refused the system)");
+            Ok(())
+        }
+        other => Err(format!(
+            "expected power-off code {AUDIT_FAILED_CODE:#x}, QEMU ended with {other:?}"
+        )),
+    }
+}
+
+/// Whether a boot's console lines are printed as they come.
+#[derive(Clone, Copy, PartialEq)]
+enum Echo {
+    Lines,
+    Quiet,
+}
+
+/// What one boot showed.
+struct Boot {
+    lines: Vec<String>,
+    times: Vec<Duration>,
+    /// QEMU's CPU time when each line arrived.
+    cpu: Vec<Option<Duration>>,
+    /// `None`: QEMU was stopped (timeout or a fatal line).
+    status: Option<ExitStatus>,
+    fatal: Option<String>,
+    elapsed: Duration,
+}
+
+impl Boot {
+    fn last_expected_at(&self, expected: &[String]) -> Option<Duration> {
+        expect::check(expected, &self.lines)
+            .ok()
+            .flatten()
+            .map(|index| self.times[index])
+    }
+
+    fn kernel_exceptions(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|line| line.contains(KERNEL_EXCEPTION))
+            .count()
+    }
+
+    /// QEMU's CPU seconds per wall-clock second between the first line
+    /// containing `from` and the first later line containing `to`.
+    fn cpu_share_between(&self, from: &str, to: &str) -> Option<f64> {
+        let start = self.lines.iter().position(|line| line.contains(from))?;
+        let end = start
+            + self.lines[start..]
+                .iter()
+                .position(|line| line.contains(to))?;
+        let cpu = self.cpu[end]?.checked_sub(self.cpu[start]?)?;
+        let wall = self.times[end].checked_sub(self.times[start])?;
+        (wall > Duration::from_millis(500)).then(|| cpu.as_secs_f64() / wall.as_secs_f64())
+    }
+
+    fn verdict(&self, expected: &[String]) -> Result {
+        if let Some(line) = &self.fatal {
+            return Err(format!("the run cannot complete: {line:?}"));
+        }
+        let Some(status) = self.status else {
+            return Err(format!(
+                "boot test timed out after {} s",
+                BOOT_TIMEOUT.as_secs()
+            ));
+        };
+        if let Err(missing) = expect::check(expected, &self.lines) {
+            return Err(format!("expected output line not seen: {missing:?}"));
+        }
+        match status.code() {
+            Some(1) => Ok(()),
+            Some(code) if code & 1 == 1 => Err(format!(
+                "system powered off with failure code {}",
+                code >> 1
+            )),
+            _ => Err(format!(
+                "QEMU ended with {status} (not through isa-debug-exit)"
+            )),
+        }
+    }
+}
+
+/// CPU time (user and system) the process has used so far, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks).
+fn process_cpu_time(pid: u32, ticks_per_second: u64) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks_per_second as f64,
+    ))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Boot `image` headless until QEMU exits, a fatal line appears or
+/// [`BOOT_TIMEOUT`] passes.
+fn boot_once(image: &BootImage, echo: Echo) -> Result<Boot> {
+    let ticks_per_second = clock_ticks_per_second();
     let started = Instant::now();
-    let mut child = qemu_command(&image)
+    let mut child = qemu_command(image)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
+    let pid = child.id();
     let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
-    let (sender, receiver) = mpsc::channel::<(String, Duration)>();
+    let (sender, receiver) = mpsc::channel::<(String, Duration, Option<Duration>)>();
     let reader = std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut buffer = Vec::new();
@@ -189,23 +367,35 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
             let line = String::from_utf8_lossy(&buffer)
                 .trim_end_matches(['\r', '\n'])
                 .to_string();
-            if sender.send((line, started.elapsed())).is_err() {
+            let cpu = process_cpu_time(pid, ticks_per_second);
+            if sender.send((line, started.elapsed(), cpu)).is_err() {
                 break;
             }
             buffer.clear();
         }
     });
-    let mut lines: Vec<String> = Vec::new();
-    let mut times: Vec<Duration> = Vec::new();
-    let mut fatal: Option<String> = None;
-    let status = loop {
-        while let Ok((line, at)) = receiver.try_recv() {
+    let mut boot = Boot {
+        lines: Vec::new(),
+        times: Vec::new(),
+        cpu: Vec::new(),
+        status: None,
+        fatal: None,
+        elapsed: Duration::ZERO,
+    };
+    let take = |boot: &mut Boot, (line, at, cpu): (String, Duration, Option<Duration>)| {
+        if echo == Echo::Lines {
             println!("{line}");
-            if fatal.is_none() && FATAL_LINES.iter().any(|f| line.contains(f)) {
-                fatal = Some(line.clone());
-            }
-            lines.push(line);
-            times.push(at);
+        }
+        if boot.fatal.is_none() && FATAL_LINES.iter().any(|f| line.contains(f)) {
+            boot.fatal = Some(line.clone());
+        }
+        boot.lines.push(line);
+        boot.times.push(at);
+        boot.cpu.push(cpu);
+    };
+    boot.status = loop {
+        while let Ok(entry) = receiver.try_recv() {
+            take(&mut boot, entry);
         }
         let _ = std::io::stdout().flush();
         if let Some(status) = child
@@ -214,7 +404,7 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
         {
             break Some(status);
         }
-        if started.elapsed() > BOOT_TIMEOUT || fatal.is_some() {
+        if started.elapsed() > BOOT_TIMEOUT || boot.fatal.is_some() {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -222,66 +412,94 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
         std::thread::sleep(Duration::from_millis(20));
     };
     let _ = reader.join();
-    while let Ok((line, at)) = receiver.try_recv() {
-        println!("{line}");
-        lines.push(line);
-        times.push(at);
+    while let Ok(entry) = receiver.try_recv() {
+        take(&mut boot, entry);
     }
-    let (matched, last) = match_in_order(&expected, &lines);
-    if let Some(index) = last {
-        eprintln!(
-            "xtask: boot time to the last expected line: {:.2} s",
-            times[index].as_secs_f64()
-        );
-    }
-    eprintln!("xtask: QEMU ran {:.2} s", started.elapsed().as_secs_f64());
-    if let Some(line) = fatal {
-        return Err(format!("the run cannot complete: {line:?}"));
-    }
-    let Some(status) = status else {
-        return Err(format!(
-            "boot test timed out after {} s",
-            BOOT_TIMEOUT.as_secs()
-        ));
-    };
-    if matched < expected.len() {
-        return Err(format!(
-            "expected output line not seen: {:?}",
-            expected[matched]
-        ));
-    }
-    match status.code() {
-        Some(1) => {
-            eprintln!(
-                "xtask: boot test passed ({} expected lines seen)",
-                expected.len()
-            );
-            Ok(())
-        }
-        Some(code) if code & 1 == 1 => Err(format!(
-            "system powered off with failure code {}",
-            code >> 1
-        )),
-        _ => Err(format!(
-            "QEMU ended with {status} (not through isa-debug-exit)"
-        )),
-    }
+    boot.elapsed = started.elapsed();
+    Ok(boot)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expectations_match_in_order_only() {
-        let expected = parse_expectations("# comment\n\nalpha\n  beta \n");
-        assert_eq!(expected, vec!["alpha".to_string(), "beta".to_string()]);
-        let in_order: Vec<String> = ["x alpha", "y", "beta z"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(match_in_order(&expected, &in_order), (2, Some(2)));
-        let reversed: Vec<String> = ["beta", "alpha"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(match_in_order(&expected, &reversed).0, 1);
+/// `cargo xtask soak [--boots N] [--system FILE] [--host-script FILE]`:
+/// build once, then boot the image N times in a row (default 200) and
+/// count what went wrong: kernel exceptions, boots that failed their
+/// expectations. For each boot it also measures QEMU's host CPU use while
+/// the guest is idle (CPU seconds per second, from every device open to
+/// the power-off). Not part of `cargo xtask test`: 200 boots take about
+/// 17 minutes.
+pub fn soak(args: &[String]) -> Result {
+    let mut boots = 200usize;
+    let mut rest = Vec::new();
+    let mut args_iter = args.iter();
+    while let Some(arg) = args_iter.next() {
+        if arg == "--boots" {
+            boots = args_iter
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or("--boots needs a positive number")?;
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    let spec = system_argument(&rest)?;
+    let expected = expectations(&spec)?;
+    let image = build(&spec)?;
+    let soak_started = Instant::now();
+    let mut failures = Vec::new();
+    let mut kernel_exceptions = 0;
+    let mut idle_shares = Vec::new();
+    for index in 1..=boots {
+        let boot = boot_once(&image, Echo::Quiet)?;
+        kernel_exceptions += boot.kernel_exceptions();
+        let share = boot.cpu_share_between(IDLE_FROM, IDLE_TO);
+        if let Some(share) = share {
+            idle_shares.push(share);
+        }
+        let verdict = boot.verdict(&expected);
+        println!(
+            "soak: boot {index}/{boots}: {} in {:.2} s, idle QEMU CPU {}",
+            match &verdict {
+                Ok(()) => "passed".to_string(),
+                Err(error) => format!("FAILED ({error})"),
+            },
+            boot.elapsed.as_secs_f64(),
+            share.map_or("n/a".to_string(), |s| format!("{s:.3} s/s")),
+        );
+        if let Err(error) = verdict {
+            let log = std::env::temp_dir().join(format!("xtask-soak-boot-{index}.log"));
+            let _ = std::fs::write(&log, boot.lines.join("\n"));
+            failures.push(format!(
+                "boot {index}: {error} (console: {})",
+                log.display()
+            ));
+        }
+    }
+    idle_shares.sort_by(f64::total_cmp);
+    println!(
+        "soak: {boots} boots in {:.0} s: {} passed, {} failed, {} kernel exceptions",
+        soak_started.elapsed().as_secs_f64(),
+        boots - failures.len(),
+        failures.len(),
+        kernel_exceptions
+    );
+    if let (Some(min), Some(max)) = (idle_shares.first(), idle_shares.last()) {
+        println!(
+            "soak: idle QEMU host CPU per second: median {:.3} [{:.3}-{:.3}] over {} boots",
+            idle_shares[idle_shares.len() / 2],
+            min,
+            max,
+            idle_shares.len()
+        );
+    }
+    for failure in &failures {
+        println!("soak: {failure}");
+    }
+    if failures.is_empty() && kernel_exceptions == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {boots} boots failed, {kernel_exceptions} kernel exceptions",
+            failures.len()
+        ))
     }
 }

@@ -28,6 +28,9 @@ pub fn run_setup() -> Result {
             .map_err(|e| format!("cannot write {BACKPORTS_SOURCE}: {e} (run as root, or install qemu-system-x86 from bookworm-backports by hand)"))?;
         }
         apt_update(&mut apt_updated)?;
+        // Without its recommended packages (GUI, audio, GStreamer, VA
+        // drivers: 174 packages, 535 MiB installed on a fresh machine) QEMU
+        // is 21 packages, 97 MiB, and boots the image headless just the same.
         run_checked(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
@@ -35,6 +38,7 @@ pub fn run_setup() -> Result {
                     "install",
                     "-y",
                     "-q",
+                    "--no-install-recommends",
                     "-t",
                     "bookworm-backports",
                     "qemu-system-x86",
@@ -46,7 +50,13 @@ pub fn run_setup() -> Result {
         run_checked(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "libxml2-utils"]),
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "libxml2-utils",
+                ]),
         )?;
     }
     let python_ok = Command::new("python3")

@@ -5,7 +5,10 @@
 //!    tests, the protocol-library property tests and the hosted
 //!    component-level IPC tests (they start real component processes),
 //! 3. `cargo fmt --check` and `cargo clippy --workspace --all-targets -D
-//!    warnings` (the code standards),
+//!    warnings` (the code standards), and clippy once more for the seL4
+//!    build (`x86_64-unknown-none`: every component with an seL4 entry
+//!    point, then the root task, as `cargo xtask build` builds them), whose
+//!    `cfg(target_os = "none")` code the host run never sees,
 //! 4. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
@@ -41,6 +44,10 @@ pub fn run(args: &[String]) -> Result {
         "warnings",
     ]);
     results.push(("cargo clippy -D warnings", status_ok(&mut clippy)));
+    results.push((
+        "cargo clippy -D warnings (x86_64-unknown-none)",
+        clippy_sel4(&root),
+    ));
 
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
     let mut boot_test = Command::new(xtask);
@@ -73,4 +80,63 @@ fn status_ok(command: &mut Command) -> bool {
             false
         }
     }
+}
+
+/// Clippy for the seL4 target, in the two cargo runs `cargo xtask build`
+/// makes (components together, then the root task alone: their features
+/// must not unify, or every component would need an allocator).
+fn clippy_sel4(root: &std::path::Path) -> bool {
+    let components = match sel4_components(root) {
+        Ok(components) => components,
+        Err(error) => {
+            eprintln!("xtask: {error}");
+            return false;
+        }
+    };
+    let mut together = Command::new(env!("CARGO"));
+    together
+        .current_dir(root)
+        .args(["clippy", "--release", "--target", crate::image::SEL4_TARGET]);
+    for package in components.iter().map(String::as_str).chain(["sel4-heap"]) {
+        together.args(["--package", package]);
+    }
+    together.args(["--", "-D", "warnings"]);
+    let mut roottask = Command::new(env!("CARGO"));
+    roottask.current_dir(root).args([
+        "clippy",
+        "--release",
+        "--target",
+        crate::image::SEL4_TARGET,
+        "--package",
+        "roottask",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    // Both run, so one report shows every finding.
+    let components_ok = status_ok(&mut together);
+    status_ok(&mut roottask) && components_ok
+}
+
+/// Every component package with an seL4 entry point (`components/*` whose
+/// `src/main.rs` invokes `sel4_runtime::component_main!`).
+fn sel4_components(root: &std::path::Path) -> Result<Vec<String>> {
+    let folder = root.join("components");
+    let entries =
+        std::fs::read_dir(&folder).map_err(|e| format!("cannot list {}: {e}", folder.display()))?;
+    let mut packages = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let main = std::fs::read_to_string(path.join("src/main.rs")).unwrap_or_default();
+        if main.contains("sel4_runtime::component_main!") {
+            if let Some(name) = path.file_name() {
+                packages.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    packages.sort();
+    if packages.is_empty() {
+        return Err(format!("no seL4 component under {}", folder.display()));
+    }
+    Ok(packages)
 }

@@ -403,7 +403,7 @@ impl VmbusHarness {
             .expect("IC request");
         let message = ic::parse_ic_message(&payload).unwrap();
         let mut header = message.header;
-        header.flags = ic::flags::TRANSACTION | ic::flags::RESPONSE;
+        header.set_flags(ic::IcFlags::TRANSACTION | ic::IcFlags::RESPONSE);
         header.status = ic::STATUS_OK.into();
         let body = reply_body(message.body);
         header.message_size = (body.len() as u16).into();

@@ -6,10 +6,12 @@ use super::stream::{Record, RecordStream, RecvError};
 use crate::wire::{self, kind, HelloFixed, HelloReply, StatusReply, ValueReply};
 use crate::{HvError, Hypervisor, Interrupt};
 use std::collections::VecDeque;
+use std::format;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::string::String;
 use std::time::Duration;
 use std::vec::Vec;
 use zerocopy::IntoBytes;
@@ -38,7 +40,8 @@ impl From<io::Error> for ConnectError {
 pub struct HostedHypervisor {
     stream: RecordStream,
     interrupts: VecDeque<Interrupt>,
-    broken: bool,
+    /// Why the transport broke, once it has (every later call fails).
+    broken: Option<String>,
 }
 
 impl HostedHypervisor {
@@ -99,7 +102,7 @@ impl HostedHypervisor {
         Ok(HostedHypervisor {
             stream,
             interrupts: VecDeque::new(),
-            broken: false,
+            broken: None,
         })
     }
 
@@ -115,44 +118,79 @@ impl HostedHypervisor {
         self.interrupts.len()
     }
 
-    fn fail(&mut self) -> HvError {
-        self.broken = true;
+    /// Why the transport broke (the host closed the connection, sent
+    /// PROTOCOL_ERROR, sent a record it should not have), if it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    fn fail(&mut self, why: impl Into<String>) -> HvError {
+        if self.broken.is_none() {
+            self.broken = Some(why.into());
+        }
         HvError::Transport
+    }
+
+    fn receive_failed(&mut self, error: RecvError) -> HvError {
+        match error {
+            RecvError::Closed => self.fail("the host closed the connection"),
+            RecvError::Truncated => self.fail("the host closed the connection inside a record"),
+            RecvError::BadHeader(error) => {
+                self.fail(format!("the host sent a bad record header: {error:?}"))
+            }
+            RecvError::Io(error) if error.kind() == io::ErrorKind::ConnectionReset => {
+                self.fail("the host closed the connection (reset)")
+            }
+            RecvError::Io(error) => {
+                self.fail(format!("the connection to the host failed: {error}"))
+            }
+        }
     }
 
     /// Handles an asynchronous record; returns it back if it is not one.
     fn absorb(&mut self, record: Record) -> Result<Option<Record>, HvError> {
         match record.kind {
             kind::INTERRUPT => {
-                let body: wire::InterruptRecord = record.parse().ok_or(HvError::Transport)?;
+                let Some(body) = record.parse::<wire::InterruptRecord>() else {
+                    return Err(self.fail("the host sent a malformed INTERRUPT"));
+                };
                 if body.reserved != 0 || body.vector > 0xFF {
-                    return Err(self.fail());
+                    return Err(self.fail("the host sent a malformed INTERRUPT"));
                 }
                 self.interrupts.push_back(Interrupt {
                     vector: body.vector as u8,
                 });
                 Ok(None)
             }
-            kind::PROTOCOL_ERROR => Err(self.fail()),
+            kind::PROTOCOL_ERROR => {
+                let code = record
+                    .parse::<wire::ProtocolError>()
+                    .map_or(0, |error| error.code);
+                Err(self.fail(format!("the host sent PROTOCOL_ERROR {code}")))
+            }
             _ => Ok(Some(record)),
         }
     }
 
     fn request(&mut self, kind: u32, body: &[u8], reply_kind: u32) -> Result<Record, HvError> {
-        if self.broken {
+        if self.broken.is_some() {
             return Err(HvError::Transport);
         }
-        if self.stream.send_bytes(kind, body).is_err() {
-            return Err(self.fail());
+        if let Err(error) = self.stream.send_bytes(kind, body) {
+            return Err(self.fail(format!("sending to the host failed: {error}")));
         }
         loop {
             let record = match self.stream.recv(None) {
                 Ok(Some(record)) => record,
-                Ok(None) | Err(_) => return Err(self.fail()),
+                Ok(None) => return Err(self.fail("no reply from the host")),
+                Err(error) => return Err(self.receive_failed(error)),
             };
             if let Some(record) = self.absorb(record)? {
                 if record.kind != reply_kind {
-                    return Err(self.fail());
+                    return Err(self.fail(format!(
+                        "the host answered with record kind {:#x} where {reply_kind:#x} was due",
+                        record.kind
+                    )));
                 }
                 return Ok(record);
             }
@@ -161,13 +199,13 @@ impl HostedHypervisor {
 
     fn exception(&mut self, exception: u32, reserved: u32) -> Result<(), HvError> {
         if reserved != 0 {
-            return Err(self.fail());
+            return Err(self.fail("the host set a reserved field of a reply"));
         }
         match exception {
             wire::exception::NONE => Ok(()),
             wire::exception::GENERAL_PROTECTION => Err(HvError::GeneralProtection),
             wire::exception::INVALID_OPCODE => Err(HvError::InvalidOpcode),
-            _ => Err(self.fail()),
+            other => Err(self.fail(format!("the host answered with unknown exception {other}"))),
         }
     }
 }
@@ -208,7 +246,7 @@ impl Hypervisor for HostedHypervisor {
         if let Some(interrupt) = self.interrupts.pop_front() {
             return Ok(Some(interrupt));
         }
-        if self.broken {
+        if self.broken.is_some() {
             return Err(HvError::Transport);
         }
         let timeout = timeout_ns.map(Duration::from_nanos);
@@ -216,11 +254,14 @@ impl Hypervisor for HostedHypervisor {
             let record = match self.stream.recv(timeout) {
                 Ok(Some(record)) => record,
                 Ok(None) => return Ok(None),
-                Err(RecvError::Closed) | Err(_) => return Err(self.fail()),
+                Err(error) => return Err(self.receive_failed(error)),
             };
             // Only INTERRUPT or PROTOCOL_ERROR may arrive unasked.
-            if self.absorb(record)?.is_some() {
-                return Err(self.fail());
+            if let Some(record) = self.absorb(record)? {
+                return Err(self.fail(format!(
+                    "the host sent record kind {:#x} unasked",
+                    record.kind
+                )));
             }
             if let Some(interrupt) = self.interrupts.pop_front() {
                 return Ok(Some(interrupt));
@@ -341,8 +382,10 @@ mod tests {
         );
         assert_eq!(guest.msr_read(0x1234), Err(HvError::GeneralProtection));
         host.join().unwrap();
-        // The host is gone: waiting reports the broken transport.
+        // The host is gone: waiting reports the broken transport, and why.
+        assert_eq!(guest.failure(), None);
         assert_eq!(guest.wait_interrupt(Some(0)), Err(HvError::Transport));
+        assert_eq!(guest.failure(), Some("the host closed the connection"));
     }
 
     #[test]
@@ -350,6 +393,7 @@ mod tests {
         // An MSR_WRITE_REPLY to an MSR_READ.
         let (mut guest, host) = host_answering_once(kind::MSR_WRITE_REPLY, STATUS_OK);
         assert_eq!(guest.msr_read(0x4000_0081), Err(HvError::Transport));
+        assert!(guest.failure().unwrap().contains("where 0x8002 was due"));
         // Once broken, every call fails without touching the socket.
         assert_eq!(guest.msr_write(0x4000_0084, 0), Err(HvError::Transport));
         host.join().unwrap();
@@ -360,6 +404,7 @@ mod tests {
         };
         let (mut guest, host) = host_answering_once(kind::PROTOCOL_ERROR, protocol_error);
         assert_eq!(guest.hypercall(0x5C, 0, 0), Err(HvError::Transport));
+        assert_eq!(guest.failure(), Some("the host sent PROTOCOL_ERROR 3"));
         host.join().unwrap();
 
         // A reply with a non-zero reserved field is not trusted either.

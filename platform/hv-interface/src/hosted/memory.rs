@@ -19,6 +19,7 @@ pub struct MappedGuestMemory {
 // SAFETY: the mapping is plain shared memory; all access goes through
 // bounds-checked copies or atomics, which are valid from any thread.
 unsafe impl Send for MappedGuestMemory {}
+// SAFETY: as for Send.
 unsafe impl Sync for MappedGuestMemory {}
 
 impl MappedGuestMemory {

@@ -1,0 +1,448 @@
+//! The simulated host's scenario: what the host does by itself while the
+//! guest runs (time samples, its KVP pairs, malformed packets, rescinds,
+//! offers at runtime, a shutdown request), which devices it offers and
+//! which VMBus versions it accepts.
+//!
+//! One file, one format, both backends: a scenario is a TOML file
+//! (`tests/systems/*.hvsim`, keys in `docs/hvsim.md`) deserialised with
+//! serde into [`Scenario`]. The hosted host reads it at start
+//! (`hvsim --script FILE`); for the seL4 image, hvsim's build script reads
+//! the same file with the same code, checks it and writes it out as the
+//! Rust expression that builds it ([`Scenario::to_rust`]), which the
+//! protection domain includes (no parser and no serde in the image: serde's
+//! `alloc` feature would ask every `no_std` component for an allocator).
+//! Every key is optional: a missing key keeps the bring-up run's value
+//! ([`Scenario::default`]).
+//!
+//! This file is also compiled into hvsim's build script (by path), so it
+//! uses only `alloc` and, off seL4, serde and `toml`.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+#[cfg(not(target_os = "none"))]
+use serde::{Deserialize, Serialize};
+
+/// The VMBus versions the simulator speaks, as `major.minor`.
+pub const VERSIONS: &[&str] = &["2.4", "3.0", "4.0", "4.1", "5.0", "5.1", "5.2", "5.3"];
+
+/// The integration components by name (the devices the host speaks).
+pub const DEVICES: &[&str] = &["heartbeat", "shutdown", "timesync", "kvp"];
+
+/// The malformed KVP packets the host can send (the operator command
+/// `malformed RELID FAULT` takes the same names).
+pub const FAULTS: &[&str] = &[
+    "offset-too-small",
+    "length-before-offset",
+    "unknown-type",
+    "unknown-flags",
+    "length-beyond-ring",
+];
+
+/// A scenario as written in its file. Durations are in milliseconds,
+/// versions `major.minor`, devices an IC name or a class GUID, faults one of
+/// [`FAULTS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(target_os = "none"),
+    derive(Serialize, Deserialize),
+    serde(deny_unknown_fields, default)
+)]
+pub struct Scenario {
+    /// A time sample every this many milliseconds (0: never). The first one
+    /// goes out as soon as time sync is negotiated, with the SYNC flag.
+    pub time_sample_period_ms: u64,
+    /// (key, value) pairs pushed into the guest's external pool (pool 0)
+    /// once KVP is negotiated.
+    pub host_pairs: Vec<(String, String)>,
+    /// Ask the guest to shut down once this many heartbeats were answered.
+    pub shutdown_after_heartbeats: Option<u64>,
+    /// Malformed packets on the KVP channel, in this order: the first once
+    /// `kvp_fault_after_heartbeats` heartbeats were answered, each next one
+    /// `kvp_fault_every` (at least 1) heartbeats later.
+    pub kvp_faults: Vec<String>,
+    pub kvp_fault_after_heartbeats: u64,
+    pub kvp_fault_every: u64,
+    /// The VMBus versions the host accepts (a guest asking for anything
+    /// else is refused and must fall back).
+    pub min_version: String,
+    pub max_version: String,
+    /// The devices offered at start, in relid order.
+    pub devices: Vec<String>,
+    /// Devices offered while the guest runs, all at once, once
+    /// `add_devices_after_heartbeats` heartbeats were answered.
+    pub added_devices: Vec<String>,
+    pub add_devices_after_heartbeats: u64,
+    /// Rescind the KVP channel once this many heartbeats were answered and
+    /// offer the same device again when the guest released it.
+    pub kvp_rescind_after_heartbeats: Option<u64>,
+    /// Ask the guest for this key of its own pool once
+    /// `kvp_get_after_heartbeats` heartbeats were answered.
+    pub kvp_get_guest_key: Option<String>,
+    pub kvp_get_after_heartbeats: u64,
+    /// How much longer than its period a gap between two heartbeat (or time
+    /// sync) answers may be and still count as on time. The host acts on
+    /// its 50 ms timer ticks and on calls, and an idle guest's QEMU wakes
+    /// late when the machine running it is busy (up to 131 ms seen in 200
+    /// boots on a loaded 2-core machine); a missed beat shows as a whole
+    /// period more.
+    pub gap_allowance_ms: u64,
+}
+
+impl Default for Scenario {
+    /// The bring-up run: every integration component, VMBus 2.4 to 5.3, a
+    /// time sample every second, one host pair, shut down after five
+    /// heartbeats.
+    fn default() -> Self {
+        Scenario {
+            time_sample_period_ms: 1000,
+            host_pairs: vec![("HostName".into(), "hvsim".into())],
+            shutdown_after_heartbeats: Some(5),
+            kvp_faults: Vec::new(),
+            kvp_fault_after_heartbeats: 0,
+            kvp_fault_every: 1,
+            min_version: "2.4".into(),
+            max_version: "5.3".into(),
+            devices: DEVICES.iter().map(|d| d.to_string()).collect(),
+            added_devices: Vec::new(),
+            add_devices_after_heartbeats: 0,
+            kvp_rescind_after_heartbeats: None,
+            kvp_get_guest_key: None,
+            kvp_get_after_heartbeats: 0,
+            gap_allowance_ms: 250,
+        }
+    }
+}
+
+/// A scenario value that is well-formed TOML but means nothing: the key it
+/// is under and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// `major.minor` of a known version.
+pub fn parse_version(text: &str) -> Option<(u16, u16)> {
+    if !VERSIONS.contains(&text) {
+        return None;
+    }
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The integration components the host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcName {
+    Heartbeat,
+    Shutdown,
+    TimeSync,
+    Kvp,
+}
+
+/// A device name: an integration component, or a class GUID (a generic
+/// device: the host only completes its packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceName {
+    Ic(IcName),
+    Class(u128),
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hexadecimal, as its u128.
+fn class_guid(text: &str) -> Option<u128> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lengths != [8, 4, 4, 4, 12]
+        || !groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return None;
+    }
+    u128::from_str_radix(&groups.concat(), 16).ok()
+}
+
+pub fn parse_device(text: &str) -> Option<DeviceName> {
+    let ic = match text {
+        "heartbeat" => Some(IcName::Heartbeat),
+        "shutdown" => Some(IcName::Shutdown),
+        "timesync" => Some(IcName::TimeSync),
+        "kvp" => Some(IcName::Kvp),
+        _ => None,
+    };
+    if let Some(ic) = ic {
+        return Some(DeviceName::Ic(ic));
+    }
+    class_guid(text).map(DeviceName::Class)
+}
+
+impl Scenario {
+    /// Every value means something: known versions (min <= max), devices
+    /// and faults, durations that fit in nanoseconds, a KVP key of plain
+    /// characters.
+    pub fn check(&self) -> Result<(), Invalid> {
+        let invalid = |key: &'static str, why: String| Err(Invalid { key, why });
+        for (key, value) in [
+            ("time_sample_period_ms", self.time_sample_period_ms),
+            ("gap_allowance_ms", self.gap_allowance_ms),
+        ] {
+            if value.checked_mul(1_000_000).is_none() {
+                return invalid(key, format!("{value} ms is too long"));
+            }
+        }
+        let mut versions = [(0, 0); 2];
+        for (slot, (key, value)) in [
+            ("min_version", &self.min_version),
+            ("max_version", &self.max_version),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match parse_version(value) {
+                Some(version) => versions[slot] = version,
+                None => {
+                    return invalid(
+                        key,
+                        format!(
+                            "unknown VMBus version `{value}`; known: {}",
+                            VERSIONS.join(", ")
+                        ),
+                    )
+                }
+            }
+        }
+        if versions[0] > versions[1] {
+            return invalid(
+                "min_version",
+                format!(
+                    "{} is above max_version {}",
+                    self.min_version, self.max_version
+                ),
+            );
+        }
+        for (key, list) in [
+            ("devices", &self.devices),
+            ("added_devices", &self.added_devices),
+        ] {
+            if let Some(bad) = list.iter().find(|d| parse_device(d).is_none()) {
+                return invalid(
+                    key,
+                    format!(
+                        "unknown device `{bad}`; known: {} or a class GUID",
+                        DEVICES.join(", ")
+                    ),
+                );
+            }
+        }
+        if let Some(bad) = self
+            .kvp_faults
+            .iter()
+            .find(|f| !FAULTS.contains(&f.as_str()))
+        {
+            return invalid(
+                "kvp_faults",
+                format!("unknown fault `{bad}`; known: {}", FAULTS.join(", ")),
+            );
+        }
+        if self.kvp_fault_every == 0 {
+            return invalid("kvp_fault_every", "must be at least 1".into());
+        }
+        if let Some(key) = &self.kvp_get_guest_key {
+            if !is_plain_key(key) {
+                return invalid(
+                    "kvp_get_guest_key",
+                    format!("`{key}` is not a key (letters, digits, `_`, `-`, `.`)"),
+                );
+            }
+        }
+        if let Some((key, _)) = self.host_pairs.iter().find(|(key, _)| !is_plain_key(key)) {
+            return invalid(
+                "host_pairs",
+                format!("`{key}` is not a key (letters, digits, `_`, `-`, `.`)"),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// The Rust expression that builds `scenario` (for the seL4 image, whose
+/// build script writes it out; `{:?}` of a string is a valid literal).
+#[cfg(not(target_os = "none"))]
+impl Scenario {
+    pub fn to_rust(&self) -> String {
+        let strings = |list: &[String]| {
+            let items: Vec<String> = list.iter().map(|s| format!("{s:?}.into()")).collect();
+            format!("alloc::vec![{}]", items.join(", "))
+        };
+        let pairs: Vec<String> = self
+            .host_pairs
+            .iter()
+            .map(|(k, v)| format!("({k:?}.into(), {v:?}.into())"))
+            .collect();
+        let key = match &self.kvp_get_guest_key {
+            Some(key) => format!("Some({key:?}.into())"),
+            None => "None".into(),
+        };
+        format!(
+            "hvsim::scenario::Scenario {{ time_sample_period_ms: {}, host_pairs: alloc::vec![{}], \
+             shutdown_after_heartbeats: {:?}, kvp_faults: {}, kvp_fault_after_heartbeats: {}, \
+             kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
+             added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
+             kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {} }}",
+            self.time_sample_period_ms,
+            pairs.join(", "),
+            self.shutdown_after_heartbeats,
+            strings(&self.kvp_faults),
+            self.kvp_fault_after_heartbeats,
+            self.kvp_fault_every,
+            self.min_version,
+            self.max_version,
+            strings(&self.devices),
+            strings(&self.added_devices),
+            self.add_devices_after_heartbeats,
+            self.kvp_rescind_after_heartbeats,
+            self.kvp_get_after_heartbeats,
+            self.gap_allowance_ms,
+        )
+    }
+}
+
+/// Read a scenario file's text: TOML syntax and types first, then
+/// [`Scenario::check`]. Errors name `path:line:column` of the offending
+/// value.
+#[cfg(not(target_os = "none"))]
+pub fn parse_file(path: &str, text: &str) -> Result<Scenario, String> {
+    let position = |offset: usize| {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+        format!("{path}:{line}:{column}")
+    };
+    let scenario: Scenario = toml::from_str(text).map_err(|error| {
+        let at = error
+            .span()
+            .map_or(path.to_string(), |span| position(span.start));
+        format!("{at}: {}", error.message())
+    })?;
+    scenario.check().map_err(|invalid| {
+        // Where the key's value is: parse again keeping spans.
+        let spans: Result<alloc::collections::BTreeMap<String, toml::Spanned<toml::Value>>, _> =
+            toml::from_str(text);
+        let at = spans
+            .ok()
+            .and_then(|spans| {
+                spans
+                    .get(invalid.key)
+                    .map(|value| position(value.span().start))
+            })
+            .unwrap_or_else(|| path.to_string());
+        format!("{at}: {}: {}", invalid.key, invalid.why)
+    })?;
+    Ok(scenario)
+}
+
+#[cfg(all(test, not(target_os = "none")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_bring_up_run() {
+        assert_eq!(
+            parse_file("x.hvsim", "# nothing\n").unwrap(),
+            Scenario::default()
+        );
+        assert!(Scenario::default().check().is_ok());
+    }
+
+    #[test]
+    fn keys_override_the_defaults() {
+        let scenario = parse_file(
+            "x.hvsim",
+            "kvp_faults = [\"unknown-type\", \"length-beyond-ring\"]\n\
+             kvp_fault_after_heartbeats = 2\nshutdown_after_heartbeats = 9\n\
+             min_version = \"4.0\"\nmax_version = \"4.0\"\n\
+             devices = [\"heartbeat\", \"kvp\"]\n\
+             added_devices = [\"ba6163d9-04a1-4d29-b605-72e2ffb1dc7f\"]\n\
+             host_pairs = [[\"A\", \"1\"], [\"B\", \"2\"]]\n\
+             kvp_get_guest_key = \"GuestClient\"\n",
+        )
+        .unwrap();
+        assert_eq!(scenario.kvp_faults, ["unknown-type", "length-beyond-ring"]);
+        assert_eq!(scenario.kvp_fault_after_heartbeats, 2);
+        assert_eq!(scenario.shutdown_after_heartbeats, Some(9));
+        assert_eq!(scenario.min_version, "4.0");
+        assert_eq!(scenario.devices, ["heartbeat", "kvp"]);
+        assert_eq!(
+            parse_device(&scenario.added_devices[0]),
+            Some(DeviceName::Class(0xba6163d9_04a1_4d29_b605_72e2ffb1dc7f))
+        );
+        assert_eq!(scenario.host_pairs[1], ("B".into(), "2".into()));
+        assert_eq!(scenario.kvp_get_guest_key.as_deref(), Some("GuestClient"));
+        assert_eq!(
+            scenario.time_sample_period_ms, 1000,
+            "untouched keys keep their default"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
+        assert_eq!(
+            error("# c\nkvp_fault = 1\n"),
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`"
+        );
+        assert_eq!(
+            error("kvp_faults = [\"unknown\"]"),
+            "s.hvsim:1:14: kvp_faults: unknown fault `unknown`; known: offset-too-small, length-before-offset, unknown-type, unknown-flags, length-beyond-ring"
+        );
+        assert!(error("kvp_fault_every = -1").starts_with("s.hvsim:1:19: "));
+        assert!(error("\nmax_version = \"4.2\"")
+            .starts_with("s.hvsim:2:15: max_version: unknown VMBus version `4.2`"));
+        assert!(error("min_version = \"5.0\"\nmax_version = \"4.0\"")
+            .contains("5.0 is above max_version 4.0"));
+        assert!(
+            error("devices = [\"heartbeat\", \"disk\"]").contains("devices: unknown device `disk`")
+        );
+        assert!(
+            error("added_devices = [\"ba6163d9-04a1-4d29-b605-72e2ffb1dc7\"]")
+                .contains("unknown device")
+        );
+        assert!(error("kvp_get_guest_key = \"a b\"").contains("is not a key"));
+        assert!(error("kvp_fault_every = 0").contains("must be at least 1"));
+        assert!(error("time_sample_period_ms = 18446744073709551").contains("too long"));
+        assert!(error("time_sample_period_ms = 18446744073709551615").starts_with("s.hvsim:1:25: "));
+        assert!(error("devices = \"heartbeat\"").starts_with("s.hvsim:1:11: "));
+    }
+
+    #[test]
+    fn the_rust_expression_names_every_value() {
+        let scenario = Scenario {
+            host_pairs: vec![("Key".into(), "say \"hi\"".into())],
+            kvp_faults: vec!["unknown-type".into()],
+            kvp_get_guest_key: Some("K".into()),
+            shutdown_after_heartbeats: None,
+            ..Scenario::default()
+        };
+        let source = scenario.to_rust();
+        for part in [
+            "time_sample_period_ms: 1000,",
+            r#"host_pairs: alloc::vec![("Key".into(), "say \"hi\"".into())],"#,
+            "shutdown_after_heartbeats: None,",
+            r#"kvp_faults: alloc::vec!["unknown-type".into()],"#,
+            r#"min_version: "2.4".into(),"#,
+            r#"devices: alloc::vec!["heartbeat".into(), "shutdown".into(), "timesync".into(), "kvp".into()],"#,
+            r#"kvp_get_guest_key: Some("K".into()),"#,
+            "gap_allowance_ms: 250 }",
+        ] {
+            assert!(source.contains(part), "{part} not in {source}");
+        }
+    }
+}

@@ -1,3 +1,0 @@
-fn main() {
-    sysdesc::emit_ids_for_build_script("ticker");
-}

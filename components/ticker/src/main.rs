@@ -1,5 +1,0 @@
-#![cfg_attr(target_os = "none", no_std, no_main)]
-#[cfg(target_os = "none")]
-sel4_runtime::component_main!(ticker::Ticker);
-#[cfg(not(target_os = "none"))]
-hosted_runtime::component_main!(ticker::Ticker);
