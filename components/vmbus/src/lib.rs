@@ -1081,7 +1081,7 @@ impl Vmbus {
         // The host may signal the channel before its OpenResult: synic
         // then knows those events are early, not stray.
         let opening = synic::Request::Opening { relid };
-        if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &opening) {
+        if let Err(error) = channels::SYNIC_CALL.call(env, &opening) {
             println!(
                 env,
                 "telling synic relid {} opens failed: {:?}", relid, error
@@ -1589,7 +1589,7 @@ impl Component for Vmbus {
 /// first): synic stops treating the relid's events as early.
 fn end_opening(env: &mut dyn Env, relid: u32) {
     let unbind = synic::Request::Unbind { relid };
-    if let Err(error) = call::<_, synic::Reply>(env, channels::SYNIC_CALL, &unbind) {
+    if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
         println!(
             env,
             "ending the opening of relid {} failed: {:?}", relid, error
