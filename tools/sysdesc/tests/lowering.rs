@@ -336,9 +336,14 @@ name = "guest_ring"
 fn a_device_class_is_a_hyphenated_guid_in_standard_byte_order() {
     let description = |class: &str| {
         format!(
-            "version = 1\n\n[[component]]\nname = \"vmbus\"\npackage = \"vmbus\"\npriority = 200\n\n\
-             [[component]]\nname = \"kvp\"\npackage = \"vsc-kvp\"\npriority = 150\nsupervisor = \"vmbus\"\n\n\
-             [[device]]\nclass = \"{class}\"\ndriver = \"kvp\"\n"
+            "version = 1\n\n[[component]]\nname = \"synic\"\npackage = \"synic\"\npriority = 230\n\
+             hypervisor = true\nserves = [\"synic\"]\n\n\
+             [[component]]\nname = \"vmbus\"\npackage = \"vmbus\"\npriority = 200\nserves = [\"bus\"]\n\n\
+             [[protocol]]\nname = \"synic\"\nrust = \"vmbus_ipc::synic::Synic\"\n\n\
+             [[protocol]]\nname = \"bus\"\nrust = \"vmbus_ipc::bus::Bus\"\n\n\
+             [vmbus]\nmanager = \"vmbus\"\nsynic = \"synic\"\n\n\
+             [[driver]]\nname = \"kvp\"\npackage = \"vsc-kvp\"\npriority = 150\n\
+             classes = [\"{class}\"]\nring_out = 8192\nring_in = 8192\n"
         )
     };
     let layout = sysdesc::compile_str(
