@@ -592,12 +592,13 @@ mod tests {
     #[test]
     fn a_request_sent_to_the_wrong_server_is_refused_not_misread() {
         use component_api::{decode_request, protocol::encode, Refusal};
-        // Untagged, the bus's `Device { index: 3 }` reads as synic's `Status`.
+        // Untagged, the bus's `Device { index: 3 }` reads as synic's
+        // `Opening { relid: 3 }`: a valid request of another protocol.
         let device = bus::Request::Device { index: 3 };
         let raw = postcard::to_allocvec(&device).unwrap();
         assert_eq!(
             postcard::from_bytes::<synic::Request>(&raw).unwrap(),
-            synic::Request::Status
+            synic::Request::Opening { relid: 3 }
         );
         let mut buffer = [0u8; 64];
         let used = encode::<bus::Bus, _>(&mut buffer, &device).unwrap();
