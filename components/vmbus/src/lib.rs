@@ -41,11 +41,11 @@
 //! What it writes: messages to the host (through synic), the `synic`
 //! bindings, its VSCs' ring regions (zeroed between lives), the console.
 //!
-//! Where: [`negotiation`] (contact, versions, Unload), [`host_messages`]
-//! (the synic queue, each host message, our posts), [`channel_engine`]
-//! (each channel's steps towards open or closed), [`supervision`] (VSC
-//! faults and restarts), [`service`] (the `bus` protocol, what drivers are
-//! told, the status rows) and [`status`] (the table's text); the state and
+//! Where: `negotiation` (contact, versions, Unload), `host_messages`
+//! (the synic queue, each host message, our posts), `channel_engine`
+//! (each channel's steps towards open or closed), `supervision` (VSC
+//! faults and restarts), `service` (the `bus` protocol, what drivers are
+//! told, the status rows) and `status` (the table's text); the state and
 //! the component's entry points are here.
 #![no_std]
 #![forbid(unsafe_code)]
