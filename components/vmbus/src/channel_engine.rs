@@ -1,0 +1,280 @@
+//! The channel engine: each driver's channel moves towards open or closed
+//! one confirmed step at a time (ring GPADL, OpenChannel, bind at synic,
+//! close, teardown).
+
+use super::*;
+
+impl Vmbus {
+    /// Move driver `d`'s channel one confirmed step at a time towards its
+    /// goal (open, or closed and released), until it must wait for the host.
+    pub(crate) fn reconcile(&mut self, env: &mut dyn Env, d: usize) {
+        for _ in 0..16 {
+            match self.step(env, d) {
+                Step::Again => continue,
+                Step::Wait => break,
+            }
+        }
+        self.maybe_unload(env);
+    }
+
+    pub(crate) fn step(&mut self, env: &mut dyn Env, d: usize) -> Step {
+        let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
+        let recovering = self.drivers[d].recovering;
+        let Some(channel) = self.drivers[d].channel.as_ref() else {
+            if recovering {
+                self.finish_recovery(env, d);
+            }
+            return Step::Wait;
+        };
+        let relid = channel.offer.relid;
+        let goal_open = channel.want_open
+            && channel.failed.is_none()
+            && !channel.rescinded
+            && !recovering
+            && !unloading;
+        if goal_open {
+            let Some(gpadl_id) = channel.gpadl else {
+                return self.create_ring_gpadl(env, d);
+            };
+            match self.gpadls.state(gpadl_id) {
+                Some(GpadlState::Created) => {}
+                Some(_) => return Step::Wait,
+                None => {
+                    self.channel_mut(d).gpadl = None;
+                    return Step::Again;
+                }
+            }
+            if !channel.open {
+                if channel.open_pending.is_none() {
+                    self.send_open(env, d, gpadl_id);
+                }
+                return Step::Wait;
+            }
+            if !channel.bound {
+                return self.bind(env, d);
+            }
+            return Step::Wait;
+        }
+        // Closing: undo in reverse order, each step confirmed.
+        if channel.bound {
+            let unbind = synic::Request::Unbind { relid };
+            if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
+                println!(env, "unbinding relid {} failed: {:?}", relid, error);
+            }
+            self.channel_mut(d).bound = false;
+            return Step::Again;
+        }
+        if channel.open_pending.is_some() {
+            // The result decides whether there is anything to close.
+            return Step::Wait;
+        }
+        if channel.open {
+            if !channel.rescinded {
+                let mut close = CloseChannel::empty();
+                close.child_relid = relid.into();
+                self.post_control(env, close.as_bytes());
+            }
+            self.channel_mut(d).open = false;
+            return Step::Again;
+        }
+        if let Some(gpadl_id) = channel.gpadl {
+            match self.gpadls.state(gpadl_id) {
+                Some(GpadlState::Created) => {
+                    match self.gpadls.begin_teardown(gpadl_id) {
+                        Ok(teardown) => self.post_control(env, teardown.as_bytes()),
+                        Err(error) => println!(env, "GPADL {} teardown: {:?}", gpadl_id, error),
+                    }
+                    return Step::Wait;
+                }
+                Some(_) => return Step::Wait,
+                None => {
+                    self.channel_mut(d).gpadl = None;
+                    return Step::Again;
+                }
+            }
+        }
+        // Quiescent: the host holds nothing of this channel any more.
+        if self.drivers[d].ring_dirty {
+            self.zero_ring(env, d);
+        }
+        if self.channel_mut(d).rescinded {
+            let mut released = RelIdReleased::empty();
+            released.child_relid = relid.into();
+            self.post_control(env, released.as_bytes());
+            println!(env, "relid {} released", relid);
+            let driver = &mut self.drivers[d];
+            driver.channel = None;
+            driver.last_rescinded = true;
+            if let Some(offer) = driver.next_offer.take() {
+                self.adopt(d, offer);
+            }
+            return Step::Again;
+        }
+        if recovering {
+            self.finish_recovery(env, d);
+            return Step::Again;
+        }
+        Step::Wait
+    }
+
+    pub(crate) fn channel_mut(&mut self, d: usize) -> &mut ChannelRecord {
+        self.drivers[d]
+            .channel
+            .as_mut()
+            .expect("only called while the driver has a channel")
+    }
+
+    pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize) -> Step {
+        let wiring = self.drivers[d].wiring;
+        let relid = self.channel_mut(d).offer.relid;
+        let ring = wiring.ring.map(|r| env.region(r));
+        let Some((ring_gpa, ring_len)) = ring.and_then(|r| Some((r.guest_physical()?, r.len())))
+        else {
+            println!(env, "{}: its ring region is not host visible", wiring.name);
+            self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+            return Step::Again;
+        };
+        let pages = ring_len / PAGE;
+        if !ring_gpa.is_multiple_of(PAGE as u64)
+            || !ring_len.is_multiple_of(PAGE)
+            || !(4..=MAX_RING_PAGES).contains(&pages)
+        {
+            println!(
+                env,
+                "{}: ring region of {} bytes at {:#x} unusable", wiring.name, ring_len, ring_gpa
+            );
+            self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+            return Step::Again;
+        }
+        let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
+        for page in 0..pages {
+            let _ = pfns.push((ring_gpa >> 12) + page as u64);
+        }
+        let gpadl_id = match self.gpadls.allocate(relid) {
+            Ok(id) => id,
+            Err(error) => {
+                println!(env, "{}: no GPADL id: {:?}", wiring.name, error);
+                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                return Step::Again;
+            }
+        };
+        let messages = match GpadlMessages::for_pages(relid, gpadl_id, &pfns) {
+            Ok(messages) => messages,
+            Err(error) => {
+                println!(env, "{}: GPADL: {:?}", wiring.name, error);
+                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                return Step::Again;
+            }
+        };
+        self.channel_mut(d).gpadl = Some(gpadl_id);
+        self.drivers[d].ring_dirty = true;
+        for message in messages {
+            self.post_control(env, message.as_bytes());
+        }
+        Step::Wait
+    }
+
+    pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, gpadl_id: u32) {
+        let ring_len = self.drivers[d]
+            .wiring
+            .ring
+            .map_or(0, |r| env.region(r).len());
+        let out_bytes = self.drivers[d].wiring.ring_out_bytes.min(ring_len);
+        let open_id = self.next_open_id;
+        self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
+        let channel = self.channel_mut(d);
+        let mut open = OpenChannel::empty();
+        open.child_relid = channel.offer.relid.into();
+        open.open_id = open_id.into();
+        open.ring_gpadl_id = gpadl_id.into();
+        open.target_vp = 0.into();
+        open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
+        open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
+        channel.open_pending = Some(open_id);
+        let relid = channel.offer.relid;
+        // The host may signal the channel before its OpenResult: synic
+        // then knows those events are early, not stray.
+        let opening = synic::Request::Opening { relid };
+        if let Err(error) = channels::SYNIC_CALL.call(env, &opening) {
+            println!(
+                env,
+                "telling synic relid {} opens failed: {:?}", relid, error
+            );
+        }
+        self.post_control(env, open.as_bytes());
+    }
+
+    pub(crate) fn bind(&mut self, env: &mut dyn Env, d: usize) -> Step {
+        let name = self.drivers[d].wiring.name;
+        let channel = self.channel_mut(d);
+        let (relid, connection_id) = (channel.offer.relid, channel.offer.connection_id);
+        let request = synic::Request::Bind {
+            relid,
+            connection_id,
+            driver: self.drivers[d].wiring.id,
+        };
+        match channels::SYNIC_CALL.call(env, &request) {
+            Ok(synic::Reply::Done) => {
+                self.channel_mut(d).bound = true;
+                let now = env.now_ns();
+                match self.drivers[d].faulted_at_ns.take() {
+                    Some(at) => println!(
+                        env,
+                        "relid {} ({}) open again {} ms after its fault",
+                        relid,
+                        name,
+                        now.saturating_sub(at) / 1_000_000
+                    ),
+                    None => println!(env, "relid {} ({}) open", relid, name),
+                }
+                self.drivers[d].generation = self.drivers[d].generation.wrapping_add(1);
+                Step::Wait
+            }
+            other => {
+                println!(
+                    env,
+                    "synic refused to bind relid {} to {}: {:?}", relid, name, other
+                );
+                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                Step::Again
+            }
+        }
+    }
+
+    pub(crate) fn zero_ring(&mut self, env: &mut dyn Env, d: usize) {
+        if let Some(ring) = self.drivers[d].wiring.ring {
+            clear(env.region(ring));
+        }
+        self.drivers[d].ring_dirty = false;
+    }
+
+    // ---- supervision ----
+}
+
+pub(crate) enum Step {
+    Again,
+    Wait,
+}
+
+/// Zero a region (a VSC's rings between lives).
+pub(crate) fn clear(region: Region) {
+    let zeros = [0u8; 512];
+    let mut offset = 0;
+    while offset < region.len() {
+        let count = zeros.len().min(region.len() - offset);
+        let _ = region.write_bulk(offset, &zeros[..count]);
+        offset += count;
+    }
+}
+
+/// An open that will not be bound (it failed, or the channel was rescinded
+/// first): synic stops treating the relid's events as early.
+pub(crate) fn end_opening(env: &mut dyn Env, relid: u32) {
+    let unbind = synic::Request::Unbind { relid };
+    if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
+        println!(
+            env,
+            "ending the opening of relid {} failed: {:?}", relid, error
+        );
+    }
+}

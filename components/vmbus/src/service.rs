@@ -1,0 +1,238 @@
+//! What the bus manager serves: the `bus` protocol to the drivers and
+//! clients, the status view's rows, and what each driver is told after an
+//! event.
+
+use super::*;
+
+impl Vmbus {
+    pub(crate) fn presented(&self, d: usize) -> ChannelState {
+        let driver = &self.drivers[d];
+        if driver.held {
+            return ChannelState::Held;
+        }
+        let Some(channel) = driver.channel.as_ref() else {
+            return if driver.last_rescinded {
+                ChannelState::Rescinded
+            } else {
+                ChannelState::NotOffered
+            };
+        };
+        if channel.rescinded {
+            return ChannelState::Rescinded;
+        }
+        let busy = channel.open || channel.open_pending.is_some() || channel.gpadl.is_some();
+        let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
+        if driver.recovering {
+            return ChannelState::Closing;
+        }
+        if channel.want_open && channel.failed.is_none() && !unloading {
+            return if channel.open && channel.bound {
+                ChannelState::Open
+            } else {
+                ChannelState::Opening
+            };
+        }
+        if busy {
+            return ChannelState::Closing;
+        }
+        match channel.failed {
+            Some(status) => ChannelState::Failed { status },
+            None => ChannelState::Offered,
+        }
+    }
+
+    pub(crate) fn channel_info(&self, d: usize) -> ChannelInfo {
+        let driver = &self.drivers[d];
+        let channel = driver.channel.as_ref();
+        ChannelInfo {
+            state: self.presented(d),
+            class: channel.map_or(
+                driver
+                    .wiring
+                    .classes
+                    .first()
+                    .map_or([0; 16], |(class, _)| *class),
+                |c| c.offer.class,
+            ),
+            instance: channel.map_or([0; 16], |c| c.offer.instance),
+            relid: channel.map_or(0, |c| c.offer.relid),
+            connection_id: channel.map_or(0, |c| c.offer.connection_id),
+            user_defined: channel
+                .map(|c| c.offer.user_defined.clone())
+                .unwrap_or_default(),
+            vmbus_version: self.version.map_or(0, |v| v.0),
+            generation: driver.generation,
+        }
+    }
+
+    pub(crate) fn device_status(&self, index: usize) -> Option<DeviceStatus> {
+        if let Some(driver) = self.drivers.get(index) {
+            let info = self.channel_info(index);
+            let (framework, message) = driver.versions.unwrap_or(((0, 0), (0, 0)));
+            return Some(DeviceStatus {
+                driver: heapless::String::try_from(driver.wiring.name).unwrap_or_default(),
+                class: info.class,
+                instance: info.instance,
+                relid: info.relid,
+                state: info.state,
+                vmbus_version: info.vmbus_version,
+                framework_version: framework,
+                message_version: message,
+                restarts: driver.restarts,
+            });
+        }
+        let offer = self.unclaimed.get(index - self.drivers.len())?;
+        Some(DeviceStatus {
+            driver: heapless::String::try_from("-").unwrap_or_default(),
+            class: offer.class,
+            instance: offer.instance,
+            relid: offer.relid,
+            state: ChannelState::Offered,
+            vmbus_version: self.version.map_or(0, |v| v.0),
+            framework_version: (0, 0),
+            message_version: (0, 0),
+            restarts: 0,
+        })
+    }
+
+    pub(crate) fn device_count(&self) -> usize {
+        self.drivers.len() + self.unclaimed.len()
+    }
+
+    /// Tell each VSC whose view changed, then print the status view if it is
+    /// worth printing: once every offered device is open, and after that
+    /// whenever something changed and no channel is mid-transition.
+    pub(crate) fn publish(&mut self, env: &mut dyn Env) {
+        for d in 0..self.drivers.len() {
+            let view = (self.presented(d), self.drivers[d].generation);
+            if self.drivers[d].published != Some(view) {
+                self.drivers[d].published = Some(view);
+                env.notify(self.drivers[d].wiring.event);
+                self.status_dirty = true;
+                if self.all_open_once {
+                    self.state_changed_after_all_open = true;
+                }
+            }
+        }
+        if !self.status_dirty {
+            return;
+        }
+        let states = || (0..self.drivers.len()).map(|d| self.presented(d));
+        let settled = states().all(|s| !matches!(s, ChannelState::Opening | ChannelState::Closing));
+        let offered = self.drivers.iter().filter(|d| d.channel.is_some()).count();
+        let all_open = self.phase == Phase::Running
+            && offered > 0
+            && (0..self.drivers.len()).all(|d| {
+                self.drivers[d].channel.is_none() || self.presented(d) == ChannelState::Open
+            });
+        if all_open && !self.all_open_once {
+            self.all_open_once = true;
+            let elapsed = env.now_ns().saturating_sub(self.started_ns);
+            println!(
+                env,
+                "all {} offered devices open {} ms after vmbus started",
+                offered,
+                elapsed / 1_000_000
+            );
+        }
+        // The first view waits for the VSCs' version reports (they follow
+        // the open within moments) unless a channel changes state first.
+        let versions_known = (0..self.drivers.len())
+            .all(|d| self.presented(d) != ChannelState::Open || self.drivers[d].versions.is_some());
+        let worth_printing =
+            self.view_printed || versions_known || self.state_changed_after_all_open;
+        if settled && self.all_open_once && worth_printing {
+            self.view_printed = true;
+            self.status_dirty = false;
+            self.print_status(env);
+        }
+    }
+
+    pub(crate) fn print_status(&self, env: &mut dyn Env) {
+        let rows = (0..self.device_count()).filter_map(|i| self.device_status(i));
+        status::print(env, self.version, rows);
+        if let Ok(synic::Reply::Status(counters)) =
+            channels::SYNIC_CALL.call(env, &synic::Request::Status)
+        {
+            println!(
+                env,
+                "synic: {} messages in, {} posted, {} channel events ({} before open), {} signals ({} refused, {} after close), {} stray events",
+                counters.messages_received,
+                counters.messages_posted,
+                counters.events_delivered,
+                counters.early_events,
+                counters.signals_sent,
+                counters.signals_refused,
+                counters.signals_after_unbind,
+                counters.stray_events
+            );
+        }
+        println!(
+            env,
+            "vmbus: {} host messages, {} rejected", self.counters.messages, self.counters.rejected
+        );
+    }
+
+    pub(crate) fn serve(
+        &mut self,
+        env: &mut dyn Env,
+        caller: Caller,
+        request: bus::Request,
+    ) -> bus::Reply {
+        let driver = self
+            .drivers
+            .iter()
+            .position(|d| d.wiring.call == caller.channel());
+        let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
+        match (request, driver) {
+            (bus::Request::Device { index }, _) => match self.device_status(index as usize) {
+                Some(row) => bus::Reply::Device(row),
+                None => bus::Reply::NoSuchDevice,
+            },
+            (bus::Request::Unload { power_off_code }, _) => {
+                self.start_unload(env, power_off_code);
+                bus::Reply::Accepted
+            }
+            (_, None) => bus::Reply::Refused(bus::Refusal::NotADriver),
+            (bus::Request::Query, Some(d)) => bus::Reply::Channel(self.channel_info(d)),
+            (bus::Request::ReportVersions { framework, message }, Some(d)) => {
+                if self.drivers[d].versions != Some((framework, message)) {
+                    self.drivers[d].versions = Some((framework, message));
+                    println!(
+                        env,
+                        "{}: framework {}.{}, message {}.{}",
+                        self.drivers[d].wiring.name,
+                        framework.0,
+                        framework.1,
+                        message.0,
+                        message.1
+                    );
+                    self.status_dirty = true;
+                }
+                bus::Reply::Accepted
+            }
+            (_, Some(_)) if unloading => bus::Reply::Refused(bus::Refusal::Unavailable),
+            (bus::Request::Open { user_data }, Some(d)) => {
+                match self.presented(d) {
+                    ChannelState::Offered | ChannelState::Failed { .. } => {}
+                    _ => return bus::Reply::Refused(bus::Refusal::WrongState),
+                }
+                let channel = self.channel_mut(d);
+                channel.want_open = true;
+                channel.failed = None;
+                channel.user_data = user_data;
+                self.reconcile(env, d);
+                bus::Reply::Accepted
+            }
+            (bus::Request::Close, Some(d)) => {
+                match self.presented(d) {
+                    ChannelState::Open | ChannelState::Opening => {}
+                    _ => return bus::Reply::Refused(bus::Refusal::WrongState),
+                }
+                self.channel_mut(d).want_open = false;
+                self.reconcile(env, d);
+                bus::Reply::Accepted
+            }
+        }
+    }
+}
