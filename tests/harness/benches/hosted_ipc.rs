@@ -5,7 +5,7 @@
 //! (release build). Measured, in interleaved rounds:
 //! - notification round trip: notify `ping`, wait for the echo's `ping`;
 //! - protected-call round trip: an 8-byte call echoed back;
-//! - SPSC queue throughput in a shared region (`platform/spsc-queue`,
+//! - SPSC queue throughput in a shared region (`platform/api/spsc-queue`,
 //!   with signal suppression), the echo producing, the bench consuming,
 //!   for several message sizes.
 //!

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz [--seconds N] [--target NAME]`: coverage-guided fuzzing
-//! of the VMBus parsers (platform/vmbus-protocol/fuzz) with libFuzzer.
+//! of the VMBus parsers (platform/vmbus/vmbus-protocol/fuzz) with libFuzzer.
 //!
 //! Stable Rust only: the fuzz crate links libFuzzer through `libfuzzer-sys`
 //! (built from source with the system C++ compiler) and is compiled with
@@ -61,7 +61,7 @@ pub fn run(args: &[String]) -> Result {
             ));
         }
     }
-    let fuzz_dir = workspace_root().join("platform/vmbus-protocol/fuzz");
+    let fuzz_dir = workspace_root().join("platform/vmbus/vmbus-protocol/fuzz");
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))

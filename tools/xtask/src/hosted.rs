@@ -1,6 +1,6 @@
 //! `cargo xtask hosted [path/to/system.toml] [--release] [--host PROGRAM |
 //! --host-socket PATH] [--host-arg ARG]..`: run a system as Linux
-//! processes on the hosted runtime (`platform/hosted-runtime`).
+//! processes on the hosted runtime (`platform/hosted/hosted-runtime`).
 //!
 //! Validates the description (errors with file:line:col), builds each
 //! component's host binary with that description's identifiers, starts

@@ -37,7 +37,7 @@ pub struct ImageSpec {
     pub host_script: Option<PathBuf>,
     /// The capability audit's negative test: the root task grants one
     /// extra cap or frame (`ROOTTASK_AUDIT_TEST_GRANT`, see
-    /// `platform/roottask/build.rs`). `None` for every real image.
+    /// `platform/sel4/roottask/build.rs`). `None` for every real image.
     pub audit_test_grant: Option<&'static str>,
 }
 
@@ -98,7 +98,7 @@ pub fn run(args: &[String]) -> Result {
 }
 
 fn cargo_for_sel4(spec: &ImageSpec) -> Command {
-    let link_script = workspace_root().join("platform/sel4-runtime/link.ld");
+    let link_script = workspace_root().join("platform/sel4/sel4-runtime/link.ld");
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .current_dir(workspace_root())
@@ -153,7 +153,7 @@ fn check_sel4_entry_points(packages: &[&str]) -> Result {
     Err(format!(
         "component(s) without an seL4 entry point: {}. Add to src/main.rs \
          `#[cfg(target_os = \"none\")] sel4_runtime::component_main!(crate_name::Type);` and to \
-         Cargo.toml `[target.'cfg(target_os = \"none\")'.dependencies] sel4-runtime = {{ path = \"../../platform/sel4-runtime\" }}`",
+         Cargo.toml `[target.'cfg(target_os = \"none\")'.dependencies] sel4-runtime = {{ path = \"../../platform/sel4/sel4-runtime\" }}`",
         missing.join(", ")
     ))
 }

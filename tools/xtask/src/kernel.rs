@@ -1,5 +1,5 @@
 //! Build the seL4 5.0.0 kernel from the source vendored in crates.io's
-//! `sel4-sys` 0.0.28 (see `platform/sel4-kernel-source/`).
+//! `sel4-sys` 0.0.28 (see `platform/sel4/sel4-kernel-source/`).
 //!
 //! The registry copy is never modified: it is copied into
 //! `<target>/sel4/kernel-<hash>/src`, `autoconf.h` is written over the
@@ -34,7 +34,7 @@ pub fn target_dir() -> PathBuf {
 
 /// The folder of the fetch-only manifest that pins the kernel source.
 pub fn kernel_source_manifest_dir() -> PathBuf {
-    workspace_root().join("platform/sel4-kernel-source")
+    workspace_root().join("platform/sel4/sel4-kernel-source")
 }
 
 /// Where cargo unpacked `sel4-sys` (fetching it if needed): the seL4 tree

@@ -147,7 +147,7 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// `AUDIT_FAILED_CODE` in `platform/roottask/src/boot.rs`.
+/// `AUDIT_FAILED_CODE` in `platform/sel4/roottask/src/boot.rs`.
 const AUDIT_FAILED_CODE: i32 = 0x7d;
 
 /// A line that shows the PDs were started.

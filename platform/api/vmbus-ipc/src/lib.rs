@@ -1,0 +1,650 @@
+//! The IPC interfaces of the VMBus components, as postcard-encoded enums.
+//!
+//! These are the contracts between separately isolated components; each
+//! side decodes what it receives and refuses what does not decode. Nothing
+//! here comes from the host: host data is parsed by `vmbus-protocol` inside
+//! the component that received it, and only validated values cross IPC.
+//!
+//! - [`hypervisor`]: what `synic` sends to the hypervisor boundary.
+//!
+//! Who talks to whom (priorities rise in this order, calls go upwards):
+//! clients -> VSCs -> vmbus -> synic -> the hypervisor (hvsim in test images).
+//! - [`synic`]: served by `synic`; called by `vmbus` (post messages, bind
+//!   channels) and by each VSC (signal the host for its own channel).
+//! - [`bus`]: served by `vmbus`; called by VSCs (query the offer, open,
+//!   close, report versions) and by clients (status view, unload).
+//! - [`shutdown`], [`timesync`], [`kvp`]: served by those VSCs; called by
+//!   clients.
+//!
+//! Control messages travel from `synic` to `vmbus` through an SPSC queue
+//! (`platform/api/spsc-queue`) in the region `synic_messages`: each queue entry
+//! is one whole 256-byte message slot as synic copied it out of the SIMP
+//! page, slot size [`MESSAGE_SLOT_BYTES`] + the queue's length word.
+#![no_std]
+#![forbid(unsafe_code)]
+// These enums live briefly on the stack around an encode or decode; boxing
+// the large variants would need an allocator for no gain.
+#![allow(clippy::large_enum_variant)]
+
+use component_api::Protocol;
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+/// Bytes of one synic message slot (hv_message).
+pub const MESSAGE_SLOT_BYTES: usize = 256;
+/// The queue slot size for the synic -> vmbus message queue.
+pub const MESSAGE_QUEUE_SLOT: usize = 264;
+/// The largest payload of a posted message (HvPostMessage).
+pub const MAX_POST_PAYLOAD: usize = 240;
+/// Component names (the system description's limit).
+pub type Name = String<32>;
+/// A GUID in standard (RFC 4122, big-endian) byte order.
+pub type Guid = [u8; 16];
+
+/// A VMBus driver of the system, by its position among the description's
+/// `[[driver]]`s: the bus manager and synic get the same generated table
+/// (`drivers::DRIVERS`), so this is how they name a driver to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DriverId(pub u8);
+
+// A VSC's ring region holds the guest-to-host ("out") ring first, then the
+// host-to-guest ("in") ring, each starting with its 4 KiB control page;
+// their sizes are the driver's `ring_out` and `ring_in` (generated into
+// the bus manager's `drivers::DRIVERS` and the driver's `driver` module).
+// The bus manager passes the out ring's pages as the downstream offset.
+
+/// The hypervisor interface as an IPC protocol: what `synic` sends on its
+/// `hypervisor` call end. The server is the simulated host's PD in a test
+/// image, the hosted runtime's transport client when hosted (it translates
+/// these into the records of `docs/hypervisor-transport.md`), or a
+/// kernel-extension proxy on real Hyper-V. The synic interrupt arrives as a
+/// notification on synic's `hypervisor_interrupt` end.
+pub mod hypervisor {
+    use super::*;
+
+    /// The hypervisor interface protocol (`protocol = "hypervisor"`).
+    pub struct Hypervisor;
+
+    impl Protocol for Hypervisor {
+        const NAME: &'static str = "hypervisor";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] =
+            &["msr_read", "msr_write", "hypercall", "end_of_interrupt"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::MsrRead { .. } => 0,
+                Request::MsrWrite { .. } => 1,
+                Request::Hypercall { .. } => 2,
+                Request::EndOfInterrupt => 3,
+            }
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        MsrRead {
+            msr: u32,
+        },
+        MsrWrite {
+            msr: u32,
+            value: u64,
+        },
+        /// RCX = control, RDX = input (GPA or fast value), R8 = output.
+        Hypercall {
+            control: u64,
+            input: u64,
+            output: u64,
+        },
+        /// End of the synic interrupt in service (not needed with auto-EOI).
+        EndOfInterrupt,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        /// An MSR's value, or a hypercall's result value (RAX).
+        Value(u64),
+        Done,
+        /// The processor would have raised #GP.
+        GeneralProtection,
+        /// The processor would have raised #UD.
+        InvalidOpcode,
+    }
+}
+
+pub mod synic {
+    use super::*;
+
+    /// What `synic` serves (`protocol = "synic"`).
+    pub struct Synic;
+
+    impl Protocol for Synic {
+        const NAME: &'static str = "synic";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &[
+            "post_message",
+            "bind",
+            "unbind",
+            "signal_host",
+            "status",
+            "opening",
+        ];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::PostMessage { .. } => 0,
+                Request::Bind { .. } => 1,
+                Request::Unbind { .. } => 2,
+                Request::SignalHost { .. } => 3,
+                Request::Status => 4,
+                Request::Opening { .. } => 5,
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// vmbus: HvPostMessage of a VMBus message (type 1) to `connection_id`.
+        PostMessage {
+            connection_id: u32,
+            payload: Vec<u8, MAX_POST_PAYLOAD>,
+        },
+        /// vmbus: the events of `relid` go to the VSC `driver`, which may
+        /// then signal `connection_id`.
+        Bind {
+            relid: u32,
+            connection_id: u32,
+            driver: DriverId,
+        },
+        /// vmbus: forget a relid (rescind, close, restart).
+        Unbind { relid: u32 },
+        /// A VSC: signal the host for its channel (HvSignalEvent). Refused
+        /// unless `connection_id` is bound to this caller; answered
+        /// [`Reply::ChannelClosed`] if it was until an `Unbind`.
+        SignalHost { connection_id: u32 },
+        /// vmbus: an OpenChannel for `relid` goes out now. The host may
+        /// signal the channel before its OpenResult arrives (the protocol
+        /// allows it): such events are early, not stray, and the VSC is
+        /// told at `Bind`. Ends at `Bind` or `Unbind` of the relid (vmbus
+        /// sends `Unbind` when the open fails or the offer is rescinded
+        /// first).
+        Opening { relid: u32 },
+        /// vmbus: counters for the status view.
+        Status,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Done,
+        /// The hypercall's status code when it was not success (e.g.
+        /// InsufficientBuffers 0x13: retry later; InvalidConnectionId 0x12).
+        HypercallFailed {
+            status: u16,
+        },
+        Status(Status),
+        /// SignalHost for a channel vmbus has just unbound (rescinded,
+        /// closed or restarting): nothing was signalled, and that is
+        /// expected; the VSC hears about the channel from vmbus.
+        ChannelClosed,
+    }
+
+    /// The status of a hypercall the hypervisor interface could not make
+    /// (it raised #GP/#UD, or synic is not enabled). Not an `HV_STATUS`.
+    pub const STATUS_NO_HYPERCALL: u16 = 0xFFFF;
+
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Status {
+        /// VMBus messages copied out of the SINT2 slot and queued for vmbus.
+        pub messages_received: u32,
+        pub messages_posted: u32,
+        /// Channel events passed on to the VSC bound to the relid.
+        pub events_delivered: u32,
+        pub signals_sent: u32,
+        pub signals_refused: u32,
+        pub bound_channels: u8,
+        /// Event-flag bits set for relids no VSC is bound to and none
+        /// is opening (cleared).
+        pub stray_events: u32,
+        /// Event-flag bits set for a relid between `Opening` and `Bind`
+        /// (cleared; the VSC is notified at `Bind`).
+        pub early_events: u32,
+        /// SignalHost calls for a channel unbound since (answered
+        /// `ChannelClosed`, not counted as refused).
+        pub signals_after_unbind: u32,
+        /// Slot messages that were not VMBus messages (cleared, not queued).
+        pub messages_dropped: u32,
+        /// Times a message had to wait in its slot for queue space.
+        pub queue_full_waits: u32,
+        /// EOM writes (a message was pending behind the one consumed).
+        pub eoms: u32,
+        /// Hypercalls that returned a failure status.
+        pub hypercall_failures: u32,
+    }
+}
+
+pub mod bus {
+    use super::*;
+
+    /// What the bus manager serves (`protocol = "bus"`).
+    pub struct Bus;
+
+    impl Protocol for Bus {
+        const NAME: &'static str = "bus";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &[
+            "query",
+            "open",
+            "close",
+            "report_versions",
+            "device",
+            "unload",
+        ];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Query => 0,
+                Request::Open { .. } => 1,
+                Request::Close => 2,
+                Request::ReportVersions { .. } => 3,
+                Request::Device { .. } => 4,
+                Request::Unload { .. } => 5,
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// A VSC: what was I offered, and in what state is my channel?
+        Query,
+        /// A VSC: open my channel with the rings in my ring region.
+        Open { user_data: Vec<u8, 120> },
+        /// A VSC: close my channel.
+        Close,
+        /// A VSC: the versions it negotiated with the host, for the status view.
+        ReportVersions {
+            framework: (u16, u16),
+            message: (u16, u16),
+        },
+        /// Anyone with a call channel: one row of the status view.
+        Device { index: u8 },
+        /// A client: close every channel, unload the bus, then power off
+        /// with `power_off_code` if given.
+        Unload { power_off_code: Option<u8> },
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ChannelState {
+        /// No offer for this driver (yet, or any more).
+        NotOffered,
+        Offered,
+        /// GPADL and OpenChannel in flight.
+        Opening,
+        Open,
+        Closing,
+        /// The host rescinded the offer; the VSC must stop using the rings.
+        Rescinded,
+        /// Open failed with this status; the VSC may try `Open` again.
+        Failed {
+            status: u32,
+        },
+        /// Faulted too often: held stopped.
+        Held,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChannelInfo {
+        pub state: ChannelState,
+        pub class: Guid,
+        pub instance: Guid,
+        pub relid: u32,
+        /// Where the VSC signals the host (through synic).
+        pub connection_id: u32,
+        /// The offer's user-defined bytes (pipe mode for integration components).
+        pub user_defined: Vec<u8, 120>,
+        /// The negotiated VMBus protocol version (major << 16 | minor).
+        pub vmbus_version: u32,
+        /// Bumps on every new offer or reopen: a VSC that sees it change
+        /// must reset its ring state.
+        pub generation: u32,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct DeviceStatus {
+        pub driver: Name,
+        pub class: Guid,
+        pub instance: Guid,
+        pub relid: u32,
+        pub state: ChannelState,
+        pub vmbus_version: u32,
+        pub framework_version: (u16, u16),
+        pub message_version: (u16, u16),
+        pub restarts: u32,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Channel(ChannelInfo),
+        Accepted,
+        Device(DeviceStatus),
+        /// `Device { index }` past the last device.
+        NoSuchDevice,
+        Refused(Refusal),
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Refusal {
+        /// The request does not fit the channel's state (e.g. Open while open).
+        WrongState,
+        /// The caller is not a VSC of this bus.
+        NotADriver,
+        /// The host did not answer or the bus is unloading.
+        Unavailable,
+    }
+}
+
+pub mod shutdown {
+    use super::*;
+
+    /// What the shutdown VSC serves its clients (`protocol = "shutdown"`).
+    pub struct Shutdown;
+
+    impl Protocol for Shutdown {
+        const NAME: &'static str = "shutdown";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["pending"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Pending => 0,
+            }
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// Client: is a shutdown pending (the VSC notified us)?
+        Pending,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Kind {
+        PowerOff,
+        Reboot,
+        Hibernate,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        None,
+        Requested {
+            kind: Kind,
+            force: bool,
+            reason: String<64>,
+        },
+    }
+}
+
+pub mod timesync {
+    use super::*;
+
+    /// What the time-sync VSC serves its clients (`protocol = "timesync"`).
+    pub struct TimeSync;
+
+    impl Protocol for TimeSync {
+        const NAME: &'static str = "timesync";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["now"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Now => 0,
+            }
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// Client: the current time as the host last told it.
+        Now,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        NotSynced,
+        Time {
+            /// Host time in 100 ns units since 1601-01-01 UTC at the sample,
+            /// advanced by the guest time elapsed since.
+            now_100ns_since_1601: u64,
+            /// Samples and syncs received.
+            samples: u32,
+            /// Guest monotonic nanoseconds of the last sample.
+            last_sample_ns: u64,
+        },
+    }
+
+    /// 100 ns units between 1601-01-01 and 1970-01-01.
+    pub const UNIX_EPOCH_100NS: u64 = 116_444_736_000_000_000;
+
+    /// A UTC calendar time, for printing.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct CivilTime {
+        pub year: i64,
+        pub month: u8,
+        pub day: u8,
+        pub hour: u8,
+        pub minute: u8,
+        pub second: u8,
+    }
+
+    impl core::fmt::Display for CivilTime {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(
+                f,
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                self.year, self.month, self.day, self.hour, self.minute, self.second
+            )
+        }
+    }
+
+    /// The calendar time of a Windows time (100 ns units since 1601-01-01
+    /// UTC), proleptic Gregorian, leap seconds ignored.
+    pub fn civil_time(time_100ns_since_1601: u64) -> CivilTime {
+        let seconds = time_100ns_since_1601 / 10_000_000;
+        let days = (seconds / 86_400) as i64;
+        let of_day = seconds % 86_400;
+        // Days since 1601-01-01 to days since 0000-03-01 (the era-based
+        // civil-from-days algorithm counts years from March).
+        let z = days + 584_694;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era =
+            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let month_index = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+        let month = if month_index < 10 {
+            month_index + 3
+        } else {
+            month_index - 9
+        };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        CivilTime {
+            year,
+            month: month as u8,
+            day: day as u8,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day / 60 % 60) as u8,
+            second: (of_day % 60) as u8,
+        }
+    }
+}
+
+pub mod kvp {
+    use super::*;
+
+    /// What the KVP VSC serves its clients (`protocol = "kvp"`).
+    pub struct Kvp;
+
+    impl Protocol for Kvp {
+        const NAME: &'static str = "kvp";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["get", "set", "delete", "enumerate"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Get { .. } => 0,
+                Request::Set { .. } => 1,
+                Request::Delete { .. } => 2,
+                Request::Enumerate { .. } => 3,
+            }
+        }
+    }
+
+    /// Key and value limits over IPC (UTF-8 bytes). The wire allows 512
+    /// bytes of UTF-16 key and 2048 of value; longer pairs are refused.
+    pub const MAX_KEY: usize = 128;
+    pub const MAX_VALUE: usize = 512;
+
+    /// The KVP pools (Hyper-V's numbering).
+    pub const POOL_EXTERNAL: u8 = 0;
+    pub const POOL_GUEST: u8 = 1;
+    pub const POOL_AUTO: u8 = 2;
+    pub const POOL_AUTO_EXTERNAL: u8 = 3;
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        Get {
+            pool: u8,
+            key: String<MAX_KEY>,
+        },
+        Set {
+            pool: u8,
+            key: String<MAX_KEY>,
+            value: String<MAX_VALUE>,
+        },
+        Delete {
+            pool: u8,
+            key: String<MAX_KEY>,
+        },
+        /// The `index`th pair of a pool, in insertion order.
+        Enumerate {
+            pool: u8,
+            index: u16,
+        },
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Value(String<MAX_VALUE>),
+        Pair {
+            key: String<MAX_KEY>,
+            value: String<MAX_VALUE>,
+        },
+        Done,
+        NotFound,
+        /// The pool is full or the pool number is unknown.
+        Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The framed size of a message of `P` (header included).
+    fn framed<P: Protocol, T: serde::Serialize>(value: &T) -> Option<usize> {
+        let mut buffer = [0u8; component_api::MAX_MESSAGE];
+        component_api::protocol::encode::<P, T>(&mut buffer, value).ok()
+    }
+
+    #[test]
+    fn the_largest_messages_fit_a_protected_call() {
+        let set = kvp::Request::Set {
+            pool: kvp::POOL_GUEST,
+            key: String::try_from("k".repeat(kvp::MAX_KEY).as_str()).unwrap(),
+            value: String::try_from("v".repeat(kvp::MAX_VALUE).as_str()).unwrap(),
+        };
+        assert!(framed::<kvp::Kvp, _>(&set).is_some());
+        let post = synic::Request::PostMessage {
+            connection_id: 4,
+            payload: Vec::from_slice(&[0xff; MAX_POST_PAYLOAD]).unwrap(),
+        };
+        assert!(framed::<synic::Synic, _>(&post).is_some());
+        let info = bus::Reply::Channel(bus::ChannelInfo {
+            state: bus::ChannelState::Failed { status: u32::MAX },
+            class: [0xff; 16],
+            instance: [0xff; 16],
+            relid: u32::MAX,
+            connection_id: u32::MAX,
+            user_defined: Vec::from_slice(&[0xff; 120]).unwrap(),
+            vmbus_version: u32::MAX,
+            generation: u32::MAX,
+        });
+        assert!(framed::<bus::Bus, _>(&info).is_some());
+    }
+
+    #[test]
+    fn a_request_sent_to_the_wrong_server_is_refused_not_misread() {
+        use component_api::{decode_request, protocol::encode, Refusal};
+        // Untagged, the bus's `Device { index: 3 }` reads as synic's
+        // `Opening { relid: 3 }`: a valid request of another protocol.
+        let device = bus::Request::Device { index: 3 };
+        let raw = postcard::to_allocvec(&device).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<synic::Request>(&raw).unwrap(),
+            synic::Request::Opening { relid: 3 }
+        );
+        let mut buffer = [0u8; 64];
+        let used = encode::<bus::Bus, _>(&mut buffer, &device).unwrap();
+        assert_eq!(
+            decode_request::<synic::Synic>(&buffer[..used]),
+            Err(Refusal::WRONG_PROTOCOL)
+        );
+        assert_eq!(decode_request::<bus::Bus>(&buffer[..used]), Ok(device));
+    }
+
+    #[test]
+    fn every_protocol_has_its_own_tag() {
+        let tags = [
+            hypervisor::Hypervisor::TAG,
+            synic::Synic::TAG,
+            bus::Bus::TAG,
+            shutdown::Shutdown::TAG,
+            timesync::TimeSync::TAG,
+            kvp::Kvp::TAG,
+        ];
+        for (i, a) in tags.iter().enumerate() {
+            for b in &tags[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn windows_times_become_calendar_times() {
+        use timesync::{civil_time, CivilTime, UNIX_EPOCH_100NS};
+        let at = |year, month, day, hour, minute, second| CivilTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        };
+        assert_eq!(civil_time(0), at(1601, 1, 1, 0, 0, 0));
+        assert_eq!(civil_time(UNIX_EPOCH_100NS), at(1970, 1, 1, 0, 0, 0));
+        // 2000-02-29 12:34:56 UTC = Unix 951827696.
+        let leap_day = UNIX_EPOCH_100NS + 951_827_696 * 10_000_000;
+        assert_eq!(civil_time(leap_day), at(2000, 2, 29, 12, 34, 56));
+        // 2026-11-25 00:00:00 UTC = Unix 1795564800.
+        let today = UNIX_EPOCH_100NS + 1_795_564_800 * 10_000_000;
+        assert_eq!(civil_time(today), at(2026, 11, 25, 0, 0, 0));
+        assert!(civil_time(u64::MAX).year > 60_000);
+    }
+}
