@@ -55,7 +55,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     let mut env = EnvDouble::new();
     assert_eq!(env.add_region(8192, true), regions::SYNIC_MESSAGES);
     assert_eq!(
-        env.add_region_with(8192, true, Some(MONITOR_GPA)),
+        env.add_region_address_only(8192, MONITOR_GPA),
         regions::MONITOR_PAGES
     );
     let ring_names = [

@@ -122,6 +122,15 @@ impl EnvDouble {
         name
     }
 
+    /// [`EnvDouble::add_region_over`] granted by address only: the
+    /// component learns the region's guest physical address and size, and
+    /// `region` panics for it.
+    pub fn add_region_address_over(&mut self, region: Region) -> RegionName {
+        let name = self.add_region_over(region);
+        self.regions[name.0 as usize].address_only = true;
+        name
+    }
+
     /// The region as the test sees it (always writable by the test).
     pub fn test_view(&self, name: RegionName) -> Region {
         let region = self.regions[name.0 as usize].region;
