@@ -18,7 +18,9 @@
 
 pub mod expect;
 
-use component_api::{CallError, Channel, Child, Env, Fault, Refusal, Region, RegionAddress, RegionName};
+use component_api::{
+    CallError, Channel, Child, Env, Fault, Refusal, Region, RegionAddress, RegionName,
+};
 use hosted_runtime::{build_components, LaunchOptions};
 pub use hosted_runtime::{Endpoint, Event, FaultRecord, OutputSink, Status, System};
 use std::collections::HashSet;
