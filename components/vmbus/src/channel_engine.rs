@@ -94,9 +94,6 @@ impl Vmbus {
             }
         }
         // Quiescent: the host holds nothing of this channel any more.
-        if self.drivers[d].ring_dirty {
-            self.zero_ring(env, d);
-        }
         if self.channel_mut(d).rescinded {
             let mut released = RelIdReleased::empty();
             released.child_relid = relid.into();
@@ -127,8 +124,10 @@ impl Vmbus {
     pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize) -> Step {
         let wiring = self.drivers[d].wiring;
         let relid = self.channel_mut(d).offer.relid;
-        let ring = wiring.ring.map(|r| env.region(r));
-        let Some((ring_gpa, ring_len)) = ring.and_then(|r| Some((r.guest_physical()?, r.len())))
+        let Some(RegionAddress {
+            guest_physical: ring_gpa,
+            len: ring_len,
+        }) = wiring.ring.and_then(|r| env.region_address(r))
         else {
             println!(env, "{}: its ring region is not host visible", wiring.name);
             self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
@@ -167,7 +166,6 @@ impl Vmbus {
             }
         };
         self.channel_mut(d).gpadl = Some(gpadl_id);
-        self.drivers[d].ring_dirty = true;
         for message in messages {
             self.post_control(env, message.as_bytes());
         }
@@ -178,7 +176,8 @@ impl Vmbus {
         let ring_len = self.drivers[d]
             .wiring
             .ring
-            .map_or(0, |r| env.region(r).len());
+            .and_then(|r| env.region_address(r))
+            .map_or(0, |address| address.len);
         let out_bytes = self.drivers[d].wiring.ring_out_bytes.min(ring_len);
         let open_id = self.next_open_id;
         self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
@@ -241,30 +240,12 @@ impl Vmbus {
         }
     }
 
-    pub(crate) fn zero_ring(&mut self, env: &mut dyn Env, d: usize) {
-        if let Some(ring) = self.drivers[d].wiring.ring {
-            clear(env.region(ring));
-        }
-        self.drivers[d].ring_dirty = false;
-    }
-
     // ---- supervision ----
 }
 
 pub(crate) enum Step {
     Again,
     Wait,
-}
-
-/// Zero a region (a VSC's rings between lives).
-pub(crate) fn clear(region: Region) {
-    let zeros = [0u8; 512];
-    let mut offset = 0;
-    while offset < region.len() {
-        let count = zeros.len().min(region.len() - offset);
-        let _ = region.write_bulk(offset, &zeros[..count]);
-        offset += count;
-    }
 }
 
 /// An open that will not be bound (it failed, or the channel was rescinded

@@ -23,9 +23,9 @@
 //!   confirmed step at a time, so a rescind or fault in the middle of any
 //!   step fails the waiters and never frees a ring the host still holds.
 //! - Supervises the VSCs: on a VSC's fault it unbinds its relid, closes the
-//!   channel, tears the GPADL down, waits for GpadlTorndown, zeroes the
-//!   rings and restarts the VSC, which opens again; after 3 faults within
-//!   10 s it holds the VSC stopped and says so.
+//!   channel, tears the GPADL down, waits for GpadlTorndown and restarts
+//!   the VSC, which zeroes its rings and opens again; after 3 faults
+//!   within 10 s it holds the VSC stopped and says so.
 //! - Prints the status view (like Linux `lsvmbus`) once every offered device
 //!   is open and after each later change, and serves it row by row
 //!   (`bus::Request::Device`).
@@ -39,7 +39,11 @@
 //! VSCs are trusted with nothing but their own channel.
 //!
 //! What it writes: messages to the host (through synic), the `synic`
-//! bindings, its VSCs' ring regions (zeroed between lives), the console.
+//! bindings, the console. It maps no VSC ring: it knows each ring region
+//! only by its guest physical address and size (`rights = "address"`,
+//! from the description through the runtime, never from the VSC), and each
+//! VSC zeroes its own rings before it asks to open (the bus manager
+//! presents a channel as openable only once no GPADL describes them).
 //!
 //! Where: `negotiation` (contact, versions, Unload), `host_messages`
 //! (the synic queue, each host message, our posts), `channel_engine`
@@ -61,7 +65,7 @@ use channel_engine::*;
 use host_messages::*;
 
 use component_api::{
-    println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, Region, RegionName,
+    println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, RegionAddress, RegionName,
 };
 use heapless::{Deque, Vec};
 use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
@@ -120,7 +124,8 @@ struct Wiring {
     call: Channel,
     /// Our notify end to the VSC.
     event: Channel,
-    /// The VSC's ring region as we map it: out ring, then in ring.
+    /// The VSC's ring region, known by address only (not mapped): out
+    /// ring, then in ring.
     ring: Option<RegionName>,
     /// Bytes of the guest-to-host ring (the downstream offset).
     ring_out_bytes: usize,
@@ -174,8 +179,6 @@ struct Driver {
     held: bool,
     /// When the last fault happened (to report how long reopening took).
     faulted_at_ns: Option<u64>,
-    /// A GPADL described the ring since it was last zeroed.
-    ring_dirty: bool,
     versions: Option<((u16, u16), (u16, u16))>,
     /// What the VSC was last told (state, generation).
     published: Option<(ChannelState, u32)>,
@@ -265,7 +268,6 @@ impl Vmbus {
                 hold_after_recovery: false,
                 held: false,
                 faulted_at_ns: None,
-                ring_dirty: false,
                 versions: None,
                 published: None,
             };

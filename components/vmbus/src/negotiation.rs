@@ -7,8 +7,10 @@ impl Vmbus {
     /// host does not have.
     pub(crate) fn negotiate_from(&mut self, env: &mut dyn Env, mut index: usize) {
         let order = negotiation_order(OFFER_6_0);
-        let monitor = env.region(regions::MONITOR_PAGES);
-        let monitor_gpa = monitor.guest_physical().unwrap_or(0);
+        // Known by address only: the host writes them, we never do.
+        let monitor_gpa = env
+            .region_address(regions::MONITOR_PAGES)
+            .map_or(0, |address| address.guest_physical);
         while let Some(&version) = order.get(index) {
             let mut contact = InitiateContact::empty();
             contact.version_requested = version.0.into();

@@ -1,6 +1,7 @@
 //! Supervision of the VSCs: a fault unbinds, closes and tears down the
-//! channel, zeroes the rings and restarts the VSC, or holds it after
-//! repeated faults.
+//! channel and, once the host holds nothing of it, restarts the VSC (which
+//! zeroes its own rings before it opens again), or holds it after repeated
+//! faults.
 
 use super::*;
 
@@ -46,11 +47,6 @@ impl Vmbus {
         let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
         let driver = &mut self.drivers[d];
         driver.recovering = false;
-        // Whatever the old life left in the rings goes (no GPADL holds them).
-        if let Some(ring) = driver.wiring.ring {
-            clear(env.region(ring));
-        }
-        driver.ring_dirty = false;
         if let Some(channel) = driver.channel.as_mut() {
             channel.want_open = false;
             channel.failed = None;

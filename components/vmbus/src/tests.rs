@@ -4,6 +4,7 @@
 extern crate std;
 
 use super::*;
+use component_api::Region;
 use env_double::EnvDouble;
 use spsc_queue::Producer;
 use std::borrow::ToOwned;
@@ -54,7 +55,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     let mut env = EnvDouble::new();
     assert_eq!(env.add_region(8192, true), regions::SYNIC_MESSAGES);
     assert_eq!(
-        env.add_region_with(8192, true, Some(MONITOR_GPA)),
+        env.add_region_address_only(8192, MONITOR_GPA),
         regions::MONITOR_PAGES
     );
     let ring_names = [
@@ -65,7 +66,9 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     ];
     for (i, name) in ring_names.iter().enumerate() {
         let size = if i == 3 { kvp_ring } else { 32768 };
-        assert_eq!(env.add_region_with(size, true, Some(RING_GPAS[i])), *name);
+        // Known by address only, as the description grants it: any
+        // `env.region` of a ring would panic.
+        assert_eq!(env.add_region_address_only(size, RING_GPAS[i]), *name);
     }
     let rings = ring_names.map(|name| env.test_view(name));
     let synic = Rc::new(RefCell::new(FakeSynic::default()));
@@ -693,7 +696,7 @@ fn close_unbinds_closes_and_waits_for_torndown() {
     assert_eq!(byte[0], 0xEE, "the host may still use the ring");
     rig.torndown(gpadl);
     rig.rings[0].read(0, &mut byte).unwrap();
-    assert_eq!(byte[0], 0, "zeroed once the host let go");
+    assert_eq!(byte[0], 0xEE, "the bus manager never writes a ring");
     assert_eq!(rig.state(0), ChannelState::Offered);
     rig.open_fully(0);
 }
@@ -849,7 +852,7 @@ fn offers_arriving_while_running_are_adopted() {
 }
 
 #[test]
-fn a_fault_closes_tears_down_waits_zeroes_and_restarts() {
+fn a_fault_closes_tears_down_waits_and_restarts() {
     let mut rig = Rig::offered();
     let gpadl = rig.open_fully(3);
     rig.rings[3].write(100, &[0xAA; 32]).unwrap();
@@ -875,7 +878,10 @@ fn a_fault_closes_tears_down_waits_zeroes_and_restarts() {
     assert_eq!(rig.env.restarted, [children::KVP]);
     let mut bytes = [0u8; 32];
     rig.rings[3].read(100, &mut bytes).unwrap();
-    assert_eq!(bytes, [0; 32]);
+    assert_eq!(
+        bytes, [0xAA; 32],
+        "the bus manager never writes a ring: the restarted VSC zeroes it"
+    );
     assert_eq!(rig.state(3), ChannelState::Offered);
     // The restarted VSC opens again.
     rig.env.now_ns += 5_000_000;

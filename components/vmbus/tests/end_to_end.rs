@@ -171,12 +171,18 @@ impl Guest {
             let gpa = RINGS + (i * RING_SIZE) as u64;
             rings.push(region(&arena, gpa as usize, RING_SIZE, Some(gpa)));
         }
-        let mut bus_regions = vec![
-            queue_region,
-            region(&arena, MONITOR_PAGES as usize, 8192, Some(MONITOR_PAGES)),
-        ];
-        bus_regions.extend(rings);
-        let mut bus_env = env_over(bus_regions);
+        // As the description grants them: the queue mapped, the monitor
+        // pages and the rings by address only (the bus manager maps none).
+        let mut bus_env = env_over(vec![queue_region]);
+        bus_env.add_region_address_over(region(
+            &arena,
+            MONITOR_PAGES as usize,
+            8192,
+            Some(MONITOR_PAGES),
+        ));
+        for ring in rings {
+            bus_env.add_region_address_over(ring);
+        }
         let served = synic.clone();
         bus_env.on_call(bus_channels::SYNIC_CALL, move |message, reply| {
             let mut guard = served.borrow_mut();

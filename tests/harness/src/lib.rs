@@ -18,7 +18,9 @@
 
 pub mod expect;
 
-use component_api::{CallError, Channel, Child, Env, Fault, Refusal, Region, RegionName};
+use component_api::{
+    CallError, Channel, Child, Env, Fault, Refusal, Region, RegionAddress, RegionName,
+};
 use hosted_runtime::{build_components, LaunchOptions};
 pub use hosted_runtime::{Endpoint, Event, FaultRecord, OutputSink, Status, System};
 use std::collections::HashSet;
@@ -313,6 +315,16 @@ impl Double {
             .region_named(name)
             .unwrap_or_else(|| panic!("{} has no map `{name}`", self.endpoint.name()));
         self.endpoint.region(index)
+    }
+
+    /// Where the granted host-visible region `name` lies (mapped or by
+    /// address only), as the runtime tells the component.
+    pub fn region_address(&self, name: &str) -> Option<RegionAddress> {
+        let index: RegionName = self
+            .endpoint
+            .region_named(name)
+            .unwrap_or_else(|| panic!("{} has no map `{name}`", self.endpoint.name()));
+        self.endpoint.region_address(index)
     }
 
     /// The child index of supervised component `name`.

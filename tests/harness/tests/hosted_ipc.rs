@@ -222,6 +222,24 @@ fn a_double_map_aliases_in_every_process() {
 }
 
 #[test]
+fn a_region_granted_by_address_only_is_known_but_not_mapped() {
+    let harness = start();
+    let driver = harness.double("ht_driver");
+    let address = driver
+        .region_address("visible")
+        .expect("a host-visible region granted by address has one");
+    assert_eq!(address.len, 8192);
+    assert_eq!(address.guest_physical % 4096, 0);
+    // A mapped region the host cannot see has none.
+    assert_eq!(driver.region_address("shared"), None);
+    // Nothing of it is mapped into us: asking for the mapping is a bug.
+    let mapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        driver.region("visible");
+    }));
+    assert!(mapped.is_err(), "an address-only grant must not map");
+}
+
+#[test]
 fn a_supervisor_played_by_the_test_sees_faults_and_restarts() {
     let (harness, mut driver, mut supervisor) = start_supervised_by_the_test();
 

@@ -130,7 +130,9 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
             "    /// region `{}`, {} bytes, {}{}{}",
             region.name,
             region.size,
-            if map.writable {
+            if map.address_only {
+                "not mapped: its guest physical address and size only (`Env::region_address`)"
+            } else if map.writable {
                 "read-write"
             } else {
                 "read-only"
@@ -436,7 +438,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region as we map it: out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n    }}"
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region, known by address only (not mapped): out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n    }}"
         );
         let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
         for (id, driver) in contracts.drivers.iter().enumerate() {

@@ -1,7 +1,10 @@
 //! `[[driver]]` stanzas expanded into what each VMBus driver needs: its
 //! component (supervised by the bus manager), its ring region (host
-//! visible, `ring_out + ring_in` bytes) mapped into the driver as `ring`
-//! and into the bus manager as `<driver>_ring`, its channels to synic
+//! visible, `ring_out + ring_in` bytes) mapped read-write into the driver
+//! as `ring` and granted to the bus manager as `<driver>_ring` by address
+//! only (`rights = "address"`: its guest physical address and size, to
+//! build the GPADL; the bus manager, which parses every host message, has
+//! no mapping of any ring), its channels to synic
 //! (`<driver>` / `synic` notify, `synic_call` -> `<driver>_call`, protocol
 //! `synic`), to the bus manager (`vmbus` -> `<driver>`, protocol `bus`;
 //! `<driver>_event` / `vmbus_event` notify), to each client (`<driver>`
@@ -153,7 +156,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             RawMap {
                 component: driver.name.clone(),
                 region: ring_region.clone(),
-                rights: rw.clone(),
+                rights: rw,
                 double: None,
                 name: Some(text(at, "ring".into())),
             },
@@ -163,7 +166,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             RawMap {
                 component: manager.clone(),
                 region: ring_region,
-                rights: rw,
+                rights: text(at, "address".into()),
                 double: None,
                 name: None,
             },

@@ -38,9 +38,15 @@ pub fn summary(description: &Description) -> String {
             let region = &layout.regions[map.region as usize];
             let _ = writeln!(
                 out,
-                "  region   {:<16} {:<3} {:>8} bytes{}{}{}",
+                "  region   {:<16} {:<7} {:>8} bytes{}{}{}",
                 map.name,
-                if map.writable { "rw" } else { "r" },
+                if map.address_only {
+                    "address"
+                } else if map.writable {
+                    "rw"
+                } else {
+                    "r"
+                },
                 region.size,
                 if map.name != region.name {
                     format!(", region `{}`", region.name)

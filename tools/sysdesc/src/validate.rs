@@ -287,17 +287,44 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                 format!("no region named `{}`", map.region.get_ref()),
             );
         }
-        let writable = match map.rights.get_ref().as_str() {
-            "r" => false,
-            "rw" => true,
+        let (writable, address_only) = match map.rights.get_ref().as_str() {
+            "r" => (false, false),
+            "rw" => (true, false),
+            "address" => (false, true),
             other => {
                 check.error(
                     map.rights.span().start,
-                    format!("rights `{other}` must be \"r\" or \"rw\""),
+                    format!("rights `{other}` must be \"r\", \"rw\" or \"address\""),
                 );
-                false
+                (false, false)
             }
         };
+        let double = map.double.as_ref().is_some_and(|d| *d.get_ref());
+        if address_only {
+            // Only the host has a use for a guest physical address.
+            if let Some(region) = region {
+                let visible = raw.region[region]
+                    .get_ref()
+                    .host_visible
+                    .as_ref()
+                    .is_some_and(|h| *h.get_ref());
+                if !visible {
+                    check.error(
+                        map.rights.span().start,
+                        format!(
+                            "rights \"address\" give a guest physical address: region `{}` is not host visible",
+                            map.region.get_ref()
+                        ),
+                    );
+                }
+            }
+            if double {
+                check.error(
+                    map.rights.span().start,
+                    "rights \"address\" map nothing: it cannot be double mapped",
+                );
+            }
+        }
         let name_text = map.name.as_ref().unwrap_or(&map.region);
         if map.name.is_some() {
             check.check_name(name_text, "map");
@@ -333,8 +360,9 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             name: name_text.get_ref().clone(),
             region: region as u8,
             writable,
-            double: map.double.as_ref().is_some_and(|d| *d.get_ref()),
+            double: double && !address_only,
             vaddr: 0,
+            address_only,
         });
     }
     // The simulated host maps every host-visible region it does not map
@@ -390,6 +418,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                 writable: true,
                 double: false,
                 vaddr: 0,
+                address_only: false,
             });
         }
     }
@@ -899,6 +928,9 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         let mut vaddr = REGION_VADDR_BASE;
         let mut component_maps = maps[index].clone();
         for map in &mut component_maps {
+            if map.address_only {
+                continue;
+            }
             map.vaddr = vaddr;
             let size = *raw.region[map.region as usize].get_ref().size.get_ref() as u64;
             vaddr += size * if map.double { 2 } else { 1 } + PAGE_SIZE;

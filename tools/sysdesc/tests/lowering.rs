@@ -333,6 +333,57 @@ name = "guest_ring"
 "#;
 
 #[test]
+fn the_bus_manager_knows_every_ring_by_address_and_maps_none() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../system.toml");
+    let description = sysdesc::describe_file(&path).unwrap();
+    let layout = &description.layout;
+    let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
+    let drivers = ["heartbeat", "shutdown", "timesync", "kvp"];
+    for driver in drivers {
+        let ring_name = format!("{driver}_ring");
+        let region = layout
+            .regions
+            .iter()
+            .position(|r| r.name == ring_name)
+            .unwrap();
+        assert!(layout.regions[region].host_visible);
+        let held = vmbus
+            .maps
+            .iter()
+            .find(|m| m.region as usize == region)
+            .unwrap_or_else(|| panic!("vmbus is not told where {ring_name} is"));
+        assert!(
+            held.address_only && !held.writable && !held.double && held.vaddr == 0,
+            "{held:?}"
+        );
+        // The driver itself maps it read-write, as its first region.
+        let own = &layout.components[layout.component_index(driver).unwrap()];
+        assert_eq!(own.maps[0].region as usize, region);
+        assert!(own.maps[0].writable && !own.maps[0].address_only);
+    }
+    // Everything vmbus maps is its own queue from synic: no ring of any
+    // driver, and not the monitor pages (it only hands their address to
+    // the host).
+    let mapped: Vec<&str> = vmbus
+        .maps
+        .iter()
+        .filter(|m| !m.address_only)
+        .map(|m| layout.regions[m.region as usize].name.as_str())
+        .collect();
+    assert_eq!(mapped, ["synic_messages"]);
+    let summary = sysdesc::summary(&description);
+    assert!(
+        summary.contains("  region   kvp_ring         address    32768 bytes, host visible\n"),
+        "{summary}"
+    );
+    let ids = sysdesc::generate_ids(&description, "vmbus").unwrap();
+    assert!(
+        ids.contains("not mapped: its guest physical address and size only"),
+        "{ids}"
+    );
+}
+
+#[test]
 fn a_device_class_is_a_hyphenated_guid_in_standard_byte_order() {
     let description = |class: &str| {
         format!(

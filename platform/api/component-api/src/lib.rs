@@ -83,6 +83,16 @@ impl ChannelSet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RegionName(pub u8);
 
+/// Where a host-visible region lies in guest physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionAddress {
+    /// Guest physical address of its first byte (page aligned; its frames
+    /// are contiguous).
+    pub guest_physical: u64,
+    /// Bytes (a multiple of the page size).
+    pub len: usize,
+}
+
 /// An IO-port range granted to this component, by its local index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IoPortName(pub u8);
@@ -182,8 +192,17 @@ pub trait Env {
     /// Acknowledge the IRQ delivered on `channel` so it can fire again.
     fn irq_ack(&mut self, channel: Channel);
 
-    /// A region the description maps into this component.
+    /// A region the description maps into this component. Panics for a
+    /// region granted by address only (`rights = "address"`): nothing of
+    /// it is mapped.
     fn region(&self, region: RegionName) -> Region;
+
+    /// The guest physical address and size of a host-visible region the
+    /// description grants this component, mapped or by address only
+    /// (`rights = "address"`); `None` for a region the host cannot see or
+    /// an index the description does not grant. The address comes from the
+    /// runtime (the root task, the hosted launcher), never from a peer.
+    fn region_address(&self, region: RegionName) -> Option<RegionAddress>;
 
     /// Read `width` (1, 2 or 4) bytes from `offset` within an IO-port range.
     fn ioport_read(&mut self, port: IoPortName, offset: u16, width: u8) -> u32;

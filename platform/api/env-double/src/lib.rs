@@ -9,7 +9,8 @@
 //! `tests/`; this double is for fast, deterministic tests beside the code.
 
 use component_api::{
-    CallError, Channel, Child, Env, IoPortName, Protocol, Region, RegionName, SupervisorError,
+    CallError, Channel, Child, Env, IoPortName, Protocol, Region, RegionAddress, RegionName,
+    SupervisorError,
 };
 use std::collections::HashMap;
 
@@ -33,6 +34,8 @@ struct Backing {
     // Kept alive for the regions that point into it.
     _memory: Vec<u64>,
     region: Region,
+    /// Granted by address only: the component may not map it.
+    address_only: bool,
 }
 
 #[derive(Default)]
@@ -91,6 +94,7 @@ impl EnvDouble {
         self.regions.push(Backing {
             _memory: memory,
             region,
+            address_only: false,
         });
         RegionName((self.regions.len() - 1) as u8)
     }
@@ -103,8 +107,28 @@ impl EnvDouble {
         self.regions.push(Backing {
             _memory: Vec::new(),
             region,
+            address_only: false,
         });
         RegionName((self.regions.len() - 1) as u8)
+    }
+
+    /// A host-visible region granted by address only (`rights =
+    /// "address"`): the component learns `guest_physical` and `len` from
+    /// `region_address`, and `region` panics for it. The memory exists for
+    /// the test (`test_view`), which plays whoever does map it.
+    pub fn add_region_address_only(&mut self, len: usize, guest_physical: u64) -> RegionName {
+        let name = self.add_region_with(len, true, Some(guest_physical));
+        self.regions[name.0 as usize].address_only = true;
+        name
+    }
+
+    /// [`EnvDouble::add_region_over`] granted by address only: the
+    /// component learns the region's guest physical address and size, and
+    /// `region` panics for it.
+    pub fn add_region_address_over(&mut self, region: Region) -> RegionName {
+        let name = self.add_region_over(region);
+        self.regions[name.0 as usize].address_only = true;
+        name
     }
 
     /// The region as the test sees it (always writable by the test).
@@ -186,9 +210,20 @@ impl Env for EnvDouble {
 
     fn region(&self, region: RegionName) -> Region {
         match self.regions.get(region.0 as usize) {
+            Some(backing) if backing.address_only => {
+                panic!("region {} is granted by address only", region.0)
+            }
             Some(backing) => backing.region,
             None => panic!("the test gave the component no region {}", region.0),
         }
+    }
+
+    fn region_address(&self, region: RegionName) -> Option<RegionAddress> {
+        let region = self.regions.get(region.0 as usize)?.region;
+        Some(RegionAddress {
+            guest_physical: region.guest_physical()?,
+            len: region.len(),
+        })
     }
 
     fn ioport_read(&mut self, port: IoPortName, offset: u16, _width: u8) -> u32 {

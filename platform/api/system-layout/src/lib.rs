@@ -98,6 +98,11 @@ pub struct MapLayout {
     pub double: bool,
     /// Virtual address on seL4 (page aligned). The hosted runtime ignores it.
     pub vaddr: u64,
+    /// Nothing is mapped: the component is told only the (host-visible)
+    /// region's guest physical address and size, to describe it to the
+    /// host (the bus manager's view of a driver's rings). `writable` and
+    /// `double` are false and `vaddr` is 0.
+    pub address_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use crate::protocol::{
 };
 use crate::sys::{self, write_all, Received};
 use component_api::{
-    CallError, Channel, ChannelSet, Child, Env, Fault, IoPortName, Refusal, Region, RegionName,
-    SupervisorError, MAX_MESSAGE,
+    CallError, Channel, ChannelSet, Child, Env, Fault, IoPortName, Refusal, Region, RegionAddress,
+    RegionName, SupervisorError, MAX_MESSAGE,
 };
 use std::collections::VecDeque;
 use std::io;
@@ -61,7 +61,7 @@ pub struct Endpoint {
     start_ns: u64,
     control: OwnedFd,
     serial: Option<OwnedFd>,
-    regions: Vec<Region>,
+    regions: Vec<Granted>,
     channels: Vec<Option<ChannelEndState>>,
     ports: Vec<PortRange>,
     output: OutputMode,
@@ -69,6 +69,14 @@ pub struct Endpoint {
     supervisor_reply: Option<bool>,
     launcher_gone: bool,
     call_buffer: Vec<u8>,
+}
+
+/// A region as the description grants it.
+enum Granted {
+    Mapped(Region),
+    /// `rights = "address"`: its guest physical address (if host visible)
+    /// and size, nothing mapped.
+    AddressOnly(Option<RegionAddress>),
 }
 
 fn adopt(fd: i32) -> OwnedFd {
@@ -83,18 +91,27 @@ impl Endpoint {
     pub fn from_handoff(handoff: Handoff, output: OutputMode) -> io::Result<Endpoint> {
         let mut regions = Vec::with_capacity(handoff.maps.len());
         for map in &handoff.maps {
-            let fd = adopt(map.fd);
             let size = usize::try_from(map.size)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+            if map.address_only {
+                regions.push(Granted::AddressOnly(map.guest_physical.map(|gpa| {
+                    RegionAddress {
+                        guest_physical: gpa,
+                        len: size,
+                    }
+                })));
+                continue;
+            }
+            let fd = adopt(map.fd);
             let base = sys::map_shared(&fd, map.offset, size, map.writable, map.double)?;
             // SAFETY: just mapped, never unmapped, with these rights, and
             // a guard page after it (`sys::map_shared`).
             let region =
                 unsafe { Region::new(base, size, map.writable, map.double).with_guard_page() };
-            regions.push(match map.guest_physical {
+            regions.push(Granted::Mapped(match map.guest_physical {
                 Some(gpa) => region.with_guest_physical(gpa),
                 None => region,
-            });
+            }));
         }
         let mut channels: Vec<Option<ChannelEndState>> = (0..64).map(|_| None).collect();
         for channel in &handoff.channels {
@@ -472,10 +489,26 @@ impl Env for Endpoint {
 
     fn region(&self, region: RegionName) -> Region {
         match self.regions.get(region.0 as usize) {
-            Some(region) => *region,
+            Some(Granted::Mapped(region)) => *region,
+            Some(Granted::AddressOnly(_)) => {
+                panic!(
+                    "{}: region {} is granted by address only",
+                    self.name, region.0
+                )
+            }
             // Generated ids always name a map; a hand-made one that does
             // not is a programming error in the component.
             None => panic!("{}: no region with index {}", self.name, region.0),
+        }
+    }
+
+    fn region_address(&self, region: RegionName) -> Option<RegionAddress> {
+        match self.regions.get(region.0 as usize)? {
+            Granted::Mapped(region) => Some(RegionAddress {
+                guest_physical: region.guest_physical()?,
+                len: region.len(),
+            }),
+            Granted::AddressOnly(address) => *address,
         }
     }
 

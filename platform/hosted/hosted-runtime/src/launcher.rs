@@ -158,7 +158,8 @@ struct Slot {
     role: Role,
     status: Status,
     /// Per map: the descriptor a component maps (read-only when the map is).
-    map_fds: Vec<(OwnedFd, MapHandoff)>,
+    /// No descriptor for a map granted by address only.
+    map_fds: Vec<(Option<OwnedFd>, MapHandoff)>,
     /// Per notify end and IRQ: (local id, role, our eventfd, peer eventfd).
     events: Vec<(u8, ChannelRole, OwnedFd, Option<OwnedFd>)>,
     /// Call ends waiting to be handed over at first start, by local id.
@@ -232,10 +233,13 @@ impl System {
                 let (fd, offset) = region_fds
                     .get(map.region as usize)
                     .ok_or_else(|| other(format!("{}: map of unknown region", component.name)))?;
-                let fd = if map.writable {
-                    sys::dup(fd)?
+                // Known by address only: no descriptor, so nothing to map.
+                let fd = if map.address_only {
+                    None
+                } else if map.writable {
+                    Some(sys::dup(fd)?)
                 } else {
-                    sys::reopen_read_only(fd)?
+                    Some(sys::reopen_read_only(fd)?)
                 };
                 let size = layout.regions[map.region as usize].size;
                 map_fds.push((
@@ -246,6 +250,7 @@ impl System {
                         size,
                         writable: map.writable,
                         double: map.double,
+                        address_only: map.address_only,
                         guest_physical: layout.regions[map.region as usize]
                             .host_visible
                             .then_some(*offset),
@@ -748,7 +753,9 @@ impl State {
         let mut maps = Vec::new();
         for (fd, map) in &self.slots[index].map_fds {
             let mut map = map.clone();
-            map.fd = keep(sys::dup(fd)?, &mut owned);
+            if let Some(fd) = fd {
+                map.fd = keep(sys::dup(fd)?, &mut owned);
+            }
             maps.push(map);
         }
         let mut channels = Vec::new();

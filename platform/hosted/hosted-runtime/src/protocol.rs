@@ -48,6 +48,9 @@ pub struct MapHandoff {
     pub size: u64,
     pub writable: bool,
     pub double: bool,
+    /// Granted by address only: no descriptor (`fd` is -1), nothing to
+    /// map; the component learns `guest_physical` and `size`.
+    pub address_only: bool,
     /// Host-visible regions: the guest physical address (its offset in
     /// the guest-memory file).
     pub guest_physical: Option<u64>,
@@ -201,6 +204,7 @@ mod tests {
                 size: 8192,
                 writable: false,
                 double: true,
+                address_only: false,
                 guest_physical: None,
             }],
             channels: vec![],

@@ -267,7 +267,12 @@ pub fn expected_frames(
         } else {
             Rights::READ
         };
-        let copies = if map.double { 2 } else { 1 };
+        // An address-only grant: the PD holds no frame of the region.
+        let copies = match (map.address_only, map.double) {
+            (true, _) => 0,
+            (false, true) => 2,
+            (false, false) => 1,
+        };
         for copy in 0..copies {
             for page in 0..pages {
                 frames.push(ExpectedFrame {
@@ -370,13 +375,25 @@ mod tests {
             children: Vec::new(),
             stack_pages: 2,
             may_power_off: false,
-            maps: alloc::vec![MapLayout {
-                name: "ring".into(),
-                region: 0,
-                writable: true,
-                double: true,
-                vaddr: 0x10_0000_0000,
-            }],
+            maps: alloc::vec![
+                MapLayout {
+                    name: "ring".into(),
+                    region: 0,
+                    writable: true,
+                    double: true,
+                    vaddr: 0x10_0000_0000,
+                    address_only: false,
+                },
+                // Known by address only: no frame of it may be held.
+                MapLayout {
+                    name: "ring_address".into(),
+                    region: 0,
+                    writable: false,
+                    double: false,
+                    vaddr: 0,
+                    address_only: true,
+                },
+            ],
             channels: alloc::vec![
                 ChannelEnd {
                     id: 0,

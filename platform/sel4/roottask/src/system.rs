@@ -425,7 +425,12 @@ fn build_pd(
         } else {
             Rights::READ
         };
-        let copies = if map.double { 2 } else { 1 };
+        // An address-only grant maps no frame: the PD learns the address.
+        let copies = match (map.address_only, map.double) {
+            (true, _) => 0,
+            (false, true) => 2,
+            (false, false) => 1,
+        };
         let size = region.pages * PAGE_SIZE;
         for copy_index in 0..copies {
             for page in 0..region.pages {
@@ -444,7 +449,8 @@ fn build_pd(
             guest_physical: if region.host_visible { region.paddr } else { 0 },
             writable: map.writable as u8,
             double: map.double as u8,
-            _pad: [0; 6],
+            address_only: map.address_only as u8,
+            _pad: [0; 5],
         };
     }
     info.num_maps = component.maps.len() as u64;

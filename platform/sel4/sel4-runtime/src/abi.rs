@@ -160,7 +160,10 @@ pub struct MapInfo {
     pub guest_physical: u64,
     pub writable: u8,
     pub double: u8,
-    pub _pad: [u8; 6],
+    /// 1: nothing is mapped (`rights = "address"`); `vaddr` is 0 and only
+    /// `size` and `guest_physical` mean anything.
+    pub address_only: u8,
+    pub _pad: [u8; 5],
 }
 
 /// One IO-port range.
@@ -221,7 +224,8 @@ impl PdInfo {
                 guest_physical: 0,
                 writable: 0,
                 double: 0,
-                _pad: [0; 6],
+                address_only: 0,
+                _pad: [0; 5],
             }; MAX_MAPS],
             num_ioports: 0,
             ioports: [IoPortInfo {

@@ -20,8 +20,8 @@ pub mod abi;
 
 use abi::*;
 use component_api::{
-    CallError, Channel, ChannelSet, Child, Component, Env, Fault, IoPortName, Region, RegionName,
-    SupervisorError, MAX_MESSAGE,
+    CallError, Channel, ChannelSet, Child, Component, Env, Fault, IoPortName, Region,
+    RegionAddress, RegionName, SupervisorError, MAX_MESSAGE,
 };
 use sel4_bindings as sys;
 
@@ -152,6 +152,10 @@ impl Env for Sel4Env {
             "region {index} is not mapped into this component"
         );
         let map = self.info.maps[index];
+        assert!(
+            map.address_only == 0,
+            "region {index} is granted by address only: nothing of it is mapped"
+        );
         // SAFETY: the root task mapped [vaddr, vaddr + size) (twice when
         // double) with these rights before starting us, for our lifetime,
         // and left the page after it unmapped (sysdesc spaces the maps a
@@ -170,6 +174,19 @@ impl Env for Sel4Env {
         } else {
             mapped
         }
+    }
+
+    fn region_address(&self, region: RegionName) -> Option<RegionAddress> {
+        let index = region.0 as usize;
+        if index >= (self.info.num_maps as usize).min(MAX_MAPS) {
+            return None;
+        }
+        let map = self.info.maps[index];
+        // The root task writes 0 for a region the host cannot see.
+        (map.guest_physical != 0).then_some(RegionAddress {
+            guest_physical: map.guest_physical,
+            len: map.size as usize,
+        })
     }
 
     fn ioport_read(&mut self, port: IoPortName, offset: u16, width: u8) -> u32 {

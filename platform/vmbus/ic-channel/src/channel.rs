@@ -3,7 +3,7 @@
 //! every other message to the service, write the answers to the out ring and
 //! signal the host through synic only when the ring asks for it.
 
-use crate::memory::{split_rings, RegionPart};
+use crate::memory::{split_rings, zero_rings, RegionPart};
 use component_api::{println, Channel, Client, Env, RegionName};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
@@ -11,7 +11,7 @@ use vmbus_protocol::ic::{
     PIPE_PACKET_DATA,
 };
 use vmbus_protocol::packet::PacketKind;
-use vmbus_ring::{reset_control, RingError, RingReader, RingWriter, Signal};
+use vmbus_ring::{RingError, RingReader, RingWriter, Signal};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// The largest packet a VSC accepts. The biggest IC message (a KVP
@@ -211,12 +211,13 @@ impl IcChannel {
             return;
         }
         self.open_attempts += 1;
-        // The host cannot see the rings before the GPADL exists: start
-        // them from zero so no index of an earlier life is trusted.
-        let region = env.region(self.ids.ring);
-        if let Ok((out_ring, in_ring)) = split_rings(region, self.ids.ring_out_bytes) {
-            let _ = reset_control(&out_ring);
-            let _ = reset_control(&in_ring);
+        // The bus manager presents the channel as offered (or failed) only
+        // once no GPADL describes the rings: the host holds nothing of
+        // them, and it gets them only after this call. Start them from
+        // zero so nothing of an earlier life (ours after a restart, or the
+        // host's) is trusted or shown to the host. Only we map them.
+        if zero_rings(env.region(self.ids.ring)).is_err() {
+            give_up(env, "the ring region cannot be zeroed");
         }
         let request = bus::Request::Open {
             user_data: heapless::Vec::new(),
@@ -732,6 +733,27 @@ mod tests {
         channel.poll(&mut env, &mut echo);
         assert!(host.receive().is_none());
         negotiate(&mut env, &mut host, &mut channel, &mut echo);
+    }
+
+    #[test]
+    fn a_restarted_driver_zeroes_its_rings_before_it_asks_to_open() {
+        let mut env = EnvDouble::new();
+        let host = TestHost::new(&mut env, IDS);
+        // What the driver's earlier life and the host left in the rings:
+        // indices, packets, control bits, in both rings.
+        scribble(host.ring());
+        // A restarted driver: fresh state, the channel offered again.
+        let mut channel = IcChannel::new(IDS);
+        let mut echo = Echo::default();
+        channel.on_bus_event(&mut env, &mut echo);
+        assert_eq!(host.bus.borrow().rings_zero_at_open, [true]);
+        channel.on_bus_event(&mut env, &mut echo);
+        assert!(channel.is_open());
+        // A reopen in the same life (a new generation) zeroes them too.
+        scribble(host.ring());
+        host.set_state(bus::ChannelState::Offered, 2);
+        channel.on_bus_event(&mut env, &mut echo);
+        assert_eq!(host.bus.borrow().rings_zero_at_open, [true, true]);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! - Bring-up: on every `vmbus_event` notification (and at start) it asks
 //!   the bus manager where the channel stands (`bus::Request::Query`),
-//!   zeroes and opens the rings when the channel is offered, attaches to
+//!   zeroes its rings (all of the region: it is the only component that
+//!   maps them) and asks to open when the channel is offered (the bus
+//!   manager presents it so only once no GPADL describes the rings, so the
+//!   host holds nothing of them), attaches to
 //!   them when it is open and polls the in ring once right away (data can
 //!   precede the open notification), and drops them on a new `generation`,
 //!   rescind, close or hold.
@@ -23,15 +26,16 @@
 //! Trusts: nothing from the host. Malformed packets and messages are
 //! rejected with a count and a (rate-limited) console line. The driver
 //! gives up deliberately (a panic, which the bus manager sees as a fault:
-//! it closes the channel, zeroes the rings and restarts the driver) only
+//! it closes the channel, waits for the host to let go of the rings and
+//! restarts the driver, which zeroes them before it opens again) only
 //! when reading on could misread the ring: corrupt or out-of-range indices,
 //! a packet longer than what was published or than any IC message
 //! ([`PACKET_BUFFER`]), a descriptor that changes while being copied, or
 //! more than [`MAX_BAD_IN_A_ROW`] malformed packets in a row.
 //! Trusts the bus manager's and synic's replies as far as their types go.
 //!
-//! Writes: its own ring region (the control pages at open, the out ring's
-//! packets and our indices), and nothing else.
+//! Writes: its own ring region (all of it zeroed before each open request,
+//! the out ring's packets and our indices), and nothing else.
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 #![forbid(unsafe_code)]
 
@@ -48,4 +52,4 @@ pub use channel::{
     PACKET_BUFFER,
 };
 pub use driver::{DriverService, IcDriver};
-pub use memory::{split_rings, RegionPart};
+pub use memory::{split_rings, zero_rings, RegionPart};

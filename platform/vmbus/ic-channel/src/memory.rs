@@ -79,6 +79,22 @@ pub fn split_rings(
     ))
 }
 
+/// Zero the whole ring region (both rings, control pages and data): what
+/// a VSC does before each open request, so nothing of an earlier life (its
+/// indices, its packets, what the host wrote) is in the rings the host is
+/// about to be given. Only the VSC maps its rings; the bus manager knows
+/// them by address only.
+pub fn zero_rings(region: Region) -> Result<(), MemoryError> {
+    let zeros = [0u8; 512];
+    let mut offset = 0;
+    while offset < region.len() {
+        let count = zeros.len().min(region.len() - offset);
+        region.write_bulk(offset, &zeros[..count])?;
+        offset += count;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

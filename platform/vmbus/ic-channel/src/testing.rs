@@ -28,6 +28,10 @@ pub struct BusState {
     pub open_requests: u32,
     pub reported: Vec<((u16, u16), (u16, u16))>,
     pub unloads: Vec<Option<u8>>,
+    /// For each `Open`: whether the whole ring region was zero when it
+    /// arrived (the VSC zeroes its rings before it asks; the bus manager
+    /// never touches them).
+    pub rings_zero_at_open: Vec<bool>,
 }
 
 pub struct TestHost {
@@ -43,6 +47,24 @@ pub struct TestHost {
     writer: Option<RingWriter<RegionPart>>,
     reader: Option<RingReader<RegionPart>>,
     next_transaction: u64,
+}
+
+fn all_zero(region: component_api::Region) -> bool {
+    let mut chunk = [0u8; 512];
+    (0..region.len()).step_by(chunk.len()).all(|offset| {
+        let count = chunk.len().min(region.len() - offset);
+        region.read(offset, &mut chunk[..count]).is_ok() && chunk[..count].iter().all(|b| *b == 0)
+    })
+}
+
+/// Fill the ring region with a non-zero pattern (an earlier life's rings:
+/// indices, packets, what the host wrote).
+pub fn scribble(region: component_api::Region) {
+    let pattern = [0xA5u8; 512];
+    for offset in (0..region.len()).step_by(pattern.len()) {
+        let count = pattern.len().min(region.len() - offset);
+        region.write(offset, &pattern[..count]).unwrap();
+    }
 }
 
 pub fn channel_info(state: bus::ChannelState, generation: u32) -> bus::ChannelInfo {
@@ -70,14 +92,17 @@ impl TestHost {
             open_requests: 0,
             reported: Vec::new(),
             unloads: Vec::new(),
+            rings_zero_at_open: Vec::new(),
         }));
         let bus_handle = bus.clone();
+        let ring_at_open = env.test_view(name);
         env.on_typed_call::<bus::Bus>(ids.vmbus, move |request: bus::Request| {
             let mut state = bus_handle.borrow_mut();
             match request {
                 bus::Request::Query => bus::Reply::Channel(state.info.clone()),
                 bus::Request::Open { .. } => {
                     state.open_requests += 1;
+                    state.rings_zero_at_open.push(all_zero(ring_at_open));
                     state.info.state = bus::ChannelState::Open;
                     bus::Reply::Accepted
                 }
@@ -124,6 +149,11 @@ impl TestHost {
         let mut bus = self.bus.borrow_mut();
         bus.info.state = state;
         bus.info.generation = generation;
+    }
+
+    /// The ring region as the host (and the test) sees it.
+    pub fn ring(&self) -> component_api::Region {
+        self.ring
     }
 
     /// Forget the host's ring positions (after the VSC reopened).
