@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "../sel4-kernel-source/locate.rs"]
+mod locate;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -25,7 +27,8 @@ fn main() {
         source_dir.join("Cargo.lock").display()
     );
     let config = parse_autoconf(&read(&source_dir.join("autoconf.h")));
-    let kernel = locate_kernel_source(&source_dir.join("Cargo.toml"));
+    let kernel = locate::kernel_source_dir(&source_dir.join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("sel4-bindings: {e}"));
     let libsel4 = kernel.join("libsel4");
 
     let mut out = String::new();
@@ -87,43 +90,6 @@ fn read(path: &Path) -> String {
         .unwrap_or_else(|e| panic!("sel4-bindings: cannot read {}: {e}", path.display()))
 }
 
-/// Ask cargo where `sel4-sys` 0.0.28 lives (downloading it if this is a
-/// fresh machine); its `seL4` folder is the kernel tree.
-fn locate_kernel_source(manifest: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut last_error = String::new();
-    for offline in [true, false] {
-        let mut command = Command::new(&cargo);
-        command
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--locked",
-                "--manifest-path",
-            ])
-            .arg(manifest);
-        if offline {
-            command.arg("--offline");
-        }
-        // Our own target dir must not be locked by the nested cargo.
-        command.env_remove("CARGO_TARGET_DIR");
-        match command.output() {
-            Ok(output) if output.status.success() => match sel4_sys_manifest(&output.stdout) {
-                Ok(Some(path)) => return path.parent().unwrap().join("seL4"),
-                Ok(None) => last_error = "metadata does not list sel4-sys 0.0.28".into(),
-                Err(e) => last_error = format!("cannot read cargo's metadata: {e}"),
-            },
-            Ok(output) => last_error = String::from_utf8_lossy(&output.stderr).into_owned(),
-            Err(e) => last_error = e.to_string(),
-        }
-    }
-    panic!(
-        "sel4-bindings: cannot locate the seL4 source (run `cargo fetch --manifest-path {}`): {last_error}",
-        manifest.display()
-    );
-}
-
 /// The `tag NAME NUMBER` lines of the `tagged_union cap capType` block of
 /// the kernel's bitfield file.
 fn cap_tags(text: &str) -> Vec<(String, u64)> {
@@ -153,29 +119,6 @@ fn cap_tags(text: &str) -> Vec<(String, u64)> {
         "sel4-bindings: no cap tags in structures.bf"
     );
     tags
-}
-
-/// The part of `cargo metadata --format-version 1` we read.
-#[derive(serde::Deserialize)]
-struct Metadata {
-    packages: Vec<Package>,
-}
-
-#[derive(serde::Deserialize)]
-struct Package {
-    name: String,
-    version: String,
-    manifest_path: PathBuf,
-}
-
-/// The manifest of `sel4-sys` 0.0.28 in cargo's metadata, if listed.
-fn sel4_sys_manifest(metadata: &[u8]) -> serde_json::Result<Option<PathBuf>> {
-    let metadata: Metadata = serde_json::from_slice(metadata)?;
-    Ok(metadata
-        .packages
-        .into_iter()
-        .find(|package| package.name == "sel4-sys" && package.version == "0.0.28")
-        .map(|package| package.manifest_path))
 }
 
 /// `#define NAME VALUE` lines; a bare define counts as 1.

@@ -15,7 +15,7 @@
 //! ([`Scenario::default`]).
 //!
 //! This file is also compiled into hvsim's build script (by path), so it
-//! uses only `alloc` and, off seL4, serde and `toml`.
+//! uses only `alloc`, `uuid` and, off seL4, serde and `toml`.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -149,18 +149,12 @@ pub enum DeviceName {
     Class(u128),
 }
 
-/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hexadecimal, as its u128.
+/// A class GUID in its hyphenated form (36 characters), as its u128.
 fn class_guid(text: &str) -> Option<u128> {
-    let groups: Vec<&str> = text.split('-').collect();
-    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    if lengths != [8, 4, 4, 4, 12]
-        || !groups
-            .iter()
-            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
-    {
+    if text.len() != 36 {
         return None;
     }
-    u128::from_str_radix(&groups.concat(), 16).ok()
+    uuid::Uuid::try_parse(text).ok().map(|guid| guid.as_u128())
 }
 
 pub fn parse_device(text: &str) -> Option<DeviceName> {

@@ -14,6 +14,9 @@ use crate::util::{run_checked, workspace_root, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../platform/sel4/sel4-kernel-source/locate.rs"]
+mod locate;
+
 /// The make variables the 5.0.0 Makefile is driven with.
 const MAKE_VARIABLES: [&str; 6] = [
     "ARCH=x86",
@@ -40,59 +43,7 @@ pub fn kernel_source_manifest_dir() -> PathBuf {
 /// Where cargo unpacked `sel4-sys` (fetching it if needed): the seL4 tree
 /// is its `seL4` folder.
 pub fn registry_kernel_source() -> Result<PathBuf> {
-    let manifest = kernel_source_manifest_dir().join("Cargo.toml");
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo metadata --manifest-path {} failed: {}",
-            manifest.display(),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let crate_manifest = find_sel4_sys_manifest(&output.stdout)
-        .map_err(|e| format!("cannot read cargo's metadata: {e}"))?
-        .ok_or("cargo metadata does not list sel4-sys 0.0.28's manifest_path")?;
-    let root = crate_manifest
-        .parent()
-        .ok_or("sel4-sys manifest path has no parent")?
-        .join("seL4");
-    if !root.join("Makefile").is_file() {
-        return Err(format!("{} holds no seL4 Makefile", root.display()));
-    }
-    Ok(root)
-}
-
-/// The part of `cargo metadata --format-version 1` we read.
-#[derive(serde::Deserialize)]
-struct Metadata {
-    packages: Vec<MetadataPackage>,
-}
-
-#[derive(serde::Deserialize)]
-struct MetadataPackage {
-    name: String,
-    version: String,
-    manifest_path: PathBuf,
-}
-
-/// The manifest of `sel4-sys` 0.0.28 in cargo's metadata, if listed.
-fn find_sel4_sys_manifest(metadata: &[u8]) -> serde_json::Result<Option<PathBuf>> {
-    let metadata: Metadata = serde_json::from_slice(metadata)?;
-    Ok(metadata
-        .packages
-        .into_iter()
-        .find(|package| package.name == "sel4-sys" && package.version == "0.0.28")
-        .map(|package| package.manifest_path))
+    locate::kernel_source_dir(&kernel_source_manifest_dir().join("Cargo.toml"))
 }
 
 /// 64-bit FNV-1a: a stable hash for the cache key (std's hasher is not
@@ -232,13 +183,13 @@ mod tests {
             {"name":"sel4-sys","version":"0.0.28","manifest_path":"C:\\r\\sel4-sys-0.0.28\\Cargo.toml","id":"x"}
         ],"version":1}"#;
         assert_eq!(
-            find_sel4_sys_manifest(json).unwrap(),
+            locate::sel4_sys_manifest(json).unwrap(),
             Some(PathBuf::from("C:\\r\\sel4-sys-0.0.28\\Cargo.toml"))
         );
         let without =
             br#"{"packages":[{"name":"x","version":"1.0.0","manifest_path":"/x/Cargo.toml"}]}"#;
-        assert_eq!(find_sel4_sys_manifest(without).unwrap(), None);
-        assert!(find_sel4_sys_manifest(br#"{"manifest_path":"/x/Cargo.toml"}"#).is_err());
+        assert_eq!(locate::sel4_sys_manifest(without).unwrap(), None);
+        assert!(locate::sel4_sys_manifest(br#"{"manifest_path":"/x/Cargo.toml"}"#).is_err());
     }
 
     #[test]
