@@ -17,19 +17,24 @@
 #![no_std]
 // `unsafe` lives only in the memory layer.
 #![deny(unsafe_code)]
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", loom))]
 extern crate std;
 
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod ring;
+pub mod sync;
 pub mod transactions;
 
-#[cfg(feature = "std")]
+#[cfg(loom)]
+pub use memory::LoomRingMemory;
+#[cfg(not(loom))]
+pub use memory::RegionRingMemory;
+#[cfg(all(feature = "std", not(loom)))]
 pub use memory::{DoubleMappedRingMemory, HeapRingMemory};
-pub use memory::{MemoryError, RegionRingMemory, RingMemory};
+pub use memory::{MemoryError, RingMemory};
 pub use ring::{reset_control, GpaRange, RingError, RingReader, RingWriter, Signal};
 pub use transactions::{TransactionError, TransactionTable};
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -1,8 +1,10 @@
 //! The shared memory a ring lives in: a control page of 32-bit atomics and a
 //! data area that is copied in and out in bulk.
 
+use crate::sync::AtomicU32;
+#[cfg(not(loom))]
 use component_api::region::{Region, RegionError};
-use core::sync::atomic::AtomicU32;
+#[cfg(not(loom))]
 use vmbus_protocol::packet::control::CONTROL_PAGE_SIZE;
 
 /// Bounds or rights were violated by the ring code's request (a bug, not
@@ -51,9 +53,12 @@ macro_rules! ring_memory_through_pointer {
 }
 
 ring_memory_through_pointer!(&T);
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 ring_memory_through_pointer!(std::sync::Arc<T>);
+#[cfg(loom)]
+ring_memory_through_pointer!(loom::sync::Arc<T>);
 
+#[cfg(not(loom))]
 impl From<RegionError> for MemoryError {
     fn from(_: RegionError) -> Self {
         MemoryError
@@ -65,12 +70,14 @@ impl From<RegionError> for MemoryError {
 /// says whether it is mapped twice back to back. For the contiguous
 /// "control page, data, data again" mapping, make the two regions from the
 /// same base (control at base, data at base + 4096).
+#[cfg(not(loom))]
 #[derive(Clone, Copy, Debug)]
 pub struct RegionRingMemory {
     control: Region,
     data: Region,
 }
 
+#[cfg(not(loom))]
 impl RegionRingMemory {
     pub fn new(control: Region, data: Region) -> Result<Self, MemoryError> {
         if control.len() < CONTROL_PAGE_SIZE || !(control.as_ptr() as usize).is_multiple_of(4) {
@@ -80,6 +87,7 @@ impl RegionRingMemory {
     }
 }
 
+#[cfg(not(loom))]
 impl RingMemory for RegionRingMemory {
     fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
         Ok(self.control.atomic_u32(offset)?)
@@ -98,10 +106,10 @@ impl RingMemory for RegionRingMemory {
     }
 }
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 pub use heap::{DoubleMappedRingMemory, HeapRingMemory};
 
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 mod heap {
     use super::*;
     use core::cell::UnsafeCell;
@@ -305,6 +313,95 @@ mod heap {
         }
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             self.regions.write_data(offset, data)
+        }
+    }
+}
+
+#[cfg(loom)]
+pub use model::LoomRingMemory;
+
+/// A ring for the model checker (`--cfg loom`, tests/loom_ring.rs): the
+/// control words the protocol uses are loom atomics, and the data area is
+/// 8-byte words in loom cells, so loom also reports a packet read before
+/// its write index publication made it visible (a data race on a word).
+/// Packets start and end on 8-byte boundaries, so each word belongs to one
+/// packet and the two sides never share a word legitimately.
+#[cfg(loom)]
+mod model {
+    use super::{MemoryError, RingMemory};
+    use crate::sync::AtomicU32;
+    use loom::cell::UnsafeCell;
+    use std::vec::Vec;
+    use vmbus_protocol::packet::control;
+
+    const WORD: usize = 8;
+    /// The control words, in this order; any other offset is refused.
+    const CONTROL_WORDS: [usize; 5] = [
+        control::WRITE_INDEX,
+        control::READ_INDEX,
+        control::INTERRUPT_MASK,
+        control::PENDING_SEND_SZ,
+        control::FEATURE_BITS,
+    ];
+
+    pub struct LoomRingMemory {
+        control: [AtomicU32; 5],
+        data: Vec<UnsafeCell<[u8; WORD]>>,
+    }
+
+    impl LoomRingMemory {
+        /// `data_len` must be a multiple of 8; every control word starts at 0.
+        pub fn new(data_len: usize) -> Self {
+            assert!(data_len.is_multiple_of(WORD));
+            Self {
+                control: core::array::from_fn(|_| AtomicU32::new(0)),
+                data: (0..data_len / WORD)
+                    .map(|_| UnsafeCell::new([0; WORD]))
+                    .collect(),
+            }
+        }
+
+        fn check(&self, offset: usize, len: usize) -> Result<(), MemoryError> {
+            match offset.checked_add(len) {
+                Some(end) if end <= self.data_len() => Ok(()),
+                _ => Err(MemoryError),
+            }
+        }
+    }
+
+    impl RingMemory for LoomRingMemory {
+        fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+            let index = CONTROL_WORDS
+                .iter()
+                .position(|&word| word == offset)
+                .ok_or(MemoryError)?;
+            Ok(&self.control[index])
+        }
+        fn data_len(&self) -> usize {
+            self.data.len() * WORD
+        }
+        fn double_mapped(&self) -> bool {
+            false
+        }
+        fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+            self.check(offset, out.len())?;
+            for (i, byte) in out.iter_mut().enumerate() {
+                let at = offset + i;
+                // SAFETY: loom checks that no write to this word races with
+                // this read (it panics on a causality violation instead).
+                *byte = self.data[at / WORD].with(|word| unsafe { (*word)[at % WORD] });
+            }
+            Ok(())
+        }
+        fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+            self.check(offset, data.len())?;
+            for (i, byte) in data.iter().enumerate() {
+                let at = offset + i;
+                // SAFETY: loom checks that no other access to this word races
+                // with this write.
+                self.data[at / WORD].with_mut(|word| unsafe { (*word)[at % WORD] = *byte });
+            }
+            Ok(())
         }
     }
 }

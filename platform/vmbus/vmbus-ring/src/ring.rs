@@ -6,7 +6,7 @@
 //! either index gets an error, never an out-of-bounds access.
 
 use crate::memory::{MemoryError, RingMemory};
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use crate::sync::{fence, AtomicU32, Ordering};
 use vmbus_protocol::packet::{
     self, control, descriptor_for, GpaDirectHeader, GpaRangeHeader, Packet, PacketDescriptor,
     PacketError, PacketType, DESCRIPTOR_SIZE, PAGE_SIZE, TRAILER_SIZE,
