@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [--seconds N] [--target NAME]`: coverage-guided fuzzing
+//! `cargo xtask fuzz [--seconds N] [--target NAME] [--min-runs N]`: coverage-guided fuzzing
 //! of the VMBus parsers (platform/vmbus/vmbus-protocol/fuzz) with libFuzzer.
 //!
 //! Stable Rust only: the fuzz crate links libFuzzer through `libfuzzer-sys`
@@ -12,13 +12,19 @@
 //!
 //! Each target runs for N seconds (default 60) on its corpus in
 //! `<target dir>/vmbus-fuzz/corpus/<target>`; crashes land in
-//! `.../artifacts/<target>/` and fail the command.
+//! `.../artifacts/<target>/` and fail the command, as does a target that
+//! ran fewer than `--min-runs` inputs (`cargo xtask test` runs every target
+//! for a few seconds this way, so CI catches a crash).
 
 use crate::util::{run_checked, workspace_root, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 9] = [
+    "gpa_direct",
+    "transfer_pages",
+    "completion",
+    "channel_message_typed",
     "channel_message",
     "packet",
     "ic_message",
@@ -36,6 +42,7 @@ const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
 pub fn run(args: &[String]) -> Result {
     let mut seconds = 60u64;
     let mut only: Option<String> = None;
+    let mut min_runs = 0u64;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -46,9 +53,15 @@ pub fn run(args: &[String]) -> Result {
                     .ok_or("--seconds needs a number")?
             }
             "--target" => only = Some(iter.next().ok_or("--target needs a name")?.clone()),
+            "--min-runs" => {
+                min_runs = iter
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--min-runs needs a number")?
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other} (use --seconds N, --target NAME)"
+                    "unknown argument {other} (use --seconds N, --target NAME, --min-runs N)"
                 ))
             }
         }
@@ -111,7 +124,15 @@ pub fn run(args: &[String]) -> Result {
                 tail.join("\n")
             ));
         }
-        println!("fuzz {target:16} {runs:>12} executions in {seconds} s, no finding");
+        if runs < min_runs {
+            return Err(format!(
+                "fuzz target {target} ran only {runs} inputs in {seconds} s (at least {min_runs} expected)"
+            ));
+        }
+        println!(
+            "fuzz {target:24} {runs:>12} executions in {seconds} s ({} per second), no finding",
+            runs / seconds.max(1)
+        );
         total_runs += runs;
     }
     println!("fuzz total: {total_runs} executions without a finding");

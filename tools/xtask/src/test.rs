@@ -9,12 +9,25 @@
 //!    build (`x86_64-unknown-none`: every component with an seL4 entry
 //!    point, then the root task, as `cargo xtask build` builds them), whose
 //!    `cfg(target_os = "none")` code the host run never sees,
-//! 4. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
+//! 4. the model check of the ring's publish-and-signal protocol
+//!    (`vmbus-ring`'s tests/loom_ring.rs built with `--cfg loom`, in its own
+//!    target directory `target/loom` so the normal build stays valid),
+//! 5. every fuzz target for a few seconds (`cargo xtask fuzz --seconds
+//!    FUZZ_SMOKE_SECONDS`, at least FUZZ_SMOKE_MIN_RUNS inputs each), so a
+//!    parser crash fails CI,
+//! 6. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
 
 use crate::util::{workspace_root, Result};
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SMOKE_SECONDS: u64 = 4;
+/// Fewer inputs than this in the smoke run means the target hardly ran.
+const FUZZ_SMOKE_MIN_RUNS: u64 = 1_000;
 
 pub fn run(args: &[String]) -> Result {
     crate::setup::run_setup()?;
@@ -48,6 +61,47 @@ pub fn run(args: &[String]) -> Result {
         "cargo clippy -D warnings (x86_64-unknown-none)",
         clippy_sel4(&root),
     ));
+
+    let started = Instant::now();
+    let loom_target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("loom");
+    let mut loom = Command::new(env!("CARGO"));
+    loom.current_dir(&root)
+        .args([
+            "test",
+            "-p",
+            "vmbus-ring",
+            "--test",
+            "loom_ring",
+            "--release",
+            "--",
+            "--nocapture",
+        ])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("CARGO_TARGET_DIR", &loom_target_dir);
+    results.push(("loom model check (vmbus-ring)", status_ok(&mut loom)));
+    println!(
+        "loom model check: {:.1} s with its build",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let fuzz = crate::fuzz::run(&[
+        "--seconds".into(),
+        FUZZ_SMOKE_SECONDS.to_string(),
+        "--min-runs".into(),
+        FUZZ_SMOKE_MIN_RUNS.to_string(),
+    ]);
+    if let Err(error) = &fuzz {
+        eprintln!("xtask: {error}");
+    }
+    results.push(("fuzz smoke", fuzz.is_ok()));
+    println!(
+        "fuzz smoke: {:.1} s with its build",
+        started.elapsed().as_secs_f64()
+    );
 
     let xtask = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
     let mut boot_test = Command::new(xtask);
