@@ -62,10 +62,23 @@ pub mod status {
     pub const DISK_FULL: u32 = 0x8007_0070;
 }
 
-/// KVP value types (registry types).
+/// KVP value types: Windows registry value types, which is what a
+/// Windows host sends (issue 10, item 6).
+///
+/// The 64-bit integer is `REG_QWORD`, 11 in Windows' `winnt.h`; Microsoft's
+/// OpenVMM KVP protocol (`hyperv_ic_protocol::kvp::ValueType`: STRING 1 =
+/// REG_SZ, EXPAND_STRING 2 = REG_EXPAND_SZ, DWORD 4 = REG_DWORD, QWORD 11 =
+/// REG_QWORD) uses the same numbers. Linux's `uapi/linux/hyperv.h` and
+/// FreeBSD's `hv_kvp.h` say `REG_U64` is 8, which in Windows' numbering is
+/// REG_RESOURCE_LIST: a value Linux defines but a Windows host does not
+/// send for a 64-bit integer. So 11 is right here, and 8 is refused like
+/// any other unknown type.
 pub mod value_type {
+    /// REG_SZ.
     pub const STRING: u32 = 1;
+    /// REG_DWORD.
     pub const U32: u32 = 4;
+    /// REG_QWORD.
     pub const U64: u32 = 11;
 }
 

@@ -442,6 +442,43 @@ fn pool_rights_are_enforced_both_ways() {
     assert_eq!(component.service.store.used(), 0);
 }
 
+/// Issue 10, item 6: a Windows host sends a 64-bit integer as REG_QWORD
+/// (11); 8 (Linux's REG_U64, Windows' REG_RESOURCE_LIST) is not a number.
+#[test]
+fn qword_is_registry_type_11_and_8_is_refused() {
+    assert_eq!(value_type::U64, 11);
+    let (mut env, mut host, mut component) = started(&[(5, 0)]);
+    let big = 0x1_0000_0002u64;
+    let mut qword = pair(&utf16("big"), &big.to_le_bytes());
+    qword.value_type = 11.into();
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::SET, POOL_AUTO_EXTERNAL, qword),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::OK);
+    assert_eq!(
+        component.service.store.get(POOL_AUTO_EXTERNAL, "big"),
+        Some("4294967298")
+    );
+    let mut linux_u64 = pair(&utf16("other"), &big.to_le_bytes());
+    linux_u64.value_type = 8.into();
+    let (header, _) = exchange(
+        &mut host,
+        &mut component,
+        &mut env,
+        &get_set(kvp_operation::SET, POOL_AUTO_EXTERNAL, linux_u64),
+    )
+    .unwrap();
+    assert_eq!(header.status.get(), status::NOT_SUPPORTED);
+    assert_eq!(
+        component.service.store.get(POOL_AUTO_EXTERNAL, "other"),
+        None
+    );
+}
+
 #[test]
 fn host_delete_and_numeric_values() {
     let (mut env, mut host, mut component) = started(&[(5, 0)]);

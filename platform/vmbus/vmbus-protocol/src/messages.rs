@@ -127,6 +127,23 @@ macro_rules! message {
 bitflags::bitflags! {
     /// Offer flag bits (`OfferChannel::chn_flags`, read with
     /// `OfferChannel::flags`).
+    ///
+    /// 0x2 and 0x4 (issue 10, item 6): Linux's `hyperv.h` names them
+    /// `VMBUS_CHANNEL_SERVER_SUPPORTS_TRANSFER_PAGES` and
+    /// `..._SUPPORTS_GPADLS`, definitions from the first VMBus that nothing
+    /// in Linux reads. Today's Hyper-V hosts use them for confidential
+    /// channels: Microsoft's own definitions say so, in the Hyper-V
+    /// generation 2 UEFI firmware's VMBus headers (MsvmPkg,
+    /// `VMBUS_OFFER_FLAG_CONFIDENTIAL_RING_BUFFER` 0x2 and
+    /// `VMBUS_OFFER_FLAG_CONFIDENTIAL_EXTERNAL_MEMORY` 0x4, earlier
+    /// `VMBUS_OFFER_FLAG_CONFIDENTIAL_CHANNEL` 0x2) and in OpenVMM's
+    /// `vmbus_core` protocol (`OfferFlags::confidential_ring_buffer`,
+    /// `confidential_external_memory`). The same headers note that a host
+    /// masks out the bits a protocol version does not define, so these two
+    /// mean something only with the 6.0 confidential-channels feature
+    /// ([`crate::version::feature_flags::CONFIDENTIAL_CHANNELS`]), which we
+    /// do not negotiate: an offer to us never needs them, and nothing here
+    /// acts on them.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct OfferFlags: u16 {
         const ENUMERATE_DEVICE_INTERFACE = 0x1;
