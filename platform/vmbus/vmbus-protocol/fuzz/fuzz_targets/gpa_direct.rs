@@ -23,7 +23,10 @@ fn word(data: &[u8], i: usize) -> u32 {
 fn read_back(memory: &HeapRingMemory) -> Vec<(u32, u32, Vec<u64>)> {
     let mut reader = RingReader::new(memory).unwrap();
     let mut out = vec![0u8; RING];
-    let packet = reader.read_packet(&mut out).unwrap().expect("the packet written");
+    let packet = reader
+        .read_packet(&mut out)
+        .unwrap()
+        .expect("the packet written");
     let PacketKind::GpaDirect(ranges) = packet.kind else {
         panic!("not GPA-direct: {:?}", packet.kind)
     };
@@ -49,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
         let mut described = 8;
         for range in ranges.iter() {
             assert!((range.byte_offset as usize) < PAGE_SIZE && range.byte_count > 0);
-            let pages = (range.byte_offset as usize + range.byte_count as usize).div_ceil(PAGE_SIZE);
+            let pages =
+                (range.byte_offset as usize + range.byte_count as usize).div_ceil(PAGE_SIZE);
             assert_eq!(range.pfn_count(), pages);
             described += 8 + 8 * pages;
         }
