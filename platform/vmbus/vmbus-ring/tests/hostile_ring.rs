@@ -2,6 +2,8 @@
 //! Every operation must return a value or an error, never panic, and never
 //! ask the memory for an out-of-range copy (that would surface as
 //! `RingError::Memory`, which these tests forbid).
+// Heap memory is not built for the loom model (tests/loom_ring.rs).
+#![cfg(not(loom))]
 
 use core::sync::atomic::Ordering;
 use proptest::prelude::*;

@@ -30,7 +30,7 @@
 use loom::sync::atomic::{AtomicBool, AtomicUsize};
 use loom::sync::Arc;
 use loom::thread;
-use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+use std::cell::Cell;
 use std::time::Instant;
 use vmbus_ring::sync::Ordering;
 use vmbus_ring::{LoomRingMemory, RingError, RingReader, RingWriter, Signal};
@@ -41,21 +41,32 @@ const PAYLOAD: [u8; 8] = *b"vmbus-lm";
 const FOOTPRINT: usize = 32;
 const PREEMPTION_BOUND: usize = 3;
 
-/// How many executions the last `check` explored (for the report).
-static EXECUTIONS: StdAtomicUsize = StdAtomicUsize::new(0);
+std::thread_local! {
+    /// How many executions this test's model explored (for the report).
+    /// Per test thread: loom runs every execution on the test's own thread.
+    static EXECUTIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_execution() {
+    EXECUTIONS.with(|count| count.set(count.get() + 1));
+}
+
+fn executions() -> usize {
+    EXECUTIONS.with(Cell::get)
+}
 
 fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(PREEMPTION_BOUND);
-    EXECUTIONS.store(0, StdOrdering::Relaxed);
+    EXECUTIONS.with(|count| count.set(0));
     let started = Instant::now();
     builder.check(move || {
-        EXECUTIONS.fetch_add(1, StdOrdering::Relaxed);
+        count_execution();
         model();
     });
     println!(
         "loom {name}: {} executions in {:.2} s, no violation",
-        EXECUTIONS.load(StdOrdering::Relaxed),
+        executions(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -66,9 +77,9 @@ fn expect_violation(name: &str, model: impl Fn() + Sync + Send + 'static) -> Str
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(PREEMPTION_BOUND);
-        EXECUTIONS.store(0, StdOrdering::Relaxed);
+        EXECUTIONS.with(|count| count.set(0));
         builder.check(move || {
-            EXECUTIONS.fetch_add(1, StdOrdering::Relaxed);
+            count_execution();
             model();
         });
     }));
@@ -80,7 +91,7 @@ fn expect_violation(name: &str, model: impl Fn() + Sync + Send + 'static) -> Str
         .unwrap_or_default();
     println!(
         "loom {name}: violation found after {} executions in {:.2} s: {message}",
-        EXECUTIONS.load(StdOrdering::Relaxed),
+        executions(),
         started.elapsed().as_secs_f64()
     );
     message
@@ -325,15 +336,15 @@ fn masked_loop_without_a_look_after_unmask_loses_a_wakeup() {
 
 #[test]
 fn fixed_read_loop_never_loses_a_wakeup() {
-    check("fixed read loop, 2 packets", || {
-        lost_wakeup_model(ReadLoop::Fixed, 2)
+    check("fixed read loop, 3 packets", || {
+        lost_wakeup_model(ReadLoop::Fixed, 3)
     });
 }
 
 #[test]
 fn fixed_masked_read_loop_never_loses_a_wakeup() {
-    check("fixed masked read loop, 2 packets", || {
-        lost_wakeup_model(ReadLoop::FixedMasked, 2)
+    check("fixed masked read loop, 3 packets", || {
+        lost_wakeup_model(ReadLoop::FixedMasked, 3)
     });
 }
 
