@@ -528,10 +528,6 @@ impl ChannelEndpoint {
             return Err(());
         }
         let start = self.in_write;
-        let read_before = self
-            .in_ring
-            .load(memory, control::READ_INDEX)
-            .unwrap_or(u32::MAX);
         let size = self.in_ring.data_size();
         let trailer = (start as u64) << 32;
         if self.in_ring.write(memory, start, packet).is_err()
@@ -559,13 +555,25 @@ impl ChannelEndpoint {
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.stats.packets_sent += 1;
-        let was_empty = read_before == start;
+        // The mask and the read index are looked at only after the write
+        // index is published (and the fence): a guest that publishes its
+        // read index or clears its mask after this load looks at the ring
+        // again and finds the packet itself. A read index loaded before
+        // the write could be one the guest has since moved to `start`
+        // and gone to sleep on.
         let masked = self
             .in_ring
             .load(memory, control::INTERRUPT_MASK)
             .unwrap_or(1)
             != 0;
-        Ok(was_empty && !masked)
+        if masked {
+            return Ok(false);
+        }
+        let read_now = self
+            .in_ring
+            .load(memory, control::READ_INDEX)
+            .unwrap_or(u32::MAX);
+        Ok(read_now == start)
     }
 
     fn build_packet(
@@ -979,3 +987,6 @@ impl PacketFault {
         })
     }
 }
+
+#[cfg(test)]
+mod flow_tests;

@@ -92,6 +92,11 @@ pub struct Stats {
     pub signals_after_close: u32,
     /// Notifications from synic that found no open channel.
     pub spurious: u32,
+    /// Drain rounds (mask, read, publish, unmask, look again).
+    pub rounds: u32,
+    /// Looks after the unmask that found data: packets the host wrote
+    /// without an interrupt, which a loop without that look would leave.
+    pub rechecks_found_data: u32,
 }
 
 struct Rings {
@@ -248,15 +253,66 @@ impl IcChannel {
     }
 
     /// synic notified us: read everything the host has written.
+    ///
+    /// Each round masks the host's interrupts, drains the in ring,
+    /// publishes the read index, unmasks and looks again. The host decides
+    /// whether to interrupt from the published read index (empty ->
+    /// non-empty) and the mask, so a packet it wrote after our last empty
+    /// read but before the publish or the unmask brought no interrupt:
+    /// only that last look finds it. The rounds end when a look after the
+    /// unmask finds the ring empty; every round but the last read packets
+    /// the host wrote meanwhile, so they last only while the host keeps
+    /// writing at least as fast as we answer.
     pub fn poll<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) {
         if self.rings.is_none() {
             self.stats.spurious += 1;
             return;
         }
+        loop {
+            let Some(rings) = self.rings.as_ref() else {
+                return;
+            };
+            if let Err(error) = rings.reader.mask_interrupts() {
+                println!(env, "in ring: {error:?}");
+                give_up(env, "the in ring's control page is out of reach");
+            }
+            let mut signal = self.drain(env, service);
+            let Some(rings) = self.rings.as_mut() else {
+                return;
+            };
+            match rings.reader.finish_batch() {
+                Ok(Signal(wanted)) => signal |= wanted,
+                Err(error) => {
+                    println!(env, "in ring: {error:?}");
+                    give_up(env, "the host broke the in ring");
+                }
+            }
+            let more = match rings.reader.unmask_interrupts() {
+                Ok(more) => more,
+                Err(error) => {
+                    println!(env, "in ring: {error:?}");
+                    give_up(env, "the host broke the in ring");
+                }
+            };
+            if signal {
+                self.signal_host(env);
+            }
+            self.stats.rounds += 1;
+            if !more {
+                return;
+            }
+            self.stats.rechecks_found_data += 1;
+        }
+    }
+
+    /// Read, serve and answer every packet in the in ring (not published:
+    /// that is [`IcChannel::poll`]'s). Returns whether the host must be
+    /// signalled for the answers.
+    fn drain<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) -> bool {
         let mut signal = false;
         loop {
             let Some(rings) = self.rings.as_mut() else {
-                return;
+                return signal;
             };
             let len = match rings.reader.try_read(&mut self.buffer) {
                 Ok(None) => break,
@@ -293,18 +349,7 @@ impl IcChannel {
                 }
             }
         }
-        if let Some(rings) = self.rings.as_mut() {
-            match rings.reader.finish_batch() {
-                Ok(Signal(wanted)) => signal |= wanted,
-                Err(error) => {
-                    println!(env, "in ring: {error:?}");
-                    give_up(env, "the host broke the in ring");
-                }
-            }
-        }
-        if signal {
-            self.signal_host(env);
-        }
+        signal
     }
 
     fn reject(&mut self, env: &mut dyn Env, reason: &str, detail: Option<&dyn core::fmt::Debug>) {

@@ -41,7 +41,11 @@
 
 pub mod channel;
 pub mod driver;
+#[cfg(test)]
+mod flow_tests;
 pub mod memory;
+#[cfg(test)]
+mod soak_tests;
 #[cfg(test)]
 mod test_service;
 #[cfg(any(test, feature = "testing"))]

@@ -15,7 +15,7 @@ use std::vec::Vec;
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{self, IcFlags, IcMessageHeader, IcVersion};
 use vmbus_protocol::packet::{self, PacketDescriptor};
-use vmbus_ring::{RingReader, RingWriter};
+use vmbus_ring::{RingReader, RingWriter, Signal};
 use zerocopy::IntoBytes;
 
 pub const RING_REGION_BYTES: usize = 32768;
@@ -180,13 +180,19 @@ impl TestHost {
 
     /// Write an in-band packet to the VSC; returns the transaction id.
     pub fn send(&mut self, payload: &[u8]) -> u64 {
+        self.send_signalled(payload).0
+    }
+
+    /// [`TestHost::send`], also returning whether the ring protocol says
+    /// the host must signal the VSC now (empty -> non-empty, mask clear).
+    pub fn send_signalled(&mut self, payload: &[u8]) -> (u64, bool) {
         let transaction_id = self.next_transaction;
         self.next_transaction += 1;
-        let _ = self
+        let Signal(signal) = self
             .writer()
             .write_in_band(transaction_id, false, payload)
             .unwrap();
-        transaction_id
+        (transaction_id, signal)
     }
 
     /// Write a packet with any descriptor (for malformed-packet tests).

@@ -1,0 +1,151 @@
+//! The host end's side of the ring protocol, checked against a guest that
+//! acts at every point of a host write.
+
+use super::*;
+use crate::memory::VecMemory;
+use core::cell::{Cell, RefCell};
+use hv_interface::OutOfRange;
+
+const PAGE: u64 = PAGE_SIZE;
+/// Out ring: pages 0-1, in ring: pages 2-3 (control page + one data page).
+const OUT_PAGES: [u64; 2] = [0, 1];
+const IN_PAGES: [u64; 2] = [2, 3];
+const IN_CONTROL: u64 = 2 * PAGE;
+
+/// What the guest does at its chosen point.
+type GuestAction = alloc::boxed::Box<dyn FnOnce(&VecMemory)>;
+
+/// Guest memory that runs the guest's action once, just before the host's
+/// `at`-th load or store of a word in the in ring's control page.
+struct Interleaved {
+    inner: VecMemory,
+    accesses: Cell<u32>,
+    at: u32,
+    guest: RefCell<Option<GuestAction>>,
+}
+
+impl Interleaved {
+    fn control_access(&self, gpa: u64) {
+        if !(IN_CONTROL..IN_CONTROL + PAGE).contains(&gpa) {
+            return;
+        }
+        self.accesses.set(self.accesses.get() + 1);
+        if self.accesses.get() == self.at {
+            if let Some(guest) = self.guest.borrow_mut().take() {
+                guest(&self.inner);
+            }
+        }
+    }
+}
+
+impl GuestMemory for Interleaved {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        self.inner.read(gpa, buf)
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        self.inner.write(gpa, data)
+    }
+    fn load_u32(&self, gpa: u64) -> Result<u32, OutOfRange> {
+        self.control_access(gpa);
+        self.inner.load_u32(gpa)
+    }
+    fn store_u32(&self, gpa: u64, value: u32) -> Result<(), OutOfRange> {
+        self.control_access(gpa);
+        self.inner.store_u32(gpa, value)
+    }
+    fn fetch_or_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        self.control_access(gpa);
+        self.inner.fetch_or_u32(gpa, bits)
+    }
+    fn fetch_and_u32(&self, gpa: u64, bits: u32) -> Result<u32, OutOfRange> {
+        self.control_access(gpa);
+        self.inner.fetch_and_u32(gpa, bits)
+    }
+}
+
+/// What the guest saw when it acted.
+#[derive(Default)]
+struct GuestView {
+    acted: Cell<bool>,
+    saw_the_packet: Cell<bool>,
+}
+
+/// The host has written one packet, which the guest has read but not yet
+/// published (with the host's interrupts masked if `masking`). While the
+/// host writes a second packet, the guest acts just before the host's
+/// `at`-th control-page access: it publishes its read index (and clears
+/// its mask), then looks at the write index once more, and sleeps if the
+/// ring looks empty. Returns (the guest acted, it saw the packet, the host
+/// signalled).
+fn second_write_with_the_guest_at(at: u32, masking: bool) -> (bool, bool, bool) {
+    let memory = Interleaved {
+        inner: VecMemory::new(4 * PAGE as usize),
+        accesses: Cell::new(0),
+        at: u32::MAX,
+        guest: RefCell::new(None),
+    };
+    let mut endpoint =
+        ChannelEndpoint::new(DeviceKind::Generic, 1, &OUT_PAGES, &IN_PAGES, &memory, 0);
+    assert!(
+        endpoint.send_in_band(&memory, 1, false, &[1; 24]),
+        "empty -> non-empty"
+    );
+    let guest_read = memory
+        .inner
+        .load_u32(IN_CONTROL + control::WRITE_INDEX as u64)
+        .unwrap();
+    if masking {
+        let _ = memory
+            .inner
+            .store_u32(IN_CONTROL + control::INTERRUPT_MASK as u64, 1);
+    }
+    let view = alloc::rc::Rc::new(GuestView::default());
+    let seen = view.clone();
+    let memory = Interleaved {
+        at,
+        accesses: Cell::new(0),
+        ..memory
+    };
+    *memory.guest.borrow_mut() = Some(alloc::boxed::Box::new(move |inner: &VecMemory| {
+        let _ = inner.store_u32(IN_CONTROL + control::READ_INDEX as u64, guest_read);
+        if masking {
+            let _ = inner.store_u32(IN_CONTROL + control::INTERRUPT_MASK as u64, 0);
+        }
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let write = inner
+            .load_u32(IN_CONTROL + control::WRITE_INDEX as u64)
+            .unwrap();
+        seen.acted.set(true);
+        seen.saw_the_packet.set(write != guest_read);
+    }));
+    let signalled = endpoint.send_in_band(&memory, 2, false, &[2; 24]);
+    (view.acted.get(), view.saw_the_packet.get(), signalled)
+}
+
+/// Wherever the guest's publish (and unmask) falls during a host write,
+/// either the guest's look after it finds the packet or the host signals:
+/// never neither (a lost wakeup).
+#[test]
+fn a_host_write_never_loses_a_wakeup_wherever_the_guest_publishes() {
+    for masking in [false, true] {
+        let mut points = 0;
+        for at in 1..64 {
+            let (acted, saw, signalled) = second_write_with_the_guest_at(at, masking);
+            if !acted {
+                break;
+            }
+            points += 1;
+            assert!(
+                saw || signalled,
+                "lost wakeup: guest published before host access {at} (masking {masking})"
+            );
+        }
+        assert!(
+            points >= 3,
+            "the write touches the control page {points} times"
+        );
+    }
+}
