@@ -52,8 +52,8 @@ mod test_service;
 pub mod testing;
 
 pub use channel::{
-    body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, MAX_BAD_IN_A_ROW,
-    PACKET_BUFFER,
+    body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, CHANNEL_STALLED,
+    HOST_SPACE_TIMEOUT_NS, MAX_BAD_IN_A_ROW, PACKET_BUFFER,
 };
 pub use driver::{DriverService, IcDriver};
 pub use memory::{split_rings, zero_rings, RegionPart};
