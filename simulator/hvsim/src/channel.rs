@@ -160,6 +160,12 @@ pub struct ChannelStats {
     pub unknown_responses: u64,
     /// Packets the host could not write yet (ring full).
     pub sends_deferred: u64,
+    /// Signals to the guest because reading the out ring freed the space
+    /// its pending_send_sz asked for.
+    pub space_signals_to_guest: u64,
+    /// Steps with deferred sends that did not retry them: the host waits
+    /// for the guest's signal (the guest announced pending_send_sz).
+    pub waits_for_space_signal: u64,
 }
 
 /// The last heartbeat the guest answered.
@@ -304,6 +310,20 @@ impl ChannelEndpoint {
             }
             (Err(fault), _) | (_, Err(fault)) => endpoint.broken = Some(fault),
         }
+        // As Hyper-V: the host announces pending_send_sz on the ring it
+        // writes (it waits for the guest's signal when the ring is full,
+        // and signals the guest when it frees out-ring space the guest
+        // waits for).
+        if endpoint.broken.is_none()
+            && memory
+                .fetch_or_u32(
+                    endpoint.in_ring.control_gpa(control::FEATURE_BITS),
+                    control::FEATURE_PENDING_SEND_SZ,
+                )
+                .is_err()
+        {
+            endpoint.fail(RingFault::Memory);
+        }
         if kind.is_ic() && endpoint.broken.is_none() {
             endpoint.send_negotiate(memory);
         }
@@ -344,11 +364,20 @@ impl ChannelEndpoint {
             }
             // A writer blocked on a full out ring asked (pending_send_sz)
             // to be signalled once enough space is free.
-            if self.out_read != before {
-                signal_guest |= self.space_freed_for_guest(memory);
+            if self.out_read != before && self.space_freed_for_guest(memory, before) {
+                self.stats.space_signals_to_guest += 1;
+                signal_guest = true;
             }
         }
-        signal_guest |= self.flush_deferred(memory);
+        // A full in ring: a guest that announced pending_send_sz signals
+        // when it has freed the space, so the host waits for that signal
+        // (strict: it does not look before); one that did not must be
+        // polled.
+        if !self.deferred.is_empty() && signals == 0 && self.guest_signals_for_space(memory) {
+            self.stats.waits_for_space_signal += 1;
+        } else {
+            signal_guest |= self.flush_deferred(memory);
+        }
         if self.kind == DeviceKind::Heartbeat
             && self.ic.message_version.is_some()
             && self
@@ -367,9 +396,23 @@ impl ChannelEndpoint {
         }
     }
 
-    /// True if the guest set pending_send_sz on its out ring and the free
-    /// space now exceeds it (the reader's signal rule).
-    fn space_freed_for_guest<M: GuestMemory>(&mut self, memory: &M) -> bool {
+    /// Whether the guest announced pending_send_sz (feature bit 0 on the
+    /// out ring, which it writes): then it also signals the host when it
+    /// frees in-ring space the host waits for.
+    fn guest_signals_for_space<M: GuestMemory>(&self, memory: &M) -> bool {
+        self.out_ring
+            .load(memory, control::FEATURE_BITS)
+            .is_ok_and(|bits| bits & control::FEATURE_PENDING_SEND_SZ != 0)
+    }
+
+    /// The reader's signal rule: the guest announced pending_send_sz, set
+    /// it, and this drain (which started at `read_before`) made the free
+    /// space cross it: it was at most pending_send_sz before and is more
+    /// now. A pending_send_sz the ring can never satisfy breaks the ring.
+    fn space_freed_for_guest<M: GuestMemory>(&mut self, memory: &M, read_before: u32) -> bool {
+        if !self.guest_signals_for_space(memory) {
+            return false;
+        }
         let Ok(pending) = self.out_ring.load(memory, control::PENDING_SEND_SZ) else {
             return false;
         };
@@ -377,14 +420,21 @@ impl ChannelEndpoint {
             return false;
         }
         let size = self.out_ring.data_size();
+        if pending >= size {
+            self.fail(RingFault::BadIndex {
+                which: "out pending_send_sz",
+                value: pending,
+            });
+            return false;
+        }
         let Ok(write) = self
             .out_ring
             .peer_index(memory, control::WRITE_INDEX, "out write_index")
         else {
             return false;
         };
-        let used = (write + size - self.out_read) % size;
-        size - used > pending
+        let free = |read: u32| size - (write + size - read) % size;
+        free(read_before) <= pending && free(self.out_read) > pending
     }
 
     fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> bool {

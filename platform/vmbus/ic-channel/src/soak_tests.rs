@@ -221,3 +221,175 @@ fn back_to_back_heartbeats_never_stall() {
     assert!(report.answered > 100, "too little traffic: {report:?}");
     assert_eq!(report.stalls, 0, "{report:?}");
 }
+
+/// The real driver and hvsim's host end on one thread, stepped by the test.
+struct Pair {
+    env: env_double::EnvDouble,
+    _host: TestHost,
+    channel: IcChannel,
+    echo: Echo,
+    memory: RegionMemory,
+    endpoint: ChannelEndpoint,
+    guest_signals: std::rc::Rc<std::cell::Cell<u64>>,
+    host_seen: u64,
+    in_control: u64,
+    in_size: u32,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let mut env = env_double::EnvDouble::new();
+        let host = TestHost::new(&mut env, IDS);
+        let guest_signals = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counter = guest_signals.clone();
+        env.on_typed_call::<synic::Synic>(IDS.synic_call, move |_| {
+            counter.set(counter.get() + 1);
+            synic::Reply::Done
+        });
+        let mut channel = IcChannel::new(IDS);
+        let mut echo = Echo::default();
+        channel.on_bus_event(&mut env, &mut echo);
+        channel.on_bus_event(&mut env, &mut echo);
+        let ring = host.ring();
+        let memory = RegionMemory::new(&[ring.with_guest_physical(0)]).unwrap();
+        let page = 4096u64;
+        let out_pages: Vec<u64> = (0..IDS.ring_out_bytes as u64 / page).collect();
+        let in_pages: Vec<u64> =
+            (IDS.ring_out_bytes as u64 / page..ring.len() as u64 / page).collect();
+        let mut endpoint =
+            ChannelEndpoint::new(DeviceKind::Heartbeat, 1, &out_pages, &in_pages, &memory, 0);
+        endpoint.ic.heartbeat_interval_ns = u64::MAX / 2;
+        let mut pair = Pair {
+            env,
+            _host: host,
+            channel,
+            echo,
+            memory,
+            in_control: in_pages[0] * page,
+            in_size: ((in_pages.len() - 1) as u64 * page) as u32,
+            endpoint,
+            guest_signals,
+            host_seen: 0,
+        };
+        pair.guest_poll();
+        pair.host_step();
+        assert!(pair.endpoint.negotiated());
+        pair
+    }
+
+    fn guest_poll(&mut self) {
+        self.channel.poll(&mut self.env, &mut self.echo);
+    }
+
+    /// The host handles the guest's signals since the last step; returns
+    /// whether it signalled the guest.
+    fn host_step(&mut self) -> bool {
+        let signals = self.guest_signals.get() - self.host_seen;
+        self.host_seen = self.guest_signals.get();
+        let event = self.endpoint.step(&self.memory, signals, 1);
+        assert!(self.endpoint.broken.is_none(), "{:?}", self.endpoint.broken);
+        event == ChannelEvent::SignalGuest
+    }
+
+    fn in_free(&self) -> u32 {
+        let load = |offset: usize| {
+            self.memory
+                .load_u32(self.in_control + offset as u64)
+                .unwrap()
+        };
+        let (write, read) = (load(control::WRITE_INDEX), load(control::READ_INDEX));
+        self.in_size - (write + self.in_size - read) % self.in_size
+    }
+
+    fn word(&self, gpa: u64) -> u32 {
+        self.memory.load_u32(gpa).unwrap()
+    }
+}
+
+/// Both directions filled to full between the real driver and hvsim, each
+/// resumed by exactly one signal from the reader that freed the space.
+#[test]
+fn full_rings_resume_with_one_signal_each_between_driver_and_hvsim() {
+    let mut pair = Pair::new();
+    let in_control = pair.in_control;
+    assert_eq!(
+        pair.word(in_control + control::FEATURE_BITS as u64) & control::FEATURE_PENDING_SEND_SZ,
+        control::FEATURE_PENDING_SEND_SZ,
+        "hvsim announces pending_send_sz on the ring it writes"
+    );
+
+    // Host -> guest: hvsim writes until the in ring is full and waits.
+    // (The step that saw the negotiation answered sent one heartbeat.)
+    let mut requested = 1u64;
+    while pair.endpoint.stats.sends_deferred == 0 {
+        assert!(requested < 1000);
+        pair.endpoint.request_heartbeat(&pair.memory).unwrap();
+        requested += 1;
+    }
+    assert_ne!(pair.word(in_control + control::PENDING_SEND_SZ as u64), 0);
+    let sent = pair.endpoint.stats.packets_sent;
+    for _ in 0..5 {
+        pair.host_step();
+    }
+    assert_eq!(
+        pair.endpoint.stats.packets_sent, sent,
+        "no retry without the signal"
+    );
+    assert_eq!(pair.endpoint.stats.waits_for_space_signal, 5);
+    let signals = pair.guest_signals.get();
+    pair.guest_poll();
+    assert_eq!(
+        pair.guest_signals.get() - signals,
+        1,
+        "one signal resumes hvsim"
+    );
+    pair.host_step();
+    assert!(pair.endpoint.stats.packets_sent > sent, "hvsim wrote again");
+    assert_eq!(pair.word(in_control + control::PENDING_SEND_SZ as u64), 0);
+    for _ in 0..4 {
+        pair.guest_poll();
+        pair.host_step();
+    }
+    assert_eq!(pair.endpoint.stats.packets_received, requested + 1);
+
+    // Guest -> host: hvsim writes only what fits and does not read, so
+    // the driver's out ring fills and an answer waits.
+    let footprint = {
+        let free = pair.in_free();
+        pair.endpoint.request_heartbeat(&pair.memory).unwrap();
+        requested += 1;
+        free - pair.in_free()
+    };
+    for _ in 0..10 {
+        while pair.in_free() > footprint + 8 {
+            pair.endpoint.request_heartbeat(&pair.memory).unwrap();
+            requested += 1;
+        }
+        pair.guest_poll();
+        if pair.channel.answer_waiting() {
+            break;
+        }
+    }
+    assert!(pair.channel.answer_waiting(), "the out ring never filled");
+    assert_ne!(pair.word(control::PENDING_SEND_SZ as u64), 0);
+    let space_signals = pair.endpoint.stats.space_signals_to_guest;
+    assert!(pair.host_step(), "hvsim signals the space it freed");
+    assert_eq!(
+        pair.endpoint.stats.space_signals_to_guest - space_signals,
+        1,
+        "exactly one space signal"
+    );
+    for _ in 0..8 {
+        pair.guest_poll();
+        pair.host_step();
+    }
+    assert!(!pair.channel.answer_waiting());
+    assert_eq!(
+        pair.endpoint.stats.packets_received,
+        requested + 1,
+        "every request answered"
+    );
+    assert_eq!(pair.endpoint.stats.unknown_responses, 0);
+    assert_eq!(pair.endpoint.stats.unnecessary_signals, 0);
+    assert_eq!(pair.channel.stats().host_faults, 0);
+}
