@@ -43,9 +43,9 @@ pub mod channel;
 pub mod driver;
 #[cfg(test)]
 mod flow_tests;
-pub mod memory;
 #[cfg(test)]
-mod soak_tests;
+mod hvsim_tests;
+pub mod memory;
 #[cfg(test)]
 mod test_service;
 #[cfg(any(test, feature = "testing"))]

@@ -1,17 +1,18 @@
-//! Soak: the real channel loop ([`IcChannel`] with the heartbeat-like
-//! [`Echo`] service, on its own thread) against hvsim's host end of a
-//! heartbeat channel ([`ChannelEndpoint`], on the test's thread) over the
-//! same ring memory. The host sends heartbeat requests back to back (up to
-//! [`WINDOW`] unanswered) and both ends signal each other only as the ring
-//! protocol says, through doorbells that count signals.
+//! The real channel loop ([`IcChannel`] with the heartbeat-like [`Echo`]
+//! service) against hvsim's host end of a heartbeat channel
+//! ([`ChannelEndpoint`]) over the same ring memory:
 //!
-//! A stall is both ends idle with a packet in either ring and no signal on
-//! its way: nobody will ever move again (a lost wakeup). The host counts
-//! it, then rings the driver's doorbell anyway so the soak goes on and the
-//! count means something.
-//!
-//! `IC_SOAK_SECONDS` sets the duration (default 2 s, short enough for
-//! `cargo test`).
+//! - the soak: each on its own thread, the host sending heartbeat requests
+//!   back to back (up to [`WINDOW`] unanswered), both ends signalling each
+//!   other only as the ring protocol says, through doorbells that count
+//!   signals. A stall is both ends idle with a packet in either ring and
+//!   no signal on its way: nobody will ever move again (a lost wakeup).
+//!   The host counts it, then rings the driver's doorbell anyway so the
+//!   soak goes on and the count means something. `IC_SOAK_SECONDS` sets
+//!   the duration (default 2 s, short enough for `cargo test`);
+//! - on one thread, stepped by the test ([`Pair`]): both directions filled
+//!   to full, and a back-to-back stream counting hvsim's interrupts per
+//!   packet.
 
 use crate::channel::IcChannel;
 use crate::test_service::{Echo, IDS};
@@ -392,4 +393,121 @@ fn full_rings_resume_with_one_signal_each_between_driver_and_hvsim() {
     assert_eq!(pair.endpoint.stats.unknown_responses, 0);
     assert_eq!(pair.endpoint.stats.unnecessary_signals, 0);
     assert_eq!(pair.channel.stats().host_faults, 0);
+}
+
+/// A back-to-back stream: hvsim writes a request at every step the driver
+/// takes on the in ring's control page (as fast as the driver can look),
+/// and the driver is notified only when hvsim signals. Counts hvsim's
+/// interrupts per packet: masked while the driver drains, unmasked and
+/// looked at again before it sleeps, so a stream costs far less than one
+/// interrupt per packet, and no packet is lost.
+#[test]
+fn a_back_to_back_stream_costs_few_interrupts_and_loses_nothing() {
+    // A request at every driver step on the control page, every second
+    // step, ...: as fast as the driver reads, or a little slower.
+    for every in [1, 2, 3, 5] {
+        let per_packet = stream(every);
+        assert!(per_packet < 0.05, "{per_packet} interrupts per packet");
+    }
+    // Slower than the driver: it sleeps between packets, so each packet
+    // is an empty -> non-empty write and is signalled (at most one each).
+    assert!(stream(8) <= 1.0);
+}
+
+/// A stream with a request every `every` driver steps; returns hvsim's
+/// interrupts per packet. Asserts that nothing is lost.
+fn stream(every: u64) -> f64 {
+    use crate::memory::probe;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    const STREAM: u64 = 2000;
+    let Pair {
+        mut env,
+        _host,
+        mut channel,
+        mut echo,
+        memory,
+        endpoint,
+        guest_signals,
+        ..
+    } = Pair::new();
+    let host = Rc::new(RefCell::new((endpoint, memory)));
+    let interrupts = Rc::new(Cell::new(0u64));
+    let to_write = Rc::new(Cell::new(STREAM));
+    let masked_writes_signalled = Rc::new(Cell::new(0u64));
+    // A write that signalled: the driver is notified after its poll.
+    let raised = Rc::new(Cell::new(false));
+    let in_control = IDS.ring_out_bytes;
+    let steps = Rc::new(Cell::new(0u64));
+    {
+        let steps = steps.clone();
+        let (host, interrupts, to_write) = (host.clone(), interrupts.clone(), to_write.clone());
+        let masked_writes_signalled = masked_writes_signalled.clone();
+        let raised = raised.clone();
+        probe::set(move |offset| {
+            if !(in_control..in_control + 4096).contains(&offset) || to_write.get() == 0 {
+                return;
+            }
+            steps.set(steps.get() + 1);
+            if !steps.get().is_multiple_of(every) {
+                return;
+            }
+            let (endpoint, memory) = &mut *host.borrow_mut();
+            let masked = memory
+                .load_u32((in_control + control::INTERRUPT_MASK) as u64)
+                .unwrap()
+                != 0;
+            if endpoint.request_heartbeat(memory) == Some(true) {
+                interrupts.set(interrupts.get() + 1);
+                raised.set(true);
+                if masked {
+                    masked_writes_signalled.set(masked_writes_signalled.get() + 1);
+                }
+            }
+            to_write.set(to_write.get() - 1);
+        });
+    }
+    let mut host_seen = 0;
+    let mut polls = 0u64;
+    // The periodic heartbeat Pair::new's step wrote (and signalled)
+    // starts the stream.
+    let mut notified = true;
+    for _ in 0..100_000 {
+        if notified {
+            channel.poll(&mut env, &mut echo);
+            polls += 1;
+        }
+        let signals = guest_signals.get() - host_seen;
+        host_seen = guest_signals.get();
+        let (endpoint, memory) = &mut *host.borrow_mut();
+        notified = endpoint.step(memory, signals, 1) == ChannelEvent::SignalGuest;
+        if notified {
+            interrupts.set(interrupts.get() + 1);
+        }
+        notified |= raised.replace(false);
+        if !notified && signals == 0 {
+            break;
+        }
+    }
+    probe::clear();
+    let (endpoint, _) = &*host.borrow();
+    let sent = endpoint.stats.packets_sent;
+    let per_packet = interrupts.get() as f64 / sent as f64;
+    println!(
+        "stream (a request every {every} driver steps): {sent} packets, {} host interrupts ({per_packet:.4} per packet), {polls} polls, {} drain rounds, {} looks after unmask found data",
+        interrupts.get(),
+        channel.stats().rounds,
+        channel.stats().rechecks_found_data
+    );
+    assert_eq!(to_write.get(), 0, "the stream was written");
+    // Negotiation, the periodic heartbeat and the stream: all answered.
+    assert_eq!(
+        endpoint.stats.packets_received,
+        STREAM + 2,
+        "no packet lost"
+    );
+    assert_eq!(endpoint.stats.unknown_responses, 0);
+    assert_eq!(masked_writes_signalled.get(), 0, "hvsim honours the mask");
+    per_packet
 }
