@@ -163,6 +163,10 @@ pub struct ChannelStats {
     /// Signals to the guest because reading the out ring freed the space
     /// its pending_send_sz asked for.
     pub space_signals_to_guest: u64,
+    /// Guest signals for packets the host had already read in a drain
+    /// that was running when the guest wrote them (a race the rules allow,
+    /// not counted as unnecessary).
+    pub late_signals: u64,
     /// Steps with deferred sends that did not retry them: the host waits
     /// for the guest's signal (the guest announced pending_send_sz).
     pub waits_for_space_signal: u64,
@@ -242,6 +246,9 @@ pub struct ChannelEndpoint {
     expect_signal: bool,
     /// Bytes of in-ring space the host waits for (pending_send_sz set).
     waiting_for_space: u32,
+    /// Packets the last drain read that the guest wrote while it ran:
+    /// signals the guest may have sent for them are late, not unnecessary.
+    late_signal_credits: u64,
     deferred: VecDeque<Vec<u8>>,
     next_transaction: u64,
     outstanding: BTreeMap<u64, Request>,
@@ -281,6 +288,7 @@ impl ChannelEndpoint {
             in_write: 0,
             expect_signal: true,
             waiting_for_space: 0,
+            late_signal_credits: 0,
             deferred: VecDeque::new(),
             next_transaction: 1,
             outstanding: BTreeMap::new(),
@@ -348,15 +356,34 @@ impl ChannelEndpoint {
         if signals > 0 {
             self.stats.signals += signals;
             let necessary = self.signal_was_necessary(memory);
-            let unnecessary = signals - u64::from(necessary);
+            let mut unnecessary = signals.saturating_sub(necessary);
+            let late = unnecessary.min(self.late_signal_credits);
+            unnecessary -= late;
+            self.stats.late_signals += late;
             self.stats.unnecessary_signals += unnecessary;
         }
+        self.late_signal_credits = 0;
         // Like Hyper-V, the host reads the out ring only when signalled (a
         // guest that forgets to signal stalls, as it would there), and then
         // drains it.
         if signals > 0 {
             let before = self.out_read;
-            while let Some(packet) = self.read_packet(memory) {
+            let size = self.out_ring.data_size();
+            let published_at_start = self
+                .out_ring
+                .load(memory, control::WRITE_INDEX)
+                .map_or(0, |write| (write + size - before) % size);
+            loop {
+                let consumed = (self.out_read + size - before) % size;
+                let Some(packet) = self.read_packet(memory) else {
+                    break;
+                };
+                // Written while we drained: we publish our read index per
+                // packet, so the guest may have found the ring empty and
+                // signalled for a packet this drain has already read.
+                if consumed >= published_at_start {
+                    self.late_signal_credits += 1;
+                }
                 signal_guest |= self.handle_packet(memory, packet);
             }
             if self.broken.is_none() {
@@ -437,7 +464,10 @@ impl ChannelEndpoint {
         free(read_before) <= pending && free(self.out_read) > pending
     }
 
-    fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> bool {
+    /// How many of the guest's signals since the last step the rules
+    /// called for: one for the out ring going empty -> non-empty, one for
+    /// in-ring space the host waited for.
+    fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> u64 {
         let out_has_data =
             match self
                 .out_ring
@@ -446,22 +476,23 @@ impl ChannelEndpoint {
                 Ok(write) => write != self.out_read,
                 Err(fault) => {
                     self.fail(fault);
-                    return false;
+                    return 0;
                 }
             };
+        let mut necessary = 0;
         if out_has_data && self.expect_signal {
             self.expect_signal = false;
-            return true;
+            necessary += 1;
         }
         // A reader's signal: the guest freed in-ring space we waited for.
-        if self.waiting_for_space > 0 {
-            if let Ok(free) = self.in_free(memory) {
-                if free > self.waiting_for_space {
-                    return true;
-                }
-            }
+        if self.waiting_for_space > 0
+            && self
+                .in_free(memory)
+                .is_ok_and(|free| free > self.waiting_for_space)
+        {
+            necessary += 1;
         }
-        false
+        necessary
     }
 
     /// Reads one packet from the out ring, validating everything.

@@ -92,6 +92,7 @@ pub struct SoakReport {
     pub host_packets_sent: u64,
     pub guest_signals_to_host: u64,
     pub unnecessary_guest_signals: u64,
+    pub late_guest_signals: u64,
 }
 
 fn ring_has_data(memory: &RegionMemory, control_page: u64) -> bool {
@@ -200,6 +201,7 @@ pub fn soak(duration: Duration) -> SoakReport {
         host_packets_sent: endpoint.stats.packets_sent,
         guest_signals_to_host: u64::from(guest_stats.signals),
         unnecessary_guest_signals: endpoint.stats.unnecessary_signals,
+        late_guest_signals: endpoint.stats.late_signals,
     }
 }
 
@@ -221,6 +223,7 @@ fn back_to_back_heartbeats_never_stall() {
     );
     assert!(report.answered > 100, "too little traffic: {report:?}");
     assert_eq!(report.stalls, 0, "{report:?}");
+    assert_eq!(report.unnecessary_guest_signals, 0, "{report:?}");
 }
 
 /// The real driver and hvsim's host end on one thread, stepped by the test.
