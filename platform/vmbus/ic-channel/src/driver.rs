@@ -18,7 +18,7 @@ pub trait DriverService: IcService + Default {
 
     /// Whether this client call needs the channel to be served correctly
     /// (its answer depends on the host reading and writing the rings). Such
-    /// calls are refused with [`CHANNEL_STALLED`](crate::channel::CHANNEL_STALLED)
+    /// calls are refused with [`CHANNEL_STALLED`]
     /// while the host does not read the channel (a host fault) rather than
     /// answered from state the host can no longer update.
     fn needs_channel(&self, _channel: Channel, _message: &[u8]) -> bool {
