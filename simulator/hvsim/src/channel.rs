@@ -371,7 +371,7 @@ impl ChannelEndpoint {
             let size = self.out_ring.data_size();
             let published_at_start = self
                 .out_ring
-                .load(memory, control::WRITE_INDEX)
+                .peer_index(memory, control::WRITE_INDEX, "out write_index")
                 .map_or(0, |write| (write + size - before) % size);
             loop {
                 let consumed = (self.out_read + size - before) % size;
@@ -594,19 +594,33 @@ impl ChannelEndpoint {
         if self.broken.is_some() {
             return Err(());
         }
-        let free = match self.in_free(memory) {
-            Ok(free) => free,
+        let needed = packet.len() as u32 + TRAILER_SIZE as u32;
+        // The writer always leaves 8 bytes free so full never equals empty.
+        let mut room = self.in_free(memory).map(|free| needed < free);
+        if room == Ok(false) {
+            self.waiting_for_space = needed;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, needed);
+            // The guest may have freed the space before it could see
+            // pending_send_sz (and so will not signal): look again.
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            room = self.in_free(memory).map(|free| needed < free);
+            if room == Ok(true) {
+                // A guest that freed it after all may also have seen
+                // pending_send_sz and signalled: late, not unnecessary.
+                self.late_signal_credits += 1;
+            }
+        }
+        match room {
+            Ok(true) => {}
+            Ok(false) => return Err(()),
             Err(fault) => {
                 self.fail(fault);
                 return Err(());
             }
-        };
-        let needed = packet.len() as u32 + TRAILER_SIZE as u32;
-        // The writer always leaves 8 bytes free so full never equals empty.
-        if needed >= free {
-            self.waiting_for_space = needed;
-            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, needed);
-            return Err(());
+        }
+        if self.waiting_for_space > 0 {
+            self.waiting_for_space = 0;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, 0);
         }
         let start = self.in_write;
         let size = self.in_ring.data_size();
