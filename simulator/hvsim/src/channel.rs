@@ -160,6 +160,16 @@ pub struct ChannelStats {
     pub unknown_responses: u64,
     /// Packets the host could not write yet (ring full).
     pub sends_deferred: u64,
+    /// Signals to the guest because reading the out ring freed the space
+    /// its pending_send_sz asked for.
+    pub space_signals_to_guest: u64,
+    /// Guest signals for packets the host had already read in a drain
+    /// that was running when the guest wrote them (a race the rules allow,
+    /// not counted as unnecessary).
+    pub late_signals: u64,
+    /// Steps with deferred sends that did not retry them: the host waits
+    /// for the guest's signal (the guest announced pending_send_sz).
+    pub waits_for_space_signal: u64,
 }
 
 /// The last heartbeat the guest answered.
@@ -236,6 +246,9 @@ pub struct ChannelEndpoint {
     expect_signal: bool,
     /// Bytes of in-ring space the host waits for (pending_send_sz set).
     waiting_for_space: u32,
+    /// Packets the last drain read that the guest wrote while it ran:
+    /// signals the guest may have sent for them are late, not unnecessary.
+    late_signal_credits: u64,
     deferred: VecDeque<Vec<u8>>,
     next_transaction: u64,
     outstanding: BTreeMap<u64, Request>,
@@ -275,6 +288,7 @@ impl ChannelEndpoint {
             in_write: 0,
             expect_signal: true,
             waiting_for_space: 0,
+            late_signal_credits: 0,
             deferred: VecDeque::new(),
             next_transaction: 1,
             outstanding: BTreeMap::new(),
@@ -304,6 +318,20 @@ impl ChannelEndpoint {
             }
             (Err(fault), _) | (_, Err(fault)) => endpoint.broken = Some(fault),
         }
+        // As Hyper-V: the host announces pending_send_sz on the ring it
+        // writes (it waits for the guest's signal when the ring is full,
+        // and signals the guest when it frees out-ring space the guest
+        // waits for).
+        if endpoint.broken.is_none()
+            && memory
+                .fetch_or_u32(
+                    endpoint.in_ring.control_gpa(control::FEATURE_BITS),
+                    control::FEATURE_PENDING_SEND_SZ,
+                )
+                .is_err()
+        {
+            endpoint.fail(RingFault::Memory);
+        }
         if kind.is_ic() && endpoint.broken.is_none() {
             endpoint.send_negotiate(memory);
         }
@@ -328,15 +356,34 @@ impl ChannelEndpoint {
         if signals > 0 {
             self.stats.signals += signals;
             let necessary = self.signal_was_necessary(memory);
-            let unnecessary = signals - u64::from(necessary);
+            let mut unnecessary = signals.saturating_sub(necessary);
+            let late = unnecessary.min(self.late_signal_credits);
+            unnecessary -= late;
+            self.stats.late_signals += late;
             self.stats.unnecessary_signals += unnecessary;
         }
+        self.late_signal_credits = 0;
         // Like Hyper-V, the host reads the out ring only when signalled (a
         // guest that forgets to signal stalls, as it would there), and then
         // drains it.
         if signals > 0 {
             let before = self.out_read;
-            while let Some(packet) = self.read_packet(memory) {
+            let size = self.out_ring.data_size();
+            let published_at_start = self
+                .out_ring
+                .peer_index(memory, control::WRITE_INDEX, "out write_index")
+                .map_or(0, |write| (write + size - before) % size);
+            loop {
+                let consumed = (self.out_read + size - before) % size;
+                let Some(packet) = self.read_packet(memory) else {
+                    break;
+                };
+                // Written while we drained: we publish our read index per
+                // packet, so the guest may have found the ring empty and
+                // signalled for a packet this drain has already read.
+                if consumed >= published_at_start {
+                    self.late_signal_credits += 1;
+                }
                 signal_guest |= self.handle_packet(memory, packet);
             }
             if self.broken.is_none() {
@@ -344,11 +391,20 @@ impl ChannelEndpoint {
             }
             // A writer blocked on a full out ring asked (pending_send_sz)
             // to be signalled once enough space is free.
-            if self.out_read != before {
-                signal_guest |= self.space_freed_for_guest(memory);
+            if self.out_read != before && self.space_freed_for_guest(memory, before) {
+                self.stats.space_signals_to_guest += 1;
+                signal_guest = true;
             }
         }
-        signal_guest |= self.flush_deferred(memory);
+        // A full in ring: a guest that announced pending_send_sz signals
+        // when it has freed the space, so the host waits for that signal
+        // (strict: it does not look before); one that did not must be
+        // polled.
+        if !self.deferred.is_empty() && signals == 0 && self.guest_signals_for_space(memory) {
+            self.stats.waits_for_space_signal += 1;
+        } else {
+            signal_guest |= self.flush_deferred(memory);
+        }
         if self.kind == DeviceKind::Heartbeat
             && self.ic.message_version.is_some()
             && self
@@ -367,9 +423,23 @@ impl ChannelEndpoint {
         }
     }
 
-    /// True if the guest set pending_send_sz on its out ring and the free
-    /// space now exceeds it (the reader's signal rule).
-    fn space_freed_for_guest<M: GuestMemory>(&mut self, memory: &M) -> bool {
+    /// Whether the guest announced pending_send_sz (feature bit 0 on the
+    /// out ring, which it writes): then it also signals the host when it
+    /// frees in-ring space the host waits for.
+    fn guest_signals_for_space<M: GuestMemory>(&self, memory: &M) -> bool {
+        self.out_ring
+            .load(memory, control::FEATURE_BITS)
+            .is_ok_and(|bits| bits & control::FEATURE_PENDING_SEND_SZ != 0)
+    }
+
+    /// The reader's signal rule: the guest announced pending_send_sz, set
+    /// it, and this drain (which started at `read_before`) made the free
+    /// space cross it: it was at most pending_send_sz before and is more
+    /// now. A pending_send_sz the ring can never satisfy breaks the ring.
+    fn space_freed_for_guest<M: GuestMemory>(&mut self, memory: &M, read_before: u32) -> bool {
+        if !self.guest_signals_for_space(memory) {
+            return false;
+        }
         let Ok(pending) = self.out_ring.load(memory, control::PENDING_SEND_SZ) else {
             return false;
         };
@@ -377,17 +447,27 @@ impl ChannelEndpoint {
             return false;
         }
         let size = self.out_ring.data_size();
+        if pending >= size {
+            self.fail(RingFault::BadIndex {
+                which: "out pending_send_sz",
+                value: pending,
+            });
+            return false;
+        }
         let Ok(write) = self
             .out_ring
             .peer_index(memory, control::WRITE_INDEX, "out write_index")
         else {
             return false;
         };
-        let used = (write + size - self.out_read) % size;
-        size - used > pending
+        let free = |read: u32| size - (write + size - read) % size;
+        free(read_before) <= pending && free(self.out_read) > pending
     }
 
-    fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> bool {
+    /// How many of the guest's signals since the last step the rules
+    /// called for: one for the out ring going empty -> non-empty, one for
+    /// in-ring space the host waited for.
+    fn signal_was_necessary<M: GuestMemory>(&mut self, memory: &M) -> u64 {
         let out_has_data =
             match self
                 .out_ring
@@ -396,22 +476,23 @@ impl ChannelEndpoint {
                 Ok(write) => write != self.out_read,
                 Err(fault) => {
                     self.fail(fault);
-                    return false;
+                    return 0;
                 }
             };
+        let mut necessary = 0;
         if out_has_data && self.expect_signal {
             self.expect_signal = false;
-            return true;
+            necessary += 1;
         }
         // A reader's signal: the guest freed in-ring space we waited for.
-        if self.waiting_for_space > 0 {
-            if let Ok(free) = self.in_free(memory) {
-                if free > self.waiting_for_space {
-                    return true;
-                }
-            }
+        if self.waiting_for_space > 0
+            && self
+                .in_free(memory)
+                .is_ok_and(|free| free > self.waiting_for_space)
+        {
+            necessary += 1;
         }
-        false
+        necessary
     }
 
     /// Reads one packet from the out ring, validating everything.
@@ -513,25 +594,35 @@ impl ChannelEndpoint {
         if self.broken.is_some() {
             return Err(());
         }
-        let free = match self.in_free(memory) {
-            Ok(free) => free,
+        let needed = packet.len() as u32 + TRAILER_SIZE as u32;
+        // The writer always leaves 8 bytes free so full never equals empty.
+        let mut room = self.in_free(memory).map(|free| needed < free);
+        if room == Ok(false) {
+            self.waiting_for_space = needed;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, needed);
+            // The guest may have freed the space before it could see
+            // pending_send_sz (and so will not signal): look again.
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            room = self.in_free(memory).map(|free| needed < free);
+            if room == Ok(true) {
+                // A guest that freed it after all may also have seen
+                // pending_send_sz and signalled: late, not unnecessary.
+                self.late_signal_credits += 1;
+            }
+        }
+        match room {
+            Ok(true) => {}
+            Ok(false) => return Err(()),
             Err(fault) => {
                 self.fail(fault);
                 return Err(());
             }
-        };
-        let needed = packet.len() as u32 + TRAILER_SIZE as u32;
-        // The writer always leaves 8 bytes free so full never equals empty.
-        if needed >= free {
-            self.waiting_for_space = needed;
-            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, needed);
-            return Err(());
+        }
+        if self.waiting_for_space > 0 {
+            self.waiting_for_space = 0;
+            let _ = self.in_ring.store(memory, control::PENDING_SEND_SZ, 0);
         }
         let start = self.in_write;
-        let read_before = self
-            .in_ring
-            .load(memory, control::READ_INDEX)
-            .unwrap_or(u32::MAX);
         let size = self.in_ring.data_size();
         let trailer = (start as u64) << 32;
         if self.in_ring.write(memory, start, packet).is_err()
@@ -559,13 +650,25 @@ impl ChannelEndpoint {
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.stats.packets_sent += 1;
-        let was_empty = read_before == start;
+        // The mask and the read index are looked at only after the write
+        // index is published (and the fence): a guest that publishes its
+        // read index or clears its mask after this load looks at the ring
+        // again and finds the packet itself. A read index loaded before
+        // the write could be one the guest has since moved to `start`
+        // and gone to sleep on.
         let masked = self
             .in_ring
             .load(memory, control::INTERRUPT_MASK)
             .unwrap_or(1)
             != 0;
-        Ok(was_empty && !masked)
+        if masked {
+            return Ok(false);
+        }
+        let read_now = self
+            .in_ring
+            .load(memory, control::READ_INDEX)
+            .unwrap_or(u32::MAX);
+        Ok(read_now == start)
     }
 
     fn build_packet(
@@ -979,3 +1082,6 @@ impl PacketFault {
         })
     }
 }
+
+#[cfg(test)]
+mod flow_tests;

@@ -266,10 +266,23 @@ fn host_reads_only_when_signalled_and_honours_pending_send_size() {
         h.with(|s| s.vmbus.endpoint(relid).unwrap().stats.packets_received),
         0
     );
-    // The guest (a writer waiting for room) asks to be told when 64 bytes
-    // are free, then signals: the host drains and signals back.
+    // The guest (a writer waiting for room, which announced
+    // pending_send_sz with feature bit 0) asks to be told when more than
+    // what is free now (all but the packet's 32 bytes) is free, then
+    // signals: the host drains, the free space crosses it, the host
+    // signals back.
+    let all_but_one_packet = rings.data_size() - 32;
     h.memory
-        .store_u32(rings.out_control() + control::PENDING_SEND_SZ as u64, 64)
+        .fetch_or_u32(
+            rings.out_control() + control::FEATURE_BITS as u64,
+            control::FEATURE_PENDING_SEND_SZ,
+        )
+        .unwrap();
+    h.memory
+        .store_u32(
+            rings.out_control() + control::PENDING_SEND_SZ as u64,
+            all_but_one_packet,
+        )
         .unwrap();
     assert!(!h.take_event_flag(relid as u16));
     h.signal_channel(&rings);
@@ -287,5 +300,39 @@ fn host_reads_only_when_signalled_and_honours_pending_send_size() {
     h.signal_channel(&rings);
     h.settle();
     assert!(!h.take_event_flag(relid as u16));
+    // Nor when the space was already free before the drain (no crossing).
+    h.memory
+        .store_u32(rings.out_control() + control::PENDING_SEND_SZ as u64, 64)
+        .unwrap();
+    assert!(h.write_packet(&mut rings, 3, &[0; 8], false));
+    h.signal_channel(&rings);
+    h.settle();
+    assert!(!h.take_event_flag(relid as u16));
+    // Nor for a guest that did not announce pending_send_sz.
+    h.memory
+        .fetch_and_u32(
+            rings.out_control() + control::FEATURE_BITS as u64,
+            !control::FEATURE_PENDING_SEND_SZ,
+        )
+        .unwrap();
+    h.memory
+        .store_u32(
+            rings.out_control() + control::PENDING_SEND_SZ as u64,
+            all_but_one_packet,
+        )
+        .unwrap();
+    assert!(h.write_packet(&mut rings, 4, &[0; 8], false));
+    h.signal_channel(&rings);
+    h.settle();
+    assert!(!h.take_event_flag(relid as u16));
+    assert_eq!(
+        h.with(|s| s
+            .vmbus
+            .endpoint(relid)
+            .unwrap()
+            .stats
+            .space_signals_to_guest),
+        1
+    );
     h.finish();
 }

@@ -4,7 +4,7 @@
 //! signal the host through synic only when the ring asks for it.
 
 use crate::memory::{split_rings, zero_rings, RegionPart};
-use component_api::{println, Channel, Client, Env, RegionName};
+use component_api::{println, Channel, Client, Env, Refusal, RegionName};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
     self, answer_negotiate, IcFlags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
@@ -28,6 +28,15 @@ pub const MAX_BAD_IN_A_ROW: u32 = 16;
 
 /// Open requests per channel generation before the driver stops asking.
 pub const MAX_OPEN_ATTEMPTS: u8 = 3;
+
+/// How long the out ring may stay full (the host not reading our answers)
+/// before the driver calls it a host fault: counted, reported once, and
+/// calls that need the channel are refused until the host makes space.
+pub const HOST_SPACE_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// The refusal a client gets for a call that needs the channel while the
+/// host does not read it (a host fault, see [`HOST_SPACE_TIMEOUT_NS`]).
+pub const CHANNEL_STALLED: Refusal = Refusal(0x100);
 
 /// Console lines for rejected messages: the first this many, then one per
 /// [`REJECT_LOG_EVERY`], so a hostile host cannot flood the console.
@@ -83,8 +92,12 @@ pub struct Stats {
     pub answered: u32,
     pub rejected: u32,
     pub negotiations: u32,
-    /// Answers dropped because the out ring was full (the host stopped reading).
-    pub dropped: u32,
+    /// Answers that found the out ring full and waited for space (none is
+    /// ever dropped).
+    pub answers_waited: u32,
+    /// Times the host left the out ring full for longer than
+    /// [`HOST_SPACE_TIMEOUT_NS`] (a host fault; reported once each).
+    pub host_faults: u32,
     pub signals: u32,
     pub signal_failures: u32,
     /// Signals synic answered `ChannelClosed` (the channel was rescinded
@@ -92,6 +105,11 @@ pub struct Stats {
     pub signals_after_close: u32,
     /// Notifications from synic that found no open channel.
     pub spurious: u32,
+    /// Drain rounds (mask, read, publish, unmask, look again).
+    pub rounds: u32,
+    /// Looks after the unmask that found data: packets the host wrote
+    /// without an interrupt, which a loop without that look would leave.
+    pub rechecks_found_data: u32,
 }
 
 struct Rings {
@@ -111,6 +129,14 @@ pub struct IcChannel {
     negotiated: Option<Negotiated>,
     bad_in_a_row: u32,
     stats: Stats,
+    /// An answer (in `buffer`) that found the out ring full. While it
+    /// waits, the in ring is not read (the buffer holds it, and the host
+    /// must read before it may write more): back pressure, no loss.
+    pending_answer: Option<Answer>,
+    /// When the pending answer first found the ring full.
+    waiting_since_ns: Option<u64>,
+    /// The current wait was reported as a host fault.
+    host_fault: bool,
     buffer: [u8; PACKET_BUFFER],
 }
 
@@ -137,6 +163,9 @@ impl IcChannel {
             negotiated: None,
             bad_in_a_row: 0,
             stats: Stats::default(),
+            pending_answer: None,
+            waiting_since_ns: None,
+            host_fault: false,
             buffer: [0; PACKET_BUFFER],
         }
     }
@@ -204,6 +233,12 @@ impl IcChannel {
                 self.negotiated = None;
             }
         }
+        if self.rings.is_none() {
+            // An answer for rings that are gone has no one to go to.
+            self.pending_answer = None;
+            self.waiting_since_ns = None;
+            self.host_fault = false;
+        }
     }
 
     fn request_open(&mut self, env: &mut dyn Env) {
@@ -236,7 +271,9 @@ impl IcChannel {
         };
         // Our own indices are read once here; a host that corrupted them
         // before we attached gets the channel reset.
-        let rings = match (RingReader::new(in_ring), RingWriter::new(out_ring, false)) {
+        // Our writer announces pending_send_sz (feature bit 0 on the out
+        // ring): on a full ring it waits for the host's signal.
+        let rings = match (RingReader::new(in_ring), RingWriter::new(out_ring, true)) {
             (Ok(reader), Ok(writer)) => Rings { reader, writer },
             _ => give_up(env, "ring indices out of range at open"),
         };
@@ -248,15 +285,79 @@ impl IcChannel {
     }
 
     /// synic notified us: read everything the host has written.
+    ///
+    /// Each round masks the host's interrupts, drains the in ring,
+    /// publishes the read index, unmasks and looks again. The host decides
+    /// whether to interrupt from the published read index (empty ->
+    /// non-empty) and the mask, so a packet it wrote after our last empty
+    /// read but before the publish or the unmask brought no interrupt:
+    /// only that last look finds it. The rounds end when a look after the
+    /// unmask finds the ring empty; every round but the last read packets
+    /// the host wrote meanwhile, so they last only while the host keeps
+    /// writing at least as fast as we answer.
     pub fn poll<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) {
         if self.rings.is_none() {
             self.stats.spurious += 1;
             return;
         }
+        loop {
+            if self.pending_answer.is_some() {
+                match self.flush_pending_answer(env) {
+                    Some(true) => self.signal_host(env),
+                    Some(false) => {}
+                    None => {
+                        // Still full: the host signals once it has read
+                        // enough (pending_send_sz), or we look again at
+                        // the next notification.
+                        self.check_host_fault(env);
+                        return;
+                    }
+                }
+            }
+            let Some(rings) = self.rings.as_ref() else {
+                return;
+            };
+            if let Err(error) = rings.reader.mask_interrupts() {
+                println!(env, "in ring: {error:?}");
+                give_up(env, "the in ring's control page is out of reach");
+            }
+            let mut signal = self.drain(env, service);
+            let Some(rings) = self.rings.as_mut() else {
+                return;
+            };
+            match rings.reader.finish_batch() {
+                Ok(Signal(wanted)) => signal |= wanted,
+                Err(error) => {
+                    println!(env, "in ring: {error:?}");
+                    give_up(env, "the host broke the in ring");
+                }
+            }
+            let more = match rings.reader.unmask_interrupts() {
+                Ok(more) => more,
+                Err(error) => {
+                    println!(env, "in ring: {error:?}");
+                    give_up(env, "the host broke the in ring");
+                }
+            };
+            if signal {
+                self.signal_host(env);
+            }
+            self.stats.rounds += 1;
+            if !more || self.pending_answer.is_some() {
+                return;
+            }
+            self.stats.rechecks_found_data += 1;
+        }
+    }
+
+    /// Read, serve and answer every packet in the in ring (not published:
+    /// that is [`IcChannel::poll`]'s). Returns whether the host must be
+    /// signalled for the answers.
+    fn drain<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) -> bool {
         let mut signal = false;
         loop {
             let Some(rings) = self.rings.as_mut() else {
-                return;
+                return signal;
             };
             let len = match rings.reader.try_read(&mut self.buffer) {
                 Ok(None) => break,
@@ -282,7 +383,16 @@ impl IcChannel {
             match self.handle_packet(env, service, len) {
                 Ok(answer) => {
                     self.bad_in_a_row = 0;
-                    signal |= self.write_answer(env, answer);
+                    match self.write_answer(env, answer) {
+                        Some(wanted) => signal |= wanted,
+                        None => {
+                            // The answer waits in the buffer: read no more.
+                            self.stats.answers_waited += 1;
+                            self.pending_answer = Some(answer);
+                            self.waiting_since_ns = Some(env.now_ns());
+                            return signal;
+                        }
+                    }
                 }
                 Err(rejection) => {
                     self.bad_in_a_row += 1;
@@ -293,18 +403,7 @@ impl IcChannel {
                 }
             }
         }
-        if let Some(rings) = self.rings.as_mut() {
-            match rings.reader.finish_batch() {
-                Ok(Signal(wanted)) => signal |= wanted,
-                Err(error) => {
-                    println!(env, "in ring: {error:?}");
-                    give_up(env, "the host broke the in ring");
-                }
-            }
-        }
-        if signal {
-            self.signal_host(env);
-        }
+        signal
     }
 
     fn reject(&mut self, env: &mut dyn Env, reason: &str, detail: Option<&dyn core::fmt::Debug>) {
@@ -393,11 +492,12 @@ impl IcChannel {
         }
     }
 
-    /// Write an answer; returns whether the host must be signalled.
-    fn write_answer(&mut self, env: &mut dyn Env, answer: Answer) -> bool {
-        let Some(rings) = self.rings.as_mut() else {
-            return false;
-        };
+    /// Write an answer: `Some(signal)` once written (whether the host must
+    /// be signalled), `None` if the out ring is full. The ring has then
+    /// published pending_send_sz and looked again, so the host signals us
+    /// once it has read enough.
+    fn write_answer(&mut self, env: &mut dyn Env, answer: Answer) -> Option<bool> {
+        let rings = self.rings.as_mut()?;
         let bytes = &self.buffer[answer.start..answer.start + answer.len];
         match rings
             .writer
@@ -405,21 +505,63 @@ impl IcChannel {
         {
             Ok(Signal(signal)) => {
                 self.stats.answered += 1;
-                signal
+                Some(signal)
             }
-            Err(RingError::Full { .. }) => {
-                // The host is not reading its ring. IC requests are
-                // retried by the host after a timeout, so dropping the
-                // answer loses nothing a full ring would not lose anyway.
-                self.stats.dropped += 1;
-                println!(env, "out ring full: answer dropped");
-                false
-            }
+            Err(RingError::Full { .. }) => None,
             Err(error) => {
                 println!(env, "out ring: {error:?}");
                 give_up(env, "the host broke the out ring");
             }
         }
+    }
+
+    /// Try the answer that waits for space again: `Some(signal)` once it
+    /// is written, `None` while the ring is still full.
+    fn flush_pending_answer(&mut self, env: &mut dyn Env) -> Option<bool> {
+        let answer = self.pending_answer?;
+        let signal = self.write_answer(env, answer)?;
+        self.pending_answer = None;
+        self.waiting_since_ns = None;
+        if self.host_fault {
+            self.host_fault = false;
+            println!(env, "out ring has space again: answering resumes");
+        }
+        Some(signal)
+    }
+
+    /// Call a wait for space that lasts too long a host fault: counted and
+    /// reported once per wait (no busy loop: we only look again when
+    /// notified or asked).
+    fn check_host_fault(&mut self, env: &mut dyn Env) {
+        let Some(since) = self.waiting_since_ns else {
+            return;
+        };
+        let waited = env.now_ns().saturating_sub(since);
+        if self.host_fault || waited < HOST_SPACE_TIMEOUT_NS {
+            return;
+        }
+        self.host_fault = true;
+        self.stats.host_faults += 1;
+        println!(
+            env,
+            "host fault ({} so far): the out ring has been full for {} ms; an answer waits and the in ring is not read",
+            self.stats.host_faults,
+            waited / 1_000_000
+        );
+    }
+
+    /// Whether the host is at fault for not reading the channel: an answer
+    /// has waited for space in the out ring for longer than
+    /// [`HOST_SPACE_TIMEOUT_NS`]. (Look with [`IcChannel::poll`] first: a
+    /// host that made space without the signal it owes is not blamed.)
+    pub fn host_fault(&mut self, env: &mut dyn Env) -> bool {
+        self.check_host_fault(env);
+        self.host_fault
+    }
+
+    /// An answer waits for space in the out ring.
+    pub fn answer_waiting(&self) -> bool {
+        self.pending_answer.is_some()
     }
 
     fn signal_host(&mut self, env: &mut dyn Env) {

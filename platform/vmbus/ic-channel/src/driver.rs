@@ -3,7 +3,7 @@
 //! generated ids. A driver crate writes only its service and names the
 //! component `pub type NAME = IcDriver<NameService>;`.
 
-use crate::channel::{ChannelIds, IcChannel, IcService};
+use crate::channel::{ChannelIds, IcChannel, IcService, CHANNEL_STALLED};
 use component_api::{Channel, ChannelSet, Component, Env, Refusal};
 
 /// A service that can run as a whole driver.
@@ -15,6 +15,15 @@ pub trait DriverService: IcService + Default {
     /// before the channel is looked at: a service that keeps state in a
     /// region of its own (one that outlives a restart) loads it here.
     fn start(&mut self, _env: &mut dyn Env) {}
+
+    /// Whether this client call needs the channel to be served correctly
+    /// (its answer depends on the host reading and writing the rings). Such
+    /// calls are refused with [`CHANNEL_STALLED`]
+    /// while the host does not read the channel (a host fault) rather than
+    /// answered from state the host can no longer update.
+    fn needs_channel(&self, _channel: Channel, _message: &[u8]) -> bool {
+        false
+    }
 
     /// Serve one protected call on `channel` (from a client: the
     /// generated `serve` function of the driver's protocol tells them
@@ -66,6 +75,14 @@ impl<S: DriverService> Component for IcDriver<S> {
         message: &[u8],
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
+        if self.channel.answer_waiting() {
+            // The host may have made space without signalling: look now, so
+            // a fault is only what is still true.
+            self.channel.poll(env, &mut self.service);
+        }
+        if self.service.needs_channel(channel, message) && self.channel.host_fault(env) {
+            return Err(CHANNEL_STALLED);
+        }
         self.service.serve_client(env, channel, message, reply)
     }
 }

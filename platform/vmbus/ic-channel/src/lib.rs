@@ -17,7 +17,13 @@
 //!   the bus manager (`bus::Request::ReportVersions`); messages of the
 //!   service's type go to its [`IcService`]; answers go to the out ring and
 //!   the host is signalled through synic (`SignalHost`) only when a ring
-//!   operation says so.
+//!   operation says so. The in ring is drained in rounds (mask the host's
+//!   interrupts, drain, publish, unmask, look again) so that no packet is
+//!   left without an interrupt. Flow control both ways (pending_send_sz):
+//!   an answer that finds the out ring full waits, and the in ring is not
+//!   read meanwhile; a host that leaves it full for
+//!   [`HOST_SPACE_TIMEOUT_NS`] is a host fault (counted, reported once,
+//!   client calls that need the channel refused with [`CHANNEL_STALLED`]).
 //!
 //! - The component: [`IcDriver`] is the whole driver around a service (a
 //!   [`DriverService`]): it routes `vmbus_event` and `synic` notifications
@@ -41,6 +47,10 @@
 
 pub mod channel;
 pub mod driver;
+#[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
+mod hvsim_tests;
 pub mod memory;
 #[cfg(test)]
 mod test_service;
@@ -48,8 +58,8 @@ mod test_service;
 pub mod testing;
 
 pub use channel::{
-    body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, MAX_BAD_IN_A_ROW,
-    PACKET_BUFFER,
+    body_mut, give_up, ChannelIds, IcChannel, IcService, Rejection, Stats, CHANNEL_STALLED,
+    HOST_SPACE_TIMEOUT_NS, MAX_BAD_IN_A_ROW, PACKET_BUFFER,
 };
 pub use driver::{DriverService, IcDriver};
 pub use memory::{split_rings, zero_rings, RegionPart};

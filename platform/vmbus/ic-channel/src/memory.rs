@@ -45,6 +45,8 @@ impl RingMemory for RegionPart {
         if offset + 4 > CONTROL_PAGE_SIZE {
             return Err(MemoryError);
         }
+        #[cfg(any(test, feature = "testing"))]
+        probe::control_access(self.base + offset);
         // The region outlives `self`; the reference is tied to `&self`.
         Ok(self.region.atomic_u32(self.base + offset)?)
     }
@@ -61,6 +63,47 @@ impl RingMemory for RegionPart {
     fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         let at = self.data_offset(offset, data.len())?;
         Ok(self.region.write_bulk(at, data)?)
+    }
+}
+
+/// Test seam (feature `testing`): a hook run on this thread before every
+/// control-word access of any [`RegionPart`], with the word's offset in its
+/// region. It lets a test host act at an exact point of the driver's ring
+/// protocol (say, write a packet just before the driver publishes its read
+/// index). The hook is taken out while it runs, so the test host's own ring
+/// accesses inside it do not re-enter it.
+#[cfg(any(test, feature = "testing"))]
+pub mod probe {
+    use std::boxed::Box;
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnMut(usize)>;
+
+    std::thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Run `hook` before every control-word access on this thread.
+    pub fn set(hook: impl FnMut(usize) + 'static) {
+        HOOK.with(|slot| *slot.borrow_mut() = Some(Box::new(hook)));
+    }
+
+    pub fn clear() {
+        HOOK.with(|slot| *slot.borrow_mut() = None);
+    }
+
+    pub(crate) fn control_access(offset: usize) {
+        let Some(mut hook) = HOOK.with(|slot| slot.borrow_mut().take()) else {
+            return;
+        };
+        hook(offset);
+        HOOK.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            // A hook the hook installed replaces it.
+            if slot.is_none() {
+                *slot = Some(hook);
+            }
+        });
     }
 }
 

@@ -44,6 +44,11 @@ impl IcService for Echo {
 impl DriverService for Echo {
     const IDS: ChannelIds = IDS;
 
+    /// The answer counts what the channel served.
+    fn needs_channel(&self, channel: Channel, _message: &[u8]) -> bool {
+        channel == CLIENT
+    }
+
     fn serve_client(
         &mut self,
         _env: &mut dyn Env,

@@ -15,7 +15,7 @@ use std::vec::Vec;
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{self, IcFlags, IcMessageHeader, IcVersion};
 use vmbus_protocol::packet::{self, PacketDescriptor};
-use vmbus_ring::{RingReader, RingWriter};
+use vmbus_ring::{RingError, RingReader, RingWriter, Signal};
 use zerocopy::IntoBytes;
 
 pub const RING_REGION_BYTES: usize = 32768;
@@ -47,6 +47,9 @@ pub struct TestHost {
     writer: Option<RingWriter<RegionPart>>,
     reader: Option<RingReader<RegionPart>>,
     next_transaction: u64,
+    /// Times reading the VSC's answers freed enough of the out ring for
+    /// the VSC's pending_send_sz: each is a signal the host owes it.
+    pub space_signals: u32,
 }
 
 fn all_zero(region: component_api::Region) -> bool {
@@ -142,6 +145,7 @@ impl TestHost {
             writer: None,
             reader: None,
             next_transaction: 1,
+            space_signals: 0,
         }
     }
 
@@ -166,7 +170,8 @@ impl TestHost {
         let (ring, out_len) = (self.ring, self.out_len);
         self.writer.get_or_insert_with(|| {
             let (_, in_ring) = split_rings(ring, out_len).unwrap();
-            RingWriter::new(in_ring, false).unwrap()
+            // As Hyper-V: pending_send_sz on the ring the host writes.
+            RingWriter::new(in_ring, true).unwrap()
         })
     }
 
@@ -180,13 +185,24 @@ impl TestHost {
 
     /// Write an in-band packet to the VSC; returns the transaction id.
     pub fn send(&mut self, payload: &[u8]) -> u64 {
+        self.send_signalled(payload).0
+    }
+
+    /// [`TestHost::send`], also returning whether the ring protocol says
+    /// the host must signal the VSC now (empty -> non-empty, mask clear).
+    pub fn send_signalled(&mut self, payload: &[u8]) -> (u64, bool) {
+        self.try_send(payload).expect("room in the in ring")
+    }
+
+    /// [`TestHost::send_signalled`], or the ring's error (`Full`: the
+    /// host's pending_send_sz is now set and it waits for the VSC's signal).
+    pub fn try_send(&mut self, payload: &[u8]) -> Result<(u64, bool), RingError> {
         let transaction_id = self.next_transaction;
-        self.next_transaction += 1;
-        let _ = self
+        let Signal(signal) = self
             .writer()
-            .write_in_band(transaction_id, false, payload)
-            .unwrap();
-        transaction_id
+            .write_in_band(transaction_id, false, payload)?;
+        self.next_transaction += 1;
+        Ok((transaction_id, signal))
     }
 
     /// Write a packet with any descriptor (for malformed-packet tests).
@@ -218,7 +234,9 @@ impl TestHost {
         let reader = self.reader();
         let packet = reader.read_packet(&mut buffer).unwrap()?;
         let result = (packet.transaction_id, packet.payload.to_vec());
-        let _ = reader.finish_batch().unwrap();
+        if reader.finish_batch().unwrap().0 {
+            self.space_signals += 1;
+        }
         Some(result)
     }
 
