@@ -563,6 +563,12 @@ impl<M: RingMemory> RingReader<M> {
         if features & control::FEATURE_PENDING_SEND_SZ == 0 {
             return Ok(Signal(false));
         }
+        // The write index first: a writer clears pending_send_sz before it
+        // publishes the packet that used the space, so with this Acquire
+        // load a published write seen here also means its cleared
+        // pending_send_sz is seen below (loading them the other way round
+        // signalled a second time for one wait; the loom model found it).
+        let write = self.write_index()?;
         let pending = self
             .memory
             .control(control::PENDING_SEND_SZ)?
@@ -576,7 +582,6 @@ impl<M: RingMemory> RingReader<M> {
                 value: pending,
             });
         }
-        let write = self.write_index()?;
         let free_before = self.size - used(previous, write, self.size);
         let free_now = self.size - used(self.read_index, write, self.size);
         // The writer needs strictly more than `pending` free bytes.

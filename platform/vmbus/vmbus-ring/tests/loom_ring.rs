@@ -361,10 +361,8 @@ fn full_writer_never_stalls() {
 /// stale pending_send_sz and then the new write index sees the space
 /// "cross" again and signals a second time, for no wait. Loading the write
 /// index first (the Acquire load then also sees the cleared
-/// pending_send_sz) makes this pass; that change belongs to the flow
-/// control work in ring.rs, so until it lands this test is ignored.
+/// pending_send_sz) makes this pass, as `finish_batch` now does.
 #[test]
-#[ignore = "finish_batch loads pending_send_sz before the write index: a second, needless signal"]
 fn full_writer_is_signalled_at_most_once() {
     check("pending_send_sz, one signal per wait", || {
         flow_control_model(true)
