@@ -24,6 +24,7 @@ name = "boss"
 package = "boss"
 priority = 150
 power_off = true
+supervisor = "@platform"
 
 [[region]]
 name = "ring"
@@ -67,6 +68,11 @@ fn a_valid_description_lowers_with_ids_peers_and_addresses() {
     assert_eq!(worker.name, "worker");
     assert_eq!(worker.stack_pages, 8);
     assert_eq!(worker.supervisor, Some(2));
+    assert!(!worker.platform_supervised);
+    // The platform (monitor, launcher) restarts the supervisor itself.
+    let boss = &layout.components[2];
+    assert_eq!(boss.supervisor, None);
+    assert!(boss.platform_supervised);
     assert_eq!(worker.channels.len(), 2);
     assert_eq!(worker.channels[0].kind, ChannelKind::Notify);
     assert_eq!(

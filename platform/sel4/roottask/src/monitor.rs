@@ -4,6 +4,9 @@
 //! - A fault (badge FAULT_BADGE_FLAG | pd) is recorded for the PD, logged,
 //!   and the supervisor is signalled with MONITOR_NEWS_BIT; the faulting
 //!   thread stays blocked (no reply) until its supervisor restarts it.
+//! - A PD described with `supervisor = "@platform"` (synic, vmbus) has the
+//!   monitor as its supervisor: it is restarted at once, or held stopped
+//!   after 3 faults within 10 s.
 //! - A request (badge REQUEST_BADGE_FLAG | pd) is checked against the
 //!   description: only a PD's own children may be restarted, stopped or
 //!   reported, and only a PD allowed to may power off.
@@ -32,7 +35,38 @@ fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
     system.pds[pd].pending_fault = Some(fault);
     match system.pds[pd].supervisor {
         Some(supervisor) => sys::signal(system.pds[supervisor].news),
+        None if system.pds[pd].platform_supervised => restart_for_the_platform(system, pd),
         None => crate::log!("{name} has no supervisor: it stays stopped"),
+    }
+}
+
+/// `supervisor = "@platform"`: the monitor is the supervisor. Restart the
+/// PD (memory reset to its image), or hold it stopped after
+/// `PLATFORM_FAULTS_TO_HOLD` faults within `PLATFORM_FAULT_WINDOW_NS`.
+fn restart_for_the_platform(system: &mut System, pd: usize) {
+    let name = system.pds[pd].name.clone();
+    // SAFETY: rdtsc has no memory effects; user mode may use it.
+    let started = unsafe { core::arch::x86_64::_rdtsc() };
+    let now_ns = started / system.tsc_per_us.max(1) * 1000;
+    system.pds[pd].pending_fault = None;
+    if !system_layout::platform_should_restart(&mut system.pds[pd].platform_faults, now_ns) {
+        crate::log!(
+            "{name} held stopped: {} faults within {} s",
+            system_layout::PLATFORM_FAULTS_TO_HOLD,
+            system_layout::PLATFORM_FAULT_WINDOW_NS / 1_000_000_000
+        );
+        return;
+    }
+    match system.restart(pd) {
+        Ok(()) => {
+            // SAFETY: as above.
+            let done = unsafe { core::arch::x86_64::_rdtsc() };
+            crate::log!(
+                "restarted {name} (memory reset, {} us)",
+                (done - started) / system.tsc_per_us.max(1)
+            );
+        }
+        Err(error) => crate::log!("restart of {name} failed: {error}"),
     }
 }
 

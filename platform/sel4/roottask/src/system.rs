@@ -37,6 +37,10 @@ pub struct Pd {
     /// Calls this PD serves: (its channel id, client PD, client's channel id).
     served_calls: Vec<(u8, usize, u8)>,
     pub supervisor: Option<usize>,
+    /// The monitor restarts it on a fault (`supervisor = "@platform"`).
+    pub platform_supervised: bool,
+    /// When it faulted lately (ns since boot), for the hold policy.
+    pub platform_faults: Vec<u64>,
     pub children: Vec<usize>,
     pub may_power_off: bool,
     pub pending_fault: Option<FaultRecord>,
@@ -45,6 +49,8 @@ pub struct Pd {
 pub struct System {
     pub pds: Vec<Pd>,
     pub monitor_endpoint: CPtr,
+    /// The TSC's rate (from the kernel's boot info), for the monitor's clock.
+    pub tsc_per_us: u64,
     pub allocator: Allocator,
 }
 
@@ -339,6 +345,8 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
                 .map(|c| (c.id, usize::from(c.peer), c.peer_id))
                 .collect(),
             supervisor: component.supervisor.map(usize::from),
+            platform_supervised: component.platform_supervised,
+            platform_faults: Vec::new(),
             children: component.children.iter().map(|&c| usize::from(c)).collect(),
             may_power_off: component.may_power_off,
             pending_fault: None,
@@ -347,6 +355,7 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
     let mut system = System {
         pds,
         monitor_endpoint,
+        tsc_per_us,
         allocator,
     };
 
