@@ -407,7 +407,10 @@ impl Synic {
                     return;
                 }
                 Err(error) => {
-                    println!(env, "message queue unusable ({:?}): restart news dropped", error);
+                    println!(
+                        env,
+                        "message queue unusable ({:?}): restart news dropped", error
+                    );
                     self.restart_news_pending = false;
                 }
             }

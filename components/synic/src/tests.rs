@@ -1025,7 +1025,12 @@ fn a_restarted_synic_keeps_the_hosts_message_and_events_and_vmbus_restores_the_t
         connection_id: 0x2006,
     };
     assert_eq!(
-        request(&mut rig, &mut synic, channels::HEARTBEAT_CALL, &heartbeat_signal),
+        request(
+            &mut rig,
+            &mut synic,
+            channels::HEARTBEAT_CALL,
+            &heartbeat_signal
+        ),
         Err(Refusal::DENIED)
     );
 }
