@@ -789,3 +789,58 @@ fn a_restarted_synic_loses_no_host_message_or_event_and_vmbus_restores_its_table
     assert_eq!(guest.info(3).state, ChannelState::Open);
     assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
 }
+
+#[test]
+fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    guest.report_versions();
+    let lines_at_start = guest.bus_env.console.lines().count();
+    const ROUNDS: usize = 2000;
+    for round in 0..ROUNDS {
+        // Rescind KVP, offer it again and let it open: each round used to
+        // print the whole status view twice and four lines besides.
+        let relid = guest.info(3).relid;
+        assert!(guest.sim.borrow_mut().rescind(relid), "round {round}");
+        guest.pump();
+        guest.sim.borrow_mut().add_device(ic_devices().remove(3));
+        guest.pump();
+        guest.open(3);
+        guest.advance_clock(1_000_000);
+    }
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    // The host holds exactly the four open channels' GPADLs.
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+    let storm_lines = guest.bus_env.console.lines().count() - lines_at_start;
+    // 2 s of storm: the burst (100), 5 lines a second, 10 full views of 8
+    // lines, one notice.
+    assert!(
+        storm_lines <= 100 + 2 * 5 + 10 * 8 + 1,
+        "{storm_lines} lines for {ROUNDS} renegotiations"
+    );
+    // Later, one change prints the view again with what was held back.
+    guest.advance_clock(11_000_000_000);
+    let relid = guest.info(3).relid;
+    guest.sim.borrow_mut().rescind(relid);
+    guest.pump();
+    let console = guest.bus_env.console.clone();
+    let last = console
+        .lines()
+        .rev()
+        .find(|line| line.contains("held back:"))
+        .expect("a status view after the interval");
+    let numbers: Vec<u64> = last
+        .rsplit("held back: ")
+        .next()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        numbers[0] > 1000 && numbers[1] > 1000,
+        "views and lines held back: {last}"
+    );
+}
