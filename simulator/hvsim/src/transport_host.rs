@@ -411,7 +411,12 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
                 .collect::<Vec<_>>()
         ),
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections".into(),
+        ["gpadls"] => format!(
+            "{} gpadls {} bytes",
+            sim.vmbus.gpadl_count(),
+            sim.vmbus.gpadl_bytes()
+        ),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections | gpadls".into(),
     }
 }
 
