@@ -1144,9 +1144,7 @@ impl State {
         let to = match (reported, platform_restart) {
             (true, _) => "reported to its supervisor",
             (false, Some(true)) => "the launcher restarts it",
-            (false, Some(false)) => {
-                "held stopped by the launcher (3 faults within 10 s)"
-            }
+            (false, Some(false)) => "held stopped by the launcher (3 faults within 10 s)",
             (false, None) => "no supervisor to report to",
         };
         let what = match fault {
