@@ -32,6 +32,13 @@ fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
     if let Err(error) = system.fail_pending_call_and_log(pd) {
         crate::log!("cannot fail the call {name} was serving: {error}");
     }
+    dispatch_fault(system, pd, fault);
+}
+
+/// A PD has faulted (it is stopped): its supervisor hears of it, or the
+/// monitor restarts it (`supervisor = "@platform"`).
+fn dispatch_fault(system: &mut System, pd: usize, fault: crate::fault::FaultRecord) {
+    let name = system.pds[pd].name.clone();
     system.pds[pd].pending_fault = Some(fault);
     match system.pds[pd].supervisor {
         Some(supervisor) => sys::signal(system.pds[supervisor].news),
@@ -133,6 +140,41 @@ fn handle_request(
                 }
             }
             (MessageInfo::new(MONITOR_OK, 0, 0, 1), [0; 4])
+        }
+        Some(MonitorRequest::InjectFault) => {
+            if !(cfg!(roottask_fault_injection) && system.pds[pd].simulated_host) {
+                return denied;
+            }
+            let mut bytes = [0u8; 32];
+            for (i, word) in received.mrs.iter().enumerate() {
+                bytes[8 * i..8 * i + 8].copy_from_slice(&word.to_le_bytes());
+            }
+            let length = bytes.iter().position(|b| *b == 0).unwrap_or(32);
+            let name = core::str::from_utf8(&bytes[..length]).unwrap_or("");
+            let Some(target) = system.pds.iter().position(|p| p.name == name) else {
+                return denied;
+            };
+            if target == pd {
+                return denied;
+            }
+            crate::log!(
+                "fault injection: {name} stopped as if it had faulted ({} asked)",
+                system.pds[pd].name
+            );
+            if sys::tcb_suspend(system.pds[target].tcb).is_err() {
+                return failed;
+            }
+            if let Err(error) = system.fail_pending_call_and_log(target) {
+                crate::log!("cannot fail the call {name} was serving: {error}");
+            }
+            let fault = crate::fault::FaultRecord {
+                kind: FaultKind::Instruction,
+                address: 0,
+                ip: 0,
+                write: false,
+            };
+            dispatch_fault(system, target, fault);
+            ok
         }
         None => denied,
     }

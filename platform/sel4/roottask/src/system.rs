@@ -43,6 +43,9 @@ pub struct Pd {
     pub platform_faults: Vec<u64>,
     pub children: Vec<usize>,
     pub may_power_off: bool,
+    /// The description's simulated host (the only PD that may ask for
+    /// fault injection, in a root task built for it).
+    pub simulated_host: bool,
     pub pending_fault: Option<FaultRecord>,
 }
 
@@ -349,6 +352,7 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
             platform_faults: Vec::new(),
             children: component.children.iter().map(|&c| usize::from(c)).collect(),
             may_power_off: component.may_power_off,
+            simulated_host: component.simulated_host,
             pending_fault: None,
         });
     }
