@@ -100,6 +100,9 @@ struct Enabled {
     hypercall_pages: Region,
     hypercall_input_gpa: u64,
     queue: Producer,
+    /// The synic was already armed with our pages at start: this is a
+    /// restarted synic, and the pages hold the host's unseen work.
+    rearmed: bool,
 }
 
 /// A relid vmbus is opening: events before its `Bind` are early.
@@ -123,6 +126,13 @@ pub struct Synic {
     /// The last message could not be queued: it waits in its slot until
     /// vmbus drains the queue.
     waiting_for_queue_space: bool,
+    /// Restarted: vmbus has not restored the relid table yet. Event flags
+    /// of relids not (yet) known stay set for the restore, and a VSC's
+    /// signal is deferred to it.
+    awaiting_restore: bool,
+    /// Restarted: the [`vmbus_ipc::SYNIC_RESTARTED_MESSAGE_TYPE`] entry
+    /// still has to go into the queue, ahead of any message.
+    restart_news_pending: bool,
 }
 
 /// Why a hypervisor request failed.
@@ -208,10 +218,23 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
             return None;
         }
     };
-    // Fresh pages: no stale message or flag may be mistaken for the host's.
-    let zero = [0u8; 256];
-    for offset in (0..2 * PAGE_SIZE as usize).step_by(zero.len()) {
-        let _ = pages.write(offset, &zero);
+    // Restarted? Then the hypervisor still has our pages armed, and what
+    // they hold is the host's: a message in the slot, flags of channel
+    // events nobody has seen. Only fresh pages are zeroed (no stale message
+    // or flag may be mistaken for the host's).
+    let mut armed_at = |number: u32, gpa: u64| {
+        msr_read(env, number).is_ok_and(|value| {
+            let page = SynicPageMsr(value);
+            page.enabled() && page.gpa() == gpa
+        })
+    };
+    let rearm = armed_at(msr::SIMP, pages_gpa + SIMP_OFFSET as u64)
+        && armed_at(msr::SIEFP, pages_gpa + SIEFP_OFFSET as u64);
+    if !rearm {
+        let zero = [0u8; 256];
+        for offset in (0..2 * PAGE_SIZE as usize).step_by(zero.len()) {
+            let _ = pages.write(offset, &zero);
+        }
     }
 
     let steps: [EnableStep; 6] = [
@@ -277,7 +300,12 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
     }
     println!(
         env,
-        "synic enabled: SIMP {:#x}, SIEFP {:#x}, SINT{} vector {:#x}",
+        "synic {}: SIMP {:#x}, SIEFP {:#x}, SINT{} vector {:#x}",
+        if rearm {
+            "re-armed after a restart"
+        } else {
+            "enabled"
+        },
         pages_gpa + SIMP_OFFSET as u64,
         pages_gpa + SIEFP_OFFSET as u64,
         VMBUS_SINT,
@@ -288,6 +316,7 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
         hypercall_pages,
         hypercall_input_gpa: hypercall_gpa + HYPERCALL_INPUT_OFFSET as u64,
         queue,
+        rearmed: rearm,
     })
 }
 
@@ -313,10 +342,25 @@ impl Synic {
             let Ok(word) = enabled.pages.atomic_u32(FLAGS_OFFSET + word_index * 4) else {
                 break;
             };
-            if word.load(Ordering::Relaxed) == 0 {
+            let seen = word.load(Ordering::Relaxed);
+            if seen == 0 {
                 continue;
             }
-            let mut bits = word.swap(0, Ordering::AcqRel);
+            let mut bits = if self.awaiting_restore {
+                // Take only the bits someone is known for; the rest wait
+                // for vmbus's restore.
+                let known = (0..32u32)
+                    .filter(|bit| seen & (1 << bit) != 0)
+                    .filter(|bit| {
+                        let relid = word_index as u32 * 32 + bit;
+                        self.bindings.iter().any(|b| b.relid == relid)
+                            || self.opening.iter().any(|o| o.relid == relid)
+                    })
+                    .fold(0u32, |mask, bit| mask | (1 << bit));
+                word.fetch_and(!known, Ordering::AcqRel) & known
+            } else {
+                word.swap(0, Ordering::AcqRel)
+            };
             while bits != 0 {
                 let bit = bits.trailing_zeros();
                 bits &= bits - 1;
@@ -347,6 +391,30 @@ impl Synic {
             return;
         };
         let mut pushed = false;
+        if self.restart_news_pending {
+            let mut news = [0u8; MESSAGE_SIZE];
+            news[..4].copy_from_slice(&vmbus_ipc::SYNIC_RESTARTED_MESSAGE_TYPE.to_le_bytes());
+            match enabled.queue.push(&news) {
+                Ok(()) => {
+                    self.restart_news_pending = false;
+                    // Whether or not vmbus asked: the news is worth a look.
+                    env.notify(channels::VMBUS);
+                }
+                Err(QueueError::Full) => {
+                    // vmbus notifies us when it has made room; the host's
+                    // messages wait behind the news.
+                    self.waiting_for_queue_space = true;
+                    return;
+                }
+                Err(error) => {
+                    println!(
+                        env,
+                        "message queue unusable ({:?}): restart news dropped", error
+                    );
+                    self.restart_news_pending = false;
+                }
+            }
+        }
         let limit = enabled.queue.capacity() as usize + 1;
         for _ in 0..limit {
             // Copy out first: the host may not touch a busy slot, but we
@@ -478,6 +546,12 @@ impl Synic {
                 return Ok(Reply::ChannelClosed);
             }
         }
+        if !owned && self.awaiting_restore {
+            // Restarted and not yet restored: the restore signals every
+            // bound connection once, this one included if it is bound.
+            self.status.signals_after_unbind = self.status.signals_after_unbind.wrapping_add(1);
+            return Ok(Reply::ChannelClosed);
+        }
         if !owned || self.enabled.is_none() {
             self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
             return Err(Refusal::DENIED);
@@ -603,6 +677,66 @@ impl Synic {
         Ok(Reply::Done)
     }
 
+    /// Replace the relid table with vmbus's (after our restart, or at the
+    /// start of a new bus session).
+    fn restore(
+        &mut self,
+        env: &mut dyn Env,
+        bindings: &[vmbus_ipc::synic::RestoredBinding],
+        opening: &[u32],
+    ) -> Result<Reply, Refusal> {
+        let after_restart = self.awaiting_restore;
+        self.bindings.clear();
+        self.opening.clear();
+        self.unbound.clear();
+        // A bad entry is refused on its own (and logged by `bind`); the
+        // rest of the table is restored all the same.
+        let mut refused = 0usize;
+        for &relid in opening {
+            refused += usize::from(self.opening(relid).is_err());
+        }
+        for binding in bindings {
+            // Clears a flag left set for the relid and notifies its VSC.
+            let bound = self.bind(env, binding.relid, binding.connection_id, binding.driver);
+            refused += usize::from(bound.is_err());
+        }
+        if refused > 0 {
+            println!(env, "restore: {} entries refused", refused);
+        }
+        self.awaiting_restore = false;
+        self.status.restores = self.status.restores.wrapping_add(1);
+        // What is left set belongs to nobody now (or to an opening).
+        self.deliver_events(env);
+        if after_restart && self.enabled.is_some() {
+            let connections: heapless::Vec<u32, MAX_BINDINGS> =
+                self.bindings.iter().map(|b| b.connection_id).collect();
+            for connection_id in connections {
+                let input = SignalEventInput {
+                    connection_id,
+                    flag_number: 0,
+                    reserved: 0,
+                };
+                let status = hypercall(
+                    env,
+                    HypercallControl::simple(call_code::SIGNAL_EVENT, true),
+                    input.to_fast(),
+                );
+                if status == HvStatus::SUCCESS {
+                    self.status.signals_sent = self.status.signals_sent.wrapping_add(1);
+                } else {
+                    self.status.hypercall_failures = self.status.hypercall_failures.wrapping_add(1);
+                }
+            }
+            println!(
+                env,
+                "relid table restored by vmbus: {} bound, {} opening",
+                self.bindings.len(),
+                self.opening.len()
+            );
+        }
+        Ok(Reply::Done)
+    }
+
     fn handle(
         &mut self,
         env: &mut dyn Env,
@@ -629,6 +763,7 @@ impl Synic {
             }
             Request::Opening { relid } => self.opening(relid),
             Request::Status => Ok(Reply::Status(self.status())),
+            Request::Restore { bindings, opening } => self.restore(env, &bindings, &opening),
         }
     }
 }
@@ -636,6 +771,7 @@ impl Synic {
 impl Component for Synic {
     fn init(env: &mut dyn Env) -> Self {
         let enabled = enable(env);
+        let rearmed = enabled.as_ref().is_some_and(|e| e.rearmed);
         let mut synic = Synic {
             enabled,
             bindings: heapless::Vec::new(),
@@ -643,8 +779,24 @@ impl Component for Synic {
             unbound: heapless::Deque::new(),
             status: Status::default(),
             waiting_for_queue_space: false,
+            awaiting_restore: rearmed,
+            restart_news_pending: rearmed,
         };
-        // A message may have been delivered the moment SIMP was enabled.
+        synic.status.restarted = rearmed;
+        if rearmed {
+            // The old synic may have freed the slot and died before its
+            // EOM: an EOM now makes the hypervisor deliver a message it
+            // holds back (with nothing pending it does nothing).
+            if let Err(error) = msr_write(env, msr::EOM, 0) {
+                println!(env, "EOM failed: {:?}", error);
+            }
+            synic.status.eoms = synic.status.eoms.wrapping_add(1);
+            // Events for relids vmbus will restore stay set until then;
+            // a message in the slot follows the restart news.
+            synic.deliver_events(env);
+        }
+        // A message may have been delivered the moment SIMP was enabled
+        // (or was waiting in the slot when the old synic stopped).
         synic.drain_messages(env);
         synic
     }

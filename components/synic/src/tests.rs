@@ -935,3 +935,123 @@ fn against_hvsims_synic_a_slot_drained_in_the_pending_gap_strands_nothing() {
     }
     assert_eq!(firsts, [0xA, 0xB]);
 }
+
+#[test]
+fn a_restarted_synic_keeps_the_hosts_message_and_events_and_vmbus_restores_the_table() {
+    let (mut rig, mut synic) = rig();
+    bind(&mut rig, &mut synic, 5, 0x2005, "kvp").unwrap();
+    bind(&mut rig, &mut synic, 6, 0x2006, "heartbeat").unwrap();
+    let pages = rig.pages;
+    // While synic is down the host posts a message and signals relids 5
+    // (bound), 9 (opening when synic stopped) and 77 (nobody's).
+    drop(synic);
+    rig.host.borrow_mut().send(pages, &[7; 8]);
+    set_flag(&rig, 5);
+    set_flag(&rig, 9);
+    set_flag(&rig, 77);
+    let hypercalls_before = rig.host.borrow().hypercalls.len();
+    rig.env.notified.clear();
+    let mut synic = Synic::init(&mut rig.env);
+    assert!(synic.status().restarted);
+    // Nothing was zeroed: the news comes first, then the host's message.
+    let queued = pop_all(&mut rig);
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!(
+        u32::from_le_bytes(queued[0][..4].try_into().unwrap()),
+        vmbus_ipc::SYNIC_RESTARTED_MESSAGE_TYPE
+    );
+    assert_eq!(&queued[1][16..24], &[7; 8]);
+    assert!(rig.env.notified.contains(&channels::VMBUS));
+    // An interrupt before the restore leaves every flag for the restore.
+    interrupt(&mut rig, &mut synic);
+    for relid in [5, 9, 77] {
+        let word = pages
+            .atomic_u32(FLAGS_OFFSET + (relid as usize / 32) * 4)
+            .unwrap()
+            .load(Ordering::Acquire);
+        assert_ne!(word & (1 << (relid % 32)), 0, "relid {relid} lost");
+    }
+    // A VSC's signal before the restore is deferred to it, not refused.
+    let signal = Request::SignalHost {
+        connection_id: 0x2005,
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal),
+        Ok(Reply::ChannelClosed)
+    );
+    rig.env.notified.clear();
+    let restore = Request::Restore {
+        bindings: HVec::from_slice(&[vmbus_ipc::synic::RestoredBinding {
+            relid: 5,
+            connection_id: 0x2005,
+            driver: driver_id("kvp"),
+        }])
+        .unwrap(),
+        opening: HVec::from_slice(&[9]).unwrap(),
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &restore),
+        Ok(Reply::Done)
+    );
+    // kvp hears of its event; 9's is early (delivered at its Bind); 77 is
+    // a stray; heartbeat (not restored) is gone.
+    assert_eq!(rig.env.notifications_on(channels::KVP), 1);
+    assert_eq!(rig.env.notifications_on(channels::HEARTBEAT), 0);
+    let status = synic.status();
+    assert_eq!(
+        (status.early_events, status.stray_events, status.restores),
+        (1, 1, 1)
+    );
+    for word in 0..EVENT_WORDS {
+        let bits = pages
+            .atomic_u32(FLAGS_OFFSET + word * 4)
+            .unwrap()
+            .load(Ordering::Acquire);
+        assert_eq!(bits, 0);
+    }
+    // The bound connection was signalled once for signals lost meanwhile.
+    let signals: Vec<u32> = rig.host.borrow().hypercalls[hypercalls_before..]
+        .iter()
+        .filter(|(control, _)| HypercallControl(*control).code() == call_code::SIGNAL_EVENT)
+        .map(|(_, input)| SignalEventInput::from_fast(*input).connection_id)
+        .collect();
+    assert_eq!(signals, [0x2005]);
+    // From now on kvp signals as before; heartbeat is refused.
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal),
+        Ok(Reply::Done)
+    );
+    let heartbeat_signal = Request::SignalHost {
+        connection_id: 0x2006,
+    };
+    assert_eq!(
+        request(
+            &mut rig,
+            &mut synic,
+            channels::HEARTBEAT_CALL,
+            &heartbeat_signal
+        ),
+        Err(Refusal::DENIED)
+    );
+}
+
+#[test]
+fn a_first_start_zeroes_the_pages() {
+    // A fresh hypervisor: SIMP/SIEFP not armed; anything in the pages is
+    // not the host's and is cleared.
+    let (mut rig, synic) = rig_with(|_| {});
+    assert!(!synic.status().restarted);
+    set_flag(&rig, 5);
+    drop(synic);
+    // Disarm SIMP as a reset would: the next start is a first start.
+    rig.host.borrow_mut().msrs.insert(msr::SIMP, 0);
+    let synic = Synic::init(&mut rig.env);
+    assert!(!synic.status().restarted);
+    let word = rig
+        .pages
+        .atomic_u32(FLAGS_OFFSET)
+        .unwrap()
+        .load(Ordering::Acquire);
+    assert_eq!(word, 0);
+    assert!(pop_all(&mut rig).is_empty());
+}

@@ -47,7 +47,10 @@ impl Vmbus {
             let payload = payload.clone();
             match post_now(env, connection_id, &payload) {
                 Ok(()) => {}
-                Err(PostError::Hypercall(HV_STATUS_INSUFFICIENT_BUFFERS)) => {
+                Err(PostError::Hypercall(HV_STATUS_INSUFFICIENT_BUFFERS))
+                | Err(PostError::Call(component_api::CallError::ServerFaulted)) => {
+                    // The host's port is full, or synic is being restarted
+                    // (its news in the queue is the next event): retry then.
                     self.counters.posts_deferred = self.counters.posts_deferred.wrapping_add(1);
                     return;
                 }
@@ -110,6 +113,11 @@ impl Vmbus {
             return;
         }
         let kind = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+        if kind == vmbus_ipc::SYNIC_RESTARTED_MESSAGE_TYPE {
+            // synic's own news (no host message has this type).
+            self.on_synic_restarted(env);
+            return;
+        }
         let size = slot[4] as usize;
         if kind != hyperv_defs::message_type::VMBUS || size > MAX_MESSAGE_SIZE {
             self.reject(env, format_args!("slot type {:#x} size {}", kind, size));
@@ -133,6 +141,10 @@ impl Vmbus {
     }
 
     pub(crate) fn on_message(&mut self, env: &mut dyn Env, message: ChannelMessage) {
+        if self.recovery.is_some() {
+            self.on_message_while_recovering(env, message);
+            return;
+        }
         match message {
             ChannelMessage::VersionResponse(response) => self.on_version_response(
                 env,

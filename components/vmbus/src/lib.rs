@@ -28,7 +28,14 @@
 //!   within 10 s it holds the VSC stopped and says so.
 //! - Prints the status view (like Linux `lsvmbus`) once every offered device
 //!   is open and after each later change, and serves it row by row
-//!   (`bus::Request::Device`).
+//!   (`bus::Request::Device`). What the host can trigger at will is rate
+//!   limited: after the first views, at most one view per 10 s, and the
+//!   lines host messages cause come from a budget (a burst, then a few per
+//!   second); what is held back is counted in the view's last line.
+//! - Is restarted by the platform (`supervisor = "@platform"`): a restart
+//!   restarts every VSC, unloads the session its previous incarnation left
+//!   (recorded in its private `vmbus_session` region) and contacts the host
+//!   afresh; when synic is restarted it restores synic's relid table.
 //!
 //! What it trusts: synic (it copies slots out and forwards them whole) and
 //! the runtime's fault reports. Nothing from the host: every message is
@@ -212,6 +219,8 @@ pub struct Counters {
     pub posts_failed: u32,
     /// Offers without a driver beyond what is remembered.
     pub offers_dropped: u32,
+    /// Times synic came back from a restart (its news in the queue).
+    pub synic_restarts: u32,
 }
 
 pub struct Vmbus {
@@ -236,6 +245,14 @@ pub struct Vmbus {
     /// whole batch of queued messages is read, so a rescind queued behind a
     /// reply is seen before acting on the reply.
     touched: u32,
+    /// The session record kept across our restarts (`vmbus_session`).
+    session: supervision::SessionRecord,
+    /// Restarted: the previous incarnation's session is being unloaded.
+    recovery: Option<supervision::Recovery>,
+    /// Console lines the host's messages may still cause (rate limit).
+    console_budget: status::ConsoleBudget,
+    /// How often the status view was printed or held back (rate limit).
+    views: status::ViewLimit,
 }
 
 fn uuid(guid: &Guid) -> uuid::Uuid {
@@ -304,6 +321,10 @@ impl Vmbus {
             touched: 0,
             view_printed: false,
             state_changed_after_all_open: false,
+            session: Default::default(),
+            recovery: None,
+            console_budget: status::ConsoleBudget::new(started_ns),
+            views: Default::default(),
         }
     }
 
@@ -315,20 +336,38 @@ impl Vmbus {
         self.touched |= 1 << d;
     }
 
-    /// After every event: retry deferred posts, tell VSCs what changed.
+    /// After every event: retry deferred posts, tell VSCs what changed,
+    /// record what the host holds of our session.
     fn finish_event(&mut self, env: &mut dyn Env) {
         self.flush_outbox(env);
         self.publish(env);
+        if let Some(state) = self.session_state() {
+            self.session.write(state);
+        }
+    }
+
+    /// Read what synic queued. Everything this prints is the host's doing,
+    /// so it is rate limited: beyond the budget lines are only counted.
+    fn drain_host_messages(&mut self, env: &mut dyn Env) {
+        let mut budget = core::mem::take(&mut self.console_budget);
+        budget.refill(env.now_ns());
+        {
+            let mut limited = status::Budgeted::new(env, &mut budget);
+            self.drain_queue(&mut limited);
+        }
+        self.console_budget = budget;
     }
 }
 
 impl Component for Vmbus {
     fn init(env: &mut dyn Env) -> Self {
         let mut bus = Vmbus::build(env);
+        let (session, previous) = supervision::SessionRecord::begin(env);
+        bus.session = session;
         if bus.queue.is_some() {
-            bus.negotiate_from(env, 0);
+            bus.start_session(env, previous);
             // The response may already be queued (synic outranks us).
-            bus.drain_queue(env);
+            bus.drain_host_messages(env);
         }
         bus.finish_event(env);
         bus
@@ -336,7 +375,7 @@ impl Component for Vmbus {
 
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
         if channels.contains(channels::SYNIC) {
-            self.drain_queue(env);
+            self.drain_host_messages(env);
         }
         self.finish_event(env);
     }
@@ -351,7 +390,7 @@ impl Component for Vmbus {
         serve::bus(channel, message, reply, |caller, request| {
             // Host messages may be waiting behind this call: take them
             // first so the answer reflects the latest state.
-            self.drain_queue(env);
+            self.drain_host_messages(env);
             let answer = self.serve(env, caller, request);
             self.finish_event(env);
             Ok(answer)

@@ -148,7 +148,13 @@ impl Vmbus {
         }
     }
 
-    pub(crate) fn print_status(&self, env: &mut dyn Env) {
+    /// Print the status view, unless the rate limit holds it back (then
+    /// it is only counted: a host renegotiating at will must not flood the
+    /// console).
+    pub(crate) fn print_status(&mut self, env: &mut dyn Env) {
+        if !self.views.allow(env.now_ns()) {
+            return;
+        }
         let rows = (0..self.device_count()).filter_map(|i| self.device_status(i));
         status::print(env, self.version, rows);
         if let Ok(synic::Reply::Status(counters)) =
@@ -169,7 +175,13 @@ impl Vmbus {
         }
         println!(
             env,
-            "vmbus: {} host messages, {} rejected", self.counters.messages, self.counters.rejected
+            "vmbus: {} host messages, {} rejected; start {}, synic restarts {}; held back: {} status views, {} lines",
+            self.counters.messages,
+            self.counters.rejected,
+            self.session.starts,
+            self.counters.synic_restarts,
+            self.views.held_back,
+            self.console_budget.held_back
         );
     }
 

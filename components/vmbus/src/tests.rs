@@ -37,6 +37,7 @@ struct FakeSynic {
     /// The next this-many posts answer InsufficientBuffers.
     full_posts: usize,
     refuse_binds: bool,
+    restores: usize,
 }
 
 struct Rig {
@@ -58,6 +59,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
         env.add_region_address_only(8192, MONITOR_GPA),
         regions::MONITOR_PAGES
     );
+    assert_eq!(env.add_region(4096, true), regions::VMBUS_SESSION);
     let ring_names = [
         regions::HEARTBEAT_RING,
         regions::SHUTDOWN_RING,
@@ -121,6 +123,20 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                 }
                 synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
                 synic::Request::Status => synic::Reply::Status(Default::default()),
+                synic::Request::Restore { bindings, opening } => {
+                    fake.bound.clear();
+                    fake.opening = opening.to_vec();
+                    for binding in bindings {
+                        let name = ids::drivers::DRIVERS
+                            .iter()
+                            .find(|row| row.id == binding.driver)
+                            .map_or("?", |row| row.name);
+                        fake.bound
+                            .insert(binding.relid, (binding.connection_id, String::from(name)));
+                    }
+                    fake.restores += 1;
+                    synic::Reply::Done
+                }
             }
         },
     );

@@ -98,6 +98,8 @@ struct Guest {
     bus_env: EnvDouble,
     /// Channel events synic delivered to each VSC, by synic's channel.
     vsc_events: HashMap<u8, usize>,
+    /// vmbus is dead: notifications to it wait.
+    bus_dead: bool,
 }
 
 /// The four integration components with fixed instances.
@@ -180,6 +182,8 @@ impl Guest {
             8192,
             Some(MONITOR_PAGES),
         ));
+        // vmbus's private session record, kept across its restarts.
+        bus_env.add_region_over(Region::leaked(4096));
         for ring in rings {
             bus_env.add_region_address_over(ring);
         }
@@ -198,6 +202,7 @@ impl Guest {
             bus,
             bus_env,
             vsc_events: HashMap::new(),
+            bus_dead: false,
         };
         guest.pump();
         guest
@@ -226,7 +231,9 @@ impl Guest {
             let from_synic: Vec<Channel> = std::mem::take(&mut self.synic.borrow_mut().1.notified);
             for channel in from_synic {
                 moved = true;
-                if channel == synic::channels::VMBUS {
+                if channel == synic::channels::VMBUS && self.bus_dead {
+                    continue;
+                } else if channel == synic::channels::VMBUS {
                     let mut set = ChannelSet::EMPTY;
                     set.insert(bus_channels::SYNIC);
                     self.bus.notified(&mut self.bus_env, set);
@@ -577,4 +584,263 @@ fn unload_closes_everything_and_powers_off() {
     let sim = guest.sim.borrow();
     assert_eq!(sim.vmbus.version(), None, "the host saw Unload");
     assert_eq!(sim.vmbus.gpadl_count(), 0);
+}
+
+impl Guest {
+    /// synic dies and the platform starts it again (memory reset: a new
+    /// component over the same regions and the same hypervisor).
+    fn restart_synic(&mut self) {
+        let mut guard = self.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        env.notified.clear();
+        *component = Synic::init(env);
+    }
+
+    /// vmbus dies and the platform starts it again.
+    fn restart_vmbus(&mut self) {
+        self.bus_env.restarted.clear();
+        self.bus_env.console.clear();
+        self.bus = Vmbus::init(&mut self.bus_env);
+        self.bus_dead = false;
+        self.pump();
+    }
+
+    fn report_versions(&mut self) {
+        for d in 0..4 {
+            let report = bus::Request::ReportVersions {
+                framework: (3, 0),
+                message: (3, 0),
+            };
+            self.request(Guest::vsc_end(d), report);
+        }
+    }
+}
+
+#[test]
+fn a_restarted_vmbus_unloads_the_old_session_then_every_driver_reopens() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let before: Vec<bus::ChannelInfo> = (0..4).map(|d| guest.info(d)).collect();
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+
+    guest.restart_vmbus();
+    let console = guest.bus_env.console.clone();
+    assert!(
+        console.contains("unloading the previous session (VMBus 5.3"),
+        "{console}"
+    );
+    assert!(console.contains("previous session ended"), "{console}");
+    // Every driver is restarted (each zeroes its rings before it opens).
+    let mut restarted = guest.bus_env.restarted.clone();
+    restarted.sort_by_key(|c| c.0);
+    assert_eq!(
+        restarted,
+        [
+            children::HEARTBEAT,
+            children::SHUTDOWN,
+            children::TIMESYNC,
+            children::KVP
+        ]
+    );
+    // The host released everything of the old session: no GPADL leaked,
+    // and synic routes nothing of it any more.
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 0);
+    assert_eq!(guest.synic.borrow().0.status().bound_channels, 0);
+    assert_eq!(
+        guest.sim.borrow().vmbus.version(),
+        Some(ProtocolVersion::V5_3)
+    );
+    for (d, old) in before.iter().enumerate() {
+        let info = guest.info(d);
+        assert_eq!(
+            info.state,
+            ChannelState::Offered,
+            "{}",
+            guest.bus_env.console
+        );
+        assert_ne!(info.generation, old.generation, "a new generation");
+    }
+    guest.open_all();
+    guest.report_versions();
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+    assert_eq!(guest.sim.borrow().vmbus.open_channels().len(), 4);
+    assert_eq!(guest.synic.borrow().0.status().bound_channels, 4);
+    assert!(
+        guest.bus_env.console.contains("start 2, synic restarts 0"),
+        "{}",
+        guest.bus_env.console
+    );
+
+    // A second restart in a row does the same (the record follows).
+    guest.restart_vmbus();
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 0);
+    guest.open_all();
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+}
+
+#[test]
+fn a_vmbus_restarted_before_the_hosts_answer_to_its_contact_still_unloads_it() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    // A restarted vmbus sends Unload and dies before it reads the answer;
+    // the next one finds the answer queued, contacts the host and dies
+    // before it reads that answer; the next one unloads that session.
+    for dying in ["Unload", "InitiateContact"] {
+        guest.bus = Vmbus::init(&mut guest.bus_env);
+        guest.bus_dead = true;
+        guest.pump();
+        assert!(
+            guest.sim.borrow().vmbus.rejections.is_empty(),
+            "{dying}: {}",
+            guest.bus_env.console
+        );
+    }
+    guest.restart_vmbus();
+    assert!(
+        guest
+            .bus_env
+            .console
+            .contains("previous incarnation sent InitiateContact 5.3"),
+        "{}",
+        guest.bus_env.console
+    );
+    assert!(
+        guest.bus_env.console.contains("previous session ended"),
+        "{}",
+        guest.bus_env.console
+    );
+    guest.open_all();
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+}
+
+#[test]
+fn a_restarted_synic_loses_no_host_message_or_event_and_vmbus_restores_its_table() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    guest.vsc_events.clear();
+    let heartbeat = guest.info(0);
+    let kvp = guest.info(3);
+    // While synic is down: the host signals heartbeat's channel and
+    // rescinds KVP (a message in the slot, an interrupt pending).
+    assert!(guest
+        .sim
+        .borrow_mut()
+        .with_channel(heartbeat.relid, |_, _| (), |_| true)
+        .is_some());
+    assert!(guest.sim.borrow_mut().rescind(kvp.relid));
+    guest.restart_synic();
+    guest.pump();
+    let status = guest.synic.borrow().0.status();
+    assert!(status.restarted);
+    assert_eq!(status.restores, 1);
+    assert!(
+        guest
+            .bus_env
+            .console
+            .contains("synic restarted: relid table restored (4 bound, 0 opening)"),
+        "{}",
+        guest.bus_env.console
+    );
+    // The event reached heartbeat; the rescind reached vmbus.
+    assert!(
+        guest
+            .vsc_events
+            .get(&synic::channels::HEARTBEAT.0)
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{:?}",
+        guest.vsc_events
+    );
+    assert_eq!(guest.info(3).state, ChannelState::Rescinded);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 3);
+    assert_eq!(guest.synic.borrow().0.status().bound_channels, 3);
+    // The rest keep serving: heartbeat may signal its connection.
+    let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(
+        &vmbus_ipc::synic::Request::SignalHost {
+            connection_id: heartbeat.connection_id,
+        },
+    );
+    let mut reply = [0u8; 64];
+    {
+        let mut guard = guest.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        let used = component
+            .protected(env, synic::channels::HEARTBEAT_CALL, &message, &mut reply)
+            .unwrap();
+        assert_eq!(
+            env_double::decode_reply::<vmbus_ipc::synic::Synic>(&reply[..used]),
+            vmbus_ipc::synic::Reply::Done
+        );
+    }
+    // And a re-offered KVP opens through the new synic.
+    guest.sim.borrow_mut().add_device(ic_devices().remove(3));
+    guest.pump();
+    guest.open(3);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+}
+
+#[test]
+fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    guest.report_versions();
+    let lines_at_start = guest.bus_env.console.lines().count();
+    const ROUNDS: usize = 2000;
+    for round in 0..ROUNDS {
+        // Rescind KVP, offer it again and let it open: each round used to
+        // print the whole status view twice and four lines besides.
+        let relid = guest.info(3).relid;
+        assert!(guest.sim.borrow_mut().rescind(relid), "round {round}");
+        guest.pump();
+        guest.sim.borrow_mut().add_device(ic_devices().remove(3));
+        guest.pump();
+        guest.open(3);
+        guest.advance_clock(1_000_000);
+    }
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    // The host holds exactly the four open channels' GPADLs.
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
+    let storm_lines = guest.bus_env.console.lines().count() - lines_at_start;
+    // 2 s of storm: the burst (100), 5 lines a second, 10 full views of 8
+    // lines, one notice.
+    assert!(
+        storm_lines <= 100 + 2 * 5 + 10 * 8 + 1,
+        "{storm_lines} lines for {ROUNDS} renegotiations"
+    );
+    // Later, one change prints the view again with what was held back.
+    guest.advance_clock(11_000_000_000);
+    let relid = guest.info(3).relid;
+    guest.sim.borrow_mut().rescind(relid);
+    guest.pump();
+    let console = guest.bus_env.console.clone();
+    let last = console
+        .lines()
+        .rev()
+        .find(|line| line.contains("held back:"))
+        .expect("a status view after the interval");
+    let numbers: Vec<u64> = last
+        .rsplit("held back: ")
+        .next()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        numbers[0] > 1000 && numbers[1] > 1000,
+        "views and lines held back: {last}"
+    );
 }

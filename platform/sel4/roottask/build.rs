@@ -4,8 +4,9 @@
 //! `layout.bin` (the postcard-encoded `SystemLayout`) and one ELF per
 //! component package, named after the package. Without it (a plain
 //! workspace build) nothing is embedded and the root task reports that.
-//! Reads only that folder and `ROOTTASK_AUDIT_TEST_GRANT` (the capability
-//! audit's negative test); writes `$OUT_DIR/embedded.rs`.
+//! Reads only that folder, `ROOTTASK_AUDIT_TEST_GRANT` (the capability
+//! audit's negative test) and `ROOTTASK_FAULT_INJECTION` (tests that crash
+//! a PD on the simulated host's request); writes `$OUT_DIR/embedded.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -36,6 +37,13 @@ fn main() {
             println!("cargo:rustc-cfg=roottask_audit_test=\"{grant}\"");
         }
         Ok(other) => panic!("ROOTTASK_AUDIT_TEST_GRANT={other}: not one of {AUDIT_TEST_GRANTS:?}"),
+    }
+    // Fault injection for tests (`MonitorRequest::InjectFault`): set by
+    // `cargo xtask` for a host scenario with `crash_after_heartbeats`.
+    println!("cargo:rerun-if-env-changed=ROOTTASK_FAULT_INJECTION");
+    println!("cargo:rustc-check-cfg=cfg(roottask_fault_injection)");
+    if std::env::var("ROOTTASK_FAULT_INJECTION").as_deref() == Ok("1") {
+        println!("cargo:rustc-cfg=roottask_fault_injection");
     }
     println!("cargo:rerun-if-env-changed=ROOTTASK_IMAGE_DIR");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded.rs");

@@ -57,6 +57,20 @@ impl SimulatedHost {
         for line in self.script.run(&mut self.host.sim, now) {
             println!(env, "{}", line);
         }
+        for name in self.script.take_due_crashes() {
+            // Fault injection: the monitor stops the PD as if it faulted.
+            let done = sel4_runtime::inject_fault(&name);
+            println!(
+                env,
+                "host: fault injection: {} {}",
+                name,
+                if done {
+                    "stopped as if it faulted"
+                } else {
+                    "refused by the monitor (root task not built for fault injection?)"
+                }
+            );
+        }
         // The script's requests may have raised the interrupt.
         self.host.step(env);
     }

@@ -88,6 +88,12 @@ pub struct Scenario {
     /// boots on a loaded 2-core machine); a missed beat shows as a whole
     /// period more.
     pub gap_allowance_ms: u64,
+    /// Fault injection: (heartbeats answered, guest component) pairs; once
+    /// that many heartbeats were answered the component is stopped as if
+    /// it had faulted (the seL4 image's monitor does it, in a root task
+    /// built for fault injection; the hosted host cannot reach the guest's
+    /// processes and only says so: hosted tests kill with SIGKILL).
+    pub crash_after_heartbeats: Vec<(u64, String)>,
 }
 
 impl Default for Scenario {
@@ -111,6 +117,7 @@ impl Default for Scenario {
             kvp_get_guest_key: None,
             kvp_get_after_heartbeats: 0,
             gap_allowance_ms: 250,
+            crash_after_heartbeats: Vec::new(),
         }
     }
 }
@@ -256,6 +263,18 @@ impl Scenario {
                 format!("`{key}` is not a key (letters, digits, `_`, `-`, `.`)"),
             );
         }
+        if let Some((_, name)) = self.crash_after_heartbeats.iter().find(|(_, name)| {
+            name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }) {
+            return invalid(
+                "crash_after_heartbeats",
+                format!("`{name}` is not a component name"),
+            );
+        }
         Ok(())
     }
 }
@@ -290,7 +309,8 @@ impl Scenario {
              shutdown_after_heartbeats: {:?}, kvp_faults: {}, kvp_fault_after_heartbeats: {}, \
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
-             kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {} }}",
+             kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
+             crash_after_heartbeats: alloc::vec![{}] }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -305,6 +325,11 @@ impl Scenario {
             self.kvp_rescind_after_heartbeats,
             self.kvp_get_after_heartbeats,
             self.gap_allowance_ms,
+            self.crash_after_heartbeats
+                .iter()
+                .map(|(after, name)| format!("({after}, {name:?}.into())"))
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     }
 }
@@ -391,7 +416,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -411,6 +436,9 @@ mod tests {
         );
         assert!(error("kvp_get_guest_key = \"a b\"").contains("is not a key"));
         assert!(error("kvp_fault_every = 0").contains("must be at least 1"));
+        assert!(
+            error("crash_after_heartbeats = [[2, \"Synic!\"]]").contains("not a component name")
+        );
         assert!(error("time_sample_period_ms = 18446744073709551").contains("too long"));
         assert!(error("time_sample_period_ms = 18446744073709551615").starts_with("s.hvsim:1:25: "));
         assert!(error("devices = \"heartbeat\"").starts_with("s.hvsim:1:11: "));
@@ -434,7 +462,8 @@ mod tests {
             r#"min_version: "2.4".into(),"#,
             r#"devices: alloc::vec!["heartbeat".into(), "shutdown".into(), "timesync".into(), "kvp".into()],"#,
             r#"kvp_get_guest_key: Some("K".into()),"#,
-            "gap_allowance_ms: 250 }",
+            "gap_allowance_ms: 250,",
+            "crash_after_heartbeats: alloc::vec![] }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

@@ -118,6 +118,10 @@ pub struct Script {
     /// only on its timer ticks and on calls, so its requests go out up to a
     /// tick late.
     pub gap_allowance_ns: u64,
+    /// Fault injection: stop these guest components once this many
+    /// heartbeats were answered (the runner hands them out with
+    /// [`ScriptRunner::take_due_crashes`]; the seL4 PD asks the monitor).
+    pub crash_after_heartbeats: Vec<(u64, String)>,
 }
 
 impl Script {
@@ -155,6 +159,7 @@ impl Script {
             kvp_get_guest_key: scenario.kvp_get_guest_key.clone(),
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
+            crash_after_heartbeats: scenario.crash_after_heartbeats.clone(),
         })
     }
 
@@ -245,6 +250,8 @@ pub struct ScriptRunner {
     /// The VMBus version negotiated when last looked (None: not connected,
     /// or unloaded).
     connected: Option<ProtocolVersion>,
+    /// Crashes of `crash_after_heartbeats` handed out so far.
+    crashes_taken: usize,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -288,7 +295,22 @@ impl ScriptRunner {
             rescind: RescindProgress::NotYet,
             kvp_get_sent: false,
             connected: None,
+            crashes_taken: 0,
         }
+    }
+
+    /// Guest components whose fault injection is due (their heartbeat
+    /// count reached), each handed out once, in the scenario's order.
+    pub fn take_due_crashes(&mut self) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some((after, name)) = self.script.crash_after_heartbeats.get(self.crashes_taken) {
+            if self.heartbeats_answered < *after {
+                break;
+            }
+            due.push(name.clone());
+            self.crashes_taken += 1;
+        }
+        due
     }
 
     pub fn heartbeats_answered(&self) -> u64 {

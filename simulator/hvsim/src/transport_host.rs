@@ -336,6 +336,11 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
             for line in runner.run(&mut self.sim, now_ns) {
                 eprintln!("{line}");
             }
+            for name in runner.take_due_crashes() {
+                // A host process cannot reach the guest's processes; the
+                // hosted tests kill components with SIGKILL instead.
+                eprintln!("host: fault injection of {name} is for the seL4 image only: not done");
+            }
         }
         if self.options.events {
             self.report();
@@ -411,7 +416,12 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
                 .collect::<Vec<_>>()
         ),
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections".into(),
+        ["gpadls"] => format!(
+            "{} gpadls {} bytes",
+            sim.vmbus.gpadl_count(),
+            sim.vmbus.gpadl_bytes()
+        ),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections | gpadls".into(),
     }
 }
 

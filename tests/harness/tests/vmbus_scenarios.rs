@@ -22,6 +22,7 @@ const SCENARIOS: &[&str] = &[
     "kvp-fault",
     "kvp-get",
     "kvp-rescind",
+    "restart",
     "runtime-offers",
     "vmbus-2.4",
     "vmbus-4.0",
@@ -75,6 +76,11 @@ fn kvp_fault() {
 #[test]
 fn kvp_get() {
     run_scenario("kvp-get");
+}
+
+#[test]
+fn restart() {
+    run_scenario("restart");
 }
 
 #[test]

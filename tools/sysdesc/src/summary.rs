@@ -20,6 +20,9 @@ pub fn summary(description: &Description) -> String {
         if let Some(supervisor) = component.supervisor {
             traits.push(format!("supervised by {}", name_of(supervisor)));
         }
+        if component.platform_supervised {
+            traits.push("restarted by the platform".to_string());
+        }
         if !component.children.is_empty() {
             let children: Vec<&str> = component.children.iter().map(|c| name_of(*c)).collect();
             traits.push(format!("supervises {}", children.join(", ")));

@@ -20,6 +20,9 @@ pub const DEFAULT_STACK_PAGES: u16 = 4;
 pub const MAX_IRQ_LINE: i64 = 23;
 /// In a protocol's `allow` lists: every `[[driver]]`.
 pub const DRIVERS_GROUP: &str = "@drivers";
+/// The supervisor name that hands a component to the platform (the seL4
+/// root task's monitor, the hosted launcher), which restarts it on a fault.
+pub const PLATFORM_SUPERVISOR: &str = "@platform";
 
 struct Checker<'a> {
     source: &'a Source<'a>,
@@ -202,8 +205,15 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
 
     // Supervision.
     let mut supervisor_of: Vec<Option<usize>> = vec![None; raw.component.len()];
+    // `supervisor = "@platform"`: the root task's monitor (seL4) or the
+    // launcher (hosted) restarts it.
+    let mut platform_supervised = vec![false; raw.component.len()];
     for (index, component) in raw.component.iter().enumerate() {
         if let Some(supervisor) = &component.get_ref().supervisor {
+            if supervisor.get_ref() == PLATFORM_SUPERVISOR {
+                platform_supervised[index] = true;
+                continue;
+            }
             if let Some(found) = lookup_component(&mut check, supervisor) {
                 if found == index {
                     check.error(
@@ -940,6 +950,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             package: component.package.get_ref().clone(),
             priority: *component.priority.get_ref() as u8,
             supervisor: supervisor_of[index].map(|s| s as u8),
+            platform_supervised: platform_supervised[index],
             children: (0..raw.component.len())
                 .filter(|c| supervisor_of[*c] == Some(index))
                 .map(|c| c as u8)

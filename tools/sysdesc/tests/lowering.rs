@@ -24,6 +24,7 @@ name = "boss"
 package = "boss"
 priority = 150
 power_off = true
+supervisor = "@platform"
 
 [[region]]
 name = "ring"
@@ -67,6 +68,11 @@ fn a_valid_description_lowers_with_ids_peers_and_addresses() {
     assert_eq!(worker.name, "worker");
     assert_eq!(worker.stack_pages, 8);
     assert_eq!(worker.supervisor, Some(2));
+    assert!(!worker.platform_supervised);
+    // The platform (monitor, launcher) restarts the supervisor itself.
+    let boss = &layout.components[2];
+    assert_eq!(boss.supervisor, None);
+    assert!(boss.platform_supervised);
     assert_eq!(worker.channels.len(), 2);
     assert_eq!(worker.channels[0].kind, ChannelKind::Notify);
     assert_eq!(
@@ -361,16 +367,22 @@ fn the_bus_manager_knows_every_ring_by_address_and_maps_none() {
         assert_eq!(own.maps[0].region as usize, region);
         assert!(own.maps[0].writable && !own.maps[0].address_only);
     }
-    // Everything vmbus maps is its own queue from synic: no ring of any
-    // driver, and not the monitor pages (it only hands their address to
-    // the host).
+    // Everything vmbus maps is its own queue from synic and its private
+    // session record: no ring of any driver, and not the monitor pages (it
+    // only hands their address to the host).
     let mapped: Vec<&str> = vmbus
         .maps
         .iter()
         .filter(|m| !m.address_only)
         .map(|m| layout.regions[m.region as usize].name.as_str())
         .collect();
-    assert_eq!(mapped, ["synic_messages"]);
+    assert_eq!(mapped, ["synic_messages", "vmbus_session"]);
+    let session = layout
+        .regions
+        .iter()
+        .find(|r| r.name == "vmbus_session")
+        .unwrap();
+    assert!(!session.host_visible);
     let summary = sysdesc::summary(&description);
     assert!(
         summary.contains("  region   kvp_ring         address    32768 bytes, host visible\n"),

@@ -50,6 +50,19 @@ impl ImageSpec {
         }
     }
 
+    /// Does the host's scenario crash guest components
+    /// (`crash_after_heartbeats`)? Only then is the root task built to
+    /// honour the simulated host's fault-injection requests.
+    pub fn fault_injection(&self) -> bool {
+        self.host_script
+            .as_ref()
+            .and_then(|script| std::fs::read_to_string(script).ok())
+            .is_some_and(|text| {
+                text.lines()
+                    .any(|line| line.trim_start().starts_with("crash_after_heartbeats"))
+            })
+    }
+
     /// The boot test's expectations: beside the script if there is one,
     /// else beside the description (`system.expect` for `system.toml`).
     pub fn expectations_file(&self) -> PathBuf {
@@ -228,6 +241,10 @@ pub fn build(spec: &ImageSpec) -> Result<BootImage> {
         .env(
             "ROOTTASK_AUDIT_TEST_GRANT",
             spec.audit_test_grant.unwrap_or_default(),
+        )
+        .env(
+            "ROOTTASK_FAULT_INJECTION",
+            if spec.fault_injection() { "1" } else { "0" },
         )
         .args(["--package", "roottask"]);
     run_cargo(command, "the root task")?;

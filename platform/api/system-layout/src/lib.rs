@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-pub const LAYOUT_VERSION: u16 = 1;
+pub const LAYOUT_VERSION: u16 = 2;
 pub const MAX_COMPONENTS: usize = 32;
 pub const MAX_REGIONS: usize = 64;
 pub const MAX_MAPS_PER_COMPONENT: usize = 16;
@@ -26,6 +26,21 @@ pub const MAX_NAME: usize = 32;
 pub const PAGE_SIZE: u64 = 4096;
 
 pub type Name = String;
+
+/// Faults within [`PLATFORM_FAULT_WINDOW_NS`] after which the platform
+/// holds a component it supervises stopped instead of restarting it again.
+pub const PLATFORM_FAULTS_TO_HOLD: usize = 3;
+pub const PLATFORM_FAULT_WINDOW_NS: u64 = 10_000_000_000;
+
+/// The platform's restart policy for one component: restart, unless this
+/// fault (at `now_ns`) is the [`PLATFORM_FAULTS_TO_HOLD`]th within
+/// [`PLATFORM_FAULT_WINDOW_NS`]. `recent` holds earlier fault times, oldest
+/// first; it is updated.
+pub fn platform_should_restart(recent: &mut Vec<u64>, now_ns: u64) -> bool {
+    recent.retain(|at| now_ns.saturating_sub(*at) <= PLATFORM_FAULT_WINDOW_NS);
+    recent.push(now_ns);
+    recent.len() < PLATFORM_FAULTS_TO_HOLD
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemLayout {
@@ -65,6 +80,12 @@ pub struct ComponentLayout {
     pub priority: u8,
     /// Index of the component that receives this one's faults.
     pub supervisor: Option<u8>,
+    /// The platform itself (the seL4 root task's monitor, the hosted
+    /// launcher) restarts this component when it faults, holding it stopped
+    /// after [`PLATFORM_FAULTS_TO_HOLD`] faults within
+    /// [`PLATFORM_FAULT_WINDOW_NS`] (`supervisor = "@platform"`). Never
+    /// together with `supervisor`.
+    pub platform_supervised: bool,
     /// Indices of the components this one supervises, in `Child` order.
     pub children: Vec<u8>,
     pub stack_pages: u16,
@@ -164,6 +185,18 @@ impl ComponentLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_platform_restarts_until_three_faults_within_ten_seconds() {
+        let mut recent = Vec::new();
+        assert!(platform_should_restart(&mut recent, 0));
+        assert!(platform_should_restart(&mut recent, 1_000_000_000));
+        assert!(!platform_should_restart(&mut recent, 2_000_000_000));
+        let mut spread = Vec::new();
+        for second in [0u64, 6, 12, 18, 24] {
+            assert!(platform_should_restart(&mut spread, second * 1_000_000_000));
+        }
+    }
 
     #[test]
     fn round_trips_through_postcard() {

@@ -36,6 +36,11 @@ pub const MESSAGE_SLOT_BYTES: usize = 256;
 pub const MESSAGE_QUEUE_SLOT: usize = 264;
 /// The largest payload of a posted message (HvPostMessage).
 pub const MAX_POST_PAYLOAD: usize = 240;
+/// The message type of the queue entry a restarted `synic` puts first in
+/// the queue: "I was restarted; my bindings are gone: restore them". synic
+/// queues only VMBus (type 1) slots from the host, so no host message can
+/// carry this type.
+pub const SYNIC_RESTARTED_MESSAGE_TYPE: u32 = 0x5359_4e52;
 /// Component names (the system description's limit).
 pub type Name = String<32>;
 /// A GUID in standard (RFC 4122, big-endian) byte order.
@@ -129,6 +134,7 @@ pub mod synic {
             "signal_host",
             "status",
             "opening",
+            "restore",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -140,6 +146,7 @@ pub mod synic {
                 Request::SignalHost { .. } => 3,
                 Request::Status => 4,
                 Request::Opening { .. } => 5,
+                Request::Restore { .. } => 6,
             }
         }
     }
@@ -173,6 +180,28 @@ pub mod synic {
         Opening { relid: u32 },
         /// vmbus: counters for the status view.
         Status,
+        /// vmbus: the whole relid table, replacing synic's: after synic was
+        /// restarted (its [`SYNIC_RESTARTED_MESSAGE_TYPE`] entry) every
+        /// binding and opening vmbus holds; at the start of a new bus
+        /// session (vmbus restarted) none. Bits set in the event page for a
+        /// bound relid are cleared and its VSC notified; each bound
+        /// connection is signalled once (a VSC's signal may have been lost
+        /// while synic was down: a spurious one costs the host a look).
+        Restore {
+            bindings: Vec<RestoredBinding, MAX_RESTORED>,
+            opening: Vec<u32, MAX_RESTORED>,
+        },
+    }
+
+    /// The most bindings (and openings) one `Restore` carries.
+    pub const MAX_RESTORED: usize = 32;
+
+    /// One binding in a [`Request::Restore`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RestoredBinding {
+        pub relid: u32,
+        pub connection_id: u32,
+        pub driver: DriverId,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +250,11 @@ pub mod synic {
         pub eoms: u32,
         /// Hypercalls that returned a failure status.
         pub hypercall_failures: u32,
+        /// This synic found the synic already armed at start: it is a
+        /// restarted incarnation (its counters start again at zero).
+        pub restarted: bool,
+        /// `Restore` requests served.
+        pub restores: u32,
     }
 }
 

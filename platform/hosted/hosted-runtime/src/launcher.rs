@@ -167,6 +167,9 @@ struct Slot {
     control: Option<OwnedFd>,
     process: Option<RunningProcess>,
     restarts: u32,
+    /// When the platform-supervised component faulted lately (ns since
+    /// the system started), for the hold policy.
+    platform_faults: Vec<u64>,
 }
 
 struct State {
@@ -271,6 +274,7 @@ impl System {
                 control: None,
                 process: None,
                 restarts: 0,
+                platform_faults: Vec::new(),
             });
         }
         // Notify channels: one eventfd per receiving end; the sender holds
@@ -1132,10 +1136,16 @@ impl State {
                 reported = sys::send_message(control.as_raw_fd(), &message, None).is_ok();
             }
         }
-        let to = if reported {
-            "reported to its supervisor"
-        } else {
-            "no supervisor to report to"
+        // `supervisor = "@platform"`: the launcher is the supervisor.
+        let platform_restart = component.platform_supervised.then(|| {
+            let now = sys::monotonic_ns().saturating_sub(self.start_ns);
+            system_layout::platform_should_restart(&mut self.slots[index].platform_faults, now)
+        });
+        let to = match (reported, platform_restart) {
+            (true, _) => "reported to its supervisor",
+            (false, Some(true)) => "the launcher restarts it",
+            (false, Some(false)) => "held stopped by the launcher (3 faults within 10 s)",
+            (false, None) => "no supervisor to report to",
         };
         let what = match fault {
             Fault::Memory { address, ip, write } => format!(
@@ -1146,10 +1156,22 @@ impl State {
         };
         self.emit_line(format!("[launcher] {name} faulted: {what}; {to}"));
         self.faults.push(FaultRecord {
-            component: name,
+            component: name.clone(),
             fault,
-            reported,
+            reported: reported || platform_restart.is_some(),
         });
+        if platform_restart == Some(true) {
+            let started = Instant::now();
+            match self.restart(index) {
+                Ok(()) => self.emit_line(format!(
+                    "[launcher] {name} restarted ({} µs)",
+                    started.elapsed().as_micros()
+                )),
+                Err(error) => self.emit_line(format!("[launcher] cannot restart {name}: {error}")),
+            }
+        } else if platform_restart == Some(false) {
+            self.stop(index);
+        }
     }
 }
 

@@ -184,6 +184,7 @@ mod tests {
                 package: "p".into(),
                 priority: 3,
                 supervisor: None,
+                platform_supervised: false,
                 children: vec![],
                 stack_pages: 4,
                 may_power_off: false,

@@ -372,6 +372,7 @@ mod tests {
             package: "serial".into(),
             priority: 100,
             supervisor: None,
+            platform_supervised: false,
             children: Vec::new(),
             stack_pages: 2,
             may_power_off: false,

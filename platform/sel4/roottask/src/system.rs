@@ -37,14 +37,23 @@ pub struct Pd {
     /// Calls this PD serves: (its channel id, client PD, client's channel id).
     served_calls: Vec<(u8, usize, u8)>,
     pub supervisor: Option<usize>,
+    /// The monitor restarts it on a fault (`supervisor = "@platform"`).
+    pub platform_supervised: bool,
+    /// When it faulted lately (ns since boot), for the hold policy.
+    pub platform_faults: Vec<u64>,
     pub children: Vec<usize>,
     pub may_power_off: bool,
+    /// The description's simulated host (the only PD that may ask for
+    /// fault injection, in a root task built for it).
+    pub simulated_host: bool,
     pub pending_fault: Option<FaultRecord>,
 }
 
 pub struct System {
     pub pds: Vec<Pd>,
     pub monitor_endpoint: CPtr,
+    /// The TSC's rate (from the kernel's boot info), for the monitor's clock.
+    pub tsc_per_us: u64,
     pub allocator: Allocator,
 }
 
@@ -339,14 +348,18 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
                 .map(|c| (c.id, usize::from(c.peer), c.peer_id))
                 .collect(),
             supervisor: component.supervisor.map(usize::from),
+            platform_supervised: component.platform_supervised,
+            platform_faults: Vec::new(),
             children: component.children.iter().map(|&c| usize::from(c)).collect(),
             may_power_off: component.may_power_off,
+            simulated_host: component.simulated_host,
             pending_fault: None,
         });
     }
     let mut system = System {
         pds,
         monitor_endpoint,
+        tsc_per_us,
         allocator,
     };
 

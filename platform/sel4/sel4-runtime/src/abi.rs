@@ -105,6 +105,12 @@ pub enum MonitorRequest {
     /// ([`FaultKind`]), MR3: address; IPC buffer MR4: instruction pointer,
     /// MR5: 1 for a write access.
     TakeFault = 4,
+    /// MR0-MR3: a component's name (up to 32 bytes, zero padded). Fault
+    /// injection for tests: stop that PD as if it had faulted. Honoured
+    /// only in a root task built with `ROOTTASK_FAULT_INJECTION=1` and only
+    /// for the description's simulated host (it plays the test's outside
+    /// world); denied otherwise.
+    InjectFault = 5,
 }
 
 impl MonitorRequest {
@@ -114,6 +120,7 @@ impl MonitorRequest {
             2 => Some(Self::Stop),
             3 => Some(Self::PowerOff),
             4 => Some(Self::TakeFault),
+            5 => Some(Self::InjectFault),
             _ => None,
         }
     }

@@ -373,6 +373,26 @@ pub fn read_ungranted(address: u64) -> Option<u32> {
     Some(unsafe { (address as *const u32).read_volatile() })
 }
 
+/// Fault injection for tests: ask the monitor to stop the component
+/// `name` as if it had faulted (its supervisor, or the platform, then
+/// recovers it). Only the simulated host of a root task built for fault
+/// injection may; `false` if the monitor refused.
+pub fn inject_fault(name: &str) -> bool {
+    let mut words = [0u64; 4];
+    if name.len() > 32 {
+        return false;
+    }
+    for (i, byte) in name.bytes().enumerate() {
+        words[i / 8] |= u64::from(byte) << (8 * (i % 8));
+    }
+    let reply = sys::call(
+        SLOT_MONITOR,
+        sys::MessageInfo::new(MonitorRequest::InjectFault as u64, 0, 0, 4),
+        words,
+    );
+    reply.info.label() == MONITOR_OK
+}
+
 /// Define the PD's entry point and panic handler for a component type.
 ///
 /// ```ignore
