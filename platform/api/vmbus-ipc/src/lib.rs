@@ -232,7 +232,8 @@ pub mod bus {
 
     impl Protocol for Bus {
         const NAME: &'static str = "bus";
-        const VERSION: u16 = 1;
+        // 2: data buffers (create_gpadl, teardown_gpadl, buffer).
+        const VERSION: u16 = 2;
         const OPERATIONS: &'static [&'static str] = &[
             "query",
             "open",
@@ -240,6 +241,9 @@ pub mod bus {
             "report_versions",
             "device",
             "unload",
+            "create_gpadl",
+            "teardown_gpadl",
+            "buffer",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -251,6 +255,9 @@ pub mod bus {
                 Request::ReportVersions { .. } => 3,
                 Request::Device { .. } => 4,
                 Request::Unload { .. } => 5,
+                Request::CreateGpadl { .. } => 6,
+                Request::TeardownGpadl { .. } => 7,
+                Request::Buffer { .. } => 8,
             }
         }
     }
@@ -273,6 +280,45 @@ pub mod bus {
         /// A client: close every channel, unload the bus, then power off
         /// with `power_off_code` if given.
         Unload { power_off_code: Option<u8> },
+        /// A VSC, its channel open: describe its data buffer `buffer` (its
+        /// `buffers[buffer]` of the description, mapped as `buffer<N>`) to
+        /// the host in a GPADL of the channel. Accepted at once; the VSC is
+        /// notified on `vmbus_event` when the host answers, and reads the
+        /// outcome with [`Request::Buffer`]. The GPADL lasts until
+        /// [`Request::TeardownGpadl`], the channel's close, its rescind or
+        /// the VSC's restart.
+        CreateGpadl { buffer: u8 },
+        /// A VSC: tear the buffer's GPADL down. The memory is the host's
+        /// until [`Request::Buffer`] says [`BufferState::Absent`] again.
+        TeardownGpadl { buffer: u8 },
+        /// A VSC: where its data buffer `buffer` is in its life.
+        Buffer { buffer: u8 },
+    }
+
+    /// A VSC's data buffer as the bus manager sees it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum BufferState {
+        /// No GPADL describes it: the VSC may reuse the memory freely.
+        Absent,
+        /// GpadlHeader (and bodies) sent; waiting for GpadlCreated.
+        Creating,
+        /// The host holds it as `gpadl_id`, the id the VSC names to the
+        /// device in the device's own protocol (e.g. NVSP's receive buffer).
+        Created { gpadl_id: u32 },
+        /// Teardown asked for (or the channel is closing); the host still
+        /// holds the memory.
+        TearingDown,
+        /// The host refused the GPADL with this status (e.g. its GPADL
+        /// memory limit), or the bus manager could not describe the buffer;
+        /// `CreateGpadl` may be asked again.
+        Failed { status: u32 },
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BufferInfo {
+        pub state: BufferState,
+        /// The buffer's size in bytes (from the description).
+        pub bytes: u64,
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +377,7 @@ pub mod bus {
         Device(DeviceStatus),
         /// `Device { index }` past the last device.
         NoSuchDevice,
+        Buffer(BufferInfo),
         Refused(Refusal),
     }
 
@@ -342,6 +389,8 @@ pub mod bus {
         NotADriver,
         /// The host did not answer or the bus is unloading.
         Unavailable,
+        /// The VSC has no data buffer of that index.
+        NoSuchBuffer,
     }
 }
 
