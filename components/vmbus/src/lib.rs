@@ -68,7 +68,7 @@ use component_api::{
     println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, RegionAddress, RegionName,
 };
 use heapless::{Deque, Vec};
-use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
+use vmbus_ipc::bus::{self, BufferState, ChannelInfo, ChannelState, DeviceStatus};
 use vmbus_ipc::{synic, Guid, MAX_POST_PAYLOAD};
 use vmbus_protocol::gpadl::{CreationOutcome, GpadlMessages, GpadlState, GpadlTable};
 use vmbus_protocol::messages::{
@@ -98,6 +98,12 @@ pub const FAULTS_TO_HOLD: usize = 3;
 pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
 /// The largest ring region the bus manager describes in a GPADL.
 pub const MAX_RING_PAGES: usize = 256;
+/// The most data buffers one VSC has GPADLs made over (sysdesc's limit).
+pub const MAX_BUFFERS: usize = 4;
+/// Data-buffer GPADLs whose messages are still being posted (a large
+/// buffer takes up to 300 messages, more than the outbox holds: they are
+/// produced as the host takes them).
+const GPADL_SENDS: usize = 8;
 /// Messages waiting for the host to take them (InsufficientBuffers).
 const OUTBOX_SIZE: usize = 64;
 /// Rejected host messages that are logged (the rest are only counted).
@@ -129,6 +135,19 @@ struct Wiring {
     ring: Option<RegionName>,
     /// Bytes of the guest-to-host ring (the downstream offset).
     ring_out_bytes: usize,
+    /// The VSC's data buffers, known by address only, in buffer order.
+    buffers: &'static [RegionName],
+}
+
+/// A VSC's data buffer and its GPADL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BufferRecord {
+    /// The VSC asked for a GPADL (and has not asked to tear it down).
+    wanted: bool,
+    /// From GpadlHeader until GpadlTorndown (or a failed GpadlCreated).
+    gpadl: Option<u32>,
+    /// The last creation failed with this status.
+    failed: Option<u32>,
 }
 
 /// An offer, copied out and checked.
@@ -159,6 +178,8 @@ struct ChannelRecord {
     /// The last open attempt failed with this status.
     failed: Option<u32>,
     rescinded: bool,
+    /// GPADLs over the VSC's data buffers, made while the channel is open.
+    buffers: [BufferRecord; MAX_BUFFERS],
 }
 
 struct Driver {
@@ -180,8 +201,8 @@ struct Driver {
     /// When the last fault happened (to report how long reopening took).
     faulted_at_ns: Option<u64>,
     versions: Option<((u16, u16), (u16, u16))>,
-    /// What the VSC was last told (state, generation).
-    published: Option<(ChannelState, u32)>,
+    /// What the VSC was last told (state, generation, its buffers).
+    published: Option<(ChannelState, u32, [BufferState; MAX_BUFFERS])>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,7 +242,9 @@ pub struct Vmbus {
     queue: Option<spsc_queue::Consumer>,
     drivers: Vec<Driver, MAX_DRIVERS>,
     unclaimed: Vec<Offer, MAX_UNCLAIMED>,
-    gpadls: GpadlTable<MAX_DRIVERS>,
+    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS) }>,
+    /// Data-buffer GPADLs still being posted, oldest first.
+    gpadl_sends: Deque<GpadlMessages<'static>, GPADL_SENDS>,
     next_open_id: u32,
     outbox: Deque<(u32, Vec<u8, MAX_POST_PAYLOAD>), OUTBOX_SIZE>,
     power_off_code: Option<u8>,
@@ -257,6 +280,7 @@ impl Vmbus {
                     event: row.event,
                     ring: Some(row.ring),
                     ring_out_bytes: row.ring_out_bytes,
+                    buffers: row.buffers,
                 },
                 channel: None,
                 next_offer: None,
@@ -294,6 +318,7 @@ impl Vmbus {
             drivers,
             unclaimed: Vec::new(),
             gpadls: GpadlTable::new(1),
+            gpadl_sends: Deque::new(),
             next_open_id: 1,
             outbox: Deque::new(),
             power_off_code: None,

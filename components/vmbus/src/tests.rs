@@ -36,6 +36,8 @@ struct FakeSynic {
     invalid_connections: StdVec<u32>,
     /// The next this-many posts answer InsufficientBuffers.
     full_posts: usize,
+    /// If set: this many more posts are taken, then the port is full.
+    port_room: Option<usize>,
     refuse_binds: bool,
 }
 
@@ -89,6 +91,11 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     if fake.full_posts > 0 {
                         fake.full_posts -= 1;
                         return synic::Reply::HypercallFailed { status: 0x13 };
+                    }
+                    match fake.port_room {
+                        Some(0) => return synic::Reply::HypercallFailed { status: 0x13 },
+                        Some(room) => fake.port_room = Some(room - 1),
+                        None => {}
                     }
                     fake.posted.push((connection_id, payload.to_vec()));
                     synic::Reply::Done
@@ -1346,4 +1353,310 @@ fn a_flood_of_unclaimed_offers_is_bounded() {
     // The drivers still get their devices.
     rig.offer(500, class::KVP, instance(4));
     assert_eq!(rig.state(3), ChannelState::Offered);
+}
+
+// ---- data buffers ----
+
+const BUFFER_GPA: u64 = 0x80_0000;
+
+impl Rig {
+    /// Give VSC `d` data buffers of these sizes (pages), granted by
+    /// address only, consecutive from `BUFFER_GPA`.
+    fn with_buffers(&mut self, d: usize, pages: &[usize]) {
+        let mut gpa = BUFFER_GPA;
+        let mut names = StdVec::new();
+        for &count in pages {
+            names.push(self.env.add_region_address_only(count * PAGE, gpa));
+            gpa += (count * PAGE) as u64 + 0x10_0000;
+        }
+        self.bus.drivers[d].wiring.buffers = std::boxed::Box::leak(names.into_boxed_slice());
+    }
+
+    fn buffer(&mut self, d: usize, buffer: u8) -> bus::BufferInfo {
+        match self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Buffer { buffer },
+        ) {
+            bus::Reply::Buffer(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn create_gpadl(&mut self, d: usize, buffer: u8) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::CreateGpadl { buffer },
+        )
+    }
+
+    fn teardown_gpadl(&mut self, d: usize, buffer: u8) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::TeardownGpadl { buffer },
+        )
+    }
+
+    /// The GPADL messages posted since the last look: (id, PFNs in order).
+    fn posted_gpadl(&mut self) -> (u32, u32, StdVec<u64>) {
+        let mut id = None;
+        let mut relid = 0;
+        let mut pfns = StdVec::new();
+        for (_, message) in self.posted() {
+            match message {
+                ChannelMessage::GpadlHeader(header) => {
+                    assert!(id.is_none(), "one header");
+                    id = Some(header.fixed.gpadl_id.get());
+                    relid = header.fixed.child_relid.get();
+                    // The range word, then PFNs.
+                    pfns.extend(header.words.iter().skip(1));
+                }
+                ChannelMessage::GpadlBody(body) => {
+                    assert_eq!(Some(body.fixed.gpadl_id.get()), id);
+                    pfns.extend(body.pfns.iter());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        (id.expect("a header"), relid, pfns)
+    }
+}
+
+#[test]
+fn a_data_buffer_gets_a_gpadl_while_open_and_loses_it_on_close() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[64]);
+    assert_eq!(
+        rig.create_gpadl(3, 0),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "only while the channel is open"
+    );
+    let ring = rig.open_fully(3);
+    assert_eq!(
+        rig.create_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::NoSuchBuffer)
+    );
+    assert_eq!(
+        rig.buffer(3, 0),
+        bus::BufferInfo {
+            state: bus::BufferState::Absent,
+            bytes: 64 * 4096
+        }
+    );
+    rig.env.notified.clear();
+    assert_eq!(rig.create_gpadl(3, 0), bus::Reply::Accepted);
+    let (id, relid, pfns) = rig.posted_gpadl();
+    assert_eq!(relid, 4);
+    assert_ne!(id, ring);
+    let expected: StdVec<u64> = (0..64).map(|p| (BUFFER_GPA >> 12) + p).collect();
+    assert_eq!(pfns, expected);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Creating);
+    assert_eq!(
+        rig.create_gpadl(3, 0),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Created { gpadl_id: id }
+    );
+    let event = rig.bus.drivers[3].wiring.event;
+    assert!(rig.env.notified.contains(&event), "the VSC hears of it");
+    // Close: the channel closes, then both GPADLs go together.
+    let call_end = rig.bus.drivers[3].wiring.call;
+    assert_eq!(
+        rig.request(call_end, bus::Request::Close),
+        bus::Reply::Accepted
+    );
+    let posted = rig.posted();
+    let torn: StdVec<u32> = posted
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ChannelMessage::GpadlTeardown(t) => Some(t.gpadl_id.get()),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(posted[0], (4, ChannelMessage::CloseChannel(_))));
+    assert_eq!(torn, [id, ring], "{posted:?}");
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::TearingDown);
+    rig.torndown(ring);
+    assert_eq!(
+        rig.state(3),
+        ChannelState::Closing,
+        "the buffer is still out"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.state(3), ChannelState::Offered);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
+    // Reopened, the buffer is not shared until the VSC asks again.
+    rig.open_fully(3);
+    assert!(rig.posted().is_empty());
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
+    assert_eq!(rig.rejected(), 0);
+}
+
+#[test]
+fn a_vsc_tears_its_buffer_down_and_may_share_it_again() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[4, 8]);
+    rig.open_fully(3);
+    assert_eq!(
+        rig.teardown_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    assert_eq!(rig.create_gpadl(3, 1), bus::Reply::Accepted);
+    let (id, _, pfns) = rig.posted_gpadl();
+    assert_eq!(pfns[0], (BUFFER_GPA + 4 * 4096 + 0x10_0000) >> 12);
+    // Torn down while being created: it goes once the host has it.
+    assert_eq!(rig.teardown_gpadl(3, 1), bus::Reply::Accepted);
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::Creating);
+    rig.gpadl_created(4, id, 0);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::GpadlTeardown(t))] => assert_eq!(t.gpadl_id.get(), id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::TearingDown);
+    assert_eq!(
+        rig.create_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "not while the host still holds it"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::Absent);
+    assert_eq!(rig.state(3), ChannelState::Open, "the channel stays open");
+    assert_eq!(rig.create_gpadl(3, 1), bus::Reply::Accepted);
+    let (again, _, _) = rig.posted_gpadl();
+    assert_ne!(again, id, "ids are never reused");
+    assert_eq!(rig.rejected(), 0);
+}
+
+#[test]
+fn a_buffer_the_host_refuses_reports_its_status_and_may_be_asked_again() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[16]);
+    rig.open_fully(3);
+    rig.create_gpadl(3, 0);
+    let (id, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, id, 0xC000_009A);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Failed {
+            status: 0xC000_009A
+        }
+    );
+    assert_eq!(rig.state(3), ChannelState::Open);
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(rig.rejected(), 1, "a second answer for a retired id");
+    assert_eq!(rig.create_gpadl(3, 0), bus::Reply::Accepted);
+    let (again, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, again, 0);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Created { gpadl_id: again }
+    );
+}
+
+#[test]
+fn a_large_buffer_streams_its_bodies_as_the_host_takes_them() {
+    // 8190 pages: 1 header + 292 bodies, far more than the outbox holds.
+    let pages = vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS;
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[pages]);
+    rig.open_fully(3);
+    // The port stays full for this request (it is retried once at its end).
+    rig.synic.borrow_mut().full_posts = 2;
+    rig.create_gpadl(3, 0);
+    assert!(rig.posted().is_empty(), "the host's port is full");
+    assert_eq!(rig.bus.counters().posts_deferred, 2);
+    // The host drains its port; the next event posts the rest in order.
+    rig.bus.notified(&mut rig.env, ChannelSet::EMPTY);
+    let (id, _, pfns) = rig.posted_gpadl();
+    let expected: StdVec<u64> = (0..pages as u64).map(|p| (BUFFER_GPA >> 12) + p).collect();
+    assert_eq!(pfns, expected);
+    assert_eq!(rig.bus.counters().posts_failed, 0);
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(
+        rig.buffer(3, 0),
+        bus::BufferInfo {
+            state: bus::BufferState::Created { gpadl_id: id },
+            bytes: (pages * 4096) as u64
+        }
+    );
+}
+
+#[test]
+fn a_rescind_while_a_buffer_is_created_stops_its_bodies_and_releases_after_teardown() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[1000, 4]);
+    let ring = rig.open_fully(3);
+    rig.create_gpadl(3, 1);
+    let (small, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, small, 0);
+    // The big one gets its header and 2 bodies out before the rescind.
+    rig.synic.borrow_mut().port_room = Some(3);
+    rig.create_gpadl(3, 0);
+    let first = rig.posted();
+    assert_eq!(first.len(), 3);
+    let big = match &first[0] {
+        (_, ChannelMessage::GpadlHeader(h)) => h.fixed.gpadl_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.synic.borrow_mut().port_room = None;
+    rig.rescind(4);
+    // The created GPADLs (ring, small buffer) are torn down; the one
+    // being created was dropped by the host with the channel.
+    let posted = rig.posted();
+    let mut torn: StdVec<u32> = posted
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ChannelMessage::GpadlTeardown(t) => Some(t.gpadl_id.get()),
+            _ => None,
+        })
+        .collect();
+    torn.sort();
+    assert_eq!(torn, [ring, small], "{posted:?}");
+    assert!(!posted.iter().any(|(_, m)| matches!(
+        m,
+        ChannelMessage::GpadlBody(_) | ChannelMessage::CloseChannel(_)
+    )));
+    rig.gpadl_created(4, big, 0);
+    assert_eq!(rig.rejected(), 1, "the dropped GPADL's late answer");
+    rig.torndown(ring);
+    assert!(
+        rig.posted().is_empty(),
+        "not released while a buffer is out"
+    );
+    rig.torndown(small);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::RelIdReleased(_))]
+    ));
+}
+
+#[test]
+fn a_fault_tears_the_buffers_down_before_the_restart() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[4]);
+    let ring = rig.open_fully(3);
+    rig.create_gpadl(3, 0);
+    let (id, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, id, 0);
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    let posted = rig.posted();
+    assert_eq!(
+        posted
+            .iter()
+            .filter(|(_, m)| matches!(m, ChannelMessage::GpadlTeardown(_)))
+            .count(),
+        2,
+        "{posted:?}"
+    );
+    rig.torndown(ring);
+    assert!(
+        rig.env.restarted.is_empty(),
+        "the buffer is still the host's"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.env.restarted, [children::KVP]);
+    rig.open_fully(3);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
 }

@@ -53,7 +53,8 @@ pub enum GpadlError {
 pub const MAX_SINGLE_RANGE_PFNS: usize = (u16::MAX as usize - 8) / 8;
 
 /// The GpadlHeader and GpadlBody messages for one range of pages, produced
-/// one at a time (no allocation).
+/// one at a time (no allocation). A clone resumes where the original is.
+#[derive(Clone, Debug)]
 pub struct GpadlMessages<'a> {
     child_relid: u32,
     gpadl_id: u32,
@@ -174,6 +175,14 @@ impl<'a> GpadlMessages<'a> {
             header_sent: false,
             body_number: 0,
         })
+    }
+
+    pub fn gpadl_id(&self) -> u32 {
+        self.gpadl_id
+    }
+
+    pub fn child_relid(&self) -> u32 {
+        self.child_relid
     }
 
     /// How many messages (header + bodies) this GPADL takes.
@@ -444,6 +453,22 @@ impl<const N: usize> GpadlTable<N> {
         }
         self.entries[index].state = GpadlState::Created;
         Ok(CreationOutcome::Created)
+    }
+
+    /// Give up a GPADL still being created that the host will never answer
+    /// (its messages were not all sent, or its channel was rescinded): the
+    /// id is retired, so a late GpadlCreated is refused as unknown.
+    pub fn abandon(&mut self, gpadl_id: u32) -> Result<(), GpadlTableError> {
+        let index = self.find(gpadl_id)?;
+        let entry = self.entries[index];
+        if entry.state != GpadlState::Creating {
+            return Err(GpadlTableError::WrongState {
+                gpadl_id,
+                state: entry.state,
+            });
+        }
+        self.entries.swap_remove(index);
+        Ok(())
     }
 
     /// Mark a created GPADL as being torn down and return the message to send.
