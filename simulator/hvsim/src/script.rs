@@ -118,6 +118,8 @@ pub struct Script {
     /// only on its timer ticks and on calls, so its requests go out up to a
     /// tick late.
     pub gap_allowance_ns: u64,
+    /// Total bytes all GPADLs may describe at once.
+    pub gpadl_memory_limit: u64,
 }
 
 impl Script {
@@ -155,6 +157,7 @@ impl Script {
             kvp_get_guest_key: scenario.kvp_get_guest_key.clone(),
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
+            gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
         })
     }
 
@@ -170,6 +173,7 @@ impl Script {
                 .collect(),
             min_version: self.min_version,
             max_version: self.max_version,
+            gpadl_memory_limit: self.gpadl_memory_limit,
             ..ServerConfig::default()
         }
     }

@@ -56,6 +56,15 @@ pub const SUPPORTED_VERSIONS: [ProtocolVersion; 8] = [
 /// OpenChannelResult.
 pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
 
+/// NTSTATUS STATUS_QUOTA_EXCEEDED: what Hyper-V answers a GpadlHeader with
+/// when the guest's GPADLs would describe more memory than it allows (Linux
+/// commit "Drivers: hv: vmbus: check the creation_status in
+/// vmbus_establish_gpadl()").
+pub const STATUS_QUOTA_EXCEEDED: u32 = 0xC000_0044;
+
+/// GPADL ids dropped with a rescinded channel whose late bodies are ignored.
+const DROPPED_GPADLS_REMEMBERED: usize = 64;
+
 /// The largest GPADL (in 8-byte words of ranges and PFNs) the host assembles.
 pub const MAX_GPADL_WORDS: usize = 8192;
 
@@ -190,7 +199,17 @@ pub struct ServerStats {
     pub gpadls_created: u64,
     pub gpadls_refused: u64,
     pub gpadls_torn_down: u64,
+    /// GPADLs refused because the total would exceed the memory limit
+    /// (also counted in `gpadls_refused`).
+    pub gpadls_over_limit: u64,
+    /// GpadlBody messages for a GPADL dropped with its rescinded channel
+    /// (the guest posted them before it saw the rescind): ignored.
+    pub bodies_after_rescind: u64,
     pub opens_refused: u64,
+    /// What Hyper-V's rules forbid that is not a malformed message (those
+    /// are `messages_rejected`): a GPADL still held at Unload or at
+    /// RelIdReleased (leaked). Each is logged in `violations`.
+    pub rule_violations: u64,
 }
 
 struct Channel {
@@ -234,7 +253,11 @@ pub struct Server {
     pub stats: ServerStats,
     /// Why messages were rejected, newest last (bounded).
     pub rejections: VecDeque<String>,
+    /// Why rules were violated, newest last (bounded).
+    pub violations: VecDeque<String>,
     connection: Option<Connection>,
+    /// GPADLs being assembled when their channel was rescinded.
+    dropped_gpadls: VecDeque<u32>,
     offers_requested: bool,
     channels: BTreeMap<u32, Channel>,
     gpadls: BTreeMap<u32, Gpadl>,
@@ -257,6 +280,8 @@ impl Server {
             faults: Faults::default(),
             stats: ServerStats::default(),
             rejections: VecDeque::new(),
+            violations: VecDeque::new(),
+            dropped_gpadls: VecDeque::new(),
             connection: None,
             offers_requested: false,
             channels: BTreeMap::new(),
@@ -336,6 +361,36 @@ impl Server {
             self.rejections.pop_front();
         }
         self.rejections.push_back(why);
+    }
+
+    fn violation(&mut self, why: String) {
+        self.stats.rule_violations += 1;
+        if self.violations.len() == 64 {
+            self.violations.pop_front();
+        }
+        self.violations.push_back(why);
+    }
+
+    /// Each GPADL still held for `relid` (any relid if `None`) is a leak.
+    fn count_leaked_gpadls(&mut self, relid: Option<u32>, when: &str) {
+        let leaked: Vec<(u32, u32, u64)> = self
+            .gpadls
+            .iter()
+            .filter(|(_, g)| relid.is_none_or(|r| g.relid == r))
+            .map(|(id, g)| (*id, g.relid, g.bytes))
+            .collect();
+        for (id, relid, bytes) in leaked {
+            self.violation(alloc::format!(
+                "GPADL {id:#x} of relid {relid} ({bytes} bytes) still held at {when}"
+            ));
+        }
+    }
+
+    fn drop_gpadl_being_created(&mut self, id: u32) {
+        if self.dropped_gpadls.len() == DROPPED_GPADLS_REMEMBERED {
+            self.dropped_gpadls.pop_front();
+        }
+        self.dropped_gpadls.push_back(id);
     }
 
     fn allocate_relid(&mut self) -> u32 {
@@ -481,6 +536,18 @@ impl Server {
         let offered = channel.offered;
         for gpadl in self.gpadls.values_mut().filter(|g| g.relid == relid) {
             gpadl.in_use = false;
+        }
+        // A GPADL still being assembled goes with the channel (the guest
+        // retires its id); its bodies may still be on the way.
+        let incomplete: Vec<u32> = self
+            .gpadls
+            .iter()
+            .filter(|(_, g)| g.relid == relid && g.assembler.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in incomplete {
+            self.gpadls.remove(&id);
+            self.drop_gpadl_being_created(id);
         }
         if offered && self.connection.is_some() {
             let mut message = RescindChannelOffer::empty();
@@ -660,6 +727,7 @@ impl Server {
                 if self.gpadls.values().any(|g| g.relid == relid) {
                     // The guest must tear its GPADLs down first; the host
                     // drops them now as Hyper-V does on release.
+                    self.count_leaked_gpadls(Some(relid), "RelIdReleased");
                     self.gpadls.retain(|_, g| g.relid != relid);
                 }
                 self.channels.remove(&relid);
@@ -675,7 +743,9 @@ impl Server {
                 for channel in self.channels.values_mut() {
                     channel.offered = false;
                 }
+                self.count_leaked_gpadls(None, "Unload");
                 self.gpadls.clear();
+                self.dropped_gpadls.clear();
                 self.offers_requested = false;
                 let reply = UnloadResponse::empty();
                 let bytes = reply.as_bytes().to_vec();
@@ -766,11 +836,18 @@ impl Server {
         }
     }
 
-    fn gpadl_created<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32, id: u32, ok: bool) {
+    fn gpadl_created<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        relid: u32,
+        id: u32,
+        status: u32,
+    ) {
+        let ok = status == 0;
         let mut reply = GpadlCreated::empty();
         reply.child_relid = relid.into();
         reply.gpadl_id = id.into();
-        reply.creation_status = if ok { 0 } else { STATUS_UNSUCCESSFUL }.into();
+        reply.creation_status = status.into();
         if ok {
             self.stats.gpadls_created += 1;
         } else {
@@ -798,17 +875,18 @@ impl Server {
         let id = header.fixed.gpadl_id.get();
         if self.gpadls.contains_key(&id) {
             self.reject(alloc::format!("GPADL id {id:#x} already in use"));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         if !self.channel_accepts_gpadl(relid) {
             self.reject(alloc::format!(
                 "GPADL for relid {relid} that is not offered"
             ));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         if self.rescind_point(RescindPoint::OnGpadlHeader, relid) {
+            self.drop_gpadl_being_created(id);
             self.rescind(host, relid);
             return;
         }
@@ -816,7 +894,7 @@ impl Server {
             Ok(assembler) => Box::new(assembler),
             Err(error) => {
                 self.reject(alloc::format!("GPADL {id:#x}: {error:?}"));
-                self.gpadl_created(host, relid, id, false);
+                self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
                 return;
             }
         };
@@ -839,6 +917,10 @@ impl Server {
         body: vmbus_protocol::messages::GpadlBodyMessage,
     ) {
         let id = body.fixed.gpadl_id.get();
+        if self.dropped_gpadls.contains(&id) {
+            self.stats.bodies_after_rescind += 1;
+            return;
+        }
         let Some(assembler) = self.gpadls.get_mut(&id).and_then(|g| g.assembler.as_mut()) else {
             self.reject(alloc::format!(
                 "GpadlBody for GPADL {id:#x} that is not being created"
@@ -849,7 +931,7 @@ impl Server {
             let relid = assembler.child_relid;
             self.gpadls.remove(&id);
             self.reject(alloc::format!("GPADL {id:#x} body: {error:?}"));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         self.try_complete_gpadl(host, id);
@@ -890,29 +972,29 @@ impl Server {
                 }
             }
         };
-        let result = result.and_then(|(pages, bytes)| {
+        if let Ok((_, bytes)) = &result {
+            // Not a guest error: the guest asked for more than this host
+            // grants, and hears so in the status.
             let total = self.gpadl_bytes() + bytes;
             if total > self.config.gpadl_memory_limit {
-                Err(alloc::format!(
-                    "GPADL of {bytes} bytes exceeds the shared-memory limit ({total} > {})",
-                    self.config.gpadl_memory_limit
-                ))
-            } else {
-                Ok((pages, bytes))
+                self.gpadls.remove(&id);
+                self.stats.gpadls_over_limit += 1;
+                self.gpadl_created(host, relid, id, STATUS_QUOTA_EXCEEDED);
+                return;
             }
-        });
+        }
         match result {
             Ok((pages, bytes)) => {
                 let gpadl = self.gpadls.get_mut(&id).expect("present");
                 gpadl.assembler = None;
                 gpadl.pages = pages;
                 gpadl.bytes = bytes;
-                self.gpadl_created(host, relid, id, true);
+                self.gpadl_created(host, relid, id, 0);
             }
             Err(why) => {
                 self.gpadls.remove(&id);
                 self.reject(alloc::format!("GPADL {id:#x}: {why}"));
-                self.gpadl_created(host, relid, id, false);
+                self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             }
         }
     }

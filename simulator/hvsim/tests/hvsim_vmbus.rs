@@ -9,7 +9,10 @@ mod common;
 use common::vmbus::*;
 use common::*;
 use hv_interface::GuestMemory;
-use hvsim::vmbus::{ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_UNSUCCESSFUL};
+use hvsim::vmbus::{
+    ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_QUOTA_EXCEEDED,
+    STATUS_UNSUCCESSFUL,
+};
 use hyperv_defs::HvStatus;
 use std::time::Duration;
 use vmbus_protocol::messages::*;
@@ -194,10 +197,23 @@ fn gpadl_creation_validation_and_teardown() {
     // A PFN outside guest memory is refused.
     let created = h.create_gpadl(relid, 0x11, &[MEMORY_SIZE / 4096]);
     assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
-    // Beyond the shared-memory limit (64 pages, 40 in use) is refused.
+    // Beyond the shared-memory limit (64 pages, 40 in use) is refused with
+    // Hyper-V's quota status; not a malformed message.
+    let rejected = h.rejected();
     let big: Vec<u64> = (0x300..0x31A).collect();
     let created = h.create_gpadl(relid, 0x12, &big);
-    assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
+    assert_eq!(created.creation_status.get(), STATUS_QUOTA_EXCEEDED);
+    assert_eq!(h.rejected(), rejected);
+    assert_eq!(h.with(|s| s.vmbus.stats.gpadls_over_limit), 1);
+    // Up to the limit exactly is fine.
+    let exact: Vec<u64> = (0x300..0x318).collect();
+    let created = h.create_gpadl(relid, 0x14, &exact);
+    assert_eq!(created.creation_status.get(), 0);
+    let mut teardown = GpadlTeardown::empty();
+    teardown.child_relid = relid.into();
+    teardown.gpadl_id = 0x14.into();
+    assert_eq!(h.send(&teardown), HvStatus::SUCCESS);
+    assert!(matches!(h.expect(), ChannelMessage::GpadlTorndown(_)));
     // A GPADL for a relid that was never offered is refused.
     let created = h.create_gpadl(0x7FF, 0x13, &[0x300]);
     assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
@@ -325,12 +341,46 @@ fn rescind_and_relid_release() {
     h.send(&released);
     h.settle();
     assert_eq!(h.with(|s| s.vmbus.channel_state(relid)), None);
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
     // The same device offered again is a new channel (the relid may be reused).
     let new_relid = h.with(|s| s.add_device(common::vmbus::default_devices()[4].clone()));
     match h.expect() {
         ChannelMessage::OfferChannel(offer) => assert_eq!(offer.child_relid.get(), new_relid),
         other => panic!("{other:?}"),
     }
+    h.finish();
+}
+
+#[test]
+fn a_gpadl_being_created_goes_with_its_rescinded_channel_and_late_bodies_are_ignored() {
+    let mut h = start_vmbus("rescind-gpadl", config());
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    // A 60-page GPADL: the header and the first body, not the last.
+    let pfns: Vec<u64> = (0x200..0x23C).collect();
+    let messages: Vec<Vec<u8>> =
+        vmbus_protocol::gpadl::GpadlMessages::for_pages(relid, 0x40, &pfns)
+            .unwrap()
+            .map(|m| m.as_bytes().to_vec())
+            .collect();
+    assert_eq!(messages.len(), 3);
+    for message in &messages[..2] {
+        assert_eq!(h.post(1, message), HvStatus::SUCCESS);
+    }
+    h.settle();
+    assert!(h.with(|s| s.rescind(relid)));
+    assert!(matches!(h.expect(), ChannelMessage::RescindChannelOffer(_)));
+    // The guest had already posted the last body.
+    assert_eq!(h.post(1, &messages[2]), HvStatus::SUCCESS);
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 0);
+    assert_eq!(h.with(|s| s.vmbus.stats.bodies_after_rescind), 1);
+    assert_eq!(h.with(|s| s.vmbus.gpadl_count()), 0);
+    let mut released = RelIdReleased::empty();
+    released.child_relid = relid.into();
+    h.send(&released);
+    h.settle();
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
     h.finish();
 }
 
@@ -345,6 +395,9 @@ fn unload_and_reconnect() {
     assert_eq!(h.with(|s| s.vmbus.version()), None);
     assert_eq!(h.with(|s| s.vmbus.gpadl_count()), 0);
     assert_eq!(h.with(|s| s.vmbus.open_channels().len()), 0);
+    // The ring's GPADL was never torn down: a leak Hyper-V's rules forbid.
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 1);
+    assert!(h.with(|s| s.vmbus.violations[0].contains("still held at Unload")));
     // Everything works again from the start.
     let offers = h.boot();
     assert_eq!(offers.len(), 5);
