@@ -336,6 +336,14 @@ impl Vmbus {
         self.counters
     }
 
+    /// For tests that wire the component up by hand (hosted, against the
+    /// simulated host): give driver `driver` data buffers that the system
+    /// description it was built from does not give it.
+    #[doc(hidden)]
+    pub fn give_buffers_for_tests(&mut self, driver: usize, buffers: &'static [RegionName]) {
+        self.drivers[driver].wiring.buffers = buffers;
+    }
+
     fn touch(&mut self, d: usize) {
         self.touched |= 1 << d;
     }

@@ -578,3 +578,115 @@ fn unload_closes_everything_and_powers_off() {
     assert_eq!(sim.vmbus.version(), None, "the host saw Unload");
     assert_eq!(sim.vmbus.gpadl_count(), 0);
 }
+
+/// KVP's data buffers in the arena: 512 KiB and 128 KiB, after the rings.
+const BUFFERS: [(u64, usize); 2] = [(0x4_0000, 0x8_0000), (0xC_0000, 0x2_0000)];
+
+impl Guest {
+    /// Give KVP the two data buffers (by address only, as the
+    /// description grants them).
+    fn with_kvp_buffers(&mut self) {
+        let arena = self.sim.borrow().host.memory.0;
+        let names: Vec<component_api::RegionName> = BUFFERS
+            .iter()
+            .map(|(gpa, len)| {
+                self.bus_env.add_region_address_over(region(
+                    &arena,
+                    *gpa as usize,
+                    *len,
+                    Some(*gpa),
+                ))
+            })
+            .collect();
+        self.bus.give_buffers_for_tests(3, Vec::leak(names));
+    }
+
+    fn buffer(&mut self, buffer: u8) -> bus::BufferState {
+        match self.request(Guest::vsc_end(3), bus::Request::Buffer { buffer }) {
+            bus::Reply::Buffer(info) => info.state,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn data_buffers_are_shared_up_to_the_hosts_limit_and_never_leaked() {
+    // The rings (4 x 32 KiB) and the first buffer fit; the second does not.
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        gpadl_memory_limit: 4 * RING_SIZE as u64 + BUFFERS[0].1 as u64 + 0x1_0000,
+        ..ServerConfig::default()
+    });
+    guest.with_kvp_buffers();
+    guest.open_all();
+    let kvp = Guest::vsc_end(3);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 0 }),
+        bus::Reply::Accepted
+    );
+    let bus::BufferState::Created { gpadl_id } = guest.buffer(0) else {
+        panic!("{:?}\n{}", guest.buffer(0), guest.bus_env.console);
+    };
+    let created = guest.sim.borrow().vmbus.gpadl_bytes();
+    assert_eq!(created, 4 * RING_SIZE as u64 + BUFFERS[0].1 as u64);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.buffer(1),
+        bus::BufferState::Failed {
+            status: hvsim::vmbus::STATUS_QUOTA_EXCEEDED
+        }
+    );
+    // The VSC gives the first back and shares the second instead.
+    assert_eq!(
+        guest.request(kvp, bus::Request::TeardownGpadl { buffer: 0 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(guest.buffer(0), bus::BufferState::Absent);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert!(
+        matches!(guest.buffer(1), bus::BufferState::Created { gpadl_id: id } if id != gpadl_id)
+    );
+    // A fault: every GPADL of the channel goes before the restart.
+    guest
+        .bus
+        .fault(&mut guest.bus_env, children::KVP, Fault::Panic);
+    guest.pump();
+    assert_eq!(guest.bus_env.restarted, [children::KVP]);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_bytes(),
+        3 * RING_SIZE as u64,
+        "only the other rings are still shared"
+    );
+    guest.open(3);
+    assert_eq!(guest.buffer(1), bus::BufferState::Absent);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert!(matches!(guest.buffer(1), bus::BufferState::Created { .. }));
+    // Unload: nothing is left for the host to find.
+    assert_eq!(
+        guest.request(
+            bus_channels::CLIENT,
+            bus::Request::Unload {
+                power_off_code: Some(0)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    assert_eq!(guest.bus_env.powered_off, Some(0));
+    let sim = guest.sim.borrow();
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+    assert_eq!(sim.vmbus.stats.gpadls_over_limit, 1);
+    assert_eq!(sim.vmbus.gpadl_count(), 0);
+}
