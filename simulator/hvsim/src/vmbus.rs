@@ -31,8 +31,9 @@ use hyperv_defs::{MONITOR_BITS_PER_GROUP, MONITOR_ID_MAX, PAGE_SIZE};
 use uuid::Uuid;
 use vmbus_protocol::gpadl::GpadlAssembler;
 use vmbus_protocol::messages::{
-    AllOffersDelivered, GpadlCreated, GpadlTorndown, OfferChannel, OfferFlags, OpenChannelResult,
-    RescindChannelOffer, UnloadResponse, VersionResponse, PIPE_MODE_MESSAGE,
+    AllOffersDelivered, GpadlCreated, GpadlTorndown, ModifyChannelResponse, OfferChannel,
+    OfferFlags, OpenChannelResult, RescindChannelOffer, UnloadResponse, VersionResponse,
+    PIPE_MODE_MESSAGE,
 };
 use vmbus_protocol::version::{
     CONNECTION_ID_INITIATE_CONTACT_V5, CONNECTION_ID_LEGACY, VMBUS_MESSAGE_SINT,
@@ -61,6 +62,10 @@ pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
 /// commit "Drivers: hv: vmbus: check the creation_status in
 /// vmbus_establish_gpadl()").
 pub const STATUS_QUOTA_EXCEEDED: u32 = 0xC000_0044;
+
+/// NTSTATUS STATUS_INVALID_PARAMETER: a ModifyChannel to a VP that does
+/// not exist (the simulator's choice of status).
+pub const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
 
 /// GPADL ids dropped with a rescinded channel whose late bodies are ignored.
 const DROPPED_GPADLS_REMEMBERED: usize = 64;
@@ -133,6 +138,9 @@ pub struct ServerConfig {
     pub gpadl_memory_limit: u64,
     /// Control messages handled per step (a slow server fills the port).
     pub messages_per_step: usize,
+    /// Virtual processors a channel may target (OpenChannel, ModifyChannel).
+    /// Interrupts still reach the one simulated synic whatever the target.
+    pub vp_count: u32,
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -145,6 +153,7 @@ impl Default for ServerConfig {
             port_capacity: 16,
             gpadl_memory_limit: 1280 << 20,
             messages_per_step: usize::MAX,
+            vp_count: 1,
             devices: Vec::new(),
         }
     }
@@ -206,6 +215,8 @@ pub struct ServerStats {
     /// (the guest posted them before it saw the rescind): ignored.
     pub bodies_after_rescind: u64,
     pub opens_refused: u64,
+    /// ModifyChannel messages that moved a channel to a valid VP.
+    pub channels_retargeted: u64,
     /// What Hyper-V's rules forbid that is not a malformed message (those
     /// are `messages_rejected`): a GPADL still held at Unload or at
     /// RelIdReleased (leaked). Each is logged in `violations`.
@@ -220,6 +231,8 @@ struct Channel {
     monitor_id: Option<u8>,
     connection_id: u32,
     endpoint: Option<ChannelEndpoint>,
+    /// The VP its interrupts target (OpenChannel, then ModifyChannel).
+    target_vp: u32,
 }
 
 struct Gpadl {
@@ -427,6 +440,7 @@ impl Server {
                 monitor_id,
                 connection_id: EVENT_CONNECTION_BASE + relid,
                 endpoint: None,
+                target_vp: 0,
             },
         );
         relid
@@ -694,6 +708,7 @@ impl Server {
                 }
             }
             ChannelMessage::OpenChannel(open) => self.open_channel(host, &open),
+            ChannelMessage::ModifyChannel(modify) => self.modify_channel(host, &modify),
             ChannelMessage::CloseChannel(close) => {
                 let relid = close.child_relid.get();
                 let open = self
@@ -1040,7 +1055,7 @@ impl Server {
         }
         let failure = if state == ChannelState::Open {
             Some(alloc::format!("relid {relid} is already open"))
-        } else if open.target_vp.get() != 0 {
+        } else if open.target_vp.get() >= self.config.vp_count {
             Some(alloc::format!(
                 "target VP {} does not exist",
                 open.target_vp.get()
@@ -1079,6 +1094,7 @@ impl Server {
         let pages = gpadl.pages.clone();
         let channel = self.channels.get_mut(&relid).expect("checked");
         channel.state = ChannelState::Open;
+        channel.target_vp = open.target_vp.get();
         let endpoint = ChannelEndpoint::new(
             channel.device.kind,
             gpadl_id,
@@ -1093,6 +1109,57 @@ impl Server {
         if self.rescind_point(RescindPoint::AfterOpenResult, relid) {
             self.rescind(host, relid);
         }
+    }
+
+    /// ModifyChannel (4.1+): move an open channel's interrupts to another
+    /// VP. From 5.3 the host answers ModifyChannelResponse (status 0, or
+    /// STATUS_INVALID_PARAMETER for a VP that does not exist); before, it
+    /// answers nothing, so a bad target is a rejected message.
+    fn modify_channel<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        modify: &vmbus_protocol::messages::ModifyChannel,
+    ) {
+        let relid = modify.child_relid.get();
+        let target_vp = modify.target_vp.get();
+        let answers = self
+            .connection
+            .is_some_and(|c| c.version >= ProtocolVersion::V5_3);
+        let open = self
+            .channels
+            .get(&relid)
+            .is_some_and(|c| c.state == ChannelState::Open);
+        if !open {
+            self.reject(alloc::format!(
+                "ModifyChannel of relid {relid} that is not open"
+            ));
+            return;
+        }
+        let status = if target_vp < self.config.vp_count {
+            let channel = self.channels.get_mut(&relid).expect("checked");
+            channel.target_vp = target_vp;
+            self.stats.channels_retargeted += 1;
+            0
+        } else if answers {
+            STATUS_INVALID_PARAMETER
+        } else {
+            self.reject(alloc::format!(
+                "ModifyChannel of relid {relid} to VP {target_vp} that does not exist"
+            ));
+            return;
+        };
+        if answers {
+            let mut response = ModifyChannelResponse::empty();
+            response.child_relid = relid.into();
+            response.status = status.into();
+            let bytes = response.as_bytes().to_vec();
+            self.reply(host, &bytes);
+        }
+    }
+
+    /// The VP a channel's interrupts target.
+    pub fn target_vp(&self, relid: u32) -> Option<u32> {
+        self.channels.get(&relid).map(|c| c.target_vp)
     }
 
     fn close_channel<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) {

@@ -10,8 +10,8 @@ use common::vmbus::*;
 use common::*;
 use hv_interface::GuestMemory;
 use hvsim::vmbus::{
-    ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_QUOTA_EXCEEDED,
-    STATUS_UNSUCCESSFUL,
+    ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_INVALID_PARAMETER,
+    STATUS_QUOTA_EXCEEDED, STATUS_UNSUCCESSFUL,
 };
 use hyperv_defs::HvStatus;
 use std::time::Duration;
@@ -381,6 +381,72 @@ fn a_gpadl_being_created_goes_with_its_rescinded_channel_and_late_bodies_are_ign
     h.send(&released);
     h.settle();
     assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
+    h.finish();
+}
+
+fn modify(relid: u32, target_vp: u32) -> ModifyChannel {
+    let mut modify = ModifyChannel::empty();
+    modify.child_relid = relid.into();
+    modify.target_vp = target_vp.into();
+    modify
+}
+
+#[test]
+fn modify_channel_retargets_an_open_channel_and_answers_from_5_3() {
+    let mut h = start_vmbus(
+        "modify",
+        ServerConfig {
+            vp_count: 2,
+            ..config()
+        },
+    );
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    // Not open yet: rejected, no answer.
+    h.send(&modify(relid, 1));
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 1);
+    let _rings = h.open_channel(relid);
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(0));
+    h.send(&modify(relid, 1));
+    match h.expect() {
+        ChannelMessage::ModifyChannelResponse(response) => {
+            assert_eq!(response.child_relid.get(), relid);
+            assert_eq!(response.status.get(), 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(1));
+    // A VP that does not exist: refused in the answer, nothing moves.
+    h.send(&modify(relid, 2));
+    match h.expect() {
+        ChannelMessage::ModifyChannelResponse(response) => {
+            assert_eq!(response.status.get(), STATUS_INVALID_PARAMETER)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(1));
+    assert_eq!(h.with(|s| s.vmbus.stats.channels_retargeted), 1);
+    assert_eq!(h.rejected(), 1);
+    h.finish();
+}
+
+#[test]
+fn before_5_3_modify_channel_has_no_answer() {
+    let mut h = start_vmbus("modify-4.1", config());
+    let response = h.connect(ProtocolVersion::V4_1);
+    assert_eq!(response.version_supported, 1);
+    let offers = h.request_offers();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    let _rings = h.open_channel(relid);
+    h.send(&modify(relid, 0));
+    h.expect_none(50);
+    assert_eq!(h.with(|s| s.vmbus.stats.channels_retargeted), 1);
+    // One VP: VP 1 does not exist, and without an answer that is a
+    // rejected message.
+    h.send(&modify(relid, 1));
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 1);
     h.finish();
 }
 
