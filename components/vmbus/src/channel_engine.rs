@@ -314,7 +314,7 @@ impl Vmbus {
         open.child_relid = channel.offer.relid.into();
         open.open_id = open_id.into();
         open.ring_gpadl_id = gpadl_id.into();
-        open.target_vp = 0.into();
+        open.target_vp = channel.target_vp.into();
         open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
         open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
         channel.open_pending = Some(open_id);

@@ -210,6 +210,9 @@ impl Vmbus {
                 response.msg_conn_id.get(),
             ),
             ChannelMessage::OfferChannel(offer) => self.on_offer(env, &offer),
+            ChannelMessage::ModifyChannelResponse(response) => {
+                self.on_modify_response(env, response.child_relid.get(), response.status.get())
+            }
             ChannelMessage::AllOffersDelivered(_) => {
                 if self.phase == Phase::RequestingOffers {
                     self.phase = Phase::Running;
@@ -400,6 +403,9 @@ impl Vmbus {
             failed: None,
             rescinded: false,
             buffers: [BufferRecord::default(); MAX_BUFFERS],
+            target_vp: 0,
+            retargeting: None,
+            retarget_refused: None,
         });
         driver.last_rescinded = false;
         driver.generation = driver.generation.wrapping_add(1);
@@ -533,6 +539,42 @@ impl Vmbus {
             }
             Err(error) => self.reject(env, format_args!("GpadlCreated: {:?}", error)),
         }
+    }
+
+    pub(crate) fn on_modify_response(&mut self, env: &mut dyn Env, relid: u32, status: u32) {
+        let d = self.drivers.iter().position(|d| {
+            d.channel
+                .as_ref()
+                .is_some_and(|c| c.offer.relid == relid && c.retargeting.is_some())
+        });
+        let Some(d) = d else {
+            self.reject(
+                env,
+                format_args!("ModifyChannelResponse for relid {} nobody waits for", relid),
+            );
+            return;
+        };
+        let name = self.drivers[d].wiring.name;
+        let event = self.drivers[d].wiring.event;
+        let channel = self.channel_mut(d);
+        let Some(target_vp) = channel.retargeting.take() else {
+            return;
+        };
+        if status == 0 {
+            channel.target_vp = target_vp;
+            channel.retarget_refused = None;
+            println!(
+                env,
+                "relid {} ({}) now targets VP {}", relid, name, target_vp
+            );
+        } else {
+            channel.retarget_refused = Some(status);
+            println!(
+                env,
+                "relid {} ({}): VP {} refused (status {:#x})", relid, name, target_vp, status
+            );
+        }
+        env.notify(event);
     }
 
     pub(crate) fn on_open_result(

@@ -72,8 +72,8 @@ use vmbus_ipc::bus::{self, BufferState, ChannelInfo, ChannelState, DeviceStatus}
 use vmbus_ipc::{synic, Guid, MAX_POST_PAYLOAD};
 use vmbus_protocol::gpadl::{CreationOutcome, GpadlMessages, GpadlState, GpadlTable};
 use vmbus_protocol::messages::{
-    CloseChannel, GpadlCreated, InitiateContact, OfferChannel, OpenChannel, RelIdReleased,
-    RequestOffers, Unload, MAX_MESSAGE_SIZE,
+    CloseChannel, GpadlCreated, InitiateContact, ModifyChannel, OfferChannel, OpenChannel,
+    RelIdReleased, RequestOffers, Unload, MAX_MESSAGE_SIZE,
 };
 use vmbus_protocol::version::{negotiation_order, VMBUS_MESSAGE_SINT};
 use vmbus_protocol::{parse, ChannelMessage, ProtocolVersion, VmbusMessage};
@@ -180,6 +180,13 @@ struct ChannelRecord {
     rescinded: bool,
     /// GPADLs over the VSC's data buffers, made while the channel is open.
     buffers: [BufferRecord; MAX_BUFFERS],
+    /// The VP the host targets (sent in OpenChannel, moved by ModifyChannel).
+    target_vp: u32,
+    /// ModifyChannel to this VP sent, ModifyChannelResponse (5.3+) not yet
+    /// received. Kept across a close: the answer still comes.
+    retargeting: Option<u32>,
+    /// The host refused the last ModifyChannel with this status.
+    retarget_refused: Option<u32>,
 }
 
 struct Driver {

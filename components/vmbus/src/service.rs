@@ -212,6 +212,32 @@ impl Vmbus {
         );
     }
 
+    /// ModifyChannel: from 5.3 the host answers; from 4.1 to 5.2 it does
+    /// not, and the move is taken as done.
+    fn retarget(&mut self, env: &mut dyn Env, d: usize, target_vp: u32) -> bus::Reply {
+        let Some(version) = self.version else {
+            return bus::Reply::Refused(bus::Refusal::Unavailable);
+        };
+        if version < ProtocolVersion::V4_1 {
+            return bus::Reply::Refused(bus::Refusal::Unsupported);
+        }
+        if self.presented(d) != ChannelState::Open || self.channel_mut(d).retargeting.is_some() {
+            return bus::Reply::Refused(bus::Refusal::WrongState);
+        }
+        let channel = self.channel_mut(d);
+        let mut modify = ModifyChannel::empty();
+        modify.child_relid = channel.offer.relid.into();
+        modify.target_vp = target_vp.into();
+        if version >= ProtocolVersion::V5_3 {
+            channel.retargeting = Some(target_vp);
+        } else {
+            channel.target_vp = target_vp;
+            channel.retarget_refused = None;
+        }
+        self.post_control(env, modify.as_bytes());
+        bus::Reply::Accepted
+    }
+
     fn buffer_index(&self, d: usize, buffer: u8) -> Option<usize> {
         let index = buffer as usize;
         (index < self.drivers[d].wiring.buffers.len().min(MAX_BUFFERS)).then_some(index)
@@ -264,7 +290,16 @@ impl Vmbus {
                 }),
                 None => bus::Reply::Refused(bus::Refusal::NoSuchBuffer),
             },
+            (bus::Request::Interrupt, Some(d)) => {
+                let channel = self.drivers[d].channel.as_ref();
+                bus::Reply::Interrupt(bus::InterruptInfo {
+                    target_vp: channel.map_or(0, |c| c.target_vp),
+                    retargeting: channel.and_then(|c| c.retargeting),
+                    refused: channel.and_then(|c| c.retarget_refused),
+                })
+            }
             (_, Some(_)) if unloading => bus::Reply::Refused(bus::Refusal::Unavailable),
+            (bus::Request::Retarget { target_vp }, Some(d)) => self.retarget(env, d, target_vp),
             (bus::Request::CreateGpadl { buffer }, Some(d)) => {
                 let Some(b) = self.buffer_index(d, buffer) else {
                     return bus::Reply::Refused(bus::Refusal::NoSuchBuffer);

@@ -52,6 +52,8 @@ impl Vmbus {
             channel.failed = None;
             // The new instance starts with no buffer shared.
             channel.buffers = [BufferRecord::default(); MAX_BUFFERS];
+            channel.target_vp = 0;
+            channel.retarget_refused = None;
         }
         let name = driver.wiring.name;
         let child = driver.wiring.child;

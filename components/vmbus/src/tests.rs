@@ -1660,3 +1660,145 @@ fn a_fault_tears_the_buffers_down_before_the_restart() {
     rig.open_fully(3);
     assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
 }
+
+// ---- target VP ----
+
+impl Rig {
+    fn retarget(&mut self, d: usize, target_vp: u32) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Retarget { target_vp },
+        )
+    }
+
+    fn interrupt(&mut self, d: usize) -> bus::InterruptInfo {
+        match self.request(self.bus.drivers[d].wiring.call, bus::Request::Interrupt) {
+            bus::Reply::Interrupt(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn modify_response(&mut self, relid: u32, status: u32) {
+        let mut response = vmbus_protocol::messages::ModifyChannelResponse::empty();
+        response.child_relid = relid.into();
+        response.status = status.into();
+        self.send(response.as_bytes());
+    }
+}
+
+#[test]
+fn retarget_sends_modify_channel_and_5_3_waits_for_the_answer() {
+    let mut rig = Rig::offered();
+    assert_eq!(
+        rig.retarget(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "only while open"
+    );
+    let ring = rig.open_fully(3);
+    rig.env.notified.clear();
+    assert_eq!(rig.retarget(3, 1), bus::Reply::Accepted);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::ModifyChannel(m))] => {
+            assert_eq!((m.child_relid.get(), m.target_vp.get()), (4, 1))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 0,
+            retargeting: Some(1),
+            refused: None
+        }
+    );
+    assert_eq!(
+        rig.retarget(3, 2),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "one at a time"
+    );
+    rig.modify_response(3, 0);
+    assert_eq!(rig.rejected(), 1, "an answer for another relid");
+    rig.modify_response(4, 0);
+    assert_eq!(rig.interrupt(3).target_vp, 1);
+    assert!(rig.env.notified.contains(&rig.bus.drivers[3].wiring.event));
+    rig.modify_response(4, 0);
+    assert_eq!(rig.rejected(), 2, "a repeated answer");
+    // A refusal leaves the target where it was.
+    rig.retarget(3, 7);
+    rig.posted();
+    rig.modify_response(4, 0xC000_000D);
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: Some(0xC000_000D)
+        }
+    );
+    // A reopen opens on the target VP.
+    let call_end = rig.bus.drivers[3].wiring.call;
+    rig.request(call_end, bus::Request::Close);
+    rig.posted();
+    rig.torndown(ring);
+    let gpadl = rig.begin_open(3);
+    rig.gpadl_created(4, gpadl, 0);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::OpenChannel(open))] => assert_eq!(open.target_vp.get(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn before_5_3_a_retarget_is_taken_as_done_and_before_4_1_refused() {
+    // 4.1: connection 4 does not exist, 4.1 accepted.
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.retarget(3, 1), bus::Reply::Accepted);
+    assert!(matches!(
+        rig.posted()[..],
+        [(1, ChannelMessage::ModifyChannel(_))]
+    ));
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: None
+        }
+    );
+    // 4.0: no ModifyChannel at all.
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(false, 0);
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.state(3), ChannelState::Open);
+    assert_eq!(
+        rig.retarget(3, 1),
+        bus::Reply::Refused(bus::Refusal::Unsupported)
+    );
+    assert!(rig.posted().is_empty());
+}

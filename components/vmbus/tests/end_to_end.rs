@@ -690,3 +690,46 @@ fn data_buffers_are_shared_up_to_the_hosts_limit_and_never_leaked() {
     assert_eq!(sim.vmbus.stats.gpadls_over_limit, 1);
     assert_eq!(sim.vmbus.gpadl_count(), 0);
 }
+
+#[test]
+fn a_retarget_moves_the_channel_at_the_host_and_a_reopen_keeps_it() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        vp_count: 2,
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let kvp = Guest::vsc_end(3);
+    let relid = guest.info(3).relid;
+    assert_eq!(
+        guest.request(kvp, bus::Request::Retarget { target_vp: 1 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.request(kvp, bus::Request::Interrupt),
+        bus::Reply::Interrupt(bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: None
+        })
+    );
+    assert_eq!(guest.sim.borrow().vmbus.target_vp(relid), Some(1));
+    // VP 2 does not exist: the host says so, nothing moves.
+    guest.request(kvp, bus::Request::Retarget { target_vp: 2 });
+    assert_eq!(
+        guest.request(kvp, bus::Request::Interrupt),
+        bus::Reply::Interrupt(bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: Some(hvsim::vmbus::STATUS_INVALID_PARAMETER)
+        })
+    );
+    assert_eq!(
+        guest.request(kvp, bus::Request::Close),
+        bus::Reply::Accepted
+    );
+    guest.open(3);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    assert_eq!(guest.sim.borrow().vmbus.target_vp(relid), Some(1));
+    assert_eq!(guest.bus.counters().rejected, 0);
+}

@@ -232,7 +232,8 @@ pub mod bus {
 
     impl Protocol for Bus {
         const NAME: &'static str = "bus";
-        // 2: data buffers (create_gpadl, teardown_gpadl, buffer).
+        // 2: data buffers (create_gpadl, teardown_gpadl, buffer), target
+        // VP (retarget, interrupt).
         const VERSION: u16 = 2;
         const OPERATIONS: &'static [&'static str] = &[
             "query",
@@ -244,6 +245,8 @@ pub mod bus {
             "create_gpadl",
             "teardown_gpadl",
             "buffer",
+            "retarget",
+            "interrupt",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -258,6 +261,8 @@ pub mod bus {
                 Request::CreateGpadl { .. } => 6,
                 Request::TeardownGpadl { .. } => 7,
                 Request::Buffer { .. } => 8,
+                Request::Retarget { .. } => 9,
+                Request::Interrupt => 10,
             }
         }
     }
@@ -293,6 +298,24 @@ pub mod bus {
         TeardownGpadl { buffer: u8 },
         /// A VSC: where its data buffer `buffer` is in its life.
         Buffer { buffer: u8 },
+        /// A VSC, its channel open: move the channel's host interrupts to
+        /// `target_vp` (ModifyChannel, VMBus 4.1+). From 5.3 the host
+        /// answers and the VSC is notified; before, the move is assumed
+        /// done (as Linux assumes). A reopen keeps the target.
+        Retarget { target_vp: u32 },
+        /// A VSC: which VP its channel's interrupts target.
+        Interrupt,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct InterruptInfo {
+        /// The VP the host targets (OpenChannel's, or the last accepted
+        /// ModifyChannel's).
+        pub target_vp: u32,
+        /// A ModifyChannel to this VP waits for its answer.
+        pub retargeting: Option<u32>,
+        /// The host refused the last ModifyChannel with this status.
+        pub refused: Option<u32>,
     }
 
     /// A VSC's data buffer as the bus manager sees it.
@@ -378,6 +401,7 @@ pub mod bus {
         /// `Device { index }` past the last device.
         NoSuchDevice,
         Buffer(BufferInfo),
+        Interrupt(InterruptInfo),
         Refused(Refusal),
     }
 
@@ -391,6 +415,9 @@ pub mod bus {
         Unavailable,
         /// The VSC has no data buffer of that index.
         NoSuchBuffer,
+        /// The negotiated VMBus version has no such message (ModifyChannel
+        /// before 4.1).
+        Unsupported,
     }
 }
 
