@@ -335,10 +335,16 @@ impl Vmbus {
         let name = self.drivers[d].wiring.name;
         let channel = self.channel_mut(d);
         let (relid, connection_id) = (channel.offer.relid, channel.offer.connection_id);
+        let (monitor_id, dedicated) = (channel.offer.monitor_id, channel.offer.dedicated_interrupt);
+        // The host knows the interrupt page only before 5.0 (InitiateContact
+        // then names it).
+        let interrupt_page_known = self.version.is_some_and(|v| !v.uses_message_sint());
         let request = synic::Request::Bind {
             relid,
             connection_id,
             driver: self.drivers[d].wiring.id,
+            monitor_id,
+            interrupt_page_bit: !dedicated && interrupt_page_known,
         };
         match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) => {

@@ -301,12 +301,25 @@ impl Vmbus {
             self.reject(env, format_args!("second offer of relid {}", relid));
             return;
         }
+        let monitor_id = message.monitor_allocated().then_some(message.monitor_id);
+        if monitor_id.is_some_and(|id| id > hyperv_defs::MONITOR_ID_MAX) {
+            self.reject(
+                env,
+                format_args!(
+                    "offer of relid {} with monitor id {}",
+                    relid, message.monitor_id
+                ),
+            );
+            return;
+        }
         let offer = Offer {
             relid,
             connection_id: message.connection_id.get(),
             class: *message.interface_type.to_uuid().as_bytes(),
             instance: *message.interface_instance.to_uuid().as_bytes(),
             user_defined: Vec::from_slice(&message.user_def).unwrap_or_default(),
+            monitor_id,
+            dedicated_interrupt: message.is_dedicated_interrupt(),
         };
         let class_name =
             vmbus_protocol::guid::class::name_of(uuid(&offer.class)).unwrap_or("unknown class");

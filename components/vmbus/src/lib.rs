@@ -106,6 +106,9 @@ pub const MAX_BUFFERS: usize = 4;
 const GPADL_SENDS: usize = 8;
 /// Messages waiting for the host to take them (InsufficientBuffers).
 const OUTBOX_SIZE: usize = 64;
+/// Layout of the `monitor_pages` region: the two monitor (MNF) pages,
+/// then the interrupt page (receive half, then send half).
+pub const INTERRUPT_PAGE_OFFSET: u64 = 2 * PAGE as u64;
 /// Rejected host messages that are logged (the rest are only counted).
 const REJECTIONS_LOGGED: u32 = 32;
 /// Tries of InitiateContact while the host's port is full.
@@ -158,6 +161,9 @@ struct Offer {
     class: Guid,
     instance: Guid,
     user_defined: Vec<u8, 120>,
+    /// The monitor ID the host allocated (signal through the monitor page).
+    monitor_id: Option<u8>,
+    dedicated_interrupt: bool,
 }
 
 /// One offered channel of a driver and how far it is towards open or closed.

@@ -29,6 +29,8 @@ const V5_3: ProtocolVersion = ProtocolVersion::V5_3;
 struct FakeSynic {
     posted: StdVec<(u32, StdVec<u8>)>,
     bound: BTreeMap<u32, (u32, String)>,
+    /// Each Bind's (monitor id, interrupt page bit), by relid.
+    signalling: BTreeMap<u32, (Option<u8>, bool)>,
     unbinds: StdVec<u32>,
     /// Relids vmbus announced as opening (before OpenChannel).
     opening: StdVec<u32>,
@@ -57,7 +59,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     let mut env = EnvDouble::new();
     assert_eq!(env.add_region(8192, true), regions::SYNIC_MESSAGES);
     assert_eq!(
-        env.add_region_address_only(8192, MONITOR_GPA),
+        env.add_region_address_only(12288, MONITOR_GPA),
         regions::MONITOR_PAGES
     );
     let ring_names = [
@@ -104,7 +106,11 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     relid,
                     connection_id,
                     driver,
+                    monitor_id,
+                    interrupt_page_bit,
                 } => {
+                    fake.signalling
+                        .insert(relid, (monitor_id, interrupt_page_bit));
                     if fake.refuse_binds {
                         return synic::Reply::HypercallFailed { status: 0xFFFF };
                     }
@@ -368,8 +374,8 @@ fn fallback_5_3_to_4_0_skips_5_x_on_invalid_connection_id() {
     assert_eq!(contact.version_requested.get(), ProtocolVersion::V4_1.0);
     assert_eq!(
         contact.interrupt_page_or_target_info.get(),
-        0,
-        "no msg_sint before 5.0"
+        MONITOR_GPA + 8192,
+        "before 5.0: the interrupt page, not a msg_sint"
     );
     rig.version_response(false, 0);
     let posted = rig.posted();
@@ -1801,4 +1807,56 @@ fn before_5_3_a_retarget_is_taken_as_done_and_before_4_1_refused() {
         bus::Reply::Refused(bus::Refusal::Unsupported)
     );
     assert!(rig.posted().is_empty());
+}
+
+// ---- monitor pages ----
+
+#[test]
+fn an_offers_monitor_id_and_interrupt_mode_reach_synic_at_bind() {
+    let mut rig = rig();
+    rig.connect();
+    // Heartbeat monitored (id 70), with a dedicated interrupt; KVP neither.
+    let mut offer = OfferChannel::empty();
+    offer.interface_type = WireGuid::from_uuid(class::HEARTBEAT);
+    offer.interface_instance = WireGuid::from_uuid(instance(1));
+    offer.child_relid = 1.into();
+    offer.connection_id = 0x1_0001.into();
+    offer.monitor_id = 70;
+    offer.monitor_allocated = 1;
+    offer.is_dedicated_interrupt = 1.into();
+    rig.send(offer.as_bytes());
+    rig.offer(4, class::KVP, instance(4));
+    rig.all_offers_delivered();
+    rig.open_fully(0);
+    rig.open_fully(3);
+    let signalling = rig.synic.borrow().signalling.clone();
+    assert_eq!(signalling[&1], (Some(70), false));
+    // 5.3: the host was told no interrupt page, so no bit in it.
+    assert_eq!(signalling[&4], (None, false));
+    // A monitor id beyond the page is a hostile offer.
+    let mut bad = OfferChannel::empty();
+    bad.child_relid = 9.into();
+    bad.monitor_id = 128;
+    bad.monitor_allocated = 1;
+    rig.send(bad.as_bytes());
+    assert_eq!(rig.rejected(), 1);
+}
+
+#[test]
+fn before_5_0_a_channel_without_a_dedicated_interrupt_marks_the_interrupt_page() {
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.synic.borrow().signalling[&4], (None, true));
 }

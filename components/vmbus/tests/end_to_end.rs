@@ -139,6 +139,7 @@ impl Guest {
                 Some(HYPERCALL_PAGES),
             ),
             queue_region,
+            region(&arena, MONITOR_PAGES as usize, 12288, Some(MONITOR_PAGES)),
         ]);
         let host = sim.clone();
         synic_env.on_call(synic::channels::HYPERVISOR, move |message, reply| {
@@ -177,7 +178,7 @@ impl Guest {
         bus_env.add_region_address_over(region(
             &arena,
             MONITOR_PAGES as usize,
-            8192,
+            12288,
             Some(MONITOR_PAGES),
         ));
         for ring in rings {

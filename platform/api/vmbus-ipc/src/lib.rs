@@ -152,11 +152,18 @@ pub mod synic {
             payload: Vec<u8, MAX_POST_PAYLOAD>,
         },
         /// vmbus: the events of `relid` go to the VSC `driver`, which may
-        /// then signal `connection_id`.
+        /// then signal `connection_id`: through the monitor page's pending
+        /// bit `monitor_id` if the offer allocated one (no hypercall), else
+        /// HvSignalEvent; first setting the relid's bit in the interrupt
+        /// page's send half if `interrupt_page_bit` (a channel without a
+        /// dedicated interrupt, on a version whose InitiateContact named
+        /// the interrupt page, as Linux does).
         Bind {
             relid: u32,
             connection_id: u32,
             driver: DriverId,
+            monitor_id: Option<u8>,
+            interrupt_page_bit: bool,
         },
         /// vmbus: forget a relid (rescind, close, restart).
         Unbind { relid: u32 },
@@ -221,6 +228,8 @@ pub mod synic {
         pub eoms: u32,
         /// Hypercalls that returned a failure status.
         pub hypercall_failures: u32,
+        /// Of `signals_sent`, those made through a monitor page's pending bit.
+        pub monitor_signals: u32,
     }
 }
 
