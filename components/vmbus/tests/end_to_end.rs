@@ -734,3 +734,47 @@ fn a_retarget_moves_the_channel_at_the_host_and_a_reopen_keeps_it() {
     assert_eq!(guest.sim.borrow().vmbus.target_vp(relid), Some(1));
     assert_eq!(guest.bus.counters().rejected, 0);
 }
+
+#[test]
+fn a_monitored_channel_is_signalled_through_the_monitor_page_the_host_scans() {
+    let mut devices = ic_devices();
+    devices[3].monitored = true;
+    let mut guest = Guest::boot(ServerConfig {
+        devices,
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let kvp = guest.info(3).connection_id;
+    let heartbeat = guest.info(0).connection_id;
+    let signal = |guest: &mut Guest, caller: Channel, connection_id: u32| {
+        let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(
+            &vmbus_ipc::synic::Request::SignalHost { connection_id },
+        );
+        let mut reply = [0u8; 64];
+        let mut guard = guest.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        component
+            .protected(env, caller, &message, &mut reply)
+            .map(|used| env_double::decode_reply::<vmbus_ipc::synic::Synic>(&reply[..used]))
+    };
+    assert_eq!(
+        signal(&mut guest, synic::channels::KVP_CALL, kvp),
+        Ok(vmbus_ipc::synic::Reply::Done)
+    );
+    assert_eq!(
+        signal(&mut guest, synic::channels::HEARTBEAT_CALL, heartbeat),
+        Ok(vmbus_ipc::synic::Reply::Done)
+    );
+    guest.pump();
+    let sim = guest.sim.borrow();
+    assert_eq!(sim.vmbus.stats.monitor_signals, 1, "kvp's, by the page");
+    assert_eq!(sim.vmbus.stats.hypercall_signals_on_monitored, 0);
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+    let synic_status = guest.synic.borrow().0.status();
+    assert_eq!(synic_status.monitor_signals, 1);
+    assert_eq!(synic_status.signals_sent, 2, "heartbeat's by hypercall");
+}

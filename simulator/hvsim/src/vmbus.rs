@@ -138,6 +138,13 @@ pub struct ServerConfig {
     pub gpadl_memory_limit: u64,
     /// Control messages handled per step (a slow server fills the port).
     pub messages_per_step: usize,
+    /// Devices (by instance) offered without a dedicated interrupt: before
+    /// 5.0 the guest marks their relid in the interrupt page's send half.
+    pub shared_interrupt: Vec<Uuid>,
+    /// The latency (100 ns units) written into the second monitor page for
+    /// each monitored channel at open: how long the host may take to see
+    /// a pending bit (it looks at every step).
+    pub monitor_latency: u16,
     /// Virtual processors a channel may target (OpenChannel, ModifyChannel).
     /// Interrupts still reach the one simulated synic whatever the target.
     pub vp_count: u32,
@@ -154,6 +161,8 @@ impl Default for ServerConfig {
             gpadl_memory_limit: 1280 << 20,
             messages_per_step: usize::MAX,
             vp_count: 1,
+            shared_interrupt: Vec::new(),
+            monitor_latency: 100,
             devices: Vec::new(),
         }
     }
@@ -217,10 +226,24 @@ pub struct ServerStats {
     pub opens_refused: u64,
     /// ModifyChannel messages that moved a channel to a valid VP.
     pub channels_retargeted: u64,
+    /// Pending bits of monitored channels taken as signals.
+    pub monitor_signals: u64,
+    /// HvSignalEvent for a monitored channel: allowed (Linux's low-latency
+    /// channels do it), counted.
+    pub hypercall_signals_on_monitored: u64,
+    /// Interrupt-page send-half bits taken for channels without a
+    /// dedicated interrupt (before 5.0).
+    pub interrupt_page_marks: u64,
     /// What Hyper-V's rules forbid that is not a malformed message (those
     /// are `messages_rejected`): a GPADL still held at Unload or at
     /// RelIdReleased (leaked). Each is logged in `violations`.
     pub rule_violations: u64,
+}
+
+impl Channel {
+    fn dedicated_interrupt(&self, config: &ServerConfig) -> bool {
+        !config.shared_interrupt.contains(&self.device.instance)
+    }
 }
 
 struct Channel {
@@ -251,6 +274,8 @@ struct Connection {
     message_sint: u8,
     message_connection: u32,
     monitor_pages: (u64, u64),
+    /// The interrupt page a pre-5.0 InitiateContact named.
+    interrupt_page: Option<u64>,
 }
 
 struct Delayed {
@@ -524,7 +549,11 @@ impl Server {
         }
         offer.chn_flags = flags.bits().into();
         offer.child_relid = relid.into();
-        offer.is_dedicated_interrupt = 1.into();
+        let dedicated = !self
+            .config
+            .shared_interrupt
+            .contains(&channel.device.instance);
+        offer.is_dedicated_interrupt = (dedicated as u16).into();
         offer.connection_id = channel.connection_id.into();
         channel.offered = true;
         self.stats.offers_sent += 1;
@@ -611,12 +640,16 @@ impl Server {
 
     fn step_channels<M: GuestMemory>(&mut self, host: &mut Host<M>, now_ns: u64) {
         let monitor_page2 = self.connection.map(|c| c.monitor_pages.1);
+        let interrupt_page = self.connection.and_then(|c| c.interrupt_page);
         let relids: Vec<u32> = self.open_channels();
         for relid in relids {
             let Some(channel) = self.channels.get_mut(&relid) else {
                 continue;
             };
             let mut signals = host.take_signals(channel.connection_id);
+            if channel.monitor_id.is_some() {
+                self.stats.hypercall_signals_on_monitored += signals;
+            }
             if let (Some(monitor_id), Some(page)) = (channel.monitor_id, monitor_page2) {
                 // The guest's monitor page: test-and-clear our pending bit.
                 let group = monitor_id as usize / MONITOR_BITS_PER_GROUP;
@@ -625,7 +658,20 @@ impl Server {
                 if let Ok(old) = host.memory.fetch_and_u32(gpa, !bit) {
                     if old & bit != 0 {
                         signals += 1;
+                        self.stats.monitor_signals += 1;
                     }
+                }
+            }
+            if let (false, Some(page)) = (channel.dedicated_interrupt(&self.config), interrupt_page)
+            {
+                let gpa = page + PAGE_SIZE / 2 + (relid as u64 / 32) * 4;
+                let bit = 1u32 << (relid % 32);
+                if host
+                    .memory
+                    .fetch_and_u32(gpa, !bit)
+                    .is_ok_and(|old| old & bit != 0)
+                {
+                    self.stats.interrupt_page_marks += 1;
                 }
             }
             let Some(endpoint) = channel.endpoint.as_mut() else {
@@ -639,6 +685,57 @@ impl Server {
                 host.signal_guest(sint, relid as u16);
             }
         }
+        self.stray_monitor_bits(host);
+    }
+
+    /// A pending bit no open monitored channel owns goes nowhere: the
+    /// guest signalled a channel that is not monitored (or not open) the
+    /// monitored way, and on Hyper-V that channel would stall.
+    fn stray_monitor_bits<M: GuestMemory>(&mut self, host: &mut Host<M>) {
+        let Some(page) = self.connection.map(|c| c.monitor_pages.1) else {
+            return;
+        };
+        for group in 0..hyperv_defs::MONITOR_GROUPS {
+            let gpa = page + hyperv_defs::MonitorPage::pending_offset(group) as u64;
+            let Ok(stray) = host.memory.fetch_and_u32(gpa, 0) else {
+                continue;
+            };
+            for bit in 0..MONITOR_BITS_PER_GROUP {
+                if stray & (1 << bit) != 0 {
+                    let id = group * MONITOR_BITS_PER_GROUP + bit;
+                    self.violation(alloc::format!(
+                        "monitor pending bit {id} set for no open monitored channel"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Monitored channels being opened: the host's half of the second
+    /// monitor page (the latency it promises and what the bit stands for).
+    fn write_monitor_parameters<M: GuestMemory>(&self, host: &mut Host<M>, relid: u32) {
+        let (Some(channel), Some(connection)) = (self.channels.get(&relid), self.connection) else {
+            return;
+        };
+        let Some(id) = channel.monitor_id else {
+            return;
+        };
+        let (group, bit) = (
+            id as usize / MONITOR_BITS_PER_GROUP,
+            id as usize % MONITOR_BITS_PER_GROUP,
+        );
+        let page = connection.monitor_pages.1;
+        let index = (group * MONITOR_BITS_PER_GROUP + bit) as u64;
+        let latency =
+            page + core::mem::offset_of!(hyperv_defs::MonitorPage, latency) as u64 + index * 2;
+        let parameter =
+            page + core::mem::offset_of!(hyperv_defs::MonitorPage, parameter) as u64 + index * 8;
+        let _ = host
+            .memory
+            .write(latency, &self.config.monitor_latency.to_le_bytes());
+        let mut entry = [0u8; 8];
+        entry[..4].copy_from_slice(&channel.connection_id.to_le_bytes());
+        let _ = host.memory.write(parameter, &entry);
     }
 
     fn handle<M: GuestMemory>(&mut self, host: &mut Host<M>, port: u32, bytes: &[u8]) {
@@ -806,7 +903,12 @@ impl Server {
         let supported = SUPPORTED_VERSIONS.contains(&requested)
             && requested >= self.config.min_version
             && requested <= self.config.max_version;
+        // Before 5.0 the field names the interrupt page (0: none).
+        let interrupt_page = (!requested.uses_message_sint())
+            .then(|| contact.interrupt_page_or_target_info.get())
+            .filter(|gpa| *gpa != 0);
         let valid = message_sint < 16
+            && interrupt_page.is_none_or(page_ok)
             && page_ok(monitor_pages.0)
             && page_ok(monitor_pages.1)
             && monitor_pages.0 != monitor_pages.1;
@@ -826,6 +928,7 @@ impl Server {
                 message_sint,
                 message_connection,
                 monitor_pages,
+                interrupt_page,
             });
             response.version_supported = 1;
             response.msg_conn_id = if requested.uses_message_sint() {
@@ -1105,6 +1208,7 @@ impl Server {
         );
         channel.endpoint = Some(endpoint);
         host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
+        self.write_monitor_parameters(host, relid);
         self.open_result(host, relid, open_id, 0);
         if self.rescind_point(RescindPoint::AfterOpenResult, relid) {
             self.rescind(host, relid);

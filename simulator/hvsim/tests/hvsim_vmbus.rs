@@ -577,6 +577,83 @@ fn monitor_page_signals_reach_the_host() {
     let stats = h.with(|s| s.vmbus.endpoint(relid).unwrap().stats);
     assert_eq!(stats.signals, 1);
     assert_eq!(stats.unnecessary_signals, 0);
+    assert_eq!(h.with(|s| s.vmbus.stats.monitor_signals), 1);
+    // The host wrote its latency and what bit 0 stands for at open.
+    let latency = MONITOR2_GPA + core::mem::offset_of!(hyperv_defs::MonitorPage, latency) as u64;
+    let mut bytes = [0u8; 2];
+    h.memory.read(latency, &mut bytes).unwrap();
+    assert_eq!(u16::from_le_bytes(bytes), 100);
+    let parameter =
+        MONITOR2_GPA + core::mem::offset_of!(hyperv_defs::MonitorPage, parameter) as u64;
+    assert_eq!(
+        h.memory.load_u32(parameter).unwrap(),
+        VmbusHarness::connection_of(&offers, relid)
+    );
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
+    // A bit no monitored channel owns (id 33) goes nowhere: a violation.
+    h.memory
+        .fetch_or_u32(
+            MONITOR2_GPA + hyperv_defs::MonitorPage::pending_offset(1) as u64,
+            2,
+        )
+        .unwrap();
+    h.settle();
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 1);
+    assert!(h.with(|s| s.vmbus.violations[0].contains("monitor pending bit 33")));
+    h.finish();
+}
+
+#[test]
+fn before_5_0_the_interrupt_page_is_named_and_shared_interrupt_channels_are_marked() {
+    let mut h = start_vmbus(
+        "interrupt-page",
+        ServerConfig {
+            shared_interrupt: vec![DISK_INSTANCE],
+            ..config()
+        },
+    );
+    const INTERRUPT_PAGE: u64 = 0x7000;
+    let mut contact = InitiateContact::empty();
+    contact.version_requested = ProtocolVersion::V4_1.0.into();
+    contact.interrupt_page_or_target_info = INTERRUPT_PAGE.into();
+    contact.monitor_page1 = MONITOR1_GPA.into();
+    contact.monitor_page2 = MONITOR2_GPA.into();
+    assert_eq!(h.post_message(legacy(), &contact), HvStatus::SUCCESS);
+    match h.expect() {
+        ChannelMessage::VersionResponse(response) => assert_eq!(response.version_supported, 1),
+        other => panic!("{other:?}"),
+    }
+    let offers = h.request_offers();
+    let disk = offers
+        .iter()
+        .find(|o| o.child_relid.get() == VmbusHarness::relid_of(&offers, DISK_INSTANCE))
+        .unwrap();
+    assert!(!disk.is_dedicated_interrupt());
+    assert!(offers
+        .iter()
+        .filter(|o| o.child_relid.get() != disk.child_relid.get())
+        .all(|o| o.is_dedicated_interrupt()));
+    let relid = disk.child_relid.get();
+    let connection = disk.connection_id.get();
+    let mut rings = h.open_channel(relid);
+    assert!(h.write_packet(&mut rings, 9, &[1; 8], true));
+    // Linux's order: the relid's bit in the send half, then the signal.
+    h.memory
+        .fetch_or_u32(
+            INTERRUPT_PAGE + 2048 + (relid as u64 / 32) * 4,
+            1 << (relid % 32),
+        )
+        .unwrap();
+    assert_eq!(h.signal(connection, 0), HvStatus::SUCCESS);
+    assert!(h.wait_packet(&mut rings, Duration::from_secs(5)).is_some());
+    assert_eq!(h.with(|s| s.vmbus.stats.interrupt_page_marks), 1);
+    assert_eq!(
+        h.memory
+            .load_u32(INTERRUPT_PAGE + 2048 + (relid as u64 / 32) * 4)
+            .unwrap(),
+        0,
+        "the host took the bit"
+    );
     h.finish();
 }
 
