@@ -22,6 +22,14 @@
 //!   reconciliation: every channel moves towards "open" or "closed" one
 //!   confirmed step at a time, so a rescind or fault in the middle of any
 //!   step fails the waiters and never frees a ring the host still holds.
+//! - Makes GPADLs over a VSC's data buffers when it asks (`CreateGpadl`,
+//!   its `buffers` of the description, known by address only), streams
+//!   their messages as the host takes them, and tears them down on the
+//!   VSC's request, on close, rescind and fault (`channel_engine`).
+//! - Moves a channel's interrupts to another VP on the VSC's request
+//!   (ModifyChannel, 4.1+; from 5.3 it waits for ModifyChannelResponse),
+//!   and passes each offer's monitor ID and interrupt mode to synic at
+//!   Bind (synic signals monitored channels through the monitor page).
 //! - Supervises the VSCs: on a VSC's fault it unbinds its relid, closes the
 //!   channel, tears the GPADL down, waits for GpadlTorndown and restarts
 //!   the VSC, which zeroes its rings and opens again; after 3 faults
