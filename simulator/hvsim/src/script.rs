@@ -578,6 +578,24 @@ mod tests {
     use crate::pd::RegionMemory;
     use component_api::Region;
 
+    #[test]
+    fn the_scenarios_gpadl_limit_reaches_the_server() {
+        let scenario =
+            crate::scenario::parse_file("x.hvsim", "gpadl_memory_limit_kib = 64\n").unwrap();
+        let script = Script::from_scenario(&scenario).unwrap();
+        assert_eq!(script.server_config().gpadl_memory_limit, 64 * 1024);
+        assert_eq!(
+            Script::default().server_config().gpadl_memory_limit,
+            1280 << 20,
+            "Hyper-V's limit by default"
+        );
+        let too_much = crate::scenario::parse_file(
+            "x.hvsim",
+            &alloc::format!("gpadl_memory_limit_kib = {}\n", i64::MAX),
+        );
+        assert!(too_much.is_err());
+    }
+
     fn host() -> Simulator<RegionMemory> {
         let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);
         Simulator::new(
