@@ -88,6 +88,10 @@ pub struct Scenario {
     /// boots on a loaded 2-core machine); a missed beat shows as a whole
     /// period more.
     pub gap_allowance_ms: u64,
+    /// The total memory all GPADLs may describe at once, in KiB (Hyper-V:
+    /// about 1280 MiB on Windows Server 2019 and later); a GPADL beyond it
+    /// is refused with STATUS_QUOTA_EXCEEDED.
+    pub gpadl_memory_limit_kib: u64,
 }
 
 impl Default for Scenario {
@@ -111,6 +115,7 @@ impl Default for Scenario {
             kvp_get_guest_key: None,
             kvp_get_after_heartbeats: 0,
             gap_allowance_ms: 250,
+            gpadl_memory_limit_kib: 1280 << 10,
         }
     }
 }
@@ -184,6 +189,12 @@ impl Scenario {
             if value.checked_mul(1_000_000).is_none() {
                 return invalid(key, format!("{value} ms is too long"));
             }
+        }
+        if self.gpadl_memory_limit_kib.checked_mul(1024).is_none() {
+            return invalid(
+                "gpadl_memory_limit_kib",
+                format!("{} KiB is too much", self.gpadl_memory_limit_kib),
+            );
         }
         let mut versions = [(0, 0); 2];
         for (slot, (key, value)) in [
@@ -290,7 +301,8 @@ impl Scenario {
              shutdown_after_heartbeats: {:?}, kvp_faults: {}, kvp_fault_after_heartbeats: {}, \
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
-             kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {} }}",
+             kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
+             gpadl_memory_limit_kib: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -305,6 +317,7 @@ impl Scenario {
             self.kvp_rescind_after_heartbeats,
             self.kvp_get_after_heartbeats,
             self.gap_allowance_ms,
+            self.gpadl_memory_limit_kib,
         )
     }
 }
@@ -391,7 +404,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `gpadl_memory_limit_kib`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -434,7 +447,8 @@ mod tests {
             r#"min_version: "2.4".into(),"#,
             r#"devices: alloc::vec!["heartbeat".into(), "shutdown".into(), "timesync".into(), "kvp".into()],"#,
             r#"kvp_get_guest_key: Some("K".into()),"#,
-            "gap_allowance_ms: 250 }",
+            "gap_allowance_ms: 250,",
+            "gpadl_memory_limit_kib: 1310720 }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

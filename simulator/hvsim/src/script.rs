@@ -118,6 +118,8 @@ pub struct Script {
     /// only on its timer ticks and on calls, so its requests go out up to a
     /// tick late.
     pub gap_allowance_ns: u64,
+    /// Total bytes all GPADLs may describe at once.
+    pub gpadl_memory_limit: u64,
 }
 
 impl Script {
@@ -155,6 +157,7 @@ impl Script {
             kvp_get_guest_key: scenario.kvp_get_guest_key.clone(),
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
+            gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
         })
     }
 
@@ -170,6 +173,7 @@ impl Script {
                 .collect(),
             min_version: self.min_version,
             max_version: self.max_version,
+            gpadl_memory_limit: self.gpadl_memory_limit,
             ..ServerConfig::default()
         }
     }
@@ -573,6 +577,24 @@ mod tests {
     use super::*;
     use crate::pd::RegionMemory;
     use component_api::Region;
+
+    #[test]
+    fn the_scenarios_gpadl_limit_reaches_the_server() {
+        let scenario =
+            crate::scenario::parse_file("x.hvsim", "gpadl_memory_limit_kib = 64\n").unwrap();
+        let script = Script::from_scenario(&scenario).unwrap();
+        assert_eq!(script.server_config().gpadl_memory_limit, 64 * 1024);
+        assert_eq!(
+            Script::default().server_config().gpadl_memory_limit,
+            1280 << 20,
+            "Hyper-V's limit by default"
+        );
+        let too_much = crate::scenario::parse_file(
+            "x.hvsim",
+            &alloc::format!("gpadl_memory_limit_kib = {}\n", i64::MAX),
+        );
+        assert!(too_much.is_err());
+    }
 
     fn host() -> Simulator<RegionMemory> {
         let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);

@@ -414,6 +414,12 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
             "    /// The guest-to-host ring: the first part of the region `ring`.\n    pub const RING_OUT_BYTES: usize = {};",
             driver.ring_out
         );
+        let buffers: Vec<String> = driver.buffers.iter().map(|b| b.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "    /// Bytes of each data buffer: `buffers[N]` is the region `buffer<N>`.\n    pub const BUFFER_BYTES: &[usize] = &[{}];",
+            buffers.join(", ")
+        );
         let events: Vec<String> = driver
             .clients
             .iter()
@@ -438,7 +444,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region, known by address only (not mapped): out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n    }}"
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region, known by address only (not mapped): out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n    }}"
         );
         let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
         for (id, driver) in contracts.drivers.iter().enumerate() {
@@ -459,14 +465,25 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 .iter()
                 .position(|m| m.name == format!("{name}_ring"))
                 .expect("the expansion maps the ring");
+            let buffers: Vec<String> = (0..driver.buffers.len())
+                .map(|n| {
+                    let position = me
+                        .maps
+                        .iter()
+                        .position(|m| m.name == format!("{name}_buffer{n}"))
+                        .expect("the expansion maps each buffer");
+                    format!("RegionName({position})")
+                })
+                .collect();
             let _ = writeln!(
                 out,
-                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), ring: RegionName({ring}), ring_in_bytes: {}, ring_out_bytes: {} }},",
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), ring: RegionName({ring}), ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}] }},",
                 classes.join(", "),
                 type_of(driver.component),
                 end_id(index, &format!("{name}_event")),
                 driver.ring_in,
-                driver.ring_out
+                driver.ring_out,
+                buffers.join(", ")
             );
         }
         let _ = writeln!(out, "    ];\n}}");

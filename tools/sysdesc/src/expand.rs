@@ -9,7 +9,11 @@
 //! `synic`), to the bus manager (`vmbus` -> `<driver>`, protocol `bus`;
 //! `<driver>_event` / `vmbus_event` notify), to each client (`<driver>`
 //! -> `<client>`, the driver's protocol; `<client>_event` / `<driver>_event`
-//! notify) and to the console, and its `[[device]]` entries. Every
+//! notify) and to the console, and its `[[device]]` entries. Each of its
+//! `buffers` becomes a host-visible region `<driver>_buffer<N>`, mapped
+//! read-write into the driver as `buffer<N>` and granted to the bus
+//! manager by address only, like the ring (the manager describes it in a
+//! GPADL when the driver asks). Every
 //! generated value carries the span of the stanza key it came from, so
 //! the ordinary checks report problems at the driver's lines.
 
@@ -24,6 +28,12 @@ pub const MIN_RING_BYTES: i64 = 8192;
 /// The largest ring region the bus manager describes in one GPADL
 /// (`vmbus::MAX_RING_PAGES` pages).
 pub const MAX_RING_REGION_BYTES: i64 = 256 * 4096;
+/// The most data buffers one driver has (`vmbus::MAX_BUFFERS`).
+pub const MAX_BUFFERS: usize = 4;
+/// The largest data buffer: one GPADL range (`range_buflen` is 16 bits:
+/// 8190 pages, `vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS`; Linux's
+/// netvsc keeps its receive buffer under the same bound).
+pub const MAX_BUFFER_BYTES: i64 = 8190 * 4096;
 
 fn text(at: &Text, value: String) -> Text {
     Spanned::new(at.span(), value)
@@ -112,6 +122,21 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 format!("rings of {region_bytes} bytes in all: the bus manager describes at most {MAX_RING_REGION_BYTES}"),
             ));
         }
+        if driver.buffers.len() > MAX_BUFFERS {
+            errors.push(source.diagnostic(
+                driver.buffers[MAX_BUFFERS].span().start,
+                format!("{} data buffers: a driver has at most {MAX_BUFFERS}", driver.buffers.len()),
+            ));
+        }
+        for buffer in &driver.buffers {
+            let bytes = *buffer.get_ref();
+            if bytes <= 0 || bytes % 4096 != 0 || bytes > MAX_BUFFER_BYTES {
+                errors.push(source.diagnostic(
+                    buffer.span().start,
+                    format!("a data buffer of {bytes} bytes: it must be whole pages, at most {MAX_BUFFER_BYTES} (one GPADL range)"),
+                ));
+            }
+        }
         if driver.classes.get_ref().is_empty() {
             errors.push(source.diagnostic(
                 driver.classes.span().start,
@@ -171,6 +196,37 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 name: None,
             },
         ));
+        for (index, buffer) in driver.buffers.iter().enumerate().take(MAX_BUFFERS) {
+            let region = text(at, format!("{name}_buffer{index}"));
+            regions.push(Spanned::new(
+                span.clone(),
+                RawRegion {
+                    name: region.clone(),
+                    size: buffer.clone(),
+                    host_visible: Some(Spanned::new(at.span(), true)),
+                },
+            ));
+            maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: driver.name.clone(),
+                    region: region.clone(),
+                    rights: text(at, "rw".into()),
+                    double: None,
+                    name: Some(text(at, format!("buffer{index}"))),
+                },
+            ));
+            maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: manager.clone(),
+                    region,
+                    rights: text(at, "address".into()),
+                    double: None,
+                    name: None,
+                },
+            ));
+        }
         let end =
             |component: &Text, end: String| text(at, format!("{}.{end}", component.get_ref()));
         let protocol = |name: &str| Some(text(at, name.into()));

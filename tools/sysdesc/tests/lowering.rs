@@ -277,6 +277,76 @@ clients = ["app"]
     );
 }
 
+#[test]
+fn data_buffers_are_the_drivers_read_write_and_the_managers_by_address() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+serves = ["synic"]
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+serves = ["bus"]
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
+name = "net"
+package = "vsc-net"
+priority = 150
+classes = ["f8615163-df3e-46c5-913f-f2d2f965ed0e"]
+ring_out = 8192
+ring_in = 8192
+buffers = [16777216, 65536]
+"#;
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
+    for (n, size) in [(0, 16777216), (1, 65536)] {
+        let name = format!("net_buffer{n}");
+        let index = layout.regions.iter().position(|r| r.name == name).unwrap();
+        let region = &layout.regions[index];
+        assert_eq!((region.size, region.host_visible), (size, true));
+        let net = &layout.components[layout.component_index("net").unwrap()];
+        let own = net.maps.iter().find(|m| m.region as usize == index).unwrap();
+        assert_eq!(own.name, format!("buffer{n}"));
+        assert!(own.writable && !own.address_only);
+        let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
+        let grant = vmbus.maps.iter().find(|m| m.region as usize == index).unwrap();
+        assert!(grant.address_only, "the manager never maps a data buffer");
+    }
+    let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
+    assert!(
+        vmbus.contains("ring_out_bytes: 8192, buffers: &[RegionName(1), RegionName(2)] }"),
+        "{vmbus}"
+    );
+    let driver = sysdesc::generate_ids(&description, "net").unwrap();
+    assert!(
+        driver.contains("pub const BUFFER_BYTES: &[usize] = &[16777216, 65536];"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("pub const BUFFER1: RegionName = RegionName(2);"),
+        "{driver}"
+    );
+}
+
 const SIMULATED_HOST: &str = r#"
 version = 1
 
