@@ -169,12 +169,9 @@ fn run<M: RingMemory + Send + Sync + 'static>(
         let sender_timeouts = send_loop(
             packets,
             || {
-                // The data goes into the receive buffer only once the packet
-                // naming it fits: check the ring first.
-                let needed = 16 + 16 + 64 + 8;
-                if host.free_space().unwrap() <= needed {
-                    return Err(());
-                }
+                // A full ring (the write sets pending_send_sz) retries the
+                // same section of the receive buffer.
+                let mut retry_at = cursor;
                 let at = next_offset(&mut cursor, size);
                 memory.receive.write_data(at, &payload).unwrap();
                 let mut header = TransferPageHeader {
@@ -196,7 +193,10 @@ fn run<M: RingMemory + Send + Sync + 'static>(
                     descriptor_for(PacketType::TransferPages, header.len(), 64, 1, true).unwrap();
                 match host.write_parts(&descriptor, &header, &COMMAND) {
                     Ok(signal) => Ok(signal.0),
-                    Err(RingError::Full { .. }) => Err(()),
+                    Err(RingError::Full { .. }) => {
+                        std::mem::swap(&mut cursor, &mut retry_at);
+                        Err(())
+                    }
                     Err(other) => panic!("{other:?}"),
                 }
             },
