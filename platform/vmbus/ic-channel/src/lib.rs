@@ -52,4 +52,4 @@ pub use channel::{
     PACKET_BUFFER,
 };
 pub use driver::{DriverService, IcDriver};
-pub use memory::{split_rings, zero_rings, RegionPart};
+pub use memory::{ring_memory, rings, zero_rings, RingRegions};
