@@ -34,7 +34,7 @@
 //! more than [`MAX_BAD_IN_A_ROW`] malformed packets in a row.
 //! Trusts the bus manager's and synic's replies as far as their types go.
 //!
-//! Writes: its own ring region (all of it zeroed before each open request,
+//! Writes: its own ring regions (all of them zeroed before each open request,
 //! the out ring's packets and our indices), and nothing else.
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 #![forbid(unsafe_code)]
