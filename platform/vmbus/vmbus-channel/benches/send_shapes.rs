@@ -473,17 +473,19 @@ fn main() {
         total >> 20
     );
     println!();
-    println!("| shape | mapping | packet | GB/s | packets/s | interrupts/packet | wakeups/packet | memcpy GB/s | shape/memcpy |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| shape | mapping | packet | GB/s | packets/s | interrupts/packet | wakeups/packet | memcpy GB/s | shape/memcpy | guard hits |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut lost = 0;
     for shape in Shape::ALL {
         for &size in &sizes {
             for double in [true, false] {
                 let packets = (total / size) as u64;
                 let mut columns: [Vec<f64>; 6] = Default::default();
+                let mut guard_hits = 0;
                 for _ in 0..reps {
                     let result = run_mapped(double, shape, size, packets);
                     lost += result.timeouts;
+                    guard_hits += result.timeouts;
                     let copy = memcpy_run(size, packets);
                     let bytes = (packets as usize * size) as f64;
                     let gbs = bytes / result.seconds / 1e9;
@@ -509,7 +511,7 @@ fn main() {
                     })
                     .collect();
                 println!(
-                    "| {} | {} | {} KiB | {} |",
+                    "| {} | {} | {} KiB | {} | {guard_hits} |",
                     shape.name(),
                     if double { "double" } else { "single" },
                     size / 1024,
