@@ -141,34 +141,47 @@ impl Vmbus {
             .expect("only called while the driver has a channel")
     }
 
+    /// The PFNs of the ring GPADL (out control page, out data, in control
+    /// page, in data, each region's pages in order) and the downstream
+    /// offset (the out ring's pages); `None` if a region is not host
+    /// visible or not a whole-page, page-aligned area of a usable size.
+    fn ring_pages(env: &mut dyn Env, wiring: &Wiring) -> Option<(Vec<u64, MAX_RING_PAGES>, u32)> {
+        let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
+        let mut downstream = 0;
+        for (part, name) in wiring.rings.iter().enumerate() {
+            let RegionAddress {
+                guest_physical,
+                len,
+            } = env.region_address(*name)?;
+            let control = part % 2 == 0;
+            let pages = len / PAGE;
+            let usable = if control { pages == 1 } else { pages >= 1 };
+            if !guest_physical.is_multiple_of(PAGE as u64) || !len.is_multiple_of(PAGE) || !usable {
+                return None;
+            }
+            for page in 0..pages {
+                pfns.push((guest_physical >> 12) + page as u64).ok()?;
+            }
+            if part == 1 {
+                downstream = pfns.len() as u32;
+            }
+        }
+        Some((pfns, downstream))
+    }
+
     pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize) -> Step {
         let wiring = self.drivers[d].wiring;
         let relid = self.channel_mut(d).offer.relid;
-        let Some(RegionAddress {
-            guest_physical: ring_gpa,
-            len: ring_len,
-        }) = wiring.ring.and_then(|r| env.region_address(r))
-        else {
-            println!(env, "{}: its ring region is not host visible", wiring.name);
-            self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
-            return Step::Again;
-        };
-        let pages = ring_len / PAGE;
-        if !ring_gpa.is_multiple_of(PAGE as u64)
-            || !ring_len.is_multiple_of(PAGE)
-            || !(4..=MAX_RING_PAGES).contains(&pages)
-        {
+        let Some((pfns, _)) = Self::ring_pages(env, &wiring) else {
             println!(
                 env,
-                "{}: ring region of {} bytes at {:#x} unusable", wiring.name, ring_len, ring_gpa
+                "{}: its ring regions are not host visible whole pages (at most {} in all)",
+                wiring.name,
+                MAX_RING_PAGES
             );
             self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
             return Step::Again;
-        }
-        let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
-        for page in 0..pages {
-            let _ = pfns.push((ring_gpa >> 12) + page as u64);
-        }
+        };
         let gpadl_id = match self.gpadls.allocate(relid) {
             Ok(id) => id,
             Err(error) => {
@@ -301,12 +314,8 @@ impl Vmbus {
     }
 
     pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, gpadl_id: u32) {
-        let ring_len = self.drivers[d]
-            .wiring
-            .ring
-            .and_then(|r| env.region_address(r))
-            .map_or(0, |address| address.len);
-        let out_bytes = self.drivers[d].wiring.ring_out_bytes.min(ring_len);
+        let wiring = self.drivers[d].wiring;
+        let downstream = Self::ring_pages(env, &wiring).map_or(0, |(_, offset)| offset);
         let open_id = self.next_open_id;
         self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
         let channel = self.channel_mut(d);
@@ -315,7 +324,7 @@ impl Vmbus {
         open.open_id = open_id.into();
         open.ring_gpadl_id = gpadl_id.into();
         open.target_vp = channel.target_vp.into();
-        open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
+        open.downstream_ring_page_offset = downstream.into();
         open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
         channel.open_pending = Some(open_id);
         let relid = channel.offer.relid;

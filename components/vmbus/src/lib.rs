@@ -12,10 +12,11 @@
 //!   generated `drivers::DRIVERS` table); unknown classes and
 //!   sub-channels are logged and left alone (released if rescinded).
 //! - Runs each VSC's channel: on the VSC's `bus::Request::Open` it builds
-//!   the ring GPADL from the VSC's ring region (its row of `DRIVERS`: its
-//!   guest physical address and size; GpadlHeader with up to 26 PFNs,
-//!   GpadlBody with up to 28), waits for GpadlCreated, sends OpenChannel
-//!   (downstream offset: the driver's `ring_out` bytes), waits for
+//!   the ring GPADL from the VSC's four ring regions (its row of
+//!   `DRIVERS`: their guest physical addresses and sizes, in the order
+//!   out control page, out data, in control page, in data; GpadlHeader with
+//!   up to 26 PFNs, GpadlBody with up to 28), waits for GpadlCreated, sends
+//!   OpenChannel (downstream offset: the out ring's pages), waits for
 //!   OpenChannelResult, binds
 //!   relid -> VSC at synic and notifies the VSC. Close, rescind at any step,
 //!   offers while running and Unload (then power-off) use the same
@@ -141,11 +142,11 @@ struct Wiring {
     call: Channel,
     /// Our notify end to the VSC.
     event: Channel,
-    /// The VSC's ring region, known by address only (not mapped): out
-    /// ring, then in ring.
-    ring: Option<RegionName>,
-    /// Bytes of the guest-to-host ring (the downstream offset).
-    ring_out_bytes: usize,
+    /// The VSC's ring regions, known by address only (not mapped), in
+    /// the ring GPADL's page order: out control page, out data, in control
+    /// page, in data. The downstream offset is where the in control page
+    /// lands: the pages of the first two.
+    rings: [RegionName; 4],
     /// The VSC's data buffers, known by address only, in buffer order.
     buffers: &'static [RegionName],
 }
@@ -299,8 +300,7 @@ impl Vmbus {
                     child: row.child,
                     call: row.caller.channel(),
                     event: row.event,
-                    ring: Some(row.ring),
-                    ring_out_bytes: row.ring_out_bytes,
+                    rings: row.rings,
                     buffers: row.buffers,
                 },
                 channel: None,

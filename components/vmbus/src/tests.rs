@@ -63,18 +63,47 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
         regions::MONITOR_PAGES
     );
     let ring_names = [
-        regions::HEARTBEAT_RING,
-        regions::SHUTDOWN_RING,
-        regions::TIMESYNC_RING,
-        regions::KVP_RING,
+        [
+            regions::HEARTBEAT_RING_OUT_CONTROL,
+            regions::HEARTBEAT_RING_OUT,
+            regions::HEARTBEAT_RING_IN_CONTROL,
+            regions::HEARTBEAT_RING_IN,
+        ],
+        [
+            regions::SHUTDOWN_RING_OUT_CONTROL,
+            regions::SHUTDOWN_RING_OUT,
+            regions::SHUTDOWN_RING_IN_CONTROL,
+            regions::SHUTDOWN_RING_IN,
+        ],
+        [
+            regions::TIMESYNC_RING_OUT_CONTROL,
+            regions::TIMESYNC_RING_OUT,
+            regions::TIMESYNC_RING_IN_CONTROL,
+            regions::TIMESYNC_RING_IN,
+        ],
+        [
+            regions::KVP_RING_OUT_CONTROL,
+            regions::KVP_RING_OUT,
+            regions::KVP_RING_IN_CONTROL,
+            regions::KVP_RING_IN,
+        ],
     ];
-    for (i, name) in ring_names.iter().enumerate() {
-        let size = if i == 3 { kvp_ring } else { 32768 };
-        // Known by address only, as the description grants it: any
-        // `env.region` of a ring would panic.
-        assert_eq!(env.add_region_address_only(size, RING_GPAS[i]), *name);
+    for (i, names) in ring_names.iter().enumerate() {
+        let total = if i == 3 { kvp_ring } else { 32768 };
+        let out_bytes = ids::drivers::DRIVERS[i].ring_out_bytes;
+        // Back to back in guest memory, so the GPADL's PFNs are one run:
+        // out control, out data, in control, in data.
+        let sizes = [4096, out_bytes - 4096, 4096, total - out_bytes - 4096];
+        let mut gpa = RING_GPAS[i];
+        for (name, size) in names.iter().zip(sizes) {
+            // Known by address only, as the description grants it: any
+            // `env.region` of a ring would panic.
+            assert_eq!(env.add_region_address_only(size, gpa), *name);
+            gpa += size as u64;
+        }
     }
-    let rings = ring_names.map(|name| env.test_view(name));
+    // What the tests look at: each driver's out control page.
+    let rings = ring_names.map(|names| env.test_view(names[0]));
     let synic = Rc::new(RefCell::new(FakeSynic::default()));
     setup(&mut synic.borrow_mut());
     let fake = synic.clone();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use synic::Synic;
-use vmbus::ids::{channels as bus_channels, children};
+use vmbus::ids::{self as bus_ids, channels as bus_channels, children};
 use vmbus::Vmbus;
 use vmbus_ipc::bus::{self, ChannelState};
 use vmbus_protocol::ProtocolVersion;
@@ -167,10 +167,17 @@ impl Guest {
         let synic_component = Synic::init(&mut synic_env);
         let synic = Rc::new(RefCell::new((synic_component, synic_env)));
 
+        // Each driver's rings as the expansion gives them: out control
+        // page, out data, in control page, in data (back to back here).
         let mut rings = Vec::new();
-        for i in 0..4 {
-            let gpa = RINGS + (i * RING_SIZE) as u64;
-            rings.push(region(&arena, gpa as usize, RING_SIZE, Some(gpa)));
+        for (i, driver) in bus_ids::drivers::DRIVERS.iter().enumerate().take(4) {
+            let out = driver.ring_out_bytes;
+            let sizes = [4096, out - 4096, 4096, RING_SIZE - out - 4096];
+            let mut gpa = RINGS + (i * RING_SIZE) as u64;
+            for size in sizes {
+                rings.push(region(&arena, gpa as usize, size, Some(gpa)));
+                gpa += size as u64;
+            }
         }
         // As the description grants them: the queue mapped, the monitor
         // pages and the rings by address only (the bus manager maps none).

@@ -680,6 +680,17 @@ impl Server {
             let sint = self
                 .connection
                 .map_or(VMBUS_MESSAGE_SINT, |c| c.message_sint);
+            // GPA-direct packets resolve only through the channel's own
+            // created GPADLs (the ring's excluded).
+            let ring_gpadl = endpoint.ring_gpadl;
+            endpoint.gpadls.sync(
+                self.gpadls
+                    .iter()
+                    .filter(|(id, g)| {
+                        g.relid == relid && g.assembler.is_none() && **id != ring_gpadl
+                    })
+                    .map(|(id, g)| (*id, g.pages.as_slice())),
+            );
             let event = endpoint.step(&host.memory, signals, now_ns);
             if event == ChannelEvent::SignalGuest {
                 host.signal_guest(sint, relid as u16);

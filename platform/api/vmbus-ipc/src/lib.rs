@@ -47,11 +47,12 @@ pub type Guid = [u8; 16];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DriverId(pub u8);
 
-// A VSC's ring region holds the guest-to-host ("out") ring first, then the
-// host-to-guest ("in") ring, each starting with its 4 KiB control page;
-// their sizes are the driver's `ring_out` and `ring_in` (generated into
-// the bus manager's `drivers::DRIVERS` and the driver's `driver` module).
-// The bus manager passes the out ring's pages as the downstream offset.
+// A VSC's rings are four regions: the guest-to-host ("out") ring's 4 KiB
+// control page and data area, then the host-to-guest ("in") ring's; their
+// sizes are the driver's `ring_out` and `ring_in` (generated into the bus
+// manager's `drivers::DRIVERS` and the driver's `driver` module). The ring
+// GPADL lists their pages in that order, and the bus manager passes the
+// out ring's pages as the downstream offset.
 
 /// The hypervisor interface as an IPC protocol: what `synic` sends on its
 /// `hypervisor` call end. The server is the simulated host's PD in a test
