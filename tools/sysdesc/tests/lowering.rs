@@ -350,7 +350,7 @@ buffers = [16777216, 65536]
     }
     let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
     assert!(
-        vmbus.contains("ring_out_bytes: 8192, buffers: &[RegionName(1), RegionName(2)] }"),
+        vmbus.contains("ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)] }"),
         "{vmbus}"
     );
     let driver = sysdesc::generate_ids(&description, "net").unwrap();
@@ -359,7 +359,7 @@ buffers = [16777216, 65536]
         "{driver}"
     );
     assert!(
-        driver.contains("pub const BUFFER1: RegionName = RegionName(2);"),
+        driver.contains("pub const BUFFER1: RegionName = RegionName(5);"),
         "{driver}"
     );
 }
