@@ -22,6 +22,14 @@
 //!   `drivers::DRIVERS`). A VSC that signals a channel `vmbus` has just
 //!   unbound (rescinded or closed: the VSC has not heard yet) is answered
 //!   `ChannelClosed` and counted apart, not refused.
+//! - A bound channel whose offer allocated a monitor ID is signalled
+//!   through the monitor page, as Hyper-V expects: `SignalHost` sets the
+//!   pending bit for the ID in the second monitor page's trigger group
+//!   (`monitor_pages`, mapped read-write here only; the host scans it
+//!   within the latency it wrote there) instead of HvSignalEvent. For a
+//!   channel without a dedicated interrupt on a pre-5.0 connection it first
+//!   sets the relid's bit in the interrupt page's send half (the third page
+//!   of `monitor_pages`, named in InitiateContact), as Linux does.
 //! - Events for a relid between `Opening` (vmbus sent OpenChannel) and its
 //!   `Bind` (after OpenResult) are early, as the protocol allows: counted
 //!   as such and passed on to the VSC at `Bind`. Only events for relids
@@ -34,7 +42,8 @@
 //! counted.
 //!
 //! What it writes: the SIMP/SIEFP pages (slot type, event flags), the
-//! hypercall input page, the `synic_messages` queue, and synic MSRs through
+//! hypercall input page, the monitor pages' pending bits and the interrupt
+//! page's send half, the `synic_messages` queue, and synic MSRs through
 //! the hypervisor interface. It is the only component that can reach the
 //! hypervisor.
 #![no_std]
@@ -80,6 +89,12 @@ pub const MAX_BINDINGS: usize = 64;
 /// Event-flag bits of one SINT, by the protocol's relid numbering.
 const EVENT_WORDS: usize = EVENT_FLAGS_BYTES / 4;
 
+/// Layout of the `monitor_pages` region (the bus manager names the same
+/// addresses in InitiateContact): monitor page 1 (host to guest), monitor
+/// page 2 (guest to host: the pending bits we set), the interrupt page.
+pub const MONITOR_PAGE2_OFFSET: usize = 4096;
+pub const INTERRUPT_PAGE_SEND_OFFSET: usize = 2 * 4096 + 2048;
+
 const SLOT_OFFSET: usize = SIMP_OFFSET + VMBUS_SINT as usize * MESSAGE_SIZE;
 const FLAGS_OFFSET: usize = SIEFP_OFFSET + VMBUS_SINT as usize * EVENT_FLAGS_BYTES;
 
@@ -92,6 +107,10 @@ struct Binding {
     notify: Channel,
     /// The VSC as it calls us.
     caller: Caller,
+    /// Signal through this monitor ID's pending bit instead of a hypercall.
+    monitor_id: Option<u8>,
+    /// Mark the relid in the interrupt page's send half before signalling.
+    interrupt_page_bit: bool,
 }
 
 /// The synic's resources once it is enabled.
@@ -115,6 +134,8 @@ struct Opening {
 
 pub struct Synic {
     enabled: Option<Enabled>,
+    /// `monitor_pages`, if mapped writable and large enough.
+    monitor_pages: Option<Region>,
     bindings: heapless::Vec<Binding, MAX_BINDINGS>,
     /// Relids between `Opening` and `Bind`/`Unbind`.
     opening: heapless::Vec<Opening, MAX_BINDINGS>,
@@ -530,10 +551,12 @@ impl Synic {
         caller: Caller,
         connection_id: u32,
     ) -> Result<Reply, Refusal> {
-        let owned = self
+        let binding = self
             .bindings
             .iter()
-            .any(|b| b.caller == caller && b.connection_id == connection_id);
+            .find(|b| b.caller == caller && b.connection_id == connection_id)
+            .copied();
+        let owned = binding.is_some();
         if !owned {
             let just_unbound = self
                 .unbound
@@ -552,9 +575,33 @@ impl Synic {
             self.status.signals_after_unbind = self.status.signals_after_unbind.wrapping_add(1);
             return Ok(Reply::ChannelClosed);
         }
-        if !owned || self.enabled.is_none() {
+        let (Some(binding), Some(_)) = (binding, self.enabled.as_ref()) else {
             self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
             return Err(Refusal::DENIED);
+        };
+        if let Some(monitor) = &self.monitor_pages {
+            // Bind refused these without monitor pages.
+            if binding.interrupt_page_bit {
+                let offset = INTERRUPT_PAGE_SEND_OFFSET + (binding.relid as usize / 32) * 4;
+                if let Ok(word) = monitor.atomic_u32(offset) {
+                    word.fetch_or(1 << (binding.relid % 32), Ordering::SeqCst);
+                }
+            }
+            if let Some(id) = binding.monitor_id {
+                let group = id as usize / hyperv_defs::MONITOR_BITS_PER_GROUP;
+                let offset = MONITOR_PAGE2_OFFSET + hyperv_defs::MonitorPage::pending_offset(group);
+                if let Ok(word) = monitor.atomic_u32(offset) {
+                    // SeqCst: the ring's published write index is visible
+                    // before the host can see the bit.
+                    word.fetch_or(
+                        1 << (id as usize % hyperv_defs::MONITOR_BITS_PER_GROUP),
+                        Ordering::SeqCst,
+                    );
+                    self.status.signals_sent = self.status.signals_sent.wrapping_add(1);
+                    self.status.monitor_signals = self.status.monitor_signals.wrapping_add(1);
+                    return Ok(Reply::Done);
+                }
+            }
         }
         let input = SignalEventInput {
             connection_id,
@@ -580,6 +627,7 @@ impl Synic {
         relid: u32,
         connection_id: u32,
         driver: vmbus_ipc::DriverId,
+        (monitor_id, interrupt_page_bit): (Option<u8>, bool),
     ) -> Result<Reply, Refusal> {
         // The driver table is generated from the description, the same one
         // the bus manager has: the id is a row of it or refused.
@@ -591,14 +639,23 @@ impl Synic {
             return Err(Refusal::DENIED);
         };
         let (notify, caller) = (row.notify, row.caller);
-        if relid == 0 || relid as usize >= EVENT_WORDS * 32 {
+        if relid == 0
+            || relid as usize >= EVENT_WORDS * 32
+            || monitor_id.is_some_and(|id| id > hyperv_defs::MONITOR_ID_MAX)
+        {
             return Err(Refusal::MALFORMED);
+        }
+        if (monitor_id.is_some() || interrupt_page_bit) && self.monitor_pages.is_none() {
+            println!(env, "bind of relid {} needs the monitor pages", relid);
+            return Err(Refusal::DENIED);
         }
         let binding = Binding {
             relid,
             connection_id,
             notify,
             caller,
+            monitor_id,
+            interrupt_page_bit,
         };
         // vmbus is the authority on channels: a new binding replaces the old.
         if let Some(existing) = self.bindings.iter_mut().find(|b| b.relid == relid) {
@@ -756,7 +813,15 @@ impl Synic {
                 relid,
                 connection_id,
                 driver,
-            } => self.bind(env, relid, connection_id, driver),
+                monitor_id,
+                interrupt_page_bit,
+            } => self.bind(
+                env,
+                relid,
+                connection_id,
+                driver,
+                (monitor_id, interrupt_page_bit),
+            ),
             Request::Unbind { relid } => {
                 self.unbind(relid);
                 Ok(Reply::Done)
@@ -772,8 +837,17 @@ impl Component for Synic {
     fn init(env: &mut dyn Env) -> Self {
         let enabled = enable(env);
         let rearmed = enabled.as_ref().is_some_and(|e| e.rearmed);
+        let monitor_pages = Some(env.region(regions::MONITOR_PAGES))
+            .filter(|r| r.writable() && r.len() >= INTERRUPT_PAGE_SEND_OFFSET + 2048);
+        if monitor_pages.is_none() {
+            println!(
+                env,
+                "monitor_pages unusable: monitored channels cannot be signalled"
+            );
+        }
         let mut synic = Synic {
             enabled,
+            monitor_pages,
             bindings: heapless::Vec::new(),
             opening: heapless::Vec::new(),
             unbound: heapless::Deque::new(),

@@ -37,7 +37,11 @@ struct Rig {
     host: Rc<RefCell<FakeHost>>,
     pages: Region,
     queue: Consumer,
+    /// The monitor pages and the interrupt page, as the host sees them.
+    monitor: Region,
 }
+
+const MONITOR_GPA: u64 = 0x9_0000;
 
 fn write_slot(pages: Region, payload: &[u8], message_type: u32, pending: bool) {
     let mut slot = [0u8; 256];
@@ -97,9 +101,12 @@ fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
     let pages_name = env.add_region_with(8192, true, Some(PAGES_GPA));
     let hypercall_name = env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
+    let monitor_name = env.add_region_with(12288, true, Some(MONITOR_GPA));
     assert_eq!(pages_name, regions::SYNIC_PAGES);
     assert_eq!(hypercall_name, regions::HYPERCALL_PAGES);
     assert_eq!(queue_name, regions::SYNIC_MESSAGES);
+    assert_eq!(monitor_name, regions::MONITOR_PAGES);
+    let monitor = env.test_view(monitor_name);
     let pages = env.test_view(pages_name);
     let hypercall_pages = env.test_view(hypercall_name);
     let host = Rc::new(RefCell::new(FakeHost::default()));
@@ -151,6 +158,7 @@ fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
             host,
             pages,
             queue,
+            monitor,
         },
         synic,
     )
@@ -220,6 +228,8 @@ fn bind(
             relid,
             connection_id,
             driver: driver_id(driver),
+            monitor_id: None,
+            interrupt_page_bit: false,
         },
     )
 }
@@ -520,6 +530,8 @@ fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
             relid: 4,
             connection_id: 4,
             driver: driver_id("kvp"),
+            monitor_id: None,
+            interrupt_page_bit: false,
         },
     );
     assert_eq!(from_kvp, Err(Refusal::DENIED));
@@ -749,6 +761,8 @@ fn the_description_says_who_may_use_each_operation() {
         relid: 5,
         connection_id: 0x2005,
         driver: driver_id("kvp"),
+        monitor_id: None,
+        interrupt_page_bit: false,
     };
     assert_eq!(
         request(&mut rig, &mut synic, channels::KVP_CALL, &bind),
@@ -856,6 +870,7 @@ fn against_hvsims_synic_a_slot_drained_in_the_pending_gap_strands_nothing() {
     let pages_name = env.add_region_with(8192, true, Some(PAGES_GPA));
     env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
+    env.add_region_with(12288, true, Some(MONITOR_GPA));
     let mut queue =
         Consumer::new(env.test_view(queue_name), vmbus_ipc::MESSAGE_QUEUE_SLOT).unwrap();
     let memory = Rc::new(RaceMemory {
@@ -1054,4 +1069,83 @@ fn a_first_start_zeroes_the_pages() {
         .load(Ordering::Acquire);
     assert_eq!(word, 0);
     assert!(pop_all(&mut rig).is_empty());
+}
+
+fn bind_with(
+    rig: &mut Rig,
+    synic: &mut Synic,
+    relid: u32,
+    connection_id: u32,
+    monitor_id: Option<u8>,
+    interrupt_page_bit: bool,
+) -> Result<Reply, Refusal> {
+    request(
+        rig,
+        synic,
+        channels::VMBUS_CALL,
+        &Request::Bind {
+            relid,
+            connection_id,
+            driver: driver_id("kvp"),
+            monitor_id,
+            interrupt_page_bit,
+        },
+    )
+}
+
+fn word(region: &Region, offset: usize) -> u32 {
+    let mut bytes = [0u8; 4];
+    region.read(offset, &mut bytes).unwrap();
+    u32::from_le_bytes(bytes)
+}
+
+#[test]
+fn a_monitored_channel_is_signalled_through_the_monitor_page_not_a_hypercall() {
+    let (mut rig, mut synic) = rig();
+    // Monitor id 37: group 1, bit 5.
+    bind_with(&mut rig, &mut synic, 5, 0x2005, Some(37), false).unwrap();
+    let signal = Request::SignalHost {
+        connection_id: 0x2005,
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal),
+        Ok(Reply::Done)
+    );
+    assert!(rig.host.borrow().hypercalls.is_empty(), "no HvSignalEvent");
+    let pending_group_1 = MONITOR_PAGE2_OFFSET + hyperv_defs::MonitorPage::pending_offset(1);
+    assert_eq!(word(&rig.monitor, pending_group_1), 1 << 5);
+    assert_eq!(
+        word(&rig.monitor, hyperv_defs::MonitorPage::pending_offset(1)),
+        0,
+        "the first monitor page is the host's"
+    );
+    assert_eq!(synic.status().monitor_signals, 1);
+    assert_eq!(synic.status().signals_sent, 1);
+    // The host took the bit; the next signal sets it again.
+    rig.monitor.write(pending_group_1, &[0; 4]).unwrap();
+    request(&mut rig, &mut synic, channels::KVP_CALL, &signal).unwrap();
+    assert_eq!(word(&rig.monitor, pending_group_1), 1 << 5);
+    assert!(rig.host.borrow().hypercalls.is_empty());
+    // A monitor id beyond the page's 128 is malformed.
+    assert_eq!(
+        bind_with(&mut rig, &mut synic, 6, 0x2006, Some(128), false),
+        Err(Refusal::MALFORMED)
+    );
+}
+
+#[test]
+fn without_a_dedicated_interrupt_the_relid_is_marked_in_the_interrupt_pages_send_half() {
+    let (mut rig, mut synic) = rig();
+    bind_with(&mut rig, &mut synic, 40, 0x2028, None, true).unwrap();
+    let signal = Request::SignalHost {
+        connection_id: 0x2028,
+    };
+    request(&mut rig, &mut synic, channels::KVP_CALL, &signal).unwrap();
+    // Relid 40: word 1, bit 8 of the send half; the receive half untouched.
+    assert_eq!(word(&rig.monitor, INTERRUPT_PAGE_SEND_OFFSET + 4), 1 << 8);
+    assert_eq!(word(&rig.monitor, 2 * 4096 + 4), 0);
+    let (control, input) = rig.host.borrow().hypercalls[0];
+    assert_eq!(HypercallControl(control).code(), call_code::SIGNAL_EVENT);
+    assert_eq!(SignalEventInput::from_fast(input).connection_id, 0x2028);
+    assert_eq!(synic.status().monitor_signals, 0);
 }

@@ -1,6 +1,7 @@
 //! The channel engine: each driver's channel moves towards open or closed
 //! one confirmed step at a time (ring GPADL, OpenChannel, bind at synic,
-//! close, teardown).
+//! the data-buffer GPADLs the VSC asks for; close, teardown of every
+//! GPADL).
 
 use super::*;
 
@@ -53,9 +54,19 @@ impl Vmbus {
             if !channel.bound {
                 return self.bind(env, d);
             }
-            return Step::Wait;
+            return match self.step_buffers(env, d, true) {
+                BufferProgress::Acted => Step::Again,
+                BufferProgress::Waiting | BufferProgress::Settled => Step::Wait,
+            };
         }
-        // Closing: undo in reverse order, each step confirmed.
+        // Closing: undo in reverse order, each step confirmed. The VSC asks
+        // for its data-buffer GPADLs again after it reopens.
+        if channel.buffers.iter().any(|b| b.wanted) {
+            for buffer in self.channel_mut(d).buffers.iter_mut() {
+                buffer.wanted = false;
+            }
+            return Step::Again;
+        }
         if channel.bound {
             let unbind = synic::Request::Unbind { relid };
             if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
@@ -77,6 +88,12 @@ impl Vmbus {
             self.channel_mut(d).open = false;
             return Step::Again;
         }
+        // The data buffers' teardowns go out alongside the ring's.
+        let buffers = self.step_buffers(env, d, false);
+        if matches!(buffers, BufferProgress::Acted) {
+            return Step::Again;
+        }
+        let channel = self.drivers[d].channel.as_ref().expect("checked above");
         if let Some(gpadl_id) = channel.gpadl {
             match self.gpadls.state(gpadl_id) {
                 Some(GpadlState::Created) => {
@@ -92,6 +109,9 @@ impl Vmbus {
                     return Step::Again;
                 }
             }
+        }
+        if matches!(buffers, BufferProgress::Waiting) {
+            return Step::Wait;
         }
         // Quiescent: the host holds nothing of this channel any more.
         if self.channel_mut(d).rescinded {
@@ -121,34 +141,47 @@ impl Vmbus {
             .expect("only called while the driver has a channel")
     }
 
+    /// The PFNs of the ring GPADL (out control page, out data, in control
+    /// page, in data, each region's pages in order) and the downstream
+    /// offset (the out ring's pages); `None` if a region is not host
+    /// visible or not a whole-page, page-aligned area of a usable size.
+    fn ring_pages(env: &mut dyn Env, wiring: &Wiring) -> Option<(Vec<u64, MAX_RING_PAGES>, u32)> {
+        let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
+        let mut downstream = 0;
+        for (part, name) in wiring.rings.iter().enumerate() {
+            let RegionAddress {
+                guest_physical,
+                len,
+            } = env.region_address(*name)?;
+            let control = part % 2 == 0;
+            let pages = len / PAGE;
+            let usable = if control { pages == 1 } else { pages >= 1 };
+            if !guest_physical.is_multiple_of(PAGE as u64) || !len.is_multiple_of(PAGE) || !usable {
+                return None;
+            }
+            for page in 0..pages {
+                pfns.push((guest_physical >> 12) + page as u64).ok()?;
+            }
+            if part == 1 {
+                downstream = pfns.len() as u32;
+            }
+        }
+        Some((pfns, downstream))
+    }
+
     pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize) -> Step {
         let wiring = self.drivers[d].wiring;
         let relid = self.channel_mut(d).offer.relid;
-        let Some(RegionAddress {
-            guest_physical: ring_gpa,
-            len: ring_len,
-        }) = wiring.ring.and_then(|r| env.region_address(r))
-        else {
-            println!(env, "{}: its ring region is not host visible", wiring.name);
-            self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
-            return Step::Again;
-        };
-        let pages = ring_len / PAGE;
-        if !ring_gpa.is_multiple_of(PAGE as u64)
-            || !ring_len.is_multiple_of(PAGE)
-            || !(4..=MAX_RING_PAGES).contains(&pages)
-        {
+        let Some((pfns, _)) = Self::ring_pages(env, &wiring) else {
             println!(
                 env,
-                "{}: ring region of {} bytes at {:#x} unusable", wiring.name, ring_len, ring_gpa
+                "{}: its ring regions are not host visible whole pages (at most {} in all)",
+                wiring.name,
+                MAX_RING_PAGES
             );
             self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
             return Step::Again;
-        }
-        let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
-        for page in 0..pages {
-            let _ = pfns.push((ring_gpa >> 12) + page as u64);
-        }
+        };
         let gpadl_id = match self.gpadls.allocate(relid) {
             Ok(id) => id,
             Err(error) => {
@@ -172,13 +205,117 @@ impl Vmbus {
         Step::Wait
     }
 
-    pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, gpadl_id: u32) {
-        let ring_len = self.drivers[d]
+    /// Move the data-buffer GPADLs one step towards what the VSC asked
+    /// (`open`: the channel is open; otherwise every one goes).
+    pub(crate) fn step_buffers(
+        &mut self,
+        env: &mut dyn Env,
+        d: usize,
+        open: bool,
+    ) -> BufferProgress {
+        let count = self.drivers[d].wiring.buffers.len().min(MAX_BUFFERS);
+        let mut waiting = false;
+        for b in 0..count {
+            let record = self.channel_mut(d).buffers[b];
+            let want = open && record.wanted && record.failed.is_none();
+            let Some(gpadl_id) = record.gpadl else {
+                if want {
+                    self.create_buffer_gpadl(env, d, b);
+                    return BufferProgress::Acted;
+                }
+                continue;
+            };
+            match self.gpadls.state(gpadl_id) {
+                Some(GpadlState::Created) if !want => {
+                    match self.gpadls.begin_teardown(gpadl_id) {
+                        Ok(teardown) => self.post_control(env, teardown.as_bytes()),
+                        Err(error) => println!(env, "GPADL {} teardown: {:?}", gpadl_id, error),
+                    }
+                    return BufferProgress::Acted;
+                }
+                Some(GpadlState::Created) => {}
+                Some(GpadlState::Creating | GpadlState::TearingDown) => waiting = true,
+                None => {
+                    self.channel_mut(d).buffers[b].gpadl = None;
+                    return BufferProgress::Acted;
+                }
+            }
+        }
+        if waiting {
+            BufferProgress::Waiting
+        } else {
+            BufferProgress::Settled
+        }
+    }
+
+    /// Describe data buffer `b` of driver `d` to the host. Its messages are
+    /// produced as the host takes them (`flush_outbox`).
+    fn create_buffer_gpadl(&mut self, env: &mut dyn Env, d: usize, b: usize) {
+        let name = self.drivers[d].wiring.name;
+        let relid = self.channel_mut(d).offer.relid;
+        let address = self.drivers[d]
             .wiring
-            .ring
-            .and_then(|r| env.region_address(r))
-            .map_or(0, |address| address.len);
-        let out_bytes = self.drivers[d].wiring.ring_out_bytes.min(ring_len);
+            .buffers
+            .get(b)
+            .and_then(|region| env.region_address(*region));
+        let messages = match address {
+            Some(RegionAddress {
+                guest_physical,
+                len,
+            }) if guest_physical.is_multiple_of(PAGE as u64)
+                && len.is_multiple_of(PAGE)
+                && len > 0 =>
+            {
+                match self.gpadls.allocate(relid) {
+                    Ok(gpadl_id) => GpadlMessages::for_consecutive_pages(
+                        relid,
+                        gpadl_id,
+                        guest_physical >> 12,
+                        len / PAGE,
+                    )
+                    .map_err(|error| (Some(gpadl_id), error)),
+                    Err(error) => {
+                        println!(env, "{}: no GPADL id for buffer {}: {:?}", name, b, error);
+                        Err((None, vmbus_protocol::gpadl::GpadlError::NoPages))
+                    }
+                }
+            }
+            _ => {
+                println!(
+                    env,
+                    "{}: buffer {} is not host visible whole pages", name, b
+                );
+                Err((None, vmbus_protocol::gpadl::GpadlError::NoPages))
+            }
+        };
+        let messages = match messages {
+            Ok(messages) if !self.gpadl_sends.is_full() => messages,
+            other => {
+                let gpadl_id = match other {
+                    Ok(messages) => {
+                        println!(env, "{}: {} GPADLs already being sent", name, GPADL_SENDS);
+                        Some(messages.gpadl_id())
+                    }
+                    Err((id, error)) => {
+                        println!(env, "{}: buffer {} GPADL: {:?}", name, b, error);
+                        id
+                    }
+                };
+                if let Some(id) = gpadl_id {
+                    let _ = self.gpadls.abandon(id);
+                }
+                self.channel_mut(d).buffers[b].failed = Some(STATUS_GUEST_FAILURE);
+                return;
+            }
+        };
+        self.channel_mut(d).buffers[b].gpadl = Some(messages.gpadl_id());
+        let _ = self.gpadl_sends.push_back(messages);
+        self.flush_outbox(env);
+    }
+
+    pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, gpadl_id: u32) {
+        let wiring = self.drivers[d].wiring;
+        let downstream = Self::ring_pages(env, &wiring).map_or(0, |(_, offset)| offset);
         let open_id = self.next_open_id;
         self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
         let channel = self.channel_mut(d);
@@ -186,8 +323,8 @@ impl Vmbus {
         open.child_relid = channel.offer.relid.into();
         open.open_id = open_id.into();
         open.ring_gpadl_id = gpadl_id.into();
-        open.target_vp = 0.into();
-        open.downstream_ring_page_offset = ((out_bytes / PAGE) as u32).into();
+        open.target_vp = channel.target_vp.into();
+        open.downstream_ring_page_offset = downstream.into();
         open.user_data[..channel.user_data.len()].copy_from_slice(&channel.user_data);
         channel.open_pending = Some(open_id);
         let relid = channel.offer.relid;
@@ -207,10 +344,16 @@ impl Vmbus {
         let name = self.drivers[d].wiring.name;
         let channel = self.channel_mut(d);
         let (relid, connection_id) = (channel.offer.relid, channel.offer.connection_id);
+        let (monitor_id, dedicated) = (channel.offer.monitor_id, channel.offer.dedicated_interrupt);
+        // The host knows the interrupt page only before 5.0 (InitiateContact
+        // then names it).
+        let interrupt_page_known = self.version.is_some_and(|v| !v.uses_message_sint());
         let request = synic::Request::Bind {
             relid,
             connection_id,
             driver: self.drivers[d].wiring.id,
+            monitor_id,
+            interrupt_page_bit: !dedicated && interrupt_page_known,
         };
         match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) => {
@@ -246,6 +389,15 @@ impl Vmbus {
 pub(crate) enum Step {
     Again,
     Wait,
+}
+
+pub(crate) enum BufferProgress {
+    /// A message went out or a record changed: look again.
+    Acted,
+    /// A GPADL is being created or torn down: the host answers.
+    Waiting,
+    /// Every buffer is where the VSC wants it.
+    Settled,
 }
 
 /// An open that will not be bound (it failed, or the channel was rescinded

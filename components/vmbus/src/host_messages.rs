@@ -67,6 +67,71 @@ impl Vmbus {
             }
             self.outbox.pop_front();
         }
+        self.flush_gpadl_sends(env);
+    }
+
+    /// Post the next messages of data-buffer GPADLs, one GPADL at a time
+    /// and after everything in the outbox, until the host's port is full.
+    pub(crate) fn flush_gpadl_sends(&mut self, env: &mut dyn Env) {
+        let connection_id = self.message_connection;
+        // Bounded: each turn posts a message or ends a send or returns.
+        for _ in 0..4 * vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS {
+            let Some(send) = self.gpadl_sends.front_mut() else {
+                return;
+            };
+            let mut resumed = send.clone();
+            let Some(message) = resumed.next() else {
+                self.gpadl_sends.pop_front();
+                continue;
+            };
+            match post_now(env, connection_id, message.as_bytes()) {
+                Ok(()) => *send = resumed,
+                Err(PostError::Hypercall(HV_STATUS_INSUFFICIENT_BUFFERS)) => {
+                    self.counters.posts_deferred = self.counters.posts_deferred.wrapping_add(1);
+                    return;
+                }
+                Err(error) => {
+                    // The host will never see this GPADL whole: give it up
+                    // and tell its VSC.
+                    self.counters.posts_failed = self.counters.posts_failed.wrapping_add(1);
+                    let gpadl_id = send.gpadl_id();
+                    println!(env, "posting GPADL {} failed: {:?}", gpadl_id, error);
+                    self.gpadl_sends.pop_front();
+                    self.abandon_buffer_gpadl(gpadl_id, STATUS_GUEST_FAILURE);
+                }
+            }
+        }
+    }
+
+    /// A data-buffer GPADL the host will not create: retire the id, stop
+    /// posting it, and mark its buffer failed.
+    pub(crate) fn abandon_buffer_gpadl(&mut self, gpadl_id: u32, status: u32) {
+        let _ = self.gpadls.abandon(gpadl_id);
+        let mut remaining: Deque<GpadlMessages<'static>, GPADL_SENDS> = Deque::new();
+        while let Some(send) = self.gpadl_sends.pop_front() {
+            if send.gpadl_id() != gpadl_id {
+                let _ = remaining.push_back(send);
+            }
+        }
+        self.gpadl_sends = remaining;
+        if let Some((d, b)) = self.buffer_with_gpadl(gpadl_id) {
+            if let Some(channel) = self.drivers[d].channel.as_mut() {
+                channel.buffers[b].gpadl = None;
+                channel.buffers[b].failed = Some(status);
+            }
+            self.touch(d);
+        }
+    }
+
+    pub(crate) fn buffer_with_gpadl(&self, gpadl_id: u32) -> Option<(usize, usize)> {
+        self.drivers.iter().enumerate().find_map(|(d, driver)| {
+            let channel = driver.channel.as_ref()?;
+            let b = channel
+                .buffers
+                .iter()
+                .position(|b| b.gpadl == Some(gpadl_id))?;
+            Some((d, b))
+        })
     }
 
     // ---- negotiation ----
@@ -157,6 +222,9 @@ impl Vmbus {
                 response.msg_conn_id.get(),
             ),
             ChannelMessage::OfferChannel(offer) => self.on_offer(env, &offer),
+            ChannelMessage::ModifyChannelResponse(response) => {
+                self.on_modify_response(env, response.child_relid.get(), response.status.get())
+            }
             ChannelMessage::AllOffersDelivered(_) => {
                 if self.phase == Phase::RequestingOffers {
                     self.phase = Phase::Running;
@@ -189,6 +257,11 @@ impl Vmbus {
                     if let Some(d) = self.driver_with_gpadl(id) {
                         if let Some(channel) = self.drivers[d].channel.as_mut() {
                             channel.gpadl = None;
+                        }
+                        self.touch(d);
+                    } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
+                        if let Some(channel) = self.drivers[d].channel.as_mut() {
+                            channel.buffers[b].gpadl = None;
                         }
                         self.touch(d);
                     }
@@ -240,12 +313,25 @@ impl Vmbus {
             self.reject(env, format_args!("second offer of relid {}", relid));
             return;
         }
+        let monitor_id = message.monitor_allocated().then_some(message.monitor_id);
+        if monitor_id.is_some_and(|id| id > hyperv_defs::MONITOR_ID_MAX) {
+            self.reject(
+                env,
+                format_args!(
+                    "offer of relid {} with monitor id {}",
+                    relid, message.monitor_id
+                ),
+            );
+            return;
+        }
         let offer = Offer {
             relid,
             connection_id: message.connection_id.get(),
             class: *message.interface_type.to_uuid().as_bytes(),
             instance: *message.interface_instance.to_uuid().as_bytes(),
             user_defined: Vec::from_slice(&message.user_def).unwrap_or_default(),
+            monitor_id,
+            dedicated_interrupt: message.is_dedicated_interrupt(),
         };
         let class_name =
             vmbus_protocol::guid::class::name_of(uuid(&offer.class)).unwrap_or("unknown class");
@@ -341,6 +427,10 @@ impl Vmbus {
             bound: false,
             failed: None,
             rescinded: false,
+            buffers: [BufferRecord::default(); MAX_BUFFERS],
+            target_vp: 0,
+            retargeting: None,
+            retarget_refused: None,
         });
         driver.last_rescinded = false;
         driver.generation = driver.generation.wrapping_add(1);
@@ -415,13 +505,18 @@ impl Vmbus {
             if self.gpadls.state(id) == Some(GpadlState::Creating) {
                 // The host dropped it with the channel: retire the id so a
                 // late GpadlCreated is refused as unknown.
-                let mut retire = GpadlCreated::empty();
-                retire.child_relid = relid.into();
-                retire.gpadl_id = id.into();
-                retire.creation_status = STATUS_GUEST_FAILURE.into();
-                let _ = self.gpadls.on_created(&retire);
+                let _ = self.gpadls.abandon(id);
                 channel.gpadl = None;
             }
+        }
+        let creating: Vec<u32, MAX_BUFFERS> = channel
+            .buffers
+            .iter()
+            .filter_map(|b| b.gpadl)
+            .filter(|id| self.gpadls.state(*id) == Some(GpadlState::Creating))
+            .collect();
+        for id in creating {
+            self.abandon_buffer_gpadl(id, STATUS_GUEST_FAILURE);
         }
         self.touch(d);
     }
@@ -431,6 +526,12 @@ impl Vmbus {
         match self.gpadls.on_created(created) {
             Ok(CreationOutcome::Created) => {
                 if let Some(d) = self.driver_with_gpadl(id) {
+                    self.touch(d);
+                } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
+                    println!(
+                        env,
+                        "{}: buffer {} is GPADL {}", self.drivers[d].wiring.name, b, id
+                    );
                     self.touch(d);
                 }
             }
@@ -449,10 +550,56 @@ impl Vmbus {
                         }
                     }
                     self.touch(d);
+                } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
+                    println!(
+                        env,
+                        "{}: buffer {} GPADL refused by the host (status {:#x})",
+                        self.drivers[d].wiring.name,
+                        b,
+                        status
+                    );
+                    // Already retired by the table; stop posting its bodies.
+                    self.abandon_buffer_gpadl(id, status);
                 }
             }
             Err(error) => self.reject(env, format_args!("GpadlCreated: {:?}", error)),
         }
+    }
+
+    pub(crate) fn on_modify_response(&mut self, env: &mut dyn Env, relid: u32, status: u32) {
+        let d = self.drivers.iter().position(|d| {
+            d.channel
+                .as_ref()
+                .is_some_and(|c| c.offer.relid == relid && c.retargeting.is_some())
+        });
+        let Some(d) = d else {
+            self.reject(
+                env,
+                format_args!("ModifyChannelResponse for relid {} nobody waits for", relid),
+            );
+            return;
+        };
+        let name = self.drivers[d].wiring.name;
+        let event = self.drivers[d].wiring.event;
+        let channel = self.channel_mut(d);
+        let Some(target_vp) = channel.retargeting.take() else {
+            return;
+        };
+        if status == 0 {
+            channel.target_vp = target_vp;
+            channel.retarget_refused = None;
+            println!(
+                env,
+                "relid {} ({}) now targets VP {}", relid, name, target_vp
+            );
+        } else {
+            channel.retarget_refused = Some(status);
+            println!(
+                env,
+                "relid {} ({}): VP {} refused (status {:#x})", relid, name, target_vp, status
+            );
+        }
+        env.notify(event);
     }
 
     pub(crate) fn on_open_result(

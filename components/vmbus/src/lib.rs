@@ -12,16 +12,25 @@
 //!   generated `drivers::DRIVERS` table); unknown classes and
 //!   sub-channels are logged and left alone (released if rescinded).
 //! - Runs each VSC's channel: on the VSC's `bus::Request::Open` it builds
-//!   the ring GPADL from the VSC's ring region (its row of `DRIVERS`: its
-//!   guest physical address and size; GpadlHeader with up to 26 PFNs,
-//!   GpadlBody with up to 28), waits for GpadlCreated, sends OpenChannel
-//!   (downstream offset: the driver's `ring_out` bytes), waits for
+//!   the ring GPADL from the VSC's four ring regions (its row of
+//!   `DRIVERS`: their guest physical addresses and sizes, in the order
+//!   out control page, out data, in control page, in data; GpadlHeader with
+//!   up to 26 PFNs, GpadlBody with up to 28), waits for GpadlCreated, sends
+//!   OpenChannel (downstream offset: the out ring's pages), waits for
 //!   OpenChannelResult, binds
 //!   relid -> VSC at synic and notifies the VSC. Close, rescind at any step,
 //!   offers while running and Unload (then power-off) use the same
 //!   reconciliation: every channel moves towards "open" or "closed" one
 //!   confirmed step at a time, so a rescind or fault in the middle of any
 //!   step fails the waiters and never frees a ring the host still holds.
+//! - Makes GPADLs over a VSC's data buffers when it asks (`CreateGpadl`,
+//!   its `buffers` of the description, known by address only), streams
+//!   their messages as the host takes them, and tears them down on the
+//!   VSC's request, on close, rescind and fault (`channel_engine`).
+//! - Moves a channel's interrupts to another VP on the VSC's request
+//!   (ModifyChannel, 4.1+; from 5.3 it waits for ModifyChannelResponse),
+//!   and passes each offer's monitor ID and interrupt mode to synic at
+//!   Bind (synic signals monitored channels through the monitor page).
 //! - Supervises the VSCs: on a VSC's fault it unbinds its relid, closes the
 //!   channel, tears the GPADL down, waits for GpadlTorndown and restarts
 //!   the VSC, which zeroes its rings and opens again; after 3 faults
@@ -75,12 +84,12 @@ use component_api::{
     println, Channel, ChannelSet, Child, Component, Env, Fault, Refusal, RegionAddress, RegionName,
 };
 use heapless::{Deque, Vec};
-use vmbus_ipc::bus::{self, ChannelInfo, ChannelState, DeviceStatus};
+use vmbus_ipc::bus::{self, BufferState, ChannelInfo, ChannelState, DeviceStatus};
 use vmbus_ipc::{synic, Guid, MAX_POST_PAYLOAD};
 use vmbus_protocol::gpadl::{CreationOutcome, GpadlMessages, GpadlState, GpadlTable};
 use vmbus_protocol::messages::{
-    CloseChannel, GpadlCreated, InitiateContact, OfferChannel, OpenChannel, RelIdReleased,
-    RequestOffers, Unload, MAX_MESSAGE_SIZE,
+    CloseChannel, GpadlCreated, InitiateContact, ModifyChannel, OfferChannel, OpenChannel,
+    RelIdReleased, RequestOffers, Unload, MAX_MESSAGE_SIZE,
 };
 use vmbus_protocol::version::{negotiation_order, VMBUS_MESSAGE_SINT};
 use vmbus_protocol::{parse, ChannelMessage, ProtocolVersion, VmbusMessage};
@@ -105,8 +114,17 @@ pub const FAULTS_TO_HOLD: usize = 3;
 pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
 /// The largest ring region the bus manager describes in a GPADL.
 pub const MAX_RING_PAGES: usize = 256;
+/// The most data buffers one VSC has GPADLs made over (sysdesc's limit).
+pub const MAX_BUFFERS: usize = 4;
+/// Data-buffer GPADLs whose messages are still being posted (a large
+/// buffer takes up to 300 messages, more than the outbox holds: they are
+/// produced as the host takes them).
+const GPADL_SENDS: usize = 8;
 /// Messages waiting for the host to take them (InsufficientBuffers).
 const OUTBOX_SIZE: usize = 64;
+/// Layout of the `monitor_pages` region: the two monitor (MNF) pages,
+/// then the interrupt page (receive half, then send half).
+pub const INTERRUPT_PAGE_OFFSET: u64 = 2 * PAGE as u64;
 /// Rejected host messages that are logged (the rest are only counted).
 const REJECTIONS_LOGGED: u32 = 32;
 /// Tries of InitiateContact while the host's port is full.
@@ -131,11 +149,24 @@ struct Wiring {
     call: Channel,
     /// Our notify end to the VSC.
     event: Channel,
-    /// The VSC's ring region, known by address only (not mapped): out
-    /// ring, then in ring.
-    ring: Option<RegionName>,
-    /// Bytes of the guest-to-host ring (the downstream offset).
-    ring_out_bytes: usize,
+    /// The VSC's ring regions, known by address only (not mapped), in
+    /// the ring GPADL's page order: out control page, out data, in control
+    /// page, in data. The downstream offset is where the in control page
+    /// lands: the pages of the first two.
+    rings: [RegionName; 4],
+    /// The VSC's data buffers, known by address only, in buffer order.
+    buffers: &'static [RegionName],
+}
+
+/// A VSC's data buffer and its GPADL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BufferRecord {
+    /// The VSC asked for a GPADL (and has not asked to tear it down).
+    wanted: bool,
+    /// From GpadlHeader until GpadlTorndown (or a failed GpadlCreated).
+    gpadl: Option<u32>,
+    /// The last creation failed with this status.
+    failed: Option<u32>,
 }
 
 /// An offer, copied out and checked.
@@ -146,6 +177,9 @@ struct Offer {
     class: Guid,
     instance: Guid,
     user_defined: Vec<u8, 120>,
+    /// The monitor ID the host allocated (signal through the monitor page).
+    monitor_id: Option<u8>,
+    dedicated_interrupt: bool,
 }
 
 /// One offered channel of a driver and how far it is towards open or closed.
@@ -166,6 +200,15 @@ struct ChannelRecord {
     /// The last open attempt failed with this status.
     failed: Option<u32>,
     rescinded: bool,
+    /// GPADLs over the VSC's data buffers, made while the channel is open.
+    buffers: [BufferRecord; MAX_BUFFERS],
+    /// The VP the host targets (sent in OpenChannel, moved by ModifyChannel).
+    target_vp: u32,
+    /// ModifyChannel to this VP sent, ModifyChannelResponse (5.3+) not yet
+    /// received. Kept across a close: the answer still comes.
+    retargeting: Option<u32>,
+    /// The host refused the last ModifyChannel with this status.
+    retarget_refused: Option<u32>,
 }
 
 struct Driver {
@@ -187,8 +230,8 @@ struct Driver {
     /// When the last fault happened (to report how long reopening took).
     faulted_at_ns: Option<u64>,
     versions: Option<((u16, u16), (u16, u16))>,
-    /// What the VSC was last told (state, generation).
-    published: Option<(ChannelState, u32)>,
+    /// What the VSC was last told (state, generation, its buffers).
+    published: Option<(ChannelState, u32, [BufferState; MAX_BUFFERS])>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +273,9 @@ pub struct Vmbus {
     queue: Option<spsc_queue::Consumer>,
     drivers: Vec<Driver, MAX_DRIVERS>,
     unclaimed: Vec<Offer, MAX_UNCLAIMED>,
-    gpadls: GpadlTable<MAX_DRIVERS>,
+    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS) }>,
+    /// Data-buffer GPADLs still being posted, oldest first.
+    gpadl_sends: Deque<GpadlMessages<'static>, GPADL_SENDS>,
     next_open_id: u32,
     outbox: Deque<(u32, Vec<u8, MAX_POST_PAYLOAD>), OUTBOX_SIZE>,
     power_off_code: Option<u8>,
@@ -272,8 +317,8 @@ impl Vmbus {
                     child: row.child,
                     call: row.caller.channel(),
                     event: row.event,
-                    ring: Some(row.ring),
-                    ring_out_bytes: row.ring_out_bytes,
+                    rings: row.rings,
+                    buffers: row.buffers,
                 },
                 channel: None,
                 next_offer: None,
@@ -311,6 +356,7 @@ impl Vmbus {
             drivers,
             unclaimed: Vec::new(),
             gpadls: GpadlTable::new(1),
+            gpadl_sends: Deque::new(),
             next_open_id: 1,
             outbox: Deque::new(),
             power_off_code: None,
@@ -330,6 +376,14 @@ impl Vmbus {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// For tests that wire the component up by hand (hosted, against the
+    /// simulated host): give driver `driver` data buffers that the system
+    /// description it was built from does not give it.
+    #[doc(hidden)]
+    pub fn give_buffers_for_tests(&mut self, driver: usize, buffers: &'static [RegionName]) {
+        self.drivers[driver].wiring.buffers = buffers;
     }
 
     fn touch(&mut self, d: usize) {

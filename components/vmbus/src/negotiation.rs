@@ -7,10 +7,15 @@ impl Vmbus {
     /// host does not have.
     pub(crate) fn negotiate_from(&mut self, env: &mut dyn Env, mut index: usize) {
         let order = negotiation_order(OFFER_6_0);
-        // Known by address only: the host writes them, we never do.
-        let monitor_gpa = env
-            .region_address(regions::MONITOR_PAGES)
-            .map_or(0, |address| address.guest_physical);
+        // Known by address only: the host and synic write them, we never do.
+        let monitor = env.region_address(regions::MONITOR_PAGES);
+        let monitor_gpa = monitor.map_or(0, |address| address.guest_physical);
+        let interrupt_page_gpa = match monitor {
+            Some(address) if address.len >= INTERRUPT_PAGE_OFFSET as usize + PAGE => {
+                address.guest_physical + INTERRUPT_PAGE_OFFSET
+            }
+            _ => 0,
+        };
         while let Some(&version) = order.get(index) {
             let mut contact = InitiateContact::empty();
             contact.version_requested = version.0.into();
@@ -18,8 +23,10 @@ impl Vmbus {
             contact.interrupt_page_or_target_info = if version.uses_message_sint() {
                 InitiateContact::target_info(VMBUS_MESSAGE_SINT, 0, 0)
             } else {
-                // The interrupt page of pre-2.4 signalling; unused from 2.4.
-                0
+                // Before 5.0 the field names the interrupt page, whose send
+                // half the guest marks for channels without a dedicated
+                // interrupt (as Linux does).
+                interrupt_page_gpa
             }
             .into();
             contact.monitor_page1 = monitor_gpa.into();

@@ -20,7 +20,10 @@ impl Vmbus {
         if channel.rescinded {
             return ChannelState::Rescinded;
         }
-        let busy = channel.open || channel.open_pending.is_some() || channel.gpadl.is_some();
+        let busy = channel.open
+            || channel.open_pending.is_some()
+            || channel.gpadl.is_some()
+            || channel.buffers.iter().any(|b| b.gpadl.is_some());
         let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
         if driver.recovering {
             return ChannelState::Closing;
@@ -39,6 +42,38 @@ impl Vmbus {
             Some(status) => ChannelState::Failed { status },
             None => ChannelState::Offered,
         }
+    }
+
+    /// Data buffer `b` of driver `d` as the VSC sees it.
+    pub(crate) fn buffer_state(&self, d: usize, b: usize) -> BufferState {
+        let Some(record) = self.drivers[d].channel.as_ref().map(|c| c.buffers[b]) else {
+            return BufferState::Absent;
+        };
+        let open = self.presented(d) == ChannelState::Open;
+        match record.gpadl {
+            Some(id) => match self.gpadls.state(id) {
+                Some(GpadlState::Creating) => BufferState::Creating,
+                Some(GpadlState::Created) if record.wanted && open => {
+                    BufferState::Created { gpadl_id: id }
+                }
+                Some(GpadlState::Created | GpadlState::TearingDown) => BufferState::TearingDown,
+                None => BufferState::Absent,
+            },
+            None => match record.failed {
+                Some(status) => BufferState::Failed { status },
+                None if record.wanted && open => BufferState::Creating,
+                None => BufferState::Absent,
+            },
+        }
+    }
+
+    fn buffer_states(&self, d: usize) -> [BufferState; MAX_BUFFERS] {
+        let mut states = [BufferState::Absent; MAX_BUFFERS];
+        let count = self.drivers[d].wiring.buffers.len().min(MAX_BUFFERS);
+        for (b, state) in states.iter_mut().enumerate().take(count) {
+            *state = self.buffer_state(d, b);
+        }
+        states
     }
 
     pub(crate) fn channel_info(&self, d: usize) -> ChannelInfo {
@@ -104,7 +139,11 @@ impl Vmbus {
     /// whenever something changed and no channel is mid-transition.
     pub(crate) fn publish(&mut self, env: &mut dyn Env) {
         for d in 0..self.drivers.len() {
-            let view = (self.presented(d), self.drivers[d].generation);
+            let view = (
+                self.presented(d),
+                self.drivers[d].generation,
+                self.buffer_states(d),
+            );
             if self.drivers[d].published != Some(view) {
                 self.drivers[d].published = Some(view);
                 env.notify(self.drivers[d].wiring.event);
@@ -185,6 +224,37 @@ impl Vmbus {
         );
     }
 
+    /// ModifyChannel: from 5.3 the host answers; from 4.1 to 5.2 it does
+    /// not, and the move is taken as done.
+    fn retarget(&mut self, env: &mut dyn Env, d: usize, target_vp: u32) -> bus::Reply {
+        let Some(version) = self.version else {
+            return bus::Reply::Refused(bus::Refusal::Unavailable);
+        };
+        if version < ProtocolVersion::V4_1 {
+            return bus::Reply::Refused(bus::Refusal::Unsupported);
+        }
+        if self.presented(d) != ChannelState::Open || self.channel_mut(d).retargeting.is_some() {
+            return bus::Reply::Refused(bus::Refusal::WrongState);
+        }
+        let channel = self.channel_mut(d);
+        let mut modify = ModifyChannel::empty();
+        modify.child_relid = channel.offer.relid.into();
+        modify.target_vp = target_vp.into();
+        if version >= ProtocolVersion::V5_3 {
+            channel.retargeting = Some(target_vp);
+        } else {
+            channel.target_vp = target_vp;
+            channel.retarget_refused = None;
+        }
+        self.post_control(env, modify.as_bytes());
+        bus::Reply::Accepted
+    }
+
+    fn buffer_index(&self, d: usize, buffer: u8) -> Option<usize> {
+        let index = buffer as usize;
+        (index < self.drivers[d].wiring.buffers.len().min(MAX_BUFFERS)).then_some(index)
+    }
+
     pub(crate) fn serve(
         &mut self,
         env: &mut dyn Env,
@@ -223,7 +293,57 @@ impl Vmbus {
                 }
                 bus::Reply::Accepted
             }
+            (bus::Request::Buffer { buffer }, Some(d)) => match self.buffer_index(d, buffer) {
+                Some(b) => bus::Reply::Buffer(bus::BufferInfo {
+                    state: self.buffer_state(d, b),
+                    bytes: env
+                        .region_address(self.drivers[d].wiring.buffers[b])
+                        .map_or(0, |address| address.len as u64),
+                }),
+                None => bus::Reply::Refused(bus::Refusal::NoSuchBuffer),
+            },
+            (bus::Request::Interrupt, Some(d)) => {
+                let channel = self.drivers[d].channel.as_ref();
+                bus::Reply::Interrupt(bus::InterruptInfo {
+                    target_vp: channel.map_or(0, |c| c.target_vp),
+                    retargeting: channel.and_then(|c| c.retargeting),
+                    refused: channel.and_then(|c| c.retarget_refused),
+                })
+            }
             (_, Some(_)) if unloading => bus::Reply::Refused(bus::Refusal::Unavailable),
+            (bus::Request::Retarget { target_vp }, Some(d)) => self.retarget(env, d, target_vp),
+            (bus::Request::CreateGpadl { buffer }, Some(d)) => {
+                let Some(b) = self.buffer_index(d, buffer) else {
+                    return bus::Reply::Refused(bus::Refusal::NoSuchBuffer);
+                };
+                let ready = self.presented(d) == ChannelState::Open
+                    && matches!(
+                        self.buffer_state(d, b),
+                        BufferState::Absent | BufferState::Failed { .. }
+                    );
+                if !ready {
+                    return bus::Reply::Refused(bus::Refusal::WrongState);
+                }
+                let record = &mut self.channel_mut(d).buffers[b];
+                record.wanted = true;
+                record.failed = None;
+                self.reconcile(env, d);
+                bus::Reply::Accepted
+            }
+            (bus::Request::TeardownGpadl { buffer }, Some(d)) => {
+                let Some(b) = self.buffer_index(d, buffer) else {
+                    return bus::Reply::Refused(bus::Refusal::NoSuchBuffer);
+                };
+                if !matches!(
+                    self.buffer_state(d, b),
+                    BufferState::Creating | BufferState::Created { .. }
+                ) {
+                    return bus::Reply::Refused(bus::Refusal::WrongState);
+                }
+                self.channel_mut(d).buffers[b].wanted = false;
+                self.reconcile(env, d);
+                bus::Reply::Accepted
+            }
             (bus::Request::Open { user_data }, Some(d)) => {
                 match self.presented(d) {
                     ChannelState::Offered | ChannelState::Failed { .. } => {}
@@ -232,6 +352,9 @@ impl Vmbus {
                 let channel = self.channel_mut(d);
                 channel.want_open = true;
                 channel.failed = None;
+                for buffer in channel.buffers.iter_mut() {
+                    buffer.failed = None;
+                }
                 channel.user_data = user_data;
                 self.reconcile(env, d);
                 bus::Reply::Accepted

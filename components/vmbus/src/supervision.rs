@@ -52,6 +52,10 @@ impl Vmbus {
         if let Some(channel) = driver.channel.as_mut() {
             channel.want_open = false;
             channel.failed = None;
+            // The new instance starts with no buffer shared.
+            channel.buffers = [BufferRecord::default(); MAX_BUFFERS];
+            channel.target_vp = 0;
+            channel.retarget_refused = None;
         }
         let name = driver.wiring.name;
         let child = driver.wiring.child;

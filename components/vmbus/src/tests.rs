@@ -29,6 +29,8 @@ const V5_3: ProtocolVersion = ProtocolVersion::V5_3;
 struct FakeSynic {
     posted: StdVec<(u32, StdVec<u8>)>,
     bound: BTreeMap<u32, (u32, String)>,
+    /// Each Bind's (monitor id, interrupt page bit), by relid.
+    signalling: BTreeMap<u32, (Option<u8>, bool)>,
     unbinds: StdVec<u32>,
     /// Relids vmbus announced as opening (before OpenChannel).
     opening: StdVec<u32>,
@@ -36,6 +38,8 @@ struct FakeSynic {
     invalid_connections: StdVec<u32>,
     /// The next this-many posts answer InsufficientBuffers.
     full_posts: usize,
+    /// If set: this many more posts are taken, then the port is full.
+    port_room: Option<usize>,
     refuse_binds: bool,
     restores: usize,
 }
@@ -56,23 +60,52 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
     let mut env = EnvDouble::new();
     assert_eq!(env.add_region(8192, true), regions::SYNIC_MESSAGES);
     assert_eq!(
-        env.add_region_address_only(8192, MONITOR_GPA),
+        env.add_region_address_only(12288, MONITOR_GPA),
         regions::MONITOR_PAGES
     );
     assert_eq!(env.add_region(4096, true), regions::VMBUS_SESSION);
     let ring_names = [
-        regions::HEARTBEAT_RING,
-        regions::SHUTDOWN_RING,
-        regions::TIMESYNC_RING,
-        regions::KVP_RING,
+        [
+            regions::HEARTBEAT_RING_OUT_CONTROL,
+            regions::HEARTBEAT_RING_OUT,
+            regions::HEARTBEAT_RING_IN_CONTROL,
+            regions::HEARTBEAT_RING_IN,
+        ],
+        [
+            regions::SHUTDOWN_RING_OUT_CONTROL,
+            regions::SHUTDOWN_RING_OUT,
+            regions::SHUTDOWN_RING_IN_CONTROL,
+            regions::SHUTDOWN_RING_IN,
+        ],
+        [
+            regions::TIMESYNC_RING_OUT_CONTROL,
+            regions::TIMESYNC_RING_OUT,
+            regions::TIMESYNC_RING_IN_CONTROL,
+            regions::TIMESYNC_RING_IN,
+        ],
+        [
+            regions::KVP_RING_OUT_CONTROL,
+            regions::KVP_RING_OUT,
+            regions::KVP_RING_IN_CONTROL,
+            regions::KVP_RING_IN,
+        ],
     ];
-    for (i, name) in ring_names.iter().enumerate() {
-        let size = if i == 3 { kvp_ring } else { 32768 };
-        // Known by address only, as the description grants it: any
-        // `env.region` of a ring would panic.
-        assert_eq!(env.add_region_address_only(size, RING_GPAS[i]), *name);
+    for (i, names) in ring_names.iter().enumerate() {
+        let total = if i == 3 { kvp_ring } else { 32768 };
+        let out_bytes = ids::drivers::DRIVERS[i].ring_out_bytes;
+        // Back to back in guest memory, so the GPADL's PFNs are one run:
+        // out control, out data, in control, in data.
+        let sizes = [4096, out_bytes - 4096, 4096, total - out_bytes - 4096];
+        let mut gpa = RING_GPAS[i];
+        for (name, size) in names.iter().zip(sizes) {
+            // Known by address only, as the description grants it: any
+            // `env.region` of a ring would panic.
+            assert_eq!(env.add_region_address_only(size, gpa), *name);
+            gpa += size as u64;
+        }
     }
-    let rings = ring_names.map(|name| env.test_view(name));
+    // What the tests look at: each driver's out control page.
+    let rings = ring_names.map(|names| env.test_view(names[0]));
     let synic = Rc::new(RefCell::new(FakeSynic::default()));
     setup(&mut synic.borrow_mut());
     let fake = synic.clone();
@@ -92,6 +125,11 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                         fake.full_posts -= 1;
                         return synic::Reply::HypercallFailed { status: 0x13 };
                     }
+                    match fake.port_room {
+                        Some(0) => return synic::Reply::HypercallFailed { status: 0x13 },
+                        Some(room) => fake.port_room = Some(room - 1),
+                        None => {}
+                    }
                     fake.posted.push((connection_id, payload.to_vec()));
                     synic::Reply::Done
                 }
@@ -99,7 +137,11 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     relid,
                     connection_id,
                     driver,
+                    monitor_id,
+                    interrupt_page_bit,
                 } => {
+                    fake.signalling
+                        .insert(relid, (monitor_id, interrupt_page_bit));
                     if fake.refuse_binds {
                         return synic::Reply::HypercallFailed { status: 0xFFFF };
                     }
@@ -377,8 +419,8 @@ fn fallback_5_3_to_4_0_skips_5_x_on_invalid_connection_id() {
     assert_eq!(contact.version_requested.get(), ProtocolVersion::V4_1.0);
     assert_eq!(
         contact.interrupt_page_or_target_info.get(),
-        0,
-        "no msg_sint before 5.0"
+        MONITOR_GPA + 8192,
+        "before 5.0: the interrupt page, not a msg_sint"
     );
     rig.version_response(false, 0);
     let posted = rig.posted();
@@ -1362,4 +1404,504 @@ fn a_flood_of_unclaimed_offers_is_bounded() {
     // The drivers still get their devices.
     rig.offer(500, class::KVP, instance(4));
     assert_eq!(rig.state(3), ChannelState::Offered);
+}
+
+// ---- data buffers ----
+
+const BUFFER_GPA: u64 = 0x80_0000;
+
+impl Rig {
+    /// Give VSC `d` data buffers of these sizes (pages), granted by
+    /// address only, consecutive from `BUFFER_GPA`.
+    fn with_buffers(&mut self, d: usize, pages: &[usize]) {
+        let mut gpa = BUFFER_GPA;
+        let mut names = StdVec::new();
+        for &count in pages {
+            names.push(self.env.add_region_address_only(count * PAGE, gpa));
+            gpa += (count * PAGE) as u64 + 0x10_0000;
+        }
+        self.bus.drivers[d].wiring.buffers = std::boxed::Box::leak(names.into_boxed_slice());
+    }
+
+    fn buffer(&mut self, d: usize, buffer: u8) -> bus::BufferInfo {
+        match self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Buffer { buffer },
+        ) {
+            bus::Reply::Buffer(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn create_gpadl(&mut self, d: usize, buffer: u8) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::CreateGpadl { buffer },
+        )
+    }
+
+    fn teardown_gpadl(&mut self, d: usize, buffer: u8) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::TeardownGpadl { buffer },
+        )
+    }
+
+    /// The GPADL messages posted since the last look: (id, PFNs in order).
+    fn posted_gpadl(&mut self) -> (u32, u32, StdVec<u64>) {
+        let mut id = None;
+        let mut relid = 0;
+        let mut pfns = StdVec::new();
+        for (_, message) in self.posted() {
+            match message {
+                ChannelMessage::GpadlHeader(header) => {
+                    assert!(id.is_none(), "one header");
+                    id = Some(header.fixed.gpadl_id.get());
+                    relid = header.fixed.child_relid.get();
+                    // The range word, then PFNs.
+                    pfns.extend(header.words.iter().skip(1));
+                }
+                ChannelMessage::GpadlBody(body) => {
+                    assert_eq!(Some(body.fixed.gpadl_id.get()), id);
+                    pfns.extend(body.pfns.iter());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        (id.expect("a header"), relid, pfns)
+    }
+}
+
+#[test]
+fn a_data_buffer_gets_a_gpadl_while_open_and_loses_it_on_close() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[64]);
+    assert_eq!(
+        rig.create_gpadl(3, 0),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "only while the channel is open"
+    );
+    let ring = rig.open_fully(3);
+    assert_eq!(
+        rig.create_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::NoSuchBuffer)
+    );
+    assert_eq!(
+        rig.buffer(3, 0),
+        bus::BufferInfo {
+            state: bus::BufferState::Absent,
+            bytes: 64 * 4096
+        }
+    );
+    rig.env.notified.clear();
+    assert_eq!(rig.create_gpadl(3, 0), bus::Reply::Accepted);
+    let (id, relid, pfns) = rig.posted_gpadl();
+    assert_eq!(relid, 4);
+    assert_ne!(id, ring);
+    let expected: StdVec<u64> = (0..64).map(|p| (BUFFER_GPA >> 12) + p).collect();
+    assert_eq!(pfns, expected);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Creating);
+    assert_eq!(
+        rig.create_gpadl(3, 0),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Created { gpadl_id: id }
+    );
+    let event = rig.bus.drivers[3].wiring.event;
+    assert!(rig.env.notified.contains(&event), "the VSC hears of it");
+    // Close: the channel closes, then both GPADLs go together.
+    let call_end = rig.bus.drivers[3].wiring.call;
+    assert_eq!(
+        rig.request(call_end, bus::Request::Close),
+        bus::Reply::Accepted
+    );
+    let posted = rig.posted();
+    let torn: StdVec<u32> = posted
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ChannelMessage::GpadlTeardown(t) => Some(t.gpadl_id.get()),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(posted[0], (4, ChannelMessage::CloseChannel(_))));
+    assert_eq!(torn, [id, ring], "{posted:?}");
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::TearingDown);
+    rig.torndown(ring);
+    assert_eq!(
+        rig.state(3),
+        ChannelState::Closing,
+        "the buffer is still out"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.state(3), ChannelState::Offered);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
+    // Reopened, the buffer is not shared until the VSC asks again.
+    rig.open_fully(3);
+    assert!(rig.posted().is_empty());
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
+    assert_eq!(rig.rejected(), 0);
+}
+
+#[test]
+fn a_vsc_tears_its_buffer_down_and_may_share_it_again() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[4, 8]);
+    rig.open_fully(3);
+    assert_eq!(
+        rig.teardown_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    assert_eq!(rig.create_gpadl(3, 1), bus::Reply::Accepted);
+    let (id, _, pfns) = rig.posted_gpadl();
+    assert_eq!(pfns[0], (BUFFER_GPA + 4 * 4096 + 0x10_0000) >> 12);
+    // Torn down while being created: it goes once the host has it.
+    assert_eq!(rig.teardown_gpadl(3, 1), bus::Reply::Accepted);
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::Creating);
+    rig.gpadl_created(4, id, 0);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::GpadlTeardown(t))] => assert_eq!(t.gpadl_id.get(), id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::TearingDown);
+    assert_eq!(
+        rig.create_gpadl(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "not while the host still holds it"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.buffer(3, 1).state, bus::BufferState::Absent);
+    assert_eq!(rig.state(3), ChannelState::Open, "the channel stays open");
+    assert_eq!(rig.create_gpadl(3, 1), bus::Reply::Accepted);
+    let (again, _, _) = rig.posted_gpadl();
+    assert_ne!(again, id, "ids are never reused");
+    assert_eq!(rig.rejected(), 0);
+}
+
+#[test]
+fn a_buffer_the_host_refuses_reports_its_status_and_may_be_asked_again() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[16]);
+    rig.open_fully(3);
+    rig.create_gpadl(3, 0);
+    let (id, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, id, 0xC000_009A);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Failed {
+            status: 0xC000_009A
+        }
+    );
+    assert_eq!(rig.state(3), ChannelState::Open);
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(rig.rejected(), 1, "a second answer for a retired id");
+    assert_eq!(rig.create_gpadl(3, 0), bus::Reply::Accepted);
+    let (again, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, again, 0);
+    assert_eq!(
+        rig.buffer(3, 0).state,
+        bus::BufferState::Created { gpadl_id: again }
+    );
+}
+
+#[test]
+fn a_large_buffer_streams_its_bodies_as_the_host_takes_them() {
+    // 8190 pages: 1 header + 292 bodies, far more than the outbox holds.
+    let pages = vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS;
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[pages]);
+    rig.open_fully(3);
+    // The port stays full for this request (it is retried once at its end).
+    rig.synic.borrow_mut().full_posts = 2;
+    rig.create_gpadl(3, 0);
+    assert!(rig.posted().is_empty(), "the host's port is full");
+    assert_eq!(rig.bus.counters().posts_deferred, 2);
+    // The host drains its port; the next event posts the rest in order.
+    rig.bus.notified(&mut rig.env, ChannelSet::EMPTY);
+    let (id, _, pfns) = rig.posted_gpadl();
+    let expected: StdVec<u64> = (0..pages as u64).map(|p| (BUFFER_GPA >> 12) + p).collect();
+    assert_eq!(pfns, expected);
+    assert_eq!(rig.bus.counters().posts_failed, 0);
+    rig.gpadl_created(4, id, 0);
+    assert_eq!(
+        rig.buffer(3, 0),
+        bus::BufferInfo {
+            state: bus::BufferState::Created { gpadl_id: id },
+            bytes: (pages * 4096) as u64
+        }
+    );
+}
+
+#[test]
+fn a_rescind_while_a_buffer_is_created_stops_its_bodies_and_releases_after_teardown() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[1000, 4]);
+    let ring = rig.open_fully(3);
+    rig.create_gpadl(3, 1);
+    let (small, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, small, 0);
+    // The big one gets its header and 2 bodies out before the rescind.
+    rig.synic.borrow_mut().port_room = Some(3);
+    rig.create_gpadl(3, 0);
+    let first = rig.posted();
+    assert_eq!(first.len(), 3);
+    let big = match &first[0] {
+        (_, ChannelMessage::GpadlHeader(h)) => h.fixed.gpadl_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.synic.borrow_mut().port_room = None;
+    rig.rescind(4);
+    // The created GPADLs (ring, small buffer) are torn down; the one
+    // being created was dropped by the host with the channel.
+    let posted = rig.posted();
+    let mut torn: StdVec<u32> = posted
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ChannelMessage::GpadlTeardown(t) => Some(t.gpadl_id.get()),
+            _ => None,
+        })
+        .collect();
+    torn.sort();
+    assert_eq!(torn, [ring, small], "{posted:?}");
+    assert!(!posted.iter().any(|(_, m)| matches!(
+        m,
+        ChannelMessage::GpadlBody(_) | ChannelMessage::CloseChannel(_)
+    )));
+    rig.gpadl_created(4, big, 0);
+    assert_eq!(rig.rejected(), 1, "the dropped GPADL's late answer");
+    rig.torndown(ring);
+    assert!(
+        rig.posted().is_empty(),
+        "not released while a buffer is out"
+    );
+    rig.torndown(small);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::RelIdReleased(_))]
+    ));
+}
+
+#[test]
+fn a_fault_tears_the_buffers_down_before_the_restart() {
+    let mut rig = Rig::offered();
+    rig.with_buffers(3, &[4]);
+    let ring = rig.open_fully(3);
+    rig.create_gpadl(3, 0);
+    let (id, _, _) = rig.posted_gpadl();
+    rig.gpadl_created(4, id, 0);
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    let posted = rig.posted();
+    assert_eq!(
+        posted
+            .iter()
+            .filter(|(_, m)| matches!(m, ChannelMessage::GpadlTeardown(_)))
+            .count(),
+        2,
+        "{posted:?}"
+    );
+    rig.torndown(ring);
+    assert!(
+        rig.env.restarted.is_empty(),
+        "the buffer is still the host's"
+    );
+    rig.torndown(id);
+    assert_eq!(rig.env.restarted, [children::KVP]);
+    rig.open_fully(3);
+    assert_eq!(rig.buffer(3, 0).state, bus::BufferState::Absent);
+}
+
+// ---- target VP ----
+
+impl Rig {
+    fn retarget(&mut self, d: usize, target_vp: u32) -> bus::Reply {
+        self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Retarget { target_vp },
+        )
+    }
+
+    fn interrupt(&mut self, d: usize) -> bus::InterruptInfo {
+        match self.request(self.bus.drivers[d].wiring.call, bus::Request::Interrupt) {
+            bus::Reply::Interrupt(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn modify_response(&mut self, relid: u32, status: u32) {
+        let mut response = vmbus_protocol::messages::ModifyChannelResponse::empty();
+        response.child_relid = relid.into();
+        response.status = status.into();
+        self.send(response.as_bytes());
+    }
+}
+
+#[test]
+fn retarget_sends_modify_channel_and_5_3_waits_for_the_answer() {
+    let mut rig = Rig::offered();
+    assert_eq!(
+        rig.retarget(3, 1),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "only while open"
+    );
+    let ring = rig.open_fully(3);
+    rig.env.notified.clear();
+    assert_eq!(rig.retarget(3, 1), bus::Reply::Accepted);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::ModifyChannel(m))] => {
+            assert_eq!((m.child_relid.get(), m.target_vp.get()), (4, 1))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 0,
+            retargeting: Some(1),
+            refused: None
+        }
+    );
+    assert_eq!(
+        rig.retarget(3, 2),
+        bus::Reply::Refused(bus::Refusal::WrongState),
+        "one at a time"
+    );
+    rig.modify_response(3, 0);
+    assert_eq!(rig.rejected(), 1, "an answer for another relid");
+    rig.modify_response(4, 0);
+    assert_eq!(rig.interrupt(3).target_vp, 1);
+    assert!(rig.env.notified.contains(&rig.bus.drivers[3].wiring.event));
+    rig.modify_response(4, 0);
+    assert_eq!(rig.rejected(), 2, "a repeated answer");
+    // A refusal leaves the target where it was.
+    rig.retarget(3, 7);
+    rig.posted();
+    rig.modify_response(4, 0xC000_000D);
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: Some(0xC000_000D)
+        }
+    );
+    // A reopen opens on the target VP.
+    let call_end = rig.bus.drivers[3].wiring.call;
+    rig.request(call_end, bus::Request::Close);
+    rig.posted();
+    rig.torndown(ring);
+    let gpadl = rig.begin_open(3);
+    rig.gpadl_created(4, gpadl, 0);
+    match &rig.posted()[..] {
+        [(4, ChannelMessage::OpenChannel(open))] => assert_eq!(open.target_vp.get(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn before_5_3_a_retarget_is_taken_as_done_and_before_4_1_refused() {
+    // 4.1: connection 4 does not exist, 4.1 accepted.
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.retarget(3, 1), bus::Reply::Accepted);
+    assert!(matches!(
+        rig.posted()[..],
+        [(1, ChannelMessage::ModifyChannel(_))]
+    ));
+    assert_eq!(
+        rig.interrupt(3),
+        bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: None
+        }
+    );
+    // 4.0: no ModifyChannel at all.
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(false, 0);
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.state(3), ChannelState::Open);
+    assert_eq!(
+        rig.retarget(3, 1),
+        bus::Reply::Refused(bus::Refusal::Unsupported)
+    );
+    assert!(rig.posted().is_empty());
+}
+
+// ---- monitor pages ----
+
+#[test]
+fn an_offers_monitor_id_and_interrupt_mode_reach_synic_at_bind() {
+    let mut rig = rig();
+    rig.connect();
+    // Heartbeat monitored (id 70), with a dedicated interrupt; KVP neither.
+    let mut offer = OfferChannel::empty();
+    offer.interface_type = WireGuid::from_uuid(class::HEARTBEAT);
+    offer.interface_instance = WireGuid::from_uuid(instance(1));
+    offer.child_relid = 1.into();
+    offer.connection_id = 0x1_0001.into();
+    offer.monitor_id = 70;
+    offer.monitor_allocated = 1;
+    offer.is_dedicated_interrupt = 1.into();
+    rig.send(offer.as_bytes());
+    rig.offer(4, class::KVP, instance(4));
+    rig.all_offers_delivered();
+    rig.open_fully(0);
+    rig.open_fully(3);
+    let signalling = rig.synic.borrow().signalling.clone();
+    assert_eq!(signalling[&1], (Some(70), false));
+    // 5.3: the host was told no interrupt page, so no bit in it.
+    assert_eq!(signalling[&4], (None, false));
+    // A monitor id beyond the page is a hostile offer.
+    let mut bad = OfferChannel::empty();
+    bad.child_relid = 9.into();
+    bad.monitor_id = 128;
+    bad.monitor_allocated = 1;
+    rig.send(bad.as_bytes());
+    assert_eq!(rig.rejected(), 1);
+}
+
+#[test]
+fn before_5_0_a_channel_without_a_dedicated_interrupt_marks_the_interrupt_page() {
+    let mut rig = rig_with(32768, |synic| synic.invalid_connections.push(4));
+    rig.posted();
+    rig.version_response(true, 0);
+    rig.posted();
+    rig.offer_all();
+    assert_eq!(rig.open(3), bus::Reply::Accepted);
+    rig.posted();
+    let gpadl = rig.bus.drivers[3].channel.as_ref().unwrap().gpadl.unwrap();
+    rig.gpadl_created(4, gpadl, 0);
+    let open_id = match &rig.posted()[..] {
+        [(1, ChannelMessage::OpenChannel(open))] => open.open_id.get(),
+        other => panic!("{other:?}"),
+    };
+    rig.open_result(4, open_id, 0);
+    assert_eq!(rig.synic.borrow().signalling[&4], (None, true));
 }

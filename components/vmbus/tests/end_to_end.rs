@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use synic::Synic;
-use vmbus::ids::{channels as bus_channels, children};
+use vmbus::ids::{self as bus_ids, channels as bus_channels, children};
 use vmbus::Vmbus;
 use vmbus_ipc::bus::{self, ChannelState};
 use vmbus_protocol::ProtocolVersion;
@@ -141,6 +141,7 @@ impl Guest {
                 Some(HYPERCALL_PAGES),
             ),
             queue_region,
+            region(&arena, MONITOR_PAGES as usize, 12288, Some(MONITOR_PAGES)),
         ]);
         let host = sim.clone();
         synic_env.on_call(synic::channels::HYPERVISOR, move |message, reply| {
@@ -168,10 +169,17 @@ impl Guest {
         let synic_component = Synic::init(&mut synic_env);
         let synic = Rc::new(RefCell::new((synic_component, synic_env)));
 
+        // Each driver's rings as the expansion gives them: out control
+        // page, out data, in control page, in data (back to back here).
         let mut rings = Vec::new();
-        for i in 0..4 {
-            let gpa = RINGS + (i * RING_SIZE) as u64;
-            rings.push(region(&arena, gpa as usize, RING_SIZE, Some(gpa)));
+        for (i, driver) in bus_ids::drivers::DRIVERS.iter().enumerate().take(4) {
+            let out = driver.ring_out_bytes;
+            let sizes = [4096, out - 4096, 4096, RING_SIZE - out - 4096];
+            let mut gpa = RINGS + (i * RING_SIZE) as u64;
+            for size in sizes {
+                rings.push(region(&arena, gpa as usize, size, Some(gpa)));
+                gpa += size as u64;
+            }
         }
         // As the description grants them: the queue mapped, the monitor
         // pages and the rings by address only (the bus manager maps none).
@@ -179,7 +187,7 @@ impl Guest {
         bus_env.add_region_address_over(region(
             &arena,
             MONITOR_PAGES as usize,
-            8192,
+            12288,
             Some(MONITOR_PAGES),
         ));
         // vmbus's private session record, kept across its restarts.
@@ -843,4 +851,203 @@ fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
         numbers[0] > 1000 && numbers[1] > 1000,
         "views and lines held back: {last}"
     );
+}
+
+/// KVP's data buffers in the arena: 512 KiB and 128 KiB, after the rings.
+const BUFFERS: [(u64, usize); 2] = [(0x4_0000, 0x8_0000), (0xC_0000, 0x2_0000)];
+
+impl Guest {
+    /// Give KVP the two data buffers (by address only, as the
+    /// description grants them).
+    fn with_kvp_buffers(&mut self) {
+        let arena = self.sim.borrow().host.memory.0;
+        let names: Vec<component_api::RegionName> = BUFFERS
+            .iter()
+            .map(|(gpa, len)| {
+                self.bus_env.add_region_address_over(region(
+                    &arena,
+                    *gpa as usize,
+                    *len,
+                    Some(*gpa),
+                ))
+            })
+            .collect();
+        self.bus.give_buffers_for_tests(3, Vec::leak(names));
+    }
+
+    fn buffer(&mut self, buffer: u8) -> bus::BufferState {
+        match self.request(Guest::vsc_end(3), bus::Request::Buffer { buffer }) {
+            bus::Reply::Buffer(info) => info.state,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn data_buffers_are_shared_up_to_the_hosts_limit_and_never_leaked() {
+    // The rings (4 x 32 KiB) and the first buffer fit; the second does not.
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        gpadl_memory_limit: 4 * RING_SIZE as u64 + BUFFERS[0].1 as u64 + 0x1_0000,
+        ..ServerConfig::default()
+    });
+    guest.with_kvp_buffers();
+    guest.open_all();
+    let kvp = Guest::vsc_end(3);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 0 }),
+        bus::Reply::Accepted
+    );
+    let bus::BufferState::Created { gpadl_id } = guest.buffer(0) else {
+        panic!("{:?}\n{}", guest.buffer(0), guest.bus_env.console);
+    };
+    let created = guest.sim.borrow().vmbus.gpadl_bytes();
+    assert_eq!(created, 4 * RING_SIZE as u64 + BUFFERS[0].1 as u64);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.buffer(1),
+        bus::BufferState::Failed {
+            status: hvsim::vmbus::STATUS_QUOTA_EXCEEDED
+        }
+    );
+    // The VSC gives the first back and shares the second instead.
+    assert_eq!(
+        guest.request(kvp, bus::Request::TeardownGpadl { buffer: 0 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(guest.buffer(0), bus::BufferState::Absent);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert!(
+        matches!(guest.buffer(1), bus::BufferState::Created { gpadl_id: id } if id != gpadl_id)
+    );
+    // A fault: every GPADL of the channel goes before the restart.
+    guest
+        .bus
+        .fault(&mut guest.bus_env, children::KVP, Fault::Panic);
+    guest.pump();
+    assert_eq!(guest.bus_env.restarted, [children::KVP]);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_bytes(),
+        3 * RING_SIZE as u64,
+        "only the other rings are still shared"
+    );
+    guest.open(3);
+    assert_eq!(guest.buffer(1), bus::BufferState::Absent);
+    assert_eq!(
+        guest.request(kvp, bus::Request::CreateGpadl { buffer: 1 }),
+        bus::Reply::Accepted
+    );
+    assert!(matches!(guest.buffer(1), bus::BufferState::Created { .. }));
+    // Unload: nothing is left for the host to find.
+    assert_eq!(
+        guest.request(
+            bus_channels::CLIENT,
+            bus::Request::Unload {
+                power_off_code: Some(0)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    assert_eq!(guest.bus_env.powered_off, Some(0));
+    let sim = guest.sim.borrow();
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+    assert_eq!(sim.vmbus.stats.gpadls_over_limit, 1);
+    assert_eq!(sim.vmbus.gpadl_count(), 0);
+}
+
+#[test]
+fn a_retarget_moves_the_channel_at_the_host_and_a_reopen_keeps_it() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        vp_count: 2,
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let kvp = Guest::vsc_end(3);
+    let relid = guest.info(3).relid;
+    assert_eq!(
+        guest.request(kvp, bus::Request::Retarget { target_vp: 1 }),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.request(kvp, bus::Request::Interrupt),
+        bus::Reply::Interrupt(bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: None
+        })
+    );
+    assert_eq!(guest.sim.borrow().vmbus.target_vp(relid), Some(1));
+    // VP 2 does not exist: the host says so, nothing moves.
+    guest.request(kvp, bus::Request::Retarget { target_vp: 2 });
+    assert_eq!(
+        guest.request(kvp, bus::Request::Interrupt),
+        bus::Reply::Interrupt(bus::InterruptInfo {
+            target_vp: 1,
+            retargeting: None,
+            refused: Some(hvsim::vmbus::STATUS_INVALID_PARAMETER)
+        })
+    );
+    assert_eq!(
+        guest.request(kvp, bus::Request::Close),
+        bus::Reply::Accepted
+    );
+    guest.open(3);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    assert_eq!(guest.sim.borrow().vmbus.target_vp(relid), Some(1));
+    assert_eq!(guest.bus.counters().rejected, 0);
+}
+
+#[test]
+fn a_monitored_channel_is_signalled_through_the_monitor_page_the_host_scans() {
+    let mut devices = ic_devices();
+    devices[3].monitored = true;
+    let mut guest = Guest::boot(ServerConfig {
+        devices,
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let kvp = guest.info(3).connection_id;
+    let heartbeat = guest.info(0).connection_id;
+    let signal = |guest: &mut Guest, caller: Channel, connection_id: u32| {
+        let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(
+            &vmbus_ipc::synic::Request::SignalHost { connection_id },
+        );
+        let mut reply = [0u8; 64];
+        let mut guard = guest.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        component
+            .protected(env, caller, &message, &mut reply)
+            .map(|used| env_double::decode_reply::<vmbus_ipc::synic::Synic>(&reply[..used]))
+    };
+    assert_eq!(
+        signal(&mut guest, synic::channels::KVP_CALL, kvp),
+        Ok(vmbus_ipc::synic::Reply::Done)
+    );
+    assert_eq!(
+        signal(&mut guest, synic::channels::HEARTBEAT_CALL, heartbeat),
+        Ok(vmbus_ipc::synic::Reply::Done)
+    );
+    guest.pump();
+    let sim = guest.sim.borrow();
+    assert_eq!(sim.vmbus.stats.monitor_signals, 1, "kvp's, by the page");
+    assert_eq!(sim.vmbus.stats.hypercall_signals_on_monitored, 0);
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+    let synic_status = guest.synic.borrow().0.status();
+    assert_eq!(synic_status.monitor_signals, 1);
+    assert_eq!(synic_status.signals_sent, 2, "heartbeat's by hypercall");
 }

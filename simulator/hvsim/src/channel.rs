@@ -16,6 +16,7 @@
 //! `vmbus-ring` because the host must also be able to break the rules on
 //! purpose (bad indices, malformed packets), which that crate prevents.
 
+use crate::data_path::{self, ChannelGpadls, HostReceiveBuffer, ResolvedRange};
 use crate::vmbus::DeviceKind;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
@@ -28,7 +29,7 @@ use vmbus_protocol::ic::{
 };
 use vmbus_protocol::packet::{
     control, descriptor_for, parse_packet, PacketDescriptor, PacketKind, PacketType,
-    DESCRIPTOR_SIZE, TRAILER_SIZE,
+    TransferPageHeader, TransferPageRange, DESCRIPTOR_SIZE, TRAILER_SIZE,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -146,6 +147,13 @@ pub struct ReceivedPacket {
     pub transaction_id: u64,
     pub completion_requested: bool,
     pub payload: Vec<u8>,
+    /// A GPA-direct packet's ranges, resolved through the channel's GPADLs.
+    pub ranges: Vec<ResolvedRange>,
+    /// The guest memory those ranges describe, read as a device would.
+    pub data: Vec<u8>,
+    /// A range named a page outside every GPADL of the channel: nothing
+    /// was read and the packet is not completed.
+    pub outside_gpadls: bool,
 }
 
 /// Counters of one channel.
@@ -170,6 +178,12 @@ pub struct ChannelStats {
     /// Steps with deferred sends that did not retry them: the host waits
     /// for the guest's signal (the guest announced pending_send_sz).
     pub waits_for_space_signal: u64,
+    /// GPA-direct packets whose ranges all resolved.
+    pub gpa_direct_received: u64,
+    /// Rule violation: a GPA-direct range naming a page outside every
+    /// GPADL the guest created for the channel.
+    pub gpa_outside_gpadls: u64,
+    pub transfer_pages_sent: u64,
 }
 
 /// The last heartbeat the guest answered.
@@ -257,6 +271,12 @@ pub struct ChannelEndpoint {
     pub stats: ChannelStats,
     pub received: VecDeque<ReceivedPacket>,
     pub ic: IcState,
+    /// The channel's created GPADLs other than the ring (the server keeps
+    /// this in step with its GPADL records).
+    pub gpadls: ChannelGpadls,
+    /// Where transfer-page packets put their data (set by the device
+    /// protocol, or by tests).
+    pub receive_buffer: Option<HostReceiveBuffer>,
     now_ns: u64,
 }
 
@@ -300,6 +320,8 @@ impl ChannelEndpoint {
                 heartbeat_interval_ns: 1_000_000_000,
                 ..IcState::default()
             },
+            gpadls: ChannelGpadls::default(),
+            receive_buffer: None,
             now_ns,
         };
         // The host starts from the indices the guest left in the control
@@ -543,11 +565,14 @@ impl ChannelEndpoint {
                 return None;
             }
         };
-        let received = ReceivedPacket {
+        let mut received = ReceivedPacket {
             packet_type: descriptor.packet_type.get(),
             transaction_id: packet.transaction_id,
             completion_requested: packet.completion_requested,
             payload: packet.payload.to_vec(),
+            ranges: Vec::new(),
+            data: Vec::new(),
+            outside_gpadls: false,
         };
         if matches!(
             packet.kind,
@@ -558,6 +583,25 @@ impl ChannelEndpoint {
                 "IC channels carry in-band packets only".into(),
             ));
             return None;
+        }
+        if let PacketKind::GpaDirect(ranges) = packet.kind {
+            match data_path::resolve(&self.gpadls, &ranges) {
+                Ok(resolved) => match data_path::read_ranges(memory, &resolved) {
+                    Some(data) => {
+                        self.stats.gpa_direct_received += 1;
+                        received.ranges = resolved;
+                        received.data = data;
+                    }
+                    None => {
+                        self.fail(RingFault::Memory);
+                        return None;
+                    }
+                },
+                Err(_) => {
+                    self.stats.gpa_outside_gpadls += 1;
+                    received.outside_gpadls = true;
+                }
+            }
         }
         self.out_read = (self.out_read + len + TRAILER_SIZE as u32) % size;
         if let Err(fault) = self
@@ -768,6 +812,110 @@ impl ChannelEndpoint {
         }
     }
 
+    /// Sends a transfer-page packet: each chunk is written into the guest's
+    /// receive buffer GPADL (at the host's round-robin cursor) and named by
+    /// one range. `None` if there is no receive buffer or its GPADL is not
+    /// one of the channel's, or the chunks do not fit it; else whether to
+    /// signal the guest.
+    pub fn send_transfer_pages<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+        chunks: &[&[u8]],
+    ) -> Option<bool> {
+        let mut receive = self.receive_buffer?;
+        let pages = self.gpadls.pages(receive.gpadl_id)?.to_vec();
+        let buffer_len = pages.len() as u64 * PAGE_SIZE;
+        let total: u64 = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+        if total > buffer_len || chunks.is_empty() {
+            return None;
+        }
+        let mut ranges = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            if receive.cursor + chunk.len() as u64 > buffer_len {
+                receive.cursor = 0;
+            }
+            data_path::write_into(memory, &pages, receive.cursor, chunk)?;
+            ranges.push((receive.cursor as u32, chunk.len() as u32));
+            receive.cursor += (chunk.len() as u64).div_ceil(8) * 8;
+        }
+        self.receive_buffer = Some(receive);
+        self.stats.transfer_pages_sent += 1;
+        Some(self.send_transfer_ranges(
+            memory,
+            transaction_id,
+            receive.transfer_page_set_id,
+            &ranges,
+        ))
+    }
+
+    /// A transfer-page packet naming `ranges` (offset, count) as they are.
+    fn send_transfer_ranges<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+        transfer_page_set_id: u16,
+        ranges: &[(u32, u32)],
+    ) -> bool {
+        let mut header = TransferPageHeader {
+            transfer_page_set_id: transfer_page_set_id.into(),
+            sender_owns_set: 0,
+            reserved: 0,
+            range_count: (ranges.len() as u32).into(),
+        }
+        .as_bytes()
+        .to_vec();
+        for &(offset, count) in ranges {
+            header.extend_from_slice(
+                TransferPageRange {
+                    byte_count: count.into(),
+                    byte_offset: offset.into(),
+                }
+                .as_bytes(),
+            );
+        }
+        let Some(descriptor) = descriptor_for(
+            PacketType::TransferPages,
+            header.len(),
+            0,
+            transaction_id,
+            true,
+        ) else {
+            return false;
+        };
+        let mut packet = descriptor.as_bytes().to_vec();
+        packet.extend_from_slice(&header);
+        self.send(memory, packet)
+    }
+
+    /// Fault injection: a transfer-page packet whose range runs past the
+    /// end of the receive buffer (a hostile host). `None` without one.
+    pub fn inject_transfer_outside<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+    ) -> Option<bool> {
+        let receive = self.receive_buffer?;
+        let buffer_len = self.gpadls.pages(receive.gpadl_id)?.len() as u64 * PAGE_SIZE;
+        let offset = (buffer_len - 8) as u32;
+        Some(self.send_transfer_ranges(
+            memory,
+            transaction_id,
+            receive.transfer_page_set_id,
+            &[(offset, 64)],
+        ))
+    }
+
+    /// Fault injection: a completion for a transaction ID the guest never
+    /// used (high IDs, far beyond any counter the guest runs).
+    pub fn inject_unknown_completion<M: GuestMemory>(&mut self, memory: &M) -> bool {
+        let id = 0xBAD0_0000_0000_0000 | self.stats.packets_sent;
+        match Self::build_packet(PacketType::Completion, id, false, &[]) {
+            Some(packet) => self.send(memory, packet),
+            None => false,
+        }
+    }
+
     /// Fault injection: raw bytes written as one packet (the write index
     /// advances by their length rounded up to 8, plus the trailer).
     pub fn inject_raw<M: GuestMemory>(&mut self, memory: &M, bytes: &[u8]) -> bool {
@@ -823,8 +971,9 @@ impl ChannelEndpoint {
     /// Handles a guest packet; returns whether to signal the guest.
     fn handle_packet<M: GuestMemory>(&mut self, memory: &M, packet: ReceivedPacket) -> bool {
         if !self.kind.is_ic() {
-            // Generic device: complete what asks for completion.
-            if packet.completion_requested {
+            // Generic device: complete what asks for completion, except a
+            // request that named memory the guest never shared.
+            if packet.completion_requested && !packet.outside_gpadls {
                 return self.send_completion(memory, packet.transaction_id, &[]);
             }
             return false;

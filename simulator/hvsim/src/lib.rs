@@ -12,6 +12,9 @@
 //! - the host end of each open channel ([`channel`]): rings read and
 //!   written like Hyper-V does, unnecessary-signal accounting, and the
 //!   heartbeat, shutdown, time sync and KVP hosts;
+//! - the data-path shapes ([`data_path`]): GPA-direct packets resolved only
+//!   through the channel's GPADLs, transfer-page packets into the guest's
+//!   receive buffer;
 //! - [`sim::Simulator`]: all of it as one machine with the operator and
 //!   fault-injection API.
 //!
@@ -30,6 +33,7 @@
 extern crate alloc;
 
 pub mod channel;
+pub mod data_path;
 pub mod host;
 pub mod hypercall;
 pub mod memory;

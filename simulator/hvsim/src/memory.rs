@@ -18,6 +18,13 @@ impl VecMemory {
         }
     }
 
+    /// The 32-bit word at `gpa` (4-aligned, in range), for an in-process
+    /// guest that shares this memory with the host (ring control words).
+    pub fn word(&self, gpa: u64) -> Option<&AtomicU32> {
+        check_atomic_u32(self.size(), gpa).ok()?;
+        self.words.get(gpa as usize / 4)
+    }
+
     fn byte(&self, index: usize) -> u8 {
         (self.words[index / 4].load(Ordering::SeqCst) >> ((index % 4) * 8)) as u8
     }

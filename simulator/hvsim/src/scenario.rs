@@ -94,6 +94,10 @@ pub struct Scenario {
     /// built for fault injection; the hosted host cannot reach the guest's
     /// processes and only says so: hosted tests kill with SIGKILL).
     pub crash_after_heartbeats: Vec<(u64, String)>,
+    /// The total memory all GPADLs may describe at once, in KiB (Hyper-V:
+    /// about 1280 MiB on Windows Server 2019 and later); a GPADL beyond it
+    /// is refused with STATUS_QUOTA_EXCEEDED.
+    pub gpadl_memory_limit_kib: u64,
 }
 
 impl Default for Scenario {
@@ -118,6 +122,7 @@ impl Default for Scenario {
             kvp_get_after_heartbeats: 0,
             gap_allowance_ms: 250,
             crash_after_heartbeats: Vec::new(),
+            gpadl_memory_limit_kib: 1280 << 10,
         }
     }
 }
@@ -191,6 +196,12 @@ impl Scenario {
             if value.checked_mul(1_000_000).is_none() {
                 return invalid(key, format!("{value} ms is too long"));
             }
+        }
+        if self.gpadl_memory_limit_kib.checked_mul(1024).is_none() {
+            return invalid(
+                "gpadl_memory_limit_kib",
+                format!("{} KiB is too much", self.gpadl_memory_limit_kib),
+            );
         }
         let mut versions = [(0, 0); 2];
         for (slot, (key, value)) in [
@@ -310,7 +321,7 @@ impl Scenario {
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
              kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
-             crash_after_heartbeats: alloc::vec![{}] }}",
+             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -330,6 +341,7 @@ impl Scenario {
                 .map(|(after, name)| format!("({after}, {name:?}.into())"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            self.gpadl_memory_limit_kib,
         )
     }
 }
@@ -416,7 +428,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -463,7 +475,8 @@ mod tests {
             r#"devices: alloc::vec!["heartbeat".into(), "shutdown".into(), "timesync".into(), "kvp".into()],"#,
             r#"kvp_get_guest_key: Some("K".into()),"#,
             "gap_allowance_ms: 250,",
-            "crash_after_heartbeats: alloc::vec![] }",
+            "crash_after_heartbeats: alloc::vec![],",
+            "gpadl_memory_limit_kib: 1310720 }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

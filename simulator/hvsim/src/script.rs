@@ -122,6 +122,8 @@ pub struct Script {
     /// heartbeats were answered (the runner hands them out with
     /// [`ScriptRunner::take_due_crashes`]; the seL4 PD asks the monitor).
     pub crash_after_heartbeats: Vec<(u64, String)>,
+    /// Total bytes all GPADLs may describe at once.
+    pub gpadl_memory_limit: u64,
 }
 
 impl Script {
@@ -160,6 +162,7 @@ impl Script {
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
             crash_after_heartbeats: scenario.crash_after_heartbeats.clone(),
+            gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
         })
     }
 
@@ -175,6 +178,7 @@ impl Script {
                 .collect(),
             min_version: self.min_version,
             max_version: self.max_version,
+            gpadl_memory_limit: self.gpadl_memory_limit,
             ..ServerConfig::default()
         }
     }
@@ -595,6 +599,24 @@ mod tests {
     use super::*;
     use crate::pd::RegionMemory;
     use component_api::Region;
+
+    #[test]
+    fn the_scenarios_gpadl_limit_reaches_the_server() {
+        let scenario =
+            crate::scenario::parse_file("x.hvsim", "gpadl_memory_limit_kib = 64\n").unwrap();
+        let script = Script::from_scenario(&scenario).unwrap();
+        assert_eq!(script.server_config().gpadl_memory_limit, 64 * 1024);
+        assert_eq!(
+            Script::default().server_config().gpadl_memory_limit,
+            1280 << 20,
+            "Hyper-V's limit by default"
+        );
+        let too_much = crate::scenario::parse_file(
+            "x.hvsim",
+            &alloc::format!("gpadl_memory_limit_kib = {}\n", i64::MAX),
+        );
+        assert!(too_much.is_err());
+    }
 
     fn host() -> Simulator<RegionMemory> {
         let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);

@@ -198,6 +198,26 @@ impl<M: GuestMemory> Simulator<M> {
             .is_some()
     }
 
+    /// A transfer-page packet whose range runs past the guest's receive
+    /// buffer (false: no such channel or no receive buffer known).
+    pub fn inject_transfer_outside(&mut self, relid: u32, transaction_id: u64) -> bool {
+        self.with_channel(
+            relid,
+            |e, m| {
+                e.inject_transfer_outside(m, transaction_id)
+                    .unwrap_or(false)
+            },
+            |s| *s,
+        )
+        .is_some()
+    }
+
+    /// A completion for a transaction ID the guest never issued.
+    pub fn inject_unknown_completion(&mut self, relid: u32) -> bool {
+        self.with_channel(relid, |e, m| e.inject_unknown_completion(m), |s| *s)
+            .is_some()
+    }
+
     pub fn instance_relid(&self, instance: Uuid) -> Option<u32> {
         self.vmbus.relid_of(instance)
     }

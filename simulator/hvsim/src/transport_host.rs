@@ -399,6 +399,14 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             (Ok(relid), Ok(len)) => format!("{}", sim.inject_oversized_packet(relid, len)),
             _ => "bad relid or length".into(),
         },
+        ["transfer-outside", relid] => match relid.parse() {
+            Ok(relid) => format!("{}", sim.inject_transfer_outside(relid, 0x7A7A)),
+            _ => "bad relid".into(),
+        },
+        ["unknown-completion", relid] => match relid.parse() {
+            Ok(relid) => format!("{}", sim.inject_unknown_completion(relid)),
+            _ => "bad relid".into(),
+        },
         ["corrupt-index", relid, value] => match (relid.parse(), value.parse()) {
             (Ok(relid), Ok(value)) => format!("{}", sim.corrupt_ring_index(relid, value)),
             _ => "bad relid or value".into(),
@@ -421,7 +429,7 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             sim.vmbus.gpadl_count(),
             sim.vmbus.gpadl_bytes()
         ),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | stats | rejections | gpadls".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls".into(),
     }
 }
 

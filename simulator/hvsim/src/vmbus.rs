@@ -31,8 +31,9 @@ use hyperv_defs::{MONITOR_BITS_PER_GROUP, MONITOR_ID_MAX, PAGE_SIZE};
 use uuid::Uuid;
 use vmbus_protocol::gpadl::GpadlAssembler;
 use vmbus_protocol::messages::{
-    AllOffersDelivered, GpadlCreated, GpadlTorndown, OfferChannel, OfferFlags, OpenChannelResult,
-    RescindChannelOffer, UnloadResponse, VersionResponse, PIPE_MODE_MESSAGE,
+    AllOffersDelivered, GpadlCreated, GpadlTorndown, ModifyChannelResponse, OfferChannel,
+    OfferFlags, OpenChannelResult, RescindChannelOffer, UnloadResponse, VersionResponse,
+    PIPE_MODE_MESSAGE,
 };
 use vmbus_protocol::version::{
     CONNECTION_ID_INITIATE_CONTACT_V5, CONNECTION_ID_LEGACY, VMBUS_MESSAGE_SINT,
@@ -55,6 +56,19 @@ pub const SUPPORTED_VERSIONS: [ProtocolVersion; 8] = [
 /// NTSTATUS STATUS_UNSUCCESSFUL, the failure status of GpadlCreated and
 /// OpenChannelResult.
 pub const STATUS_UNSUCCESSFUL: u32 = 0xC000_0001;
+
+/// NTSTATUS STATUS_QUOTA_EXCEEDED: what Hyper-V answers a GpadlHeader with
+/// when the guest's GPADLs would describe more memory than it allows (Linux
+/// commit "Drivers: hv: vmbus: check the creation_status in
+/// vmbus_establish_gpadl()").
+pub const STATUS_QUOTA_EXCEEDED: u32 = 0xC000_0044;
+
+/// NTSTATUS STATUS_INVALID_PARAMETER: a ModifyChannel to a VP that does
+/// not exist (the simulator's choice of status).
+pub const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
+
+/// GPADL ids dropped with a rescinded channel whose late bodies are ignored.
+const DROPPED_GPADLS_REMEMBERED: usize = 64;
 
 /// The largest GPADL (in 8-byte words of ranges and PFNs) the host assembles.
 pub const MAX_GPADL_WORDS: usize = 8192;
@@ -124,6 +138,16 @@ pub struct ServerConfig {
     pub gpadl_memory_limit: u64,
     /// Control messages handled per step (a slow server fills the port).
     pub messages_per_step: usize,
+    /// Devices (by instance) offered without a dedicated interrupt: before
+    /// 5.0 the guest marks their relid in the interrupt page's send half.
+    pub shared_interrupt: Vec<Uuid>,
+    /// The latency (100 ns units) written into the second monitor page for
+    /// each monitored channel at open: how long the host may take to see
+    /// a pending bit (it looks at every step).
+    pub monitor_latency: u16,
+    /// Virtual processors a channel may target (OpenChannel, ModifyChannel).
+    /// Interrupts still reach the one simulated synic whatever the target.
+    pub vp_count: u32,
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -136,6 +160,9 @@ impl Default for ServerConfig {
             port_capacity: 16,
             gpadl_memory_limit: 1280 << 20,
             messages_per_step: usize::MAX,
+            vp_count: 1,
+            shared_interrupt: Vec::new(),
+            monitor_latency: 100,
             devices: Vec::new(),
         }
     }
@@ -190,7 +217,33 @@ pub struct ServerStats {
     pub gpadls_created: u64,
     pub gpadls_refused: u64,
     pub gpadls_torn_down: u64,
+    /// GPADLs refused because the total would exceed the memory limit
+    /// (also counted in `gpadls_refused`).
+    pub gpadls_over_limit: u64,
+    /// GpadlBody messages for a GPADL dropped with its rescinded channel
+    /// (the guest posted them before it saw the rescind): ignored.
+    pub bodies_after_rescind: u64,
     pub opens_refused: u64,
+    /// ModifyChannel messages that moved a channel to a valid VP.
+    pub channels_retargeted: u64,
+    /// Pending bits of monitored channels taken as signals.
+    pub monitor_signals: u64,
+    /// HvSignalEvent for a monitored channel: allowed (Linux's low-latency
+    /// channels do it), counted.
+    pub hypercall_signals_on_monitored: u64,
+    /// Interrupt-page send-half bits taken for channels without a
+    /// dedicated interrupt (before 5.0).
+    pub interrupt_page_marks: u64,
+    /// What Hyper-V's rules forbid that is not a malformed message (those
+    /// are `messages_rejected`): a GPADL still held at Unload or at
+    /// RelIdReleased (leaked). Each is logged in `violations`.
+    pub rule_violations: u64,
+}
+
+impl Channel {
+    fn dedicated_interrupt(&self, config: &ServerConfig) -> bool {
+        !config.shared_interrupt.contains(&self.device.instance)
+    }
 }
 
 struct Channel {
@@ -201,6 +254,8 @@ struct Channel {
     monitor_id: Option<u8>,
     connection_id: u32,
     endpoint: Option<ChannelEndpoint>,
+    /// The VP its interrupts target (OpenChannel, then ModifyChannel).
+    target_vp: u32,
 }
 
 struct Gpadl {
@@ -219,6 +274,8 @@ struct Connection {
     message_sint: u8,
     message_connection: u32,
     monitor_pages: (u64, u64),
+    /// The interrupt page a pre-5.0 InitiateContact named.
+    interrupt_page: Option<u64>,
 }
 
 struct Delayed {
@@ -234,7 +291,11 @@ pub struct Server {
     pub stats: ServerStats,
     /// Why messages were rejected, newest last (bounded).
     pub rejections: VecDeque<String>,
+    /// Why rules were violated, newest last (bounded).
+    pub violations: VecDeque<String>,
     connection: Option<Connection>,
+    /// GPADLs being assembled when their channel was rescinded.
+    dropped_gpadls: VecDeque<u32>,
     offers_requested: bool,
     channels: BTreeMap<u32, Channel>,
     gpadls: BTreeMap<u32, Gpadl>,
@@ -257,6 +318,8 @@ impl Server {
             faults: Faults::default(),
             stats: ServerStats::default(),
             rejections: VecDeque::new(),
+            violations: VecDeque::new(),
+            dropped_gpadls: VecDeque::new(),
             connection: None,
             offers_requested: false,
             channels: BTreeMap::new(),
@@ -338,6 +401,36 @@ impl Server {
         self.rejections.push_back(why);
     }
 
+    fn violation(&mut self, why: String) {
+        self.stats.rule_violations += 1;
+        if self.violations.len() == 64 {
+            self.violations.pop_front();
+        }
+        self.violations.push_back(why);
+    }
+
+    /// Each GPADL still held for `relid` (any relid if `None`) is a leak.
+    fn count_leaked_gpadls(&mut self, relid: Option<u32>, when: &str) {
+        let leaked: Vec<(u32, u32, u64)> = self
+            .gpadls
+            .iter()
+            .filter(|(_, g)| relid.is_none_or(|r| g.relid == r))
+            .map(|(id, g)| (*id, g.relid, g.bytes))
+            .collect();
+        for (id, relid, bytes) in leaked {
+            self.violation(alloc::format!(
+                "GPADL {id:#x} of relid {relid} ({bytes} bytes) still held at {when}"
+            ));
+        }
+    }
+
+    fn drop_gpadl_being_created(&mut self, id: u32) {
+        if self.dropped_gpadls.len() == DROPPED_GPADLS_REMEMBERED {
+            self.dropped_gpadls.pop_front();
+        }
+        self.dropped_gpadls.push_back(id);
+    }
+
     fn allocate_relid(&mut self) -> u32 {
         // Relids 1..2047 (event flag bits); reuse freed ones.
         let mut relid = self.next_relid;
@@ -372,6 +465,7 @@ impl Server {
                 monitor_id,
                 connection_id: EVENT_CONNECTION_BASE + relid,
                 endpoint: None,
+                target_vp: 0,
             },
         );
         relid
@@ -455,7 +549,11 @@ impl Server {
         }
         offer.chn_flags = flags.bits().into();
         offer.child_relid = relid.into();
-        offer.is_dedicated_interrupt = 1.into();
+        let dedicated = !self
+            .config
+            .shared_interrupt
+            .contains(&channel.device.instance);
+        offer.is_dedicated_interrupt = (dedicated as u16).into();
         offer.connection_id = channel.connection_id.into();
         channel.offered = true;
         self.stats.offers_sent += 1;
@@ -481,6 +579,18 @@ impl Server {
         let offered = channel.offered;
         for gpadl in self.gpadls.values_mut().filter(|g| g.relid == relid) {
             gpadl.in_use = false;
+        }
+        // A GPADL still being assembled goes with the channel (the guest
+        // retires its id); its bodies may still be on the way.
+        let incomplete: Vec<u32> = self
+            .gpadls
+            .iter()
+            .filter(|(_, g)| g.relid == relid && g.assembler.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in incomplete {
+            self.gpadls.remove(&id);
+            self.drop_gpadl_being_created(id);
         }
         if offered && self.connection.is_some() {
             let mut message = RescindChannelOffer::empty();
@@ -530,12 +640,16 @@ impl Server {
 
     fn step_channels<M: GuestMemory>(&mut self, host: &mut Host<M>, now_ns: u64) {
         let monitor_page2 = self.connection.map(|c| c.monitor_pages.1);
+        let interrupt_page = self.connection.and_then(|c| c.interrupt_page);
         let relids: Vec<u32> = self.open_channels();
         for relid in relids {
             let Some(channel) = self.channels.get_mut(&relid) else {
                 continue;
             };
             let mut signals = host.take_signals(channel.connection_id);
+            if channel.monitor_id.is_some() {
+                self.stats.hypercall_signals_on_monitored += signals;
+            }
             if let (Some(monitor_id), Some(page)) = (channel.monitor_id, monitor_page2) {
                 // The guest's monitor page: test-and-clear our pending bit.
                 let group = monitor_id as usize / MONITOR_BITS_PER_GROUP;
@@ -544,7 +658,20 @@ impl Server {
                 if let Ok(old) = host.memory.fetch_and_u32(gpa, !bit) {
                     if old & bit != 0 {
                         signals += 1;
+                        self.stats.monitor_signals += 1;
                     }
+                }
+            }
+            if let (false, Some(page)) = (channel.dedicated_interrupt(&self.config), interrupt_page)
+            {
+                let gpa = page + PAGE_SIZE / 2 + (relid as u64 / 32) * 4;
+                let bit = 1u32 << (relid % 32);
+                if host
+                    .memory
+                    .fetch_and_u32(gpa, !bit)
+                    .is_ok_and(|old| old & bit != 0)
+                {
+                    self.stats.interrupt_page_marks += 1;
                 }
             }
             let Some(endpoint) = channel.endpoint.as_mut() else {
@@ -553,11 +680,73 @@ impl Server {
             let sint = self
                 .connection
                 .map_or(VMBUS_MESSAGE_SINT, |c| c.message_sint);
+            // GPA-direct packets resolve only through the channel's own
+            // created GPADLs (the ring's excluded).
+            let ring_gpadl = endpoint.ring_gpadl;
+            endpoint.gpadls.sync(
+                self.gpadls
+                    .iter()
+                    .filter(|(id, g)| {
+                        g.relid == relid && g.assembler.is_none() && **id != ring_gpadl
+                    })
+                    .map(|(id, g)| (*id, g.pages.as_slice())),
+            );
             let event = endpoint.step(&host.memory, signals, now_ns);
             if event == ChannelEvent::SignalGuest {
                 host.signal_guest(sint, relid as u16);
             }
         }
+        self.stray_monitor_bits(host);
+    }
+
+    /// A pending bit no open monitored channel owns goes nowhere: the
+    /// guest signalled a channel that is not monitored (or not open) the
+    /// monitored way, and on Hyper-V that channel would stall.
+    fn stray_monitor_bits<M: GuestMemory>(&mut self, host: &mut Host<M>) {
+        let Some(page) = self.connection.map(|c| c.monitor_pages.1) else {
+            return;
+        };
+        for group in 0..hyperv_defs::MONITOR_GROUPS {
+            let gpa = page + hyperv_defs::MonitorPage::pending_offset(group) as u64;
+            let Ok(stray) = host.memory.fetch_and_u32(gpa, 0) else {
+                continue;
+            };
+            for bit in 0..MONITOR_BITS_PER_GROUP {
+                if stray & (1 << bit) != 0 {
+                    let id = group * MONITOR_BITS_PER_GROUP + bit;
+                    self.violation(alloc::format!(
+                        "monitor pending bit {id} set for no open monitored channel"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Monitored channels being opened: the host's half of the second
+    /// monitor page (the latency it promises and what the bit stands for).
+    fn write_monitor_parameters<M: GuestMemory>(&self, host: &mut Host<M>, relid: u32) {
+        let (Some(channel), Some(connection)) = (self.channels.get(&relid), self.connection) else {
+            return;
+        };
+        let Some(id) = channel.monitor_id else {
+            return;
+        };
+        let (group, bit) = (
+            id as usize / MONITOR_BITS_PER_GROUP,
+            id as usize % MONITOR_BITS_PER_GROUP,
+        );
+        let page = connection.monitor_pages.1;
+        let index = (group * MONITOR_BITS_PER_GROUP + bit) as u64;
+        let latency =
+            page + core::mem::offset_of!(hyperv_defs::MonitorPage, latency) as u64 + index * 2;
+        let parameter =
+            page + core::mem::offset_of!(hyperv_defs::MonitorPage, parameter) as u64 + index * 8;
+        let _ = host
+            .memory
+            .write(latency, &self.config.monitor_latency.to_le_bytes());
+        let mut entry = [0u8; 8];
+        entry[..4].copy_from_slice(&channel.connection_id.to_le_bytes());
+        let _ = host.memory.write(parameter, &entry);
     }
 
     fn handle<M: GuestMemory>(&mut self, host: &mut Host<M>, port: u32, bytes: &[u8]) {
@@ -627,6 +816,7 @@ impl Server {
                 }
             }
             ChannelMessage::OpenChannel(open) => self.open_channel(host, &open),
+            ChannelMessage::ModifyChannel(modify) => self.modify_channel(host, &modify),
             ChannelMessage::CloseChannel(close) => {
                 let relid = close.child_relid.get();
                 let open = self
@@ -660,6 +850,7 @@ impl Server {
                 if self.gpadls.values().any(|g| g.relid == relid) {
                     // The guest must tear its GPADLs down first; the host
                     // drops them now as Hyper-V does on release.
+                    self.count_leaked_gpadls(Some(relid), "RelIdReleased");
                     self.gpadls.retain(|_, g| g.relid != relid);
                 }
                 self.channels.remove(&relid);
@@ -675,7 +866,9 @@ impl Server {
                 for channel in self.channels.values_mut() {
                     channel.offered = false;
                 }
+                self.count_leaked_gpadls(None, "Unload");
                 self.gpadls.clear();
+                self.dropped_gpadls.clear();
                 self.offers_requested = false;
                 let reply = UnloadResponse::empty();
                 let bytes = reply.as_bytes().to_vec();
@@ -721,7 +914,12 @@ impl Server {
         let supported = SUPPORTED_VERSIONS.contains(&requested)
             && requested >= self.config.min_version
             && requested <= self.config.max_version;
+        // Before 5.0 the field names the interrupt page (0: none).
+        let interrupt_page = (!requested.uses_message_sint())
+            .then(|| contact.interrupt_page_or_target_info.get())
+            .filter(|gpa| *gpa != 0);
         let valid = message_sint < 16
+            && interrupt_page.is_none_or(page_ok)
             && page_ok(monitor_pages.0)
             && page_ok(monitor_pages.1)
             && monitor_pages.0 != monitor_pages.1;
@@ -741,6 +939,7 @@ impl Server {
                 message_sint,
                 message_connection,
                 monitor_pages,
+                interrupt_page,
             });
             response.version_supported = 1;
             response.msg_conn_id = if requested.uses_message_sint() {
@@ -766,11 +965,18 @@ impl Server {
         }
     }
 
-    fn gpadl_created<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32, id: u32, ok: bool) {
+    fn gpadl_created<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        relid: u32,
+        id: u32,
+        status: u32,
+    ) {
+        let ok = status == 0;
         let mut reply = GpadlCreated::empty();
         reply.child_relid = relid.into();
         reply.gpadl_id = id.into();
-        reply.creation_status = if ok { 0 } else { STATUS_UNSUCCESSFUL }.into();
+        reply.creation_status = status.into();
         if ok {
             self.stats.gpadls_created += 1;
         } else {
@@ -798,17 +1004,18 @@ impl Server {
         let id = header.fixed.gpadl_id.get();
         if self.gpadls.contains_key(&id) {
             self.reject(alloc::format!("GPADL id {id:#x} already in use"));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         if !self.channel_accepts_gpadl(relid) {
             self.reject(alloc::format!(
                 "GPADL for relid {relid} that is not offered"
             ));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         if self.rescind_point(RescindPoint::OnGpadlHeader, relid) {
+            self.drop_gpadl_being_created(id);
             self.rescind(host, relid);
             return;
         }
@@ -816,7 +1023,7 @@ impl Server {
             Ok(assembler) => Box::new(assembler),
             Err(error) => {
                 self.reject(alloc::format!("GPADL {id:#x}: {error:?}"));
-                self.gpadl_created(host, relid, id, false);
+                self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
                 return;
             }
         };
@@ -839,6 +1046,10 @@ impl Server {
         body: vmbus_protocol::messages::GpadlBodyMessage,
     ) {
         let id = body.fixed.gpadl_id.get();
+        if self.dropped_gpadls.contains(&id) {
+            self.stats.bodies_after_rescind += 1;
+            return;
+        }
         let Some(assembler) = self.gpadls.get_mut(&id).and_then(|g| g.assembler.as_mut()) else {
             self.reject(alloc::format!(
                 "GpadlBody for GPADL {id:#x} that is not being created"
@@ -849,7 +1060,7 @@ impl Server {
             let relid = assembler.child_relid;
             self.gpadls.remove(&id);
             self.reject(alloc::format!("GPADL {id:#x} body: {error:?}"));
-            self.gpadl_created(host, relid, id, false);
+            self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             return;
         }
         self.try_complete_gpadl(host, id);
@@ -890,29 +1101,29 @@ impl Server {
                 }
             }
         };
-        let result = result.and_then(|(pages, bytes)| {
+        if let Ok((_, bytes)) = &result {
+            // Not a guest error: the guest asked for more than this host
+            // grants, and hears so in the status.
             let total = self.gpadl_bytes() + bytes;
             if total > self.config.gpadl_memory_limit {
-                Err(alloc::format!(
-                    "GPADL of {bytes} bytes exceeds the shared-memory limit ({total} > {})",
-                    self.config.gpadl_memory_limit
-                ))
-            } else {
-                Ok((pages, bytes))
+                self.gpadls.remove(&id);
+                self.stats.gpadls_over_limit += 1;
+                self.gpadl_created(host, relid, id, STATUS_QUOTA_EXCEEDED);
+                return;
             }
-        });
+        }
         match result {
             Ok((pages, bytes)) => {
                 let gpadl = self.gpadls.get_mut(&id).expect("present");
                 gpadl.assembler = None;
                 gpadl.pages = pages;
                 gpadl.bytes = bytes;
-                self.gpadl_created(host, relid, id, true);
+                self.gpadl_created(host, relid, id, 0);
             }
             Err(why) => {
                 self.gpadls.remove(&id);
                 self.reject(alloc::format!("GPADL {id:#x}: {why}"));
-                self.gpadl_created(host, relid, id, false);
+                self.gpadl_created(host, relid, id, STATUS_UNSUCCESSFUL);
             }
         }
     }
@@ -958,7 +1169,7 @@ impl Server {
         }
         let failure = if state == ChannelState::Open {
             Some(alloc::format!("relid {relid} is already open"))
-        } else if open.target_vp.get() != 0 {
+        } else if open.target_vp.get() >= self.config.vp_count {
             Some(alloc::format!(
                 "target VP {} does not exist",
                 open.target_vp.get()
@@ -997,6 +1208,7 @@ impl Server {
         let pages = gpadl.pages.clone();
         let channel = self.channels.get_mut(&relid).expect("checked");
         channel.state = ChannelState::Open;
+        channel.target_vp = open.target_vp.get();
         let endpoint = ChannelEndpoint::new(
             channel.device.kind,
             gpadl_id,
@@ -1007,10 +1219,62 @@ impl Server {
         );
         channel.endpoint = Some(endpoint);
         host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
+        self.write_monitor_parameters(host, relid);
         self.open_result(host, relid, open_id, 0);
         if self.rescind_point(RescindPoint::AfterOpenResult, relid) {
             self.rescind(host, relid);
         }
+    }
+
+    /// ModifyChannel (4.1+): move an open channel's interrupts to another
+    /// VP. From 5.3 the host answers ModifyChannelResponse (status 0, or
+    /// STATUS_INVALID_PARAMETER for a VP that does not exist); before, it
+    /// answers nothing, so a bad target is a rejected message.
+    fn modify_channel<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        modify: &vmbus_protocol::messages::ModifyChannel,
+    ) {
+        let relid = modify.child_relid.get();
+        let target_vp = modify.target_vp.get();
+        let answers = self
+            .connection
+            .is_some_and(|c| c.version >= ProtocolVersion::V5_3);
+        let open = self
+            .channels
+            .get(&relid)
+            .is_some_and(|c| c.state == ChannelState::Open);
+        if !open {
+            self.reject(alloc::format!(
+                "ModifyChannel of relid {relid} that is not open"
+            ));
+            return;
+        }
+        let status = if target_vp < self.config.vp_count {
+            let channel = self.channels.get_mut(&relid).expect("checked");
+            channel.target_vp = target_vp;
+            self.stats.channels_retargeted += 1;
+            0
+        } else if answers {
+            STATUS_INVALID_PARAMETER
+        } else {
+            self.reject(alloc::format!(
+                "ModifyChannel of relid {relid} to VP {target_vp} that does not exist"
+            ));
+            return;
+        };
+        if answers {
+            let mut response = ModifyChannelResponse::empty();
+            response.child_relid = relid.into();
+            response.status = status.into();
+            let bytes = response.as_bytes().to_vec();
+            self.reply(host, &bytes);
+        }
+    }
+
+    /// The VP a channel's interrupts target.
+    pub fn target_vp(&self, relid: u32) -> Option<u32> {
+        self.channels.get(&relid).map(|c| c.target_vp)
     }
 
     fn close_channel<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) {

@@ -9,7 +9,10 @@ mod common;
 use common::vmbus::*;
 use common::*;
 use hv_interface::GuestMemory;
-use hvsim::vmbus::{ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_UNSUCCESSFUL};
+use hvsim::vmbus::{
+    ChannelState, DeviceConfig, DeviceKind, ServerConfig, STATUS_INVALID_PARAMETER,
+    STATUS_QUOTA_EXCEEDED, STATUS_UNSUCCESSFUL,
+};
 use hyperv_defs::HvStatus;
 use std::time::Duration;
 use vmbus_protocol::messages::*;
@@ -194,10 +197,23 @@ fn gpadl_creation_validation_and_teardown() {
     // A PFN outside guest memory is refused.
     let created = h.create_gpadl(relid, 0x11, &[MEMORY_SIZE / 4096]);
     assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
-    // Beyond the shared-memory limit (64 pages, 40 in use) is refused.
+    // Beyond the shared-memory limit (64 pages, 40 in use) is refused with
+    // Hyper-V's quota status; not a malformed message.
+    let rejected = h.rejected();
     let big: Vec<u64> = (0x300..0x31A).collect();
     let created = h.create_gpadl(relid, 0x12, &big);
-    assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
+    assert_eq!(created.creation_status.get(), STATUS_QUOTA_EXCEEDED);
+    assert_eq!(h.rejected(), rejected);
+    assert_eq!(h.with(|s| s.vmbus.stats.gpadls_over_limit), 1);
+    // Up to the limit exactly is fine.
+    let exact: Vec<u64> = (0x300..0x318).collect();
+    let created = h.create_gpadl(relid, 0x14, &exact);
+    assert_eq!(created.creation_status.get(), 0);
+    let mut teardown = GpadlTeardown::empty();
+    teardown.child_relid = relid.into();
+    teardown.gpadl_id = 0x14.into();
+    assert_eq!(h.send(&teardown), HvStatus::SUCCESS);
+    assert!(matches!(h.expect(), ChannelMessage::GpadlTorndown(_)));
     // A GPADL for a relid that was never offered is refused.
     let created = h.create_gpadl(0x7FF, 0x13, &[0x300]);
     assert_eq!(created.creation_status.get(), STATUS_UNSUCCESSFUL);
@@ -325,12 +341,112 @@ fn rescind_and_relid_release() {
     h.send(&released);
     h.settle();
     assert_eq!(h.with(|s| s.vmbus.channel_state(relid)), None);
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
     // The same device offered again is a new channel (the relid may be reused).
     let new_relid = h.with(|s| s.add_device(common::vmbus::default_devices()[4].clone()));
     match h.expect() {
         ChannelMessage::OfferChannel(offer) => assert_eq!(offer.child_relid.get(), new_relid),
         other => panic!("{other:?}"),
     }
+    h.finish();
+}
+
+#[test]
+fn a_gpadl_being_created_goes_with_its_rescinded_channel_and_late_bodies_are_ignored() {
+    let mut h = start_vmbus("rescind-gpadl", config());
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    // A 60-page GPADL: the header and the first body, not the last.
+    let pfns: Vec<u64> = (0x200..0x23C).collect();
+    let messages: Vec<Vec<u8>> =
+        vmbus_protocol::gpadl::GpadlMessages::for_pages(relid, 0x40, &pfns)
+            .unwrap()
+            .map(|m| m.as_bytes().to_vec())
+            .collect();
+    assert_eq!(messages.len(), 3);
+    for message in &messages[..2] {
+        assert_eq!(h.post(1, message), HvStatus::SUCCESS);
+    }
+    h.settle();
+    assert!(h.with(|s| s.rescind(relid)));
+    assert!(matches!(h.expect(), ChannelMessage::RescindChannelOffer(_)));
+    // The guest had already posted the last body.
+    assert_eq!(h.post(1, &messages[2]), HvStatus::SUCCESS);
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 0);
+    assert_eq!(h.with(|s| s.vmbus.stats.bodies_after_rescind), 1);
+    assert_eq!(h.with(|s| s.vmbus.gpadl_count()), 0);
+    let mut released = RelIdReleased::empty();
+    released.child_relid = relid.into();
+    h.send(&released);
+    h.settle();
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
+    h.finish();
+}
+
+fn modify(relid: u32, target_vp: u32) -> ModifyChannel {
+    let mut modify = ModifyChannel::empty();
+    modify.child_relid = relid.into();
+    modify.target_vp = target_vp.into();
+    modify
+}
+
+#[test]
+fn modify_channel_retargets_an_open_channel_and_answers_from_5_3() {
+    let mut h = start_vmbus(
+        "modify",
+        ServerConfig {
+            vp_count: 2,
+            ..config()
+        },
+    );
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    // Not open yet: rejected, no answer.
+    h.send(&modify(relid, 1));
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 1);
+    let _rings = h.open_channel(relid);
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(0));
+    h.send(&modify(relid, 1));
+    match h.expect() {
+        ChannelMessage::ModifyChannelResponse(response) => {
+            assert_eq!(response.child_relid.get(), relid);
+            assert_eq!(response.status.get(), 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(1));
+    // A VP that does not exist: refused in the answer, nothing moves.
+    h.send(&modify(relid, 2));
+    match h.expect() {
+        ChannelMessage::ModifyChannelResponse(response) => {
+            assert_eq!(response.status.get(), STATUS_INVALID_PARAMETER)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.with(|s| s.vmbus.target_vp(relid)), Some(1));
+    assert_eq!(h.with(|s| s.vmbus.stats.channels_retargeted), 1);
+    assert_eq!(h.rejected(), 1);
+    h.finish();
+}
+
+#[test]
+fn before_5_3_modify_channel_has_no_answer() {
+    let mut h = start_vmbus("modify-4.1", config());
+    let response = h.connect(ProtocolVersion::V4_1);
+    assert_eq!(response.version_supported, 1);
+    let offers = h.request_offers();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    let _rings = h.open_channel(relid);
+    h.send(&modify(relid, 0));
+    h.expect_none(50);
+    assert_eq!(h.with(|s| s.vmbus.stats.channels_retargeted), 1);
+    // One VP: VP 1 does not exist, and without an answer that is a
+    // rejected message.
+    h.send(&modify(relid, 1));
+    h.expect_none(50);
+    assert_eq!(h.rejected(), 1);
     h.finish();
 }
 
@@ -345,6 +461,9 @@ fn unload_and_reconnect() {
     assert_eq!(h.with(|s| s.vmbus.version()), None);
     assert_eq!(h.with(|s| s.vmbus.gpadl_count()), 0);
     assert_eq!(h.with(|s| s.vmbus.open_channels().len()), 0);
+    // The ring's GPADL was never torn down: a leak Hyper-V's rules forbid.
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 1);
+    assert!(h.with(|s| s.vmbus.violations[0].contains("still held at Unload")));
     // Everything works again from the start.
     let offers = h.boot();
     assert_eq!(offers.len(), 5);
@@ -458,6 +577,83 @@ fn monitor_page_signals_reach_the_host() {
     let stats = h.with(|s| s.vmbus.endpoint(relid).unwrap().stats);
     assert_eq!(stats.signals, 1);
     assert_eq!(stats.unnecessary_signals, 0);
+    assert_eq!(h.with(|s| s.vmbus.stats.monitor_signals), 1);
+    // The host wrote its latency and what bit 0 stands for at open.
+    let latency = MONITOR2_GPA + core::mem::offset_of!(hyperv_defs::MonitorPage, latency) as u64;
+    let mut bytes = [0u8; 2];
+    h.memory.read(latency, &mut bytes).unwrap();
+    assert_eq!(u16::from_le_bytes(bytes), 100);
+    let parameter =
+        MONITOR2_GPA + core::mem::offset_of!(hyperv_defs::MonitorPage, parameter) as u64;
+    assert_eq!(
+        h.memory.load_u32(parameter).unwrap(),
+        VmbusHarness::connection_of(&offers, relid)
+    );
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 0);
+    // A bit no monitored channel owns (id 33) goes nowhere: a violation.
+    h.memory
+        .fetch_or_u32(
+            MONITOR2_GPA + hyperv_defs::MonitorPage::pending_offset(1) as u64,
+            2,
+        )
+        .unwrap();
+    h.settle();
+    assert_eq!(h.with(|s| s.vmbus.stats.rule_violations), 1);
+    assert!(h.with(|s| s.vmbus.violations[0].contains("monitor pending bit 33")));
+    h.finish();
+}
+
+#[test]
+fn before_5_0_the_interrupt_page_is_named_and_shared_interrupt_channels_are_marked() {
+    let mut h = start_vmbus(
+        "interrupt-page",
+        ServerConfig {
+            shared_interrupt: vec![DISK_INSTANCE],
+            ..config()
+        },
+    );
+    const INTERRUPT_PAGE: u64 = 0x7000;
+    let mut contact = InitiateContact::empty();
+    contact.version_requested = ProtocolVersion::V4_1.0.into();
+    contact.interrupt_page_or_target_info = INTERRUPT_PAGE.into();
+    contact.monitor_page1 = MONITOR1_GPA.into();
+    contact.monitor_page2 = MONITOR2_GPA.into();
+    assert_eq!(h.post_message(legacy(), &contact), HvStatus::SUCCESS);
+    match h.expect() {
+        ChannelMessage::VersionResponse(response) => assert_eq!(response.version_supported, 1),
+        other => panic!("{other:?}"),
+    }
+    let offers = h.request_offers();
+    let disk = offers
+        .iter()
+        .find(|o| o.child_relid.get() == VmbusHarness::relid_of(&offers, DISK_INSTANCE))
+        .unwrap();
+    assert!(!disk.is_dedicated_interrupt());
+    assert!(offers
+        .iter()
+        .filter(|o| o.child_relid.get() != disk.child_relid.get())
+        .all(|o| o.is_dedicated_interrupt()));
+    let relid = disk.child_relid.get();
+    let connection = disk.connection_id.get();
+    let mut rings = h.open_channel(relid);
+    assert!(h.write_packet(&mut rings, 9, &[1; 8], true));
+    // Linux's order: the relid's bit in the send half, then the signal.
+    h.memory
+        .fetch_or_u32(
+            INTERRUPT_PAGE + 2048 + (relid as u64 / 32) * 4,
+            1 << (relid % 32),
+        )
+        .unwrap();
+    assert_eq!(h.signal(connection, 0), HvStatus::SUCCESS);
+    assert!(h.wait_packet(&mut rings, Duration::from_secs(5)).is_some());
+    assert_eq!(h.with(|s| s.vmbus.stats.interrupt_page_marks), 1);
+    assert_eq!(
+        h.memory
+            .load_u32(INTERRUPT_PAGE + 2048 + (relid as u64 / 32) * 4)
+            .unwrap(),
+        0,
+        "the host took the bit"
+    );
     h.finish();
 }
 

@@ -406,13 +406,19 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    /// The host-to-guest ring: the second part of the region `ring`.\n    pub const RING_IN_BYTES: usize = {};",
+            "    /// The host-to-guest ring's bytes: the regions `ring_in_control` (one page) and `ring_in` (the rest, double mapped).\n    pub const RING_IN_BYTES: usize = {};",
             driver.ring_in
         );
         let _ = writeln!(
             out,
-            "    /// The guest-to-host ring: the first part of the region `ring`.\n    pub const RING_OUT_BYTES: usize = {};",
+            "    /// The guest-to-host ring's bytes: the regions `ring_out_control` (one page) and `ring_out` (the rest, double mapped).\n    pub const RING_OUT_BYTES: usize = {};",
             driver.ring_out
+        );
+        let buffers: Vec<String> = driver.buffers.iter().map(|b| b.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "    /// Bytes of each data buffer: `buffers[N]` is the region `buffer<N>`.\n    pub const BUFFER_BYTES: &[usize] = &[{}];",
+            buffers.join(", ")
         );
         let events: Vec<String> = driver
             .clients
@@ -438,7 +444,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring region, known by address only (not mapped): out ring first, then in ring.\n        pub ring: RegionName,\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n    }}"
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring regions, known by address only (not mapped), in the ring GPADL's page order: out control page, out data, in control page, in data.\n        pub rings: [RegionName; 4],\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n    }}"
         );
         let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
         for (id, driver) in contracts.drivers.iter().enumerate() {
@@ -454,19 +460,37 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 .iter()
                 .position(|c| *c as usize == driver.component)
                 .expect("the manager supervises its drivers");
-            let ring = me
-                .maps
+            let rings: Vec<String> = crate::expand::RING_PARTS
                 .iter()
-                .position(|m| m.name == format!("{name}_ring"))
-                .expect("the expansion maps the ring");
+                .map(|(suffix, _, _)| {
+                    let position = me
+                        .maps
+                        .iter()
+                        .position(|m| m.name == format!("{name}_{suffix}"))
+                        .expect("the expansion maps the rings");
+                    format!("RegionName({position})")
+                })
+                .collect();
+            let buffers: Vec<String> = (0..driver.buffers.len())
+                .map(|n| {
+                    let position = me
+                        .maps
+                        .iter()
+                        .position(|m| m.name == format!("{name}_buffer{n}"))
+                        .expect("the expansion maps each buffer");
+                    format!("RegionName({position})")
+                })
+                .collect();
             let _ = writeln!(
                 out,
-                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), ring: RegionName({ring}), ring_in_bytes: {}, ring_out_bytes: {} }},",
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), rings: [{}], ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}] }},",
                 classes.join(", "),
                 type_of(driver.component),
                 end_id(index, &format!("{name}_event")),
+                rings.join(", "),
                 driver.ring_in,
-                driver.ring_out
+                driver.ring_out,
+                buffers.join(", ")
             );
         }
         let _ = writeln!(out, "    ];\n}}");

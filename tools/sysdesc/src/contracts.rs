@@ -36,6 +36,8 @@ pub struct DriverContract {
     pub ring_in: u64,
     /// Bytes of the guest-to-host ring (the first part of its region).
     pub ring_out: u64,
+    /// Bytes of each data buffer (region `<driver>_buffer<N>`).
+    pub buffers: Vec<u64>,
     pub clients: Vec<usize>,
 }
 

@@ -1,15 +1,24 @@
 //! `[[driver]]` stanzas expanded into what each VMBus driver needs: its
-//! component (supervised by the bus manager), its ring region (host
-//! visible, `ring_out + ring_in` bytes) mapped read-write into the driver
-//! as `ring` and granted to the bus manager as `<driver>_ring` by address
-//! only (`rights = "address"`: its guest physical address and size, to
-//! build the GPADL; the bus manager, which parses every host message, has
-//! no mapping of any ring), its channels to synic
+//! component (supervised by the bus manager), its two rings as four host
+//! visible regions (per ring a one-page control region and a data region
+//! of `ring_out - 4096` or `ring_in - 4096` bytes), mapped read-write into
+//! the driver as `ring_out_control`, `ring_out`, `ring_in_control` and
+//! `ring_in`, each data region `double` (mapped twice back to back, so
+//! copies never split at the wrap), and granted to the bus manager as
+//! `<driver>_ring_out_control`, `<driver>_ring_out`, ... by address only
+//! (`rights = "address"`: guest physical address and size, to build the
+//! GPADL in the order Hyper-V reads it: out control, out data, in control,
+//! in data; the bus manager, which parses every host message, has no
+//! mapping of any ring), its channels to synic
 //! (`<driver>` / `synic` notify, `synic_call` -> `<driver>_call`, protocol
 //! `synic`), to the bus manager (`vmbus` -> `<driver>`, protocol `bus`;
 //! `<driver>_event` / `vmbus_event` notify), to each client (`<driver>`
 //! -> `<client>`, the driver's protocol; `<client>_event` / `<driver>_event`
-//! notify) and to the console, and its `[[device]]` entries. Every
+//! notify) and to the console, and its `[[device]]` entries. Each of its
+//! `buffers` becomes a host-visible region `<driver>_buffer<N>`, mapped
+//! read-write into the driver as `buffer<N>` and granted to the bus
+//! manager by address only, like the ring (the manager describes it in a
+//! GPADL when the driver asks). Every
 //! generated value carries the span of the stanza key it came from, so
 //! the ordinary checks report problems at the driver's lines.
 
@@ -19,11 +28,26 @@ use crate::raw::{
 use crate::{Diagnostic, Source};
 use toml::Spanned;
 
+/// The rings' regions, in the order of the ring GPADL's pages (and of the
+/// driver's and the bus manager's maps): (suffix, control page?, in ring?).
+pub const RING_PARTS: [(&str, bool, bool); 4] = [
+    ("ring_out_control", true, false),
+    ("ring_out", false, false),
+    ("ring_in_control", true, true),
+    ("ring_in", false, true),
+];
+
 /// The smallest ring: its control page and one page of data.
 pub const MIN_RING_BYTES: i64 = 8192;
 /// The largest ring region the bus manager describes in one GPADL
 /// (`vmbus::MAX_RING_PAGES` pages).
 pub const MAX_RING_REGION_BYTES: i64 = 256 * 4096;
+/// The most data buffers one driver has (`vmbus::MAX_BUFFERS`).
+pub const MAX_BUFFERS: usize = 4;
+/// The largest data buffer: one GPADL range (`range_buflen` is 16 bits:
+/// 8190 pages, `vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS`; Linux's
+/// netvsc keeps its receive buffer under the same bound).
+pub const MAX_BUFFER_BYTES: i64 = 8190 * 4096;
 
 fn text(at: &Text, value: String) -> Text {
     Spanned::new(at.span(), value)
@@ -58,7 +82,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
     let mut components = Vec::new();
     let mut regions = Vec::new();
     let mut maps = Vec::new();
-    // A driver's own ring map goes first: its ring is its region 0.
+    // A driver's own ring maps go first: its rings are its regions 0-3.
     let mut driver_maps = Vec::new();
     let mut channels = Vec::new();
     let mut devices = Vec::new();
@@ -112,6 +136,21 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 format!("rings of {region_bytes} bytes in all: the bus manager describes at most {MAX_RING_REGION_BYTES}"),
             ));
         }
+        if driver.buffers.len() > MAX_BUFFERS {
+            errors.push(source.diagnostic(
+                driver.buffers[MAX_BUFFERS].span().start,
+                format!("{} data buffers: a driver has at most {MAX_BUFFERS}", driver.buffers.len()),
+            ));
+        }
+        for buffer in &driver.buffers {
+            let bytes = *buffer.get_ref();
+            if bytes <= 0 || bytes % 4096 != 0 || bytes > MAX_BUFFER_BYTES {
+                errors.push(source.diagnostic(
+                    buffer.span().start,
+                    format!("a data buffer of {bytes} bytes: it must be whole pages, at most {MAX_BUFFER_BYTES} (one GPADL range)"),
+                ));
+            }
+        }
         if driver.classes.get_ref().is_empty() {
             errors.push(source.diagnostic(
                 driver.classes.span().start,
@@ -127,7 +166,6 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             ));
         }
         let at = &driver.name;
-        let ring_region = text(at, format!("{name}_ring"));
         components.push(Spanned::new(
             span.clone(),
             RawComponent {
@@ -142,35 +180,79 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 serves: driver.serves.iter().cloned().collect(),
             },
         ));
-        regions.push(Spanned::new(
-            span.clone(),
-            RawRegion {
-                name: ring_region.clone(),
-                size: Spanned::new(driver.ring_in.span(), region_bytes),
-                host_visible: Some(Spanned::new(at.span(), true)),
-            },
-        ));
         let rw = text(at, "rw".into());
-        driver_maps.push(Spanned::new(
-            span.clone(),
-            RawMap {
-                component: driver.name.clone(),
-                region: ring_region.clone(),
-                rights: rw,
-                double: None,
-                name: Some(text(at, "ring".into())),
-            },
-        ));
-        maps.push(Spanned::new(
-            span.clone(),
-            RawMap {
-                component: manager.clone(),
-                region: ring_region,
-                rights: text(at, "address".into()),
-                double: None,
-                name: None,
-            },
-        ));
+        for (suffix, control, in_ring) in RING_PARTS {
+            let ring_bytes = if in_ring {
+                &driver.ring_in
+            } else {
+                &driver.ring_out
+            };
+            let bytes = if control {
+                4096
+            } else {
+                ring_bytes.get_ref().saturating_sub(4096)
+            };
+            let region = text(at, format!("{name}_{suffix}"));
+            regions.push(Spanned::new(
+                span.clone(),
+                RawRegion {
+                    name: region.clone(),
+                    size: Spanned::new(ring_bytes.span(), bytes),
+                    host_visible: Some(Spanned::new(at.span(), true)),
+                },
+            ));
+            driver_maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: driver.name.clone(),
+                    region: region.clone(),
+                    rights: rw.clone(),
+                    double: (!control).then(|| Spanned::new(at.span(), true)),
+                    name: Some(text(at, suffix.into())),
+                },
+            ));
+            maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: manager.clone(),
+                    region,
+                    rights: text(at, "address".into()),
+                    double: None,
+                    name: None,
+                },
+            ));
+        }
+        for (index, buffer) in driver.buffers.iter().enumerate().take(MAX_BUFFERS) {
+            let region = text(at, format!("{name}_buffer{index}"));
+            regions.push(Spanned::new(
+                span.clone(),
+                RawRegion {
+                    name: region.clone(),
+                    size: buffer.clone(),
+                    host_visible: Some(Spanned::new(at.span(), true)),
+                },
+            ));
+            maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: driver.name.clone(),
+                    region: region.clone(),
+                    rights: text(at, "rw".into()),
+                    double: None,
+                    name: Some(text(at, format!("buffer{index}"))),
+                },
+            ));
+            maps.push(Spanned::new(
+                span.clone(),
+                RawMap {
+                    component: manager.clone(),
+                    region,
+                    rights: text(at, "address".into()),
+                    double: None,
+                    name: None,
+                },
+            ));
+        }
         let end =
             |component: &Text, end: String| text(at, format!("{}.{end}", component.get_ref()));
         let protocol = |name: &str| Some(text(at, name.into()));

@@ -61,6 +61,10 @@ pub struct RawDriver {
     pub ring_in: Number,
     /// Bytes of the guest-to-host ring, control page included.
     pub ring_out: Number,
+    /// Bytes of each host-visible data buffer (whole pages), in buffer
+    /// order: the driver has GPADLs made over them through the bus.
+    #[serde(default)]
+    pub buffers: Vec<Number>,
     /// The protocol its clients call, if it has clients.
     pub serves: Option<Text>,
     #[serde(default)]

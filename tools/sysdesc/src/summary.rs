@@ -32,8 +32,14 @@ pub fn summary(description: &Description) -> String {
         }
         if let Some(driver) = contracts.drivers.iter().find(|d| d.component == index) {
             traits.push(format!(
-                "VMBus driver (ring out {} + in {} bytes)",
-                driver.ring_out, driver.ring_in
+                "VMBus driver (ring out {} + in {} bytes{})",
+                driver.ring_out,
+                driver.ring_in,
+                driver
+                    .buffers
+                    .iter()
+                    .map(|b| format!(", buffer of {b}"))
+                    .collect::<String>()
             ));
         }
         let _ = writeln!(out, "{} ({})", component.name, traits.join(", "));

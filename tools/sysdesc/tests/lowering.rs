@@ -226,12 +226,24 @@ clients = ["app"]
     assert_eq!(layout.devices.len(), 1);
     assert_eq!(layout.devices[0].class[0], 0xa9);
     assert_eq!(layout.devices[0].driver as usize, kvp);
-    let ring = layout
-        .regions
-        .iter()
-        .find(|r| r.name == "kvp_ring")
-        .unwrap();
-    assert_eq!((ring.size, ring.host_visible), (32768, true));
+    // Per ring a control page and a data region; the driver maps the
+    // data regions twice, back to back.
+    for (name, size, double) in [
+        ("kvp_ring_out_control", 4096, false),
+        ("kvp_ring_out", 4096, true),
+        ("kvp_ring_in_control", 4096, false),
+        ("kvp_ring_in", 20480, true),
+    ] {
+        let index = layout.regions.iter().position(|r| r.name == name).unwrap();
+        let region = &layout.regions[index];
+        assert_eq!((region.size, region.host_visible), (size, true), "{name}");
+        let map = layout.components[kvp]
+            .maps
+            .iter()
+            .find(|m| m.region as usize == index)
+            .unwrap();
+        assert_eq!((map.writable, map.double), (true, double), "{name}");
+    }
     let ends: Vec<&str> = layout.components[kvp]
         .channels
         .iter()
@@ -272,14 +284,89 @@ clients = ["app"]
         driver.contains("pub const CLIENT_EVENTS: &[Channel] = &[Channel(5)];"),
         "{driver}"
     );
-    assert!(
-        driver.contains("pub const RING: RegionName = RegionName(0);"),
-        "{driver}"
-    );
+    for (i, name) in ["RING_OUT_CONTROL", "RING_OUT", "RING_IN_CONTROL", "RING_IN"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            driver.contains(&format!("pub const {name}: RegionName = RegionName({i});")),
+            "{driver}"
+        );
+    }
     let app = sysdesc::generate_ids(&description, "app").unwrap();
     assert!(
         app.contains("pub const KVP: component_api::Client<vmbus_ipc::kvp::Kvp>"),
         "{app}"
+    );
+}
+
+#[test]
+fn data_buffers_are_the_drivers_read_write_and_the_managers_by_address() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+serves = ["synic"]
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+serves = ["bus"]
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
+name = "net"
+package = "vsc-net"
+priority = 150
+classes = ["f8615163-df3e-46c5-913f-f2d2f965ed0e"]
+ring_out = 8192
+ring_in = 8192
+buffers = [16777216, 65536]
+"#;
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
+    for (n, size) in [(0, 16777216), (1, 65536)] {
+        let name = format!("net_buffer{n}");
+        let index = layout.regions.iter().position(|r| r.name == name).unwrap();
+        let region = &layout.regions[index];
+        assert_eq!((region.size, region.host_visible), (size, true));
+        let net = &layout.components[layout.component_index("net").unwrap()];
+        let own = net.maps.iter().find(|m| m.region as usize == index).unwrap();
+        assert_eq!(own.name, format!("buffer{n}"));
+        assert!(own.writable && !own.address_only);
+        let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
+        let grant = vmbus.maps.iter().find(|m| m.region as usize == index).unwrap();
+        assert!(grant.address_only, "the manager never maps a data buffer");
+    }
+    let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
+    assert!(
+        vmbus.contains("ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)] }"),
+        "{vmbus}"
+    );
+    let driver = sysdesc::generate_ids(&description, "net").unwrap();
+    assert!(
+        driver.contains("pub const BUFFER_BYTES: &[usize] = &[16777216, 65536];"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("pub const BUFFER1: RegionName = RegionName(5);"),
+        "{driver}"
     );
 }
 
@@ -346,26 +433,31 @@ fn the_bus_manager_knows_every_ring_by_address_and_maps_none() {
     let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
     let drivers = ["heartbeat", "shutdown", "timesync", "kvp"];
     for driver in drivers {
-        let ring_name = format!("{driver}_ring");
-        let region = layout
-            .regions
-            .iter()
-            .position(|r| r.name == ring_name)
-            .unwrap();
-        assert!(layout.regions[region].host_visible);
-        let held = vmbus
-            .maps
-            .iter()
-            .find(|m| m.region as usize == region)
-            .unwrap_or_else(|| panic!("vmbus is not told where {ring_name} is"));
-        assert!(
-            held.address_only && !held.writable && !held.double && held.vaddr == 0,
-            "{held:?}"
-        );
-        // The driver itself maps it read-write, as its first region.
-        let own = &layout.components[layout.component_index(driver).unwrap()];
-        assert_eq!(own.maps[0].region as usize, region);
-        assert!(own.maps[0].writable && !own.maps[0].address_only);
+        let parts = ["ring_out_control", "ring_out", "ring_in_control", "ring_in"];
+        for (i, part) in parts.iter().enumerate() {
+            let ring_name = format!("{driver}_{part}");
+            let region = layout
+                .regions
+                .iter()
+                .position(|r| r.name == ring_name)
+                .unwrap();
+            assert!(layout.regions[region].host_visible);
+            let held = vmbus
+                .maps
+                .iter()
+                .find(|m| m.region as usize == region)
+                .unwrap_or_else(|| panic!("vmbus is not told where {ring_name} is"));
+            assert!(
+                held.address_only && !held.writable && !held.double && held.vaddr == 0,
+                "{held:?}"
+            );
+            // The driver itself maps it read-write, as its regions 0-3,
+            // the data areas twice.
+            let own = &layout.components[layout.component_index(driver).unwrap()];
+            assert_eq!(own.maps[i].region as usize, region);
+            assert!(own.maps[i].writable && !own.maps[i].address_only);
+            assert_eq!(own.maps[i].double, i % 2 == 1);
+        }
     }
     // Everything vmbus maps is its own queue from synic and its private
     // session record: no ring of any driver, and not the monitor pages (it
@@ -385,7 +477,7 @@ fn the_bus_manager_knows_every_ring_by_address_and_maps_none() {
     assert!(!session.host_visible);
     let summary = sysdesc::summary(&description);
     assert!(
-        summary.contains("  region   kvp_ring         address    32768 bytes, host visible\n"),
+        summary.contains("  region   kvp_ring_in      address    12288 bytes, host visible\n"),
         "{summary}"
     );
     let ids = sysdesc::generate_ids(&description, "vmbus").unwrap();

@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const LAYOUT_VERSION: u16 = 2;
 pub const MAX_COMPONENTS: usize = 32;
 pub const MAX_REGIONS: usize = 64;
-pub const MAX_MAPS_PER_COMPONENT: usize = 16;
+/// Per component (seL4: `sel4_runtime::abi::MAX_MAPS`, the PD info page's
+/// table). A VMBus driver's rings alone are 4 maps, and the bus manager and
+/// the simulated host hold every driver's.
+pub const MAX_MAPS_PER_COMPONENT: usize = 64;
 pub const MAX_CHANNELS_PER_COMPONENT: usize = 62;
 pub const MAX_IRQS_PER_COMPONENT: usize = 4;
 pub const MAX_IOPORTS_PER_COMPONENT: usize = 4;

@@ -52,11 +52,12 @@ pub type Guid = [u8; 16];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DriverId(pub u8);
 
-// A VSC's ring region holds the guest-to-host ("out") ring first, then the
-// host-to-guest ("in") ring, each starting with its 4 KiB control page;
-// their sizes are the driver's `ring_out` and `ring_in` (generated into
-// the bus manager's `drivers::DRIVERS` and the driver's `driver` module).
-// The bus manager passes the out ring's pages as the downstream offset.
+// A VSC's rings are four regions: the guest-to-host ("out") ring's 4 KiB
+// control page and data area, then the host-to-guest ("in") ring's; their
+// sizes are the driver's `ring_out` and `ring_in` (generated into the bus
+// manager's `drivers::DRIVERS` and the driver's `driver` module). The ring
+// GPADL lists their pages in that order, and the bus manager passes the
+// out ring's pages as the downstream offset.
 
 /// The hypervisor interface as an IPC protocol: what `synic` sends on its
 /// `hypervisor` call end. The server is the simulated host's PD in a test
@@ -159,11 +160,18 @@ pub mod synic {
             payload: Vec<u8, MAX_POST_PAYLOAD>,
         },
         /// vmbus: the events of `relid` go to the VSC `driver`, which may
-        /// then signal `connection_id`.
+        /// then signal `connection_id`: through the monitor page's pending
+        /// bit `monitor_id` if the offer allocated one (no hypercall), else
+        /// HvSignalEvent; first setting the relid's bit in the interrupt
+        /// page's send half if `interrupt_page_bit` (a channel without a
+        /// dedicated interrupt, on a version whose InitiateContact named
+        /// the interrupt page, as Linux does).
         Bind {
             relid: u32,
             connection_id: u32,
             driver: DriverId,
+            monitor_id: Option<u8>,
+            interrupt_page_bit: bool,
         },
         /// vmbus: forget a relid (rescind, close, restart).
         Unbind { relid: u32 },
@@ -255,6 +263,8 @@ pub mod synic {
         pub restarted: bool,
         /// `Restore` requests served.
         pub restores: u32,
+        /// Of `signals_sent`, those made through a monitor page's pending bit.
+        pub monitor_signals: u32,
     }
 }
 
@@ -266,7 +276,9 @@ pub mod bus {
 
     impl Protocol for Bus {
         const NAME: &'static str = "bus";
-        const VERSION: u16 = 1;
+        // 2: data buffers (create_gpadl, teardown_gpadl, buffer), target
+        // VP (retarget, interrupt).
+        const VERSION: u16 = 2;
         const OPERATIONS: &'static [&'static str] = &[
             "query",
             "open",
@@ -274,6 +286,11 @@ pub mod bus {
             "report_versions",
             "device",
             "unload",
+            "create_gpadl",
+            "teardown_gpadl",
+            "buffer",
+            "retarget",
+            "interrupt",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -285,6 +302,11 @@ pub mod bus {
                 Request::ReportVersions { .. } => 3,
                 Request::Device { .. } => 4,
                 Request::Unload { .. } => 5,
+                Request::CreateGpadl { .. } => 6,
+                Request::TeardownGpadl { .. } => 7,
+                Request::Buffer { .. } => 8,
+                Request::Retarget { .. } => 9,
+                Request::Interrupt => 10,
             }
         }
     }
@@ -307,6 +329,63 @@ pub mod bus {
         /// A client: close every channel, unload the bus, then power off
         /// with `power_off_code` if given.
         Unload { power_off_code: Option<u8> },
+        /// A VSC, its channel open: describe its data buffer `buffer` (its
+        /// `buffers[buffer]` of the description, mapped as `buffer<N>`) to
+        /// the host in a GPADL of the channel. Accepted at once; the VSC is
+        /// notified on `vmbus_event` when the host answers, and reads the
+        /// outcome with [`Request::Buffer`]. The GPADL lasts until
+        /// [`Request::TeardownGpadl`], the channel's close, its rescind or
+        /// the VSC's restart.
+        CreateGpadl { buffer: u8 },
+        /// A VSC: tear the buffer's GPADL down. The memory is the host's
+        /// until [`Request::Buffer`] says [`BufferState::Absent`] again.
+        TeardownGpadl { buffer: u8 },
+        /// A VSC: where its data buffer `buffer` is in its life.
+        Buffer { buffer: u8 },
+        /// A VSC, its channel open: move the channel's host interrupts to
+        /// `target_vp` (ModifyChannel, VMBus 4.1+). From 5.3 the host
+        /// answers and the VSC is notified; before, the move is assumed
+        /// done (as Linux assumes). A reopen keeps the target.
+        Retarget { target_vp: u32 },
+        /// A VSC: which VP its channel's interrupts target.
+        Interrupt,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct InterruptInfo {
+        /// The VP the host targets (OpenChannel's, or the last accepted
+        /// ModifyChannel's).
+        pub target_vp: u32,
+        /// A ModifyChannel to this VP waits for its answer.
+        pub retargeting: Option<u32>,
+        /// The host refused the last ModifyChannel with this status.
+        pub refused: Option<u32>,
+    }
+
+    /// A VSC's data buffer as the bus manager sees it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum BufferState {
+        /// No GPADL describes it: the VSC may reuse the memory freely.
+        Absent,
+        /// GpadlHeader (and bodies) sent; waiting for GpadlCreated.
+        Creating,
+        /// The host holds it as `gpadl_id`, the id the VSC names to the
+        /// device in the device's own protocol (e.g. NVSP's receive buffer).
+        Created { gpadl_id: u32 },
+        /// Teardown asked for (or the channel is closing); the host still
+        /// holds the memory.
+        TearingDown,
+        /// The host refused the GPADL with this status (e.g. its GPADL
+        /// memory limit), or the bus manager could not describe the buffer;
+        /// `CreateGpadl` may be asked again.
+        Failed { status: u32 },
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BufferInfo {
+        pub state: BufferState,
+        /// The buffer's size in bytes (from the description).
+        pub bytes: u64,
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +444,8 @@ pub mod bus {
         Device(DeviceStatus),
         /// `Device { index }` past the last device.
         NoSuchDevice,
+        Buffer(BufferInfo),
+        Interrupt(InterruptInfo),
         Refused(Refusal),
     }
 
@@ -376,6 +457,11 @@ pub mod bus {
         NotADriver,
         /// The host did not answer or the bus is unloading.
         Unavailable,
+        /// The VSC has no data buffer of that index.
+        NoSuchBuffer,
+        /// The negotiated VMBus version has no such message (ModifyChannel
+        /// before 4.1).
+        Unsupported,
     }
 }
 

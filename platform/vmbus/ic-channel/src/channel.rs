@@ -3,8 +3,8 @@
 //! every other message to the service, write the answers to the out ring and
 //! signal the host through synic only when the ring asks for it.
 
-use crate::memory::{split_rings, zero_rings, RegionPart};
-use component_api::{println, Channel, Client, Env, Refusal, RegionName};
+use crate::memory::{rings, zero_rings, ChannelRing, RingRegions};
+use component_api::{println, Channel, Client, Env, Refusal};
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{
     self, answer_negotiate, IcFlags, IcMessageHeader, IcVersion, Negotiated, IC_HEADERS_SIZE,
@@ -46,11 +46,9 @@ const REJECT_LOG_EVERY: u32 = 100;
 /// What the channel loop needs to know of the component's generated ids.
 #[derive(Clone, Copy, Debug)]
 pub struct ChannelIds {
-    /// The VSC's region `ring` (both rings).
-    pub ring: RegionName,
-    /// Bytes of the out ring, the first part of `ring` (the rest is the
-    /// in ring).
-    pub ring_out_bytes: usize,
+    /// The VSC's ring regions: per ring a control page and a data area
+    /// (double mapped where the runtime can).
+    pub rings: RingRegions,
     /// Calls to synic (`synic_call`): SignalHost.
     pub synic_call: Client<synic::Synic>,
     /// Calls to the bus manager (`vmbus`).
@@ -113,8 +111,8 @@ pub struct Stats {
 }
 
 struct Rings {
-    reader: RingReader<RegionPart>,
-    writer: RingWriter<RegionPart>,
+    reader: RingReader<ChannelRing>,
+    writer: RingWriter<ChannelRing>,
 }
 
 /// The state of one IC channel. The component owns one and forwards its
@@ -251,8 +249,8 @@ impl IcChannel {
         // them, and it gets them only after this call. Start them from
         // zero so nothing of an earlier life (ours after a restart, or the
         // host's) is trusted or shown to the host. Only we map them.
-        if zero_rings(env.region(self.ids.ring)).is_err() {
-            give_up(env, "the ring region cannot be zeroed");
+        if zero_rings(env, self.ids.rings).is_err() {
+            give_up(env, "the ring regions cannot be zeroed");
         }
         let request = bus::Request::Open {
             user_data: heapless::Vec::new(),
@@ -265,9 +263,8 @@ impl IcChannel {
     }
 
     fn attach(&mut self, env: &mut dyn Env) {
-        let region = env.region(self.ids.ring);
-        let Ok((out_ring, in_ring)) = split_rings(region, self.ids.ring_out_bytes) else {
-            give_up(env, "the ring region is too small for two rings");
+        let Ok((out_ring, in_ring)) = rings(env, self.ids.rings) else {
+            give_up(env, "the ring regions cannot hold two rings");
         };
         // Our own indices are read once here; a host that corrupted them
         // before we attached gets the channel reset.
@@ -883,7 +880,7 @@ mod tests {
         let host = TestHost::new(&mut env, IDS);
         // What the driver's earlier life and the host left in the rings:
         // indices, packets, control bits, in both rings.
-        scribble(host.ring());
+        host.scribble_rings();
         // A restarted driver: fresh state, the channel offered again.
         let mut channel = IcChannel::new(IDS);
         let mut echo = Echo::default();
@@ -892,7 +889,7 @@ mod tests {
         channel.on_bus_event(&mut env, &mut echo);
         assert!(channel.is_open());
         // A reopen in the same life (a new generation) zeroes them too.
-        scribble(host.ring());
+        host.scribble_rings();
         host.set_state(bus::ChannelState::Offered, 2);
         channel.on_bus_event(&mut env, &mut echo);
         assert_eq!(host.bus.borrow().rings_zero_at_open, [true, true]);

@@ -89,15 +89,20 @@ impl<S: DriverService> Component for IcDriver<S> {
 
 /// The [`ChannelIds`] of an IC driver, from the `regions` and `channels`
 /// modules its build script generates (in scope where this is used). Every
-/// IC driver's description gives its ends the same names: region `ring`,
-/// channels `synic`, `synic_call`, `vmbus` and `vmbus_event` (the names the
-/// `[[driver]]` expansion gives them), and the `driver` module's ring sizes.
+/// IC driver's description gives its ends the same names: regions
+/// `ring_out_control`, `ring_out`, `ring_in_control`, `ring_in`, channels
+/// `synic`, `synic_call`, `vmbus` and `vmbus_event` (the names the
+/// `[[driver]]` expansion gives them).
 #[macro_export]
 macro_rules! driver_ids {
     () => {
         $crate::ChannelIds {
-            ring: regions::RING,
-            ring_out_bytes: driver::RING_OUT_BYTES,
+            rings: $crate::RingRegions {
+                out_control: regions::RING_OUT_CONTROL,
+                out_data: regions::RING_OUT,
+                in_control: regions::RING_IN_CONTROL,
+                in_data: regions::RING_IN,
+            },
             synic_call: channels::SYNIC_CALL,
             vmbus: channels::VMBUS,
             vmbus_event: channels::VMBUS_EVENT,

@@ -3,7 +3,7 @@
 //! both ways and interrupt masking, at ring level against [`TestHost`].
 
 use crate::channel::IcChannel;
-use crate::memory::probe;
+use crate::memory::{probe, RingSide};
 use crate::test_service::{Echo, IDS};
 use crate::testing::*;
 use env_double::EnvDouble;
@@ -43,14 +43,13 @@ fn a_packet_written_just_before_the_read_index_is_published_is_answered() {
     let (mut env, host, mut channel, mut echo) = open_negotiated();
     let host = Rc::new(RefCell::new(host));
     host.borrow_mut().send(&heartbeat(10));
-    let in_read_index = IDS.ring_out_bytes + control::READ_INDEX;
     let late: Rc<Cell<Option<bool>>> = Rc::new(Cell::new(None));
     {
         let (host, late) = (host.clone(), late.clone());
-        probe::set(move |offset| {
+        probe::set(move |side, offset| {
             // The driver's first touch of the in ring's read index after
             // reading the request is its publish.
-            if offset == in_read_index && late.get().is_none() {
+            if side == RingSide::In && offset == control::READ_INDEX && late.get().is_none() {
                 let (_, signal) = host.borrow_mut().send_signalled(&heartbeat(20));
                 late.set(Some(signal));
             }
@@ -72,15 +71,13 @@ fn a_packet_written_just_before_the_read_index_is_published_is_answered() {
     );
 }
 
-/// The out ring's control word at `offset` (the out ring starts the region).
+/// The out ring's control word at `offset`.
 fn out_control(host: &TestHost, offset: usize) -> u32 {
-    let mut word = [0u8; 4];
-    host.ring().read(offset, &mut word).unwrap();
-    u32::from_le_bytes(word)
+    host.control_word(RingSide::Out, offset)
 }
 
 fn in_control(host: &TestHost, offset: usize) -> u32 {
-    out_control(host, IDS.ring_out_bytes + offset)
+    host.control_word(RingSide::In, offset)
 }
 
 /// The host writes requests (sequence 10, 20, ...) until the in ring is

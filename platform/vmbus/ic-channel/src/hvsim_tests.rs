@@ -28,6 +28,27 @@ use std::time::{Duration, Instant};
 use vmbus_ipc::synic;
 use vmbus_protocol::packet::control;
 
+/// hvsim's view of the VSC's four ring regions: placed back to back from
+/// guest physical address 0 in the ring GPADL's order (out control, out
+/// data, in control, in data); the out ring's pages and the in ring's.
+fn host_memory(rings: [Region; 4]) -> (RegionMemory, Vec<u64>, Vec<u64>) {
+    let page = 4096u64;
+    let mut gpa = 0u64;
+    let placed: Vec<Region> = rings
+        .iter()
+        .map(|region| {
+            let placed = region.with_guest_physical(gpa);
+            gpa += region.len() as u64;
+            placed
+        })
+        .collect();
+    let memory = RegionMemory::new(&placed).unwrap();
+    let in_start = (rings[0].len() + rings[1].len()) as u64 / page;
+    let out_pages = (0..in_start).collect();
+    let in_pages = (in_start..gpa / page).collect();
+    (memory, out_pages, in_pages)
+}
+
 /// Requests the host keeps unanswered at most.
 const WINDOW: u64 = 64;
 
@@ -110,7 +131,7 @@ pub fn soak(duration: Duration) -> SoakReport {
     let guest_bell = Arc::new(Doorbell::default());
     let host_bell = Arc::new(Doorbell::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (ring_sender, ring_receiver) = mpsc::channel::<Region>();
+    let (ring_sender, ring_receiver) = mpsc::channel::<[Region; 4]>();
 
     let guest = {
         let (guest_bell, host_bell, stop) = (guest_bell.clone(), host_bell.clone(), stop.clone());
@@ -130,7 +151,7 @@ pub fn soak(duration: Duration) -> SoakReport {
             channel.on_bus_event(&mut env, &mut echo);
             channel.on_bus_event(&mut env, &mut echo);
             assert!(channel.is_open());
-            ring_sender.send(host.ring()).unwrap();
+            ring_sender.send(host.ring_regions()).unwrap();
             while !stop.load(Ordering::Acquire) {
                 if guest_bell.take(Duration::from_millis(5)) > 0 {
                     channel.poll(&mut env, &mut echo);
@@ -140,11 +161,8 @@ pub fn soak(duration: Duration) -> SoakReport {
         })
     };
 
-    let ring = ring_receiver.recv().unwrap();
-    let memory = RegionMemory::new(&[ring.with_guest_physical(0)]).unwrap();
+    let (memory, out_pages, in_pages) = host_memory(ring_receiver.recv().unwrap());
     let page = 4096u64;
-    let out_pages: Vec<u64> = (0..IDS.ring_out_bytes as u64 / page).collect();
-    let in_pages: Vec<u64> = (IDS.ring_out_bytes as u64 / page..ring.len() as u64 / page).collect();
     let (out_control, in_control) = (out_pages[0] * page, in_pages[0] * page);
     let start = Instant::now();
     let mut endpoint =
@@ -254,12 +272,8 @@ impl Pair {
         let mut echo = Echo::default();
         channel.on_bus_event(&mut env, &mut echo);
         channel.on_bus_event(&mut env, &mut echo);
-        let ring = host.ring();
-        let memory = RegionMemory::new(&[ring.with_guest_physical(0)]).unwrap();
+        let (memory, out_pages, in_pages) = host_memory(host.ring_regions());
         let page = 4096u64;
-        let out_pages: Vec<u64> = (0..IDS.ring_out_bytes as u64 / page).collect();
-        let in_pages: Vec<u64> =
-            (IDS.ring_out_bytes as u64 / page..ring.len() as u64 / page).collect();
         let mut endpoint =
             ChannelEndpoint::new(DeviceKind::Heartbeat, 1, &out_pages, &in_pages, &memory, 0);
         endpoint.ic.heartbeat_interval_ns = u64::MAX / 2;
@@ -420,7 +434,7 @@ fn a_back_to_back_stream_costs_few_interrupts_and_loses_nothing() {
 /// A stream with a request every `every` driver steps; returns hvsim's
 /// interrupts per packet. Asserts that nothing is lost.
 fn stream(every: u64) -> f64 {
-    use crate::memory::probe;
+    use crate::memory::{probe, RingSide};
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
 
@@ -433,6 +447,7 @@ fn stream(every: u64) -> f64 {
         memory,
         endpoint,
         guest_signals,
+        in_control,
         ..
     } = Pair::new();
     let host = Rc::new(RefCell::new((endpoint, memory)));
@@ -441,15 +456,14 @@ fn stream(every: u64) -> f64 {
     let masked_writes_signalled = Rc::new(Cell::new(0u64));
     // A write that signalled: the driver is notified after its poll.
     let raised = Rc::new(Cell::new(false));
-    let in_control = IDS.ring_out_bytes;
     let steps = Rc::new(Cell::new(0u64));
     {
         let steps = steps.clone();
         let (host, interrupts, to_write) = (host.clone(), interrupts.clone(), to_write.clone());
         let masked_writes_signalled = masked_writes_signalled.clone();
         let raised = raised.clone();
-        probe::set(move |offset| {
-            if !(in_control..in_control + 4096).contains(&offset) || to_write.get() == 0 {
+        probe::set(move |side, _offset| {
+            if side != RingSide::In || to_write.get() == 0 {
                 return;
             }
             steps.set(steps.get() + 1);
@@ -458,7 +472,7 @@ fn stream(every: u64) -> f64 {
             }
             let (endpoint, memory) = &mut *host.borrow_mut();
             let masked = memory
-                .load_u32((in_control + control::INTERRUPT_MASK) as u64)
+                .load_u32(in_control + control::INTERRUPT_MASK as u64)
                 .unwrap()
                 != 0;
             if endpoint.request_heartbeat(memory) == Some(true) {
@@ -490,7 +504,16 @@ fn stream(every: u64) -> f64 {
         }
         notified |= raised.replace(false);
         if !notified && signals == 0 {
-            break;
+            // The driver went idle before its steps reached the host's
+            // next write: the host writes now, as a slower host would.
+            if to_write.get() == 0 {
+                break;
+            }
+            if endpoint.request_heartbeat(memory) == Some(true) {
+                interrupts.set(interrupts.get() + 1);
+                notified = true;
+            }
+            to_write.set(to_write.get() - 1);
         }
     }
     probe::clear();

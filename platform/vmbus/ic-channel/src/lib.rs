@@ -40,7 +40,7 @@
 //! more than [`MAX_BAD_IN_A_ROW`] malformed packets in a row.
 //! Trusts the bus manager's and synic's replies as far as their types go.
 //!
-//! Writes: its own ring region (all of it zeroed before each open request,
+//! Writes: its own ring regions (all of them zeroed before each open request,
 //! the out ring's packets and our indices), and nothing else.
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 #![forbid(unsafe_code)]
@@ -62,4 +62,4 @@ pub use channel::{
     HOST_SPACE_TIMEOUT_NS, MAX_BAD_IN_A_ROW, PACKET_BUFFER,
 };
 pub use driver::{DriverService, IcDriver};
-pub use memory::{split_rings, zero_rings, RegionPart};
+pub use memory::{ring_memory, rings, zero_rings, RingRegions};

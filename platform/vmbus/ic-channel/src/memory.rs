@@ -1,90 +1,120 @@
-//! One ring inside a VSC's ring region: a 4 KiB control page followed by
-//! the data area, at a byte offset of the region. Every access goes through
-//! the region's bounds-checked copies and atomics, so no offset the ring code
-//! derives can reach outside this ring's part of the region.
+//! A VSC's two rings in the four regions the `[[driver]]` expansion gives
+//! it: per ring a one-page control region and a data region, the data
+//! mapped twice back to back where the runtime can (seL4: the same frames
+//! again; hosted: the memfd range again), so a packet that crosses the end
+//! of the data area is one copy. Each ring is a
+//! [`vmbus_ring::RegionRingMemory`] over its two regions: every access goes
+//! through the regions' bounds-checked copies and atomics.
 
-use component_api::Region;
+use component_api::{Env, Region, RegionName};
 use core::sync::atomic::AtomicU32;
 use vmbus_protocol::packet::control::CONTROL_PAGE_SIZE;
-use vmbus_ring::{MemoryError, RingMemory};
+use vmbus_ring::{MemoryError, RegionRingMemory, RingMemory};
 
-#[derive(Clone, Copy, Debug)]
-pub struct RegionPart {
-    region: Region,
-    /// Offset of the control page in the region.
-    base: usize,
-    data_len: usize,
+/// The VSC's ring regions (its maps `ring_out_control`, `ring_out`,
+/// `ring_in_control`, `ring_in`; the ring GPADL describes them in this
+/// order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingRegions {
+    pub out_control: RegionName,
+    pub out_data: RegionName,
+    pub in_control: RegionName,
+    pub in_data: RegionName,
 }
 
-impl RegionPart {
-    /// The ring whose control page starts at `base` and which spans `len`
-    /// bytes (control page included) of `region`.
-    pub fn new(region: Region, base: usize, len: usize) -> Result<Self, MemoryError> {
-        let end = base.checked_add(len).ok_or(MemoryError)?;
-        if len <= CONTROL_PAGE_SIZE || end > region.len() || !base.is_multiple_of(CONTROL_PAGE_SIZE)
-        {
-            return Err(MemoryError);
-        }
-        Ok(Self {
-            region,
-            base,
-            data_len: len - CONTROL_PAGE_SIZE,
-        })
-    }
-
-    fn data_offset(&self, offset: usize, count: usize) -> Result<usize, MemoryError> {
-        match offset.checked_add(count) {
-            Some(end) if end <= self.data_len => Ok(self.base + CONTROL_PAGE_SIZE + offset),
-            _ => Err(MemoryError),
-        }
+impl RingRegions {
+    pub fn all(&self) -> [RegionName; 4] {
+        [
+            self.out_control,
+            self.out_data,
+            self.in_control,
+            self.in_data,
+        ]
     }
 }
 
-impl RingMemory for RegionPart {
+/// A ring over its control region and data region.
+pub fn ring_memory(control: Region, data: Region) -> Result<RegionRingMemory, MemoryError> {
+    if data.len() < CONTROL_PAGE_SIZE {
+        return Err(MemoryError);
+    }
+    RegionRingMemory::new(control, data)
+}
+
+/// Which of a channel's two rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingSide {
+    /// Guest to host: the driver writes it.
+    Out,
+    /// Host to guest: the driver reads it.
+    In,
+}
+
+/// One of the driver's rings: a [`RegionRingMemory`] that knows which ring
+/// it is, so the test seam ([`probe`]) can name the control word touched.
+pub struct ChannelRing {
+    memory: RegionRingMemory,
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    side: RingSide,
+}
+
+impl RingMemory for ChannelRing {
     fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        if offset + 4 > CONTROL_PAGE_SIZE {
-            return Err(MemoryError);
-        }
         #[cfg(any(test, feature = "testing"))]
-        probe::control_access(self.base + offset);
-        // The region outlives `self`; the reference is tied to `&self`.
-        Ok(self.region.atomic_u32(self.base + offset)?)
+        probe::control_access(self.side, offset);
+        self.memory.control(offset)
     }
     fn data_len(&self) -> usize {
-        self.data_len
+        self.memory.data_len()
     }
     fn double_mapped(&self) -> bool {
-        false
+        self.memory.double_mapped()
     }
     fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        let at = self.data_offset(offset, out.len())?;
-        Ok(self.region.read_bulk(at, out)?)
+        self.memory.read_data(offset, out)
     }
     fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        let at = self.data_offset(offset, data.len())?;
-        Ok(self.region.write_bulk(at, data)?)
+        self.memory.write_data(offset, data)
     }
+}
+
+/// The guest-to-host ("out") ring and the host-to-guest ("in") ring.
+pub fn rings(env: &dyn Env, regions: RingRegions) -> Result<(ChannelRing, ChannelRing), MemoryError> {
+    Ok((
+        ChannelRing {
+            memory: ring_memory(
+                env.region(regions.out_control),
+                env.region(regions.out_data),
+            )?,
+            side: RingSide::Out,
+        },
+        ChannelRing {
+            memory: ring_memory(env.region(regions.in_control), env.region(regions.in_data))?,
+            side: RingSide::In,
+        },
+    ))
 }
 
 /// Test seam (feature `testing`): a hook run on this thread before every
-/// control-word access of any [`RegionPart`], with the word's offset in its
-/// region. It lets a test host act at an exact point of the driver's ring
-/// protocol (say, write a packet just before the driver publishes its read
-/// index). The hook is taken out while it runs, so the test host's own ring
-/// accesses inside it do not re-enter it.
+/// control-word access of the driver's rings ([`ChannelRing`]), with the
+/// ring and the word's offset in its control page. It lets a test host act
+/// at an exact point of the driver's ring protocol (say, write a packet
+/// just before the driver publishes its read index). The hook is taken out
+/// while it runs, so ring accesses inside it do not re-enter it.
 #[cfg(any(test, feature = "testing"))]
 pub mod probe {
+    use super::RingSide;
     use std::boxed::Box;
     use std::cell::RefCell;
 
-    type Hook = Box<dyn FnMut(usize)>;
+    type Hook = Box<dyn FnMut(RingSide, usize)>;
 
     std::thread_local! {
         static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
     }
 
     /// Run `hook` before every control-word access on this thread.
-    pub fn set(hook: impl FnMut(usize) + 'static) {
+    pub fn set(hook: impl FnMut(RingSide, usize) + 'static) {
         HOOK.with(|slot| *slot.borrow_mut() = Some(Box::new(hook)));
     }
 
@@ -92,11 +122,11 @@ pub mod probe {
         HOOK.with(|slot| *slot.borrow_mut() = None);
     }
 
-    pub(crate) fn control_access(offset: usize) {
+    pub(crate) fn control_access(side: RingSide, offset: usize) {
         let Some(mut hook) = HOOK.with(|slot| slot.borrow_mut().take()) else {
             return;
         };
-        hook(offset);
+        hook(side, offset);
         HOOK.with(|slot| {
             let mut slot = slot.borrow_mut();
             // A hook the hook installed replaces it.
@@ -107,27 +137,19 @@ pub mod probe {
     }
 }
 
-/// The two rings of a VSC's ring region, split as the bus manager tells the
-/// host: the first `out_len` bytes are the guest-to-host ("out") ring, the
-/// rest the host-to-guest ("in") ring (the sizes of the driver's
-/// `[[driver]]` stanza, generated as `driver::RING_OUT_BYTES`).
-pub fn split_rings(
-    region: Region,
-    out_len: usize,
-) -> Result<(RegionPart, RegionPart), MemoryError> {
-    let in_len = region.len().checked_sub(out_len).ok_or(MemoryError)?;
-    Ok((
-        RegionPart::new(region, 0, out_len)?,
-        RegionPart::new(region, out_len, in_len)?,
-    ))
+/// Zero both rings (control pages and data): what a VSC does before each
+/// open request, so nothing of an earlier life (its indices, its packets,
+/// what the host wrote) is in the rings the host is about to be given.
+/// Only the VSC maps its rings; the bus manager knows them by address only.
+pub fn zero_rings(env: &dyn Env, regions: RingRegions) -> Result<(), MemoryError> {
+    for name in regions.all() {
+        zero_region(env.region(name))?;
+    }
+    Ok(())
 }
 
-/// Zero the whole ring region (both rings, control pages and data): what
-/// a VSC does before each open request, so nothing of an earlier life (its
-/// indices, its packets, what the host wrote) is in the rings the host is
-/// about to be given. Only the VSC maps its rings; the bus manager knows
-/// them by address only.
-pub fn zero_rings(region: Region) -> Result<(), MemoryError> {
+/// Zero a region's own bytes (once, even when it is mapped twice).
+fn zero_region(region: Region) -> Result<(), MemoryError> {
     let zeros = [0u8; 512];
     let mut offset = 0;
     while offset < region.len() {
@@ -141,26 +163,40 @@ pub fn zero_rings(region: Region) -> Result<(), MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use component_api::Env;
     use env_double::EnvDouble;
+    use vmbus_ring::RingMemory;
 
     #[test]
-    fn parts_stay_inside_their_half() {
+    fn rings_stay_inside_their_regions() {
         let mut env = EnvDouble::new();
-        let name = env.add_region(32768, true);
-        let (out_ring, in_ring) = split_rings(env.region(name), 16384).unwrap();
+        let regions = RingRegions {
+            out_control: env.add_region(4096, true),
+            out_data: env.add_region(12288, true),
+            in_control: env.add_region(4096, true),
+            in_data: env.add_region(8192, true),
+        };
+        let (out_ring, in_ring) = rings(&env, regions).unwrap();
         assert_eq!(out_ring.data_len(), 12288);
-        assert_eq!(in_ring.data_len(), 12288);
-        in_ring.write_data(12280, &[7; 8]).unwrap();
-        assert_eq!(in_ring.write_data(12281, &[7; 8]), Err(MemoryError));
+        assert_eq!(in_ring.data_len(), 8192);
+        in_ring.write_data(8184, &[7; 8]).unwrap();
+        assert_eq!(in_ring.write_data(8185, &[7; 8]), Err(MemoryError));
         assert_eq!(
             out_ring.read_data(usize::MAX, &mut [0; 1]),
             Err(MemoryError)
         );
         assert!(out_ring.control(4094).is_err());
         let mut last = [0u8; 8];
-        env.test_view(name).read(32760, &mut last).unwrap();
+        env.test_view(regions.in_data)
+            .read(8184, &mut last)
+            .unwrap();
         assert_eq!(last, [7; 8]);
-        assert!(RegionPart::new(env.region(name), 16384, 20480).is_err());
+        // A control region smaller than a page is refused.
+        let small = env.add_region(2048, true);
+        assert!(ring_memory(env.region(small), env.region(regions.in_data)).is_err());
+        zero_rings(&env, regions).unwrap();
+        env.test_view(regions.in_data)
+            .read(8184, &mut last)
+            .unwrap();
+        assert_eq!(last, [0; 8]);
     }
 }

@@ -6,8 +6,12 @@ use component_api::{Channel, Client, Env, Refusal, RegionName};
 use vmbus_protocol::ic::{self, HeartbeatMessage, IcVersion, STATUS_OK};
 
 pub const IDS: ChannelIds = ChannelIds {
-    ring: RegionName(0),
-    ring_out_bytes: crate::testing::RING_REGION_BYTES / 2,
+    rings: crate::RingRegions {
+        out_control: RegionName(0),
+        out_data: RegionName(1),
+        in_control: RegionName(2),
+        in_data: RegionName(3),
+    },
     synic: Channel(0),
     synic_call: Client::new(Channel(1)),
     vmbus: Client::new(Channel(2)),

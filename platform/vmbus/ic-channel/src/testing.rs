@@ -5,7 +5,7 @@
 //! in ring and reads its answers from the out ring with `vmbus-ring`, as
 //! the real host would.
 
-use crate::memory::{split_rings, RegionPart};
+use crate::memory::ring_memory;
 use crate::{ChannelIds, DriverService, IcDriver};
 use component_api::{ChannelSet, Component};
 use env_double::EnvDouble;
@@ -15,10 +15,11 @@ use std::vec::Vec;
 use vmbus_ipc::{bus, synic};
 use vmbus_protocol::ic::{self, IcFlags, IcMessageHeader, IcVersion};
 use vmbus_protocol::packet::{self, PacketDescriptor};
-use vmbus_ring::{RingError, RingReader, RingWriter, Signal};
+use vmbus_ring::{RegionRingMemory, RingError, RingReader, RingWriter, Signal};
 use zerocopy::IntoBytes;
 
-pub const RING_REGION_BYTES: usize = 32768;
+/// Each ring of the VSC under test: its control page and 12 KiB of data.
+pub const RING_BYTES: usize = 16384;
 pub const TEST_CONNECTION_ID: u32 = 0x2_0007;
 
 /// What the simulated bus manager saw and will answer.
@@ -28,7 +29,7 @@ pub struct BusState {
     pub open_requests: u32,
     pub reported: Vec<((u16, u16), (u16, u16))>,
     pub unloads: Vec<Option<u8>>,
-    /// For each `Open`: whether the whole ring region was zero when it
+    /// For each `Open`: whether all four ring regions were zero when it
     /// arrived (the VSC zeroes its rings before it asks; the bus manager
     /// never touches them).
     pub rings_zero_at_open: Vec<bool>,
@@ -41,11 +42,11 @@ pub struct TestHost {
     /// When set, synic answers `SignalHost` with `ChannelClosed` (the
     /// channel was just rescinded or closed).
     pub channel_closed: Rc<std::cell::Cell<bool>>,
-    ring: component_api::Region,
-    /// Where the in ring starts (the VSC's `ring_out_bytes`).
-    out_len: usize,
-    writer: Option<RingWriter<RegionPart>>,
-    reader: Option<RingReader<RegionPart>>,
+    /// The VSC's ring regions as the host sees them: out control, out
+    /// data, in control, in data.
+    rings: [component_api::Region; 4],
+    writer: Option<RingWriter<RegionRingMemory>>,
+    reader: Option<RingReader<RegionRingMemory>>,
     next_transaction: u64,
     /// Times reading the VSC's answers freed enough of the out ring for
     /// the VSC's pending_send_sz: each is a signal the host owes it.
@@ -84,12 +85,21 @@ pub fn channel_info(state: bus::ChannelState, generation: u32) -> bus::ChannelIn
 }
 
 impl TestHost {
-    /// Give `env` the VSC's ring region (it must be the VSC's first region)
-    /// and answer its calls to the bus manager and synic. The channel starts
-    /// offered (generation 1).
+    /// Give `env` the VSC's four ring regions (they must be the VSC's
+    /// first regions; env-double maps nothing twice, so the rings are
+    /// single mapped here: the hosted and seL4 tests run them double
+    /// mapped) and answer its calls to the bus manager and synic. The
+    /// channel starts offered (generation 1).
     pub fn new(env: &mut EnvDouble, ids: ChannelIds) -> Self {
-        let name = env.add_region(RING_REGION_BYTES, true);
-        assert_eq!(name, ids.ring, "the ring must be the VSC's first region");
+        let sizes = [4096, RING_BYTES - 4096, 4096, RING_BYTES - 4096];
+        for (name, size) in ids.rings.all().into_iter().zip(sizes) {
+            assert_eq!(
+                env.add_region(size, true),
+                name,
+                "the rings must be the VSC's first regions"
+            );
+        }
+        let rings = ids.rings.all().map(|name| env.test_view(name));
         let bus = Rc::new(RefCell::new(BusState {
             info: channel_info(bus::ChannelState::Offered, 1),
             open_requests: 0,
@@ -98,14 +108,16 @@ impl TestHost {
             rings_zero_at_open: Vec::new(),
         }));
         let bus_handle = bus.clone();
-        let ring_at_open = env.test_view(name);
+        let rings_at_open = rings;
         env.on_typed_call::<bus::Bus>(ids.vmbus, move |request: bus::Request| {
             let mut state = bus_handle.borrow_mut();
             match request {
                 bus::Request::Query => bus::Reply::Channel(state.info.clone()),
                 bus::Request::Open { .. } => {
                     state.open_requests += 1;
-                    state.rings_zero_at_open.push(all_zero(ring_at_open));
+                    state
+                        .rings_zero_at_open
+                        .push(rings_at_open.into_iter().all(all_zero));
                     state.info.state = bus::ChannelState::Open;
                     bus::Reply::Accepted
                 }
@@ -140,8 +152,7 @@ impl TestHost {
             bus,
             signals,
             channel_closed,
-            ring: env.test_view(name),
-            out_len: ids.ring_out_bytes,
+            rings,
             writer: None,
             reader: None,
             next_transaction: 1,
@@ -155,9 +166,26 @@ impl TestHost {
         bus.info.generation = generation;
     }
 
-    /// The ring region as the host (and the test) sees it.
-    pub fn ring(&self) -> component_api::Region {
-        self.ring
+    /// Fill every ring region with a non-zero pattern (see [`scribble`]).
+    pub fn scribble_rings(&self) {
+        self.rings.into_iter().for_each(scribble);
+    }
+
+    /// The VSC's four ring regions as the host sees them: out control, out
+    /// data, in control, in data.
+    pub fn ring_regions(&self) -> [component_api::Region; 4] {
+        self.rings
+    }
+
+    /// A control word of one of the VSC's rings.
+    pub fn control_word(&self, side: crate::memory::RingSide, offset: usize) -> u32 {
+        let region = match side {
+            crate::memory::RingSide::Out => self.rings[0],
+            crate::memory::RingSide::In => self.rings[2],
+        };
+        let mut word = [0u8; 4];
+        region.read(offset, &mut word).unwrap();
+        u32::from_le_bytes(word)
     }
 
     /// Forget the host's ring positions (after the VSC reopened).
@@ -166,21 +194,18 @@ impl TestHost {
         self.reader = None;
     }
 
-    fn writer(&mut self) -> &mut RingWriter<RegionPart> {
-        let (ring, out_len) = (self.ring, self.out_len);
+    fn writer(&mut self) -> &mut RingWriter<RegionRingMemory> {
+        let [_, _, control, data] = self.rings;
         self.writer.get_or_insert_with(|| {
-            let (_, in_ring) = split_rings(ring, out_len).unwrap();
             // As Hyper-V: pending_send_sz on the ring the host writes.
-            RingWriter::new(in_ring, true).unwrap()
+            RingWriter::new(ring_memory(control, data).unwrap(), true).unwrap()
         })
     }
 
-    fn reader(&mut self) -> &mut RingReader<RegionPart> {
-        let (ring, out_len) = (self.ring, self.out_len);
-        self.reader.get_or_insert_with(|| {
-            let (out_ring, _) = split_rings(ring, out_len).unwrap();
-            RingReader::new(out_ring).unwrap()
-        })
+    fn reader(&mut self) -> &mut RingReader<RegionRingMemory> {
+        let [control, data, _, _] = self.rings;
+        self.reader
+            .get_or_insert_with(|| RingReader::new(ring_memory(control, data).unwrap()).unwrap())
     }
 
     /// Write an in-band packet to the VSC; returns the transaction id.
@@ -215,17 +240,13 @@ impl TestHost {
 
     /// Write raw bytes into the in ring's control page (hostile indices).
     pub fn poke_in_control(&self, offset: usize, value: u32) {
-        self.ring
-            .write(self.out_len + offset, &value.to_le_bytes())
-            .unwrap();
+        self.rings[2].write(offset, &value.to_le_bytes()).unwrap();
     }
 
     /// Write raw bytes into the in ring's data area (a host rewriting a
     /// packet it already published).
     pub fn poke_in_data(&self, offset: usize, bytes: &[u8]) {
-        self.ring
-            .write(self.out_len + 4096 + offset, bytes)
-            .unwrap();
+        self.rings[3].write(offset, bytes).unwrap();
     }
 
     /// The next answer of the VSC: transaction id and payload.

@@ -53,16 +53,69 @@ pub enum GpadlError {
 pub const MAX_SINGLE_RANGE_PFNS: usize = (u16::MAX as usize - 8) / 8;
 
 /// The GpadlHeader and GpadlBody messages for one range of pages, produced
-/// one at a time (no allocation).
+/// one at a time (no allocation). A clone resumes where the original is.
+#[derive(Clone, Debug)]
 pub struct GpadlMessages<'a> {
     child_relid: u32,
     gpadl_id: u32,
     byte_offset: u32,
     byte_count: u32,
-    pfns: &'a [u64],
+    pfns: Pfns<'a>,
     next_pfn: usize,
     header_sent: bool,
     body_number: u32,
+}
+
+/// The pages a GPADL names: a list, or a run of consecutive frames (a
+/// region of any size, without a list of its PFNs in memory).
+#[derive(Clone, Copy, Debug)]
+enum Pfns<'a> {
+    List(&'a [u64]),
+    Consecutive { first: u64, count: usize },
+}
+
+impl Pfns<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Pfns::List(list) => list.len(),
+            Pfns::Consecutive { count, .. } => *count,
+        }
+    }
+    fn get(&self, index: usize) -> u64 {
+        match self {
+            Pfns::List(list) => list[index],
+            Pfns::Consecutive { first, .. } => first + index as u64,
+        }
+    }
+}
+
+impl GpadlMessages<'static> {
+    /// A GPADL of `count` whole consecutive pages from frame `first_pfn`:
+    /// a host-visible region known by its guest physical address and size.
+    pub fn for_consecutive_pages(
+        child_relid: u32,
+        gpadl_id: u32,
+        first_pfn: u64,
+        count: usize,
+    ) -> Result<Self, GpadlError> {
+        let byte_count = count
+            .checked_mul(PAGE_SIZE)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(GpadlError::TooManyPages)?;
+        if first_pfn.checked_add(count as u64).is_none() {
+            return Err(GpadlError::RangeDoesNotMatchPages);
+        }
+        Self::with_pfns(
+            child_relid,
+            gpadl_id,
+            Pfns::Consecutive {
+                first: first_pfn,
+                count,
+            },
+            0,
+            byte_count,
+        )
+    }
 }
 
 impl<'a> GpadlMessages<'a> {
@@ -84,7 +137,23 @@ impl<'a> GpadlMessages<'a> {
         byte_offset: u32,
         byte_count: u32,
     ) -> Result<Self, GpadlError> {
-        if pfns.is_empty() {
+        Self::with_pfns(
+            child_relid,
+            gpadl_id,
+            Pfns::List(pfns),
+            byte_offset,
+            byte_count,
+        )
+    }
+
+    fn with_pfns(
+        child_relid: u32,
+        gpadl_id: u32,
+        pfns: Pfns<'a>,
+        byte_offset: u32,
+        byte_count: u32,
+    ) -> Result<Self, GpadlError> {
+        if pfns.len() == 0 {
             return Err(GpadlError::NoPages);
         }
         if pfns.len() > MAX_SINGLE_RANGE_PFNS {
@@ -106,6 +175,14 @@ impl<'a> GpadlMessages<'a> {
             header_sent: false,
             body_number: 0,
         })
+    }
+
+    pub fn gpadl_id(&self) -> u32 {
+        self.gpadl_id
+    }
+
+    pub fn child_relid(&self) -> u32 {
+        self.child_relid
     }
 
     /// How many messages (header + bodies) this GPADL takes.
@@ -132,8 +209,8 @@ impl Iterator for GpadlMessages<'_> {
             message.push(&self.byte_count.to_le_bytes());
             message.push(&self.byte_offset.to_le_bytes());
             let take = self.pfns.len().min(GPADL_HEADER_MAX_PFNS);
-            for pfn in &self.pfns[..take] {
-                message.push(&pfn.to_le_bytes());
+            for index in 0..take {
+                message.push(&self.pfns.get(index).to_le_bytes());
             }
             self.next_pfn = take;
             return Some(message);
@@ -147,8 +224,8 @@ impl Iterator for GpadlMessages<'_> {
         body.gpadl_id = self.gpadl_id.into();
         message.push(body.as_bytes());
         let end = (self.next_pfn + GPADL_BODY_MAX_PFNS).min(self.pfns.len());
-        for pfn in &self.pfns[self.next_pfn..end] {
-            message.push(&pfn.to_le_bytes());
+        for index in self.next_pfn..end {
+            message.push(&self.pfns.get(index).to_le_bytes());
         }
         self.next_pfn = end;
         Some(message)
@@ -378,6 +455,22 @@ impl<const N: usize> GpadlTable<N> {
         Ok(CreationOutcome::Created)
     }
 
+    /// Give up a GPADL still being created that the host will never answer
+    /// (its messages were not all sent, or its channel was rescinded): the
+    /// id is retired, so a late GpadlCreated is refused as unknown.
+    pub fn abandon(&mut self, gpadl_id: u32) -> Result<(), GpadlTableError> {
+        let index = self.find(gpadl_id)?;
+        let entry = self.entries[index];
+        if entry.state != GpadlState::Creating {
+            return Err(GpadlTableError::WrongState {
+                gpadl_id,
+                state: entry.state,
+            });
+        }
+        self.entries.swap_remove(index);
+        Ok(())
+    }
+
     /// Mark a created GPADL as being torn down and return the message to send.
     pub fn begin_teardown(&mut self, gpadl_id: u32) -> Result<GpadlTeardown, GpadlTableError> {
         let index = self.find(gpadl_id)?;
@@ -432,6 +525,7 @@ impl<const N: usize> GpadlTable<N> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use crate::messages::{parse, ChannelMessage};
     use crate::version::ProtocolVersion;
@@ -481,6 +575,50 @@ mod tests {
         assert_eq!(round_trip(26 + 28), 2);
         assert_eq!(round_trip(26 + 29), 3);
         assert_eq!(round_trip(200), 1 + (200 - 26usize).div_ceil(28));
+    }
+
+    #[test]
+    fn consecutive_pages_of_the_largest_single_range_round_trip() {
+        for count in [1, 27, 1000, MAX_SINGLE_RANGE_PFNS] {
+            let messages = GpadlMessages::for_consecutive_pages(9, 3, 0x4_0000, count).unwrap();
+            assert_eq!(
+                messages.message_count(),
+                1 + count.saturating_sub(26).div_ceil(28)
+            );
+            let mut assembler: Option<std::boxed::Box<GpadlAssembler<8192>>> = None;
+            for message in messages {
+                match parse(message.as_bytes(), ProtocolVersion::V5_3).unwrap() {
+                    ChannelMessage::GpadlHeader(header) => {
+                        assembler =
+                            Some(std::boxed::Box::new(GpadlAssembler::new(&header).unwrap()))
+                    }
+                    ChannelMessage::GpadlBody(body) => {
+                        assembler.as_mut().unwrap().add_body(&body).unwrap();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let assembler = assembler.unwrap();
+            let ranges = assembler.ranges().unwrap();
+            assert_eq!(ranges[0].byte_count as usize, count * 4096);
+            assert!(ranges[0]
+                .pfns
+                .iter()
+                .enumerate()
+                .all(|(i, pfn)| *pfn == 0x4_0000 + i as u64));
+        }
+        assert_eq!(
+            GpadlMessages::for_consecutive_pages(1, 1, 0, MAX_SINGLE_RANGE_PFNS + 1).err(),
+            Some(GpadlError::TooManyPages)
+        );
+        assert_eq!(
+            GpadlMessages::for_consecutive_pages(1, 1, 0, 0).err(),
+            Some(GpadlError::NoPages)
+        );
+        assert_eq!(
+            GpadlMessages::for_consecutive_pages(1, 1, u64::MAX, 2).err(),
+            Some(GpadlError::RangeDoesNotMatchPages)
+        );
     }
 
     #[test]

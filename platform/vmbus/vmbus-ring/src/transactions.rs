@@ -55,6 +55,13 @@ impl<T, const N: usize> TransactionTable<T, N> {
         Ok(self.slots.swap_remove(index).1)
     }
 
+    /// Whether this table ever handed out `id` (outstanding or not): a
+    /// completion for an issued ID that is no longer outstanding is stale
+    /// or repeated; one for an ID never issued is made up.
+    pub fn was_issued(&self, id: u64) -> bool {
+        id != 0 && id < self.next_id
+    }
+
     pub fn is_outstanding(&self, id: u64) -> bool {
         self.slots.iter().any(|(slot_id, _)| *slot_id == id)
     }
@@ -85,6 +92,8 @@ mod tests {
         assert_eq!(table.begin("c"), Err(TransactionError::Full));
         assert_eq!(table.complete(b), Ok("b"));
         assert_eq!(table.complete(b), Err(TransactionError::Unknown(b)));
+        assert!(table.was_issued(b) && !table.is_outstanding(b));
+        assert!(!table.was_issued(999) && !table.was_issued(0));
         assert_eq!(table.complete(999), Err(TransactionError::Unknown(999)));
         let c = table.begin("c").unwrap();
         assert_ne!(c, b, "ids are not reused");
