@@ -579,6 +579,15 @@ impl Synic {
             self.status.signals_refused = self.status.signals_refused.wrapping_add(1);
             return Err(Refusal::DENIED);
         };
+        Ok(reply_for(self.signal_binding(env, &binding)))
+    }
+
+    /// Signal a bound channel to the host the way Hyper-V expects for it:
+    /// the monitor page's pending bit for a monitored channel, otherwise
+    /// HvSignalEvent (after marking the interrupt page's send half for a
+    /// channel without a dedicated interrupt).
+    fn signal_binding(&mut self, env: &mut dyn Env, binding: &Binding) -> HvStatus {
+        let connection_id = binding.connection_id;
         if let Some(monitor) = &self.monitor_pages {
             // Bind refused these without monitor pages.
             if binding.interrupt_page_bit {
@@ -599,7 +608,7 @@ impl Synic {
                     );
                     self.status.signals_sent = self.status.signals_sent.wrapping_add(1);
                     self.status.monitor_signals = self.status.monitor_signals.wrapping_add(1);
-                    return Ok(Reply::Done);
+                    return HvStatus::SUCCESS;
                 }
             }
         }
@@ -618,7 +627,7 @@ impl Synic {
         } else {
             self.status.hypercall_failures = self.status.hypercall_failures.wrapping_add(1);
         }
-        Ok(reply_for(status))
+        status
     }
 
     fn bind(
@@ -754,7 +763,13 @@ impl Synic {
         }
         for binding in bindings {
             // Clears a flag left set for the relid and notifies its VSC.
-            let bound = self.bind(env, binding.relid, binding.connection_id, binding.driver);
+            let bound = self.bind(
+                env,
+                binding.relid,
+                binding.connection_id,
+                binding.driver,
+                (binding.monitor_id, binding.interrupt_page_bit),
+            );
             refused += usize::from(bound.is_err());
         }
         if refused > 0 {
@@ -765,24 +780,9 @@ impl Synic {
         // What is left set belongs to nobody now (or to an opening).
         self.deliver_events(env);
         if after_restart && self.enabled.is_some() {
-            let connections: heapless::Vec<u32, MAX_BINDINGS> =
-                self.bindings.iter().map(|b| b.connection_id).collect();
-            for connection_id in connections {
-                let input = SignalEventInput {
-                    connection_id,
-                    flag_number: 0,
-                    reserved: 0,
-                };
-                let status = hypercall(
-                    env,
-                    HypercallControl::simple(call_code::SIGNAL_EVENT, true),
-                    input.to_fast(),
-                );
-                if status == HvStatus::SUCCESS {
-                    self.status.signals_sent = self.status.signals_sent.wrapping_add(1);
-                } else {
-                    self.status.hypercall_failures = self.status.hypercall_failures.wrapping_add(1);
-                }
+            let bindings = self.bindings.clone();
+            for binding in &bindings {
+                let _ = self.signal_binding(env, binding);
             }
             println!(
                 env,

@@ -1000,6 +1000,8 @@ fn a_restarted_synic_keeps_the_hosts_message_and_events_and_vmbus_restores_the_t
             relid: 5,
             connection_id: 0x2005,
             driver: driver_id("kvp"),
+            monitor_id: None,
+            interrupt_page_bit: false,
         }])
         .unwrap(),
         opening: HVec::from_slice(&[9]).unwrap(),
@@ -1148,4 +1150,48 @@ fn without_a_dedicated_interrupt_the_relid_is_marked_in_the_interrupt_pages_send
     assert_eq!(HypercallControl(control).code(), call_code::SIGNAL_EVENT);
     assert_eq!(SignalEventInput::from_fast(input).connection_id, 0x2028);
     assert_eq!(synic.status().monitor_signals, 0);
+}
+
+#[test]
+fn a_restored_monitored_channel_is_still_signalled_through_the_monitor_page() {
+    let (mut rig, mut synic) = rig();
+    bind_with(&mut rig, &mut synic, 5, 0x2005, Some(37), false).unwrap();
+    drop(synic);
+    let mut synic = Synic::init(&mut rig.env);
+    assert!(synic.status().restarted);
+    let restore = Request::Restore {
+        bindings: HVec::from_slice(&[vmbus_ipc::synic::RestoredBinding {
+            relid: 5,
+            connection_id: 0x2005,
+            driver: driver_id("kvp"),
+            monitor_id: Some(37),
+            interrupt_page_bit: false,
+        }])
+        .unwrap(),
+        opening: HVec::new(),
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &restore),
+        Ok(Reply::Done)
+    );
+    let pending_group_1 = MONITOR_PAGE2_OFFSET + hyperv_defs::MonitorPage::pending_offset(1);
+    // The restore's own signal, and then the VSC's: both through the
+    // monitor page, never a hypercall (Hyper-V counts on the bit).
+    rig.monitor.write(pending_group_1, &[0; 4]).unwrap();
+    let signal = Request::SignalHost {
+        connection_id: 0x2005,
+    };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &signal),
+        Ok(Reply::Done)
+    );
+    assert_eq!(word(&rig.monitor, pending_group_1), 1 << 5);
+    let hypercall_signals = rig
+        .host
+        .borrow()
+        .hypercalls
+        .iter()
+        .filter(|(control, _)| HypercallControl(*control).code() == call_code::SIGNAL_EVENT)
+        .count();
+    assert_eq!(hypercall_signals, 0, "a monitored channel got HvSignalEvent");
 }

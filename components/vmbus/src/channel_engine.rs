@@ -340,20 +340,32 @@ impl Vmbus {
         self.post_control(env, open.as_bytes());
     }
 
+    /// How synic signals driver `d`'s channel to the host: the offer's
+    /// monitor id, and whether to mark the interrupt page's send half (a
+    /// channel without a dedicated interrupt, before 5.0: only then does
+    /// InitiateContact name the interrupt page to the host).
+    pub(crate) fn signalling(&self, d: usize) -> (Option<u8>, bool) {
+        let Some(channel) = self.drivers[d].channel.as_ref() else {
+            return (None, false);
+        };
+        let interrupt_page_known = self.version.is_some_and(|v| !v.uses_message_sint());
+        (
+            channel.offer.monitor_id,
+            !channel.offer.dedicated_interrupt && interrupt_page_known,
+        )
+    }
+
     pub(crate) fn bind(&mut self, env: &mut dyn Env, d: usize) -> Step {
         let name = self.drivers[d].wiring.name;
         let channel = self.channel_mut(d);
         let (relid, connection_id) = (channel.offer.relid, channel.offer.connection_id);
-        let (monitor_id, dedicated) = (channel.offer.monitor_id, channel.offer.dedicated_interrupt);
-        // The host knows the interrupt page only before 5.0 (InitiateContact
-        // then names it).
-        let interrupt_page_known = self.version.is_some_and(|v| !v.uses_message_sint());
+        let (monitor_id, interrupt_page_bit) = self.signalling(d);
         let request = synic::Request::Bind {
             relid,
             connection_id,
             driver: self.drivers[d].wiring.id,
             monitor_id,
-            interrupt_page_bit: !dedicated && interrupt_page_known,
+            interrupt_page_bit,
         };
         match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) => {

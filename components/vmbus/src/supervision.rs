@@ -398,15 +398,18 @@ impl Vmbus {
     pub(crate) fn on_synic_restarted(&mut self, env: &mut dyn Env) {
         let mut bindings = Vec::new();
         let mut opening = Vec::new();
-        for driver in self.drivers.iter() {
+        for (d, driver) in self.drivers.iter().enumerate() {
             let Some(channel) = driver.channel.as_ref() else {
                 continue;
             };
             if channel.bound {
+                let (monitor_id, interrupt_page_bit) = self.signalling(d);
                 let _ = bindings.push(synic::RestoredBinding {
                     relid: channel.offer.relid,
                     connection_id: channel.offer.connection_id,
                     driver: driver.wiring.id,
+                    monitor_id,
+                    interrupt_page_bit,
                 });
             } else if channel.open_pending.is_some() {
                 let _ = opening.push(channel.offer.relid);

@@ -210,6 +210,9 @@ pub mod synic {
         pub relid: u32,
         pub connection_id: u32,
         pub driver: DriverId,
+        /// As in [`Request::Bind`]: how the channel is signalled.
+        pub monitor_id: Option<u8>,
+        pub interrupt_page_bit: bool,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
