@@ -1193,5 +1193,8 @@ fn a_restored_monitored_channel_is_still_signalled_through_the_monitor_page() {
         .iter()
         .filter(|(control, _)| HypercallControl(*control).code() == call_code::SIGNAL_EVENT)
         .count();
-    assert_eq!(hypercall_signals, 0, "a monitored channel got HvSignalEvent");
+    assert_eq!(
+        hypercall_signals, 0,
+        "a monitored channel got HvSignalEvent"
+    );
 }

@@ -79,7 +79,10 @@ impl RingMemory for ChannelRing {
 }
 
 /// The guest-to-host ("out") ring and the host-to-guest ("in") ring.
-pub fn rings(env: &dyn Env, regions: RingRegions) -> Result<(ChannelRing, ChannelRing), MemoryError> {
+pub fn rings(
+    env: &dyn Env,
+    regions: RingRegions,
+) -> Result<(ChannelRing, ChannelRing), MemoryError> {
     Ok((
         ChannelRing {
             memory: ring_memory(
