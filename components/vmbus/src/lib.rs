@@ -97,7 +97,8 @@ pub const MAX_UNCLAIMED: usize = 32;
 /// Faults within [`FAULT_WINDOW_NS`] after which a VSC is held stopped.
 pub const FAULTS_TO_HOLD: usize = 3;
 pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
-/// The largest ring region the bus manager describes in a GPADL.
+/// The most pages (both rings, control pages included) the bus manager
+/// describes in a ring GPADL.
 pub const MAX_RING_PAGES: usize = 256;
 /// Messages waiting for the host to take them (InsufficientBuffers).
 const OUTBOX_SIZE: usize = 64;
