@@ -145,7 +145,10 @@ impl Vmbus {
     /// page, in data, each region's pages in order) and the downstream
     /// offset (the out ring's pages); `None` if a region is not host
     /// visible or not a whole-page, page-aligned area of a usable size.
-    fn ring_pages(env: &mut dyn Env, wiring: &Wiring) -> Option<(Vec<u64, MAX_RING_PAGES>, u32)> {
+    pub(crate) fn ring_pages(
+        env: &mut dyn Env,
+        wiring: &Wiring,
+    ) -> Option<(Vec<u64, MAX_RING_PAGES>, u32)> {
         let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
         let mut downstream = 0;
         for (part, name) in wiring.rings.iter().enumerate() {

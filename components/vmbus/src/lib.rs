@@ -112,7 +112,8 @@ pub const MAX_UNCLAIMED: usize = 32;
 /// Faults within [`FAULT_WINDOW_NS`] after which a VSC is held stopped.
 pub const FAULTS_TO_HOLD: usize = 3;
 pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
-/// The largest ring region the bus manager describes in a GPADL.
+/// The most pages (both rings, control pages included) the bus manager
+/// describes in a ring GPADL.
 pub const MAX_RING_PAGES: usize = 256;
 /// The most data buffers one VSC has GPADLs made over (sysdesc's limit).
 pub const MAX_BUFFERS: usize = 4;

@@ -625,6 +625,35 @@ fn open_builds_the_gpadl_from_the_ring_region_then_opens_and_binds() {
 }
 
 #[test]
+fn the_ring_gpadl_lists_the_four_ring_regions_in_hyper_v_order() {
+    let rig = Rig::offered();
+    let mut env = EnvDouble::new();
+    // Scattered in guest memory: only the order of the regions counts.
+    let out_control = env.add_region_address_only(4096, 0x90_0000);
+    let out_data = env.add_region_address_only(8192, 0x20_0000);
+    let in_control = env.add_region_address_only(4096, 0x50_0000);
+    let in_data = env.add_region_address_only(12288, 0x30_0000);
+    let mut wiring = rig.bus.drivers[0].wiring;
+    wiring.rings = [out_control, out_data, in_control, in_data];
+    let (pfns, downstream) = Vmbus::ring_pages(&mut env, &wiring).unwrap();
+    assert_eq!(
+        pfns.as_slice(),
+        [0x900, 0x200, 0x201, 0x500, 0x300, 0x301, 0x302]
+    );
+    assert_eq!(downstream, 3, "the in ring's control page comes after 3");
+    // A control region of two pages, a region that is not whole pages or
+    // not page aligned: no GPADL.
+    let two_pages = env.add_region_address_only(8192, 0x60_0000);
+    let ragged = env.add_region_address_only(4104, 0x70_0000);
+    let unaligned = env.add_region_address_only(4096, 0x80_0800);
+    for (part, bad) in [(2, two_pages), (3, ragged), (0, unaligned)] {
+        let mut broken = wiring;
+        broken.rings[part] = bad;
+        assert!(Vmbus::ring_pages(&mut env, &broken).is_none(), "{part}");
+    }
+}
+
+#[test]
 fn gpadl_messages_split_at_26_and_28_pfns() {
     // 60 pages: header 26, body 28, body 6.
     let mut rig = rig_with(60 * 4096, |_| {});

@@ -11,6 +11,7 @@ use vmbus_protocol::ic::{
     PIPE_PACKET_DATA,
 };
 use vmbus_protocol::packet::PacketKind;
+use vmbus_ring::RingMemory;
 use vmbus_ring::{RingError, RingReader, RingWriter, Signal};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -266,6 +267,12 @@ impl IcChannel {
         let Ok((out_ring, in_ring)) = rings(env, self.ids.rings) else {
             give_up(env, "the ring regions cannot hold two rings");
         };
+        // Said at open so boot tests see the runtime honoured `double`.
+        let mapped = if out_ring.double_mapped() && in_ring.double_mapped() {
+            "twice"
+        } else {
+            "once"
+        };
         // Our own indices are read once here; a host that corrupted them
         // before we attached gets the channel reset.
         // Our writer announces pending_send_sz (feature bit 0 on the out
@@ -277,7 +284,10 @@ impl IcChannel {
         self.rings = Some(rings);
         println!(
             env,
-            "channel open: relid {} connection {}", self.relid, self.connection_id
+            "channel open: relid {} connection {}, rings mapped {}",
+            self.relid,
+            self.connection_id,
+            mapped
         );
     }
 
