@@ -120,6 +120,8 @@ pub struct Script {
     pub gap_allowance_ns: u64,
     /// Total bytes all GPADLs may describe at once.
     pub gpadl_memory_limit: u64,
+    /// Devices offered with a monitor ID.
+    pub monitored_devices: Vec<ScriptDevice>,
 }
 
 impl Script {
@@ -158,6 +160,7 @@ impl Script {
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
             gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
+            monitored_devices: devices(&scenario.monitored_devices),
         })
     }
 
@@ -169,7 +172,11 @@ impl Script {
                 .devices
                 .iter()
                 .enumerate()
-                .map(|(index, device)| device.config(index as u128 + 1))
+                .map(|(index, device)| {
+                    let mut config = device.config(index as u128 + 1);
+                    config.monitored = self.monitored_devices.contains(device);
+                    config
+                })
                 .collect(),
             min_version: self.min_version,
             max_version: self.max_version,
@@ -350,6 +357,23 @@ impl ScriptRunner {
                     self.script.time_sample_period_ns,
                     self.script.gap_allowance_ns,
                 ));
+                if !self.script.monitored_devices.is_empty() {
+                    let stats = sim.vmbus.stats;
+                    let as_expected = stats.monitor_signals > 0
+                        && stats.hypercall_signals_on_monitored == 0
+                        && stats.rule_violations == 0;
+                    report.push(format!(
+                        "host: monitored channels {} ({} monitor-page signals, {} hypercall signals, {} rule violations)",
+                        if as_expected {
+                            "signalled through the monitor page only"
+                        } else {
+                            "NOT signalled as Hyper-V expects"
+                        },
+                        stats.monitor_signals,
+                        stats.hypercall_signals_on_monitored,
+                        stats.rule_violations,
+                    ));
+                }
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered

@@ -22,6 +22,7 @@ const SCENARIOS: &[&str] = &[
     "kvp-fault",
     "kvp-get",
     "kvp-rescind",
+    "monitored",
     "runtime-offers",
     "vmbus-2.4",
     "vmbus-4.0",
@@ -80,6 +81,11 @@ fn kvp_get() {
 #[test]
 fn kvp_rescind() {
     run_scenario("kvp-rescind");
+}
+
+#[test]
+fn monitored() {
+    run_scenario("monitored");
 }
 
 #[test]
