@@ -125,7 +125,10 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
         if driver.buffers.len() > MAX_BUFFERS {
             errors.push(source.diagnostic(
                 driver.buffers[MAX_BUFFERS].span().start,
-                format!("{} data buffers: a driver has at most {MAX_BUFFERS}", driver.buffers.len()),
+                format!(
+                    "{} data buffers: a driver has at most {MAX_BUFFERS}",
+                    driver.buffers.len()
+                ),
             ));
         }
         for buffer in &driver.buffers {

@@ -324,11 +324,19 @@ buffers = [16777216, 65536]
         let region = &layout.regions[index];
         assert_eq!((region.size, region.host_visible), (size, true));
         let net = &layout.components[layout.component_index("net").unwrap()];
-        let own = net.maps.iter().find(|m| m.region as usize == index).unwrap();
+        let own = net
+            .maps
+            .iter()
+            .find(|m| m.region as usize == index)
+            .unwrap();
         assert_eq!(own.name, format!("buffer{n}"));
         assert!(own.writable && !own.address_only);
         let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
-        let grant = vmbus.maps.iter().find(|m| m.region as usize == index).unwrap();
+        let grant = vmbus
+            .maps
+            .iter()
+            .find(|m| m.region as usize == index)
+            .unwrap();
         assert!(grant.address_only, "the manager never maps a data buffer");
     }
     let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
