@@ -1051,3 +1051,47 @@ fn a_monitored_channel_is_signalled_through_the_monitor_page_the_host_scans() {
     assert_eq!(synic_status.monitor_signals, 1);
     assert_eq!(synic_status.signals_sent, 2, "heartbeat's by hypercall");
 }
+
+#[test]
+fn sub_channel_offers_are_accepted_left_unopened_and_released_when_rescinded() {
+    // What the bus does with sub-channels today (they are not yet routed to
+    // the primary's driver or opened): it takes each offer, leaves it
+    // alone, and releases it cleanly when the host rescinds it, before or
+    // with its primary; the host sees no protocol error.
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.open_all();
+    let kvp = guest.info(3).relid;
+    let subs = guest.sim.borrow_mut().offer_sub_channels(kvp, 2);
+    assert_eq!(subs.len(), 2);
+    guest.pump();
+    assert!(
+        guest.bus_env.console.contains("sub-channel"),
+        "{}",
+        guest.bus_env.console
+    );
+    // A rescind of one sub-channel while its primary runs.
+    assert!(guest.sim.borrow_mut().rescind(subs[0]));
+    guest.pump();
+    assert_eq!(guest.sim.borrow().vmbus.channel_state(subs[0]), None);
+    assert_eq!(guest.info(3).state, ChannelState::Open);
+    // A sub-channel offer for no primary.
+    let orphan = guest.sim.borrow_mut().offer_sub_channel(
+        DeviceConfig::ic(DeviceKind::Kvp, uuid::Uuid::from_u128(0x9999)),
+        1,
+    );
+    guest.pump();
+    // The primary's rescind takes its remaining sub-channel first.
+    assert!(guest.sim.borrow_mut().rescind(kvp));
+    guest.pump();
+    for relid in [subs[1], kvp] {
+        assert_eq!(guest.sim.borrow().vmbus.channel_state(relid), None);
+    }
+    assert!(guest.sim.borrow_mut().rescind(orphan));
+    guest.pump();
+    assert_eq!(guest.sim.borrow().vmbus.channel_state(orphan), None);
+    assert_eq!(guest.bus.counters().rejected, 0);
+    assert_eq!(guest.sim.borrow().vmbus.stats.rule_violations, 0);
+}

@@ -98,6 +98,10 @@ pub struct Scenario {
     /// about 1280 MiB on Windows Server 2019 and later); a GPADL beyond it
     /// is refused with STATUS_QUOTA_EXCEEDED.
     pub gpadl_memory_limit_kib: u64,
+    /// Devices (names as in `devices`) offered with a monitor ID: the
+    /// guest signals them through the monitor page. At the shutdown
+    /// request the host reports how each kind of signal arrived.
+    pub monitored_devices: Vec<String>,
 }
 
 impl Default for Scenario {
@@ -123,6 +127,7 @@ impl Default for Scenario {
             gap_allowance_ms: 250,
             crash_after_heartbeats: Vec::new(),
             gpadl_memory_limit_kib: 1280 << 10,
+            monitored_devices: Vec::new(),
         }
     }
 }
@@ -236,6 +241,7 @@ impl Scenario {
         for (key, list) in [
             ("devices", &self.devices),
             ("added_devices", &self.added_devices),
+            ("monitored_devices", &self.monitored_devices),
         ] {
             if let Some(bad) = list.iter().find(|d| parse_device(d).is_none()) {
                 return invalid(
@@ -321,7 +327,7 @@ impl Scenario {
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
              kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
-             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {} }}",
+             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -342,6 +348,7 @@ impl Scenario {
                 .collect::<Vec<_>>()
                 .join(", "),
             self.gpadl_memory_limit_kib,
+            strings(&self.monitored_devices),
         )
     }
 }
@@ -428,7 +435,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -476,7 +483,8 @@ mod tests {
             r#"kvp_get_guest_key: Some("K".into()),"#,
             "gap_allowance_ms: 250,",
             "crash_after_heartbeats: alloc::vec![],",
-            "gpadl_memory_limit_kib: 1310720 }",
+            "gpadl_memory_limit_kib: 1310720,",
+            "monitored_devices: alloc::vec![] }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

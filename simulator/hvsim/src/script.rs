@@ -124,6 +124,8 @@ pub struct Script {
     pub crash_after_heartbeats: Vec<(u64, String)>,
     /// Total bytes all GPADLs may describe at once.
     pub gpadl_memory_limit: u64,
+    /// Devices offered with a monitor ID.
+    pub monitored_devices: Vec<ScriptDevice>,
 }
 
 impl Script {
@@ -163,6 +165,7 @@ impl Script {
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
             crash_after_heartbeats: scenario.crash_after_heartbeats.clone(),
             gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
+            monitored_devices: devices(&scenario.monitored_devices),
         })
     }
 
@@ -174,7 +177,11 @@ impl Script {
                 .devices
                 .iter()
                 .enumerate()
-                .map(|(index, device)| device.config(index as u128 + 1))
+                .map(|(index, device)| {
+                    let mut config = device.config(index as u128 + 1);
+                    config.monitored = self.monitored_devices.contains(device);
+                    config
+                })
                 .collect(),
             min_version: self.min_version,
             max_version: self.max_version,
@@ -372,6 +379,23 @@ impl ScriptRunner {
                     self.script.time_sample_period_ns,
                     self.script.gap_allowance_ns,
                 ));
+                if !self.script.monitored_devices.is_empty() {
+                    let stats = sim.vmbus.stats;
+                    let as_expected = stats.monitor_signals > 0
+                        && stats.hypercall_signals_on_monitored == 0
+                        && stats.rule_violations == 0;
+                    report.push(format!(
+                        "host: monitored channels {} ({} monitor-page signals, {} hypercall signals, {} rule violations)",
+                        if as_expected {
+                            "signalled through the monitor page only"
+                        } else {
+                            "NOT signalled as Hyper-V expects"
+                        },
+                        stats.monitor_signals,
+                        stats.hypercall_signals_on_monitored,
+                        stats.rule_violations,
+                    ));
+                }
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered

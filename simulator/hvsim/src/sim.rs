@@ -56,6 +56,16 @@ impl<M: GuestMemory> Simulator<M> {
         self.vmbus.rescind(&mut self.host, relid)
     }
 
+    /// The device of the open primary `relid` offers `count` sub-channels.
+    pub fn offer_sub_channels(&mut self, relid: u32, count: u16) -> Vec<u32> {
+        self.vmbus.offer_sub_channels(&mut self.host, relid, count)
+    }
+
+    /// Fault injection: a sub-channel offer, with or without a primary.
+    pub fn offer_sub_channel(&mut self, device: DeviceConfig, index: u16) -> u32 {
+        self.vmbus.offer_sub_channel(&mut self.host, device, index)
+    }
+
     /// The relid of the open channel serving `kind`, if one is open.
     pub fn channel_of(&self, kind: DeviceKind) -> Option<u32> {
         self.vmbus

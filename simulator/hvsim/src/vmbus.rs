@@ -256,6 +256,9 @@ struct Channel {
     endpoint: Option<ChannelEndpoint>,
     /// The VP its interrupts target (OpenChannel, then ModifyChannel).
     target_vp: u32,
+    /// 0 for a primary channel; a sub-channel shares its primary's class
+    /// and instance.
+    sub_channel_index: u16,
 }
 
 struct Gpadl {
@@ -466,9 +469,71 @@ impl Server {
                 connection_id: EVENT_CONNECTION_BASE + relid,
                 endpoint: None,
                 target_vp: 0,
+                sub_channel_index: 0,
             },
         );
         relid
+    }
+
+    /// The device offers `count` sub-channels of the open primary `primary`
+    /// (test hook: on Hyper-V the guest asks in the device's own protocol,
+    /// e.g. storvsc's operation 13). Returns their relids; none if the
+    /// primary is not open.
+    pub fn offer_sub_channels<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        primary: u32,
+        count: u16,
+    ) -> Vec<u32> {
+        let Some(channel) = self.channels.get(&primary) else {
+            return Vec::new();
+        };
+        if channel.state != ChannelState::Open || channel.sub_channel_index != 0 {
+            return Vec::new();
+        }
+        let device = channel.device.clone();
+        let taken = self
+            .channels
+            .values()
+            .filter(|c| c.device.instance == device.instance && c.sub_channel_index != 0)
+            .map(|c| c.sub_channel_index)
+            .max()
+            .unwrap_or(0);
+        let mut relids = Vec::new();
+        for index in 1..=count {
+            relids.push(self.offer_sub_channel(host, device.clone(), taken + index));
+        }
+        relids
+    }
+
+    /// Fault injection: an offer of sub-channel `index` of `device`,
+    /// whether or not a primary of that instance exists.
+    pub fn offer_sub_channel<M: GuestMemory>(
+        &mut self,
+        host: &mut Host<M>,
+        device: DeviceConfig,
+        index: u16,
+    ) -> u32 {
+        let relid = self.create_channel(device);
+        if let Some(channel) = self.channels.get_mut(&relid) {
+            channel.sub_channel_index = index;
+        }
+        if self.offers_requested {
+            self.send_offer(host, relid);
+        }
+        relid
+    }
+
+    /// The sub-channels of the primary `relid` (by instance), with their index.
+    pub fn sub_channels(&self, relid: u32) -> Vec<(u32, u16)> {
+        let Some(primary) = self.channels.get(&relid) else {
+            return Vec::new();
+        };
+        self.channels
+            .values()
+            .filter(|c| c.device.instance == primary.device.instance && c.sub_channel_index != 0)
+            .map(|c| (c.relid, c.sub_channel_index))
+            .collect()
     }
 
     /// Adds a device while the guest runs: offered at once if the guest
@@ -549,6 +614,7 @@ impl Server {
         }
         offer.chn_flags = flags.bits().into();
         offer.child_relid = relid.into();
+        offer.sub_channel_index = channel.sub_channel_index.into();
         let dedicated = !self
             .config
             .shared_interrupt
@@ -567,6 +633,18 @@ impl Server {
     /// Rescinds a channel: closes it host-side and sends RescindChannelOffer.
     /// The relid stays reserved until the guest sends RelIdReleased.
     pub fn rescind<M: GuestMemory>(&mut self, host: &mut Host<M>, relid: u32) -> bool {
+        // A primary's sub-channels are rescinded before it.
+        let subs: Vec<u32> = match self.channels.get(&relid) {
+            Some(c) if c.sub_channel_index == 0 => self
+                .sub_channels(relid)
+                .into_iter()
+                .map(|(sub, _)| sub)
+                .collect(),
+            _ => Vec::new(),
+        };
+        for sub in subs {
+            self.rescind(host, sub);
+        }
         let Some(channel) = self.channels.get_mut(&relid) else {
             return false;
         };
@@ -859,10 +937,11 @@ impl Server {
                 for relid in self.channels.keys().copied().collect::<Vec<_>>() {
                     self.close_channel(host, relid);
                 }
-                // Rescinded channels are forgotten; the rest will be offered
+                // Rescinded channels are forgotten, and sub-channels (the
+                // guest asks for them again); the rest will be offered
                 // again after the next InitiateContact/RequestOffers.
                 self.channels
-                    .retain(|_, c| c.state != ChannelState::Rescinded);
+                    .retain(|_, c| c.state != ChannelState::Rescinded && c.sub_channel_index == 0);
                 for channel in self.channels.values_mut() {
                     channel.offered = false;
                 }

@@ -451,6 +451,45 @@ fn before_5_3_modify_channel_has_no_answer() {
 }
 
 #[test]
+fn sub_channels_are_offered_for_an_open_primary_and_rescinded_before_it() {
+    let mut h = start_vmbus("sub-channels", config());
+    let offers = h.boot();
+    let relid = VmbusHarness::relid_of(&offers, DISK_INSTANCE);
+    // Not before the primary is open (the guest asks over it).
+    assert!(h.with(|s| s.offer_sub_channels(relid, 2)).is_empty());
+    let _rings = h.open_channel(relid);
+    let subs = h.with(|s| s.offer_sub_channels(relid, 2));
+    assert_eq!(subs.len(), 2);
+    for (n, sub) in subs.iter().enumerate() {
+        match h.expect() {
+            ChannelMessage::OfferChannel(offer) => {
+                assert_eq!(offer.child_relid.get(), *sub);
+                assert_eq!(offer.sub_channel_index.get(), n as u16 + 1);
+                assert_eq!(offer.interface_instance.to_uuid(), DISK_INSTANCE);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // More later continue the numbering.
+    let more = h.with(|s| s.offer_sub_channels(relid, 1));
+    match h.expect() {
+        ChannelMessage::OfferChannel(offer) => assert_eq!(offer.sub_channel_index.get(), 3),
+        other => panic!("{other:?}"),
+    }
+    // The primary's rescind goes after its sub-channels'.
+    assert!(h.with(|s| s.rescind(relid)));
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        match h.expect() {
+            ChannelMessage::RescindChannelOffer(r) => order.push(r.child_relid.get()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(order, [subs[0], subs[1], more[0], relid]);
+    h.finish();
+}
+
+#[test]
 fn unload_and_reconnect() {
     let mut h = start_vmbus("unload", config());
     let offers = h.boot();

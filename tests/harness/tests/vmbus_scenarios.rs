@@ -23,6 +23,7 @@ const SCENARIOS: &[&str] = &[
     "kvp-get",
     "kvp-rescind",
     "restart",
+    "monitored",
     "runtime-offers",
     "vmbus-2.4",
     "vmbus-4.0",
@@ -86,6 +87,11 @@ fn restart() {
 #[test]
 fn kvp_rescind() {
     run_scenario("kvp-rescind");
+}
+
+#[test]
+fn monitored() {
+    run_scenario("monitored");
 }
 
 #[test]

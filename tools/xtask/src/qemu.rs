@@ -4,7 +4,7 @@
 //! `cargo xtask boot-test [--system FILE] [--host-script FILE]`: for the
 //! given image, or by default for every case in [`BOOT_TESTS`] (the VMBus
 //! system, its isolation test, its bus scenarios (version fallback,
-//! rescind and re-offer, offers at runtime, KVP GET), the platform
+//! rescind and re-offer, offers at runtime, KVP GET, monitored channels), the platform
 //! demonstration and the platform's own bring-up test): build, boot headless with a timeout, and
 //! pass if QEMU ends through isa-debug-exit with status 1 (a component
 //! called `power_off(0)`; status is `code << 1 | 1`) and every line of the
@@ -86,6 +86,7 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", Some("tests/systems/vmbus-4.0.hvsim")),
     ("system.toml", Some("tests/systems/vmbus-2.4.hvsim")),
     ("system.toml", Some("tests/systems/kvp-rescind.hvsim")),
+    ("system.toml", Some("tests/systems/monitored.hvsim")),
     ("system.toml", Some("tests/systems/runtime-offers.hvsim")),
     ("system.toml", Some("tests/systems/kvp-get.hvsim")),
     ("system.toml", Some("tests/systems/restart.hvsim")),
