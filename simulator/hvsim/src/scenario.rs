@@ -162,12 +162,19 @@ fn class_guid(text: &str) -> Option<u128> {
     uuid::Uuid::try_parse(text).ok().map(|guid| guid.as_u128())
 }
 
+/// The data-path test device's class (`vmbus_protocol::datapath_test::CLASS`;
+/// written out here because the build script reads this file without that
+/// crate; a test in `channel/datapath.rs` keeps the two equal).
+pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
+
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
         "heartbeat" => Some(IcName::Heartbeat),
         "shutdown" => Some(IcName::Shutdown),
         "timesync" => Some(IcName::TimeSync),
         "kvp" => Some(IcName::Kvp),
+        // The data-path test device (a test-only class of our own).
+        "datapath" => return Some(DeviceName::Class(DATAPATH_TEST_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {

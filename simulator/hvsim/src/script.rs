@@ -59,12 +59,49 @@ impl ScriptDevice {
             ScriptDevice::Generic { class } => DeviceConfig {
                 class: uuid::Uuid::from_u128(class),
                 instance: instance(index),
-                kind: DeviceKind::Generic,
+                kind: if class == vmbus_protocol::datapath_test::CLASS.as_u128() {
+                    DeviceKind::DataPathTest
+                } else {
+                    DeviceKind::Generic
+                },
                 monitored: false,
                 message_pipe: false,
             },
         }
     }
+}
+
+/// The data-path test device asked for the host's totals: print them with
+/// the rule-violation counters (the hosted and QEMU tests check them).
+fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) {
+    let Some(relid) = sim.channel_of(DeviceKind::DataPathTest) else {
+        return;
+    };
+    let rule_violations = sim.vmbus.stats.rule_violations;
+    let Some(endpoint) = sim.vmbus.endpoint_mut(relid) else {
+        return;
+    };
+    if !core::mem::take(&mut endpoint.datapath.report_requested) {
+        return;
+    }
+    let host = &endpoint.datapath;
+    let stats = &endpoint.stats;
+    report.push(format!(
+        "host: datapath checked {} in-band and {} GPA-direct packets, {} bytes, {} errors; \
+         sent {} in-band and {} transfer-page packets, the guest found {} errors in {} bytes",
+        host.in_band_checked,
+        host.gpa_direct_checked,
+        host.bytes_checked,
+        host.errors,
+        host.in_band_sent,
+        host.transfers_sent,
+        host.guest_errors,
+        host.guest_bytes_checked,
+    ));
+    report.push(format!(
+        "host: datapath rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
+        rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
+    ));
 }
 
 /// The first instance index of devices added while the guest runs (those
@@ -334,6 +371,7 @@ impl ScriptRunner {
         self.add_devices(sim, &mut report);
         self.rescind_kvp(sim, &mut report);
         self.kvp_get(sim, &mut report);
+        datapath_report(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
