@@ -107,9 +107,15 @@ impl ChannelEndpoint {
             }
             op::REPORT => {
                 self.datapath.report_requested = true;
-                let checked = self.datapath.bytes_checked as u32;
-                let errors = self.datapath.errors.min(u32::MAX as u64) as u32;
-                self.datapath_complete(memory, &packet, header.op.get(), checked, errors)
+                // The totals so far, not counted again.
+                let verdict = Verdict {
+                    op: op::REPORT.into(),
+                    bytes_checked: (self.datapath.bytes_checked.min(u32::MAX as u64) as u32).into(),
+                    errors: (self.datapath.errors.min(u32::MAX as u64) as u32).into(),
+                    reserved: 0.into(),
+                };
+                packet.completion_requested
+                    && self.send_completion(memory, packet.transaction_id, verdict.as_bytes())
             }
             _ => self.datapath_complete(memory, &packet, header.op.get(), 0, 1),
         }
