@@ -92,6 +92,10 @@ pub struct Scenario {
     /// about 1280 MiB on Windows Server 2019 and later); a GPADL beyond it
     /// is refused with STATUS_QUOTA_EXCEEDED.
     pub gpadl_memory_limit_kib: u64,
+    /// Hostile-host test of the data-path test device: once the guest's
+    /// stream started, send a transfer-page packet naming a range past the
+    /// end of its receive buffer and a completion for an id it never used.
+    pub datapath_host_faults: bool,
 }
 
 impl Default for Scenario {
@@ -116,6 +120,7 @@ impl Default for Scenario {
             kvp_get_after_heartbeats: 0,
             gap_allowance_ms: 250,
             gpadl_memory_limit_kib: 1280 << 10,
+            datapath_host_faults: false,
         }
     }
 }
@@ -309,7 +314,7 @@ impl Scenario {
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
              kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
-             gpadl_memory_limit_kib: {} }}",
+             gpadl_memory_limit_kib: {}, datapath_host_faults: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -325,6 +330,7 @@ impl Scenario {
             self.kvp_get_after_heartbeats,
             self.gap_allowance_ms,
             self.gpadl_memory_limit_kib,
+            self.datapath_host_faults,
         )
     }
 }
@@ -411,7 +417,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `gpadl_memory_limit_kib`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `gpadl_memory_limit_kib`, `datapath_host_faults`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -455,7 +461,7 @@ mod tests {
             r#"devices: alloc::vec!["heartbeat".into(), "shutdown".into(), "timesync".into(), "kvp".into()],"#,
             r#"kvp_get_guest_key: Some("K".into()),"#,
             "gap_allowance_ms: 250,",
-            "gpadl_memory_limit_kib: 1310720 }",
+            "gpadl_memory_limit_kib: 1310720, datapath_host_faults: false }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

@@ -71,6 +71,38 @@ impl ScriptDevice {
     }
 }
 
+/// Once the data-path test's stream runs (the host knows the receive
+/// buffer): a transfer-page range past its end and a completion for an id
+/// the guest never used. Whether they were sent.
+fn datapath_faults<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) -> bool {
+    let Some(relid) = sim.channel_of(DeviceKind::DataPathTest) else {
+        return false;
+    };
+    let started = sim
+        .vmbus
+        .endpoint(relid)
+        .is_some_and(|endpoint| endpoint.datapath.in_band_sent > 0);
+    if !started {
+        return false;
+    }
+    let sent = sim.with_channel(
+        relid,
+        |endpoint, memory| {
+            let outside = endpoint.inject_transfer_outside(memory, 0xBAD0_0000_0000_0001);
+            let unknown = endpoint.inject_unknown_completion(memory);
+            (outside, unknown)
+        },
+        |&(outside, unknown)| outside == Some(true) || unknown,
+    );
+    let Some((Some(_), _)) = sent else {
+        return false;
+    };
+    report.push(format!(
+        "host: datapath faults sent on relid {relid}: a transfer-page range past the receive buffer, a completion for an unknown id"
+    ));
+    true
+}
+
 /// The data-path test device asked for the host's totals: print them with
 /// the rule-violation counters (the hosted and QEMU tests check them).
 fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) {
@@ -157,6 +189,8 @@ pub struct Script {
     pub gap_allowance_ns: u64,
     /// Total bytes all GPADLs may describe at once.
     pub gpadl_memory_limit: u64,
+    /// See `Scenario::datapath_host_faults`.
+    pub datapath_host_faults: bool,
 }
 
 impl Script {
@@ -195,6 +229,7 @@ impl Script {
             kvp_get_after_heartbeats: scenario.kvp_get_after_heartbeats,
             gap_allowance_ns: scenario.gap_allowance_ms * 1_000_000,
             gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
+            datapath_host_faults: scenario.datapath_host_faults,
         })
     }
 
@@ -286,6 +321,8 @@ pub struct ScriptRunner {
     /// The VMBus version negotiated when last looked (None: not connected,
     /// or unloaded).
     connected: Option<ProtocolVersion>,
+    /// The data-path test's host faults went out.
+    datapath_faults_sent: bool,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -329,6 +366,7 @@ impl ScriptRunner {
             rescind: RescindProgress::NotYet,
             kvp_get_sent: false,
             connected: None,
+            datapath_faults_sent: false,
         }
     }
 
@@ -371,6 +409,9 @@ impl ScriptRunner {
         self.add_devices(sim, &mut report);
         self.rescind_kvp(sim, &mut report);
         self.kvp_get(sim, &mut report);
+        if self.script.datapath_host_faults && !self.datapath_faults_sent {
+            self.datapath_faults_sent = datapath_faults(sim, &mut report);
+        }
         datapath_report(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
