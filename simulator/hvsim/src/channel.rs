@@ -277,6 +277,8 @@ pub struct ChannelEndpoint {
     /// Where transfer-page packets put their data (set by the device
     /// protocol, or by tests).
     pub receive_buffer: Option<HostReceiveBuffer>,
+    /// The data-path test device's state (`channel/datapath.rs`).
+    pub datapath: datapath::DataPathHost,
     now_ns: u64,
 }
 
@@ -322,6 +324,7 @@ impl ChannelEndpoint {
             },
             gpadls: ChannelGpadls::default(),
             receive_buffer: None,
+            datapath: datapath::DataPathHost::default(),
             now_ns,
         };
         // The host starts from the indices the guest left in the control
@@ -426,6 +429,9 @@ impl ChannelEndpoint {
             self.stats.waits_for_space_signal += 1;
         } else {
             signal_guest |= self.flush_deferred(memory);
+        }
+        if self.kind == DeviceKind::DataPathTest {
+            signal_guest |= self.datapath_pump(memory);
         }
         if self.kind == DeviceKind::Heartbeat
             && self.ic.message_version.is_some()
@@ -970,6 +976,9 @@ impl ChannelEndpoint {
 
     /// Handles a guest packet; returns whether to signal the guest.
     fn handle_packet<M: GuestMemory>(&mut self, memory: &M, packet: ReceivedPacket) -> bool {
+        if self.kind == DeviceKind::DataPathTest {
+            return self.datapath_packet(memory, packet);
+        }
         if !self.kind.is_ic() {
             // Generic device: complete what asks for completion, except a
             // request that named memory the guest never shared.
@@ -1042,7 +1051,7 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => ic_type::SHUTDOWN,
             DeviceKind::TimeSync => ic_type::TIMESYNC,
             DeviceKind::Kvp => ic_type::KVP,
-            DeviceKind::Generic => 0,
+            DeviceKind::Generic | DeviceKind::DataPathTest => 0,
         }
     }
 
@@ -1088,7 +1097,7 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => &ic::versions::SHUTDOWN,
             DeviceKind::TimeSync => &ic::versions::TIMESYNC,
             DeviceKind::Kvp => &ic::versions::KVP,
-            DeviceKind::Generic => &[],
+            DeviceKind::Generic | DeviceKind::DataPathTest => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1232,5 +1241,6 @@ impl PacketFault {
     }
 }
 
+mod datapath;
 #[cfg(test)]
 mod flow_tests;

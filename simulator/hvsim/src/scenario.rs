@@ -102,6 +102,10 @@ pub struct Scenario {
     /// guest signals them through the monitor page. At the shutdown
     /// request the host reports how each kind of signal arrived.
     pub monitored_devices: Vec<String>,
+    /// Hostile-host test of the data-path test device: once the guest's
+    /// stream started, send a transfer-page packet naming a range past the
+    /// end of its receive buffer and a completion for an id it never used.
+    pub datapath_host_faults: bool,
 }
 
 impl Default for Scenario {
@@ -128,6 +132,7 @@ impl Default for Scenario {
             crash_after_heartbeats: Vec::new(),
             gpadl_memory_limit_kib: 1280 << 10,
             monitored_devices: Vec::new(),
+            datapath_host_faults: false,
         }
     }
 }
@@ -174,12 +179,19 @@ fn class_guid(text: &str) -> Option<u128> {
     uuid::Uuid::try_parse(text).ok().map(|guid| guid.as_u128())
 }
 
+/// The data-path test device's class (`vmbus_protocol::datapath_test::CLASS`;
+/// written out here because the build script reads this file without that
+/// crate; a test in `channel/datapath.rs` keeps the two equal).
+pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
+
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
         "heartbeat" => Some(IcName::Heartbeat),
         "shutdown" => Some(IcName::Shutdown),
         "timesync" => Some(IcName::TimeSync),
         "kvp" => Some(IcName::Kvp),
+        // The data-path test device (a test-only class of our own).
+        "datapath" => return Some(DeviceName::Class(DATAPATH_TEST_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
@@ -327,7 +339,7 @@ impl Scenario {
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
              kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
-             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {} }}",
+             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {}, datapath_host_faults: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -349,6 +361,7 @@ impl Scenario {
                 .join(", "),
             self.gpadl_memory_limit_kib,
             strings(&self.monitored_devices),
+            self.datapath_host_faults,
         )
     }
 }
@@ -435,7 +448,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -484,7 +497,8 @@ mod tests {
             "gap_allowance_ms: 250,",
             "crash_after_heartbeats: alloc::vec![],",
             "gpadl_memory_limit_kib: 1310720,",
-            "monitored_devices: alloc::vec![] }",
+            "monitored_devices: alloc::vec![],",
+            "datapath_host_faults: false }",
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

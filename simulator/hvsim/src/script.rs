@@ -59,12 +59,81 @@ impl ScriptDevice {
             ScriptDevice::Generic { class } => DeviceConfig {
                 class: uuid::Uuid::from_u128(class),
                 instance: instance(index),
-                kind: DeviceKind::Generic,
+                kind: if class == vmbus_protocol::datapath_test::CLASS.as_u128() {
+                    DeviceKind::DataPathTest
+                } else {
+                    DeviceKind::Generic
+                },
                 monitored: false,
                 message_pipe: false,
             },
         }
     }
+}
+
+/// Once the data-path test's stream runs (the host knows the receive
+/// buffer): a transfer-page range past its end and a completion for an id
+/// the guest never used. Whether they were sent.
+fn datapath_faults<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) -> bool {
+    let Some(relid) = sim.channel_of(DeviceKind::DataPathTest) else {
+        return false;
+    };
+    let started = sim
+        .vmbus
+        .endpoint(relid)
+        .is_some_and(|endpoint| endpoint.datapath.in_band_sent > 0);
+    if !started {
+        return false;
+    }
+    let sent = sim.with_channel(
+        relid,
+        |endpoint, memory| {
+            let outside = endpoint.inject_transfer_outside(memory, 0xBAD0_0000_0000_0001);
+            let unknown = endpoint.inject_unknown_completion(memory);
+            (outside, unknown)
+        },
+        |&(outside, unknown)| outside == Some(true) || unknown,
+    );
+    let Some((Some(_), _)) = sent else {
+        return false;
+    };
+    report.push(format!(
+        "host: datapath faults sent on relid {relid}: a transfer-page range past the receive buffer, a completion for an unknown id"
+    ));
+    true
+}
+
+/// The data-path test device asked for the host's totals: print them with
+/// the rule-violation counters (the hosted and QEMU tests check them).
+fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) {
+    let Some(relid) = sim.channel_of(DeviceKind::DataPathTest) else {
+        return;
+    };
+    let rule_violations = sim.vmbus.stats.rule_violations;
+    let Some(endpoint) = sim.vmbus.endpoint_mut(relid) else {
+        return;
+    };
+    if !core::mem::take(&mut endpoint.datapath.report_requested) {
+        return;
+    }
+    let host = &endpoint.datapath;
+    let stats = &endpoint.stats;
+    report.push(format!(
+        "host: datapath checked {} in-band and {} GPA-direct packets, {} bytes, {} errors; \
+         sent {} in-band and {} transfer-page packets, the guest found {} errors in {} bytes",
+        host.in_band_checked,
+        host.gpa_direct_checked,
+        host.bytes_checked,
+        host.errors,
+        host.in_band_sent,
+        host.transfers_sent,
+        host.guest_errors,
+        host.guest_bytes_checked,
+    ));
+    report.push(format!(
+        "host: datapath rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
+        rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
+    ));
 }
 
 /// The first instance index of devices added while the guest runs (those
@@ -126,6 +195,8 @@ pub struct Script {
     pub gpadl_memory_limit: u64,
     /// Devices offered with a monitor ID.
     pub monitored_devices: Vec<ScriptDevice>,
+    /// See `Scenario::datapath_host_faults`.
+    pub datapath_host_faults: bool,
 }
 
 impl Script {
@@ -166,6 +237,7 @@ impl Script {
             crash_after_heartbeats: scenario.crash_after_heartbeats.clone(),
             gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
             monitored_devices: devices(&scenario.monitored_devices),
+            datapath_host_faults: scenario.datapath_host_faults,
         })
     }
 
@@ -263,6 +335,8 @@ pub struct ScriptRunner {
     connected: Option<ProtocolVersion>,
     /// Crashes of `crash_after_heartbeats` handed out so far.
     crashes_taken: usize,
+    /// The data-path test's host faults went out.
+    datapath_faults_sent: bool,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -307,6 +381,7 @@ impl ScriptRunner {
             kvp_get_sent: false,
             connected: None,
             crashes_taken: 0,
+            datapath_faults_sent: false,
         }
     }
 
@@ -363,6 +438,10 @@ impl ScriptRunner {
         self.add_devices(sim, &mut report);
         self.rescind_kvp(sim, &mut report);
         self.kvp_get(sim, &mut report);
+        if self.script.datapath_host_faults && !self.datapath_faults_sent {
+            self.datapath_faults_sent = datapath_faults(sim, &mut report);
+        }
+        datapath_report(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after

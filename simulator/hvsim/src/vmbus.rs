@@ -83,11 +83,16 @@ pub enum DeviceKind {
     /// Any other device: the host drains its ring and checks the packets
     /// but speaks no device protocol.
     Generic,
+    /// The data-path test device (`vmbus_protocol::datapath_test`, a class
+    /// of our own, test only): the host checks every byte the guest sends
+    /// in each send shape and streams in-band and transfer-page packets
+    /// back (`channel/datapath.rs`).
+    DataPathTest,
 }
 
 impl DeviceKind {
     pub fn is_ic(self) -> bool {
-        !matches!(self, DeviceKind::Generic)
+        !matches!(self, DeviceKind::Generic | DeviceKind::DataPathTest)
     }
 }
 
@@ -113,6 +118,7 @@ impl DeviceConfig {
             DeviceKind::TimeSync => class::TIMESYNC,
             DeviceKind::Kvp => class::KVP,
             DeviceKind::Generic => Uuid::nil(),
+            DeviceKind::DataPathTest => vmbus_protocol::datapath_test::CLASS,
         };
         DeviceConfig {
             class,

@@ -85,6 +85,10 @@ fn pages(first: u64, count: u64) -> Vec<u64> {
 }
 
 fn setup(memory: &VecMemory) -> (Guest<'_>, ChannelEndpoint) {
+    setup_kind(memory, DeviceKind::Generic)
+}
+
+fn setup_kind(memory: &VecMemory, kind: DeviceKind) -> (Guest<'_>, ChannelEndpoint) {
     let out_ring = || GuestRing {
         memory,
         control: OUT_CONTROL * PAGE,
@@ -107,7 +111,7 @@ fn setup(memory: &VecMemory) -> (Guest<'_>, ChannelEndpoint) {
         transfer_page_set_id: RECEIVE_SET,
     }));
     let mut host = ChannelEndpoint::new(
-        DeviceKind::Generic,
+        kind,
         RING_GPADL,
         &pages(OUT_CONTROL, 1 + RING_DATA_PAGES),
         &pages(IN_CONTROL, 1 + RING_DATA_PAGES),
@@ -400,4 +404,171 @@ fn the_server_resolves_through_the_channels_created_gpadls() {
     assert_eq!(stats.gpa_outside_gpadls, 2);
     assert!(packet.data.is_empty());
     h.finish();
+}
+
+/// The data-path test device's host side (`channel/datapath.rs`): every
+/// byte the guest sends is compared (a changed byte is counted in the
+/// verdict), a stream naming a GPADL the guest never made is refused, and a
+/// stream sends in-band and transfer-page packets with the pattern, no more
+/// transfer pages in flight than the receive buffer holds.
+#[test]
+fn datapath_test_device_checks_every_byte_and_streams_back() {
+    use vmbus_protocol::datapath_test::{self as test, op, StreamRequest, TestHeader, Verdict};
+    use zerocopy::{FromBytes, IntoBytes};
+    let memory = VecMemory::new(1 << 20);
+    let (mut guest, mut host) = setup_kind(&memory, DeviceKind::DataPathTest);
+    host.receive_buffer = None;
+    let message = |operation: u32, len: u32, seed: u64, rest: &[u8]| {
+        let mut bytes = TestHeader {
+            op: operation.into(),
+            len: len.into(),
+            seed: seed.into(),
+        }
+        .as_bytes()
+        .to_vec();
+        bytes.extend_from_slice(rest);
+        bytes
+    };
+    let verdict_of = |guest: &mut Guest<'_>| {
+        let mut out = vec![0u8; 4096];
+        let Some(Received::Completion { payload, .. }) = guest.receive(&mut out).unwrap() else {
+            panic!("no completion");
+        };
+        let verdict = Verdict::read_from_prefix(payload).unwrap().0;
+        let _ = guest.reader().finish_batch().unwrap();
+        verdict
+    };
+    // In band: right, then one byte changed.
+    let mut data = vec![0u8; 700];
+    test::fill(9, 0, &mut data);
+    let sent = guest
+        .send_in_band(&message(op::IN_BAND, 700, 9, &data), Some(1))
+        .unwrap();
+    let _ = host.step(&memory, u64::from(sent.signal.0), 1);
+    let verdict = verdict_of(&mut guest);
+    assert_eq!(
+        (verdict.bytes_checked.get(), verdict.errors.get()),
+        (700, 0)
+    );
+    data[345] ^= 4;
+    let sent = guest
+        .send_in_band(&message(op::IN_BAND, 700, 9, &data), Some(2))
+        .unwrap();
+    let _ = host.step(&memory, u64::from(sent.signal.0), 2);
+    assert_eq!(verdict_of(&mut guest).errors.get(), 1);
+    // GPA direct (multi-page, two ranges) from the shared data buffer.
+    let mut contents = vec![0u8; 9000];
+    test::fill(11, 0, &mut contents);
+    memory.write(DATA_FIRST * PAGE + 100, &contents).unwrap();
+    let buffer = data_buffer();
+    let slices = [
+        buffer.slice(100, 4000).unwrap(),
+        buffer.slice(4100, 5000).unwrap(),
+    ];
+    let sent = guest
+        .send_multi_page(&slices, &message(op::GPA_DIRECT, 9000, 11, &[]), Some(3))
+        .unwrap();
+    let _ = host.step(&memory, u64::from(sent.signal.0), 3);
+    let verdict = verdict_of(&mut guest);
+    assert_eq!(
+        (verdict.bytes_checked.get(), verdict.errors.get()),
+        (9000, 0)
+    );
+    // A stream into a GPADL the guest never made: refused, nothing sent.
+    let request = |gpadl: u32| StreamRequest {
+        count: 5.into(),
+        receive_gpadl: gpadl.into(),
+        transfer_page_set_id: u32::from(RECEIVE_SET).into(),
+        ranges: 3.into(),
+    };
+    let sent = guest
+        .send_in_band(
+            &message(op::START_HOST_STREAM, 1000, 77, request(0x9999).as_bytes()),
+            Some(4),
+        )
+        .unwrap();
+    let _ = host.step(&memory, u64::from(sent.signal.0), 4);
+    assert_eq!(verdict_of(&mut guest).errors.get(), 1);
+    assert_eq!(host.datapath.in_band_sent, 0);
+    // A stream into the receive buffer: 5 in band, 5 transfer pages.
+    let sent = guest
+        .send_in_band(
+            &message(
+                op::START_HOST_STREAM,
+                1000,
+                77,
+                request(RECEIVE_GPADL).as_bytes(),
+            ),
+            Some(5),
+        )
+        .unwrap();
+    let _ = host.step(&memory, u64::from(sent.signal.0), 5);
+    let mut out = vec![0u8; 4096];
+    let (mut in_band, mut transfers) = (0, 0);
+    for now in 6..50 {
+        let mut signal = false;
+        while let Some(received) = guest.receive(&mut out).unwrap() {
+            let (id, errors) = match received {
+                Received::Completion { payload, .. } => {
+                    assert_eq!(
+                        Verdict::read_from_prefix(payload).unwrap().0.errors.get(),
+                        0
+                    );
+                    continue;
+                }
+                Received::InBand {
+                    transaction_id,
+                    payload,
+                    ..
+                } => {
+                    let (header, rest) = TestHeader::read_from_prefix(payload).unwrap();
+                    assert_eq!(header.seed.get(), 77 ^ transaction_id);
+                    in_band += 1;
+                    let errors = test::mismatches(header.seed.get(), 0, &rest[..1000]);
+                    (transaction_id, errors)
+                }
+                Received::TransferPages {
+                    transaction_id,
+                    ranges,
+                    ..
+                } => {
+                    assert_eq!(ranges.len(), 3);
+                    let mut bytes = Vec::new();
+                    for range in ranges.iter() {
+                        let mut chunk = vec![0u8; range.len as usize];
+                        memory
+                            .read(RECEIVE_FIRST * PAGE + u64::from(range.offset), &mut chunk)
+                            .unwrap();
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    assert_eq!(bytes.len(), 1000);
+                    transfers += 1;
+                    (
+                        transaction_id,
+                        test::mismatches(77 ^ transaction_id, 0, &bytes),
+                    )
+                }
+            };
+            assert_eq!(errors, 0);
+            let verdict = Verdict {
+                op: 0.into(),
+                bytes_checked: 1000.into(),
+                errors: 0.into(),
+                reserved: 0.into(),
+            };
+            signal |= guest.send_completion(id, verdict.as_bytes()).unwrap().0;
+        }
+        signal |= guest.reader().finish_batch().unwrap().0;
+        let _ = host.step(&memory, u64::from(signal), now);
+    }
+    assert_eq!((in_band, transfers), (5, 5));
+    assert_eq!(host.datapath.guest_completions, 10);
+    assert_eq!(host.datapath.guest_bytes_checked, 10_000);
+    assert_eq!(
+        host.datapath.errors, 2,
+        "the changed byte and the refused stream"
+    );
+    assert_eq!(host.stats.unknown_responses, 0);
+    assert_eq!(host.stats.gpa_outside_gpadls, 0);
+    assert!(host.broken.is_none());
 }

@@ -90,6 +90,10 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", Some("tests/systems/runtime-offers.hvsim")),
     ("system.toml", Some("tests/systems/kvp-get.hvsim")),
     ("system.toml", Some("tests/systems/restart.hvsim")),
+    (
+        "tests/systems/datapath.toml",
+        Some("tests/systems/datapath.hvsim"),
+    ),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
 ];

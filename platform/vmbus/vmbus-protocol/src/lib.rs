@@ -20,6 +20,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod datapath_test;
 pub mod gpadl;
 pub mod guid;
 pub mod ic;
