@@ -228,6 +228,7 @@ fn bind(
             relid,
             connection_id,
             driver: driver_id(driver),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         },
@@ -530,6 +531,7 @@ fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
             relid: 4,
             connection_id: 4,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         },
@@ -761,6 +763,7 @@ fn the_description_says_who_may_use_each_operation() {
         relid: 5,
         connection_id: 0x2005,
         driver: driver_id("kvp"),
+        channel: 0,
         monitor_id: None,
         interrupt_page_bit: false,
     };
@@ -1000,6 +1003,7 @@ fn a_restarted_synic_keeps_the_hosts_message_and_events_and_vmbus_restores_the_t
             relid: 5,
             connection_id: 0x2005,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         }])
@@ -1089,6 +1093,7 @@ fn bind_with(
             relid,
             connection_id,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id,
             interrupt_page_bit,
         },
@@ -1164,6 +1169,7 @@ fn a_restored_monitored_channel_is_still_signalled_through_the_monitor_page() {
             relid: 5,
             connection_id: 0x2005,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: Some(37),
             interrupt_page_bit: false,
         }])

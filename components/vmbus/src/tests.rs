@@ -137,6 +137,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     relid,
                     connection_id,
                     driver,
+                    channel: _,
                     monitor_id,
                     interrupt_page_bit,
                 } => {
@@ -164,6 +165,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     synic::Reply::Done
                 }
                 synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
+                synic::Request::Pending => synic::Reply::Pending(0),
                 synic::Request::Status => synic::Reply::Status(Default::default()),
                 synic::Request::Restore { bindings, opening } => {
                     fake.bound.clear();
@@ -245,7 +247,10 @@ impl Rig {
     }
 
     fn query(&mut self, d: usize) -> ChannelInfo {
-        match self.request(self.bus.drivers[d].wiring.call, bus::Request::Query) {
+        match self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Query { channel: 0 },
+        ) {
             bus::Reply::Channel(info) => info,
             other => panic!("{other:?}"),
         }
@@ -260,6 +265,7 @@ impl Rig {
         self.request(
             call_end,
             bus::Request::Open {
+                channel: 0,
                 user_data: Vec::new(),
             },
         )
@@ -635,7 +641,7 @@ fn the_ring_gpadl_lists_the_four_ring_regions_in_hyper_v_order() {
     let in_data = env.add_region_address_only(12288, 0x30_0000);
     let mut wiring = rig.bus.drivers[0].wiring;
     wiring.rings = [out_control, out_data, in_control, in_data];
-    let (pfns, downstream) = Vmbus::ring_pages(&mut env, &wiring).unwrap();
+    let (pfns, downstream) = Vmbus::ring_pages(&mut env, &wiring.rings).unwrap();
     assert_eq!(
         pfns.as_slice(),
         [0x900, 0x200, 0x201, 0x500, 0x300, 0x301, 0x302]
@@ -649,7 +655,10 @@ fn the_ring_gpadl_lists_the_four_ring_regions_in_hyper_v_order() {
     for (part, bad) in [(2, two_pages), (3, ragged), (0, unaligned)] {
         let mut broken = wiring;
         broken.rings[part] = bad;
-        assert!(Vmbus::ring_pages(&mut env, &broken).is_none(), "{part}");
+        assert!(
+            Vmbus::ring_pages(&mut env, &broken.rings).is_none(),
+            "{part}"
+        );
     }
 }
 
@@ -762,7 +771,7 @@ fn close_unbinds_closes_and_waits_for_torndown() {
     rig.rings[0].write(0, &[0xEE; 64]).unwrap();
     let call_end = rig.bus.drivers[0].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     assert_eq!(rig.synic.borrow().unbinds, [1]);
@@ -815,7 +824,7 @@ fn rescind_at(at: At) {
         At::Closing => {
             gpadl = Some(rig.open_fully(0));
             let call_end = rig.bus.drivers[0].wiring.call;
-            rig.request(call_end, bus::Request::Close);
+            rig.request(call_end, bus::Request::Close { channel: 0 });
             rig.posted();
         }
     }
@@ -1255,7 +1264,7 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
     }
     assert!(!rig.env.console.contains("VMBus 5.3, 4 devices"));
     let call_end = rig.bus.drivers[1].wiring.call;
-    rig.request(call_end, bus::Request::Close);
+    rig.request(call_end, bus::Request::Close { channel: 0 });
     let gpadl = rig.bus.drivers[1].channel.as_ref().unwrap().gpadl.unwrap();
     rig.torndown(gpadl);
     assert!(
@@ -1269,9 +1278,10 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
 fn only_drivers_query_open_and_close() {
     let mut rig = Rig::offered();
     for request in [
-        bus::Request::Query,
-        bus::Request::Close,
+        bus::Request::Query { channel: 0 },
+        bus::Request::Close { channel: 0 },
         bus::Request::Open {
+            channel: 0,
             user_data: Vec::new(),
         },
     ] {
@@ -1285,7 +1295,7 @@ fn only_drivers_query_open_and_close() {
     assert_eq!(rig.open(3), bus::Reply::Accepted);
     let call_end = rig.bus.drivers[2].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Refused(bus::Refusal::WrongState)
     );
     let mut reply = [0u8; 16];
@@ -1544,7 +1554,7 @@ fn a_data_buffer_gets_a_gpadl_while_open_and_loses_it_on_close() {
     // Close: the channel closes, then both GPADLs go together.
     let call_end = rig.bus.drivers[3].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     let posted = rig.posted();
@@ -1817,7 +1827,7 @@ fn retarget_sends_modify_channel_and_5_3_waits_for_the_answer() {
     );
     // A reopen opens on the target VP.
     let call_end = rig.bus.drivers[3].wiring.call;
-    rig.request(call_end, bus::Request::Close);
+    rig.request(call_end, bus::Request::Close { channel: 0 });
     rig.posted();
     rig.torndown(ring);
     let gpadl = rig.begin_open(3);

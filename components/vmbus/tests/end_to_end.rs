@@ -297,7 +297,7 @@ impl Guest {
     }
 
     fn info(&mut self, d: usize) -> bus::ChannelInfo {
-        match self.request(Guest::vsc_end(d), bus::Request::Query) {
+        match self.request(Guest::vsc_end(d), bus::Request::Query { channel: 0 }) {
             bus::Reply::Channel(info) => info,
             other => panic!("{other:?}"),
         }
@@ -307,6 +307,7 @@ impl Guest {
         let reply = self.request(
             Guest::vsc_end(d),
             bus::Request::Open {
+                channel: 0,
                 user_data: Default::default(),
             },
         );
@@ -511,7 +512,7 @@ fn rescind_at_every_step_is_recovered_without_a_host_complaint() {
             if point == RescindPoint::OnClose {
                 assert_eq!(guest.info(3).state, ChannelState::Open);
                 assert_eq!(
-                    guest.request(Guest::vsc_end(3), bus::Request::Close),
+                    guest.request(Guest::vsc_end(3), bus::Request::Close { channel: 0 }),
                     bus::Reply::Accepted
                 );
             }
@@ -999,7 +1000,7 @@ fn a_retarget_moves_the_channel_at_the_host_and_a_reopen_keeps_it() {
         })
     );
     assert_eq!(
-        guest.request(kvp, bus::Request::Close),
+        guest.request(kvp, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     guest.open(3);
