@@ -29,35 +29,59 @@ impl Vmbus {
 
     /// Channel `k` of driver `d`: 0 its primary, K its sub-channel K.
     pub(crate) fn record(&self, d: usize, k: usize) -> Option<&ChannelRecord> {
-        let driver = self.drivers.get(d)?;
         match k {
-            0 => driver.channel.as_ref(),
-            k => driver.subs.get(k - 1)?.as_ref(),
+            0 => self.drivers.get(d)?.channel.as_ref(),
+            k => self
+                .subs
+                .iter()
+                .find(|s| s.driver == d && s.index == k)
+                .map(|s| &s.record),
         }
     }
 
-    pub(crate) fn record_slot(&mut self, d: usize, k: usize) -> &mut Option<ChannelRecord> {
-        let driver = &mut self.drivers[d];
+    /// Channel `k` of driver `d`, from the two places records live (so
+    /// the caller may use the rest of `Vmbus` meanwhile).
+    pub(crate) fn record_in<'a>(
+        drivers: &'a mut Vec<Driver, MAX_DRIVERS>,
+        subs: &'a mut Vec<SubChannel, MAX_SUB_CHANNEL_RECORDS>,
+        d: usize,
+        k: usize,
+    ) -> Option<&'a mut ChannelRecord> {
         match k {
-            0 => &mut driver.channel,
-            k => &mut driver.subs[k - 1],
+            0 => drivers.get_mut(d)?.channel.as_mut(),
+            k => subs
+                .iter_mut()
+                .find(|s| s.driver == d && s.index == k)
+                .map(|s| &mut s.record),
         }
     }
 
     pub(crate) fn record_mut(&mut self, d: usize, k: usize) -> &mut ChannelRecord {
-        self.record_slot(d, k)
-            .as_mut()
+        Self::record_in(&mut self.drivers, &mut self.subs, d, k)
             .expect("only called while the channel has a record")
+    }
+
+    /// Forget sub-channel `k` of driver `d`.
+    pub(crate) fn remove_sub(&mut self, d: usize, k: usize) -> Option<ChannelRecord> {
+        let position = self
+            .subs
+            .iter()
+            .position(|s| s.driver == d && s.index == k)?;
+        Some(self.subs.remove(position).record)
+    }
+
+    /// The sub-channel records of driver `d`.
+    pub(crate) fn subs_of(&self, d: usize) -> impl Iterator<Item = &ChannelRecord> {
+        self.subs
+            .iter()
+            .filter(move |s| s.driver == d)
+            .map(|s| &s.record)
     }
 
     /// Some sub-channel of driver `d` still has something at the host
     /// (open, opening, bound or its ring GPADL).
     pub(crate) fn subs_busy(&self, d: usize) -> bool {
-        self.drivers[d]
-            .subs
-            .iter()
-            .flatten()
-            .any(ChannelRecord::busy)
+        self.subs_of(d).any(ChannelRecord::busy)
     }
 
     pub(crate) fn step(&mut self, env: &mut dyn Env, d: usize, k: usize) -> Step {
@@ -182,21 +206,21 @@ impl Vmbus {
                 released.child_relid = relid.into();
                 self.post_control(env, released.as_bytes());
                 println!(env, "relid {} (sub-channel {}) released", relid, k);
-                *self.record_slot(d, k) = None;
+                self.remove_sub(d, k);
                 self.status_dirty = true;
                 return Step::Again;
             }
             return Step::Wait;
         }
         if self.record_mut(d, 0).rescinded {
-            if self.subs_busy(d) || self.drivers[d].subs.iter().flatten().any(|s| s.rescinded) {
+            if self.subs_busy(d) || self.subs_of(d).any(|s| s.rescinded) {
                 // Its sub-channels go first (the host rescinds them first).
                 return Step::Wait;
             }
             // Sub-channels the host did not rescind with their primary:
             // nobody drives them any more; released when rescinded.
             for k in 1..=MAX_SUB_CHANNELS {
-                if let Some(sub) = self.record_slot(d, k).take() {
+                if let Some(sub) = self.remove_sub(d, k) {
                     println!(
                         env,
                         "relid {} outlived its primary relid {}: left alone",

@@ -421,7 +421,8 @@ impl Vmbus {
             Some(d) if k > self.drivers[d].wiring.sub_rings.len().min(MAX_SUB_CHANNELS) => {
                 Some("beyond the driver's sub-channels")
             }
-            Some(d) if self.drivers[d].subs[k - 1].is_some() => Some("index already offered"),
+            Some(d) if self.record(d, k).is_some() => Some("index already offered"),
+            Some(_) if self.subs.is_full() => Some("no room for more sub-channels"),
             Some(d) if self.drivers[d].held || self.drivers[d].recovering => {
                 Some("driver unavailable")
             }
@@ -451,7 +452,14 @@ impl Vmbus {
             env,
             "offer relid {}: sub-channel {} -> {}", offer.relid, index, self.drivers[d].wiring.name
         );
-        self.drivers[d].subs[k - 1] = Some(ChannelRecord::new(offer));
+        let sub = SubChannel {
+            driver: d,
+            index: k,
+            record: ChannelRecord::new(offer),
+        };
+        if self.subs.push(sub).is_err() {
+            return; // checked above
+        }
         let generation = &mut self.drivers[d].sub_generations[k - 1];
         *generation = generation.wrapping_add(1);
         self.status_dirty = true;
@@ -535,12 +543,7 @@ impl Vmbus {
             return;
         };
         let name = self.drivers[d].wiring.name;
-        let driver = &mut self.drivers[d];
-        let slot = match k {
-            0 => driver.channel.as_mut(),
-            k => driver.subs[k - 1].as_mut(),
-        };
-        let Some(channel) = slot else {
+        let Some(channel) = Self::record_in(&mut self.drivers, &mut self.subs, d, k) else {
             return;
         };
         if channel.rescinded {
@@ -676,7 +679,7 @@ impl Vmbus {
             return;
         };
         let name = self.drivers[d].wiring.name;
-        if let Some(channel) = self.record_slot(d, k).as_mut() {
+        if let Some(channel) = Self::record_in(&mut self.drivers, &mut self.subs, d, k) {
             channel.open_pending = None;
             if status == 0 {
                 channel.open = true;

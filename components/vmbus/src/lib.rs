@@ -124,6 +124,10 @@ pub const MAX_RING_PAGES: usize = 256;
 pub const MAX_BUFFERS: usize = 4;
 /// The most sub-channels one VSC opens (sysdesc's limit).
 pub const MAX_SUB_CHANNELS: usize = 8;
+/// Sub-channel records of the whole bus (offers beyond are left alone and
+/// counted): a few drivers use sub-channels, and every record is state
+/// the bus manager's stack carries at init.
+pub const MAX_SUB_CHANNEL_RECORDS: usize = 16;
 /// Data-buffer GPADLs whose messages are still being posted (a large
 /// buffer takes up to 300 messages, more than the outbox holds: they are
 /// produced as the host takes them).
@@ -248,14 +252,19 @@ impl ChannelRecord {
     }
 }
 
+/// Sub-channel `index` of driver `driver`: an offer of its primary's class
+/// and instance with that sub-channel index.
+#[derive(Clone, Debug)]
+struct SubChannel {
+    driver: usize,
+    index: usize,
+    record: ChannelRecord,
+}
+
 struct Driver {
     wiring: Wiring,
-    /// The primary channel.
+    /// The primary channel (its sub-channels are in `Vmbus::subs`).
     channel: Option<ChannelRecord>,
-    /// Sub-channel K (an offer of the primary's class and instance with
-    /// sub-channel index K) at `subs[K - 1]`, for K up to the wiring's
-    /// `sub_rings`.
-    subs: [Option<ChannelRecord>; MAX_SUB_CHANNELS],
     /// Per sub-channel, bumped on every new offer or open (the VSC resets
     /// its ring state when it changes).
     sub_generations: [u32; MAX_SUB_CHANNELS],
@@ -330,7 +339,9 @@ pub struct Vmbus {
     queue: Option<spsc_queue::Consumer>,
     drivers: Vec<Driver, MAX_DRIVERS>,
     unclaimed: Vec<Offer, MAX_UNCLAIMED>,
-    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS + MAX_SUB_CHANNELS) }>,
+    /// Every driver's sub-channels, in offer order.
+    subs: Vec<SubChannel, MAX_SUB_CHANNEL_RECORDS>,
+    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS) + MAX_SUB_CHANNEL_RECORDS }>,
     /// Data-buffer GPADLs still being posted, oldest first.
     gpadl_sends: Deque<GpadlMessages<'static>, GPADL_SENDS>,
     next_open_id: u32,
@@ -379,7 +390,6 @@ impl Vmbus {
                     sub_rings: row.sub_rings,
                 },
                 channel: None,
-                subs: Default::default(),
                 sub_generations: [0; MAX_SUB_CHANNELS],
                 next_offer: None,
                 last_rescinded: false,
@@ -415,6 +425,7 @@ impl Vmbus {
             queue,
             drivers,
             unclaimed: Vec::new(),
+            subs: Vec::new(),
             gpadls: GpadlTable::new(1),
             gpadl_sends: Deque::new(),
             next_open_id: 1,

@@ -167,10 +167,7 @@ impl Vmbus {
     }
 
     pub(crate) fn device_count(&self) -> usize {
-        let subs: usize = (0..self.drivers.len())
-            .map(|d| self.drivers[d].subs.iter().flatten().count())
-            .sum();
-        self.drivers.len() + subs + self.unclaimed.len()
+        self.drivers.len() + self.subs.len() + self.unclaimed.len()
     }
 
     fn sub_views(&self, d: usize) -> [(ChannelState, u32); MAX_SUB_CHANNELS] {

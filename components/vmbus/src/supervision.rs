@@ -57,11 +57,12 @@ impl Vmbus {
             channel.target_vp = 0;
             channel.retarget_refused = None;
         }
-        for sub in driver.subs.iter_mut().flatten() {
-            sub.want_open = false;
-            sub.failed = None;
-        }
         let name = driver.wiring.name;
+        for sub in self.subs.iter_mut().filter(|s| s.driver == d) {
+            sub.record.want_open = false;
+            sub.record.failed = None;
+        }
+        let driver = &mut self.drivers[d];
         let child = driver.wiring.child;
         if driver.hold_after_recovery {
             driver.held = true;
