@@ -1254,3 +1254,88 @@ fn unload_with_sub_channels_open_leaks_no_gpadl() {
         sim.vmbus.violations
     );
 }
+
+impl Guest {
+    /// KVP with `count` sub-channels offered by the host and open.
+    fn kvp_with_open_sub_channels(&mut self, count: u16) -> Vec<u32> {
+        let kvp = self.info(3).relid;
+        let subs = self.sim.borrow_mut().offer_sub_channels(kvp, count);
+        self.pump();
+        for k in 1..=count as u8 {
+            let open = bus::Request::Open {
+                channel: k,
+                user_data: Default::default(),
+            };
+            assert_eq!(self.request(Guest::vsc_end(3), open), bus::Reply::Accepted);
+            assert_eq!(self.kvp_channel(k).state, ChannelState::Open);
+        }
+        subs
+    }
+}
+
+#[test]
+fn a_restarted_synic_gets_the_sub_channel_bindings_back_with_their_index() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    let subs = guest.kvp_with_open_sub_channels(2);
+    guest.restart_synic();
+    guest.pump();
+    assert!(
+        guest
+            .bus_env
+            .console
+            .contains("synic restarted: relid table restored (6 bound, 0 opening)"),
+        "{}",
+        guest.bus_env.console
+    );
+    guest.kvp_pending(); // whatever the restore's looks left
+    let sent = guest.sim.borrow_mut().with_channel(
+        subs[0],
+        |endpoint, memory| endpoint.send_completion(memory, 9, &[]),
+        |_| true,
+    );
+    assert!(sent.is_some());
+    guest.pump();
+    assert_eq!(guest.kvp_pending(), 0b10, "sub-channel 1 only");
+    assert_eq!(guest.sim.borrow().vmbus.stats.rule_violations, 0);
+}
+
+#[test]
+fn a_restarted_vmbus_releases_the_sub_channels_with_the_old_session() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    let subs = guest.kvp_with_open_sub_channels(2);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 6);
+    guest.restart_vmbus();
+    // Its Unload of the old session released everything on the host, the
+    // sub-channels and their GPADLs too (the crashed incarnation could
+    // not tear them down: the host counts them held at Unload).
+    {
+        let sim = guest.sim.borrow();
+        assert_eq!(sim.vmbus.gpadl_count(), 0);
+        for relid in &subs {
+            assert_eq!(sim.vmbus.channel_state(*relid), None);
+        }
+    }
+    assert_eq!(guest.synic.borrow().0.status().bound_channels, 0);
+    // The new incarnation's wiring comes from its description again.
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    assert_eq!(guest.kvp_channel(1).state, ChannelState::NotOffered);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_count(),
+        4,
+        "the primaries' rings only"
+    );
+    // The driver asks its device again; the new sub-channels open.
+    guest.kvp_with_open_sub_channels(2);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 6);
+}
