@@ -2210,3 +2210,32 @@ fn sub_channel_offers_without_a_place_are_left_alone_and_counted() {
     );
     assert_eq!(rig.sub_state(1), ChannelState::Offered);
 }
+
+#[test]
+fn the_bus_holds_at_most_16_sub_channels_and_refuses_the_rest() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(MAX_SUB_CHANNELS);
+    let kvp_rings = rig.bus.drivers[3].wiring.sub_rings;
+    for d in 0..3 {
+        rig.bus.give_sub_rings_for_tests(d, kvp_rings);
+    }
+    let mut relid = 100;
+    for (class, n) in [(class::HEARTBEAT, 1), (class::SHUTDOWN, 2)] {
+        for index in 1..=MAX_SUB_CHANNELS as u16 {
+            rig.sub_offer(relid, class, instance(n), index);
+            relid += 1;
+        }
+    }
+    assert_eq!(rig.bus.subs.len(), MAX_SUB_CHANNEL_RECORDS);
+    assert_eq!(rig.bus.counters().sub_channel_offers_refused, 0);
+    rig.sub_offer(200, class::KVP, instance(4), 1);
+    assert_eq!(rig.bus.counters().sub_channel_offers_refused, 1);
+    assert_eq!(rig.sub_state(1), ChannelState::NotOffered);
+    // A released sub-channel makes room.
+    rig.rescind(100);
+    rig.posted();
+    assert_eq!(rig.bus.subs.len(), MAX_SUB_CHANNEL_RECORDS - 1);
+    rig.sub_offer(201, class::KVP, instance(4), 1);
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+    assert_eq!(rig.bus.counters().rejected, 0);
+}
