@@ -86,6 +86,10 @@ pub const HYPERCALL_CODE_OFFSET: usize = 8192;
 
 /// The most channels bound at once (relids with a VSC).
 pub const MAX_BINDINGS: usize = 64;
+/// The most VSCs whose pending channels synic keeps (`vmbus::MAX_DRIVERS`).
+pub const MAX_DRIVERS: usize = 16;
+/// A VSC's channel indices fit its pending word (`Reply::Pending(u16)`).
+pub const MAX_CHANNELS_PER_DRIVER: u8 = 16;
 /// Event-flag bits of one SINT, by the protocol's relid numbering.
 const EVENT_WORDS: usize = EVENT_FLAGS_BYTES / 4;
 
@@ -107,6 +111,11 @@ struct Binding {
     notify: Channel,
     /// The VSC as it calls us.
     caller: Caller,
+    /// The VSC's row in `drivers::DRIVERS` (its pending word).
+    driver_row: usize,
+    /// Which of the VSC's channels this is (0 its primary, K its
+    /// sub-channel K): its bit in the VSC's pending word.
+    channel: u8,
     /// Signal through this monitor ID's pending bit instead of a hypercall.
     monitor_id: Option<u8>,
     /// Mark the relid in the interrupt page's send half before signalling.
@@ -144,6 +153,9 @@ pub struct Synic {
     /// not refused. Bounded: the oldest is forgotten first.
     unbound: heapless::Deque<Binding, MAX_BINDINGS>,
     status: Status,
+    /// Per VSC (its row in `drivers::DRIVERS`): which of its channels had
+    /// events since it last asked (`Request::Pending`), bit K channel K.
+    pending: [u16; MAX_DRIVERS],
     /// The last message could not be queued: it waits in its slot until
     /// vmbus drains the queue.
     waiting_for_queue_space: bool,
@@ -388,6 +400,9 @@ impl Synic {
                 let relid = word_index as u32 * 32 + bit;
                 if let Some(binding) = self.bindings.iter().find(|b| b.relid == relid) {
                     to_notify.insert(binding.notify);
+                    // Set before the notification: the VSC that wakes for
+                    // it reads the bit.
+                    self.pending[binding.driver_row] |= 1 << binding.channel;
                     self.status.events_delivered = self.status.events_delivered.wrapping_add(1);
                 } else if let Some(opening) = self.opening.iter_mut().find(|o| o.relid == relid) {
                     // Before OpenResult: allowed, and the VSC learns of it
@@ -635,12 +650,16 @@ impl Synic {
         env: &mut dyn Env,
         relid: u32,
         connection_id: u32,
-        driver: vmbus_ipc::DriverId,
+        (driver, channel): (vmbus_ipc::DriverId, u8),
         (monitor_id, interrupt_page_bit): (Option<u8>, bool),
     ) -> Result<Reply, Refusal> {
         // The driver table is generated from the description, the same one
         // the bus manager has: the id is a row of it or refused.
-        let Some(row) = drivers::DRIVERS.iter().find(|row| row.id == driver) else {
+        let found = drivers::DRIVERS
+            .iter()
+            .enumerate()
+            .find(|(row, entry)| entry.id == driver && *row < MAX_DRIVERS);
+        let Some((driver_row, row)) = found else {
             println!(
                 env,
                 "bind of relid {} to unknown driver {} refused", relid, driver.0
@@ -651,6 +670,7 @@ impl Synic {
         if relid == 0
             || relid as usize >= EVENT_WORDS * 32
             || monitor_id.is_some_and(|id| id > hyperv_defs::MONITOR_ID_MAX)
+            || channel >= MAX_CHANNELS_PER_DRIVER
         {
             return Err(Refusal::MALFORMED);
         }
@@ -663,6 +683,8 @@ impl Synic {
             connection_id,
             notify,
             caller,
+            driver_row,
+            channel,
             monitor_id,
             interrupt_page_bit,
         };
@@ -685,9 +707,20 @@ impl Synic {
             }
         }
         if look {
+            self.pending[driver_row] |= 1 << channel;
             env.notify(notify);
         }
         Ok(Reply::Done)
+    }
+
+    /// The caller's channels with events since it last asked, cleared.
+    fn take_pending(&mut self, caller: Caller) -> Result<Reply, Refusal> {
+        let row = drivers::DRIVERS
+            .iter()
+            .take(MAX_DRIVERS)
+            .position(|row| row.caller == caller)
+            .ok_or(Refusal::DENIED)?;
+        Ok(Reply::Pending(core::mem::take(&mut self.pending[row])))
     }
 
     /// Ends the opening of `relid`; whether an event came for it meanwhile.
@@ -767,7 +800,7 @@ impl Synic {
                 env,
                 binding.relid,
                 binding.connection_id,
-                binding.driver,
+                (binding.driver, binding.channel),
                 (binding.monitor_id, binding.interrupt_page_bit),
             );
             refused += usize::from(bound.is_err());
@@ -813,15 +846,17 @@ impl Synic {
                 relid,
                 connection_id,
                 driver,
+                channel,
                 monitor_id,
                 interrupt_page_bit,
             } => self.bind(
                 env,
                 relid,
                 connection_id,
-                driver,
+                (driver, channel),
                 (monitor_id, interrupt_page_bit),
             ),
+            Request::Pending => self.take_pending(caller),
             Request::Unbind { relid } => {
                 self.unbind(relid);
                 Ok(Reply::Done)
@@ -852,6 +887,7 @@ impl Component for Synic {
             opening: heapless::Vec::new(),
             unbound: heapless::Deque::new(),
             status: Status::default(),
+            pending: [0; MAX_DRIVERS],
             waiting_for_queue_space: false,
             awaiting_restore: rearmed,
             restart_news_pending: rearmed,

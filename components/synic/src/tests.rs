@@ -228,6 +228,7 @@ fn bind(
             relid,
             connection_id,
             driver: driver_id(driver),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         },
@@ -530,6 +531,7 @@ fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
             relid: 4,
             connection_id: 4,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         },
@@ -761,6 +763,7 @@ fn the_description_says_who_may_use_each_operation() {
         relid: 5,
         connection_id: 0x2005,
         driver: driver_id("kvp"),
+        channel: 0,
         monitor_id: None,
         interrupt_page_bit: false,
     };
@@ -1000,6 +1003,7 @@ fn a_restarted_synic_keeps_the_hosts_message_and_events_and_vmbus_restores_the_t
             relid: 5,
             connection_id: 0x2005,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: None,
             interrupt_page_bit: false,
         }])
@@ -1089,6 +1093,7 @@ fn bind_with(
             relid,
             connection_id,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id,
             interrupt_page_bit,
         },
@@ -1164,6 +1169,7 @@ fn a_restored_monitored_channel_is_still_signalled_through_the_monitor_page() {
             relid: 5,
             connection_id: 0x2005,
             driver: driver_id("kvp"),
+            channel: 0,
             monitor_id: Some(37),
             interrupt_page_bit: false,
         }])
@@ -1196,5 +1202,92 @@ fn a_restored_monitored_channel_is_still_signalled_through_the_monitor_page() {
     assert_eq!(
         hypercall_signals, 0,
         "a monitored channel got HvSignalEvent"
+    );
+}
+
+fn bind_channel(
+    rig: &mut Rig,
+    synic: &mut Synic,
+    relid: u32,
+    driver: &str,
+    channel: u8,
+) -> Result<Reply, Refusal> {
+    request(
+        rig,
+        synic,
+        channels::VMBUS_CALL,
+        &Request::Bind {
+            relid,
+            connection_id: 0x2000 + relid,
+            driver: driver_id(driver),
+            channel,
+            monitor_id: None,
+            interrupt_page_bit: false,
+        },
+    )
+}
+
+#[test]
+fn a_vsc_with_sub_channels_reads_which_of_its_channels_fired() {
+    let (mut rig, mut synic) = rig();
+    // KVP's primary (relid 5) and sub-channels 1 and 2 (relids 40, 41),
+    // heartbeat's primary (relid 6).
+    for (relid, driver, channel) in [
+        (5, "kvp", 0),
+        (40, "kvp", 1),
+        (41, "kvp", 2),
+        (6, "heartbeat", 0),
+    ] {
+        assert_eq!(
+            bind_channel(&mut rig, &mut synic, relid, driver, channel),
+            Ok(Reply::Done)
+        );
+    }
+    let pending = |rig: &mut Rig, synic: &mut Synic, call: Channel| {
+        request(rig, synic, call, &Request::Pending)
+    };
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::KVP_CALL),
+        Ok(Reply::Pending(0))
+    );
+    set_flag(&rig, 41);
+    set_flag(&rig, 5);
+    set_flag(&rig, 6);
+    rig.env.notified.clear();
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(
+        rig.env.notifications_on(channels::KVP),
+        1,
+        "one notification"
+    );
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::KVP_CALL),
+        Ok(Reply::Pending(0b101)),
+        "the primary and sub-channel 2"
+    );
+    // Read and cleared: each VSC sees only its own channels.
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::KVP_CALL),
+        Ok(Reply::Pending(0))
+    );
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::HEARTBEAT_CALL),
+        Ok(Reply::Pending(0b1))
+    );
+    set_flag(&rig, 40);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::KVP_CALL),
+        Ok(Reply::Pending(0b10))
+    );
+    // Only VSCs ask (the description's `allow.pending`); a channel index
+    // beyond the pending word is refused.
+    assert_eq!(
+        pending(&mut rig, &mut synic, channels::VMBUS_CALL),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        bind_channel(&mut rig, &mut synic, 42, "kvp", MAX_CHANNELS_PER_DRIVER),
+        Err(Refusal::MALFORMED)
     );
 }

@@ -6,28 +6,103 @@
 use super::*;
 
 impl Vmbus {
-    /// Move driver `d`'s channel one confirmed step at a time towards its
-    /// goal (open, or closed and released), until it must wait for the host.
+    /// Move driver `d`'s channels (its primary and its sub-channels) one
+    /// confirmed step at a time towards their goals (open, or closed and
+    /// released), until each must wait for the host.
     pub(crate) fn reconcile(&mut self, env: &mut dyn Env, d: usize) {
-        for _ in 0..16 {
-            match self.step(env, d) {
-                Step::Again => continue,
-                Step::Wait => break,
+        for _ in 0..32 {
+            let mut again = false;
+            for k in 0..=MAX_SUB_CHANNELS {
+                if self.record(d, k).is_none() && k > 0 {
+                    continue;
+                }
+                if matches!(self.step(env, d, k), Step::Again) {
+                    again = true;
+                }
+            }
+            if !again {
+                break;
             }
         }
         self.maybe_unload(env);
     }
 
-    pub(crate) fn step(&mut self, env: &mut dyn Env, d: usize) -> Step {
+    /// Channel `k` of driver `d`: 0 its primary, K its sub-channel K.
+    pub(crate) fn record(&self, d: usize, k: usize) -> Option<&ChannelRecord> {
+        match k {
+            0 => self.drivers.get(d)?.channel.as_ref(),
+            k => self
+                .subs
+                .iter()
+                .find(|s| s.driver == d && s.index == k)
+                .map(|s| &s.record),
+        }
+    }
+
+    /// Channel `k` of driver `d`, from the two places records live (so
+    /// the caller may use the rest of `Vmbus` meanwhile).
+    pub(crate) fn record_in<'a>(
+        drivers: &'a mut Vec<Driver, MAX_DRIVERS>,
+        subs: &'a mut Vec<SubChannel, MAX_SUB_CHANNEL_RECORDS>,
+        d: usize,
+        k: usize,
+    ) -> Option<&'a mut ChannelRecord> {
+        match k {
+            0 => drivers.get_mut(d)?.channel.as_mut(),
+            k => subs
+                .iter_mut()
+                .find(|s| s.driver == d && s.index == k)
+                .map(|s| &mut s.record),
+        }
+    }
+
+    pub(crate) fn record_mut(&mut self, d: usize, k: usize) -> &mut ChannelRecord {
+        Self::record_in(&mut self.drivers, &mut self.subs, d, k)
+            .expect("only called while the channel has a record")
+    }
+
+    /// Forget sub-channel `k` of driver `d`.
+    pub(crate) fn remove_sub(&mut self, d: usize, k: usize) -> Option<ChannelRecord> {
+        let position = self
+            .subs
+            .iter()
+            .position(|s| s.driver == d && s.index == k)?;
+        Some(self.subs.remove(position).record)
+    }
+
+    /// The sub-channel records of driver `d`.
+    pub(crate) fn subs_of(&self, d: usize) -> impl Iterator<Item = &ChannelRecord> {
+        self.subs
+            .iter()
+            .filter(move |s| s.driver == d)
+            .map(|s| &s.record)
+    }
+
+    /// Some sub-channel of driver `d` still has something at the host
+    /// (open, opening, bound or its ring GPADL).
+    pub(crate) fn subs_busy(&self, d: usize) -> bool {
+        self.subs_of(d).any(ChannelRecord::busy)
+    }
+
+    pub(crate) fn step(&mut self, env: &mut dyn Env, d: usize, k: usize) -> Step {
         let unloading = matches!(self.phase, Phase::Unloading { .. } | Phase::Unloaded);
         let recovering = self.drivers[d].recovering;
-        let Some(channel) = self.drivers[d].channel.as_ref() else {
-            if recovering {
+        // A sub-channel is open only while its primary is: the driver asked
+        // the device for it over the primary.
+        let primary_open = k == 0 || self.presented(d) == ChannelState::Open;
+        let Some(channel) = self.record(d, k) else {
+            if recovering && k == 0 && !self.subs_busy(d) {
                 self.finish_recovery(env, d);
             }
             return Step::Wait;
         };
         let relid = channel.offer.relid;
+        if k > 0 && channel.want_open && !primary_open {
+            // Its primary closed (or is closing, rescinded, restarting):
+            // the driver opens it again after the primary.
+            self.record_mut(d, k).want_open = false;
+            return Step::Again;
+        }
         let goal_open = channel.want_open
             && channel.failed.is_none()
             && !channel.rescinded
@@ -35,24 +110,27 @@ impl Vmbus {
             && !unloading;
         if goal_open {
             let Some(gpadl_id) = channel.gpadl else {
-                return self.create_ring_gpadl(env, d);
+                return self.create_ring_gpadl(env, d, k);
             };
             match self.gpadls.state(gpadl_id) {
                 Some(GpadlState::Created) => {}
                 Some(_) => return Step::Wait,
                 None => {
-                    self.channel_mut(d).gpadl = None;
+                    self.record_mut(d, k).gpadl = None;
                     return Step::Again;
                 }
             }
             if !channel.open {
                 if channel.open_pending.is_none() {
-                    self.send_open(env, d, gpadl_id);
+                    self.send_open(env, d, k, gpadl_id);
                 }
                 return Step::Wait;
             }
             if !channel.bound {
-                return self.bind(env, d);
+                return self.bind(env, d, k);
+            }
+            if k > 0 {
+                return Step::Wait;
             }
             return match self.step_buffers(env, d, true) {
                 BufferProgress::Acted => Step::Again,
@@ -62,7 +140,7 @@ impl Vmbus {
         // Closing: undo in reverse order, each step confirmed. The VSC asks
         // for its data-buffer GPADLs again after it reopens.
         if channel.buffers.iter().any(|b| b.wanted) {
-            for buffer in self.channel_mut(d).buffers.iter_mut() {
+            for buffer in self.record_mut(d, k).buffers.iter_mut() {
                 buffer.wanted = false;
             }
             return Step::Again;
@@ -72,7 +150,7 @@ impl Vmbus {
             if let Err(error) = channels::SYNIC_CALL.call(env, &unbind) {
                 println!(env, "unbinding relid {} failed: {:?}", relid, error);
             }
-            self.channel_mut(d).bound = false;
+            self.record_mut(d, k).bound = false;
             return Step::Again;
         }
         if channel.open_pending.is_some() {
@@ -80,20 +158,28 @@ impl Vmbus {
             return Step::Wait;
         }
         if channel.open {
+            // The primary closes after its sub-channels (as Linux does).
+            if k == 0 && self.subs_busy(d) {
+                return Step::Wait;
+            }
             if !channel.rescinded {
                 let mut close = CloseChannel::empty();
                 close.child_relid = relid.into();
                 self.post_control(env, close.as_bytes());
             }
-            self.channel_mut(d).open = false;
+            self.record_mut(d, k).open = false;
             return Step::Again;
         }
         // The data buffers' teardowns go out alongside the ring's.
-        let buffers = self.step_buffers(env, d, false);
+        let buffers = if k == 0 {
+            self.step_buffers(env, d, false)
+        } else {
+            BufferProgress::Settled
+        };
         if matches!(buffers, BufferProgress::Acted) {
             return Step::Again;
         }
-        let channel = self.drivers[d].channel.as_ref().expect("checked above");
+        let channel = self.record(d, k).expect("checked above");
         if let Some(gpadl_id) = channel.gpadl {
             match self.gpadls.state(gpadl_id) {
                 Some(GpadlState::Created) => {
@@ -105,7 +191,7 @@ impl Vmbus {
                 }
                 Some(_) => return Step::Wait,
                 None => {
-                    self.channel_mut(d).gpadl = None;
+                    self.record_mut(d, k).gpadl = None;
                     return Step::Again;
                 }
             }
@@ -114,7 +200,36 @@ impl Vmbus {
             return Step::Wait;
         }
         // Quiescent: the host holds nothing of this channel any more.
-        if self.channel_mut(d).rescinded {
+        if k > 0 {
+            if self.record(d, k).is_some_and(|c| c.rescinded) {
+                let mut released = RelIdReleased::empty();
+                released.child_relid = relid.into();
+                self.post_control(env, released.as_bytes());
+                println!(env, "relid {} (sub-channel {}) released", relid, k);
+                self.remove_sub(d, k);
+                self.status_dirty = true;
+                return Step::Again;
+            }
+            return Step::Wait;
+        }
+        if self.record_mut(d, 0).rescinded {
+            if self.subs_busy(d) || self.subs_of(d).any(|s| s.rescinded) {
+                // Its sub-channels go first (the host rescinds them first).
+                return Step::Wait;
+            }
+            // Sub-channels the host did not rescind with their primary:
+            // nobody drives them any more; released when rescinded.
+            for k in 1..=MAX_SUB_CHANNELS {
+                if let Some(sub) = self.remove_sub(d, k) {
+                    println!(
+                        env,
+                        "relid {} outlived its primary relid {}: left alone",
+                        sub.offer.relid,
+                        relid
+                    );
+                    self.leave_alone(env, sub.offer);
+                }
+            }
             let mut released = RelIdReleased::empty();
             released.child_relid = relid.into();
             self.post_control(env, released.as_bytes());
@@ -127,7 +242,7 @@ impl Vmbus {
             }
             return Step::Again;
         }
-        if recovering {
+        if recovering && !self.subs_busy(d) {
             self.finish_recovery(env, d);
             return Step::Again;
         }
@@ -135,10 +250,15 @@ impl Vmbus {
     }
 
     pub(crate) fn channel_mut(&mut self, d: usize) -> &mut ChannelRecord {
-        self.drivers[d]
-            .channel
-            .as_mut()
-            .expect("only called while the driver has a channel")
+        self.record_mut(d, 0)
+    }
+
+    /// The ring regions of channel `k` of driver `d`.
+    pub(crate) fn ring_regions(wiring: &Wiring, k: usize) -> Option<[RegionName; 4]> {
+        match k {
+            0 => Some(wiring.rings),
+            k => wiring.sub_rings.get(k - 1).copied(),
+        }
     }
 
     /// The PFNs of the ring GPADL (out control page, out data, in control
@@ -147,11 +267,11 @@ impl Vmbus {
     /// visible or not a whole-page, page-aligned area of a usable size.
     pub(crate) fn ring_pages(
         env: &mut dyn Env,
-        wiring: &Wiring,
+        rings: &[RegionName; 4],
     ) -> Option<(Vec<u64, MAX_RING_PAGES>, u32)> {
         let mut pfns: Vec<u64, MAX_RING_PAGES> = Vec::new();
         let mut downstream = 0;
-        for (part, name) in wiring.rings.iter().enumerate() {
+        for (part, name) in rings.iter().enumerate() {
             let RegionAddress {
                 guest_physical,
                 len,
@@ -172,24 +292,25 @@ impl Vmbus {
         Some((pfns, downstream))
     }
 
-    pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize) -> Step {
+    pub(crate) fn create_ring_gpadl(&mut self, env: &mut dyn Env, d: usize, k: usize) -> Step {
         let wiring = self.drivers[d].wiring;
-        let relid = self.channel_mut(d).offer.relid;
-        let Some((pfns, _)) = Self::ring_pages(env, &wiring) else {
+        let relid = self.record_mut(d, k).offer.relid;
+        let pages = Self::ring_regions(&wiring, k).and_then(|rings| Self::ring_pages(env, &rings));
+        let Some((pfns, _)) = pages else {
             println!(
                 env,
                 "{}: its ring regions are not host visible whole pages (at most {} in all)",
                 wiring.name,
                 MAX_RING_PAGES
             );
-            self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+            self.record_mut(d, k).failed = Some(STATUS_GUEST_FAILURE);
             return Step::Again;
         };
         let gpadl_id = match self.gpadls.allocate(relid) {
             Ok(id) => id,
             Err(error) => {
                 println!(env, "{}: no GPADL id: {:?}", wiring.name, error);
-                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                self.record_mut(d, k).failed = Some(STATUS_GUEST_FAILURE);
                 return Step::Again;
             }
         };
@@ -197,11 +318,11 @@ impl Vmbus {
             Ok(messages) => messages,
             Err(error) => {
                 println!(env, "{}: GPADL: {:?}", wiring.name, error);
-                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                self.record_mut(d, k).failed = Some(STATUS_GUEST_FAILURE);
                 return Step::Again;
             }
         };
-        self.channel_mut(d).gpadl = Some(gpadl_id);
+        self.record_mut(d, k).gpadl = Some(gpadl_id);
         for message in messages {
             self.post_control(env, message.as_bytes());
         }
@@ -316,12 +437,14 @@ impl Vmbus {
         self.flush_outbox(env);
     }
 
-    pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, gpadl_id: u32) {
+    pub(crate) fn send_open(&mut self, env: &mut dyn Env, d: usize, k: usize, gpadl_id: u32) {
         let wiring = self.drivers[d].wiring;
-        let downstream = Self::ring_pages(env, &wiring).map_or(0, |(_, offset)| offset);
+        let downstream = Self::ring_regions(&wiring, k)
+            .and_then(|rings| Self::ring_pages(env, &rings))
+            .map_or(0, |(_, offset)| offset);
         let open_id = self.next_open_id;
         self.next_open_id = self.next_open_id.wrapping_add(1).max(1);
-        let channel = self.channel_mut(d);
+        let channel = self.record_mut(d, k);
         let mut open = OpenChannel::empty();
         open.child_relid = channel.offer.relid.into();
         open.open_id = open_id.into();
@@ -347,8 +470,8 @@ impl Vmbus {
     /// monitor id, and whether to mark the interrupt page's send half (a
     /// channel without a dedicated interrupt, before 5.0: only then does
     /// InitiateContact name the interrupt page to the host).
-    pub(crate) fn signalling(&self, d: usize) -> (Option<u8>, bool) {
-        let Some(channel) = self.drivers[d].channel.as_ref() else {
+    pub(crate) fn signalling(&self, d: usize, k: usize) -> (Option<u8>, bool) {
+        let Some(channel) = self.record(d, k) else {
             return (None, false);
         };
         let interrupt_page_known = self.version.is_some_and(|v| !v.uses_message_sint());
@@ -358,21 +481,29 @@ impl Vmbus {
         )
     }
 
-    pub(crate) fn bind(&mut self, env: &mut dyn Env, d: usize) -> Step {
+    pub(crate) fn bind(&mut self, env: &mut dyn Env, d: usize, k: usize) -> Step {
         let name = self.drivers[d].wiring.name;
-        let channel = self.channel_mut(d);
+        let channel = self.record_mut(d, k);
         let (relid, connection_id) = (channel.offer.relid, channel.offer.connection_id);
-        let (monitor_id, interrupt_page_bit) = self.signalling(d);
+        let (monitor_id, interrupt_page_bit) = self.signalling(d, k);
         let request = synic::Request::Bind {
             relid,
             connection_id,
             driver: self.drivers[d].wiring.id,
+            channel: k as u8,
             monitor_id,
             interrupt_page_bit,
         };
         match channels::SYNIC_CALL.call(env, &request) {
+            Ok(synic::Reply::Done) if k > 0 => {
+                self.record_mut(d, k).bound = true;
+                println!(env, "relid {} ({} sub-channel {}) open", relid, name, k);
+                let generation = &mut self.drivers[d].sub_generations[k - 1];
+                *generation = generation.wrapping_add(1);
+                Step::Wait
+            }
             Ok(synic::Reply::Done) => {
-                self.channel_mut(d).bound = true;
+                self.record_mut(d, k).bound = true;
                 let now = env.now_ns();
                 match self.drivers[d].faulted_at_ns.take() {
                     Some(at) => println!(
@@ -392,7 +523,7 @@ impl Vmbus {
                     env,
                     "synic refused to bind relid {} to {}: {:?}", relid, name, other
                 );
-                self.channel_mut(d).failed = Some(STATUS_GUEST_FAILURE);
+                self.record_mut(d, k).failed = Some(STATUS_GUEST_FAILURE);
                 Step::Again
             }
         }

@@ -254,10 +254,8 @@ impl Vmbus {
             ChannelMessage::GpadlTorndown(torndown) => match self.gpadls.on_torndown(&torndown) {
                 Ok(_) => {
                     let id = torndown.gpadl_id.get();
-                    if let Some(d) = self.driver_with_gpadl(id) {
-                        if let Some(channel) = self.drivers[d].channel.as_mut() {
-                            channel.gpadl = None;
-                        }
+                    if let Some((d, k)) = self.channel_with_gpadl(id) {
+                        self.record_mut(d, k).gpadl = None;
                         self.touch(d);
                     } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
                         if let Some(channel) = self.drivers[d].channel.as_mut() {
@@ -288,10 +286,11 @@ impl Vmbus {
 
     pub(crate) fn relid_in_use(&self, relid: u32) -> bool {
         self.unclaimed.iter().any(|o| o.relid == relid)
-            || self.drivers.iter().any(|d| {
-                d.channel.as_ref().is_some_and(|c| c.offer.relid == relid)
-                    || d.next_offer.as_ref().is_some_and(|o| o.relid == relid)
-            })
+            || self.channel_with_relid(relid).is_some()
+            || self
+                .drivers
+                .iter()
+                .any(|d| d.next_offer.as_ref().is_some_and(|o| o.relid == relid))
     }
 
     pub(crate) fn on_offer(&mut self, env: &mut dyn Env, message: &OfferChannel) {
@@ -335,7 +334,12 @@ impl Vmbus {
         };
         let class_name =
             vmbus_protocol::guid::class::name_of(uuid(&offer.class)).unwrap_or("unknown class");
-        let sub_channel = message.sub_channel_index.get() != 0;
+        let sub_channel_index = message.sub_channel_index.get();
+        let sub_channel = sub_channel_index != 0;
+        if sub_channel {
+            self.on_sub_channel_offer(env, offer, sub_channel_index);
+            return;
+        }
         let candidate = self.drivers.iter().position(|d| {
             d.wiring.classes.iter().any(|(class, instance)| {
                 *class == offer.class && instance.is_none_or(|i| i == offer.instance)
@@ -388,9 +392,7 @@ impl Vmbus {
                     class_name,
                     uuid(&offer.instance),
                     uuid(&offer.class),
-                    if sub_channel {
-                        " sub-channel"
-                    } else if candidate.is_some() {
+                    if candidate.is_some() {
                         " driver unavailable"
                     } else {
                         " no driver"
@@ -399,6 +401,69 @@ impl Vmbus {
                 self.leave_alone(env, offer);
             }
         }
+    }
+
+    /// An offer with sub-channel index `index`: it belongs to the primary
+    /// of the same class and instance, and goes to that primary's driver if
+    /// its description gives it that many sub-channels. Anything else (no
+    /// such primary, an index beyond the driver's, a second offer of the
+    /// index) is counted and left alone (released when rescinded).
+    fn on_sub_channel_offer(&mut self, env: &mut dyn Env, offer: Offer, index: u16) {
+        let primary = self.drivers.iter().position(|d| {
+            d.channel.as_ref().is_some_and(|c| {
+                !c.rescinded && c.offer.class == offer.class && c.offer.instance == offer.instance
+            })
+        });
+        let k = usize::from(index);
+        let unloading = matches!(self.phase, Phase::Unloading { .. });
+        let refusal = match primary {
+            None => Some("no primary"),
+            Some(d) if k > self.drivers[d].wiring.sub_rings.len().min(MAX_SUB_CHANNELS) => {
+                Some("beyond the driver's sub-channels")
+            }
+            Some(d) if self.record(d, k).is_some() => Some("index already offered"),
+            Some(_) if self.subs.is_full() => Some("no room for more sub-channels"),
+            Some(d) if self.drivers[d].held || self.drivers[d].recovering => {
+                Some("driver unavailable")
+            }
+            Some(_) if unloading => Some("unloading"),
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            self.counters.sub_channel_offers_refused =
+                self.counters.sub_channel_offers_refused.wrapping_add(1);
+            if self.unclaimed.is_full() {
+                self.counters.offers_dropped = self.counters.offers_dropped.wrapping_add(1);
+                return;
+            }
+            println!(
+                env,
+                "offer relid {}: sub-channel {} of {} ({}): left alone",
+                offer.relid,
+                index,
+                uuid(&offer.instance),
+                why
+            );
+            self.leave_alone(env, offer);
+            return;
+        }
+        let d = primary.expect("refused above without a primary");
+        println!(
+            env,
+            "offer relid {}: sub-channel {} -> {}", offer.relid, index, self.drivers[d].wiring.name
+        );
+        let sub = SubChannel {
+            driver: d,
+            index: k,
+            record: ChannelRecord::new(offer),
+        };
+        if self.subs.push(sub).is_err() {
+            return; // checked above
+        }
+        let generation = &mut self.drivers[d].sub_generations[k - 1];
+        *generation = generation.wrapping_add(1);
+        self.status_dirty = true;
+        self.touch(d);
     }
 
     pub(crate) fn leave_alone(&mut self, env: &mut dyn Env, offer: Offer) {
@@ -417,39 +482,32 @@ impl Vmbus {
 
     pub(crate) fn adopt(&mut self, d: usize, offer: Offer) {
         let driver = &mut self.drivers[d];
-        driver.channel = Some(ChannelRecord {
-            offer,
-            want_open: false,
-            user_data: Vec::new(),
-            gpadl: None,
-            open_pending: None,
-            open: false,
-            bound: false,
-            failed: None,
-            rescinded: false,
-            buffers: [BufferRecord::default(); MAX_BUFFERS],
-            target_vp: 0,
-            retargeting: None,
-            retarget_refused: None,
-        });
+        driver.channel = Some(ChannelRecord::new(offer));
         driver.last_rescinded = false;
         driver.generation = driver.generation.wrapping_add(1);
         driver.versions = None;
         self.status_dirty = true;
     }
 
-    pub(crate) fn driver_with_relid(&self, relid: u32) -> Option<usize> {
-        self.drivers
-            .iter()
-            .position(|d| d.channel.as_ref().is_some_and(|c| c.offer.relid == relid))
+    /// (driver, channel index) of the first channel record that matches.
+    pub(crate) fn find_channel(
+        &self,
+        matches: impl Fn(&ChannelRecord) -> bool,
+    ) -> Option<(usize, usize)> {
+        (0..self.drivers.len()).find_map(|d| {
+            (0..=MAX_SUB_CHANNELS)
+                .find(|k| self.record(d, *k).is_some_and(&matches))
+                .map(|k| (d, k))
+        })
     }
 
-    pub(crate) fn driver_with_gpadl(&self, gpadl_id: u32) -> Option<usize> {
-        self.drivers.iter().position(|d| {
-            d.channel
-                .as_ref()
-                .is_some_and(|c| c.gpadl == Some(gpadl_id))
-        })
+    pub(crate) fn channel_with_relid(&self, relid: u32) -> Option<(usize, usize)> {
+        self.find_channel(|c| c.offer.relid == relid)
+    }
+
+    /// The channel whose ring GPADL is `gpadl_id`.
+    pub(crate) fn channel_with_gpadl(&self, gpadl_id: u32) -> Option<(usize, usize)> {
+        self.find_channel(|c| c.gpadl == Some(gpadl_id))
     }
 
     pub(crate) fn on_rescind(&mut self, env: &mut dyn Env, relid: u32) {
@@ -480,12 +538,12 @@ impl Vmbus {
             self.post_control(env, released.as_bytes());
             return;
         }
-        let Some(d) = self.driver_with_relid(relid) else {
+        let Some((d, k)) = self.channel_with_relid(relid) else {
             self.reject(env, format_args!("rescind of unknown relid {}", relid));
             return;
         };
         let name = self.drivers[d].wiring.name;
-        let Some(channel) = self.drivers[d].channel.as_mut() else {
+        let Some(channel) = Self::record_in(&mut self.drivers, &mut self.subs, d, k) else {
             return;
         };
         if channel.rescinded {
@@ -525,7 +583,7 @@ impl Vmbus {
         let id = created.gpadl_id.get();
         match self.gpadls.on_created(created) {
             Ok(CreationOutcome::Created) => {
-                if let Some(d) = self.driver_with_gpadl(id) {
+                if let Some((d, _)) = self.channel_with_gpadl(id) {
                     self.touch(d);
                 } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
                     println!(
@@ -536,18 +594,17 @@ impl Vmbus {
                 }
             }
             Ok(CreationOutcome::Failed { status }) => {
-                if let Some(d) = self.driver_with_gpadl(id) {
+                if let Some((d, k)) = self.channel_with_gpadl(id) {
                     println!(
                         env,
                         "{}: GPADL refused by the host (status {:#x})",
                         self.drivers[d].wiring.name,
                         status
                     );
-                    if let Some(channel) = self.drivers[d].channel.as_mut() {
-                        channel.gpadl = None;
-                        if channel.want_open {
-                            channel.failed = Some(status);
-                        }
+                    let channel = self.record_mut(d, k);
+                    channel.gpadl = None;
+                    if channel.want_open {
+                        channel.failed = Some(status);
                     }
                     self.touch(d);
                 } else if let Some((d, b)) = self.buffer_with_gpadl(id) {
@@ -609,12 +666,9 @@ impl Vmbus {
         open_id: u32,
         status: u32,
     ) {
-        let d = self.drivers.iter().position(|d| {
-            d.channel
-                .as_ref()
-                .is_some_and(|c| c.offer.relid == relid && c.open_pending == Some(open_id))
-        });
-        let Some(d) = d else {
+        let found =
+            self.find_channel(|c| c.offer.relid == relid && c.open_pending == Some(open_id));
+        let Some((d, k)) = found else {
             self.reject(
                 env,
                 format_args!(
@@ -625,7 +679,7 @@ impl Vmbus {
             return;
         };
         let name = self.drivers[d].wiring.name;
-        if let Some(channel) = self.drivers[d].channel.as_mut() {
+        if let Some(channel) = Self::record_in(&mut self.drivers, &mut self.subs, d, k) {
             channel.open_pending = None;
             if status == 0 {
                 channel.open = true;

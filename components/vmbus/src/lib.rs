@@ -9,8 +9,13 @@
 //!   `msg_conn_id` (>= 5.0) or to connection 1.
 //! - Requests offers and matches each offer's class (and instance, if the
 //!   description pins one) to the classes of each `[[driver]]` (the
-//!   generated `drivers::DRIVERS` table); unknown classes and
-//!   sub-channels are logged and left alone (released if rescinded).
+//!   generated `drivers::DRIVERS` table); unknown classes are logged and
+//!   left alone (released if rescinded). An offer with a sub-channel index
+//!   K belongs to the primary of its class and instance: it goes to that
+//!   primary's driver if its description gives it K sub-channels (else it
+//!   is left alone and counted), and is opened with its own ring GPADL
+//!   (sub-channel K's four ring regions) when the driver asks; it is open
+//!   only while its primary is, and closes before it.
 //! - Runs each VSC's channel: on the VSC's `bus::Request::Open` it builds
 //!   the ring GPADL from the VSC's four ring regions (its row of
 //!   `DRIVERS`: their guest physical addresses and sizes, in the order
@@ -117,6 +122,12 @@ pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
 pub const MAX_RING_PAGES: usize = 256;
 /// The most data buffers one VSC has GPADLs made over (sysdesc's limit).
 pub const MAX_BUFFERS: usize = 4;
+/// The most sub-channels one VSC opens (sysdesc's limit).
+pub const MAX_SUB_CHANNELS: usize = 8;
+/// Sub-channel records of the whole bus (offers beyond are left alone and
+/// counted): a few drivers use sub-channels, and every record is state
+/// the bus manager's stack carries at init.
+pub const MAX_SUB_CHANNEL_RECORDS: usize = 16;
 /// Data-buffer GPADLs whose messages are still being posted (a large
 /// buffer takes up to 300 messages, more than the outbox holds: they are
 /// produced as the host takes them).
@@ -157,6 +168,9 @@ struct Wiring {
     rings: [RegionName; 4],
     /// The VSC's data buffers, known by address only, in buffer order.
     buffers: &'static [RegionName],
+    /// Sub-channel K's ring regions at `sub_rings[K - 1]` (like `rings`):
+    /// the description's `sub_channels` of them.
+    sub_rings: &'static [[RegionName; 4]],
 }
 
 /// A VSC's data buffer and its GPADL.
@@ -212,9 +226,48 @@ struct ChannelRecord {
     retarget_refused: Option<u32>,
 }
 
+impl ChannelRecord {
+    fn new(offer: Offer) -> ChannelRecord {
+        ChannelRecord {
+            offer,
+            want_open: false,
+            user_data: Vec::new(),
+            gpadl: None,
+            open_pending: None,
+            open: false,
+            bound: false,
+            failed: None,
+            rescinded: false,
+            buffers: [BufferRecord::default(); MAX_BUFFERS],
+            target_vp: 0,
+            retargeting: None,
+            retarget_refused: None,
+        }
+    }
+
+    /// The host holds something of it (an open, an open in flight, its
+    /// ring GPADL) or synic routes its events.
+    fn busy(&self) -> bool {
+        self.open || self.open_pending.is_some() || self.gpadl.is_some() || self.bound
+    }
+}
+
+/// Sub-channel `index` of driver `driver`: an offer of its primary's class
+/// and instance with that sub-channel index.
+#[derive(Clone, Debug)]
+struct SubChannel {
+    driver: usize,
+    index: usize,
+    record: ChannelRecord,
+}
+
 struct Driver {
     wiring: Wiring,
+    /// The primary channel (its sub-channels are in `Vmbus::subs`).
     channel: Option<ChannelRecord>,
+    /// Per sub-channel, bumped on every new offer or open (the VSC resets
+    /// its ring state when it changes).
+    sub_generations: [u32; MAX_SUB_CHANNELS],
     /// An offer for this driver that arrived while the previous channel was
     /// still being released.
     next_offer: Option<Offer>,
@@ -231,9 +284,18 @@ struct Driver {
     /// When the last fault happened (to report how long reopening took).
     faulted_at_ns: Option<u64>,
     versions: Option<((u16, u16), (u16, u16))>,
-    /// What the VSC was last told (state, generation, its buffers).
-    published: Option<(ChannelState, u32, [BufferState; MAX_BUFFERS])>,
+    /// What the VSC was last told (state, generation, its buffers, its
+    /// sub-channels' states and generations).
+    published: Option<Published>,
 }
+
+/// What a VSC was last told.
+type Published = (
+    ChannelState,
+    u32,
+    [BufferState; MAX_BUFFERS],
+    [(ChannelState, u32); MAX_SUB_CHANNELS],
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -265,6 +327,9 @@ pub struct Counters {
     pub offers_dropped: u32,
     /// Times synic came back from a restart (its news in the queue).
     pub synic_restarts: u32,
+    /// Sub-channel offers refused a driver (no primary, or an index beyond
+    /// the description's `sub_channels`): left alone.
+    pub sub_channel_offers_refused: u32,
 }
 
 pub struct Vmbus {
@@ -274,7 +339,9 @@ pub struct Vmbus {
     queue: Option<spsc_queue::Consumer>,
     drivers: Vec<Driver, MAX_DRIVERS>,
     unclaimed: Vec<Offer, MAX_UNCLAIMED>,
-    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS) }>,
+    /// Every driver's sub-channels, in offer order.
+    subs: Vec<SubChannel, MAX_SUB_CHANNEL_RECORDS>,
+    gpadls: GpadlTable<{ MAX_DRIVERS * (1 + MAX_BUFFERS) + MAX_SUB_CHANNEL_RECORDS }>,
     /// Data-buffer GPADLs still being posted, oldest first.
     gpadl_sends: Deque<GpadlMessages<'static>, GPADL_SENDS>,
     next_open_id: u32,
@@ -320,8 +387,10 @@ impl Vmbus {
                     event: row.event,
                     rings: row.rings,
                     buffers: row.buffers,
+                    sub_rings: row.sub_rings,
                 },
                 channel: None,
+                sub_generations: [0; MAX_SUB_CHANNELS],
                 next_offer: None,
                 last_rescinded: false,
                 generation: 0,
@@ -356,6 +425,7 @@ impl Vmbus {
             queue,
             drivers,
             unclaimed: Vec::new(),
+            subs: Vec::new(),
             gpadls: GpadlTable::new(1),
             gpadl_sends: Deque::new(),
             next_open_id: 1,
@@ -385,6 +455,13 @@ impl Vmbus {
     #[doc(hidden)]
     pub fn give_buffers_for_tests(&mut self, driver: usize, buffers: &'static [RegionName]) {
         self.drivers[driver].wiring.buffers = buffers;
+    }
+
+    /// For tests that wire the component up by hand: give driver `driver`
+    /// sub-channel rings that its description does not give it.
+    #[doc(hidden)]
+    pub fn give_sub_rings_for_tests(&mut self, driver: usize, rings: &'static [[RegionName; 4]]) {
+        self.drivers[driver].wiring.sub_rings = rings;
     }
 
     fn touch(&mut self, d: usize) {

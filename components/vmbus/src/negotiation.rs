@@ -134,11 +134,7 @@ impl Vmbus {
         if self.phase != (Phase::Unloading { unload_sent: false }) {
             return;
         }
-        let busy = self.drivers.iter().any(|d| {
-            d.channel
-                .as_ref()
-                .is_some_and(|c| c.open || c.open_pending.is_some() || c.gpadl.is_some() || c.bound)
-        });
+        let busy = self.find_channel(ChannelRecord::busy).is_some();
         if busy || !self.gpadls.is_empty() {
             return;
         }

@@ -6,12 +6,18 @@ use super::*;
 
 impl Vmbus {
     pub(crate) fn presented(&self, d: usize) -> ChannelState {
+        self.presented_channel(d, 0)
+    }
+
+    /// Channel `k` (0 the primary, K sub-channel K) of driver `d` as the
+    /// VSC sees it.
+    pub(crate) fn presented_channel(&self, d: usize, k: usize) -> ChannelState {
         let driver = &self.drivers[d];
         if driver.held {
             return ChannelState::Held;
         }
-        let Some(channel) = driver.channel.as_ref() else {
-            return if driver.last_rescinded {
+        let Some(channel) = self.record(d, k) else {
+            return if driver.last_rescinded && k == 0 {
                 ChannelState::Rescinded
             } else {
                 ChannelState::NotOffered
@@ -76,11 +82,11 @@ impl Vmbus {
         states
     }
 
-    pub(crate) fn channel_info(&self, d: usize) -> ChannelInfo {
+    pub(crate) fn channel_info(&self, d: usize, k: usize) -> ChannelInfo {
         let driver = &self.drivers[d];
-        let channel = driver.channel.as_ref();
+        let channel = self.record(d, k);
         ChannelInfo {
-            state: self.presented(d),
+            state: self.presented_channel(d, k),
             class: channel.map_or(
                 driver
                     .wiring
@@ -96,29 +102,59 @@ impl Vmbus {
                 .map(|c| c.offer.user_defined.clone())
                 .unwrap_or_default(),
             vmbus_version: self.version.map_or(0, |v| v.0),
-            generation: driver.generation,
+            generation: match k {
+                0 => driver.generation,
+                k => driver.sub_generations[k - 1],
+            },
         }
     }
 
-    pub(crate) fn device_status(&self, index: usize) -> Option<DeviceStatus> {
-        if let Some(driver) = self.drivers.get(index) {
-            let info = self.channel_info(index);
-            let (framework, message) = driver.versions.unwrap_or(((0, 0), (0, 0)));
-            return Some(DeviceStatus {
-                driver: heapless::String::try_from(driver.wiring.name).unwrap_or_default(),
-                class: info.class,
-                instance: info.instance,
-                relid: info.relid,
-                state: info.state,
-                vmbus_version: info.vmbus_version,
-                framework_version: framework,
-                message_version: message,
-                restarts: driver.restarts,
-            });
+    /// The status view's rows: each driver's primary, then its
+    /// sub-channels, then the offers nobody drives. Row `index` as (driver,
+    /// channel index), or the unclaimed offer's position.
+    fn row(&self, index: usize) -> Option<Result<(usize, usize), usize>> {
+        let mut index = index;
+        for d in 0..self.drivers.len() {
+            if index == 0 {
+                return Some(Ok((d, 0)));
+            }
+            index -= 1;
+            for k in 1..=MAX_SUB_CHANNELS {
+                if self.record(d, k).is_some() {
+                    if index == 0 {
+                        return Some(Ok((d, k)));
+                    }
+                    index -= 1;
+                }
+            }
         }
-        let offer = self.unclaimed.get(index - self.drivers.len())?;
+        (index < self.unclaimed.len()).then_some(Err(index))
+    }
+
+    pub(crate) fn device_status(&self, index: usize) -> Option<DeviceStatus> {
+        let offer = match self.row(index)? {
+            Ok((d, k)) => {
+                let driver = &self.drivers[d];
+                let info = self.channel_info(d, k);
+                let (framework, message) = driver.versions.unwrap_or(((0, 0), (0, 0)));
+                return Some(DeviceStatus {
+                    driver: heapless::String::try_from(driver.wiring.name).unwrap_or_default(),
+                    sub_channel: k as u16,
+                    class: info.class,
+                    instance: info.instance,
+                    relid: info.relid,
+                    state: info.state,
+                    vmbus_version: info.vmbus_version,
+                    framework_version: framework,
+                    message_version: message,
+                    restarts: driver.restarts,
+                });
+            }
+            Err(position) => &self.unclaimed[position],
+        };
         Some(DeviceStatus {
             driver: heapless::String::try_from("-").unwrap_or_default(),
+            sub_channel: 0,
             class: offer.class,
             instance: offer.instance,
             relid: offer.relid,
@@ -131,7 +167,16 @@ impl Vmbus {
     }
 
     pub(crate) fn device_count(&self) -> usize {
-        self.drivers.len() + self.unclaimed.len()
+        self.drivers.len() + self.subs.len() + self.unclaimed.len()
+    }
+
+    fn sub_views(&self, d: usize) -> [(ChannelState, u32); MAX_SUB_CHANNELS] {
+        core::array::from_fn(|i| {
+            (
+                self.presented_channel(d, i + 1),
+                self.drivers[d].sub_generations[i],
+            )
+        })
     }
 
     /// Tell each VSC whose view changed, then print the status view if it is
@@ -143,6 +188,7 @@ impl Vmbus {
                 self.presented(d),
                 self.drivers[d].generation,
                 self.buffer_states(d),
+                self.sub_views(d),
             );
             if self.drivers[d].published != Some(view) {
                 self.drivers[d].published = Some(view);
@@ -250,6 +296,13 @@ impl Vmbus {
         bus::Reply::Accepted
     }
 
+    /// Channel index `channel` of driver `d`, if its description gives it
+    /// that channel (0, or a sub-channel up to its `sub_channels`).
+    fn channel_index(&self, d: usize, channel: u8) -> Option<usize> {
+        let k = usize::from(channel);
+        (k <= self.drivers[d].wiring.sub_rings.len().min(MAX_SUB_CHANNELS)).then_some(k)
+    }
+
     fn buffer_index(&self, d: usize, buffer: u8) -> Option<usize> {
         let index = buffer as usize;
         (index < self.drivers[d].wiring.buffers.len().min(MAX_BUFFERS)).then_some(index)
@@ -276,7 +329,10 @@ impl Vmbus {
                 bus::Reply::Accepted
             }
             (_, None) => bus::Reply::Refused(bus::Refusal::NotADriver),
-            (bus::Request::Query, Some(d)) => bus::Reply::Channel(self.channel_info(d)),
+            (bus::Request::Query { channel }, Some(d)) => match self.channel_index(d, channel) {
+                Some(k) => bus::Reply::Channel(self.channel_info(d, k)),
+                None => bus::Reply::Refused(bus::Refusal::NoSuchChannel),
+            },
             (bus::Request::ReportVersions { framework, message }, Some(d)) => {
                 if self.drivers[d].versions != Some((framework, message)) {
                     self.drivers[d].versions = Some((framework, message));
@@ -344,12 +400,18 @@ impl Vmbus {
                 self.reconcile(env, d);
                 bus::Reply::Accepted
             }
-            (bus::Request::Open { user_data }, Some(d)) => {
-                match self.presented(d) {
+            (bus::Request::Open { channel, user_data }, Some(d)) => {
+                let Some(k) = self.channel_index(d, channel) else {
+                    return bus::Reply::Refused(bus::Refusal::NoSuchChannel);
+                };
+                match self.presented_channel(d, k) {
                     ChannelState::Offered | ChannelState::Failed { .. } => {}
                     _ => return bus::Reply::Refused(bus::Refusal::WrongState),
                 }
-                let channel = self.channel_mut(d);
+                if k > 0 && self.presented(d) != ChannelState::Open {
+                    return bus::Reply::Refused(bus::Refusal::WrongState);
+                }
+                let channel = self.record_mut(d, k);
                 channel.want_open = true;
                 channel.failed = None;
                 for buffer in channel.buffers.iter_mut() {
@@ -359,12 +421,16 @@ impl Vmbus {
                 self.reconcile(env, d);
                 bus::Reply::Accepted
             }
-            (bus::Request::Close, Some(d)) => {
-                match self.presented(d) {
+            (bus::Request::Close { channel }, Some(d)) => {
+                let Some(k) = self.channel_index(d, channel) else {
+                    return bus::Reply::Refused(bus::Refusal::NoSuchChannel);
+                };
+                match self.presented_channel(d, k) {
                     ChannelState::Open | ChannelState::Opening => {}
                     _ => return bus::Reply::Refused(bus::Refusal::WrongState),
                 }
-                self.channel_mut(d).want_open = false;
+                // A primary's sub-channels close first (the engine).
+                self.record_mut(d, k).want_open = false;
                 self.reconcile(env, d);
                 bus::Reply::Accepted
             }

@@ -4,7 +4,11 @@
 //! VMBus 5.3, 4 devices
 //!  relid class      instance                              driver     state    framework msg  restarts
 //!      1 heartbeat  2dd1ce17-079e-403c-b352-a1921ee207ee  heartbeat  open     3.0       3.0  0
+//!      5 network    f8615163-df3e-46c5-913f-f2d2f965ed0e  netvsc     open     -         -    0
+//!      6 network    f8615163-df3e-46c5-913f-f2d2f965ed0e   sub 1     open     -         -    0
 //! ```
+//!
+//! A sub-channel's row follows its primary's, its driver column `sub K`.
 
 use component_api::{println, Env};
 use vmbus_ipc::bus::{ChannelState, DeviceStatus};
@@ -47,13 +51,19 @@ pub fn format_row(row: &DeviceStatus, out: &mut impl core::fmt::Write) -> core::
     } else {
         row.relid
     };
+    let mut driver: heapless::String<32> = heapless::String::new();
+    if row.sub_channel == 0 {
+        let _ = driver.push_str(row.driver.as_str());
+    } else {
+        let _ = core::fmt::write(&mut driver, format_args!(" sub {}", row.sub_channel));
+    }
     write!(
         out,
         "{:>6} {:<10} {}  {:<10} {:<9} {:<9} {:<4} {}",
         relid,
         class_name,
         uuid::Uuid::from_bytes(row.instance).hyphenated(),
-        row.driver.as_str(),
+        driver.as_str(),
         state_name(row.state),
         Version(row.framework_version),
         Version(row.message_version),

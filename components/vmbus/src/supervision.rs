@@ -58,6 +58,11 @@ impl Vmbus {
             channel.retarget_refused = None;
         }
         let name = driver.wiring.name;
+        for sub in self.subs.iter_mut().filter(|s| s.driver == d) {
+            sub.record.want_open = false;
+            sub.record.failed = None;
+        }
+        let driver = &mut self.drivers[d];
         let child = driver.wiring.child;
         if driver.hold_after_recovery {
             driver.held = true;
@@ -398,16 +403,19 @@ impl Vmbus {
     pub(crate) fn on_synic_restarted(&mut self, env: &mut dyn Env) {
         let mut bindings = Vec::new();
         let mut opening = Vec::new();
-        for (d, driver) in self.drivers.iter().enumerate() {
-            let Some(channel) = driver.channel.as_ref() else {
+        for (d, k) in
+            (0..self.drivers.len()).flat_map(|d| (0..=MAX_SUB_CHANNELS).map(move |k| (d, k)))
+        {
+            let Some(channel) = self.record(d, k) else {
                 continue;
             };
             if channel.bound {
-                let (monitor_id, interrupt_page_bit) = self.signalling(d);
+                let (monitor_id, interrupt_page_bit) = self.signalling(d, k);
                 let _ = bindings.push(synic::RestoredBinding {
                     relid: channel.offer.relid,
                     connection_id: channel.offer.connection_id,
-                    driver: driver.wiring.id,
+                    driver: self.drivers[d].wiring.id,
+                    channel: k as u8,
                     monitor_id,
                     interrupt_page_bit,
                 });

@@ -31,6 +31,8 @@ struct FakeSynic {
     bound: BTreeMap<u32, (u32, String)>,
     /// Each Bind's (monitor id, interrupt page bit), by relid.
     signalling: BTreeMap<u32, (Option<u8>, bool)>,
+    /// Each Bind's channel index (0 a primary, K sub-channel K), by relid.
+    channel_index: BTreeMap<u32, u8>,
     unbinds: StdVec<u32>,
     /// Relids vmbus announced as opening (before OpenChannel).
     opening: StdVec<u32>,
@@ -137,9 +139,11 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     relid,
                     connection_id,
                     driver,
+                    channel,
                     monitor_id,
                     interrupt_page_bit,
                 } => {
+                    fake.channel_index.insert(relid, channel);
                     fake.signalling
                         .insert(relid, (monitor_id, interrupt_page_bit));
                     if fake.refuse_binds {
@@ -164,6 +168,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                     synic::Reply::Done
                 }
                 synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
+                synic::Request::Pending => synic::Reply::Pending(0),
                 synic::Request::Status => synic::Reply::Status(Default::default()),
                 synic::Request::Restore { bindings, opening } => {
                     fake.bound.clear();
@@ -245,7 +250,10 @@ impl Rig {
     }
 
     fn query(&mut self, d: usize) -> ChannelInfo {
-        match self.request(self.bus.drivers[d].wiring.call, bus::Request::Query) {
+        match self.request(
+            self.bus.drivers[d].wiring.call,
+            bus::Request::Query { channel: 0 },
+        ) {
             bus::Reply::Channel(info) => info,
             other => panic!("{other:?}"),
         }
@@ -260,6 +268,7 @@ impl Rig {
         self.request(
             call_end,
             bus::Request::Open {
+                channel: 0,
                 user_data: Vec::new(),
             },
         )
@@ -635,7 +644,7 @@ fn the_ring_gpadl_lists_the_four_ring_regions_in_hyper_v_order() {
     let in_data = env.add_region_address_only(12288, 0x30_0000);
     let mut wiring = rig.bus.drivers[0].wiring;
     wiring.rings = [out_control, out_data, in_control, in_data];
-    let (pfns, downstream) = Vmbus::ring_pages(&mut env, &wiring).unwrap();
+    let (pfns, downstream) = Vmbus::ring_pages(&mut env, &wiring.rings).unwrap();
     assert_eq!(
         pfns.as_slice(),
         [0x900, 0x200, 0x201, 0x500, 0x300, 0x301, 0x302]
@@ -649,7 +658,10 @@ fn the_ring_gpadl_lists_the_four_ring_regions_in_hyper_v_order() {
     for (part, bad) in [(2, two_pages), (3, ragged), (0, unaligned)] {
         let mut broken = wiring;
         broken.rings[part] = bad;
-        assert!(Vmbus::ring_pages(&mut env, &broken).is_none(), "{part}");
+        assert!(
+            Vmbus::ring_pages(&mut env, &broken.rings).is_none(),
+            "{part}"
+        );
     }
 }
 
@@ -762,7 +774,7 @@ fn close_unbinds_closes_and_waits_for_torndown() {
     rig.rings[0].write(0, &[0xEE; 64]).unwrap();
     let call_end = rig.bus.drivers[0].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     assert_eq!(rig.synic.borrow().unbinds, [1]);
@@ -815,7 +827,7 @@ fn rescind_at(at: At) {
         At::Closing => {
             gpadl = Some(rig.open_fully(0));
             let call_end = rig.bus.drivers[0].wiring.call;
-            rig.request(call_end, bus::Request::Close);
+            rig.request(call_end, bus::Request::Close { channel: 0 });
             rig.posted();
         }
     }
@@ -1255,7 +1267,7 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
     }
     assert!(!rig.env.console.contains("VMBus 5.3, 4 devices"));
     let call_end = rig.bus.drivers[1].wiring.call;
-    rig.request(call_end, bus::Request::Close);
+    rig.request(call_end, bus::Request::Close { channel: 0 });
     let gpadl = rig.bus.drivers[1].channel.as_ref().unwrap().gpadl.unwrap();
     rig.torndown(gpadl);
     assert!(
@@ -1269,9 +1281,10 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
 fn only_drivers_query_open_and_close() {
     let mut rig = Rig::offered();
     for request in [
-        bus::Request::Query,
-        bus::Request::Close,
+        bus::Request::Query { channel: 0 },
+        bus::Request::Close { channel: 0 },
         bus::Request::Open {
+            channel: 0,
             user_data: Vec::new(),
         },
     ] {
@@ -1285,7 +1298,7 @@ fn only_drivers_query_open_and_close() {
     assert_eq!(rig.open(3), bus::Reply::Accepted);
     let call_end = rig.bus.drivers[2].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Refused(bus::Refusal::WrongState)
     );
     let mut reply = [0u8; 16];
@@ -1544,7 +1557,7 @@ fn a_data_buffer_gets_a_gpadl_while_open_and_loses_it_on_close() {
     // Close: the channel closes, then both GPADLs go together.
     let call_end = rig.bus.drivers[3].wiring.call;
     assert_eq!(
-        rig.request(call_end, bus::Request::Close),
+        rig.request(call_end, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     let posted = rig.posted();
@@ -1817,7 +1830,7 @@ fn retarget_sends_modify_channel_and_5_3_waits_for_the_answer() {
     );
     // A reopen opens on the target VP.
     let call_end = rig.bus.drivers[3].wiring.call;
-    rig.request(call_end, bus::Request::Close);
+    rig.request(call_end, bus::Request::Close { channel: 0 });
     rig.posted();
     rig.torndown(ring);
     let gpadl = rig.begin_open(3);
@@ -1933,4 +1946,296 @@ fn before_5_0_a_channel_without_a_dedicated_interrupt_marks_the_interrupt_page()
     };
     rig.open_result(4, open_id, 0);
     assert_eq!(rig.synic.borrow().signalling[&4], (None, true));
+}
+
+// ---- sub-channels ----
+
+const SUB_RING_GPA: u64 = 0x100_0000;
+
+impl Rig {
+    /// Give KVP (driver 3) `count` sub-channels: four ring regions each
+    /// (out control, out data, in control, in data: 1 page each), granted
+    /// by address only, sub-channel K's from `SUB_RING_GPA + K MiB`.
+    fn with_sub_channels(&mut self, count: usize) {
+        let mut rings = StdVec::new();
+        for k in 1..=count {
+            let base = SUB_RING_GPA + (k as u64) * 0x10_0000;
+            let parts: [RegionName; 4] = core::array::from_fn(|part| {
+                self.env
+                    .add_region_address_only(PAGE, base + (part * PAGE) as u64)
+            });
+            rings.push(parts);
+        }
+        self.bus
+            .give_sub_rings_for_tests(3, std::boxed::Box::leak(rings.into_boxed_slice()));
+    }
+
+    fn sub_offer(&mut self, relid: u32, class: uuid::Uuid, instance: uuid::Uuid, index: u16) {
+        let mut offer = OfferChannel::empty();
+        offer.interface_type = WireGuid::from_uuid(class);
+        offer.interface_instance = WireGuid::from_uuid(instance);
+        offer.child_relid = relid.into();
+        offer.connection_id = (0x1_0000 + relid).into();
+        offer.sub_channel_index = index.into();
+        self.send(offer.as_bytes());
+    }
+
+    fn kvp_request(&mut self, request: bus::Request) -> bus::Reply {
+        let call_end = self.bus.drivers[3].wiring.call;
+        self.request(call_end, request)
+    }
+
+    fn sub_state(&mut self, channel: u8) -> ChannelState {
+        match self.kvp_request(bus::Request::Query { channel }) {
+            bus::Reply::Channel(info) => info.state,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open_sub(&mut self, channel: u8) -> bus::Reply {
+        self.kvp_request(bus::Request::Open {
+            channel,
+            user_data: Vec::new(),
+        })
+    }
+
+    /// KVP's sub-channel `channel` (relid `relid`) opens all the way;
+    /// returns its GPADL id.
+    fn open_sub_fully(&mut self, channel: u8, relid: u32) -> u32 {
+        assert_eq!(self.open_sub(channel), bus::Reply::Accepted);
+        let (gpadl, gpadl_relid, pfns) = self.posted_gpadl();
+        assert_eq!(gpadl_relid, relid);
+        let base = (SUB_RING_GPA + u64::from(channel) * 0x10_0000) >> 12;
+        assert_eq!(pfns, [base, base + 1, base + 2, base + 3], "its own rings");
+        let open_id = self.create(relid, gpadl);
+        self.open_result(relid, open_id, 0);
+        assert_eq!(self.sub_state(channel), ChannelState::Open);
+        gpadl
+    }
+}
+
+#[test]
+fn sub_channels_open_with_their_own_rings_and_bind_to_the_primarys_driver() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(2);
+    assert_eq!(rig.sub_state(1), ChannelState::NotOffered);
+    assert_eq!(
+        rig.kvp_request(bus::Request::Query { channel: 3 }),
+        bus::Reply::Refused(bus::Refusal::NoSuchChannel)
+    );
+    rig.sub_offer(10, class::KVP, instance(4), 1);
+    rig.sub_offer(11, class::KVP, instance(4), 2);
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+    let info = match rig.kvp_request(bus::Request::Query { channel: 2 }) {
+        bus::Reply::Channel(info) => info,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((info.relid, info.connection_id), (11, 0x1_000B));
+    // Only while the primary is open.
+    assert_eq!(
+        rig.open_sub(1),
+        bus::Reply::Refused(bus::Refusal::WrongState)
+    );
+    let primary_gpadl = rig.open_fully(3);
+    let first = rig.open_sub_fully(1, 10);
+    let second = rig.open_sub_fully(2, 11);
+    let gpadls = [primary_gpadl, first, second];
+    assert!(gpadls[0] != gpadls[1] && gpadls[1] != gpadls[2] && gpadls[0] != gpadls[2]);
+    let bound = rig.synic.borrow().bound.clone();
+    assert_eq!(bound.get(&10), Some(&(0x1_000A, String::from("kvp"))));
+    assert_eq!(bound.get(&11), Some(&(0x1_000B, String::from("kvp"))));
+    let indices = rig.synic.borrow().channel_index.clone();
+    assert_eq!(
+        (indices.get(&4), indices.get(&10), indices.get(&11)),
+        (Some(&0), Some(&1), Some(&2))
+    );
+    assert_eq!(rig.state(3), ChannelState::Open);
+    // The status view lists them under their primary.
+    let rows: StdVec<DeviceStatus> = (0..rig.bus.device_count())
+        .filter_map(|i| rig.bus.device_status(i))
+        .collect();
+    let kvp = rows.iter().position(|r| r.relid == 4).unwrap();
+    assert_eq!((rows[kvp + 1].relid, rows[kvp + 1].sub_channel), (10, 1));
+    assert_eq!((rows[kvp + 2].relid, rows[kvp + 2].sub_channel), (11, 2));
+    assert_eq!(rows[kvp + 1].state, ChannelState::Open);
+    let mut line = String::new();
+    status::format_row(&rows[kvp + 1], &mut line).unwrap();
+    assert!(line.contains(" sub 1"), "{line}");
+}
+
+#[test]
+fn closing_the_primary_closes_its_sub_channels_first() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(1);
+    rig.sub_offer(10, class::KVP, instance(4), 1);
+    let primary_gpadl = rig.open_fully(3);
+    let sub_gpadl = rig.open_sub_fully(1, 10);
+    assert_eq!(
+        rig.kvp_request(bus::Request::Close { channel: 0 }),
+        bus::Reply::Accepted
+    );
+    let close_of = |posted: &[(u32, ChannelMessage)]| -> StdVec<u32> {
+        posted
+            .iter()
+            .filter_map(|(_, m)| match m {
+                ChannelMessage::CloseChannel(c) => Some(c.child_relid.get()),
+                _ => None,
+            })
+            .collect()
+    };
+    let posted = rig.posted();
+    assert_eq!(close_of(&posted), [10], "the sub-channel first: {posted:?}");
+    assert_eq!(rig.state(3), ChannelState::Closing);
+    rig.torndown(sub_gpadl);
+    let posted = rig.posted();
+    assert_eq!(close_of(&posted), [4], "then the primary: {posted:?}");
+    rig.torndown(primary_gpadl);
+    assert_eq!(rig.state(3), ChannelState::Offered);
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+    // Open again: the sub-channel too, with a fresh GPADL.
+    rig.open_fully(3);
+    rig.open_sub_fully(1, 10);
+}
+
+#[test]
+fn a_sub_channel_rescinded_while_its_primary_runs_is_released_alone() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(1);
+    rig.sub_offer(10, class::KVP, instance(4), 1);
+    rig.open_fully(3);
+    let sub_gpadl = rig.open_sub_fully(1, 10);
+    rig.rescind(10);
+    assert_eq!(rig.sub_state(1), ChannelState::Rescinded);
+    assert!(rig.synic.borrow().unbinds.contains(&10));
+    let posted = rig.posted();
+    assert!(
+        matches!(posted[..], [(4, ChannelMessage::GpadlTeardown(_))]),
+        "no CloseChannel for a rescinded channel: {posted:?}"
+    );
+    rig.torndown(sub_gpadl);
+    let posted = rig.posted();
+    assert!(
+        matches!(&posted[..], [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 10),
+        "{posted:?}"
+    );
+    assert_eq!(rig.sub_state(1), ChannelState::NotOffered);
+    assert_eq!(rig.state(3), ChannelState::Open, "the primary runs on");
+    // The host may offer the index again.
+    rig.sub_offer(12, class::KVP, instance(4), 1);
+    rig.open_sub_fully(1, 12);
+}
+
+#[test]
+fn the_primarys_rescind_takes_its_sub_channels_along() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(1);
+    rig.sub_offer(10, class::KVP, instance(4), 1);
+    let primary_gpadl = rig.open_fully(3);
+    let sub_gpadl = rig.open_sub_fully(1, 10);
+    // As Hyper-V does: the sub-channels first, then the primary.
+    rig.rescind(10);
+    rig.rescind(4);
+    let posted = rig.posted();
+    let teardowns = posted
+        .iter()
+        .filter(|(_, m)| matches!(m, ChannelMessage::GpadlTeardown(_)))
+        .count();
+    assert_eq!(
+        teardowns, 1,
+        "the primary waits for its sub-channel: {posted:?}"
+    );
+    rig.torndown(sub_gpadl);
+    rig.torndown(primary_gpadl);
+    let released: StdVec<u32> = rig
+        .posted()
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ChannelMessage::RelIdReleased(r) => Some(r.child_relid.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [10, 4]);
+    assert!(rig.bus.gpadls.is_empty());
+    assert_eq!(rig.state(3), ChannelState::Rescinded);
+}
+
+#[test]
+fn a_fault_closes_the_sub_channels_and_the_restarted_vsc_reopens_them() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(1);
+    rig.sub_offer(10, class::KVP, instance(4), 1);
+    let primary_gpadl = rig.open_fully(3);
+    let sub_gpadl = rig.open_sub_fully(1, 10);
+    let child = rig.bus.drivers[3].wiring.child;
+    rig.bus.fault(&mut rig.env, child, Fault::Panic);
+    let unbinds = rig.synic.borrow().unbinds.clone();
+    assert!(unbinds.contains(&10) && unbinds.contains(&4), "{unbinds:?}");
+    rig.posted();
+    rig.torndown(sub_gpadl);
+    rig.posted();
+    rig.torndown(primary_gpadl);
+    assert_eq!(rig.bus.drivers[3].restarts, 1);
+    assert!(rig.bus.gpadls.is_empty(), "nothing left at the host");
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+    rig.open_fully(3);
+    rig.open_sub_fully(1, 10);
+}
+
+#[test]
+fn sub_channel_offers_without_a_place_are_left_alone_and_counted() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(1);
+    // Beyond the driver's one sub-channel.
+    rig.sub_offer(10, class::KVP, instance(4), 2);
+    // For no primary (an instance nobody was offered).
+    rig.sub_offer(11, class::KVP, instance(9), 1);
+    // A driver without sub-channels.
+    rig.sub_offer(12, class::HEARTBEAT, instance(1), 1);
+    assert_eq!(rig.bus.counters().sub_channel_offers_refused, 3);
+    assert_eq!(rig.sub_state(1), ChannelState::NotOffered);
+    assert_eq!(rig.bus.unclaimed.len(), 3);
+    // Released when the host rescinds them.
+    rig.rescind(11);
+    assert!(matches!(
+        rig.posted()[..],
+        [(4, ChannelMessage::RelIdReleased(_))]
+    ));
+    // Taken: the next offer of index 1 of KVP.
+    rig.sub_offer(13, class::KVP, instance(4), 1);
+    rig.sub_offer(14, class::KVP, instance(4), 1);
+    assert_eq!(
+        rig.bus.counters().sub_channel_offers_refused,
+        4,
+        "a second index 1"
+    );
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+}
+
+#[test]
+fn the_bus_holds_at_most_16_sub_channels_and_refuses_the_rest() {
+    let mut rig = Rig::offered();
+    rig.with_sub_channels(MAX_SUB_CHANNELS);
+    let kvp_rings = rig.bus.drivers[3].wiring.sub_rings;
+    for d in 0..3 {
+        rig.bus.give_sub_rings_for_tests(d, kvp_rings);
+    }
+    let mut relid = 100;
+    for (class, n) in [(class::HEARTBEAT, 1), (class::SHUTDOWN, 2)] {
+        for index in 1..=MAX_SUB_CHANNELS as u16 {
+            rig.sub_offer(relid, class, instance(n), index);
+            relid += 1;
+        }
+    }
+    assert_eq!(rig.bus.subs.len(), MAX_SUB_CHANNEL_RECORDS);
+    assert_eq!(rig.bus.counters().sub_channel_offers_refused, 0);
+    rig.sub_offer(200, class::KVP, instance(4), 1);
+    assert_eq!(rig.bus.counters().sub_channel_offers_refused, 1);
+    assert_eq!(rig.sub_state(1), ChannelState::NotOffered);
+    // A released sub-channel makes room.
+    rig.rescind(100);
+    rig.posted();
+    assert_eq!(rig.bus.subs.len(), MAX_SUB_CHANNEL_RECORDS - 1);
+    rig.sub_offer(201, class::KVP, instance(4), 1);
+    assert_eq!(rig.sub_state(1), ChannelState::Offered);
+    assert_eq!(rig.bus.counters().rejected, 0);
 }

@@ -92,6 +92,8 @@ fn env_over(regions: Vec<Region>) -> EnvDouble {
 type Sim = Simulator<Arena>;
 
 struct Guest {
+    /// Guest memory (GPA = offset).
+    arena: Region,
     sim: Rc<RefCell<Sim>>,
     synic: Rc<RefCell<(Synic, EnvDouble)>>,
     bus: Vmbus,
@@ -205,6 +207,7 @@ impl Guest {
         });
         let bus = Vmbus::init(&mut bus_env);
         let mut guest = Guest {
+            arena,
             sim,
             synic,
             bus,
@@ -297,7 +300,7 @@ impl Guest {
     }
 
     fn info(&mut self, d: usize) -> bus::ChannelInfo {
-        match self.request(Guest::vsc_end(d), bus::Request::Query) {
+        match self.request(Guest::vsc_end(d), bus::Request::Query { channel: 0 }) {
             bus::Reply::Channel(info) => info,
             other => panic!("{other:?}"),
         }
@@ -307,6 +310,7 @@ impl Guest {
         let reply = self.request(
             Guest::vsc_end(d),
             bus::Request::Open {
+                channel: 0,
                 user_data: Default::default(),
             },
         );
@@ -511,7 +515,7 @@ fn rescind_at_every_step_is_recovered_without_a_host_complaint() {
             if point == RescindPoint::OnClose {
                 assert_eq!(guest.info(3).state, ChannelState::Open);
                 assert_eq!(
-                    guest.request(Guest::vsc_end(3), bus::Request::Close),
+                    guest.request(Guest::vsc_end(3), bus::Request::Close { channel: 0 }),
                     bus::Reply::Accepted
                 );
             }
@@ -999,7 +1003,7 @@ fn a_retarget_moves_the_channel_at_the_host_and_a_reopen_keeps_it() {
         })
     );
     assert_eq!(
-        guest.request(kvp, bus::Request::Close),
+        guest.request(kvp, bus::Request::Close { channel: 0 }),
         bus::Reply::Accepted
     );
     guest.open(3);
@@ -1052,46 +1056,286 @@ fn a_monitored_channel_is_signalled_through_the_monitor_page_the_host_scans() {
     assert_eq!(synic_status.signals_sent, 2, "heartbeat's by hypercall");
 }
 
+/// Where KVP's sub-channel rings go in the arena (after the primaries').
+const SUB_RINGS: u64 = 0x8_0000;
+
+impl Guest {
+    /// Give KVP `count` sub-channels, each with rings of its primary's
+    /// sizes from `SUB_RINGS`, granted to vmbus by address only (as a
+    /// description with `sub_channels = count` would).
+    fn give_kvp_sub_channels(&mut self, count: usize) {
+        let kvp = &bus_ids::drivers::DRIVERS[3];
+        let out = kvp.ring_out_bytes;
+        let sizes = [4096, out - 4096, 4096, RING_SIZE - out - 4096];
+        let mut all = Vec::new();
+        for k in 0..count {
+            let mut gpa = SUB_RINGS + (k * RING_SIZE) as u64;
+            let mut names = Vec::new();
+            for size in sizes {
+                let ring = region(&self.arena, gpa as usize, size, Some(gpa));
+                names.push(self.bus_env.add_region_address_over(ring));
+                gpa += size as u64;
+            }
+            all.push([names[0], names[1], names[2], names[3]]);
+        }
+        self.bus.give_sub_rings_for_tests(3, Vec::leak(all));
+    }
+
+    fn kvp_channel(&mut self, channel: u8) -> bus::ChannelInfo {
+        match self.request(Guest::vsc_end(3), bus::Request::Query { channel }) {
+            bus::Reply::Channel(info) => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What KVP reads from synic: which of its channels fired.
+    fn kvp_pending(&mut self) -> u16 {
+        let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(
+            &vmbus_ipc::synic::Request::Pending,
+        );
+        let mut reply = [0u8; 256];
+        let mut guard = self.synic.borrow_mut();
+        let (component, env) = &mut *guard;
+        let used = component
+            .protected(env, synic::channels::KVP_CALL, &message, &mut reply)
+            .unwrap();
+        match env_double::decode_reply::<vmbus_ipc::synic::Synic>(&reply[..used]) {
+            vmbus_ipc::synic::Reply::Pending(bits) => bits,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
-fn sub_channel_offers_are_accepted_left_unopened_and_released_when_rescinded() {
-    // What the bus does with sub-channels today (they are not yet routed to
-    // the primary's driver or opened): it takes each offer, leaves it
-    // alone, and releases it cleanly when the host rescinds it, before or
-    // with its primary; the host sees no protocol error.
+fn sub_channels_open_with_their_own_gpadls_and_go_with_their_primary() {
     let mut guest = Guest::boot(ServerConfig {
         devices: ic_devices(),
         ..ServerConfig::default()
     });
+    guest.give_kvp_sub_channels(2);
     guest.open_all();
     let kvp = guest.info(3).relid;
+    let gpadls_of_primaries = guest.sim.borrow().vmbus.gpadl_count();
+    // The driver asked its device for two sub-channels (in the device's
+    // own protocol); the host offers them.
     let subs = guest.sim.borrow_mut().offer_sub_channels(kvp, 2);
     assert_eq!(subs.len(), 2);
     guest.pump();
-    assert!(
-        guest.bus_env.console.contains("sub-channel"),
-        "{}",
-        guest.bus_env.console
+    for (k, relid) in [(1, subs[0]), (2, subs[1])] {
+        let info = guest.kvp_channel(k);
+        assert_eq!((info.state, info.relid), (ChannelState::Offered, relid));
+        let reply = guest.request(
+            Guest::vsc_end(3),
+            bus::Request::Open {
+                channel: k,
+                user_data: Default::default(),
+            },
+        );
+        assert_eq!(reply, bus::Reply::Accepted);
+        assert_eq!(
+            guest.kvp_channel(k).state,
+            ChannelState::Open,
+            "{}",
+            guest.bus_env.console
+        );
+    }
+    {
+        let sim = guest.sim.borrow();
+        let open = sim.vmbus.open_channels();
+        assert!(open.contains(&subs[0]) && open.contains(&subs[1]) && open.contains(&kvp));
+        assert_eq!(
+            sim.vmbus.gpadl_count(),
+            gpadls_of_primaries + 2,
+            "a ring GPADL of its own each"
+        );
+    }
+    // The host signals sub-channel 2: KVP is notified and reads which.
+    assert_eq!(guest.kvp_pending(), 0);
+    let events_before = guest.vsc_events.get(&synic::channels::KVP.0).copied();
+    // (The test's VSC never reads its rings, so the host's packet lands in
+    // a non-empty ring: the host signals regardless.)
+    let sent = guest.sim.borrow_mut().with_channel(
+        subs[1],
+        |endpoint, memory| endpoint.send_completion(memory, 7, &[]),
+        |_| true,
     );
+    assert!(sent.is_some());
+    guest.pump();
+    assert!(guest.vsc_events.get(&synic::channels::KVP.0).copied() > events_before);
+    assert_eq!(guest.kvp_pending(), 0b100, "sub-channel 2 only");
     // A rescind of one sub-channel while its primary runs.
     assert!(guest.sim.borrow_mut().rescind(subs[0]));
     guest.pump();
     assert_eq!(guest.sim.borrow().vmbus.channel_state(subs[0]), None);
+    assert_eq!(guest.kvp_channel(1).state, ChannelState::NotOffered);
     assert_eq!(guest.info(3).state, ChannelState::Open);
-    // A sub-channel offer for no primary.
+    assert_eq!(guest.kvp_channel(2).state, ChannelState::Open);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_count(),
+        gpadls_of_primaries + 1
+    );
+    // Offers vmbus refuses: for no primary, and beyond KVP's two.
     let orphan = guest.sim.borrow_mut().offer_sub_channel(
         DeviceConfig::ic(DeviceKind::Kvp, uuid::Uuid::from_u128(0x9999)),
         1,
     );
+    let kvp_device = guest.sim.borrow().vmbus.device(kvp).cloned().unwrap();
+    let beyond = guest.sim.borrow_mut().offer_sub_channel(kvp_device, 3);
     guest.pump();
+    assert_eq!(guest.bus.counters().sub_channel_offers_refused, 2);
     // The primary's rescind takes its remaining sub-channel first.
     assert!(guest.sim.borrow_mut().rescind(kvp));
     guest.pump();
-    for relid in [subs[1], kvp] {
-        assert_eq!(guest.sim.borrow().vmbus.channel_state(relid), None);
+    for relid in [subs[1], kvp, beyond] {
+        assert_eq!(
+            guest.sim.borrow().vmbus.channel_state(relid),
+            None,
+            "relid {relid}: {}",
+            guest.bus_env.console
+        );
     }
+    assert_eq!(guest.kvp_channel(2).state, ChannelState::NotOffered);
     assert!(guest.sim.borrow_mut().rescind(orphan));
     guest.pump();
     assert_eq!(guest.sim.borrow().vmbus.channel_state(orphan), None);
     assert_eq!(guest.bus.counters().rejected, 0);
+    let sim = guest.sim.borrow();
+    assert_eq!(sim.vmbus.gpadl_count(), gpadls_of_primaries - 1);
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+}
+
+#[test]
+fn unload_with_sub_channels_open_leaks_no_gpadl() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    let kvp = guest.info(3).relid;
+    let subs = guest.sim.borrow_mut().offer_sub_channels(kvp, 2);
+    guest.pump();
+    for k in 1..=2 {
+        let reply = guest.request(
+            Guest::vsc_end(3),
+            bus::Request::Open {
+                channel: k,
+                user_data: Default::default(),
+            },
+        );
+        assert_eq!(reply, bus::Reply::Accepted);
+    }
+    assert!(guest.sim.borrow().vmbus.open_channels().contains(&subs[1]));
+    assert_eq!(
+        guest.request(
+            bus_channels::CLIENT,
+            bus::Request::Unload {
+                power_off_code: Some(0)
+            }
+        ),
+        bus::Reply::Accepted
+    );
+    assert_eq!(
+        guest.bus_env.powered_off,
+        Some(0),
+        "{}",
+        guest.bus_env.console
+    );
+    let sim = guest.sim.borrow();
+    assert_eq!(sim.vmbus.version(), None, "the host saw Unload");
+    assert_eq!(sim.vmbus.gpadl_count(), 0);
+    assert_eq!(
+        sim.vmbus.stats.rule_violations, 0,
+        "{:?}",
+        sim.vmbus.violations
+    );
+}
+
+impl Guest {
+    /// KVP with `count` sub-channels offered by the host and open.
+    fn kvp_with_open_sub_channels(&mut self, count: u16) -> Vec<u32> {
+        let kvp = self.info(3).relid;
+        let subs = self.sim.borrow_mut().offer_sub_channels(kvp, count);
+        self.pump();
+        for k in 1..=count as u8 {
+            let open = bus::Request::Open {
+                channel: k,
+                user_data: Default::default(),
+            };
+            assert_eq!(self.request(Guest::vsc_end(3), open), bus::Reply::Accepted);
+            assert_eq!(self.kvp_channel(k).state, ChannelState::Open);
+        }
+        subs
+    }
+}
+
+#[test]
+fn a_restarted_synic_gets_the_sub_channel_bindings_back_with_their_index() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    let subs = guest.kvp_with_open_sub_channels(2);
+    guest.restart_synic();
+    guest.pump();
+    assert!(
+        guest
+            .bus_env
+            .console
+            .contains("synic restarted: relid table restored (6 bound, 0 opening)"),
+        "{}",
+        guest.bus_env.console
+    );
+    guest.kvp_pending(); // whatever the restore's looks left
+    let sent = guest.sim.borrow_mut().with_channel(
+        subs[0],
+        |endpoint, memory| endpoint.send_completion(memory, 9, &[]),
+        |_| true,
+    );
+    assert!(sent.is_some());
+    guest.pump();
+    assert_eq!(guest.kvp_pending(), 0b10, "sub-channel 1 only");
     assert_eq!(guest.sim.borrow().vmbus.stats.rule_violations, 0);
+}
+
+#[test]
+fn a_restarted_vmbus_releases_the_sub_channels_with_the_old_session() {
+    let mut guest = Guest::boot(ServerConfig {
+        devices: ic_devices(),
+        ..ServerConfig::default()
+    });
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    let subs = guest.kvp_with_open_sub_channels(2);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 6);
+    guest.restart_vmbus();
+    // Its Unload of the old session released everything on the host, the
+    // sub-channels and their GPADLs too (the crashed incarnation could
+    // not tear them down: the host counts them held at Unload).
+    {
+        let sim = guest.sim.borrow();
+        assert_eq!(sim.vmbus.gpadl_count(), 0);
+        for relid in &subs {
+            assert_eq!(sim.vmbus.channel_state(*relid), None);
+        }
+    }
+    assert_eq!(guest.synic.borrow().0.status().bound_channels, 0);
+    // The new incarnation's wiring comes from its description again.
+    guest.give_kvp_sub_channels(2);
+    guest.open_all();
+    assert_eq!(guest.kvp_channel(1).state, ChannelState::NotOffered);
+    assert_eq!(
+        guest.sim.borrow().vmbus.gpadl_count(),
+        4,
+        "the primaries' rings only"
+    );
+    // The driver asks its device again; the new sub-channels open.
+    guest.kvp_with_open_sub_channels(2);
+    assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 6);
 }

@@ -414,6 +414,11 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
             "    /// The guest-to-host ring's bytes: the regions `ring_out_control` (one page) and `ring_out` (the rest, double mapped).\n    pub const RING_OUT_BYTES: usize = {};",
             driver.ring_out
         );
+        let _ = writeln!(
+            out,
+            "    /// Sub-channels it may open: sub-channel K's rings are the regions `ring_out_control<K>`, `ring_out<K>`, `ring_in_control<K>`, `ring_in<K>`, of the primary's sizes.\n    pub const SUB_CHANNELS: usize = {};",
+            driver.sub_channels
+        );
         let buffers: Vec<String> = driver.buffers.iter().map(|b| b.to_string()).collect();
         let _ = writeln!(
             out,
@@ -444,7 +449,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring regions, known by address only (not mapped), in the ring GPADL's page order: out control page, out data, in control page, in data.\n        pub rings: [RegionName; 4],\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n    }}"
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring regions, known by address only (not mapped), in the ring GPADL's page order: out control page, out data, in control page, in data.\n        pub rings: [RegionName; 4],\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n        /// Sub-channel K's ring regions at `sub_rings[K - 1]`, like `rings`.\n        pub sub_rings: &'static [[RegionName; 4]],\n    }}"
         );
         let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
         for (id, driver) in contracts.drivers.iter().enumerate() {
@@ -460,16 +465,23 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 .iter()
                 .position(|c| *c as usize == driver.component)
                 .expect("the manager supervises its drivers");
-            let rings: Vec<String> = crate::expand::RING_PARTS
-                .iter()
-                .map(|(suffix, _, _)| {
-                    let position = me
-                        .maps
-                        .iter()
-                        .position(|m| m.name == format!("{name}_{suffix}"))
-                        .expect("the expansion maps the rings");
-                    format!("RegionName({position})")
-                })
+            let rings_of = |channel: usize| -> Vec<String> {
+                crate::expand::RING_PARTS
+                    .iter()
+                    .map(|(suffix, _, _)| {
+                        let part = crate::expand::ring_part_name(suffix, channel);
+                        let position = me
+                            .maps
+                            .iter()
+                            .position(|m| m.name == format!("{name}_{part}"))
+                            .expect("the expansion maps the rings");
+                        format!("RegionName({position})")
+                    })
+                    .collect()
+            };
+            let rings = rings_of(0);
+            let sub_rings: Vec<String> = (1..=usize::from(driver.sub_channels))
+                .map(|channel| format!("[{}]", rings_of(channel).join(", ")))
                 .collect();
             let buffers: Vec<String> = (0..driver.buffers.len())
                 .map(|n| {
@@ -483,14 +495,15 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 .collect();
             let _ = writeln!(
                 out,
-                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), rings: [{}], ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}] }},",
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), rings: [{}], ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}], sub_rings: &[{}] }},",
                 classes.join(", "),
                 type_of(driver.component),
                 end_id(index, &format!("{name}_event")),
                 rings.join(", "),
                 driver.ring_in,
                 driver.ring_out,
-                buffers.join(", ")
+                buffers.join(", "),
+                sub_rings.join(", ")
             );
         }
         let _ = writeln!(out, "    ];\n}}");

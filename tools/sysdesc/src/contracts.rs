@@ -38,6 +38,9 @@ pub struct DriverContract {
     pub ring_out: u64,
     /// Bytes of each data buffer (region `<driver>_buffer<N>`).
     pub buffers: Vec<u64>,
+    /// Sub-channels it may open (regions `<driver>_ring_out_control<K>`,
+    /// ... for K in 1..=sub_channels).
+    pub sub_channels: u8,
     pub clients: Vec<usize>,
 }
 

@@ -18,7 +18,11 @@
 //! `buffers` becomes a host-visible region `<driver>_buffer<N>`, mapped
 //! read-write into the driver as `buffer<N>` and granted to the bus
 //! manager by address only, like the ring (the manager describes it in a
-//! GPADL when the driver asks). Every
+//! GPADL when the driver asks). `sub_channels = N` (at most
+//! [`MAX_SUB_CHANNELS`]) gives sub-channel K (1..=N) rings of the primary's
+//! sizes: the same four regions with a K suffix (`<driver>_ring_out_control<K>`,
+//! mapped into the driver as `ring_out_control<K>`, ...), granted to the
+//! bus manager by address only like the primary's. Every
 //! generated value carries the span of the stanza key it came from, so
 //! the ordinary checks report problems at the driver's lines.
 
@@ -48,6 +52,28 @@ pub const MAX_BUFFERS: usize = 4;
 /// 8190 pages, `vmbus_protocol::gpadl::MAX_SINGLE_RANGE_PFNS`; Linux's
 /// netvsc keeps its receive buffer under the same bound).
 pub const MAX_BUFFER_BYTES: i64 = 8190 * 4096;
+
+/// The most sub-channels one driver opens (`vmbus::MAX_SUB_CHANNELS`).
+pub const MAX_SUB_CHANNELS: i64 = 8;
+
+/// The name suffix of ring part `suffix` of channel `channel` (0: the
+/// primary, K: sub-channel K).
+pub fn ring_part_name(suffix: &str, channel: usize) -> String {
+    if channel == 0 {
+        suffix.to_string()
+    } else {
+        format!("{suffix}{channel}")
+    }
+}
+
+/// A driver's sub-channel count, clamped to what `expand` accepts (it
+/// reports a count out of range).
+pub fn sub_channel_count(driver: &crate::raw::RawDriver) -> u8 {
+    driver
+        .sub_channels
+        .as_ref()
+        .map_or(0, |n| (*n.get_ref()).clamp(0, MAX_SUB_CHANNELS) as u8)
+}
 
 fn text(at: &Text, value: String) -> Text {
     Spanned::new(at.span(), value)
@@ -145,6 +171,15 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 ),
             ));
         }
+        if let Some(count) = &driver.sub_channels {
+            let n = *count.get_ref();
+            if !(0..=MAX_SUB_CHANNELS).contains(&n) {
+                errors.push(source.diagnostic(
+                    count.span().start,
+                    format!("{n} sub-channels: a driver has 0 to {MAX_SUB_CHANNELS}"),
+                ));
+            }
+        }
         for buffer in &driver.buffers {
             let bytes = *buffer.get_ref();
             if bytes <= 0 || bytes % 4096 != 0 || bytes > MAX_BUFFER_BYTES {
@@ -184,7 +219,11 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
             },
         ));
         let rw = text(at, "rw".into());
-        for (suffix, control, in_ring) in RING_PARTS {
+        let channel_count = 1 + usize::from(sub_channel_count(driver));
+        for (channel, (suffix, control, in_ring)) in (0..channel_count)
+            .flat_map(|channel| RING_PARTS.iter().map(move |part| (channel, *part)))
+        {
+            let suffix = ring_part_name(suffix, channel);
             let ring_bytes = if in_ring {
                 &driver.ring_in
             } else {
@@ -211,7 +250,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                     region: region.clone(),
                     rights: rw.clone(),
                     double: (!control).then(|| Spanned::new(at.span(), true)),
-                    name: Some(text(at, suffix.into())),
+                    name: Some(text(at, suffix)),
                 },
             ));
             maps.push(Spanned::new(

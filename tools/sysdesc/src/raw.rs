@@ -65,6 +65,9 @@ pub struct RawDriver {
     /// order: the driver has GPADLs made over them through the bus.
     #[serde(default)]
     pub buffers: Vec<Number>,
+    /// How many sub-channels (beyond the primary) it may open, each with
+    /// rings of the primary's sizes (default 0).
+    pub sub_channels: Option<Number>,
     /// The protocol its clients call, if it has clients.
     pub serves: Option<Text>,
     #[serde(default)]

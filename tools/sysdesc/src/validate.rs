@@ -1029,6 +1029,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                     ring_in: *d.ring_in.get_ref() as u64,
                     ring_out: *d.ring_out.get_ref() as u64,
                     buffers: d.buffers.iter().map(|b| *b.get_ref() as u64).collect(),
+                    sub_channels: crate::expand::sub_channel_count(d),
                     clients: d
                         .clients
                         .iter()

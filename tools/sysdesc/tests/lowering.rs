@@ -364,7 +364,9 @@ buffers = [16777216, 65536]
     }
     let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
     assert!(
-        vmbus.contains("ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)] }"),
+        vmbus.contains(
+            "ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)], sub_rings: &[] }"
+        ),
         "{vmbus}"
     );
     let driver = sysdesc::generate_ids(&description, "net").unwrap();
@@ -374,6 +376,102 @@ buffers = [16777216, 65536]
     );
     assert!(
         driver.contains("pub const BUFFER1: RegionName = RegionName(5);"),
+        "{driver}"
+    );
+}
+
+#[test]
+fn sub_channels_get_rings_of_the_primarys_sizes_for_driver_and_manager() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+serves = ["synic"]
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+serves = ["bus"]
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
+name = "net"
+package = "vsc-net"
+priority = 150
+classes = ["f8615163-df3e-46c5-913f-f2d2f965ed0e"]
+ring_out = 8192
+ring_in = 16384
+sub_channels = 2
+"#;
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
+    let net = &layout.components[layout.component_index("net").unwrap()];
+    let vmbus = &layout.components[layout.component_index("vmbus").unwrap()];
+    for k in 1..=2 {
+        for (part, size, double) in [
+            ("ring_out_control", 4096, false),
+            ("ring_out", 4096, true),
+            ("ring_in_control", 4096, false),
+            ("ring_in", 12288, true),
+        ] {
+            let name = format!("net_{part}{k}");
+            let index = layout.regions.iter().position(|r| r.name == name);
+            let index = index.unwrap_or_else(|| panic!("no region {name}"));
+            let region = &layout.regions[index];
+            assert_eq!((region.size, region.host_visible), (size, true), "{name}");
+            let own = net
+                .maps
+                .iter()
+                .find(|m| m.region as usize == index)
+                .unwrap();
+            assert_eq!(own.name, format!("{part}{k}"));
+            assert!(own.writable && !own.address_only);
+            assert_eq!(own.double, double, "{name}");
+            let grant = vmbus.maps.iter().find(|m| m.region as usize == index);
+            assert!(grant.unwrap().address_only, "the manager maps no ring");
+        }
+    }
+    assert!(!layout.regions.iter().any(|r| r.name == "net_ring_out3"));
+    // The primary's rings stay the driver's regions 0-3.
+    assert_eq!(net.maps[0].name, "ring_out_control");
+    assert_eq!(net.maps[3].name, "ring_in");
+    let manager = sysdesc::generate_ids(&description, "vmbus").unwrap();
+    let position = |name: &str| vmbus.maps.iter().position(|m| m.name == name).unwrap();
+    let expected = format!(
+        "sub_rings: &[[RegionName({}), RegionName({}), RegionName({}), RegionName({})], [RegionName({}), RegionName({}), RegionName({}), RegionName({})]] }}",
+        position("net_ring_out_control1"),
+        position("net_ring_out1"),
+        position("net_ring_in_control1"),
+        position("net_ring_in1"),
+        position("net_ring_out_control2"),
+        position("net_ring_out2"),
+        position("net_ring_in_control2"),
+        position("net_ring_in2"),
+    );
+    assert!(manager.contains(&expected), "{expected}\n{manager}");
+    let driver = sysdesc::generate_ids(&description, "net").unwrap();
+    assert!(
+        driver.contains("pub const SUB_CHANNELS: usize = 2;"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("pub const RING_IN2: RegionName"),
         "{driver}"
     );
 }

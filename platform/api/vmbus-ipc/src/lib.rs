@@ -127,7 +127,8 @@ pub mod synic {
 
     impl Protocol for Synic {
         const NAME: &'static str = "synic";
-        const VERSION: u16 = 1;
+        // 2: sub-channels (Bind's channel index, Pending).
+        const VERSION: u16 = 2;
         const OPERATIONS: &'static [&'static str] = &[
             "post_message",
             "bind",
@@ -136,6 +137,7 @@ pub mod synic {
             "status",
             "opening",
             "restore",
+            "pending",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -148,6 +150,7 @@ pub mod synic {
                 Request::Status => 4,
                 Request::Opening { .. } => 5,
                 Request::Restore { .. } => 6,
+                Request::Pending => 7,
             }
         }
     }
@@ -159,7 +162,10 @@ pub mod synic {
             connection_id: u32,
             payload: Vec<u8, MAX_POST_PAYLOAD>,
         },
-        /// vmbus: the events of `relid` go to the VSC `driver`, which may
+        /// vmbus: the events of `relid` go to the VSC `driver`, as events
+        /// of its channel `channel` (0 its primary, K its sub-channel K:
+        /// the VSC reads which of its channels fired with
+        /// [`Request::Pending`]), which it may
         /// then signal `connection_id`: through the monitor page's pending
         /// bit `monitor_id` if the offer allocated one (no hypercall), else
         /// HvSignalEvent; first setting the relid's bit in the interrupt
@@ -170,6 +176,7 @@ pub mod synic {
             relid: u32,
             connection_id: u32,
             driver: DriverId,
+            channel: u8,
             monitor_id: Option<u8>,
             interrupt_page_bit: bool,
         },
@@ -199,6 +206,11 @@ pub mod synic {
             bindings: Vec<RestoredBinding, MAX_RESTORED>,
             opening: Vec<u32, MAX_RESTORED>,
         },
+        /// A VSC: which of its channels had events since it last asked
+        /// (bit K: channel K; 0 the primary), cleared by the asking. synic
+        /// notifies the VSC once per batch; a bit set before a notification
+        /// is read after it.
+        Pending,
     }
 
     /// The most bindings (and openings) one `Restore` carries.
@@ -210,6 +222,8 @@ pub mod synic {
         pub relid: u32,
         pub connection_id: u32,
         pub driver: DriverId,
+        /// As in [`Request::Bind`]: the driver's channel index.
+        pub channel: u8,
         /// As in [`Request::Bind`]: how the channel is signalled.
         pub monitor_id: Option<u8>,
         pub interrupt_page_bit: bool,
@@ -224,6 +238,9 @@ pub mod synic {
             status: u16,
         },
         Status(Status),
+        /// The caller's channels with events since it last asked (bit K:
+        /// channel K).
+        Pending(u16),
         /// SignalHost for a channel vmbus has just unbound (rescinded,
         /// closed or restarting): nothing was signalled, and that is
         /// expected; the VSC hears about the channel from vmbus.
@@ -280,8 +297,9 @@ pub mod bus {
     impl Protocol for Bus {
         const NAME: &'static str = "bus";
         // 2: data buffers (create_gpadl, teardown_gpadl, buffer), target
-        // VP (retarget, interrupt).
-        const VERSION: u16 = 2;
+        // VP (retarget, interrupt). 3: sub-channels (query, open and close
+        // take a channel index).
+        const VERSION: u16 = 3;
         const OPERATIONS: &'static [&'static str] = &[
             "query",
             "open",
@@ -299,9 +317,9 @@ pub mod bus {
         type Reply = Reply;
         fn operation(request: &Request) -> usize {
             match request {
-                Request::Query => 0,
+                Request::Query { .. } => 0,
                 Request::Open { .. } => 1,
-                Request::Close => 2,
+                Request::Close { .. } => 2,
                 Request::ReportVersions { .. } => 3,
                 Request::Device { .. } => 4,
                 Request::Unload { .. } => 5,
@@ -316,12 +334,20 @@ pub mod bus {
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Request {
-        /// A VSC: what was I offered, and in what state is my channel?
-        Query,
-        /// A VSC: open my channel with the rings in my ring region.
-        Open { user_data: Vec<u8, 120> },
-        /// A VSC: close my channel.
-        Close,
+        /// A VSC: what was I offered, and in what state is my channel
+        /// `channel` (0: the primary; K: sub-channel K, which the VSC asks
+        /// its device for in the device's own protocol)?
+        Query { channel: u8 },
+        /// A VSC: open my channel `channel` with its rings (the primary's
+        /// `ring_*` regions, sub-channel K's `ring_*K`). A sub-channel
+        /// opens only while the primary is open, and closes with it.
+        Open {
+            channel: u8,
+            user_data: Vec<u8, 120>,
+        },
+        /// A VSC: close my channel `channel` (the primary closes its
+        /// sub-channels first).
+        Close { channel: u8 },
         /// A VSC: the versions it negotiated with the host, for the status view.
         ReportVersions {
             framework: (u16, u16),
@@ -410,6 +436,10 @@ pub mod bus {
         Held,
     }
 
+    /// The channel index of a VSC's primary channel in `Query`, `Open`
+    /// and `Close` (sub-channel K is index K).
+    pub const PRIMARY: u8 = 0;
+
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct ChannelInfo {
         pub state: ChannelState,
@@ -430,6 +460,9 @@ pub mod bus {
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct DeviceStatus {
         pub driver: Name,
+        /// 0 for a primary channel; K for sub-channel K (its row follows
+        /// its primary's).
+        pub sub_channel: u16,
         pub class: Guid,
         pub instance: Guid,
         pub relid: u32,
@@ -465,6 +498,9 @@ pub mod bus {
         /// The negotiated VMBus version has no such message (ModifyChannel
         /// before 4.1).
         Unsupported,
+        /// The VSC has no channel of that index (beyond its description's
+        /// `sub_channels`).
+        NoSuchChannel,
     }
 }
 

@@ -182,7 +182,11 @@ impl IcChannel {
     /// The bus manager notified us (or we just started): ask where the
     /// channel stands and act on it.
     pub fn on_bus_event<S: IcService>(&mut self, env: &mut dyn Env, service: &mut S) {
-        let info = match self.ids.vmbus.call(env, &bus::Request::Query) {
+        let info = match self
+            .ids
+            .vmbus
+            .call(env, &bus::Request::Query { channel: 0 })
+        {
             Ok(bus::Reply::Channel(info)) => info,
             Ok(other) => {
                 println!(env, "vmbus answered Query with {other:?}");
@@ -254,6 +258,7 @@ impl IcChannel {
             give_up(env, "the ring regions cannot be zeroed");
         }
         let request = bus::Request::Open {
+            channel: 0,
             user_data: heapless::Vec::new(),
         };
         match self.ids.vmbus.call(env, &request) {

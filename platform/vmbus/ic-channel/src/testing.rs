@@ -112,7 +112,7 @@ impl TestHost {
         env.on_typed_call::<bus::Bus>(ids.vmbus, move |request: bus::Request| {
             let mut state = bus_handle.borrow_mut();
             match request {
-                bus::Request::Query => bus::Reply::Channel(state.info.clone()),
+                bus::Request::Query { .. } => bus::Reply::Channel(state.info.clone()),
                 bus::Request::Open { .. } => {
                     state.open_requests += 1;
                     state
