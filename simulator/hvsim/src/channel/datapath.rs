@@ -57,6 +57,9 @@ pub struct DataPathHost {
     /// The guest asked for the report (the script runner prints it and
     /// clears this).
     pub report_requested: bool,
+    /// Sub-channels the guest asked for (`op::CREATE_SUB_CHANNELS`):
+    /// the bus (`Vmbus::step_channels`) offers them and clears this.
+    pub sub_channels_requested: Option<u16>,
     stream: Option<Stream>,
     outstanding: BTreeMap<u64, Sent>,
     transfers_in_flight: u32,
@@ -104,6 +107,14 @@ impl ChannelEndpoint {
                 let errors = u32::from(accepted.is_none());
                 let signal = self.datapath_complete(memory, &packet, header.op.get(), 0, errors);
                 signal | self.datapath_pump(memory)
+            }
+            op::CREATE_SUB_CHANNELS => {
+                let count = u16::try_from(len)
+                    .ok()
+                    .filter(|count| (1..=crate::vmbus::MAX_DEVICE_SUB_CHANNELS).contains(count));
+                self.datapath.sub_channels_requested = count;
+                let errors = u32::from(count.is_none());
+                self.datapath_complete(memory, &packet, header.op.get(), 0, errors)
             }
             op::REPORT => {
                 self.datapath.report_requested = true;
