@@ -217,15 +217,18 @@ impl ChannelEndpoint {
         true
     }
 
-    /// Send what the stream still owes: every in-band packet at once (the
-    /// ring's flow control defers what does not fit), transfer-page
-    /// packets while fewer than the window are not completed.
+    /// Send what the stream still owes: in-band packets until one does
+    /// not fit the ring (it is deferred, and the rest wait for the
+    /// guest to make room: a copy of at most one packet per channel is
+    /// held, which keeps the host's heap bounded with several channels
+    /// streaming), transfer-page packets while fewer than the window are
+    /// not completed.
     pub(super) fn datapath_pump<M: GuestMemory>(&mut self, memory: &M) -> bool {
         let Some(mut stream) = self.datapath.stream else {
             return false;
         };
         let mut signal = false;
-        while stream.in_band_left > 0 && self.broken.is_none() {
+        while stream.in_band_left > 0 && self.deferred.is_empty() && self.broken.is_none() {
             let transaction_id = self.next_transaction;
             self.next_transaction += 1;
             let header = TestHeader {
