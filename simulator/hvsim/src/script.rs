@@ -103,37 +103,46 @@ fn datapath_faults<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<Stri
     true
 }
 
-/// The data-path test device asked for the host's totals: print them with
+/// The data-path test device asked for the host's totals on one of its
+/// channels (the primary, channel 0, or sub-channel K): print them with
 /// the rule-violation counters (the hosted and QEMU tests check them).
 fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<String>) {
-    let Some(relid) = sim.channel_of(DeviceKind::DataPathTest) else {
-        return;
-    };
     let rule_violations = sim.vmbus.stats.rule_violations;
-    let Some(endpoint) = sim.vmbus.endpoint_mut(relid) else {
-        return;
-    };
-    if !core::mem::take(&mut endpoint.datapath.report_requested) {
-        return;
+    for relid in sim.vmbus.open_channels() {
+        let index = sim.vmbus.primary_of(relid).map_or(0, |primary| {
+            sim.vmbus
+                .sub_channels(primary)
+                .into_iter()
+                .find(|&(sub, _)| sub == relid)
+                .map_or(0, |(_, index)| index)
+        });
+        let Some(endpoint) = sim.vmbus.endpoint_mut(relid) else {
+            continue;
+        };
+        if endpoint.kind != DeviceKind::DataPathTest
+            || !core::mem::take(&mut endpoint.datapath.report_requested)
+        {
+            continue;
+        }
+        let host = &endpoint.datapath;
+        let stats = &endpoint.stats;
+        report.push(format!(
+            "host: datapath channel {index} checked {} in-band and {} GPA-direct packets, {} bytes, {} errors; \
+             sent {} in-band and {} transfer-page packets, the guest found {} errors in {} bytes",
+            host.in_band_checked,
+            host.gpa_direct_checked,
+            host.bytes_checked,
+            host.errors,
+            host.in_band_sent,
+            host.transfers_sent,
+            host.guest_errors,
+            host.guest_bytes_checked,
+        ));
+        report.push(format!(
+            "host: datapath channel {index} rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
+            rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
+        ));
     }
-    let host = &endpoint.datapath;
-    let stats = &endpoint.stats;
-    report.push(format!(
-        "host: datapath checked {} in-band and {} GPA-direct packets, {} bytes, {} errors; \
-         sent {} in-band and {} transfer-page packets, the guest found {} errors in {} bytes",
-        host.in_band_checked,
-        host.gpa_direct_checked,
-        host.bytes_checked,
-        host.errors,
-        host.in_band_sent,
-        host.transfers_sent,
-        host.guest_errors,
-        host.guest_bytes_checked,
-    ));
-    report.push(format!(
-        "host: datapath rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
-        rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
-    ));
 }
 
 /// The first instance index of devices added while the guest runs (those

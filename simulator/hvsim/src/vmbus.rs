@@ -70,6 +70,10 @@ pub const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
 /// GPADL ids dropped with a rescinded channel whose late bodies are ignored.
 const DROPPED_GPADLS_REMEMBERED: usize = 64;
 
+/// Sub-channels a device offers at most on its guest's request (the
+/// data-path test device's `CREATE_SUB_CHANNELS`).
+pub const MAX_DEVICE_SUB_CHANNELS: u16 = 8;
+
 /// The largest GPADL (in 8-byte words of ranges and PFNs) the host assembles.
 pub const MAX_GPADL_WORDS: usize = 8192;
 
@@ -530,6 +534,22 @@ impl Server {
         relid
     }
 
+    /// The primary of sub-channel `relid` (None for a primary or unknown).
+    pub fn primary_of(&self, relid: u32) -> Option<u32> {
+        let channel = self.channels.get(&relid)?;
+        if channel.sub_channel_index == 0 {
+            return None;
+        }
+        self.channels
+            .values()
+            .find(|c| {
+                c.device.instance == channel.device.instance
+                    && c.sub_channel_index == 0
+                    && c.state != ChannelState::Rescinded
+            })
+            .map(|c| c.relid)
+    }
+
     /// The sub-channels of the primary `relid` (by instance), with their index.
     pub fn sub_channels(&self, relid: u32) -> Vec<(u32, u16)> {
         let Some(primary) = self.channels.get(&relid) else {
@@ -726,7 +746,13 @@ impl Server {
         let monitor_page2 = self.connection.map(|c| c.monitor_pages.1);
         let interrupt_page = self.connection.and_then(|c| c.interrupt_page);
         let relids: Vec<u32> = self.open_channels();
+        let mut sub_channel_requests = Vec::new();
         for relid in relids {
+            // A sub-channel's device is its primary's: GPA-direct packets
+            // on it resolve through the primary's GPADLs too (as Hyper-V
+            // lets storvsc and netvsc sub-channels use the buffers
+            // shared on the primary).
+            let primary = self.primary_of(relid);
             let Some(channel) = self.channels.get_mut(&relid) else {
                 continue;
             };
@@ -771,13 +797,26 @@ impl Server {
                 self.gpadls
                     .iter()
                     .filter(|(id, g)| {
-                        g.relid == relid && g.assembler.is_none() && **id != ring_gpadl
+                        (g.relid == relid || Some(g.relid) == primary)
+                            && g.assembler.is_none()
+                            && **id != ring_gpadl
                     })
                     .map(|(id, g)| (*id, g.pages.as_slice())),
             );
             let event = endpoint.step(&host.memory, signals, now_ns);
             if event == ChannelEvent::SignalGuest {
                 host.signal_guest(sint, relid as u16);
+            }
+            if let Some(count) = endpoint.datapath.sub_channels_requested.take() {
+                sub_channel_requests.push((relid, count));
+            }
+        }
+        for (relid, count) in sub_channel_requests {
+            // Bounded: at most MAX_DEVICE_SUB_CHANNELS per primary in all.
+            let taken = self.sub_channels(relid).len() as u16;
+            let count = count.min(MAX_DEVICE_SUB_CHANNELS.saturating_sub(taken));
+            if count > 0 && self.primary_of(relid).is_none() {
+                self.offer_sub_channels(host, relid, count);
             }
         }
         self.stray_monitor_bits(host);

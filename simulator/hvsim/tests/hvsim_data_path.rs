@@ -572,3 +572,30 @@ fn datapath_test_device_checks_every_byte_and_streams_back() {
     assert_eq!(host.stats.gpa_outside_gpadls, 0);
     assert!(host.broken.is_none());
 }
+
+#[test]
+fn datapath_test_device_takes_a_bounded_sub_channel_request() {
+    use vmbus_protocol::datapath_test::{op, TestHeader, Verdict};
+    use zerocopy::{FromBytes, IntoBytes};
+    let memory = VecMemory::new(1 << 20);
+    let (mut guest, mut host) = setup_kind(&memory, DeviceKind::DataPathTest);
+    for (id, count, accepted) in [(1u64, 0u32, false), (2, 9, false), (3, 2, true)] {
+        let header = TestHeader {
+            op: op::CREATE_SUB_CHANNELS.into(),
+            len: count.into(),
+            seed: 0.into(),
+        };
+        let sent = guest.send_in_band(header.as_bytes(), Some(id)).unwrap();
+        let _ = host.step(&memory, u64::from(sent.signal.0), id);
+        let mut out = vec![0u8; 4096];
+        let Some(Received::Completion { payload, .. }) = guest.receive(&mut out).unwrap() else {
+            panic!("no completion");
+        };
+        let verdict = Verdict::read_from_prefix(payload).unwrap().0;
+        let _ = guest.reader().finish_batch().unwrap();
+        assert_eq!(verdict.errors.get(), u32::from(!accepted), "count {count}");
+        // The bus (Vmbus::step_channels) offers them and takes the request.
+        let requested = host.datapath.sub_channels_requested.take();
+        assert_eq!(requested, accepted.then_some(count as u16), "count {count}");
+    }
+}

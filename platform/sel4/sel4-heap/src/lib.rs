@@ -9,8 +9,10 @@
 use talc::{ClaimOnOom, Span, Talc, Talck};
 
 /// Enough for the simulated host (GPADL tables, queued messages, packet
-/// copies).
-const HEAP_BYTES: usize = 512 * 1024;
+/// copies). 512 KiB ran out (an allocation of 6410 bytes failed) once the
+/// data-path test streamed on three channels at once
+/// (tests/systems/datapath.toml).
+const HEAP_BYTES: usize = 1024 * 1024;
 
 static mut HEAP: [u8; HEAP_BYTES] = [0; HEAP_BYTES];
 

@@ -14,7 +14,10 @@
 //!   the host sends `count` in-band packets [`op::HOST_IN_BAND`] and
 //!   `count` transfer-page packets into the receive buffer, each with its
 //!   own seed `seed ^ transaction_id`), [`op::REPORT`] (the host prints its
-//!   totals). Each is completed with a [`Verdict`].
+//!   totals), [`op::CREATE_SUB_CHANNELS`] (the host offers `len`
+//!   sub-channels of the device; each takes every message above, and
+//!   GPA-direct ranges and receive buffers there may name the GPADLs the
+//!   guest created on the primary). Each is completed with a [`Verdict`].
 //! - Host -> guest, completion requested: the guest completes each with a
 //!   [`Verdict`] of what it found.
 
@@ -30,6 +33,11 @@ pub mod op {
     pub const START_HOST_STREAM: u32 = 3;
     pub const REPORT: u32 = 4;
     pub const HOST_IN_BAND: u32 = 5;
+    /// Guest -> host on the primary channel: offer `len` more
+    /// sub-channels (as storvsc and netvsc ask in their own protocols).
+    /// The host completes it (errors 0 if it will offer them), then
+    /// offers them; each sub-channel is served like the primary.
+    pub const CREATE_SUB_CHANNELS: u32 = 6;
 }
 
 #[derive(

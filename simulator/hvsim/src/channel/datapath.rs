@@ -57,6 +57,9 @@ pub struct DataPathHost {
     /// The guest asked for the report (the script runner prints it and
     /// clears this).
     pub report_requested: bool,
+    /// Sub-channels the guest asked for (`op::CREATE_SUB_CHANNELS`):
+    /// the bus (`Vmbus::step_channels`) offers them and clears this.
+    pub sub_channels_requested: Option<u16>,
     stream: Option<Stream>,
     outstanding: BTreeMap<u64, Sent>,
     transfers_in_flight: u32,
@@ -104,6 +107,14 @@ impl ChannelEndpoint {
                 let errors = u32::from(accepted.is_none());
                 let signal = self.datapath_complete(memory, &packet, header.op.get(), 0, errors);
                 signal | self.datapath_pump(memory)
+            }
+            op::CREATE_SUB_CHANNELS => {
+                let count = u16::try_from(len)
+                    .ok()
+                    .filter(|count| (1..=crate::vmbus::MAX_DEVICE_SUB_CHANNELS).contains(count));
+                self.datapath.sub_channels_requested = count;
+                let errors = u32::from(count.is_none());
+                self.datapath_complete(memory, &packet, header.op.get(), 0, errors)
             }
             op::REPORT => {
                 self.datapath.report_requested = true;
@@ -206,15 +217,18 @@ impl ChannelEndpoint {
         true
     }
 
-    /// Send what the stream still owes: every in-band packet at once (the
-    /// ring's flow control defers what does not fit), transfer-page
-    /// packets while fewer than the window are not completed.
+    /// Send what the stream still owes: in-band packets until one does
+    /// not fit the ring (it is deferred, and the rest wait for the
+    /// guest to make room: a copy of at most one packet per channel is
+    /// held, which keeps the host's heap bounded with several channels
+    /// streaming), transfer-page packets while fewer than the window are
+    /// not completed.
     pub(super) fn datapath_pump<M: GuestMemory>(&mut self, memory: &M) -> bool {
         let Some(mut stream) = self.datapath.stream else {
             return false;
         };
         let mut signal = false;
-        while stream.in_band_left > 0 && self.broken.is_none() {
+        while stream.in_band_left > 0 && self.deferred.is_empty() && self.broken.is_none() {
             let transaction_id = self.next_transaction;
             self.next_transaction += 1;
             let header = TestHeader {
