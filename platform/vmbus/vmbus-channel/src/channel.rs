@@ -17,6 +17,17 @@ pub const MAX_MULTI_PAGE_RANGES: usize = 32;
 /// PFNs in all ranges of a multi-page packet (1 MiB of 4 KiB pages).
 pub const MAX_MULTI_PAGE_PFNS: usize = 256;
 
+/// What [`DataChannel::end_round`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct RoundEnd {
+    /// Reading freed the space the host's `pending_send_sz` waits for:
+    /// signal the host.
+    pub signal_host: bool,
+    /// Packets arrived that no interrupt will announce: drain again.
+    pub more: bool,
+}
+
 /// Why a host packet was refused. The packet has been consumed and
 /// counted; the channel goes on with the next one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +199,28 @@ impl<M: RingMemory, T, const N: usize> DataChannel<M, T, N> {
 
     pub fn reader(&mut self) -> &mut RingReader<M> {
         &mut self.reader
+    }
+
+    /// Start a drain round: ask the host not to interrupt while we read
+    /// (its packets are found by the reads, and by [`DataChannel::end_round`]'s
+    /// last look).
+    pub fn begin_round(&mut self) -> Result<(), ChannelError> {
+        self.reader.mask_interrupts().map_err(ChannelError::Ring)
+    }
+
+    /// End a drain round once [`DataChannel::receive`] found the ring empty:
+    /// publish the read position, ask for interrupts again and look once
+    /// more. The host judges whether to interrupt from the published read
+    /// index and the mask, so a packet it wrote after the last empty read
+    /// brings no interrupt: when [`RoundEnd::more`] is set, drain again
+    /// before waiting, or that packet (and the channel) waits for good.
+    pub fn end_round(&mut self) -> Result<RoundEnd, ChannelError> {
+        let Signal(signal_host) = self.reader.finish_batch().map_err(ChannelError::Ring)?;
+        let more = self
+            .reader
+            .unmask_interrupts()
+            .map_err(ChannelError::Ring)?;
+        Ok(RoundEnd { signal_host, more })
     }
 
     /// Fail every outstanding request (the channel was closed, rescinded

@@ -31,7 +31,7 @@ pub use buffer::{
     TransferError,
 };
 pub use channel::{
-    ChannelError, ChannelStats, DataChannel, Received, Refusal, SendError, Sent,
+    ChannelError, ChannelStats, DataChannel, Received, Refusal, RoundEnd, SendError, Sent,
     MAX_MULTI_PAGE_PFNS, MAX_MULTI_PAGE_RANGES, MAX_PAGE_BUFFER_ENTRIES,
 };
 

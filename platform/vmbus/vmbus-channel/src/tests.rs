@@ -8,7 +8,7 @@ use std::vec::Vec;
 use vmbus_protocol::packet::{
     descriptor_for, parse_packet, PacketKind, PacketType, TransferPageHeader, TransferPageRange,
 };
-use vmbus_ring::{HeapRingMemory, RingError, RingReader, RingWriter};
+use vmbus_ring::{HeapRingMemory, RingError, RingReader, RingWriter, Signal};
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::IntoBytes;
 
@@ -490,4 +490,31 @@ proptest! {
         prop_assert_eq!(delivered + refused, packets.len() as u64);
         prop_assert_eq!(guest.outstanding(), outstanding.len());
     }
+}
+
+/// A host packet written after the round's last empty read and before the
+/// publish brings no interrupt (the published read index says "not
+/// empty"): `end_round` must say so, or the channel stalls.
+#[test]
+fn a_packet_written_before_the_round_ends_is_reported_by_end_round() {
+    let (mut guest, mut host) = setup(16 * 4096);
+    guest.begin_round().unwrap();
+    let _ = host.writer.write_in_band(1, false, &[1; 16]).unwrap();
+    let mut out = [0u8; 256];
+    assert!(guest.receive(&mut out).unwrap().is_some());
+    assert!(guest.receive(&mut out).unwrap().is_none());
+    // The host writes now: the published read index is still the round's
+    // start, so its write asks for no interrupt.
+    let Signal(interrupt) = host.writer.write_in_band(2, false, &[2; 16]).unwrap();
+    assert!(!interrupt, "the host would not interrupt");
+    let end = guest.end_round().unwrap();
+    assert!(end.more, "the late packet must be reported");
+    assert!(!end.signal_host);
+    assert!(guest.receive(&mut out).unwrap().is_some());
+    assert!(guest.receive(&mut out).unwrap().is_none());
+    let end = guest.end_round().unwrap();
+    assert!(!end.more);
+    // Unmasked and published: the next packet interrupts.
+    let Signal(interrupt) = host.writer.write_in_band(3, false, &[3; 16]).unwrap();
+    assert!(interrupt);
 }
