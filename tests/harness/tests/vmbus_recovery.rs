@@ -19,38 +19,7 @@
 
 mod vmbus_common;
 
-use std::time::Duration;
 use vmbus_common::*;
-
-/// The heartbeat and time-sample period the host uses here.
-const PERIOD: Duration = Duration::from_millis(500);
-
-fn start_with_periods() -> ipc_harness::Harness {
-    let period = PERIOD.as_millis().to_string();
-    let harness = start(
-        &[
-            "--heartbeat-interval-ms",
-            &period,
-            "--time-interval-ms",
-            &period,
-        ],
-        &[],
-    );
-    wait_all_open(&harness, 4);
-    for kind in ["Heartbeat", "Shutdown", "TimeSync", "Kvp"] {
-        wait_host_negotiated(&harness, kind, 0);
-    }
-    harness
-}
-
-/// Wait for `count` more host events containing `needle` after line `from`.
-fn wait_events(harness: &ipc_harness::Harness, needle: &str, count: usize, from: usize) -> usize {
-    let mut at = from;
-    for _ in 0..count {
-        at = harness.expect_output(needle, at);
-    }
-    at
-}
 
 fn assert_only_kvp_faulted(harness: &ipc_harness::Harness) {
     for record in harness.system().faults() {
@@ -116,7 +85,7 @@ fn a_killed_kvp_driver_is_restarted_with_its_pairs_while_heartbeats_go_on() {
     assert_eq!(host_kvp_set(&harness, 0, "AfterKill", "2"), 0);
     // Heartbeats go on, and nothing else restarted.
     let after = harness.system().output().len();
-    wait_events(&harness, "hvsim event: heartbeat sequence ", 3, after);
+    wait_lines(&harness, "hvsim event: heartbeat sequence ", 3, after);
     assert_only_kvp_faulted(&harness);
     assert!(matches!(
         harness.system().faults()[0].fault,
@@ -153,7 +122,7 @@ fn a_kvp_driver_that_keeps_faulting_is_held_while_the_others_run_on() {
     assert_eq!(harness.system().restarts("kvp"), 2);
     // Heartbeats and time samples go on.
     let after = harness.system().output().len();
-    wait_events(&harness, "hvsim event: heartbeat sequence ", 2, after);
-    wait_events(&harness, "hvsim event: time sample ", 2, after);
+    wait_lines(&harness, "hvsim event: heartbeat sequence ", 2, after);
+    wait_lines(&harness, "hvsim event: time sample ", 2, after);
     assert_only_kvp_faulted(&harness);
 }

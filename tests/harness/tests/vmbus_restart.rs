@@ -18,36 +18,6 @@ mod vmbus_common;
 use std::time::Duration;
 use vmbus_common::*;
 
-/// The heartbeat and time-sample period the host uses here.
-const PERIOD: Duration = Duration::from_millis(500);
-
-fn start_with_periods() -> ipc_harness::Harness {
-    let period = PERIOD.as_millis().to_string();
-    let harness = start(
-        &[
-            "--heartbeat-interval-ms",
-            &period,
-            "--time-interval-ms",
-            &period,
-        ],
-        &[],
-    );
-    wait_all_open(&harness, 4);
-    for kind in ["Heartbeat", "Shutdown", "TimeSync", "Kvp"] {
-        wait_host_negotiated(&harness, kind, 0);
-    }
-    harness
-}
-
-/// Wait for `count` more lines containing `needle` after line `from`.
-fn wait_lines(harness: &ipc_harness::Harness, needle: &str, count: usize, from: usize) -> usize {
-    let mut at = from;
-    for _ in 0..count {
-        at = harness.expect_output(needle, at);
-    }
-    at
-}
-
 /// The host's answer to `gpadls`: how many GPADLs it holds.
 fn host_gpadls(harness: &ipc_harness::Harness) -> usize {
     let answer = harness.host("gpadls");

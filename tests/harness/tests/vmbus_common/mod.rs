@@ -173,3 +173,40 @@ pub fn kvp_call(client: &mut Double, request: kvp::Request) -> Result<kvp::Reply
 pub fn text<const N: usize>(text: &str) -> heapless::String<N> {
     heapless::String::try_from(text).expect("fits")
 }
+
+/// The heartbeat and time-sample period the recovery and restart tests
+/// give the host.
+#[allow(dead_code)]
+pub const PERIOD: Duration = Duration::from_millis(500);
+
+/// The whole system with the host sending heartbeats and time samples
+/// every [`PERIOD`], once every channel is open and negotiated.
+#[allow(dead_code)]
+pub fn start_with_periods() -> Harness {
+    let period = PERIOD.as_millis().to_string();
+    let harness = start(
+        &[
+            "--heartbeat-interval-ms",
+            &period,
+            "--time-interval-ms",
+            &period,
+        ],
+        &[],
+    );
+    wait_all_open(&harness, 4);
+    for kind in ["Heartbeat", "Shutdown", "TimeSync", "Kvp"] {
+        wait_host_negotiated(&harness, kind, 0);
+    }
+    harness
+}
+
+/// Wait for `count` more output lines containing `needle` after line
+/// `from`; returns the line of the last.
+#[allow(dead_code)]
+pub fn wait_lines(harness: &Harness, needle: &str, count: usize, from: usize) -> usize {
+    let mut at = from;
+    for _ in 0..count {
+        at = harness.expect_output(needle, at);
+    }
+    at
+}
