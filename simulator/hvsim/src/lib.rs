@@ -34,6 +34,7 @@ extern crate alloc;
 
 pub mod channel;
 pub mod data_path;
+pub mod disk;
 pub mod host;
 pub mod hypercall;
 pub mod memory;

@@ -59,6 +59,23 @@ pub fn run_setup() -> Result {
                 ]),
         )?;
     }
+    // The storage tests make FAT disk images and check them with the
+    // ordinary Linux tools (mkfs.fat, fsck.fat; mcopy, mdir).
+    if !have("mkfs.fat") || !have("fsck.fat") || !have("mcopy") {
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "dosfstools",
+                    "mtools",
+                ]),
+        )?;
+    }
     let python_ok = Command::new("python3")
         .args(["-c", "import ply, tempita, six"])
         .status()
