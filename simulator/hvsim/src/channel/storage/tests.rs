@@ -329,6 +329,13 @@ fn versions_are_negotiated_newest_first_and_refused_with_revision_mismatch() {
     assert_eq!(properties.flags.get(), 0);
     let answer = rig.call(operation::EXECUTE_SRB, &[0; 0x24]);
     assert_eq!(answer.payload.len(), 0x24);
+    let two = SubChannelCount { count: 2.into() };
+    assert_eq!(
+        rig.call(operation::CREATE_SUB_CHANNELS, two.as_bytes())
+            .status(),
+        status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(rig.controller.sub_channels_requested, None);
 }
 
 #[test]
