@@ -266,7 +266,8 @@ impl BlockServer {
         }
         let bytes = u64::from(request.count) * u64::from(serving.block_size);
         let data_end = request.offset.checked_add(bytes).ok_or(Status::Invalid)?;
-        if data_end > self.data_len || request.offset % u64::from(serving.block_size) != 0 {
+        if data_end > self.data_len || !request.offset.is_multiple_of(u64::from(serving.block_size))
+        {
             return Err(Status::Invalid);
         }
         let end = request
