@@ -472,6 +472,11 @@ impl Initiator {
         self.reset_in_flight = None;
     }
 
+    /// The command a tag stands for (to decode its completion).
+    pub fn command(&self, tag: Tag) -> Option<Command> {
+        self.live(tag).map(|slot| slot.command)
+    }
+
     pub fn pop_send(&mut self) -> Option<(Tag, Command)> {
         loop {
             let tag = self.to_send.pop_front()?;
@@ -1040,10 +1045,8 @@ impl Initiator {
             Probe::Vpd(page) => {
                 if let Some(body) = scsi::vpd_body(data, page) {
                     match page {
-                        0x83 => {
-                            if self.ident.is_empty() {
-                                self.ident = scsi::parse_identification(body);
-                            }
+                        0x83 if self.ident.is_empty() => {
+                            self.ident = scsi::parse_identification(body);
                         }
                         0xB0 => {
                             let limits = scsi::parse_block_limits(body);

@@ -14,3 +14,7 @@ extern crate std;
 pub mod initiator;
 pub mod scsi;
 pub mod wire;
+
+/// The component: the initiator wired to its channels and block clients.
+pub mod component;
+pub use component::Storage;
