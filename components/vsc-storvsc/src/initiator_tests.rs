@@ -848,8 +848,14 @@ fn a_request_never_completed_resets_the_bus_and_fails_clearly() {
             }
         )]
     );
-    // The host completes the lost read after all: refused as late.
-    let (tag, _) = host.held.pop().unwrap();
+    // A new read takes the freed slot (the host holds it too) ...
+    host.faults.push_back((scsi::opcode::READ_10, Fault::Lose));
+    initiator.submit(0, read(2, 0, 1));
+    host.run(&mut initiator);
+    let (tag, _) = host.held.remove(0);
+    assert_eq!(host.held[0].0.slot, tag.slot, "the slot is reused");
+    // ... and then the host completes the lost read after all: refused as
+    // late, and not taken for the new read.
     let mut nothing = |_: u32, _: &mut [u8]| {};
     let ok = Reply::Srb {
         status: 0,
