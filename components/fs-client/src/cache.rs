@@ -23,7 +23,7 @@ pub const BLOCK: usize = 512;
 /// blocks of a directory or a file in order).
 pub const READ_AHEAD: u32 = 32;
 /// Blocks the cache indexes (at most this many of the data region's).
-pub const CACHE_ENTRIES: usize = 1024;
+pub const CACHE_ENTRIES: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskError {
@@ -180,14 +180,21 @@ impl Cache {
 
     /// The attempt succeeded: its writes replace what they overwrite.
     pub fn commit(&mut self) {
-        let pending: Vec<u64, CACHE_ENTRIES> = self
-            .entries
-            .iter()
-            .filter(|e| e.kind == Kind::Pending)
-            .map(|e| e.block)
-            .collect();
-        self.entries
-            .retain(|e| e.kind == Kind::Pending || !pending.contains(&e.block));
+        // In place: no second index on the (small) stack.
+        let mut index = 0;
+        while index < self.entries.len() {
+            let entry = self.entries[index];
+            let replaced = entry.kind != Kind::Pending
+                && self
+                    .entries
+                    .iter()
+                    .any(|e| e.kind == Kind::Pending && e.block == entry.block);
+            if replaced {
+                self.entries.swap_remove(index);
+            } else {
+                index += 1;
+            }
+        }
         for entry in self.entries.iter_mut() {
             if entry.kind == Kind::Pending {
                 entry.kind = Kind::Dirty;

@@ -399,3 +399,12 @@ fn a_read_only_grant_reports_the_refused_write() {
     assert!(env.console.contains("ReadOnly"), "{}", env.console);
     assert_eq!(ramdisk.disk, filesystem, "nothing written");
 }
+
+#[test]
+fn the_component_fits_the_stack_its_description_gives_it() {
+    // It lives on the stack of its seL4 thread (`stack_pages = 16` in the
+    // descriptions: 64 KiB), with the FAT library's state below it.
+    let size = std::mem::size_of::<FsClient>();
+    assert!(size < 16 * 1024, "{size} bytes");
+    eprintln!("FsClient: {size} bytes");
+}
