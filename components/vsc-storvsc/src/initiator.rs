@@ -477,6 +477,11 @@ impl Initiator {
         self.live(tag).map(|slot| slot.command)
     }
 
+    /// Whether commands wait to be sent.
+    pub fn has_to_send(&self) -> bool {
+        !self.to_send.is_empty()
+    }
+
     pub fn pop_send(&mut self) -> Option<(Tag, Command)> {
         loop {
             let tag = self.to_send.pop_front()?;
