@@ -104,31 +104,24 @@ fn partition_of(scratch: &Scratch, disk: &Path) -> PathBuf {
     path
 }
 
-#[test]
-fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
-    let scratch = Scratch::new("e2e");
-    let disk = make_disk(&scratch);
+/// Start the storage system on `disk`.
+fn start(disk: &Path) -> Harness {
     let root = workspace_root();
-    let expect_text = std::fs::read_to_string(root.join("tests/systems/storage.expect")).unwrap();
-    let expected = expect::parse(&expect_text, expect::Backend::Hosted);
-    assert!(!expected.is_empty());
-    let script = root.join("tests/systems/storage.hvsim").display().to_string();
+    let script = root
+        .join("tests/systems/storage.hvsim")
+        .display()
+        .to_string();
     let disk_arg = disk.display().to_string();
-    {
-        let harness = Harness::builder("tests/systems/storage.toml")
-            .host_args(&["--events", "--script", &script, "--disk", &disk_arg])
-            .start()
-            .expect("the system starts");
-        for group in expect::by_source(&expected) {
-            let mut from = 0;
-            for line in group {
-                from = harness.expect_output(line, from);
-            }
-        }
-        // The system stops when the harness goes; the client flushed
-        // before it reported, so the file holds everything.
-    }
-    let partition = partition_of(&scratch, &disk);
+    Harness::builder("tests/systems/storage.toml")
+        .host_args(&["--events", "--script", &script, "--disk", &disk_arg])
+        .start()
+        .expect("the system starts")
+}
+
+/// After the run: the partition is a clean FAT filesystem with the file
+/// the guest wrote and the file it only read unchanged.
+fn check_with_linux_tools(scratch: &Scratch, disk: &Path) {
+    let partition = partition_of(scratch, disk);
     let fsck = Command::new(tool("fsck.fat"))
         .arg("-n")
         .arg(&partition)
@@ -150,4 +143,45 @@ fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
         .arg(&partition)
         .arg("::HELLO.TXT"));
     assert_eq!(hello, HELLO, "the file the guest only read is unchanged");
+}
+
+#[test]
+fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
+    let scratch = Scratch::new("e2e");
+    let disk = make_disk(&scratch);
+    let expect_text =
+        std::fs::read_to_string(workspace_root().join("tests/systems/storage.expect")).unwrap();
+    let expected = expect::parse(&expect_text, expect::Backend::Hosted);
+    assert!(!expected.is_empty());
+    {
+        let harness = start(&disk);
+        for group in expect::by_source(&expected) {
+            let mut from = 0;
+            for line in group {
+                from = harness.expect_output(line, from);
+            }
+        }
+        // The system stops when the harness goes; the client flushed
+        // before it reported, so the file holds everything.
+    }
+    check_with_linux_tools(&scratch, &disk);
+}
+
+/// The driver killed (SIGKILL) as soon as it serves the client: `vmbus`
+/// restarts it, it initializes again and publishes the grant under a new
+/// generation, the client reissues what it had outstanding, and the run
+/// ends as without the kill, with a clean filesystem.
+#[test]
+fn the_driver_killed_while_serving_comes_back_and_nothing_is_lost() {
+    let scratch = Scratch::new("kill");
+    let disk = make_disk(&scratch);
+    {
+        let harness = start(&disk);
+        let from = harness.expect_output("[storage] serving files (generation", 0);
+        harness.kill("storage");
+        harness.expect_restarts("storage", 1);
+        let from = harness.expect_output("[storage] serving files (generation", from);
+        harness.expect_output("[files] fs-client: done", from);
+    }
+    check_with_linux_tools(&scratch, &disk);
 }
