@@ -161,26 +161,58 @@ fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
                 from = harness.expect_output(line, from);
             }
         }
+        // The host's account: requests went over the sub-channels too,
+        // and the guest broke none of its rules.
+        let report = harness.host("storage-report");
+        println!("host: {report}");
+        let on_sub_channels = number_before(&report, " on sub-channels)");
+        let requests = number_before(&report, " requests (");
+        assert!(
+            on_sub_channels > 0 && on_sub_channels < requests,
+            "requests not spread over the channels: {report}"
+        );
+        assert!(
+            report.contains("rule violations 0, GPA outside memory 0"),
+            "{report}"
+        );
         // The system stops when the harness goes; the client flushed
         // before it reported, so the file holds everything.
     }
     check_with_linux_tools(&scratch, &disk);
 }
 
-/// The driver killed (SIGKILL) as soon as it serves the client: `vmbus`
-/// restarts it, it initializes again and publishes the grant under a new
+/// The number just before `marker` in `text` (`12 requests (` -> 12).
+fn number_before(text: &str, marker: &str) -> u64 {
+    let end = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"));
+    let start = text[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    text[start..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {marker:?} in {text}"))
+}
+
+/// The driver killed (SIGKILL) twice while the client works: once when
+/// the client has listed the directory (it reads on), once when it has
+/// written its blocks and asked for the FLUSH. Each time `vmbus` restarts
+/// the driver, it initializes again and publishes the grant under a new
 /// generation, the client reissues what it had outstanding, and the run
-/// ends as without the kill, with a clean filesystem.
+/// ends as without the kills, with a clean filesystem holding the write.
 #[test]
 fn the_driver_killed_while_serving_comes_back_and_nothing_is_lost() {
     let scratch = Scratch::new("kill");
     let disk = make_disk(&scratch);
     {
         let harness = start(&disk);
-        let from = harness.expect_output("[storage] serving files (generation", 0);
+        let mut from = harness.expect_output("[files] fs-client: root directory", 0);
         harness.kill("storage");
         harness.expect_restarts("storage", 1);
-        let from = harness.expect_output("[storage] serving files (generation", from);
+        from = harness.expect_output("changed blocks written, flushing", from);
+        harness.kill("storage");
+        harness.expect_restarts("storage", 2);
+        from = harness.expect_output("[storage] serving files (generation 3)", from);
         harness.expect_output("[files] fs-client: done", from);
     }
     check_with_linux_tools(&scratch, &disk);
