@@ -104,11 +104,12 @@ fn partition_of(scratch: &Scratch, disk: &Path) -> PathBuf {
     path
 }
 
-/// Start the storage system on `disk`.
-fn start(disk: &Path) -> Harness {
+/// Start the storage system on `disk` with the host scenario `scenario`
+/// (`tests/systems/NAME.hvsim`).
+fn start(disk: &Path, scenario: &str) -> Harness {
     let root = workspace_root();
     let script = root
-        .join("tests/systems/storage.hvsim")
+        .join(format!("tests/systems/{scenario}.hvsim"))
         .display()
         .to_string();
     let disk_arg = disk.display().to_string();
@@ -145,40 +146,76 @@ fn check_with_linux_tools(scratch: &Scratch, disk: &Path) {
     assert_eq!(hello, HELLO, "the file the guest only read is unchanged");
 }
 
-#[test]
-fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
-    let scratch = Scratch::new("e2e");
+/// Run `scenario` on a fresh disk, check its `.expect` file, the lines
+/// in `also` (anywhere in the output, in any order) and the host's
+/// account; returns the host's storage report.
+fn run_scenario(scenario: &str, also: &[&str]) -> String {
+    let scratch = Scratch::new(scenario);
     let disk = make_disk(&scratch);
     let expect_text =
-        std::fs::read_to_string(workspace_root().join("tests/systems/storage.expect")).unwrap();
+        std::fs::read_to_string(workspace_root().join(format!("tests/systems/{scenario}.expect")))
+            .unwrap();
     let expected = expect::parse(&expect_text, expect::Backend::Hosted);
     assert!(!expected.is_empty());
-    {
-        let harness = start(&disk);
+    let report = {
+        let harness = start(&disk, scenario);
         for group in expect::by_source(&expected) {
             let mut from = 0;
             for line in group {
                 from = harness.expect_output(line, from);
             }
         }
-        // The host's account: requests went over the sub-channels too,
-        // and the guest broke none of its rules.
+        for line in also {
+            harness.expect_output(line, 0);
+        }
         let report = harness.host("storage-report");
         println!("host: {report}");
-        let on_sub_channels = number_before(&report, " on sub-channels)");
-        let requests = number_before(&report, " requests (");
-        assert!(
-            on_sub_channels > 0 && on_sub_channels < requests,
-            "requests not spread over the channels: {report}"
-        );
-        assert!(
-            report.contains("rule violations 0, GPA outside memory 0"),
-            "{report}"
-        );
         // The system stops when the harness goes; the client flushed
         // before it reported, so the file holds everything.
-    }
+        report
+    };
     check_with_linux_tools(&scratch, &disk);
+    // Requests went over the sub-channels too, the FLUSH reached the
+    // host, and the guest broke none of the host's rules.
+    let on_sub_channels = number_before(&report, " on sub-channels)");
+    let requests = number_before(&report, " requests (");
+    assert!(
+        on_sub_channels > 0 && on_sub_channels < requests,
+        "requests not spread over the channels: {report}"
+    );
+    assert!(number_before(&report, " flushes") > 0, "{report}");
+    assert!(
+        report.contains("rule violations 0, GPA outside memory 0"),
+        "{report}"
+    );
+    report
+}
+
+#[test]
+fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
+    run_scenario("storage", &[]);
+}
+
+/// Every fault of storage-faults.hvsim fired and the driver handled each
+/// as its own (refused, retried, continued), and the run still ended as on
+/// a good host.
+#[test]
+fn a_misbehaving_host_is_survived() {
+    let report = run_scenario(
+        "storage-faults",
+        &[
+            "[storage] refused a malformed completion",
+            "[storage] refused a transfer longer than the request",
+            "StaleCompletion",
+            "[storage] UNIT ATTENTION: sent again",
+            "[storage] the rest of a short transfer: sent again",
+            "[storage] NOT READY: sent again",
+        ],
+    );
+    assert!(
+        report.contains("faults: 1 delayed, 0 withheld, 3 corrupted, 2 failed, 1 short"),
+        "not every fault fired: {report}"
+    );
 }
 
 /// The number just before `marker` in `text` (`12 requests (` -> 12).
@@ -205,7 +242,7 @@ fn the_driver_killed_while_serving_comes_back_and_nothing_is_lost() {
     let scratch = Scratch::new("kill");
     let disk = make_disk(&scratch);
     {
-        let harness = start(&disk);
+        let harness = start(&disk, "storage");
         let mut from = harness.expect_output("[files] fs-client: root directory", 0);
         harness.kill("storage");
         harness.expect_restarts("storage", 1);

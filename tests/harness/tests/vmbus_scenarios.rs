@@ -27,8 +27,9 @@ const SCENARIOS: &[&str] = &[
     "monitored",
     "restart",
     "runtime-offers",
-    // Run by storage.rs: it needs a disk image made for the run.
+    // Run by storage.rs: they need a disk image made for the run.
     "storage",
+    "storage-faults",
     "vmbus-2.4",
     "vmbus-4.0",
 ];
