@@ -490,4 +490,3 @@ fn a_removed_lun_is_rescanned_and_its_client_answered_not_ready() {
     rig.request(BlockOp::Read, 2, 0, 1, 0);
     assert_eq!(rig.last().status, BlockStatus::Ok);
 }
-
