@@ -300,8 +300,8 @@ impl Storage {
         if lane == 0 {
             println!(
                 env,
-                "primary channel lost ({why}): failing {} commands in flight",
-                lost.len()
+                "primary channel lost ({why}): {} commands in flight are answered",
+                self.initiator.outstanding()
             );
             self.initiator.channel_lost();
             self.private = None;

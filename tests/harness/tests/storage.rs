@@ -254,3 +254,58 @@ fn the_driver_killed_while_serving_comes_back_and_nothing_is_lost() {
     }
     check_with_linux_tools(&scratch, &disk);
 }
+
+/// The controller rescinded with a client request in flight (the host
+/// never completes it): the driver answers the client (NOT_READY), nothing
+/// waits for good, and when the host offers the controller again the
+/// driver initializes and serves the grant under a new generation. The
+/// disk is still a clean filesystem.
+#[test]
+fn a_rescind_with_io_in_flight_is_answered_and_the_disk_comes_back() {
+    let scratch = Scratch::new("rescind");
+    let disk = make_disk(&scratch);
+    let expect_text =
+        std::fs::read_to_string(workspace_root().join("tests/systems/storage-rescind.expect"))
+            .unwrap();
+    let expected = expect::parse(&expect_text, expect::Backend::Hosted);
+    {
+        let harness = start(&disk, "storage-rescind");
+        for group in expect::by_source(&expected) {
+            let mut from = 0;
+            for line in group {
+                from = harness.expect_output(line, from);
+            }
+        }
+        // The client's first request reached the host and is held there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let report = harness.host("storage-report");
+            if report.contains("1 withheld") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing withheld: {report}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let answer = harness.host("storage-rescind");
+        assert!(answer.starts_with("true"), "{answer}");
+        let from = harness.expect_output("[storage] primary channel lost", 0);
+        harness.expect_output("[storage] request ", from);
+        let answer = harness.host("add-device storage 1");
+        println!("add-device: {answer}");
+        harness.expect_output("[storage] serving files (generation 2)", from);
+    }
+    let partition = partition_of(&scratch, &disk);
+    let fsck = Command::new(tool("fsck.fat"))
+        .arg("-n")
+        .arg(&partition)
+        .output()
+        .expect("fsck.fat runs");
+    assert!(
+        fsck.status.success(),
+        "fsck.fat -n found problems: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
