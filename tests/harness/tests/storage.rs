@@ -309,3 +309,39 @@ fn a_rescind_with_io_in_flight_is_answered_and_the_disk_comes_back() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// Points in the client's run at which the kill loop kills the driver.
+const KILL_POINTS: &[&str] = &[
+    "[files] fs-client: block device",
+    "[files] fs-client: root directory",
+    "[files] fs-client: HELLO.TXT:",
+    "changed blocks written, flushing",
+];
+
+/// The kill test in a loop: each cycle a fresh disk and system, the
+/// driver killed at one of [`KILL_POINTS`] in turn (the client reading,
+/// writing, flushing), restarted by `vmbus`; every cycle must end with the
+/// client done and a clean filesystem holding the write. Prints how many
+/// cycles ran.
+#[test]
+fn kill_loop() {
+    const CYCLES: usize = 12;
+    let started = std::time::Instant::now();
+    for cycle in 0..CYCLES {
+        let scratch = Scratch::new(&format!("kill-loop-{cycle}"));
+        let disk = make_disk(&scratch);
+        {
+            let harness = start(&disk, "storage");
+            let point = KILL_POINTS[cycle % KILL_POINTS.len()];
+            let from = harness.expect_output(point, 0);
+            harness.kill("storage");
+            harness.expect_restarts("storage", 1);
+            harness.expect_output("[files] fs-client: done", from);
+        }
+        check_with_linux_tools(&scratch, &disk);
+    }
+    println!(
+        "kill loop: {CYCLES} cycles, each killed, restarted and checked, in {:?}",
+        started.elapsed()
+    );
+}
