@@ -249,7 +249,9 @@ pub struct StorageController {
     delay: Option<(u64, u32)>,
     withhold: u32,
     pending: Vec<Pending>,
-    /// The guest asked for sub-channels: the server offers them and clears it.
+    /// The guest asked for sub-channels: the server makes the device's
+    /// sub-channels this many in all (as Hyper-V: a count, not an
+    /// increment) and clears it.
     pub sub_channels_requested: Option<u16>,
     /// The LUN set changed: tell the guest (ENUMERATE_BUS) once ready.
     rescan_pending: bool,
@@ -706,7 +708,11 @@ impl StorageController {
                 self.stats.resets += 1;
                 Self::complete(endpoint, memory, packet, status::SUCCESS, &[])
             }
-            operation::CREATE_SUB_CHANNELS if primary && self.config.max_sub_channels > 0 => {
+            operation::CREATE_SUB_CHANNELS
+                if primary
+                    && self.config.max_sub_channels > 0
+                    && version::supports_multi_channel(version) =>
+            {
                 let status = match self.sub_channel_request(&parsed) {
                     Some(_) => status::SUCCESS,
                     None => status::INVALID_PARAMETER,
