@@ -461,7 +461,11 @@ mod tests {
         assert_eq!(layout.grant_block(1), Some(0));
         assert_eq!(layout.blocks(), 1001);
         let huge = Layout::from_first_block(&boot, u64::MAX);
-        assert_eq!(huge.blocks(), u64::MAX, "a driver's huge capacity saturates");
+        assert_eq!(
+            huge.blocks(),
+            u64::MAX,
+            "a driver's huge capacity saturates"
+        );
         let table = layout.table();
         assert_eq!(
             block_queue::mbr::partition(&table, 1001, 1).unwrap().blocks,
