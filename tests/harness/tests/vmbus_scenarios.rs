@@ -30,6 +30,7 @@ const SCENARIOS: &[&str] = &[
     // Run by storage.rs: they need a disk image made for the run.
     "storage",
     "storage-faults",
+    "storage-ide",
     "storage-rescind",
     "vmbus-2.4",
     "vmbus-4.0",
