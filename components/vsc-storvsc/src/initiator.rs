@@ -32,6 +32,9 @@ pub const MAX_ATTEMPTS: u8 = 5;
 /// Attempts while the target says BUSY / TASK SET FULL (it is working, so
 /// more patience, but still bounded).
 pub const MAX_BUSY_ATTEMPTS: u8 = 32;
+/// Timed-out commands abandoned (since start) before the controller is
+/// restarted to clear the channels' transaction tables.
+pub const MAX_ABANDONED: u64 = (MAX_SLOTS / 4) as u64;
 /// Bytes of the driver's private buffer used for one discovery reply.
 pub const DISCOVERY_BYTES: u32 = 4096;
 /// Where the UNMAP parameter lists live in the private buffer (one per slot).
@@ -284,6 +287,9 @@ pub struct Stats {
     /// short) or that claim more data than asked.
     pub hostile_completions: u64,
     pub short_transfers: u64,
+    /// Commands answered with an error after a bus reset while the host
+    /// still had them (timed out).
+    pub abandoned: u64,
     pub io_errors: u64,
     pub rescans: u64,
 }
@@ -762,8 +768,16 @@ impl Initiator {
                 };
                 self.free(tag);
                 self.stats.io_errors += 1;
+                self.stats.abandoned += 1;
                 self.fail_purpose(slot.purpose, BlockStatus::IoError);
             }
+        }
+        // Each abandoned command still holds its transaction in the
+        // channel's table (the host may complete it late); past this many
+        // the tables would fill up: restart, which closes the channel and
+        // clears them.
+        if self.stats.abandoned > MAX_ABANDONED {
+            self.fail("too many commands abandoned after bus resets");
         }
     }
 
