@@ -39,6 +39,11 @@ pub const WRITE_FILE: &str = "GUEST.TXT";
 pub const WRITE_TEXT: &str = "Written by the seL4 guest's fs-client through the block interface.\n";
 /// The last line of a successful run.
 pub const DONE_LINE: &str = "fs-client: done";
+/// The power-off code of a failed run. The client powers the system off
+/// at the end of its run (0 when done) only where the description lets it
+/// (`power_off = true`, the RAM-disk boot test); elsewhere the runtimes
+/// ignore the request and the system goes on.
+pub const FAILED_CODE: u8 = 3;
 /// Requests kept outstanding at most.
 pub const OUTSTANDING: usize = 32;
 /// Root-directory entries listed at most.
@@ -149,6 +154,7 @@ impl FsClient {
     fn fail(&mut self, env: &mut dyn Env, what: core::fmt::Arguments<'_>) {
         println!(env, "fs-client: failed: {what}");
         self.step = Step::Failed;
+        env.power_off(FAILED_CODE);
     }
 
     fn submit(&mut self, operation: Operation, purpose: Purpose) -> bool {
@@ -338,6 +344,7 @@ impl FsClient {
                 );
                 self.step = Step::Done;
                 println!(env, "{DONE_LINE}");
+                env.power_off(0);
             }
             Outcome::ReadBack(file) => self.fail(
                 env,
