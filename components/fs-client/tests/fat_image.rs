@@ -408,3 +408,102 @@ fn the_component_fits_the_stack_its_description_gives_it() {
     assert!(size < 16 * 1024, "{size} bytes");
     eprintln!("FsClient: {size} bytes");
 }
+
+/// Run the client on `disk` (whole-disk grant) to its end, Done or Failed.
+fn run_to_end(disk: Vec<u8>) -> (Step, String) {
+    let mut env = EnvDouble::new();
+    let spec = fs_client::block::GRANTS[0];
+    for size in [
+        block_queue::request_region_bytes(spec.queue),
+        block_queue::response_region_bytes(spec.queue),
+        block_queue::INFO_BYTES,
+        spec.data_bytes,
+    ] {
+        env.add_region(size, true);
+    }
+    let regions = [spec.requests, spec.responses, spec.info, spec.data].map(|n| env.test_view(n));
+    let blocks = (disk.len() / BLOCK) as u64;
+    let grant = Grant {
+        first_block: 0,
+        blocks,
+        read_only: false,
+    };
+    let mut ramdisk = Ramdisk::new(regions, disk, grant);
+    let mut client = FsClient::init(&mut env);
+    let mut wake = ChannelSet::EMPTY;
+    wake.insert(spec.notify);
+    for _ in 0..5000 {
+        if matches!(client.step(), Step::Done | Step::Failed) {
+            break;
+        }
+        let console = env.console.clone();
+        ramdisk.serve(&console);
+        client.notified(&mut env, wake);
+    }
+    (client.step(), env.console)
+}
+
+/// The disk comes from the host: a filesystem with corrupt metadata ends
+/// the run with a message (or is read as far as it makes sense), never
+/// with a panic or a hang. Per seed, pseudo-random values go into the
+/// boot sector's fields, into FAT entries and into the first-cluster
+/// fields of root-directory entries. (Not covered: a chain that runs into
+/// a free FAT entry, value 0; embedded-sdmmc 0.10 follows it to cluster
+/// 0, see docs/block-interface.md.)
+#[test]
+fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
+    let scratch = Scratch::new("corrupt");
+    let filesystem = make_filesystem(&scratch);
+    let word = |at: usize| u16::from_le_bytes([filesystem[at], filesystem[at + 1]]) as usize;
+    let fat_start = word(14);
+    let root_start = fat_start + filesystem[16] as usize * word(22);
+    let root_entries_used = (0..word(17))
+        .take_while(|i| filesystem[root_start * BLOCK + i * 32] != 0)
+        .count();
+    let mut outcomes = [0u32; 2];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut nonzero = move |next: &mut dyn FnMut() -> u64| (next() as u16).max(1);
+    for seed in 0..300u32 {
+        let mut disk = filesystem.clone();
+        for _ in 0..(1 + next() % 4) {
+            match seed % 3 {
+                0 => {
+                    let at = (next() % 64) as usize;
+                    disk[at] = next() as u8;
+                }
+                1 => {
+                    // One of the first 256 FAT entries (the used ones).
+                    let at = fat_start * BLOCK + (next() % 256) as usize * 2;
+                    let value = nonzero(&mut next);
+                    disk[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                }
+                _ => {
+                    let entry = (next() % root_entries_used as u64) as usize;
+                    let at = root_start * BLOCK + entry * 32 + 26;
+                    let value = nonzero(&mut next);
+                    disk[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                }
+            }
+        }
+        let (step, console) = run_to_end(disk);
+        match step {
+            Step::Done => outcomes[0] += 1,
+            Step::Failed => outcomes[1] += 1,
+            other => panic!("seed {seed}: stuck in {other:?}:\n{console}"),
+        }
+    }
+    eprintln!(
+        "corrupt disks: {} done, {} failed cleanly",
+        outcomes[0], outcomes[1]
+    );
+    assert!(
+        outcomes[1] > 0,
+        "no corruption was noticed: the test hits nothing"
+    );
+}
