@@ -468,7 +468,7 @@ fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
         state ^= state << 17;
         state
     };
-    let mut nonzero = move |next: &mut dyn FnMut() -> u64| (next() as u16).max(1);
+    let nonzero = |next: &mut dyn FnMut() -> u64| (next() as u16).max(1);
     for seed in 0..300u32 {
         let mut disk = filesystem.clone();
         for _ in 0..(1 + next() % 4) {
