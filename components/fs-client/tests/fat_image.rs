@@ -468,7 +468,16 @@ fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
         state ^= state << 17;
         state
     };
-    let nonzero = |next: &mut dyn FnMut() -> u64| (next() as u16).max(1);
+    // Values that matter more often than chance would pick them: cluster
+    // 1, just past the last cluster, the largest non-special value, a
+    // plausible cluster, anything non-zero.
+    let nonzero = |next: &mut dyn FnMut() -> u64| match next() % 5 {
+        0 => 1,
+        1 => 8200,
+        2 => 0xFFF6,
+        3 => 2 + (next() % 300) as u16,
+        _ => (next() as u16).max(1),
+    };
     for seed in 0..300u32 {
         let mut disk = filesystem.clone();
         for _ in 0..(1 + next() % 4) {
