@@ -269,6 +269,11 @@ impl FsClient {
 
     /// The attempt's work, with no output: an attempt may run many times.
     fn attempt_step(&self) -> Result<Outcome, FsError> {
+        if matches!(self.step, Step::Read | Step::Write | Step::Verify) {
+            if let Some(why) = self.chain_problem()? {
+                return Ok(Outcome::Refused(why));
+            }
+        }
         match self.step {
             Step::Probe => {
                 let cache = self.cache.borrow();
@@ -389,6 +394,26 @@ impl FsClient {
                 ),
             ),
         }
+    }
+
+    /// A corrupt chain of the file the current step reads or rewrites.
+    fn chain_problem(&self) -> Result<Option<volume::Refusal>, FsError> {
+        let Some((start, geometry)) = self.layout.volume else {
+            return Ok(None);
+        };
+        let name = if self.step == Step::Read {
+            READ_FILE
+        } else {
+            WRITE_FILE
+        };
+        let cache = self.cache.borrow();
+        volume::chain_problem(&geometry, name, |at| {
+            let mut block = [0u8; BLOCK];
+            cache.read(start + at, &mut block)?;
+            volume::sanitize(&geometry, at, &mut block);
+            Ok(block)
+        })
+        .map_err(FsError::DeviceError)
     }
 
     fn volumes(&self) -> Volumes<'_> {

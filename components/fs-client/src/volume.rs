@@ -161,6 +161,79 @@ pub fn sanitize(geometry: &Geometry, at: u64, block: &mut [u8; 512]) {
     }
 }
 
+/// `NAME.EXT` as a directory entry spells it (`NAME    EXT`), or `None`
+/// if it is no 8.3 name.
+pub fn short_name(name: &str) -> Option<[u8; 11]> {
+    let (base, extension) = name.split_once('.').unwrap_or((name, ""));
+    if base.is_empty() || base.len() > 8 || extension.len() > 3 {
+        return None;
+    }
+    let mut out = [b' '; 11];
+    out[..base.len()].copy_from_slice(base.as_bytes());
+    out[8..8 + extension.len()].copy_from_slice(extension.as_bytes());
+    out.make_ascii_uppercase();
+    Some(out)
+}
+
+/// Whether the cluster chain of root-directory file `name` on a FAT16
+/// volume is sound (every link a cluster of the volume, ending in an
+/// end-of-chain mark, no longer than the volume): the library follows a
+/// link to a free entry (0) into cluster 0 and panics. `read(at)` gives
+/// the volume's block `at` as the library sees it. `Ok(None)`: sound (or
+/// not there, or FAT32, which this does not cover); `Ok(Some(why))`:
+/// refuse the disk.
+pub fn chain_problem<E>(
+    geometry: &Geometry,
+    name: &str,
+    mut read: impl FnMut(u64) -> Result<[u8; 512], E>,
+) -> Result<Option<Refusal>, E> {
+    if geometry.entry_bytes != 2 {
+        return Ok(None);
+    }
+    let Some(wanted) = short_name(name) else {
+        return Ok(None);
+    };
+    let mut first = None;
+    'blocks: for at in geometry.root_start..geometry.root_start + geometry.root_blocks {
+        let block = read(at)?;
+        for entry in block.chunks_exact(32) {
+            if entry[0] == 0 {
+                break 'blocks;
+            }
+            let attributes = entry[11];
+            if entry[0] == 0xE5 || attributes == 0x0F || attributes & 0x08 != 0 {
+                continue;
+            }
+            if entry[..11] == wanted {
+                first = Some(u64::from(u16::from_le_bytes([entry[26], entry[27]])));
+                break 'blocks;
+            }
+        }
+    }
+    let Some(mut cluster) = first else {
+        return Ok(None);
+    };
+    if cluster == 0 {
+        return Ok(None); // an empty file: no chain
+    }
+    let last = geometry.clusters + 1;
+    // Bounded: a chain longer than the volume has a loop.
+    for _ in 0..=geometry.clusters {
+        if !(2..=last).contains(&cluster) {
+            return Ok(Some("a file's cluster chain leaves the volume"));
+        }
+        let offset = cluster * 2;
+        let block = read(geometry.fat_start + offset / 512)?;
+        let at = (offset % 512) as usize;
+        let next = u64::from(u16::from_le_bytes([block[at], block[at + 1]]));
+        if next >= 0xFFF8 {
+            return Ok(None);
+        }
+        cluster = next;
+    }
+    Ok(Some("a file's cluster chain loops"))
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -209,6 +282,36 @@ mod tests {
             block[at..at + bytes.len()].copy_from_slice(bytes);
             assert!(check_boot_sector(&block, 32768).is_err(), "{at}: {bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_chain_through_a_free_entry_or_a_loop_is_found() {
+        let geometry = check_boot_sector(&fat16(), 32768).unwrap();
+        assert_eq!(short_name("hello.txt"), Some(*b"HELLO   TXT"));
+        assert_eq!(short_name("TOOLONGNAME.TXT"), None);
+        let disk = |links: &'static [(usize, u16)]| {
+            move |at: u64| -> Result<[u8; 512], ()> {
+                let mut block = [0u8; 512];
+                if at == 68 {
+                    block[..11].copy_from_slice(b"HELLO   TXT");
+                    block[11] = 0x20;
+                    block[26..28].copy_from_slice(&3u16.to_le_bytes());
+                }
+                if at == 4 {
+                    for (cluster, next) in links {
+                        block[cluster * 2..cluster * 2 + 2].copy_from_slice(&next.to_le_bytes());
+                    }
+                }
+                Ok(block)
+            }
+        };
+        let sound = chain_problem(&geometry, "HELLO.TXT", disk(&[(3, 4), (4, 0xFFFF)]));
+        assert_eq!(sound, Ok(None));
+        let free = chain_problem(&geometry, "HELLO.TXT", disk(&[(3, 4), (4, 0)]));
+        assert!(matches!(free, Ok(Some(_))), "a link to a free entry");
+        let looped = chain_problem(&geometry, "HELLO.TXT", disk(&[(3, 4), (4, 3)]));
+        assert!(matches!(looped, Ok(Some(_))), "a loop");
+        assert_eq!(chain_problem(&geometry, "OTHER.TXT", disk(&[])), Ok(None));
     }
 
     #[test]
