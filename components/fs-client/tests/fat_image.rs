@@ -59,13 +59,17 @@ impl Drop for Scratch {
 
 /// A 16 MiB FAT16 filesystem with HELLO.TXT, a directory and a bigger file.
 fn make_filesystem(scratch: &Scratch) -> Vec<u8> {
+    make_filesystem_with(scratch, HELLO.as_bytes())
+}
+
+fn make_filesystem_with(scratch: &Scratch, hello_contents: &[u8]) -> Vec<u8> {
     let image = scratch.path("fs.img");
     run(Command::new(tool("mkfs.fat"))
         .args(["-C", "-F", "16", "-n", "HOSTDISK"])
         .arg(&image)
         .arg("16384"));
     let hello = scratch.path("hello.txt");
-    std::fs::write(&hello, HELLO).unwrap();
+    std::fs::write(&hello, hello_contents).unwrap();
     let big = scratch.path("big.bin");
     std::fs::write(&big, big_contents()).unwrap();
     let mtools = |args: &[&std::ffi::OsStr]| {
@@ -452,13 +456,19 @@ fn run_to_end(disk: Vec<u8>) -> (Step, String) {
 #[test]
 fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
     let scratch = Scratch::new("corrupt");
-    let filesystem = make_filesystem(&scratch);
+    // HELLO.TXT over three clusters, so its chain has links to break.
+    let filesystem = make_filesystem_with(&scratch, &[b'h'; 6000]);
     let word = |at: usize| u16::from_le_bytes([filesystem[at], filesystem[at + 1]]) as usize;
     let fat_start = word(14);
     let root_start = fat_start + filesystem[16] as usize * word(22);
     let root_entries_used = (0..word(17))
         .take_while(|i| filesystem[root_start * BLOCK + i * 32] != 0)
         .count();
+    let hello_cluster = (0..root_entries_used)
+        .map(|i| root_start * BLOCK + i * 32)
+        .find(|at| &filesystem[*at..*at + 11] == b"HELLO   TXT")
+        .map(|at| word(at + 26))
+        .expect("HELLO.TXT in the root directory");
     let mut outcomes = [0u32; 2];
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -486,8 +496,14 @@ fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
                     disk[at] = next() as u8;
                 }
                 1 => {
-                    // One of the first 256 FAT entries (the used ones).
-                    let at = fat_start * BLOCK + (next() % 256) as usize * 2;
+                    // A link of HELLO.TXT's chain, or one of the first
+                    // 256 FAT entries (the used ones).
+                    let entry = if next() % 2 == 0 {
+                        hello_cluster + (next() % 3) as usize
+                    } else {
+                        (next() % 256) as usize
+                    };
+                    let at = fat_start * BLOCK + entry * 2;
                     let value = if next() % 4 == 0 {
                         0
                     } else {
