@@ -112,7 +112,10 @@ fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
     let expect_text = std::fs::read_to_string(root.join("tests/systems/storage.expect")).unwrap();
     let expected = expect::parse(&expect_text, expect::Backend::Hosted);
     assert!(!expected.is_empty());
-    let script = root.join("tests/systems/storage.hvsim").display().to_string();
+    let script = root
+        .join("tests/systems/storage.hvsim")
+        .display()
+        .to_string();
     let disk_arg = disk.display().to_string();
     {
         let harness = Harness::builder("tests/systems/storage.toml")
