@@ -414,6 +414,33 @@ impl Server {
         self.channels.get_mut(&relid)?.endpoint.as_mut()
     }
 
+    /// The first storage device (lowest instance) with a controller: its
+    /// instance and the relid of its primary channel if it is offered
+    /// (not rescinded).
+    pub fn storage_primary(&self) -> Option<(Uuid, Option<u32>)> {
+        let instance = *self.storage.keys().next()?;
+        let relid = self
+            .channels
+            .values()
+            .find(|c| {
+                c.device.instance == instance
+                    && c.sub_channel_index == 0
+                    && c.state != ChannelState::Rescinded
+            })
+            .map(|c| c.relid);
+        Some((instance, relid))
+    }
+
+    /// A storage channel's endpoint with its device's controller.
+    pub fn storage_channel(
+        &mut self,
+        relid: u32,
+    ) -> Option<(&mut StorageController, &mut ChannelEndpoint)> {
+        let channel = self.channels.get_mut(&relid)?;
+        let controller = self.storage.get_mut(&channel.device.instance)?;
+        Some((controller, channel.endpoint.as_mut()?))
+    }
+
     /// Relids of open channels.
     pub fn open_channels(&self) -> Vec<u32> {
         self.channels
