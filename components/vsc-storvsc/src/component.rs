@@ -479,7 +479,9 @@ impl Storage {
                         again |= !server.prepare_to_sleep().unwrap_or(true);
                     }
                 }
-                if !again {
+                // Requests that came meanwhile are taken only if a slot is
+                // free; otherwise a completion frees one and pumps again.
+                if !again || !self.initiator.can_accept() {
                     break;
                 }
             }
