@@ -11,6 +11,8 @@
 //! - `cargo xtask hosted` : run the same system as Linux processes
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
+//! - `cargo xtask bench-storage [--smoke]`: the storage benchmark (hosted:
+//!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -18,6 +20,7 @@
 //! Each subcommand lives in its own module.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check;
 mod fuzz;
 mod hosted;
@@ -32,7 +35,7 @@ mod util;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <run|test|build|boot-test|soak|hosted|check|fuzz|setup> [args]");
+    eprintln!("usage: cargo xtask <run|test|build|boot-test|soak|hosted|bench-storage|check|fuzz|setup> [args]");
     ExitCode::from(2)
 }
 
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
+        "bench-storage" => bench::storage(rest),
         _ => return usage(),
     };
     match result {
