@@ -4,7 +4,7 @@
 //! against pread/pwrite on the same file, interleaved, medians with
 //! min-max and the ratio; latency at queue depth 1; restart time; CPU per
 //! request (tests/harness/benches/storage.rs). Not a timed test: it prints
-//! numbers (docs/storage-performance.md has a run's). `--smoke` is the
+//! numbers (docs/storage.md has a run's). `--smoke` is the
 //! few-iteration run `cargo xtask test` does so the benchmark keeps
 //! compiling and running.
 
