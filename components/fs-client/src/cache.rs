@@ -217,8 +217,8 @@ impl Cache {
         let room = (CACHE_ENTRIES - self.entries.len()) as u64;
         let mut count = 0u32;
         while u64::from(count) < room.min(u64::from(READ_AHEAD))
-            && block + u64::from(count) < self.capacity
-            && !self.contains(block + u64::from(count))
+            && block.saturating_add(u64::from(count)) < self.capacity
+            && !self.contains(block.saturating_add(u64::from(count)))
         {
             count += 1;
         }
@@ -303,7 +303,8 @@ impl Layout {
     }
 
     fn blocks(&self) -> u64 {
-        self.capacity + u64::from(self.stand_in_table)
+        // The capacity comes from the driver: no overflow on a huge one.
+        self.capacity.saturating_add(u64::from(self.stand_in_table))
     }
 
     fn table(&self) -> [u8; BLOCK] {
@@ -459,6 +460,12 @@ mod tests {
         assert_eq!(layout.grant_block(0), None);
         assert_eq!(layout.grant_block(1), Some(0));
         assert_eq!(layout.blocks(), 1001);
+        let huge = Layout::from_first_block(&boot, u64::MAX);
+        assert_eq!(
+            huge.blocks(),
+            u64::MAX,
+            "a driver's huge capacity saturates"
+        );
         let table = layout.table();
         assert_eq!(
             block_queue::mbr::partition(&table, 1001, 1).unwrap().blocks,

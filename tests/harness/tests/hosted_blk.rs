@@ -171,3 +171,35 @@ fn fs_client_mounts_reads_and_writes_a_fat_disk_served_by_another_process() {
     assert_eq!(written, GUEST_TEXT);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same system with the RAM disk fixture as the server: two real
+/// processes, the disk the fixture carries (tests/fixtures/blk-ramdisk).
+#[test]
+fn fs_client_works_on_the_ram_disk_fixture() {
+    let harness = Harness::builder("tests/systems/blk-ramdisk.toml")
+        .start()
+        .expect("starts");
+    let mut at = harness.expect_output(
+        "[ramdisk] ramdisk: serving 6144 blocks from block 2048 to files",
+        0,
+    );
+    for expected in [
+        "[files] fs-client: root directory, 1 entries:",
+        "[files] fs-client:   HELLO.TXT    25",
+        "[files] fs-client: | Hello from the RAM disk.",
+        "[files] fs-client: wrote GUEST.TXT (67 bytes) and the disk flushed it",
+        "[files] fs-client: read GUEST.TXT back from the disk: 67 bytes, as written",
+        "[files] fs-client: done",
+    ] {
+        at = harness.expect_output(expected, at);
+    }
+    harness.expect_output("[ramdisk] ramdisk: flushed", 0);
+    if harness
+        .system()
+        .output()
+        .iter()
+        .any(|line| line.contains("failed"))
+    {
+        harness.fail("a failure was reported");
+    }
+}
