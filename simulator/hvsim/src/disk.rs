@@ -76,7 +76,7 @@ impl MemoryDisk {
 
     fn range(&self, lba: u64, len: usize) -> Result<core::ops::Range<usize>, DiskError> {
         let block = self.block_size as usize;
-        if len % block != 0 || !in_range(lba, (len / block) as u64, self.block_count()) {
+        if !len.is_multiple_of(block) || !in_range(lba, (len / block) as u64, self.block_count()) {
             return Err(DiskError::OutOfRange);
         }
         let start = lba as usize * block;
