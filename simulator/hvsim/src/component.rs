@@ -49,6 +49,10 @@ fn start_timer(env: &mut dyn Env, hz: u32) {
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,
     script: ScriptRunner,
+    /// QEMU's IDE disk, when the description grants its ports and QEMU
+    /// has one (`cargo xtask run --disk IMG`).
+    #[allow(dead_code)] // served once the storage host lands
+    disk: Option<crate::ide::IdeDisk>,
 }
 
 impl SimulatedHost {
@@ -105,10 +109,17 @@ impl Component for SimulatedHost {
             script.max_version.major(),
             script.max_version.minor()
         );
+        let mut disk = crate::ide::attach(env);
+        if let Some(disk) = disk.as_mut() {
+            if crate::ide::is_scratch(disk) {
+                crate::ide::scratch_test(env, disk);
+            }
+        }
         start_timer(env, TICK_HZ);
         SimulatedHost {
             host: HostPd::new(memory, script.server_config(), channels::INTERRUPT),
             script: ScriptRunner::new(script),
+            disk,
         }
     }
 

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's one entry point.
 //!
 //! - `cargo xtask run`    : build the seL4 image and boot it in QEMU, console
-//!   on the terminal (`--system FILE`, `--host-script FILE`)
+//!   on the terminal (`--system FILE`, `--host-script FILE`, `--disk IMG`:
+//!   a raw disk image for the simulated host's disk; default
+//!   `target/disks/demo.img`)
 //! - `cargo xtask test`   : every test: unit, description-error goldens,
 //!   property tests, hosted component tests and the QEMU boot tests
 //! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod disk;
 mod fuzz;
 mod hosted;
 mod image;

@@ -1,0 +1,297 @@
+//! Disk images for the seL4 image in QEMU (the simulated host serves them
+//! to the guest's storage driver; hvsim drives QEMU's IDE disk by PIO):
+//!
+//! - [`make_fat_image`]: a raw image of a given size holding one FAT file
+//!   system (no partition table) with the given files, made with
+//!   `mkfs.fat` and `mcopy` (`cargo xtask setup` installs dosfstools and
+//!   mtools). For tests and benchmarks.
+//! - [`demo_disk`]: what `cargo xtask run` gives QEMU without `--disk`:
+//!   `target/disks/demo.img`, made once (64 MiB FAT16, label `HVSIM DEMO`,
+//!   `HELLO.TXT`) and then kept, so what the system writes to it is still
+//!   there on the next run.
+//! - [`BOOT_TESTS`]: the boot tests of the disk path: the VMBus system with
+//!   a fresh demo image (hvsim identifies the disk and reads block 0), and
+//!   with a scratch image (hvsim writes, flushes and reads back 4 MiB and
+//!   prints the PIO throughput; after QEMU powered off, the image file
+//!   must hold what was written: writes persist).
+//!
+//! QEMU writes the raw file itself (`format=raw`, no snapshot), so every
+//! write the guest flushed is in the file after power-off.
+
+use crate::image::{build, ImageSpec};
+use crate::kernel::target_dir;
+use crate::qemu::{boot_once, expectations_from, Echo};
+use crate::util::{run_checked, Result};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One file of a FAT image: its name in the root folder and its bytes.
+pub struct ImageFile<'a> {
+    pub name: &'a str,
+    pub contents: &'a [u8],
+}
+
+/// The text of `HELLO.TXT` on the demo disk.
+pub const HELLO_TEXT: &str = "Hello from the disk of the seL4 VMBus system.\n";
+const DEMO_LABEL: &str = "HVSIM DEMO";
+const DEMO_SIZE: u64 = 64 << 20;
+
+/// Make `path` a raw image of `size` bytes with one FAT file system
+/// labelled `label` holding `files` in its root folder. `fat_bits`: 12, 16
+/// or 32; `None` lets mkfs.fat choose by size.
+pub fn make_fat_image(
+    path: &Path,
+    size: u64,
+    label: &str,
+    fat_bits: Option<u8>,
+    files: &[ImageFile],
+) -> Result {
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let image = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    image
+        .set_len(size)
+        .map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+    drop(image);
+    let mut mkfs = Command::new("mkfs.fat");
+    mkfs.arg("-n").arg(label);
+    if let Some(bits) = fat_bits {
+        mkfs.arg("-F").arg(bits.to_string());
+    }
+    run_checked(mkfs.arg(path).stdout(std::process::Stdio::null()))
+        .map_err(|e| format!("{e} (mkfs.fat is in dosfstools: run `cargo xtask setup`)"))?;
+    let staging = path.with_extension("files");
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let result = files.iter().try_for_each(|file| {
+        let local = staging.join(file.name);
+        std::fs::write(&local, file.contents)
+            .map_err(|e| format!("cannot write {}: {e}", local.display()))?;
+        run_checked(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-o")
+                .arg("-i")
+                .arg(path)
+                .arg(&local)
+                .arg(format!("::{}", file.name)),
+        )
+        .map_err(|e| format!("{e} (mcopy is in mtools: run `cargo xtask setup`)"))
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+fn disks_dir() -> PathBuf {
+    target_dir().join("disks")
+}
+
+fn make_demo_image(path: &Path) -> Result {
+    make_fat_image(
+        path,
+        DEMO_SIZE,
+        DEMO_LABEL,
+        None,
+        &[ImageFile {
+            name: "HELLO.TXT",
+            contents: HELLO_TEXT.as_bytes(),
+        }],
+    )
+}
+
+/// `target/disks/demo.img`, made if it is not there yet.
+pub fn demo_disk() -> Result<PathBuf> {
+    let path = disks_dir().join("demo.img");
+    if !path.is_file() {
+        make_demo_image(&path)?;
+        println!(
+            "xtask: made the demo disk {} ({} MiB FAT, HELLO.TXT)",
+            path.display(),
+            DEMO_SIZE >> 20
+        );
+    }
+    Ok(path)
+}
+
+/// `-drive` for QEMU: the image as the primary IDE channel's master disk.
+pub fn qemu_drive(image: &Path) -> String {
+    // QEMU's -drive splits on commas; a comma in a path is written twice.
+    let file = image.display().to_string().replace(',', ",,");
+    format!("file={file},format=raw,if=ide,index=0,media=disk")
+}
+
+// The scratch test's layout and pattern: `simulator/hvsim/src/ide.rs`
+// (written out again here, so a change on one side shows).
+const SCRATCH_MARK: &[u8] = b"HVSIM ATA SCRATCH DISK";
+const SCRATCH_FIRST_BLOCK: u64 = 2048;
+const SCRATCH_BLOCKS: u64 = 8192;
+const SCRATCH_SIZE: u64 = 16 << 20;
+
+fn scratch_byte(block: u64, offset: usize) -> u8 {
+    (block as u8) ^ (block >> 8) as u8 ^ (offset as u8).wrapping_mul(3) ^ (offset >> 8) as u8
+}
+
+fn make_scratch_image(path: &Path) -> Result {
+    std::fs::create_dir_all(disks_dir()).map_err(|e| format!("cannot create target/disks: {e}"))?;
+    let mut bytes = vec![0u8; SCRATCH_SIZE as usize];
+    bytes[..SCRATCH_MARK.len()].copy_from_slice(SCRATCH_MARK);
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Blocks of the scratch area in the image file that differ from what the
+/// scratch test writes.
+fn scratch_blocks_wrong(path: &Path) -> Result<u64> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.seek(SeekFrom::Start(SCRATCH_FIRST_BLOCK * 512))
+        .map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
+    let mut wrong = 0;
+    let mut block = [0u8; 512];
+    for index in 0..SCRATCH_BLOCKS {
+        file.read_exact(&mut block)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let lba = SCRATCH_FIRST_BLOCK + index;
+        if block
+            .iter()
+            .enumerate()
+            .any(|(offset, byte)| *byte != scratch_byte(lba, offset))
+        {
+            wrong += 1;
+        }
+    }
+    Ok(wrong)
+}
+
+/// A disk boot test: the disk it makes, its expectations, what it checks
+/// in the image afterwards.
+pub struct DiskBootTest {
+    pub name: &'static str,
+    make: fn(&Path) -> Result,
+    expect: &'static str,
+    after: Option<fn(&Path) -> Result>,
+}
+
+fn scratch_persisted(path: &Path) -> Result {
+    match scratch_blocks_wrong(path)? {
+        0 => {
+            eprintln!(
+                "xtask: the image file holds all {SCRATCH_BLOCKS} blocks the scratch test wrote"
+            );
+            Ok(())
+        }
+        wrong => Err(format!(
+            "{wrong} of {SCRATCH_BLOCKS} scratch blocks are not in the image file after power-off"
+        )),
+    }
+}
+
+pub const BOOT_TESTS: &[DiskBootTest] = &[
+    DiskBootTest {
+        name: "demo",
+        make: make_demo_image,
+        expect: "tests/systems/disk-demo.expect",
+        after: None,
+    },
+    DiskBootTest {
+        name: "scratch",
+        make: make_scratch_image,
+        expect: "tests/systems/disk-scratch.expect",
+        after: Some(scratch_persisted),
+    },
+];
+
+/// Boot the VMBus system (`system.toml`) with the test's disk.
+pub fn boot_test_one(test: &DiskBootTest) -> Result {
+    let spec = ImageSpec::new("system.toml", None);
+    let path = disks_dir().join(format!("boot-test-{}.img", test.name));
+    (test.make)(&path)?;
+    let expected = expectations_from(&crate::util::workspace_root().join(test.expect))?;
+    let image = build(&spec)?;
+    let boot = boot_once(&image, Some(&path), Echo::Lines)?;
+    eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
+    boot.verdict(&expected)?;
+    if let Some(after) = test.after {
+        after(&path)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    eprintln!(
+        "xtask: boot test passed ({} expected lines seen)",
+        expected.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fat_image_holds_the_files() {
+        if !crate::util::have("mkfs.fat") || !crate::util::have("mtype") {
+            eprintln!("skipped: no dosfstools/mtools (cargo xtask setup)");
+            return;
+        }
+        let path = std::env::temp_dir().join(format!("xtask-fat-{}.img", std::process::id()));
+        make_fat_image(
+            &path,
+            16 << 20,
+            "TESTDISK",
+            Some(16),
+            &[
+                ImageFile {
+                    name: "A.TXT",
+                    contents: b"first\n",
+                },
+                ImageFile {
+                    name: "B.BIN",
+                    contents: &[7u8; 3000],
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
+        assert_eq!(&bytes[43..51], b"TESTDISK");
+        assert_eq!(&bytes[54..59], b"FAT16");
+        let typed = Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&path)
+            .arg("::A.TXT")
+            .output()
+            .unwrap();
+        assert_eq!(typed.stdout, b"first\n");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn scratch_check_sees_missing_writes() {
+        let path = std::env::temp_dir().join(format!("xtask-scratch-{}.img", std::process::id()));
+        make_scratch_image(&path).unwrap();
+        assert_eq!(scratch_blocks_wrong(&path).unwrap(), SCRATCH_BLOCKS);
+        let mut bytes = std::fs::read(&path).unwrap();
+        for index in 0..SCRATCH_BLOCKS - 1 {
+            let lba = SCRATCH_FIRST_BLOCK + index;
+            for offset in 0..512 {
+                bytes[(lba * 512) as usize + offset] = scratch_byte(lba, offset);
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(scratch_blocks_wrong(&path).unwrap(), 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn drive_argument_escapes_commas() {
+        assert_eq!(
+            qemu_drive(Path::new("/a,b/d.img")),
+            "file=/a,,b/d.img,format=raw,if=ide,index=0,media=disk"
+        );
+    }
+}
