@@ -279,6 +279,10 @@ pub struct ChannelEndpoint {
     pub receive_buffer: Option<HostReceiveBuffer>,
     /// The data-path test device's state (`channel/datapath.rs`).
     pub datapath: datapath::DataPathHost,
+    /// A storage channel's packets of the last step: the server hands
+    /// them to the device's controller (`channel/storage.rs`), which
+    /// spans the primary and its sub-channels.
+    pub storage_inbox: Vec<ReceivedPacket>,
     now_ns: u64,
 }
 
@@ -325,6 +329,7 @@ impl ChannelEndpoint {
             gpadls: ChannelGpadls::default(),
             receive_buffer: None,
             datapath: datapath::DataPathHost::default(),
+            storage_inbox: Vec::new(),
             now_ns,
         };
         // The host starts from the indices the guest left in the control
@@ -590,7 +595,20 @@ impl ChannelEndpoint {
             ));
             return None;
         }
-        if let PacketKind::GpaDirect(ranges) = packet.kind {
+        if let (PacketKind::GpaDirect(ranges), DeviceKind::Storage) = (&packet.kind, self.kind) {
+            // storvsc's data pages need no GPADL on Hyper-V: the storage
+            // host checks them against the memory it may see, page by page,
+            // when it moves the data.
+            self.stats.gpa_direct_received += 1;
+            received.ranges = ranges
+                .iter()
+                .map(|range| ResolvedRange {
+                    byte_offset: range.byte_offset,
+                    byte_count: range.byte_count,
+                    pfns: range.pfns().collect(),
+                })
+                .collect();
+        } else if let PacketKind::GpaDirect(ranges) = packet.kind {
             match data_path::resolve(&self.gpadls, &ranges) {
                 Ok(resolved) => match data_path::read_ranges(memory, &resolved) {
                     Some(data) => {
@@ -979,6 +997,10 @@ impl ChannelEndpoint {
         if self.kind == DeviceKind::DataPathTest {
             return self.datapath_packet(memory, packet);
         }
+        if self.kind == DeviceKind::Storage {
+            self.storage_inbox.push(packet);
+            return false;
+        }
         if !self.kind.is_ic() {
             // Generic device: complete what asks for completion, except a
             // request that named memory the guest never shared.
@@ -1051,7 +1073,7 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => ic_type::SHUTDOWN,
             DeviceKind::TimeSync => ic_type::TIMESYNC,
             DeviceKind::Kvp => ic_type::KVP,
-            DeviceKind::Generic | DeviceKind::DataPathTest => 0,
+            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage => 0,
         }
     }
 
@@ -1097,7 +1119,7 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => &ic::versions::SHUTDOWN,
             DeviceKind::TimeSync => &ic::versions::TIMESYNC,
             DeviceKind::Kvp => &ic::versions::KVP,
-            DeviceKind::Generic | DeviceKind::DataPathTest => &[],
+            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1244,3 +1266,5 @@ impl PacketFault {
 mod datapath;
 #[cfg(test)]
 mod flow_tests;
+pub mod scsi_target;
+pub mod storage;

@@ -116,8 +116,12 @@ impl Component for SimulatedHost {
             }
         }
         start_timer(env, TICK_HZ);
+        let mut host = HostPd::new(memory, script.server_config(), channels::INTERRUPT);
+        for line in script.attach_memory_disks(&mut host.sim) {
+            println!(env, "{}", line);
+        }
         SimulatedHost {
-            host: HostPd::new(memory, script.server_config(), channels::INTERRUPT),
+            host,
             script: ScriptRunner::new(script),
             disk,
         }

@@ -15,6 +15,9 @@
 //! - the data-path shapes ([`data_path`]): GPA-direct packets resolved only
 //!   through the channel's GPADLs, transfer-page packets into the guest's
 //!   receive buffer;
+//! - the storage host ([`channel::storage`], [`channel::scsi_target`]):
+//!   storvsp's protocol and a SCSI target over [`disk::Disk`]s (memory,
+//!   and hosted [`file_disk::FileDisk`]);
 //! - [`sim::Simulator`]: all of it as one machine with the operator and
 //!   fault-injection API.
 //!
@@ -22,7 +25,8 @@
 //! structure is copied out of guest memory before it is parsed, and guest
 //! ring indices are validated before use. Writes only guest memory the
 //! guest designated for the host (synic pages, GPADL'd buffers, monitor
-//! pages) and, in the hosted build, the transport socket.
+//! pages, the pages a storage request names inside host-visible memory)
+//! and, in the hosted build, the transport socket and the disk files.
 //!
 //! The core is `no_std` + `alloc` so it can run as an seL4 component; the
 //! `hosted` feature adds [`transport`], the host end of the hosted
@@ -36,6 +40,8 @@ pub mod ata;
 pub mod channel;
 pub mod data_path;
 pub mod disk;
+#[cfg(not(target_os = "none"))]
+pub mod file_disk;
 pub mod host;
 pub mod hypercall;
 pub mod memory;

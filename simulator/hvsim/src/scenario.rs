@@ -106,6 +106,69 @@ pub struct Scenario {
     /// stream started, send a transfer-page packet naming a range past the
     /// end of its receive buffer and a completion for an id it never used.
     pub datapath_host_faults: bool,
+    /// The storage devices (`storage`, `ide`): the newest storage
+    /// protocol version the host accepts (`major.minor` of
+    /// [`STORAGE_VERSIONS`]), the sub-channels it offers at most, the
+    /// largest transfer.
+    pub storage_version: String,
+    pub storage_max_sub_channels: u16,
+    pub storage_max_transfer_kib: u64,
+    /// Disks in the host's memory, in KiB, given to the first storage
+    /// device as its next LUNs (after disks from the command line).
+    pub storage_memory_disks_kib: Vec<u64>,
+    /// Hot add: a memory disk of this many KiB as the next free LUN once
+    /// `storage_hot_add_after_heartbeats` heartbeats were answered.
+    pub storage_hot_add_kib: Option<u64>,
+    pub storage_hot_add_after_heartbeats: u64,
+    /// Hot remove the highest LUN once this many heartbeats were answered.
+    pub storage_remove_after_heartbeats: Option<u64>,
+    /// Rescind the storage controller (I/O in flight stays unanswered)
+    /// once this many heartbeats were answered.
+    pub storage_rescind_after_heartbeats: Option<u64>,
+    /// (heartbeats answered, fault) pairs: the fault (`delay MS [COUNT]`,
+    /// `withhold COUNT`, `fail KEY`, `short`, `corrupt KIND`) is armed on
+    /// the first storage device for its next I/O requests.
+    pub storage_faults: Vec<(u64, String)>,
+}
+
+/// The storage protocol versions (`major.minor`, as vstor writes them:
+/// Win10, Win8.1, Win8, Win7, Win6).
+pub const STORAGE_VERSIONS: &[&str] = &["6.2", "6.0", "5.1", "4.2", "2.0"];
+
+/// A storage version's wire value (`0x0602` for `6.2`).
+pub fn parse_storage_version(text: &str) -> Option<u16> {
+    if !STORAGE_VERSIONS.contains(&text) {
+        return None;
+    }
+    let (major, minor) = text.split_once('.')?;
+    Some(major.parse::<u16>().ok()? << 8 | minor.parse::<u16>().ok()?)
+}
+
+/// Whether `text` names a storage fault (the words `StorageFault::parse`
+/// takes; checked here without that type, which the build script lacks).
+pub fn is_storage_fault(text: &str) -> bool {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let number = |w: &str| w.parse::<u32>().is_ok();
+    match words.as_slice() {
+        ["delay", ms] => number(ms),
+        ["delay", ms, count] => number(ms) && number(count),
+        ["withhold", count] => number(count),
+        ["fail", key] => [
+            "not-ready",
+            "medium-error",
+            "hardware-error",
+            "illegal-request",
+            "unit-attention",
+            "data-protect",
+            "aborted-command",
+        ]
+        .contains(key),
+        ["short"] => true,
+        ["corrupt", kind] => {
+            ["unknown-id", "duplicate", "transfer-beyond", "sense-beyond"].contains(kind)
+        }
+        _ => false,
+    }
 }
 
 impl Default for Scenario {
@@ -133,6 +196,15 @@ impl Default for Scenario {
             gpadl_memory_limit_kib: 1280 << 10,
             monitored_devices: Vec::new(),
             datapath_host_faults: false,
+            storage_version: "6.2".into(),
+            storage_max_sub_channels: 4,
+            storage_max_transfer_kib: 256,
+            storage_memory_disks_kib: Vec::new(),
+            storage_hot_add_kib: None,
+            storage_hot_add_after_heartbeats: 0,
+            storage_remove_after_heartbeats: None,
+            storage_rescind_after_heartbeats: None,
+            storage_faults: Vec::new(),
         }
     }
 }
@@ -179,6 +251,11 @@ fn class_guid(text: &str) -> Option<u128> {
     uuid::Uuid::try_parse(text).ok().map(|guid| guid.as_u128())
 }
 
+/// The storage classes (`vmbus_protocol::guid::class::SCSI` and `IDE`,
+/// written out for the build script like the data-path class below).
+pub const SCSI_CLASS: u128 = 0xba6163d9_04a1_4d29_b605_72e2ffb1dc7f;
+pub const IDE_CLASS: u128 = 0x32412632_86cb_44a2_9b5c_50d1417354f5;
+
 /// The data-path test device's class (`vmbus_protocol::datapath_test::CLASS`;
 /// written out here because the build script reads this file without that
 /// crate; a test in `channel/datapath.rs` keeps the two equal).
@@ -192,6 +269,9 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         "kvp" => Some(IcName::Kvp),
         // The data-path test device (a test-only class of our own).
         "datapath" => return Some(DeviceName::Class(DATAPATH_TEST_CLASS)),
+        // The storage host (storvsp): a SCSI controller, an IDE channel.
+        "storage" => return Some(DeviceName::Class(SCSI_CLASS)),
+        "ide" => return Some(DeviceName::Class(IDE_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
@@ -275,6 +355,55 @@ impl Scenario {
                 format!("unknown fault `{bad}`; known: {}", FAULTS.join(", ")),
             );
         }
+        if parse_storage_version(&self.storage_version).is_none() {
+            return invalid(
+                "storage_version",
+                format!(
+                    "unknown storage version `{}`; known: {}",
+                    self.storage_version,
+                    STORAGE_VERSIONS.join(", ")
+                ),
+            );
+        }
+        if self.storage_max_sub_channels > 8 {
+            return invalid("storage_max_sub_channels", "at most 8".into());
+        }
+        if !(4..=8192).contains(&self.storage_max_transfer_kib) {
+            return invalid("storage_max_transfer_kib", "4 to 8192 KiB".into());
+        }
+        let disk_sizes = self
+            .storage_memory_disks_kib
+            .iter()
+            .chain(self.storage_hot_add_kib.iter());
+        for &kib in disk_sizes {
+            // Whole 512-byte blocks, and no more than the host's heap can
+            // sensibly hold.
+            if kib == 0 || kib > 64 << 10 {
+                return invalid(
+                    if self.storage_hot_add_kib == Some(kib) {
+                        "storage_hot_add_kib"
+                    } else {
+                        "storage_memory_disks_kib"
+                    },
+                    format!("{kib} KiB: 1 to 65536 KiB"),
+                );
+            }
+        }
+        if self.storage_memory_disks_kib.len() > 64 {
+            return invalid("storage_memory_disks_kib", "at most 64 disks".into());
+        }
+        if let Some((_, bad)) = self
+            .storage_faults
+            .iter()
+            .find(|(_, fault)| !is_storage_fault(fault))
+        {
+            return invalid(
+                "storage_faults",
+                format!(
+                    "unknown storage fault `{bad}`; known: delay MS [COUNT], withhold COUNT, fail KEY, short, corrupt unknown-id|duplicate|transfer-beyond|sense-beyond"
+                ),
+            );
+        }
         if self.kvp_fault_every == 0 {
             return invalid("kvp_fault_every", "must be at least 1".into());
         }
@@ -339,7 +468,10 @@ impl Scenario {
              kvp_fault_every: {}, min_version: {:?}.into(), max_version: {:?}.into(), devices: {}, \
              added_devices: {}, add_devices_after_heartbeats: {}, kvp_rescind_after_heartbeats: {:?}, \
              kvp_get_guest_key: {key}, kvp_get_after_heartbeats: {}, gap_allowance_ms: {}, \
-             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {}, datapath_host_faults: {} }}",
+             crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {}, datapath_host_faults: {}, \
+             storage_version: {:?}.into(), storage_max_sub_channels: {}, storage_max_transfer_kib: {}, \
+             storage_memory_disks_kib: alloc::vec!{:?}, storage_hot_add_kib: {:?}, storage_hot_add_after_heartbeats: {}, \
+             storage_remove_after_heartbeats: {:?}, storage_rescind_after_heartbeats: {:?}, storage_faults: alloc::vec![{}] }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -362,6 +494,19 @@ impl Scenario {
             self.gpadl_memory_limit_kib,
             strings(&self.monitored_devices),
             self.datapath_host_faults,
+            self.storage_version,
+            self.storage_max_sub_channels,
+            self.storage_max_transfer_kib,
+            self.storage_memory_disks_kib,
+            self.storage_hot_add_kib,
+            self.storage_hot_add_after_heartbeats,
+            self.storage_remove_after_heartbeats,
+            self.storage_rescind_after_heartbeats,
+            self.storage_faults
+                .iter()
+                .map(|(after, fault)| format!("({after}, {fault:?}.into())"))
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     }
 }
@@ -448,7 +593,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -474,6 +619,21 @@ mod tests {
         assert!(error("time_sample_period_ms = 18446744073709551").contains("too long"));
         assert!(error("time_sample_period_ms = 18446744073709551615").starts_with("s.hvsim:1:25: "));
         assert!(error("devices = \"heartbeat\"").starts_with("s.hvsim:1:11: "));
+        assert!(error("storage_version = \"6.1\"").contains("unknown storage version `6.1`"));
+        assert!(error("storage_faults = [[1, \"fail later\"]]").contains("unknown storage fault"));
+        assert!(error("storage_memory_disks_kib = [0]").contains("1 to 65536 KiB"));
+        assert!(error("storage_max_sub_channels = 9").contains("at most 8"));
+    }
+
+    #[test]
+    fn storage_names_and_versions() {
+        assert_eq!(parse_device("storage"), Some(DeviceName::Class(SCSI_CLASS)));
+        assert_eq!(parse_device("ide"), Some(DeviceName::Class(IDE_CLASS)));
+        assert_eq!(parse_storage_version("6.2"), Some(0x0602));
+        assert_eq!(parse_storage_version("2.0"), Some(0x0200));
+        assert_eq!(parse_storage_version("6.1"), None);
+        assert!(is_storage_fault("delay 5 2") && is_storage_fault("corrupt duplicate"));
+        assert!(!is_storage_fault("delay") && !is_storage_fault("fail"));
     }
 
     #[test]
@@ -483,6 +643,8 @@ mod tests {
             kvp_faults: vec!["unknown-type".into()],
             kvp_get_guest_key: Some("K".into()),
             shutdown_after_heartbeats: None,
+            storage_memory_disks_kib: vec![64],
+            storage_faults: vec![(3, "fail medium-error".into())],
             ..Scenario::default()
         };
         let source = scenario.to_rust();
@@ -498,7 +660,10 @@ mod tests {
             "crash_after_heartbeats: alloc::vec![],",
             "gpadl_memory_limit_kib: 1310720,",
             "monitored_devices: alloc::vec![],",
-            "datapath_host_faults: false }",
+            "datapath_host_faults: false,",
+            r#"storage_version: "6.2".into(),"#,
+            "storage_memory_disks_kib: alloc::vec![64],",
+            r#"storage_faults: alloc::vec![(3, "fail medium-error".into())] }"#,
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

@@ -16,8 +16,12 @@
 //! Trusts: nothing from the guest beyond what the simulator validated.
 //! Writes: only through the simulator's operator API.
 
+use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
-use crate::scenario::{parse_device, parse_version, DeviceName, IcName, Invalid, Scenario};
+use crate::scenario::{
+    parse_device, parse_storage_version, parse_version, DeviceName, IcName, Invalid, Scenario,
+    IDE_CLASS, SCSI_CLASS,
+};
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
 use alloc::format;
@@ -61,6 +65,8 @@ impl ScriptDevice {
                 instance: instance(index),
                 kind: if class == vmbus_protocol::datapath_test::CLASS.as_u128() {
                     DeviceKind::DataPathTest
+                } else if class == SCSI_CLASS || class == IDE_CLASS {
+                    DeviceKind::Storage
                 } else {
                     DeviceKind::Generic
                 },
@@ -206,6 +212,16 @@ pub struct Script {
     pub monitored_devices: Vec<ScriptDevice>,
     /// See `Scenario::datapath_host_faults`.
     pub datapath_host_faults: bool,
+    /// The storage controllers' setup.
+    pub storage: StorageConfig,
+    /// Memory disks (bytes) for the first storage device's next LUNs.
+    pub storage_memory_disks: Vec<u64>,
+    /// Hot add a memory disk of this many bytes after this many heartbeats.
+    pub storage_hot_add: Option<(u64, u64)>,
+    pub storage_remove_after_heartbeats: Option<u64>,
+    pub storage_rescind_after_heartbeats: Option<u64>,
+    /// (heartbeats answered, fault), in the scenario's order.
+    pub storage_faults: Vec<(u64, StorageFault)>,
 }
 
 impl Script {
@@ -247,6 +263,31 @@ impl Script {
             gpadl_memory_limit: scenario.gpadl_memory_limit_kib * 1024,
             monitored_devices: devices(&scenario.monitored_devices),
             datapath_host_faults: scenario.datapath_host_faults,
+            storage: StorageConfig {
+                newest_version: parse_storage_version(&scenario.storage_version)
+                    .unwrap_or(vmbus_protocol::storage::version::WIN10),
+                max_sub_channels: scenario.storage_max_sub_channels,
+                max_transfer_bytes: (scenario.storage_max_transfer_kib * 1024) as u32,
+                ide: false,
+            },
+            storage_memory_disks: scenario
+                .storage_memory_disks_kib
+                .iter()
+                .map(|kib| kib * 1024)
+                .collect(),
+            storage_hot_add: scenario
+                .storage_hot_add_kib
+                .map(|kib| (scenario.storage_hot_add_after_heartbeats, kib * 1024)),
+            storage_remove_after_heartbeats: scenario.storage_remove_after_heartbeats,
+            storage_rescind_after_heartbeats: scenario.storage_rescind_after_heartbeats,
+            storage_faults: scenario
+                .storage_faults
+                .iter()
+                .filter_map(|(after, text)| {
+                    let words: Vec<&str> = text.split_whitespace().collect();
+                    StorageFault::parse(&words).map(|fault| (*after, fault))
+                })
+                .collect(),
         })
     }
 
@@ -267,8 +308,28 @@ impl Script {
             min_version: self.min_version,
             max_version: self.max_version,
             gpadl_memory_limit: self.gpadl_memory_limit,
+            storage: self.storage,
             ..ServerConfig::default()
         }
+    }
+
+    /// Gives the first storage device the scenario's memory disks as its
+    /// next free LUNs; the lines to print.
+    pub fn attach_memory_disks<M: GuestMemory>(&self, sim: &mut Simulator<M>) -> Vec<String> {
+        let mut report = Vec::new();
+        for &bytes in &self.storage_memory_disks {
+            let disk = crate::disk::MemoryDisk::new(512, bytes / 512);
+            match sim.storage_attach(alloc::boxed::Box::new(disk)) {
+                Some(lun) => report.push(format!(
+                    "host: storage LUN {lun}: a memory disk of {} KiB",
+                    bytes / 1024
+                )),
+                None => report.push(String::from(
+                    "host: no storage device (or no free LUN) for a memory disk",
+                )),
+            }
+        }
+        report
     }
 }
 
@@ -346,6 +407,10 @@ pub struct ScriptRunner {
     crashes_taken: usize,
     /// The data-path test's host faults went out.
     datapath_faults_sent: bool,
+    storage_added: bool,
+    storage_removed: bool,
+    storage_rescinded: bool,
+    storage_faults_armed: usize,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -391,6 +456,10 @@ impl ScriptRunner {
             connected: None,
             crashes_taken: 0,
             datapath_faults_sent: false,
+            storage_added: false,
+            storage_removed: false,
+            storage_rescinded: false,
+            storage_faults_armed: 0,
         }
     }
 
@@ -451,6 +520,7 @@ impl ScriptRunner {
             self.datapath_faults_sent = datapath_faults(sim, &mut report);
         }
         datapath_report(sim, &mut report);
+        self.storage_events(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -484,6 +554,7 @@ impl ScriptRunner {
                         stats.rule_violations,
                     ));
                 }
+                storage_report(sim, &mut report);
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered
@@ -698,6 +769,71 @@ impl ScriptRunner {
     }
 }
 
+impl ScriptRunner {
+    /// The scenario's storage events: hot add, hot remove, rescind,
+    /// faults (each once its heartbeat count is reached and a storage
+    /// device exists).
+    fn storage_events<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let answered = self.heartbeats_answered;
+        if sim.vmbus.storage.is_empty() {
+            return;
+        }
+        if let Some((after, bytes)) = self.script.storage_hot_add {
+            if !self.storage_added && answered >= after {
+                self.storage_added = true;
+                let disk = crate::disk::MemoryDisk::new(512, bytes / 512);
+                match sim.storage_hot_add(alloc::boxed::Box::new(disk)) {
+                    Some(lun) => report.push(format!(
+                        "host: storage LUN {lun} hot-added ({} KiB); ENUMERATE_BUS follows",
+                        bytes / 1024
+                    )),
+                    None => report.push(String::from("host: storage hot add: no free LUN")),
+                }
+            }
+        }
+        if let Some(after) = self.script.storage_remove_after_heartbeats {
+            if !self.storage_removed && answered >= after {
+                self.storage_removed = true;
+                match sim.storage_luns().last().copied() {
+                    Some(lun) if sim.storage_hot_remove(lun) => report.push(format!(
+                        "host: storage LUN {lun} hot-removed; ENUMERATE_BUS follows"
+                    )),
+                    _ => report.push(String::from("host: storage hot remove: no LUN")),
+                }
+            }
+        }
+        while let Some(&(after, fault)) = self.script.storage_faults.get(self.storage_faults_armed)
+        {
+            if answered < after || !sim.storage_inject(fault) {
+                break;
+            }
+            self.storage_faults_armed += 1;
+            report.push(format!("host: storage fault armed: {fault:?}"));
+        }
+        if let Some(after) = self.script.storage_rescind_after_heartbeats {
+            if !self.storage_rescinded && answered >= after {
+                if let Some(relid) = sim.storage_relid() {
+                    self.storage_rescinded = true;
+                    let in_flight = sim.storage_pending();
+                    storage_report(sim, report);
+                    if sim.rescind(relid) {
+                        report.push(format!(
+                            "host: storage relid {relid} rescinded with {in_flight} completions held"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each storage controller's totals, one line each.
+pub fn storage_report<M: GuestMemory>(sim: &Simulator<M>, report: &mut Vec<String>) {
+    for (instance, controller) in &sim.vmbus.storage {
+        report.push(format!("host: storage {instance}: {}", controller.report()));
+    }
+}
+
 /// How a script device is named in the report.
 fn describe(device: ScriptDevice, class: uuid::Uuid) -> String {
     match device {
@@ -777,7 +913,8 @@ mod tests {
         assert_eq!(config.devices[0].kind, DeviceKind::Kvp);
         assert_eq!(config.devices[0].class, vmbus_protocol::guid::class::KVP);
         assert_eq!(config.devices[0].instance, instance(1));
-        assert_eq!(config.devices[1].kind, DeviceKind::Generic);
+        // The storvsc class is served by the storage host.
+        assert_eq!(config.devices[1].kind, DeviceKind::Storage);
         assert_eq!(
             config.devices[1].class.to_string(),
             "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"
@@ -787,6 +924,40 @@ mod tests {
             "48565349-4d00-0000-0000-000000000002"
         );
         assert!(!config.devices[1].message_pipe);
+    }
+
+    #[test]
+    fn the_scenarios_storage_reaches_the_controller() {
+        let scenario = crate::scenario::parse_file(
+            "x.hvsim",
+            "devices = [\"heartbeat\", \"storage\"]\nstorage_version = \"5.1\"\n\
+             storage_max_sub_channels = 2\nstorage_max_transfer_kib = 512\n\
+             storage_memory_disks_kib = [64, 128]\nstorage_faults = [[0, \"short\"]]\n",
+        )
+        .unwrap();
+        let script = Script::from_scenario(&scenario).unwrap();
+        let config = script.server_config();
+        assert_eq!(config.storage.newest_version, 0x0501);
+        assert_eq!(config.storage.max_sub_channels, 2);
+        assert_eq!(config.storage.max_transfer_bytes, 512 * 1024);
+        assert_eq!(script.storage_faults, [(0, StorageFault::Short)]);
+        let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);
+        let mut sim = Simulator::new(RegionMemory::new(&[region]).unwrap(), config);
+        let lines = script.attach_memory_disks(&mut sim);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(sim.storage_luns(), [0, 1]);
+        let controller = sim.vmbus.storage.values().next().unwrap();
+        assert_eq!(controller.lun(1).unwrap().disk.block_count(), 256);
+        assert!(sim.storage_relid().is_some());
+        // Hot add takes the next LUN; the IDE class is a one-disk controller.
+        assert_eq!(
+            sim.storage_hot_add(alloc::boxed::Box::new(crate::disk::MemoryDisk::new(512, 8))),
+            Some(2)
+        );
+        assert!(sim.storage_hot_remove(2));
+        let mut report = Vec::new();
+        storage_report(&sim, &mut report);
+        assert!(report[0].contains("2 LUNs"), "{report:?}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! integration-component hosts) as one machine, with the operator API
 //! tests use to drive it and the fault-injection entry points.
 
+use crate::channel::scsi_target::BoxedDisk;
+use crate::channel::storage::{StorageController, StorageFault};
 use crate::channel::{ChannelEndpoint, Heartbeat, KvpResponse, PacketFault};
 use crate::host::Host;
 use crate::synic::Exception;
@@ -226,6 +228,86 @@ impl<M: GuestMemory> Simulator<M> {
     pub fn inject_unknown_completion(&mut self, relid: u32) -> bool {
         self.with_channel(relid, |e, m| e.inject_unknown_completion(m), |s| *s)
             .is_some()
+    }
+
+    // ---- the storage host (the first storage device) ----
+
+    fn storage(&mut self) -> Option<&mut StorageController> {
+        let (instance, _) = self.vmbus.storage_primary()?;
+        self.vmbus.storage.get_mut(&instance)
+    }
+
+    /// The first storage device's primary relid (offered or open).
+    pub fn storage_relid(&self) -> Option<u32> {
+        self.vmbus.storage_primary()?.1
+    }
+
+    pub fn storage_luns(&self) -> Vec<u8> {
+        self.vmbus
+            .storage
+            .values()
+            .next()
+            .map(StorageController::luns)
+            .unwrap_or_default()
+    }
+
+    fn free_lun(&mut self) -> Option<u8> {
+        let controller = self.storage()?;
+        let limit = if controller.config.ide { 1 } else { 64 };
+        (0..limit).find(|lun| controller.lun(*lun).is_none())
+    }
+
+    /// A disk present from the start, as the next free LUN.
+    pub fn storage_attach(&mut self, disk: BoxedDisk) -> Option<u8> {
+        let lun = self.free_lun()?;
+        self.storage()?.attach(lun, disk).then_some(lun)
+    }
+
+    /// Hot add as the next free LUN (unit attentions, ENUMERATE_BUS).
+    pub fn storage_hot_add(&mut self, disk: BoxedDisk) -> Option<u8> {
+        let lun = self.free_lun()?;
+        self.storage()?.hot_add(lun, disk).then_some(lun)
+    }
+
+    pub fn storage_hot_remove(&mut self, lun: u8) -> bool {
+        self.storage()
+            .is_some_and(|controller| controller.hot_remove(lun).is_some())
+    }
+
+    /// Arms a fault for the next I/O requests.
+    pub fn storage_inject(&mut self, fault: StorageFault) -> bool {
+        self.storage()
+            .map(|controller| controller.inject(fault))
+            .is_some()
+    }
+
+    /// Completions held back (delay fault) now.
+    pub fn storage_pending(&self) -> usize {
+        self.vmbus
+            .storage
+            .values()
+            .next()
+            .map_or(0, StorageController::pending_completions)
+    }
+
+    /// Sends ENUMERATE_BUS or REMOVE_DEVICE on the primary now (the guest
+    /// rescans). False if the channel is not open or not initialized.
+    pub fn storage_notify(&mut self, operation: u32) -> bool {
+        let Some(relid) = self.storage_relid() else {
+            return false;
+        };
+        let memory = &self.host.memory;
+        let Some((controller, endpoint)) = self.vmbus.storage_channel(relid) else {
+            return false;
+        };
+        if controller.version().is_none() {
+            return false;
+        }
+        if controller.send_enumerate(endpoint, memory, operation) {
+            let sint = self.vmbus.message_sint_for_signals();
+            self.host.signal_guest(sint, relid as u16);
+        }
+        true
     }
 
     pub fn instance_relid(&self, instance: Uuid) -> Option<u32> {

@@ -9,9 +9,14 @@
 //! and Unload); `--time-interval-ms` sends a time sample periodically, as
 //! Hyper-V does. `--script FILE` runs a scenario (`hvsim::scenario`, the
 //! same TOML file the seL4 image's host embeds) and prints what it does,
-//! as the seL4 host prints it on the console.
+//! as the seL4 host prints it on the console. `--disk PATH[,ro]`
+//! (repeatable) gives the first storage device a file as its next LUN
+//! (LUN 0, 1, ...; a storage device is added if none is configured);
+//! `--storage-version` and `--storage-sub-channels` set up its protocol.
 
+use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
+use hvsim::file_disk::FileDisk;
 use hvsim::scenario::parse_device as device_name;
 use hvsim::script::{Script, ScriptDevice, ScriptRunner};
 use hvsim::sim::Simulator;
@@ -28,7 +33,8 @@ use vmbus_protocol::ProtocolVersion;
 const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
 [--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
-[--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE]";
+[--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE] [--disk PATH[,ro]]... \
+[--storage-version MAJOR.MINOR] [--storage-sub-channels N]";
 
 fn fail(message: &str) -> ! {
     eprintln!("hvsim: {message}\n{USAGE}");
@@ -76,6 +82,8 @@ struct Options {
     heartbeat_interval_ns: u64,
     /// The scenario (`--script FILE`).
     script: Option<Script>,
+    /// `--disk` files, opened, for LUN 0, 1, ... of the first storage device.
+    disks: Vec<(String, FileDisk)>,
 }
 
 /// The scenario in `path`, or exit naming the file, line and column of
@@ -121,6 +129,28 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
             "--time-interval-ms" => options.time_interval_ns = millis(value()),
             "--heartbeat-interval-ms" => options.heartbeat_interval_ns = millis(value()),
             "--script" => options.script = Some(read_scenario(&value())),
+            "--disk" => {
+                let spec = value();
+                let disk = FileDisk::open_spec(&spec)
+                    .unwrap_or_else(|e| fail(&format!("cannot open disk {spec}: {e}")));
+                options.disks.push((spec, disk));
+            }
+            "--storage-version" => {
+                config.storage.newest_version = hvsim::scenario::parse_storage_version(&value())
+                    .unwrap_or_else(|| {
+                        fail(&format!(
+                            "storage versions: {}",
+                            hvsim::scenario::STORAGE_VERSIONS.join(", ")
+                        ))
+                    })
+            }
+            "--storage-sub-channels" => {
+                config.storage.max_sub_channels = value()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n <= 8)
+                    .unwrap_or_else(|| fail("sub-channels: 0 to 8"))
+            }
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
@@ -130,6 +160,8 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
         config.devices = scripted.devices;
         config.min_version = scripted.min_version;
         config.max_version = scripted.max_version;
+        config.storage = scripted.storage;
+        add_storage_for_disks(&mut config, &options);
         return (
             socket.unwrap_or_else(|| fail("--socket is required")),
             config,
@@ -142,11 +174,21 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
         .enumerate()
         .map(|(index, name)| device(name, index as u128 + 1))
         .collect();
+    add_storage_for_disks(&mut config, &options);
     (
         socket.unwrap_or_else(|| fail("--socket is required")),
         config,
         options,
     )
+}
+
+/// `--disk` without a storage device among the devices: one is added.
+fn add_storage_for_disks(config: &mut ServerConfig, options: &Options) {
+    if options.disks.is_empty() || config.devices.iter().any(|d| d.kind == DeviceKind::Storage) {
+        return;
+    }
+    let index = config.devices.len() as u128 + 1;
+    config.devices.push(device("storage", index));
 }
 
 /// Windows file time (100 ns units since 1601) of now.
@@ -424,12 +466,63 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
                 .collect::<Vec<_>>()
         ),
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
+        // The storage host (the first storage device).
+        ["storage-report"] => {
+            let mut lines = Vec::new();
+            hvsim::script::storage_report(sim, &mut lines);
+            if lines.is_empty() {
+                "no storage device".into()
+            } else {
+                lines.join("\n")
+            }
+        }
+        ["storage-luns"] => format!("{:?}", sim.storage_luns()),
+        ["storage-add-lun", spec] => {
+            let disk: Option<hvsim::channel::scsi_target::BoxedDisk> =
+                match spec.strip_prefix("memory:").map(str::parse::<u64>) {
+                    Some(Ok(kib)) if kib > 0 && kib <= 64 << 10 => Some(Box::new(
+                        hvsim::disk::MemoryDisk::new(512, kib * 2),
+                    )),
+                    Some(_) => None,
+                    None => FileDisk::open_spec(spec)
+                        .ok()
+                        .map(|disk| Box::new(disk) as hvsim::channel::scsi_target::BoxedDisk),
+                };
+            match disk.and_then(|disk| sim.storage_hot_add(disk)) {
+                Some(lun) => format!("lun {lun}"),
+                None => "bad disk (PATH[,ro] | memory:KIB) or no storage device or free LUN".into(),
+            }
+        }
+        ["storage-remove-lun", lun] => match lun.parse() {
+            Ok(lun) => format!("{}", sim.storage_hot_remove(lun)),
+            Err(_) => "bad lun".into(),
+        },
+        ["storage-rescind"] => match sim.storage_relid() {
+            Some(relid) => format!(
+                "{} ({} completions held)",
+                sim.rescind(relid),
+                sim.storage_pending()
+            ),
+            None => "no storage device".into(),
+        },
+        ["storage-enumerate"] => format!(
+            "{}",
+            sim.storage_notify(vmbus_protocol::storage::operation::ENUMERATE_BUS)
+        ),
+        ["storage-remove-device"] => format!(
+            "{}",
+            sim.storage_notify(vmbus_protocol::storage::operation::REMOVE_DEVICE)
+        ),
+        ["storage-fault", fault @ ..] => match StorageFault::parse(fault) {
+            Some(fault) => format!("{}", sim.storage_inject(fault)),
+            None => format!("faults: {}", StorageFault::USAGE),
+        },
         ["gpadls"] => format!(
             "{} gpadls {} bytes",
             sim.vmbus.gpadl_count(),
             sim.vmbus.gpadl_bytes()
         ),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT".into(),
     }
 }
 
@@ -452,8 +545,21 @@ pub fn main() {
         connection.hello.memory_path.display()
     );
     let script = options.script.clone().map(ScriptRunner::new);
+    let mut sim = Simulator::new(memory, config);
+    let mut options = options;
+    for (spec, disk) in options.disks.drain(..) {
+        match sim.storage_attach(Box::new(disk)) {
+            Some(lun) => eprintln!("hvsim: storage LUN {lun}: {spec}"),
+            None => fail(&format!("no storage LUN for {spec}")),
+        }
+    }
+    if let Some(script) = &options.script {
+        for line in script.attach_memory_disks(&mut sim) {
+            eprintln!("{line}");
+        }
+    }
     let machine = Arc::new(Mutex::new(Machine {
-        sim: Simulator::new(memory, config),
+        sim,
         script,
         options,
         now_ns: 0,

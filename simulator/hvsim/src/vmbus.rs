@@ -20,6 +20,7 @@
 //! reply), never trusted. Replies can be delayed and a rescind can be
 //! injected at any step of a channel's life (see [`Faults`]).
 
+use crate::channel::storage::{StorageConfig, StorageController};
 use crate::channel::{ChannelEndpoint, ChannelEvent};
 use crate::host::{Host, PortKind};
 use alloc::boxed::Box;
@@ -92,11 +93,18 @@ pub enum DeviceKind {
     /// in each send shape and streams in-band and transfer-page packets
     /// back (`channel/datapath.rs`).
     DataPathTest,
+    /// A synthetic SCSI controller or IDE-accelerator channel (storvsp's
+    /// protocol, `channel/storage.rs`): the device's
+    /// `StorageController` serves its LUNs from `hvsim::disk::Disk`s.
+    Storage,
 }
 
 impl DeviceKind {
     pub fn is_ic(self) -> bool {
-        !matches!(self, DeviceKind::Generic | DeviceKind::DataPathTest)
+        !matches!(
+            self,
+            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage
+        )
     }
 }
 
@@ -123,13 +131,14 @@ impl DeviceConfig {
             DeviceKind::Kvp => class::KVP,
             DeviceKind::Generic => Uuid::nil(),
             DeviceKind::DataPathTest => vmbus_protocol::datapath_test::CLASS,
+            DeviceKind::Storage => class::SCSI,
         };
         DeviceConfig {
             class,
             instance,
             kind,
             monitored: false,
-            message_pipe: true,
+            message_pipe: kind.is_ic(),
         }
     }
 }
@@ -159,6 +168,9 @@ pub struct ServerConfig {
     /// Interrupts still reach the one simulated synic whatever the target.
     pub vp_count: u32,
     pub devices: Vec<DeviceConfig>,
+    /// How the storage devices' controllers are set up (versions,
+    /// sub-channels, transfer size); IDE-class devices get `ide` set.
+    pub storage: StorageConfig,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +186,7 @@ impl Default for ServerConfig {
             shared_interrupt: Vec::new(),
             monitor_latency: 100,
             devices: Vec::new(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -315,6 +328,9 @@ pub struct Server {
     delayed: VecDeque<Delayed>,
     now_ns: u64,
     next_relid: u32,
+    /// The storage devices' controllers by instance (one for a primary
+    /// and its sub-channels; they outlive a rescind, as the disks do).
+    pub storage: BTreeMap<Uuid, StorageController>,
 }
 
 /// Event connection IDs: one per channel, above the control IDs.
@@ -340,6 +356,7 @@ impl Server {
             delayed: VecDeque::new(),
             now_ns: 0,
             next_relid: 1,
+            storage: BTreeMap::new(),
         }
     }
 
@@ -395,6 +412,33 @@ impl Server {
 
     pub fn endpoint_mut(&mut self, relid: u32) -> Option<&mut ChannelEndpoint> {
         self.channels.get_mut(&relid)?.endpoint.as_mut()
+    }
+
+    /// The first storage device (lowest instance) with a controller: its
+    /// instance and the relid of its primary channel if it is offered
+    /// (not rescinded).
+    pub fn storage_primary(&self) -> Option<(Uuid, Option<u32>)> {
+        let instance = *self.storage.keys().next()?;
+        let relid = self
+            .channels
+            .values()
+            .find(|c| {
+                c.device.instance == instance
+                    && c.sub_channel_index == 0
+                    && c.state != ChannelState::Rescinded
+            })
+            .map(|c| c.relid);
+        Some((instance, relid))
+    }
+
+    /// A storage channel's endpoint with its device's controller.
+    pub fn storage_channel(
+        &mut self,
+        relid: u32,
+    ) -> Option<(&mut StorageController, &mut ChannelEndpoint)> {
+        let channel = self.channels.get_mut(&relid)?;
+        let controller = self.storage.get_mut(&channel.device.instance)?;
+        Some((controller, channel.endpoint.as_mut()?))
     }
 
     /// Relids of open channels.
@@ -462,6 +506,15 @@ impl Server {
     }
 
     fn create_channel(&mut self, device: DeviceConfig) -> u32 {
+        if device.kind == DeviceKind::Storage {
+            let config = StorageConfig {
+                ide: device.class == vmbus_protocol::guid::class::IDE,
+                ..self.config.storage
+            };
+            self.storage
+                .entry(device.instance)
+                .or_insert_with(|| StorageController::new(config));
+        }
         let relid = self.allocate_relid();
         let monitor_id = if device.monitored {
             self.allocate_monitor_id()
@@ -679,6 +732,10 @@ impl Server {
         }
         channel.state = ChannelState::Rescinded;
         channel.endpoint = None;
+        if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
+            // Requests in flight on it are never completed.
+            controller.forget_channel(relid);
+        }
         host.close_port(channel.connection_id);
         let offered = channel.offered;
         for gpadl in self.gpadls.values_mut().filter(|g| g.relid == relid) {
@@ -804,7 +861,25 @@ impl Server {
                     .map(|(id, g)| (*id, g.pages.as_slice())),
             );
             let event = endpoint.step(&host.memory, signals, now_ns);
-            if event == ChannelEvent::SignalGuest {
+            let mut signal = event == ChannelEvent::SignalGuest;
+            if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
+                let packets = core::mem::take(&mut endpoint.storage_inbox);
+                if controller.serve(
+                    endpoint,
+                    &host.memory,
+                    relid,
+                    primary.is_none(),
+                    packets,
+                    now_ns,
+                ) {
+                    endpoint.stats.signals_to_guest += 1;
+                    signal = true;
+                }
+                if let Some(count) = controller.sub_channels_requested.take() {
+                    sub_channel_requests.push((relid, count));
+                }
+            }
+            if signal {
                 host.signal_guest(sint, relid as u16);
             }
             if let Some(count) = endpoint.datapath.sub_channels_requested.take() {
@@ -816,7 +891,11 @@ impl Server {
             let taken = self.sub_channels(relid).len() as u16;
             let count = count.min(MAX_DEVICE_SUB_CHANNELS.saturating_sub(taken));
             if count > 0 && self.primary_of(relid).is_none() {
-                self.offer_sub_channels(host, relid, count);
+                let offered = self.offer_sub_channels(host, relid, count).len() as u64;
+                let instance = self.channels.get(&relid).map(|c| c.device.instance);
+                if let Some(controller) = instance.and_then(|i| self.storage.get_mut(&i)) {
+                    controller.stats.sub_channels_offered += offered;
+                }
             }
         }
         self.stray_monitor_bits(host);
@@ -1342,6 +1421,12 @@ impl Server {
             self.now_ns,
         );
         channel.endpoint = Some(endpoint);
+        if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
+            controller.forget_channel(relid);
+            if channel.sub_channel_index == 0 {
+                controller.reset_protocol();
+            }
+        }
         host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
         self.write_monitor_parameters(host, relid);
         self.open_result(host, relid, open_id, 0);
@@ -1408,6 +1493,12 @@ impl Server {
         if let Some(endpoint) = channel.endpoint.take() {
             if let Some(gpadl) = self.gpadls.get_mut(&endpoint.ring_gpadl) {
                 gpadl.in_use = false;
+            }
+        }
+        if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
+            controller.forget_channel(relid);
+            if channel.sub_channel_index == 0 {
+                controller.reset_protocol();
             }
         }
         if channel.state == ChannelState::Open {

@@ -10,6 +10,10 @@
 //!   guest's GPADL lifetime table.
 //! - [`ic`]: integration-component framing and version negotiation.
 //! - [`guid`]: GUIDs in their mixed-endian wire form and the class GUIDs.
+//! - [`storage`]: the synthetic storage (storvsc/storvsp) vstor packets,
+//!   versions, properties, SCSI request and SRB status.
+//! - [`scsi`]: the SCSI commands, data pages and sense data a synthetic
+//!   disk speaks.
 //!
 //! Trusts nothing it parses: every parser takes bytes already copied into
 //! private memory, checks sizes, counts and versions, and returns an error
@@ -26,6 +30,8 @@ pub mod guid;
 pub mod ic;
 pub mod messages;
 pub mod packet;
+pub mod scsi;
+pub mod storage;
 pub mod version;
 
 pub use guid::WireGuid;
