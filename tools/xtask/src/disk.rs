@@ -13,7 +13,8 @@
 //!   a fresh demo image (hvsim identifies the disk and reads block 0), and
 //!   with a scratch image (hvsim writes, flushes and reads back 4 MiB and
 //!   prints the PIO throughput; after QEMU powered off, the image file
-//!   must hold what was written: writes persist).
+//!   must hold what was written: writes persist), and with a demo image
+//!   and a scenario with a storage device (the disk is its LUN 0).
 //!
 //! QEMU writes the raw file itself (`format=raw`, no snapshot), so every
 //! write the guest flushed is in the file after power-off.
@@ -172,6 +173,8 @@ fn scratch_blocks_wrong(path: &Path) -> Result<u64> {
 pub struct DiskBootTest {
     pub name: &'static str,
     make: fn(&Path) -> Result,
+    /// The simulated host's scenario (`None`: the default bring-up run).
+    host_script: Option<&'static str>,
     expect: &'static str,
     after: Option<fn(&Path) -> Result>,
 }
@@ -194,20 +197,29 @@ pub const BOOT_TESTS: &[DiskBootTest] = &[
     DiskBootTest {
         name: "demo",
         make: make_demo_image,
+        host_script: None,
         expect: "tests/systems/disk-demo.expect",
         after: None,
     },
     DiskBootTest {
         name: "scratch",
         make: make_scratch_image,
+        host_script: None,
         expect: "tests/systems/disk-scratch.expect",
         after: Some(scratch_persisted),
+    },
+    DiskBootTest {
+        name: "storage",
+        make: make_demo_image,
+        host_script: Some("tests/systems/disk-storage.hvsim"),
+        expect: "tests/systems/disk-storage.expect",
+        after: None,
     },
 ];
 
 /// Boot the VMBus system (`system.toml`) with the test's disk.
 pub fn boot_test_one(test: &DiskBootTest) -> Result {
-    let spec = ImageSpec::new("system.toml", None);
+    let spec = ImageSpec::new("system.toml", test.host_script);
     let path = disks_dir().join(format!("boot-test-{}.img", test.name));
     (test.make)(&path)?;
     let expected = expectations_from(&crate::util::workspace_root().join(test.expect))?;
