@@ -82,8 +82,26 @@ pub fn attach(env: &mut dyn Env) -> Option<IdeDisk> {
     }
 }
 
-/// What block 0 holds: the boot signature, and a FAT volume's type and
-/// label (the image `cargo xtask run` makes is one).
+/// A FAT boot sector's type and label (FAT12/16 keep them at 54 and 43,
+/// FAT32 at 82 and 71).
+fn fat_volume(block: &[u8; 512]) -> Option<(&str, &str)> {
+    let text = |range: core::ops::Range<usize>| {
+        core::str::from_utf8(&block[range])
+            .unwrap_or("?")
+            .trim_end()
+    };
+    if block[54..57] == *b"FAT" {
+        Some((text(54..62), text(43..54)))
+    } else if block[82..87] == *b"FAT32" {
+        Some((text(82..90), text(71..82)))
+    } else {
+        None
+    }
+}
+
+/// What block 0 holds: the boot signature, and a FAT volume or an MBR's
+/// partitions with the first one's FAT volume (the demo disk `cargo xtask
+/// run` makes is an MBR with a FAT16 partition 1).
 fn describe_first_block(env: &mut dyn Env, disk: &mut IdeDisk) {
     let mut block = [0u8; 512];
     if let Err(error) = disk.read(0, &mut block) {
@@ -91,25 +109,41 @@ fn describe_first_block(env: &mut dyn Env, disk: &mut IdeDisk) {
         return;
     }
     let signature = u16::from_be_bytes([block[510], block[511]]);
-    let text = |range: core::ops::Range<usize>| {
-        core::str::from_utf8(&block[range])
-            .unwrap_or("?")
-            .trim_end()
-    };
-    // FAT12/16 keep the type and label at 54 and 43, FAT32 at 82 and 71.
-    let fat = if block[54..57] == *b"FAT" {
-        Some((text(54..62), text(43..54)))
-    } else if block[82..87] == *b"FAT32" {
-        Some((text(82..90), text(71..82)))
-    } else {
-        None
-    };
-    match fat {
-        Some((kind, label)) => println!(
+    if let Some((kind, label)) = fat_volume(&block) {
+        println!(
             env,
             "disk 0: block 0: signature {signature:04x}, {kind} volume {label:?}"
-        ),
-        None => println!(env, "disk 0: block 0: signature {signature:04x}"),
+        );
+        return;
+    }
+    println!(env, "disk 0: block 0: signature {signature:04x}");
+    if signature != 0x55aa {
+        return;
+    }
+    for (index, entry) in block[446..510].chunks_exact(16).enumerate() {
+        let kind = entry[4];
+        let first = u32::from_le_bytes([entry[8], entry[9], entry[10], entry[11]]);
+        let count = u32::from_le_bytes([entry[12], entry[13], entry[14], entry[15]]);
+        if kind == 0 || count == 0 {
+            continue;
+        }
+        let mut boot = [0u8; 512];
+        let volume = match disk.read(u64::from(first), &mut boot) {
+            Ok(()) => fat_volume(&boot),
+            Err(_) => None,
+        };
+        match volume {
+            Some((fs, label)) => println!(
+                env,
+                "disk 0: MBR partition {}: type {kind:#04x}, {count} blocks from {first}, {fs} volume {label:?}",
+                index + 1
+            ),
+            None => println!(
+                env,
+                "disk 0: MBR partition {}: type {kind:#04x}, {count} blocks from {first}",
+                index + 1
+            ),
+        }
     }
 }
 

@@ -33,59 +33,99 @@ pub struct ImageFile<'a> {
     pub contents: &'a [u8],
 }
 
-/// The text of `HELLO.TXT` on the demo disk.
-pub const HELLO_TEXT: &str = "Hello from the disk of the seL4 VMBus system.\n";
-const DEMO_LABEL: &str = "HVSIM DEMO";
-const DEMO_SIZE: u64 = 64 << 20;
+/// A FAT test image.
+pub struct FatImage<'a> {
+    /// The file system's size.
+    pub filesystem_kib: u64,
+    pub label: &'a str,
+    /// 12, 16 or 32; `None` lets mkfs.fat choose by size.
+    pub fat_bits: Option<u8>,
+    /// An MBR disk with the file system as partition 1 (type 0x0E, FAT16
+    /// LBA; 0x0C for FAT32) at [`PARTITION_START`], as fdisk lays it out;
+    /// else the file system alone (a "superfloppy").
+    pub partitioned: bool,
+    pub files: &'a [ImageFile<'a>],
+}
 
-/// Make `path` a raw image of `size` bytes with one FAT file system
-/// labelled `label` holding `files` in its root folder. `fat_bits`: 12, 16
-/// or 32; `None` lets mkfs.fat choose by size.
-pub fn make_fat_image(
-    path: &Path,
-    size: u64,
-    label: &str,
-    fat_bits: Option<u8>,
-    files: &[ImageFile],
-) -> Result {
+/// Where partition 1 starts (blocks of 512): 1 MiB in, as fdisk puts it.
+pub const PARTITION_START: u64 = 2048;
+
+/// The text of `HELLO.TXT` on the demo disk (the storage system's
+/// expectations read it: tests/systems/storage.expect).
+pub const HELLO_TEXT: &str = "Hello from the host's FAT disk.\nSecond line.\n";
+const DEMO_LABEL: &str = "HVSIM DEMO";
+const DEMO_FILESYSTEM_KIB: u64 = 64 << 10;
+
+fn mtools(program: &str) -> Command {
+    let mut command = Command::new(program);
+    // No geometry checks: an image file has none.
+    command.env("MTOOLS_SKIP_CHECK", "1");
+    command
+}
+
+/// Make `path` the raw image `image` describes (replacing the file),
+/// with `mkfs.fat` and `mcopy`.
+pub fn make_fat_image(path: &Path, image: &FatImage) -> Result {
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder)
             .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
     }
-    let _ = std::fs::remove_file(path);
-    let image = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    image
-        .set_len(size)
-        .map_err(|e| format!("cannot size {}: {e}", path.display()))?;
-    drop(image);
+    let filesystem = path.with_extension("fs");
+    let _ = std::fs::remove_file(&filesystem);
     let mut mkfs = Command::new("mkfs.fat");
-    mkfs.arg("-n").arg(label);
-    if let Some(bits) = fat_bits {
+    mkfs.arg("-C").arg("-n").arg(image.label);
+    if let Some(bits) = image.fat_bits {
         mkfs.arg("-F").arg(bits.to_string());
     }
-    run_checked(mkfs.arg(path).stdout(std::process::Stdio::null()))
+    mkfs.arg(&filesystem)
+        .arg(image.filesystem_kib.to_string())
+        .stdout(std::process::Stdio::null());
+    run_checked(&mut mkfs)
         .map_err(|e| format!("{e} (mkfs.fat is in dosfstools: run `cargo xtask setup`)"))?;
     let staging = path.with_extension("files");
     std::fs::create_dir_all(&staging)
         .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let result = files.iter().try_for_each(|file| {
+    let copied = image.files.iter().try_for_each(|file| {
         let local = staging.join(file.name);
         std::fs::write(&local, file.contents)
             .map_err(|e| format!("cannot write {}: {e}", local.display()))?;
         run_checked(
-            Command::new("mcopy")
-                .env("MTOOLS_SKIP_CHECK", "1")
+            mtools("mcopy")
                 .arg("-o")
                 .arg("-i")
-                .arg(path)
+                .arg(&filesystem)
                 .arg(&local)
                 .arg(format!("::{}", file.name)),
         )
         .map_err(|e| format!("{e} (mcopy is in mtools: run `cargo xtask setup`)"))
     });
     let _ = std::fs::remove_dir_all(&staging);
-    result
+    copied?;
+    let bytes = std::fs::read(&filesystem)
+        .map_err(|e| format!("cannot read {}: {e}", filesystem.display()))?;
+    let _ = std::fs::remove_file(&filesystem);
+    let disk = if image.partitioned {
+        let fat32 = bytes.get(82..87) == Some(b"FAT32");
+        with_mbr(&bytes, if fat32 { 0x0C } else { 0x0E })?
+    } else {
+        bytes
+    };
+    std::fs::write(path, disk).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// An MBR disk with `filesystem` as partition 1 of `kind`.
+fn with_mbr(filesystem: &[u8], kind: u8) -> Result<Vec<u8>> {
+    let start = (PARTITION_START * 512) as usize;
+    let blocks = u32::try_from(filesystem.len() / 512).map_err(|_| "file system too large")?;
+    let mut disk = vec![0u8; start + filesystem.len()];
+    let entry = &mut disk[446..462];
+    entry[4] = kind;
+    entry[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&blocks.to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[start..].copy_from_slice(filesystem);
+    Ok(disk)
 }
 
 fn disks_dir() -> PathBuf {
@@ -95,13 +135,16 @@ fn disks_dir() -> PathBuf {
 fn make_demo_image(path: &Path) -> Result {
     make_fat_image(
         path,
-        DEMO_SIZE,
-        DEMO_LABEL,
-        None,
-        &[ImageFile {
-            name: "HELLO.TXT",
-            contents: HELLO_TEXT.as_bytes(),
-        }],
+        &FatImage {
+            filesystem_kib: DEMO_FILESYSTEM_KIB,
+            label: DEMO_LABEL,
+            fat_bits: Some(16),
+            partitioned: true,
+            files: &[ImageFile {
+                name: "HELLO.TXT",
+                contents: HELLO_TEXT.as_bytes(),
+            }],
+        },
     )
 }
 
@@ -111,9 +154,9 @@ pub fn demo_disk() -> Result<PathBuf> {
     if !path.is_file() {
         make_demo_image(&path)?;
         println!(
-            "xtask: made the demo disk {} ({} MiB FAT, HELLO.TXT)",
+            "xtask: made the demo disk {} (MBR, partition 1: {} MiB FAT16 with HELLO.TXT)",
             path.display(),
-            DEMO_SIZE >> 20
+            DEMO_FILESYSTEM_KIB >> 10
         );
     }
     Ok(path)
@@ -248,38 +291,58 @@ mod tests {
             eprintln!("skipped: no dosfstools/mtools (cargo xtask setup)");
             return;
         }
-        let path = std::env::temp_dir().join(format!("xtask-fat-{}.img", std::process::id()));
-        make_fat_image(
-            &path,
-            16 << 20,
-            "TESTDISK",
-            Some(16),
-            &[
-                ImageFile {
-                    name: "A.TXT",
-                    contents: b"first\n",
-                },
-                ImageFile {
-                    name: "B.BIN",
-                    contents: &[7u8; 3000],
-                },
-            ],
-        )
-        .unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
-        assert_eq!(&bytes[43..51], b"TESTDISK");
-        assert_eq!(&bytes[54..59], b"FAT16");
-        let typed = Command::new("mtype")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-i")
-            .arg(&path)
-            .arg("::A.TXT")
-            .output()
-            .unwrap();
-        assert_eq!(typed.stdout, b"first\n");
-        let _ = std::fs::remove_file(&path);
+        let dir = std::env::temp_dir();
+        let files = [
+            ImageFile {
+                name: "A.TXT",
+                contents: b"first\n",
+            },
+            ImageFile {
+                name: "B.BIN",
+                contents: &[7u8; 3000],
+            },
+        ];
+        let typed = |image: String| {
+            let out = mtools("mtype").arg("-i").arg(image).arg("::A.TXT").output();
+            out.unwrap().stdout
+        };
+        for partitioned in [false, true] {
+            let path = dir.join(format!(
+                "xtask-fat-{}-{partitioned}.img",
+                std::process::id()
+            ));
+            let image = FatImage {
+                filesystem_kib: 16 << 10,
+                label: "TESTDISK",
+                fat_bits: Some(16),
+                partitioned,
+                files: &files,
+            };
+            make_fat_image(&path, &image).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let fs_start = if partitioned {
+                let entry = &bytes[446..462];
+                assert_eq!(entry[4], 0x0E);
+                assert_eq!(entry[8..12], 2048u32.to_le_bytes());
+                assert_eq!(entry[12..16], 32768u32.to_le_bytes());
+                assert_eq!(&bytes[510..512], &[0x55, 0xAA]);
+                (PARTITION_START * 512) as usize
+            } else {
+                0
+            };
+            assert_eq!(bytes.len(), fs_start + (16 << 20));
+            let boot = &bytes[fs_start..fs_start + 512];
+            assert_eq!(&boot[510..512], &[0x55, 0xAA]);
+            assert_eq!(&boot[43..51], b"TESTDISK");
+            assert_eq!(&boot[54..59], b"FAT16");
+            let image = if partitioned {
+                format!("{}@@{}", path.display(), fs_start)
+            } else {
+                path.display().to_string()
+            };
+            assert_eq!(typed(image), b"first\n");
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[test]
