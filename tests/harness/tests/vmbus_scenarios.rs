@@ -27,6 +27,8 @@ const SCENARIOS: &[&str] = &[
     "monitored",
     "restart",
     "runtime-offers",
+    // Run by storage.rs: it needs a disk image made for the run.
+    "storage",
     "vmbus-2.4",
     "vmbus-4.0",
 ];

@@ -188,6 +188,7 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
     let _ = writeln!(out, "}}");
 
     generate_driver_tables(&mut out, description, index);
+    generate_block_tables(&mut out, description, index);
     let _ = writeln!(out, "/// Every channel end's name, by channel.");
     let _ = write!(
         out,
@@ -538,6 +539,117 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, notify: Channel({}), caller: super::Caller::{} }},",
                 end_id(index, name),
                 type_of(driver.component)
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
+}
+
+/// The `[[block]]` grants as typed tables: for a component that serves
+/// blocks, `block_clients::CLIENTS` (per grant: the client, LUN,
+/// partition, read-only, its regions and notify channel); for a client,
+/// `block::GRANTS` (its regions and notify channel per grant). The names
+/// were given by the expansion (`blocks.rs`).
+fn generate_block_tables(out: &mut String, description: &Description, index: usize) {
+    let layout = &description.layout;
+    let me = &layout.components[index];
+    let end_id = |name: &str| {
+        me.channels
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.id)
+            .expect("the expansion named this end")
+    };
+    let map_id = |name: &str| {
+        me.maps
+            .iter()
+            .position(|m| m.name == name)
+            .expect("the expansion mapped this region")
+    };
+    let served: Vec<_> = description
+        .contracts
+        .blocks
+        .iter()
+        .filter(|b| b.driver == index)
+        .collect();
+    if !served.is_empty() {
+        let _ = writeln!(
+            out,
+            "/// The block clients this component serves (`[[block]]`), in file order.\n#[allow(dead_code, unused_imports)]\npub mod block_clients {{\n    use component_api::{{Channel, RegionName}};"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct BlockClient {{\n        /// The client component's name (for console lines).\n        pub name: &'static str,\n        pub lun: u8,\n        /// The MBR primary partition (1-4) granted, or `None`: the whole disk.\n        pub partition: Option<u8>,\n        pub read_only: bool,\n        /// The request queue (we consume), mapped read-write.\n        pub requests: RegionName,\n        /// The response queue (we produce), mapped read-write.\n        pub responses: RegionName,\n        /// The device-information page (we write).\n        pub info: RegionName,\n        /// The client's data region, by address only (`Env::region_address`).\n        pub data: RegionName,\n        pub data_bytes: usize,\n        /// Entries per queue, as the description sized them.\n        pub queue: usize,\n        /// Our notify end to the client.\n        pub notify: Channel,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const CLIENTS: &[BlockClient] = &[");
+        for block in served {
+            let client = &layout.components[block.client].name;
+            let regions: Vec<String> = crate::blocks::PARTS
+                .iter()
+                .map(|part| {
+                    format!(
+                        "RegionName({})",
+                        map_id(&crate::blocks::region_name(client, block.index, part))
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "        BlockClient {{ name: {client:?}, lun: {}, partition: {:?}, read_only: {}, requests: {}, responses: {}, info: {}, data: {}, data_bytes: {}, queue: {}, notify: Channel({}) }},",
+                block.lun,
+                block.partition,
+                block.read_only,
+                regions[0],
+                regions[1],
+                regions[2],
+                regions[3],
+                block.data,
+                block.queue,
+                end_id(&crate::blocks::driver_end_name(client, block.index))
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
+    let grants: Vec<_> = description
+        .contracts
+        .blocks
+        .iter()
+        .filter(|b| b.client == index)
+        .collect();
+    if !grants.is_empty() {
+        let _ = writeln!(
+            out,
+            "/// The block devices granted to this component (`[[block]]`), `GRANTS[N]` is grant N (regions `blk<N>_*`).\n#[allow(dead_code, unused_imports)]\npub mod block {{\n    use component_api::{{Channel, RegionName}};"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Grant {{\n        /// The serving component's name.\n        pub driver: &'static str,\n        pub lun: u8,\n        pub partition: Option<u8>,\n        pub read_only: bool,\n        pub requests: RegionName,\n        pub responses: RegionName,\n        pub info: RegionName,\n        /// Read-write, host visible.\n        pub data: RegionName,\n        pub data_bytes: usize,\n        pub queue: usize,\n        /// Our notify end to the driver.\n        pub notify: Channel,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const GRANTS: &[Grant] = &[");
+        for block in grants {
+            let driver = &layout.components[block.driver].name;
+            let regions: Vec<String> = crate::blocks::PARTS
+                .iter()
+                .map(|part| {
+                    format!(
+                        "RegionName({})",
+                        map_id(&crate::blocks::client_map_name(block.index, part))
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "        Grant {{ driver: {driver:?}, lun: {}, partition: {:?}, read_only: {}, requests: {}, responses: {}, info: {}, data: {}, data_bytes: {}, queue: {}, notify: Channel({}) }},",
+                block.lun,
+                block.partition,
+                block.read_only,
+                regions[0],
+                regions[1],
+                regions[2],
+                regions[3],
+                block.data,
+                block.queue,
+                end_id(&crate::blocks::client_end_name(block.index))
             );
         }
         let _ = writeln!(out, "    ];\n}}");

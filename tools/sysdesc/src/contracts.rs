@@ -26,6 +26,23 @@ pub struct Contracts {
     pub drivers: Vec<DriverContract>,
     /// (bus manager, synic) of the `[vmbus]` table.
     pub vmbus: Option<(usize, usize)>,
+    /// The `[[block]]` grants, in file order.
+    pub blocks: Vec<BlockContract>,
+}
+
+/// One block grant (from its `[[block]]` stanza).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockContract {
+    pub driver: usize,
+    pub client: usize,
+    /// The grant's index among its client's grants (its regions are
+    /// `<client>_blk<index>_*`).
+    pub index: usize,
+    pub lun: u8,
+    pub partition: Option<u8>,
+    pub read_only: bool,
+    pub data: u64,
+    pub queue: u32,
 }
 
 /// One VMBus driver (from its `[[driver]]` stanza).

@@ -11,6 +11,7 @@
 //! Trusts: nothing in the file. Writes: nothing but what callers ask for.
 #![forbid(unsafe_code)]
 
+mod blocks;
 mod codegen;
 pub mod contracts;
 mod expand;
@@ -106,6 +107,7 @@ pub fn describe_str(name: &str, text: &str) -> Result<Description, Diagnostics> 
     let source = Source { name, text };
     let mut raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
     let mut errors = expand::expand(&source, &mut raw);
+    errors.extend(blocks::expand_blocks(&source, &mut raw));
     match validate::lower(&source, &raw) {
         Ok(description) if errors.is_empty() => Ok(description),
         Ok(_) => Err(Diagnostics(errors)),

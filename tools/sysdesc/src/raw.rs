@@ -32,6 +32,30 @@ pub struct RawSystem {
     pub vmbus: Option<Spanned<RawVmbus>>,
     #[serde(default)]
     pub driver: Vec<Spanned<RawDriver>>,
+    #[serde(default)]
+    pub block: Vec<Spanned<RawBlock>>,
+}
+
+/// A grant of a disk (or one MBR partition of it) that a block driver
+/// serves to a client, expanded by `expand::expand_blocks` into the
+/// block interface's regions and notifications.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBlock {
+    /// The component that serves the disk (a `[[driver]]`, or a
+    /// `[[component]]` such as a RAM disk).
+    pub driver: Text,
+    /// The component granted the disk.
+    pub client: Text,
+    /// The LUN on the driver's controller.
+    pub lun: Number,
+    /// An MBR primary partition (1-4); absent: the whole disk.
+    pub partition: Option<Number>,
+    pub read_only: Option<Spanned<bool>>,
+    /// Bytes of the client's data region (whole pages).
+    pub data: Number,
+    /// Entries per queue.
+    pub queue: Number,
 }
 
 /// The components every VMBus driver is wired to.

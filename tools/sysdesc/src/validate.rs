@@ -2,7 +2,7 @@
 //! channel ids and virtual addresses assigned. Every problem found is
 //! reported (not only the first), each at the position of the value at fault.
 
-use crate::contracts::{Contracts, DriverContract, ProtocolContract};
+use crate::contracts::{BlockContract, Contracts, DriverContract, ProtocolContract};
 use crate::raw::{RawSystem, Text};
 use crate::{Description, Diagnostic, Source};
 use std::collections::HashMap;
@@ -1039,6 +1039,24 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             })
             .collect(),
         vmbus,
+        blocks: raw
+            .block
+            .iter()
+            .enumerate()
+            .filter_map(|(position, b)| {
+                let b = b.get_ref();
+                Some(BlockContract {
+                    driver: *component_index.get(b.driver.get_ref().as_str())?,
+                    client: *component_index.get(b.client.get_ref().as_str())?,
+                    index: crate::blocks::client_index(&raw.block, position),
+                    lun: *b.lun.get_ref() as u8,
+                    partition: b.partition.as_ref().map(|p| *p.get_ref() as u8),
+                    read_only: b.read_only.as_ref().is_some_and(|r| *r.get_ref()),
+                    data: *b.data.get_ref() as u64,
+                    queue: *b.queue.get_ref() as u32,
+                })
+            })
+            .collect(),
     };
     Ok(Description {
         layout: SystemLayout {

@@ -790,3 +790,171 @@ fn the_summary_says_what_every_component_holds() {
         "{summary}"
     );
 }
+
+const BLOCK_SYSTEM: &str = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+serves = ["synic"]
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+serves = ["bus"]
+
+[[component]]
+name = "files"
+package = "fs-client"
+priority = 100
+
+[[component]]
+name = "logs"
+package = "fs-client"
+priority = 100
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
+name = "storage"
+package = "vsc-storvsc"
+priority = 150
+classes = ["ba6163d9-04a1-4d29-b605-72e2ffb1dc7f"]
+ring_out = 16384
+ring_in = 16384
+
+[[block]]
+driver = "storage"
+client = "files"
+lun = 0
+partition = 1
+data = 1048576
+queue = 32
+
+[[block]]
+driver = "storage"
+client = "logs"
+lun = 0
+partition = 2
+data = 65536
+queue = 200
+
+[[block]]
+driver = "storage"
+client = "files"
+lun = 1
+read_only = true
+data = 4096
+queue = 8
+"#;
+
+#[test]
+fn block_grants_expand_into_queues_info_and_a_data_region_the_driver_holds_by_address() {
+    let description = sysdesc::describe_str("system.toml", BLOCK_SYSTEM).unwrap();
+    let layout = &description.layout;
+    let region = |name: &str| {
+        let index = layout
+            .regions
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no region {name}"));
+        (index, &layout.regions[index])
+    };
+    let component = |name: &str| &layout.components[layout.component_index(name).unwrap()];
+    // Sizes from block_queue: 32 requests of 40 bytes + the header fit a page,
+    // 200 need 8256 bytes (3 pages); 200 responses of 24 bytes need 2 pages.
+    for (name, size, host_visible) in [
+        ("files_blk0_requests", 4096, false),
+        ("files_blk0_responses", 4096, false),
+        ("files_blk0_info", 4096, false),
+        ("files_blk0_data", 1048576, true),
+        ("logs_blk0_requests", 12288, false),
+        ("logs_blk0_responses", 8192, false),
+        ("files_blk1_data", 4096, true),
+    ] {
+        let (_, r) = region(name);
+        assert_eq!((r.size, r.host_visible), (size, host_visible), "{name}");
+    }
+    let (data, _) = region("files_blk0_data");
+    let (requests, _) = region("files_blk0_requests");
+    let files = component("files");
+    let storage = component("storage");
+    let own = files
+        .maps
+        .iter()
+        .find(|m| m.region as usize == data)
+        .unwrap();
+    assert_eq!(own.name, "blk0_data");
+    assert!(own.writable && !own.address_only);
+    let driver_data = storage
+        .maps
+        .iter()
+        .find(|m| m.region as usize == data)
+        .unwrap();
+    assert!(
+        driver_data.address_only,
+        "the driver never maps the client's data"
+    );
+    let driver_queue = storage
+        .maps
+        .iter()
+        .find(|m| m.region as usize == requests)
+        .unwrap();
+    assert!(driver_queue.writable && !driver_queue.address_only);
+    assert_eq!(storage.maps[0].name, "ring_out_control", "rings stay first");
+
+    let driver = sysdesc::generate_ids(&description, "storage").unwrap();
+    let map = |name: &str| storage.maps.iter().position(|m| m.name == name).unwrap();
+    let end = |c: &system_layout::ComponentLayout, name: &str| {
+        c.channels.iter().find(|e| e.name == name).unwrap().id
+    };
+    let expected = format!(
+        "BlockClient {{ name: \"files\", lun: 0, partition: Some(1), read_only: false, requests: RegionName({}), responses: RegionName({}), info: RegionName({}), data: RegionName({}), data_bytes: 1048576, queue: 32, notify: Channel({}) }},",
+        map("files_blk0_requests"),
+        map("files_blk0_responses"),
+        map("files_blk0_info"),
+        map("files_blk0_data"),
+        end(storage, "files_blk0"),
+    );
+    assert!(driver.contains(&expected), "{driver}");
+    assert!(
+        driver.contains("name: \"files\", lun: 1, partition: None, read_only: true"),
+        "{driver}"
+    );
+    assert!(
+        driver.contains("name: \"logs\", lun: 0, partition: Some(2)"),
+        "{driver}"
+    );
+
+    let client = sysdesc::generate_ids(&description, "files").unwrap();
+    let cmap = |name: &str| files.maps.iter().position(|m| m.name == name).unwrap();
+    let expected = format!(
+        "Grant {{ driver: \"storage\", lun: 1, partition: None, read_only: true, requests: RegionName({}), responses: RegionName({}), info: RegionName({}), data: RegionName({}), data_bytes: 4096, queue: 8, notify: Channel({}) }},",
+        cmap("blk1_requests"),
+        cmap("blk1_responses"),
+        cmap("blk1_info"),
+        cmap("blk1_data"),
+        end(files, "blk1"),
+    );
+    assert!(client.contains(&expected), "{client}");
+    assert!(
+        !client.contains("block_clients"),
+        "a client serves no blocks"
+    );
+    let summary = sysdesc::summary(&description);
+    assert!(summary.contains("files_blk0_data"), "{summary}");
+}

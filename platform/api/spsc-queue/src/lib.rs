@@ -103,6 +103,12 @@ impl Producer {
         self.shape.payload_capacity()
     }
 
+    /// Slots free right now (the consumer may free more meanwhile): what a
+    /// server checks before taking on work whose answers must fit.
+    pub fn free(&self) -> Result<u32, QueueError> {
+        Ok(self.shape.capacity - self.used()?)
+    }
+
     fn used(&self) -> Result<u32, QueueError> {
         let head = self.shape.word(HEAD).load(Ordering::Acquire);
         let used = self.tail.wrapping_sub(head);
@@ -264,9 +270,11 @@ mod tests {
             producer.push(&i.to_le_bytes()).unwrap();
         }
         assert_eq!(producer.push(b"x"), Err(QueueError::Full));
+        assert_eq!(producer.free(), Ok(0));
         let mut out = [0u8; 64];
         assert_eq!(consumer.pop(&mut out), Ok(Some(4)));
         assert!(consumer.producer_needs_signal());
+        assert_eq!(producer.free(), Ok(1));
         producer.push(b"x").unwrap();
         assert_eq!(producer.push(b"y"), Err(QueueError::Full));
     }

@@ -1,0 +1,219 @@
+//! The storage system end to end, hosted (tests/systems/storage.toml with
+//! the host scenario storage.hvsim): a disk image made by Linux's FAT
+//! tools (`mkfs.fat`, `mcopy`) as partition 1 of an MBR disk is given to
+//! the simulated host as a file; the storage driver (vsc-storvsc) finds it
+//! and serves the partition to the filesystem client (fs-client), which
+//! lists it, reads HELLO.TXT, writes GUEST.TXT, flushes and reads it back
+//! (storage.expect). After the run, Linux's tools check the image: the
+//! filesystem is clean (`fsck.fat -n`) and `mtype` shows what the guest
+//! wrote.
+#![forbid(unsafe_code)]
+
+use ipc_harness::{expect, workspace_root, Harness};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const HELLO: &str = "Hello from the host's FAT disk.\nSecond line.\n";
+/// fs-client's file and text (components/fs-client).
+const GUEST_FILE: &str = "GUEST.TXT";
+const GUEST_TEXT: &str = "Written by the seL4 guest's fs-client through the block interface.\n";
+/// The partition starts 1 MiB in, as fdisk puts it.
+const PARTITION_START: usize = 2048;
+const BLOCK: usize = 512;
+/// The filesystem: 16 MiB (FAT16).
+const FILESYSTEM_KIB: usize = 16384;
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("`{name}` is missing: `cargo xtask setup` installs dosfstools and mtools");
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("the tool runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("storage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A disk file: an MBR with partition 1 (FAT16 LBA) at 1 MiB holding a
+/// filesystem `mkfs.fat` made, with HELLO.TXT copied in by `mcopy`.
+fn make_disk(scratch: &Scratch) -> PathBuf {
+    let filesystem = scratch.path("fs.img");
+    run(Command::new(tool("mkfs.fat"))
+        .args(["-C", "-F", "16", "-n", "HOSTDISK"])
+        .arg(&filesystem)
+        .arg(FILESYSTEM_KIB.to_string()));
+    let hello = scratch.path("hello.txt");
+    std::fs::write(&hello, HELLO).unwrap();
+    run(Command::new(tool("mcopy"))
+        .arg("-i")
+        .arg(&filesystem)
+        .arg(&hello)
+        .arg("::HELLO.TXT"));
+    let filesystem = std::fs::read(&filesystem).unwrap();
+    let mut disk = vec![0u8; PARTITION_START * BLOCK + filesystem.len()];
+    let entry = &mut disk[446..462];
+    entry[4] = 0x0E;
+    entry[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&((filesystem.len() / BLOCK) as u32).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[PARTITION_START * BLOCK..].copy_from_slice(&filesystem);
+    let path = scratch.path("disk.img");
+    std::fs::write(&path, disk).unwrap();
+    path
+}
+
+/// Partition 1 of the disk file as a file of its own (for the tools).
+fn partition_of(scratch: &Scratch, disk: &Path) -> PathBuf {
+    let bytes = std::fs::read(disk).unwrap();
+    let path = scratch.path("partition.img");
+    std::fs::write(&path, &bytes[PARTITION_START * BLOCK..]).unwrap();
+    path
+}
+
+/// Start the storage system on `disk`.
+fn start(disk: &Path) -> Harness {
+    let root = workspace_root();
+    let script = root
+        .join("tests/systems/storage.hvsim")
+        .display()
+        .to_string();
+    let disk_arg = disk.display().to_string();
+    Harness::builder("tests/systems/storage.toml")
+        .host_args(&["--events", "--script", &script, "--disk", &disk_arg])
+        .start()
+        .expect("the system starts")
+}
+
+/// After the run: the partition is a clean FAT filesystem with the file
+/// the guest wrote and the file it only read unchanged.
+fn check_with_linux_tools(scratch: &Scratch, disk: &Path) {
+    let partition = partition_of(scratch, disk);
+    let fsck = Command::new(tool("fsck.fat"))
+        .arg("-n")
+        .arg(&partition)
+        .output()
+        .expect("fsck.fat runs");
+    assert!(
+        fsck.status.success(),
+        "fsck.fat -n found problems: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let written = run(Command::new(tool("mtype"))
+        .arg("-i")
+        .arg(&partition)
+        .arg(format!("::{GUEST_FILE}")));
+    assert_eq!(written, GUEST_TEXT);
+    let hello = run(Command::new(tool("mtype"))
+        .arg("-i")
+        .arg(&partition)
+        .arg("::HELLO.TXT"));
+    assert_eq!(hello, HELLO, "the file the guest only read is unchanged");
+}
+
+#[test]
+fn the_guest_mounts_reads_and_writes_a_fat_disk_linux_made_and_checks() {
+    let scratch = Scratch::new("e2e");
+    let disk = make_disk(&scratch);
+    let expect_text =
+        std::fs::read_to_string(workspace_root().join("tests/systems/storage.expect")).unwrap();
+    let expected = expect::parse(&expect_text, expect::Backend::Hosted);
+    assert!(!expected.is_empty());
+    {
+        let harness = start(&disk);
+        for group in expect::by_source(&expected) {
+            let mut from = 0;
+            for line in group {
+                from = harness.expect_output(line, from);
+            }
+        }
+        // The host's account: requests went over the sub-channels too,
+        // and the guest broke none of its rules.
+        let report = harness.host("storage-report");
+        println!("host: {report}");
+        let on_sub_channels = number_before(&report, " on sub-channels)");
+        let requests = number_before(&report, " requests (");
+        assert!(
+            on_sub_channels > 0 && on_sub_channels < requests,
+            "requests not spread over the channels: {report}"
+        );
+        assert!(
+            report.contains("rule violations 0, GPA outside memory 0"),
+            "{report}"
+        );
+        // The system stops when the harness goes; the client flushed
+        // before it reported, so the file holds everything.
+    }
+    check_with_linux_tools(&scratch, &disk);
+}
+
+/// The number just before `marker` in `text` (`12 requests (` -> 12).
+fn number_before(text: &str, marker: &str) -> u64 {
+    let end = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"));
+    let start = text[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    text[start..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {marker:?} in {text}"))
+}
+
+/// The driver killed (SIGKILL) twice while the client works: once when
+/// the client has listed the directory (it reads on), once when it has
+/// written its blocks and asked for the FLUSH. Each time `vmbus` restarts
+/// the driver, it initializes again and publishes the grant under a new
+/// generation, the client reissues what it had outstanding, and the run
+/// ends as without the kills, with a clean filesystem holding the write.
+#[test]
+fn the_driver_killed_while_serving_comes_back_and_nothing_is_lost() {
+    let scratch = Scratch::new("kill");
+    let disk = make_disk(&scratch);
+    {
+        let harness = start(&disk);
+        let mut from = harness.expect_output("[files] fs-client: root directory", 0);
+        harness.kill("storage");
+        harness.expect_restarts("storage", 1);
+        from = harness.expect_output("changed blocks written, flushing", from);
+        harness.kill("storage");
+        harness.expect_restarts("storage", 2);
+        from = harness.expect_output("[storage] serving files (generation 3)", from);
+        harness.expect_output("[files] fs-client: done", from);
+    }
+    check_with_linux_tools(&scratch, &disk);
+}
