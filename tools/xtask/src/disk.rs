@@ -9,6 +9,7 @@
 //!   `target/disks/demo.img`, made once (64 MiB FAT16, label `HVSIM DEMO`,
 //!   `HELLO.TXT`) and then kept, so what the system writes to it is still
 //!   there on the next run.
+//! - `cargo xtask disk IMG ...` ([`run`]): the same for a user's image.
 //! - [`BOOT_TESTS`]: the boot tests of the disk path: the VMBus system with
 //!   a fresh demo image (hvsim identifies the disk and reads block 0), and
 //!   with a scratch image (hvsim writes, flushes and reads back 4 MiB and
@@ -126,6 +127,87 @@ fn with_mbr(filesystem: &[u8], kind: u8) -> Result<Vec<u8>> {
     disk[511] = 0xAA;
     disk[start..].copy_from_slice(filesystem);
     Ok(disk)
+}
+
+/// `cargo xtask disk IMG [--size-mib N] [--label LABEL] [--fat 12|16|32]
+/// [--superfloppy] [FILE...]`: make a FAT test image for `--disk`: an MBR
+/// disk with partition 1 (default) or the file system alone, 64 MiB
+/// unless told, holding the files given (by their names, which must be
+/// 8.3 names for the guest's FAT client).
+pub fn run(args: &[String]) -> Result {
+    let mut iter = args.iter();
+    let path = PathBuf::from(iter.next().ok_or(
+        "usage: cargo xtask disk IMG [--size-mib N] [--label LABEL] [--fat 12|16|32] [--superfloppy] [FILE...]",
+    )?);
+    let mut size_mib = DEMO_FILESYSTEM_KIB >> 10;
+    let mut label = String::from("HVSIM DISK");
+    let mut fat_bits = None;
+    let mut partitioned = true;
+    let mut sources = Vec::new();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--size-mib" => {
+                size_mib = iter
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=65536).contains(n))
+                    .ok_or("--size-mib needs 1 to 65536")?;
+            }
+            "--label" => label = iter.next().ok_or("--label needs a label")?.clone(),
+            "--fat" => {
+                fat_bits = Some(
+                    iter.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| [12, 16, 32].contains(n))
+                        .ok_or("--fat needs 12, 16 or 32")?,
+                );
+            }
+            "--superfloppy" => partitioned = false,
+            file => sources.push(PathBuf::from(file)),
+        }
+    }
+    let contents: Vec<(String, Vec<u8>)> = sources
+        .iter()
+        .map(|source| {
+            let name = source
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("{}: no file name", source.display()))?
+                .to_ascii_uppercase();
+            let bytes = std::fs::read(source)
+                .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+            Ok((name, bytes))
+        })
+        .collect::<Result<_>>()?;
+    let files: Vec<ImageFile> = contents
+        .iter()
+        .map(|(name, bytes)| ImageFile {
+            name,
+            contents: bytes,
+        })
+        .collect();
+    make_fat_image(
+        &path,
+        &FatImage {
+            filesystem_kib: size_mib << 10,
+            label: &label,
+            fat_bits,
+            partitioned,
+            files: &files,
+        },
+    )?;
+    println!(
+        "xtask: made {} ({}{} MiB FAT, {} files)",
+        path.display(),
+        if partitioned {
+            "MBR, partition 1: "
+        } else {
+            ""
+        },
+        size_mib,
+        files.len()
+    );
+    Ok(())
 }
 
 fn disks_dir() -> PathBuf {

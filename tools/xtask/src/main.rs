@@ -11,6 +11,8 @@
 //! - `cargo xtask soak [--boots N]`: boot the VMBus system N times (200) and
 //!   count kernel exceptions and failures; QEMU's CPU use while idle
 //! - `cargo xtask hosted` : run the same system as Linux processes
+//! - `cargo xtask disk IMG [--size-mib N] [FILE...]`: make a FAT test disk
+//!   image (MBR, partition 1) for `--disk`
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
@@ -35,7 +37,9 @@ mod util;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <run|test|build|boot-test|soak|hosted|check|fuzz|setup> [args]");
+    eprintln!(
+        "usage: cargo xtask <run|test|build|boot-test|soak|hosted|disk|check|fuzz|setup> [args]"
+    );
     ExitCode::from(2)
 }
 
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
+        "disk" => disk::run(rest),
         _ => return usage(),
     };
     match result {
