@@ -15,14 +15,19 @@
 //!   with a scratch image (hvsim writes, flushes and reads back 4 MiB and
 //!   prints the PIO throughput; after QEMU powered off, the image file
 //!   must hold what was written: writes persist), and with a demo image
-//!   and a scenario with a storage device (the disk is its LUN 0).
+//!   and a scenario with a storage device (the disk is its LUN 0); and the
+//!   storage system (`tests/systems/storage.toml`: storvsc, fs-client) on
+//!   QEMU's disk: the guest's FAT client reads HELLO.TXT and writes
+//!   GUEST.TXT through storvsc, hvsim's storage host and the ATA disk;
+//!   QEMU is stopped at the client's last line (the system does not power
+//!   off) and the image file must hold GUEST.TXT, clean for fsck.fat.
 //!
 //! QEMU writes the raw file itself (`format=raw`, no snapshot), so every
 //! write the guest flushed is in the file after power-off.
 
 use crate::image::{build, ImageSpec};
 use crate::kernel::target_dir;
-use crate::qemu::{boot_once, expectations_from, Echo};
+use crate::qemu::{boot_until, expectations_from, Echo};
 use crate::util::{run_checked, Result};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -293,15 +298,87 @@ fn scratch_blocks_wrong(path: &Path) -> Result<u64> {
     Ok(wrong)
 }
 
+/// The storage system's disk (as its hosted test makes it:
+/// tests/harness/tests/storage.rs): an MBR disk, partition 1 a 16 MiB
+/// FAT16 volume with HELLO.TXT.
+fn make_storage_image(path: &Path) -> Result {
+    make_fat_image(
+        path,
+        &FatImage {
+            filesystem_kib: 16 << 10,
+            label: "HOSTDISK",
+            fat_bits: Some(16),
+            partitioned: true,
+            files: &[ImageFile {
+                name: "HELLO.TXT",
+                contents: HELLO_TEXT.as_bytes(),
+            }],
+        },
+    )
+}
+
+/// What fs-client writes (`fs_client::WRITE_TEXT`, written out again).
+const GUEST_FILE_TEXT: &str =
+    "Written by the seL4 guest's fs-client through the block interface.\n";
+
+/// After the storage system ran on QEMU's disk: the image file's
+/// partition 1 is a clean FAT volume holding GUEST.TXT as the guest wrote
+/// it and HELLO.TXT unchanged (read with mtools and fsck.fat).
+fn guest_file_persisted(path: &Path) -> Result {
+    let image = format!("{}@@{}", path.display(), PARTITION_START * 512);
+    let read = |name: &str| -> Result<String> {
+        let out = mtools("mtype")
+            .arg("-i")
+            .arg(&image)
+            .arg(format!("::{name}"))
+            .output()
+            .map_err(|e| format!("cannot run mtype: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{name} is not in the image file: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let guest = read("GUEST.TXT")?;
+    if guest != GUEST_FILE_TEXT {
+        return Err(format!("GUEST.TXT in the image file holds {guest:?}"));
+    }
+    if read("HELLO.TXT")? != HELLO_TEXT {
+        return Err("HELLO.TXT changed in the image file".into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let partition = path.with_extension("partition");
+    std::fs::write(&partition, &bytes[(PARTITION_START * 512) as usize..])
+        .map_err(|e| format!("cannot write {}: {e}", partition.display()))?;
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&partition).output();
+    let _ = std::fs::remove_file(&partition);
+    let fsck = fsck.map_err(|e| format!("cannot run fsck.fat: {e}"))?;
+    if !fsck.status.success() {
+        return Err(format!(
+            "fsck.fat finds the partition unclean: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        ));
+    }
+    eprintln!("xtask: the image file holds GUEST.TXT as the guest wrote it; fsck.fat: clean");
+    Ok(())
+}
+
 /// A disk boot test: the disk it makes, its expectations, what it checks
 /// in the image afterwards.
 pub struct DiskBootTest {
     pub name: &'static str,
+    /// The description.
+    pub system: &'static str,
     make: fn(&Path) -> Result,
     /// The simulated host's scenario (`None`: the default bring-up run).
     host_script: Option<&'static str>,
     expect: &'static str,
     after: Option<fn(&Path) -> Result>,
+    /// The system powers off by itself (else QEMU is stopped once every
+    /// expected line appeared).
+    powers_off: bool,
 }
 
 fn scratch_persisted(path: &Path) -> Result {
@@ -321,35 +398,51 @@ fn scratch_persisted(path: &Path) -> Result {
 pub const BOOT_TESTS: &[DiskBootTest] = &[
     DiskBootTest {
         name: "demo",
+        system: "system.toml",
         make: make_demo_image,
         host_script: None,
         expect: "tests/systems/disk-demo.expect",
         after: None,
+        powers_off: true,
     },
     DiskBootTest {
         name: "scratch",
+        system: "system.toml",
         make: make_scratch_image,
         host_script: None,
         expect: "tests/systems/disk-scratch.expect",
         after: Some(scratch_persisted),
+        powers_off: true,
     },
     DiskBootTest {
         name: "storage",
+        system: "system.toml",
         make: make_demo_image,
         host_script: Some("tests/systems/disk-storage.hvsim"),
         expect: "tests/systems/disk-storage.expect",
         after: None,
+        powers_off: true,
+    },
+    DiskBootTest {
+        name: "storage system",
+        system: "tests/systems/storage.toml",
+        make: make_storage_image,
+        host_script: Some("tests/systems/storage.hvsim"),
+        expect: "tests/systems/storage.expect",
+        after: Some(guest_file_persisted),
+        powers_off: false,
     },
 ];
 
-/// Boot the VMBus system (`system.toml`) with the test's disk.
+/// Boot the test's system with its disk.
 pub fn boot_test_one(test: &DiskBootTest) -> Result {
-    let spec = ImageSpec::new("system.toml", test.host_script);
-    let path = disks_dir().join(format!("boot-test-{}.img", test.name));
+    let spec = ImageSpec::new(test.system, test.host_script);
+    let path = disks_dir().join(format!("boot-test-{}.img", test.name.replace(' ', "-")));
     (test.make)(&path)?;
     let expected = expectations_from(&crate::util::workspace_root().join(test.expect))?;
     let image = build(&spec)?;
-    let boot = boot_once(&image, Some(&path), Echo::Lines)?;
+    let until = (!test.powers_off).then_some(&expected[..]);
+    let boot = boot_until(&image, Some(&path), Echo::Lines, until)?;
     eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
     boot.verdict(&expected)?;
     if let Some(after) = test.after {

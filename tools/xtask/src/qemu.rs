@@ -219,7 +219,7 @@ pub fn boot_test(args: &[String]) -> Result {
         crate::disk::BOOT_TESTS
     };
     for test in disk_tests {
-        let name = format!("system.toml with the {} disk", test.name);
+        let name = format!("{} with the {} disk", test.system, test.name);
         println!("xtask: boot test of {name}");
         if let Err(error) = crate::disk::boot_test_one(test) {
             eprintln!("xtask: boot test of {name} FAILED: {error}");
@@ -308,6 +308,8 @@ pub struct Boot {
     status: Option<ExitStatus>,
     fatal: Option<String>,
     pub elapsed: Duration,
+    /// QEMU was stopped because every line of `until` appeared.
+    pub until_met: bool,
 }
 
 impl Boot {
@@ -341,6 +343,9 @@ impl Boot {
     pub fn verdict(&self, expected: &[String]) -> Result {
         if let Some(line) = &self.fatal {
             return Err(format!("the run cannot complete: {line:?}"));
+        }
+        if self.until_met {
+            return Ok(());
         }
         let Some(status) = self.status else {
             return Err(format!(
@@ -391,6 +396,18 @@ fn clock_ticks_per_second() -> u64 {
 /// Boot `image` headless until QEMU exits, a fatal line appears or
 /// [`BOOT_TIMEOUT`] passes.
 pub fn boot_once(image: &BootImage, disk: Option<&Path>, echo: Echo) -> Result<Boot> {
+    boot_until(image, disk, echo, None)
+}
+
+/// [`boot_once`], but with `until`: stop QEMU as soon as every line of
+/// `until` appeared (for a system that does not power off by itself);
+/// [`Boot::until_met`] says so.
+pub fn boot_until(
+    image: &BootImage,
+    disk: Option<&Path>,
+    echo: Echo,
+    until: Option<&[String]>,
+) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let started = Instant::now();
     let mut child = qemu_command(image, disk)
@@ -423,6 +440,7 @@ pub fn boot_once(image: &BootImage, disk: Option<&Path>, echo: Echo) -> Result<B
         status: None,
         fatal: None,
         elapsed: Duration::ZERO,
+        until_met: false,
     };
     let take = |boot: &mut Boot, (line, at, cpu): (String, Duration, Option<Duration>)| {
         if echo == Echo::Lines {
@@ -449,6 +467,12 @@ pub fn boot_once(image: &BootImage, disk: Option<&Path>, echo: Echo) -> Result<B
         if started.elapsed() > BOOT_TIMEOUT || boot.fatal.is_some() {
             let _ = child.kill();
             let _ = child.wait();
+            break None;
+        }
+        if until.is_some_and(|lines| expect::check(lines, &boot.lines).is_ok()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            boot.until_met = true;
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
