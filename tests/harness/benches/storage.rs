@@ -179,7 +179,7 @@ impl Bench {
     fn stack(&mut self, test: &Test, ops: u64, seed: u64) -> Sample {
         let slots = (self.disk_blocks / u64::from(test.blocks)) as usize;
         let mut slot_records = vec![Slot::default(); slots];
-        let mut ledger = Ledger::new(&mut slot_records, test.blocks, 1);
+        let (ledger_bps, ledger_run) = (test.blocks, 1);
         let mut latencies = vec![0u64; ops as usize];
         let config = Config {
             pattern: test.pattern,
@@ -197,10 +197,10 @@ impl Bench {
         let started = Instant::now();
         let mut workload = Workload::new(
             &mut self.client,
-            &mut ledger,
+            Ledger::new(&mut slot_records[..], ledger_bps, ledger_run),
             config,
             self.next_seq,
-            &mut latencies,
+            &mut latencies[..],
         )
         .expect("the test fits the grant");
         run_to_end(&mut workload, &mut self.client, &mut self.port, 20 * SECOND)
@@ -270,7 +270,7 @@ impl Bench {
         }
         let slots = (self.disk_blocks / 8) as usize;
         let mut slot_records = vec![Slot::default(); slots];
-        let mut ledger = Ledger::new(&mut slot_records, 8, 2);
+        let (ledger_bps, ledger_run) = (8, 2);
         let config = Config {
             pattern: Pattern::RandomWrite,
             depth: 32,
@@ -282,7 +282,7 @@ impl Bench {
         let generation = self.client.device().map(|d| d.generation);
         let mut workload = Workload::new(
             &mut self.client,
-            &mut ledger,
+            Ledger::new(&mut slot_records[..], ledger_bps, ledger_run),
             config,
             self.next_seq,
             &mut [],

@@ -313,6 +313,11 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// The console lines, in order.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
     fn last_expected_at(&self, expected: &[String]) -> Option<Duration> {
         expect::check(expected, &self.lines)
             .ok()
