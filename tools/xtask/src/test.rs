@@ -17,7 +17,8 @@
 //!    parser crash fails CI,
 //! 6. a smoke run of the storage benchmark (`cargo xtask bench-storage
 //!    --smoke`: a few iterations, so it keeps compiling and running; the
-//!    numbers of a smoke run mean nothing),
+//!    numbers of a smoke run mean nothing) and its guest table in QEMU
+//!    (`--qemu`, about 20 s of QEMU),
 //! 7. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
@@ -112,6 +113,11 @@ pub fn run(args: &[String]) -> Result {
         eprintln!("xtask: {error}");
     }
     results.push(("storage benchmark smoke run", bench.is_ok()));
+    let guest_bench = crate::bench::storage(&["--qemu".into()]);
+    if let Err(error) = &guest_bench {
+        eprintln!("xtask: {error}");
+    }
+    results.push(("storage benchmark in QEMU", guest_bench.is_ok()));
     println!(
         "storage benchmark smoke run: {:.1} s with its build",
         started.elapsed().as_secs_f64()
