@@ -686,6 +686,16 @@ impl Server {
             flags |= OfferFlags::NAMED_PIPE_MODE;
             offer.user_def[..4].copy_from_slice(&PIPE_MODE_MESSAGE.to_le_bytes());
         }
+        if channel.device.kind == DeviceKind::Storage
+            && channel.device.class == vmbus_protocol::guid::class::IDE
+        {
+            // As storvsp: the IDE channel and device (0, 0) for old drivers.
+            let properties = vmbus_protocol::storage::IdeOfferProperties {
+                flags: vmbus_protocol::storage::IDE_OFFER_FLAG_IDE_DEVICE.into(),
+                ..Default::default()
+            };
+            offer.user_def[..24].copy_from_slice(properties.as_bytes());
+        }
         if let Some(monitor_id) = channel.monitor_id {
             flags |= OfferFlags::MONITORED_NOTIFICATION;
             offer.monitor_id = monitor_id;

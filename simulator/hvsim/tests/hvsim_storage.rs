@@ -212,3 +212,44 @@ fn a_guest_initializes_the_controller_gets_sub_channels_and_rescans() {
     assert_eq!(stats.rule_violations, 0);
     h.finish();
 }
+
+/// An IDE-class storage device is offered with storvsp's IDE offer
+/// properties and serves one disk without sub-channels.
+#[test]
+fn an_ide_channel_is_offered_with_its_properties() {
+    let mut config = storage_config();
+    config.devices[0].class = vmbus_protocol::guid::class::IDE;
+    let mut h = start_vmbus("storage-ide", config);
+    let attached = h.with(|sim| {
+        let first = sim.storage_attach(Box::new(MemoryDisk::new(512, 64)));
+        let second = sim.storage_attach(Box::new(MemoryDisk::new(512, 64)));
+        (first, second)
+    });
+    assert_eq!(attached, (Some(0), None), "one disk on an IDE channel");
+    let offers = h.boot();
+    let offer = offers
+        .iter()
+        .find(|o| o.interface_instance.to_uuid() == STORAGE_INSTANCE)
+        .unwrap();
+    let (properties, _) = vstor::IdeOfferProperties::read_from_prefix(&offer.user_def).unwrap();
+    assert_eq!(properties.flags.get(), vstor::IDE_OFFER_FLAG_IDE_DEVICE);
+    let relid = offer.child_relid.get();
+    let mut rings = h.open_channel(relid);
+    call(&mut h, &mut rings, 1, operation::BEGIN_INITIALIZATION, &[]);
+    let asked = ProtocolVersion {
+        major_minor: version::WIN10.into(),
+        revision: 0.into(),
+    };
+    call(
+        &mut h,
+        &mut rings,
+        2,
+        operation::QUERY_PROTOCOL_VERSION,
+        asked.as_bytes(),
+    );
+    let (_, _, _, payload) = call(&mut h, &mut rings, 3, operation::QUERY_PROPERTIES, &[]);
+    let (properties, _) = vstor::ChannelProperties::read_from_prefix(&payload).unwrap();
+    assert_eq!(properties.max_channel_count.get(), 0);
+    assert_eq!(properties.flags.get(), vstor::channel_flags::EMULATED_IDE);
+    h.finish();
+}

@@ -333,6 +333,23 @@ wire! {
     SubChannelCount { count: U16 }
 }
 
+wire! {
+    /// The offer's user-defined bytes of an IDE-accelerator channel (old
+    /// Windows drivers read the IDE channel and device from them; newer
+    /// ones and Linux use the instance GUID).
+    IdeOfferProperties {
+        reserved: U16,
+        path_id: u8,
+        target_id: u8,
+        reserved2: U32,
+        /// [`IDE_OFFER_FLAG_IDE_DEVICE`].
+        flags: U32,
+        reserved3: [U32; 3],
+    }
+}
+
+pub const IDE_OFFER_FLAG_IDE_DEVICE: u32 = 0x2;
+
 /// The payload union's size (the largest member, the SCSI request).
 pub const PAYLOAD_SIZE: usize = SCSI_REQUEST_SIZE;
 pub const HEADER_SIZE: usize = 12;
@@ -516,6 +533,10 @@ mod tests {
         assert_eq!(size_of::<ProtocolVersion>(), 4);
         assert_eq!(size_of::<FcWwnPacket>(), 36);
         assert_eq!(size_of::<SubChannelCount>(), 2);
+        assert_eq!(size_of::<IdeOfferProperties>(), 24);
+        assert_eq!(offset_of!(IdeOfferProperties, path_id), 2);
+        assert_eq!(offset_of!(IdeOfferProperties, target_id), 3);
+        assert_eq!(offset_of!(IdeOfferProperties, flags), 8);
         assert_eq!(MAX_PACKET_SIZE, 64);
         assert_eq!(packet_size(version::WIN10), 64);
         assert_eq!(packet_size(version::WIN8), 64);
