@@ -283,6 +283,9 @@ impl Cache {
 pub struct Layout {
     pub stand_in_table: bool,
     pub capacity: u64,
+    /// Once checked: the grant block of the volume's boot sector and its
+    /// geometry (the blocks the library reads are sanitized by it).
+    pub volume: Option<(u64, crate::volume::Geometry)>,
 }
 
 impl Layout {
@@ -291,6 +294,7 @@ impl Layout {
         Layout {
             stand_in_table: looks_like_fat_boot_sector(block0),
             capacity,
+            volume: None,
         }
     }
 
@@ -354,7 +358,14 @@ impl BlockDevice for Disk<'_> {
             let at = u64::from(start.0) + i as u64;
             match self.layout.grant_block(at) {
                 None => block.contents = self.layout.table(),
-                Some(grant) => cache.read(grant, &mut block.contents)?,
+                Some(grant) => {
+                    cache.read(grant, &mut block.contents)?;
+                    if let Some((start, geometry)) = &self.layout.volume {
+                        if let Some(at) = grant.checked_sub(*start) {
+                            crate::volume::sanitize(geometry, at, &mut block.contents);
+                        }
+                    }
+                }
             }
         }
         Ok(())
