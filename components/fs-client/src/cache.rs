@@ -217,8 +217,8 @@ impl Cache {
         let room = (CACHE_ENTRIES - self.entries.len()) as u64;
         let mut count = 0u32;
         while u64::from(count) < room.min(u64::from(READ_AHEAD))
-            && block + u64::from(count) < self.capacity
-            && !self.contains(block + u64::from(count))
+            && block.saturating_add(u64::from(count)) < self.capacity
+            && !self.contains(block.saturating_add(u64::from(count)))
         {
             count += 1;
         }
@@ -283,6 +283,9 @@ impl Cache {
 pub struct Layout {
     pub stand_in_table: bool,
     pub capacity: u64,
+    /// Once checked: the grant block of the volume's boot sector and its
+    /// geometry (the blocks the library reads are sanitized by it).
+    pub volume: Option<(u64, crate::volume::Geometry)>,
 }
 
 impl Layout {
@@ -291,6 +294,7 @@ impl Layout {
         Layout {
             stand_in_table: looks_like_fat_boot_sector(block0),
             capacity,
+            volume: None,
         }
     }
 
@@ -303,7 +307,8 @@ impl Layout {
     }
 
     fn blocks(&self) -> u64 {
-        self.capacity + u64::from(self.stand_in_table)
+        // The capacity comes from the driver: no overflow on a huge one.
+        self.capacity.saturating_add(u64::from(self.stand_in_table))
     }
 
     fn table(&self) -> [u8; BLOCK] {
@@ -353,7 +358,14 @@ impl BlockDevice for Disk<'_> {
             let at = u64::from(start.0) + i as u64;
             match self.layout.grant_block(at) {
                 None => block.contents = self.layout.table(),
-                Some(grant) => cache.read(grant, &mut block.contents)?,
+                Some(grant) => {
+                    cache.read(grant, &mut block.contents)?;
+                    if let Some((start, geometry)) = &self.layout.volume {
+                        if let Some(at) = grant.checked_sub(*start) {
+                            crate::volume::sanitize(geometry, at, &mut block.contents);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -459,6 +471,12 @@ mod tests {
         assert_eq!(layout.grant_block(0), None);
         assert_eq!(layout.grant_block(1), Some(0));
         assert_eq!(layout.blocks(), 1001);
+        let huge = Layout::from_first_block(&boot, u64::MAX);
+        assert_eq!(
+            huge.blocks(),
+            u64::MAX,
+            "a driver's huge capacity saturates"
+        );
         let table = layout.table();
         assert_eq!(
             block_queue::mbr::partition(&table, 1001, 1).unwrap().blocks,

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod volume;
 
 use block_queue::{BlockClient, Completion, Operation, Status};
 use cache::{Cache, Disk, DiskError, Layout, Load, BLOCK};
@@ -39,6 +40,11 @@ pub const WRITE_FILE: &str = "GUEST.TXT";
 pub const WRITE_TEXT: &str = "Written by the seL4 guest's fs-client through the block interface.\n";
 /// The last line of a successful run.
 pub const DONE_LINE: &str = "fs-client: done";
+/// The power-off code of a failed run. The client powers the system off
+/// at the end of its run (0 when done) only where the description lets it
+/// (`power_off = true`, the RAM-disk boot test); elsewhere the runtimes
+/// ignore the request and the system goes on.
+pub const FAILED_CODE: u8 = 3;
 /// Requests kept outstanding at most.
 pub const OUTSTANDING: usize = 32;
 /// Root-directory entries listed at most.
@@ -112,6 +118,8 @@ pub struct Listing {
 enum Outcome {
     Nothing,
     Probed(Layout),
+    /// The disk fails the checks made before the FAT library sees it.
+    Refused(&'static str),
     Listed(Listing),
     Read(FileSummary),
     NotOnDisk,
@@ -149,6 +157,7 @@ impl FsClient {
     fn fail(&mut self, env: &mut dyn Env, what: core::fmt::Arguments<'_>) {
         println!(env, "fs-client: failed: {what}");
         self.step = Step::Failed;
+        env.power_off(FAILED_CODE);
     }
 
     fn submit(&mut self, operation: Operation, purpose: Purpose) -> bool {
@@ -260,14 +269,48 @@ impl FsClient {
 
     /// The attempt's work, with no output: an attempt may run many times.
     fn attempt_step(&self) -> Result<Outcome, FsError> {
+        if matches!(self.step, Step::Read | Step::Write | Step::Verify) {
+            if let Some(why) = self.chain_problem()? {
+                return Ok(Outcome::Refused(why));
+            }
+        }
         match self.step {
             Step::Probe => {
+                let cache = self.cache.borrow();
+                let capacity = self.layout.capacity;
                 let mut block0 = [0u8; BLOCK];
-                self.cache.borrow().read(0, &mut block0)?;
-                Ok(Outcome::Probed(Layout::from_first_block(
-                    &block0,
-                    self.layout.capacity,
-                )))
+                cache.read(0, &mut block0)?;
+                let mut layout = Layout::from_first_block(&block0, capacity);
+                if layout.stand_in_table {
+                    return match volume::check_boot_sector(&block0, capacity) {
+                        Ok(geometry) => {
+                            layout.volume = Some((0, geometry));
+                            Ok(Outcome::Probed(layout))
+                        }
+                        Err(why) => Ok(Outcome::Refused(why)),
+                    };
+                }
+                // The library mounts partition 1 of the table.
+                let partition = match block_queue::mbr::partition(&block0, capacity, 1) {
+                    Ok(partition) => partition,
+                    Err(_) => return Ok(Outcome::Refused(
+                        "neither a FAT boot sector nor a valid partition table with partition 1",
+                    )),
+                };
+                if !matches!(partition.kind, 0x04 | 0x06 | 0x0B | 0x0C | 0x0E) {
+                    return Ok(Outcome::Refused(
+                        "partition 1 is not a FAT16 or FAT32 partition",
+                    ));
+                }
+                let mut boot = [0u8; BLOCK];
+                cache.read(partition.first_block, &mut boot)?;
+                match volume::check_boot_sector(&boot, partition.blocks) {
+                    Ok(geometry) => {
+                        layout.volume = Some((partition.first_block, geometry));
+                        Ok(Outcome::Probed(layout))
+                    }
+                    Err(why) => Ok(Outcome::Refused(why)),
+                }
             }
             Step::List => self.list().map(Outcome::Listed),
             Step::Read => match self.read_file(READ_FILE) {
@@ -296,6 +339,9 @@ impl FsClient {
                     }
                 );
                 self.step = Step::List;
+            }
+            Outcome::Refused(why) => {
+                self.fail(env, format_args!("the disk is refused: {why}"));
             }
             Outcome::Listed(listing) => {
                 println!(
@@ -338,6 +384,7 @@ impl FsClient {
                 );
                 self.step = Step::Done;
                 println!(env, "{DONE_LINE}");
+                env.power_off(0);
             }
             Outcome::ReadBack(file) => self.fail(
                 env,
@@ -347,6 +394,26 @@ impl FsClient {
                 ),
             ),
         }
+    }
+
+    /// A corrupt chain of the file the current step reads or rewrites.
+    fn chain_problem(&self) -> Result<Option<volume::Refusal>, FsError> {
+        let Some((start, geometry)) = self.layout.volume else {
+            return Ok(None);
+        };
+        let name = if self.step == Step::Read {
+            READ_FILE
+        } else {
+            WRITE_FILE
+        };
+        let cache = self.cache.borrow();
+        volume::chain_problem(&geometry, name, |at| {
+            let mut block = [0u8; BLOCK];
+            cache.read(start + at, &mut block)?;
+            volume::sanitize(&geometry, at, &mut block);
+            Ok(block)
+        })
+        .map_err(FsError::DeviceError)
     }
 
     fn volumes(&self) -> Volumes<'_> {
@@ -589,6 +656,7 @@ impl Component for FsClient {
             layout: Layout {
                 stand_in_table: false,
                 capacity: 0,
+                volume: None,
             },
             step: Step::WaitDevice,
             attempts: 0,

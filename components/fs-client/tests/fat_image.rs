@@ -59,13 +59,17 @@ impl Drop for Scratch {
 
 /// A 16 MiB FAT16 filesystem with HELLO.TXT, a directory and a bigger file.
 fn make_filesystem(scratch: &Scratch) -> Vec<u8> {
+    make_filesystem_with(scratch, HELLO.as_bytes())
+}
+
+fn make_filesystem_with(scratch: &Scratch, hello_contents: &[u8]) -> Vec<u8> {
     let image = scratch.path("fs.img");
     run(Command::new(tool("mkfs.fat"))
         .args(["-C", "-F", "16", "-n", "HOSTDISK"])
         .arg(&image)
         .arg("16384"));
     let hello = scratch.path("hello.txt");
-    std::fs::write(&hello, HELLO).unwrap();
+    std::fs::write(&hello, hello_contents).unwrap();
     let big = scratch.path("big.bin");
     std::fs::write(&big, big_contents()).unwrap();
     let mtools = |args: &[&std::ffi::OsStr]| {
@@ -407,4 +411,127 @@ fn the_component_fits_the_stack_its_description_gives_it() {
     let size = std::mem::size_of::<FsClient>();
     assert!(size < 16 * 1024, "{size} bytes");
     eprintln!("FsClient: {size} bytes");
+}
+
+/// Run the client on `disk` (whole-disk grant) to its end, Done or Failed.
+fn run_to_end(disk: Vec<u8>) -> (Step, String) {
+    let mut env = EnvDouble::new();
+    let spec = fs_client::block::GRANTS[0];
+    for size in [
+        block_queue::request_region_bytes(spec.queue),
+        block_queue::response_region_bytes(spec.queue),
+        block_queue::INFO_BYTES,
+        spec.data_bytes,
+    ] {
+        env.add_region(size, true);
+    }
+    let regions = [spec.requests, spec.responses, spec.info, spec.data].map(|n| env.test_view(n));
+    let blocks = (disk.len() / BLOCK) as u64;
+    let grant = Grant {
+        first_block: 0,
+        blocks,
+        read_only: false,
+    };
+    let mut ramdisk = Ramdisk::new(regions, disk, grant);
+    let mut client = FsClient::init(&mut env);
+    let mut wake = ChannelSet::EMPTY;
+    wake.insert(spec.notify);
+    for _ in 0..5000 {
+        if matches!(client.step(), Step::Done | Step::Failed) {
+            break;
+        }
+        let console = env.console.clone();
+        ramdisk.serve(&console);
+        client.notified(&mut env, wake);
+    }
+    (client.step(), env.console)
+}
+
+/// The disk comes from the host: a filesystem with corrupt metadata ends
+/// the run with a message (or is read as far as it makes sense), never
+/// with a panic or a hang. Per seed, pseudo-random values go into the
+/// boot sector's fields, into FAT entries and into the first-cluster
+/// fields of root-directory entries, FAT entries also 0 (free: a chain
+/// that runs into one would take embedded-sdmmc to cluster 0).
+#[test]
+fn a_corrupt_filesystem_never_panics_or_hangs_the_client() {
+    let scratch = Scratch::new("corrupt");
+    // HELLO.TXT over three clusters, so its chain has links to break.
+    let filesystem = make_filesystem_with(&scratch, &[b'h'; 6000]);
+    let word = |at: usize| u16::from_le_bytes([filesystem[at], filesystem[at + 1]]) as usize;
+    let fat_start = word(14);
+    let root_start = fat_start + filesystem[16] as usize * word(22);
+    let root_entries_used = (0..word(17))
+        .take_while(|i| filesystem[root_start * BLOCK + i * 32] != 0)
+        .count();
+    let hello_cluster = (0..root_entries_used)
+        .map(|i| root_start * BLOCK + i * 32)
+        .find(|at| &filesystem[*at..*at + 11] == b"HELLO   TXT")
+        .map(|at| word(at + 26))
+        .expect("HELLO.TXT in the root directory");
+    let mut outcomes = [0u32; 2];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Values that matter more often than chance would pick them: cluster
+    // 1, just past the last cluster, the largest non-special value, a
+    // plausible cluster, anything non-zero.
+    let nonzero = |next: &mut dyn FnMut() -> u64| match next() % 5 {
+        0 => 1,
+        1 => 8200,
+        2 => 0xFFF6,
+        3 => 2 + (next() % 300) as u16,
+        _ => (next() as u16).max(1),
+    };
+    for seed in 0..300u32 {
+        let mut disk = filesystem.clone();
+        for _ in 0..(1 + next() % 4) {
+            match seed % 3 {
+                0 => {
+                    let at = (next() % 64) as usize;
+                    disk[at] = next() as u8;
+                }
+                1 => {
+                    // A link of HELLO.TXT's chain, or one of the first
+                    // 256 FAT entries (the used ones).
+                    let entry = if next() % 2 == 0 {
+                        hello_cluster + (next() % 3) as usize
+                    } else {
+                        (next() % 256) as usize
+                    };
+                    let at = fat_start * BLOCK + entry * 2;
+                    let value = if next() % 4 == 0 {
+                        0
+                    } else {
+                        nonzero(&mut next)
+                    };
+                    disk[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                }
+                _ => {
+                    let entry = (next() % root_entries_used as u64) as usize;
+                    let at = root_start * BLOCK + entry * 32 + 26;
+                    let value = nonzero(&mut next);
+                    disk[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                }
+            }
+        }
+        let (step, console) = run_to_end(disk);
+        match step {
+            Step::Done => outcomes[0] += 1,
+            Step::Failed => outcomes[1] += 1,
+            other => panic!("seed {seed}: stuck in {other:?}:\n{console}"),
+        }
+    }
+    eprintln!(
+        "corrupt disks: {} done, {} failed cleanly",
+        outcomes[0], outcomes[1]
+    );
+    assert!(
+        outcomes[1] > 0,
+        "no corruption was noticed: the test hits nothing"
+    );
 }

@@ -10,7 +10,7 @@
 //! disk and the client's pages directly.
 
 use crate::initiator::{
-    Area, BlockOp, BlockRequest, Command, Config, DataRef, Event, Grant, Initiator, Tag,
+    Area, BlockOp, BlockRequest, Command, Config, DataRef, Event, Grant, Initiator, Note, Tag,
     MAX_CLIENTS, MAX_SLOTS, PRIVATE_BYTES,
 };
 use crate::wire::{self, Address, Completion};
@@ -58,6 +58,10 @@ const CONFIG: Config = Config {
 /// Rounds of pumping per notification (each moves at least one thing).
 const PUMP_ROUNDS: usize = 4096;
 const REFUSALS_LOGGED: u64 = 8;
+/// Console lines for retries, refusals and errors: the first this many,
+/// then one in [`NOTE_LOG_EVERY`] (a hostile host cannot flood the console).
+const NOTES_LOGGED: u64 = 32;
+const NOTE_LOG_EVERY: u64 = 256;
 
 fn ring_regions(lane: usize) -> RingRegions {
     if lane == 0 {
@@ -102,6 +106,7 @@ pub struct Storage {
     clients: heapless::Vec<Client, MAX_CLIENTS>,
     next_lane: usize,
     refusals: u64,
+    notes: u64,
     packet: [u8; 512],
 }
 
@@ -152,6 +157,7 @@ impl Component for Storage {
             clients,
             next_lane: 0,
             refusals: 0,
+            notes: 0,
             packet: [0; 512],
         };
         driver.on_bus_event(env);
@@ -294,8 +300,8 @@ impl Storage {
         if lane == 0 {
             println!(
                 env,
-                "primary channel lost ({why}): failing {} commands in flight",
-                lost.len()
+                "primary channel lost ({why}): {} commands in flight are answered",
+                self.initiator.outstanding()
             );
             self.initiator.channel_lost();
             self.private = None;
@@ -679,6 +685,18 @@ impl Storage {
             moved = true;
             match event {
                 Event::Respond { client, response } => {
+                    if response.status != block_queue::Status::Ok && self.note() {
+                        println!(
+                            env,
+                            "request {} of {}: {:?} after {} blocks",
+                            response.id,
+                            block_clients::CLIENTS
+                                .get(client as usize)
+                                .map_or("?", |c| c.name),
+                            response.status,
+                            response.count
+                        );
+                    }
                     let Some(server) = self
                         .clients
                         .get_mut(client as usize)
@@ -738,10 +756,28 @@ impl Storage {
                     }
                     self.serve_clients(env);
                 }
+                Event::Note(note) => {
+                    if self.note() {
+                        match note {
+                            Note::Retry { why, attempt } => {
+                                println!(env, "{why}: sent again (attempt {})", attempt + 1)
+                            }
+                            Note::GaveUp { why } => println!(env, "{why}: no attempts left"),
+                            Note::Refused(what) => println!(env, "refused {what}"),
+                            Note::Late => println!(env, "refused a late or repeated completion"),
+                        }
+                    }
+                }
                 Event::Failed(why) => give_up(env, why),
             }
         }
         moved
+    }
+
+    /// Whether to print the next note (rate limited).
+    fn note(&mut self) -> bool {
+        self.notes += 1;
+        self.notes <= NOTES_LOGGED || self.notes.is_multiple_of(NOTE_LOG_EVERY)
     }
 
     fn on_bus_event_lanes(&mut self, env: &mut dyn Env) {

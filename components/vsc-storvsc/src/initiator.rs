@@ -32,6 +32,9 @@ pub const MAX_ATTEMPTS: u8 = 5;
 /// Attempts while the target says BUSY / TASK SET FULL (it is working, so
 /// more patience, but still bounded).
 pub const MAX_BUSY_ATTEMPTS: u8 = 32;
+/// Timed-out commands abandoned (since start) before the controller is
+/// restarted to clear the channels' transaction tables.
+pub const MAX_ABANDONED: u64 = (MAX_SLOTS / 4) as u64;
 /// Bytes of the driver's private buffer used for one discovery reply.
 pub const DISCOVERY_BYTES: u32 = 4096;
 /// Where the UNMAP parameter lists live in the private buffer (one per slot).
@@ -252,9 +255,23 @@ pub enum Event {
         client: u8,
         why: &'static str,
     },
+    Note(Note),
     /// The controller cannot go on (no common version, the host refused
     /// initialization, a reset the host never completed): restart.
     Failed(&'static str),
+}
+
+/// Something worth a console line (the component prints the first ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A command is sent again (`attempt` failed so far).
+    Retry { why: &'static str, attempt: u8 },
+    /// A command failed for good after its attempts.
+    GaveUp { why: &'static str },
+    /// A host packet refused (hostile or broken host).
+    Refused(&'static str),
+    /// A completion for a command abandoned or answered already.
+    Late,
 }
 
 /// What the machine counted.
@@ -270,6 +287,9 @@ pub struct Stats {
     /// short) or that claim more data than asked.
     pub hostile_completions: u64,
     pub short_transfers: u64,
+    /// Commands answered with an error after a bus reset while the host
+    /// still had them (timed out).
+    pub abandoned: u64,
     pub io_errors: u64,
     pub rescans: u64,
 }
@@ -515,7 +535,7 @@ impl Initiator {
     /// A send failed for good (not a full ring): treat as a failed attempt.
     pub fn send_failed(&mut self, tag: Tag) {
         if self.live(tag).is_some() {
-            self.attempt_failed(tag, BlockStatus::IoError);
+            self.attempt_failed(tag, BlockStatus::IoError, "the send failed");
         }
     }
 
@@ -619,6 +639,7 @@ impl Initiator {
         let _ = now;
         let Some(slot) = self.live(tag).copied() else {
             self.stats.late_completions += 1;
+            self.event(Event::Note(Note::Late));
             return;
         };
         match (slot.purpose, reply) {
@@ -647,7 +668,10 @@ impl Initiator {
                     // More than we asked the host to move: it described
                     // bytes outside the request (hostile or broken).
                     self.stats.hostile_completions += 1;
-                    self.attempt_failed(tag, BlockStatus::IoError);
+                    self.event(Event::Note(Note::Refused(
+                        "a transfer longer than the request",
+                    )));
+                    self.attempt_failed(tag, BlockStatus::IoError, "a refused completion");
                     return;
                 }
                 let outcome = classify(srb_status, scsi_status, sense);
@@ -656,7 +680,8 @@ impl Initiator {
             _ => {
                 // A control answer to an SRB or the other way round.
                 self.stats.hostile_completions += 1;
-                self.attempt_failed(tag, BlockStatus::IoError);
+                self.event(Event::Note(Note::Refused("an answer of the wrong kind")));
+                self.attempt_failed(tag, BlockStatus::IoError, "a refused completion");
             }
         }
     }
@@ -666,9 +691,11 @@ impl Initiator {
     pub fn on_malformed(&mut self, tag: Tag) {
         self.stats.hostile_completions += 1;
         if self.live(tag).is_some() {
-            self.attempt_failed(tag, BlockStatus::IoError);
+            self.event(Event::Note(Note::Refused("a malformed completion")));
+            self.attempt_failed(tag, BlockStatus::IoError, "a refused completion");
         } else {
             self.stats.late_completions += 1;
+            self.event(Event::Note(Note::Late));
         }
     }
 
@@ -741,23 +768,34 @@ impl Initiator {
                 };
                 self.free(tag);
                 self.stats.io_errors += 1;
+                self.stats.abandoned += 1;
                 self.fail_purpose(slot.purpose, BlockStatus::IoError);
             }
+        }
+        // Each abandoned command still holds its transaction in the
+        // channel's table (the host may complete it late); past this many
+        // the tables would fill up: restart, which closes the channel and
+        // clears them.
+        if self.stats.abandoned > MAX_ABANDONED {
+            self.fail("too many commands abandoned after bus resets");
         }
     }
 
     /// Retry the command in `tag` if it has attempts left, else fail it.
-    fn attempt_failed(&mut self, tag: Tag, status: BlockStatus) {
+    fn attempt_failed(&mut self, tag: Tag, status: BlockStatus, why: &'static str) {
         let Some(slot) = self.live_mut(tag) else {
             return;
         };
         slot.attempts += 1;
         slot.deadline = None;
-        if slot.attempts < MAX_ATTEMPTS {
+        let attempt = slot.attempts;
+        if attempt < MAX_ATTEMPTS {
             self.stats.retries += 1;
             let _ = self.to_send.push_back(tag);
+            self.event(Event::Note(Note::Retry { why, attempt }));
         } else if let Some(slot) = self.free(tag) {
             self.stats.io_errors += 1;
+            self.event(Event::Note(Note::GaveUp { why }));
             self.fail_purpose(slot.purpose, status);
         }
     }
@@ -768,11 +806,17 @@ impl Initiator {
         };
         slot.busy_attempts += 1;
         slot.deadline = None;
-        if slot.busy_attempts < MAX_BUSY_ATTEMPTS {
+        let attempt = slot.busy_attempts;
+        if attempt < MAX_BUSY_ATTEMPTS {
             self.stats.retries += 1;
             let _ = self.to_send.push_back(tag);
+            self.event(Event::Note(Note::Retry {
+                why: "BUSY",
+                attempt,
+            }));
         } else if let Some(slot) = self.free(tag) {
             self.stats.io_errors += 1;
+            self.event(Event::Note(Note::GaveUp { why: "BUSY" }));
             self.fail_purpose(slot.purpose, BlockStatus::IoError);
         }
     }
@@ -811,8 +855,10 @@ impl Initiator {
         private: &mut dyn FnMut(u32, &mut [u8]),
     ) {
         match outcome {
-            Outcome::Retry => return self.attempt_failed(tag, BlockStatus::IoError),
-            Outcome::RetryNotReady => return self.attempt_failed(tag, BlockStatus::NotReady),
+            Outcome::Retry => return self.attempt_failed(tag, BlockStatus::IoError, "an error"),
+            Outcome::RetryNotReady => {
+                return self.attempt_failed(tag, BlockStatus::NotReady, "NOT READY")
+            }
             Outcome::Busy => return self.retry_busy(tag),
             Outcome::UnitAttention { rescan } => {
                 // The device changed (LUNs, capacity) or was reset: the
@@ -820,7 +866,7 @@ impl Initiator {
                 if rescan {
                     self.request_rescan();
                 }
-                return self.attempt_failed(tag, BlockStatus::IoError);
+                return self.attempt_failed(tag, BlockStatus::IoError, "UNIT ATTENTION");
             }
             Outcome::Success | Outcome::Fail(_) | Outcome::NoDevice => {}
         }
@@ -857,8 +903,16 @@ impl Initiator {
                             // progress at all).
                             self.stats.short_transfers += 1;
                             if moved == 0 {
-                                return self.attempt_failed(tag, BlockStatus::IoError);
+                                return self.attempt_failed(
+                                    tag,
+                                    BlockStatus::IoError,
+                                    "a transfer with no progress",
+                                );
                             }
+                            self.event(Event::Note(Note::Retry {
+                                why: "the rest of a short transfer",
+                                attempt: slot.attempts,
+                            }));
                         }
                         self.free(tag);
                         let done = done + moved.min(piece);

@@ -1126,3 +1126,26 @@ fn the_queue_depth_is_bounded_by_the_slots() {
     assert_eq!(responses(&mut initiator).len(), QUEUE_DEPTH);
     assert!(initiator.can_accept());
 }
+
+#[test]
+fn too_many_abandoned_commands_restart_the_controller() {
+    let mut host = Host::new();
+    let mut initiator = ready(&mut host, &[whole_disk()]);
+    let mut now = 0;
+    for id in 0..=MAX_ABANDONED as u32 {
+        assert!(!initiator.has_failed(), "failed after {id} abandoned");
+        host.faults.push_back((scsi::opcode::READ_10, Fault::Lose));
+        host.now = now;
+        initiator.submit(0, read(id, 0, 1));
+        host.run(&mut initiator);
+        now += 1_000;
+        host.now = now;
+        initiator.tick(now);
+        host.run(&mut initiator);
+    }
+    assert_eq!(initiator.stats.abandoned, MAX_ABANDONED + 1);
+    assert!(initiator.has_failed());
+    assert!(events(&mut initiator).contains(&Event::Failed(
+        "too many commands abandoned after bus resets"
+    )));
+}

@@ -18,7 +18,7 @@ use vmbus_protocol::storage::{version, MAX_PACKET_SIZE};
 use vmbus_ring::{MemoryError, RingMemory, RingReader, RingWriter};
 use vsc_storvsc::initiator::{
     BlockOp, BlockRequest, BlockResponse, BlockStatus, Command, Config, DataRef, Event, Grant,
-    Initiator, Tag, MAX_SLOTS,
+    Initiator, Note, Tag, MAX_SLOTS,
 };
 use vsc_storvsc::wire::{self, Address};
 
@@ -402,8 +402,17 @@ fn sense_keys_short_transfers_and_corrupt_completions_from_the_host() {
     rig.controller.inject(StorageFault::Fail {
         sense_key: sense_key::UNIT_ATTENTION,
     });
+    rig.events.clear();
     rig.request(BlockOp::Read, 2, 0, 4, 0);
     assert_eq!(rig.last().status, BlockStatus::Ok);
+    assert!(
+        rig.events.contains(&Event::Note(Note::Retry {
+            why: "UNIT ATTENTION",
+            attempt: 1
+        })),
+        "{:?}",
+        rig.events
+    );
 
     rig.controller.inject(StorageFault::Short);
     rig.request(BlockOp::Read, 3, 0, 8, 0);

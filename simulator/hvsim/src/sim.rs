@@ -253,7 +253,11 @@ impl<M: GuestMemory> Simulator<M> {
 
     fn free_lun(&mut self) -> Option<u8> {
         let controller = self.storage()?;
-        let limit = if controller.config.ide { 1 } else { 64 };
+        let limit = if controller.config.ide {
+            1
+        } else {
+            crate::channel::storage::MAX_LUNS
+        };
         (0..limit).find(|lun| controller.lun(*lun).is_none())
     }
 

@@ -469,11 +469,13 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
         // The storage host (the first storage device).
         ["storage-report"] => {
             let mut lines = Vec::new();
-            hvsim::script::storage_report(sim, &mut lines);
+            for (instance, controller) in &sim.vmbus.storage {
+                lines.push(format!("storage {instance}: {}", controller.report()));
+            }
             if lines.is_empty() {
                 "no storage device".into()
             } else {
-                lines.join("\n")
+                lines.join("; ")
             }
         }
         ["storage-luns"] => format!("{:?}", sim.storage_luns()),

@@ -804,6 +804,7 @@ impl Server {
         let interrupt_page = self.connection.and_then(|c| c.interrupt_page);
         let relids: Vec<u32> = self.open_channels();
         let mut sub_channel_requests = Vec::new();
+        let mut storage_sub_channel_requests = Vec::new();
         for relid in relids {
             // A sub-channel's device is its primary's: GPA-direct packets
             // on it resolve through the primary's GPADLs too (as Hyper-V
@@ -876,7 +877,7 @@ impl Server {
                     signal = true;
                 }
                 if let Some(count) = controller.sub_channels_requested.take() {
-                    sub_channel_requests.push((relid, count));
+                    storage_sub_channel_requests.push((relid, count));
                 }
             }
             if signal {
@@ -891,7 +892,16 @@ impl Server {
             let taken = self.sub_channels(relid).len() as u16;
             let count = count.min(MAX_DEVICE_SUB_CHANNELS.saturating_sub(taken));
             if count > 0 && self.primary_of(relid).is_none() {
-                let offered = self.offer_sub_channels(host, relid, count).len() as u64;
+                self.offer_sub_channels(host, relid, count);
+            }
+        }
+        // Storage: the count is the sub-channels wanted in all (the
+        // controller bounded it by what it advertised).
+        for (relid, count) in storage_sub_channel_requests {
+            let taken = self.sub_channels(relid).len() as u16;
+            let more = count.min(MAX_DEVICE_SUB_CHANNELS).saturating_sub(taken);
+            if more > 0 && self.primary_of(relid).is_none() {
+                let offered = self.offer_sub_channels(host, relid, more).len() as u64;
                 let instance = self.channels.get(&relid).map(|c| c.device.instance);
                 if let Some(controller) = instance.and_then(|i| self.storage.get_mut(&i)) {
                     controller.stats.sub_channels_offered += offered;

@@ -49,12 +49,56 @@ fn receive(guest: &mut HostedHypervisor, memory: &MappedGuestMemory) -> Vec<u8> 
 
 #[test]
 fn binary_serves_a_guest_and_an_operator() {
-    let dir = std::env::temp_dir().join(format!("hvsim-binary-{}", std::process::id()));
+    serve_a_guest_and_an_operator(
+        "plain",
+        &[],
+        4,
+        &[(
+            "stats",
+            &["version Some(ProtocolVersion(327683))", "offers_sent: 4"],
+        )],
+    );
+}
+
+/// `--disk` files become the storage device's LUNs (a storage device is
+/// added to the ICs), and the storage operator commands act on it.
+#[test]
+fn binary_serves_disk_files_as_luns() {
+    let dir = std::env::temp_dir().join(format!("hvsim-disks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    std::fs::write(&a, vec![0u8; 64 * 1024]).unwrap();
+    std::fs::write(&b, vec![0u8; 32 * 1024]).unwrap();
+    let b_ro = format!("{},ro", b.display());
+    serve_a_guest_and_an_operator(
+        "disks",
+        &["--disk", a.to_str().unwrap(), "--disk", &b_ro],
+        5,
+        &[
+            ("storage-luns", &["[0, 1]"]),
+            ("storage-add-lun memory:16", &["lun 2"]),
+            ("storage-remove-lun 1", &["true"]),
+            ("storage-fault fail medium-error", &["true"]),
+            ("storage-fault fail sideways", &["faults: delay MS"]),
+            ("storage-report", &["version none, 2 LUNs"]),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn serve_a_guest_and_an_operator(
+    name: &str,
+    args: &[&str],
+    expected_offers: usize,
+    commands: &[(&str, &[&str])],
+) {
+    let dir = std::env::temp_dir().join(format!("hvsim-binary-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("hv.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hvsim"))
         .arg("--socket")
         .arg(&socket)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -107,18 +151,18 @@ fn binary_serves_a_guest_and_an_operator() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(offers, 4);
+    assert_eq!(offers, expected_offers);
 
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    writeln!(stdin, "stats").unwrap();
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(
-        line.contains("version Some(ProtocolVersion(327683))"),
-        "{line}"
-    );
-    assert!(line.contains("offers_sent: 4"), "{line}");
+    for (command, wanted) in commands {
+        writeln!(stdin, "{command}").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        for part in *wanted {
+            assert!(line.contains(part), "{command}: {line}");
+        }
+    }
     drop(guest);
     let status = child.wait().unwrap();
     assert!(status.success());

@@ -27,8 +27,11 @@ const SCENARIOS: &[&str] = &[
     "monitored",
     "restart",
     "runtime-offers",
-    // Run by storage.rs: it needs a disk image made for the run.
+    // Run by storage.rs: they need a disk image made for the run.
     "storage",
+    "storage-faults",
+    "storage-ide",
+    "storage-rescind",
     "vmbus-2.4",
     "vmbus-4.0",
 ];

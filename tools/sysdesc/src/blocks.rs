@@ -3,11 +3,14 @@
 //! client C (N counts C's grants in file order) four regions,
 //! `C_blkN_requests` and `C_blkN_responses` (the queues, sized for `queue`
 //! entries by `block_queue`), `C_blkN_info` (one page) and `C_blkN_data`
-//! (`data` bytes, host visible: the host moves the blocks in and out of
-//! it), mapped read-write into the client as `blkN_requests`, ...,
-//! `blkN_data`, and into the driver under their region names, the data
-//! region by address only (`rights = "address"`: the driver names its
-//! pages to the host and never touches the bytes); and one notify channel,
+//! (`data` bytes), mapped read-write into the client as `blkN_requests`,
+//! ..., `blkN_data`, and into the driver under their region names. When the
+//! driver is a VMBus `[[driver]]` the data region is host visible (the host
+//! moves the blocks in and out of it) and the driver holds it by address
+//! only (`rights = "address"`: it names the pages to the host and never
+//! touches the bytes); a server that is a plain `[[component]]` (a RAM
+//! disk) copies the blocks itself, so it maps the data region read-write
+//! and nothing is host visible. And one notify channel,
 //! `driver.C_blkN` / `C.blkN`. Every generated value carries the span of
 //! the stanza key it came from, so the ordinary checks report problems at
 //! the grant's lines.
@@ -167,6 +170,10 @@ pub fn expand_blocks(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic
             continue;
         }
         let index = client_index(&raw.block, position);
+        let vmbus_driver = raw
+            .driver
+            .iter()
+            .any(|d| d.get_ref().name.get_ref() == block.driver.get_ref());
         let client = block.client.get_ref();
         let at = &block.client;
         let sizes = [
@@ -184,7 +191,7 @@ pub fn expand_blocks(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic
                 RawRegion {
                     name: region.clone(),
                     size: Spanned::new(size_at.span(), bytes),
-                    host_visible: is_data.then(|| Spanned::new(at.span(), true)),
+                    host_visible: (is_data && vmbus_driver).then(|| Spanned::new(at.span(), true)),
                 },
             ));
             maps.push(Spanned::new(
@@ -202,7 +209,15 @@ pub fn expand_blocks(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic
                 RawMap {
                     component: block.driver.clone(),
                     region,
-                    rights: text(&block.driver, if is_data { "address" } else { "rw" }.into()),
+                    rights: text(
+                        &block.driver,
+                        if is_data && vmbus_driver {
+                            "address"
+                        } else {
+                            "rw"
+                        }
+                        .into(),
+                    ),
                     double: None,
                     name: None,
                 },

@@ -958,3 +958,47 @@ fn block_grants_expand_into_queues_info_and_a_data_region_the_driver_holds_by_ad
     let summary = sysdesc::summary(&description);
     assert!(summary.contains("files_blk0_data"), "{summary}");
 }
+
+#[test]
+fn a_block_server_that_is_no_vmbus_driver_maps_the_data_itself() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "ramdisk"
+package = "blk-ramdisk"
+priority = 150
+
+[[component]]
+name = "files"
+package = "fs-client"
+priority = 100
+
+[[block]]
+driver = "ramdisk"
+client = "files"
+lun = 0
+data = 65536
+queue = 16
+"#;
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
+    let data = layout
+        .regions
+        .iter()
+        .position(|r| r.name == "files_blk0_data")
+        .unwrap();
+    assert!(!layout.regions[data].host_visible, "no host in this system");
+    let ramdisk = &layout.components[layout.component_index("ramdisk").unwrap()];
+    let map = ramdisk
+        .maps
+        .iter()
+        .find(|m| m.region as usize == data)
+        .unwrap();
+    assert!(
+        map.writable && !map.address_only,
+        "it copies the blocks itself"
+    );
+    let ids = sysdesc::generate_ids(&description, "ramdisk").unwrap();
+    assert!(ids.contains("pub const CLIENTS: &[BlockClient]"), "{ids}");
+}

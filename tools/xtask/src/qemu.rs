@@ -96,7 +96,8 @@ pub fn expectations_from(path: &Path) -> Result<Vec<String>> {
 /// script). The VMBus system against the simulated host; the same system
 /// with a host that sends malformed packets on the KVP channel (the
 /// isolation test); the platform demonstration; the seL4 platform's own
-/// bring-up test.
+/// bring-up test; the block interface without VMBus (fs-client on the RAM
+/// disk fixture).
 pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", None),
     ("system.toml", Some("tests/systems/kvp-fault.hvsim")),
@@ -113,6 +114,7 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
+    ("tests/systems/blk-ramdisk.toml", None),
 ];
 
 /// The capability audit's negative tests: the VMBus system with a root

@@ -202,6 +202,10 @@ impl<const N: usize> BlockClient<N> {
 
     /// Read the info page; on a new generation, mark everything for reissue.
     fn refresh(&mut self) {
+        // The whole page is read only when it changed.
+        if self.device.is_some() && info::served_generation(&self.info) == self.generation {
+            return;
+        }
         self.device = info::read(&self.info);
         let Some(device) = self.device else {
             return;

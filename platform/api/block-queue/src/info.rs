@@ -135,6 +135,14 @@ pub(crate) fn read(page: &Region) -> Option<DeviceInfo> {
     info.plausible().then_some(info)
 }
 
+/// The generation being served, if the page says ready: the client's
+/// cheap check that its copy is still current.
+pub(crate) fn served_generation(page: &Region) -> Option<u32> {
+    let ready = page.atomic_u32(READY_AT).ok()?.load(Ordering::Acquire);
+    let generation = page.atomic_u32(GENERATION_AT).ok()?.load(Ordering::Acquire);
+    (ready != 0).then_some(generation)
+}
+
 /// The driver's side: stop advertising (requests get NOT_READY meanwhile).
 pub(crate) fn withdraw(page: &Region) -> Option<()> {
     page.atomic_u32(READY_AT).ok()?.store(0, Ordering::SeqCst);

@@ -372,3 +372,42 @@ fn the_client_keeps_at_most_n_outstanding_and_queue_depth_pushed() {
     );
     assert!(depth >= 4);
 }
+
+#[test]
+fn a_driver_answering_nonsense_cannot_complete_twice_overstate_or_crash_the_client() {
+    let r = regions(8);
+    let mut server = server(&r, GRANT);
+    let mut client = client(&r);
+    let first = client.submit(read(0, 1, 0)).unwrap();
+    let second = client.submit(read(1, 1, 512)).unwrap();
+    // The driver takes them, then answers with its own bytes.
+    while server.next_request().unwrap().is_some() {}
+    let mut answers = spsc_queue::Producer::new(r.responses, 24).unwrap();
+    let mut answer = |id: u32, status: u32, count: u32| {
+        let response = block_queue::Response {
+            id,
+            status,
+            count,
+            reserved: 0,
+        };
+        answers.push(response.as_bytes()).unwrap();
+    };
+    answer(999, 0, 1); // nobody asked
+    answer(first, 77, 1); // no such status
+    answer(second, 0, 1000); // more blocks than asked
+    answer(first, 0, 1); // again
+    let done = drain(&mut client);
+    assert_eq!(done.len(), 2);
+    assert_eq!((done[0].id, done[0].status), (first, Status::IoError));
+    assert_eq!((done[1].id, done[1].count), (second, 1));
+    let stats = client.stats();
+    assert_eq!((stats.ignored, stats.malformed, stats.completed), (2, 2, 2));
+    // A response index far beyond the queue: an error, not a panic.
+    r.responses.write(0, &u32::MAX.to_ne_bytes()).unwrap();
+    assert_eq!(
+        client.poll(),
+        Err(block_queue::ClientError::Queue(
+            spsc_queue::QueueError::PeerCorrupted
+        ))
+    );
+}

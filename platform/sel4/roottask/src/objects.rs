@@ -7,6 +7,9 @@ use sel4_bindings::{self as sys, object_type, CPtr, KernelError, Rights};
 /// Depth of a capability pointer in the root task's CSpace.
 pub const ROOT_DEPTH: u8 = 64;
 pub const PAGE_BITS: u64 = 12;
+/// The most objects one untyped retype makes (the kernel's
+/// `CONFIG_RETYPE_FAN_OUT_LIMIT`): larger regions take several calls.
+pub const RETYPE_FAN_OUT: u64 = 256;
 
 struct Untyped {
     cap: CPtr,
@@ -117,6 +120,7 @@ impl Allocator {
     }
 
     /// Retype `count` objects of one kind into consecutive fresh slots,
+    /// in calls of at most [`RETYPE_FAN_OUT`],
     /// from one untyped (so frames come out physically contiguous).
     pub fn objects(&mut self, kind: u64, size_bits: u64, count: u64) -> BuildResult<CPtr> {
         let object_bits = object_size_bits(kind, size_bits);
@@ -131,24 +135,35 @@ impl Allocator {
                 continue;
             }
             let first_slot = self.next_slot;
-            match sys::untyped_retype(
-                untyped.cap,
-                kind,
-                size_bits,
-                sys::initial_cap::INIT_THREAD_CNODE,
-                0,
-                0,
-                first_slot,
-                count,
-            ) {
-                Ok(()) => {
-                    untyped.used = end;
-                    self.next_slot += count;
-                    return Ok(first_slot);
+            // The kernel makes at most RETYPE_FAN_OUT objects per call;
+            // calls back to back on one untyped continue where the last
+            // ended, so the frames stay physically contiguous.
+            let mut made = 0;
+            while made < count {
+                let chunk = (count - made).min(RETYPE_FAN_OUT);
+                match sys::untyped_retype(
+                    untyped.cap,
+                    kind,
+                    size_bits,
+                    sys::initial_cap::INIT_THREAD_CNODE,
+                    0,
+                    0,
+                    first_slot + made,
+                    chunk,
+                ) {
+                    Ok(()) => made += chunk,
+                    // Our bookkeeping disagreed with the kernel's: skip it.
+                    Err(KernelError(10)) if made == 0 => {
+                        untyped.exhausted = true;
+                        break;
+                    }
+                    Err(error) => return Err(BuildError::Kernel("untyped retype", error)),
                 }
-                // Our bookkeeping disagreed with the kernel's: skip it.
-                Err(KernelError(10)) => untyped.exhausted = true,
-                Err(error) => return Err(BuildError::Kernel("untyped retype", error)),
+            }
+            if made == count {
+                untyped.used = end;
+                self.next_slot += count;
+                return Ok(first_slot);
             }
         }
         Err(BuildError::OutOfMemory)

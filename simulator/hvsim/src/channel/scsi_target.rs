@@ -245,8 +245,8 @@ impl GuestBuffer {
 
 /// What the controller asks of one command.
 pub struct Command<'a> {
+    /// The LUN addressed (one without a unit answers like a missing LUN).
     pub lun: u8,
-    /// The request names a path/target/LUN the controller has no unit at.
     pub cdb: &'a [u8],
     /// `ScsiRequest::data_in`.
     pub direction: u8,

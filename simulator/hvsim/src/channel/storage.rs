@@ -39,7 +39,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
 use vmbus_protocol::packet::PacketType;
-use vmbus_protocol::scsi::{asc, sense_key};
+use vmbus_protocol::scsi::{self, asc, sense_key};
 use vmbus_protocol::storage::{
     self as vstor, channel_flags, operation, srb, status, version, ChannelProperties,
     ProtocolVersion, ScsiRequest, SubChannelCount, VstorHeader,
@@ -231,6 +231,9 @@ struct Pending {
     payload: Vec<u8>,
 }
 
+/// LUNs a controller has at most (Hyper-V's 64 per SCSI controller).
+pub const MAX_LUNS: u8 = 64;
+
 /// Completions held at most (a delay fault on a busy guest).
 const MAX_PENDING: usize = 1024;
 /// Violations kept for the operator (oldest dropped).
@@ -249,7 +252,9 @@ pub struct StorageController {
     delay: Option<(u64, u32)>,
     withhold: u32,
     pending: Vec<Pending>,
-    /// The guest asked for sub-channels: the server offers them and clears it.
+    /// The guest asked for sub-channels: the server makes the device's
+    /// sub-channels this many in all (as Hyper-V: a count, not an
+    /// increment) and clears it.
     pub sub_channels_requested: Option<u16>,
     /// The LUN set changed: tell the guest (ENUMERATE_BUS) once ready.
     rescan_pending: bool,
@@ -313,7 +318,7 @@ impl StorageController {
     /// A disk present from the start (no unit attention, no rescan).
     /// False if the LUN is taken (or the IDE controller has its disk).
     pub fn attach(&mut self, lun: u8, disk: BoxedDisk) -> bool {
-        if self.luns.contains_key(&lun) || (self.config.ide && (lun != 0)) {
+        if lun >= MAX_LUNS || self.luns.contains_key(&lun) || (self.config.ide && lun != 0) {
             return false;
         }
         let unit = self.new_lun(lun, disk);
@@ -706,7 +711,11 @@ impl StorageController {
                 self.stats.resets += 1;
                 Self::complete(endpoint, memory, packet, status::SUCCESS, &[])
             }
-            operation::CREATE_SUB_CHANNELS if primary && self.config.max_sub_channels > 0 => {
+            operation::CREATE_SUB_CHANNELS
+                if primary
+                    && self.config.max_sub_channels > 0
+                    && version::supports_multi_channel(version) =>
+            {
                 let status = match self.sub_channel_request(&parsed) {
                     Some(_) => status::SUCCESS,
                     None => status::INVALID_PARAMETER,
@@ -814,8 +823,16 @@ impl StorageController {
                 _ => {}
             }
         }
+        // Units are at path 0, target 0 only (an IDE channel's one disk
+        // answers whatever path and target the guest names, as storvsp
+        // forces them there).
+        let lun = if (request.path_id != 0 || request.target_id != 0) && !self.config.ide {
+            u8::MAX
+        } else {
+            request.lun
+        };
         let command = Command {
-            lun: request.lun,
+            lun,
             cdb: &cdb,
             direction: request.data_in,
             buffer: &buffer,
@@ -823,17 +840,6 @@ impl StorageController {
             max_transfer_bytes: self.config.max_transfer_bytes,
         };
         let mut effect = Effect::default();
-        let lun = if request.path_id != 0 || request.target_id != 0 {
-            // No unit outside path 0 / target 0 (the IDE channel ignores them).
-            if self.config.ide {
-                request.lun
-            } else {
-                u8::MAX
-            }
-        } else {
-            request.lun
-        };
-        let command = Command { lun, ..command };
         let result = scsi_target::execute(&mut self.luns, memory, &command, &mut effect);
         let s = &mut self.stats;
         s.reads += u64::from(effect.read);
@@ -1005,8 +1011,6 @@ impl StorageController {
         signal
     }
 }
-
-use vmbus_protocol::scsi;
 
 #[cfg(test)]
 mod tests;

@@ -329,6 +329,13 @@ fn versions_are_negotiated_newest_first_and_refused_with_revision_mismatch() {
     assert_eq!(properties.flags.get(), 0);
     let answer = rig.call(operation::EXECUTE_SRB, &[0; 0x24]);
     assert_eq!(answer.payload.len(), 0x24);
+    let two = SubChannelCount { count: 2.into() };
+    assert_eq!(
+        rig.call(operation::CREATE_SUB_CHANNELS, two.as_bytes())
+            .status(),
+        status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(rig.controller.sub_channels_requested, None);
 }
 
 #[test]
@@ -897,4 +904,119 @@ fn changing_a_disk_reports_the_capacity_change() {
         rig.scsi(0, tur.as_bytes(), 2, None).scsi().srb_status,
         srb::SUCCESS
     );
+}
+
+/// Random vstor packets, CDBs and ranges from a hostile guest: the host
+/// answers or refuses each, never panics, never touches memory outside.
+#[test]
+fn hostile_requests_never_panic() {
+    let mut rig = rig();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let opcodes = [
+        0x00, 0x03, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x35, 0x42, 0x5A, 0x88, 0x8A, 0x91, 0x9E, 0xA0,
+        0xEE,
+    ];
+    for round in 0..3000u64 {
+        let mut request = [0u8; 0x34];
+        for byte in request.iter_mut() {
+            *byte = next() as u8;
+        }
+        // Mostly plausible requests, sometimes pure noise.
+        let plausible = round % 4 != 0;
+        let len = match next() % 3 {
+            0 => 0,
+            1 => 512 * (1 + next() % 16) as u32,
+            _ => (next() % 9000) as u32,
+        };
+        if plausible {
+            request[5] = 0; // path
+            request[6] = 0; // target
+            request[7] = (next() % 3) as u8; // lun
+            request[8] = 6 + (next() % 11) as u8; // cdb length
+            request[10] = (next() % 3) as u8; // direction
+            request[12..16].copy_from_slice(&len.to_le_bytes());
+            request[16] = opcodes[(next() % opcodes.len() as u64) as usize];
+            // Small LBAs and counts, so some land inside the disk.
+            if next() % 2 == 0 {
+                request[17..26].fill(0);
+                request[24] = (len / 512) as u8;
+                request[29] = (len / 512) as u8;
+            }
+        }
+        let op = if round % 7 == 0 {
+            (next() % 16) as u32
+        } else {
+            operation::EXECUTE_SRB
+        };
+        let mut bytes = rig.packet(op, &request);
+        if round % 5 == 0 {
+            bytes.truncate((next() % 70) as usize);
+        }
+        let id = rig.next_id;
+        rig.next_id += 1;
+        let gpa_direct = (len > 0 || next() % 4 == 0) && !bytes.is_empty();
+        if gpa_direct {
+            let offset = (next() % 4096) as u32;
+            let count = if plausible && len > 0 && next() % 8 != 0 {
+                len
+            } else {
+                1 + (next() % 9000) as u32
+            };
+            let pages = vmbus_protocol::packet::pfn_count(offset, count).unwrap();
+            let pfns: Vec<u64> = (0..pages)
+                .map(|_| match next() % 16 {
+                    0 => next(),
+                    1 => MEMORY_PAGES + next() % 4,
+                    _ => DATA_PAGE + next() % 16,
+                })
+                .collect();
+            let _ = rig
+                .writer
+                .write_gpa_direct(
+                    id,
+                    next() % 16 != 0,
+                    &[GpaRange {
+                        byte_offset: offset,
+                        byte_count: count,
+                        pfns: &pfns,
+                    }],
+                    &bytes,
+                )
+                .unwrap();
+        } else {
+            let _ = rig
+                .writer
+                .write_in_band(id, next() % 16 != 0, &bytes)
+                .unwrap();
+        }
+        rig.step();
+        let _ = rig.answers();
+        if round % 500 == 0 {
+            rig.controller.reset_protocol();
+            rig.init(&version::ALL);
+        }
+    }
+    assert!(rig.endpoint.broken.is_none());
+    assert!(rig.controller.stats.rule_violations > 0);
+    assert!(rig.controller.stats.requests > 1000);
+    let stats = rig.controller.stats;
+    assert!(
+        stats.check_conditions > 0
+            && stats.reads + stats.writes > 0
+            && stats.gpa_outside_memory > 0,
+        "{stats:?}"
+    );
+    // Pages no request named (between the rings and the data pages) were
+    // never written.
+    let unnamed = rig.read_memory(
+        IN_PAGES.end * PAGE,
+        ((DATA_PAGE - IN_PAGES.end) * PAGE) as usize,
+    );
+    assert!(unnamed.iter().all(|&b| b == 0));
 }
