@@ -74,6 +74,9 @@ pub const SECTOR_SIZE: usize = 512;
 /// Sectors per command: the most an LBA28 command can carry (256, written
 /// as 0) is also a reasonable slice for LBA48.
 const MAX_SECTORS_PER_COMMAND: usize = 256;
+/// Less than any port access takes (an I/O exit to the emulator, or an
+/// ISA bus cycle on hardware): the poll count bound of a wait.
+const MIN_POLL_NS: u64 = 100;
 /// The sectors LBA28 can address.
 const LBA28_LIMIT: u64 = 1 << 28;
 /// The sectors LBA48 can address.
@@ -311,14 +314,20 @@ impl<P: AtaPorts> AtaDisk<P> {
 
     /// Poll (through the alternate status, which acknowledges nothing)
     /// until BSY clears; then the device's error bits decide.
+    /// Bounded twice: by the clock, and by a count of polls (a port
+    /// access takes far more than [`MIN_POLL_NS`]) should the clock stand
+    /// still.
     fn wait_not_busy(&mut self, timeout_ns: u64) -> Result<u8, DiskError> {
         let start = self.ports.now_ns();
+        let max_polls = timeout_ns / MIN_POLL_NS;
+        let mut polls = 0u64;
         loop {
             let status = self.ports.read_alternate_status();
             if status & status::BSY == 0 {
                 return Ok(status);
             }
-            if self.ports.now_ns().saturating_sub(start) > timeout_ns {
+            polls += 1;
+            if polls > max_polls || self.ports.now_ns().saturating_sub(start) > timeout_ns {
                 self.counters.timeouts += 1;
                 return Err(DiskError::NotReady);
             }

@@ -14,13 +14,12 @@
 //!   a fresh demo image (hvsim identifies the disk and reads block 0), and
 //!   with a scratch image (hvsim writes, flushes and reads back 4 MiB and
 //!   prints the PIO throughput; after QEMU powered off, the image file
-//!   must hold what was written: writes persist), and with a demo image
-//!   and a scenario with a storage device (the disk is its LUN 0); and the
-//!   storage system (`tests/systems/storage.toml`: storvsc, fs-client) on
+//!   must hold what was written: writes persist); and the storage system (`tests/systems/storage.toml`: storvsc, fs-client) on
 //!   QEMU's disk: the guest's FAT client reads HELLO.TXT and writes
 //!   GUEST.TXT through storvsc, hvsim's storage host and the ATA disk;
 //!   QEMU is stopped at the client's last line (the system does not power
-//!   off) and the image file must hold GUEST.TXT, clean for fsck.fat.
+//!   off) and the image file must hold GUEST.TXT, clean for fsck.fat; the
+//!   same with the host offering the IDE class instead of SCSI.
 //!
 //! QEMU writes the raw file itself (`format=raw`, no snapshot), so every
 //! write the guest flushed is in the file after power-off.
@@ -415,15 +414,6 @@ pub const BOOT_TESTS: &[DiskBootTest] = &[
         powers_off: true,
     },
     DiskBootTest {
-        name: "storage",
-        system: "system.toml",
-        make: make_demo_image,
-        host_script: Some("tests/systems/disk-storage.hvsim"),
-        expect: "tests/systems/disk-storage.expect",
-        after: None,
-        powers_off: true,
-    },
-    DiskBootTest {
         name: "storage system",
         system: "tests/systems/storage.toml",
         make: make_storage_image,
@@ -432,12 +422,26 @@ pub const BOOT_TESTS: &[DiskBootTest] = &[
         after: Some(guest_file_persisted),
         powers_off: false,
     },
+    DiskBootTest {
+        name: "storage system (IDE class)",
+        system: "tests/systems/storage.toml",
+        make: make_storage_image,
+        host_script: Some("tests/systems/storage-ide.hvsim"),
+        expect: "tests/systems/storage-ide.expect",
+        after: Some(guest_file_persisted),
+        powers_off: false,
+    },
 ];
 
 /// Boot the test's system with its disk.
 pub fn boot_test_one(test: &DiskBootTest) -> Result {
     let spec = ImageSpec::new(test.system, test.host_script);
-    let path = disks_dir().join(format!("boot-test-{}.img", test.name.replace(' ', "-")));
+    let file_name: String = test
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = disks_dir().join(format!("boot-test-{file_name}.img"));
     (test.make)(&path)?;
     let expected = expectations_from(&crate::util::workspace_root().join(test.expect))?;
     let image = build(&spec)?;

@@ -42,6 +42,8 @@ struct FakeDevice {
     atapi: bool,
     no_master: bool,
     stuck_busy: bool,
+    /// The clock does not advance.
+    frozen_clock: bool,
     failing_sector: Option<u64>,
     /// Alternate-status reads that still show BSY after each command.
     busy_polls: u32,
@@ -70,6 +72,7 @@ impl FakeDevice {
             atapi: false,
             no_master: false,
             stuck_busy: false,
+            frozen_clock: false,
             failing_sector: None,
             busy_polls: 0,
             busy_left: 0,
@@ -196,7 +199,9 @@ impl FakeDevice {
     }
 
     fn status_now(&mut self) -> u8 {
-        self.clock_ns += 1_000;
+        if !self.frozen_clock {
+            self.clock_ns += 1_000;
+        }
         if self.absent {
             return 0xFF;
         }
@@ -446,6 +451,16 @@ fn a_device_that_stays_busy_times_out() {
     assert!(disk.ports.clock_ns - started < 7 * 50_000_000 + 1_000_000);
     disk.ports.stuck_busy = false;
     disk.read(0, &mut buf).unwrap();
+}
+
+#[test]
+fn a_stuck_device_times_out_even_if_the_clock_stands_still() {
+    let mut disk = AtaDisk::probe_with(FakeDevice::new(64, true), short_timeouts()).unwrap();
+    disk.ports.stuck_busy = true;
+    disk.ports.frozen_clock = true;
+    let mut buf = vec![0u8; SECTOR_SIZE];
+    assert_eq!(disk.read(0, &mut buf), Err(DiskError::NotReady));
+    assert!(disk.counters().timeouts >= 1);
 }
 
 #[test]
