@@ -16,8 +16,14 @@
 //! the kernel idles.
 //!
 //! Trusts: nothing from the guest (the simulator validates everything).
-//! Writes: the host-visible regions, the PIT, the interrupt notification
-//! and console lines.
+//! Disk: when the description grants the primary IDE channel's ports
+//! (`ide`, `ide_control`), QEMU's IDE disk ([`crate::ide`], polled ATA PIO)
+//! is the first storage device's LUN 0; a disk whose block 0 is marked
+//! scratch gets the write/read-back test first.
+//!
+//! Writes: the host-visible regions, the PIT, the IDE disk (what the guest
+//! writes to LUN 0, or the scratch test), the interrupt notification and
+//! console lines.
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
@@ -105,8 +111,29 @@ impl Component for SimulatedHost {
             script.max_version.major(),
             script.max_version.minor()
         );
+        let mut disk = crate::ide::attach(env);
+        if let Some(disk) = disk.as_mut() {
+            if crate::ide::is_scratch(disk) {
+                crate::ide::scratch_test(env, disk);
+            }
+        }
         start_timer(env, TICK_HZ);
         let mut host = HostPd::new(memory, script.server_config(), channels::INTERRUPT);
+        // QEMU's IDE disk is the storage device's LUN 0, before the
+        // scenario's memory disks (as the hosted host's `--disk` files are).
+        if let Some(disk) = disk {
+            if host.sim.vmbus.storage_primary().is_none() {
+                println!(
+                    env,
+                    "disk 0: not served: the scenario has no storage device"
+                );
+            } else {
+                match host.sim.storage_attach(alloc::boxed::Box::new(disk)) {
+                    Some(lun) => println!(env, "host: storage LUN {lun}: disk 0 (QEMU's IDE disk)"),
+                    None => println!(env, "host: no free storage LUN for disk 0"),
+                }
+            }
+        }
         for line in script.attach_memory_disks(&mut host.sim) {
             println!(env, "{}", line);
         }

@@ -36,6 +36,7 @@
 
 extern crate alloc;
 
+pub mod ata;
 pub mod channel;
 pub mod data_path;
 pub mod disk;

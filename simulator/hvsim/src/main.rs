@@ -16,4 +16,6 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod component;
 #[cfg(target_os = "none")]
+mod ide;
+#[cfg(target_os = "none")]
 sel4_runtime::component_main!(component::SimulatedHost);

@@ -215,6 +215,19 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         );
     }
     let _ = writeln!(out, "];");
+    let _ = writeln!(out, "/// Every IO-port range's name, by range.");
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const IOPORT_NAMES: &[(component_api::IoPortName, &str)] = &["
+    );
+    for (position, port) in me.ioports.iter().enumerate() {
+        let _ = write!(
+            out,
+            "(component_api::IoPortName({position}), {:?}), ",
+            port.name
+        );
+    }
+    let _ = writeln!(out, "];");
     let _ = writeln!(out, "/// Every child's name, by child.");
     let _ = write!(
         out,

@@ -39,6 +39,9 @@ pub struct ImageSpec {
     /// extra cap or frame (`ROOTTASK_AUDIT_TEST_GRANT`, see
     /// `platform/sel4/roottask/build.rs`). `None` for every real image.
     pub audit_test_grant: Option<&'static str>,
+    /// A raw disk image QEMU attaches as the primary IDE channel's master
+    /// disk (`--disk IMG`); not part of the build.
+    pub disk: Option<PathBuf>,
 }
 
 impl ImageSpec {
@@ -47,6 +50,7 @@ impl ImageSpec {
             system: workspace_path(system),
             host_script: host_script.map(workspace_path),
             audit_test_grant: None,
+            disk: None,
         }
     }
 
@@ -82,8 +86,8 @@ fn workspace_path(path: &str) -> PathBuf {
     }
 }
 
-/// `--system FILE` (default `system.toml`) and `--host-script FILE` from
-/// the arguments.
+/// `--system FILE` (default `system.toml`), `--host-script FILE` and
+/// `--disk IMG` from the arguments.
 pub fn system_argument(args: &[String]) -> Result<ImageSpec> {
     let mut spec = ImageSpec::new("system.toml", None);
     let mut iter = args.iter();
@@ -95,6 +99,16 @@ pub fn system_argument(args: &[String]) -> Result<ImageSpec> {
             "--host-script" => {
                 let path = iter.next().ok_or("--host-script needs a file")?;
                 spec.host_script = Some(workspace_path(path));
+            }
+            "--disk" => {
+                // Relative to where the command runs, like any file argument.
+                let path = iter.next().ok_or("--disk needs a raw disk image")?;
+                let path =
+                    std::fs::canonicalize(path).map_err(|e| format!("--disk {path}: {e}"))?;
+                if !path.is_file() {
+                    return Err(format!("--disk: {} is not a file", path.display()));
+                }
+                spec.disk = Some(path);
             }
             other => return Err(format!("unknown argument {other}")),
         }

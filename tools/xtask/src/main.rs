@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's one entry point.
 //!
 //! - `cargo xtask run`    : build the seL4 image and boot it in QEMU, console
-//!   on the terminal (`--system FILE`, `--host-script FILE`)
+//!   on the terminal (`--system FILE`, `--host-script FILE`, `--disk IMG`:
+//!   a raw disk image for the simulated host's disk; default
+//!   `target/disks/demo.img`)
 //! - `cargo xtask test`   : every test: unit, description-error goldens,
 //!   property tests, hosted component tests and the QEMU boot tests
 //! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
@@ -9,8 +11,12 @@
 //! - `cargo xtask soak [--boots N]`: boot the VMBus system N times (200) and
 //!   count kernel exceptions and failures; QEMU's CPU use while idle
 //! - `cargo xtask hosted` : run the same system as Linux processes
+//! - `cargo xtask disk IMG [--size-mib N] [FILE...]`: make a FAT test disk
+//!   image (MBR, partition 1) for `--disk`
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
+//! - `cargo xtask bench-storage [--smoke]`: the storage benchmark (hosted:
+//!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -18,7 +24,9 @@
 //! Each subcommand lives in its own module.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod check;
+mod disk;
 mod fuzz;
 mod hosted;
 mod image;
@@ -32,7 +40,9 @@ mod util;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask <run|test|build|boot-test|soak|hosted|check|fuzz|setup> [args]");
+    eprintln!(
+        "usage: cargo xtask <run|test|build|boot-test|soak|hosted|disk|bench-storage|check|fuzz|setup> [args]"
+    );
     ExitCode::from(2)
 }
 
@@ -55,6 +65,8 @@ fn main() -> ExitCode {
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
+        "bench-storage" => bench::storage(rest),
+        "disk" => disk::run(rest),
         _ => return usage(),
     };
     match result {

@@ -1,7 +1,11 @@
 //! `cargo xtask run [--system FILE] [--host-script FILE]`: build the image
 //! and boot it in QEMU with the console on the terminal (Ctrl-A X quits).
 //!
-//! `cargo xtask boot-test [--system FILE] [--host-script FILE]`: for the
+//! `cargo xtask run` gives QEMU a disk: `--disk IMG` (a raw image, the
+//! primary IDE channel's master; QEMU writes the file, so writes persist)
+//! or else the demo disk `target/disks/demo.img` (`crate::disk`).
+//!
+//! `cargo xtask boot-test [--system FILE] [--host-script FILE] [--disk IMG]`: for the
 //! given image, or by default for every case in [`BOOT_TESTS`] (the VMBus
 //! system, its isolation test, its bus scenarios (version fallback,
 //! rescind and re-offer, offers at runtime, KVP GET, monitored channels), the platform
@@ -15,19 +19,21 @@
 //! start to the last expected line. By default the capability audit's
 //! negative tests follow ([`AUDIT_TESTS`]): a root task that grants one
 //! extra cap or frame must be refused by its audit (`--audit-tests`: only
-//! those). Every case runs even if one fails.
+//! those), and the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
+//! only those). Every case runs even if one fails.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
 use crate::util::Result;
 use ipc_harness::expect;
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn qemu_command(image: &BootImage) -> Command {
+fn qemu_command(image: &BootImage, disk: Option<&Path>) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
@@ -46,13 +52,21 @@ fn qemu_command(image: &BootImage) -> Command {
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.roottask);
+    if let Some(disk) = disk {
+        command.args(["-drive", &crate::disk::qemu_drive(disk)]);
+    }
     command
 }
 
 pub fn run(args: &[String]) -> Result {
     let spec = system_argument(args)?;
     let image = build(&spec)?;
-    let status = qemu_command(&image)
+    let disk = match &spec.disk {
+        Some(disk) => disk.clone(),
+        None => crate::disk::demo_disk()?,
+    };
+    println!("xtask: disk 0 (IDE primary master): {}", disk.display());
+    let status = qemu_command(&image, Some(&disk))
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
@@ -67,8 +81,11 @@ pub fn run(args: &[String]) -> Result {
 
 /// The lines that must appear (`ipc_harness::expect`).
 fn expectations(spec: &ImageSpec) -> Result<Vec<String>> {
-    let path = spec.expectations_file();
-    match std::fs::read_to_string(&path) {
+    expectations_from(&spec.expectations_file())
+}
+
+pub fn expectations_from(path: &Path) -> Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
         Ok(text) => Ok(expect::parse(&text, expect::Backend::Sel4)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -176,10 +193,15 @@ const IDLE_TO: &str = "powers off";
 
 pub fn boot_test(args: &[String]) -> Result {
     let audit_only = args.iter().any(|arg| arg == "--audit-tests");
-    if !args.is_empty() && !audit_only {
+    let disk_only = args.iter().any(|arg| arg == "--disk-tests");
+    if !args.is_empty() && !audit_only && !disk_only {
         return boot_test_one(&system_argument(args)?);
     }
-    let boot_tests = if audit_only { &[][..] } else { BOOT_TESTS };
+    let boot_tests = if audit_only || disk_only {
+        &[][..]
+    } else {
+        BOOT_TESTS
+    };
     let mut failed = Vec::new();
     for (system, host_script) in boot_tests {
         let spec = ImageSpec::new(system, *host_script);
@@ -193,7 +215,21 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
-    for (grant, expected) in AUDIT_TESTS {
+    let disk_tests = if audit_only {
+        &[][..]
+    } else {
+        crate::disk::BOOT_TESTS
+    };
+    for test in disk_tests {
+        let name = format!("{} with the {} disk", test.system, test.name);
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::disk::boot_test_one(test) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
+    }
+    let audit_tests = if disk_only { &[][..] } else { AUDIT_TESTS };
+    for (grant, expected) in audit_tests {
         let name = format!("the capability audit with one {grant}");
         println!("xtask: boot test of {name}");
         if let Err(error) = audit_test_one(grant, expected) {
@@ -203,7 +239,7 @@ pub fn boot_test(args: &[String]) -> Result {
     }
     println!(
         "boot-tests: {} passed, {} failed",
-        boot_tests.len() + AUDIT_TESTS.len() - failed.len(),
+        boot_tests.len() + disk_tests.len() + audit_tests.len() - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -216,7 +252,7 @@ pub fn boot_test(args: &[String]) -> Result {
 fn boot_test_one(spec: &ImageSpec) -> Result {
     let expected = expectations(spec)?;
     let image = build(spec)?;
-    let boot = boot_once(&image, Echo::Lines)?;
+    let boot = boot_once(&image, spec.disk.as_deref(), Echo::Lines)?;
     if let Some(at) = boot.last_expected_at(&expected) {
         eprintln!(
             "xtask: boot time to the last expected line: {:.2} s",
@@ -238,7 +274,7 @@ fn audit_test_one(grant: &'static str, expected: &[&str]) -> Result {
     let mut spec = ImageSpec::new("system.toml", None);
     spec.audit_test_grant = Some(grant);
     let image = build(&spec)?;
-    let boot = boot_once(&image, Echo::Lines)?;
+    let boot = boot_once(&image, None, Echo::Lines)?;
     let expected: Vec<String> = expected.iter().map(|line| line.to_string()).collect();
     if let Err(missing) = expect::check(&expected, &boot.lines) {
         return Err(format!("expected output line not seen: {missing:?}"));
@@ -259,13 +295,13 @@ fn audit_test_one(grant: &'static str, expected: &[&str]) -> Result {
 
 /// Whether a boot's console lines are printed as they come.
 #[derive(Clone, Copy, PartialEq)]
-enum Echo {
+pub enum Echo {
     Lines,
     Quiet,
 }
 
 /// What one boot showed.
-struct Boot {
+pub struct Boot {
     lines: Vec<String>,
     times: Vec<Duration>,
     /// QEMU's CPU time when each line arrived.
@@ -273,10 +309,17 @@ struct Boot {
     /// `None`: QEMU was stopped (timeout or a fatal line).
     status: Option<ExitStatus>,
     fatal: Option<String>,
-    elapsed: Duration,
+    pub elapsed: Duration,
+    /// QEMU was stopped because every line of `until` appeared.
+    pub until_met: bool,
 }
 
 impl Boot {
+    /// The console lines, in order.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
     fn last_expected_at(&self, expected: &[String]) -> Option<Duration> {
         expect::check(expected, &self.lines)
             .ok()
@@ -304,9 +347,12 @@ impl Boot {
         (wall > Duration::from_millis(500)).then(|| cpu.as_secs_f64() / wall.as_secs_f64())
     }
 
-    fn verdict(&self, expected: &[String]) -> Result {
+    pub fn verdict(&self, expected: &[String]) -> Result {
         if let Some(line) = &self.fatal {
             return Err(format!("the run cannot complete: {line:?}"));
+        }
+        if self.until_met {
+            return Ok(());
         }
         let Some(status) = self.status else {
             return Err(format!(
@@ -356,10 +402,22 @@ fn clock_ticks_per_second() -> u64 {
 
 /// Boot `image` headless until QEMU exits, a fatal line appears or
 /// [`BOOT_TIMEOUT`] passes.
-fn boot_once(image: &BootImage, echo: Echo) -> Result<Boot> {
+pub fn boot_once(image: &BootImage, disk: Option<&Path>, echo: Echo) -> Result<Boot> {
+    boot_until(image, disk, echo, None)
+}
+
+/// [`boot_once`], but with `until`: stop QEMU as soon as every line of
+/// `until` appeared (for a system that does not power off by itself);
+/// [`Boot::until_met`] says so.
+pub fn boot_until(
+    image: &BootImage,
+    disk: Option<&Path>,
+    echo: Echo,
+    until: Option<&[String]>,
+) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let started = Instant::now();
-    let mut child = qemu_command(image)
+    let mut child = qemu_command(image, disk)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -389,6 +447,7 @@ fn boot_once(image: &BootImage, echo: Echo) -> Result<Boot> {
         status: None,
         fatal: None,
         elapsed: Duration::ZERO,
+        until_met: false,
     };
     let take = |boot: &mut Boot, (line, at, cpu): (String, Duration, Option<Duration>)| {
         if echo == Echo::Lines {
@@ -415,6 +474,12 @@ fn boot_once(image: &BootImage, echo: Echo) -> Result<Boot> {
         if started.elapsed() > BOOT_TIMEOUT || boot.fatal.is_some() {
             let _ = child.kill();
             let _ = child.wait();
+            break None;
+        }
+        if until.is_some_and(|lines| expect::check(lines, &boot.lines).is_ok()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            boot.until_met = true;
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -457,7 +522,7 @@ pub fn soak(args: &[String]) -> Result {
     let mut kernel_exceptions = 0;
     let mut idle_shares = Vec::new();
     for index in 1..=boots {
-        let boot = boot_once(&image, Echo::Quiet)?;
+        let boot = boot_once(&image, spec.disk.as_deref(), Echo::Quiet)?;
         kernel_exceptions += boot.kernel_exceptions();
         let share = boot.cpu_share_between(IDLE_FROM, IDLE_TO);
         if let Some(share) = share {

@@ -15,7 +15,11 @@
 //! 5. every fuzz target for a few seconds (`cargo xtask fuzz --seconds
 //!    FUZZ_SMOKE_SECONDS`, at least FUZZ_SMOKE_MIN_RUNS inputs each), so a
 //!    parser crash fails CI,
-//! 6. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
+//! 6. a smoke run of the storage benchmark (`cargo xtask bench-storage
+//!    --smoke`: a few iterations, so it keeps compiling and running; the
+//!    numbers of a smoke run mean nothing) and its guest table in QEMU
+//!    (`--qemu`, about 20 s of QEMU),
+//! 7. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
 
@@ -100,6 +104,22 @@ pub fn run(args: &[String]) -> Result {
     results.push(("fuzz smoke", fuzz.is_ok()));
     println!(
         "fuzz smoke: {:.1} s with its build",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let bench = crate::bench::storage(&["--smoke".into()]);
+    if let Err(error) = &bench {
+        eprintln!("xtask: {error}");
+    }
+    results.push(("storage benchmark smoke run", bench.is_ok()));
+    let guest_bench = crate::bench::storage(&["--qemu".into()]);
+    if let Err(error) = &guest_bench {
+        eprintln!("xtask: {error}");
+    }
+    results.push(("storage benchmark in QEMU", guest_bench.is_ok()));
+    println!(
+        "storage benchmark smoke run: {:.1} s with its build",
         started.elapsed().as_secs_f64()
     );
 

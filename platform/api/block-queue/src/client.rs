@@ -121,6 +121,8 @@ pub struct BlockClient<const N: usize> {
     generation: Option<u32>,
     device: Option<DeviceInfo>,
     pushed_since_signal: bool,
+    /// A new generation was seen; reissue once the old responses are taken.
+    reissue_pending: bool,
     stats: ClientStats,
 }
 
@@ -142,6 +144,7 @@ impl<const N: usize> BlockClient<N> {
             generation: None,
             device: None,
             pushed_since_signal: false,
+            reissue_pending: false,
             stats: ClientStats::default(),
         })
     }
@@ -213,15 +216,25 @@ impl<const N: usize> BlockClient<N> {
         if self.generation == Some(device.generation) {
             return;
         }
-        if self.generation.is_some() {
-            for entry in self.outstanding.iter_mut() {
-                if entry.pushed {
-                    self.stats.reissued += 1;
-                }
-                entry.pushed = false;
-            }
-        }
+        // Responses the old driver left in the queue are real completions:
+        // take them before reissuing, or a request already done would be
+        // pushed again and done twice (a second write after a newer one,
+        // a read into a buffer the client reuses).
+        self.reissue_pending = self.generation.is_some();
         self.generation = Some(device.generation);
+        self.in_queue = 0;
+    }
+
+    /// Once the responses of the old generation are taken: push again
+    /// everything still outstanding.
+    fn reissue(&mut self) {
+        self.reissue_pending = false;
+        for entry in self.outstanding.iter_mut() {
+            if entry.pushed {
+                self.stats.reissued += 1;
+            }
+            entry.pushed = false;
+        }
         self.in_queue = 0;
     }
 
@@ -230,6 +243,9 @@ impl<const N: usize> BlockClient<N> {
         let Some(device) = self.device else {
             return Ok(());
         };
+        if self.reissue_pending {
+            return Ok(());
+        }
         let depth = device.queue_depth.min(self.requests.capacity());
         for entry in self.outstanding.iter_mut().filter(|entry| !entry.pushed) {
             if self.in_queue >= depth {
@@ -258,6 +274,11 @@ impl<const N: usize> BlockClient<N> {
         for _ in 0..=self.responses_bound() {
             let mut bytes = [0u8; RESPONSE_BYTES];
             match self.responses.pop(&mut bytes)? {
+                None if self.reissue_pending => {
+                    self.reissue();
+                    self.pump()?;
+                    return Ok(None);
+                }
                 None => return Ok(None),
                 Some(RESPONSE_BYTES) => {}
                 Some(_) => return Err(ClientError::Queue(QueueError::PeerCorrupted)),
@@ -272,7 +293,7 @@ impl<const N: usize> BlockClient<N> {
                 continue;
             };
             let entry = self.outstanding.remove(index);
-            if entry.pushed {
+            if entry.pushed && !self.reissue_pending {
                 self.in_queue -= 1;
             }
             let status = Status::from_wire(response.status).unwrap_or_else(|| {

@@ -163,6 +163,11 @@ impl BlockServer {
             max_transfer,
             ident,
         );
+        // What the client queued before this generation is dropped: it
+        // reissues everything it has outstanding when it sees the new
+        // generation, so serving the old copies too would do requests twice
+        // (after the client reused their buffers, or after a newer write).
+        self.discard_queued()?;
         self.serving = Some(Serving {
             grant,
             block_size,
@@ -170,6 +175,16 @@ impl BlockServer {
         });
         self.refusing = false;
         info::publish(&self.info, &info).ok_or(ServerError::InfoPage)
+    }
+
+    fn discard_queued(&mut self) -> Result<(), ServerError> {
+        let mut bytes = [0u8; REQUEST_BYTES];
+        for _ in 0..=self.requests_bound() {
+            if self.requests.pop(&mut bytes)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Stop serving (the disk went away). With `refuse`, requests are

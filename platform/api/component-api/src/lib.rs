@@ -260,7 +260,7 @@ pub trait Component: Sized {
 }
 
 /// The id a generated name table (`CHANNEL_NAMES`, `REGION_NAMES`,
-/// `CHILD_NAMES` in a component's `ids.rs`) gives `name`.
+/// `IOPORT_NAMES`, `CHILD_NAMES` in a component's `ids.rs`) gives `name`.
 pub fn id_named<T: Copy>(table: &[(T, &str)], name: &str) -> Option<T> {
     table
         .iter()

@@ -60,6 +60,14 @@ pub struct Sel4Env {
 }
 
 impl Sel4Env {
+    /// This PD's environment, for an object that must reach the runtime
+    /// outside the component's calls (a device driver that owns its IO
+    /// ports, like hvsim's ATA disk). It is a view of the PD's information
+    /// page, so any number of them act alike.
+    pub fn current() -> Sel4Env {
+        Sel4Env { info: pd_info() }
+    }
+
     fn has(mask: u64, channel: Channel) -> bool {
         channel.index() < 64 && mask & channel.bit() != 0
     }
