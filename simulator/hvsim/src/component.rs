@@ -118,20 +118,19 @@ impl Component for SimulatedHost {
             }
         }
         start_timer(env, TICK_HZ);
-        let mut host = HostPd::new(memory, script.server_config(), channels::INTERRUPT);
+        let mut config = script.server_config();
         // QEMU's IDE disk is the storage device's LUN 0, before the
-        // scenario's memory disks (as the hosted host's `--disk` files are).
+        // scenario's memory disks (as the hosted host's `--disk` files are);
+        // a scenario without a storage device gets a SCSI controller for it,
+        // as the hosted host does for `--disk`.
+        if disk.is_some() {
+            hvsim::script::add_storage_for_disk(&mut config);
+        }
+        let mut host = HostPd::new(memory, config, channels::INTERRUPT);
         if let Some(disk) = disk {
-            if host.sim.vmbus.storage_primary().is_none() {
-                println!(
-                    env,
-                    "disk 0: not served: the scenario has no storage device"
-                );
-            } else {
-                match host.sim.storage_attach(alloc::boxed::Box::new(disk)) {
-                    Some(lun) => println!(env, "host: storage LUN {lun}: disk 0 (QEMU's IDE disk)"),
-                    None => println!(env, "host: no free storage LUN for disk 0"),
-                }
+            match host.sim.storage_attach(alloc::boxed::Box::new(disk)) {
+                Some(lun) => println!(env, "host: storage LUN {lun}: disk 0 (QEMU's IDE disk)"),
+                None => println!(env, "host: no free storage LUN for disk 0"),
             }
         }
         for line in script.attach_memory_disks(&mut host.sim) {

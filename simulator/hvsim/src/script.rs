@@ -346,6 +346,20 @@ impl Default for Script {
 /// The devices the host offers in the image by default: the four
 /// integration components, with fixed instance GUIDs (the same as the
 /// transport binary's) so runs are reproducible.
+/// A disk given from outside the scenario (the hosted host's `--disk`,
+/// QEMU's IDE disk in the seL4 image) when the scenario offers no storage
+/// controller: one SCSI controller is added after the scenario's devices
+/// to serve it (a disk nobody can reach would be a silent surprise).
+pub fn add_storage_for_disk(config: &mut ServerConfig) {
+    if config.devices.iter().any(|d| d.kind == DeviceKind::Storage) {
+        return;
+    }
+    let index = config.devices.len() as u128 + 1;
+    config.devices.push(
+        ScriptDevice::from_name(DeviceName::Class(crate::scenario::SCSI_CLASS)).config(index),
+    );
+}
+
 pub fn integration_components() -> ServerConfig {
     Script::default().server_config()
 }

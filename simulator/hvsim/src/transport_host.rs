@@ -184,11 +184,9 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
 
 /// `--disk` without a storage device among the devices: one is added.
 fn add_storage_for_disks(config: &mut ServerConfig, options: &Options) {
-    if options.disks.is_empty() || config.devices.iter().any(|d| d.kind == DeviceKind::Storage) {
-        return;
+    if !options.disks.is_empty() {
+        hvsim::script::add_storage_for_disk(config);
     }
-    let index = config.devices.len() as u128 + 1;
-    config.devices.push(device("storage", index));
 }
 
 /// Windows file time (100 ns units since 1601) of now.

@@ -14,8 +14,8 @@ use vmbus_protocol::guid::class;
 
 #[test]
 fn the_bus_negotiates_5_3_and_every_offered_device_with_a_driver_opens() {
-    // A fifth offer of a class nobody drives (storvsc).
-    let devices = format!("heartbeat,shutdown,timesync,kvp,{STORVSC_CLASS}");
+    // A fifth offer of a class nobody drives (VSS).
+    let devices = format!("heartbeat,shutdown,timesync,kvp,{UNDRIVEN_CLASS}");
     let harness = start(&["--devices", &devices], &[]);
     let next = harness.expect_output("[vmbus] VMBus 5.3 negotiated", 0);
     harness.expect_output("hvsim event: version 5.3", 0);
@@ -28,7 +28,7 @@ fn the_bus_negotiates_5_3_and_every_offered_device_with_a_driver_opens() {
     }
     let (_, unknown) = harness.expect_line("[vmbus] offer relid 5:", next);
     assert!(
-        unknown.contains(STORVSC_CLASS) && unknown.ends_with("left alone"),
+        unknown.contains(UNDRIVEN_CLASS) && unknown.ends_with("left alone"),
         "{unknown}"
     );
     harness.expect_output(
@@ -70,7 +70,7 @@ fn the_bus_negotiates_5_3_and_every_offered_device_with_a_driver_opens() {
         harness.expect_output(&row, after);
     }
     harness.expect_output(
-        "[vmbus]      5 scsi       48565349-4d00-0000-0000-000000000005  -          offered   -         -    0",
+        "[vmbus]      5 vss        48565349-4d00-0000-0000-000000000005  -          offered   -         -    0",
         after,
     );
     // The host opened exactly the four driven channels.
@@ -93,7 +93,11 @@ fn the_status_view_serves_one_row_per_device() {
     wait_all_open(&harness, 4);
     wait_negotiated(&harness, &DRIVERS, 0);
     let rows = device_rows(&mut client);
-    assert_eq!(rows.len(), 4, "{rows:?}");
+    // The four ICs, then the storage driver's row: system.toml has a
+    // storage driver, and this host offers no disk controller.
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows[4].driver.as_str(), "storage");
+    assert_eq!(rows[4].state, ChannelState::NotOffered);
     let classes = [
         class::HEARTBEAT,
         class::SHUTDOWN,
@@ -106,7 +110,7 @@ fn the_status_view_serves_one_row_per_device() {
         ((3, 0), (4, 0)),
         ((3, 0), (5, 0)),
     ];
-    for (index, row) in rows.iter().enumerate() {
+    for (index, row) in rows[..4].iter().enumerate() {
         assert_eq!(row.driver.as_str(), DRIVERS[index]);
         assert_eq!(uuid::Uuid::from_bytes(row.class), classes[index]);
         assert_eq!(

@@ -81,7 +81,7 @@ fn offers_added_at_runtime_open_when_driven_and_are_left_alone_otherwise() {
     // The client set its pair when it started; the KVP service was down
     // then, so it restores it on its next tick. Check the service itself.
     assert_eq!(host_kvp_set(&harness, 0, "LateOffer", "served"), 0);
-    let answer = harness.host(&format!("add-device {STORVSC_CLASS}"));
+    let answer = harness.host(&format!("add-device {UNDRIVEN_CLASS}"));
     let unknown = answer
         .strip_prefix("relid ")
         .unwrap_or_else(|| harness.fail(&format!("add-device answered {answer:?}")));

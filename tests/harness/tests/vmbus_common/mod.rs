@@ -17,9 +17,9 @@ pub const SYSTEM: &str = "system.toml";
 /// The four integration components the host offers by default, by relid.
 pub const DRIVERS: [&str; 4] = ["heartbeat", "shutdown", "timesync", "kvp"];
 
-/// A class no driver in the description claims (storvsc): an offer of it
-/// must be logged and left alone.
-pub const STORVSC_CLASS: &str = "ba6163d9-04a1-4d29-b605-72e2ffb1dc7f";
+/// A class no driver in the description claims (VSS, the volume shadow
+/// copy IC): an offer of it must be logged and left alone.
+pub const UNDRIVEN_CLASS: &str = "35fa2e29-ea23-4236-96ae-3a6ebacba440";
 
 /// Start the VMBus system with the host reporting events; `host_args` are
 /// more options for `hvsim` and `doubles` the components the test plays.
