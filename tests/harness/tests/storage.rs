@@ -409,3 +409,43 @@ fn a_request_the_host_never_completes_times_out_on_synics_timer() {
         "no bus reset: {report}"
     );
 }
+
+/// As above, but synic is killed (SIGKILL) while the request is held by
+/// the host and the driver's wakeup is set: the restarted synic has lost
+/// every deadline, wakes each driver once, and the driver, finding no
+/// channel pending, asks again. The timeout still happens and the client
+/// is answered.
+#[test]
+fn a_restarted_synic_still_times_the_request_out() {
+    let scratch = Scratch::new("timeout-synic");
+    let disk = make_disk(&scratch);
+    let harness = start_system(
+        "tests/systems/storage-timeout.toml",
+        &disk,
+        "storage-timeout",
+    );
+    let served = harness.expect_output("[files] fs-client: block device", 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let report = harness.host("storage-report");
+        if report.contains("1 withheld") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing withheld: {report}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The driver asks for its wakeup right after it sent the request.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    harness.kill("synic");
+    harness.expect_restarts("synic", 1);
+    let from = harness.expect_output("[synic] synic re-armed after a restart", served);
+    harness.expect_output(
+        "[storage] 1 requests not completed in 1000 ms: resetting the bus",
+        served,
+    );
+    harness.expect_output("[storage] request 1 of files: IoError", served);
+    harness.expect_output("[files] fs-client: failed:", from);
+}
