@@ -35,6 +35,18 @@
 //!   as such and passed on to the VSC at `Bind`. Only events for relids
 //!   nobody bound or is opening are strays.
 //!
+//! - It owns synthetic timer 0 and serves `SetTimeout` to the VSCs: one
+//!   deadline per VSC (on the clock all components share, `now_ns`), the
+//!   timer programmed one-shot for the earliest. Its HVMSG_TIMER_EXPIRED
+//!   messages come on their own SINT ([`TIMER_SINT`]), so a timer message
+//!   never waits in a slot behind VMBus messages that wait for room in
+//!   vmbus's queue, and SINT2's slot stays VMBus's alone. On one, each VSC
+//!   whose deadline passed is notified on the channel synic already
+//!   notifies it on, and the timer is programmed for the next deadline.
+//!   A restarted synic has forgotten the deadlines: it stops the timer and
+//!   wakes every VSC once, and a VSC woken with no channel pending asks
+//!   again.
+//!
 //! What it trusts: `vmbus` for the relid -> VSC table (it is the authority
 //! on channels); the hypervisor's replies as far as the call succeeded.
 //! Nothing in a message slot is interpreted beyond its type: payloads are
@@ -54,7 +66,8 @@ use core::sync::atomic::{fence, Ordering};
 use hyperv_defs::{
     call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
     HypercallMsr, HypercallResult, PostMessageInput, ScontrolFlags, SignalEventInput, SintFlags,
-    SintMsr, SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE,
+    SintMsr, StimerConfig, SynicPageMsr, EVENT_FLAGS_BYTES, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE,
+    PAGE_SIZE,
 };
 use spsc_queue::{Producer, QueueError};
 use vmbus_ipc::hypervisor;
@@ -68,6 +81,16 @@ pub const VMBUS_SINT: u8 = 2;
 /// The interrupt vector we program into SINT2. Any vector >= 16 works; the
 /// runtime turns the interrupt into a notification on `hypervisor_interrupt`.
 pub const VMBUS_VECTOR: u8 = 0x30;
+/// The SINT synthetic timer 0 sends its expiration messages to.
+pub const TIMER_SINT: u8 = 3;
+/// The vector of [`TIMER_SINT`] (its own: an interrupt is a look at both
+/// slots anyway, but a real APIC would tell them apart).
+pub const TIMER_VECTOR: u8 = 0x31;
+/// Reference time counts 100 ns units.
+const REFERENCE_UNIT_NS: u64 = 100;
+/// Timer messages handled per interrupt (each frees the slot; a host that
+/// floods them waits for the next interrupt).
+const TIMER_MESSAGES_PER_INTERRUPT: usize = 4;
 /// Our guest OS identity (TLFS "Reporting the guest OS identity"): bit 63
 /// marks an open-source OS, OS type 0x7F (not one of the registered ones),
 /// version fields zero except the build number 1.
@@ -100,6 +123,7 @@ pub const MONITOR_PAGE2_OFFSET: usize = 4096;
 pub const INTERRUPT_PAGE_SEND_OFFSET: usize = 2 * 4096 + 2048;
 
 const SLOT_OFFSET: usize = SIMP_OFFSET + VMBUS_SINT as usize * MESSAGE_SIZE;
+const TIMER_SLOT_OFFSET: usize = SIMP_OFFSET + TIMER_SINT as usize * MESSAGE_SIZE;
 const FLAGS_OFFSET: usize = SIEFP_OFFSET + VMBUS_SINT as usize * EVENT_FLAGS_BYTES;
 
 /// A relid whose events go to a VSC, and the connection that VSC may signal.
@@ -166,6 +190,13 @@ pub struct Synic {
     /// Restarted: the [`vmbus_ipc::SYNIC_RESTARTED_MESSAGE_TYPE`] entry
     /// still has to go into the queue, ahead of any message.
     restart_news_pending: bool,
+    /// Synthetic timer 0 and its SINT are set up.
+    timer_ready: bool,
+    /// Per VSC (its row in `drivers::DRIVERS`): the deadline it asked to
+    /// be woken at (`SetTimeout`), on the components' clock.
+    deadlines: [Option<u64>; MAX_DRIVERS],
+    /// The deadline timer 0 is programmed for, if it runs.
+    timer_armed: Option<u64>,
 }
 
 /// Why a hypervisor request failed.
@@ -205,6 +236,57 @@ fn hypercall(env: &mut dyn Env, control: HypercallControl, input: u64) -> HvStat
     match hypervisor_call(env, request) {
         Ok(rax) => HypercallResult(rax).status(),
         Err(_) => HvStatus(vmbus_ipc::synic::STATUS_NO_HYPERCALL),
+    }
+}
+
+/// Frees a message slot the way the TLFS asks (type cleared, full barrier,
+/// then the pending flag read) and writes EOM if the host has more
+/// messages for it. Whether EOM was written.
+fn free_slot(env: &mut dyn Env, pages: &Region, slot_offset: usize) -> bool {
+    let Ok(type_word) = pages.atomic_u32(slot_offset + HvMessage::MESSAGE_TYPE_OFFSET) else {
+        return false;
+    };
+    type_word.store(message_type::NONE, Ordering::Release);
+    fence(Ordering::SeqCst);
+    let Ok(flags_word) = pages.atomic_u32(slot_offset + 4) else {
+        return false;
+    };
+    let flags = (flags_word.load(Ordering::Acquire) >> 8) as u8;
+    if flags & message_flags::MESSAGE_PENDING == 0 {
+        return false;
+    }
+    if let Err(error) = msr_write(env, msr::EOM, 0) {
+        println!(env, "EOM failed: {:?}", error);
+    }
+    true
+}
+
+/// Points timer 0 at [`TIMER_SINT`] (one-shot, message mode, auto-enable:
+/// writing a count starts it) and unmasks that SINT. Writing the config
+/// with the enable bit clear also stops a timer a previous synic left
+/// running. False (after saying why) if the hypervisor has no timer.
+fn set_up_timer(env: &mut dyn Env) -> bool {
+    let sint_msr = msr::SINT0 + TIMER_SINT as u32;
+    let result = msr_read(env, sint_msr).and_then(|old| {
+        let ours = SintMsr::VECTOR_MASK | SintFlags::all().bits();
+        let value = (old & !ours) | SintMsr::new(TIMER_VECTOR, false, true).0;
+        msr_write(env, sint_msr, value)?;
+        msr_write(
+            env,
+            msr::STIMER0_CONFIG,
+            StimerConfig::one_shot(TIMER_SINT, false, true).0,
+        )?;
+        msr_read(env, msr::TIME_REF_COUNT)
+    });
+    match result {
+        Ok(_) => true,
+        Err(error) => {
+            println!(
+                env,
+                "no synthetic timer ({:?}): SetTimeout is answered NoTimer", error
+            );
+            false
+        }
     }
 }
 
@@ -495,23 +577,8 @@ impl Synic {
             // Free the slot, then look at the pending flag: reading it after
             // the clear (with a full barrier between) cannot miss a message
             // the host queued while the slot was busy.
-            let Ok(type_word) = enabled
-                .pages
-                .atomic_u32(SLOT_OFFSET + HvMessage::MESSAGE_TYPE_OFFSET)
-            else {
-                break;
-            };
-            type_word.store(message_type::NONE, Ordering::Release);
-            fence(Ordering::SeqCst);
-            let Ok(flags_word) = enabled.pages.atomic_u32(SLOT_OFFSET + 4) else {
-                break;
-            };
-            let flags = (flags_word.load(Ordering::Acquire) >> 8) as u8;
-            if flags & message_flags::MESSAGE_PENDING != 0 {
+            if free_slot(env, &enabled.pages, SLOT_OFFSET) {
                 self.status.eoms = self.status.eoms.wrapping_add(1);
-                if let Err(error) = msr_write(env, msr::EOM, 0) {
-                    println!(env, "EOM failed: {:?}", error);
-                }
             }
         }
         if pushed {
@@ -521,6 +588,104 @@ impl Synic {
                 }
             }
         }
+    }
+
+    /// Take the timer SINT's messages out of its slot; after a timer
+    /// message, wake the VSCs whose deadlines passed and program the
+    /// timer for the next one. Only the type is read: which deadlines
+    /// passed is decided by our own clock, not by the host's payload.
+    fn drain_timer_messages(&mut self, env: &mut dyn Env) {
+        let Some(enabled) = &self.enabled else {
+            return;
+        };
+        let pages = enabled.pages;
+        let mut expired = false;
+        for _ in 0..TIMER_MESSAGES_PER_INTERRUPT {
+            let Ok(type_word) = pages.atomic_u32(TIMER_SLOT_OFFSET) else {
+                break;
+            };
+            let kind = type_word.load(Ordering::Acquire);
+            if kind == message_type::NONE {
+                break;
+            }
+            if kind == message_type::TIMER_EXPIRED {
+                expired = true;
+                self.status.timer_messages = self.status.timer_messages.wrapping_add(1);
+            } else {
+                self.status.messages_dropped = self.status.messages_dropped.wrapping_add(1);
+            }
+            if free_slot(env, &pages, TIMER_SLOT_OFFSET) {
+                self.status.eoms = self.status.eoms.wrapping_add(1);
+            }
+        }
+        if expired {
+            // One-shot: the timer stopped when it sent this.
+            self.timer_armed = None;
+            self.run_timer(env);
+        }
+    }
+
+    /// Wake each VSC whose deadline has passed (forgetting it), then keep
+    /// timer 0 programmed for the earliest deadline left (stopped if none).
+    fn run_timer(&mut self, env: &mut dyn Env) {
+        let now = env.now_ns();
+        let mut due = ChannelSet::EMPTY;
+        for (row, entry) in drivers::DRIVERS.iter().take(MAX_DRIVERS).enumerate() {
+            if self.deadlines[row].is_some_and(|deadline| deadline <= now) {
+                self.deadlines[row] = None;
+                due.insert(entry.notify);
+                self.status.timeouts_delivered = self.status.timeouts_delivered.wrapping_add(1);
+            }
+        }
+        for channel in due.iter() {
+            env.notify(channel);
+        }
+        let earliest = self.deadlines.iter().flatten().min().copied();
+        if earliest == self.timer_armed || !self.timer_ready {
+            return;
+        }
+        let programmed = match earliest {
+            // A zero count stops the timer.
+            None => msr_write(env, msr::STIMER0_COUNT, 0),
+            Some(deadline) => msr_read(env, msr::TIME_REF_COUNT).and_then(|reference| {
+                // The count is an absolute reference time: the host's
+                // clock now plus our wait, rounded up so it never fires
+                // before the deadline by our clock.
+                let wait = deadline.saturating_sub(now).div_ceil(REFERENCE_UNIT_NS);
+                let count = reference.saturating_add(wait).max(1);
+                msr_write(env, msr::STIMER0_COUNT, count)
+            }),
+        };
+        match programmed {
+            Ok(()) => {
+                self.timer_armed = earliest;
+                self.status.timer_programmed = self.status.timer_programmed.wrapping_add(1);
+            }
+            Err(error) => {
+                self.timer_armed = None;
+                println!(env, "programming timer 0 failed: {:?}", error);
+            }
+        }
+    }
+
+    /// The caller's deadline (0: none), replacing its last.
+    fn set_timeout(
+        &mut self,
+        env: &mut dyn Env,
+        caller: Caller,
+        deadline_ns: u64,
+    ) -> Result<Reply, Refusal> {
+        let row = drivers::DRIVERS
+            .iter()
+            .take(MAX_DRIVERS)
+            .position(|row| row.caller == caller)
+            .ok_or(Refusal::DENIED)?;
+        if !self.timer_ready {
+            return Ok(Reply::NoTimer);
+        }
+        self.deadlines[row] = (deadline_ns != 0).then_some(deadline_ns);
+        self.run_timer(env);
+        Ok(Reply::Done)
     }
 
     fn post_message(&mut self, env: &mut dyn Env, connection_id: u32, payload: &[u8]) -> Reply {
@@ -857,6 +1022,7 @@ impl Synic {
                 (monitor_id, interrupt_page_bit),
             ),
             Request::Pending => self.take_pending(caller),
+            Request::SetTimeout { deadline_ns } => self.set_timeout(env, caller, deadline_ns),
             Request::Unbind { relid } => {
                 self.unbind(relid);
                 Ok(Reply::Done)
@@ -872,6 +1038,7 @@ impl Component for Synic {
     fn init(env: &mut dyn Env) -> Self {
         let enabled = enable(env);
         let rearmed = enabled.as_ref().is_some_and(|e| e.rearmed);
+        let timer_ready = enabled.is_some() && set_up_timer(env);
         let monitor_pages = Some(env.region(regions::MONITOR_PAGES))
             .filter(|r| r.writable() && r.len() >= INTERRUPT_PAGE_SEND_OFFSET + 2048);
         if monitor_pages.is_none() {
@@ -891,6 +1058,9 @@ impl Component for Synic {
             waiting_for_queue_space: false,
             awaiting_restore: rearmed,
             restart_news_pending: rearmed,
+            timer_ready,
+            deadlines: [None; MAX_DRIVERS],
+            timer_armed: None,
         };
         synic.status.restarted = rearmed;
         if rearmed {
@@ -908,6 +1078,16 @@ impl Component for Synic {
         // A message may have been delivered the moment SIMP was enabled
         // (or was waiting in the slot when the old synic stopped).
         synic.drain_messages(env);
+        // A timer message the old synic left is stale: the timer was
+        // stopped above and every VSC is woken below.
+        synic.drain_timer_messages(env);
+        if rearmed && timer_ready {
+            // The deadlines died with the old synic: each VSC, woken with
+            // no channel pending, asks again.
+            for row in drivers::DRIVERS.iter().take(MAX_DRIVERS) {
+                env.notify(row.notify);
+            }
+        }
         synic
     }
 
@@ -921,6 +1101,9 @@ impl Component for Synic {
         // way the slot is worth a look.
         if channels.contains(channels::HYPERVISOR_INTERRUPT) || channels.contains(channels::VMBUS) {
             self.drain_messages(env);
+        }
+        if channels.contains(channels::HYPERVISOR_INTERRUPT) {
+            self.drain_timer_messages(env);
         }
     }
 

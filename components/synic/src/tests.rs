@@ -254,9 +254,18 @@ fn init_enables_the_synic_in_order_with_our_pages() {
             msr::SIMP,
             msr::SIEFP,
             msr::SINT0 + 2,
-            msr::SCONTROL
+            msr::SCONTROL,
+            msr::SINT0 + TIMER_SINT as u32,
+            msr::STIMER0_CONFIG,
         ]
     );
+    let timer_sint = SintMsr(host.msrs[&(msr::SINT0 + TIMER_SINT as u32)]);
+    assert!(!timer_sint.masked() && timer_sint.auto_eoi());
+    assert_eq!(timer_sint.vector(), TIMER_VECTOR);
+    let config = StimerConfig(host.msrs[&msr::STIMER0_CONFIG]);
+    assert!(!config.enabled() && config.auto_enable() && !config.periodic());
+    assert_eq!(config.sint(), TIMER_SINT);
+    assert!(synic.timer_ready);
     assert_ne!(host.msrs[&msr::GUEST_OS_ID], 0);
     assert_eq!(host.msrs[&msr::HYPERCALL], HYPERCALL_GPA + 8192 + 1);
     assert_eq!(host.msrs[&msr::SIMP], PAGES_GPA | 0x0F0 | 1);
@@ -784,6 +793,16 @@ fn the_description_says_who_may_use_each_operation() {
         request(&mut rig, &mut synic, channels::VMBUS_CALL, &bind),
         Ok(Reply::Done)
     );
+    // `allow.set_timeout` names the drivers only.
+    let timeout = Request::SetTimeout { deadline_ns: 5 };
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::VMBUS_CALL, &timeout),
+        Err(Refusal::DENIED)
+    );
+    assert_eq!(
+        request(&mut rig, &mut synic, channels::KVP_CALL, &timeout),
+        Ok(Reply::Done)
+    );
     // Only a channel some component calls us on is served.
     assert_eq!(
         request(&mut rig, &mut synic, channels::KVP, &Request::Status),
@@ -1289,5 +1308,250 @@ fn a_vsc_with_sub_channels_reads_which_of_its_channels_fired() {
     assert_eq!(
         bind_channel(&mut rig, &mut synic, 42, "kvp", MAX_CHANNELS_PER_DRIVER),
         Err(Refusal::MALFORMED)
+    );
+}
+
+/// The host puts a timer-expired message into the timer SINT's slot.
+fn expire_timer(rig: &Rig, pending: bool) {
+    let mut slot = [0u8; 256];
+    slot[4] = 24;
+    slot[5] = u8::from(pending);
+    rig.pages.write(TIMER_SLOT_OFFSET + 4, &slot[4..]).unwrap();
+    rig.pages
+        .atomic_u32(TIMER_SLOT_OFFSET)
+        .unwrap()
+        .store(message_type::TIMER_EXPIRED, Ordering::Release);
+}
+
+fn timer_counts(rig: &Rig) -> Vec<u64> {
+    rig.host
+        .borrow()
+        .writes
+        .iter()
+        .filter(|(number, _)| *number == msr::STIMER0_COUNT)
+        .map(|(_, value)| *value)
+        .collect()
+}
+
+fn set_timeout(rig: &mut Rig, synic: &mut Synic, call: Channel, deadline_ns: u64) -> Reply {
+    request(rig, synic, call, &Request::SetTimeout { deadline_ns }).unwrap()
+}
+
+#[test]
+fn the_timer_runs_for_the_earliest_deadline_and_wakes_only_the_vscs_due() {
+    let (mut rig, mut synic) = rig();
+    rig.env.now_ns = 1_000_000;
+    rig.host
+        .borrow_mut()
+        .msrs
+        .insert(msr::TIME_REF_COUNT, 5_000);
+    // kvp in 2 ms: the count is the host's reference time plus 20_000
+    // units of 100 ns.
+    assert_eq!(
+        set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 3_000_000),
+        Reply::Done
+    );
+    assert_eq!(timer_counts(&rig), [25_000]);
+    // heartbeat in 1 ms (rounded up to whole units): earlier, re-programmed.
+    set_timeout(&mut rig, &mut synic, channels::HEARTBEAT_CALL, 2_000_050);
+    assert_eq!(timer_counts(&rig), [25_000, 15_001]);
+    // kvp replaces its deadline by a later one: the earliest is unchanged,
+    // so the timer is left alone.
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 4_000_000);
+    assert_eq!(timer_counts(&rig).len(), 2);
+    // The timer fires; by our clock only heartbeat is due.
+    rig.env.now_ns = 2_100_000;
+    rig.host
+        .borrow_mut()
+        .msrs
+        .insert(msr::TIME_REF_COUNT, 16_000);
+    rig.env.notified.clear();
+    expire_timer(&rig, false);
+    interrupt(&mut rig, &mut synic);
+    assert_eq!(rig.env.notifications_on(channels::HEARTBEAT), 1);
+    assert_eq!(rig.env.notifications_on(channels::KVP), 0);
+    assert_eq!(
+        rig.pages
+            .atomic_u32(TIMER_SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0,
+        "the slot was freed"
+    );
+    // Re-programmed for kvp: 16_000 + (4_000_000 - 2_100_000) / 100.
+    assert_eq!(timer_counts(&rig).last(), Some(&35_000));
+    // kvp cancels: the timer is stopped (count 0).
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 0);
+    assert_eq!(timer_counts(&rig).last(), Some(&0));
+    // A deadline already passed wakes the VSC at once, without the timer.
+    rig.env.notified.clear();
+    let programmed = timer_counts(&rig).len();
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 2_000_000);
+    assert_eq!(rig.env.notifications_on(channels::KVP), 1);
+    assert_eq!(timer_counts(&rig).len(), programmed);
+    let status = synic.status();
+    assert_eq!((status.timer_messages, status.timeouts_delivered), (1, 2));
+    // A timer message while no deadline is due wakes nobody, and the
+    // deadline that was cancelled does not come back.
+    rig.env.notified.clear();
+    expire_timer(&rig, true);
+    let eoms = rig.host.borrow().eoms;
+    interrupt(&mut rig, &mut synic);
+    assert!(rig.env.notified.is_empty(), "{:?}", rig.env.notified);
+    assert_eq!(rig.host.borrow().eoms, eoms + 1, "pending: EOM written");
+}
+
+#[test]
+fn other_messages_in_the_timer_slot_are_dropped_and_never_wake_anyone() {
+    let (mut rig, mut synic) = rig();
+    rig.env.now_ns = 1_000;
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 10_000);
+    rig.env.now_ns = 20_000;
+    rig.env.notified.clear();
+    // A hostile host: a VMBus-typed message and garbage in the timer slot.
+    for kind in [message_type::VMBUS, 0xDEAD_BEEF] {
+        rig.pages
+            .atomic_u32(TIMER_SLOT_OFFSET)
+            .unwrap()
+            .store(kind, Ordering::Release);
+        interrupt(&mut rig, &mut synic);
+    }
+    assert_eq!(rig.env.notifications_on(channels::KVP), 0);
+    assert_eq!(synic.status().messages_dropped, 2);
+    assert_eq!(synic.status().timer_messages, 0);
+    assert!(pop_all(&mut rig).is_empty(), "nothing reaches vmbus");
+}
+
+#[test]
+fn without_a_synthetic_timer_set_timeout_says_so() {
+    let (mut rig, mut synic) = rig_with(|host| host.faulting.push(msr::STIMER0_CONFIG));
+    assert!(synic.enabled.is_some(), "VMBus works without the timer");
+    assert!(!synic.timer_ready);
+    assert_eq!(
+        set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 10),
+        Reply::NoTimer
+    );
+}
+
+#[test]
+fn a_restarted_synic_stops_the_old_timer_and_wakes_every_vsc_to_ask_again() {
+    let (mut rig, mut synic) = rig();
+    rig.env.now_ns = 1_000;
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 1_000_000);
+    drop(synic);
+    // The old synic's timer fired while it was down.
+    expire_timer(&rig, false);
+    rig.env.notified.clear();
+    rig.host.borrow_mut().writes.clear();
+    let mut synic = Synic::init(&mut rig.env);
+    assert!(synic.status().restarted);
+    let config = rig
+        .host
+        .borrow()
+        .writes
+        .iter()
+        .find(|(number, _)| *number == msr::STIMER0_CONFIG)
+        .map(|(_, value)| StimerConfig(*value));
+    assert!(config.is_some_and(|c| !c.enabled()), "{config:?}");
+    assert_eq!(
+        rig.pages
+            .atomic_u32(TIMER_SLOT_OFFSET)
+            .unwrap()
+            .load(Ordering::Acquire),
+        0,
+        "the stale timer message was taken"
+    );
+    for row in drivers::DRIVERS {
+        assert_eq!(rig.env.notifications_on(row.notify), 1, "{}", row.name);
+    }
+    // kvp asks again and is programmed again.
+    set_timeout(&mut rig, &mut synic, channels::KVP_CALL, 1_000_000);
+    assert_eq!(timer_counts(&rig).len(), 1);
+}
+
+#[test]
+fn against_hvsims_timer_a_vsc_is_woken_at_its_deadline() {
+    use hv_interface::GuestMemory;
+    use hvsim::memory::VecMemory;
+    use hvsim::synic::Synic as HostSynic;
+    // Guest memory: the synic pages at PAGES_GPA are the region's bytes.
+    let mut env = EnvDouble::new();
+    let memory = Rc::new(VecMemory::new(HYPERCALL_GPA as usize + 12288));
+    let pages_name = env.add_region_with(8192, true, Some(PAGES_GPA));
+    let pages = env.test_view(pages_name);
+    assert_eq!(pages_name, regions::SYNIC_PAGES);
+    env.add_region_with(12288, true, Some(HYPERCALL_GPA));
+    env.add_region(8192, true);
+    env.add_region_with(12288, true, Some(MONITOR_GPA));
+    let host = Rc::new(RefCell::new(HostSynic::new()));
+    // hvsim's synic writes its own memory; the test copies the SIM page
+    // between it and the region around each step (one vCPU: no overlap).
+    let sync_to_guest = |memory: &VecMemory, pages: &Region| {
+        let mut page = [0u8; 4096];
+        memory.read(PAGES_GPA, &mut page).unwrap();
+        pages.write(0, &page).unwrap();
+    };
+    let sync_to_host = |memory: &VecMemory, pages: &Region| {
+        let mut page = [0u8; 4096];
+        pages.read(0, &mut page).unwrap();
+        memory.write(PAGES_GPA, &page).unwrap();
+    };
+    {
+        let (host, memory) = (host.clone(), memory.clone());
+        env.on_typed_call::<vmbus_ipc::hypervisor::Hypervisor>(
+            channels::HYPERVISOR,
+            move |request: hypervisor::Request| -> hypervisor::Reply {
+                let mut host = host.borrow_mut();
+                sync_to_host(&memory, &pages);
+                let reply = match request {
+                    hypervisor::Request::MsrRead { msr } => match host.msr_read(msr) {
+                        Ok(value) => hypervisor::Reply::Value(value),
+                        Err(_) => hypervisor::Reply::GeneralProtection,
+                    },
+                    hypervisor::Request::MsrWrite { msr, value } => {
+                        match host.msr_write(&*memory, msr, value) {
+                            Ok(()) => hypervisor::Reply::Done,
+                            Err(_) => hypervisor::Reply::GeneralProtection,
+                        }
+                    }
+                    _ => hypervisor::Reply::InvalidOpcode,
+                };
+                sync_to_guest(&memory, &pages);
+                reply
+            },
+        );
+    }
+    // Both clocks start at 0 and move together (ns).
+    let mut synic = Synic::init(&mut env);
+    assert!(synic.timer_ready, "{}", env.console);
+    let advance = |env: &mut EnvDouble, now: u64| {
+        env.now_ns = now;
+        sync_to_host(&memory, &pages);
+        host.borrow_mut().advance(&*memory, now);
+        sync_to_guest(&memory, &pages);
+    };
+    advance(&mut env, 7_000_000);
+    let message = env_double::encode_request::<vmbus_ipc::synic::Synic>(&Request::SetTimeout {
+        deadline_ns: 10_000_000,
+    });
+    let mut reply = [0u8; 64];
+    synic
+        .protected(&mut env, channels::KVP_CALL, &message, &mut reply)
+        .unwrap();
+    assert_eq!(host.borrow().next_timer_ns(), Some(10_000_000));
+    advance(&mut env, 9_999_900);
+    assert_eq!(host.borrow_mut().take_interrupt(), None, "not before");
+    advance(&mut env, 10_000_000);
+    assert_eq!(host.borrow_mut().take_interrupt(), Some(TIMER_VECTOR));
+    env.notified.clear();
+    let mut set = ChannelSet::EMPTY;
+    set.insert(channels::HYPERVISOR_INTERRUPT);
+    synic.notified(&mut env, set);
+    assert_eq!(env.notifications_on(channels::KVP), 1);
+    assert_eq!(synic.status().timer_messages, 1);
+    assert_eq!(
+        host.borrow().next_timer_ns(),
+        None,
+        "one-shot, nothing left"
     );
 }

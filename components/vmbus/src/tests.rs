@@ -169,6 +169,7 @@ fn rig_with(kvp_ring: usize, setup: impl FnOnce(&mut FakeSynic)) -> Rig {
                 }
                 synic::Request::SignalHost { .. } => synic::Reply::HypercallFailed { status: 5 },
                 synic::Request::Pending => synic::Reply::Pending(0),
+                synic::Request::SetTimeout { .. } => synic::Reply::Done,
                 synic::Request::Status => synic::Reply::Status(Default::default()),
                 synic::Request::Restore { bindings, opening } => {
                     fake.bound.clear();

@@ -48,11 +48,17 @@ const SUB_RINGS: [RingRegions; SUB_CHANNELS] = [
 const PRIVATE_BUFFER: u8 = 0;
 const _: () = assert!(driver::BUFFER_BYTES[0] >= PRIVATE_BYTES as usize);
 
-/// Timeouts: a command the host has not completed in 30 s starts a bus
-/// reset; a reset not completed in 10 s restarts the driver.
+/// A command the host has not completed in this long starts a bus reset:
+/// the description's `request_timeout_ms` for this driver, else 30 s.
+const IO_TIMEOUT_NS: u64 = match driver::REQUEST_TIMEOUT_MS {
+    Some(ms) => ms * 1_000_000,
+    None => 30_000_000_000,
+};
+/// Timeouts: a command past [`IO_TIMEOUT_NS`] starts a bus reset; a reset
+/// not completed in 10 s restarts the driver.
 const CONFIG: Config = Config {
     sub_channels: SUB_CHANNELS as u16,
-    io_timeout_ns: 30_000_000_000,
+    io_timeout_ns: IO_TIMEOUT_NS,
     reset_timeout_ns: 10_000_000_000,
 };
 /// Rounds of pumping per notification (each moves at least one thing).
@@ -108,6 +114,11 @@ pub struct Storage {
     refusals: u64,
     notes: u64,
     packet: [u8; 512],
+    /// The wakeup synic holds for us (`SetTimeout`), as far as we know.
+    wakeup_asked: Option<u64>,
+    /// synic answered `NoTimer`: deadlines are checked only when
+    /// something else wakes us.
+    no_timer: bool,
 }
 
 impl Component for Storage {
@@ -159,6 +170,8 @@ impl Component for Storage {
             refusals: 0,
             notes: 0,
             packet: [0; 512],
+            wakeup_asked: None,
+            no_timer: false,
         };
         driver.on_bus_event(env);
         driver
@@ -183,6 +196,11 @@ impl Component for Storage {
                 if fired & (1 << lane) != 0 {
                     self.poll(env, lane);
                 }
+            }
+            if fired == 0 {
+                // Our wakeup, or a restarted synic that forgot it: either
+                // way synic holds none for us now; ask again below.
+                self.wakeup_asked = None;
             }
         }
         // Client signals (and everything above) end in a pump: requests
@@ -470,7 +488,16 @@ impl Storage {
     /// moves.
     fn pump(&mut self, env: &mut dyn Env) {
         let now = env.now_ns();
+        let timeouts = self.initiator.stats.timeouts;
         self.initiator.tick(now);
+        if self.initiator.stats.timeouts != timeouts {
+            println!(
+                env,
+                "{} requests not completed in {} ms: resetting the bus",
+                self.initiator.stats.timeouts - timeouts,
+                IO_TIMEOUT_NS / 1_000_000
+            );
+        }
         let mut signal = [false; CHANNELS];
         for _ in 0..PUMP_ROUNDS {
             let mut moved = self.take_requests(env);
@@ -501,6 +528,48 @@ impl Storage {
             if let Some(server) = client.server.as_mut() {
                 if server.client_needs_signal() {
                     env.notify(block_clients::CLIENTS[index].notify);
+                }
+            }
+        }
+        self.keep_wakeup(env, now);
+    }
+
+    /// Have synic wake us by the earliest deadline of what is outstanding
+    /// (a host that never answers and no other traffic must not leave a
+    /// client waiting for good). Asked only when that is earlier than the
+    /// wakeup synic holds (or it holds none): a later one would be a call
+    /// per completion under load, and an early wakeup costs only a look
+    /// and a new ask. Nothing is cancelled: a wakeup with nothing due is
+    /// harmless.
+    fn keep_wakeup(&mut self, env: &mut dyn Env, now: u64) {
+        if self.no_timer {
+            return;
+        }
+        if self.wakeup_asked.is_some_and(|at| at <= now) {
+            // Passed: synic has woken us for it (or is about to).
+            self.wakeup_asked = None;
+        }
+        let Some(wanted) = self.initiator.next_deadline() else {
+            return;
+        };
+        if self.wakeup_asked.is_some_and(|at| at <= wanted) {
+            return;
+        }
+        let request = synic::Request::SetTimeout {
+            deadline_ns: wanted.max(1),
+        };
+        match IDS.synic_call.call(env, &request) {
+            Ok(synic::Reply::Done) => self.wakeup_asked = Some(wanted),
+            Ok(synic::Reply::NoTimer) => {
+                println!(
+                    env,
+                    "synic has no timer: timeouts are noticed only when something else happens"
+                );
+                self.no_timer = true;
+            }
+            other => {
+                if self.note() {
+                    println!(env, "synic SetTimeout failed: {other:?}");
                 }
             }
         }

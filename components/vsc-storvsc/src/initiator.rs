@@ -964,8 +964,19 @@ impl Initiator {
 
     // ---- timeouts ----
 
-    /// Check deadlines (the component calls this whenever it runs: there
-    /// is no timer of its own). A command past its deadline is marked; the
+    /// The earliest deadline [`Initiator::tick`] would act on (a command
+    /// not yet timed out, or the bus reset): when to be woken.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|slot| !slot.timed_out)
+            .filter_map(|slot| slot.deadline)
+            .min()
+    }
+
+    /// Check deadlines (the component calls this whenever it runs, and
+    /// asks synic to wake it at [`Initiator::next_deadline`]). A command past its deadline is marked; the
     /// first one starts a bus reset; when the reset completes, the marked
     /// commands are answered with an error. A reset past its own deadline
     /// fails the controller (the component restarts, which closes the

@@ -828,9 +828,12 @@ fn a_request_never_completed_resets_the_bus_and_fails_clearly() {
     let mut initiator = ready(&mut host, &[whole_disk()]);
     host.faults.push_back((scsi::opcode::READ_10, Fault::Lose));
     host.log.clear();
+    assert_eq!(initiator.next_deadline(), None, "nothing outstanding");
     initiator.submit(0, read(1, 0, 1));
     host.run(&mut initiator);
     assert!(responses(&mut initiator).is_empty());
+    // The component asks synic to wake it then.
+    assert_eq!(initiator.next_deadline(), Some(1_000));
     initiator.tick(999);
     assert_eq!(initiator.pop_send(), None);
     initiator.tick(1_000);
@@ -848,6 +851,7 @@ fn a_request_never_completed_resets_the_bus_and_fails_clearly() {
             }
         )]
     );
+    assert_eq!(initiator.next_deadline(), None, "all answered");
     // A new read takes the freed slot (the host holds it too) ...
     host.faults.push_back((scsi::opcode::READ_10, Fault::Lose));
     initiator.submit(0, read(2, 0, 1));
@@ -881,6 +885,8 @@ fn a_reset_the_host_never_completes_fails_the_controller() {
     host.now = 1_000;
     initiator.tick(1_000);
     host.run(&mut initiator);
+    // Timed out, it waits no more; the reset it started is what to wake for.
+    assert_eq!(initiator.next_deadline(), Some(1_500));
     initiator.tick(1_499);
     assert!(!initiator.has_failed());
     initiator.tick(1_500);

@@ -210,4 +210,9 @@ impl<M: GuestMemory> Host<M> {
     pub fn take_interrupt(&mut self) -> Option<u8> {
         self.synic.take_interrupt()
     }
+
+    /// The host's clock moved to `now_ns` (ns since the partition started).
+    pub fn advance_clock(&mut self, now_ns: u64) {
+        self.synic.advance(&self.memory, now_ns);
+    }
 }

@@ -73,5 +73,13 @@ impl<M: hv_interface::GuestMemory> transport::Machine for host::Host<M> {
     fn take_interrupt(&mut self) -> Option<u8> {
         host::Host::take_interrupt(self)
     }
-    fn step(&mut self, _now_ns: u64) {}
+    fn step(&mut self, now_ns: u64) {
+        host::Host::advance_clock(self, now_ns)
+    }
+    fn advance_clock(&mut self, now_ns: u64) {
+        host::Host::advance_clock(self, now_ns)
+    }
+    fn next_wakeup_ns(&self) -> Option<u64> {
+        self.synic.next_timer_ns()
+    }
 }

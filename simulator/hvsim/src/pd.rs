@@ -159,6 +159,8 @@ impl<M: GuestMemory> HostPd<M> {
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
         let request = decode_request::<Hypervisor>(message)?;
+        // The reference counter reads the clock as of this instruction.
+        self.sim.advance_clock(env.now_ns());
         let answer = match request {
             Request::MsrRead { msr } => Self::reply_of(self.sim.msr_read(msr)),
             Request::MsrWrite { msr, value } => match self.sim.msr_write(msr, value) {

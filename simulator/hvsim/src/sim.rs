@@ -45,7 +45,19 @@ impl<M: GuestMemory> Simulator<M> {
     /// Runs the server: guest messages, delayed replies, channel rings, timers.
     pub fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
+        self.host.advance_clock(now_ns);
         self.vmbus.step(&mut self.host, now_ns);
+    }
+
+    /// The host's clock moved (ns since the partition started): the
+    /// reference counter follows it and a due synthetic timer expires.
+    pub fn advance_clock(&mut self, now_ns: u64) {
+        self.host.advance_clock(now_ns);
+    }
+
+    /// When (ns, the same clock) synthetic timer 0 expires next, if it runs.
+    pub fn next_timer_ns(&self) -> Option<u64> {
+        self.host.synic.next_timer_ns()
     }
 
     // ---- operator API ----
@@ -335,5 +347,11 @@ impl<M: GuestMemory> crate::transport::Machine for Simulator<M> {
     }
     fn step(&mut self, now_ns: u64) {
         Simulator::step(self, now_ns)
+    }
+    fn advance_clock(&mut self, now_ns: u64) {
+        Simulator::advance_clock(self, now_ns)
+    }
+    fn next_wakeup_ns(&self) -> Option<u64> {
+        Simulator::next_timer_ns(self)
     }
 }

@@ -12,9 +12,9 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
 use hyperv_defs::{
-    message_flags, msr, EventFlagsPage, HvMessage, HypercallMsr, MessageHeader, ScontrolMsr,
-    SintMsr, SynicPageMsr, MESSAGE_MAX_PAYLOAD, MESSAGE_SIZE, PAGE_SIZE, SINT_COUNT,
-    SINT_FIRST_VALID_VECTOR, SYNIC_VERSION,
+    message_flags, message_type, msr, EventFlagsPage, HvMessage, HypercallMsr, MessageHeader,
+    ScontrolMsr, SintMsr, StimerConfig, SynicPageMsr, TimerMessagePayload, MESSAGE_MAX_PAYLOAD,
+    MESSAGE_SIZE, PAGE_SIZE, SINT_COUNT, SINT_FIRST_VALID_VECTOR, SYNIC_VERSION,
 };
 use zerocopy::IntoBytes;
 
@@ -50,6 +50,23 @@ pub struct SynicStats {
     /// The guest emptied a busy slot while MessagePending was being set:
     /// the re-check after setting it delivered the message at once.
     pub freed_while_marking: u64,
+    /// Synthetic timer 0 expired (a message was queued for it).
+    pub timer_expirations: u64,
+    /// Timer 0 expired while its previous message still waited for the
+    /// slot: no second message (the pending one stands for both).
+    pub timer_coalesced: u64,
+}
+
+/// The reference-time unit: 100 ns.
+pub const REFERENCE_TIME_UNIT_NS: u64 = 100;
+
+/// Synthetic timer 0 (the only one: STIMER1-3 are #GP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyntheticTimer {
+    pub config: StimerConfig,
+    pub count: u64,
+    /// The reference time it expires at next, while it runs.
+    pub due: Option<u64>,
 }
 
 /// The synic of one virtual processor.
@@ -66,6 +83,10 @@ pub struct Synic {
     isr: [u64; 4],
     /// Interrupts delivered to the guest, not yet sent over the transport.
     outbox: VecDeque<u8>,
+    pub timer: SyntheticTimer,
+    /// The partition's reference time (100 ns units since it started), as
+    /// the host's clock last told us ([`Synic::advance`]).
+    reference_time: u64,
     pub stats: SynicStats,
 }
 
@@ -106,6 +127,8 @@ impl Synic {
             irr: [0; 4],
             isr: [0; 4],
             outbox: VecDeque::new(),
+            timer: SyntheticTimer::default(),
+            reference_time: 0,
             stats: SynicStats::default(),
         }
     }
@@ -140,6 +163,9 @@ impl Synic {
             msr::SIEFP => self.siefp.0,
             msr::SIMP => self.simp.0,
             msr::EOM => 0,
+            msr::TIME_REF_COUNT => self.reference_time,
+            msr::STIMER0_CONFIG => self.timer.config.0,
+            msr::STIMER0_COUNT => self.timer.count,
             _ => match msr::sint_index(number) {
                 Some(index) => self.sint[index as usize].0,
                 None => return Err(Exception::GeneralProtection),
@@ -179,7 +205,32 @@ impl Synic {
                 }
                 self.hypercall = HypercallMsr(stored);
             }
-            msr::VP_INDEX | msr::SVERSION => return Err(Exception::GeneralProtection),
+            msr::VP_INDEX | msr::SVERSION | msr::TIME_REF_COUNT => {
+                return Err(Exception::GeneralProtection)
+            }
+            msr::STIMER0_CONFIG => {
+                let config = StimerConfig(value);
+                // Direct mode is available only where CPUID says so
+                // (HV_STIMER_DIRECT_MODE_AVAILABLE); this host does not
+                // offer it, so asking for it is #GP.
+                if config.direct_mode() {
+                    return Err(Exception::GeneralProtection);
+                }
+                self.timer.config = config;
+                self.start_timer();
+                self.advance(memory, self.reference_time * REFERENCE_TIME_UNIT_NS);
+            }
+            msr::STIMER0_COUNT => {
+                self.timer.count = value;
+                if value == 0 {
+                    // A zero count stops the timer.
+                    self.timer.config.0 &= !StimerConfig::ENABLE;
+                } else if self.timer.config.auto_enable() {
+                    self.timer.config.0 |= StimerConfig::ENABLE;
+                }
+                self.start_timer();
+                self.advance(memory, self.reference_time * REFERENCE_TIME_UNIT_NS);
+            }
             // TLFS: queued messages are retried only when another message
             // is queued for the SINT, on EOM and on APIC EOI; enabling the
             // synic or the SIM page is none of these.
@@ -223,6 +274,85 @@ impl Synic {
             },
         }
         Ok(())
+    }
+
+    /// The reference time now (100 ns units).
+    pub fn reference_time(&self) -> u64 {
+        self.reference_time
+    }
+
+    /// (Re)starts timer 0 from its registers: a one-shot timer expires at
+    /// `count` (an absolute reference time, possibly already past: then at
+    /// once), a periodic one `count` after now. Enabled with SINTx 0 or a
+    /// zero count, it stays disabled (the enable bit reads 0).
+    fn start_timer(&mut self) {
+        let timer = &mut self.timer;
+        if timer.config.enabled() && (timer.config.sint() == 0 || timer.count == 0) {
+            timer.config.0 &= !StimerConfig::ENABLE;
+        }
+        timer.due = if !timer.config.enabled() {
+            None
+        } else if timer.config.periodic() {
+            Some(self.reference_time.saturating_add(timer.count))
+        } else {
+            Some(timer.count)
+        };
+    }
+
+    /// The host time (ns) at which timer 0 expires next, if it runs: the
+    /// host schedules its next wakeup for it.
+    pub fn next_timer_ns(&self) -> Option<u64> {
+        self.timer
+            .due
+            .map(|due| due.saturating_mul(REFERENCE_TIME_UNIT_NS))
+    }
+
+    /// The host's clock moved to `now_ns` (ns since the partition
+    /// started; never backwards): expire timer 0 if it is due. Its
+    /// `HVMSG_TIMER_EXPIRED` message is queued for its SINT like any
+    /// message (the same slot rules); a periodic timer that missed periods
+    /// expires once for them and goes on from the next period.
+    pub fn advance<M: GuestMemory>(&mut self, memory: &M, now_ns: u64) {
+        self.reference_time = self.reference_time.max(now_ns / REFERENCE_TIME_UNIT_NS);
+        let now = self.reference_time;
+        let Some(due) = self.timer.due.filter(|&due| due <= now) else {
+            return;
+        };
+        let config = self.timer.config;
+        self.timer.due = if config.periodic() {
+            let period = self.timer.count.max(1);
+            let missed = (now - due) / period + 1;
+            Some(due.saturating_add(missed.saturating_mul(period)))
+        } else {
+            // A one-shot timer disables itself when it expires.
+            self.timer.config.0 &= !StimerConfig::ENABLE;
+            None
+        };
+        self.stats.timer_expirations += 1;
+        let sint = config.sint();
+        let waiting = self.queues[sint as usize]
+            .iter()
+            .any(|m| m.message_type == message_type::TIMER_EXPIRED);
+        if waiting {
+            self.stats.timer_coalesced += 1;
+            return;
+        }
+        let payload = TimerMessagePayload {
+            timer_index: 0,
+            reserved: 0,
+            expiration_time: due,
+            // Filled in when the message enters the slot.
+            delivery_time: 0,
+        };
+        self.post(
+            memory,
+            sint,
+            QueuedMessage {
+                message_type: message_type::TIMER_EXPIRED,
+                origin: 0,
+                payload: payload.as_bytes().to_vec(),
+            },
+        );
     }
 
     /// Queues a message for `sint` and tries to deliver it (TLFS: queuing a
@@ -294,6 +424,12 @@ impl Synic {
             payload: [0; MESSAGE_MAX_PAYLOAD],
         };
         slot_bytes.payload[..message.payload.len()].copy_from_slice(&message.payload);
+        if message.message_type == message_type::TIMER_EXPIRED {
+            let at = TimerMessagePayload::DELIVERY_TIME_OFFSET;
+            if let Some(field) = slot_bytes.payload.get_mut(at..at + 8) {
+                field.copy_from_slice(&self.reference_time.to_le_bytes());
+            }
+        }
         // Write everything but the type, then publish the type last so the
         // guest never sees a half-written message.
         let bytes = slot_bytes.as_bytes();
@@ -575,5 +711,180 @@ mod tests {
             Err(Exception::GeneralProtection)
         );
         assert_eq!(synic.msr_read(msr::SINT0 + 7), Ok(0x10000));
+    }
+
+    fn timer_synic(memory: &VecMemory) -> Synic {
+        let mut synic = enabled_synic(memory, true);
+        synic
+            .msr_write(memory, msr::SINT0 + 3, SintMsr::new(0x31, false, true).0)
+            .unwrap();
+        synic
+    }
+
+    /// The timer message in SINT3's slot: (type, payload size, flags, the
+    /// payload).
+    fn timer_slot(memory: &VecMemory) -> (u32, u8, u8, TimerMessagePayload) {
+        let slot = 0x1000 + 3 * 256;
+        let mut header = [0u8; 16];
+        memory.read(slot, &mut header).unwrap();
+        let mut payload = [0u8; 24];
+        memory.read(slot + 16, &mut payload).unwrap();
+        let payload = zerocopy::FromBytes::read_from_bytes(&payload[..]).unwrap();
+        (
+            u32::from_le_bytes([header[0], header[1], header[2], header[3]]),
+            header[4],
+            header[5],
+            payload,
+        )
+    }
+
+    #[test]
+    fn the_reference_counter_counts_100ns_units_and_is_read_only() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = Synic::new();
+        assert_eq!(synic.msr_read(msr::TIME_REF_COUNT), Ok(0));
+        synic.advance(&memory, 1_234_567);
+        assert_eq!(synic.msr_read(msr::TIME_REF_COUNT), Ok(12_345));
+        // Never backwards.
+        synic.advance(&memory, 1_000);
+        assert_eq!(synic.msr_read(msr::TIME_REF_COUNT), Ok(12_345));
+        assert_eq!(
+            synic.msr_write(&memory, msr::TIME_REF_COUNT, 0),
+            Err(Exception::GeneralProtection)
+        );
+        // STIMER1 and up are not there.
+        assert_eq!(
+            synic.msr_read(msr::STIMER0_CONFIG + 2),
+            Err(Exception::GeneralProtection)
+        );
+    }
+
+    #[test]
+    fn a_one_shot_timer_delivers_its_message_when_due_and_disables_itself() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = timer_synic(&memory);
+        synic.advance(&memory, 1_000_000); // reference time 10_000
+        let config = StimerConfig::one_shot(3, false, true);
+        synic
+            .msr_write(&memory, msr::STIMER0_CONFIG, config.0)
+            .unwrap();
+        assert!(!StimerConfig(synic.msr_read(msr::STIMER0_CONFIG).unwrap()).enabled());
+        // Auto-enable: a non-zero count starts it.
+        synic
+            .msr_write(&memory, msr::STIMER0_COUNT, 15_000)
+            .unwrap();
+        assert!(StimerConfig(synic.msr_read(msr::STIMER0_CONFIG).unwrap()).enabled());
+        assert_eq!(synic.next_timer_ns(), Some(1_500_000));
+        synic.advance(&memory, 1_499_999);
+        assert_eq!(timer_slot(&memory).0, 0, "not due yet");
+        assert_eq!(synic.take_interrupt(), None);
+        synic.advance(&memory, 1_600_000);
+        let (kind, size, flags, payload) = timer_slot(&memory);
+        assert_eq!(kind, message_type::TIMER_EXPIRED);
+        assert_eq!(size, 24);
+        assert_eq!(flags, 0);
+        assert_eq!(payload.timer_index, 0);
+        assert_eq!(payload.expiration_time, 15_000);
+        assert_eq!(payload.delivery_time, 16_000);
+        assert_eq!(synic.take_interrupt(), Some(0x31));
+        // One-shot: it disabled itself and does not fire again.
+        assert!(!StimerConfig(synic.msr_read(msr::STIMER0_CONFIG).unwrap()).enabled());
+        assert_eq!(synic.next_timer_ns(), None);
+        memory.store_u32(0x1000 + 3 * 256, 0).unwrap();
+        synic.advance(&memory, 5_000_000);
+        assert_eq!(timer_slot(&memory).0, 0);
+        assert_eq!(synic.stats.timer_expirations, 1);
+    }
+
+    #[test]
+    fn a_timer_message_waits_for_a_busy_slot_and_carries_its_delivery_time() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = timer_synic(&memory);
+        synic.post(&memory, 3, message(0xA)); // the slot is busy
+        synic
+            .msr_write(
+                &memory,
+                msr::STIMER0_CONFIG,
+                StimerConfig::one_shot(3, false, true).0,
+            )
+            .unwrap();
+        synic.msr_write(&memory, msr::STIMER0_COUNT, 100).unwrap();
+        synic.advance(&memory, 20_000); // reference time 200: due
+        let (kind, _, flags, _) = timer_slot(&memory);
+        assert_eq!(kind, 1, "the earlier message keeps the slot");
+        assert_eq!(flags & message_flags::MESSAGE_PENDING, 1);
+        assert_eq!(synic.queued(3), 1);
+        // The guest empties the slot and writes EOM later.
+        memory.store_u32(0x1000 + 3 * 256, 0).unwrap();
+        synic.advance(&memory, 50_000);
+        assert_eq!(timer_slot(&memory).0, 0, "no retry without EOM");
+        synic.msr_write(&memory, msr::EOM, 0).unwrap();
+        let (kind, _, _, payload) = timer_slot(&memory);
+        assert_eq!(kind, message_type::TIMER_EXPIRED);
+        assert_eq!(payload.expiration_time, 100);
+        assert_eq!(payload.delivery_time, 500);
+    }
+
+    #[test]
+    fn timer_configurations_this_host_refuses_or_ignores() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = timer_synic(&memory);
+        synic.advance(&memory, 100_000); // reference time 1_000
+                                         // Direct mode is not offered: #GP, nothing stored.
+        let direct = StimerConfig::one_shot(3, true, false).0 | StimerConfig::DIRECT_MODE;
+        assert_eq!(
+            synic.msr_write(&memory, msr::STIMER0_CONFIG, direct),
+            Err(Exception::GeneralProtection)
+        );
+        assert_eq!(synic.msr_read(msr::STIMER0_CONFIG), Ok(0));
+        // SINTx 0: stays disabled.
+        synic.msr_write(&memory, msr::STIMER0_COUNT, 5_000).unwrap();
+        synic
+            .msr_write(&memory, msr::STIMER0_CONFIG, StimerConfig::ENABLE)
+            .unwrap();
+        assert_eq!(synic.next_timer_ns(), None);
+        // A zero count stops a running timer.
+        synic
+            .msr_write(
+                &memory,
+                msr::STIMER0_CONFIG,
+                StimerConfig::one_shot(3, true, true).0,
+            )
+            .unwrap();
+        assert_eq!(synic.next_timer_ns(), Some(500_000));
+        synic.msr_write(&memory, msr::STIMER0_COUNT, 0).unwrap();
+        assert_eq!(synic.next_timer_ns(), None);
+        assert!(!StimerConfig(synic.msr_read(msr::STIMER0_CONFIG).unwrap()).enabled());
+        // An expiration time already past expires at once.
+        synic.msr_write(&memory, msr::STIMER0_COUNT, 10).unwrap();
+        assert_eq!(timer_slot(&memory).0, message_type::TIMER_EXPIRED);
+        assert_eq!(timer_slot(&memory).3.delivery_time, 1_000);
+    }
+
+    #[test]
+    fn a_periodic_timer_repeats_and_coalesces_missed_periods() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = timer_synic(&memory);
+        let periodic = StimerConfig::one_shot(3, false, true).0 | StimerConfig::PERIODIC;
+        synic
+            .msr_write(&memory, msr::STIMER0_CONFIG, periodic)
+            .unwrap();
+        synic.msr_write(&memory, msr::STIMER0_COUNT, 1_000).unwrap(); // 100 us
+        assert_eq!(synic.next_timer_ns(), Some(100_000));
+        synic.advance(&memory, 100_000);
+        assert_eq!(timer_slot(&memory).3.expiration_time, 1_000);
+        memory.store_u32(0x1000 + 3 * 256, 0).unwrap();
+        // 3.5 periods later: one expiration for the missed ones.
+        synic.advance(&memory, 450_000);
+        assert_eq!(timer_slot(&memory).3.expiration_time, 2_000);
+        assert_eq!(synic.next_timer_ns(), Some(500_000));
+        // Due again while its message still holds the slot: it is queued
+        // once, and a further period adds nothing.
+        synic.advance(&memory, 500_000);
+        synic.advance(&memory, 600_000);
+        assert_eq!(synic.queued(3), 1);
+        assert_eq!(synic.stats.timer_coalesced, 1);
+        assert_eq!(synic.stats.timer_expirations, 4);
+        assert!(StimerConfig(synic.msr_read(msr::STIMER0_CONFIG).unwrap()).enabled());
     }
 }

@@ -30,6 +30,15 @@ pub trait Machine {
     fn take_interrupt(&mut self) -> Option<u8>;
     /// Background work (server replies, timers); `now_ns` is monotonic.
     fn step(&mut self, now_ns: u64);
+    /// The clock moved to `now_ns` (same clock as `step`): the reference
+    /// counter reads it and due synthetic timers expire. Called before
+    /// each guest request is handled.
+    fn advance_clock(&mut self, _now_ns: u64) {}
+    /// When (same clock) the machine next has timed work of its own (a
+    /// synthetic timer), if any: the serve loop wakes for it.
+    fn next_wakeup_ns(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a session ended.
@@ -192,7 +201,19 @@ impl Connection {
                     return SessionEnd::Io(error);
                 }
             }
-            let record = match self.stream.recv(Some(tick)) {
+            // Wake for the earliest synthetic timer even when the guest is
+            // quiet, not only at the next tick.
+            let wait = {
+                let machine = machine.lock().unwrap_or_else(|e| e.into_inner());
+                match machine.next_wakeup_ns() {
+                    Some(due) => {
+                        let until = Duration::from_nanos(due.saturating_sub(self.now_ns()));
+                        tick.min(until.max(Duration::from_micros(50)))
+                    }
+                    None => tick,
+                }
+            };
+            let record = match self.stream.recv(Some(wait)) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
                 Err(RecvError::Closed) => return SessionEnd::GuestClosed,
@@ -205,6 +226,7 @@ impl Connection {
                 Err(RecvError::Io(error)) => return SessionEnd::Io(error),
             };
             let mut machine = machine.lock().unwrap_or_else(|e| e.into_inner());
+            machine.advance_clock(self.now_ns());
             if let Err(code) = self.handle(&mut *machine, &record) {
                 send_protocol_error(&mut self.stream, code);
                 return SessionEnd::ProtocolError(code);

@@ -368,6 +368,12 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     fn take_interrupt(&mut self) -> Option<u8> {
         self.sim.take_interrupt()
     }
+    fn advance_clock(&mut self, now_ns: u64) {
+        self.sim.advance_clock(now_ns);
+    }
+    fn next_wakeup_ns(&self) -> Option<u64> {
+        self.sim.next_timer_ns()
+    }
     fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.sim.step(now_ns);

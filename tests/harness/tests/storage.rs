@@ -107,13 +107,19 @@ fn partition_of(scratch: &Scratch, disk: &Path) -> PathBuf {
 /// Start the storage system on `disk` with the host scenario `scenario`
 /// (`tests/systems/NAME.hvsim`).
 fn start(disk: &Path, scenario: &str) -> Harness {
+    start_system("tests/systems/storage.toml", disk, scenario)
+}
+
+/// Start the storage system of `description` on `disk` with the host
+/// scenario `scenario`.
+fn start_system(description: &str, disk: &Path, scenario: &str) -> Harness {
     let root = workspace_root();
     let script = root
         .join(format!("tests/systems/{scenario}.hvsim"))
         .display()
         .to_string();
     let disk_arg = disk.display().to_string();
-    Harness::builder("tests/systems/storage.toml")
+    Harness::builder(description)
         .host_args(&["--events", "--script", &script, "--disk", &disk_arg])
         .start()
         .expect("the system starts")
@@ -356,4 +362,90 @@ fn kill_loop() {
         "kill loop: {CYCLES} cycles, each killed, restarted and checked, in {:?}",
         started.elapsed()
     );
+}
+
+/// The host never completes the client's first request, and nothing else
+/// happens in the system (one device, no time samples, no heartbeats): no
+/// host signal, bus event or client signal will wake the driver again.
+/// Its request timeout (1 s in storage-timeout.toml) must still run out:
+/// synic's synthetic timer wakes it, it resets the bus, and the client is
+/// answered IO_ERROR and stops with a clear error instead of waiting for
+/// good (storage-timeout.expect).
+#[test]
+fn a_request_the_host_never_completes_times_out_on_synics_timer() {
+    let scratch = Scratch::new("timeout");
+    let disk = make_disk(&scratch);
+    let expect_text =
+        std::fs::read_to_string(workspace_root().join("tests/systems/storage-timeout.expect"))
+            .unwrap();
+    let expected = expect::parse(&expect_text, expect::Backend::Hosted);
+    let harness = start_system(
+        "tests/systems/storage-timeout.toml",
+        &disk,
+        "storage-timeout",
+    );
+    let served = harness.expect_output("[files] fs-client: block device", 0);
+    let withheld_at = std::time::Instant::now();
+    for group in expect::by_source(&expected) {
+        let mut from = 0;
+        for line in group {
+            from = harness.expect_output(line, from);
+        }
+    }
+    let waited = withheld_at.elapsed();
+    // Not before the timeout (the host completed nothing): the timer,
+    // not some early wakeup, ended the wait.
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "answered after {waited:?}, before the 1 s timeout"
+    );
+    println!("the client was answered {waited:?} after it was served");
+    harness.expect_output("of files: IoError", served);
+    let report = harness.host("storage-report");
+    println!("host: {report}");
+    assert!(report.contains("1 withheld"), "{report}");
+    assert!(
+        number_before(&report, " bus resets") >= 1,
+        "no bus reset: {report}"
+    );
+}
+
+/// As above, but synic is killed (SIGKILL) while the request is held by
+/// the host and the driver's wakeup is set: the restarted synic has lost
+/// every deadline, wakes each driver once, and the driver, finding no
+/// channel pending, asks again. The timeout still happens and the client
+/// is answered.
+#[test]
+fn a_restarted_synic_still_times_the_request_out() {
+    let scratch = Scratch::new("timeout-synic");
+    let disk = make_disk(&scratch);
+    let harness = start_system(
+        "tests/systems/storage-timeout.toml",
+        &disk,
+        "storage-timeout",
+    );
+    let served = harness.expect_output("[files] fs-client: block device", 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let report = harness.host("storage-report");
+        if report.contains("1 withheld") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing withheld: {report}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The driver asks for its wakeup right after it sent the request.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    harness.kill("synic");
+    harness.expect_restarts("synic", 1);
+    let from = harness.expect_output("[synic] synic re-armed after a restart", served);
+    harness.expect_output(
+        "[storage] 1 requests not completed in 1000 ms: resetting the bus",
+        served,
+    );
+    harness.expect_output("[storage] request 1 of files: IoError", served);
+    harness.expect_output("[files] fs-client: failed:", from);
 }

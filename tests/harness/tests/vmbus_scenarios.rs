@@ -32,6 +32,7 @@ const SCENARIOS: &[&str] = &[
     "storage-faults",
     "storage-ide",
     "storage-rescind",
+    "storage-timeout",
     "vmbus-2.4",
     "vmbus-4.0",
 ];

@@ -433,6 +433,11 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
             "    /// Sub-channels it may open: sub-channel K's rings are the regions `ring_out_control<K>`, `ring_out<K>`, `ring_in_control<K>`, `ring_in<K>`, of the primary's sizes.\n    pub const SUB_CHANNELS: usize = {};",
             driver.sub_channels
         );
+        let _ = writeln!(
+            out,
+            "    /// `request_timeout_ms`: how long the driver waits for the host to complete a request (None: its own default).\n    pub const REQUEST_TIMEOUT_MS: Option<u64> = {:?};",
+            driver.request_timeout_ms
+        );
         let buffers: Vec<String> = driver.buffers.iter().map(|b| b.to_string()).collect();
         let _ = writeln!(
             out,

@@ -58,6 +58,8 @@ pub struct DriverContract {
     /// Sub-channels it may open (regions `<driver>_ring_out_control<K>`,
     /// ... for K in 1..=sub_channels).
     pub sub_channels: u8,
+    /// `request_timeout_ms`, if the description sets it.
+    pub request_timeout_ms: Option<u64>,
     pub clients: Vec<usize>,
 }
 

@@ -55,6 +55,8 @@ pub const MAX_BUFFER_BYTES: i64 = 8190 * 4096;
 
 /// The most sub-channels one driver opens (`vmbus::MAX_SUB_CHANNELS`).
 pub const MAX_SUB_CHANNELS: i64 = 8;
+/// The longest `request_timeout_ms` (an hour).
+pub const MAX_REQUEST_TIMEOUT_MS: i64 = 3_600_000;
 
 /// The name suffix of ring part `suffix` of channel `channel` (0: the
 /// primary, K: sub-channel K).
@@ -170,6 +172,15 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                     driver.buffers.len()
                 ),
             ));
+        }
+        if let Some(timeout) = &driver.request_timeout_ms {
+            let ms = *timeout.get_ref();
+            if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
+                errors.push(source.diagnostic(
+                    timeout.span().start,
+                    format!("a request timeout of {ms} ms: it is 1 to {MAX_REQUEST_TIMEOUT_MS}"),
+                ));
+            }
         }
         if let Some(count) = &driver.sub_channels {
             let n = *count.get_ref();

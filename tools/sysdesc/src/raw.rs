@@ -92,6 +92,10 @@ pub struct RawDriver {
     /// How many sub-channels (beyond the primary) it may open, each with
     /// rings of the primary's sizes (default 0).
     pub sub_channels: Option<Number>,
+    /// How long (ms) the driver waits for the host to complete a request
+    /// before it recovers (a driver that has such a timeout; absent: the
+    /// driver's own default).
+    pub request_timeout_ms: Option<Number>,
     /// The protocol its clients call, if it has clients.
     pub serves: Option<Text>,
     #[serde(default)]

@@ -1030,6 +1030,9 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                     ring_out: *d.ring_out.get_ref() as u64,
                     buffers: d.buffers.iter().map(|b| *b.get_ref() as u64).collect(),
                     sub_channels: crate::expand::sub_channel_count(d),
+                    request_timeout_ms: d.request_timeout_ms.as_ref().map(|n| {
+                        (*n.get_ref()).clamp(1, crate::expand::MAX_REQUEST_TIMEOUT_MS) as u64
+                    }),
                     clients: d
                         .clients
                         .iter()

@@ -127,8 +127,9 @@ pub mod synic {
 
     impl Protocol for Synic {
         const NAME: &'static str = "synic";
-        // 2: sub-channels (Bind's channel index, Pending).
-        const VERSION: u16 = 2;
+        // 2: sub-channels (Bind's channel index, Pending). 3: SetTimeout
+        // (and the timer counters in Status).
+        const VERSION: u16 = 3;
         const OPERATIONS: &'static [&'static str] = &[
             "post_message",
             "bind",
@@ -138,6 +139,7 @@ pub mod synic {
             "opening",
             "restore",
             "pending",
+            "set_timeout",
         ];
         type Request = Request;
         type Reply = Reply;
@@ -151,6 +153,7 @@ pub mod synic {
                 Request::Opening { .. } => 5,
                 Request::Restore { .. } => 6,
                 Request::Pending => 7,
+                Request::SetTimeout { .. } => 8,
             }
         }
     }
@@ -211,6 +214,16 @@ pub mod synic {
         /// notifies the VSC once per batch; a bit set before a notification
         /// is read after it.
         Pending,
+        /// A VSC: wake me (a notification on the channel synic already
+        /// notifies me on) once the clock (`Env::now_ns`, the one all
+        /// components share) reaches `deadline_ns`; 0 cancels. One
+        /// deadline per VSC: a new call replaces the last. synic runs
+        /// synthetic timer 0 for the earliest deadline; a woken VSC finds
+        /// no channel pending and checks its own deadlines. The deadline
+        /// is forgotten when it wakes the VSC, and when synic restarts: a
+        /// restarted synic wakes every VSC once, and a VSC woken with no
+        /// channel pending asks again.
+        SetTimeout { deadline_ns: u64 },
     }
 
     /// The most bindings (and openings) one `Restore` carries.
@@ -245,6 +258,9 @@ pub mod synic {
         /// closed or restarting): nothing was signalled, and that is
         /// expected; the VSC hears about the channel from vmbus.
         ChannelClosed,
+        /// SetTimeout: the hypervisor offers no synthetic timer (or synic
+        /// is not enabled); nothing will wake the VSC at its deadline.
+        NoTimer,
     }
 
     /// The status of a hypercall the hypervisor interface could not make
@@ -285,6 +301,12 @@ pub mod synic {
         pub restores: u32,
         /// Of `signals_sent`, those made through a monitor page's pending bit.
         pub monitor_signals: u32,
+        /// Timer-expired messages taken from the timer SINT's slot.
+        pub timer_messages: u32,
+        /// VSCs woken because their `SetTimeout` deadline passed.
+        pub timeouts_delivered: u32,
+        /// Times synthetic timer 0 was (re)programmed.
+        pub timer_programmed: u32,
     }
 }
 

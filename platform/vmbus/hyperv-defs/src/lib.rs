@@ -47,6 +47,14 @@ pub mod msr {
     pub const SINT0: u32 = 0x4000_0090;
     /// SINT15.
     pub const SINT15: u32 = 0x4000_009F;
+    /// The partition reference counter: 100 ns units since the partition
+    /// was created (read-only).
+    pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+    /// Synthetic timer 0's configuration ([`super::StimerConfig`]).
+    pub const STIMER0_CONFIG: u32 = 0x4000_00B0;
+    /// Synthetic timer 0's count: the expiration time (one-shot) or the
+    /// period (periodic), in 100 ns reference-time units.
+    pub const STIMER0_COUNT: u32 = 0x4000_00B1;
 
     /// The SINT index of a SINTx MSR number, if it is one.
     pub const fn sint_index(msr: u32) -> Option<u8> {
@@ -351,6 +359,68 @@ pub mod message_flags {
     pub const MESSAGE_PENDING: u8 = 1 << 0;
 }
 
+/// A synthetic timer's configuration register (TLFS "Synthetic Timer
+/// Configuration Register"): enable 0, periodic 1, lazy 2, auto-enable 3,
+/// APIC vector 11:4 (direct mode only), direct mode 12, SINTx 19:16; bits
+/// 15:13 and 63:20 reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StimerConfig(pub u64);
+
+impl StimerConfig {
+    pub const ENABLE: u64 = 1 << 0;
+    pub const PERIODIC: u64 = 1 << 1;
+    pub const LAZY: u64 = 1 << 2;
+    pub const AUTO_ENABLE: u64 = 1 << 3;
+    pub const APIC_VECTOR_SHIFT: u32 = 4;
+    pub const APIC_VECTOR_MASK: u64 = 0xFF << Self::APIC_VECTOR_SHIFT;
+    pub const DIRECT_MODE: u64 = 1 << 12;
+    pub const SINT_SHIFT: u32 = 16;
+    pub const SINT_MASK: u64 = 0xF << Self::SINT_SHIFT;
+
+    pub const fn enabled(self) -> bool {
+        self.0 & Self::ENABLE != 0
+    }
+    pub const fn periodic(self) -> bool {
+        self.0 & Self::PERIODIC != 0
+    }
+    pub const fn auto_enable(self) -> bool {
+        self.0 & Self::AUTO_ENABLE != 0
+    }
+    pub const fn direct_mode(self) -> bool {
+        self.0 & Self::DIRECT_MODE != 0
+    }
+    /// The SINT its expiration message goes to (message mode).
+    pub const fn sint(self) -> u8 {
+        ((self.0 & Self::SINT_MASK) >> Self::SINT_SHIFT) as u8
+    }
+    /// A one-shot, message-mode configuration for `sint`.
+    pub const fn one_shot(sint: u8, enable: bool, auto_enable: bool) -> Self {
+        StimerConfig(
+            ((sint as u64) << Self::SINT_SHIFT) & Self::SINT_MASK
+                | if enable { Self::ENABLE } else { 0 }
+                | if auto_enable { Self::AUTO_ENABLE } else { 0 },
+        )
+    }
+}
+
+/// The payload of an `HVMSG_TIMER_EXPIRED` message
+/// ([`message_type::TIMER_EXPIRED`]), 24 bytes; times are reference-time
+/// (100 ns) values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TimerMessagePayload {
+    pub timer_index: u32,
+    pub reserved: u32,
+    /// When the timer was due.
+    pub expiration_time: u64,
+    /// When the message was put into the slot.
+    pub delivery_time: u64,
+}
+
+impl TimerMessagePayload {
+    pub const DELIVERY_TIME_OFFSET: usize = 16;
+}
+
 /// The 16-byte header of a synic message slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -597,6 +667,27 @@ mod tests {
         assert_eq!(EventFlagsPage::flag_position(15, 2047), Some((0xFFF, 7)));
         assert_eq!(EventFlagsPage::flag_position(16, 0), None);
         assert_eq!(EventFlagsPage::flag_position(0, 2048), None);
+    }
+
+    #[test]
+    fn timer_layouts() {
+        assert_eq!(size_of::<TimerMessagePayload>(), 24);
+        let payload = TimerMessagePayload {
+            timer_index: 1,
+            reserved: 0,
+            expiration_time: 0x0203,
+            delivery_time: 0x0405,
+        };
+        let bytes = payload.as_bytes();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[8], 3);
+        assert_eq!(bytes[TimerMessagePayload::DELIVERY_TIME_OFFSET], 5);
+        let config = StimerConfig::one_shot(3, true, true);
+        assert_eq!(config.0, 0x3_0009);
+        assert_eq!(config.sint(), 3);
+        assert!(config.enabled() && config.auto_enable() && !config.periodic());
+        assert!(StimerConfig(1 << 12).direct_mode());
+        assert_eq!(msr::STIMER0_COUNT, msr::STIMER0_CONFIG + 1);
     }
 
     #[test]

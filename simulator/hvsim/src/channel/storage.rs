@@ -407,7 +407,7 @@ impl StorageController {
         format!(
             "version {version}, {} LUNs; {} requests ({} on sub-channels): {} reads {} bytes, {} writes {} bytes, {} flushes, {} unmaps; \
              {} check conditions, {} SRB errors, {} unit attentions; rule violations {}, GPA outside memory {}; \
-             faults: {} delayed, {} withheld, {} corrupted, {} failed, {} short; {} ENUMERATE_BUS sent, {} sub-channels offered",
+             faults: {} delayed, {} withheld, {} corrupted, {} failed, {} short; {} ENUMERATE_BUS sent, {} sub-channels offered, {} bus resets",
             self.luns.len(),
             s.requests,
             s.requests_on_sub_channels,
@@ -429,6 +429,7 @@ impl StorageController {
             s.short_transfers,
             s.enumerate_bus_sent,
             s.sub_channels_offered,
+            s.resets,
         )
     }
 
