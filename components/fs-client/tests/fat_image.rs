@@ -195,6 +195,7 @@ impl Ramdisk {
                     self.flushes.push((console.to_string(), self.disk.clone()));
                     self.server.complete(id, Status::Ok, 0).unwrap();
                 }
+                ServerRequest::Discard { .. } => unreachable!("served without discard"),
             }
         }
     }

@@ -100,7 +100,8 @@ struct Client {
     data: Option<SharedBuffer>,
     /// The area the info page publishes (re-published only when it
     /// changes: a new generation makes the client reissue).
-    served: Option<Area>,
+    /// What was published: the area and whether it takes DISCARD.
+    served: Option<(Area, bool)>,
 }
 
 pub struct Storage {
@@ -633,6 +634,17 @@ impl Storage {
                         count: 0,
                         offset: 0,
                     },
+                    ServerRequest::Discard {
+                        id,
+                        disk_block,
+                        count,
+                    } => BlockRequest {
+                        op: BlockOp::Discard,
+                        id,
+                        disk_block,
+                        count,
+                        offset: 0,
+                    },
                 };
                 self.initiator.submit(index as u8, request);
             }
@@ -864,7 +876,8 @@ impl Storage {
             let Some(area) = self.initiator.area(index as u8) else {
                 continue;
             };
-            if self.clients[index].served == Some(area) {
+            let discard = self.initiator.discard_supported(index as u8);
+            if self.clients[index].served == Some((area, discard)) {
                 continue;
             }
             let max_transfer = self.initiator.piece_limit(index as u8);
@@ -877,13 +890,13 @@ impl Storage {
                 blocks: area.blocks,
                 read_only: area.read_only,
             };
-            match server.serve(grant, area.block_size, max_transfer, &ident) {
+            match server.serve_with_discard(grant, area.block_size, max_transfer, &ident, discard) {
                 Ok(generation) => {
-                    self.clients[index].served = Some(area);
+                    self.clients[index].served = Some((area, discard));
                     let client = &block_clients::CLIENTS[index];
                     println!(
                         env,
-                        "serving {} (generation {generation}): LUN {}{}, blocks {}..{} of {} bytes{}",
+                        "serving {} (generation {generation}): LUN {}{}, blocks {}..{} of {} bytes{}{}",
                         client.name,
                         client.lun,
                         match client.partition {
@@ -896,7 +909,8 @@ impl Storage {
                         area.first_block,
                         area.first_block + area.blocks,
                         area.block_size,
-                        if area.read_only { ", read-only" } else { "" }
+                        if area.read_only { ", read-only" } else { "" },
+                        if discard { ", discard" } else { "" }
                     );
                     env.notify(client.notify);
                 }

@@ -345,6 +345,10 @@ enum Purpose {
     Discard {
         client: u8,
         request: BlockRequest,
+        /// Blocks unmapped before this piece.
+        done: u32,
+        /// Blocks of this piece.
+        piece: u32,
     },
 }
 
@@ -365,6 +369,8 @@ pub struct Lun {
     pub block_size: u32,
     pub unmap: bool,
     pub max_transfer_blocks: u32,
+    /// Blocks one UNMAP may name (VPD 0xB0; 0: no limit given).
+    pub max_unmap_blocks: u32,
     pub vpd_83: bool,
     pub vpd_b0: bool,
     pub vpd_b2: bool,
@@ -831,7 +837,12 @@ impl Initiator {
                 ..
             } => self.respond(client, request.id, status, done),
             Purpose::Flush { client, id } => self.respond(client, id, status, 0),
-            Purpose::Discard { client, request } => self.respond(client, request.id, status, 0),
+            Purpose::Discard {
+                client,
+                request,
+                done,
+                ..
+            } => self.respond(client, request.id, status, done),
             Purpose::Discovery { lun, probe } => self.probe_failed(lun, probe, None),
             Purpose::Init(_) => self.fail("storage initialization did not complete"),
             Purpose::Reset => self.fail("the host did not complete a bus reset"),
@@ -934,11 +945,34 @@ impl Initiator {
                     }
                 }
             }
-            Purpose::Flush { client, id }
-            | Purpose::Discard {
+            Purpose::Discard {
                 client,
-                request: BlockRequest { id, .. },
-            } => match outcome {
+                request,
+                done,
+                piece,
+            } => {
+                self.free(tag);
+                match outcome {
+                    Outcome::Success => {
+                        let done = done + piece;
+                        if done >= request.count {
+                            self.respond(client, request.id, BlockStatus::Ok, done);
+                        } else {
+                            self.issue_discard_piece(client, request, done);
+                        }
+                    }
+                    outcome => {
+                        self.stats.io_errors += 1;
+                        let status = match outcome {
+                            Outcome::NoDevice => BlockStatus::NotReady,
+                            Outcome::Fail(Some(sense_key::DATA_PROTECT)) => BlockStatus::ReadOnly,
+                            _ => BlockStatus::IoError,
+                        };
+                        self.respond(client, request.id, status, done);
+                    }
+                }
+            }
+            Purpose::Flush { client, id } => match outcome {
                 Outcome::Success => {
                     self.free(tag);
                     self.respond(client, id, BlockStatus::Ok, 0);
@@ -1122,6 +1156,7 @@ impl Initiator {
                             let limits = scsi::parse_block_limits(body);
                             if let Some(state) = self.found_mut(lun) {
                                 state.max_transfer_blocks = limits.max_transfer_blocks;
+                                state.max_unmap_blocks = limits.max_unmap_blocks;
                             }
                         }
                         0xB2 => {
@@ -1357,7 +1392,10 @@ impl Initiator {
             return self.respond(client, request.id, BlockStatus::ReadOnly, 0);
         }
         if request.op == BlockOp::Discard {
-            return self.submit_discard(client, request, disk);
+            if !disk.unmap {
+                return self.respond(client, request.id, BlockStatus::NotSupported, 0);
+            }
+            return self.issue_discard_piece(client, request, 0);
         }
         let bytes = u64::from(request.count) * u64::from(area.block_size);
         let inside = request
@@ -1370,16 +1408,38 @@ impl Initiator {
         self.issue_piece(client, request, 0);
     }
 
-    fn submit_discard(&mut self, client: u8, request: BlockRequest, disk: Lun) {
-        if !disk.unmap {
-            return self.respond(client, request.id, BlockStatus::Invalid, 0);
-        }
-        let Some(index) = self.slots.iter().position(Option::is_none) else {
-            return self.respond(client, request.id, BlockStatus::IoError, 0);
+    /// Whether a client's DISCARDs can reach its disk (the disk's VPD page
+    /// 0xB2 says it takes UNMAP). The info page publishes it.
+    pub fn discard_supported(&self, client: u8) -> bool {
+        let Some(state) = self.clients.get(client as usize) else {
+            return false;
         };
-        let list = scsi::unmap_list(request.disk_block, request.count);
+        state.area.is_some()
+            && self
+                .luns
+                .iter()
+                .find(|l| l.lun == state.grant.lun)
+                .is_some_and(|disk| disk.unmap)
+    }
+
+    /// One UNMAP of at most the disk's block-limits maximum, its parameter
+    /// list in the private buffer at the slot's own place.
+    fn issue_discard_piece(&mut self, client: u8, request: BlockRequest, done: u32) {
+        let lun = self.clients[client as usize].grant.lun;
+        let Some(disk) = self.luns.iter().find(|l| l.lun == lun).copied() else {
+            return self.respond(client, request.id, BlockStatus::NotReady, done);
+        };
+        let limit = match disk.max_unmap_blocks {
+            0 => u32::MAX,
+            limit => limit,
+        };
+        let piece = (request.count - done).min(limit);
+        let Some(index) = self.slots.iter().position(Option::is_none) else {
+            return self.respond(client, request.id, BlockStatus::IoError, done);
+        };
+        let list = scsi::unmap_list(request.disk_block + u64::from(done), piece);
         let srb = Srb {
-            lun: disk.lun,
+            lun,
             cdb: Cdb::unmap(scsi::UNMAP_LIST_LEN as u16),
             data_in: false,
             data: DataRef::Private {
@@ -1388,11 +1448,14 @@ impl Initiator {
                 fill: Some(list),
             },
         };
-        if self
-            .allocate(Purpose::Discard { client, request }, Command::Srb(srb), 2)
-            .is_none()
-        {
-            self.respond(client, request.id, BlockStatus::IoError, 0);
+        let purpose = Purpose::Discard {
+            client,
+            request,
+            done,
+            piece,
+        };
+        if self.allocate(purpose, Command::Srb(srb), 2).is_none() {
+            self.respond(client, request.id, BlockStatus::IoError, done);
         }
     }
 

@@ -13,6 +13,8 @@ struct Disk {
     blocks: u64,
     block_size: u32,
     unmap: bool,
+    /// VPD 0xB0's maximum UNMAP LBA count (0: none given).
+    max_unmap_blocks: u32,
     /// READ CAPACITY (16) refused with ILLEGAL REQUEST.
     no_capacity_16: bool,
     block0: StdVec<u8>,
@@ -25,6 +27,7 @@ impl Disk {
             blocks,
             block_size: 512,
             unmap: false,
+            max_unmap_blocks: 0,
             no_capacity_16: false,
             block0: vec![0; 512],
         }
@@ -226,6 +229,7 @@ impl Host {
                     page[1] = 0xB0;
                     page[3] = 60;
                     page[8..12].copy_from_slice(&0u32.to_be_bytes());
+                    page[20..24].copy_from_slice(&disk.max_unmap_blocks.to_be_bytes());
                     self.reply_data(srb, &page)
                 }
                 0xB2 => {
@@ -1010,13 +1014,15 @@ fn unmap_only_where_supported() {
             BlockResponse {
                 id: 4,
                 status: BlockStatus::Ok,
-                count: 0
+                count: 50
             }
         )]
     );
+    assert!(initiator.discard_supported(0));
 
     let mut host = Host::new();
     let mut initiator = ready(&mut host, &[whole_disk()]);
+    assert!(!initiator.discard_supported(0));
     initiator.submit(
         0,
         BlockRequest {
@@ -1030,8 +1036,99 @@ fn unmap_only_where_supported() {
             0,
             BlockResponse {
                 id: 4,
-                status: BlockStatus::Invalid,
+                status: BlockStatus::NotSupported,
                 count: 0
+            }
+        )]
+    );
+    assert!(srbs(&host)
+        .iter()
+        .all(|srb| srb.cdb.opcode() != scsi::opcode::UNMAP));
+}
+
+fn unmapped_ranges(host: &Host) -> StdVec<(u64, u32)> {
+    srbs(host)
+        .iter()
+        .filter(|srb| srb.cdb.opcode() == scsi::opcode::UNMAP)
+        .map(|srb| match srb.data {
+            DataRef::Private {
+                fill: Some(list), ..
+            } => (
+                u64::from_be_bytes(list[8..16].try_into().unwrap()),
+                u32::from_be_bytes(list[16..20].try_into().unwrap()),
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_discard_is_split_by_the_block_limits_maximum() {
+    let mut host = Host::new();
+    host.disks[0].unmap = true;
+    host.disks[0].max_unmap_blocks = 20;
+    let mut initiator = ready(&mut host, &[whole_disk()]);
+    host.log.clear();
+    initiator.submit(
+        0,
+        BlockRequest {
+            op: BlockOp::Discard,
+            ..read(4, 100, 50)
+        },
+    );
+    host.run(&mut initiator);
+    assert_eq!(
+        unmapped_ranges(&host),
+        vec![(100, 20), (120, 20), (140, 10)]
+    );
+    assert_eq!(
+        responses(&mut initiator),
+        vec![(
+            0,
+            BlockResponse {
+                id: 4,
+                status: BlockStatus::Ok,
+                count: 50
+            }
+        )]
+    );
+
+    // A piece that fails ends the request with the blocks done before it.
+    let mut host = Host::new();
+    host.disks[0].unmap = true;
+    host.disks[0].max_unmap_blocks = 20;
+    let mut initiator = ready(&mut host, &[whole_disk()]);
+    host.log.clear();
+    initiator.submit(
+        0,
+        BlockRequest {
+            op: BlockOp::Discard,
+            ..read(5, 100, 50)
+        },
+    );
+    // The first piece is answered, the second fails.
+    let (tag, command) = initiator.pop_send().unwrap();
+    initiator.sent(tag, host.now);
+    host.log.push(command);
+    host.answer(&mut initiator, tag, command);
+    host.faults.push_back((
+        scsi::opcode::UNMAP,
+        Fault::Sense {
+            srb: storage::srb::ERROR,
+            key: sense_key::MEDIUM_ERROR,
+            asc: 0x11,
+        },
+    ));
+    host.run(&mut initiator);
+    assert_eq!(unmapped_ranges(&host), vec![(100, 20), (120, 20)]);
+    assert_eq!(
+        responses(&mut initiator),
+        vec![(
+            0,
+            BlockResponse {
+                id: 5,
+                status: BlockStatus::IoError,
+                count: 20
             }
         )]
     );

@@ -127,6 +127,7 @@ fn fs_client_mounts_reads_and_writes_a_fat_disk_served_by_another_process() {
                     flushes += 1;
                     server.complete(id, Status::Ok, 0).unwrap();
                 }
+                ServerRequest::Discard { .. } => unreachable!("served without discard"),
             }
         }
         if server.client_needs_signal() {

@@ -22,10 +22,24 @@ pub type RequestId = u32;
 /// the data region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    Read { block: u64, count: u32, offset: u64 },
-    Write { block: u64, count: u32, offset: u64 },
+    Read {
+        block: u64,
+        count: u32,
+        offset: u64,
+    },
+    Write {
+        block: u64,
+        count: u32,
+        offset: u64,
+    },
     Flush,
     Barrier,
+    /// The disk may forget these blocks (see [`crate::Code::Discard`]);
+    /// NOT_SUPPORTED unless the info page's `discard` says it can.
+    Discard {
+        block: u64,
+        count: u32,
+    },
 }
 
 impl Operation {
@@ -43,6 +57,7 @@ impl Operation {
             } => (Code::Write, block, count, offset),
             Operation::Flush => (Code::Flush, 0, 0, 0),
             Operation::Barrier => (Code::Barrier, 0, 0, 0),
+            Operation::Discard { block, count } => (Code::Discard, block, count, 0),
         };
         Request {
             code: code as u32,
@@ -56,7 +71,9 @@ impl Operation {
 
     fn blocks(self) -> u32 {
         match self {
-            Operation::Read { count, .. } | Operation::Write { count, .. } => count,
+            Operation::Read { count, .. }
+            | Operation::Write { count, .. }
+            | Operation::Discard { count, .. } => count,
             Operation::Flush | Operation::Barrier => 0,
         }
     }

@@ -4,7 +4,8 @@
 //! `version` u32 at 4, `generation` u32 at 8, `ready` u32 at 12,
 //! `read_only` u32 at 16, `block_size` u32 at 20, `capacity` u64 at 24,
 //! `queue_depth` u32 at 32, `max_transfer` u32 at 36 (blocks per request),
-//! `ident_len` u32 at 40, `ident` bytes at 48..112.
+//! `ident_len` u32 at 40, `features` u32 at 44 (bit 0: the disk takes
+//! DISCARD), `ident` bytes at 48..112.
 //!
 //! The driver clears `ready`, writes the fields, bumps `generation`, then
 //! sets `ready` (release); the client reads `generation`, the fields, and
@@ -28,6 +29,11 @@ const CAPACITY_AT: usize = 24;
 const QUEUE_DEPTH_AT: usize = 32;
 const MAX_TRANSFER_AT: usize = 36;
 const IDENT_LEN_AT: usize = 40;
+/// Was reserved (zero) in the first layout, so a page from a driver that
+/// predates it reads as "no features", and clients that predate it ignore it.
+const FEATURES_AT: usize = 44;
+/// `features` bit: DISCARD requests reach the disk (it supports UNMAP).
+pub const FEATURE_DISCARD: u32 = 1;
 const IDENT_AT: usize = 48;
 pub(crate) const INFO_USED: usize = IDENT_AT + IDENT_MAX;
 
@@ -45,6 +51,9 @@ pub struct DeviceInfo {
     pub max_transfer: u32,
     /// Bumped each time the driver starts serving.
     pub generation: u32,
+    /// DISCARD requests reach the disk; without, they are answered
+    /// NOT_SUPPORTED.
+    pub discard: bool,
     ident: [u8; IDENT_MAX],
     ident_len: u8,
 }
@@ -72,6 +81,7 @@ impl DeviceInfo {
             queue_depth,
             max_transfer,
             generation: 0,
+            discard: false,
             ident: bytes,
             ident_len: len as u8,
         }
@@ -122,6 +132,7 @@ pub(crate) fn read(page: &Region) -> Option<DeviceInfo> {
         queue_depth: read_u32(page, QUEUE_DEPTH_AT)?,
         max_transfer: read_u32(page, MAX_TRANSFER_AT)?,
         generation: before,
+        discard: read_u32(page, FEATURES_AT)? & FEATURE_DISCARD != 0,
         ident: [0; IDENT_MAX],
         ident_len: 0,
     };
@@ -167,6 +178,8 @@ pub(crate) fn publish(page: &Region, info: &DeviceInfo) -> Option<u32> {
         .ok()?;
     page.write(IDENT_LEN_AT, &u32::from(info.ident_len).to_ne_bytes())
         .ok()?;
+    let features = if info.discard { FEATURE_DISCARD } else { 0 };
+    page.write(FEATURES_AT, &features.to_ne_bytes()).ok()?;
     page.write(IDENT_AT, &info.ident).ok()?;
     // Zero is never a served generation, so a fresh page reads as "never served".
     let next = match generation.load(Ordering::Acquire).wrapping_add(1) {
@@ -196,8 +209,17 @@ mod tests {
             (true, 512, 2048)
         );
         assert_eq!((got.queue_depth, got.max_transfer), (32, 256));
+        assert!(!got.discard);
         let second = publish(&page, &info).unwrap();
         assert_ne!(first, second);
+        let discarding = DeviceInfo {
+            discard: true,
+            ..info
+        };
+        publish(&page, &discarding).unwrap();
+        assert!(read(&page).unwrap().discard);
+        publish(&page, &info).unwrap();
+        assert!(!read(&page).unwrap().discard, "the flag is cleared again");
         withdraw(&page).unwrap();
         assert_eq!(read(&page), None);
     }

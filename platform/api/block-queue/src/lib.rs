@@ -90,6 +90,11 @@ pub enum Code {
     /// Everything queued before it completes before anything after it is
     /// issued to the disk.
     Barrier = 4,
+    /// The disk may forget `count` blocks at `block` (SCSI UNMAP): they
+    /// read back as zeros or as what they held, so a client discards only
+    /// what it no longer needs. No data moves (`offset` is unused).
+    /// Answered NOT_SUPPORTED when the info page says the disk cannot.
+    Discard = 5,
 }
 
 impl Code {
@@ -99,6 +104,7 @@ impl Code {
             2 => Code::Write,
             3 => Code::Flush,
             4 => Code::Barrier,
+            5 => Code::Discard,
             _ => return None,
         })
     }
@@ -120,6 +126,10 @@ pub enum Status {
     /// The request is malformed (unknown code, zero or oversized count,
     /// data range outside or misaligned in the data region).
     Invalid = 5,
+    /// The disk cannot do what was asked (a DISCARD to a disk without
+    /// UNMAP). A client that knows only statuses 0-5 takes it as an
+    /// IO_ERROR (and counts it malformed).
+    NotSupported = 6,
 }
 
 impl Status {
@@ -131,6 +141,7 @@ impl Status {
             3 => Status::NotReady,
             4 => Status::ReadOnly,
             5 => Status::Invalid,
+            6 => Status::NotSupported,
             _ => return None,
         })
     }
@@ -150,7 +161,7 @@ pub struct Request {
     /// First block, relative to the grant (block 0 is the partition's
     /// first block for a partition grant).
     pub block: u64,
-    /// Blocks to transfer (READ and WRITE).
+    /// Blocks to transfer (READ and WRITE) or to discard (DISCARD).
     pub count: u32,
     pub reserved: u32,
     /// Byte offset into the data region (READ and WRITE).
@@ -196,14 +207,20 @@ mod tests {
 
     #[test]
     fn codes_and_statuses_round_trip_and_unknown_values_are_refused() {
-        for code in [Code::Read, Code::Write, Code::Flush, Code::Barrier] {
+        for code in [
+            Code::Read,
+            Code::Write,
+            Code::Flush,
+            Code::Barrier,
+            Code::Discard,
+        ] {
             assert_eq!(Code::from_wire(code as u32), Some(code));
         }
         assert_eq!(Code::from_wire(0), None);
-        assert_eq!(Code::from_wire(5), None);
-        for status in 0..6 {
+        assert_eq!(Code::from_wire(6), None);
+        for status in 0..7 {
             assert_eq!(Status::from_wire(status).map(|s| s as u32), Some(status));
         }
-        assert_eq!(Status::from_wire(6), None);
+        assert_eq!(Status::from_wire(7), None);
     }
 }

@@ -48,6 +48,13 @@ pub enum ServerRequest {
     },
     /// Answer after the disk's cache is on stable storage.
     Flush { id: u32 },
+    /// Let the disk forget `count` blocks from `disk_block` (UNMAP); handed
+    /// out only when the driver said the disk supports it.
+    Discard {
+        id: u32,
+        disk_block: u64,
+        count: u32,
+    },
 }
 
 impl ServerRequest {
@@ -55,7 +62,8 @@ impl ServerRequest {
         match *self {
             ServerRequest::Read { id, .. }
             | ServerRequest::Write { id, .. }
-            | ServerRequest::Flush { id } => id,
+            | ServerRequest::Flush { id }
+            | ServerRequest::Discard { id, .. } => id,
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct ServerStats {
     pub seek_errors: u64,
     pub read_only_refused: u64,
     pub not_ready: u64,
+    /// DISCARDs answered NOT_SUPPORTED (the disk has no UNMAP).
+    pub not_supported: u64,
     pub barriers: u64,
 }
 
@@ -113,6 +123,7 @@ struct Serving {
     grant: Grant,
     block_size: u32,
     max_transfer: u32,
+    discard: bool,
 }
 
 impl BlockServer {
@@ -147,6 +158,8 @@ impl BlockServer {
     /// the info page under a new generation (so the client reissues what
     /// it had outstanding) and returns the generation. The driver then
     /// notifies the client.
+    /// DISCARDs are answered NOT_SUPPORTED here (see
+    /// [`BlockServer::serve_with_discard`]).
     pub fn serve(
         &mut self,
         grant: Grant,
@@ -154,8 +167,22 @@ impl BlockServer {
         max_transfer: u32,
         ident: &str,
     ) -> Result<u32, ServerError> {
+        self.serve_with_discard(grant, block_size, max_transfer, ident, false)
+    }
+
+    /// [`BlockServer::serve`] for a disk that may support discarding: with
+    /// `discard`, the info page says so and DISCARDs inside the grant are
+    /// handed out; without, they are answered NOT_SUPPORTED.
+    pub fn serve_with_discard(
+        &mut self,
+        grant: Grant,
+        block_size: u32,
+        max_transfer: u32,
+        ident: &str,
+        discard: bool,
+    ) -> Result<u32, ServerError> {
         let depth = self.queue_depth();
-        let info = DeviceInfo::new(
+        let mut info = DeviceInfo::new(
             grant.read_only,
             block_size,
             grant.blocks,
@@ -163,6 +190,7 @@ impl BlockServer {
             max_transfer,
             ident,
         );
+        info.discard = discard;
         // What the client queued before this generation is dropped: it
         // reissues everything it has outstanding when it sees the new
         // generation, so serving the old copies too would do requests twice
@@ -172,6 +200,7 @@ impl BlockServer {
             grant,
             block_size,
             max_transfer,
+            discard,
         });
         self.refusing = false;
         info::publish(&self.info, &info).ok_or(ServerError::InfoPage)
@@ -253,6 +282,7 @@ impl BlockServer {
                         Status::SeekError => self.stats.seek_errors += 1,
                         Status::ReadOnly => self.stats.read_only_refused += 1,
                         Status::NotReady => self.stats.not_ready += 1,
+                        Status::NotSupported => self.stats.not_supported += 1,
                         _ => self.stats.invalid += 1,
                     }
                     self.respond(request.id, status, 0)?;
@@ -274,6 +304,7 @@ impl BlockServer {
         match code {
             Code::Barrier => return Ok(None),
             Code::Flush => return Ok(Some(ServerRequest::Flush { id })),
+            Code::Discard => return self.check_discard(request, serving).map(Some),
             Code::Read | Code::Write => {}
         }
         if request.count == 0 || request.count > serving.max_transfer {
@@ -318,6 +349,37 @@ impl BlockServer {
                 bytes,
             }
         }))
+    }
+
+    /// Checked like a write without a data range: inside the grant, not on
+    /// a read-only grant, then only if the disk can.
+    fn check_discard(&self, request: &Request, serving: Serving) -> Result<ServerRequest, Status> {
+        if request.count == 0 {
+            return Err(Status::Invalid);
+        }
+        let end = request
+            .block
+            .checked_add(u64::from(request.count))
+            .ok_or(Status::SeekError)?;
+        if end > serving.grant.blocks {
+            return Err(Status::SeekError);
+        }
+        let disk_block = serving
+            .grant
+            .first_block
+            .checked_add(request.block)
+            .ok_or(Status::SeekError)?;
+        if serving.grant.read_only {
+            return Err(Status::ReadOnly);
+        }
+        if !serving.discard {
+            return Err(Status::NotSupported);
+        }
+        Ok(ServerRequest::Discard {
+            id: request.id,
+            disk_block,
+            count: request.count,
+        })
     }
 
     /// Answer a request [`BlockServer::next_request`] handed out.

@@ -413,3 +413,100 @@ fn a_driver_answering_nonsense_cannot_complete_twice_overstate_or_crash_the_clie
         ))
     );
 }
+
+fn discard(block: u64, count: u32) -> Operation {
+    Operation::Discard { block, count }
+}
+
+#[test]
+fn discard_is_checked_like_a_write_and_handed_out_only_when_the_disk_can() {
+    let r = regions(16);
+    let mut server = BlockServer::new(r.requests, r.responses, r.info, DATA).unwrap();
+    server
+        .serve_with_discard(GRANT, 512, 16, "thin disk", true)
+        .unwrap();
+    let mut client = client(&r);
+    assert!(client.device().unwrap().discard);
+    // No data range, and more blocks than max_transfer: a discard moves no data.
+    let id = client.submit(discard(10, 40)).unwrap();
+    assert_eq!(
+        server.next_request().unwrap(),
+        Some(ServerRequest::Discard {
+            id,
+            disk_block: 110,
+            count: 40
+        })
+    );
+    server.complete(id, Status::Ok, 40).unwrap();
+    let done = drain(&mut client);
+    assert_eq!((done[0].status, done[0].count), (Status::Ok, 40));
+    let cases = [
+        (discard(10, 41), Status::SeekError), // one block past the grant
+        (discard(u64::MAX, 1), Status::SeekError),
+        (discard(0, 0), Status::Invalid),
+    ];
+    for (operation, status) in cases {
+        client.submit(operation).unwrap();
+        assert_eq!(server.next_request().unwrap(), None, "{operation:?}");
+        let done = drain(&mut client);
+        assert_eq!(done[0].status, status, "{operation:?}");
+    }
+    assert_eq!(server.stats().seek_errors, 2);
+
+    // A read-only grant refuses it as it refuses a write.
+    server
+        .serve_with_discard(
+            Grant {
+                read_only: true,
+                ..GRANT
+            },
+            512,
+            16,
+            "thin disk",
+            true,
+        )
+        .unwrap();
+    assert!(
+        drain(&mut client).is_empty(),
+        "the client sees the new generation"
+    );
+    client.submit(discard(0, 1)).unwrap();
+    assert_eq!(server.next_request().unwrap(), None);
+    assert_eq!(drain(&mut client)[0].status, Status::ReadOnly);
+
+    // A disk without UNMAP: NOT_SUPPORTED, never reaching the driver.
+    server.serve(GRANT, 512, 16, "thick disk").unwrap();
+    assert!(drain(&mut client).is_empty());
+    assert!(!client.device().unwrap().discard);
+    client.submit(discard(0, 1)).unwrap();
+    assert_eq!(server.next_request().unwrap(), None);
+    let done = drain(&mut client);
+    assert_eq!((done[0].status, done[0].count), (Status::NotSupported, 0));
+    assert_eq!(server.stats().not_supported, 1);
+    assert_eq!(server.stats().handed_out, 1);
+}
+
+#[test]
+fn a_status_the_client_does_not_know_is_an_io_error() {
+    // What a client of the first interface sees of NOT_SUPPORTED: a status
+    // beyond those it knows reads as IO_ERROR, counted malformed.
+    let r = regions(8);
+    let mut server = server(&r, GRANT);
+    let mut client = client(&r);
+    let id = client.submit(read(0, 1, 0)).unwrap();
+    server.next_request().unwrap().unwrap();
+    // The server's own producer is bypassed: a raw response with a status
+    // past those this client knows (as NOT_SUPPORTED is to a client of the
+    // first interface).
+    let mut responses = spsc_queue::Producer::new(r.responses, 24).unwrap();
+    let raw = block_queue::Response {
+        id,
+        status: 7,
+        count: 0,
+        reserved: 0,
+    };
+    responses.push(raw.as_bytes()).unwrap();
+    let done = drain(&mut client);
+    assert_eq!(done[0].status, Status::IoError);
+    assert_eq!(client.stats().malformed, 1);
+}
