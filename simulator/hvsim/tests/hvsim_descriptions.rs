@@ -38,7 +38,9 @@ fn the_simulated_host_maps_every_host_visible_region_read_write() {
     mapped.sort();
     visible.sort();
     assert_eq!(mapped, visible);
-    // Synic, hypercall and monitor pages, and per driver its two rings as
-    // a control region and a data region each.
-    assert_eq!(visible.len(), 3 + 4 * 4);
+    // Synic, hypercall and monitor pages; per driver channel (the four ICs,
+    // storage and its two sub-channels) its two rings as a control region
+    // and a data region each; storage's private buffer; the FAT client's
+    // data region (the host reads and writes it: GPA direct).
+    assert_eq!(visible.len(), 3 + (4 + 3) * 4 + 1 + 1);
 }
