@@ -27,11 +27,14 @@ const SCENARIOS: &[&str] = &[
     "monitored",
     "restart",
     "runtime-offers",
-    // Run by storage.rs: they need a disk image made for the run.
+    // Run by storage.rs, storage_multi.rs and storage_reliability.rs:
+    // they need disk images made for the run.
     "storage",
     "storage-faults",
     "storage-ide",
+    "storage-multi",
     "storage-rescind",
+    "storage-stress",
     "storage-timeout",
     "vmbus-2.4",
     "vmbus-4.0",
