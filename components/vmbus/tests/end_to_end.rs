@@ -367,7 +367,8 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
         );
     }
     let console = guest.bus_env.console.clone();
-    assert!(console.contains("VMBus 5.3, 5 devices"), "{console}");
+    // The four ICs, the NIC nobody drives, and storage's row (no device).
+    assert!(console.contains("VMBus 5.3, 6 devices"), "{console}");
     assert!(console.contains("no driver"), "{console}");
     let status = guest.synic.borrow().0.status();
     assert_eq!(status.bound_channels, 4);
@@ -654,7 +655,8 @@ fn a_restarted_vmbus_unloads_the_old_session_then_every_driver_reopens() {
             children::HEARTBEAT,
             children::SHUTDOWN,
             children::TIMESYNC,
-            children::KVP
+            children::KVP,
+            children::STORAGE
         ]
     );
     // The host released everything of the old session: no GPADL leaked,
