@@ -8,54 +8,13 @@ use block_queue::Status;
 use component_api::{ChannelSet, Component, Region};
 use env_double::EnvDouble;
 use fs_client::{FsClient, Step, DONE_LINE, READ_FILE, WRITE_FILE, WRITE_TEXT};
-use std::path::{Path, PathBuf};
+use linux_tools::{run, tool, Scratch};
 use std::process::Command;
 
 const HELLO: &str = "Hello from the host's FAT disk.\nSecond line.\n";
 /// The partition starts 1 MiB in, as fdisk puts it.
 const PARTITION_START: u64 = 2048;
 const BLOCK: usize = 512;
-
-fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let path = Path::new(dir).join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("`{name}` is missing: `cargo xtask setup` installs dosfstools and mtools");
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("the tool runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("fs-client-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A 16 MiB FAT16 filesystem with HELLO.TXT, a directory and a bigger file.
 fn make_filesystem(scratch: &Scratch) -> Vec<u8> {

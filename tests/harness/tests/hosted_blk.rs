@@ -11,7 +11,8 @@
 use block_queue::server::{BlockServer, Grant, ServerRequest};
 use block_queue::Status;
 use ipc_harness::Harness;
-use std::path::{Path, PathBuf};
+use linux_tools::{run, tool};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,23 +20,6 @@ const BLOCK: usize = 512;
 const PARTITION_START: usize = 2048;
 const HELLO: &str = "Hello over the hosted block interface.\n";
 const GUEST_TEXT: &str = "Written by the seL4 guest's fs-client through the block interface.\n";
-
-fn tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is missing: `cargo xtask setup` installs it"))
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .expect("runs");
-    assert!(output.status.success(), "{command:?}: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// An 8 MiB FAT16 partition with HELLO.TXT, behind an MBR.
 fn make_disk(dir: &Path) -> Vec<u8> {

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use ipc_harness::{expect, workspace_root, Harness};
+use linux_tools::{run, tool, Scratch};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,50 +23,6 @@ const PARTITION_START: usize = 2048;
 const BLOCK: usize = 512;
 /// The filesystem: 16 MiB (FAT16).
 const FILESYSTEM_KIB: usize = 16384;
-
-fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let path = Path::new(dir).join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("`{name}` is missing: `cargo xtask setup` installs dosfstools and mtools");
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .expect("the tool runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("storage-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A disk file: an MBR with partition 1 (FAT16 LBA) at 1 MiB holding a
 /// filesystem `mkfs.fat` made, with HELLO.TXT copied in by `mcopy`.

@@ -25,7 +25,7 @@
 
 use block_queue::{BlockClient, Completion, Operation, Status};
 use ipc_harness::{workspace_root, Double, Harness};
-use std::path::{Path, PathBuf};
+use linux_tools::{run, tool, Scratch};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -55,50 +55,6 @@ const DISCARDED_PART1: std::ops::Range<u64> = 3000..3100;
 const DISCARD_PIECES: u64 = 4;
 const BACKGROUND: u8 = 0xEE;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let path = Path::new(dir).join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("`{name}` is missing: `cargo xtask setup` installs dosfstools and mtools");
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .expect("the tool runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("storage-multi-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What a client writes to its block `block`: its name and the block,
 /// repeated, so a block in the wrong place or of the wrong client shows.
@@ -349,7 +305,7 @@ fn run_together(
 
 #[test]
 fn three_clients_each_see_only_their_own_grant() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("storage-multi");
     let disk0 = make_disk0(&scratch);
     let disk1 = make_disk1();
     let (path0, path1) = (scratch.path("lun0.img"), scratch.path("lun1.img"));

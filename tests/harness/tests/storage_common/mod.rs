@@ -7,7 +7,8 @@
 use blk_workload::Port;
 use block_queue::BlockClient;
 use ipc_harness::{Double, Harness};
-use std::path::{Path, PathBuf};
+pub use linux_tools::Scratch;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub const SYSTEM: &str = "tests/systems/storage-stress.toml";
@@ -17,27 +18,6 @@ pub const QUEUE: usize = 32;
 pub const BLOCK: usize = 512;
 /// The heartbeat and time-sample period the host is given.
 pub const PERIOD: Duration = Duration::from_millis(500);
-
-/// A scratch folder removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("storage-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A blank disk image of `mib` MiB.
 pub fn blank_disk(path: &Path, mib: u64) {
