@@ -637,3 +637,96 @@ fn a_tcp_transfer_survives_restarts_of_the_nic_driver() {
     );
     assert_eq!(server.counters().bad_descriptors, 0);
 }
+
+/// The test's DHCP server's answer to a DISCOVER (OFFER) or a REQUEST
+/// (ACK) from web, as a UDP payload.
+fn dhcp_answer(request: &[u8], leased: Ipv4Address) -> Option<Vec<u8>> {
+    use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr};
+    let packet = DhcpPacket::new_checked(request).ok()?;
+    let repr = DhcpRepr::parse(&packet).ok()?;
+    let message_type = match repr.message_type {
+        DhcpMessageType::Discover => DhcpMessageType::Offer,
+        DhcpMessageType::Request => DhcpMessageType::Ack,
+        _ => return None,
+    };
+    let server = Ipv4Address::new(10, 0, 2, 2);
+    let answer = DhcpRepr {
+        message_type,
+        transaction_id: repr.transaction_id,
+        secs: 0,
+        client_hardware_address: repr.client_hardware_address,
+        client_ip: Ipv4Address::UNSPECIFIED,
+        your_ip: leased,
+        server_ip: server,
+        router: Some(server),
+        subnet_mask: Some(Ipv4Address::new(255, 255, 255, 0)),
+        relay_agent_ip: Ipv4Address::UNSPECIFIED,
+        broadcast: false,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: Some(server),
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: Some(3600),
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut bytes = vec![0u8; answer.buffer_len()];
+    answer
+        .emit(&mut DhcpPacket::new_unchecked(&mut bytes[..]))
+        .ok()?;
+    Some(bytes)
+}
+
+#[test]
+fn web_takes_its_address_from_a_dhcp_server() {
+    use smoltcp::socket::udp;
+    let harness = Harness::builder("tests/systems/net-dhcp.toml")
+        .double("bridge")
+        .double("peer")
+        .start()
+        .expect("starts");
+    let double = harness.double("bridge");
+    let regions = regions(&double, "web_net0");
+    let server = DriverLink::serve(regions);
+    let mut link = DriverLink {
+        double,
+        regions,
+        server,
+        restarts: 0,
+        dropped: 0,
+    };
+    link.double.notify("web_net0");
+    harness.expect_output("[web] web: asking for an address by DHCP", 0);
+    let mut stack = Stack::new(link, PEER_MAC);
+    let dhcp = stack.sockets.add(udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+    ));
+    stack.sockets.get_mut::<udp::Socket>(dhcp).bind(67).unwrap();
+    let mut answered = 0;
+    stack.run_until(Duration::from_secs(30), "a lease", |s| {
+        let socket = s.sockets.get_mut::<udp::Socket>(dhcp);
+        while let Ok((request, _)) = socket.recv() {
+            if let Some(answer) = dhcp_answer(request, WEB) {
+                let broadcast = (Ipv4Address::BROADCAST, 68);
+                socket.send_slice(&answer, broadcast).unwrap();
+                answered += 1;
+            }
+        }
+        harness
+            .system()
+            .output()
+            .iter()
+            .any(|line| line == "[web] web: address 10.0.2.15/24 gateway 10.0.2.2 (dhcp)")
+            .then_some(())
+    });
+    assert!(answered >= 2, "an OFFER and an ACK");
+    let page = stack.http_get("/", 42000);
+    assert!(
+        page.contains("address   10.0.2.15/24 gateway 10.0.2.2 (dhcp)"),
+        "{page}"
+    );
+}
