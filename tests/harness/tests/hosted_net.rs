@@ -683,7 +683,7 @@ fn dhcp_answer(request: &[u8], leased: Ipv4Address) -> Option<Vec<u8>> {
 #[test]
 fn web_takes_its_address_from_a_dhcp_server() {
     use smoltcp::socket::udp;
-    let harness = Harness::builder("tests/systems/net-dhcp.toml")
+    let harness = Harness::builder("tests/systems/net-loopback-dhcp.toml")
         .double("bridge")
         .double("peer")
         .start()
