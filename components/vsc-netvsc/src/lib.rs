@@ -10,3 +10,7 @@
 extern crate std;
 
 pub mod initiator;
+
+/// The component: the initiator wired to its channels, buffers and client.
+pub mod component;
+pub use component::Network;
