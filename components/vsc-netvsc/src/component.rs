@@ -914,3 +914,16 @@ impl Network {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `init` builds the state on the stack before the runtime moves it:
+    /// the description's `stack_pages` must hold it with room to spare
+    /// (tests/systems/network.toml gives 32 pages).
+    #[test]
+    fn the_state_fits_the_stack_it_is_built_on() {
+        let bytes = core::mem::size_of::<super::Network>();
+        std::println!("Network: {bytes} bytes");
+        assert!(bytes < 96 * 1024, "{bytes} bytes");
+    }
+}
