@@ -167,7 +167,7 @@ impl Rig {
     fn step(&mut self) {
         for (index, channel) in self.channels.iter_mut().enumerate() {
             channel.endpoint.step(self.memory, 1, 0);
-            let packets = core::mem::take(&mut channel.endpoint.device_inbox);
+            let packets = core::mem::take(&mut channel.endpoint.storage_inbox);
             self.controller.serve(
                 &mut channel.endpoint,
                 self.memory,
