@@ -1212,6 +1212,32 @@ fn faults_parse_by_name() {
 }
 
 #[test]
+fn completions_after_a_revoke_are_not_blamed() {
+    let mut rig = rig();
+    rig.up();
+    rig.net.push_to_guest(&frame_to_guest(100, 1));
+    rig.step();
+    let held = rig.received_frames(0);
+    assert_eq!(held.len(), 1);
+    let revoke = nvsp::RevokeBuffer {
+        id: nvsp::RECEIVE_BUFFER_ID.into(),
+    };
+    rig.send(0, nvsp_type::REVOKE_RECEIVE_BUFFER, revoke.as_bytes());
+    assert_eq!(rig.controller.receive_sections(), None);
+    rig.complete_receive(0, held[0].0);
+    assert_eq!(rig.controller.stats.unknown_completions, 0);
+    assert_eq!(rig.controller.stats.rule_violations, 0);
+    // Frames now have nowhere to go.
+    rig.net.push_to_guest(&frame_to_guest(100, 2));
+    rig.step();
+    assert!(rig.host_sent(0).is_empty());
+    assert_eq!(rig.controller.stats.rx_dropped_no_buffer, 1);
+    // Once only: a second completion is one for nothing.
+    rig.complete_receive(0, held[0].0);
+    assert_eq!(rig.controller.stats.unknown_completions, 1);
+}
+
+#[test]
 fn a_reopened_primary_starts_from_nothing() {
     let mut rig = rig();
     rig.up();
