@@ -415,7 +415,7 @@ impl Rig {
         let mut moved = false;
         for (index, lane) in self.lanes.iter_mut().enumerate() {
             lane.endpoint.step(self.memory, 1, self.now_ns);
-            let packets = std::mem::take(&mut lane.endpoint.device_inbox);
+            let packets = std::mem::take(&mut lane.endpoint.storage_inbox);
             moved |= !packets.is_empty();
             if self.controller.serve(
                 &mut lane.endpoint,
