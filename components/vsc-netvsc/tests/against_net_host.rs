@@ -336,3 +336,32 @@ fn hostile_completions_and_messages_are_refused() {
     rig.run();
     assert_eq!(rig.initiator.tx_in_flight(), 2);
 }
+
+/// IPv4/TCP frames of many flows: the host's RSS spreads them over the
+/// channels; each receive is completed on the channel it came on (the
+/// host's sections all come back, no rule broken).
+#[test]
+fn rss_spreads_receives_over_the_sub_channels() {
+    let mut rig = started(host(), config());
+    let mac = rig.device().unwrap().mac;
+    for port in 0..64u16 {
+        let mut frame = tcp_frame(mac);
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x15]);
+        frame[34..36].copy_from_slice(&(1000 + port).to_be_bytes());
+        frame[36..38].copy_from_slice(&80u16.to_be_bytes());
+        assert!(rig.net.push_to_guest(&frame));
+    }
+    rig.run();
+    assert_eq!(rig.mem.delivered.len(), 64);
+    let mut lanes: Vec<u8> = rig.mem.delivered.iter().map(|(lane, _, _)| *lane).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    assert!(lanes.len() >= 2, "all on {lanes:?}");
+    assert_eq!(rig.controller.sections_in_use(), 0);
+    assert!(
+        rig.controller.violations.is_empty(),
+        "{:?}",
+        rig.controller.violations
+    );
+    assert!(rig.controller.stats.rx_hashed >= 64);
+}
