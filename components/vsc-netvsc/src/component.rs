@@ -431,7 +431,13 @@ impl Network {
                 self.lanes[sub].channel = None;
             }
             if let Some(client) = self.client.as_mut() {
+                // The client sees the link down and the device gone now
+                // (it keeps its buffers until the next generation).
+                client.server.set_link(false);
                 client.server.withdraw();
+                if let Some(grant) = net_clients::CLIENTS.first() {
+                    env.notify(grant.notify);
+                }
             }
             self.handle_events(env);
         } else {

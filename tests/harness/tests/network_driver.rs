@@ -4,7 +4,8 @@
 //! opens its sub-channels and serves `web`; the host pulls the cable and
 //! plugs it in; the driver killed (SIGKILL) is restarted by `vmbus`, starts over with the
 //! host (new GPADLs, sub-channels) and serves `web` under a new
-//! generation; the host saw no rule broken. docs/network.md.
+//! generation; the host saw no rule broken; the NIC rescinded, the client
+//! sees the link down, and offered again it is served once more. docs/network.md.
 
 use ipc_harness::{workspace_root, Harness};
 
@@ -59,4 +60,14 @@ fn the_driver_serves_survives_the_host_and_restarts() {
     println!("host after the restart: {report}");
     assert_eq!(count_after(&report, "rule violations"), 0, "{report}");
     assert!(report.contains("link up"), "{report}");
+
+    // The NIC rescinded: the driver lets go and the client sees the link
+    // down at once; offered again: served under a new generation.
+    let web_at = harness.expect_output("[web] web: link up", at);
+    harness.host("net-rescind");
+    at = harness.expect_output("[network] primary channel lost", at);
+    harness.expect_output("[web] web: link down", web_at);
+    harness.host("net-offer-again");
+    at = harness.expect_output("[network] serving web (generation 3)", at);
+    harness.expect_output("[web] web: link up", at);
 }
