@@ -242,9 +242,19 @@ impl Component for Network {
                 waiting: None,
             })
         });
+        // Frames go GPA-direct only from a host-visible data region; else
+        // every frame is copied into a section.
+        let mut config = CONFIG;
+        if client.as_ref().is_some_and(|c| c.data.is_none()) {
+            println!(
+                env,
+                "the client's data region is not host visible: every frame is copied"
+            );
+            config.copy_break = u32::MAX;
+        }
         let mut driver = Network {
             lanes: [const { Lane::new() }; CHANNELS],
-            initiator: Initiator::new(CONFIG),
+            initiator: Initiator::new(config),
             receive: HostBuffer {
                 region: env.region(regions::BUFFER0),
                 shared: None,
