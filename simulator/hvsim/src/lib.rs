@@ -52,7 +52,11 @@ pub mod script;
 pub mod sim;
 pub mod synic;
 #[cfg(not(target_os = "none"))]
+pub mod tap_net;
+#[cfg(not(target_os = "none"))]
 pub mod transport;
+#[cfg(not(target_os = "none"))]
+pub mod user_net;
 pub mod vmbus;
 
 #[cfg(not(target_os = "none"))]
