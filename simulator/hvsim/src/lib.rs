@@ -43,6 +43,8 @@ pub mod disk;
 #[cfg(not(target_os = "none"))]
 pub mod file_disk;
 pub mod host;
+#[cfg(not(target_os = "none"))]
+pub mod hosted_net;
 pub mod hypercall;
 pub mod memory;
 pub mod net;
