@@ -306,6 +306,7 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         // outer test kills this process (bounded anyway).
         let mut tap = TapNet::open(netns::TAP).expect("the TAP");
         let mut guest = Guest::new(&mut tap);
+        eprintln!("stand-in guest on the TAP");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut reported = Instant::now();
         while Instant::now() < deadline {
@@ -335,6 +336,8 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the guest inside the namespace");
+    // The guest is on the TAP before the first ping.
+    let attached = wait_for_line(&mut inside, "stand-in guest on the TAP");
     let result = std::panic::catch_unwind(|| {
         let ping = namespace
             .command("ping")
@@ -387,9 +390,9 @@ fn wait_for_line(child: &mut std::process::Child, needle: &str) -> String {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
+            // Kept reading after the wait ends: the child never writes
+            // into a closed pipe.
+            let _ = sender.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
