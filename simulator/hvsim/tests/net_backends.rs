@@ -337,7 +337,7 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         .spawn()
         .expect("the guest inside the namespace");
     // The guest is on the TAP before the first ping.
-    let attached = wait_for_line(&mut inside, "stand-in guest on the TAP");
+    wait_for_line(&mut inside, "stand-in guest on the TAP");
     let result = std::panic::catch_unwind(|| {
         let ping = namespace
             .command("ping")
