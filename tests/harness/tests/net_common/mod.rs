@@ -50,20 +50,22 @@ pub fn loopback_echo_server() -> SocketAddr {
     address
 }
 
-/// A transfer through an echo server: `total` bytes sent by one thread,
-/// read back and compared by another; `received` counts the bytes back.
+/// A transfer through an echo server: one thread sends the pattern (up to
+/// `limit` bytes, or until [`Transfer::stop`]) and then its FIN; another
+/// reads the echo to its end and compares every byte; `received` counts
+/// the bytes back so far (a test watches it for stalls).
 pub struct Transfer {
     pub received: Arc<AtomicU64>,
-    pub failed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     started: Instant,
-    sender: JoinHandle<Result<(), String>>,
-    receiver: JoinHandle<Result<(), String>>,
+    sender: JoinHandle<Result<u64, String>>,
+    receiver: JoinHandle<Result<u64, String>>,
 }
 
 impl Transfer {
-    /// Connects to `address` and starts. `timeout`: the longest a read may
-    /// wait for the next bytes (a stall longer than this fails it).
-    pub fn start(address: SocketAddr, total: u64, timeout: Duration) -> Result<Transfer, String> {
+    /// Connects to `address` and starts. `timeout`: the longest a read or
+    /// a write may wait (a stall longer than this fails the transfer).
+    pub fn start(address: SocketAddr, limit: u64, timeout: Duration) -> Result<Transfer, String> {
         let stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))
             .map_err(|e| format!("connect {address}: {e}"))?;
         stream.set_nodelay(true).ok();
@@ -76,12 +78,13 @@ impl Transfer {
         let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
         let mut reader = stream;
         let received = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let sender = std::thread::spawn(move || {
             let mut block = vec![0u8; 64 * 1024];
             let mut sent = 0u64;
-            while sent < total {
-                let len = (total - sent).min(block.len() as u64) as usize;
+            while sent < limit && !stopped.load(Ordering::SeqCst) {
+                let len = (limit - sent).min(block.len() as u64) as usize;
                 for (offset, byte) in block[..len].iter_mut().enumerate() {
                     *byte = pattern(sent + offset as u64);
                 }
@@ -92,61 +95,67 @@ impl Transfer {
             }
             writer
                 .shutdown(Shutdown::Write)
-                .map_err(|e| format!("shutdown: {e}"))
+                .map_err(|e| format!("shutdown: {e}"))?;
+            Ok(sent)
         });
         let counter = received.clone();
-        let failure = failed.clone();
         let receiver = std::thread::spawn(move || {
             let mut block = vec![0u8; 64 * 1024];
             let mut got = 0u64;
-            let result = loop {
-                if got == total {
-                    break Ok(());
-                }
+            loop {
                 match reader.read(&mut block) {
-                    Ok(0) => break Err(format!("the connection ended at byte {got} of {total}")),
+                    Ok(0) => return Ok(got),
                     Ok(len) => {
                         if let Some(bad) = (0..len).find(|&i| block[i] != pattern(got + i as u64)) {
-                            break Err(format!("byte {} differs", got + bad as u64));
+                            return Err(format!("byte {} differs", got + bad as u64));
                         }
                         got += len as u64;
                         counter.store(got, Ordering::SeqCst);
                     }
-                    Err(e) => break Err(format!("receive at byte {got}: {e}")),
+                    Err(e) => return Err(format!("receive at byte {got}: {e}")),
                 }
-            };
-            if result.is_err() {
-                failure.store(true, Ordering::SeqCst);
             }
-            result
         });
         Ok(Transfer {
             received,
-            failed,
+            stop,
             started: Instant::now(),
             sender,
             receiver,
         })
     }
 
+    /// The sender sends no more blocks (then its FIN).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
     pub fn finished(&self) -> bool {
         self.receiver.is_finished()
     }
 
-    /// Waits for both halves; the time from the start to the last byte back.
-    pub fn finish(self) -> Result<Duration, String> {
+    /// Waits for both halves: the bytes that went both ways and the time
+    /// from the start to the end of the echo. Every byte sent must have
+    /// come back, in order, and nothing more.
+    pub fn finish(self) -> Result<(u64, Duration), String> {
         let received = self.receiver.join().map_err(|_| "receiver panicked")?;
         let elapsed = self.started.elapsed();
-        let sent = self.sender.join().map_err(|_| "sender panicked")?;
-        received?;
-        sent?;
-        Ok(elapsed)
+        let sent = self.sender.join().map_err(|_| "sender panicked")??;
+        let received = received?;
+        if received != sent {
+            return Err(format!("sent {sent} bytes, {received} came back"));
+        }
+        Ok((sent, elapsed))
     }
 }
 
 /// Transfers `total` bytes through the echo server at `address`; the time.
 pub fn transfer(address: SocketAddr, total: u64) -> Result<Duration, String> {
-    Transfer::start(address, total, Duration::from_secs(30))?.finish()
+    let (moved, time) = Transfer::start(address, total, Duration::from_secs(30))?.finish()?;
+    if moved != total {
+        return Err(format!("{moved} of {total} bytes moved"));
+    }
+    Ok(time)
 }
 
 /// `count` round trips of `size` bytes through the echo server at
