@@ -254,6 +254,8 @@ fn class_guid(text: &str) -> Option<u128> {
 /// The storage classes (`vmbus_protocol::guid::class::SCSI` and `IDE`,
 /// written out for the build script like the data-path class below).
 pub const SCSI_CLASS: u128 = 0xba6163d9_04a1_4d29_b605_72e2ffb1dc7f;
+/// The synthetic NIC's class (netvsp's protocol).
+pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
 pub const IDE_CLASS: u128 = 0x32412632_86cb_44a2_9b5c_50d1417354f5;
 
 /// The data-path test device's class (`vmbus_protocol::datapath_test::CLASS`;
@@ -272,6 +274,8 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         // The storage host (storvsp): a SCSI controller, an IDE channel.
         "storage" => return Some(DeviceName::Class(SCSI_CLASS)),
         "ide" => return Some(DeviceName::Class(IDE_CLASS)),
+        // The NIC host (netvsp).
+        "network" => return Some(DeviceName::Class(NIC_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
@@ -628,6 +632,11 @@ mod tests {
     #[test]
     fn storage_names_and_versions() {
         assert_eq!(parse_device("storage"), Some(DeviceName::Class(SCSI_CLASS)));
+        assert_eq!(parse_device("network"), Some(DeviceName::Class(NIC_CLASS)));
+        assert_eq!(
+            uuid::Uuid::from_u128(NIC_CLASS),
+            vmbus_protocol::guid::class::NIC
+        );
         assert_eq!(parse_device("ide"), Some(DeviceName::Class(IDE_CLASS)));
         assert_eq!(parse_storage_version("6.2"), Some(0x0602));
         assert_eq!(parse_storage_version("2.0"), Some(0x0200));

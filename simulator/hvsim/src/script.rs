@@ -20,7 +20,7 @@ use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
 use crate::scenario::{
     parse_device, parse_storage_version, parse_version, DeviceName, IcName, Invalid, Scenario,
-    IDE_CLASS, SCSI_CLASS,
+    IDE_CLASS, NIC_CLASS, SCSI_CLASS,
 };
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
@@ -67,6 +67,8 @@ impl ScriptDevice {
                     DeviceKind::DataPathTest
                 } else if class == SCSI_CLASS || class == IDE_CLASS {
                     DeviceKind::Storage
+                } else if class == NIC_CLASS {
+                    DeviceKind::Network
                 } else {
                     DeviceKind::Generic
                 },

@@ -191,10 +191,18 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
     )
 }
 
-/// `--disk` without a storage device among the devices: one is added.
+/// `--disk` without a storage device among the devices: one is added;
+/// so is a NIC for `--net` without one.
 fn add_storage_for_disks(config: &mut ServerConfig, options: &Options) {
     if !options.disks.is_empty() {
         hvsim::script::add_storage_for_disk(config);
+    }
+    if options.net.is_some() && !config.devices.iter().any(|d| d.kind == DeviceKind::Network) {
+        let index = config.devices.len() as u128 + 1;
+        config.devices.push(DeviceConfig::ic(
+            DeviceKind::Network,
+            hvsim::script::instance(index),
+        ));
     }
 }
 
@@ -225,12 +233,27 @@ struct Machine<M: hv_interface::GuestMemory> {
     /// Open relids whose IC negotiation was reported.
     seen_negotiated: Vec<u32>,
     script: Option<ScriptRunner>,
-    /// A network no NIC host took (see [`attach_network`]): its I/O still
-    /// runs.
+    /// The `--net` network until the NIC host takes it (its controller
+    /// exists once the NIC is offered: [`Machine::attach_network`]); its
+    /// I/O runs meanwhile.
     network: Option<BoxedNetBackend>,
 }
 
 impl<M: hv_interface::GuestMemory> Machine<M> {
+    /// Hands the `--net` network to the first NIC's host once there is
+    /// one (it keeps it across rescind and re-offer of the same instance).
+    fn attach_network(&mut self) {
+        if self.network.is_none() {
+            return;
+        }
+        if let Some(controller) = self.sim.vmbus.network.values_mut().next() {
+            if let Some(backend) = self.network.take() {
+                controller.set_backend(backend);
+                eprintln!("hvsim: net: the NIC host has the network");
+            }
+        }
+    }
+
     fn ic_relid(&self, kind: DeviceKind) -> Option<u32> {
         self.sim.channel_of(kind)
     }
@@ -389,6 +412,7 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.sim.step(now_ns);
+        self.attach_network();
         if let Some(network) = &mut self.network {
             network.poll();
         }
@@ -538,24 +562,39 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Some(fault) => format!("{}", sim.storage_inject(fault)),
             None => format!("faults: {}", StorageFault::USAGE),
         },
+        // The NIC host (the first network device).
+        ["net-report"] => match sim.vmbus.network.values().next() {
+            Some(controller) => controller.report(),
+            None => "no network device".into(),
+        },
+        ["net-link", state @ ("up" | "down")] => match sim.vmbus.network.values_mut().next() {
+            Some(controller) => {
+                controller.set_link(*state == "up");
+                format!("link {state}")
+            }
+            None => "no network device".into(),
+        },
+        ["net-relid"] => format!("{:?}", sim.vmbus.network_primary().and_then(|(_, relid)| relid)),
+        ["net-rescind"] => match sim.vmbus.network_primary().and_then(|(_, relid)| relid) {
+            Some(relid) => format!("{}", sim.rescind(relid)),
+            None => "no offered network device".into(),
+        },
+        // The rescinded NIC offered again (the same instance: a re-offer).
+        ["net-reoffer"] => match sim.vmbus.network_primary() {
+            Some((instance, None)) => format!(
+                "relid {}",
+                sim.add_device(DeviceConfig::ic(DeviceKind::Network, instance))
+            ),
+            Some((_, Some(relid))) => format!("offered already as relid {relid}"),
+            None => "no network device".into(),
+        },
         ["gpadls"] => format!(
             "{} gpadls {} bytes",
             sim.vmbus.gpadl_count(),
             sim.vmbus.gpadl_bytes()
         ),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT | net-report | net-link up|down | net-relid | net-rescind | net-reoffer".into(),
     }
-}
-
-/// Gives the simulated NIC its network; what it returns is a network the
-/// NIC host did not take. The NIC host (`channel::network`) is not in this
-/// build yet: hvsim keeps the network and runs its I/O (the user-space
-/// network accepts, a TAP stays open), and offers no NIC.
-fn attach_network<M: hv_interface::GuestMemory>(
-    _sim: &mut Simulator<M>,
-    network: Option<BoxedNetBackend>,
-) -> Option<BoxedNetBackend> {
-    network
 }
 
 pub fn main() {
@@ -586,7 +625,6 @@ pub fn main() {
     let script = options.script.clone().map(ScriptRunner::new);
     let mut sim = Simulator::new(memory, config);
     let network_attached = network.is_some();
-    let network = attach_network(&mut sim, network);
     let mut options = options;
     for (spec, disk) in options.disks.drain(..) {
         match sim.storage_attach(Box::new(disk)) {

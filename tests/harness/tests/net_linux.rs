@@ -59,7 +59,10 @@ fn the_real_curl_fetches_the_status_page_over_the_user_network() {
     let system = start_user(SYSTEM, &[], false);
     let harness = &system.harness;
     harness.expect_output("web: link up", 0);
-    wait_for_echo(system.echo, Duration::from_secs(30)).unwrap_or_else(|e| harness.fail(&e));
+    wait_for_echo(system.echo, Duration::from_secs(30)).unwrap_or_else(|e| {
+        let report = harness.host("net-report");
+        harness.fail(&format!("{e}\nhost: {report}"))
+    });
     let url = format!("http://{}/", system.http);
     let page = curl(Command::new("curl"), &url).unwrap_or_else(|e| harness.fail(&e));
     assert!(page.contains(PAGE_MARK), "{page}");

@@ -264,7 +264,8 @@ pub struct NetSystem {
 /// are added for hvsim.
 pub fn start_user(description: &str, host_args: &[&str], release: bool) -> NetSystem {
     let net = format!("user:127.0.0.1:0={HTTP_PORT},127.0.0.1:0={ECHO_PORT}");
-    let mut args = vec!["--events", "--net", &net];
+    // Only the NIC (the system has no IC drivers): `--net` adds it.
+    let mut args = vec!["--events", "--devices", "", "--net", &net];
     args.extend_from_slice(host_args);
     let mut builder = Harness::builder(description).host_args(&args);
     if release {
@@ -326,7 +327,7 @@ pub fn start_tap(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let net = format!("tap:{}", netns::TAP);
-    let mut args = vec!["--events", "--net", &net];
+    let mut args = vec!["--events", "--devices", "", "--net", &net];
     args.extend_from_slice(host_args);
     Harness::builder(description)
         .host_program(&wrapper)
