@@ -17,6 +17,7 @@
 //! simulated NIC on a network ([`hvsim::hosted_net`], docs/network.md
 //! "Connecting").
 
+use hvsim::channel::network::NetFault;
 use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
@@ -197,12 +198,8 @@ fn add_storage_for_disks(config: &mut ServerConfig, options: &Options) {
     if !options.disks.is_empty() {
         hvsim::script::add_storage_for_disk(config);
     }
-    if options.net.is_some() && !config.devices.iter().any(|d| d.kind == DeviceKind::Network) {
-        let index = config.devices.len() as u128 + 1;
-        config.devices.push(DeviceConfig::ic(
-            DeviceKind::Network,
-            hvsim::script::instance(index),
-        ));
+    if options.net.is_some() {
+        hvsim::script::add_network(config);
     }
 }
 
@@ -246,9 +243,11 @@ impl<M: hv_interface::GuestMemory> Machine<M> {
         if self.network.is_none() {
             return;
         }
-        if let Some(controller) = self.sim.vmbus.network.values_mut().next() {
-            if let Some(backend) = self.network.take() {
-                controller.set_backend(backend);
+        if self.sim.net_mut().is_none() {
+            return;
+        }
+        if let Some(backend) = self.network.take() {
+            if self.sim.net_set_backend(backend) {
                 eprintln!("hvsim: net: the NIC host has the network");
             }
         }
@@ -563,37 +562,36 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             None => format!("faults: {}", StorageFault::USAGE),
         },
         // The NIC host (the first network device).
-        ["net-report"] => match sim.vmbus.network.values().next() {
-            Some(controller) => controller.report(),
-            None => "no network device".into(),
-        },
-        ["net-link", state @ ("up" | "down")] => match sim.vmbus.network.values_mut().next() {
-            Some(controller) => {
-                controller.set_link(*state == "up");
-                format!("link {state}")
+        ["net-report"] => {
+            let mut lines = Vec::new();
+            for (instance, controller) in &sim.vmbus.network {
+                lines.push(format!("network {instance}: {}", controller.report()));
             }
-            None => "no network device".into(),
+            if lines.is_empty() {
+                "no network device".into()
+            } else {
+                lines.join("; ")
+            }
+        }
+        ["net-link", state @ ("up" | "down")] => format!("{}", sim.net_set_link(*state == "up")),
+        ["net-fault", fault @ ..] => match NetFault::parse(fault) {
+            Some(fault) => format!("{}", sim.net_inject(fault)),
+            None => format!("faults: {}", NetFault::USAGE),
         },
-        ["net-relid"] => format!("{:?}", sim.vmbus.network_primary().and_then(|(_, relid)| relid)),
-        ["net-rescind"] => match sim.vmbus.network_primary().and_then(|(_, relid)| relid) {
+        ["net-rescind"] => match sim.net_relid() {
             Some(relid) => format!("{}", sim.rescind(relid)),
-            None => "no offered network device".into(),
+            None => "no network device offered".into(),
         },
-        // The rescinded NIC offered again (the same instance: a re-offer).
-        ["net-reoffer"] => match sim.vmbus.network_primary() {
-            Some((instance, None)) => format!(
-                "relid {}",
-                sim.add_device(DeviceConfig::ic(DeviceKind::Network, instance))
-            ),
-            Some((_, Some(relid))) => format!("offered already as relid {relid}"),
-            None => "no network device".into(),
+        ["net-offer-again"] => match sim.net_offer_again() {
+            Some(relid) => format!("relid {relid}"),
+            None => "no released network device".into(),
         },
         ["gpadls"] => format!(
             "{} gpadls {} bytes",
             sim.vmbus.gpadl_count(),
             sim.vmbus.gpadl_bytes()
         ),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT | net-report | net-link up|down | net-relid | net-rescind | net-reoffer".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT | net-report | net-link up|down | net-fault FAULT | net-rescind | net-offer-again".into(),
     }
 }
 

@@ -475,6 +475,15 @@ impl Server {
         Some((instance, relid))
     }
 
+    /// Channels (offered, open or rescinded and not yet released) of the
+    /// device with this instance GUID.
+    pub fn channels_of(&self, instance: Uuid) -> usize {
+        self.channels
+            .values()
+            .filter(|c| c.device.instance == instance)
+            .count()
+    }
+
     /// A network channel's endpoint with its device's NIC host.
     pub fn network_channel(
         &mut self,
