@@ -244,7 +244,7 @@ pub fn summarize(samples: &[f64]) -> Summary {
     }
 }
 
-use ipc_harness::{built_binary, Harness};
+use ipc_harness::{built_binary_with, Harness};
 
 /// The test system with the network: synic, vmbus, the NIC driver
 /// `network` (vsc-netvsc) and the TCP/IP client `web` (net-client).
@@ -312,8 +312,9 @@ pub fn start_tap(
     namespace: &netns::Namespace,
     folder: &std::path::Path,
     host_args: &[&str],
+    release: bool,
 ) -> Harness {
-    let hvsim = built_binary(description, "hvsim").expect("hvsim builds");
+    let hvsim = built_binary_with(description, "hvsim", release).expect("hvsim builds");
     let wrapper = folder.join("hvsim-in-namespace");
     std::fs::write(
         &wrapper,
@@ -329,11 +330,13 @@ pub fn start_tap(
     let net = format!("tap:{}", netns::TAP);
     let mut args = vec!["--events", "--devices", "", "--net", &net];
     args.extend_from_slice(host_args);
-    Harness::builder(description)
+    let mut builder = Harness::builder(description)
         .host_program(&wrapper)
-        .host_args(&args)
-        .start()
-        .expect("the system starts")
+        .host_args(&args);
+    if release {
+        builder = builder.release();
+    }
+    builder.start().expect("the system starts")
 }
 
 /// The network system on a TAP in a namespace of the test's own, or the
@@ -345,10 +348,15 @@ pub struct TapSystem {
 }
 
 pub fn start_tap_system(test: &str) -> Result<TapSystem, String> {
+    start_tap_system_with(test, false)
+}
+
+/// [`start_tap_system`], with optimised builds when `release`.
+pub fn start_tap_system_with(test: &str, release: bool) -> Result<TapSystem, String> {
     let namespace = netns::Namespace::create()?;
     namespace.add_tap(netns::TAP)?;
     let folder = linux_tools::Scratch::new(test);
-    let harness = start_tap(SYSTEM, &namespace, &folder.0, &[]);
+    let harness = start_tap(SYSTEM, &namespace, &folder.0, &[], release);
     harness.expect_output("hvsim: net: tap ", 0);
     harness.expect_output("web: link up", 0);
     Ok(TapSystem {
