@@ -1305,3 +1305,58 @@ fn random_guest_bytes_never_panic_the_host() {
     assert!(stats.nvsp_messages > 2000, "{stats:?}");
     assert!(rig.channels[0].endpoint.broken.is_none());
 }
+
+/// The host's own cost per frame, both ways, with a guest that completes
+/// at once (run with `--ignored --nocapture`, in release for numbers).
+#[test]
+#[ignore]
+fn throughput_of_the_host_alone() {
+    extern crate std;
+    const FRAMES: u64 = 200_000;
+    let mut rig = rig();
+    rig.up();
+    // Receive: the generator's 1514-byte frames up, completed by the guest.
+    assert!(rig.net.generate(&frame_to_guest(1514, 7), FRAMES));
+    let start = std::time::Instant::now();
+    let mut received = 0u64;
+    for _ in 0..FRAMES * 4 {
+        rig.step();
+        for (id, frames) in rig.received_frames(0) {
+            received += frames.len() as u64;
+            rig.complete_receive(0, id);
+        }
+        if received == FRAMES {
+            break;
+        }
+    }
+    let rx = start.elapsed();
+    assert_eq!(
+        received,
+        FRAMES,
+        "{:?} {:?}",
+        rig.controller.stats,
+        rig.net.counters()
+    );
+    // Transmit: 1514-byte frames from send-buffer sections, 3 per packet
+    // (as many as fit in 6144 bytes).
+    rig.net.set_guest_frames(GuestFrames::Discard);
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch.extend_from_slice(&packet_message(&frame_to_guest(1514, 1), &[]));
+    }
+    let sends = FRAMES / 3;
+    let start = std::time::Instant::now();
+    for section in 0..sends {
+        let status = rig.send_rndis(0, nvsp::channel_type::DATA, (section % 4) as u32, &batch);
+        assert_eq!(status, nvsp::status::SUCCESS);
+    }
+    let tx = start.elapsed();
+    assert_eq!(rig.net.counters().tx_frames, sends * 3);
+    let rate = |d: core::time::Duration, frames: u64| frames as f64 / d.as_secs_f64();
+    let (rx, tx) = (rate(rx, FRAMES), rate(tx, sends * 3));
+    std::println!(
+        "host + scripted guest, one thread: rx {rx:.0} frames/s ({:.0} MB/s), tx {tx:.0} frames/s ({:.0} MB/s) of 1514 bytes",
+        rx * 1514.0 / 1e6,
+        tx * 1514.0 / 1e6
+    );
+}
