@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 7;
 
+/// The end-to-end tests run one at a time: each starts a whole system
+/// whose restarts and TCP timers are measured, and two cores shared by
+/// several systems stretch them past any sensible bound.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Byte `index` of every transfer: not periodic at any power of two, so a
 /// lost, repeated or reordered block shows.
 pub fn pattern(index: u64) -> u8 {
