@@ -11,6 +11,7 @@
 //! GPA-direct in the client's own buffer (the driver writes only their
 //! RNDIS header, in the send buffer).
 
+use crate::flow;
 use crate::initiator::{
     Buffers, Config, Event, Initiator, Note, Output, Tag, TxRefused, TxRequest, MAX_SLOTS, MAX_TX,
 };
@@ -683,11 +684,23 @@ impl Network {
             let Some(frame) = state.frames[token as usize].as_ref() else {
                 continue;
             };
+            // One flow, one channel: spread by buffer, a TCP stream came
+            // out of order at the host (flow.rs).
+            let mut header = [0u8; flow::HEADER_BYTES];
+            let header_len = frame.len().min(header.len());
+            let flow_hash = match state
+                .server
+                .data()
+                .read(frame.offset() as usize, &mut header[..header_len])
+            {
+                Ok(()) => flow::flow_hash(&header[..header_len]),
+                Err(_) => 0,
+            };
             let request = TxRequest {
                 token,
                 len: frame.len() as u32,
                 checksum_offload: frame.flags() & TX_CHECKSUM_OFFLOAD != 0,
-                flow_hash: frame.offset() as u32 / BUFFER_SIZE as u32,
+                flow_hash,
             };
             let mut memory = Memory {
                 receive: receive.region,

@@ -9,6 +9,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod flow;
 pub mod initiator;
 
 /// The component: the initiator wired to its channels, buffers and client.
