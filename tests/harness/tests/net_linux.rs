@@ -70,6 +70,13 @@ fn the_real_curl_fetches_the_status_page_over_the_user_network() {
     let page = curl(Command::new("curl"), &url).unwrap_or_else(|e| harness.fail(&e));
     assert!(page.contains(PAGE_MARK), "{page}");
     println!("curl {url}:\n{page}");
+    // Every connection is answered, not only the first: more than the
+    // client's listening sockets, some while earlier ones are in TIME-WAIT.
+    for round in 1..=8 {
+        let page = curl(Command::new("curl"), &url)
+            .unwrap_or_else(|e| harness.fail(&format!("connection {round}: {e}")));
+        assert!(page.contains(PAGE_MARK), "connection {round}: {page}");
+    }
     let counters = curl(
         Command::new("curl"),
         &format!("http://{}/counters", system.http),
