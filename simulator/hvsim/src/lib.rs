@@ -45,6 +45,7 @@ pub mod file_disk;
 pub mod host;
 pub mod hypercall;
 pub mod memory;
+pub mod ne2000;
 pub mod pd;
 pub mod scenario;
 pub mod script;
