@@ -46,6 +46,7 @@ pub mod host;
 pub mod hypercall;
 pub mod memory;
 pub mod ne2000;
+pub mod net;
 pub mod pd;
 pub mod scenario;
 pub mod script;
