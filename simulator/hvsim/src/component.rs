@@ -55,6 +55,10 @@ fn start_timer(env: &mut dyn Env, hz: u32) {
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,
     script: ScriptRunner,
+    /// QEMU's NE2000, until the NIC host takes it as its network.
+    nic: Option<crate::nic::Nic>,
+    /// The NIC's interrupt, when the description grants it.
+    nic_irq: Option<Channel>,
 }
 
 impl SimulatedHost {
@@ -117,6 +121,11 @@ impl Component for SimulatedHost {
                 crate::ide::scratch_test(env, disk);
             }
         }
+        let mut nic = crate::nic::attach(env);
+        if let Some(nic) = nic.as_mut() {
+            crate::nic::arp_check(env, nic);
+        }
+        let nic_irq = component_api::id_named(IRQ_NAMES, "nic");
         start_timer(env, TICK_HZ);
         let mut config = script.server_config();
         // QEMU's IDE disk is the storage device's LUN 0, before the
@@ -139,6 +148,8 @@ impl Component for SimulatedHost {
         SimulatedHost {
             host,
             script: ScriptRunner::new(script),
+            nic,
+            nic_irq,
         }
     }
 
@@ -146,6 +157,23 @@ impl Component for SimulatedHost {
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
         if channels.contains(irqs::TIMER) {
             env.irq_ack(irqs::TIMER);
+        }
+        if let Some(nic) = self.nic.as_mut() {
+            // Nothing takes the frames yet: keep the ring from filling.
+            let mut frame = [0u8; hvsim::ne2000::MAX_FRAME];
+            nic.service();
+            for _ in 0..64 {
+                if nic.receive(&mut frame).is_none() {
+                    break;
+                }
+            }
+        }
+        if let Some(irq) = self.nic_irq {
+            // Acknowledged after the chip's causes were: the line is low
+            // again, so the next frame raises a new edge.
+            if channels.contains(irq) {
+                env.irq_ack(irq);
+            }
         }
         self.host.step(env);
         self.run_script(env);

@@ -538,6 +538,22 @@ impl<P: Ne2000Ports> Ne2000<P> {
     }
 }
 
+/// The NIC host's frames go out through the chip and come in from its ring.
+impl<P: Ne2000Ports> crate::net::NetBackend for Ne2000<P> {
+    /// Sent at once (the chip has one transmit buffer); a failure is
+    /// counted in [`Ne2000Counters`].
+    fn transmit(&mut self, frame: &[u8]) {
+        let _ = self.send(frame);
+    }
+    fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+        Ne2000::receive(self, buf)
+    }
+    /// Acknowledges the chip's interrupt causes; whether frames wait.
+    fn poll(&mut self) -> bool {
+        self.service()
+    }
+}
+
 /// ARP over Ethernet for IPv4: enough to ask the network who has an
 /// address (the boot-time check that frames move through the NIC).
 pub mod arp {

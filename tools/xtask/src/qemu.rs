@@ -23,6 +23,7 @@
 //! only those). Every case runs even if one fails.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
+use crate::net::QemuNet;
 use crate::util::Result;
 use ipc_harness::expect;
 use std::io::{BufRead, BufReader, Write};
@@ -33,7 +34,10 @@ use std::time::{Duration, Instant};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn qemu_command(image: &BootImage, disk: Option<&Path>) -> Command {
+/// QEMU for `image`, with `disk` and the network `net`
+/// ([`crate::net`]: the NE2000 on QEMU's user network, one loopback port
+/// forwarded to the guest's port 80).
+fn qemu_command(image: &BootImage, disk: Option<&Path>, net: &QemuNet) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
@@ -55,6 +59,7 @@ fn qemu_command(image: &BootImage, disk: Option<&Path>) -> Command {
     if let Some(disk) = disk {
         command.args(["-drive", &crate::disk::qemu_drive(disk)]);
     }
+    command.args(net.qemu_args());
     command
 }
 
@@ -66,7 +71,13 @@ pub fn run(args: &[String]) -> Result {
         None => crate::disk::demo_disk()?,
     };
     println!("xtask: disk 0 (IDE primary master): {}", disk.display());
-    let status = qemu_command(&image, Some(&disk))
+    let net = QemuNet::new()?;
+    println!(
+        "xtask: network: NE2000 on QEMU's user network; the guest's status page (10.0.2.15:80) is {} (e.g. `curl {}`)",
+        net.status_url(),
+        net.status_url()
+    );
+    let status = qemu_command(&image, Some(&disk), &net)
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
@@ -416,8 +427,9 @@ pub fn boot_until(
     until: Option<&[String]>,
 ) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
+    let net = QemuNet::new()?;
     let started = Instant::now();
-    let mut child = qemu_command(image, disk)
+    let mut child = qemu_command(image, disk, &net)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

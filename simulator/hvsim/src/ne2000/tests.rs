@@ -627,3 +627,24 @@ fn arp_request_and_reply() {
         None
     );
 }
+
+#[test]
+fn as_the_nic_hosts_backend() {
+    use crate::net::NetBackend;
+    let mut model = started();
+    let mut backend: alloc::boxed::Box<dyn NetBackend + Send + '_> =
+        alloc::boxed::Box::new(attach(&mut model));
+    let mut buf = [0u8; 2048];
+    assert!(!backend.poll());
+    backend.transmit(&frame([0xFF; 6], 200, 5));
+    assert_eq!(backend.receive(&mut buf), None);
+    drop(backend);
+    assert_eq!(model.sent, vec![frame([0xFF; 6], 200, 5)]);
+    let incoming = frame(MAC, 400, 6);
+    model.deliver(&incoming);
+    let mut backend = attach(&mut model);
+    assert!(NetBackend::poll(&mut backend));
+    assert_eq!(NetBackend::receive(&mut backend, &mut buf), Some(400));
+    assert_eq!(&buf[..400], &incoming[..]);
+    assert!(!NetBackend::poll(&mut backend));
+}
