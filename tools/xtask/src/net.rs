@@ -6,8 +6,12 @@
 //! else of the host is reachable from outside: slirp's forwards listen on
 //! loopback only.
 
+use crate::image::{build, ImageSpec};
+use crate::qemu::{boot_with, expectations_from, Echo};
 use crate::util::Result;
 use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The guest's address on QEMU's user network (the static address the
 /// description gives `web`).
@@ -51,6 +55,122 @@ impl QemuNet {
     /// Where the guest's status page is reachable from the host.
     pub fn status_url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.host_port)
+    }
+}
+
+/// The real `curl` against the forwarded loopback port: the response
+/// (headers, then the body), or why there is none. No proxy (the
+/// environment's proxy settings must not send loopback traffic
+/// elsewhere), bounded in time.
+pub fn curl(url: &str, max_time: Duration) -> Result<String> {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--noproxy", "*", "--include"])
+        .arg("--max-time")
+        .arg(max_time.as_secs().max(1).to_string())
+        .arg(url)
+        .output()
+        .map_err(|e| format!("cannot run curl (run `cargo xtask setup`): {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl {url} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// A network boot test: boot the system with the NIC, wait for `ready`
+/// on the console, then fetch each page through the forwarded port with
+/// `curl` and check it holds its texts; QEMU is stopped after the last
+/// page. The console must also show every line of `expect`.
+pub struct NetBootTest {
+    pub name: &'static str,
+    pub system: &'static str,
+    pub host_script: Option<&'static str>,
+    pub expect: &'static str,
+    /// The console line after which the guest serves HTTP.
+    pub ready: &'static str,
+    /// (path, texts the response must hold).
+    pub pages: &'static [(&'static str, &'static [&'static str])],
+}
+
+pub const BOOT_TESTS: &[NetBootTest] = &[];
+
+/// How long a page may take, retries included.
+const PAGE_TIME: Duration = Duration::from_secs(20);
+
+/// The pages of `test` fetched from `net`, each checked; the first
+/// failure ends it.
+fn fetch_pages(test: &NetBootTest, net: &QemuNet) -> Result<Vec<String>> {
+    let mut fetched = Vec::new();
+    for (path, texts) in test.pages {
+        let url = format!("http://127.0.0.1:{}{path}", net.host_port);
+        let started = Instant::now();
+        // The guest's TCP may come up a moment after its ready line:
+        // retry a refused or reset connection, within PAGE_TIME.
+        let page = loop {
+            match curl(&url, PAGE_TIME) {
+                Ok(page) => break page,
+                Err(error) if started.elapsed() + Duration::from_secs(1) < PAGE_TIME => {
+                    eprintln!("xtask: {error}; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        eprintln!(
+            "xtask: curl {url}: {} bytes in {} ms",
+            page.len(),
+            started.elapsed().as_millis()
+        );
+        if !page.starts_with("HTTP/1.") || !page.lines().next().unwrap_or("").contains(" 200") {
+            return Err(format!("{url}: not an HTTP 200 response: {page:?}"));
+        }
+        if let Some(missing) = texts.iter().find(|text| !page.contains(**text)) {
+            return Err(format!("{url}: the page lacks {missing:?}: {page:?}"));
+        }
+        fetched.push(page);
+    }
+    Ok(fetched)
+}
+
+pub fn boot_test_one(test: &NetBootTest) -> Result {
+    let spec = ImageSpec::new(test.system, test.host_script);
+    let expected = expectations_from(&crate::util::workspace_root().join(test.expect))?;
+    let image = build(&spec)?;
+    let mut result: Option<Result<Vec<String>>> = None;
+    let mut during = |lines: &[String], net: &QemuNet| {
+        if result.is_none() && lines.iter().any(|line| line.contains(test.ready)) {
+            eprintln!(
+                "xtask: the guest serves HTTP; fetching {}",
+                net.status_url()
+            );
+            result = Some(fetch_pages(test, net));
+        }
+        // Stop once the pages were fetched and the console showed the rest.
+        result.is_some()
+            && (result.as_ref().is_some_and(|r| r.is_err())
+                || ipc_harness::expect::check(&expected, lines).is_ok())
+    };
+    let boot = boot_with(&image, None, Echo::Lines, None, Some(&mut during))?;
+    eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
+    match result {
+        None => Err(format!("the guest never printed {:?}", test.ready)),
+        Some(Err(error)) => Err(error),
+        Some(Ok(pages)) => {
+            boot.verdict(&expected)?;
+            for page in &pages {
+                eprintln!("xtask: page:\n{page}");
+            }
+            eprintln!(
+                "xtask: boot test passed ({} pages fetched with curl, {} expected lines seen)",
+                pages.len(),
+                expected.len()
+            );
+            Ok(())
+        }
     }
 }
 

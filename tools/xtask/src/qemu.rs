@@ -19,8 +19,14 @@
 //! start to the last expected line. By default the capability audit's
 //! negative tests follow ([`AUDIT_TESTS`]): a root task that grants one
 //! extra cap or frame must be refused by its audit (`--audit-tests`: only
-//! those), and the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
-//! only those). Every case runs even if one fails.
+//! those), the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
+//! only those) and the network tests (`crate::net::BOOT_TESTS`,
+//! `--net-tests`: only those; the real `curl` against the loopback port
+//! QEMU forwards to the guest). Every case runs even if one fails.
+//!
+//! Every QEMU run has the NE2000 on QEMU's user network
+//! ([`crate::net::QemuNet`]); `cargo xtask run` prints the status page's
+//! address.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
 use crate::net::QemuNet;
@@ -205,14 +211,12 @@ const IDLE_TO: &str = "powers off";
 pub fn boot_test(args: &[String]) -> Result {
     let audit_only = args.iter().any(|arg| arg == "--audit-tests");
     let disk_only = args.iter().any(|arg| arg == "--disk-tests");
-    if !args.is_empty() && !audit_only && !disk_only {
+    let net_only = args.iter().any(|arg| arg == "--net-tests");
+    let only = audit_only || disk_only || net_only;
+    if !args.is_empty() && !only {
         return boot_test_one(&system_argument(args)?);
     }
-    let boot_tests = if audit_only || disk_only {
-        &[][..]
-    } else {
-        BOOT_TESTS
-    };
+    let boot_tests = if only { &[][..] } else { BOOT_TESTS };
     let mut failed = Vec::new();
     for (system, host_script) in boot_tests {
         let spec = ImageSpec::new(system, *host_script);
@@ -226,7 +230,7 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
-    let disk_tests = if audit_only {
+    let disk_tests = if only && !disk_only {
         &[][..]
     } else {
         crate::disk::BOOT_TESTS
@@ -239,7 +243,24 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
-    let audit_tests = if disk_only { &[][..] } else { AUDIT_TESTS };
+    let net_tests = if only && !net_only {
+        &[][..]
+    } else {
+        crate::net::BOOT_TESTS
+    };
+    for test in net_tests {
+        let name = format!("{} ({})", test.system, test.name);
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::net::boot_test_one(test) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
+    }
+    let audit_tests = if only && !audit_only {
+        &[][..]
+    } else {
+        AUDIT_TESTS
+    };
     for (grant, expected) in audit_tests {
         let name = format!("the capability audit with one {grant}");
         println!("xtask: boot test of {name}");
@@ -250,7 +271,7 @@ pub fn boot_test(args: &[String]) -> Result {
     }
     println!(
         "boot-tests: {} passed, {} failed",
-        boot_tests.len() + disk_tests.len() + audit_tests.len() - failed.len(),
+        boot_tests.len() + disk_tests.len() + net_tests.len() + audit_tests.len() - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -426,6 +447,23 @@ pub fn boot_until(
     echo: Echo,
     until: Option<&[String]>,
 ) -> Result<Boot> {
+    boot_with(image, disk, echo, until, None)
+}
+
+/// What a boot test does while the system runs (from the host: `curl` to
+/// the forwarded port): called with the console lines so far after each
+/// new batch; returns true when it is done, and QEMU is stopped then
+/// ([`Boot::until_met`]).
+pub type DuringBoot<'a> = &'a mut dyn FnMut(&[String], &QemuNet) -> bool;
+
+/// [`boot_until`], with `during` run as the lines come.
+pub fn boot_with(
+    image: &BootImage,
+    disk: Option<&Path>,
+    echo: Echo,
+    until: Option<&[String]>,
+    mut during: Option<DuringBoot>,
+) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let net = QemuNet::new()?;
     let started = Instant::now();
@@ -473,8 +511,20 @@ pub fn boot_until(
         boot.cpu.push(cpu);
     };
     boot.status = loop {
+        let mut new_lines = false;
         while let Ok(entry) = receiver.try_recv() {
             take(&mut boot, entry);
+            new_lines = true;
+        }
+        if new_lines {
+            if let Some(during) = during.as_mut() {
+                if during(&boot.lines, &net) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    boot.until_met = true;
+                    break None;
+                }
+            }
         }
         let _ = std::io::stdout().flush();
         if let Some(status) = child
