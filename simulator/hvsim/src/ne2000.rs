@@ -511,8 +511,7 @@ impl<P: Ne2000Ports> Ne2000<P> {
             let pages_used = (RX_STOP_PAGE - RX_START_PAGE) as usize;
             let valid = status & RECEIVE_STATUS_OK != 0
                 && (RX_START_PAGE..RX_STOP_PAGE).contains(&next)
-                && total >= HEADER_LEN + 14
-                && total <= HEADER_LEN + MAX_FRAME + FCS_LEN
+                && (HEADER_LEN + 14..=HEADER_LEN + MAX_FRAME + FCS_LEN).contains(&total)
                 && total <= pages_used * PAGE_SIZE;
             if !valid {
                 self.counters.bad_headers += 1;
