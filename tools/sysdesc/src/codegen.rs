@@ -204,6 +204,7 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
 
     generate_driver_tables(&mut out, description, index);
     generate_block_tables(&mut out, description, index);
+    generate_net_tables(&mut out, description, index);
     let _ = writeln!(out, "/// Every channel end's name, by channel.");
     let _ = write!(
         out,
@@ -670,6 +671,108 @@ fn generate_block_tables(out: &mut String, description: &Description, index: usi
                 block.data,
                 block.queue,
                 end_id(&crate::blocks::client_end_name(block.index))
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
+}
+
+/// The `[[net]]` grants as typed tables: for a component that serves
+/// frames, `net_clients::CLIENTS` (per grant: the client, its regions,
+/// buffers and notify channel); for a client, `net::GRANTS` (its regions,
+/// buffers, address configuration and notify channel per grant). The names
+/// were given by the expansion (`nets.rs`).
+fn generate_net_tables(out: &mut String, description: &Description, index: usize) {
+    let layout = &description.layout;
+    let me = &layout.components[index];
+    let end_id = |name: &str| {
+        me.channels
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.id)
+            .expect("the expansion named this end")
+    };
+    let map_id = |name: &str| {
+        me.maps
+            .iter()
+            .position(|m| m.name == name)
+            .expect("the expansion mapped this region")
+    };
+    let regions = |name_of: &dyn Fn(&str) -> String| -> String {
+        crate::nets::PARTS
+            .iter()
+            .map(|part| format!("{part}: RegionName({})", map_id(&name_of(part))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let served: Vec<_> = description
+        .contracts
+        .nets
+        .iter()
+        .filter(|n| n.driver == index)
+        .collect();
+    if !served.is_empty() {
+        let _ = writeln!(
+            out,
+            "/// The net clients this component serves (`[[net]]`), in file order.\n#[allow(dead_code, unused_imports)]\npub mod net_clients {{\n    use component_api::{{Channel, RegionName}};"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct NetClient {{\n        /// The client component's name (for console lines).\n        pub name: &'static str,\n        /// Empty receive buffers (we consume).\n        pub rx_free: RegionName,\n        /// Filled receive buffers (we produce).\n        pub rx_active: RegionName,\n        /// Sent buffers back to the client (we produce).\n        pub tx_free: RegionName,\n        /// Frames to send (we consume).\n        pub tx_active: RegionName,\n        /// The info page (we write).\n        pub info: RegionName,\n        /// The client's buffers, mapped read-write (host visible for a VMBus driver).\n        pub data: RegionName,\n        pub data_bytes: usize,\n        /// Buffers per direction.\n        pub buffers: u32,\n        /// Our notify end to the client.\n        pub notify: Channel,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const CLIENTS: &[NetClient] = &[");
+        for net in served {
+            let client = &layout.components[net.client].name;
+            let _ = writeln!(
+                out,
+                "        NetClient {{ name: {client:?}, {}, data_bytes: {}, buffers: {}, notify: Channel({}) }},",
+                regions(&|part| crate::nets::region_name(client, net.index, part)),
+                net_queue::data_region_bytes(net.buffers as usize),
+                net.buffers,
+                end_id(&crate::nets::driver_end_name(client, net.index))
+            );
+        }
+        let _ = writeln!(out, "    ];\n}}");
+    }
+    let grants: Vec<_> = description
+        .contracts
+        .nets
+        .iter()
+        .filter(|n| n.client == index)
+        .collect();
+    if !grants.is_empty() {
+        let _ = writeln!(
+            out,
+            "/// The NICs granted to this component (`[[net]]`), `GRANTS[N]` is grant N (regions `net<N>_*`).\n#[allow(dead_code, unused_imports)]\npub mod net {{\n    use component_api::{{Channel, RegionName}};"
+        );
+        let _ = writeln!(
+            out,
+            "    /// How the grant's IPv4 address is configured.\n    #[derive(Clone, Copy, Debug, PartialEq, Eq)]\n    pub enum Address {{\n        /// Ask a DHCP server.\n        Dhcp,\n        /// As the description says.\n        Static {{ address: [u8; 4], prefix: u8, gateway: Option<[u8; 4]> }},\n    }}"
+        );
+        let _ = writeln!(
+            out,
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Grant {{\n        /// The serving component's name.\n        pub driver: &'static str,\n        pub rx_free: RegionName,\n        pub rx_active: RegionName,\n        pub tx_free: RegionName,\n        pub tx_active: RegionName,\n        pub info: RegionName,\n        pub data: RegionName,\n        pub data_bytes: usize,\n        /// Buffers per direction.\n        pub buffers: u32,\n        pub address: Address,\n        /// Our notify end to the driver.\n        pub notify: Channel,\n    }}"
+        );
+        let _ = writeln!(out, "    pub const GRANTS: &[Grant] = &[");
+        for net in grants {
+            let driver = &layout.components[net.driver].name;
+            let address = match net.address {
+                crate::contracts::AddressConfig::Dhcp => "Address::Dhcp".to_string(),
+                crate::contracts::AddressConfig::Static {
+                    address,
+                    prefix,
+                    gateway,
+                } => format!(
+                    "Address::Static {{ address: {address:?}, prefix: {prefix}, gateway: {gateway:?} }}"
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "        Grant {{ driver: {driver:?}, {}, data_bytes: {}, buffers: {}, address: {address}, notify: Channel({}) }},",
+                regions(&|part| crate::nets::client_map_name(net.index, part)),
+                net_queue::data_region_bytes(net.buffers as usize),
+                net.buffers,
+                end_id(&crate::nets::client_end_name(net.index))
             );
         }
         let _ = writeln!(out, "    ];\n}}");

@@ -28,6 +28,32 @@ pub struct Contracts {
     pub vmbus: Option<(usize, usize)>,
     /// The `[[block]]` grants, in file order.
     pub blocks: Vec<BlockContract>,
+    /// The `[[net]]` grants, in file order.
+    pub nets: Vec<NetContract>,
+}
+
+/// One net grant (from its `[[net]]` stanza).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetContract {
+    pub driver: usize,
+    pub client: usize,
+    /// The grant's index among its client's grants (its regions are
+    /// `<client>_net<index>_*`).
+    pub index: usize,
+    /// Buffers per direction.
+    pub buffers: u32,
+    pub address: AddressConfig,
+}
+
+/// How a net client gets its IPv4 address (`address`, `gateway`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressConfig {
+    Dhcp,
+    Static {
+        address: [u8; 4],
+        prefix: u8,
+        gateway: Option<[u8; 4]>,
+    },
 }
 
 /// One block grant (from its `[[block]]` stanza).

@@ -15,6 +15,7 @@ mod blocks;
 mod codegen;
 pub mod contracts;
 mod expand;
+mod nets;
 mod raw;
 mod summary;
 mod validate;
@@ -108,6 +109,7 @@ pub fn describe_str(name: &str, text: &str) -> Result<Description, Diagnostics> 
     let mut raw = raw::parse(&source).map_err(|d| Diagnostics(vec![d]))?;
     let mut errors = expand::expand(&source, &mut raw);
     errors.extend(blocks::expand_blocks(&source, &mut raw));
+    errors.extend(nets::expand_nets(&source, &mut raw));
     match validate::lower(&source, &raw) {
         Ok(description) if errors.is_empty() => Ok(description),
         Ok(_) => Err(Diagnostics(errors)),

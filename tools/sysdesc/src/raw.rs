@@ -34,6 +34,8 @@ pub struct RawSystem {
     pub driver: Vec<Spanned<RawDriver>>,
     #[serde(default)]
     pub block: Vec<Spanned<RawBlock>>,
+    #[serde(default)]
+    pub net: Vec<Spanned<RawNet>>,
 }
 
 /// A grant of a disk (or one MBR partition of it) that a block driver
@@ -56,6 +58,24 @@ pub struct RawBlock {
     pub data: Number,
     /// Entries per queue.
     pub queue: Number,
+}
+
+/// A NIC (or a frame server) granted to a client, expanded by
+/// `nets::expand_nets` into the net interface's regions and notifications.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNet {
+    /// The component that serves frames (a `[[driver]]`, or a
+    /// `[[component]]` such as a loopback bridge).
+    pub driver: Text,
+    /// The component granted the NIC.
+    pub client: Text,
+    /// Buffers per direction (2048 bytes each).
+    pub buffers: Number,
+    /// "dhcp" or "a.b.c.d/prefix".
+    pub address: Text,
+    /// The default gateway (static addresses only).
+    pub gateway: Option<Text>,
 }
 
 /// The components every VMBus driver is wired to.

@@ -2,7 +2,7 @@
 //! channel ids and virtual addresses assigned. Every problem found is
 //! reported (not only the first), each at the position of the value at fault.
 
-use crate::contracts::{BlockContract, Contracts, DriverContract, ProtocolContract};
+use crate::contracts::{BlockContract, Contracts, DriverContract, NetContract, ProtocolContract};
 use crate::raw::{RawSystem, Text};
 use crate::{Description, Diagnostic, Source};
 use std::collections::HashMap;
@@ -1057,6 +1057,23 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                     read_only: b.read_only.as_ref().is_some_and(|r| *r.get_ref()),
                     data: *b.data.get_ref() as u64,
                     queue: *b.queue.get_ref() as u32,
+                })
+            })
+            .collect(),
+        nets: raw
+            .net
+            .iter()
+            .enumerate()
+            .filter_map(|(position, n)| {
+                let n = n.get_ref();
+                // Its errors were reported by the expansion.
+                let address = crate::nets::address_config(source, n, &mut Vec::new())?;
+                Some(NetContract {
+                    driver: *component_index.get(n.driver.get_ref().as_str())?,
+                    client: *component_index.get(n.client.get_ref().as_str())?,
+                    index: crate::nets::client_index(&raw.net, position),
+                    buffers: *n.buffers.get_ref() as u32,
+                    address,
                 })
             })
             .collect(),

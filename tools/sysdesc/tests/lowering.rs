@@ -1002,3 +1002,154 @@ queue = 16
     let ids = sysdesc::generate_ids(&description, "ramdisk").unwrap();
     assert!(ids.contains("pub const CLIENTS: &[BlockClient]"), "{ids}");
 }
+
+const NET_SYSTEM: &str = r#"
+version = 1
+
+[[component]]
+name = "synic"
+package = "synic"
+priority = 230
+hypervisor = true
+serves = ["synic"]
+
+[[component]]
+name = "vmbus"
+package = "vmbus"
+priority = 200
+serves = ["bus"]
+
+[[component]]
+name = "web"
+package = "net-client"
+priority = 100
+
+[[component]]
+name = "bridge"
+package = "net-loopback"
+priority = 150
+
+[[protocol]]
+name = "synic"
+rust = "vmbus_ipc::synic::Synic"
+
+[[protocol]]
+name = "bus"
+rust = "vmbus_ipc::bus::Bus"
+
+[vmbus]
+manager = "vmbus"
+synic = "synic"
+
+[[driver]]
+name = "network"
+package = "vsc-netvsc"
+priority = 150
+classes = ["f8615163-df3e-46c5-913f-f2d2f965ed0e"]
+ring_out = 16384
+ring_in = 16384
+
+[[net]]
+driver = "network"
+client = "web"
+buffers = 512
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+
+[[net]]
+driver = "bridge"
+client = "web"
+buffers = 16
+address = "dhcp"
+"#;
+
+#[test]
+fn net_grants_expand_into_four_queues_an_info_page_and_a_data_region() {
+    let description = sysdesc::describe_str("system.toml", NET_SYSTEM).unwrap();
+    let layout = &description.layout;
+    let region = |name: &str| {
+        let index = layout
+            .regions
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no region {name}"));
+        (index, &layout.regions[index])
+    };
+    let component = |name: &str| &layout.components[layout.component_index(name).unwrap()];
+    // 512 descriptors of 32-byte slots + the 256-byte header: 5 pages; 16: one.
+    for (name, size, host_visible) in [
+        ("web_net0_rx_free", 20480, false),
+        ("web_net0_rx_active", 20480, false),
+        ("web_net0_tx_free", 20480, false),
+        ("web_net0_tx_active", 20480, false),
+        ("web_net0_info", 4096, false),
+        ("web_net0_data", 2 * 1024 * 1024, true),
+        ("web_net1_rx_free", 4096, false),
+        ("web_net1_data", 65536, false),
+    ] {
+        let (_, r) = region(name);
+        assert_eq!((r.size, r.host_visible), (size, host_visible), "{name}");
+    }
+    let (data, _) = region("web_net0_data");
+    let web = component("web");
+    let network = component("network");
+    let own = web.maps.iter().find(|m| m.region as usize == data).unwrap();
+    assert_eq!(own.name, "net0_data");
+    assert!(own.writable && !own.address_only);
+    let driver_data = network
+        .maps
+        .iter()
+        .find(|m| m.region as usize == data)
+        .unwrap();
+    assert!(
+        driver_data.writable && !driver_data.address_only,
+        "the driver copies received frames in"
+    );
+    assert_eq!(network.maps[0].name, "ring_out_control", "rings stay first");
+
+    let driver = sysdesc::generate_ids(&description, "network").unwrap();
+    let map = |name: &str| network.maps.iter().position(|m| m.name == name).unwrap();
+    let end = |c: &system_layout::ComponentLayout, name: &str| {
+        c.channels.iter().find(|e| e.name == name).unwrap().id
+    };
+    let expected = format!(
+        "NetClient {{ name: \"web\", rx_free: RegionName({}), rx_active: RegionName({}), tx_free: RegionName({}), tx_active: RegionName({}), info: RegionName({}), data: RegionName({}), data_bytes: 2097152, buffers: 512, notify: Channel({}) }},",
+        map("web_net0_rx_free"),
+        map("web_net0_rx_active"),
+        map("web_net0_tx_free"),
+        map("web_net0_tx_active"),
+        map("web_net0_info"),
+        map("web_net0_data"),
+        end(network, "web_net0"),
+    );
+    assert!(driver.contains(&expected), "{driver}");
+    assert!(!driver.contains("pub mod net {"), "{driver}");
+
+    let client = sysdesc::generate_ids(&description, "web").unwrap();
+    let cmap = |name: &str| web.maps.iter().position(|m| m.name == name).unwrap();
+    let expected = format!(
+        "Grant {{ driver: \"network\", rx_free: RegionName({}), rx_active: RegionName({}), tx_free: RegionName({}), tx_active: RegionName({}), info: RegionName({}), data: RegionName({}), data_bytes: 2097152, buffers: 512, address: Address::Static {{ address: [10, 0, 2, 15], prefix: 24, gateway: Some([10, 0, 2, 2]) }}, notify: Channel({}) }},",
+        cmap("net0_rx_free"),
+        cmap("net0_rx_active"),
+        cmap("net0_tx_free"),
+        cmap("net0_tx_active"),
+        cmap("net0_info"),
+        cmap("net0_data"),
+        end(web, "net0"),
+    );
+    assert!(client.contains(&expected), "{client}");
+    assert!(
+        client.contains("Grant { driver: \"bridge\"") && client.contains("address: Address::Dhcp"),
+        "{client}"
+    );
+    assert!(!client.contains("net_clients"), "a client serves no frames");
+    let bridge = sysdesc::generate_ids(&description, "bridge").unwrap();
+    assert!(
+        bridge.contains("pub const CLIENTS: &[NetClient]"),
+        "{bridge}"
+    );
+    assert!(
+        bridge.contains("data_bytes: 65536, buffers: 16"),
+        "{bridge}"
+    );
+}
