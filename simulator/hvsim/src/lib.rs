@@ -43,6 +43,8 @@ pub mod disk;
 #[cfg(not(target_os = "none"))]
 pub mod file_disk;
 pub mod host;
+#[cfg(not(target_os = "none"))]
+pub mod hosted_net;
 pub mod hypercall;
 pub mod memory;
 pub mod ne2000;
@@ -53,7 +55,11 @@ pub mod script;
 pub mod sim;
 pub mod synic;
 #[cfg(not(target_os = "none"))]
+pub mod tap_net;
+#[cfg(not(target_os = "none"))]
 pub mod transport;
+#[cfg(not(target_os = "none"))]
+pub mod user_net;
 pub mod vmbus;
 
 #[cfg(not(target_os = "none"))]

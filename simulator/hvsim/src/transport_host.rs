@@ -13,10 +13,15 @@
 //! (repeatable) gives the first storage device a file as its next LUN
 //! (LUN 0, 1, ...; a storage device is added if none is configured);
 //! `--storage-version` and `--storage-sub-channels` set up its protocol.
+//! `--net none | tap:IFNAME | user:127.0.0.1:PORT[=GUESTPORT],...` puts the
+//! simulated NIC on a network ([`hvsim::hosted_net`], docs/network.md
+//! "Connecting").
 
 use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
+use hvsim::hosted_net::NetSpec;
+use hvsim::net::{BoxedNetBackend, NetBackend};
 use hvsim::scenario::parse_device as device_name;
 use hvsim::script::{Script, ScriptDevice, ScriptRunner};
 use hvsim::sim::Simulator;
@@ -34,7 +39,8 @@ const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
 [--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
 [--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE] [--disk PATH[,ro]]... \
-[--storage-version MAJOR.MINOR] [--storage-sub-channels N]";
+[--storage-version MAJOR.MINOR] [--storage-sub-channels N] \
+[--net none | tap:IFNAME | user:127.0.0.1:PORT[=GUESTPORT],...]";
 
 fn fail(message: &str) -> ! {
     eprintln!("hvsim: {message}\n{USAGE}");
@@ -84,6 +90,8 @@ struct Options {
     script: Option<Script>,
     /// `--disk` files, opened, for LUN 0, 1, ... of the first storage device.
     disks: Vec<(String, FileDisk)>,
+    /// `--net`: the network the NIC is on.
+    net: Option<NetSpec>,
 }
 
 /// The scenario in `path`, or exit naming the file, line and column of
@@ -144,6 +152,7 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
                         ))
                     })
             }
+            "--net" => options.net = Some(NetSpec::parse(&value()).unwrap_or_else(|e| fail(&e))),
             "--storage-sub-channels" => {
                 config.storage.max_sub_channels = value()
                     .parse()
@@ -216,6 +225,9 @@ struct Machine<M: hv_interface::GuestMemory> {
     /// Open relids whose IC negotiation was reported.
     seen_negotiated: Vec<u32>,
     script: Option<ScriptRunner>,
+    /// A network no NIC host took (see [`attach_network`]): its I/O still
+    /// runs.
+    network: Option<BoxedNetBackend>,
 }
 
 impl<M: hv_interface::GuestMemory> Machine<M> {
@@ -377,6 +389,9 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.sim.step(now_ns);
+        if let Some(network) = &mut self.network {
+            network.poll();
+        }
         self.periodic();
         if let Some(runner) = &mut self.script {
             for line in runner.run(&mut self.sim, now_ns) {
@@ -532,8 +547,26 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
     }
 }
 
+/// Gives the simulated NIC its network; what it returns is a network the
+/// NIC host did not take. The NIC host (`channel::network`) is not in this
+/// build yet: hvsim keeps the network and runs its I/O (the user-space
+/// network accepts, a TAP stays open), and offers no NIC.
+fn attach_network<M: hv_interface::GuestMemory>(
+    _sim: &mut Simulator<M>,
+    network: Option<BoxedNetBackend>,
+) -> Option<BoxedNetBackend> {
+    network
+}
+
 pub fn main() {
     let (socket, config, options) = parse_args();
+    // The network first: a TAP that cannot be opened or a port that is
+    // taken ends the run before a guest is waited for.
+    let network = options.net.as_ref().map(|spec| {
+        let (backend, line) = spec.open().unwrap_or_else(|e| fail(&e));
+        eprintln!("hvsim: {line}");
+        backend
+    });
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).unwrap_or_else(|e| {
         eprintln!("hvsim: cannot listen on {}: {e}", socket.display());
@@ -552,6 +585,8 @@ pub fn main() {
     );
     let script = options.script.clone().map(ScriptRunner::new);
     let mut sim = Simulator::new(memory, config);
+    let network_attached = network.is_some();
+    let network = attach_network(&mut sim, network);
     let mut options = options;
     for (spec, disk) in options.disks.drain(..) {
         match sim.storage_attach(Box::new(disk)) {
@@ -577,7 +612,15 @@ pub fn main() {
         seen_time_answers: None,
         seen_shutdown: None,
         seen_negotiated: Vec::new(),
+        network,
     }));
+    // The network's frames arrive without the guest doing anything: with a
+    // network the loop looks at it every millisecond, not every 10.
+    let tick = if network_attached {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(10)
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let operator_machine = machine.clone();
     std::thread::spawn(move || {
@@ -587,7 +630,7 @@ pub fn main() {
             println!("{}", operator(&line, &mut machine));
         }
     });
-    let end = connection.serve(&*machine, &stop, Duration::from_millis(10));
+    let end = connection.serve(&*machine, &stop, tick);
     stop.store(true, Ordering::SeqCst);
     eprintln!("hvsim: session ended: {end:?}");
     // One session per run: the guest's state (synic, ports, queued

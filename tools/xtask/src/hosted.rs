@@ -21,6 +21,11 @@
 //! `rescind RELID`, ...: `docs/hvsim.md`); its answer is printed as
 //! `[hvsim] ...`.
 //!
+//! `--net SPEC` puts hvsim's NIC on a network (`hvsim --net`, docs/network.md
+//! "Connecting"). A system with a `network` driver run on hvsim without
+//! `--net` gets the user-space network on a free loopback port forwarded
+//! to the guest's port 80, and the status page's address is printed.
+//!
 //! Trusts: the description it is given. Writes: cargo's build output.
 
 use crate::util::{workspace_root, Result};
@@ -31,7 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "usage: cargo xtask hosted [path/to/system.toml] [--release] \
-[--host PROGRAM | --host-socket PATH] [--host-arg ARG]...";
+[--host PROGRAM | --host-socket PATH] [--host-arg ARG]... \
+[--net none | tap:IFNAME | user:127.0.0.1:PORT]";
 
 /// What the simulated host process gets by default.
 const DEFAULT_HOST_ARGS: [&str; 2] = ["--time-interval-ms", "5000"];
@@ -43,6 +49,7 @@ pub fn run(args: &[String]) -> Result {
     let mut host_args: Vec<String> = Vec::new();
     let mut host_program: Option<PathBuf> = None;
     let mut host_socket: Option<PathBuf> = None;
+    let mut net: Option<String> = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| match args.next() {
@@ -52,6 +59,7 @@ pub fn run(args: &[String]) -> Result {
         match arg.as_str() {
             "--release" => release = true,
             "--host-arg" => host_args.push(value("--host-arg")?),
+            "--net" => net = Some(value("--net")?),
             // Used as given: a bare name is looked up on PATH.
             "--host" => host_program = Some(PathBuf::from(value("--host")?)),
             "--host-socket" => host_socket = Some(PathBuf::from(value("--host-socket")?)),
@@ -97,6 +105,17 @@ pub fn run(args: &[String]) -> Result {
         .map(|c| c.package.clone())
         .collect();
     let host_name = host.map(|c| c.name.clone());
+    let has_nic = layout.components.iter().any(|c| c.name == NIC_DRIVER);
+    if net.is_some() && host_socket.is_some() {
+        return Err("--net is for a host the launcher starts, not one on --host-socket".into());
+    }
+    if net.is_none() && has_nic && host_program.is_none() && host_socket.is_none() {
+        net = Some(format!("user:127.0.0.1:{}", free_loopback_port()?));
+    }
+    if let Some(spec) = &net {
+        host_args.extend(["--net".to_string(), spec.clone()]);
+        println!("[xtask] {}", describe_network(spec));
+    }
     println!(
         "[xtask] building {} component(s) for the host",
         packages.len()
@@ -127,6 +146,35 @@ pub fn run(args: &[String]) -> Result {
     } else {
         std::process::exit(i32::from(code))
     }
+}
+
+/// The driver name of the synthetic NIC in descriptions.
+const NIC_DRIVER: &str = "network";
+
+/// A loopback port that is free now (the kernel picks it).
+fn free_loopback_port() -> Result<u16> {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+}
+
+/// How to reach the guest on the network `spec` (`hvsim --net`).
+fn describe_network(spec: &str) -> String {
+    if let Some(forwards) = spec.strip_prefix("user:") {
+        let first = forwards.split(',').next().unwrap_or(forwards);
+        let listen = first.split('=').next().unwrap_or(first);
+        let port = first.split_once('=').map_or("80", |(_, port)| port);
+        return format!(
+            "network: hvsim's user-space network; the guest's 10.0.2.15:{port} is http://{listen}/ (e.g. `curl http://{listen}/`)"
+        );
+    }
+    if let Some(name) = spec.strip_prefix("tap:") {
+        return format!(
+            "network: TAP {name} in hvsim's network namespace; give it 10.0.2.2/24, up, then `curl http://10.0.2.15/`"
+        );
+    }
+    format!("network: {spec}")
 }
 
 /// A path from the command line, relative to the current folder.
@@ -162,5 +210,20 @@ fn forward_operator_commands(system: std::sync::Weak<System>) {
         });
     if let Err(error) = spawned {
         println!("[xtask] no operator input: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_page_address_is_the_forward() {
+        assert_eq!(
+            describe_network("user:127.0.0.1:40123"),
+            "network: hvsim's user-space network; the guest's 10.0.2.15:80 is http://127.0.0.1:40123/ (e.g. `curl http://127.0.0.1:40123/`)"
+        );
+        assert!(describe_network("tap:hvtap0").contains("TAP hvtap0"));
+        assert_ne!(free_loopback_port().unwrap(), 0);
     }
 }

@@ -76,6 +76,25 @@ pub fn run_setup() -> Result {
                 ]),
         )?;
     }
+    // The network tests talk to the guest from a network namespace of
+    // their own with the ordinary Linux tools: `ip` (namespaces, the TAP),
+    // `ping`, `curl`.
+    if !have("ip") || !have("ping") || !have("curl") {
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "iproute2",
+                    "iputils-ping",
+                    "curl",
+                ]),
+        )?;
+    }
     let python_ok = Command::new("python3")
         .args(["-c", "import ply, tempita, six"])
         .status()

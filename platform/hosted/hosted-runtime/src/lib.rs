@@ -28,6 +28,7 @@ pub mod launcher;
 pub mod protocol;
 pub mod simulated_host;
 pub mod sys;
+pub mod tap;
 
 pub use endpoint::{Endpoint, Event, OutputMode};
 pub use launcher::{
