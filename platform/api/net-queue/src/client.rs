@@ -162,6 +162,12 @@ impl NetClient {
         self.stats
     }
 
+    /// Ask the driver to notify us at `deadline_ns` (`Env::now_ns`'s
+    /// clock; `None`: no need). The driver has the timer the client lacks.
+    pub fn set_wake_deadline(&mut self, deadline_ns: Option<u64>) {
+        info::set_client_wake(&self.info_page, deadline_ns.unwrap_or(0));
+    }
+
     /// Whether a driver restart was seen since the last call (the buffers
     /// were taken back and re-posted already).
     pub fn restart_detected(&mut self) -> bool {

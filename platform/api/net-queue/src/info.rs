@@ -15,6 +15,15 @@
 //! | 32 | `buffer_size` u32 | 2048 |
 //! | 36 | `mac` 6 bytes | |
 //! | 48 | counters, 16 x u64 | [`Counters`], each its own atomic word |
+//! | 2048 | `client_wake_ns` u64 | written by the *client* only: when it wants to be notified (0: never) |
+//!
+//! The client has no timer of its own (a plain component is run only when
+//! notified), but its TCP/IP stack must retransmit and time out. So it
+//! writes the time (`Env::now_ns`) its stack next needs to run into
+//! `client_wake_ns`, and the driver, which has a timer (synic's
+//! `SetTimeout`), notifies it once that time has passed
+//! ([`crate::NetServer::wake_due`]). The driver treats the word as a hint:
+//! a deadline in the past or far in the future costs it one notification.
 //!
 //! Publication is a seqlock like the block interface's: the driver clears
 //! `ready`, writes the fields, bumps `generation`, sets `ready`; the client
@@ -50,7 +59,9 @@ const MAC_AT: usize = 36;
 const COUNTERS_AT: usize = 48;
 /// Counter words on the page.
 pub const COUNTER_WORDS: usize = 16;
-pub(crate) const INFO_USED: usize = COUNTERS_AT + COUNTER_WORDS * 8;
+pub(crate) const INFO_USED: usize = CLIENT_WAKE_AT + 8;
+/// The client's half of the page starts here.
+const CLIENT_WAKE_AT: usize = 2048;
 
 /// The smallest MTU IPv4 allows, and the largest a 2048-byte buffer holds
 /// with an Ethernet header.
@@ -222,6 +233,19 @@ pub(crate) fn write_counters(page: &Region, counters: &Counters) {
         if let Ok(word) = page.atomic_u64(COUNTERS_AT + at * 8) {
             word.store(*value, Ordering::Relaxed);
         }
+    }
+}
+
+/// The client's wake-up time (0: none).
+pub(crate) fn client_wake(page: &Region) -> u64 {
+    page.atomic_u64(CLIENT_WAKE_AT)
+        .map(|word| word.load(Ordering::Acquire))
+        .unwrap_or(0)
+}
+
+pub(crate) fn set_client_wake(page: &Region, deadline_ns: u64) {
+    if let Ok(word) = page.atomic_u64(CLIENT_WAKE_AT) {
+        word.store(deadline_ns, Ordering::Release);
     }
 }
 

@@ -113,6 +113,8 @@ pub struct NetServer {
     tx_held: BufferSet,
     features: u32,
     returned_since_signal: bool,
+    /// The client's wake-up time last notified for.
+    woken_for: u64,
     counters: Counters,
     stats: ServerStats,
 }
@@ -143,6 +145,7 @@ impl NetServer {
             tx_held: BufferSet::new(),
             features: 0,
             returned_since_signal: false,
+            woken_for: 0,
             counters: Counters::default(),
             stats: ServerStats::default(),
         })
@@ -430,6 +433,28 @@ impl NetServer {
         self.tx_held.remove(frame.index);
         self.returned_since_signal = true;
         Ok(true)
+    }
+
+    /// When the client wants to be notified next (its TCP timers), if at
+    /// all: the driver sets its own timer for it.
+    pub fn client_wake_deadline(&self) -> Option<u64> {
+        match info::client_wake(&self.info) {
+            0 => None,
+            deadline => Some(deadline),
+        }
+    }
+
+    /// Whether the client's wake-up time has come (`now_ns` on the
+    /// components' clock, `Env::now_ns`): then notify it. Once per
+    /// deadline the client writes, so a stale one costs one notification.
+    pub fn wake_due(&mut self, now_ns: u64) -> bool {
+        match self.client_wake_deadline() {
+            Some(deadline) if deadline <= now_ns && deadline != self.woken_for => {
+                self.woken_for = deadline;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// After a round: publishes the counters, and says whether to notify

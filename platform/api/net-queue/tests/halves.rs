@@ -538,3 +538,21 @@ fn construction_checks_the_regions() {
     };
     assert!(NetServer::new(tiny_info, BUFFERS).is_err());
 }
+
+#[test]
+fn the_client_asks_the_driver_to_wake_it() {
+    let (_r, mut server, mut client) = pair();
+    assert_eq!(server.client_wake_deadline(), None);
+    assert!(!server.wake_due(1_000));
+    client.set_wake_deadline(Some(5_000));
+    assert_eq!(server.client_wake_deadline(), Some(5_000));
+    assert!(!server.wake_due(4_999));
+    assert!(server.wake_due(5_000));
+    assert!(!server.wake_due(6_000), "once per deadline");
+    client.set_wake_deadline(Some(7_000));
+    assert!(server.wake_due(8_000));
+    client.set_wake_deadline(None);
+    assert!(!server.wake_due(u64::MAX));
+    // The driver's half of the page is untouched by the client's word.
+    assert!(client.info().is_some());
+}
