@@ -279,10 +279,10 @@ pub struct ChannelEndpoint {
     pub receive_buffer: Option<HostReceiveBuffer>,
     /// The data-path test device's state (`channel/datapath.rs`).
     pub datapath: datapath::DataPathHost,
-    /// A storage channel's packets of the last step: the server hands
-    /// them to the device's controller (`channel/storage.rs`), which
-    /// spans the primary and its sub-channels.
-    pub storage_inbox: Vec<ReceivedPacket>,
+    /// A storage or network channel's packets of the last step: the
+    /// server hands them to the device's controller (`channel/storage.rs`,
+    /// `channel/network.rs`), which spans the primary and its sub-channels.
+    pub device_inbox: Vec<ReceivedPacket>,
     now_ns: u64,
 }
 
@@ -329,7 +329,7 @@ impl ChannelEndpoint {
             gpadls: ChannelGpadls::default(),
             receive_buffer: None,
             datapath: datapath::DataPathHost::default(),
-            storage_inbox: Vec::new(),
+            device_inbox: Vec::new(),
             now_ns,
         };
         // The host starts from the indices the guest left in the control
@@ -595,10 +595,12 @@ impl ChannelEndpoint {
             ));
             return None;
         }
-        if let (PacketKind::GpaDirect(ranges), DeviceKind::Storage) = (&packet.kind, self.kind) {
-            // storvsc's data pages need no GPADL on Hyper-V: the storage
-            // host checks them against the memory it may see, page by page,
-            // when it moves the data.
+        if let (PacketKind::GpaDirect(ranges), DeviceKind::Storage | DeviceKind::Network) =
+            (&packet.kind, self.kind)
+        {
+            // storvsc's and netvsc's data pages need no GPADL on Hyper-V:
+            // the device host checks them against the memory it may see,
+            // page by page, when it moves the data.
             self.stats.gpa_direct_received += 1;
             received.ranges = ranges
                 .iter()
@@ -881,6 +883,21 @@ impl ChannelEndpoint {
         transfer_page_set_id: u16,
         ranges: &[(u32, u32)],
     ) -> bool {
+        self.send_transfer_page_packet(memory, transaction_id, transfer_page_set_id, ranges, &[])
+    }
+
+    /// A transfer-page packet (completion requested) naming `ranges`
+    /// (offset, count) of transfer page set `transfer_page_set_id` as they
+    /// are, with `payload` after the ranges (a device protocol's message,
+    /// e.g. NVSP's SEND_RNDIS_PACKET). The caller wrote the data.
+    pub fn send_transfer_page_packet<M: GuestMemory>(
+        &mut self,
+        memory: &M,
+        transaction_id: u64,
+        transfer_page_set_id: u16,
+        ranges: &[(u32, u32)],
+        payload: &[u8],
+    ) -> bool {
         let mut header = TransferPageHeader {
             transfer_page_set_id: transfer_page_set_id.into(),
             sender_owns_set: 0,
@@ -901,7 +918,7 @@ impl ChannelEndpoint {
         let Some(descriptor) = descriptor_for(
             PacketType::TransferPages,
             header.len(),
-            0,
+            payload.len(),
             transaction_id,
             true,
         ) else {
@@ -909,6 +926,8 @@ impl ChannelEndpoint {
         };
         let mut packet = descriptor.as_bytes().to_vec();
         packet.extend_from_slice(&header);
+        packet.extend_from_slice(payload);
+        packet.resize(descriptor.len8.get() as usize * 8, 0);
         self.send(memory, packet)
     }
 
@@ -997,8 +1016,8 @@ impl ChannelEndpoint {
         if self.kind == DeviceKind::DataPathTest {
             return self.datapath_packet(memory, packet);
         }
-        if self.kind == DeviceKind::Storage {
-            self.storage_inbox.push(packet);
+        if matches!(self.kind, DeviceKind::Storage | DeviceKind::Network) {
+            self.device_inbox.push(packet);
             return false;
         }
         if !self.kind.is_ic() {
@@ -1073,7 +1092,10 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => ic_type::SHUTDOWN,
             DeviceKind::TimeSync => ic_type::TIMESYNC,
             DeviceKind::Kvp => ic_type::KVP,
-            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage => 0,
+            DeviceKind::Generic
+            | DeviceKind::DataPathTest
+            | DeviceKind::Storage
+            | DeviceKind::Network => 0,
         }
     }
 
@@ -1119,7 +1141,10 @@ impl ChannelEndpoint {
             DeviceKind::Shutdown => &ic::versions::SHUTDOWN,
             DeviceKind::TimeSync => &ic::versions::TIMESYNC,
             DeviceKind::Kvp => &ic::versions::KVP,
-            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage => &[],
+            DeviceKind::Generic
+            | DeviceKind::DataPathTest
+            | DeviceKind::Storage
+            | DeviceKind::Network => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1266,5 +1291,6 @@ impl PacketFault {
 mod datapath;
 #[cfg(test)]
 mod flow_tests;
+pub mod network;
 pub mod scsi_target;
 pub mod storage;

@@ -129,11 +129,67 @@ pub struct Scenario {
     /// `withhold COUNT`, `fail KEY`, `short`, `corrupt KIND`) is armed on
     /// the first storage device for its next I/O requests.
     pub storage_faults: Vec<(u64, String)>,
+    /// The network devices (`network`): the newest NVSP version the host
+    /// accepts (one of [`NETWORK_VERSIONS`]), the sub-channels it grants
+    /// at most, the MTU.
+    pub network_version: String,
+    pub network_max_sub_channels: u16,
+    pub network_mtu: u32,
+    /// Pull the cable of the first network device once this many
+    /// heartbeats were answered; plug it in again at the second count.
+    pub network_link_down_after_heartbeats: Option<u64>,
+    pub network_link_up_after_heartbeats: Option<u64>,
+    /// Rescind the first network device once this many heartbeats were
+    /// answered and offer the same device again when the guest released it.
+    pub network_rescind_after_heartbeats: Option<u64>,
+    /// (heartbeats answered, fault) pairs: the fault (the words
+    /// `NetFault::parse` takes) is armed on the first network device.
+    pub network_faults: Vec<(u64, String)>,
 }
 
 /// The storage protocol versions (`major.minor`, as vstor writes them:
 /// Win10, Win8.1, Win8, Win7, Win6).
 pub const STORAGE_VERSIONS: &[&str] = &["6.2", "6.0", "5.1", "4.2", "2.0"];
+
+/// The NVSP versions (`major.minor` as netvsp writes them), newest first.
+pub const NETWORK_VERSIONS: &[&str] = &["6.1", "6.0", "5.0", "4.0", "3.2"];
+
+/// An NVSP version's wire value (`0x60001` for `6.1`).
+pub fn parse_network_version(text: &str) -> Option<u32> {
+    if !NETWORK_VERSIONS.contains(&text) {
+        return None;
+    }
+    let (major, minor) = text.split_once('.')?;
+    Some(major.parse::<u32>().ok()? << 16 | minor.parse::<u32>().ok()?)
+}
+
+/// The network fault names (`NetFault::parse`; listed here without that
+/// type, which the build script lacks); `withhold-tx` takes a count.
+pub const NETWORK_FAULTS: &[&str] = &[
+    "range-outside",
+    "range-misaligned",
+    "section-in-use",
+    "frame-too-long",
+    "rndis-length",
+    "bad-page-set",
+    "unknown-completion",
+    "duplicate-completion",
+    "withhold-tx",
+    "bad-send-table",
+    "unsolicited-control",
+    "bad-indicate-status",
+    "unknown-nvsp",
+    "short-nvsp",
+];
+
+/// Whether `text` names a network fault.
+pub fn is_network_fault(text: &str) -> bool {
+    match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["withhold-tx", count] => count.parse::<u32>().is_ok(),
+        [name] => *name != "withhold-tx" && NETWORK_FAULTS.contains(name),
+        _ => false,
+    }
+}
 
 /// A storage version's wire value (`0x0602` for `6.2`).
 pub fn parse_storage_version(text: &str) -> Option<u16> {
@@ -205,6 +261,13 @@ impl Default for Scenario {
             storage_remove_after_heartbeats: None,
             storage_rescind_after_heartbeats: None,
             storage_faults: Vec::new(),
+            network_version: "6.1".into(),
+            network_max_sub_channels: 4,
+            network_mtu: 1500,
+            network_link_down_after_heartbeats: None,
+            network_link_up_after_heartbeats: None,
+            network_rescind_after_heartbeats: None,
+            network_faults: Vec::new(),
         }
     }
 }
@@ -261,6 +324,10 @@ pub const IDE_CLASS: u128 = 0x32412632_86cb_44a2_9b5c_50d1417354f5;
 /// crate; a test in `channel/datapath.rs` keeps the two equal).
 pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
 
+/// The synthetic NIC's class (`vmbus_protocol::guid::class::NIC`, written
+/// out for the build script; a test in `script.rs` keeps the two equal).
+pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
+
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
         "heartbeat" => Some(IcName::Heartbeat),
@@ -272,6 +339,8 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         // The storage host (storvsp): a SCSI controller, an IDE channel.
         "storage" => return Some(DeviceName::Class(SCSI_CLASS)),
         "ide" => return Some(DeviceName::Class(IDE_CLASS)),
+        // The NIC host (netvsp).
+        "network" => return Some(DeviceName::Class(NIC_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
@@ -404,6 +473,35 @@ impl Scenario {
                 ),
             );
         }
+        if parse_network_version(&self.network_version).is_none() {
+            return invalid(
+                "network_version",
+                format!(
+                    "unknown network version `{}`; known: {}",
+                    self.network_version,
+                    NETWORK_VERSIONS.join(", ")
+                ),
+            );
+        }
+        if self.network_max_sub_channels > 8 {
+            return invalid("network_max_sub_channels", "at most 8".into());
+        }
+        if !(576..=9000).contains(&self.network_mtu) {
+            return invalid("network_mtu", "576 to 9000".into());
+        }
+        if let Some((_, bad)) = self
+            .network_faults
+            .iter()
+            .find(|(_, fault)| !is_network_fault(fault))
+        {
+            return invalid(
+                "network_faults",
+                format!(
+                    "unknown network fault `{bad}`; known: {} (withhold-tx COUNT)",
+                    NETWORK_FAULTS.join(", ")
+                ),
+            );
+        }
         if self.kvp_fault_every == 0 {
             return invalid("kvp_fault_every", "must be at least 1".into());
         }
@@ -471,7 +569,10 @@ impl Scenario {
              crash_after_heartbeats: alloc::vec![{}], gpadl_memory_limit_kib: {}, monitored_devices: {}, datapath_host_faults: {}, \
              storage_version: {:?}.into(), storage_max_sub_channels: {}, storage_max_transfer_kib: {}, \
              storage_memory_disks_kib: alloc::vec!{:?}, storage_hot_add_kib: {:?}, storage_hot_add_after_heartbeats: {}, \
-             storage_remove_after_heartbeats: {:?}, storage_rescind_after_heartbeats: {:?}, storage_faults: alloc::vec![{}] }}",
+             storage_remove_after_heartbeats: {:?}, storage_rescind_after_heartbeats: {:?}, storage_faults: alloc::vec![{}], \
+             network_version: {:?}.into(), network_max_sub_channels: {}, network_mtu: {}, \
+             network_link_down_after_heartbeats: {:?}, network_link_up_after_heartbeats: {:?}, \
+             network_rescind_after_heartbeats: {:?}, network_faults: alloc::vec![{}] }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -503,6 +604,17 @@ impl Scenario {
             self.storage_remove_after_heartbeats,
             self.storage_rescind_after_heartbeats,
             self.storage_faults
+                .iter()
+                .map(|(after, fault)| format!("({after}, {fault:?}.into())"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.network_version,
+            self.network_max_sub_channels,
+            self.network_mtu,
+            self.network_link_down_after_heartbeats,
+            self.network_link_up_after_heartbeats,
+            self.network_rescind_after_heartbeats,
+            self.network_faults
                 .iter()
                 .map(|(after, fault)| format!("({after}, {fault:?}.into())"))
                 .collect::<Vec<_>>()
@@ -593,7 +705,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -623,6 +735,35 @@ mod tests {
         assert!(error("storage_faults = [[1, \"fail later\"]]").contains("unknown storage fault"));
         assert!(error("storage_memory_disks_kib = [0]").contains("1 to 65536 KiB"));
         assert!(error("storage_max_sub_channels = 9").contains("at most 8"));
+        assert!(error("network_version = \"6.2\"").contains("unknown network version `6.2`"));
+        assert!(error("network_max_sub_channels = 9").contains("at most 8"));
+        assert!(error("network_mtu = 100").contains("576 to 9000"));
+        assert!(error("network_faults = [[1, \"withhold-tx\"]]").contains("unknown network fault"));
+    }
+
+    #[test]
+    fn network_names_versions_and_faults() {
+        assert_eq!(parse_device("network"), Some(DeviceName::Class(NIC_CLASS)));
+        assert_eq!(parse_network_version("6.1"), Some(0x60001));
+        assert_eq!(parse_network_version("3.2"), Some(0x30002));
+        assert_eq!(parse_network_version("6.2"), None);
+        assert!(is_network_fault("range-outside") && is_network_fault("withhold-tx 3"));
+        assert!(!is_network_fault("withhold-tx") && !is_network_fault("range-outside 2"));
+        let scenario = parse_file(
+            "n.hvsim",
+            "devices = [\"heartbeat\", \"network\"]\nnetwork_faults = [[2, \"bad-page-set\"]]\n\
+             network_link_down_after_heartbeats = 3\nnetwork_link_up_after_heartbeats = 4\n",
+        )
+        .unwrap();
+        assert_eq!(scenario.network_faults, [(2, "bad-page-set".into())]);
+        let source = scenario.to_rust();
+        for part in [
+            r#"network_version: "6.1".into(),"#,
+            "network_link_down_after_heartbeats: Some(3),",
+            r#"network_faults: alloc::vec![(2, "bad-page-set".into())] }"#,
+        ] {
+            assert!(source.contains(part), "{part} not in {source}");
+        }
     }
 
     #[test]
@@ -663,7 +804,7 @@ mod tests {
             "datapath_host_faults: false,",
             r#"storage_version: "6.2".into(),"#,
             "storage_memory_disks_kib: alloc::vec![64],",
-            r#"storage_faults: alloc::vec![(3, "fail medium-error".into())] }"#,
+            r#"storage_faults: alloc::vec![(3, "fail medium-error".into())],"#,
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }

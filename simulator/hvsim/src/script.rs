@@ -16,11 +16,12 @@
 //! Trusts: nothing from the guest beyond what the simulator validated.
 //! Writes: only through the simulator's operator API.
 
+use crate::channel::network::{NetConfig, NetFault};
 use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
 use crate::scenario::{
-    parse_device, parse_storage_version, parse_version, DeviceName, IcName, Invalid, Scenario,
-    IDE_CLASS, SCSI_CLASS,
+    parse_device, parse_network_version, parse_storage_version, parse_version, DeviceName, IcName,
+    Invalid, Scenario, IDE_CLASS, NIC_CLASS, SCSI_CLASS,
 };
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
@@ -67,6 +68,8 @@ impl ScriptDevice {
                     DeviceKind::DataPathTest
                 } else if class == SCSI_CLASS || class == IDE_CLASS {
                     DeviceKind::Storage
+                } else if class == NIC_CLASS {
+                    DeviceKind::Network
                 } else {
                     DeviceKind::Generic
                 },
@@ -222,6 +225,15 @@ pub struct Script {
     pub storage_rescind_after_heartbeats: Option<u64>,
     /// (heartbeats answered, fault), in the scenario's order.
     pub storage_faults: Vec<(u64, StorageFault)>,
+    /// The NIC hosts' setup.
+    pub network: NetConfig,
+    /// Link down, then up again, after these many heartbeats.
+    pub network_link_down_after_heartbeats: Option<u64>,
+    pub network_link_up_after_heartbeats: Option<u64>,
+    /// Rescind the first network device; offer it again once released.
+    pub network_rescind_after_heartbeats: Option<u64>,
+    /// (heartbeats answered, fault), in the scenario's order.
+    pub network_faults: Vec<(u64, NetFault)>,
 }
 
 impl Script {
@@ -288,6 +300,24 @@ impl Script {
                     StorageFault::parse(&words).map(|fault| (*after, fault))
                 })
                 .collect(),
+            network: NetConfig {
+                newest_version: parse_network_version(&scenario.network_version)
+                    .unwrap_or(vmbus_protocol::nvsp::version::V61),
+                max_sub_channels: scenario.network_max_sub_channels,
+                mtu: scenario.network_mtu,
+                ..NetConfig::default()
+            },
+            network_link_down_after_heartbeats: scenario.network_link_down_after_heartbeats,
+            network_link_up_after_heartbeats: scenario.network_link_up_after_heartbeats,
+            network_rescind_after_heartbeats: scenario.network_rescind_after_heartbeats,
+            network_faults: scenario
+                .network_faults
+                .iter()
+                .filter_map(|(after, text)| {
+                    let words: Vec<&str> = text.split_whitespace().collect();
+                    NetFault::parse(&words).map(|fault| (*after, fault))
+                })
+                .collect(),
         })
     }
 
@@ -309,6 +339,7 @@ impl Script {
             max_version: self.max_version,
             gpadl_memory_limit: self.gpadl_memory_limit,
             storage: self.storage,
+            network: self.network,
             ..ServerConfig::default()
         }
     }
@@ -358,6 +389,23 @@ pub fn add_storage_for_disk(config: &mut ServerConfig) {
     config.devices.push(
         ScriptDevice::from_name(DeviceName::Class(crate::scenario::SCSI_CLASS)).config(index),
     );
+}
+
+/// A network backend given from outside the scenario (the hosted host's
+/// `--net tap:IF` / `--net user:ADDR`, QEMU's NE2000 in the seL4 image)
+/// when the scenario offers no NIC: one network device is added after the
+/// scenario's devices to carry it. Without a backend the host offers a
+/// NIC only if the scenario names `network` (its frames then go to a
+/// memory network that drops them), so the bring-up run and its counted
+/// expectations do not change.
+pub fn add_network(config: &mut ServerConfig) {
+    if config.devices.iter().any(|d| d.kind == DeviceKind::Network) {
+        return;
+    }
+    let index = config.devices.len() as u128 + 1;
+    config
+        .devices
+        .push(ScriptDevice::from_name(DeviceName::Class(NIC_CLASS)).config(index));
 }
 
 pub fn integration_components() -> ServerConfig {
@@ -425,6 +473,18 @@ pub struct ScriptRunner {
     storage_removed: bool,
     storage_rescinded: bool,
     storage_faults_armed: usize,
+    network_link_down: bool,
+    network_link_up: bool,
+    network_rescind: NetRescind,
+    network_faults_armed: usize,
+}
+
+/// Where the network device's rescind and re-offer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetRescind {
+    NotYet,
+    Rescinded { relid: u32 },
+    Done,
 }
 
 /// Where the KVP rescind and re-offer stands.
@@ -474,6 +534,10 @@ impl ScriptRunner {
             storage_removed: false,
             storage_rescinded: false,
             storage_faults_armed: 0,
+            network_link_down: false,
+            network_link_up: false,
+            network_rescind: NetRescind::NotYet,
+            network_faults_armed: 0,
         }
     }
 
@@ -535,6 +599,7 @@ impl ScriptRunner {
         }
         datapath_report(sim, &mut report);
         self.storage_events(sim, &mut report);
+        self.network_events(sim, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -569,6 +634,7 @@ impl ScriptRunner {
                     ));
                 }
                 storage_report(sim, &mut report);
+                network_report(sim, &mut report);
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered
@@ -841,6 +907,83 @@ impl ScriptRunner {
     }
 }
 
+impl ScriptRunner {
+    /// The scenario's network events: link down and up, rescind and
+    /// re-offer, faults (each once its heartbeat count is reached and a
+    /// network device exists).
+    fn network_events<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let answered = self.heartbeats_answered;
+        if sim.vmbus.network.is_empty() {
+            return;
+        }
+        if let Some(after) = self.script.network_link_down_after_heartbeats {
+            if !self.network_link_down && answered >= after && sim.net_set_link(false) {
+                self.network_link_down = true;
+                report.push(String::from(
+                    "host: network link down (INDICATE_STATUS media disconnect)",
+                ));
+            }
+        }
+        if let Some(after) = self.script.network_link_up_after_heartbeats {
+            if self.network_link_down
+                && !self.network_link_up
+                && answered >= after
+                && sim.net_set_link(true)
+            {
+                self.network_link_up = true;
+                report.push(String::from(
+                    "host: network link up (INDICATE_STATUS media connect)",
+                ));
+            }
+        }
+        while let Some(&(after, fault)) = self.script.network_faults.get(self.network_faults_armed)
+        {
+            if answered < after || !sim.net_inject(fault) {
+                break;
+            }
+            self.network_faults_armed += 1;
+            report.push(format!("host: network fault armed: {fault:?}"));
+        }
+        match self.network_rescind {
+            NetRescind::NotYet => {
+                let due = self
+                    .script
+                    .network_rescind_after_heartbeats
+                    .is_some_and(|after| answered >= after);
+                let open = sim
+                    .net_relid()
+                    .filter(|&relid| sim.vmbus.endpoint(relid).is_some());
+                if let (true, Some(relid)) = (due, open) {
+                    network_report(sim, report);
+                    if sim.rescind(relid) {
+                        self.network_rescind = NetRescind::Rescinded { relid };
+                        report.push(format!("host: network relid {relid} rescinded"));
+                    }
+                }
+            }
+            NetRescind::Rescinded { relid } => {
+                if let Some(new) = sim.net_offer_again() {
+                    self.network_rescind = NetRescind::Done;
+                    report.push(format!(
+                        "host: network relid {relid} released; offered again as relid {new}"
+                    ));
+                }
+            }
+            NetRescind::Done => {}
+        }
+    }
+}
+
+/// The totals of each NIC host a guest talked to, one line each.
+pub fn network_report<M: GuestMemory>(sim: &Simulator<M>, report: &mut Vec<String>) {
+    for (instance, controller) in &sim.vmbus.network {
+        if controller.stats.nvsp_messages == 0 && controller.stats.rule_violations == 0 {
+            continue;
+        }
+        report.push(format!("host: network {instance}: {}", controller.report()));
+    }
+}
+
 /// The totals of each storage controller a guest talked to, one line each.
 pub fn storage_report<M: GuestMemory>(sim: &Simulator<M>, report: &mut Vec<String>) {
     for (instance, controller) in &sim.vmbus.storage {
@@ -977,6 +1120,51 @@ mod tests {
         assert!(report.is_empty(), "no guest talked to it: {report:?}");
         let controller = sim.vmbus.storage.values().next().unwrap();
         assert!(controller.report().contains("version none, 2 LUNs"));
+    }
+
+    #[test]
+    fn the_scenarios_network_reaches_the_nic_host() {
+        assert_eq!(NIC_CLASS, vmbus_protocol::guid::class::NIC.as_u128());
+        let scenario = crate::scenario::parse_file(
+            "x.hvsim",
+            "devices = [\"heartbeat\", \"network\"]\nnetwork_version = \"5.0\"\n\
+             network_max_sub_channels = 2\nnetwork_mtu = 9000\n\
+             network_faults = [[0, \"withhold-tx 2\"]]\n",
+        )
+        .unwrap();
+        let script = Script::from_scenario(&scenario).unwrap();
+        let config = script.server_config();
+        assert_eq!(config.devices[1].kind, DeviceKind::Network);
+        assert_eq!(config.network.newest_version, 0x50000);
+        assert_eq!(config.network.max_sub_channels, 2);
+        assert_eq!(config.network.mtu, 9000);
+        assert_eq!(
+            script.network_faults,
+            [(0, NetFault::WithholdTx { count: 2 })]
+        );
+        let region = Region::leaked(4 * 4096).with_guest_physical(0x10_0000);
+        let mut sim = Simulator::new(RegionMemory::new(&[region]).unwrap(), config);
+        assert!(sim.net_relid().is_some());
+        assert!(sim.net_set_backend(alloc::boxed::Box::new(crate::net::MemoryNet::discarding())));
+        assert!(sim.net_set_link(false));
+        assert!(!sim.net().unwrap().link_up());
+        // Offered again only once the old channel is gone.
+        assert_eq!(sim.net_offer_again(), None);
+        let mut report = Vec::new();
+        network_report(&sim, &mut report);
+        assert!(report.is_empty(), "no guest talked to it: {report:?}");
+        // A backend from outside adds a NIC to a configuration without one.
+        let mut plain = integration_components();
+        add_network(&mut plain);
+        add_network(&mut plain);
+        assert_eq!(
+            plain
+                .devices
+                .iter()
+                .filter(|d| d.kind == DeviceKind::Network)
+                .count(),
+            1
+        );
     }
 
     #[test]

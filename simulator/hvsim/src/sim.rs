@@ -2,10 +2,12 @@
 //! integration-component hosts) as one machine, with the operator API
 //! tests use to drive it and the fault-injection entry points.
 
+use crate::channel::network::{NetController, NetFault};
 use crate::channel::scsi_target::BoxedDisk;
 use crate::channel::storage::{StorageController, StorageFault};
 use crate::channel::{ChannelEndpoint, Heartbeat, KvpResponse, PacketFault};
 use crate::host::Host;
+use crate::net::BoxedNetBackend;
 use crate::synic::Exception;
 use crate::vmbus::{DeviceConfig, DeviceKind, Server, ServerConfig};
 use alloc::vec::Vec;
@@ -324,6 +326,62 @@ impl<M: GuestMemory> Simulator<M> {
             self.host.signal_guest(sint, relid as u16);
         }
         true
+    }
+
+    // ---- the NIC host (the first network device) ----
+
+    /// The first network device's NIC host.
+    pub fn net(&self) -> Option<&NetController> {
+        let (instance, _) = self.vmbus.network_primary()?;
+        self.vmbus.network.get(&instance)
+    }
+
+    pub fn net_mut(&mut self) -> Option<&mut NetController> {
+        let (instance, _) = self.vmbus.network_primary()?;
+        self.vmbus.network.get_mut(&instance)
+    }
+
+    /// The first network device's primary relid (offered or open).
+    pub fn net_relid(&self) -> Option<u32> {
+        self.vmbus.network_primary()?.1
+    }
+
+    /// Where the first network device's frames go from now on (a TAP
+    /// device, a user-space network, QEMU's NE2000, memory). False if the
+    /// host offers no network device.
+    pub fn net_set_backend(&mut self, backend: BoxedNetBackend) -> bool {
+        match self.net_mut() {
+            Some(controller) => {
+                controller.set_backend(backend);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The cable in or out (the guest hears of it by INDICATE_STATUS).
+    pub fn net_set_link(&mut self, up: bool) -> bool {
+        self.net_mut()
+            .map(|controller| controller.set_link(up))
+            .is_some()
+    }
+
+    /// Arms a fault on the first network device.
+    pub fn net_inject(&mut self, fault: NetFault) -> bool {
+        self.net_mut()
+            .map(|controller| controller.inject(fault))
+            .is_some()
+    }
+
+    /// Offers the first network device again after a rescind, once the
+    /// guest released it (same instance: the guest sees the same NIC).
+    /// The new relid; None while the old channel is still there.
+    pub fn net_offer_again(&mut self) -> Option<u32> {
+        let (instance, relid) = self.vmbus.network_primary()?;
+        if relid.is_some() || self.vmbus.channels_of(instance) > 0 {
+            return None;
+        }
+        Some(self.add_device(DeviceConfig::ic(DeviceKind::Network, instance)))
     }
 
     pub fn instance_relid(&self, instance: Uuid) -> Option<u32> {

@@ -17,6 +17,7 @@
 //! simulated NIC on a network ([`hvsim::hosted_net`], docs/network.md
 //! "Connecting").
 
+use hvsim::channel::network::NetFault;
 use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
@@ -538,12 +539,37 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Some(fault) => format!("{}", sim.storage_inject(fault)),
             None => format!("faults: {}", StorageFault::USAGE),
         },
+        // The NIC host (the first network device).
+        ["net-report"] => {
+            let mut lines = Vec::new();
+            for (instance, controller) in &sim.vmbus.network {
+                lines.push(format!("network {instance}: {}", controller.report()));
+            }
+            if lines.is_empty() {
+                "no network device".into()
+            } else {
+                lines.join("; ")
+            }
+        }
+        ["net-link", state @ ("up" | "down")] => format!("{}", sim.net_set_link(*state == "up")),
+        ["net-fault", fault @ ..] => match NetFault::parse(fault) {
+            Some(fault) => format!("{}", sim.net_inject(fault)),
+            None => format!("faults: {}", NetFault::USAGE),
+        },
+        ["net-rescind"] => match sim.net_relid() {
+            Some(relid) => format!("{}", sim.rescind(relid)),
+            None => "no network device offered".into(),
+        },
+        ["net-offer-again"] => match sim.net_offer_again() {
+            Some(relid) => format!("relid {relid}"),
+            None => "no released network device".into(),
+        },
         ["gpadls"] => format!(
             "{} gpadls {} bytes",
             sim.vmbus.gpadl_count(),
             sim.vmbus.gpadl_bytes()
         ),
-        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT".into(),
+        _ => "commands: shutdown | reboot | shutdown-status | heartbeat | time | kvp-set POOL KEY VALUE | kvp-get POOL KEY | kvp-responses | rescind RELID | add-device NAME|CLASS [INSTANCE] | relid NAME | malformed RELID FAULT | oversized RELID LEN | corrupt-index RELID VALUE | transfer-outside RELID | unknown-completion RELID | stats | rejections | gpadls | storage-report | storage-luns | storage-add-lun PATH[,ro]|memory:KIB | storage-remove-lun LUN | storage-rescind | storage-enumerate | storage-remove-device | storage-fault FAULT | net-report | net-link up|down | net-fault FAULT | net-rescind | net-offer-again".into(),
     }
 }
 

@@ -20,6 +20,7 @@
 //! reply), never trusted. Replies can be delayed and a rescind can be
 //! injected at any step of a channel's life (see [`Faults`]).
 
+use crate::channel::network::{NetConfig, NetController};
 use crate::channel::storage::{StorageConfig, StorageController};
 use crate::channel::{ChannelEndpoint, ChannelEvent};
 use crate::host::{Host, PortKind};
@@ -97,13 +98,20 @@ pub enum DeviceKind {
     /// protocol, `channel/storage.rs`): the device's
     /// `StorageController` serves its LUNs from `hvsim::disk::Disk`s.
     Storage,
+    /// A synthetic NIC (netvsp's protocol, `channel/network.rs`): the
+    /// device's `NetController` moves frames to and from an
+    /// `hvsim::net::NetBackend`.
+    Network,
 }
 
 impl DeviceKind {
     pub fn is_ic(self) -> bool {
         !matches!(
             self,
-            DeviceKind::Generic | DeviceKind::DataPathTest | DeviceKind::Storage
+            DeviceKind::Generic
+                | DeviceKind::DataPathTest
+                | DeviceKind::Storage
+                | DeviceKind::Network
         )
     }
 }
@@ -132,6 +140,7 @@ impl DeviceConfig {
             DeviceKind::Generic => Uuid::nil(),
             DeviceKind::DataPathTest => vmbus_protocol::datapath_test::CLASS,
             DeviceKind::Storage => class::SCSI,
+            DeviceKind::Network => class::NIC,
         };
         DeviceConfig {
             class,
@@ -171,6 +180,9 @@ pub struct ServerConfig {
     /// How the storage devices' controllers are set up (versions,
     /// sub-channels, transfer size); IDE-class devices get `ide` set.
     pub storage: StorageConfig,
+    /// How the network devices' NIC hosts are set up (MAC, MTU,
+    /// sub-channels, versions).
+    pub network: NetConfig,
 }
 
 impl Default for ServerConfig {
@@ -187,6 +199,7 @@ impl Default for ServerConfig {
             monitor_latency: 100,
             devices: Vec::new(),
             storage: StorageConfig::default(),
+            network: NetConfig::default(),
         }
     }
 }
@@ -331,6 +344,9 @@ pub struct Server {
     /// The storage devices' controllers by instance (one for a primary
     /// and its sub-channels; they outlive a rescind, as the disks do).
     pub storage: BTreeMap<Uuid, StorageController>,
+    /// The network devices' NIC hosts by instance (one for a primary and
+    /// its sub-channels; they outlive a rescind, as the backend does).
+    pub network: BTreeMap<Uuid, NetController>,
 }
 
 /// Event connection IDs: one per channel, above the control IDs.
@@ -357,6 +373,7 @@ impl Server {
             now_ns: 0,
             next_relid: 1,
             storage: BTreeMap::new(),
+            network: BTreeMap::new(),
         }
     }
 
@@ -441,6 +458,42 @@ impl Server {
         Some((controller, channel.endpoint.as_mut()?))
     }
 
+    /// The first network device (lowest instance) with a NIC host: its
+    /// instance and the relid of its primary channel if it is offered
+    /// (not rescinded).
+    pub fn network_primary(&self) -> Option<(Uuid, Option<u32>)> {
+        let instance = *self.network.keys().next()?;
+        let relid = self
+            .channels
+            .values()
+            .find(|c| {
+                c.device.instance == instance
+                    && c.sub_channel_index == 0
+                    && c.state != ChannelState::Rescinded
+            })
+            .map(|c| c.relid);
+        Some((instance, relid))
+    }
+
+    /// Channels (offered, open or rescinded and not yet released) of the
+    /// device with this instance GUID.
+    pub fn channels_of(&self, instance: Uuid) -> usize {
+        self.channels
+            .values()
+            .filter(|c| c.device.instance == instance)
+            .count()
+    }
+
+    /// A network channel's endpoint with its device's NIC host.
+    pub fn network_channel(
+        &mut self,
+        relid: u32,
+    ) -> Option<(&mut NetController, &mut ChannelEndpoint)> {
+        let channel = self.channels.get_mut(&relid)?;
+        let controller = self.network.get_mut(&channel.device.instance)?;
+        Some((controller, channel.endpoint.as_mut()?))
+    }
+
     /// Relids of open channels.
     pub fn open_channels(&self) -> Vec<u32> {
         self.channels
@@ -514,6 +567,12 @@ impl Server {
             self.storage
                 .entry(device.instance)
                 .or_insert_with(|| StorageController::new(config));
+        }
+        if device.kind == DeviceKind::Network {
+            let config = self.config.network;
+            self.network
+                .entry(device.instance)
+                .or_insert_with(|| NetController::new(config));
         }
         let relid = self.allocate_relid();
         let monitor_id = if device.monitored {
@@ -746,6 +805,9 @@ impl Server {
             // Requests in flight on it are never completed.
             controller.forget_channel(relid);
         }
+        if let Some(controller) = self.network.get_mut(&channel.device.instance) {
+            controller.forget_channel(relid);
+        }
         host.close_port(channel.connection_id);
         let offered = channel.offered;
         for gpadl in self.gpadls.values_mut().filter(|g| g.relid == relid) {
@@ -815,6 +877,7 @@ impl Server {
         let relids: Vec<u32> = self.open_channels();
         let mut sub_channel_requests = Vec::new();
         let mut storage_sub_channel_requests = Vec::new();
+        let mut network_sub_channel_requests = Vec::new();
         for relid in relids {
             // A sub-channel's device is its primary's: GPA-direct packets
             // on it resolve through the primary's GPADLs too (as Hyper-V
@@ -874,7 +937,7 @@ impl Server {
             let event = endpoint.step(&host.memory, signals, now_ns);
             let mut signal = event == ChannelEvent::SignalGuest;
             if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
-                let packets = core::mem::take(&mut endpoint.storage_inbox);
+                let packets = core::mem::take(&mut endpoint.device_inbox);
                 if controller.serve(
                     endpoint,
                     &host.memory,
@@ -888,6 +951,22 @@ impl Server {
                 }
                 if let Some(count) = controller.sub_channels_requested.take() {
                     storage_sub_channel_requests.push((relid, count));
+                }
+            }
+            if let Some(controller) = self.network.get_mut(&channel.device.instance) {
+                let packets = core::mem::take(&mut endpoint.device_inbox);
+                if controller.serve(
+                    endpoint,
+                    &host.memory,
+                    relid,
+                    channel.sub_channel_index,
+                    packets,
+                ) {
+                    endpoint.stats.signals_to_guest += 1;
+                    signal = true;
+                }
+                if let Some(count) = controller.sub_channels_requested.take() {
+                    network_sub_channel_requests.push((relid, count));
                 }
             }
             if signal {
@@ -907,6 +986,7 @@ impl Server {
         }
         // Storage: the count is the sub-channels wanted in all (the
         // controller bounded it by what it advertised).
+        storage_sub_channel_requests.extend(network_sub_channel_requests);
         for (relid, count) in storage_sub_channel_requests {
             let taken = self.sub_channels(relid).len() as u16;
             let more = count.min(MAX_DEVICE_SUB_CHANNELS).saturating_sub(taken);
@@ -914,6 +994,9 @@ impl Server {
                 let offered = self.offer_sub_channels(host, relid, more).len() as u64;
                 let instance = self.channels.get(&relid).map(|c| c.device.instance);
                 if let Some(controller) = instance.and_then(|i| self.storage.get_mut(&i)) {
+                    controller.stats.sub_channels_offered += offered;
+                }
+                if let Some(controller) = instance.and_then(|i| self.network.get_mut(&i)) {
                     controller.stats.sub_channels_offered += offered;
                 }
             }
@@ -1447,6 +1530,9 @@ impl Server {
                 controller.reset_protocol();
             }
         }
+        if let Some(controller) = self.network.get_mut(&channel.device.instance) {
+            controller.channel_opened(channel.sub_channel_index, relid);
+        }
         host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
         self.write_monitor_parameters(host, relid);
         self.open_result(host, relid, open_id, 0);
@@ -1520,6 +1606,9 @@ impl Server {
             if channel.sub_channel_index == 0 {
                 controller.reset_protocol();
             }
+        }
+        if let Some(controller) = self.network.get_mut(&channel.device.instance) {
+            controller.forget_channel(relid);
         }
         if channel.state == ChannelState::Open {
             channel.state = ChannelState::Offered;

@@ -14,6 +14,11 @@
 //!   versions, properties, SCSI request and SRB status.
 //! - [`scsi`]: the SCSI commands, data pages and sense data a synthetic
 //!   disk speaks.
+//! - [`nvsp`]: the synthetic NIC's (netvsc/netvsp) messages, versions,
+//!   receive/send buffer handshake, sub-channels and send table.
+//! - [`rndis`]: the RNDIS messages carried inside NVSP: requests,
+//!   completions, status indications, data packets with per-packet info,
+//!   OIDs, offload and RSS parameters.
 //!
 //! Trusts nothing it parses: every parser takes bytes already copied into
 //! private memory, checks sizes, counts and versions, and returns an error
@@ -29,7 +34,9 @@ pub mod gpadl;
 pub mod guid;
 pub mod ic;
 pub mod messages;
+pub mod nvsp;
 pub mod packet;
+pub mod rndis;
 pub mod scsi;
 pub mod storage;
 pub mod version;
