@@ -255,6 +255,7 @@ impl Web {
         if self.stack.is_none() {
             self.build_stack(env);
         }
+        let mut settled = false;
         for _ in 0..MAX_ROUNDS {
             self.watch_link(env);
             let moved = self.round(env);
@@ -265,14 +266,21 @@ impl Web {
             if nic.driver_needs_signal() {
                 env.notify(self.notify);
             }
-            if !moved && nic.prepare_to_sleep() {
+            // Ask for a signal before looking for more work, so nothing
+            // that arrives after the last look goes unnoticed.
+            if nic.prepare_to_sleep() && !moved {
+                settled = true;
                 break;
             }
         }
         let timestamp = now(env);
         if let (Some(stack), Some(nic)) = (self.stack.as_mut(), self.nic.as_mut()) {
             let next = stack.iface.poll_at(timestamp, &stack.sockets);
-            nic.set_wake_deadline(next.map(|at| at.total_micros().max(0) as u64 * 1000));
+            let next_ns = next.map(|at| at.total_micros().max(0) as u64 * 1000);
+            // Work left after the bounded rounds: have the driver wake us
+            // as soon as it runs.
+            let next_ns = if settled { next_ns } else { Some(env.now_ns()) };
+            nic.set_wake_deadline(next_ns);
         }
     }
 
@@ -282,11 +290,16 @@ impl Web {
         let (Some(stack), Some(nic)) = (self.stack.as_mut(), self.nic.as_mut()) else {
             return false;
         };
+        let traffic = |nic: &NetClient| {
+            let stats = nic.stats();
+            stats.received + stats.sent
+        };
+        let before = traffic(nic);
         let mut device = NicDevice {
             client: nic,
             mtu: stack.mtu,
         };
-        let polled = stack.iface.poll(timestamp, &mut device, &mut stack.sockets);
+        stack.iface.poll(timestamp, &mut device, &mut stack.sockets);
         let view = status::View {
             configured: self.configured,
             link_up: self.link_up.unwrap_or(false),
@@ -305,10 +318,8 @@ impl Web {
             client: nic,
             mtu: stack.mtu,
         };
-        let polled_again = stack.iface.poll(timestamp, &mut device, &mut stack.sockets);
-        served
-            || polled != smoltcp::iface::PollResult::None
-            || polled_again != smoltcp::iface::PollResult::None
+        stack.iface.poll(timestamp, &mut device, &mut stack.sockets);
+        served || traffic(nic) != before
     }
 }
 

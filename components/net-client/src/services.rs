@@ -150,6 +150,17 @@ impl Services {
     }
 }
 
+/// Past the handshake: data may flow one way at least. (Before it,
+/// `may_recv` is false too, which must not read as "the peer closed".)
+fn connected(socket: &tcp::Socket<'static>) -> bool {
+    socket.may_send() || socket.may_recv()
+}
+
+/// The peer sent its FIN (and the handshake is over).
+fn peer_closed(socket: &tcp::Socket<'static>) -> bool {
+    connected(socket) && !socket.may_recv()
+}
+
 fn count_connection(active: bool, counted: &mut bool, stats: &mut ServiceStats) {
     if active && !*counted {
         stats.connections += 1;
@@ -169,7 +180,7 @@ fn serve_echo(socket: &mut tcp::Socket<'static>) -> usize {
             moved = n;
         }
     }
-    if !socket.may_recv() && socket.send_queue() == 0 && socket.is_active() {
+    if peer_closed(socket) && socket.send_queue() == 0 {
         socket.close();
     }
     moved
@@ -185,7 +196,7 @@ fn serve_discard(socket: &mut tcp::Socket<'static>) -> usize {
             Ok(n) => moved += n,
         }
     }
-    if !socket.may_recv() && socket.is_active() {
+    if peer_closed(socket) {
         socket.close();
     }
     moved
@@ -283,6 +294,9 @@ fn serve_http(
         *state = Http::default();
         return false;
     }
+    if !connected(socket) {
+        return false;
+    }
     count_connection(active, &mut state.counted, stats);
     let mut moved = false;
     if state.response.is_none() {
@@ -293,7 +307,7 @@ fn serve_http(
             moved |= n > 0;
         }
         let complete = head_complete(&state.request) || state.request.is_full();
-        if complete || (!socket.may_recv() && !state.request.is_empty()) {
+        if complete || (peer_closed(socket) && !state.request.is_empty()) {
             stats.http_requests += 1;
             let (code, body) = match request_path(&state.request) {
                 Some(path) => page(path),
@@ -314,7 +328,7 @@ fn serve_http(
                 response.extend_from_slice(&body);
             }
             state.response = Some((response, 0));
-        } else if !socket.may_recv() {
+        } else if peer_closed(socket) {
             socket.close();
         }
     }
