@@ -18,6 +18,10 @@
 //! - the storage host ([`channel::storage`], [`channel::scsi_target`]):
 //!   storvsp's protocol and a SCSI target over [`disk::Disk`]s (memory,
 //!   and hosted [`file_disk::FileDisk`]);
+//! - the NIC host ([`channel::network`]): netvsp's NVSP and RNDIS, the
+//!   receive and send buffers, sub-channels with RSS, link state, with
+//!   the frames going to a [`net::NetBackend`] (memory here; hosted TAP
+//!   or user-space networks and the image's NE2000 beside it);
 //! - [`sim::Simulator`]: all of it as one machine with the operator and
 //!   fault-injection API.
 //!
@@ -25,8 +29,9 @@
 //! structure is copied out of guest memory before it is parsed, and guest
 //! ring indices are validated before use. Writes only guest memory the
 //! guest designated for the host (synic pages, GPADL'd buffers, monitor
-//! pages, the pages a storage request names inside host-visible memory)
-//! and, in the hosted build, the transport socket and the disk files.
+//! pages, the pages a storage request names inside host-visible memory,
+//! the NIC's receive-buffer sections) and, in the hosted build, the
+//! transport socket and the disk files.
 //!
 //! The core is `no_std` + `alloc` so it can run as an seL4 component; the
 //! `hosted` feature adds [`transport`], the host end of the hosted

@@ -99,12 +99,12 @@ const MAX_RNDIS_PER_PACKET: usize = 64;
 const MAX_QUEUED_CONTROL: usize = 32;
 /// Frames waiting per channel for a free section at most.
 const MAX_QUEUED_FRAMES: usize = 512;
-/// Frames taken from the backend per step at most.
-const FRAMES_PER_STEP: usize = 256;
+/// Frames taken from the backend per step at most (they wait in the
+/// host's heap until written out in the same step: in the image that heap
+/// is 1 MiB).
+const FRAMES_PER_STEP: usize = 64;
 /// Violations kept for the operator (oldest dropped).
 const VIOLATIONS_KEPT: usize = 32;
-/// Receive packets outstanding at most (bounded by sections anyway).
-const MAX_OUTSTANDING: usize = 4096;
 /// Channels (primary + sub-channels) the per-channel counters cover.
 pub const MAX_CHANNELS: usize = 1 + crate::vmbus::MAX_DEVICE_SUB_CHANNELS as usize;
 
@@ -537,7 +537,7 @@ impl NetController {
             .version()
             .map_or(String::from("none"), |v| format!("{v:#x}"));
         let channels = self.channels.len();
-        let by_channel: Vec<String> = s.rx_frames_by_channel[..channels.max(1)]
+        let by_channel: Vec<String> = s.rx_frames_by_channel[..channels.clamp(1, MAX_CHANNELS)]
             .iter()
             .map(|n| format!("{n}"))
             .collect();
@@ -1955,10 +1955,9 @@ impl NetController {
         }
         let transaction_id = self.next_transaction;
         self.next_transaction += 1;
-        if self.outstanding.len() < MAX_OUTSTANDING {
-            self.outstanding
-                .insert((relid, transaction_id), Outstanding { sections });
-        }
+        // Bounded: every outstanding packet holds at least one section.
+        self.outstanding
+            .insert((relid, transaction_id), Outstanding { sections });
         let request = nvsp::SendRndisPacket {
             channel_type: if control {
                 nvsp::channel_type::CONTROL

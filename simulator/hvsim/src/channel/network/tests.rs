@@ -1225,3 +1225,138 @@ fn a_reopened_primary_starts_from_nothing() {
     rig.controller.channel_opened(0, 30);
     assert!(rig.controller.version().is_none());
 }
+
+#[test]
+fn random_guest_bytes_never_panic_the_host() {
+    // A seeded xorshift: reproducible, no dependency.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let types = [
+        nvsp_type::INIT,
+        nvsp_type::SEND_NDIS_CONFIG,
+        nvsp_type::SEND_NDIS_VERSION,
+        nvsp_type::SEND_RECEIVE_BUFFER,
+        nvsp_type::SEND_SEND_BUFFER,
+        nvsp_type::REVOKE_RECEIVE_BUFFER,
+        nvsp_type::REVOKE_SEND_BUFFER,
+        nvsp_type::SEND_RNDIS_PACKET,
+        nvsp_type::SUBCHANNEL,
+        nvsp_type::SWITCH_DATA_PATH,
+        nvsp_type::SEND_INDIRECTION_TABLE,
+    ];
+    let mut rig = rig();
+    rig.up();
+    for round in 0..3000u64 {
+        let pick = next();
+        // Random RNDIS bytes in a send-buffer section, sometimes a valid
+        // header in front so the parser gets further.
+        let mut rndis_bytes: Vec<u8> = (0..(pick % 200) as usize).map(|_| next() as u8).collect();
+        if pick & 1 == 0 && rndis_bytes.len() >= 8 {
+            let kind = [1u32, 2, 4, 5, 6, 8, 3, 7][(pick >> 8) as usize % 8];
+            rndis_bytes[..4].copy_from_slice(&kind.to_le_bytes());
+            let len = (rndis_bytes.len() as u32).min((pick >> 16) as u32 % 256);
+            rndis_bytes[4..8].copy_from_slice(&len.to_le_bytes());
+        }
+        rig.memory
+            .write(
+                SEND_PAGES.start * PAGE + (pick >> 20) % 4 * 6144,
+                &rndis_bytes,
+            )
+            .unwrap();
+        let message_type = types[(pick >> 24) as usize % types.len()];
+        let mut payload: Vec<u8> = (0..16).map(|_| next() as u8).collect();
+        if message_type == nvsp_type::SEND_RNDIS_PACKET && pick & 2 == 0 {
+            payload[4..8].copy_from_slice(&(((pick >> 20) % 5) as u32).to_le_bytes());
+            payload[8..12].copy_from_slice(&(rndis_bytes.len() as u32).to_le_bytes());
+        }
+        let id = rig.next_id;
+        rig.next_id += 1;
+        let bytes = Rig::nvsp(message_type, &payload);
+        let _ = rig.channels[0]
+            .writer
+            .write_in_band(id, pick & 4 == 0, &bytes);
+        if pick % 7 == 0 {
+            let _ = rig.channels[0].writer.write_completion(
+                next() % 64,
+                &Rig::nvsp(nvsp_type::SEND_RNDIS_PACKET_COMPLETE, &[1, 0, 0, 0]),
+            );
+        }
+        if pick % 11 == 0 {
+            rig.net
+                .push_to_guest(&frame_to_guest(60 + (pick % 1400) as usize, round as u8));
+        }
+        rig.step();
+        // The guest keeps reading (and completing what it received).
+        for seen in rig.host_sent(0) {
+            if let FromHost::Receive { transaction_id, .. } = seen {
+                if pick % 3 != 0 {
+                    rig.complete_receive(0, transaction_id);
+                }
+            }
+        }
+    }
+    let stats = rig.controller.stats;
+    assert!(stats.rule_violations > 100, "{stats:?}");
+    assert!(stats.nvsp_messages > 2000, "{stats:?}");
+    assert!(rig.channels[0].endpoint.broken.is_none());
+}
+
+/// The host's own cost per frame, both ways, with a guest that completes
+/// at once (run with `--ignored --nocapture`, in release for numbers).
+#[test]
+#[ignore]
+fn throughput_of_the_host_alone() {
+    extern crate std;
+    const FRAMES: u64 = 200_000;
+    let mut rig = rig();
+    rig.up();
+    // Receive: the generator's 1514-byte frames up, completed by the guest.
+    assert!(rig.net.generate(&frame_to_guest(1514, 7), FRAMES));
+    let start = std::time::Instant::now();
+    let mut received = 0u64;
+    for _ in 0..FRAMES * 4 {
+        rig.step();
+        for (id, frames) in rig.received_frames(0) {
+            received += frames.len() as u64;
+            rig.complete_receive(0, id);
+        }
+        if received == FRAMES {
+            break;
+        }
+    }
+    let rx = start.elapsed();
+    assert_eq!(
+        received,
+        FRAMES,
+        "{:?} {:?}",
+        rig.controller.stats,
+        rig.net.counters()
+    );
+    // Transmit: 1514-byte frames from send-buffer sections, 3 per packet
+    // (as many as fit in 6144 bytes).
+    rig.net.set_guest_frames(GuestFrames::Discard);
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch.extend_from_slice(&packet_message(&frame_to_guest(1514, 1), &[]));
+    }
+    let sends = FRAMES / 3;
+    let start = std::time::Instant::now();
+    for section in 0..sends {
+        let status = rig.send_rndis(0, nvsp::channel_type::DATA, (section % 4) as u32, &batch);
+        assert_eq!(status, nvsp::status::SUCCESS);
+    }
+    let tx = start.elapsed();
+    assert_eq!(rig.net.counters().tx_frames, sends * 3);
+    let rate = |d: core::time::Duration, frames: u64| frames as f64 / d.as_secs_f64();
+    let (rx, tx) = (rate(rx, FRAMES), rate(tx, sends * 3));
+    std::println!(
+        "host + scripted guest, one thread: rx {rx:.0} frames/s ({:.0} MB/s), tx {tx:.0} frames/s ({:.0} MB/s) of 1514 bytes",
+        rx * 1514.0 / 1e6,
+        tx * 1514.0 / 1e6
+    );
+}
