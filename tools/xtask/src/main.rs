@@ -25,6 +25,9 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+// `bench-net --driver`: the NIC driver alone (the rest of `bench-net` is
+// the end-to-end benchmark).
+mod bench_driver;
 mod check;
 mod disk;
 mod fuzz;
@@ -55,6 +58,9 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match command.as_str() {
         "setup" => setup::run(rest),
+        "bench-net" if rest.first().is_some_and(|a| a == "--driver") => {
+            bench_driver::run(&rest[1..])
+        }
         "check" => check::run(rest),
         "fuzz" => fuzz::run(rest),
         "test" => test::run(rest),
