@@ -192,10 +192,14 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
     )
 }
 
-/// `--disk` without a storage device among the devices: one is added.
+/// `--disk` without a storage device among the devices: one is added;
+/// so is a NIC for `--net` without one.
 fn add_storage_for_disks(config: &mut ServerConfig, options: &Options) {
     if !options.disks.is_empty() {
         hvsim::script::add_storage_for_disk(config);
+    }
+    if options.net.is_some() {
+        hvsim::script::add_network(config);
     }
 }
 
@@ -226,12 +230,29 @@ struct Machine<M: hv_interface::GuestMemory> {
     /// Open relids whose IC negotiation was reported.
     seen_negotiated: Vec<u32>,
     script: Option<ScriptRunner>,
-    /// A network no NIC host took (see [`attach_network`]): its I/O still
-    /// runs.
+    /// The `--net` network until the NIC host takes it (its controller
+    /// exists once the NIC is offered: [`Machine::attach_network`]); its
+    /// I/O runs meanwhile.
     network: Option<BoxedNetBackend>,
 }
 
 impl<M: hv_interface::GuestMemory> Machine<M> {
+    /// Hands the `--net` network to the first NIC's host once there is
+    /// one (it keeps it across rescind and re-offer of the same instance).
+    fn attach_network(&mut self) {
+        if self.network.is_none() {
+            return;
+        }
+        if self.sim.net_mut().is_none() {
+            return;
+        }
+        if let Some(backend) = self.network.take() {
+            if self.sim.net_set_backend(backend) {
+                eprintln!("hvsim: net: the NIC host has the network");
+            }
+        }
+    }
+
     fn ic_relid(&self, kind: DeviceKind) -> Option<u32> {
         self.sim.channel_of(kind)
     }
@@ -390,6 +411,7 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.sim.step(now_ns);
+        self.attach_network();
         if let Some(network) = &mut self.network {
             network.poll();
         }
@@ -573,17 +595,6 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
     }
 }
 
-/// Gives the simulated NIC its network; what it returns is a network the
-/// NIC host did not take. The NIC host (`channel::network`) is not in this
-/// build yet: hvsim keeps the network and runs its I/O (the user-space
-/// network accepts, a TAP stays open), and offers no NIC.
-fn attach_network<M: hv_interface::GuestMemory>(
-    _sim: &mut Simulator<M>,
-    network: Option<BoxedNetBackend>,
-) -> Option<BoxedNetBackend> {
-    network
-}
-
 pub fn main() {
     let (socket, config, options) = parse_args();
     // The network first: a TAP that cannot be opened or a port that is
@@ -612,7 +623,6 @@ pub fn main() {
     let script = options.script.clone().map(ScriptRunner::new);
     let mut sim = Simulator::new(memory, config);
     let network_attached = network.is_some();
-    let network = attach_network(&mut sim, network);
     let mut options = options;
     for (spec, disk) in options.disks.drain(..) {
         match sim.storage_attach(Box::new(disk)) {

@@ -306,6 +306,7 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         // outer test kills this process (bounded anyway).
         let mut tap = TapNet::open(netns::TAP).expect("the TAP");
         let mut guest = Guest::new(&mut tap);
+        eprintln!("stand-in guest on the TAP");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut reported = Instant::now();
         while Instant::now() < deadline {
@@ -335,6 +336,8 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the guest inside the namespace");
+    // The guest is on the TAP before the first ping.
+    wait_for_line(&mut inside, "stand-in guest on the TAP");
     let result = std::panic::catch_unwind(|| {
         let ping = namespace
             .command("ping")
@@ -376,4 +379,93 @@ fn tap_network_answers_the_real_ping_and_curl_in_a_namespace() {
         eprintln!("inside the namespace:\n{log}");
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The first stderr line of `child` that contains `needle` (bounded: the
+/// line must come within 10 s).
+fn wait_for_line(child: &mut std::process::Child, needle: &str) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // Kept reading after the wait ends: the child never writes
+            // into a closed pipe.
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match receiver.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    panic!("no line with {needle:?}: {seen:?}");
+}
+
+fn hvsim_command(test: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hvsim"));
+    let socket = std::env::temp_dir().join(format!("hvsim-{test}-{}.sock", std::process::id()));
+    command
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// `hvsim --net user:127.0.0.1:0=7`: the binary says where it listens, and
+/// it does (before any guest connects).
+#[test]
+fn the_binary_listens_where_it_says() {
+    let mut hvsim = hvsim_command("user")
+        .args(["--net", "user:127.0.0.1:0=7"])
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut hvsim, "hvsim: net: user ");
+    let listen = line
+        .split("net: user ")
+        .nth(1)
+        .and_then(|rest| rest.split(" -> ").next())
+        .and_then(|address| address.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(line.ends_with(" -> 10.0.2.15:7"), "{line}");
+    let connected = TcpStream::connect_timeout(&listen, Duration::from_secs(5));
+    let _ = hvsim.kill();
+    let _ = hvsim.wait();
+    connected.unwrap_or_else(|e| panic!("{listen}: {e}"));
+}
+
+/// `hvsim --net tap:IF` inside a namespace attaches to the TAP there: the
+/// kernel reports its carrier once a process holds it.
+#[test]
+fn the_binary_attaches_to_the_tap_of_its_namespace() {
+    let namespace = match netns::Namespace::create() {
+        Ok(namespace) => namespace,
+        Err(reason) => return netns::skip(&reason),
+    };
+    namespace.add_tap(netns::TAP).expect("a TAP");
+    let before = namespace.link_state(netns::TAP).unwrap();
+    assert!(before.contains("NO-CARRIER"), "{before}");
+    let hvsim = hvsim_command("tap");
+    let mut inside = namespace.command(hvsim.get_program());
+    inside
+        .args(hvsim.get_args())
+        .args(["--net", &format!("tap:{}", netns::TAP)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut hvsim = inside.spawn().unwrap();
+    let line = wait_for_line(&mut hvsim, "hvsim: net: tap ");
+    let during = namespace.link_state(netns::TAP).unwrap();
+    let _ = hvsim.kill();
+    let _ = hvsim.wait();
+    assert!(line.contains(netns::TAP), "{line}");
+    assert!(!during.contains("NO-CARRIER"), "{during}");
 }

@@ -44,6 +44,23 @@ pub fn storage(args: &[String]) -> Result {
     }
 }
 
+/// `cargo xtask bench-net [--smoke] [--rounds N] [--mib M] [--round-trips
+/// K]`: TCP through the guest's echo port against Linux loopback, and
+/// round trips (tests/harness/benches/net.rs).
+pub fn net(args: &[String]) -> Result {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["bench", "-p", "ipc-harness", "--bench", "net", "--"])
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo bench: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the network benchmark failed: {status}"))
+    }
+}
+
 fn storage_qemu(args: &[String]) -> Result {
     crate::setup::run_setup()?;
     let given = args

@@ -17,6 +17,8 @@
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
 //! - `cargo xtask bench-storage [--smoke]`: the storage benchmark (hosted:
 //!   the isolated stack against pread/pwrite on the same file)
+//! - `cargo xtask bench-net [--smoke]`: the network benchmark (hosted: TCP
+//!   through the guest's echo port against Linux loopback; round trips)
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -45,7 +47,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|boot-test|soak|hosted|disk|bench-storage|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
         "bench-storage" => bench::storage(rest),
+        "bench-net" => bench::net(rest),
         "disk" => disk::run(rest),
         _ => return usage(),
     };

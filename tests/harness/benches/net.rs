@@ -1,0 +1,119 @@
+//! The network benchmark, hosted (`cargo xtask bench-net`, which runs
+//! `cargo bench -p ipc-harness --bench net`; `--smoke` for a few
+//! iterations). Not a timed test: it prints numbers (docs/network.md has
+//! a run's).
+//!
+//! The whole isolated path: this Linux process -> a loopback TCP
+//! connection -> hvsim's user-space network (a smoltcp gateway at
+//! 10.0.2.2) -> the simulated NIC (NVSP/RNDIS over VMBus rings) -> the
+//! driver process `network` (vsc-netvsc) -> the net interface -> the
+//! client process `web` (net-client, smoltcp) -> its echo port 7 -> and
+//! all the way back (tests/systems/network.toml, release builds). Against
+//! it, in the same run, the same transfer through a Linux echo server on
+//! loopback. The two alternate (guest, loopback, guest, loopback, ...)
+//! over the rounds; each cell is the median over the rounds with the
+//! min-max; the ratio is guest / loopback. Round-trip latency: a 64-byte
+//! TCP ping-pong on one connection, median and p99, the two paths again
+//! alternating in batches.
+
+#[path = "../tests/net_common/mod.rs"]
+mod net_common;
+
+use net_common::*;
+use std::time::Duration;
+
+struct Settings {
+    rounds: usize,
+    bytes: u64,
+    round_trips: usize,
+}
+
+impl Settings {
+    fn parse() -> Settings {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let number = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if args.iter().any(|a| a == "--smoke") {
+            return Settings {
+                rounds: number("--rounds").unwrap_or(1) as usize,
+                bytes: 1 << 20,
+                round_trips: 50,
+            };
+        }
+        Settings {
+            rounds: number("--rounds").unwrap_or(5).clamp(1, 50) as usize,
+            bytes: number("--mib").unwrap_or(32).clamp(1, 1024) << 20,
+            round_trips: number("--round-trips").unwrap_or(2000).clamp(10, 100_000) as usize,
+        }
+    }
+}
+
+fn megabytes_per_second(bytes: u64, time: Duration) -> f64 {
+    bytes as f64 / time.as_secs_f64() / 1e6
+}
+
+fn main() {
+    let settings = Settings::parse();
+    let system = start_user(SYSTEM, &[], true);
+    let ready = wait_for_echo(system.echo, Duration::from_secs(60))
+        .unwrap_or_else(|e| system.harness.fail(&e));
+    println!(
+        "guest echo reachable {} ms after the forward was up",
+        ready.as_millis()
+    );
+    let loopback = loopback_echo_server();
+    // Warm up both paths (ARP, windows, page faults).
+    for address in [system.echo, loopback] {
+        transfer(address, 1 << 20).unwrap_or_else(|e| system.harness.fail(&e));
+    }
+
+    let (mut guest, mut local) = (Vec::new(), Vec::new());
+    for round in 0..settings.rounds {
+        let time = transfer(system.echo, settings.bytes)
+            .unwrap_or_else(|e| system.harness.fail(&format!("round {round}, guest: {e}")));
+        guest.push(megabytes_per_second(settings.bytes, time));
+        let time = transfer(loopback, settings.bytes).expect("loopback transfer");
+        local.push(megabytes_per_second(settings.bytes, time));
+    }
+    let (g, l) = (summarize(&guest), summarize(&local));
+    println!(
+        "TCP echo throughput, {} MiB each way per transfer, {} rounds (MB/s each way, median (min-max)):",
+        settings.bytes >> 20,
+        settings.rounds
+    );
+    println!(
+        "  guest (user network -> netvsc -> web echo): {:.1} ({:.1}-{:.1})",
+        g.median, g.min, g.max
+    );
+    println!(
+        "  Linux loopback echo:                        {:.1} ({:.1}-{:.1})",
+        l.median, l.min, l.max
+    );
+    println!("  ratio guest / loopback: {:.4}", g.median / l.median);
+
+    let batch = (settings.round_trips / 10).max(1);
+    let (mut guest, mut local) = (Vec::new(), Vec::new());
+    while guest.len() < settings.round_trips {
+        for (address, samples) in [(system.echo, &mut guest), (loopback, &mut local)] {
+            let times = round_trips(address, batch, 64)
+                .unwrap_or_else(|e| system.harness.fail(&format!("round trips: {e}")));
+            samples.extend(times.iter().map(|t| t.as_secs_f64() * 1e6));
+        }
+    }
+    let (g, l) = (summarize(&guest), summarize(&local));
+    println!(
+        "TCP round trip, 64 bytes, {} each (us): guest median {:.0} p99 {:.0} (min {:.0}, max {:.0}); loopback median {:.0} p99 {:.0}",
+        guest.len(),
+        g.median,
+        g.p99,
+        g.min,
+        g.max,
+        l.median,
+        l.p99
+    );
+    println!("host: {}", system.harness.host("stats"));
+}
