@@ -95,9 +95,12 @@ const TRANSMIT_STATUS_OK: u8 = 0x01;
 /// Data configuration: word-wide transfers, normal operation (loopback
 /// off), FIFO threshold 8 bytes.
 const DATA_CONFIG_WORDS: u8 = 0x49;
-/// Receive configuration: broadcasts too (ARP); 0x20 monitor mode while
-/// the ring is set up.
+/// Receive configuration: broadcasts too (ARP); multicasts that pass the
+/// hash filter; every frame (promiscuous); 0x20 monitor mode while the
+/// ring is set up.
 const RECEIVE_BROADCAST: u8 = 0x04;
+const RECEIVE_MULTICAST: u8 = 0x08;
+const RECEIVE_PROMISCUOUS: u8 = 0x10;
 const RECEIVE_MONITOR: u8 = 0x20;
 /// Transmit configuration: internal loopback while set up; normal.
 const TRANSMIT_LOOPBACK: u8 = 0x02;
@@ -268,6 +271,30 @@ impl<P: Ne2000Ports> Ne2000<P> {
             reg::INTERRUPT_MASK,
             isr::RECEIVED | isr::RECEIVE_ERROR | isr::OVERWRITE,
         );
+    }
+
+    /// Take every frame on the wire, whatever its destination (and every
+    /// multicast): the simulated host bridges its synthetic NIC, whose
+    /// address is not the NE2000's, onto this network.
+    pub fn set_promiscuous(&mut self, on: bool) {
+        self.ports.write_register(
+            reg::COMMAND,
+            command::PAGE1 | command::START | command::NO_DMA,
+        );
+        for index in 0..8 {
+            self.ports
+                .write_register(reg::MULTICAST + index, if on { 0xFF } else { 0 });
+        }
+        self.ports.write_register(
+            reg::COMMAND,
+            command::PAGE0 | command::START | command::NO_DMA,
+        );
+        let config = if on {
+            RECEIVE_BROADCAST | RECEIVE_MULTICAST | RECEIVE_PROMISCUOUS
+        } else {
+            RECEIVE_BROADCAST
+        };
+        self.ports.write_register(reg::RECEIVE_CONFIG, config);
     }
 
     pub fn mac(&self) -> [u8; 6] {

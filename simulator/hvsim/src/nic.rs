@@ -41,8 +41,12 @@ impl Ne2000Ports for NicPorts {
 
 pub type Nic = Ne2000<NicPorts>;
 
-/// QEMU user networking's addresses: the guest's and the gateway's.
-pub const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
+/// The sender address of the ARP request: none (0.0.0.0, an ARP probe as
+/// RFC 5227 has them). Not the guest's 10.0.2.15: the gateway would
+/// remember the NE2000's hardware address for it, and the guest's own NIC
+/// (which the NE2000 only bridges) has another.
+pub const PROBE_SENDER_IP: [u8; 4] = [0, 0, 0, 0];
+/// QEMU user networking's gateway.
 pub const GATEWAY_IP: [u8; 4] = [10, 0, 2, 2];
 /// How long the gateway may take to answer the ARP request.
 const ARP_WAIT_NS: u64 = 2_000_000_000;
@@ -89,7 +93,7 @@ pub fn attach(env: &mut dyn Env) -> Option<Nic> {
 /// answer: proof that frames go out through the NIC and come back in.
 /// Frames that are not the answer are dropped.
 pub fn arp_check(env: &mut dyn Env, nic: &mut Nic) {
-    let request = arp::request(nic.mac(), GUEST_IP, GATEWAY_IP);
+    let request = arp::request(nic.mac(), PROBE_SENDER_IP, GATEWAY_IP);
     let started = env.now_ns();
     if !nic.send(&request) {
         println!(env, "nic 0: ARP: sending the request failed");
@@ -101,7 +105,7 @@ pub fn arp_check(env: &mut dyn Env, nic: &mut Nic) {
     for _ in 0..10_000_000u32 {
         nic.service();
         while let Some(len) = nic.receive(&mut buf) {
-            if let Some(mac) = arp::reply_about(&buf[..len], GATEWAY_IP, GUEST_IP) {
+            if let Some(mac) = arp::reply_about(&buf[..len], GATEWAY_IP, PROBE_SENDER_IP) {
                 let waited_us = (env.now_ns() - started) / 1000;
                 println!(
                     env,

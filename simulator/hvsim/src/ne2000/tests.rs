@@ -116,7 +116,11 @@ impl Model {
             return false;
         }
         let broadcast = frame[..6] == [0xFF; 6];
-        if !(broadcast && self.receive_config & 0x04 != 0) && frame[..6] != self.physical {
+        let promiscuous = self.receive_config & RECEIVE_PROMISCUOUS != 0;
+        if !promiscuous
+            && !(broadcast && self.receive_config & 0x04 != 0)
+            && frame[..6] != self.physical
+        {
             self.dropped += 1;
             return false;
         }
@@ -645,4 +649,25 @@ fn as_the_nic_hosts_backend() {
     assert_eq!(NetBackend::receive(&mut backend, &mut buf), Some(400));
     assert_eq!(&buf[..400], &incoming[..]);
     assert!(!NetBackend::poll(&mut backend));
+}
+
+#[test]
+fn promiscuous_mode_takes_other_stations_frames() {
+    let mut model = started();
+    let mut nic = attach(&mut model);
+    // The synthetic NIC's address, which the NE2000 bridges.
+    let guest = [0x00, 0x15, 0x5d, 0x00, 0x00, 0x01];
+    assert!(!nic.ports.deliver(&frame(guest, 100, 1)));
+    nic.set_promiscuous(true);
+    assert!(nic.ports.deliver(&frame(guest, 100, 2)));
+    assert!(nic.ports.deliver(&frame([0xFF; 6], 100, 3)));
+    assert_eq!(nic.ports.multicast, [0xFF; 8]);
+    assert_eq!(nic.ports.command >> 6, 0, "left on page 0");
+    let mut buf = [0u8; 2048];
+    assert_eq!(nic.receive(&mut buf), Some(100));
+    assert_eq!(&buf[..100], &frame(guest, 100, 2)[..]);
+    assert_eq!(nic.receive(&mut buf), Some(100));
+    nic.set_promiscuous(false);
+    assert!(!nic.ports.deliver(&frame(guest, 100, 4)));
+    assert!(nic.ports.deliver(&frame(MAC, 100, 5)));
 }
