@@ -49,9 +49,10 @@ fn the_bus_negotiates_5_3_and_every_offered_device_with_a_driver_opens() {
     // The printed view: a row per device with its class, instance, relid,
     // driver, state, versions and restarts (rows are printed again as the
     // drivers report their versions: wait for the complete ones).
-    // Six rows: the unknown device is listed too, offered and undriven,
-    // and so is the storage driver, which has no device here.
-    harness.expect_output("[vmbus] VMBus 5.3, 6 devices", after);
+    // Seven rows: the unknown device is listed too, offered and undriven,
+    // and so are the storage and network drivers, which have no device
+    // here.
+    harness.expect_output("[vmbus] VMBus 5.3, 7 devices", after);
     harness.expect_output(
         "[vmbus]  relid class      instance                              driver     state     framework msg  restarts",
         after,

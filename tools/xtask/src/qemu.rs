@@ -137,25 +137,25 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// The capability audit's negative tests: the VMBus system with a root
 /// task built to grant one thing the description does not
 /// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
-/// a free IO-port slot of the last PD (`storage` in system.toml), the first page of the
-/// first region mapped writable at 0x3000_0000 in `storage`, or the
+/// a free IO-port slot of the last PD (`network` in system.toml), the first page of the
+/// first region mapped writable at 0x3000_0000 in `network`, or the
 /// console's COM1 range one port longer, the first notify channel's cap
-/// pointed at its own PD's notification, `storage`'s monitor cap badged as
-/// PD 0, or `storage`'s fault cap with the read right (it could receive on
+/// pointed at its own PD's notification, `network`'s monitor cap badged as
+/// PD 0, or `network`'s fault cap with the read right (it could receive on
 /// the monitor's endpoint). The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "extra-cap",
         &[
-            "[monitor] capability audit: storage: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: network: extra cap in slot 147: IO ports of another range",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
     (
         "extra-frame",
         &[
-            "[monitor] capability audit: storage: extra frame at 0x30000000 (rw, physical",
+            "[monitor] capability audit: network: extra frame at 0x30000000 (rw, physical",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
@@ -176,14 +176,14 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "wrong-badge",
         &[
-            "[monitor] capability audit: storage: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: network: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
     (
         "readable-monitor",
         &[
-            "[monitor] capability audit: storage: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: network: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
