@@ -23,6 +23,8 @@ const HTTP_TX: usize = 16384;
 const REQUEST_MAX: usize = 1024;
 /// The most bytes chargen sends for one request.
 pub const CHARGEN_MAX: u64 = 1 << 32;
+/// How often an idle connection asks its peer for an ACK.
+const KEEP_ALIVE: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(1);
 /// Bytes moved per socket per round (bounds a round's work).
 const CHUNK: usize = 4096;
 
@@ -69,6 +71,10 @@ fn socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     // back by Nagle would wait for the next event.
     socket.set_ack_delay(None);
     socket.set_nagle_enabled(false);
+    // smoltcp does not probe a zero window: a window update lost (a NIC
+    // driver restart drops what is in flight) would stall a sender for
+    // good. A keep-alive makes the peer repeat its window.
+    socket.set_keep_alive(Some(KEEP_ALIVE));
     socket
 }
 

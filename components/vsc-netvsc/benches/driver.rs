@@ -181,7 +181,7 @@ fn main() {
         "netvsc driver alone against hvsim's NIC host, one thread, {} rounds of {} frames (stack / memcpy interleaved)",
         args.rounds, args.frames
     );
-    println!("| test | stack | memcpy | stack / memcpy | interrupts / frame | signals / frame |");
+    println!("| test | driver (with the host) | memcpy | driver / memcpy | interrupts / frame | signals / frame |");
     println!("|---|---|---|---|---|---|");
     let tests: [(&str, usize, bool); 4] = [
         ("receive, 64 B", 64, true),

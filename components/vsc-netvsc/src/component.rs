@@ -68,6 +68,10 @@ const CONFIG: Config = Config {
     request_timeout_ns: REQUEST_TIMEOUT_NS,
     keepalive_ns: 10_000_000_000,
 };
+/// Outputs kept free before a host packet is read (a receive queues one
+/// completion; its RNDIS answers may queue a control message and its
+/// completion).
+const OUTPUT_RESERVE: usize = 8;
 /// Bytes of the private copy of one host packet.
 const PACKET_BYTES: usize = 8192;
 /// Rounds of pumping per notification (each moves at least one thing).
@@ -238,9 +242,19 @@ impl Component for Network {
                 waiting: None,
             })
         });
+        // Frames go GPA-direct only from a host-visible data region; else
+        // every frame is copied into a section.
+        let mut config = CONFIG;
+        if client.as_ref().is_some_and(|c| c.data.is_none()) {
+            println!(
+                env,
+                "the client's data region is not host visible: every frame is copied"
+            );
+            config.copy_break = u32::MAX;
+        }
         let mut driver = Network {
             lanes: [const { Lane::new() }; CHANNELS],
-            initiator: Initiator::new(CONFIG),
+            initiator: Initiator::new(config),
             receive: HostBuffer {
                 region: env.region(regions::BUFFER0),
                 shared: None,
@@ -427,7 +441,13 @@ impl Network {
                 self.lanes[sub].channel = None;
             }
             if let Some(client) = self.client.as_mut() {
+                // The client sees the link down and the device gone now
+                // (it keeps its buffers until the next generation).
+                client.server.set_link(false);
                 client.server.withdraw();
+                if let Some(grant) = net_clients::CLIENTS.first() {
+                    env.notify(grant.notify);
+                }
             }
             self.handle_events(env);
         } else {
@@ -518,6 +538,21 @@ impl Network {
 
     fn drain(&mut self, env: &mut dyn Env, lane: usize) {
         for _ in 0..PUMP_ROUNDS {
+            if self.initiator.output_room() < OUTPUT_RESERVE {
+                // Every receive queues a completion: send what is queued
+                // first, or stop reading until the out ring has room (the
+                // host signals when it has read).
+                let mut signal = [false; CHANNELS];
+                self.send_outputs(env, &mut signal);
+                for (lane, wanted) in signal.into_iter().enumerate() {
+                    if wanted {
+                        self.signal_host(env, lane);
+                    }
+                }
+                if self.initiator.output_room() < OUTPUT_RESERVE {
+                    return;
+                }
+            }
             // Disjoint borrows: the ring copies into `packet` while the
             // initiator reaches the buffers and the client.
             let Network {
@@ -912,5 +947,18 @@ impl Network {
             Ok(synic::Reply::Done) | Ok(synic::Reply::ChannelClosed) => {}
             other => println!(env, "SignalHost failed: {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `init` builds the state on the stack before the runtime moves it:
+    /// the description's `stack_pages` must hold it with room to spare
+    /// (tests/systems/network.toml gives 32 pages).
+    #[test]
+    fn the_state_fits_the_stack_it_is_built_on() {
+        let bytes = core::mem::size_of::<super::Network>();
+        std::println!("Network: {bytes} bytes");
+        assert!(bytes < 96 * 1024, "{bytes} bytes");
     }
 }

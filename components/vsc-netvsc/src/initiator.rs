@@ -251,6 +251,9 @@ pub struct Stats {
     pub keepalives: u64,
     pub resets: u64,
     pub timeouts: u64,
+    /// Receive completions that found the output queue full (never, while
+    /// the component keeps [`Initiator::output_room`]).
+    pub completions_lost: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -562,6 +565,14 @@ impl Initiator {
     /// The next thing to put on a ring (stays until [`Initiator::pop_sent`]).
     pub fn front(&self) -> Option<&Output> {
         self.outputs.front()
+    }
+
+    /// Outputs that may still be queued before the queue is full: the
+    /// component sends what is queued before reading more host packets
+    /// when this runs low (every receive queues a completion, and a lost
+    /// completion would keep the host's receive space for good).
+    pub fn output_room(&self) -> usize {
+        self.outputs.capacity() - self.outputs.len()
     }
 
     /// The front output is on its ring.
@@ -1357,9 +1368,9 @@ impl Initiator {
             transaction_id,
             message,
         }) {
-            // Cannot happen while the queue is sized for every slot plus
-            // the start's messages; counted if it does.
-            self.stats.refused += 1;
+            // The component keeps room (`output_room`) before it reads a
+            // host packet; counted if that ever fails.
+            self.stats.completions_lost += 1;
         }
     }
 
@@ -1570,7 +1581,9 @@ impl Initiator {
         if tx.len < ETHERNET_HEADER || tx.len > self.device.mtu + ETHERNET_HEADER {
             return Err(TxRefused::BadLength);
         }
-        if self.tx_in_flight >= MAX_TX || self.free_slots.is_empty() {
+        // Room for the frame's output and for the completions of what the
+        // host may send meanwhile.
+        if self.tx_in_flight >= MAX_TX || self.free_slots.is_empty() || self.output_room() < 16 {
             return Err(TxRefused::Busy);
         }
         let checksum = if tx.checksum_offload && self.device.checksum_offload {

@@ -1239,3 +1239,48 @@ fn a_lost_channel_gives_every_frame_back() {
     host.run(&mut init, &mut mem);
     assert!(init.is_running());
 }
+
+#[test]
+fn receives_never_overflow_the_output_queue_silently() {
+    let mut mem = Memory::new();
+    let mut host = Host::new();
+    let (mut init, _) = started(config(), &mut host, &mut mem);
+    let packet = data_packet(&frame(60, 1), &[]);
+    mem.receive[..packet.len()].copy_from_slice(&packet);
+    let send = nvsp::SendRndisPacket::default();
+    let payload = nvsp_message(nvsp_type::SEND_RNDIS_PACKET, send.as_bytes());
+    let room = init.output_room();
+    let completed_before = host.completions.len();
+    // The component reads no more host packets once the room is low; the
+    // initiator refuses frames before that and counts what it could not
+    // queue.
+    for id in 0..room as u64 {
+        init.on_receive(
+            0,
+            id,
+            &payload,
+            [(0u32, packet.len() as u32)].into_iter(),
+            &mut mem,
+        );
+        if init.output_room() < 16 {
+            mem.frames.insert(1, frame(60, 1));
+            assert_eq!(
+                init.transmit(tx(1, 60, false), &mut mem),
+                Err(TxRefused::Busy)
+            );
+        }
+    }
+    assert_eq!(init.output_room(), 0);
+    assert_eq!(init.stats.completions_lost, 0);
+    init.on_receive(
+        0,
+        9999,
+        &payload,
+        [(0u32, packet.len() as u32)].into_iter(),
+        &mut mem,
+    );
+    assert_eq!(init.stats.completions_lost, 1);
+    host.run(&mut init, &mut mem);
+    assert_eq!(host.completions.len() - completed_before, room);
+    assert_eq!(mem.delivered.len(), room + 1);
+}

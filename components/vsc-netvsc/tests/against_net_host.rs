@@ -127,7 +127,10 @@ fn frames_go_both_ways_byte_for_byte() {
 
 /// An IPv4/TCP frame with its checksums zero.
 fn tcp_frame(to: [u8; 6]) -> Vec<u8> {
-    let payload = 100;
+    tcp_frame_of(to, 100)
+}
+
+fn tcp_frame_of(to: [u8; 6], payload: usize) -> Vec<u8> {
     let mut frame = vec![0u8; 14 + 20 + 20 + payload];
     frame[..6].copy_from_slice(&to);
     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x15]);
@@ -163,20 +166,30 @@ fn ones_complement(bytes: &[u8], initial: u32) -> u16 {
 fn checksum_offload_is_asked_for_and_filled_by_the_host() {
     let mut rig = started(host(), config());
     let peer = [0x02, 0, 0, 0, 0, 0x15];
-    let frame = tcp_frame(peer);
-    rig.put_frame(0, &frame);
-    rig.transmit(0, true).unwrap();
-    rig.run();
-    let out = rig.net.take_sent().unwrap();
-    assert_eq!(rig.controller.stats.tx_checksums_filled, 1);
-    // The IP header sums to 0xffff, and so does the TCP segment with its
-    // pseudo-header.
-    assert_eq!(ones_complement(&out[14..34], 0), 0xffff);
-    let segment = &out[34..];
-    // Source 10.0.2.15, destination 10.0.2.2, protocol 6, TCP length.
-    let pseudo = 0x0a00 + 0x020f + 0x0a00 + 0x0202 + 6 + segment.len() as u32;
-    assert_eq!(ones_complement(segment, pseudo), 0xffff);
-    assert_eq!(&out[54..], &frame[54..], "the payload is untouched");
+    // Copied into a section (short) and sent GPA-direct (long).
+    for (token, payload) in [(0u32, 100usize), (1, 1400)] {
+        let mut frame = tcp_frame_of(peer, payload);
+        for (i, byte) in frame[54..].iter_mut().enumerate() {
+            *byte = i as u8;
+        }
+        rig.put_frame(token, &frame);
+        rig.transmit(token, true).unwrap();
+        rig.run();
+        let out = rig.net.take_sent().unwrap();
+        assert_eq!(
+            rig.controller.stats.tx_checksums_filled,
+            u64::from(token) + 1
+        );
+        // The IP header sums to 0xffff, and so does the TCP segment with
+        // its pseudo-header.
+        assert_eq!(ones_complement(&out[14..34], 0), 0xffff);
+        let segment = &out[34..];
+        // Source 10.0.2.15, destination 10.0.2.2, protocol 6, TCP length.
+        let pseudo = 0x0a00 + 0x020f + 0x0a00 + 0x0202 + 6 + segment.len() as u32;
+        assert_eq!(ones_complement(segment, pseudo), 0xffff, "{payload} bytes");
+        assert_eq!(&out[54..], &frame[54..], "the payload is untouched");
+    }
+    assert_eq!(rig.controller.stats.tx_gpa_direct, 1);
 }
 
 #[test]
@@ -335,4 +348,33 @@ fn hostile_completions_and_messages_are_refused() {
     }
     rig.run();
     assert_eq!(rig.initiator.tx_in_flight(), 2);
+}
+
+/// IPv4/TCP frames of many flows: the host's RSS spreads them over the
+/// channels; each receive is completed on the channel it came on (the
+/// host's sections all come back, no rule broken).
+#[test]
+fn rss_spreads_receives_over_the_sub_channels() {
+    let mut rig = started(host(), config());
+    let mac = rig.device().unwrap().mac;
+    for port in 0..64u16 {
+        let mut frame = tcp_frame(mac);
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x15]);
+        frame[34..36].copy_from_slice(&(1000 + port).to_be_bytes());
+        frame[36..38].copy_from_slice(&80u16.to_be_bytes());
+        assert!(rig.net.push_to_guest(&frame));
+    }
+    rig.run();
+    assert_eq!(rig.mem.delivered.len(), 64);
+    let mut lanes: Vec<u8> = rig.mem.delivered.iter().map(|(lane, _, _)| *lane).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    assert!(lanes.len() >= 2, "all on {lanes:?}");
+    assert_eq!(rig.controller.sections_in_use(), 0);
+    assert!(
+        rig.controller.violations.is_empty(),
+        "{:?}",
+        rig.controller.violations
+    );
+    assert!(rig.controller.stats.rx_hashed >= 64);
 }

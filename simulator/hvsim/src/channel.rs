@@ -282,7 +282,9 @@ pub struct ChannelEndpoint {
     /// A storage or network channel's packets of the last step: the
     /// server hands them to the device's controller (`channel/storage.rs`,
     /// `channel/network.rs`), which spans the primary and its sub-channels.
-    pub device_inbox: Vec<ReceivedPacket>,
+    /// (Named for the first device that used it; the storvsc tests outside
+    /// hvsim reach it by this name.)
+    pub storage_inbox: Vec<ReceivedPacket>,
     now_ns: u64,
 }
 
@@ -329,7 +331,7 @@ impl ChannelEndpoint {
             gpadls: ChannelGpadls::default(),
             receive_buffer: None,
             datapath: datapath::DataPathHost::default(),
-            device_inbox: Vec::new(),
+            storage_inbox: Vec::new(),
             now_ns,
         };
         // The host starts from the indices the guest left in the control
@@ -1017,7 +1019,7 @@ impl ChannelEndpoint {
             return self.datapath_packet(memory, packet);
         }
         if matches!(self.kind, DeviceKind::Storage | DeviceKind::Network) {
-            self.device_inbox.push(packet);
+            self.storage_inbox.push(packet);
             return false;
         }
         if !self.kind.is_ic() {

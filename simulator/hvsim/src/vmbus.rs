@@ -937,7 +937,7 @@ impl Server {
             let event = endpoint.step(&host.memory, signals, now_ns);
             let mut signal = event == ChannelEvent::SignalGuest;
             if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
-                let packets = core::mem::take(&mut endpoint.device_inbox);
+                let packets = core::mem::take(&mut endpoint.storage_inbox);
                 if controller.serve(
                     endpoint,
                     &host.memory,
@@ -954,7 +954,7 @@ impl Server {
                 }
             }
             if let Some(controller) = self.network.get_mut(&channel.device.instance) {
-                let packets = core::mem::take(&mut endpoint.device_inbox);
+                let packets = core::mem::take(&mut endpoint.storage_inbox);
                 if controller.serve(
                     endpoint,
                     &host.memory,

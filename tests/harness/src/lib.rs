@@ -68,8 +68,17 @@ fn ensure_built(description: &Path, packages: &[String], release: bool) -> Resul
 /// relative to the workspace root), building it if needed: for a test that
 /// starts a program itself, or names it as the host.
 pub fn built_binary(description: &str, package: &str) -> Result<PathBuf, String> {
+    built_binary_with(description, package, false)
+}
+
+/// [`built_binary`], optimised when `release` (benchmarks).
+pub fn built_binary_with(
+    description: &str,
+    package: &str,
+    release: bool,
+) -> Result<PathBuf, String> {
     let description = workspace_root().join(description);
-    let dir = ensure_built(&description, &[package.to_string()], false)?;
+    let dir = ensure_built(&description, &[package.to_string()], release)?;
     Ok(dir.join(package))
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 /// vmbus holds a driver after 3 faults within 10 s: kills this far apart
 /// never trip it.
 const CYCLE: Duration = Duration::from_millis(5200);
+/// The longest a TCP transfer may stall across a driver restart.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
 /// The guest's status page names its address.
 const PAGE_MARK: &str = "10.0.2.15/24";
 
@@ -56,6 +58,7 @@ fn curl(mut command: Command, url: &str) -> Result<String, String> {
 
 #[test]
 fn the_real_curl_fetches_the_status_page_over_the_user_network() {
+    let _serial = one_at_a_time();
     let system = start_user(SYSTEM, &[], false);
     let harness = &system.harness;
     harness.expect_output("web: link up", 0);
@@ -76,47 +79,172 @@ fn the_real_curl_fetches_the_status_page_over_the_user_network() {
 }
 
 #[test]
-fn ping_and_curl_reach_the_guest_through_a_tap_in_a_namespace() {
-    let namespace = match netns::Namespace::create() {
-        Ok(namespace) => namespace,
+fn the_real_ping_reaches_the_guest_through_a_tap_in_a_namespace() {
+    let _serial = one_at_a_time();
+    let tap = match start_tap_system("net-ping") {
+        Ok(tap) => tap,
         Err(reason) => return netns::skip(&reason),
     };
-    namespace
-        .add_tap(netns::TAP)
-        .expect("a TAP in the namespace");
-    let folder = linux_tools::Scratch::new("net-tap");
-    let harness = start_tap(SYSTEM, &namespace, &folder.0, &[]);
-    harness.expect_output("hvsim: net: tap ", 0);
-    harness.expect_output("web: link up", 0);
     // The guest answers once its stack is up: the first ping may be early.
-    let started = Instant::now();
-    loop {
-        let ping = namespace
-            .command("ping")
-            .args(["-c", "1", "-W", "1", netns::GUEST])
-            .output()
-            .expect("ping runs (cargo xtask setup installs iputils-ping)");
-        if ping.status.success() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            harness.fail("no ping answered within 20 s");
-        }
+    if wait_for_ping(&tap.namespace, Duration::from_secs(20)).is_none() {
+        tap.harness.fail("no ping answered within 20 s");
     }
-    let ping = namespace
-        .command("ping")
-        .args(["-c", "5", "-i", "0.2", "-W", "2", netns::GUEST])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let text = ping(
+        &tap.namespace,
+        &["-c", "20", "-i", "0.05", "-W", "2"],
+        netns::GUEST,
+    );
     println!("{text}");
-    assert!(text.contains("5 received"), "{text}");
+    assert!(text.contains("20 received"), "{text}");
+    assert_eq!(ping_times(&text).len(), 20);
+}
+
+#[test]
+fn the_real_curl_reaches_the_guest_through_a_tap_in_a_namespace() {
+    let _serial = one_at_a_time();
+    let tap = match start_tap_system("net-curl") {
+        Ok(tap) => tap,
+        Err(reason) => return netns::skip(&reason),
+    };
     let page = curl(
-        namespace.command("curl"),
+        tap.namespace.command("curl"),
         &format!("http://{}/", netns::GUEST),
     )
-    .unwrap_or_else(|e| harness.fail(&e));
+    .unwrap_or_else(|e| tap.harness.fail(&e));
     assert!(page.contains(PAGE_MARK), "{page}");
+}
+
+/// The host pulls the cable and puts it back: the client reports the link
+/// state, a ping while the link is down is not answered but ends (no
+/// hang), and the guest answers again once it is up.
+#[test]
+fn link_down_and_up_reach_the_client_and_nothing_hangs() {
+    let _serial = one_at_a_time();
+    let tap = match start_tap_system("net-link") {
+        Ok(tap) => tap,
+        Err(reason) => return netns::skip(&reason),
+    };
+    let harness = &tap.harness;
+    if wait_for_ping(&tap.namespace, Duration::from_secs(20)).is_none() {
+        harness.fail("no ping answered within 20 s");
+    }
+    let from = harness.system().output().len();
+    assert_eq!(harness.host("net-link down"), "true");
+    let from = harness.expect_output("web: link down", from);
+    let started = Instant::now();
+    let text = ping(
+        &tap.namespace,
+        &["-c", "3", "-i", "0.2", "-W", "1"],
+        netns::GUEST,
+    );
+    assert!(
+        ping_times(&text).is_empty(),
+        "answered with the link down: {text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "ping hung");
+    assert_eq!(harness.host("net-link up"), "true");
+    harness.expect_output("web: link up", from);
+    let back = wait_for_ping(&tap.namespace, Duration::from_secs(20))
+        .unwrap_or_else(|| harness.fail("no answer after the link came up"));
+    println!("link up to the first answer: {back:?}");
+    let report = harness.host("net-report");
+    assert!(report.contains("link up"), "{report}");
+}
+
+/// The host rescinds the NIC and offers it again: the driver lets go of
+/// every channel, the guest is unreachable (a ping ends unanswered, no
+/// hang), and after the re-offer the driver serves again and the guest
+/// answers. With `link_state`, the client must also report the link going
+/// down with the rescind and up after the re-offer.
+fn rescind_and_offer_again(test: &str, link_state: bool) {
+    let tap = match start_tap_system(test) {
+        Ok(tap) => tap,
+        Err(reason) => return netns::skip(&reason),
+    };
+    let harness = &tap.harness;
+    if wait_for_ping(&tap.namespace, Duration::from_secs(20)).is_none() {
+        harness.fail("no ping answered within 20 s");
+    }
+    let from = harness.system().output().len();
+    assert_eq!(harness.host("net-rescind"), "true");
+    let from = harness.expect_output("[vmbus] relid 1 released", from);
+    if link_state {
+        harness.expect_output("web: link down", from);
+    }
+    let text = ping(
+        &tap.namespace,
+        &["-c", "2", "-i", "0.2", "-W", "1"],
+        netns::GUEST,
+    );
+    assert!(
+        ping_times(&text).is_empty(),
+        "answered while rescinded: {text}"
+    );
+    let started = Instant::now();
+    let relid = harness.host("net-offer-again");
+    assert!(relid.starts_with("relid "), "{relid}");
+    let from = harness.expect_output("web: the NIC driver restarted (generation 2)", from);
+    if link_state {
+        harness.expect_output("web: link up", from);
+    }
+    wait_for_ping(&tap.namespace, Duration::from_secs(20))
+        .unwrap_or_else(|| harness.fail("no answer after the re-offer"));
+    println!(
+        "re-offer ({relid}) to the first answer: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn rescind_and_offer_again_and_the_guest_answers_again() {
+    let _serial = one_at_a_time();
+    rescind_and_offer_again("net-rescind", false);
+}
+
+#[test]
+#[ignore = "the driver does not tell the client the link is gone on a rescind (/work/notes/netlinux-findings.md)"]
+fn the_client_sees_the_link_go_and_come_with_a_rescind() {
+    let _serial = one_at_a_time();
+    rescind_and_offer_again("net-rescind-link", true);
+}
+
+/// The driver is killed with SIGKILL in a loop while the namespace pings
+/// the guest every 20 ms: after each restart the guest answers again; the
+/// longest gap between answers is printed and bounded.
+#[test]
+fn the_driver_killed_in_a_loop_while_pinged() {
+    let _serial = one_at_a_time();
+    let tap = match start_tap_system("net-kill-ping") {
+        Ok(tap) => tap,
+        Err(reason) => return netns::skip(&reason),
+    };
+    let harness = &tap.harness;
+    if wait_for_ping(&tap.namespace, Duration::from_secs(20)).is_none() {
+        harness.fail("no ping answered within 20 s");
+    }
+    let cycles = kill_cycles();
+    let deadline = (cycles as u64 * (CYCLE.as_secs() + STALL_LIMIT.as_secs() + 5) + 10) as u32;
+    let watch = PingWatch::start(&tap.namespace, 20, deadline);
+    let mut back_times = Vec::new();
+    for cycle in 1..=cycles {
+        std::thread::sleep(CYCLE);
+        let struck = Instant::now();
+        harness.kill("network");
+        harness.expect_restarts("network", cycle);
+        let back = wait_for_ping(&tap.namespace, STALL_LIMIT).unwrap_or_else(|| {
+            harness.fail(&format!("cycle {cycle}: no answer within {STALL_LIMIT:?}"))
+        });
+        back_times.push(struck.elapsed().max(back));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let answers = watch.stop();
+    let gap = longest_gap(&answers);
+    println!(
+        "{cycles} kill cycles; kill to answered again: {back_times:?}; {} answers, longest gap {gap:.3} s",
+        answers.len()
+    );
+    assert!(answers.len() > 100, "{} answers", answers.len());
+    assert!(gap < STALL_LIMIT.as_secs_f64(), "longest gap {gap} s");
 }
 
 /// Samples `received` every few ms until `done`; the longest time it did
@@ -148,15 +276,17 @@ impl StallWatch {
 
 #[test]
 fn a_long_transfer_survives_the_driver_killed_in_a_loop() {
+    let _serial = one_at_a_time();
     let cycles = kill_cycles();
     let system = start_user(SYSTEM, &[], false);
     let harness = &system.harness;
     harness.expect_output("web: link up", 0);
     wait_for_echo(system.echo, Duration::from_secs(30)).unwrap_or_else(|e| harness.fail(&e));
-    // Open-ended (stopped after the last cycle), each read or write may
-    // wait 30 s at most.
-    let transfer = Transfer::start(system.echo, 8 << 30, Duration::from_secs(30))
-        .unwrap_or_else(|e| harness.fail(&e));
+    // Open-ended (stopped after the last cycle). A stall lasts the
+    // driver's restart plus TCP's retransmission back-off (its timer
+    // doubles while the NIC is gone): each read or write may wait 60 s.
+    let transfer =
+        Transfer::start(system.echo, 8 << 30, STALL_LIMIT).unwrap_or_else(|e| harness.fail(&e));
     let mut watch = StallWatch::new();
     let mut restart_times = Vec::new();
     let watch_for = |watch: &mut StallWatch, limit: Duration, until: &dyn Fn(u64) -> bool| {
@@ -192,16 +322,21 @@ fn a_long_transfer_survives_the_driver_killed_in_a_loop() {
         harness.expect_restarts("network", cycle);
         // Bytes flow again: the same TCP connection, retransmitted by the
         // client's and the gateway's stacks over the restarted driver.
-        if !watch_for(&mut watch, Duration::from_secs(30), &|v| {
-            v > at_kill + (256 << 10)
-        }) {
+        if !watch_for(&mut watch, STALL_LIMIT, &|v| v > at_kill + (256 << 10)) {
             harness.fail(&format!(
-                "cycle {cycle}: the transfer did not resume within 30 s"
+                "cycle {cycle}: the transfer did not resume within {STALL_LIMIT:?}"
             ));
         }
         restart_times.push(struck.elapsed());
+        println!(
+            "cycle {cycle}: {} MiB back at the kill, moving again {:?} after it",
+            at_kill >> 20,
+            struck.elapsed()
+        );
     }
     transfer.stop();
+    let stopped_at = transfer.received.load(Ordering::SeqCst);
+    println!("stopped sending at {} MiB back", stopped_at >> 20);
     let received = transfer.received.clone();
     let (moved, time) = transfer
         .finish()
@@ -215,9 +350,5 @@ fn a_long_transfer_survives_the_driver_killed_in_a_loop() {
     );
     // A stall is bounded by the driver's restart and TCP's retransmission
     // back-off, not by a read timeout.
-    assert!(
-        watch.longest < Duration::from_secs(30),
-        "{:?}",
-        watch.longest
-    );
+    assert!(watch.longest < STALL_LIMIT, "{:?}", watch.longest);
 }

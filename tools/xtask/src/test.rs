@@ -18,7 +18,8 @@
 //! 6. a smoke run of the storage benchmark (`cargo xtask bench-storage
 //!    --smoke`: a few iterations, so it keeps compiling and running; the
 //!    numbers of a smoke run mean nothing) and its guest table in QEMU
-//!    (`--qemu`, about 20 s of QEMU),
+//!    (`--qemu`, about 20 s of QEMU), and of the NIC driver-alone benchmark
+//!    (`cargo xtask bench-net --driver --smoke`, under a second once built),
 //! 7. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
@@ -120,6 +121,17 @@ pub fn run(args: &[String]) -> Result {
     results.push(("storage benchmark in QEMU", guest_bench.is_ok()));
     println!(
         "storage benchmark smoke run: {:.1} s with its build",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let driver_bench = crate::bench_driver::run(&["--smoke".into()]);
+    if let Err(error) = &driver_bench {
+        eprintln!("xtask: {error}");
+    }
+    results.push(("NIC driver benchmark smoke run", driver_bench.is_ok()));
+    println!(
+        "NIC driver benchmark smoke run: {:.1} s with its build",
         started.elapsed().as_secs_f64()
     );
 

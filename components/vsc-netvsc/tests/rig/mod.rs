@@ -88,7 +88,7 @@ impl GuestMemory for FastMemory {
         let mut at = gpa as usize;
         let mut rest = data;
         while !rest.is_empty() {
-            if at % 4 == 0 && rest.len() >= 4 {
+            if at.is_multiple_of(4) && rest.len() >= 4 {
                 let word = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
                 self.words[at / 4].store(word, Ordering::Release);
                 rest = &rest[4..];
@@ -415,7 +415,7 @@ impl Rig {
         let mut moved = false;
         for (index, lane) in self.lanes.iter_mut().enumerate() {
             lane.endpoint.step(self.memory, 1, self.now_ns);
-            let packets = std::mem::take(&mut lane.endpoint.device_inbox);
+            let packets = std::mem::take(&mut lane.endpoint.storage_inbox);
             moved |= !packets.is_empty();
             if self.controller.serve(
                 &mut lane.endpoint,

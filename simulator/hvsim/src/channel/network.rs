@@ -45,7 +45,7 @@ use super::{ChannelEndpoint, ReceivedPacket};
 use crate::data_path;
 use crate::net::{BoxedNetBackend, MemoryNet};
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -105,6 +105,8 @@ const MAX_QUEUED_FRAMES: usize = 512;
 const FRAMES_PER_STEP: usize = 64;
 /// Violations kept for the operator (oldest dropped).
 const VIOLATIONS_KEPT: usize = 32;
+/// Packets of revoked receive buffers remembered at most.
+const MAX_RETIRED: usize = 16 * 1024;
 /// Channels (primary + sub-channels) the per-channel counters cover.
 pub const MAX_CHANNELS: usize = 1 + crate::vmbus::MAX_DEVICE_SUB_CHANNELS as usize;
 
@@ -345,6 +347,9 @@ pub struct NetController {
     /// Per channel index: what waits to go up.
     upward: BTreeMap<u16, VecDeque<Upward>>,
     outstanding: BTreeMap<(u32, u64), Outstanding>,
+    /// Packets that named a receive buffer revoked since (their
+    /// completions are expected, their sections are gone).
+    retired: BTreeSet<(u32, u64)>,
     next_transaction: u64,
     faults: VecDeque<NetFault>,
     withhold_tx: u32,
@@ -387,6 +392,7 @@ impl NetController {
             channels: BTreeMap::new(),
             upward: BTreeMap::new(),
             outstanding: BTreeMap::new(),
+            retired: BTreeSet::new(),
             next_transaction: 1,
             faults: VecDeque::new(),
             withhold_tx: 0,
@@ -471,6 +477,7 @@ impl NetController {
         self.rss = rss::RssState::default();
         self.upward.clear();
         self.outstanding.clear();
+        self.retired.clear();
         self.sub_channels_requested = None;
         self.sub_channels_granted = 0;
         self.send_table_pending = false;
@@ -635,9 +642,7 @@ impl NetController {
         if let Some(receive) = &self.receive {
             if endpoint.gpadls.pages(receive.gpadl_id).is_none() {
                 let id = receive.gpadl_id;
-                self.receive = None;
-                self.outstanding.clear();
-                self.upward.clear();
+                self.drop_receive_buffer();
                 self.violation(format!(
                     "receive buffer GPADL {id:#x} torn down before REVOKE_RECEIVE_BUFFER"
                 ));
@@ -744,11 +749,7 @@ impl NetController {
                     .payload_as::<nvsp::RevokeBuffer>()
                     .map(|r| r.id.get());
                 match (&self.receive, id) {
-                    (Some(receive), Ok(id)) if receive.id == id => {
-                        self.receive = None;
-                        self.outstanding.clear();
-                        self.upward.clear();
-                    }
+                    (Some(receive), Ok(id)) if receive.id == id => self.drop_receive_buffer(),
                     _ => self.violation(format!(
                         "relid {relid}: REVOKE_RECEIVE_BUFFER of a buffer the host does not hold"
                     )),
@@ -1049,6 +1050,20 @@ impl NetController {
         )
     }
 
+    /// The receive buffer goes: what is queued for it is dropped; packets
+    /// the guest still holds may be completed later without blame.
+    fn drop_receive_buffer(&mut self) {
+        self.receive = None;
+        self.upward.clear();
+        let held = core::mem::take(&mut self.outstanding);
+        self.retired.extend(held.into_keys());
+        // A guest that keeps giving and revoking buffers without
+        // completing must not grow this without bound.
+        while self.retired.len() > MAX_RETIRED {
+            self.retired.pop_first();
+        }
+    }
+
     /// The guest completed a transfer-page packet: its sections are free.
     fn guest_completion(
         &mut self,
@@ -1057,6 +1072,10 @@ impl NetController {
         packet: &ReceivedPacket,
     ) {
         let Some(outstanding) = self.outstanding.remove(&(relid, packet.transaction_id)) else {
+            if self.retired.remove(&(relid, packet.transaction_id)) {
+                // Sent into a receive buffer revoked since: nothing to free.
+                return;
+            }
             self.stats.unknown_completions += 1;
             endpoint.stats.unknown_responses += 1;
             self.violation(format!(
@@ -1086,7 +1105,6 @@ impl NetController {
     fn gather<M: GuestMemory>(
         &mut self,
         memory: &M,
-        relid: u32,
         packet: &ReceivedPacket,
         request: &nvsp::SendRndisPacket,
     ) -> Result<Vec<u8>, String> {
@@ -1142,7 +1160,6 @@ impl NetController {
         } else if index == nvsp::NO_SEND_BUFFER_SECTION {
             return Err(String::from("neither a section nor GPA ranges"));
         }
-        let _ = relid;
         Ok(bytes)
     }
 
@@ -1214,7 +1231,7 @@ impl NetController {
             return nvsp::status::FAILURE;
         }
         self.stats.tx_packets += 1;
-        let bytes = match self.gather(memory, relid, packet, &request) {
+        let bytes = match self.gather(memory, packet, &request) {
             Ok(bytes) => bytes,
             Err(why) => {
                 self.violation(format!("relid {relid}: SEND_RNDIS_PACKET: {why}"));

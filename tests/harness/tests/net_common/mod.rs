@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 7;
 
+/// The end-to-end tests run one at a time: each starts a whole system
+/// whose restarts and TCP timers are measured, and two cores shared by
+/// several systems stretch them past any sensible bound.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Byte `index` of every transfer: not periodic at any power of two, so a
 /// lost, repeated or reordered block shows.
 pub fn pattern(index: u64) -> u8 {
@@ -244,7 +252,7 @@ pub fn summarize(samples: &[f64]) -> Summary {
     }
 }
 
-use ipc_harness::{built_binary, Harness};
+use ipc_harness::{built_binary_with, Harness};
 
 /// The test system with the network: synic, vmbus, the NIC driver
 /// `network` (vsc-netvsc) and the TCP/IP client `web` (net-client).
@@ -312,8 +320,9 @@ pub fn start_tap(
     namespace: &netns::Namespace,
     folder: &std::path::Path,
     host_args: &[&str],
+    release: bool,
 ) -> Harness {
-    let hvsim = built_binary(description, "hvsim").expect("hvsim builds");
+    let hvsim = built_binary_with(description, "hvsim", release).expect("hvsim builds");
     let wrapper = folder.join("hvsim-in-namespace");
     std::fs::write(
         &wrapper,
@@ -329,11 +338,124 @@ pub fn start_tap(
     let net = format!("tap:{}", netns::TAP);
     let mut args = vec!["--events", "--devices", "", "--net", &net];
     args.extend_from_slice(host_args);
-    Harness::builder(description)
+    let mut builder = Harness::builder(description)
         .host_program(&wrapper)
-        .host_args(&args)
-        .start()
-        .expect("the system starts")
+        .host_args(&args);
+    if release {
+        builder = builder.release();
+    }
+    builder.start().expect("the system starts")
+}
+
+/// The network system on a TAP in a namespace of the test's own, or the
+/// reason it cannot be (the test prints it and returns).
+pub struct TapSystem {
+    pub harness: Harness,
+    pub namespace: netns::Namespace,
+    _folder: linux_tools::Scratch,
+}
+
+pub fn start_tap_system(test: &str) -> Result<TapSystem, String> {
+    start_tap_system_with(test, false)
+}
+
+/// [`start_tap_system`], with optimised builds when `release`.
+pub fn start_tap_system_with(test: &str, release: bool) -> Result<TapSystem, String> {
+    let namespace = netns::Namespace::create()?;
+    namespace.add_tap(netns::TAP)?;
+    let folder = linux_tools::Scratch::new(test);
+    let harness = start_tap(SYSTEM, &namespace, &folder.0, &[], release);
+    harness.expect_output("hvsim: net: tap ", 0);
+    harness.expect_output("web: link up", 0);
+    Ok(TapSystem {
+        harness,
+        namespace,
+        _folder: folder,
+    })
+}
+
+/// `ping ARGS.. TARGET` inside the namespace; its standard output.
+pub fn ping(namespace: &netns::Namespace, args: &[&str], target: &str) -> String {
+    let output = namespace
+        .command("ping")
+        .args(args)
+        .arg(target)
+        .output()
+        .expect("ping runs (cargo xtask setup installs iputils-ping)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The round-trip times (ms) in ping's output, one per answer.
+pub fn ping_times(output: &str) -> Vec<f64> {
+    output
+        .lines()
+        .filter_map(|line| line.split("time=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|ms| ms.parse().ok())
+        .collect()
+}
+
+/// Waits (bounded) until the guest answers a ping; how long it took.
+pub fn wait_for_ping(namespace: &netns::Namespace, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if !ping_times(&ping(namespace, &["-c", "1", "-W", "1"], netns::GUEST)).is_empty() {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// A `ping -D` running in the background (bounded by its own deadline),
+/// for the gaps between answers while the test breaks things.
+pub struct PingWatch {
+    child: std::process::Child,
+}
+
+impl PingWatch {
+    /// One echo request every `interval_ms`, for at most `deadline_s`.
+    pub fn start(namespace: &netns::Namespace, interval_ms: u32, deadline_s: u32) -> PingWatch {
+        let interval = format!("{:.3}", f64::from(interval_ms) / 1000.0);
+        let deadline = deadline_s.to_string();
+        let child = namespace
+            .command("ping")
+            .args([
+                "-D",
+                "-n",
+                "-i",
+                &interval,
+                "-W",
+                "1",
+                "-w",
+                &deadline,
+                netns::GUEST,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ping runs");
+        PingWatch { child }
+    }
+
+    /// Stops it (SIGINT would print statistics; the answers are what is
+    /// needed) and returns the times (s, ping's -D clock) of the answers.
+    pub fn stop(mut self) -> Vec<f64> {
+        let _ = self.child.kill();
+        let output = self.child.wait_with_output().expect("ping's output");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains("bytes from"))
+            .filter_map(|line| line.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// The longest time between two consecutive answers (s).
+pub fn longest_gap(times: &[f64]) -> f64 {
+    times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]

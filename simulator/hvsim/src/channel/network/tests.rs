@@ -167,7 +167,7 @@ impl Rig {
     fn step(&mut self) {
         for (index, channel) in self.channels.iter_mut().enumerate() {
             channel.endpoint.step(self.memory, 1, 0);
-            let packets = core::mem::take(&mut channel.endpoint.device_inbox);
+            let packets = core::mem::take(&mut channel.endpoint.storage_inbox);
             self.controller.serve(
                 &mut channel.endpoint,
                 self.memory,
@@ -1212,6 +1212,32 @@ fn faults_parse_by_name() {
 }
 
 #[test]
+fn completions_after_a_revoke_are_not_blamed() {
+    let mut rig = rig();
+    rig.up();
+    rig.net.push_to_guest(&frame_to_guest(100, 1));
+    rig.step();
+    let held = rig.received_frames(0);
+    assert_eq!(held.len(), 1);
+    let revoke = nvsp::RevokeBuffer {
+        id: nvsp::RECEIVE_BUFFER_ID.into(),
+    };
+    rig.send(0, nvsp_type::REVOKE_RECEIVE_BUFFER, revoke.as_bytes());
+    assert_eq!(rig.controller.receive_sections(), None);
+    rig.complete_receive(0, held[0].0);
+    assert_eq!(rig.controller.stats.unknown_completions, 0);
+    assert_eq!(rig.controller.stats.rule_violations, 0);
+    // Frames now have nowhere to go.
+    rig.net.push_to_guest(&frame_to_guest(100, 2));
+    rig.step();
+    assert!(rig.host_sent(0).is_empty());
+    assert_eq!(rig.controller.stats.rx_dropped_no_buffer, 1);
+    // Once only: a second completion is one for nothing.
+    rig.complete_receive(0, held[0].0);
+    assert_eq!(rig.controller.stats.unknown_completions, 1);
+}
+
+#[test]
 fn a_reopened_primary_starts_from_nothing() {
     let mut rig = rig();
     rig.up();
@@ -1359,4 +1385,53 @@ fn throughput_of_the_host_alone() {
         rx * 1514.0 / 1e6,
         tx * 1514.0 / 1e6
     );
+}
+
+#[test]
+fn a_header_in_the_send_buffer_and_the_frame_in_guest_pages() {
+    // vsc-netvsc's GPA-direct shape: two ranges, the RNDIS header in a
+    // place of the send buffer, the frame in the client's buffer (here
+    // crossing a page), no section index.
+    let mut rig = rig();
+    rig.up();
+    let frame = frame_to_guest(1514, 42);
+    let mut header = alloc::vec![0u8; 64];
+    let len = rndis::write_packet_header(&mut header, frame.len(), &[]).unwrap();
+    header.truncate(len);
+    let header_gpa = SEND_PAGES.start * PAGE + 3 * u64::from(SEND_SECTION_SIZE) + 128;
+    let frame_gpa = DATA_PAGE * PAGE + 4096 - 700;
+    rig.memory.write(header_gpa, &header).unwrap();
+    rig.memory.write(frame_gpa, &frame).unwrap();
+    let request = nvsp::SendRndisPacket {
+        channel_type: nvsp::channel_type::DATA.into(),
+        send_buffer_section_index: nvsp::NO_SEND_BUFFER_SECTION.into(),
+        send_buffer_section_size: 0.into(),
+    };
+    let payload = Rig::nvsp(nvsp_type::SEND_RNDIS_PACKET, request.as_bytes());
+    let header_pfn = [header_gpa / PAGE];
+    let frame_pfns = [frame_gpa / PAGE, frame_gpa / PAGE + 1];
+    let _ = rig.channels[0]
+        .writer
+        .write_gpa_direct(
+            500,
+            true,
+            &[
+                GpaRange {
+                    byte_offset: (header_gpa % PAGE) as u32,
+                    byte_count: header.len() as u32,
+                    pfns: &header_pfn,
+                },
+                GpaRange {
+                    byte_offset: (frame_gpa % PAGE) as u32,
+                    byte_count: frame.len() as u32,
+                    pfns: &frame_pfns,
+                },
+            ],
+            &payload,
+        )
+        .unwrap();
+    rig.step();
+    assert_eq!(le32(&rig.completion(0, 500).1, 0), nvsp::status::SUCCESS);
+    assert_eq!(rig.net.take_sent().unwrap(), frame);
+    assert_eq!(rig.controller.stats.rule_violations, 0);
 }

@@ -182,7 +182,7 @@ impl Rig {
 
     fn step(&mut self) {
         self.endpoint.step(self.memory, 1, self.now_ns);
-        let packets = core::mem::take(&mut self.endpoint.device_inbox);
+        let packets = core::mem::take(&mut self.endpoint.storage_inbox);
         self.controller.serve(
             &mut self.endpoint,
             self.memory,
