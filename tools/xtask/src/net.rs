@@ -96,30 +96,50 @@ pub struct NetBootTest {
     pub pages: &'static [(&'static str, &'static [&'static str])],
 }
 
-pub const BOOT_TESTS: &[NetBootTest] = &[NetBootTest {
-    name: "status page with curl",
-    system: "system.toml",
-    host_script: Some("tests/systems/network-qemu.hvsim"),
-    expect: "tests/systems/network-qemu.expect",
-    ready: "[web] web: link up",
-    pages: &[
-        (
+pub const BOOT_TESTS: &[NetBootTest] = &[
+    NetBootTest {
+        name: "status page with curl",
+        system: "system.toml",
+        host_script: Some("tests/systems/network-qemu.hvsim"),
+        expect: "tests/systems/network-qemu.expect",
+        ready: "[web] web: link up",
+        pages: &[
+            (
+                "/",
+                &[
+                    "seL4 Hyper-V guest: net-client (web)",
+                    "address   10.0.2.15/24 gateway 10.0.2.2 (static)",
+                    "link up",
+                    "served by network (generation 1",
+                    "48565349-4d00-0000-0000-000000000005  network    open",
+                    "     6 nic        48565349-4d00-0000-0000-000000000005   sub 1     open",
+                    "     7 nic        48565349-4d00-0000-0000-000000000005   sub 2     open",
+                    "link_up 1",
+                ],
+            ),
+            // One page: a second connection is sometimes not answered yet
+            // (docs/network.md, "Running it in QEMU").
+        ],
+    },
+    NetBootTest {
+        name: "status page with curl after the driver was killed",
+        system: "system.toml",
+        host_script: Some("tests/systems/network-restart-qemu.hvsim"),
+        expect: "tests/systems/network-restart-qemu.expect",
+        ready: "[web] web: the NIC driver restarted (generation 2)",
+        pages: &[(
             "/",
             &[
                 "seL4 Hyper-V guest: net-client (web)",
                 "address   10.0.2.15/24 gateway 10.0.2.2 (static)",
-                "link up",
-                "served by network (generation 1",
+                "served by network (generation 2, 1 driver restarts seen)",
                 "48565349-4d00-0000-0000-000000000005  network    open",
-                "     6 nic        48565349-4d00-0000-0000-000000000005   sub 1     open",
-                "     7 nic        48565349-4d00-0000-0000-000000000005   sub 2     open",
+                "client_restarts 1",
                 "link_up 1",
             ],
-        ),
-        // One page: a second connection is sometimes not answered yet
-        // (docs/network.md, "Running it in QEMU").
-    ],
-}];
+        )],
+    },
+];
 
 /// How long a page may take, retries included.
 const PAGE_TIME: Duration = Duration::from_secs(20);
