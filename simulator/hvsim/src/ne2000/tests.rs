@@ -117,10 +117,10 @@ impl Model {
         }
         let broadcast = frame[..6] == [0xFF; 6];
         let promiscuous = self.receive_config & RECEIVE_PROMISCUOUS != 0;
-        if !promiscuous
-            && !(broadcast && self.receive_config & 0x04 != 0)
-            && frame[..6] != self.physical
-        {
+        let accepted = promiscuous
+            || (broadcast && self.receive_config & 0x04 != 0)
+            || frame[..6] == self.physical;
+        if !accepted {
             self.dropped += 1;
             return false;
         }
