@@ -275,7 +275,6 @@ impl StallWatch {
 }
 
 #[test]
-#[ignore = "bulk TCP over the user-space network stalls near its end (/work/notes/netlinux-findings.md)"]
 fn a_long_transfer_survives_the_driver_killed_in_a_loop() {
     let _serial = one_at_a_time();
     let cycles = kill_cycles();
