@@ -517,7 +517,7 @@ fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
     rig.connect();
     rig.env.notified.clear();
     rig.offer(1, class::HEARTBEAT, instance(1));
-    rig.offer(9, class::NIC, instance(9));
+    rig.offer(9, class::VSS, instance(9));
     rig.all_offers_delivered();
     assert_eq!(rig.env.notifications_on(channels::HEARTBEAT_EVENT), 1);
     assert_eq!(rig.env.notifications_on(channels::KVP_EVENT), 0);
@@ -530,12 +530,12 @@ fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
     assert_eq!(&info.user_defined[..4], &4u32.to_le_bytes());
     assert_eq!(info.vmbus_version, ProtocolVersion::V5_3.0);
     assert_eq!(rig.state(3), ChannelState::NotOffered);
-    assert!(rig.env.console.contains("nic"), "{}", rig.env.console);
+    assert!(rig.env.console.contains("vss"), "{}", rig.env.console);
     assert!(rig.env.console.contains("no driver"), "{}", rig.env.console);
-    // The NIC is a device row, claimed by nobody (after the four ICs and
-    // storage, system.toml's drivers).
+    // The VSS device is a device row, claimed by nobody (after the four
+    // ICs, storage and network, system.toml's drivers).
     let client = channels::CLIENT;
-    match rig.request(client, bus::Request::Device { index: 5 }) {
+    match rig.request(client, bus::Request::Device { index: 6 }) {
         bus::Reply::Device(row) => {
             assert_eq!(row.relid, 9);
             assert_eq!(row.driver.as_str(), "-");
@@ -549,7 +549,7 @@ fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
         [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 9
     ));
     assert_eq!(
-        rig.request(client, bus::Request::Device { index: 5 }),
+        rig.request(client, bus::Request::Device { index: 6 }),
         bus::Reply::NoSuchDevice
     );
 }
@@ -1169,7 +1169,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     for d in 0..3 {
         rig.open_fully(d);
     }
-    assert!(!rig.env.console.contains("VMBus 5.3, 5 devices"));
+    assert!(!rig.env.console.contains("VMBus 5.3, 6 devices"));
     rig.open_fully(3);
     assert!(
         rig.env.console.contains("all 4 offered devices open"),
@@ -1178,7 +1178,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     );
     // The table waits for the drivers' version reports.
     assert!(
-        !rig.env.console.contains("VMBus 5.3, 5 devices"),
+        !rig.env.console.contains("VMBus 5.3, 6 devices"),
         "{}",
         rig.env.console
     );
@@ -1198,7 +1198,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
             },
         );
         assert_eq!(reply, bus::Reply::Accepted);
-        let tables = rig.env.console.matches("VMBus 5.3, 5 devices").count();
+        let tables = rig.env.console.matches("VMBus 5.3, 6 devices").count();
         assert_eq!(tables, if d == 3 { 1 } else { 0 }, "{}", rig.env.console);
     }
     assert!(
@@ -1234,16 +1234,19 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         }
         other => panic!("{other:?}"),
     }
-    // Row 4 is storage's (system.toml's fifth driver, no device here).
-    match rig.request(channels::CLIENT, bus::Request::Device { index: 4 }) {
-        bus::Reply::Device(row) => {
-            assert_eq!(row.driver.as_str(), "storage");
-            assert_eq!(row.state, ChannelState::NotOffered);
+    // Rows 4 and 5 are storage's and network's (system.toml's fifth and
+    // sixth drivers, no device here).
+    for (index, driver) in [(4, "storage"), (5, "network")] {
+        match rig.request(channels::CLIENT, bus::Request::Device { index }) {
+            bus::Reply::Device(row) => {
+                assert_eq!(row.driver.as_str(), driver);
+                assert_eq!(row.state, ChannelState::NotOffered);
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     assert_eq!(
-        rig.request(channels::CLIENT, bus::Request::Device { index: 5 }),
+        rig.request(channels::CLIENT, bus::Request::Device { index: 6 }),
         bus::Reply::NoSuchDevice
     );
     // A change mid-transition is printed once it settles.
@@ -1258,7 +1261,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     );
     rig.torndown(gpadl);
     assert!(
-        rig.env.console.contains("VMBus 5.3, 5 devices"),
+        rig.env.console.contains("VMBus 5.3, 6 devices"),
         "{}",
         rig.env.console
     );
@@ -1275,13 +1278,13 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
     for d in 0..4 {
         rig.open_fully(d);
     }
-    assert!(!rig.env.console.contains("VMBus 5.3, 5 devices"));
+    assert!(!rig.env.console.contains("VMBus 5.3, 6 devices"));
     let call_end = rig.bus.drivers[1].wiring.call;
     rig.request(call_end, bus::Request::Close { channel: 0 });
     let gpadl = rig.bus.drivers[1].channel.as_ref().unwrap().gpadl.unwrap();
     rig.torndown(gpadl);
     assert!(
-        rig.env.console.contains("VMBus 5.3, 5 devices"),
+        rig.env.console.contains("VMBus 5.3, 6 devices"),
         "{}",
         rig.env.console
     );
@@ -1445,7 +1448,7 @@ fn a_flood_of_unclaimed_offers_is_bounded() {
     let mut rig = rig();
     rig.connect();
     for relid in 1..200 {
-        rig.offer(relid, class::NIC, instance(relid as u8));
+        rig.offer(relid, class::VSS, instance(relid as u8));
     }
     assert_eq!(rig.bus.unclaimed.len(), MAX_UNCLAIMED);
     assert_eq!(

@@ -340,7 +340,7 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
     };
     // A device nobody drives: offered, logged, left alone.
     config.devices.push(DeviceConfig {
-        class: vmbus_protocol::guid::class::NIC,
+        class: vmbus_protocol::guid::class::VSS,
         instance: uuid::Uuid::from_u128(0x2000),
         kind: DeviceKind::Generic,
         monitored: false,
@@ -367,8 +367,9 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
         );
     }
     let console = guest.bus_env.console.clone();
-    // The four ICs, the NIC nobody drives, and storage's row (no device).
-    assert!(console.contains("VMBus 5.3, 6 devices"), "{console}");
+    // The four ICs, the VSS device nobody drives, and storage's and
+    // network's rows (no device).
+    assert!(console.contains("VMBus 5.3, 7 devices"), "{console}");
     assert!(console.contains("no driver"), "{console}");
     let status = guest.synic.borrow().0.status();
     assert_eq!(status.bound_channels, 4);
@@ -656,7 +657,8 @@ fn a_restarted_vmbus_unloads_the_old_session_then_every_driver_reopens() {
             children::SHUTDOWN,
             children::TIMESYNC,
             children::KVP,
-            children::STORAGE
+            children::STORAGE,
+            children::NETWORK
         ]
     );
     // The host released everything of the old session: no GPADL leaked,
@@ -829,10 +831,11 @@ fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
     // The host holds exactly the four open channels' GPADLs.
     assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
     let storm_lines = guest.bus_env.console.lines().count() - lines_at_start;
-    // 2 s of storm: the burst (100), 5 lines a second, 10 full views of 8
-    // lines, one notice.
+    // 2 s of storm: the burst (100), 5 lines a second, 10 full views of 9
+    // lines (title, header, a row for each of system.toml's 6 drivers,
+    // footer), one notice.
     assert!(
-        storm_lines <= 100 + 2 * 5 + 10 * 8 + 1,
+        storm_lines <= 100 + 2 * 5 + 10 * 9 + 1,
         "{storm_lines} lines for {ROUNDS} renegotiations"
     );
     // Later, one change prints the view again with what was held back.

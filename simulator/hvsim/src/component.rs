@@ -21,9 +21,15 @@
 //! is the first storage device's LUN 0; a disk whose block 0 is marked
 //! scratch gets the write/read-back test first.
 //!
+//! Network: when the description grants the NE2000's ports (`ne2000`)
+//! and QEMU has one there, hvsim checks at boot that QEMU's gateway
+//! answers an ARP request through it ([`crate::nic`]), then it is the NIC
+//! host's network (a network device is offered for it); its IRQ (`nic`)
+//! steps the host as soon as a frame arrives.
+//!
 //! Writes: the host-visible regions, the PIT, the IDE disk (what the guest
-//! writes to LUN 0, or the scratch test), the interrupt notification and
-//! console lines.
+//! writes to LUN 0, or the scratch test), the NE2000 (the frames the guest
+//! sends), the interrupt notification and console lines.
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
@@ -55,6 +61,8 @@ fn start_timer(env: &mut dyn Env, hz: u32) {
 pub struct SimulatedHost {
     host: HostPd<RegionMemory>,
     script: ScriptRunner,
+    /// The NE2000's interrupt, when the description grants it.
+    nic_irq: Option<Channel>,
 }
 
 impl SimulatedHost {
@@ -117,6 +125,11 @@ impl Component for SimulatedHost {
                 crate::ide::scratch_test(env, disk);
             }
         }
+        let mut nic = crate::nic::attach(env);
+        if let Some(nic) = nic.as_mut() {
+            crate::nic::arp_check(env, nic);
+        }
+        let nic_irq = component_api::id_named(IRQ_NAMES, "nic");
         start_timer(env, TICK_HZ);
         let mut config = script.server_config();
         // QEMU's IDE disk is the storage device's LUN 0, before the
@@ -126,11 +139,27 @@ impl Component for SimulatedHost {
         if disk.is_some() {
             hvsim::script::add_storage_for_disk(&mut config);
         }
+        // QEMU's NE2000 is the NIC host's network; a scenario without a
+        // network device gets one for it, as the hosted host does for
+        // `--net`.
+        if nic.is_some() {
+            hvsim::script::add_network(&mut config);
+        }
         let mut host = HostPd::new(memory, config, channels::INTERRUPT);
         if let Some(disk) = disk {
             match host.sim.storage_attach(alloc::boxed::Box::new(disk)) {
                 Some(lun) => println!(env, "host: storage LUN {lun}: disk 0 (QEMU's IDE disk)"),
                 None => println!(env, "host: no free storage LUN for disk 0"),
+            }
+        }
+        if let Some(mut nic) = nic {
+            // A bridge: the guest's NIC has an address of its own.
+            nic.set_promiscuous(true);
+            if host.sim.net_set_backend(alloc::boxed::Box::new(nic)) {
+                println!(
+                    env,
+                    "host: network: QEMU's NE2000 (user networking, 10.0.2.0/24)"
+                );
             }
         }
         for line in script.attach_memory_disks(&mut host.sim) {
@@ -139,6 +168,7 @@ impl Component for SimulatedHost {
         SimulatedHost {
             host,
             script: ScriptRunner::new(script),
+            nic_irq,
         }
     }
 
@@ -148,6 +178,14 @@ impl Component for SimulatedHost {
             env.irq_ack(irqs::TIMER);
         }
         self.host.step(env);
+        if let Some(irq) = self.nic_irq {
+            // Acknowledged after the step, in which the NIC host had the
+            // NE2000 acknowledge its causes: the line is low again, so the
+            // next frame raises a new edge.
+            if channels.contains(irq) {
+                env.irq_ack(irq);
+            }
+        }
         self.run_script(env);
     }
 

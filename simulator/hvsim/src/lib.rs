@@ -52,6 +52,7 @@ pub mod host;
 pub mod hosted_net;
 pub mod hypercall;
 pub mod memory;
+pub mod ne2000;
 pub mod net;
 pub mod pd;
 pub mod scenario;

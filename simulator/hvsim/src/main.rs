@@ -18,4 +18,6 @@ mod component;
 #[cfg(target_os = "none")]
 mod ide;
 #[cfg(target_os = "none")]
+mod nic;
+#[cfg(target_os = "none")]
 sel4_runtime::component_main!(component::SimulatedHost);

@@ -476,7 +476,9 @@ fn pump_one(
                 Outcome::Reset
             }
         }
-        tcp::State::TimeWait if connection.to_peer.is_empty() => {
+        // Both FINs are through, but what the guest sent before its FIN may
+        // still wait in the socket or in `to_peer`: done once it is out.
+        tcp::State::TimeWait if connection.to_peer.is_empty() && socket.recv_queue() == 0 => {
             if !connection.peer_write_shut {
                 let _ = connection.stream.shutdown(Shutdown::Write);
             }

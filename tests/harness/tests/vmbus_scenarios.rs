@@ -25,6 +25,12 @@ const SCENARIOS: &[&str] = &[
     "kvp-get",
     "kvp-rescind",
     "monitored",
+    // Run by network_driver.rs (hosted) and, with QEMU's NE2000, by
+    // xtask's network boot tests (`net::BOOT_TESTS`): the -qemu ones
+    // need QEMU's NIC.
+    "network",
+    "network-qemu",
+    "network-restart-qemu",
     "restart",
     "runtime-offers",
     // Run by storage.rs, storage_multi.rs and storage_reliability.rs:

@@ -117,6 +117,21 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         );
     }
     let _ = writeln!(out, "}}");
+    // For a component that handles a device only when the description
+    // grants its IRQ (hvsim's NIC).
+    let _ = writeln!(out, "/// Every IRQ's name, by the channel it arrives on.");
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const IRQ_NAMES: &[(component_api::Channel, &str)] = &["
+    );
+    for irq in &me.irqs {
+        let _ = write!(
+            out,
+            "(component_api::Channel({}), {:?}), ",
+            irq.channel, irq.name
+        );
+    }
+    let _ = writeln!(out, "];");
 
     let _ = writeln!(out, "/// Regions mapped into this component.");
     let _ = writeln!(

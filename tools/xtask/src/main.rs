@@ -36,6 +36,7 @@ mod fuzz;
 mod hosted;
 mod image;
 mod kernel;
+mod net;
 mod qemu;
 mod setup;
 mod test;

@@ -19,10 +19,17 @@
 //! start to the last expected line. By default the capability audit's
 //! negative tests follow ([`AUDIT_TESTS`]): a root task that grants one
 //! extra cap or frame must be refused by its audit (`--audit-tests`: only
-//! those), and the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
-//! only those). Every case runs even if one fails.
+//! those), the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
+//! only those) and the network tests (`crate::net::BOOT_TESTS`,
+//! `--net-tests`: only those; the real `curl` against the loopback port
+//! QEMU forwards to the guest). Every case runs even if one fails.
+//!
+//! Every QEMU run has the NE2000 on QEMU's user network
+//! ([`crate::net::QemuNet`]); `cargo xtask run` prints the status page's
+//! address.
 
 use crate::image::{build, system_argument, BootImage, ImageSpec};
+use crate::net::QemuNet;
 use crate::util::Result;
 use ipc_harness::expect;
 use std::io::{BufRead, BufReader, Write};
@@ -33,7 +40,10 @@ use std::time::{Duration, Instant};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn qemu_command(image: &BootImage, disk: Option<&Path>) -> Command {
+/// QEMU for `image`, with `disk` and the network `net`
+/// ([`crate::net`]: the NE2000 on QEMU's user network, one loopback port
+/// forwarded to the guest's port 80).
+fn qemu_command(image: &BootImage, disk: Option<&Path>, net: &QemuNet) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
@@ -55,6 +65,7 @@ fn qemu_command(image: &BootImage, disk: Option<&Path>) -> Command {
     if let Some(disk) = disk {
         command.args(["-drive", &crate::disk::qemu_drive(disk)]);
     }
+    command.args(net.qemu_args());
     command
 }
 
@@ -66,7 +77,13 @@ pub fn run(args: &[String]) -> Result {
         None => crate::disk::demo_disk()?,
     };
     println!("xtask: disk 0 (IDE primary master): {}", disk.display());
-    let status = qemu_command(&image, Some(&disk))
+    let net = QemuNet::new()?;
+    println!(
+        "xtask: network: NE2000 on QEMU's user network; the guest's status page (10.0.2.15:80) is {} (e.g. `curl {}`)",
+        net.status_url(),
+        net.status_url()
+    );
+    let status = qemu_command(&image, Some(&disk), &net)
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
@@ -120,25 +137,25 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// The capability audit's negative tests: the VMBus system with a root
 /// task built to grant one thing the description does not
 /// (`ROOTTASK_AUDIT_TEST_GRANT`): the root task's cap to every IO port in
-/// a free IO-port slot of the last PD (`storage` in system.toml), the first page of the
-/// first region mapped writable at 0x3000_0000 in `storage`, or the
+/// a free IO-port slot of the last PD (`network` in system.toml), the first page of the
+/// first region mapped writable at 0x3000_0000 in `network`, or the
 /// console's COM1 range one port longer, the first notify channel's cap
-/// pointed at its own PD's notification, `storage`'s monitor cap badged as
-/// PD 0, or `storage`'s fault cap with the read right (it could receive on
+/// pointed at its own PD's notification, `network`'s monitor cap badged as
+/// PD 0, or `network`'s fault cap with the read right (it could receive on
 /// the monitor's endpoint). The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "extra-cap",
         &[
-            "[monitor] capability audit: storage: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: network: extra cap in slot 147: IO ports of another range",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
     (
         "extra-frame",
         &[
-            "[monitor] capability audit: storage: extra frame at 0x30000000 (rw, physical",
+            "[monitor] capability audit: network: extra frame at 0x30000000 (rw, physical",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
@@ -159,14 +176,14 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "wrong-badge",
         &[
-            "[monitor] capability audit: storage: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: network: slot 2 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
     (
         "readable-monitor",
         &[
-            "[monitor] capability audit: storage: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: network: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
@@ -194,14 +211,12 @@ const IDLE_TO: &str = "powers off";
 pub fn boot_test(args: &[String]) -> Result {
     let audit_only = args.iter().any(|arg| arg == "--audit-tests");
     let disk_only = args.iter().any(|arg| arg == "--disk-tests");
-    if !args.is_empty() && !audit_only && !disk_only {
+    let net_only = args.iter().any(|arg| arg == "--net-tests");
+    let only = audit_only || disk_only || net_only;
+    if !args.is_empty() && !only {
         return boot_test_one(&system_argument(args)?);
     }
-    let boot_tests = if audit_only || disk_only {
-        &[][..]
-    } else {
-        BOOT_TESTS
-    };
+    let boot_tests = if only { &[][..] } else { BOOT_TESTS };
     let mut failed = Vec::new();
     for (system, host_script) in boot_tests {
         let spec = ImageSpec::new(system, *host_script);
@@ -215,7 +230,7 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
-    let disk_tests = if audit_only {
+    let disk_tests = if only && !disk_only {
         &[][..]
     } else {
         crate::disk::BOOT_TESTS
@@ -228,7 +243,24 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
-    let audit_tests = if disk_only { &[][..] } else { AUDIT_TESTS };
+    let net_tests = if only && !net_only {
+        &[][..]
+    } else {
+        crate::net::BOOT_TESTS
+    };
+    for test in net_tests {
+        let name = format!("{} ({})", test.system, test.name);
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::net::boot_test_one(test) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
+    }
+    let audit_tests = if only && !audit_only {
+        &[][..]
+    } else {
+        AUDIT_TESTS
+    };
     for (grant, expected) in audit_tests {
         let name = format!("the capability audit with one {grant}");
         println!("xtask: boot test of {name}");
@@ -239,7 +271,7 @@ pub fn boot_test(args: &[String]) -> Result {
     }
     println!(
         "boot-tests: {} passed, {} failed",
-        boot_tests.len() + disk_tests.len() + audit_tests.len() - failed.len(),
+        boot_tests.len() + disk_tests.len() + net_tests.len() + audit_tests.len() - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -415,9 +447,27 @@ pub fn boot_until(
     echo: Echo,
     until: Option<&[String]>,
 ) -> Result<Boot> {
+    boot_with(image, disk, echo, until, None)
+}
+
+/// What a boot test does while the system runs (from the host: `curl` to
+/// the forwarded port): called with the console lines so far after each
+/// new batch; returns true when it is done, and QEMU is stopped then
+/// ([`Boot::until_met`]).
+pub type DuringBoot<'a> = &'a mut dyn FnMut(&[String], &QemuNet) -> bool;
+
+/// [`boot_until`], with `during` run as the lines come.
+pub fn boot_with(
+    image: &BootImage,
+    disk: Option<&Path>,
+    echo: Echo,
+    until: Option<&[String]>,
+    mut during: Option<DuringBoot>,
+) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
+    let net = QemuNet::new()?;
     let started = Instant::now();
-    let mut child = qemu_command(image, disk)
+    let mut child = qemu_command(image, disk, &net)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -461,8 +511,20 @@ pub fn boot_until(
         boot.cpu.push(cpu);
     };
     boot.status = loop {
+        let mut new_lines = false;
         while let Ok(entry) = receiver.try_recv() {
             take(&mut boot, entry);
+            new_lines = true;
+        }
+        if new_lines {
+            if let Some(during) = during.as_mut() {
+                if during(&boot.lines, &net) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    boot.until_met = true;
+                    break None;
+                }
+            }
         }
         let _ = std::io::stdout().flush();
         if let Some(status) = child
