@@ -921,7 +921,7 @@ impl Network {
         let client = self
             .client
             .as_ref()
-            .and_then(|c| c.server.client_wake_deadline());
+            .and_then(|c| c.server.client_wake_owed());
         let wanted = match (self.initiator.next_deadline(), client) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => match a.or(b) {

@@ -429,6 +429,12 @@ impl NetClient {
     /// Before sleeping: ask the driver for a signal when a frame arrives or
     /// a buffer comes back, and look once more. `true`: safe to sleep.
     pub fn prepare_to_sleep(&mut self) -> bool {
+        // Sent buffers waiting in the transmit free queue are not work:
+        // take them back first. Left there, the queue never looks empty,
+        // every look withdraws the request for a signal, and a client
+        // that sends nothing more never sleeps with its request standing
+        // (it stopped answering after a burst of connections).
+        self.reclaim();
         let rx = self.rx_active.prepare_to_sleep().unwrap_or(false);
         let tx = self.tx_free.prepare_to_sleep().unwrap_or(false);
         rx && tx

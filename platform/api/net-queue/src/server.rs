@@ -444,6 +444,16 @@ impl NetServer {
         }
     }
 
+    /// The client's wake-up time if it is still owed (not yet woken for):
+    /// what the driver's own timer must cover. A deadline already served
+    /// stays in the page until the client runs again; timing it again
+    /// would fire at once, over and over (a driver above the client's
+    /// priority then starves the client on seL4).
+    pub fn client_wake_owed(&self) -> Option<u64> {
+        self.client_wake_deadline()
+            .filter(|&deadline| deadline != self.woken_for)
+    }
+
     /// Whether the client's wake-up time has come (`now_ns` on the
     /// components' clock, `Env::now_ns`): then notify it. Once per
     /// deadline the client writes, so a stale one costs one notification.

@@ -556,3 +556,36 @@ fn the_client_asks_the_driver_to_wake_it() {
     // The driver's half of the page is untouched by the client's word.
     assert!(client.info().is_some());
 }
+
+#[test]
+fn a_deadline_already_served_is_not_owed_again() {
+    // The driver times only what it still owes: timing a served deadline
+    // again fires at once, over and over, and on seL4 a driver looping on
+    // its timer starves the client below it (web stopped answering).
+    let (_r, mut server, mut client) = pair();
+    assert_eq!(server.client_wake_owed(), None);
+    client.set_wake_deadline(Some(5_000));
+    assert_eq!(server.client_wake_owed(), Some(5_000));
+    assert!(server.wake_due(5_000));
+    assert_eq!(server.client_wake_owed(), None, "served, still in the page");
+    assert_eq!(server.client_wake_deadline(), Some(5_000));
+    client.set_wake_deadline(Some(9_000));
+    assert_eq!(server.client_wake_owed(), Some(9_000));
+}
+
+#[test]
+fn a_client_with_sent_buffers_waiting_can_still_sleep() {
+    // Completed transmit buffers in the free queue are no work for the
+    // client: prepare_to_sleep takes them back and may say "sleep", so the
+    // client's request for a signal stands and the next frame wakes it.
+    let (_r, mut server, mut client) = pair();
+    while server.take_rx().unwrap().is_some() {}
+    client.send(&frame(3, 60), 0).unwrap();
+    let tx = server.next_tx().unwrap().unwrap();
+    server.complete_tx(tx, true).unwrap();
+    let available = client.tx_available();
+    assert!(client.prepare_to_sleep(), "nothing to do but sleep");
+    assert_eq!(client.tx_available(), available + 1, "the buffer came back");
+    let slot = server.take_rx();
+    assert!(slot.is_ok());
+}
