@@ -220,10 +220,20 @@ impl Vmbus {
                 elapsed / 1_000_000
             );
         }
-        // The first view waits for the VSCs' version reports (they follow
-        // the open within moments) unless a channel changes state first.
-        let versions_known = (0..self.drivers.len())
-            .all(|d| self.presented(d) != ChannelState::Open || self.drivers[d].versions.is_some());
+        // The first view waits for the IC drivers' version reports (they
+        // follow the open within moments) unless a channel changes state
+        // first. Data devices (NIC, storage) report none: waiting for them
+        // held the view back until some later change, which may never come.
+        let reports_versions = |d: usize| {
+            self.drivers[d].channel.as_ref().is_some_and(|c| {
+                vmbus_protocol::guid::class::is_integration_component(crate::uuid(&c.offer.class))
+            })
+        };
+        let versions_known = (0..self.drivers.len()).all(|d| {
+            self.presented(d) != ChannelState::Open
+                || self.drivers[d].versions.is_some()
+                || !reports_versions(d)
+        });
         let worth_printing =
             self.view_printed || versions_known || self.state_changed_after_all_open;
         if settled && self.all_open_once && worth_printing {

@@ -71,6 +71,17 @@ pub mod class {
         ("pci-passthrough", PCI_PASSTHROUGH),
     ];
 
+    /// The integration components: the classes whose channels speak the
+    /// IC framework's version negotiation (the VSCs report the versions
+    /// they negotiated for the status view). Data devices (NIC, storage)
+    /// have no such versions.
+    pub const INTEGRATION_COMPONENTS: [Uuid; 5] = [SHUTDOWN, TIMESYNC, HEARTBEAT, KVP, VSS];
+
+    /// Whether `class` negotiates IC framework versions.
+    pub fn is_integration_component(class: Uuid) -> bool {
+        INTEGRATION_COMPONENTS.contains(&class)
+    }
+
     /// The short name of a known class.
     pub fn name_of(class: Uuid) -> Option<&'static str> {
         ALL.iter()
