@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test the project has, in one command.
 //!
 //! 1. `cargo xtask setup` (installs what is missing),
-//! 2. `cargo test --workspace`: unit tests, the description-error golden
+//! 2. `cargo test --workspace --no-fail-fast` (the failed tests are named
+//!    again at the end): unit tests, the description-error golden
 //!    tests, the protocol-library property tests and the hosted
 //!    component-level IPC tests (they start real component processes),
 //! 3. `cargo fmt --check` and `cargo clippy --workspace --all-targets -D
@@ -42,9 +43,10 @@ pub fn run(args: &[String]) -> Result {
     let mut cargo_test = Command::new(env!("CARGO"));
     cargo_test
         .current_dir(&root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
-    results.push(("cargo test --workspace", status_ok(&mut cargo_test)));
+    let (tests_ok, failed_tests) = run_cargo_test(&mut cargo_test);
+    results.push(("cargo test --workspace", tests_ok));
 
     let mut format = Command::new(env!("CARGO"));
     format
@@ -149,12 +151,45 @@ pub fn run(args: &[String]) -> Result {
     for (name, ok) in &results {
         println!("suite {name}: {}", if *ok { "passed" } else { "FAILED" });
     }
+    // CI shows only the end of the log: name the failed tests there too.
+    for test in &failed_tests {
+        println!("failed test: {test}");
+    }
     println!("suites: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())
     } else {
         Err(format!("failed: {}", failed.join(", ")))
     }
+}
+
+/// Runs `cargo test`, passing its output through, and returns whether it
+/// passed and the tests it reported as failed (`test NAME ... FAILED`).
+fn run_cargo_test(command: &mut Command) -> (bool, Vec<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    println!("==> {command:?}");
+    let mut child = match command.stdout(std::process::Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("cannot start {command:?}: {error}");
+            return (false, Vec::new());
+        }
+    };
+    let mut failed = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut out = std::io::stdout();
+        for line in BufReader::new(stdout).lines().map_while(|line| line.ok()) {
+            let _ = writeln!(out, "{line}");
+            if let Some(name) = line
+                .strip_prefix("test ")
+                .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+            {
+                failed.push(name.to_string());
+            }
+        }
+    }
+    let ok = child.wait().map(|status| status.success()).unwrap_or(false);
+    (ok, failed)
 }
 
 fn status_ok(command: &mut Command) -> bool {
