@@ -262,6 +262,7 @@ mod tests {
         assert_eq!(label::X86IOPortIn8, 44);
         assert_eq!(label::X86IOPortOut32, 49);
         assert_eq!(label::X86IRQIssueIRQHandlerIOAPIC, 50);
+        assert_eq!(label::X86IRQIssueIRQHandlerMSI, 51);
         assert_eq!(object_type::seL4_NotificationObject, 3);
         assert_eq!(object_type::seL4_X64_PML4Object, 6);
         assert_eq!(object_type::seL4_X86_4K, 7);
