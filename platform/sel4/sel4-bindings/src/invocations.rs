@@ -391,6 +391,14 @@ pub fn irq_handler_ack(handler: CPtr) -> KernelResult {
     invoke(handler, label::IRQAckIRQ, &[], &[]).map(drop)
 }
 
+/// `X86IRQHandlerRaise` (kernel patch 0007): the kernel sends this IRQ's
+/// vector to the current core as a local-APIC self-IPI, so it arrives
+/// through the kernel's ordinary interrupt path and signals the handler's
+/// notification like the device (or the hypervisor) would.
+pub fn irq_handler_raise(handler: CPtr) -> KernelResult {
+    invoke(handler, label::X86IRQHandlerRaise, &[], &[]).map(drop)
+}
+
 pub fn irq_handler_set_notification(handler: CPtr, notification: CPtr) -> KernelResult {
     invoke(handler, label::IRQSetIRQHandler, &[], &[notification]).map(drop)
 }
