@@ -122,16 +122,12 @@ pub enum InterruptPath {
     /// A notification on this notify channel (`interrupt`).
     Notify(Channel),
     /// The description's vector IRQ (`[[irq]] vector`, `notify` = the end
-    /// of synic that `interrupt` reaches): `raise` asks the kernel to raise
-    /// the handler's vector (a self-IPI), which arrives through the
+    /// of synic that `interrupt` reaches): raised with `Env::irq_raise`, on
+    /// seL4 the kernel's self-IPI of the handler's vector, which arrives through the
     /// kernel's interrupt entry and is signalled to synic exactly as a
     /// vector Hyper-V injects. Every SINT is kept on `vector`
     /// ([`crate::synic::Synic::set_fixed_vector`]).
-    Vector {
-        irq: Channel,
-        vector: u8,
-        raise: fn(Channel) -> bool,
-    },
+    Vector { irq: Channel, vector: u8 },
 }
 
 /// How many synic interrupts took which path.
@@ -211,8 +207,8 @@ impl<M: GuestMemory> HostPd<M> {
                 env.notify(channel);
                 self.stats.notified += 1;
             }
-            InterruptPath::Vector { irq, raise, .. } => {
-                if raise(irq) {
+            InterruptPath::Vector { irq, .. } => {
+                if env.irq_raise(irq) {
                     self.stats.raised += 1;
                 } else {
                     self.stats.raise_failures += 1;

@@ -131,14 +131,7 @@ fn synic_calls_as_protected_calls_and_the_interrupt_as_a_notification() {
     assert!(pd.sim.host.memory.contains(BASE, 8 * 4096));
 }
 
-static RAISED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 const SINT_IRQ: Channel = Channel(7);
-
-fn raise_counted(irq: Channel) -> bool {
-    assert_eq!(irq, SINT_IRQ);
-    RAISED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    true
-}
 
 #[test]
 fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_acknowledged() {
@@ -151,7 +144,6 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
         InterruptPath::Vector {
             irq: SINT_IRQ,
             vector: 0x50,
-            raise: raise_counted,
         },
     );
     let mut write = |msr: u32, value: u64| {
@@ -174,7 +166,7 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
     // nothing notified.
     assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 1));
     pd.step(&mut env);
-    assert_eq!(RAISED.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(env.irq_raises, vec![SINT_IRQ]);
     assert_eq!(env.irq_acks, vec![SINT_IRQ]);
     assert_eq!(env.notifications_on(INTERRUPT), 0);
     // Without auto-EOI (the guest reprograms SINT 2): raised, and
@@ -192,7 +184,7 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
     );
     assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 2));
     pd.step(&mut env);
-    assert_eq!(RAISED.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(env.irq_raises, vec![SINT_IRQ, SINT_IRQ]);
     assert_eq!(env.irq_acks.len(), 1);
     assert_eq!(
         call(&mut pd, &mut env, Request::EndOfInterrupt),
@@ -204,4 +196,11 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
         (stats.raised, stats.notified, stats.acknowledged, stats.raise_failures),
         (2, 0, 2, 0)
     );
+    // A kernel that refuses the raise: counted, and nothing else is sent
+    // in its place.
+    env.refuse_irq_raise = true;
+    assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 3));
+    pd.step(&mut env);
+    assert_eq!(pd.interrupt_stats().raise_failures, 1);
+    assert_eq!(env.notifications_on(INTERRUPT), 0);
 }
