@@ -103,8 +103,7 @@ impl SimulatedHost {
             if self.reported.raised == 0 && stats.raised > 0 {
                 println!(
                     env,
-                    "host: synic interrupt raised through the kernel: vector {:#x}",
-                    vector
+                    "host: synic interrupt raised through the kernel: vector {:#x}", vector
                 );
             }
             if self.reported.raise_failures == 0 && stats.raise_failures > 0 {

@@ -292,9 +292,7 @@ impl Synic {
                     }
                     if let Some(vector) = self.fixed_vector {
                         if !sint.masked() && sint.vector() != vector {
-                            sint = SintMsr(
-                                (sint.0 & !SintMsr::VECTOR_MASK) | u64::from(vector),
-                            );
+                            sint = SintMsr((sint.0 & !SintMsr::VECTOR_MASK) | u64::from(vector));
                             self.stats.sint_vectors_rewritten += 1;
                         }
                     }
@@ -588,7 +586,10 @@ mod tests {
         synic
             .msr_write(&memory, msr::SINT0 + 3, SintMsr::new(0x31, true, false).0)
             .unwrap();
-        assert_eq!(SintMsr(synic.msr_read(msr::SINT0 + 3).unwrap()).vector(), 0x31);
+        assert_eq!(
+            SintMsr(synic.msr_read(msr::SINT0 + 3).unwrap()).vector(),
+            0x31
+        );
         assert_eq!(synic.stats.sint_vectors_rewritten, 1);
         synic.post(&memory, 2, message(1));
         assert_eq!(synic.take_interrupt(), Some(0x50));

@@ -157,7 +157,13 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
     // The guest's vector (and auto-EOI) as synic writes them.
     write(msr::SINT0 + 2, SintMsr::new(0x30, false, true).0);
     write(msr::SCONTROL, 1);
-    match call(&mut pd, &mut env, Request::MsrRead { msr: msr::SINT0 + 2 }) {
+    match call(
+        &mut pd,
+        &mut env,
+        Request::MsrRead {
+            msr: msr::SINT0 + 2,
+        },
+    ) {
         Reply::Value(value) => assert_eq!(SintMsr(value).vector(), 0x50),
         other => panic!("{other:?}"),
     }
@@ -193,7 +199,12 @@ fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_ackn
     assert_eq!(env.irq_acks, vec![SINT_IRQ, SINT_IRQ]);
     let stats = pd.interrupt_stats();
     assert_eq!(
-        (stats.raised, stats.notified, stats.acknowledged, stats.raise_failures),
+        (
+            stats.raised,
+            stats.notified,
+            stats.acknowledged,
+            stats.raise_failures
+        ),
         (2, 0, 2, 0)
     );
     // A kernel that refuses the raise: counted, and nothing else is sent

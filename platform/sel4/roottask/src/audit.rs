@@ -25,6 +25,9 @@ pub enum CapKind {
     /// channel's badge (another object, another badge, or no write right).
     NotificationNotAsGranted,
     IrqHandler,
+    /// A vector IRQ's handler that, raised, does not signal the end the
+    /// description names with that end's badge.
+    IrqHandlerNotAsGranted,
     /// An IO-port cap for exactly ports `first..=last`.
     IoPort {
         first: u16,
@@ -53,6 +56,12 @@ impl core::fmt::Display for CapKind {
                 )
             }
             CapKind::IrqHandler => write!(f, "IRQ handler"),
+            CapKind::IrqHandlerNotAsGranted => {
+                write!(
+                    f,
+                    "an IRQ handler that, raised, does not signal its end with its badge"
+                )
+            }
             CapKind::IoPort { first, last } => write!(f, "IO ports {first:#x}-{last:#x}"),
             CapKind::IoPortOtherRange => write!(f, "IO ports of another range"),
             CapKind::Other(kind) => write!(f, "kernel cap type {kind}"),
