@@ -744,6 +744,45 @@ fn grant_one_extra_for_the_audit_test(
             FAULT_BADGE_FLAG | last_pd as u64,
         )?;
     }
+    #[cfg(roottask_audit_test = "wrong-irq-end")]
+    {
+        // The first vector IRQ that signals another PD's end, bound to its
+        // holder's own notification instead (with the end's badge): right
+        // slot, right cap type, the interrupt goes to the wrong PD.
+        let granted = layout.components.iter().enumerate().find_map(|(pd, c)| {
+            c.irqs.iter().find_map(|irq| {
+                let target = irq.notify?;
+                matches!(irq.source, IrqSource::Vector(_)).then_some((pd, irq.channel, target.end))
+            })
+        });
+        if let Some((pd, channel, end)) = granted {
+            let root = initial_cap::INIT_THREAD_CNODE;
+            let handler = system.allocator.slot()?;
+            sys::cnode_copy(
+                root,
+                handler,
+                ROOT_DEPTH,
+                system.pds[pd].cnode,
+                SLOT_IRQ_BASE + u64::from(channel),
+                PD_CNODE_BITS as u8,
+                Rights::ALL,
+            )
+            .context("copy the IRQ handler")?;
+            let badged = system.allocator.slot()?;
+            sys::cnode_mint(
+                root,
+                badged,
+                ROOT_DEPTH,
+                root,
+                system.pds[pd].notification,
+                ROOT_DEPTH,
+                Rights::WRITE,
+                notification_bit(end),
+            )
+            .context("mint the wrong IRQ badge")?;
+            sys::irq_handler_set_notification(handler, badged).context("rebind the IRQ")?;
+        }
+    }
     #[cfg(roottask_audit_test = "wider-ioport")]
     {
         // The first granted IO-port range, one port longer: right slot,
