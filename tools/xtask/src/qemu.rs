@@ -131,6 +131,7 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
+    ("tests/systems/hypervisor-cap.toml", None),
     ("tests/systems/blk-ramdisk.toml", None),
 ];
 
@@ -142,7 +143,9 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
 /// console's COM1 range one port longer, the first notify channel's cap
 /// pointed at its own PD's notification, `network`'s monitor cap badged as
 /// PD 0, or `network`'s fault cap with the read right (it could receive on
-/// the monitor's endpoint). The audit must name it, and the
+/// the monitor's endpoint), or the first vector IRQ (hvsim's synic
+/// interrupt) bound to its holder's own notification instead of synic's.
+/// The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
@@ -184,6 +187,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         "readable-monitor",
         &[
             "[monitor] capability audit: network: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "wrong-irq-end",
+        &[
+            "[monitor] capability audit: hvsim: slot 83 holds an IRQ handler that, raised, does not signal its end with its badge, the description grants IRQ handler",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),

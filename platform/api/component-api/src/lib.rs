@@ -101,6 +101,22 @@ pub struct IoPortName(pub u8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Child(pub u8);
 
+/// An IRQ that is a local-APIC vector with no device behind it (`[[irq]]
+/// vector = N`): generated into `ids.rs` as `VECTOR_IRQS`, so code learns
+/// from the description whether it holds one and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VectorIrq {
+    /// The holder's IRQ (`irqs::NAME`): ack it, raise it.
+    pub irq: Channel,
+    /// The vector the hypervisor injects or the kernel raises.
+    pub vector: u8,
+    /// It signals the same end as this notify channel of the holder
+    /// (`notify = ` the channel's other end): raising it stands in for
+    /// notifying that channel. `None`: it signals another end, or the
+    /// holder itself.
+    pub signals_peer_of: Option<Channel>,
+}
+
 /// Why a protected call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallError {
@@ -191,6 +207,16 @@ pub trait Env {
 
     /// Acknowledge the IRQ delivered on `channel` so it can fire again.
     fn irq_ack(&mut self, channel: Channel);
+
+    /// Raise the IRQ delivered on `channel` as if its source had: on seL4
+    /// the kernel sends its vector to this core as a local-APIC self-IPI
+    /// (kernel patch 0007), so it arrives through the kernel's ordinary
+    /// interrupt path and is delivered on `channel` like any other. `false`
+    /// when `channel` is not one of this component's IRQs or the runtime
+    /// cannot raise IRQs (the default, and the hosted runtime).
+    fn irq_raise(&mut self, _channel: Channel) -> bool {
+        false
+    }
 
     /// A region the description maps into this component. Panics for a
     /// region granted by address only (`rights = "address"`): nothing of

@@ -25,6 +25,9 @@ pub enum CapKind {
     /// channel's badge (another object, another badge, or no write right).
     NotificationNotAsGranted,
     IrqHandler,
+    /// A vector IRQ's handler that, raised, does not signal the end the
+    /// description names with that end's badge.
+    IrqHandlerNotAsGranted,
     /// An IO-port cap for exactly ports `first..=last`.
     IoPort {
         first: u16,
@@ -53,6 +56,12 @@ impl core::fmt::Display for CapKind {
                 )
             }
             CapKind::IrqHandler => write!(f, "IRQ handler"),
+            CapKind::IrqHandlerNotAsGranted => {
+                write!(
+                    f,
+                    "an IRQ handler that, raised, does not signal its end with its badge"
+                )
+            }
             CapKind::IoPort { first, last } => write!(f, "IO ports {first:#x}-{last:#x}"),
             CapKind::IoPortOtherRange => write!(f, "IO ports of another range"),
             CapKind::Other(kind) => write!(f, "kernel cap type {kind}"),
@@ -364,7 +373,7 @@ pub fn private_frames_unshared(mut private: Vec<u64>, regions: &[(u64, u64)]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use system_layout::{ChannelEnd, IoPortLayout, IrqLayout, MapLayout, RegionLayout};
+    use system_layout::{ChannelEnd, IoPortLayout, IrqLayout, IrqSource, MapLayout, RegionLayout};
 
     fn component() -> ComponentLayout {
         ComponentLayout {
@@ -421,7 +430,8 @@ mod tests {
             irqs: alloc::vec![IrqLayout {
                 name: "uart".into(),
                 channel: 5,
-                irq: 4,
+                source: IrqSource::Line(4),
+                notify: None,
             }],
             ioports: alloc::vec![IoPortLayout {
                 name: "com1".into(),

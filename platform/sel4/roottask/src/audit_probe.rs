@@ -28,7 +28,10 @@
 //! sends to that PD's endpoint. Send and notify caps must also lack the
 //! read right: the probe thread's poll through the copy must end in a cap
 //! fault (delivered quietly to the probe's own fault endpoint) instead of
-//! returning.
+//! returning. A vector IRQ's handler (no device behind it) is raised once
+//! from a copy (kernel patch 0007) and the notification of the end the
+//! description names, unbound the same way, must show exactly that end's
+//! badge.
 //!
 //! Frames: seL4 5.0 gives user level no page-table walk, so every mapping
 //! into a PD goes through `System::map_into_pd`, which records the
@@ -44,7 +47,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use sel4_bindings::{self as sys, cap_type, initial_cap, object_type, CPtr, MessageInfo, Rights};
 use sel4_runtime::abi::*;
-use system_layout::{ChannelKind, ComponentLayout, SystemLayout};
+use system_layout::{ChannelKind, ComponentLayout, IrqSource, SystemLayout};
 
 /// At most this many differences are printed (all are counted).
 const MAX_FINDINGS_SHOWN: usize = 24;
@@ -187,7 +190,29 @@ fn classify(
                 None => CapKind::Notification,
             }
         }
-        cap_type::irq_handler_cap => CapKind::IrqHandler,
+        cap_type::irq_handler_cap => {
+            // A vector IRQ (no device) can be raised here without side
+            // effects: it must arrive at the end the description names.
+            let vector_irq = component.irqs.iter().find(|irq| {
+                matches!(irq.source, IrqSource::Vector(_))
+                    && SLOT_IRQ_BASE + u64::from(irq.channel) == slot
+            });
+            match vector_irq {
+                Some(irq) => {
+                    let (peer, end) = match irq.notify {
+                        Some(target) => (usize::from(target.component), target.end),
+                        None => (pd, irq.channel),
+                    };
+                    let badge = notification_bit(end);
+                    if raised_irq_reaches(system, pd, slot, peer, badge, scratch)? {
+                        CapKind::IrqHandler
+                    } else {
+                        CapKind::IrqHandlerNotAsGranted
+                    }
+                }
+                None => CapKind::IrqHandler,
+            }
+        }
         cap_type::io_port_cap => {
             let granted = expected.iter().find_map(|&(s, kind)| match kind {
                 CapKind::IoPort { first, last } if s == slot => Some((first, last)),
@@ -294,6 +319,71 @@ fn notification_reaches(
     }
     sys::tcb_bind_notification(tcb, notification).context("bind after the audit")?;
     Ok(arrived == badge && send_only)
+}
+
+/// Whether raising the IRQ handler in the PD's `slot` (kernel patch 0007:
+/// a self-IPI of its vector, taken as soon as the root task is back at
+/// user level) sets exactly `badge` in `peer`'s notification, unbound for
+/// the check as in [`notification_reaches`]; pending bits are put back.
+fn raised_irq_reaches(
+    system: &System,
+    pd: usize,
+    slot: u64,
+    peer: usize,
+    badge: u64,
+    scratch: CPtr,
+) -> BuildResult<bool> {
+    /// Polls for the interrupt to have been taken (QEMU takes it at once;
+    /// bounded, so a handler bound elsewhere ends the wait).
+    const POLLS: usize = 1000;
+    let Some(target) = system.pds.get(peer) else {
+        return Ok(false);
+    };
+    let (tcb, notification) = (target.tcb, target.notification);
+    let root = initial_cap::INIT_THREAD_CNODE;
+    sys::tcb_unbind_notification(tcb).context("unbind for the audit")?;
+    let pending = sys::poll(notification);
+    sys::cnode_copy(
+        root,
+        scratch,
+        ROOT_DEPTH,
+        system.pds[pd].cnode,
+        slot,
+        PD_CNODE_BITS as u8,
+        Rights::ALL,
+    )
+    .context("copy an IRQ handler")?;
+    let raised = sys::irq_handler_raise(scratch).is_ok();
+    let mut arrived = 0;
+    for _ in 0..POLLS {
+        if !raised {
+            break;
+        }
+        arrived = sys::poll(notification);
+        if arrived != 0 {
+            break;
+        }
+    }
+    // An MSI-kind handler masks nothing; the ack keeps the protocol.
+    let _ = sys::irq_handler_ack(scratch);
+    sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the IRQ handler copy")?;
+    if pending != 0 {
+        sys::cnode_mint(
+            root,
+            scratch,
+            ROOT_DEPTH,
+            root,
+            notification,
+            ROOT_DEPTH,
+            Rights::WRITE,
+            pending,
+        )
+        .context("mint the pending bits")?;
+        sys::signal(scratch);
+        sys::cnode_delete(root, scratch, ROOT_DEPTH).context("delete the pending bits")?;
+    }
+    sys::tcb_bind_notification(tcb, notification).context("bind after the audit")?;
+    Ok(raised && arrived == badge)
 }
 
 /// For every PD, the (slot, kernel cap type) of each non-empty slot of its

@@ -361,8 +361,42 @@ pub fn irq_control_get_ioapic(
     .map(drop)
 }
 
+/// `seL4_IRQControl_GetMSI`: an MSI-kind IRQ handler cap. The kernel
+/// takes `irq` as an index above its first user IRQ: the handler receives
+/// vector `irq + 0x30` (`irq_user_min` 16 plus `IRQ_INT_OFFSET` 0x20).
+/// Nothing programs a device: the PCI address and handle are recorded
+/// only (seL4 5.0 trusts the caller without an IOMMU).
+#[allow(clippy::too_many_arguments)]
+pub fn irq_control_get_msi(
+    irq_control: CPtr,
+    root: CPtr,
+    index: u64,
+    depth: u64,
+    pci_bus: u64,
+    pci_device: u64,
+    pci_function: u64,
+    handle: u64,
+    irq: u64,
+) -> KernelResult {
+    invoke(
+        irq_control,
+        label::X86IRQIssueIRQHandlerMSI,
+        &[index, depth, pci_bus, pci_device, pci_function, handle, irq],
+        &[root],
+    )
+    .map(drop)
+}
+
 pub fn irq_handler_ack(handler: CPtr) -> KernelResult {
     invoke(handler, label::IRQAckIRQ, &[], &[]).map(drop)
+}
+
+/// `X86IRQHandlerRaise` (kernel patch 0007): the kernel sends this IRQ's
+/// vector to the current core as a local-APIC self-IPI, so it arrives
+/// through the kernel's ordinary interrupt path and signals the handler's
+/// notification like the device (or the hypervisor) would.
+pub fn irq_handler_raise(handler: CPtr) -> KernelResult {
+    invoke(handler, label::X86IRQHandlerRaise, &[], &[]).map(drop)
 }
 
 pub fn irq_handler_set_notification(handler: CPtr, notification: CPtr) -> KernelResult {

@@ -262,6 +262,12 @@ mod tests {
         assert_eq!(label::X86IOPortIn8, 44);
         assert_eq!(label::X86IOPortOut32, 49);
         assert_eq!(label::X86IRQIssueIRQHandlerIOAPIC, 50);
+        assert_eq!(label::X86IRQIssueIRQHandlerMSI, 51);
+        // Appended by our kernel patches (0007), after the last 5.0 label.
+        assert_eq!(label::X86IRQHandlerRaise, 52);
+        assert_eq!(label::X86HypervisorReadMSR, 53);
+        assert_eq!(label::X86HypervisorWriteMSR, 54);
+        assert_eq!(label::X86HypervisorCall, 55);
         assert_eq!(object_type::seL4_NotificationObject, 3);
         assert_eq!(object_type::seL4_X64_PML4Object, 6);
         assert_eq!(object_type::seL4_X86_4K, 7);

@@ -153,6 +153,11 @@ impl Env for Sel4Env {
         }
     }
 
+    fn irq_raise(&mut self, channel: Channel) -> bool {
+        Self::has(self.info.irq_channels, channel)
+            && sys::irq_handler_raise(SLOT_IRQ_BASE + channel.0 as u64).is_ok()
+    }
+
     fn region(&self, region: RegionName) -> Region {
         let index = region.0 as usize;
         assert!(
