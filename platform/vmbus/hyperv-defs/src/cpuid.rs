@@ -340,23 +340,26 @@ const REPORTED: [(PartitionPrivileges, &str); 5] = [
     (PartitionPrivileges::SIGNAL_EVENTS, "signal events"),
 ];
 
-fn write_list(
-    f: &mut fmt::Formatter<'_>,
-    privileges: PartitionPrivileges,
-    present: bool,
-) -> fmt::Result {
-    let mut first = true;
-    for (flag, name) in REPORTED {
-        if privileges.contains(flag) == present {
-            f.write_str(if first { "" } else { ", " })?;
-            f.write_str(name)?;
-            first = false;
+/// The names, in the report's words, of the reported capabilities among
+/// the given privileges ("none" if there are none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivilegeNames(pub PartitionPrivileges);
+
+impl fmt::Display for PrivilegeNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (flag, name) in REPORTED {
+            if self.0.contains(flag) {
+                f.write_str(if first { "" } else { ", " })?;
+                f.write_str(name)?;
+                first = false;
+            }
         }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
     }
-    if first {
-        f.write_str("none")?;
-    }
-    Ok(())
 }
 
 impl fmt::Display for HyperV {
@@ -373,13 +376,13 @@ impl fmt::Display for HyperV {
             " {}.{} build {}: ",
             self.version.major, self.version.minor, self.version.build
         )?;
-        write_list(f, self.privileges, true)?;
-        if !REPORTED
+        let reported = REPORTED
             .iter()
-            .all(|(flag, _)| self.privileges.contains(*flag))
-        {
-            f.write_str("; lacks ")?;
-            write_list(f, self.privileges, false)?;
+            .fold(PartitionPrivileges::empty(), |all, (flag, _)| all.union(*flag));
+        write!(f, "{}", PrivilegeNames(self.privileges))?;
+        let lacking = reported.difference(self.privileges);
+        if !lacking.is_empty() {
+            write!(f, "; lacks {}", PrivilegeNames(lacking))?;
         }
         Ok(())
     }
