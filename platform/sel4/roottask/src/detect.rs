@@ -14,7 +14,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hyperv_defs::cpuid::{CpuidRegisters, Detection, PrivilegeNames};
+use hyperv_defs::cpuid::{Detection, PrivilegeNames};
 use system_layout::Platform;
 
 /// Whether the system may be built on this machine.
@@ -27,9 +27,9 @@ pub enum Verdict {
 
 /// CPUID on the CPU the root task runs on (leaf, subleaf 0).
 #[cfg(target_os = "none")]
-pub fn cpuid(leaf: u32) -> CpuidRegisters {
+pub fn cpuid(leaf: u32) -> hyperv_defs::cpuid::CpuidRegisters {
     let result = core::arch::x86_64::__cpuid(leaf);
-    CpuidRegisters::new(result.eax, result.ebx, result.ecx, result.edx)
+    hyperv_defs::cpuid::CpuidRegisters::new(result.eax, result.ebx, result.ecx, result.edx)
 }
 
 /// The report lines (without the `[monitor] ` prefix) and the verdict.
@@ -72,6 +72,7 @@ pub fn report(detection: &Detection, platform: Platform) -> (Vec<String>, Verdic
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyperv_defs::cpuid::CpuidRegisters;
 
     fn qemu_tcg() -> Detection {
         Detection::Other {
@@ -97,7 +98,10 @@ mod tests {
         for detection in [Detection::NoHypervisor, qemu_tcg(), hyper_v(0x3b_8030)] {
             let (lines, verdict) = report(&detection, Platform::Simulated);
             assert_eq!(verdict, Verdict::Start);
-            assert!(lines.last().unwrap().starts_with("platform: simulated host"));
+            assert!(lines
+                .last()
+                .unwrap()
+                .starts_with("platform: simulated host"));
         }
     }
 
