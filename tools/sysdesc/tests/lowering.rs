@@ -1163,7 +1163,11 @@ fn the_platform_is_simulated_unless_the_description_says_hyper_v() {
         "version = 1\n\n[platform]\nhypervisor = \"hyper-v\"\n",
         1,
     ) + "\n[[component]]\nname = \"gate\"\npackage = \"gate\"\npriority = 250\nhypervisor = true\n";
-    let layout = sysdesc::compile_str("system.toml", &hyper_v).unwrap();
+    let description = sysdesc::describe_str("system.toml", &hyper_v).unwrap();
+    assert!(sysdesc::summary(&description).starts_with(
+        "platform: hypervisor = \"hyper-v\" (for Hyper-V: the root task refuses any other machine)\n"
+    ));
+    let layout = description.layout;
     assert_eq!(layout.platform, system_layout::Platform::HyperV);
     let bytes = layout.encode().unwrap();
     assert_eq!(
