@@ -2,9 +2,9 @@
 
 use crate::Description;
 use std::fmt::Write as _;
-use system_layout::ChannelKind;
+use system_layout::{ChannelKind, Platform};
 
-/// For every component: its regions with rights, its channel ends with
+/// The platform the image is for, then for every component: its regions with rights, its channel ends with
 /// direction and protocol, IRQs, IO ports, and whether it can reach the
 /// hypervisor.
 pub fn summary(description: &Description) -> String {
@@ -12,6 +12,15 @@ pub fn summary(description: &Description) -> String {
     let contracts = &description.contracts;
     let name_of = |index: u8| layout.components[index as usize].name.as_str();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "platform: hypervisor = \"{}\" ({})",
+        layout.platform.description_value(),
+        match layout.platform {
+            Platform::Simulated => "the simulated host serves the hypervisor interface",
+            Platform::HyperV => "for Hyper-V: the root task refuses any other machine",
+        }
+    );
     for (index, component) in layout.components.iter().enumerate() {
         let mut traits = vec![
             format!("package {}", component.package),

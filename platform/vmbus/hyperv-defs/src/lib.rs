@@ -3,7 +3,8 @@
 //! registers and of the hypercall MSR, the hypercall control word and result
 //! value, `HV_STATUS` codes, the `HvCallPostMessage` / `HvCallSignalEvent`
 //! inputs, the 256-byte synic message slot (`HV_MESSAGE`), the SIM and SIEF
-//! pages and the VMBus monitor page.
+//! pages and the VMBus monitor page; and (module [`cpuid`]) the parsing of
+//! the hypervisor CPUID leaves that detects Hyper-V.
 //!
 //! This crate only defines layouts and pure accessors; it performs no I/O,
 //! trusts nothing and writes nothing. Structures are `zerocopy` types with
@@ -17,6 +18,8 @@
 //! facts only).
 #![no_std]
 #![forbid(unsafe_code)]
+
+pub mod cpuid;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
