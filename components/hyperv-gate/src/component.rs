@@ -1,0 +1,133 @@
+//! The gate as an seL4 protection domain: [`hyperv_gate::Gate`] over the
+//! kernel's hypervisor capability (`sel4_runtime::hypervisor`, granted
+//! because the description says `hypervisor = true`), its GPA-bearing maps
+//! and, when the description gives it an `[[irq]]` with a `vector`, that
+//! IRQ (acknowledged here, forwarded to `synic` on `interrupt`).
+
+use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
+use hyperv_gate::{CallArg, Gate, GpaMap, KernelError, KernelHypervisor};
+use sel4_runtime::hypervisor::{self, HypercallArg, HypervisorError};
+
+include!(concat!(env!("OUT_DIR"), "/ids.rs"));
+// `SINT_IRQ`: the end name and vector of the gate's `[[irq]] vector = N`.
+include!(concat!(env!("OUT_DIR"), "/vector.rs"));
+
+/// The most maps a component has (the description's limit).
+const MAX_MAPS: usize = 64;
+
+/// The kernel's hypervisor capability, and the IRQ to acknowledge.
+struct Sel4Kernel {
+    irq: Option<Channel>,
+}
+
+fn kernel_error(error: HypervisorError) -> KernelError {
+    match error {
+        HypervisorError::NotGranted => KernelError::NotGranted,
+        HypervisorError::NoHyperV => KernelError::NoHyperV,
+        HypervisorError::OutOfRange => KernelError::OutOfRange,
+        HypervisorError::BadPage => KernelError::BadPage,
+        HypervisorError::Kernel(code) => KernelError::Kernel(code),
+    }
+}
+
+fn argument(arg: CallArg) -> HypercallArg {
+    match arg {
+        CallArg::None => HypercallArg::None,
+        CallArg::Fast(value) => HypercallArg::Fast(value),
+        // An address in this PD's own VSpace, which the kernel translates.
+        CallArg::Page(address) => HypercallArg::Page(address as *const u8),
+    }
+}
+
+impl KernelHypervisor for Sel4Kernel {
+    fn read_msr(&mut self, msr: u32) -> Result<u64, KernelError> {
+        hypervisor::read_msr(msr).map_err(kernel_error)
+    }
+    fn write_msr(&mut self, msr: u32, value: u64, page: Option<usize>) -> Result<(), KernelError> {
+        hypervisor::write_msr(msr, value, page.map(|address| address as *const u8))
+            .map_err(kernel_error)
+    }
+    fn hypercall(
+        &mut self,
+        control: u64,
+        input: CallArg,
+        output: CallArg,
+    ) -> Result<u64, KernelError> {
+        hypervisor::hypercall(control, argument(input), argument(output)).map_err(kernel_error)
+    }
+    fn ack_interrupt(&mut self) {
+        if let Some(irq) = self.irq {
+            sel4_runtime::Sel4Env::current().irq_ack(irq);
+        }
+    }
+}
+
+pub struct HypervGate {
+    gate: Gate<Sel4Kernel>,
+    irq: Option<Channel>,
+}
+
+impl Component for HypervGate {
+    fn init(env: &mut dyn Env) -> Self {
+        let maps: heapless::Vec<Region, MAX_MAPS> = REGION_NAMES
+            .iter()
+            .take(MAX_MAPS)
+            .map(|(name, _)| env.region(*name))
+            .collect();
+        let map = match GpaMap::new(&maps) {
+            Ok(map) => map,
+            Err(error) => panic!("the gate's maps cannot translate: {error:?}"),
+        };
+        let irq = SINT_IRQ.and_then(|(name, _)| component_api::id_named(IRQ_NAMES, name));
+        let vector = SINT_IRQ.map(|(_, vector)| vector);
+        let gate = Gate::new(Sel4Kernel { irq }, map, vector);
+        match gate.vector() {
+            Some(vector) => println!(
+                env,
+                "hyperv gate: {} pages translated, SINT vector {:#x} by IRQ",
+                gate_pages(&maps),
+                vector
+            ),
+            None => println!(
+                env,
+                "hyperv gate: {} pages translated, SINT vectors unchanged (no [[irq]] vector)",
+                gate_pages(&maps)
+            ),
+        }
+        HypervGate { gate, irq }
+    }
+
+    /// The IRQ arrived on the gate's own notification: acknowledge it and
+    /// tell synic, as hvsim's `interrupt` does.
+    fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+        if let Some(irq) = self.irq {
+            if channels.contains(irq) {
+                self.gate.interrupt();
+                if let Some(interrupt) = component_api::id_named(CHANNEL_NAMES, "interrupt") {
+                    env.notify(interrupt);
+                }
+            }
+        }
+    }
+
+    fn protected(
+        &mut self,
+        _env: &mut dyn Env,
+        channel: Channel,
+        message: &[u8],
+        reply: &mut [u8],
+    ) -> Result<usize, Refusal> {
+        if channel != channels::GUEST {
+            return Err(Refusal::NOT_SERVED);
+        }
+        self.gate.serve(message, reply)
+    }
+}
+
+/// Pages of the maps that carry a guest physical address.
+fn gate_pages(maps: &[Region]) -> usize {
+    maps.iter()
+        .filter(|r| r.guest_physical().is_some())
+        .map(|r| r.len() / 4096)
+        .sum()
+}
