@@ -237,6 +237,10 @@ impl<K: KernelHypervisor> Gate<K> {
         &self.kernel
     }
 
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
     pub fn vector(&self) -> Option<u8> {
         self.vector
     }
