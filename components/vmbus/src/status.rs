@@ -211,6 +211,9 @@ impl Env for Budgeted<'_> {
     fn irq_ack(&mut self, channel: component_api::Channel) {
         self.inner.irq_ack(channel)
     }
+    fn irq_raise(&mut self, channel: component_api::Channel) -> bool {
+        self.inner.irq_raise(channel)
+    }
     fn region(&self, region: component_api::RegionName) -> component_api::Region {
         self.inner.region(region)
     }

@@ -46,10 +46,22 @@ fn main() {
     // invocation.h: InvalidInvocation = 0, then the generic labels; the
     // x86_64 labels continue from nInvocationLabels, the x86 ones from
     // nSeL4ArchInvocationLabels.
+    // The project's kernel patches append their x86 labels after the
+    // registry file's last one (so no existing number changes).
+    let patches = project_patches(&source_dir.join("patches"));
+    let patched_arch = patch_additions(&patches, ARCH_XML)
+        .iter()
+        .filter_map(|line| method_id(line))
+        .collect::<Vec<_>>();
     let mut next = 0u64;
     out.push_str(&format!("    pub const InvalidInvocation: u64 = {next};\n"));
     next += 1;
-    for id in generic.iter().chain(&sel4_arch).chain(&arch) {
+    for id in generic
+        .iter()
+        .chain(&sel4_arch)
+        .chain(&arch)
+        .chain(&patched_arch)
+    {
         out.push_str(&format!("    pub const {id}: u64 = {next};\n"));
         next += 1;
     }
@@ -70,9 +82,14 @@ fn main() {
     }
     out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod cap_type {\n");
     // What seL4_DebugCapIdentify returns: the tag of the `cap` union.
-    for (name, number) in cap_tags(&read(
-        &kernel.join("include/arch/x86/arch/64/mode/object/structures.bf"),
-    )) {
+    let patched_tags = patch_additions(&patches, STRUCTURES_BF)
+        .iter()
+        .filter_map(|line| tag_line(line))
+        .collect::<Vec<_>>();
+    for (name, number) in cap_tags(&read(&kernel.join(STRUCTURES_BF)))
+        .into_iter()
+        .chain(patched_tags)
+    {
         out.push_str(&format!("    pub const {name}: u64 = {number};\n"));
     }
     out.push_str("}\n#[allow(non_upper_case_globals, dead_code)]\npub mod syscall {\n");
@@ -82,6 +99,60 @@ fn main() {
     out.push_str("}\n");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::write(out_dir.join("generated.rs"), out).unwrap();
+}
+
+const ARCH_XML: &str = "libsel4/arch_include/x86/interfaces/sel4arch.xml";
+const STRUCTURES_BF: &str = "include/arch/x86/arch/64/mode/object/structures.bf";
+
+/// The texts of `patches/*.patch`, in the order the kernel build applies them.
+fn project_patches(folder: &Path) -> Vec<String> {
+    println!("cargo:rerun-if-changed={}", folder.display());
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("sel4-bindings: cannot list {}: {e}", folder.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "patch"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|path| read(path)).collect()
+}
+
+/// The lines the patches add (`+` lines) to the kernel file `file`.
+fn patch_additions(patches: &[String], file: &str) -> Vec<String> {
+    let target = format!("+++ b/{file}");
+    let mut added = Vec::new();
+    for patch in patches {
+        let mut inside = false;
+        for line in patch.lines() {
+            if line.starts_with("+++ ") {
+                inside = line.trim_end() == target;
+            } else if line.starts_with("diff ") || line.starts_with("--- ") {
+                inside = false;
+            } else if inside {
+                if let Some(text) = line.strip_prefix('+') {
+                    added.push(text.to_string());
+                }
+            }
+        }
+    }
+    added
+}
+
+/// `<method id="NAME"` on a line: NAME (our patches write one per line and
+/// no `condition`).
+fn method_id(line: &str) -> Option<String> {
+    let rest = &line[line.find("<method ")?..];
+    let start = rest.find("id=\"")? + 4;
+    let end = start + rest[start..].find('"')?;
+    Some(rest[start..end].to_string())
+}
+
+/// A `tag NAME NUMBER` line of the cap union.
+fn tag_line(line: &str) -> Option<(String, u64)> {
+    let mut words = line.split_whitespace();
+    (words.next()? == "tag").then_some(())?;
+    let name = words.next()?.to_string();
+    let number = words.next()?.parse().ok()?;
+    Some((name, number))
 }
 
 fn read(path: &Path) -> String {

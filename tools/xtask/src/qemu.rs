@@ -131,6 +131,7 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ),
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
+    ("tests/systems/hypervisor-cap.toml", None),
     ("tests/systems/blk-ramdisk.toml", None),
     ("tests/systems/hyperv-absent.toml", None),
 ];

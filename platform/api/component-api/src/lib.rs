@@ -192,6 +192,16 @@ pub trait Env {
     /// Acknowledge the IRQ delivered on `channel` so it can fire again.
     fn irq_ack(&mut self, channel: Channel);
 
+    /// Raise the IRQ delivered on `channel` as if its source had: on seL4
+    /// the kernel sends its vector to this core as a local-APIC self-IPI
+    /// (kernel patch 0007), so it arrives through the kernel's ordinary
+    /// interrupt path and is delivered on `channel` like any other. `false`
+    /// when `channel` is not one of this component's IRQs or the runtime
+    /// cannot raise IRQs (the default, and the hosted runtime).
+    fn irq_raise(&mut self, _channel: Channel) -> bool {
+        false
+    }
+
     /// A region the description maps into this component. Panics for a
     /// region granted by address only (`rights = "address"`): nothing of
     /// it is mapped.

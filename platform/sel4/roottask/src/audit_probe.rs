@@ -188,6 +188,7 @@ fn classify(
             }
         }
         cap_type::irq_handler_cap => CapKind::IrqHandler,
+        cap_type::hypervisor_cap => CapKind::Hypervisor,
         cap_type::io_port_cap => {
             let granted = expected.iter().find_map(|&(s, kind)| match kind {
                 CapKind::IoPort { first, last } if s == slot => Some((first, last)),

@@ -365,6 +365,14 @@ pub fn irq_handler_ack(handler: CPtr) -> KernelResult {
     invoke(handler, label::IRQAckIRQ, &[], &[]).map(drop)
 }
 
+/// `X86IRQHandlerRaise` (kernel patch 0007): the kernel sends this IRQ's
+/// vector to the current core as a local-APIC self-IPI, so it arrives
+/// through the kernel's ordinary interrupt path and signals the handler's
+/// notification like the device (or the hypervisor) would.
+pub fn irq_handler_raise(handler: CPtr) -> KernelResult {
+    invoke(handler, label::X86IRQHandlerRaise, &[], &[]).map(drop)
+}
+
 pub fn irq_handler_set_notification(handler: CPtr, notification: CPtr) -> KernelResult {
     invoke(handler, label::IRQSetIRQHandler, &[], &[notification]).map(drop)
 }
@@ -439,4 +447,47 @@ pub fn ioport_out(port_cap: CPtr, port: u16, width: u8, value: u32) -> KernelRes
         _ => label::X86IOPortOut32,
     };
     invoke(port_cap, invocation, &[port as u64, value as u64], &[]).map(drop)
+}
+
+/// `X86HypervisorReadMSR` (kernel patch 0008) on the hypervisor cap: a
+/// synthetic MSR (0x40000000..=0x400000FF).
+pub fn hypervisor_read_msr(hypervisor: CPtr, msr: u64) -> KernelResult<u64> {
+    invoke(hypervisor, label::X86HypervisorReadMSR, &[msr], &[]).map(|mrs| mrs[0])
+}
+
+/// `X86HypervisorWriteMSR` (kernel patch 0008). `page_vaddr` names the
+/// caller's page whose physical address the kernel puts into a GPA-bearing
+/// MSR (SIEFP, SIMP, reference TSC); 0 for the others.
+pub fn hypervisor_write_msr(
+    hypervisor: CPtr,
+    msr: u64,
+    value: u64,
+    page_vaddr: u64,
+) -> KernelResult {
+    invoke(
+        hypervisor,
+        label::X86HypervisorWriteMSR,
+        &[msr, value, page_vaddr],
+        &[],
+    )
+    .map(drop)
+}
+
+/// `X86HypervisorCall` (kernel patch 0008): a hypercall through the
+/// kernel's hypercall page; returns the hypervisor's status word. Slow
+/// calls: `input`/`output` are the vaddrs of the caller's page-aligned
+/// pages (0: none); fast calls (control bit 16): raw values.
+pub fn hypervisor_call(
+    hypervisor: CPtr,
+    control: u64,
+    input: u64,
+    output: u64,
+) -> KernelResult<u64> {
+    invoke(
+        hypervisor,
+        label::X86HypervisorCall,
+        &[control, input, output],
+        &[],
+    )
+    .map(|mrs| mrs[0])
 }

@@ -48,6 +48,8 @@ pub mod initial_cap {
     pub const IO_PORT: CPtr = 7;
     pub const BOOT_INFO_FRAME: CPtr = 9;
     pub const INIT_THREAD_IPC_BUFFER: CPtr = 10;
+    /// The hypervisor capability (kernel patch 0008).
+    pub const X86_HYPERVISOR: CPtr = 12;
 }
 
 static IPC_BUFFER: AtomicUsize = AtomicUsize::new(0);
@@ -262,6 +264,12 @@ mod tests {
         assert_eq!(label::X86IOPortIn8, 44);
         assert_eq!(label::X86IOPortOut32, 49);
         assert_eq!(label::X86IRQIssueIRQHandlerIOAPIC, 50);
+        assert_eq!(label::X86IRQIssueIRQHandlerMSI, 51);
+        // Appended by our kernel patches (0007), after the last 5.0 label.
+        assert_eq!(label::X86IRQHandlerRaise, 52);
+        assert_eq!(label::X86HypervisorReadMSR, 53);
+        assert_eq!(label::X86HypervisorWriteMSR, 54);
+        assert_eq!(label::X86HypervisorCall, 55);
         assert_eq!(object_type::seL4_NotificationObject, 3);
         assert_eq!(object_type::seL4_X64_PML4Object, 6);
         assert_eq!(object_type::seL4_X86_4K, 7);
@@ -278,5 +286,7 @@ mod tests {
         assert_eq!(cap_type::notification_cap, 6);
         assert_eq!(cap_type::irq_handler_cap, 16);
         assert_eq!(cap_type::io_port_cap, 19);
+        // Added by our kernel patch 0008.
+        assert_eq!(cap_type::hypervisor_cap, 31);
     }
 }

@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod hypervisor;
 
 use abi::*;
 use component_api::{
@@ -151,6 +152,11 @@ impl Env for Sel4Env {
         if Self::has(self.info.irq_channels, channel) {
             let _ = sys::irq_handler_ack(SLOT_IRQ_BASE + channel.0 as u64);
         }
+    }
+
+    fn irq_raise(&mut self, channel: Channel) -> bool {
+        Self::has(self.info.irq_channels, channel)
+            && sys::irq_handler_raise(SLOT_IRQ_BASE + channel.0 as u64).is_ok()
     }
 
     fn region(&self, region: RegionName) -> Region {
