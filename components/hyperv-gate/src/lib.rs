@@ -17,10 +17,10 @@
 //!   hypercall only as a virtual address mapped writable in the caller, so
 //!   a GPA outside those maps is refused here (`GeneralProtection`,
 //!   counted in [`Counters::refused_gpas`]) and never reaches the kernel.
-//! - The hypercall MSR belongs to the kernel (it enables its own hypercall
-//!   page): a write is checked (its page must be one of ours) and kept, a
-//!   read gives back what `synic` wrote, enabled only while the kernel's
-//!   page is.
+//! - The hypercall MSR belongs to the kernel (a write only enables or
+//!   disables the kernel's own hypercall page): a write is checked (its
+//!   page must be one of ours), passed on and kept; a read gives back what
+//!   `synic` wrote, enabled only while the kernel's page is.
 //! - Rewrites the vector `synic` programs into a SINT (and a direct-mode
 //!   synthetic timer) to the vector of this PD's `[[irq]] vector = N`, the
 //!   one the kernel binds to a notification; reads give `synic` its own
@@ -30,8 +30,9 @@
 //!   an IRQ the values pass unchanged.
 //! - `EndOfInterrupt` (and a write of the APIC EOI MSR) acknowledges that
 //!   IRQ to the kernel; the kernel has already sent the APIC its EOI.
-//!   Slow hypercalls get their input and output pages translated, fast
-//!   ones pass their values untouched.
+//! - Slow hypercalls get their input and output pages translated (page
+//!   aligned, as the kernel takes them), fast ones pass their values
+//!   untouched.
 //!
 //! What it trusts: the kernel's answers; the description for which pages
 //! may be named. Not `synic`'s requests: every GPA is checked against the
@@ -345,8 +346,15 @@ impl<K: KernelHypervisor> Gate<K> {
                 {
                     return self.refused_gpa();
                 }
-                self.hypercall_msr = value;
-                return Reply::Done;
+                // The kernel enables or disables its own page; synic's
+                // address is kept for its reads.
+                return match self.kernel.write_msr(number, value, None) {
+                    Ok(()) => {
+                        self.hypercall_msr = value;
+                        Reply::Done
+                    }
+                    Err(_) => self.kernel_refused(),
+                };
             }
             msr::SIMP | msr::SIEFP | REFERENCE_TSC_MSR => {
                 let gpa = value & !(PAGE - 1);
@@ -406,10 +414,14 @@ impl<K: KernelHypervisor> Gate<K> {
 
     /// A slow hypercall's input or output: GPA 0 names no page (calls
     /// without output pass 0, and the root task never hands out physical
-    /// page 0); any other GPA must translate.
+    /// page 0); any other GPA must be page aligned (the kernel takes whole
+    /// pages: TLFS's 8-byte alignment is not enough) and translate.
     fn page_arg(&self, gpa: u64) -> Option<CallArg> {
         if gpa == 0 {
             return Some(CallArg::None);
+        }
+        if !gpa.is_multiple_of(PAGE) {
+            return None;
         }
         self.map.translate(gpa).map(CallArg::Page)
     }

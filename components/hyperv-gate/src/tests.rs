@@ -212,7 +212,7 @@ fn disabling_a_page_msr_needs_no_page_of_ours() {
 }
 
 #[test]
-fn the_hypercall_msr_is_kept_not_written_and_reads_enabled_with_the_kernels_page() {
+fn the_hypercall_msr_enables_the_kernels_page_and_reads_back_synics() {
     let f = fixture();
     let mut gate = gate_with(&f, None);
     // Before synic enables it: disabled whatever the kernel has.
@@ -220,11 +220,23 @@ fn the_hypercall_msr_is_kept_not_written_and_reads_enabled_with_the_kernels_page
     assert_eq!(read(&mut gate, msr::HYPERCALL), Reply::Value(0));
     let value = (HYPERCALL_PAGES_GPA + 8192) | 1;
     assert_eq!(write(&mut gate, msr::HYPERCALL, value), Reply::Done);
-    assert!(gate.kernel().writes.is_empty());
+    // Passed on without a page: the kernel uses its own.
+    assert_eq!(gate.kernel().writes, [(msr::HYPERCALL, value, None)]);
+    // The kernel reports its own page's address; synic sees its own.
+    gate.kernel.msrs.insert(msr::HYPERCALL, 0xabc_d000 | 1);
     assert_eq!(read(&mut gate, msr::HYPERCALL), Reply::Value(value));
     // The kernel's own page is not enabled: neither is synic's.
     gate.kernel.msrs.insert(msr::HYPERCALL, 0);
     assert_eq!(read(&mut gate, msr::HYPERCALL), Reply::Value(value & !1));
+    // A write the kernel refuses is not kept.
+    gate.kernel.refuse = Some(KernelError::NoHyperV);
+    assert_eq!(
+        write(&mut gate, msr::HYPERCALL, 0),
+        Reply::GeneralProtection
+    );
+    gate.kernel.refuse = None;
+    gate.kernel.msrs.insert(msr::HYPERCALL, 1);
+    assert_eq!(read(&mut gate, msr::HYPERCALL), Reply::Value(value));
 }
 
 #[test]
@@ -338,8 +350,8 @@ fn slow_hypercalls_carry_own_pages_fast_ones_raw_values() {
     assert_eq!(
         gate.handle(Request::Hypercall {
             control: slow_with_output,
-            input: HYPERCALL_PAGES_GPA + 16,
-            output: HYPERCALL_PAGES_GPA + 4096,
+            input: HYPERCALL_PAGES_GPA + 4096,
+            output: HYPERCALL_PAGES_GPA + 8192,
         }),
         Reply::Value(0)
     );
@@ -362,8 +374,8 @@ fn slow_hypercalls_carry_own_pages_fast_ones_raw_values() {
             ),
             (
                 slow_with_output,
-                CallArg::Page(address(&f.hypercall_pages, 16)),
-                CallArg::Page(address(&f.hypercall_pages, 4096))
+                CallArg::Page(address(&f.hypercall_pages, 4096)),
+                CallArg::Page(address(&f.hypercall_pages, 8192))
             ),
             (
                 signal,
@@ -383,6 +395,9 @@ fn slow_hypercall_gpas_outside_the_maps_are_refused_and_counted() {
         (HYPERCALL_PAGES_GPA + 12288, 0),
         (HYPERCALL_PAGES_GPA, 0x9000),
         (0x9000, HYPERCALL_PAGES_GPA + 4096),
+        // Inside the maps but not page aligned: the kernel takes pages.
+        (HYPERCALL_PAGES_GPA + 16, 0),
+        (HYPERCALL_PAGES_GPA, HYPERCALL_PAGES_GPA + 4096 + 8),
     ] {
         assert_eq!(
             gate.handle(Request::Hypercall {
@@ -393,7 +408,7 @@ fn slow_hypercall_gpas_outside_the_maps_are_refused_and_counted() {
             Reply::GeneralProtection
         );
     }
-    assert_eq!(gate.counters.refused_gpas, 3);
+    assert_eq!(gate.counters.refused_gpas, 5);
     assert!(gate.kernel().hypercalls.is_empty());
 }
 

@@ -2,7 +2,7 @@
 //! kernel between them does what the seL4 hypervisor capability does (a
 //! page named by this PD's virtual address becomes its physical address,
 //! i.e. the GPA; a GPA-bearing MSR needs that page; the hypercall MSR is
-//! the kernel's, enabled on its own page once the guest OS ID is set).
+//! the kernel's: a write only enables or disables the kernel's own page).
 use component_api::{ChannelSet, Component, Region};
 use env_double::EnvDouble;
 use hvsim::pd::RegionMemory;
@@ -43,7 +43,12 @@ impl FakeKernel {
         match arg {
             CallArg::None => Ok(0),
             CallArg::Fast(value) => Ok(value),
-            CallArg::Page(address) => self.physical(address),
+            // The kernel takes whole pages (the test's memory is not page
+            // aligned in this process, so the physical side is checked).
+            CallArg::Page(address) => match self.physical(address)? {
+                gpa if gpa % 4096 == 0 => Ok(gpa),
+                _ => Err(KernelError::BadPage),
+            },
         }
     }
 }
@@ -61,7 +66,16 @@ impl KernelHypervisor for FakeKernel {
         page: Option<usize>,
     ) -> Result<(), KernelError> {
         match number {
-            msr::HYPERCALL => panic!("the gate wrote the kernel's hypercall MSR"),
+            // Kernel-managed: the value only enables or disables the
+            // kernel's own page.
+            msr::HYPERCALL => {
+                assert!(page.is_none());
+                let enable = value & HypercallMsr::ENABLE;
+                return self
+                    .sim
+                    .msr_write(msr::HYPERCALL, KERNEL_PAGE_GPA | enable)
+                    .map_err(|_| KernelError::Kernel(13));
+            }
             msr::SIMP | msr::SIEFP | hyperv_gate::REFERENCE_TSC_MSR if value & 1 != 0 => {
                 let page = page.ok_or(KernelError::BadPage)?;
                 if self.physical(page)? != value & !0xFFF {
@@ -72,13 +86,7 @@ impl KernelHypervisor for FakeKernel {
         }
         self.sim
             .msr_write(number, value)
-            .map_err(|_| KernelError::Kernel(13))?;
-        if number == msr::GUEST_OS_ID {
-            self.sim
-                .msr_write(msr::HYPERCALL, KERNEL_PAGE_GPA | HypercallMsr::ENABLE)
-                .map_err(|_| KernelError::Kernel(13))?;
-        }
-        Ok(())
+            .map_err(|_| KernelError::Kernel(13))
     }
     fn hypercall(
         &mut self,
