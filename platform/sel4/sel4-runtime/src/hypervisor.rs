@@ -100,6 +100,20 @@ pub fn hypercall(
     )?)
 }
 
+/// Execute RDMSR of `msr` at user level, for the test that shows a PD
+/// cannot bypass the capability: RDMSR is privileged, so the CPU raises
+/// #GP, the kernel stops the PD and sends its fault to the monitor; the
+/// call does not return.
+pub fn rdmsr_at_user_level(msr: u32) -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: RDMSR at CPL 3 always faults (#GP) before it reads or writes
+    // anything; the asm declares the registers it would write.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nostack));
+    }
+    u64::from(high) << 32 | u64::from(low)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
