@@ -33,7 +33,7 @@
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
-use hvsim::pd::{HostPd, RegionMemory};
+use hvsim::pd::{HostPd, InterruptPath, InterruptStats, RegionMemory};
 use hvsim::script::{Script, ScriptRunner};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
@@ -63,6 +63,10 @@ pub struct SimulatedHost {
     script: ScriptRunner,
     /// The NE2000's interrupt, when the description grants it.
     nic_irq: Option<Channel>,
+    /// The guest had VMBus connected at the last look.
+    connected: bool,
+    /// The synic-interrupt counters as last reported.
+    reported: InterruptStats,
 }
 
 impl SimulatedHost {
@@ -87,6 +91,53 @@ impl SimulatedHost {
         }
         // The script's requests may have raised the interrupt.
         self.host.step(env);
+        self.report_interrupts(env);
+    }
+
+    /// Says how the synic interrupt went: its first raise through the
+    /// kernel, the first refused one, and the totals when the guest
+    /// unloads VMBus (the boot tests check them).
+    fn report_interrupts(&mut self, env: &mut dyn Env) {
+        let stats = self.host.interrupt_stats();
+        if let InterruptPath::Vector { vector, .. } = self.host.interrupt_path() {
+            if self.reported.raised == 0 && stats.raised > 0 {
+                println!(
+                    env,
+                    "host: synic interrupt raised through the kernel: vector {:#x}",
+                    vector
+                );
+            }
+            if self.reported.raise_failures == 0 && stats.raise_failures > 0 {
+                println!(
+                    env,
+                    "host: the kernel refused to raise vector {:#x}: synic gets no interrupt",
+                    vector
+                );
+            }
+        }
+        self.reported = stats;
+        let connected = self.host.sim.vmbus.version().is_some();
+        if self.connected && !connected {
+            let synic = self.host.sim.host.synic.stats;
+            let path = match self.host.interrupt_path() {
+                InterruptPath::Vector { vector, .. } => alloc::format!("by vector {vector:#x}"),
+                InterruptPath::Notify(_) => "by notification".into(),
+            };
+            // The fixed part first: the boot tests match it.
+            println!(
+                env,
+                "host: synic interrupts {}: {} refused, {} notified; {} raised through the kernel, {} acknowledged; the host's synic delivered {} ({} lost) in {} signals",
+                path,
+                stats.raise_failures,
+                stats.notified,
+                stats.raised,
+                stats.acknowledged,
+                synic.interrupts_delivered,
+                synic.interrupts_lost,
+                stats.signalled
+            );
+        }
+        self.connected = connected;
     }
 }
 
@@ -145,7 +196,27 @@ impl Component for SimulatedHost {
         if nic.is_some() {
             hvsim::script::add_network(&mut config);
         }
-        let mut host = HostPd::new(memory, config, channels::INTERRUPT);
+        // A vector IRQ that signals the end our `interrupt` channel reaches
+        // (synic's) stands in for that channel: the interrupt then takes
+        // the kernel's path, as Hyper-V's does.
+        let path = match VECTOR_IRQS
+            .iter()
+            .find(|irq| irq.signals_peer_of == Some(channels::INTERRUPT))
+        {
+            Some(irq) => {
+                println!(
+                    env,
+                    "host: synic interrupt by vector {:#x}: raised through the kernel, every SINT kept on it",
+                    irq.vector
+                );
+                InterruptPath::Vector {
+                    irq: irq.irq,
+                    vector: irq.vector,
+                }
+            }
+            None => InterruptPath::Notify(channels::INTERRUPT),
+        };
+        let mut host = HostPd::with_interrupt_path(memory, config, path);
         if let Some(disk) = disk {
             match host.sim.storage_attach(alloc::boxed::Box::new(disk)) {
                 Some(lun) => println!(env, "host: storage LUN {lun}: disk 0 (QEMU's IDE disk)"),
@@ -169,6 +240,8 @@ impl Component for SimulatedHost {
             host,
             script: ScriptRunner::new(script),
             nic_irq,
+            connected: false,
+            reported: InterruptStats::default(),
         }
     }
 

@@ -2,7 +2,9 @@
 //! the set of host-visible regions the description gives the host (each
 //! with its guest physical address), `synic`'s hypervisor calls
 //! (`vmbus_ipc::hypervisor::Request`) arrive as protected calls, and the
-//! synic interrupt leaves as a notification.
+//! synic interrupt leaves as a notification, or, when the description
+//! gives the host a vector IRQ for it, through the kernel
+//! ([`InterruptPath`]).
 //!
 //! [`RegionMemory`] is the `GuestMemory` over those regions: an access must
 //! lie entirely inside one region; a GPA in no region does not exist (the
@@ -114,18 +116,67 @@ impl GuestMemory for RegionMemory {
     }
 }
 
+/// How the synic interrupt reaches `synic`.
+#[derive(Clone, Copy, Debug)]
+pub enum InterruptPath {
+    /// A notification on this notify channel (`interrupt`).
+    Notify(Channel),
+    /// The description's vector IRQ (`[[irq]] vector`, `notify` = the end
+    /// of synic that `interrupt` reaches): raised with `Env::irq_raise`, on
+    /// seL4 the kernel's self-IPI of the handler's vector, which arrives through the
+    /// kernel's interrupt entry and is signalled to synic exactly as a
+    /// vector Hyper-V injects. Every SINT is kept on `vector`
+    /// ([`crate::synic::Synic::set_fixed_vector`]).
+    Vector { irq: Channel, vector: u8 },
+}
+
+/// How many synic interrupts took which path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterruptStats {
+    /// Steps that delivered at least one interrupt (one signal each: the
+    /// guest scans its pages on each).
+    pub signalled: u64,
+    /// Of those, by notification.
+    pub notified: u64,
+    /// Of those, raised through the kernel.
+    pub raised: u64,
+    /// Raises the kernel refused (nothing reached synic).
+    pub raise_failures: u64,
+    /// IRQ acknowledgements: at once after a raise on an auto-EOI vector,
+    /// else on the guest's end of interrupt.
+    pub acknowledged: u64,
+}
+
 /// The simulated host's call and notification handling in a component.
 pub struct HostPd<M: GuestMemory> {
     pub sim: Simulator<M>,
-    interrupt: Channel,
+    interrupt: InterruptPath,
+    stats: InterruptStats,
 }
 
 impl<M: GuestMemory> HostPd<M> {
     pub fn new(memory: M, config: ServerConfig, interrupt: Channel) -> Self {
-        HostPd {
-            sim: Simulator::new(memory, config),
-            interrupt,
+        Self::with_interrupt_path(memory, config, InterruptPath::Notify(interrupt))
+    }
+
+    pub fn with_interrupt_path(memory: M, config: ServerConfig, path: InterruptPath) -> Self {
+        let mut sim = Simulator::new(memory, config);
+        if let InterruptPath::Vector { vector, .. } = path {
+            sim.host.synic.set_fixed_vector(Some(vector));
         }
+        HostPd {
+            sim,
+            interrupt: path,
+            stats: InterruptStats::default(),
+        }
+    }
+
+    pub fn interrupt_path(&self) -> InterruptPath {
+        self.interrupt
+    }
+
+    pub fn interrupt_stats(&self) -> InterruptStats {
+        self.stats
     }
 
     fn reply_of(result: Result<u64, Exception>) -> Reply {
@@ -136,18 +187,37 @@ impl<M: GuestMemory> HostPd<M> {
         }
     }
 
-    /// Runs the server and sends the synic interrupt if any was delivered
-    /// (a notification carries no vector; every SINT the guest uses shares
-    /// one, and the guest scans its SIM/SIEF pages).
+    /// Runs the server and sends the synic interrupt if any was delivered:
+    /// one signal however many (the guest scans its SIM/SIEF pages on
+    /// each; a notification carries no vector, and a vector raised again
+    /// before it is taken is taken once, as in a local APIC).
     pub fn step(&mut self, env: &mut dyn Env) {
         let now = env.now_ns();
         self.sim.step(now);
-        let mut raised = false;
-        while self.sim.take_interrupt().is_some() {
-            raised = true;
+        let mut delivered = None;
+        while let Some(vector) = self.sim.take_interrupt() {
+            delivered = Some(vector);
         }
-        if raised {
-            env.notify(self.interrupt);
+        let Some(vector) = delivered else {
+            return;
+        };
+        self.stats.signalled += 1;
+        match self.interrupt {
+            InterruptPath::Notify(channel) => {
+                env.notify(channel);
+                self.stats.notified += 1;
+            }
+            InterruptPath::Vector { irq, .. } => {
+                if env.irq_raise(irq) {
+                    self.stats.raised += 1;
+                } else {
+                    self.stats.raise_failures += 1;
+                }
+                if self.sim.host.synic.vector_auto_eoi(vector) {
+                    env.irq_ack(irq);
+                    self.stats.acknowledged += 1;
+                }
+            }
         }
     }
 
@@ -173,7 +243,13 @@ impl<M: GuestMemory> HostPd<M> {
                 output,
             } => Self::reply_of(self.sim.hypercall(control, input, output)),
             Request::EndOfInterrupt => match self.sim.msr_write(APIC_EOI_MSR, 0) {
-                Ok(()) => Reply::Done,
+                Ok(()) => {
+                    if let InterruptPath::Vector { irq, .. } = self.interrupt {
+                        env.irq_ack(irq);
+                        self.stats.acknowledged += 1;
+                    }
+                    Reply::Done
+                }
                 Err(error) => Self::reply_of(Err(error)),
             },
         };

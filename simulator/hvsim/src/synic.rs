@@ -55,6 +55,9 @@ pub struct SynicStats {
     /// Timer 0 expired while its previous message still waited for the
     /// slot: no second message (the pending one stands for both).
     pub timer_coalesced: u64,
+    /// SINT writes whose vector was replaced by the partition's one vector
+    /// ([`Synic::set_fixed_vector`]).
+    pub sint_vectors_rewritten: u64,
 }
 
 /// The reference-time unit: 100 ns.
@@ -88,6 +91,11 @@ pub struct Synic {
     /// the host's clock last told us ([`Synic::advance`]).
     reference_time: u64,
     pub stats: SynicStats,
+    /// The one vector the guest's kernel takes the synic interrupt on (the
+    /// description's `[[irq]] vector`), when the host raises it through the
+    /// kernel: an unmasked SINT is kept with this vector whatever vector
+    /// the guest wrote, as the Hyper-V gate programs it.
+    fixed_vector: Option<u8>,
 }
 
 impl Default for Synic {
@@ -130,7 +138,21 @@ impl Synic {
             timer: SyntheticTimer::default(),
             reference_time: 0,
             stats: SynicStats::default(),
+            fixed_vector: None,
         }
+    }
+
+    /// Keep every unmasked SINT on `vector` (`None`: the vector the guest
+    /// writes). The guest's vector is still checked as the TLFS says
+    /// (below 16 is #GP), then replaced; reading the SINT back gives the
+    /// vector that is really delivered.
+    pub fn set_fixed_vector(&mut self, vector: Option<u8>) {
+        self.fixed_vector = vector.filter(|v| *v >= SINT_FIRST_VALID_VECTOR);
+    }
+
+    /// The vector set by [`Synic::set_fixed_vector`].
+    pub fn fixed_vector(&self) -> Option<u8> {
+        self.fixed_vector
     }
 
     /// True once the guest can make hypercalls.
@@ -264,9 +286,17 @@ impl Synic {
             }
             _ => match msr::sint_index(number) {
                 Some(index) => {
-                    let sint = SintMsr(value);
+                    let mut sint = SintMsr(value);
                     if !sint.masked() && sint.vector() < SINT_FIRST_VALID_VECTOR {
                         return Err(Exception::GeneralProtection);
+                    }
+                    if let Some(vector) = self.fixed_vector {
+                        if !sint.masked() && sint.vector() != vector {
+                            sint = SintMsr(
+                                (sint.0 & !SintMsr::VECTOR_MASK) | u64::from(vector),
+                            );
+                            self.stats.sint_vectors_rewritten += 1;
+                        }
                     }
                     self.sint[index as usize] = sint;
                 }
@@ -477,7 +507,8 @@ impl Synic {
         self.deliver_apic();
     }
 
-    fn vector_auto_eoi(&self, vector: u8) -> bool {
+    /// Whether `vector` is delivered with auto-EOI (the guest writes no EOI).
+    pub fn vector_auto_eoi(&self, vector: u8) -> bool {
         self.sint
             .iter()
             .any(|s| !s.masked() && s.vector() == vector && s.auto_eoi())
@@ -533,6 +564,35 @@ mod tests {
             origin: 0,
             payload: alloc::vec![byte; 8],
         }
+    }
+
+    #[test]
+    fn a_fixed_vector_replaces_the_guests_and_is_what_is_delivered() {
+        let memory = VecMemory::new(0x4000);
+        let mut synic = Synic::new();
+        synic.set_fixed_vector(Some(0x50));
+        synic.msr_write(&memory, msr::SIMP, 0x1000 | 1).unwrap();
+        synic.msr_write(&memory, msr::SCONTROL, 1).unwrap();
+        // Still checked as written: below 16 is #GP.
+        assert_eq!(
+            synic.msr_write(&memory, msr::SINT0 + 2, SintMsr::new(0x0f, false, true).0),
+            Err(Exception::GeneralProtection)
+        );
+        synic
+            .msr_write(&memory, msr::SINT0 + 2, SintMsr::new(0x30, false, true).0)
+            .unwrap();
+        let sint = SintMsr(synic.msr_read(msr::SINT0 + 2).unwrap());
+        assert_eq!(sint.vector(), 0x50);
+        assert!(sint.auto_eoi() && !sint.masked());
+        // A masked SINT keeps what was written (it interrupts nobody).
+        synic
+            .msr_write(&memory, msr::SINT0 + 3, SintMsr::new(0x31, true, false).0)
+            .unwrap();
+        assert_eq!(SintMsr(synic.msr_read(msr::SINT0 + 3).unwrap()).vector(), 0x31);
+        assert_eq!(synic.stats.sint_vectors_rewritten, 1);
+        synic.post(&memory, 2, message(1));
+        assert_eq!(synic.take_interrupt(), Some(0x50));
+        assert!(synic.vector_auto_eoi(0x50));
     }
 
     #[test]

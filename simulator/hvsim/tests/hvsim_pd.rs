@@ -7,7 +7,7 @@
 use component_api::{Channel, Env, Refusal};
 use env_double::EnvDouble;
 use hv_interface::GuestMemory;
-use hvsim::pd::{HostPd, RegionMemory};
+use hvsim::pd::{HostPd, InterruptPath, RegionMemory};
 use hvsim::vmbus::ServerConfig;
 use hyperv_defs::{call_code, msr, HvStatus, HypercallControl, HypercallResult, SintMsr};
 use vmbus_ipc::hypervisor::{Hypervisor, Reply, Request};
@@ -129,4 +129,78 @@ fn synic_calls_as_protected_calls_and_the_interrupt_as_a_notification() {
         Err(Refusal::WRONG_PROTOCOL)
     );
     assert!(pd.sim.host.memory.contains(BASE, 8 * 4096));
+}
+
+const SINT_IRQ: Channel = Channel(7);
+
+#[test]
+fn with_a_vector_irq_the_interrupt_is_raised_on_the_descriptions_vector_and_acknowledged() {
+    let mut env = EnvDouble::new();
+    let pages = env.add_region_with(8 * 4096, true, Some(BASE));
+    let memory = RegionMemory::new(&[env.region(pages)]).unwrap();
+    let mut pd = HostPd::with_interrupt_path(
+        memory,
+        ServerConfig::default(),
+        InterruptPath::Vector {
+            irq: SINT_IRQ,
+            vector: 0x50,
+        },
+    );
+    let mut write = |msr: u32, value: u64| {
+        assert_eq!(
+            call(&mut pd, &mut env, Request::MsrWrite { msr, value }),
+            Reply::Done
+        )
+    };
+    write(msr::SIMP, BASE | 1);
+    write(msr::SIEFP, (BASE + 0x1000) | 1);
+    // The guest's vector (and auto-EOI) as synic writes them.
+    write(msr::SINT0 + 2, SintMsr::new(0x30, false, true).0);
+    write(msr::SCONTROL, 1);
+    match call(&mut pd, &mut env, Request::MsrRead { msr: msr::SINT0 + 2 }) {
+        Reply::Value(value) => assert_eq!(SintMsr(value).vector(), 0x50),
+        other => panic!("{other:?}"),
+    }
+
+    // An event on SINT 2 (auto-EOI): raised, acknowledged at once, and
+    // nothing notified.
+    assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 1));
+    pd.step(&mut env);
+    assert_eq!(env.irq_raises, vec![SINT_IRQ]);
+    assert_eq!(env.irq_acks, vec![SINT_IRQ]);
+    assert_eq!(env.notifications_on(INTERRUPT), 0);
+    // Without auto-EOI (the guest reprograms SINT 2): raised, and
+    // acknowledged on the guest's end of interrupt.
+    assert_eq!(
+        call(
+            &mut pd,
+            &mut env,
+            Request::MsrWrite {
+                msr: msr::SINT0 + 2,
+                value: SintMsr::new(0x30, false, false).0
+            }
+        ),
+        Reply::Done
+    );
+    assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 2));
+    pd.step(&mut env);
+    assert_eq!(env.irq_raises, vec![SINT_IRQ, SINT_IRQ]);
+    assert_eq!(env.irq_acks.len(), 1);
+    assert_eq!(
+        call(&mut pd, &mut env, Request::EndOfInterrupt),
+        Reply::Done
+    );
+    assert_eq!(env.irq_acks, vec![SINT_IRQ, SINT_IRQ]);
+    let stats = pd.interrupt_stats();
+    assert_eq!(
+        (stats.raised, stats.notified, stats.acknowledged, stats.raise_failures),
+        (2, 0, 2, 0)
+    );
+    // A kernel that refuses the raise: counted, and nothing else is sent
+    // in its place.
+    env.refuse_irq_raise = true;
+    assert!(pd.sim.host.synic.signal_event(&pd.sim.host.memory, 2, 3));
+    pd.step(&mut env);
+    assert_eq!(pd.interrupt_stats().raise_failures, 1);
+    assert_eq!(env.notifications_on(INTERRUPT), 0);
 }

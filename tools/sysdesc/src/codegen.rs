@@ -4,7 +4,7 @@
 use crate::{describe_file, description_search_list, find_workspace_root, Description};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use system_layout::ChannelKind;
+use system_layout::{ChannelKind, IrqSource};
 
 fn constant_name(name: &str) -> String {
     name.to_ascii_uppercase()
@@ -108,7 +108,21 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         "#[allow(dead_code, unused_imports)]\npub mod irqs {{\n    use component_api::Channel;"
     );
     for irq in &me.irqs {
-        let _ = writeln!(out, "    /// IRQ line {}", irq.irq);
+        let source = match irq.source {
+            IrqSource::Line(line) => format!("IRQ line {line}"),
+            IrqSource::Vector(vector) => format!("vector {vector:#x} (no device)"),
+        };
+        let delivered = match irq.notify {
+            Some(target) => format!(
+                ", delivered to `{}.{}`",
+                layout.components[target.component as usize].name,
+                layout.components[target.component as usize]
+                    .channel(target.end)
+                    .map_or("?", |end| end.name.as_str())
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "    /// {source}{delivered}");
         let _ = writeln!(
             out,
             "    pub const {}: Channel = Channel({});",
@@ -129,6 +143,38 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
             out,
             "(component_api::Channel({}), {:?}), ",
             irq.channel, irq.name
+        );
+    }
+    let _ = writeln!(out, "];");
+    // Whether the holder has a vector IRQ, and which of its notify
+    // channels raising it stands in for (hvsim: synic's interrupt).
+    let _ = writeln!(
+        out,
+        "/// IRQs that are a local-APIC vector with no device behind it."
+    );
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const VECTOR_IRQS: &[component_api::VectorIrq] = &["
+    );
+    for irq in &me.irqs {
+        let IrqSource::Vector(vector) = irq.source else {
+            continue;
+        };
+        let signals_peer_of = irq.notify.and_then(|target| {
+            me.channels.iter().find(|end| {
+                end.kind == ChannelKind::Notify
+                    && end.peer == target.component
+                    && end.peer_id == target.end
+            })
+        });
+        let _ = write!(
+            out,
+            "component_api::VectorIrq {{ irq: component_api::Channel({}), vector: {vector:#x}, signals_peer_of: {} }}, ",
+            irq.channel,
+            signals_peer_of.map_or("None".to_string(), |end| format!(
+                "Some(component_api::Channel({}))",
+                end.id
+            ))
         );
     }
     let _ = writeln!(out, "];");

@@ -204,7 +204,13 @@ pub struct RawCall {
 pub struct RawIrq {
     pub component: Text,
     pub name: Text,
-    pub irq: Number,
+    /// An ISA IRQ line (IOAPIC pin); exactly one of `irq` and `vector`.
+    pub irq: Option<Number>,
+    /// A local-APIC vector with no device behind it.
+    pub vector: Option<Number>,
+    /// The notify-channel end it signals (`component.end`), if not the
+    /// holder's own end `name`.
+    pub notify: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -99,7 +99,21 @@ pub fn summary(description: &Description) -> String {
             let _ = writeln!(out, "  channel  {:<16} {what}{protocol}", end.name);
         }
         for irq in &component.irqs {
-            let _ = writeln!(out, "  irq      {:<16} line {}", irq.name, irq.irq);
+            let source = match irq.source {
+                system_layout::IrqSource::Line(line) => format!("line {line}"),
+                system_layout::IrqSource::Vector(vector) => {
+                    format!("vector {vector:#x} (no device; ack and raise)")
+                }
+            };
+            let delivered = irq
+                .notify
+                .and_then(|target| {
+                    let peer = layout.components.get(target.component as usize)?;
+                    let end = peer.channel(target.end)?;
+                    Some(format!(", signals {}.{}", peer.name, end.name))
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "  irq      {:<16} {source}{delivered}", irq.name);
         }
         for port in &component.ioports {
             let _ = writeln!(

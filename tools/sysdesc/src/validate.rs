@@ -683,21 +683,103 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
     }
 
     let mut irq_lines: HashMap<i64, usize> = HashMap::new();
-    let mut irqs: Vec<(usize, String, u8)> = Vec::new();
+    let mut irq_vectors: HashMap<i64, usize> = HashMap::new();
+    let mut irqs: Vec<(usize, String, IrqSource, Option<IrqTarget>)> = Vec::new();
     for (index, irq) in raw.irq.iter().enumerate() {
+        let irq_offset = irq.span().start;
         let irq = irq.get_ref();
         let component = lookup_component(&mut check, &irq.component);
-        let line = *irq.irq.get_ref();
-        if !(0..=MAX_IRQ_LINE).contains(&line) {
-            check.error(
-                irq.irq.span().start,
-                format!("IRQ line {line} is out of range 0..={MAX_IRQ_LINE}"),
-            );
-        } else if irq_lines.insert(line, index).is_some() {
-            check.error(
-                irq.irq.span().start,
-                format!("IRQ line {line} is already given to a component"),
-            );
+        let source = match (&irq.irq, &irq.vector) {
+            (Some(line_text), None) => {
+                let line = *line_text.get_ref();
+                if !(0..=MAX_IRQ_LINE).contains(&line) {
+                    check.error(
+                        line_text.span().start,
+                        format!("IRQ line {line} is out of range 0..={MAX_IRQ_LINE}"),
+                    );
+                } else if irq_lines.insert(line, index).is_some() {
+                    check.error(
+                        line_text.span().start,
+                        format!("IRQ line {line} is already given to a component"),
+                    );
+                }
+                IrqSource::Line(line.clamp(0, MAX_IRQ_LINE) as u8)
+            }
+            (None, Some(vector_text)) => {
+                let vector = *vector_text.get_ref();
+                if !(i64::from(MIN_IRQ_VECTOR)..=i64::from(MAX_IRQ_VECTOR)).contains(&vector) {
+                    check.error(
+                        vector_text.span().start,
+                        format!(
+                            "IRQ vector {vector:#x} is out of range {MIN_IRQ_VECTOR:#x}..={MAX_IRQ_VECTOR:#x} (above every IOAPIC line's vector, below the kernel's)"
+                        ),
+                    );
+                } else if irq_vectors.insert(vector, index).is_some() {
+                    check.error(
+                        vector_text.span().start,
+                        format!("IRQ vector {vector:#x} is already given to a component"),
+                    );
+                }
+                IrqSource::Vector(
+                    vector.clamp(i64::from(MIN_IRQ_VECTOR), i64::from(MAX_IRQ_VECTOR)) as u8,
+                )
+            }
+            (Some(_), Some(vector_text)) => {
+                check.error(
+                    vector_text.span().start,
+                    "an IRQ has either a line (`irq`) or a vector (`vector`), not both",
+                );
+                IrqSource::Line(0)
+            }
+            (None, None) => {
+                check.error(
+                    irq_offset,
+                    "an IRQ needs a line (`irq = N`) or a vector (`vector = N`)",
+                );
+                IrqSource::Line(0)
+            }
+        };
+        // The end it signals, if another component's: a notify-channel end
+        // that component already has, so its code sees the IRQ exactly as
+        // it saw that channel.
+        let mut target = None;
+        if let Some(notify) = &irq.notify {
+            if let Some(end) = parse_end(&mut check, notify) {
+                let found = local_ends[end.component]
+                    .iter()
+                    .position(|(name, _)| *name == end.name);
+                let is_notify = found.is_some_and(|position| {
+                    matches!(
+                        local_ends[end.component][position].1,
+                        LocalEnd::Channel { channel, .. } if !channels[channel].0
+                    )
+                });
+                if Some(end.component) == component {
+                    check.error(
+                        end.offset,
+                        "an IRQ signals its holder on its own end `name` by default: leave `notify` out",
+                    );
+                } else if found.is_none() {
+                    check.error(
+                        end.offset,
+                        format!(
+                            "component `{}` has no channel end named `{}`",
+                            raw.component[end.component].get_ref().name.get_ref(),
+                            end.name
+                        ),
+                    );
+                } else if !is_notify {
+                    check.error(
+                        end.offset,
+                        format!(
+                            "`{}` is not the end of a notify channel: an IRQ signals a notification",
+                            notify.get_ref()
+                        ),
+                    );
+                } else {
+                    target = found.map(|position| (end.component, position));
+                }
+            }
         }
         let named = check.check_name(&irq.name, "IRQ");
         let (Some(component), true) = (component, named) else {
@@ -717,7 +799,11 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         irqs.push((
             component,
             irq.name.get_ref().clone(),
-            line.clamp(0, MAX_IRQ_LINE) as u8,
+            source,
+            target.map(|(component, position)| IrqTarget {
+                component: component as u8,
+                end: position as u8,
+            }),
         ));
     }
 
@@ -928,7 +1014,8 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                     component_irqs.push(IrqLayout {
                         name: name.clone(),
                         channel: id as u8,
-                        irq: irqs[*irq].2,
+                        source: irqs[*irq].2,
+                        notify: irqs[*irq].3,
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! The compiled form of a valid description: ids, peers, addresses.
 #![forbid(unsafe_code)]
 
-use system_layout::ChannelKind;
+use system_layout::{ChannelKind, IrqSource, IrqTarget};
 
 const DESCRIPTION: &str = r#"
 version = 1
@@ -1182,5 +1182,92 @@ fn the_platform_is_simulated_unless_the_description_says_hyper_v() {
             .unwrap()
             .platform,
         system_layout::Platform::Simulated
+    );
+}
+
+#[test]
+fn a_vector_irq_signals_the_named_notify_end_and_tells_its_holder_which_channel_it_stands_in_for() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "host"
+package = "host"
+priority = 240
+
+[[component]]
+name = "guest"
+package = "guest"
+priority = 230
+
+[[channel]]
+notify = ["host.interrupt", "guest.hypervisor_interrupt"]
+
+[[irq]]
+component = "host"
+name = "timer"
+irq = 2
+
+[[irq]]
+component = "host"
+name = "sint"
+vector = 0x50
+notify = "guest.hypervisor_interrupt"
+
+[[irq]]
+component = "guest"
+name = "own"
+vector = 0x51
+"#;
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let layout = &description.layout;
+    let host = &layout.components[0];
+    let guest = &layout.components[1];
+    assert_eq!(host.irqs[0].source, IrqSource::Line(2));
+    assert_eq!(host.irqs[0].notify, None);
+    assert_eq!(host.irqs[1].name, "sint");
+    assert_eq!(host.irqs[1].channel, 2, "after the end and the timer");
+    assert_eq!(host.irqs[1].source, IrqSource::Vector(0x50));
+    assert_eq!(
+        host.irqs[1].notify,
+        Some(IrqTarget {
+            component: 1,
+            end: guest.channels[0].id
+        })
+    );
+    assert_eq!(guest.irqs[0].source, IrqSource::Vector(0x51));
+    assert_eq!(guest.irqs[0].notify, None);
+
+    let ids = sysdesc::generate_ids(&description, "host").unwrap();
+    assert!(
+        ids.contains("pub const SINT: Channel = Channel(2);"),
+        "{ids}"
+    );
+    assert!(
+        ids.contains(
+            "component_api::VectorIrq { irq: component_api::Channel(2), vector: 0x50, signals_peer_of: Some(component_api::Channel(0)) }"
+        ),
+        "{ids}"
+    );
+    let guest_ids = sysdesc::generate_ids(&description, "guest").unwrap();
+    assert!(
+        guest_ids.contains(
+            "component_api::VectorIrq { irq: component_api::Channel(1), vector: 0x51, signals_peer_of: None }"
+        ),
+        "{guest_ids}"
+    );
+    // A description without one gives an empty table: code asks it.
+    let plain = sysdesc::describe_str("system.toml", DESCRIPTION).unwrap();
+    let console = sysdesc::generate_ids(&plain, "console").unwrap();
+    assert!(
+        console.contains("pub const VECTOR_IRQS: &[component_api::VectorIrq] = &[];"),
+        "{console}"
+    );
+
+    let summary = sysdesc::summary(&description);
+    assert!(
+        summary
+            .contains("vector 0x50 (no device; ack and raise), signals guest.hypervisor_interrupt"),
+        "{summary}"
     );
 }

@@ -101,6 +101,22 @@ pub struct IoPortName(pub u8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Child(pub u8);
 
+/// An IRQ that is a local-APIC vector with no device behind it (`[[irq]]
+/// vector = N`): generated into `ids.rs` as `VECTOR_IRQS`, so code learns
+/// from the description whether it holds one and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VectorIrq {
+    /// The holder's IRQ (`irqs::NAME`): ack it, raise it.
+    pub irq: Channel,
+    /// The vector the hypervisor injects or the kernel raises.
+    pub vector: u8,
+    /// It signals the same end as this notify channel of the holder
+    /// (`notify = ` the channel's other end): raising it stands in for
+    /// notifying that channel. `None`: it signals another end, or the
+    /// holder itself.
+    pub signals_peer_of: Option<Channel>,
+}
+
 /// Why a protected call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallError {

@@ -50,6 +50,10 @@ pub struct EnvDouble {
     /// Everything printed to the console.
     pub console: String,
     pub irq_acks: Vec<Channel>,
+    /// Every IRQ raised (`Env::irq_raise`), refused or not.
+    pub irq_raises: Vec<Channel>,
+    /// `irq_raise` answers false (a kernel that refuses the raise).
+    pub refuse_irq_raise: bool,
     pub restarted: Vec<Child>,
     pub stopped: Vec<Child>,
     pub powered_off: Option<u8>,
@@ -206,6 +210,11 @@ impl Env for EnvDouble {
 
     fn irq_ack(&mut self, channel: Channel) {
         self.irq_acks.push(channel);
+    }
+
+    fn irq_raise(&mut self, channel: Channel) -> bool {
+        self.irq_raises.push(channel);
+        !self.refuse_irq_raise
     }
 
     fn region(&self, region: RegionName) -> Region {

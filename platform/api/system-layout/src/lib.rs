@@ -179,13 +179,60 @@ pub struct ChannelEnd {
     pub peer_id: u8,
 }
 
+/// The local-APIC vector of the seL4 (pc99) IRQ number 0 that the root
+/// task passes when it issues an IRQ handler: the kernel adds its first
+/// user IRQ (16) and `IRQ_INT_OFFSET` (0x20). IOAPIC line N is issued as
+/// IRQ number N, so it arrives on vector `IRQ_VECTOR_BASE + N`.
+pub const IRQ_VECTOR_BASE: u8 = 0x30;
+/// The lowest vector an `[[irq]] vector` may take: the first above every
+/// IOAPIC line's (`IRQ_VECTOR_BASE` + 24 pins).
+pub const MIN_IRQ_VECTOR: u8 = IRQ_VECTOR_BASE + 24;
+/// The highest: seL4 pc99's last user vector (`int_irq_user_max`, 155);
+/// 156 and up are the kernel's (IOMMU, timer, IPIs).
+pub const MAX_IRQ_VECTOR: u8 = 155;
+
+/// Where an IRQ comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IrqSource {
+    /// An ISA IRQ line (IOAPIC pin): a device raises it.
+    Line(u8),
+    /// A local-APIC vector with no device behind it
+    /// ([`MIN_IRQ_VECTOR`]..=[`MAX_IRQ_VECTOR`]): the seL4 root task issues
+    /// it as an MSI-kind IRQ handler. The hypervisor injects it (the synic
+    /// interrupt on Hyper-V), or the holder raises it through the kernel (a
+    /// self-IPI, the simulated host).
+    Vector(u8),
+}
+
+/// The notification end an IRQ signals when it is not its holder's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IrqTarget {
+    /// Component index.
+    pub component: u8,
+    /// That component's local id of the notify-channel end it arrives on.
+    pub end: u8,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IrqLayout {
     pub name: Name,
-    /// Local channel id the IRQ is delivered on.
+    /// The holder's local id of the IRQ: its handler (ack, raise) and, when
+    /// `notify` is `None`, the channel it is delivered on.
     pub channel: u8,
-    /// ISA IRQ line (IOAPIC pin).
-    pub irq: u8,
+    pub source: IrqSource,
+    /// Delivered to another component's notify-channel end instead of the
+    /// holder (`notify = "component.end"`).
+    pub notify: Option<IrqTarget>,
+}
+
+impl IrqLayout {
+    /// The ISA line, if a device raises this IRQ.
+    pub fn line(&self) -> Option<u8> {
+        match self.source {
+            IrqSource::Line(line) => Some(line),
+            IrqSource::Vector(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -537,7 +537,7 @@ impl Env for Endpoint {
                 .layout
                 .irqs
                 .iter()
-                .find(|i| i.irq == line)
+                .find(|i| i.line() == Some(line))
                 .map(|i| i.channel);
             if let Some(fd) = channel
                 .and_then(|c| self.channels.get(c as usize))

@@ -370,7 +370,7 @@ pub fn private_frames_unshared(mut private: Vec<u64>, regions: &[(u64, u64)]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use system_layout::{ChannelEnd, IoPortLayout, IrqLayout, MapLayout, RegionLayout};
+    use system_layout::{ChannelEnd, IoPortLayout, IrqLayout, IrqSource, MapLayout, RegionLayout};
 
     fn component() -> ComponentLayout {
         ComponentLayout {
@@ -427,7 +427,8 @@ mod tests {
             irqs: alloc::vec![IrqLayout {
                 name: "uart".into(),
                 channel: 5,
-                irq: 4,
+                source: IrqSource::Line(4),
+                notify: None,
             }],
             ioports: alloc::vec![IoPortLayout {
                 name: "com1".into(),

@@ -8,7 +8,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use sel4_bindings::{self as sys, initial_cap, object_type, CPtr, Rights};
 use sel4_runtime::abi::*;
-use system_layout::{ChannelKind, SystemLayout, LAYOUT_VERSION, PAGE_SIZE};
+use system_layout::{
+    ChannelKind, IrqSource, SystemLayout, IRQ_VECTOR_BASE, LAYOUT_VERSION, MAX_IRQ_VECTOR,
+    MIN_IRQ_VECTOR, PAGE_SIZE,
+};
 
 /// Where the root task maps a frame to fill or reset it.
 const SCRATCH_VADDR: u64 = 0x7000_0000;
@@ -540,28 +543,70 @@ fn build_pd(
             return Err(BuildError::Description("IRQ channel out of range"));
         }
         let handler = system.allocator.slot()?;
-        sys::irq_control_get_ioapic(
-            initial_cap::IRQ_CONTROL,
-            initial_cap::INIT_THREAD_CNODE,
-            handler,
-            ROOT_DEPTH as u64,
-            0,
-            irq.irq as u64,
-            false,
-            false,
-            irq.irq as u64,
-        )
-        .context("IOAPIC IRQ handler")?;
+        match irq.source {
+            IrqSource::Line(line) => sys::irq_control_get_ioapic(
+                initial_cap::IRQ_CONTROL,
+                initial_cap::INIT_THREAD_CNODE,
+                handler,
+                ROOT_DEPTH as u64,
+                0,
+                line as u64,
+                false,
+                false,
+                line as u64,
+            )
+            .context("IOAPIC IRQ handler")?,
+            // A vector no device raises: an MSI-kind handler (nothing is
+            // programmed; the kernel only routes the vector to it), which
+            // the hypervisor injects or the holder raises.
+            IrqSource::Vector(vector) => {
+                let index = vector
+                    .checked_sub(IRQ_VECTOR_BASE)
+                    .filter(|_| (MIN_IRQ_VECTOR..=MAX_IRQ_VECTOR).contains(&vector))
+                    .ok_or(BuildError::Description("IRQ vector out of range"))?;
+                sys::irq_control_get_msi(
+                    initial_cap::IRQ_CONTROL,
+                    initial_cap::INIT_THREAD_CNODE,
+                    handler,
+                    ROOT_DEPTH as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                    index as u64,
+                )
+                .context("MSI IRQ handler")?
+            }
+        }
+        // Its holder's own end, or the notify-channel end it names, badged
+        // as that end's channel so the receiver cannot tell them apart.
+        let (notification, end) = match irq.notify {
+            None => (system.pds[pd].notification, irq.channel),
+            Some(target) => {
+                let peer = usize::from(target.component);
+                let is_notify_end = layout
+                    .components
+                    .get(peer)
+                    .and_then(|c| c.channel(target.end))
+                    .is_some_and(|end| end.kind == ChannelKind::Notify);
+                if peer >= system.pds.len() || target.end >= 62 || !is_notify_end {
+                    return Err(BuildError::Description(
+                        "IRQ notifies no notify-channel end",
+                    ));
+                }
+                (system.pds[peer].notification, target.end)
+            }
+        };
         let badged = system.allocator.slot()?;
         sys::cnode_mint(
             initial_cap::INIT_THREAD_CNODE,
             badged,
             ROOT_DEPTH,
             initial_cap::INIT_THREAD_CNODE,
-            system.pds[pd].notification,
+            notification,
             ROOT_DEPTH,
             Rights::WRITE,
-            notification_bit(irq.channel),
+            notification_bit(end),
         )
         .context("mint IRQ badge")?;
         sys::irq_handler_set_notification(handler, badged).context("IRQ notification")?;

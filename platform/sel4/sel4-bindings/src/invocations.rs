@@ -361,6 +361,32 @@ pub fn irq_control_get_ioapic(
     .map(drop)
 }
 
+/// `seL4_IRQControl_GetMSI`: an MSI-kind IRQ handler cap. The kernel
+/// takes `irq` as an index above its first user IRQ: the handler receives
+/// vector `irq + 0x30` (`irq_user_min` 16 plus `IRQ_INT_OFFSET` 0x20).
+/// Nothing programs a device: the PCI address and handle are recorded
+/// only (seL4 5.0 trusts the caller without an IOMMU).
+#[allow(clippy::too_many_arguments)]
+pub fn irq_control_get_msi(
+    irq_control: CPtr,
+    root: CPtr,
+    index: u64,
+    depth: u64,
+    pci_bus: u64,
+    pci_device: u64,
+    pci_function: u64,
+    handle: u64,
+    irq: u64,
+) -> KernelResult {
+    invoke(
+        irq_control,
+        label::X86IRQIssueIRQHandlerMSI,
+        &[index, depth, pci_bus, pci_device, pci_function, handle, irq],
+        &[root],
+    )
+    .map(drop)
+}
+
 pub fn irq_handler_ack(handler: CPtr) -> KernelResult {
     invoke(handler, label::IRQAckIRQ, &[], &[]).map(drop)
 }
