@@ -2,15 +2,17 @@
 //! kernel's hypervisor capability (`sel4_runtime::hypervisor`, granted
 //! because the description says `hypervisor = true`), its GPA-bearing maps
 //! and, when the description gives it an `[[irq]]` with a `vector`, that
-//! IRQ (acknowledged here, forwarded to `synic` on `interrupt`).
+//! IRQ. The kernel signals it to `synic.hypervisor_interrupt` itself when
+//! the description says `notify = "synic.hypervisor_interrupt"`;
+//! otherwise it comes here and is acknowledged and forwarded on
+//! `interrupt`. An MSI-kind IRQ is never masked by the seL4 kernel, so the
+//! acknowledgement (on synic's end of interrupt) does not gate delivery.
 
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hyperv_gate::{CallArg, Gate, GpaMap, KernelError, KernelHypervisor};
 use sel4_runtime::hypervisor::{self, HypercallArg, HypervisorError};
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
-// `SINT_IRQ`: the end name and vector of the gate's `[[irq]] vector = N`.
-include!(concat!(env!("OUT_DIR"), "/vector.rs"));
 
 /// The most maps a component has (the description's limit).
 const MAX_MAPS: usize = 64;
@@ -65,6 +67,8 @@ impl KernelHypervisor for Sel4Kernel {
 pub struct HypervGate {
     gate: Gate<Sel4Kernel>,
     irq: Option<Channel>,
+    /// Where to pass the IRQ on when it is delivered to this PD.
+    forward: Option<Channel>,
 }
 
 impl Component for HypervGate {
@@ -78,9 +82,13 @@ impl Component for HypervGate {
             Ok(map) => map,
             Err(error) => panic!("the gate's maps cannot translate: {error:?}"),
         };
-        let irq = SINT_IRQ.and_then(|(name, _)| component_api::id_named(IRQ_NAMES, name));
-        let vector = SINT_IRQ.map(|(_, vector)| vector);
-        let gate = Gate::new(Sel4Kernel { irq }, map, vector);
+        let sint = VECTOR_IRQS.first();
+        let irq = sint.map(|v| v.irq);
+        // Delivered to this PD (not straight to synic): forwarded.
+        let forward = sint
+            .filter(|v| v.signals_peer_of.is_none())
+            .and_then(|_| component_api::id_named(CHANNEL_NAMES, "interrupt"));
+        let gate = Gate::new(Sel4Kernel { irq }, map, sint.map(|v| v.vector));
         match gate.vector() {
             Some(vector) => println!(
                 env,
@@ -94,18 +102,16 @@ impl Component for HypervGate {
                 gate_pages(&maps)
             ),
         }
-        HypervGate { gate, irq }
+        HypervGate { gate, irq, forward }
     }
 
     /// The IRQ arrived on the gate's own notification: acknowledge it and
     /// tell synic, as hvsim's `interrupt` does.
     fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
-        if let Some(irq) = self.irq {
-            if channels.contains(irq) {
-                self.gate.interrupt();
-                if let Some(interrupt) = component_api::id_named(CHANNEL_NAMES, "interrupt") {
-                    env.notify(interrupt);
-                }
+        if self.irq.is_some_and(|irq| channels.contains(irq)) {
+            self.gate.interrupt();
+            if let Some(interrupt) = self.forward {
+                env.notify(interrupt);
             }
         }
     }
