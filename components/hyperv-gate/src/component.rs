@@ -11,6 +11,7 @@
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
 use hyperv_gate::{CallArg, Gate, GpaMap, KernelError, KernelHypervisor};
 use sel4_runtime::hypervisor::{self, HypercallArg, HypervisorError};
+use vmbus_ipc::hypervisor::Request;
 
 include!(concat!(env!("OUT_DIR"), "/ids.rs"));
 
@@ -118,7 +119,7 @@ impl Component for HypervGate {
 
     fn protected(
         &mut self,
-        _env: &mut dyn Env,
+        env: &mut dyn Env,
         channel: Channel,
         message: &[u8],
         reply: &mut [u8],
@@ -126,7 +127,24 @@ impl Component for HypervGate {
         if channel != channels::GUEST {
             return Err(Refusal::NOT_SERVED);
         }
-        self.gate.serve(message, reply)
+        let refused_before = self.gate.first_kernel_refusal.is_some();
+        let length = self.gate.serve(message, reply)?;
+        if let (false, Some((request, error))) = (refused_before, self.gate.first_kernel_refusal) {
+            let (operation, number) = match request {
+                Request::MsrRead { msr } => ("msr_read", u64::from(msr)),
+                Request::MsrWrite { msr, .. } => ("msr_write", u64::from(msr)),
+                Request::Hypercall { control, .. } => ("hypercall", control & 0xFFFF),
+                Request::EndOfInterrupt => ("end_of_interrupt", 0),
+            };
+            println!(
+                env,
+                "hyperv gate: the kernel refused {} {:#x}: {:?} (answered GeneralProtection; further refusals are counted)",
+                operation,
+                number,
+                error
+            );
+        }
+        Ok(length)
     }
 }
 

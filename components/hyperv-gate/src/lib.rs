@@ -215,6 +215,11 @@ pub struct Gate<K: KernelHypervisor> {
     timers: [Option<u8>; STIMER_COUNT],
     /// The hypercall MSR as `synic` wrote it (the kernel owns the real one).
     hypercall_msr: u64,
+    /// The request in service, for [`Gate::first_kernel_refusal`].
+    current: Option<Request>,
+    /// The first request the kernel refused and why (the console says it
+    /// once; the rest are counted).
+    pub first_kernel_refusal: Option<(Request, KernelError)>,
     pub counters: Counters,
 }
 
@@ -230,6 +235,8 @@ impl<K: KernelHypervisor> Gate<K> {
             sints: [None; hyperv_defs::SINT_COUNT],
             timers: [None; STIMER_COUNT],
             hypercall_msr: 0,
+            current: None,
+            first_kernel_refusal: None,
             counters: Counters::default(),
         }
     }
@@ -255,6 +262,7 @@ impl<K: KernelHypervisor> Gate<K> {
 
     pub fn handle(&mut self, request: Request) -> Reply {
         self.counters.calls = self.counters.calls.wrapping_add(1);
+        self.current = Some(request);
         match request {
             Request::MsrRead { msr } => self.msr_read(msr),
             Request::MsrWrite { msr, value } => self.msr_write(msr, value),
@@ -293,8 +301,11 @@ impl<K: KernelHypervisor> Gate<K> {
         Reply::GeneralProtection
     }
 
-    fn kernel_refused(&mut self) -> Reply {
+    fn kernel_refused(&mut self, error: KernelError) -> Reply {
         self.counters.kernel_refusals = self.counters.kernel_refusals.wrapping_add(1);
+        if self.first_kernel_refusal.is_none() {
+            self.first_kernel_refusal = self.current.map(|request| (request, error));
+        }
         Reply::GeneralProtection
     }
 
@@ -304,7 +315,7 @@ impl<K: KernelHypervisor> Gate<K> {
         }
         let value = match self.kernel.read_msr(number) {
             Ok(value) => value,
-            Err(_) => return self.kernel_refused(),
+            Err(error) => return self.kernel_refused(error),
         };
         let value = if number == msr::HYPERCALL {
             let enabled =
@@ -353,7 +364,7 @@ impl<K: KernelHypervisor> Gate<K> {
                         self.hypercall_msr = value;
                         Reply::Done
                     }
-                    Err(_) => self.kernel_refused(),
+                    Err(error) => self.kernel_refused(error),
                 };
             }
             msr::SIMP | msr::SIEFP | REFERENCE_TSC_MSR => {
@@ -393,7 +404,7 @@ impl<K: KernelHypervisor> Gate<K> {
         }
         match self.kernel.write_msr(number, value, page) {
             Ok(()) => Reply::Done,
-            Err(_) => self.kernel_refused(),
+            Err(error) => self.kernel_refused(error),
         }
     }
 
@@ -408,7 +419,7 @@ impl<K: KernelHypervisor> Gate<K> {
         };
         match self.kernel.hypercall(control, input, output) {
             Ok(result) => Reply::Value(result),
-            Err(_) => self.kernel_refused(),
+            Err(error) => self.kernel_refused(error),
         }
     }
 

@@ -440,6 +440,15 @@ fn kernel_refusals_are_general_protection_and_counted() {
     }
     assert_eq!(gate.counters.kernel_refusals, 15);
     assert_eq!(gate.counters.refused_gpas, 0);
+    assert_eq!(
+        gate.first_kernel_refusal,
+        Some((
+            Request::MsrRead {
+                msr: msr::GUEST_OS_ID
+            },
+            KernelError::NotGranted
+        ))
+    );
 }
 
 #[test]
