@@ -19,6 +19,7 @@ use zerocopy::IntoBytes;
 const PAGES_GPA: u64 = 0x20_0000;
 const HYPERCALL_GPA: u64 = 0x30_0000;
 const MONITOR_GPA: u64 = 0x40_0000;
+const REFERENCE_TSC_GPA: u64 = 0x48_0000;
 /// The kernel's own hypercall page: in guest memory, in no map of the gate.
 const KERNEL_PAGE_GPA: u64 = 0x50_0000;
 const GATE_VECTOR: u8 = 0x50;
@@ -107,38 +108,55 @@ impl KernelHypervisor for FakeKernel {
 #[test]
 fn synic_enables_and_hears_the_host_through_the_gate() {
     let mut env = EnvDouble::new();
-    let pages = env.add_region_with(8192, true, Some(PAGES_GPA));
-    let hypercall = env.add_region_with(12288, true, Some(HYPERCALL_GPA));
-    let queue = env.add_region(8192, true);
-    let monitor = env.add_region_with(12288, true, Some(MONITOR_GPA));
-    assert_eq!(
-        (pages, hypercall, queue, monitor),
-        (
-            synic::regions::SYNIC_PAGES,
-            synic::regions::HYPERCALL_PAGES,
-            synic::regions::SYNIC_MESSAGES,
-            synic::regions::MONITOR_PAGES
-        )
-    );
+    // synic's maps, in the order of its generated ids (system.toml).
+    let mut named = Vec::new();
+    for (id, name) in synic::REGION_NAMES {
+        let added = match *name {
+            "synic_pages" => env.add_region_with(8192, true, Some(PAGES_GPA)),
+            "hypercall_pages" => env.add_region_with(12288, true, Some(HYPERCALL_GPA)),
+            "synic_messages" => env.add_region(8192, true),
+            "monitor_pages" => env.add_region_with(12288, true, Some(MONITOR_GPA)),
+            "reference_tsc" => env.add_region_with(4096, false, Some(REFERENCE_TSC_GPA)),
+            other => panic!("synic maps `{other}`: give this test its size"),
+        };
+        assert_eq!(added, *id);
+        named.push((*name, added));
+    }
+    let view = |name: &str| {
+        named
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, id)| env.test_view(*id))
+    };
     // The test's views of synic's memory, at synic's GPAs: the gate's maps
-    // of the same pages.
-    let (pages, hypercall, queue, monitor) = (
-        env.test_view(pages).with_guest_physical(PAGES_GPA),
-        env.test_view(hypercall).with_guest_physical(HYPERCALL_GPA),
-        env.test_view(queue),
-        env.test_view(monitor).with_guest_physical(MONITOR_GPA),
-    );
+    // of the same pages (read-write, as the gate maps them).
+    let pages = view("synic_pages").unwrap().with_guest_physical(PAGES_GPA);
+    let hypercall = view("hypercall_pages")
+        .unwrap()
+        .with_guest_physical(HYPERCALL_GPA);
+    let queue = view("synic_messages").unwrap();
+    let monitor = view("monitor_pages")
+        .unwrap()
+        .with_guest_physical(MONITOR_GPA);
+    let reference_tsc =
+        view("reference_tsc").map(|region| region.with_guest_physical(REFERENCE_TSC_GPA));
     let kernel_page = Region::leaked(4096).with_guest_physical(KERNEL_PAGE_GPA);
-    let memory = RegionMemory::new(&[pages, hypercall, monitor, kernel_page]).unwrap();
+    let gate_maps: Vec<Region> = [Some(pages), Some(hypercall), reference_tsc]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut guest_memory = gate_maps.clone();
+    guest_memory.extend([monitor, kernel_page]);
+    let memory = RegionMemory::new(&guest_memory).unwrap();
     let kernel = FakeKernel {
         sim: Simulator::new(memory, ServerConfig::default()),
-        mappings: [pages, hypercall]
+        mappings: gate_maps
             .iter()
             .map(|r| (r.as_ptr() as usize, r.guest_physical().unwrap(), r.len()))
             .collect(),
         acks: 0,
     };
-    let map = GpaMap::new(&[pages, hypercall]).unwrap();
+    let map = GpaMap::new(&gate_maps).unwrap();
     let gate = Rc::new(RefCell::new(Gate::new(kernel, map, Some(GATE_VECTOR))));
     {
         let gate = gate.clone();
