@@ -134,7 +134,7 @@ pub fn summary(description: &Description) -> String {
             );
         }
         let reach = if component.hypervisor {
-            "yes (MSRs, hypercalls, the synic interrupt)"
+            "yes (the kernel's hypervisor capability: synthetic MSRs, hypercalls)"
         } else if component.simulated_host {
             "it is the simulated host (maps every host-visible region)"
         } else {

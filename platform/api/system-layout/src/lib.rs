@@ -129,8 +129,9 @@ pub struct ComponentLayout {
     /// Local id of the protected-call channel that console output goes
     /// through (the client end named `console`), if any.
     pub console: Option<u8>,
-    /// Granted the hypervisor interface (MSRs, hypercalls, the synic
-    /// interrupt): the `synic` component, and only it.
+    /// On seL4 the root task gives it the kernel's hypervisor capability
+    /// (synthetic MSRs, hypercalls; kernel patch 0008). At most one
+    /// component; the kernel-path server, not synic.
     pub hypervisor: bool,
     /// This component is the simulated Hyper-V host (seL4 image only): it
     /// maps every host-visible region. The hosted launcher does not run it

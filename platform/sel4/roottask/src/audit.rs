@@ -28,6 +28,8 @@ pub enum CapKind {
     /// A vector IRQ's handler that, raised, does not signal the end the
     /// description names with that end's badge.
     IrqHandlerNotAsGranted,
+    /// The kernel's hypervisor capability (kernel patch 0008).
+    Hypervisor,
     /// An IO-port cap for exactly ports `first..=last`.
     IoPort {
         first: u16,
@@ -62,6 +64,7 @@ impl core::fmt::Display for CapKind {
                     "an IRQ handler that, raised, does not signal its end with its badge"
                 )
             }
+            CapKind::Hypervisor => write!(f, "the hypervisor capability"),
             CapKind::IoPort { first, last } => write!(f, "IO ports {first:#x}-{last:#x}"),
             CapKind::IoPortOtherRange => write!(f, "IO ports of another range"),
             CapKind::Other(kind) => write!(f, "kernel cap type {kind}"),
@@ -185,6 +188,9 @@ pub fn expected_caps(component: &ComponentLayout) -> Vec<(u64, CapKind)> {
     caps.push((SLOT_ENDPOINT, CapKind::Endpoint));
     caps.push((SLOT_MONITOR, CapKind::Endpoint));
     caps.push((SLOT_FAULT, CapKind::Endpoint));
+    if component.hypervisor {
+        caps.push((SLOT_HYPERVISOR, CapKind::Hypervisor));
+    }
     for channel in &component.channels {
         let slot = SLOT_CHANNEL_BASE + u64::from(channel.id);
         match channel.kind {
@@ -478,6 +484,16 @@ mod tests {
                 ),
             ]
         );
+        // Only a PD granted `hypervisor = true` holds the hypervisor cap.
+        let mut granted = component();
+        granted.hypervisor = true;
+        assert_eq!(
+            expected_caps(&granted)[3],
+            (SLOT_HYPERVISOR, CapKind::Hypervisor)
+        );
+        assert!(!expected_caps(&component())
+            .iter()
+            .any(|&(_, kind)| kind == CapKind::Hypervisor));
     }
 
     #[test]

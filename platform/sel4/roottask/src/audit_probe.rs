@@ -213,6 +213,7 @@ fn classify(
                 None => CapKind::IrqHandler,
             }
         }
+        cap_type::hypervisor_cap => CapKind::Hypervisor,
         cap_type::io_port_cap => {
             let granted = expected.iter().find_map(|&(s, kind)| match kind {
                 CapKind::IoPort { first, last } if s == slot => Some((first, last)),

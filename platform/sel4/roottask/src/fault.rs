@@ -64,9 +64,39 @@ pub fn decode_fault(
     }
 }
 
+/// The CPU exception vector of a user-exception fault (message register
+/// 3 of the 5.0 x86 UserException message), `None` for other faults.
+pub fn user_exception(label: u64, mrs: [u64; 4]) -> Option<u64> {
+    (label == FAULT_USER_EXCEPTION).then_some(mrs[3])
+}
+
+/// The mnemonic of an x86 exception vector, for the monitor's log.
+pub fn exception_name(vector: u64) -> &'static str {
+    match vector {
+        0 => "#DE",
+        6 => "#UD",
+        13 => "#GP",
+        14 => "#PF",
+        16 => "#MF",
+        17 => "#AC",
+        19 => "#XM",
+        _ => "exception",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_exceptions_give_their_vector() {
+        assert_eq!(
+            user_exception(FAULT_USER_EXCEPTION, [0x1000, 0, 0, 13]),
+            Some(13)
+        );
+        assert_eq!(user_exception(FAULT_VM, [0x1000, 0, 0, 13]), None);
+        assert_eq!(exception_name(13), "#GP");
+    }
 
     #[test]
     fn vm_faults_give_address_ip_and_direction() {

@@ -27,7 +27,16 @@ fn handle_fault(system: &mut System, pd: usize, received: &sys::Received) {
             fault.ip
         ),
         FaultKind::Panic => crate::log!("{name} panicked"),
-        FaultKind::Instruction => crate::log!("{name} faulted: instruction at {:#x}", fault.ip),
+        FaultKind::Instruction => {
+            match crate::fault::user_exception(received.info.label(), received.mrs) {
+                Some(vector) => crate::log!(
+                    "{name} faulted: exception {vector} ({}) at {:#x}",
+                    crate::fault::exception_name(vector),
+                    fault.ip
+                ),
+                None => crate::log!("{name} faulted: instruction at {:#x}", fault.ip),
+            }
+        }
     }
     if let Err(error) = system.fail_pending_call_and_log(pd) {
         crate::log!("cannot fail the call {name} was serving: {error}");

@@ -492,6 +492,16 @@ fn build_pd(
         Rights(Rights::WRITE.0 | Rights::GRANT.0),
         FAULT_BADGE_FLAG | pd as u64,
     )?;
+    if component.hypervisor {
+        // The kernel's hypervisor cap (patch 0008), a copy of the root
+        // task's initial one; sysdesc admits at most one such PD.
+        system.copy_into_pd(
+            pd,
+            SLOT_HYPERVISOR,
+            initial_cap::X86_HYPERVISOR,
+            Rights::ALL,
+        )?;
+    }
     for channel in &component.channels {
         if channel.id >= 62 {
             return Err(BuildError::Description("channel id out of range"));

@@ -474,3 +474,46 @@ pub fn ioport_out(port_cap: CPtr, port: u16, width: u8, value: u32) -> KernelRes
     };
     invoke(port_cap, invocation, &[port as u64, value as u64], &[]).map(drop)
 }
+
+/// `X86HypervisorReadMSR` (kernel patch 0008) on the hypervisor cap: a
+/// synthetic MSR (0x40000000..=0x400000FF).
+pub fn hypervisor_read_msr(hypervisor: CPtr, msr: u64) -> KernelResult<u64> {
+    invoke(hypervisor, label::X86HypervisorReadMSR, &[msr], &[]).map(|mrs| mrs[0])
+}
+
+/// `X86HypervisorWriteMSR` (kernel patch 0008). `page_vaddr` names the
+/// caller's page whose physical address the kernel puts into a GPA-bearing
+/// MSR (SIEFP, SIMP, reference TSC); 0 for the others.
+pub fn hypervisor_write_msr(
+    hypervisor: CPtr,
+    msr: u64,
+    value: u64,
+    page_vaddr: u64,
+) -> KernelResult {
+    invoke(
+        hypervisor,
+        label::X86HypervisorWriteMSR,
+        &[msr, value, page_vaddr],
+        &[],
+    )
+    .map(drop)
+}
+
+/// `X86HypervisorCall` (kernel patch 0008): a hypercall through the
+/// kernel's hypercall page; returns the hypervisor's status word. Slow
+/// calls: `input`/`output` are the vaddrs of the caller's page-aligned
+/// pages (0: none); fast calls (control bit 16): raw values.
+pub fn hypervisor_call(
+    hypervisor: CPtr,
+    control: u64,
+    input: u64,
+    output: u64,
+) -> KernelResult<u64> {
+    invoke(
+        hypervisor,
+        label::X86HypervisorCall,
+        &[control, input, output],
+        &[],
+    )
+    .map(|mrs| mrs[0])
+}

@@ -48,6 +48,8 @@ pub mod initial_cap {
     pub const IO_PORT: CPtr = 7;
     pub const BOOT_INFO_FRAME: CPtr = 9;
     pub const INIT_THREAD_IPC_BUFFER: CPtr = 10;
+    /// The hypervisor capability (kernel patch 0008).
+    pub const X86_HYPERVISOR: CPtr = 12;
 }
 
 static IPC_BUFFER: AtomicUsize = AtomicUsize::new(0);
@@ -284,5 +286,7 @@ mod tests {
         assert_eq!(cap_type::notification_cap, 6);
         assert_eq!(cap_type::irq_handler_cap, 16);
         assert_eq!(cap_type::io_port_cap, 19);
+        // Added by our kernel patch 0008.
+        assert_eq!(cap_type::hypervisor_cap, 31);
     }
 }

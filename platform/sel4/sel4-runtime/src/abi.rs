@@ -33,6 +33,10 @@ pub const SLOT_MONITOR: u64 = 2;
 /// The cap the kernel sends this PD's faults through (to the monitor,
 /// badged [`FAULT_BADGE_FLAG`] | PD index). Named in the TCB.
 pub const SLOT_FAULT: u64 = 3;
+/// The kernel's hypervisor capability (kernel patch 0008: synthetic MSRs
+/// and hypercalls), only in the PD the description grants
+/// `hypervisor = true`; empty in every other PD.
+pub const SLOT_HYPERVISOR: u64 = 4;
 /// Channel `c`'s cap: a badged notification (notify channels) or a badged
 /// endpoint of the server (protected-call client ends).
 pub const SLOT_CHANNEL_BASE: u64 = 16;
@@ -264,7 +268,7 @@ impl PdInfo {
 }
 
 // The CSpace layout and the info page must fit what the root task creates.
-const _: () = assert!(SLOT_FAULT < SLOT_CHANNEL_BASE);
+const _: () = assert!(SLOT_FAULT < SLOT_HYPERVISOR && SLOT_HYPERVISOR < SLOT_CHANNEL_BASE);
 const _: () = assert!(SLOT_CHANNEL_BASE + 64 <= SLOT_IRQ_BASE);
 const _: () = assert!(SLOT_IRQ_BASE + 64 <= SLOT_IOPORT_BASE);
 const _: () = assert!(SLOT_IOPORT_BASE + MAX_IOPORTS as u64 <= 1 << PD_CNODE_BITS);

@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod hypervisor;
 
 use abi::*;
 use component_api::{
