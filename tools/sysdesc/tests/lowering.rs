@@ -1155,6 +1155,37 @@ fn net_grants_expand_into_four_queues_an_info_page_and_a_data_region() {
 }
 
 #[test]
+fn the_platform_is_simulated_unless_the_description_says_hyper_v() {
+    let simulated = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
+    assert_eq!(simulated.platform, system_layout::Platform::Simulated);
+    let hyper_v = DESCRIPTION.replacen(
+        "version = 1\n",
+        "version = 1\n\n[platform]\nhypervisor = \"hyper-v\"\n",
+        1,
+    ) + "\n[[component]]\nname = \"gate\"\npackage = \"gate\"\npriority = 250\nhypervisor = true\n";
+    let layout = sysdesc::compile_str("system.toml", &hyper_v).unwrap();
+    assert_eq!(layout.platform, system_layout::Platform::HyperV);
+    let bytes = layout.encode().unwrap();
+    assert_eq!(
+        system_layout::SystemLayout::decode(&bytes)
+            .unwrap()
+            .platform,
+        system_layout::Platform::HyperV
+    );
+    let explicit = DESCRIPTION.replacen(
+        "version = 1\n",
+        "version = 1\n\n[platform]\nhypervisor = \"simulated\"\n",
+        1,
+    );
+    assert_eq!(
+        sysdesc::compile_str("system.toml", &explicit)
+            .unwrap()
+            .platform,
+        system_layout::Platform::Simulated
+    );
+}
+
+#[test]
 fn a_vector_irq_signals_the_named_notify_end_and_tells_its_holder_which_channel_it_stands_in_for() {
     let text = r#"
 version = 1
@@ -1238,36 +1269,5 @@ vector = 0x51
         summary
             .contains("vector 0x50 (no device; ack and raise), signals guest.hypervisor_interrupt"),
         "{summary}"
-fn the_platform_is_simulated_unless_the_description_says_hyper_v() {
-    let simulated = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
-    assert_eq!(simulated.platform, system_layout::Platform::Simulated);
-    let hyper_v = DESCRIPTION.replacen(
-        "version = 1\n",
-        "version = 1\n\n[platform]\nhypervisor = \"hyper-v\"\n",
-        1,
-    ) + "\n[[component]]\nname = \"gate\"\npackage = \"gate\"\npriority = 250\nhypervisor = true\n";
-    let description = sysdesc::describe_str("system.toml", &hyper_v).unwrap();
-    assert!(sysdesc::summary(&description).starts_with(
-        "platform: hypervisor = \"hyper-v\" (for Hyper-V: the root task refuses any other machine)\n"
-    ));
-    let layout = description.layout;
-    assert_eq!(layout.platform, system_layout::Platform::HyperV);
-    let bytes = layout.encode().unwrap();
-    assert_eq!(
-        system_layout::SystemLayout::decode(&bytes)
-            .unwrap()
-            .platform,
-        system_layout::Platform::HyperV
-    );
-    let explicit = DESCRIPTION.replacen(
-        "version = 1\n",
-        "version = 1\n\n[platform]\nhypervisor = \"simulated\"\n",
-        1,
-    );
-    assert_eq!(
-        sysdesc::compile_str("system.toml", &explicit)
-            .unwrap()
-            .platform,
-        system_layout::Platform::Simulated
     );
 }
