@@ -79,7 +79,7 @@ mod channel_engine;
 mod host_messages;
 mod negotiation;
 mod service;
-mod status;
+pub mod status;
 mod supervision;
 
 use channel_engine::*;
