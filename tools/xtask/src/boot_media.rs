@@ -308,7 +308,7 @@ pub fn assemble_disk(
             core_img.len()
         ));
     }
-    if filesystem.is_empty() || filesystem.len() % SECTOR as usize != 0 {
+    if filesystem.is_empty() || !filesystem.len().is_multiple_of(SECTOR as usize) {
         return Err("the file system is not a whole number of sectors".into());
     }
     let blocks = u32::try_from(filesystem.len() as u64 / SECTOR)
