@@ -13,6 +13,7 @@ pub type Number = Spanned<i64>;
 #[serde(deny_unknown_fields)]
 pub struct RawSystem {
     pub version: Number,
+    pub platform: Option<Spanned<RawPlatform>>,
     #[serde(default)]
     pub component: Vec<Spanned<RawComponent>>,
     #[serde(default)]
@@ -36,6 +37,14 @@ pub struct RawSystem {
     pub block: Vec<Spanned<RawBlock>>,
     #[serde(default)]
     pub net: Vec<Spanned<RawNet>>,
+}
+
+/// What the image runs on (`[platform]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    /// "simulated" (the default) or "hyper-v".
+    pub hypervisor: Option<Text>,
 }
 
 /// A grant of a disk (or one MBR partition of it) that a block driver

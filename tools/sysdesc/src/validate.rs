@@ -837,6 +837,8 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
         }
     }
 
+    let platform = lower_platform(&mut check, raw);
+
     // Devices: which driver serves which VMBus class (and instance).
     let mut devices = Vec::new();
     let mut seen_devices: Vec<([u8; 16], Option<[u8; 16]>)> = Vec::new();
@@ -1084,9 +1086,66 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             components,
             regions,
             devices,
+            platform,
         },
         contracts,
     })
+}
+
+/// `[platform] hypervisor`, checked against what the components provide:
+/// on Hyper-V the hypervisor itself is the host, so a simulated host has
+/// no place, and a component must hold the kernel's hypervisor
+/// capability (`hypervisor = true`) to serve the interface.
+fn lower_platform(check: &mut Checker<'_>, raw: &RawSystem) -> Platform {
+    let Some(value) = raw
+        .platform
+        .as_ref()
+        .and_then(|p| p.get_ref().hypervisor.as_ref())
+    else {
+        return Platform::Simulated;
+    };
+    let platform = match value.get_ref().as_str() {
+        "simulated" => Platform::Simulated,
+        "hyper-v" => Platform::HyperV,
+        other => {
+            check.error(
+                value.span().start,
+                format!("`hypervisor` is \"simulated\" or \"hyper-v\", not \"{other}\""),
+            );
+            return Platform::Simulated;
+        }
+    };
+    if platform == Platform::HyperV {
+        for component in &raw.component {
+            if let Some(host) = component
+                .get_ref()
+                .simulated_host
+                .as_ref()
+                .filter(|h| *h.get_ref())
+            {
+                check.error(
+                    host.span().start,
+                    format!(
+                        "`{}` is a simulated host, but the platform is Hyper-V (`hypervisor = \"hyper-v\"`), which is the host itself",
+                        component.get_ref().name.get_ref()
+                    ),
+                );
+            }
+        }
+        let served = raw.component.iter().any(|c| {
+            c.get_ref()
+                .hypervisor
+                .as_ref()
+                .is_some_and(|h| *h.get_ref())
+        });
+        if !served {
+            check.error(
+                value.span().start,
+                "on Hyper-V a component must serve the hypervisor interface through the kernel: give one `hypervisor = true`",
+            );
+        }
+    }
+    platform
 }
 
 /// A GUID written `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as standard bytes.

@@ -1153,3 +1153,34 @@ fn net_grants_expand_into_four_queues_an_info_page_and_a_data_region() {
         "{bridge}"
     );
 }
+
+#[test]
+fn the_platform_is_simulated_unless_the_description_says_hyper_v() {
+    let simulated = sysdesc::compile_str("system.toml", DESCRIPTION).unwrap();
+    assert_eq!(simulated.platform, system_layout::Platform::Simulated);
+    let hyper_v = DESCRIPTION.replacen(
+        "version = 1\n",
+        "version = 1\n\n[platform]\nhypervisor = \"hyper-v\"\n",
+        1,
+    ) + "\n[[component]]\nname = \"gate\"\npackage = \"gate\"\npriority = 250\nhypervisor = true\n";
+    let layout = sysdesc::compile_str("system.toml", &hyper_v).unwrap();
+    assert_eq!(layout.platform, system_layout::Platform::HyperV);
+    let bytes = layout.encode().unwrap();
+    assert_eq!(
+        system_layout::SystemLayout::decode(&bytes)
+            .unwrap()
+            .platform,
+        system_layout::Platform::HyperV
+    );
+    let explicit = DESCRIPTION.replacen(
+        "version = 1\n",
+        "version = 1\n\n[platform]\nhypervisor = \"simulated\"\n",
+        1,
+    );
+    assert_eq!(
+        sysdesc::compile_str("system.toml", &explicit)
+            .unwrap()
+            .platform,
+        system_layout::Platform::Simulated
+    );
+}

@@ -434,27 +434,71 @@ fn print_usage(system: &Path, disk: &WrittenDisk, size_mib: u64) {
     );
 }
 
+/// Which description a disk-image boot test builds.
+pub enum MediaSystem {
+    /// This description.
+    File(&'static str),
+    /// What `cargo xtask image --hyperv` builds by default for Hyper-V:
+    /// `system-hyperv.toml` (the kernel-path server, `[platform]
+    /// hypervisor = "hyper-v"`) when the tree has it, else the smallest
+    /// Hyper-V profile, `tests/systems/hyperv-absent.toml`.
+    HyperVDefault,
+}
+
+impl MediaSystem {
+    fn path(&self) -> &'static str {
+        match self {
+            MediaSystem::File(path) => path,
+            MediaSystem::HyperVDefault if workspace_root().join("system-hyperv.toml").is_file() => {
+                "system-hyperv.toml"
+            }
+            MediaSystem::HyperVDefault => "tests/systems/hyperv-absent.toml",
+        }
+    }
+}
+
 /// A boot test of the disk image: the description it is built from, the
 /// lines its console must show (an `.expect` file, with
 /// [`GRUB_LOADING_LINE`] added), and the code it must power off with.
 pub struct MediaBootTest {
-    pub system: &'static str,
+    pub system: MediaSystem,
     pub expect: &'static str,
-    pub power_off_code: u8,
+    pub power_off_code: i32,
 }
 
-/// The boot tests of the disk image.
-pub const BOOT_TESTS: &[MediaBootTest] = &[MediaBootTest {
-    system: "system.toml",
-    expect: "system.expect",
-    power_off_code: 0,
-}];
+impl MediaBootTest {
+    pub fn name(&self) -> String {
+        format!("{} booted from its Hyper-V disk image", self.system.path())
+    }
+}
 
-/// Build the image for `test.system`, write its VHD, boot QEMU from that
-/// disk (BIOS, GRUB, multiboot: no `-kernel`) and check the lines and the
-/// power-off code.
+/// The boot tests of the disk image: the Hyper-V image (QEMU is not
+/// Hyper-V: the root task prints the CPUID detection report and powers off
+/// with `HYPERV_ABSENT_CODE` before any PD starts), and the VMBus system
+/// against the simulated host, which runs to its normal power-off (the
+/// whole stack from the disk: GRUB's multiboot information, not QEMU's).
+pub const BOOT_TESTS: &[MediaBootTest] = &[
+    MediaBootTest {
+        system: MediaSystem::HyperVDefault,
+        expect: "tests/systems/hyperv-absent.expect",
+        power_off_code: crate::qemu::HYPERV_ABSENT_CODE,
+    },
+    MediaBootTest {
+        system: MediaSystem::File("system.toml"),
+        expect: "system.expect",
+        power_off_code: 0,
+    },
+];
+
+/// A line that shows the protection domains were started
+/// (`crate::qemu`'s `STARTED_LINE`): a refused image must not show it.
+const STARTED_LINE: &str = "protection domains (";
+
+/// Build the image for the test's description, write its VHD, boot QEMU
+/// from that disk (BIOS, GRUB, multiboot: no `-kernel`) and check the
+/// lines and the power-off code.
 pub fn boot_test_one(test: &MediaBootTest) -> Result {
-    let spec = ImageSpec::new(test.system, None);
+    let spec = ImageSpec::new(test.system.path(), None);
     let mut expected = vec![GRUB_LOADING_LINE.to_string()];
     expected.extend(expectations_from(&workspace_root().join(test.expect))?);
     let image = build(&spec)?;
@@ -467,6 +511,11 @@ pub fn boot_test_one(test: &MediaBootTest) -> Result {
     );
     let boot = boot_source_once(BootSource::Disk(&disk.vhd), None, Echo::Lines)?;
     eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
+    if test.power_off_code != 0 {
+        if let Some(line) = boot.lines().iter().find(|l| l.contains(STARTED_LINE)) {
+            return Err(format!("the system was started anyway: {line:?}"));
+        }
+    }
     boot.verdict_with_code(&expected, test.power_off_code)?;
     let _ = std::fs::remove_file(&disk.vhd);
     eprintln!(

@@ -169,7 +169,16 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("tests/systems/demo.toml", None),
     ("tests/systems/sel4test.toml", None),
     ("tests/systems/blk-ramdisk.toml", None),
+    ("tests/systems/hyperv-absent.toml", None),
 ];
+
+/// Systems the root task must refuse before any PD starts, with the code
+/// it powers off with: the Hyper-V profile on QEMU, which is not Hyper-V
+/// ([`HYPERV_ABSENT_CODE`]).
+const REFUSED_SYSTEMS: &[(&str, i32)] = &[("tests/systems/hyperv-absent.toml", HYPERV_ABSENT_CODE)];
+
+/// `HYPERV_ABSENT_CODE` in `platform/sel4/roottask/src/boot.rs`.
+pub const HYPERV_ABSENT_CODE: i32 = 0x7c;
 
 /// The capability audit's negative tests: the VMBus system with a root
 /// task built to grant one thing the description does not
@@ -300,7 +309,7 @@ pub fn boot_test(args: &[String]) -> Result {
         crate::boot_media::BOOT_TESTS
     };
     for test in media_tests {
-        let name = format!("{} booted from its Hyper-V disk image", test.system);
+        let name = test.name();
         println!("xtask: boot test of {name}");
         if let Err(error) = crate::boot_media::boot_test_one(test) {
             eprintln!("xtask: boot test of {name} FAILED: {error}");
@@ -341,6 +350,21 @@ fn boot_test_one(spec: &ImageSpec) -> Result {
     let expected = expectations(spec)?;
     let image = build(spec)?;
     let boot = boot_once(&image, spec.disk.as_deref(), Echo::Lines)?;
+    let refused_with = REFUSED_SYSTEMS
+        .iter()
+        .find(|(system, _)| crate::util::workspace_root().join(system) == spec.system)
+        .map(|(_, code)| *code);
+    if let Some(code) = refused_with {
+        if let Some(line) = boot.lines.iter().find(|l| l.contains(STARTED_LINE)) {
+            return Err(format!("the system was started anyway: {line:?}"));
+        }
+        boot.verdict_with_code(&expected, code)?;
+        eprintln!(
+            "xtask: boot test passed (refused with code {code:#x}, {} expected lines seen)",
+            expected.len()
+        );
+        return Ok(());
+    }
     if let Some(at) = boot.last_expected_at(&expected) {
         eprintln!(
             "xtask: boot time to the last expected line: {:.2} s",
@@ -440,7 +464,7 @@ impl Boot {
     }
 
     /// [`Boot::verdict`] for a system that must power off with `code`.
-    pub fn verdict_with_code(&self, expected: &[String], code: u8) -> Result {
+    pub fn verdict_with_code(&self, expected: &[String], code: i32) -> Result {
         if let Some(line) = &self.fatal {
             return Err(format!("the run cannot complete: {line:?}"));
         }
@@ -456,9 +480,8 @@ impl Boot {
         if let Err(missing) = expect::check(expected, &self.lines) {
             return Err(format!("expected output line not seen: {missing:?}"));
         }
-        let wanted = (i32::from(code) << 1) | 1;
         match status.code() {
-            Some(status) if status == wanted => Ok(()),
+            Some(status) if status == (code << 1) | 1 => Ok(()),
             Some(status) if status & 1 == 1 => Err(format!(
                 "system powered off with code {:#x}, expected {code:#x}",
                 status >> 1

@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-pub const LAYOUT_VERSION: u16 = 2;
+pub const LAYOUT_VERSION: u16 = 3;
 pub const MAX_COMPONENTS: usize = 32;
 pub const MAX_REGIONS: usize = 64;
 /// Per component (seL4: `sel4_runtime::abi::MAX_MAPS`, the PD info page's
@@ -52,6 +52,33 @@ pub struct SystemLayout {
     pub regions: Vec<RegionLayout>,
     /// Which component drives which VMBus device class.
     pub devices: Vec<DeviceLayout>,
+    /// What serves the hypervisor interface (`[platform] hypervisor`).
+    pub platform: Platform,
+}
+
+/// The hypervisor the image is built for (`[platform] hypervisor` in the
+/// description).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Platform {
+    /// The simulated host (a component with `simulated_host = true`, or
+    /// the hosted launcher's host process) serves the hypervisor interface;
+    /// any machine will do.
+    #[default]
+    Simulated,
+    /// Microsoft Hyper-V, through the kernel path (the component with
+    /// `hypervisor = true`). The seL4 root task powers off on a machine
+    /// whose CPUID does not report Hyper-V with the synic and hypercalls.
+    HyperV,
+}
+
+impl Platform {
+    /// The value of `[platform] hypervisor` that selects it.
+    pub const fn description_value(self) -> &'static str {
+        match self {
+            Self::Simulated => "simulated",
+            Self::HyperV => "hyper-v",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +235,7 @@ mod tests {
             components: Vec::new(),
             regions: Vec::new(),
             devices: Vec::new(),
+            platform: Platform::HyperV,
         };
         layout.regions.push(RegionLayout {
             name: "queue".into(),

@@ -1351,6 +1351,7 @@ mod tests {
                 region("ring", 4096, true),
             ],
             devices: Vec::new(),
+            platform: Default::default(),
         };
         let (memory, map, fds) = create_regions(&layout).unwrap();
         assert!(memory.is_some());
@@ -1381,6 +1382,7 @@ mod tests {
             components: Vec::new(),
             regions: vec![region("private", 4096, false)],
             devices: Vec::new(),
+            platform: Default::default(),
         };
         let (memory, map, fds) = create_regions(&layout).unwrap();
         assert!(memory.is_none() && map.is_empty());

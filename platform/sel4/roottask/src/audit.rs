@@ -444,6 +444,7 @@ mod tests {
             version: system_layout::LAYOUT_VERSION,
             components: Vec::new(),
             devices: Vec::new(),
+            platform: Default::default(),
         }
     }
 

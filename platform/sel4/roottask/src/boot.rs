@@ -6,6 +6,10 @@ use sel4_bindings as sys;
 
 /// The power-off code when the capability audit refuses the system.
 pub const AUDIT_FAILED_CODE: u8 = 0x7d;
+/// The power-off code when the image is built for Hyper-V
+/// (`[platform] hypervisor = "hyper-v"`) and CPUID does not report Hyper-V
+/// with the synic and hypercalls.
+pub const HYPERV_ABSENT_CODE: u8 = 0x7c;
 
 const STACK_BYTES: usize = 64 * 1024;
 // The audit's frame lists grow with the description and a bump heap never
@@ -121,6 +125,7 @@ extern "C" fn roottask_main(boot_info: *const sys::BootInfo) -> ! {
     // SAFETY: the kernel passes a pointer to the mapped boot info frame.
     let boot_info = unsafe { &*boot_info };
     sys::set_ipc_buffer(boot_info.ipc_buffer as usize);
+    check_platform();
     match crate::system::build(boot_info) {
         Ok(system) => crate::monitor::serve(system),
         Err(error) => {
@@ -130,6 +135,24 @@ extern "C" fn roottask_main(boot_info: *const sys::BootInfo) -> ! {
                 _ => power_off(0x7f),
             }
         }
+    }
+}
+
+/// Print what CPUID reports; power off if the image is built for Hyper-V
+/// and this machine cannot serve it. An undecodable layout is left to
+/// `system::build`, which reports it.
+fn check_platform() {
+    use crate::detect::{cpuid, report, Verdict};
+    let detection = hyperv_defs::cpuid::Detection::probe(cpuid);
+    let platform = system_layout::SystemLayout::decode(crate::embedded::LAYOUT)
+        .map(|layout| layout.platform)
+        .unwrap_or_default();
+    let (lines, verdict) = report(&detection, platform);
+    for line in &lines {
+        log!("{line}");
+    }
+    if verdict == Verdict::HyperVAbsent {
+        power_off(HYPERV_ABSENT_CODE);
     }
 }
 

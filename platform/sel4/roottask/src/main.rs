@@ -1,6 +1,8 @@
 //! The seL4 root task.
 //!
-//! It receives all authority from the kernel at boot and, from the
+//! It receives all authority from the kernel at boot, prints what CPUID
+//! says about the hypervisor (and refuses a Hyper-V image on a machine
+//! without Hyper-V: `detect`) and, from the
 //! compiled system description embedded at build time (`layout.bin`, a
 //! postcard `SystemLayout`, and one ELF per component package), builds one
 //! protection domain per component: its own VSpace (PML4 + ASID), CNode,
@@ -31,6 +33,8 @@ mod elf;
 
 #[cfg(target_os = "none")]
 mod boot;
+#[cfg_attr(not(target_os = "none"), allow(dead_code))] // the host build only tests it
+mod detect;
 #[cfg_attr(not(target_os = "none"), allow(dead_code))] // the host build only tests it
 mod fault;
 #[cfg(target_os = "none")]
@@ -63,6 +67,7 @@ mod tests {
         ("audit.rs", include_str!("audit.rs")),
         ("audit_probe.rs", include_str!("audit_probe.rs")),
         ("boot.rs", include_str!("boot.rs")),
+        ("detect.rs", include_str!("detect.rs")),
         ("elf.rs", include_str!("elf.rs")),
         ("fault.rs", include_str!("fault.rs")),
         ("main.rs", include_str!("main.rs")),

@@ -18,6 +18,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod cpuid;
+
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The size of a guest page as the synic sees it.
