@@ -415,7 +415,7 @@ fn print_usage(system: &Path, disk: &WrittenDisk, size_mib: u64) {
          \n\
          Hyper-V Manager: New > Virtual Machine, Generation 1, 512 MB or more,\n\
          \x20 'Use an existing virtual hard disk': {vhd};\n\
-         \x20 Settings > COM 1 > Named pipe 'sel4-com1', then e.g. PuTTY on \\\\.\\pipe\\sel4-com1.\n\
+         \x20 Settings > COM 1 > Named pipe '{name}-com1', then e.g. PuTTY (Serial) on \\\\.\\pipe\\{name}-com1.\n\
          PowerShell (elevated):\n\
          \x20 New-VM -Name {name} -Generation 1 -MemoryStartupBytes 512MB -VHDPath C:\\VMs\\{name}.vhd\n\
          \x20 Set-VMComPort -VMName {name} -Number 1 -Path \\\\.\\pipe\\{name}-com1\n\
@@ -425,7 +425,9 @@ fn print_usage(system: &Path, disk: &WrittenDisk, size_mib: u64) {
          \x20   --file {vhd} --name {name}.vhd\n\
          \x20 az image create -g GROUP -n {name} --os-type Linux --hyper-v-generation V1 \\\n\
          \x20   --source https://ACCOUNT.blob.core.windows.net/vhds/{name}.vhd\n\
-         \x20 az vm create -g GROUP -n {name} --image {name} --boot-diagnostics-storage ACCOUNT\n\
+         \x20 az vm create -g GROUP -n {name} --image {name} --size Standard_B1s \\\n\
+         \x20   --admin-username azureuser --generate-ssh-keys --boot-diagnostics-storage ACCOUNT --no-wait\n\
+         \x20 (the image has no Azure agent: provisioning never reports done, the VM runs regardless)\n\
          \x20 (the serial console: az serial-console connect -g GROUP -n {name})\n\
          Generation 2 (UEFI) cannot boot it: docs/hyperv-image.md says why.",
         disk.core_img_bytes,
