@@ -378,7 +378,9 @@ impl fmt::Display for HyperV {
         )?;
         let reported = REPORTED
             .iter()
-            .fold(PartitionPrivileges::empty(), |all, (flag, _)| all.union(*flag));
+            .fold(PartitionPrivileges::empty(), |all, (flag, _)| {
+                all.union(*flag)
+            });
         write!(f, "{}", PrivilegeNames(self.privileges))?;
         let lacking = reported.difference(self.privileges);
         if !lacking.is_empty() {
