@@ -118,6 +118,8 @@ impl GuestMemory for RegionMemory {
 pub struct HostPd<M: GuestMemory> {
     pub sim: Simulator<M>,
     interrupt: Channel,
+    /// The reference TSC page's pair (`crate::tsc_clock`).
+    tsc_calibration: crate::tsc_clock::TscCalibration,
 }
 
 impl<M: GuestMemory> HostPd<M> {
@@ -125,6 +127,21 @@ impl<M: GuestMemory> HostPd<M> {
         HostPd {
             sim: Simulator::new(memory, config),
             interrupt,
+            tsc_calibration: Default::default(),
+        }
+    }
+
+    /// Read the TSC with the clock and publish a new pair if there is one.
+    fn update_tsc_clock(&mut self, env: &mut dyn Env) {
+        let now = env.now_ns();
+        let Some(tsc) = env.time_stamp_counter() else {
+            return;
+        };
+        if let Some(clock) = self
+            .tsc_calibration
+            .observe(tsc.ticks, tsc.ticks_per_second, now)
+        {
+            self.sim.set_tsc_clock(Some(clock));
         }
     }
 
@@ -142,6 +159,7 @@ impl<M: GuestMemory> HostPd<M> {
     pub fn step(&mut self, env: &mut dyn Env) {
         let now = env.now_ns();
         self.sim.step(now);
+        self.update_tsc_clock(env);
         let mut raised = false;
         while self.sim.take_interrupt().is_some() {
             raised = true;
@@ -161,6 +179,7 @@ impl<M: GuestMemory> HostPd<M> {
         let request = decode_request::<Hypervisor>(message)?;
         // The reference counter reads the clock as of this instruction.
         self.sim.advance_clock(env.now_ns());
+        self.update_tsc_clock(env);
         let answer = match request {
             Request::MsrRead { msr } => Self::reply_of(self.sim.msr_read(msr)),
             Request::MsrWrite { msr, value } => match self.sim.msr_write(msr, value) {

@@ -11,12 +11,12 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
+use hyperv_defs::reference_tsc::{self, ReferenceTscMsr, TscClock};
 use hyperv_defs::{
     message_flags, message_type, msr, EventFlagsPage, HvMessage, HypercallMsr, MessageHeader,
     ScontrolMsr, SintMsr, StimerConfig, SynicPageMsr, TimerMessagePayload, MESSAGE_MAX_PAYLOAD,
     MESSAGE_SIZE, PAGE_SIZE, SINT_COUNT, SINT_FIRST_VALID_VECTOR, SYNIC_VERSION,
 };
-use hyperv_defs::reference_tsc::{self, ReferenceTscMsr, TscClock};
 use zerocopy::IntoBytes;
 
 /// The synthetic MSR through which the guest writes APIC EOI.
@@ -786,7 +786,9 @@ mod tests {
         synic.set_tsc_clock(&memory, Some(faster));
         assert_eq!(synic.stats.reference_tsc_updates, 2);
         // Disabled: the host no longer writes the page.
-        synic.msr_write(&memory, msr::REFERENCE_TSC, 0x2000).unwrap();
+        synic
+            .msr_write(&memory, msr::REFERENCE_TSC, 0x2000)
+            .unwrap();
         synic.set_tsc_clock(&memory, Some(clock));
         assert_eq!(read_page(&memory, 5_000_000_000).map(|r| r.1), Ok(2));
         assert_eq!(synic.tsc_clock(), None);
