@@ -149,9 +149,12 @@ impl<M: GuestMemory> Simulator<M> {
         self.vmbus.endpoint(relid)?.ic.last_heartbeat
     }
 
+    /// A time sample; its reference time is the partition's now (the
+    /// reference counter's value).
     pub fn send_time(&mut self, parent_time: u64, flags: u8) -> bool {
+        let reference_time = self.host.synic.reference_time();
         self.ic_call(DeviceKind::TimeSync, |e, m| {
-            e.send_time(m, parent_time, flags)
+            e.send_time(m, parent_time, reference_time, flags)
         })
     }
 
