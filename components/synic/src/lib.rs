@@ -444,10 +444,12 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
 /// Enable the reference TSC page at the `reference_tsc` region; says what
 /// came of it. Returns whether the hypervisor took it.
 fn enable_reference_tsc(env: &mut dyn Env) -> bool {
-    let region = env.region(regions::REFERENCE_TSC);
-    let Some(gpa) = region
-        .guest_physical()
-        .filter(|gpa| gpa.is_multiple_of(PAGE_SIZE) && region.len() >= PAGE_SIZE as usize)
+    let Some(gpa) = env
+        .region_address(regions::REFERENCE_TSC)
+        .filter(|page| {
+            page.guest_physical.is_multiple_of(PAGE_SIZE) && page.len >= PAGE_SIZE as usize
+        })
+        .map(|page| page.guest_physical)
     else {
         println!(
             env,

@@ -103,7 +103,7 @@ fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
     let hypercall_name = env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
     let monitor_name = env.add_region_with(12288, true, Some(MONITOR_GPA));
-    let reference_tsc_name = env.add_region_with(4096, false, Some(REFERENCE_TSC_GPA));
+    let reference_tsc_name = env.add_region_address_only(4096, REFERENCE_TSC_GPA);
     assert_eq!(reference_tsc_name, regions::REFERENCE_TSC);
     assert_eq!(pages_name, regions::SYNIC_PAGES);
     assert_eq!(hypercall_name, regions::HYPERCALL_PAGES);
@@ -914,7 +914,7 @@ fn against_hvsims_synic_a_slot_drained_in_the_pending_gap_strands_nothing() {
     env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
     env.add_region_with(12288, true, Some(MONITOR_GPA));
-    env.add_region_with(4096, false, Some(REFERENCE_TSC_GPA));
+    env.add_region_address_only(4096, REFERENCE_TSC_GPA);
     let mut queue =
         Consumer::new(env.test_view(queue_name), vmbus_ipc::MESSAGE_QUEUE_SLOT).unwrap();
     let memory = Rc::new(RaceMemory {
@@ -1505,7 +1505,7 @@ fn against_hvsims_timer_a_vsc_is_woken_at_its_deadline() {
     env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     env.add_region(8192, true);
     env.add_region_with(12288, true, Some(MONITOR_GPA));
-    env.add_region_with(4096, false, Some(REFERENCE_TSC_GPA));
+    env.add_region_address_only(4096, REFERENCE_TSC_GPA);
     let host = Rc::new(RefCell::new(HostSynic::new()));
     // hvsim's synic writes its own memory; the test copies the SIM page
     // between it and the region around each step (one vCPU: no overlap).
