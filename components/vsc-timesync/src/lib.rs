@@ -203,10 +203,10 @@ impl IcService for TimesyncService {
             match relation {
                 Relation::Age(age) => println!(
                     env,
-                    "reference time {}.{:07} s: the sample was taken {} us before (offset; {} of {} samples related)",
+                    "sample related to reference time: taken {} us before it arrived (reference time {}.{:07} s; {} of {} samples related)",
+                    age / 10,
                     now_reference.unwrap_or(0) / 10_000_000,
                     now_reference.unwrap_or(0) % 10_000_000,
-                    age / 10,
                     self.related,
                     self.samples
                 ),
@@ -383,7 +383,8 @@ mod tests {
         assert_eq!(component.service.last_relation, Some(Relation::Age(5000)));
         assert_eq!(component.service.related, 1);
         assert!(
-            env.console.contains("the sample was taken 500 us before"),
+            env.console
+                .contains("sample related to reference time: taken 500 us before"),
             "{}",
             env.console
         );
