@@ -189,10 +189,14 @@ impl Connection {
     /// Read the TSC with the clock; publish a new pair when the
     /// measurement has one.
     fn update_tsc_clock<S: Machine>(&mut self, machine: &mut S) {
-        let Some(ticks) = hosted_runtime::sys::time_stamp_counter() else {
+        let Some(before) = hosted_runtime::sys::time_stamp_counter() else {
             return;
         };
-        if let Some(clock) = self.tsc_calibration.observe(ticks, 0, self.now_ns()) {
+        let now = self.now_ns();
+        let Some(after) = hosted_runtime::sys::time_stamp_counter() else {
+            return;
+        };
+        if let Some(clock) = self.tsc_calibration.observe_within(before, after, 0, now) {
             machine.set_tsc_clock(clock);
         }
     }

@@ -8,7 +8,9 @@
 //! clock: first over at least [`MIN_SPAN_NS`] from the first reading, then
 //! again over twice the span each time (up to every [`MAX_INTERVAL_NS`]),
 //! each a new pair under a new sequence, so the error shrinks as the
-//! session runs.
+//! session runs. A reading is the host clock between two TSC reads; one
+//! whose two TSC reads lie further apart than 1/[`WINDOW_DIVISOR`] of the
+//! span (the host thread was preempted between them) is not used.
 
 use hyperv_defs::reference_tsc::TscClock;
 
@@ -16,6 +18,8 @@ use hyperv_defs::reference_tsc::TscClock;
 pub const MIN_SPAN_NS: u64 = 20_000_000;
 /// The longest wait between two measurements.
 pub const MAX_INTERVAL_NS: u64 = 10_000_000_000;
+/// A reading's TSC window may be at most this fraction of the span.
+pub const WINDOW_DIVISOR: u64 = 4_000;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TscCalibration {
@@ -32,6 +36,20 @@ impl TscCalibration {
     /// `ticks_per_second`, 0 if it does not know it) taken at host time
     /// `now_ns`. Returns the pair to publish when there is a new one.
     pub fn observe(&mut self, ticks: u64, ticks_per_second: u64, now_ns: u64) -> Option<TscClock> {
+        self.observe_within(ticks, ticks, ticks_per_second, now_ns)
+    }
+
+    /// [`TscCalibration::observe`] for a host clock read at `now_ns`
+    /// between two TSC reads, `before` and `after`.
+    pub fn observe_within(
+        &mut self,
+        before: u64,
+        after: u64,
+        ticks_per_second: u64,
+        now_ns: u64,
+    ) -> Option<TscClock> {
+        let window = after.checked_sub(before)?;
+        let ticks = before + window / 2;
         if ticks_per_second != 0 {
             if self.exact_set {
                 return None;
@@ -47,6 +65,9 @@ impl TscCalibration {
             return None;
         }
         let span_ticks = ticks.checked_sub(first_ticks)?;
+        if window > span_ticks / WINDOW_DIVISOR {
+            return None;
+        }
         let rate = (span_ticks as u128 * 1_000_000_000 / span_ns as u128) as u64;
         let clock = TscClock::calibrated(rate, ticks, now_ns / 100)?;
         self.next_ns = now_ns + span_ns.min(MAX_INTERVAL_NS);
@@ -91,6 +112,15 @@ mod tests {
         assert_eq!(calibration.observe(tsc_at(at + 1), 0, at + 1), None);
         assert!(calibration.observe(tsc_at(2 * at), 0, 2 * at).is_some());
         assert_eq!(calibration.pairs, 2);
+        // A reading whose TSC window is too wide (preempted) is skipped.
+        let late = 8 * at;
+        assert_eq!(
+            calibration.observe_within(tsc_at(late), tsc_at(late + 100_000), 0, late),
+            None
+        );
+        assert!(calibration
+            .observe_within(tsc_at(late), tsc_at(late) + 10, 0, late)
+            .is_some());
         // A TSC that went backwards gives no pair.
         assert_eq!(calibration.observe(0, 0, 100 * at), None);
     }
