@@ -97,7 +97,10 @@ mod tests {
         for detection in [Detection::NoHypervisor, qemu_tcg(), hyper_v(0x3b_8030)] {
             let (lines, verdict) = report(&detection, Platform::Simulated);
             assert_eq!(verdict, Verdict::Start);
-            assert!(lines.last().unwrap().starts_with("platform: simulated host"));
+            assert!(lines
+                .last()
+                .unwrap()
+                .starts_with("platform: simulated host"));
         }
     }
 
