@@ -6,6 +6,11 @@
 //!   SIMP and SIEFP (the guest physical addresses of its `synic_pages`
 //!   region: message page at 0, event-flag page at 4096), SINT2 (the VMBus
 //!   SINT: unmasked, auto-EOI) and SCONTROL.
+//! - It enables the reference TSC page (HV_X64_MSR_REFERENCE_TSC) at the
+//!   guest physical address of the `reference_tsc` region (known to it by
+//!   address only; `timesync` maps it read-only and reads reference time
+//!   from it). A hypervisor that refuses it costs only that: `timesync`
+//!   then sees no valid page and relates no samples.
 //! - On each synic interrupt (`hypervisor_interrupt`) it first
 //!   test-and-clears the SINT2 event flags and notifies the VSC each set
 //!   relid is bound to, then copies each pending SINT2 message slot out
@@ -63,6 +68,7 @@
 
 use component_api::{println, CallError, Channel, ChannelSet, Component, Env, Refusal, Region};
 use core::sync::atomic::{fence, Ordering};
+use hyperv_defs::reference_tsc::ReferenceTscMsr;
 use hyperv_defs::{
     call_code, message_flags, message_type, msr, HvMessage, HvStatus, HypercallControl,
     HypercallMsr, HypercallResult, PostMessageInput, ScontrolFlags, SignalEventInput, SintFlags,
@@ -433,6 +439,45 @@ fn enable(env: &mut dyn Env) -> Option<Enabled> {
         queue,
         rearmed: rearm,
     })
+}
+
+/// Enable the reference TSC page at the `reference_tsc` region; says what
+/// came of it. Returns whether the hypervisor took it.
+fn enable_reference_tsc(env: &mut dyn Env) -> bool {
+    let Some(gpa) = env
+        .region_address(regions::REFERENCE_TSC)
+        .filter(|page| {
+            page.guest_physical.is_multiple_of(PAGE_SIZE) && page.len >= PAGE_SIZE as usize
+        })
+        .map(|page| page.guest_physical)
+    else {
+        println!(
+            env,
+            "reference_tsc must be a host-visible page: no reference TSC page"
+        );
+        return false;
+    };
+    let enabled = msr_read(env, msr::REFERENCE_TSC).and_then(|old| {
+        msr_write(
+            env,
+            msr::REFERENCE_TSC,
+            ReferenceTscMsr::enable_at(old, gpa).0,
+        )
+    });
+    match enabled {
+        Ok(()) => {
+            println!(env, "reference TSC page at {:#x}", gpa);
+            true
+        }
+        Err(error) => {
+            println!(
+                env,
+                "the hypervisor refused the reference TSC page ({:?}): timesync relates no samples",
+                error
+            );
+            false
+        }
+    }
 }
 
 impl Synic {
@@ -1039,6 +1084,9 @@ impl Component for Synic {
         let enabled = enable(env);
         let rearmed = enabled.as_ref().is_some_and(|e| e.rearmed);
         let timer_ready = enabled.is_some() && set_up_timer(env);
+        if enabled.is_some() {
+            enable_reference_tsc(env);
+        }
         let monitor_pages = Some(env.region(regions::MONITOR_PAGES))
             .filter(|r| r.writable() && r.len() >= INTERRUPT_PAGE_SEND_OFFSET + 2048);
         if monitor_pages.is_none() {

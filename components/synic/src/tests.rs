@@ -42,6 +42,7 @@ struct Rig {
 }
 
 const MONITOR_GPA: u64 = 0x9_0000;
+const REFERENCE_TSC_GPA: u64 = 0xA_0000;
 
 fn write_slot(pages: Region, payload: &[u8], message_type: u32, pending: bool) {
     let mut slot = [0u8; 256];
@@ -102,6 +103,8 @@ fn rig_with(setup: impl FnOnce(&mut FakeHost)) -> (Rig, Synic) {
     let hypercall_name = env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
     let monitor_name = env.add_region_with(12288, true, Some(MONITOR_GPA));
+    let reference_tsc_name = env.add_region_address_only(4096, REFERENCE_TSC_GPA);
+    assert_eq!(reference_tsc_name, regions::REFERENCE_TSC);
     assert_eq!(pages_name, regions::SYNIC_PAGES);
     assert_eq!(hypercall_name, regions::HYPERCALL_PAGES);
     assert_eq!(queue_name, regions::SYNIC_MESSAGES);
@@ -236,6 +239,19 @@ fn bind(
 }
 
 #[test]
+fn a_refused_reference_tsc_page_costs_only_the_page() {
+    let (rig, synic) = rig_with(|host| {
+        host.faulting.push(msr::REFERENCE_TSC);
+    });
+    assert!(synic.enabled.is_some(), "{}", rig.env.console);
+    assert!(synic.timer_ready);
+    assert!(rig
+        .env
+        .console
+        .contains("the hypervisor refused the reference TSC page"));
+}
+
+#[test]
 fn init_enables_the_synic_in_order_with_our_pages() {
     let (rig, synic) = rig_with(|host| {
         // Reserved bits the TLFS says to preserve.
@@ -257,8 +273,12 @@ fn init_enables_the_synic_in_order_with_our_pages() {
             msr::SCONTROL,
             msr::SINT0 + TIMER_SINT as u32,
             msr::STIMER0_CONFIG,
+            msr::REFERENCE_TSC,
         ]
     );
+    // The reference TSC page at the region's address.
+    assert_eq!(host.msrs[&msr::REFERENCE_TSC], REFERENCE_TSC_GPA | 1);
+    assert!(rig.env.console.contains("reference TSC page at 0xa0000"));
     let timer_sint = SintMsr(host.msrs[&(msr::SINT0 + TIMER_SINT as u32)]);
     assert!(!timer_sint.masked() && timer_sint.auto_eoi());
     assert_eq!(timer_sint.vector(), TIMER_VECTOR);
@@ -894,6 +914,7 @@ fn against_hvsims_synic_a_slot_drained_in_the_pending_gap_strands_nothing() {
     env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     let queue_name = env.add_region(8192, true);
     env.add_region_with(12288, true, Some(MONITOR_GPA));
+    env.add_region_address_only(4096, REFERENCE_TSC_GPA);
     let mut queue =
         Consumer::new(env.test_view(queue_name), vmbus_ipc::MESSAGE_QUEUE_SLOT).unwrap();
     let memory = Rc::new(RaceMemory {
@@ -1484,6 +1505,7 @@ fn against_hvsims_timer_a_vsc_is_woken_at_its_deadline() {
     env.add_region_with(12288, true, Some(HYPERCALL_GPA));
     env.add_region(8192, true);
     env.add_region_with(12288, true, Some(MONITOR_GPA));
+    env.add_region_address_only(4096, REFERENCE_TSC_GPA);
     let host = Rc::new(RefCell::new(HostSynic::new()));
     // hvsim's synic writes its own memory; the test copies the SIM page
     // between it and the region around each step (one vCPU: no overlap).

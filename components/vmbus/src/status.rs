@@ -280,4 +280,7 @@ impl Env for Budgeted<'_> {
     fn now_ns(&mut self) -> u64 {
         self.inner.now_ns()
     }
+    fn time_stamp_counter(&mut self) -> Option<component_api::TimeStampCounter> {
+        self.inner.time_stamp_counter()
+    }
 }

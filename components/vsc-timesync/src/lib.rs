@@ -8,8 +8,17 @@
 //! this crate answers every message, keeps the last host time with the
 //! guest monotonic time it arrived at (`Env::now_ns`), and serves
 //! `timesync::Request::Now` on `client`: the host time advanced by the
-//! guest time elapsed since. Messages of 4.0 carry the host's reference
-//! time too; it is not needed for this coarse service and is ignored.
+//! guest time elapsed since.
+//!
+//! Messages of 4.0 also carry the partition reference time at which the
+//! host took the sample. timesync reads reference time itself from the
+//! reference TSC page (`reference_tsc`, mapped read-only; `synic` enabled
+//! it) and the TSC ([`Env::time_stamp_counter`]), and relates the two: the
+//! difference is how long ago the host took the sample (its delivery
+//! delay), and the sample is advanced by it, as Linux's hv_utils does. A
+//! delay outside 0 ..= [`MAX_SAMPLE_AGE`] (a hostile or broken host, a
+//! page that is not valid) relates nothing: the sample is used as it came
+//! and counted.
 //!
 //! It notifies each client (`driver::CLIENT_EVENTS`) after each sample
 //! (the client's periodic tick).
@@ -23,6 +32,8 @@
 #![forbid(unsafe_code)]
 
 use component_api::{println, Channel, Env, Refusal};
+use core::sync::atomic::Ordering;
+use hyperv_defs::reference_tsc;
 use ic_channel::{ChannelIds, DriverService, IcDriver, IcService, Rejection};
 use vmbus_ipc::timesync::{civil_time, Reply, Request};
 use vmbus_protocol::ic::{
@@ -35,6 +46,23 @@ pub const IDS: ChannelIds = ic_channel::driver_ids!();
 
 /// One console line per this many samples (syncs are always printed).
 pub const LOG_EVERY: u32 = 10;
+
+/// The oldest sample (in reference time, 100 ns units) that is advanced by
+/// its age: 10 s. An older or future "age" is the host's error.
+pub const MAX_SAMPLE_AGE: u64 = 100_000_000;
+
+/// How a sample related to reference time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// Taken this long before it arrived (100 ns units); the sample was
+    /// advanced by it.
+    Age(u64),
+    /// Reference time arrived at (from the page) minus the sample's, when
+    /// outside 0 ..= MAX_SAMPLE_AGE.
+    Implausible(i64),
+    /// No reference time here: a version 3 message, no valid page, no TSC.
+    Unavailable,
+}
 
 /// The last time the host told us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +78,46 @@ pub struct TimesyncService {
     pub samples: u32,
     /// Messages with neither flag.
     pub ignored: u32,
+    /// How the last sample related to reference time.
+    pub last_relation: Option<Relation>,
+    /// Samples advanced by their age / with an implausible age / with no
+    /// reference time.
+    pub related: u32,
+    pub implausible: u32,
+    pub unrelated: u32,
+}
+
+/// Reference time now from the reference TSC page and the TSC, if the page
+/// is valid and the TSC readable.
+pub fn reference_time_now(env: &mut dyn Env) -> Option<u64> {
+    let page = env.region(regions::REFERENCE_TSC);
+    let load_u32 = |at: usize| {
+        page.atomic_u32(at)
+            .map_or(reference_tsc::SEQUENCE_INVALID, |word| {
+                word.load(Ordering::Acquire)
+            })
+    };
+    let load_u64 = |at: usize| {
+        page.atomic_u64(at)
+            .map_or(0, |word| word.load(Ordering::Acquire))
+    };
+    let tsc = env.time_stamp_counter()?.ticks;
+    reference_tsc::read_reference_time(load_u32, load_u64, || tsc)
+        .ok()
+        .map(|(time, _)| time)
+}
+
+/// Relate a sample taken at reference time `sample_reference` to
+/// reference time `now` (either unknown: unavailable).
+pub fn relate(sample_reference: Option<u64>, now: Option<u64>) -> Relation {
+    let (Some(sample), Some(now)) = (sample_reference, now) else {
+        return Relation::Unavailable;
+    };
+    let age = now.wrapping_sub(sample) as i64;
+    match u64::try_from(age) {
+        Ok(age) if age <= MAX_SAMPLE_AGE => Relation::Age(age),
+        _ => Relation::Implausible(age),
+    }
 }
 
 impl TimesyncService {
@@ -82,21 +150,46 @@ impl IcService for TimesyncService {
         body: &mut [u8],
     ) -> Result<u32, Rejection> {
         let short = |_| Rejection("body shorter than its timesync message");
-        let (host_time, flags) = if version.major.get() >= 4 {
+        let (host_time, sample_reference, flags) = if version.major.get() >= 4 {
             let message: TimesyncRefMessage = read_body(body).map_err(short)?;
-            (message.parent_time.get(), message.flags)
+            (
+                message.parent_time.get(),
+                Some(message.vm_reference_time.get()),
+                message.flags,
+            )
         } else {
             let message: TimesyncMessage = read_body(body).map_err(short)?;
-            (message.parent_time.get(), message.flags)
+            (message.parent_time.get(), None, message.flags)
         };
         let sync = flags & timesync_flags::SYNC != 0;
         if !sync && flags & timesync_flags::SAMPLE == 0 {
             self.ignored += 1;
             return Ok(STATUS_OK);
         }
+        let now_reference = match sample_reference {
+            Some(_) => reference_time_now(env),
+            None => None,
+        };
+        let guest_ns = env.now_ns();
+        let relation = relate(sample_reference, now_reference);
+        let host_time = match relation {
+            Relation::Age(age) => {
+                self.related = self.related.saturating_add(1);
+                host_time.saturating_add(age)
+            }
+            Relation::Implausible(_) => {
+                self.implausible = self.implausible.saturating_add(1);
+                host_time
+            }
+            Relation::Unavailable => {
+                self.unrelated = self.unrelated.saturating_add(1);
+                host_time
+            }
+        };
+        self.last_relation = Some(relation);
         self.last = Some(Sample {
             host_100ns_since_1601: host_time,
-            guest_ns: env.now_ns(),
+            guest_ns,
         });
         self.samples = self.samples.saturating_add(1);
         if sync || self.samples == 1 || self.samples.is_multiple_of(LOG_EVERY) {
@@ -107,6 +200,27 @@ impl IcService for TimesyncService {
                 self.samples,
                 civil_time(host_time)
             );
+            match relation {
+                Relation::Age(age) => println!(
+                    env,
+                    "sample related to reference time: taken {} us before it arrived (reference time {}.{:07} s; {} of {} samples related)",
+                    age / 10,
+                    now_reference.unwrap_or(0) / 10_000_000,
+                    now_reference.unwrap_or(0) % 10_000_000,
+                    self.related,
+                    self.samples
+                ),
+                Relation::Implausible(age) => println!(
+                    env,
+                    "reference time: the host's sample is {} x 100 ns from ours: not related ({} so far)",
+                    age,
+                    self.implausible
+                ),
+                Relation::Unavailable => println!(
+                    env,
+                    "reference time unavailable (no valid reference TSC page or a 3.0 message): the sample is used as it came"
+                ),
+            }
         }
         for event in driver::CLIENT_EVENTS {
             env.notify(*event);
@@ -150,7 +264,10 @@ mod tests {
     const HOST_TIME: u64 = UNIX_EPOCH_100NS + 1_795_564_800 * 10_000_000;
 
     fn started(offered: &[(u16, u16)]) -> (EnvDouble, TestHost, Timesync) {
-        let (mut env, mut host, mut component) = open_driver();
+        let (mut env, mut host, mut component) = open_driver_with(|env| {
+            let page = env.add_region_with(4096, false, Some(0xA_0000));
+            assert_eq!(page, regions::REFERENCE_TSC);
+        });
         negotiate(
             &mut component,
             &mut env,
@@ -232,6 +349,77 @@ mod tests {
                 last_sample_ns: 6_500_000_000,
             }
         );
+    }
+
+    /// The hypervisor's side of the reference TSC page: `clock` under
+    /// `sequence`.
+    fn publish(env: &EnvDouble, clock: reference_tsc::TscClock, sequence: u32) {
+        let page = env.test_view(regions::REFERENCE_TSC);
+        page.write(reference_tsc::SCALE_OFFSET, &clock.scale.to_le_bytes())
+            .unwrap();
+        page.write(reference_tsc::OFFSET_OFFSET, &clock.offset.to_le_bytes())
+            .unwrap();
+        page.write(reference_tsc::SEQUENCE_OFFSET, &sequence.to_le_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_sample_is_advanced_by_its_age_in_reference_time() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        // A 1 GHz TSC; when it reads 7e9 the reference time is 12345 +
+        // 5000: the sample (taken at 12345) is 500 us old on arrival.
+        let ticks = 7_000_000_000;
+        env.time_stamp_counter = Some(component_api::TimeStampCounter {
+            ticks,
+            ticks_per_second: 0,
+        });
+        let clock =
+            reference_tsc::TscClock::calibrated(1_000_000_000, ticks, 12345 + 5000).unwrap();
+        publish(&env, clock, 1);
+        env.now_ns = 1_000_000_000;
+        host.send(&sample_4(HOST_TIME, timesync_flags::SYNC));
+        notify_synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(component.service.last_relation, Some(Relation::Age(5000)));
+        assert_eq!(component.service.related, 1);
+        assert!(
+            env.console
+                .contains("sample related to reference time: taken 500 us before"),
+            "{}",
+            env.console
+        );
+        match ask(&mut component, &mut env) {
+            Reply::Time {
+                now_100ns_since_1601,
+                ..
+            } => assert_eq!(now_100ns_since_1601, HOST_TIME + 5000),
+            other => panic!("{other:?}"),
+        }
+        // A host whose sample is from our future: used as it came, counted.
+        let future = reference_tsc::TscClock::calibrated(1_000_000_000, ticks, 12000).unwrap();
+        publish(&env, future, 2);
+        host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
+        notify_synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(
+            component.service.last_relation,
+            Some(Relation::Implausible(-345))
+        );
+        assert_eq!(component.service.implausible, 1);
+        match ask(&mut component, &mut env) {
+            Reply::Time {
+                now_100ns_since_1601,
+                ..
+            } => assert_eq!(now_100ns_since_1601, HOST_TIME),
+            other => panic!("{other:?}"),
+        }
+        // Sequence 0: the page is not valid, nothing is related.
+        publish(&env, clock, 0);
+        host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
+        notify_synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(component.service.last_relation, Some(Relation::Unavailable));
+        assert_eq!(component.service.unrelated, 1);
     }
 
     #[test]

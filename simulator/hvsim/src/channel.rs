@@ -1208,11 +1208,15 @@ impl ChannelEndpoint {
         Some(self.send_ic(memory, Request::Shutdown, ic_type::SHUTDOWN, &bytes))
     }
 
-    /// Operator: send a time sample (`parent_time` in 100 ns units since 1601).
+    /// Operator: send a time sample (`parent_time` in 100 ns units since
+    /// 1601), taken at partition reference time `vm_reference_time` (the
+    /// guest relates it to its own reading of reference time: how long ago
+    /// the sample was taken).
     pub fn send_time<M: GuestMemory>(
         &mut self,
         memory: &M,
         parent_time: u64,
+        vm_reference_time: u64,
         flags: u8,
     ) -> Option<bool> {
         if !self.ready(DeviceKind::TimeSync) {
@@ -1220,6 +1224,7 @@ impl ChannelEndpoint {
         }
         let mut body = TimesyncRefMessage::new_zeroed();
         body.parent_time = parent_time.into();
+        body.vm_reference_time = vm_reference_time.into();
         body.flags = flags;
         let bytes = body.as_bytes().to_vec();
         Some(self.send_ic(memory, Request::TimeSync, ic_type::TIMESYNC, &bytes))

@@ -215,4 +215,9 @@ impl<M: GuestMemory> Host<M> {
     pub fn advance_clock(&mut self, now_ns: u64) {
         self.synic.advance(&self.memory, now_ns);
     }
+
+    /// The host's TSC-to-reference-time pair (the reference TSC page's).
+    pub fn set_tsc_clock(&mut self, clock: Option<hyperv_defs::reference_tsc::TscClock>) {
+        self.synic.set_tsc_clock(&self.memory, clock);
+    }
 }

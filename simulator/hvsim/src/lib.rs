@@ -63,6 +63,7 @@ pub mod synic;
 pub mod tap_net;
 #[cfg(not(target_os = "none"))]
 pub mod transport;
+pub mod tsc_clock;
 #[cfg(not(target_os = "none"))]
 pub mod user_net;
 pub mod vmbus;
@@ -94,5 +95,8 @@ impl<M: hv_interface::GuestMemory> transport::Machine for host::Host<M> {
     }
     fn next_wakeup_ns(&self) -> Option<u64> {
         self.synic.next_timer_ns()
+    }
+    fn set_tsc_clock(&mut self, clock: hyperv_defs::reference_tsc::TscClock) {
+        host::Host::set_tsc_clock(self, Some(clock))
     }
 }

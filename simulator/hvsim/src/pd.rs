@@ -152,6 +152,8 @@ pub struct HostPd<M: GuestMemory> {
     pub sim: Simulator<M>,
     interrupt: InterruptPath,
     stats: InterruptStats,
+    /// The reference TSC page's pair (`crate::tsc_clock`).
+    tsc_calibration: crate::tsc_clock::TscCalibration,
 }
 
 impl<M: GuestMemory> HostPd<M> {
@@ -168,6 +170,21 @@ impl<M: GuestMemory> HostPd<M> {
             sim,
             interrupt: path,
             stats: InterruptStats::default(),
+            tsc_calibration: Default::default(),
+        }
+    }
+
+    /// Read the TSC with the clock and publish a new pair if there is one.
+    fn update_tsc_clock(&mut self, env: &mut dyn Env) {
+        let now = env.now_ns();
+        let Some(tsc) = env.time_stamp_counter() else {
+            return;
+        };
+        if let Some(clock) = self
+            .tsc_calibration
+            .observe(tsc.ticks, tsc.ticks_per_second, now)
+        {
+            self.sim.set_tsc_clock(Some(clock));
         }
     }
 
@@ -194,6 +211,7 @@ impl<M: GuestMemory> HostPd<M> {
     pub fn step(&mut self, env: &mut dyn Env) {
         let now = env.now_ns();
         self.sim.step(now);
+        self.update_tsc_clock(env);
         let mut delivered = None;
         while let Some(vector) = self.sim.take_interrupt() {
             delivered = Some(vector);
@@ -231,6 +249,7 @@ impl<M: GuestMemory> HostPd<M> {
         let request = decode_request::<Hypervisor>(message)?;
         // The reference counter reads the clock as of this instruction.
         self.sim.advance_clock(env.now_ns());
+        self.update_tsc_clock(env);
         let answer = match request {
             Request::MsrRead { msr } => Self::reply_of(self.sim.msr_read(msr)),
             Request::MsrWrite { msr, value } => match self.sim.msr_write(msr, value) {

@@ -53,6 +53,11 @@ impl<M: GuestMemory> Simulator<M> {
 
     /// The host's clock moved (ns since the partition started): the
     /// reference counter follows it and a due synthetic timer expires.
+    /// The host's TSC-to-reference-time pair (the reference TSC page's).
+    pub fn set_tsc_clock(&mut self, clock: Option<hyperv_defs::reference_tsc::TscClock>) {
+        self.host.set_tsc_clock(clock);
+    }
+
     pub fn advance_clock(&mut self, now_ns: u64) {
         self.host.advance_clock(now_ns);
     }
@@ -144,9 +149,12 @@ impl<M: GuestMemory> Simulator<M> {
         self.vmbus.endpoint(relid)?.ic.last_heartbeat
     }
 
+    /// A time sample; its reference time is the partition's now (the
+    /// reference counter's value).
     pub fn send_time(&mut self, parent_time: u64, flags: u8) -> bool {
+        let reference_time = self.host.synic.reference_time();
         self.ic_call(DeviceKind::TimeSync, |e, m| {
-            e.send_time(m, parent_time, flags)
+            e.send_time(m, parent_time, reference_time, flags)
         })
     }
 
@@ -411,5 +419,8 @@ impl<M: GuestMemory> crate::transport::Machine for Simulator<M> {
     }
     fn next_wakeup_ns(&self) -> Option<u64> {
         Simulator::next_timer_ns(self)
+    }
+    fn set_tsc_clock(&mut self, clock: hyperv_defs::reference_tsc::TscClock) {
+        Simulator::set_tsc_clock(self, Some(clock))
     }
 }

@@ -11,6 +11,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
+use hyperv_defs::reference_tsc::{self, ReferenceTscMsr, TscClock};
 use hyperv_defs::{
     message_flags, message_type, msr, EventFlagsPage, HvMessage, HypercallMsr, MessageHeader,
     ScontrolMsr, SintMsr, StimerConfig, SynicPageMsr, TimerMessagePayload, MESSAGE_MAX_PAYLOAD,
@@ -58,6 +59,8 @@ pub struct SynicStats {
     /// SINT writes whose vector was replaced by the partition's one vector
     /// ([`Synic::set_fixed_vector`]).
     pub sint_vectors_rewritten: u64,
+    /// (scale, offset) pairs written into the reference TSC page.
+    pub reference_tsc_updates: u64,
 }
 
 /// The reference-time unit: 100 ns.
@@ -90,6 +93,13 @@ pub struct Synic {
     /// The partition's reference time (100 ns units since it started), as
     /// the host's clock last told us ([`Synic::advance`]).
     reference_time: u64,
+    /// HV_X64_MSR_REFERENCE_TSC as the guest wrote it.
+    pub reference_tsc: ReferenceTscMsr,
+    /// The reference time as a function of the TSC, as the host knows it
+    /// ([`Synic::set_tsc_clock`]); `None`: the page says "use the MSR".
+    tsc_clock: Option<TscClock>,
+    /// The sequence of the pair last written into the page.
+    tsc_sequence: u32,
     pub stats: SynicStats,
     /// The one vector the guest's kernel takes the synic interrupt on (the
     /// description's `[[irq]] vector`), when the host raises it through the
@@ -137,6 +147,9 @@ impl Synic {
             outbox: VecDeque::new(),
             timer: SyntheticTimer::default(),
             reference_time: 0,
+            reference_tsc: ReferenceTscMsr(0),
+            tsc_clock: None,
+            tsc_sequence: reference_tsc::SEQUENCE_INVALID,
             stats: SynicStats::default(),
             fixed_vector: None,
         }
@@ -186,6 +199,7 @@ impl Synic {
             msr::SIMP => self.simp.0,
             msr::EOM => 0,
             msr::TIME_REF_COUNT => self.reference_time,
+            msr::REFERENCE_TSC => self.reference_tsc.0,
             msr::STIMER0_CONFIG => self.timer.config.0,
             msr::STIMER0_COUNT => self.timer.count,
             _ => match msr::sint_index(number) {
@@ -271,6 +285,14 @@ impl Synic {
                 }
                 self.simp = page;
             }
+            msr::REFERENCE_TSC => {
+                let page = ReferenceTscMsr(value);
+                if page.enabled() && !page_in_memory(page.gpa()) {
+                    return Err(Exception::GeneralProtection);
+                }
+                self.reference_tsc = page;
+                self.publish_reference_tsc(memory);
+            }
             msr::EOM => {
                 self.stats.eom_writes += 1;
                 self.rescan_all(memory);
@@ -307,6 +329,62 @@ impl Synic {
     /// The reference time now (100 ns units).
     pub fn reference_time(&self) -> u64 {
         self.reference_time
+    }
+
+    /// The host's relation between the TSC and reference time changed (or
+    /// is known for the first time; `None`: not known): the reference TSC
+    /// page, if the guest enabled it, is rewritten with a new sequence.
+    pub fn set_tsc_clock<M: GuestMemory>(&mut self, memory: &M, clock: Option<TscClock>) {
+        if self.tsc_clock == clock {
+            return;
+        }
+        self.tsc_clock = clock;
+        self.publish_reference_tsc(memory);
+    }
+
+    /// The pair the page holds now, if it is valid.
+    pub fn tsc_clock(&self) -> Option<(TscClock, u32)> {
+        self.tsc_clock
+            .filter(|_| self.reference_tsc.enabled())
+            .map(|clock| (clock, self.tsc_sequence))
+    }
+
+    /// Write the page as the TLFS orders it: sequence 0 (readers stop
+    /// using the old pair), the scale and offset, then the new sequence
+    /// (or leave 0 if the host has no pair: the guest reads the MSR). The
+    /// GPA was checked when the MSR was written; a write that still fails
+    /// leaves the page as it was.
+    fn publish_reference_tsc<M: GuestMemory>(&mut self, memory: &M) {
+        if !self.reference_tsc.enabled() {
+            return;
+        }
+        let gpa = self.reference_tsc.gpa();
+        if memory
+            .store_u32(gpa, reference_tsc::SEQUENCE_INVALID)
+            .is_err()
+        {
+            return;
+        }
+        let Some(clock) = self.tsc_clock else {
+            return;
+        };
+        let page = reference_tsc::ReferenceTscPage {
+            tsc_sequence: reference_tsc::SEQUENCE_INVALID,
+            reserved: 0,
+            tsc_scale: clock.scale,
+            tsc_offset: clock.offset,
+        };
+        let fields = &page.as_bytes()[reference_tsc::SCALE_OFFSET..];
+        if memory
+            .write(gpa + reference_tsc::SCALE_OFFSET as u64, fields)
+            .is_err()
+        {
+            return;
+        }
+        self.tsc_sequence = reference_tsc::next_sequence(self.tsc_sequence);
+        if memory.store_u32(gpa, self.tsc_sequence).is_ok() {
+            self.stats.reference_tsc_updates += 1;
+        }
     }
 
     /// (Re)starts timer 0 from its registers: a one-shot timer expires at
@@ -723,6 +801,58 @@ mod tests {
         assert!(synic
             .msr_write(&memory, msr::SINT0, SintMsr::new(15, true, false).0)
             .is_ok());
+    }
+
+    #[test]
+    fn reference_tsc_page_holds_the_hosts_pair_under_a_sequence() {
+        use hyperv_defs::reference_tsc::{read_reference_time, PageUnusable};
+        let memory = VecMemory::new(0x4000);
+        let mut synic = Synic::new();
+        let read_page = |memory: &VecMemory, tsc: u64| {
+            read_reference_time(
+                |at| memory.load_u32(0x2000 + at as u64).unwrap(),
+                |at| {
+                    let mut bytes = [0u8; 8];
+                    memory.read(0x2000 + at as u64, &mut bytes).unwrap();
+                    u64::from_le_bytes(bytes)
+                },
+                || tsc,
+            )
+        };
+        // Outside guest memory: #GP, nothing stored.
+        assert_eq!(
+            synic.msr_write(&memory, msr::REFERENCE_TSC, 0x10_0000 | 1),
+            Err(Exception::GeneralProtection)
+        );
+        assert_eq!(synic.msr_read(msr::REFERENCE_TSC), Ok(0));
+        // Enabled before the host knows its TSC: sequence 0, use the MSR.
+        memory.store_u32(0x2000, 77).unwrap();
+        synic
+            .msr_write(&memory, msr::REFERENCE_TSC, 0x2000 | 1)
+            .unwrap();
+        assert_eq!(synic.msr_read(msr::REFERENCE_TSC), Ok(0x2001));
+        assert_eq!(read_page(&memory, 0), Err(PageUnusable::Invalid));
+        // A 1 GHz TSC that reads 3e9 at reference time 1 s.
+        let clock = TscClock::calibrated(1_000_000_000, 3_000_000_000, 10_000_000).unwrap();
+        synic.set_tsc_clock(&memory, Some(clock));
+        assert_eq!(read_page(&memory, 3_000_000_000), Ok((10_000_000, 1)));
+        let (later, _) = read_page(&memory, 4_000_000_000).unwrap();
+        assert!((19_999_999..=20_000_000).contains(&later), "{later}");
+        // A new pair: a new sequence.
+        let faster = TscClock::calibrated(2_000_000_000, 3_000_000_000, 10_000_000).unwrap();
+        synic.set_tsc_clock(&memory, Some(faster));
+        assert_eq!(read_page(&memory, 5_000_000_000).map(|r| r.1), Ok(2));
+        assert_eq!(synic.stats.reference_tsc_updates, 2);
+        // The same pair again: no rewrite.
+        synic.set_tsc_clock(&memory, Some(faster));
+        assert_eq!(synic.stats.reference_tsc_updates, 2);
+        // Disabled: the host no longer writes the page.
+        synic
+            .msr_write(&memory, msr::REFERENCE_TSC, 0x2000)
+            .unwrap();
+        synic.set_tsc_clock(&memory, Some(clock));
+        assert_eq!(read_page(&memory, 5_000_000_000).map(|r| r.1), Ok(2));
+        assert_eq!(synic.tsc_clock(), None);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub trait Machine {
     fn next_wakeup_ns(&self) -> Option<u64> {
         None
     }
+    /// A new (scale, offset) pair for the reference TSC page (5.10).
+    fn set_tsc_clock(&mut self, _clock: hyperv_defs::reference_tsc::TscClock) {}
 }
 
 /// Why a session ended.
@@ -65,6 +67,9 @@ pub struct Connection {
     stream: RecordStream,
     pub hello: Hello,
     started: Instant,
+    /// The TSC's rate against `started`, measured as the session runs
+    /// (`crate::tsc_clock`; docs/hypervisor-transport.md 5.10).
+    tsc_calibration: crate::tsc_clock::TscCalibration,
 }
 
 fn send_protocol_error(stream: &mut RecordStream, code: u32) {
@@ -162,6 +167,7 @@ pub fn accept(listener: &UnixListener) -> io::Result<(Connection, MappedGuestMem
                 memory_path: path.to_path_buf(),
             },
             started: Instant::now(),
+            tsc_calibration: Default::default(),
         },
         memory,
     ))
@@ -178,6 +184,21 @@ fn exception_code(result: Result<(), Exception>) -> u32 {
 impl Connection {
     fn now_ns(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Read the TSC with the clock; publish a new pair when the
+    /// measurement has one.
+    fn update_tsc_clock<S: Machine>(&mut self, machine: &mut S) {
+        let Some(before) = hosted_runtime::sys::time_stamp_counter() else {
+            return;
+        };
+        let now = self.now_ns();
+        let Some(after) = hosted_runtime::sys::time_stamp_counter() else {
+            return;
+        };
+        if let Some(clock) = self.tsc_calibration.observe_within(before, after, 0, now) {
+            machine.set_tsc_clock(clock);
+        }
     }
 
     /// Serves the guest until it leaves, breaks the protocol or `stop` is
@@ -197,6 +218,7 @@ impl Connection {
             {
                 let mut machine = machine.lock().unwrap_or_else(|e| e.into_inner());
                 machine.step(self.now_ns());
+                self.update_tsc_clock(&mut *machine);
                 if let Err(error) = self.flush_interrupts(&mut *machine) {
                     return SessionEnd::Io(error);
                 }
@@ -227,6 +249,7 @@ impl Connection {
             };
             let mut machine = machine.lock().unwrap_or_else(|e| e.into_inner());
             machine.advance_clock(self.now_ns());
+            self.update_tsc_clock(&mut *machine);
             if let Err(code) = self.handle(&mut *machine, &record) {
                 send_protocol_error(&mut self.stream, code);
                 return SessionEnd::ProtocolError(code);

@@ -408,6 +408,9 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     fn next_wakeup_ns(&self) -> Option<u64> {
         self.sim.next_timer_ns()
     }
+    fn set_tsc_clock(&mut self, clock: hyperv_defs::reference_tsc::TscClock) {
+        self.sim.set_tsc_clock(Some(clock));
+    }
     fn step(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
         self.sim.step(now_ns);

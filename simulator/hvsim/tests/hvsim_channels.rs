@@ -103,11 +103,18 @@ fn timesync_host_sends_samples() {
     let mut h = start_vmbus("timesync", config());
     let (relid, mut rings, _) = open_ic(&mut h, TIMESYNC_INSTANCE, &[(4, 0)]);
     let time = 133_000_000_000_000_000u64;
+    // The sample carries the partition reference time it was taken at.
+    let reference_time = h.with(|s| {
+        s.advance_clock(2_500_000_000);
+        s.host.synic.reference_time()
+    });
+    assert_eq!(reference_time, 25_000_000);
     assert!(h.with(|s| s.send_time(time, ic::timesync_flags::SYNC)));
     let (header, body) = h.answer_ic(&mut rings, |body| body.to_vec());
     assert_eq!(header.message_type.get(), ic::message_type::TIMESYNC);
     let sample = TimesyncRefMessage::read_from_prefix(&body[..]).unwrap().0;
     assert_eq!(sample.parent_time.get(), time);
+    assert_eq!(sample.vm_reference_time.get(), reference_time);
     assert_eq!(sample.flags, ic::timesync_flags::SYNC);
     h.settle();
     assert_eq!(

@@ -13,6 +13,9 @@
 //! - `cargo xtask hosted` : run the same system as Linux processes
 //! - `cargo xtask disk IMG [--size-mib N] [FILE...]`: make a FAT test disk
 //!   image (MBR, partition 1) for `--disk`
+//! - `cargo xtask image --hyperv [--system FILE] [--out PATH] [--size-mib N]`:
+//!   a fixed VHD (GRUB, seL4, the root task) that Hyper-V generation 1 VMs
+//!   and Azure boot (`docs/hyperv-image.md`)
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
 //! - `cargo xtask bench-storage [--smoke]`: the storage benchmark (hosted:
@@ -30,6 +33,7 @@ mod bench;
 // `bench-net --driver`: the NIC driver alone (the rest of `bench-net` is
 // the end-to-end benchmark).
 mod bench_driver;
+mod boot_media;
 mod check;
 mod disk;
 mod fuzz;
@@ -47,7 +51,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         // and the Rust target: install what is missing first (quick when
         // everything is there).
         "build" => setup::run_setup().and_then(|()| image::run(rest)),
+        "image" => setup::run_setup().and_then(|()| boot_media::run(rest)),
         "run" => setup::run_setup().and_then(|()| qemu::run(rest)),
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),

@@ -22,7 +22,10 @@
 //! those), the disk tests (`crate::disk::BOOT_TESTS`, `--disk-tests`:
 //! only those) and the network tests (`crate::net::BOOT_TESTS`,
 //! `--net-tests`: only those; the real `curl` against the loopback port
-//! QEMU forwards to the guest). Every case runs even if one fails.
+//! QEMU forwards to the guest) and the disk-image tests
+//! (`crate::boot_media::BOOT_TESTS`, `--media-tests`: only those; QEMU
+//! boots the Hyper-V VHD from its disk through SeaBIOS and GRUB). Every
+//! case runs even if one fails.
 //!
 //! Every QEMU run has the NE2000 on QEMU's user network
 //! ([`crate::net::QemuNet`]); `cargo xtask run` prints the status page's
@@ -44,6 +47,25 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// ([`crate::net`]: the NE2000 on QEMU's user network, one loopback port
 /// forwarded to the guest's port 80).
 fn qemu_command(image: &BootImage, disk: Option<&Path>, net: &QemuNet) -> Command {
+    qemu_command_for(BootSource::Multiboot(image), disk, net)
+}
+
+/// What QEMU boots.
+#[derive(Clone, Copy)]
+pub enum BootSource<'a> {
+    /// QEMU's own multiboot loader: `-kernel` and `-initrd`.
+    Multiboot(&'a BootImage),
+    /// The firmware boots a disk image (`crate::boot_media`: a fixed VHD
+    /// with GRUB), attached as the secondary IDE channel's master: SeaBIOS
+    /// boots it as the first hard disk (GRUB's `hd0`, as on a Hyper-V
+    /// generation 1 VM), and the simulated host, which drives the primary
+    /// channel's disk as the guest's VMBus storage, leaves it alone, so a
+    /// description boots as it does with `-kernel`. `snapshot=on`: writes
+    /// go to a temporary overlay; the image stays as it was written.
+    Disk(&'a Path),
+}
+
+fn qemu_command_for(source: BootSource, disk: Option<&Path>, net: &QemuNet) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
@@ -57,13 +79,28 @@ fn qemu_command(image: &BootImage, disk: Option<&Path>, net: &QemuNet) -> Comman
             "-no-reboot",
         ])
         .args(["-serial", "mon:stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.roottask);
-    if let Some(disk) = disk {
-        command.args(["-drive", &crate::disk::qemu_drive(disk)]);
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    match source {
+        BootSource::Multiboot(image) => {
+            command
+                .arg("-kernel")
+                .arg(&image.kernel)
+                .arg("-initrd")
+                .arg(&image.roottask);
+            if let Some(disk) = disk {
+                command.args(["-drive", &crate::disk::qemu_drive(disk)]);
+            }
+        }
+        BootSource::Disk(image) => {
+            let file = image.display().to_string().replace(',', ",,");
+            command.args([
+                "-drive",
+                &format!("file={file},format=vpc,if=ide,index=2,media=disk,snapshot=on"),
+            ]);
+            if let Some(disk) = disk {
+                command.args(["-drive", &crate::disk::qemu_drive(disk)]);
+            }
+        }
     }
     command.args(net.qemu_args());
     command
@@ -148,7 +185,7 @@ const REFUSED_SYSTEMS: &[(&str, i32)] = &[("tests/systems/hyperv-absent.toml", H
 const UNTIL_SYSTEMS: &[&str] = &["tests/systems/hyperv-tcg.toml"];
 
 /// `HYPERV_ABSENT_CODE` in `platform/sel4/roottask/src/boot.rs`.
-const HYPERV_ABSENT_CODE: i32 = 0x7c;
+pub const HYPERV_ABSENT_CODE: i32 = 0x7c;
 
 /// The capability audit's negative tests: the VMBus system with a root
 /// task built to grant one thing the description does not
@@ -237,7 +274,8 @@ pub fn boot_test(args: &[String]) -> Result {
     let audit_only = args.iter().any(|arg| arg == "--audit-tests");
     let disk_only = args.iter().any(|arg| arg == "--disk-tests");
     let net_only = args.iter().any(|arg| arg == "--net-tests");
-    let only = audit_only || disk_only || net_only;
+    let media_only = args.iter().any(|arg| arg == "--media-tests");
+    let only = audit_only || disk_only || net_only || media_only;
     if !args.is_empty() && !only {
         return boot_test_one(&system_argument(args)?);
     }
@@ -281,6 +319,19 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
+    let media_tests = if only && !media_only {
+        &[][..]
+    } else {
+        crate::boot_media::BOOT_TESTS
+    };
+    for test in media_tests {
+        let name = test.name();
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::boot_media::boot_test_one(test) {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name);
+        }
+    }
     let audit_tests = if only && !audit_only {
         &[][..]
     } else {
@@ -296,7 +347,12 @@ pub fn boot_test(args: &[String]) -> Result {
     }
     println!(
         "boot-tests: {} passed, {} failed",
-        boot_tests.len() + disk_tests.len() + net_tests.len() + audit_tests.len() - failed.len(),
+        boot_tests.len()
+            + disk_tests.len()
+            + net_tests.len()
+            + media_tests.len()
+            + audit_tests.len()
+            - failed.len(),
         failed.len()
     );
     if failed.is_empty() {
@@ -511,12 +567,27 @@ pub fn boot_with(
     disk: Option<&Path>,
     echo: Echo,
     until: Option<&[String]>,
+    during: Option<DuringBoot>,
+) -> Result<Boot> {
+    boot_source_with(BootSource::Multiboot(image), disk, echo, until, during)
+}
+
+/// [`boot_once`] for any [`BootSource`].
+pub fn boot_source_once(source: BootSource, disk: Option<&Path>, echo: Echo) -> Result<Boot> {
+    boot_source_with(source, disk, echo, None, None)
+}
+
+fn boot_source_with(
+    source: BootSource,
+    disk: Option<&Path>,
+    echo: Echo,
+    until: Option<&[String]>,
     mut during: Option<DuringBoot>,
 ) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let net = QemuNet::new()?;
     let started = Instant::now();
-    let mut child = qemu_command(image, disk, &net)
+    let mut child = qemu_command_for(source, disk, &net)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -76,6 +76,45 @@ pub fn run_setup() -> Result {
                 ]),
         )?;
     }
+    // The Hyper-V disk image (`cargo xtask image --hyperv`, its boot test):
+    // GRUB's BIOS boot sector, core image and modules (grub-pc-bin; unlike
+    // grub-pc it installs nothing on this machine's own disk), grub-mkimage
+    // (grub-common, a dependency), and qemu-img for the VHD.
+    if !have("grub-mkimage")
+        || !Path::new(crate::boot_media::GRUB_PC_DIR)
+            .join("boot.img")
+            .is_file()
+    {
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "grub-pc-bin",
+                ]),
+        )?;
+    }
+    if !have("qemu-img") {
+        // From backports like QEMU itself: the two must be one version.
+        apt_update(&mut apt_updated)?;
+        run_checked(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "--no-install-recommends",
+                    "-t",
+                    "bookworm-backports",
+                    "qemu-utils",
+                ]),
+        )?;
+    }
     // The network tests talk to the guest from a network namespace of
     // their own with the ordinary Linux tools: `ip` (namespaces, the TAP),
     // `ping`, `curl`.

@@ -256,6 +256,23 @@ pub trait Env {
     /// A monotonic time in nanoseconds since the system started (coarse on
     /// seL4: derived from the kernel's timer where available).
     fn now_ns(&mut self) -> u64;
+
+    /// The processor's time-stamp counter now (what RDTSC reads: the
+    /// counter Hyper-V's reference TSC page scales to reference time), if
+    /// the platform lets a component read it.
+    fn time_stamp_counter(&mut self) -> Option<TimeStampCounter> {
+        None
+    }
+}
+
+/// A reading of the time-stamp counter ([`Env::time_stamp_counter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeStampCounter {
+    pub ticks: u64,
+    /// The counter's rate as the platform knows it (on seL4 the kernel's
+    /// measurement at boot, the same that `now_ns` divides by); 0 where it
+    /// does not (hosted: a host measures it itself).
+    pub ticks_per_second: u64,
 }
 
 /// A component: the runtime calls `init` once, then `notified`,

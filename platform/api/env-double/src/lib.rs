@@ -61,6 +61,8 @@ pub struct EnvDouble {
     pub now_ns: u64,
     /// IO-port writes, in order: (range, offset, width, value).
     pub ioport_writes: Vec<(IoPortName, u16, u8, u32)>,
+    /// What `time_stamp_counter` returns; tests set and advance it.
+    pub time_stamp_counter: Option<component_api::TimeStampCounter>,
 }
 
 impl EnvDouble {
@@ -263,6 +265,10 @@ impl Env for EnvDouble {
 
     fn now_ns(&mut self) -> u64 {
         self.now_ns
+    }
+
+    fn time_stamp_counter(&mut self) -> Option<component_api::TimeStampCounter> {
+        self.time_stamp_counter
     }
 }
 

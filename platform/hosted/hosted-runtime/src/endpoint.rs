@@ -597,4 +597,11 @@ impl Env for Endpoint {
     fn now_ns(&mut self) -> u64 {
         sys::monotonic_ns().saturating_sub(self.start_ns)
     }
+
+    fn time_stamp_counter(&mut self) -> Option<component_api::TimeStampCounter> {
+        sys::time_stamp_counter().map(|ticks| component_api::TimeStampCounter {
+            ticks,
+            ticks_per_second: 0,
+        })
+    }
 }

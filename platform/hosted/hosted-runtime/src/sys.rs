@@ -333,6 +333,21 @@ pub fn die_with_parent() -> io::Result<()> {
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC.
+/// The processor's time-stamp counter (RDTSC), the one every process on
+/// this machine reads: the hosted transport's reference TSC page scales it
+/// (docs/hypervisor-transport.md, 5.10). `None` off x86_64.
+pub fn time_stamp_counter() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no memory effects; Linux lets user mode use it.
+        Some(unsafe { core::arch::x86_64::_rdtsc() })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 pub fn monotonic_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64

@@ -277,6 +277,15 @@ impl Env for Sel4Env {
         let per_us = self.info.tsc_per_us.max(1);
         ((ticks as u128 * 1000) / per_us as u128) as u64
     }
+
+    fn time_stamp_counter(&mut self) -> Option<component_api::TimeStampCounter> {
+        // SAFETY: rdtsc has no memory effects; user mode may use it.
+        let ticks = unsafe { core::arch::x86_64::_rdtsc() };
+        Some(component_api::TimeStampCounter {
+            ticks,
+            ticks_per_second: self.info.tsc_per_us.saturating_mul(1_000_000),
+        })
+    }
 }
 
 /// Serve a protected call that arrived with `received`; returns the reply

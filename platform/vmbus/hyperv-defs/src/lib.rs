@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpuid;
+pub mod reference_tsc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -53,6 +54,9 @@ pub mod msr {
     /// The partition reference counter: 100 ns units since the partition
     /// was created (read-only).
     pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+    /// The reference TSC page (HV_X64_MSR_REFERENCE_TSC): enable bit 0,
+    /// bits 11:1 RsvdP, GPN in bits 63:12 ([`super::reference_tsc`]).
+    pub const REFERENCE_TSC: u32 = 0x4000_0021;
     /// Synthetic timer 0's configuration ([`super::StimerConfig`]).
     pub const STIMER0_CONFIG: u32 = 0x4000_00B0;
     /// Synthetic timer 0's count: the expiration time (one-shot) or the
