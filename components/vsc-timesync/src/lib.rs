@@ -192,7 +192,11 @@ impl IcService for TimesyncService {
             guest_ns,
         });
         self.samples = self.samples.saturating_add(1);
-        if sync || self.samples == 1 || self.samples.is_multiple_of(LOG_EVERY) {
+        // The first related sample is worth a line of its own: hosted, the
+        // host publishes its page only once it has measured the TSC's rate
+        // (tens of ms), often after the first sample.
+        let first_related = matches!(relation, Relation::Age(_)) && self.related == 1;
+        if sync || self.samples == 1 || first_related || self.samples.is_multiple_of(LOG_EVERY) {
             println!(
                 env,
                 "time {} {}: host time {}",
@@ -361,6 +365,38 @@ mod tests {
             .unwrap();
         page.write(reference_tsc::SEQUENCE_OFFSET, &sequence.to_le_bytes())
             .unwrap();
+    }
+
+    #[test]
+    fn the_first_related_sample_is_reported_even_when_it_is_not_the_first() {
+        let (mut env, mut host, mut component) = started(&[(4, 0)]);
+        // No valid page yet (sequence 0): the first sample is unrelated.
+        env.now_ns = 1_000_000_000;
+        host.send(&sample_4(HOST_TIME, timesync_flags::SAMPLE));
+        notify_synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(component.service.last_relation, Some(Relation::Unavailable));
+        assert!(!env.console.contains("sample related to reference time"));
+        // The host publishes its page; the second sample is related and
+        // says so although samples 2..LOG_EVERY are otherwise quiet.
+        let ticks = 7_000_000_000;
+        env.time_stamp_counter = Some(component_api::TimeStampCounter {
+            ticks,
+            ticks_per_second: 0,
+        });
+        let clock =
+            reference_tsc::TscClock::calibrated(1_000_000_000, ticks, 12345 + 2000).unwrap();
+        publish(&env, clock, 1);
+        host.send(&sample_4(HOST_TIME + 10_000_000, timesync_flags::SAMPLE));
+        notify_synic(&mut component, &mut env);
+        host.receive_ic().unwrap();
+        assert_eq!(component.service.related, 1);
+        assert!(
+            env.console
+                .contains("sample related to reference time: taken 200 us before it arrived"),
+            "{}",
+            env.console
+        );
     }
 
     #[test]
