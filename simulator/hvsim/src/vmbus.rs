@@ -1011,11 +1011,26 @@ impl Server {
         let Some(page) = self.connection.map(|c| c.monitor_pages.1) else {
             return;
         };
-        for group in 0..hyperv_defs::MONITOR_GROUPS {
+        // Only bits no open monitored channel owns are taken here: the
+        // guest runs concurrently (hosted), and an owned bit it sets after
+        // the channel scan of this step is that channel's signal for the
+        // next step. Clearing it lost the signal for good (the ring stayed
+        // non-empty, so the guest never signalled again).
+        let mut owned = [0u32; hyperv_defs::MONITOR_GROUPS];
+        for channel in self.channels.values() {
+            if let (Some(id), true) = (channel.monitor_id, channel.endpoint.is_some()) {
+                let id = id as usize;
+                if let Some(word) = owned.get_mut(id / MONITOR_BITS_PER_GROUP) {
+                    *word |= 1 << (id % MONITOR_BITS_PER_GROUP);
+                }
+            }
+        }
+        for (group, owned) in owned.iter().enumerate() {
             let gpa = page + hyperv_defs::MonitorPage::pending_offset(group) as u64;
-            let Ok(stray) = host.memory.fetch_and_u32(gpa, 0) else {
+            let Ok(old) = host.memory.fetch_and_u32(gpa, *owned) else {
                 continue;
             };
+            let stray = old & !owned;
             for bit in 0..MONITOR_BITS_PER_GROUP {
                 if stray & (1 << bit) != 0 {
                     let id = group * MONITOR_BITS_PER_GROUP + bit;
