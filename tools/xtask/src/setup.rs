@@ -8,14 +8,7 @@ use std::process::Command;
 const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/bookworm-backports.sources";
 
 pub fn run_setup() -> Result {
-    let mut apt_updated = false;
-    let apt_update = |apt_updated: &mut bool| -> Result {
-        if !*apt_updated {
-            run_checked(Command::new("apt-get").args(["update", "-q"]))?;
-            *apt_updated = true;
-        }
-        Ok(())
-    };
+    let mut apt = Apt::default();
     if !have("qemu-system-x86_64") {
         // Debian ships QEMU 10 only in bookworm-backports, and the image's
         // qemu-utils 10 conflicts with bookworm's own qemu-system 7.2.
@@ -27,54 +20,18 @@ pub fn run_setup() -> Result {
             )
             .map_err(|e| format!("cannot write {BACKPORTS_SOURCE}: {e} (run as root, or install qemu-system-x86 from bookworm-backports by hand)"))?;
         }
-        apt_update(&mut apt_updated)?;
         // Without its recommended packages (GUI, audio, GStreamer, VA
         // drivers: 174 packages, 535 MiB installed on a fresh machine) QEMU
         // is 21 packages, 97 MiB, and boots the image headless just the same.
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "-t",
-                    "bookworm-backports",
-                    "qemu-system-x86",
-                ]),
-        )?;
+        apt.install(Source::Backports, &["qemu-system-x86"])?;
     }
     if !have("xmllint") {
-        apt_update(&mut apt_updated)?;
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "libxml2-utils",
-                ]),
-        )?;
+        apt.install(Source::Bookworm, &["libxml2-utils"])?;
     }
     // The storage tests make FAT disk images and check them with the
     // ordinary Linux tools (mkfs.fat, fsck.fat; mcopy, mdir).
     if !have("mkfs.fat") || !have("fsck.fat") || !have("mcopy") {
-        apt_update(&mut apt_updated)?;
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "dosfstools",
-                    "mtools",
-                ]),
-        )?;
+        apt.install(Source::Bookworm, &["dosfstools", "mtools"])?;
     }
     // The Hyper-V disk image (`cargo xtask image --hyperv`, its boot test):
     // GRUB's BIOS boot sector, core image and modules (grub-pc-bin; unlike
@@ -85,54 +42,17 @@ pub fn run_setup() -> Result {
             .join("boot.img")
             .is_file()
     {
-        apt_update(&mut apt_updated)?;
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "grub-pc-bin",
-                ]),
-        )?;
+        apt.install(Source::Bookworm, &["grub-pc-bin"])?;
     }
     if !have("qemu-img") {
         // From backports like QEMU itself: the two must be one version.
-        apt_update(&mut apt_updated)?;
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "-t",
-                    "bookworm-backports",
-                    "qemu-utils",
-                ]),
-        )?;
+        apt.install(Source::Backports, &["qemu-utils"])?;
     }
     // The network tests talk to the guest from a network namespace of
     // their own with the ordinary Linux tools: `ip` (namespaces, the TAP),
     // `ping`, `curl`.
     if !have("ip") || !have("ping") || !have("curl") {
-        apt_update(&mut apt_updated)?;
-        run_checked(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "iproute2",
-                    "iputils-ping",
-                    "curl",
-                ]),
-        )?;
+        apt.install(Source::Bookworm, &["iproute2", "iputils-ping", "curl"])?;
     }
     let python_ok = Command::new("python3")
         .args(["-c", "import ply, tempita, six"])
@@ -152,6 +72,40 @@ pub fn run_setup() -> Result {
         run_checked(Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]))?;
     }
     Ok(())
+}
+
+/// Where a package comes from: QEMU and qemu-utils must be one version,
+/// both from bookworm-backports.
+#[derive(Clone, Copy)]
+enum Source {
+    Bookworm,
+    Backports,
+}
+
+/// `apt-get`, with the package lists updated once, before the first install.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, source: Source, packages: &[&str]) -> Result {
+        if !self.updated {
+            run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        let mut install = Command::new("apt-get");
+        install.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+        ]);
+        if let Source::Backports = source {
+            install.args(["-t", "bookworm-backports"]);
+        }
+        run_checked(install.args(packages))
+    }
 }
 
 fn backports_listed() -> bool {
