@@ -18,6 +18,10 @@
 //!   and Azure boot (`docs/hyperv-image.md`)
 //! - `cargo xtask check [FILE]`: validate a system description
 //! - `cargo xtask fuzz`   : fuzz the protocol parsers
+//! - `cargo xtask bench [--smoke] [--long] [--only GROUP[,GROUP]] [--openvmm
+//!   DIR] [--out DIR]`: every benchmark, then `docs/performance.md` with its
+//!   tables and SVG plots (`--render-only RESULTS.jsonl`: the report again
+//!   from a saved results file)
 //! - `cargo xtask bench-storage [--smoke]`: the storage benchmark (hosted:
 //!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask bench-net [--smoke]`: the network benchmark (hosted: TCP
@@ -41,6 +45,8 @@ mod hosted;
 mod image;
 mod kernel;
 mod net;
+// `cargo xtask bench`: every benchmark, then docs/performance.md.
+mod perf;
 mod qemu;
 mod setup;
 mod test;
@@ -51,7 +57,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         "boot-test" => setup::run_setup().and_then(|()| qemu::boot_test(rest)),
         "soak" => setup::run_setup().and_then(|()| qemu::soak(rest)),
         "hosted" => hosted::run(rest),
+        "bench" => perf::run(rest),
         "bench-storage" => bench::storage(rest),
         "bench-net" => bench::net(rest),
         "disk" => disk::run(rest),

@@ -16,11 +16,13 @@
 //! 5. every fuzz target for a few seconds (`cargo xtask fuzz --seconds
 //!    FUZZ_SMOKE_SECONDS`, at least FUZZ_SMOKE_MIN_RUNS inputs each), so a
 //!    parser crash fails CI,
-//! 6. a smoke run of the storage benchmark (`cargo xtask bench-storage
-//!    --smoke`: a few iterations, so it keeps compiling and running; the
-//!    numbers of a smoke run mean nothing) and its guest table in QEMU
-//!    (`--qemu`, about 20 s of QEMU), and of the NIC driver-alone benchmark
-//!    (`cargo xtask bench-net --driver --smoke`, under a second once built),
+//! 6. the benchmarks' smoke run (`cargo xtask bench --smoke`: a few
+//!    iterations of every benchmark, so they keep compiling and running;
+//!    the numbers of a smoke run mean nothing), which must render its
+//!    report (target/bench/smoke/performance.md) with a table for each
+//!    group that produced records; and the storage benchmark's guest
+//!    table in QEMU (`cargo xtask bench-storage --qemu`, about 20 s of
+//!    QEMU),
 //! 7. the QEMU boot tests of the seL4 images (`cargo xtask boot-test`).
 //!
 //! Every suite runs even if an earlier one failed; the last line counts them.
@@ -111,29 +113,26 @@ pub fn run(args: &[String]) -> Result {
     );
 
     let started = Instant::now();
-    let bench = crate::bench::storage(&["--smoke".into()]);
+    let bench = crate::perf::smoke_and_check();
     if let Err(error) = &bench {
         eprintln!("xtask: {error}");
     }
-    results.push(("storage benchmark smoke run", bench.is_ok()));
+    results.push((
+        "benchmark smoke run (cargo xtask bench --smoke)",
+        bench.is_ok(),
+    ));
+    println!(
+        "benchmark smoke run: {:.1} s with its builds",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
     let guest_bench = crate::bench::storage(&["--qemu".into()]);
     if let Err(error) = &guest_bench {
         eprintln!("xtask: {error}");
     }
     results.push(("storage benchmark in QEMU", guest_bench.is_ok()));
     println!(
-        "storage benchmark smoke run: {:.1} s with its build",
-        started.elapsed().as_secs_f64()
-    );
-
-    let started = Instant::now();
-    let driver_bench = crate::bench_driver::run(&["--smoke".into()]);
-    if let Err(error) = &driver_bench {
-        eprintln!("xtask: {error}");
-    }
-    results.push(("NIC driver benchmark smoke run", driver_bench.is_ok()));
-    println!(
-        "NIC driver benchmark smoke run: {:.1} s with its build",
+        "storage benchmark in QEMU: {:.1} s with its build",
         started.elapsed().as_secs_f64()
     );
 
