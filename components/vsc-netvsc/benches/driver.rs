@@ -8,10 +8,14 @@
 //! min-max over the rounds; interrupts (host -> guest) and signals (guest
 //! -> host) per frame. Everything runs on one thread: the host's work (its
 //! copies into and out of guest memory, RSS hashing) is in the numbers.
+//!
+//! With `VMBUS_BENCH_JSON` set it appends its records (group `net`) for
+//! `cargo xtask bench`.
 
 #[path = "../tests/rig/mod.rs"]
 mod rig;
 
+use bench_record::Record;
 use hvsim::channel::network::NetConfig;
 use hvsim::net::GuestFrames;
 use rig::{config, frame, Rig};
@@ -217,6 +221,40 @@ fn main() {
             }
         };
         let unit = if small { "frames/s" } else { "MB/s" };
+        const DRIVER: &str = "netvsc driver with hvsim's NIC host (one thread)";
+        let metric_name = format!("driver alone, {name}");
+        Record::new("net", DRIVER, &metric_name, unit, true)
+            .samples(&stack.iter().map(metric).collect::<Vec<_>>())
+            .baseline("memcpy")
+            .note("the host's copies and RSS hashing are in the numbers")
+            .emit();
+        Record::new("net", "memcpy", &metric_name, unit, true)
+            .samples(&copy.iter().map(metric).collect::<Vec<_>>())
+            .emit();
+        let per_frame = |count: fn(&Sample) -> u64| {
+            stack
+                .iter()
+                .map(|s| count(s) as f64 / s.frames as f64)
+                .collect::<Vec<_>>()
+        };
+        Record::new(
+            "net",
+            name,
+            "driver alone: host interrupts per frame",
+            "per frame",
+            false,
+        )
+        .samples(&per_frame(|s| s.interrupts))
+        .emit();
+        Record::new(
+            "net",
+            name,
+            "driver alone: guest signals per frame",
+            "per frame",
+            false,
+        )
+        .samples(&per_frame(|s| s.signals))
+        .emit();
         let (s, s_min, s_max) = median(&mut stack.iter().map(metric).collect::<Vec<_>>());
         let (c, c_min, c_max) = median(&mut copy.iter().map(metric).collect::<Vec<_>>());
         let (r, r_min, r_max) = median(

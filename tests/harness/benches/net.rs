@@ -17,10 +17,14 @@
 //! alternating in batches; and ICMP echo through a TAP in a namespace of
 //! the benchmark's own (`ping` to the guest against `ping` to the TAP's
 //! own address), where namespaces can be made.
+//!
+//! With `VMBUS_BENCH_JSON` set it appends its records (group `net`) for
+//! `cargo xtask bench`.
 
 #[path = "../tests/net_common/mod.rs"]
 mod net_common;
 
+use bench_record::Record;
 use net_common::*;
 use std::time::Duration;
 
@@ -77,6 +81,15 @@ fn icmp_round_trips(settings: &Settings) -> Result<(), String> {
         guest.extend(answers);
         local.extend(ping_times(&ping(&tap.namespace, &args, netns::GATEWAY)));
     }
+    const ICMP_LOCAL: &str = "Linux answering its own TAP address";
+    Record::new("net", "guest (TAP -> hvsim -> netvsc -> web)", "ICMP echo round trip", "ms", false)
+        .distribution(&guest)
+        .baseline(ICMP_LOCAL)
+        .note("ping in a namespace of the benchmark's own, in batches of 50 alternating with the baseline")
+        .emit();
+    Record::new("net", ICMP_LOCAL, "ICMP echo round trip", "ms", false)
+        .distribution(&local)
+        .emit();
     let (g, l) = (summarize(&guest), summarize(&local));
     println!(
         "ICMP echo round trip through the TAP, {} each (ms): guest (TAP -> hvsim -> netvsc -> web) median {:.3} p99 {:.3} (min {:.3}, max {:.3}); Linux answering its own TAP address median {:.3} p99 {:.3}",
@@ -114,6 +127,16 @@ fn tcp(settings: &Settings) -> Result<(), String> {
         let time = transfer(loopback, settings.bytes)?;
         local.push(megabytes_per_second(settings.bytes, time));
     }
+    const GUEST: &str = "guest (user network -> netvsc -> web echo)";
+    const LOOPBACK: &str = "Linux loopback echo";
+    let metric = format!("TCP echo throughput, {} MiB each way", settings.bytes >> 20);
+    Record::new("net", GUEST, &metric, "MB/s", true)
+        .samples(&guest)
+        .baseline(LOOPBACK)
+        .emit();
+    Record::new("net", LOOPBACK, &metric, "MB/s", true)
+        .samples(&local)
+        .emit();
     let (g, l) = (summarize(&guest), summarize(&local));
     println!(
         "TCP echo throughput, {} MiB each way per transfer, {} rounds (MB/s each way, median (min-max)):",
@@ -138,6 +161,13 @@ fn tcp(settings: &Settings) -> Result<(), String> {
             samples.extend(times.iter().map(|t| t.as_secs_f64() * 1e6));
         }
     }
+    Record::new("net", GUEST, "TCP round trip, 64 bytes", "us", false)
+        .distribution(&guest)
+        .baseline(LOOPBACK)
+        .emit();
+    Record::new("net", LOOPBACK, "TCP round trip, 64 bytes", "us", false)
+        .distribution(&local)
+        .emit();
     let (g, l) = (summarize(&guest), summarize(&local));
     println!(
         "TCP round trip, 64 bytes, {} each (us): guest median {:.0} p99 {:.0} (min {:.0}, max {:.0}); loopback median {:.0} p99 {:.0}",

@@ -18,10 +18,16 @@
 //! served by the restarted driver, and CPU time per request of the storvsc
 //! and hvsim processes (from /proc/PID/stat; the kernel counts in clock
 //! ticks, so a cell is only as good as the run is long).
+//!
+//! With `VMBUS_BENCH_JSON` set it appends its records for `cargo xtask
+//! bench`: group `storage` (each test's rate per round, stack against
+//! pread/pwrite; the QD1 latencies and the CPU per request), and the
+//! restart times in group `restart`.
 
 #[path = "../tests/storage_common/mod.rs"]
 mod storage_common;
 
+use bench_record::Record;
 use blk_workload::{run_to_end, Config, Ledger, Pattern, Slot, Workload};
 use rand_core::{Rng, SeedableRng};
 use rand_xorshift::XorShiftRng;
@@ -438,6 +444,63 @@ fn main() {
             cpu(|c| c.1)
         );
     }
+    const STACK: &str = "isolated stack";
+    const DIRECT: &str = "pread/pwrite";
+    for (index, test) in TESTS.iter().enumerate() {
+        let (unit, rate) = if test.throughput {
+            ("MB/s", true)
+        } else {
+            ("IOPS", false)
+        };
+        for (series, samples) in [(STACK, &stack[index]), (DIRECT, &direct[index])] {
+            let rates: Vec<f64> = samples.iter().map(|s| s.rate(rate)).collect();
+            let mut record = Record::new("storage", series, test.name, unit, true).samples(&rates);
+            if series == STACK {
+                record = record
+                    .baseline(DIRECT)
+                    .note("client -> storvsc process -> hvsim process -> the file; against pread/pwrite on the same file by the bench process");
+            }
+            record.emit();
+        }
+        for (metric, which) in [
+            ("storvsc CPU time per request", 0),
+            ("hvsim CPU time per request", 1),
+        ] {
+            let per: Vec<f64> = stack[index]
+                .iter()
+                .filter_map(|s| {
+                    s.cpu
+                        .map(|c| if which == 0 { c.0 } else { c.1 } * 1e6 / s.ops as f64)
+                })
+                .collect();
+            if !per.is_empty() {
+                Record::new("storage", test.name, metric, "us", false)
+                    .samples(&per)
+                    .note("from /proc/PID/stat in clock ticks: only as good as the round is long")
+                    .emit();
+            }
+        }
+        if test.depth == 1 {
+            for (series, samples) in [(STACK, &stack[index]), (DIRECT, &direct[index])] {
+                let micros: Vec<f64> = samples
+                    .iter()
+                    .flat_map(|s| s.latencies_ns.iter().map(|&ns| ns as f64 / 1e3))
+                    .collect();
+                let mut record = Record::new(
+                    "storage",
+                    series,
+                    &format!("latency, {}", test.name),
+                    "us",
+                    false,
+                )
+                .distribution(&micros);
+                if series == STACK {
+                    record = record.baseline(DIRECT);
+                }
+                record.emit();
+            }
+        }
+    }
     println!();
     println!("| latency, QD1 | stack median | stack p99 | direct median | direct p99 |");
     println!("|---|---|---|---|---|");
@@ -465,6 +528,15 @@ fn main() {
     let mut restarts: Vec<f64> = (0..settings.kills)
         .map(|_| bench.restart_time(&mut since_last).as_secs_f64() * 1e3)
         .collect();
+    Record::new(
+        "restart",
+        "storvsc, SIGKILL under QD32 writes (hosted, bench-storage)",
+        "kill to first completed request",
+        "ms",
+        false,
+    )
+    .distribution(&restarts)
+    .emit();
     let all = restarts
         .iter()
         .map(|ms| format!("{ms:.1}"))

@@ -5,8 +5,12 @@
 //! Medians with [min-max].
 //!
 //! `cargo bench -p vmbus-channel --bench send_shapes [-- --reps N --mib M]`
-//! Without `--bench` (as `cargo test` runs it) it is a smoke run: a few
-//! packets of every shape, checked, nothing timed.
+//! (`-- --smoke`: one repetition of 1 MiB). Without `--bench` (as `cargo
+//! test` runs it) it is a smoke run: a few packets of every shape,
+//! checked, nothing timed. With `VMBUS_BENCH_JSON` set the benchmark
+//! appends its records (group `channel`: GB/s per shape against packet
+//! size, for each mapping, with the memcpy of the same bytes measured
+//! beside every shape's runs as the baseline) for `cargo xtask bench`.
 //!
 //! The shapes, each moving `size` bytes of data per packet:
 //! - in-band: the guest's `DataChannel::send_in_band` copies the data into
@@ -30,6 +34,7 @@
 //! sender's signals per packet (each one an interrupt to the receiver),
 //! "wakeups/packet" the receiver's pending_send_sz signals per packet.
 
+use bench_record::Record;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -464,8 +469,11 @@ fn main() {
         println!("send_shapes smoke run: ok");
         return;
     }
-    let reps = arg("--reps", 5);
-    let total = arg("--mib", 64) << 20;
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let reps = arg("--reps", if smoke { 1 } else { 5 }).max(1);
+    let total = arg("--mib", if smoke { 1 } else { 64 }).max(1) << 20;
+    // The memcpy of each (mapping, size), over every shape's repetitions.
+    let mut copies: Vec<(bool, usize, Vec<f64>)> = Vec::new();
     let sizes = [1024usize, 4096, 16384, 65536];
     println!(
         "rings of {} KiB, {} MiB per run, {reps} interleaved repetitions (shape, memcpy, ...); medians [min-max]",
@@ -497,6 +505,22 @@ fn main() {
                     columns[4].push(copy_gbs);
                     columns[5].push(gbs / copy_gbs);
                 }
+                let mapping = if double { "double" } else { "single" };
+                Record::new(
+                    "channel",
+                    shape.name(),
+                    &format!("throughput, {mapping}-mapped rings"),
+                    "GB/s",
+                    true,
+                )
+                .x(size as f64, "packet size (B)")
+                .samples(&columns[0])
+                .baseline("memcpy")
+                .emit();
+                match copies.iter_mut().find(|c| c.0 == double && c.1 == size) {
+                    Some(copy) => copy.2.extend_from_slice(&columns[4]),
+                    None => copies.push((double, size, columns[4].clone())),
+                }
                 let cells: Vec<String> = columns
                     .iter_mut()
                     .enumerate()
@@ -519,6 +543,20 @@ fn main() {
                 );
             }
         }
+    }
+    for (double, size, samples) in copies {
+        let mapping = if double { "double" } else { "single" };
+        Record::new(
+            "channel",
+            "memcpy",
+            &format!("throughput, {mapping}-mapped rings"),
+            "GB/s",
+            true,
+        )
+        .x(size as f64, "packet size (B)")
+        .samples(&samples)
+        .note("the same bytes copied by one thread, measured after each shape's run (every shape's repetitions pooled)")
+        .emit();
     }
     println!();
     println!("waits that ran into the 50 ms guard (lost wakeups): {lost}");
