@@ -6,9 +6,6 @@
 use super::report::{number, x_value};
 use super::stats::{cdf, median, percentile, ratio_of_medians, summarize};
 use bench_record::Record;
-use plotters::coord::combinators::LogCoord;
-use plotters::coord::ranged1d::{Ranged, ValueFormatter};
-use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// One drawn plot: its group, a file name and its title.
@@ -122,7 +119,7 @@ const SIZE: (u32, u32) = (900, 520);
 type Point = (f64, f64, Option<(f64, f64)>);
 
 /// Lines of (x, y) per series, each point with an optional (low, high)
-/// bar, on a chart with the given x coordinate.
+/// bar.
 struct Lines<'a> {
     title: &'a str,
     x_desc: &'a str,
@@ -130,12 +127,18 @@ struct Lines<'a> {
     y_range: std::ops::Range<f64>,
     series: Vec<(String, Vec<Point>)>,
     markers: bool,
+    /// The y axis is a fraction (a CDF).
+    fraction: bool,
 }
 
-fn draw_lines<X>(lines: &Lines, x: X) -> Result<String, String>
-where
-    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
-{
+/// Draws the lines; a logarithmic x axis is drawn as log2 of x on a
+/// linear axis, so its ticks fall on powers of two (packet sizes) and are
+/// labelled with x itself.
+fn draw(lines: &Lines, x_low: f64, x_high: f64) -> Result<String, String> {
+    let log = wants_log(x_low, x_high);
+    let map = |x: f64| if log { x.log2() } else { x };
+    let (low, high) = (map(x_low), map(x_high));
+    let pad = ((high - low) * 0.03).max(1e-9);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -145,18 +148,39 @@ where
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(70)
-            .build_cartesian_2d(x, RangedCoordf64::from(lines.y_range.clone()))
+            .build_cartesian_2d(low - pad..high + pad, lines.y_range.clone())
             .map_err(failed)?;
+        let x_label = |v: &f64| {
+            if log {
+                x_value(2f64.powf(*v))
+            } else {
+                x_value(*v)
+            }
+        };
+        let x_ticks = if log {
+            ((high - low).ceil() as usize + 1).clamp(2, 24)
+        } else {
+            10
+        };
+        let y_label = |v: &f64| {
+            if lines.fraction {
+                format!("{v:.1}")
+            } else {
+                number(*v)
+            }
+        };
         chart
             .configure_mesh()
             .x_desc(lines.x_desc)
             .y_desc(lines.y_desc)
-            .x_label_formatter(&|v| x_value(*v))
-            .y_label_formatter(&|v| number(*v))
+            .x_labels(x_ticks)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
             .draw()
             .map_err(failed)?;
         for (index, (name, points)) in lines.series.iter().enumerate() {
             let style = color(index);
+            let points: Vec<Point> = points.iter().map(|&(x, y, bar)| (map(x), y, bar)).collect();
             chart
                 .draw_series(LineSeries::new(
                     points.iter().map(|&(x, y, _)| (x, y)),
@@ -182,26 +206,22 @@ where
                 }))
                 .map_err(failed)?;
         }
+        // A CDF climbs to the upper right: its legend goes lower right.
+        let corner = if lines.fraction {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        };
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(corner)
             .draw()
             .map_err(failed)?;
         root.present().map_err(failed)?;
     }
     Ok(svg)
-}
-
-fn draw(lines: &Lines, x_low: f64, x_high: f64) -> Result<String, String> {
-    if wants_log(x_low, x_high) {
-        let x: LogCoord<f64> = (x_low..x_high).log_scale().into();
-        draw_lines(lines, x)
-    } else {
-        let pad = ((x_high - x_low) * 0.03).max(f64::EPSILON);
-        draw_lines(lines, RangedCoordf64::from(x_low - pad..x_high + pad))
-    }
 }
 
 /// A metric against x: each series' median with its min-max bar.
@@ -233,6 +253,7 @@ fn against_x_plot(records: &[&Record]) -> Result<Plot, String> {
         y_range: y_low..(y_high * 1.08).max(f64::MIN_POSITIVE),
         series,
         markers: true,
+        fraction: false,
     };
     let svg = draw(&lines, xs[0], xs[xs.len() - 1])?;
     Ok(Plot {
@@ -294,6 +315,7 @@ fn distribution_plot(records: &[&Record]) -> Result<Plot, String> {
         y_range: 0.0..1.02,
         series,
         markers: false,
+        fraction: true,
     };
     let svg = draw(&lines, low, high)?;
     Ok(Plot {
