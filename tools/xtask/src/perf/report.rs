@@ -101,6 +101,15 @@ pub fn x_value(x: f64) -> String {
     }
 }
 
+/// A ratio: three decimals, or four significant digits when small.
+fn ratio_text(value: f64) -> String {
+    if value.abs() >= 0.1 {
+        format!("{value:.3}")
+    } else {
+        number(value)
+    }
+}
+
 fn x_cell(x: Option<f64>) -> String {
     x.map(x_value).unwrap_or_default()
 }
@@ -202,7 +211,7 @@ pub fn render(run: &RunInfo, records: &[Record], plots: &[PlotRef]) -> String {
                 StepStatus::NotRun(why) => {
                     let _ = writeln!(
                         w,
-                        "`{}`: not measured in this run ({}).\n",
+                        "`{}`: not measured in this run: {}.\n",
                         step.name,
                         cell(why)
                     );
@@ -311,7 +320,7 @@ fn table(w: &mut String, all: &[Record], metric: &str, distribution: bool, rows:
                     let theirs = percentile(&b.samples, 50.0)?;
                     (theirs != 0.0).then(|| ours / theirs)
                 })
-                .map(|v| format!("{v:.3}"))
+                .map(ratio_text)
                 .unwrap_or_default();
             let p50 = percentile(&r.samples, 50.0).unwrap_or(summary.median);
             let _ = writeln!(
@@ -327,7 +336,7 @@ fn table(w: &mut String, all: &[Record], metric: &str, distribution: bool, rows:
         } else {
             let ratio = baseline
                 .and_then(|b| ratio_of_medians(&r.samples, &b.samples))
-                .map(|v| format!("{v:.3}"))
+                .map(ratio_text)
                 .unwrap_or_default();
             let _ = writeln!(
                 w,
