@@ -418,7 +418,7 @@ pub fn run(args: &[String]) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
     let results = dir.join("results.jsonl");
     std::fs::write(&results, "").map_err(|e| format!("cannot start {}: {e}", results.display()))?;
-    let run = measure(&options, &results, args);
+    let run = measure(&options, &results, args, STEPS);
     append_run(&results, &run)?;
     let (_, records, bad) = load(&results)?;
     let report = write_report(&out, &run, &records)?;
@@ -473,14 +473,14 @@ pub fn smoke_and_check() -> Result {
     ran
 }
 
-fn measure(options: &Options, results: &Path, args: &[String]) -> RunInfo {
+fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -> RunInfo {
     let started = Instant::now();
     let root = workspace_root();
     // Steps that run inside xtask (the OpenVMM comparison) start their
     // own benchmark processes: they inherit it.
     std::env::set_var(RESULTS_ENV, results);
     let mut steps = Vec::new();
-    for step in STEPS {
+    for step in table {
         let command = step.command_line(options.mode);
         let outcome =
             |status, seconds| StepOutcome::new(step.name, step.group, &command, status, seconds);
@@ -857,6 +857,50 @@ mod tests {
         assert!(svg.contains("ours") && svg.contains("memcpy"));
         assert!(!dir.join("performance/old.svg").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn steps_that_are_missing_fail_or_write_nothing_are_reported_so() {
+        let step = |name, requires, args| Step {
+            name,
+            group: "ipc",
+            also: &[],
+            requires,
+            program: Program::Cargo,
+            args,
+            smoke: &["--smoke"],
+            default: &[],
+            long: &[],
+        };
+        let table = [
+            step("absent", &["no/such/file.rs"], &["--version"]),
+            step("fails", &[], &["no-such-cargo-subcommand"]),
+            step("silent", &[], &["--version"]),
+        ];
+        let options = Options {
+            mode: Mode::Default,
+            only: None,
+            openvmm: None,
+            out: None,
+            render_only: None,
+        };
+        let results =
+            std::env::temp_dir().join(format!("xtask-perf-steps-{}.jsonl", std::process::id()));
+        std::fs::write(&results, "").unwrap();
+        let run = measure(&options, &results, &[], &table);
+        std::fs::remove_file(&results).unwrap();
+        let status: Vec<&StepStatus> = run.steps.iter().map(|s| &s.status).collect();
+        assert!(
+            matches!(status[0], StepStatus::NotRun(why) if why.contains("no/such/file.rs")),
+            "{status:?}"
+        );
+        assert!(matches!(status[1], StepStatus::Failed(_)), "{status:?}");
+        assert_eq!(
+            status[2],
+            &StepStatus::Failed("exited successfully but wrote no record".into())
+        );
+        assert_eq!(run.command, "cargo xtask bench");
+        assert!(run.logical_cpus >= 1 && !run.rustc.is_empty());
     }
 
     #[test]

@@ -99,6 +99,9 @@ mod tests {
         let ten: Vec<f64> = (1..=10).map(f64::from).collect();
         assert_eq!(percentile(&ten, 99.0), Some(10.0));
         assert_eq!(percentile(&ten, 90.0), Some(9.0));
+        // Nearest rank rounds the rank up: 91% of 10 needs the 10th.
+        assert_eq!(percentile(&ten, 91.0), Some(10.0));
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 40.0), Some(2.0));
     }
 
     #[test]
