@@ -17,8 +17,10 @@
 //!   records;
 //! - `--only ring,storage`: the steps of these groups (the others read "not
 //!   measured in this run");
-//! - `--openvmm DIR`: also the ring against OpenVMM's (a reconstruction of
-//!   its `vmbus_ring` outside the repository).
+//! - `--openvmm DIR`: the ring benchmark with OpenVMM's ring as one more
+//!   series (`cargo xtask ring-compare`, which builds it from DIR outside
+//!   the repository); it then replaces the plain ring step, whose series it
+//!   measures in the same interleaved rounds.
 //!
 //! A step whose benchmark is not in this tree (a required file is
 //! missing) or that needs a flag not given is reported as not measured; a
@@ -62,8 +64,8 @@ enum Program {
     Cargo,
     /// `xtask ARGS... MODE-ARGS...` (this xtask, another subcommand).
     Xtask,
-    /// Code in xtask that needs `--openvmm DIR`.
-    WithOpenVmm(fn(&Path, &[String]) -> Result),
+    /// `xtask ARGS... --openvmm DIR MODE-ARGS...`: only with `--openvmm`.
+    XtaskWithOpenVmm,
 }
 
 /// One benchmark of the run.
@@ -73,6 +75,9 @@ struct Step {
     group: &'static str,
     /// Other groups it writes records to (`--only` selects by these too).
     also: &'static [&'static str],
+    /// With `--openvmm` another step measures this one's series too (in
+    /// the same interleaved rounds): this one does not run.
+    superseded_by_openvmm: bool,
     /// Files (relative to the workspace root) without which the benchmark
     /// is not in this tree.
     requires: &'static [&'static str],
@@ -96,10 +101,13 @@ impl Step {
         let program = match self.program {
             Program::Cargo => "cargo",
             Program::Xtask => "cargo xtask",
-            Program::WithOpenVmm(_) => "xtask (--openvmm DIR)",
+            Program::XtaskWithOpenVmm => "cargo xtask",
         };
         let mut words = vec![program];
         words.extend(self.args);
+        if matches!(self.program, Program::XtaskWithOpenVmm) {
+            words.extend(["--openvmm", "DIR"]);
+        }
         words.extend(self.mode_args(mode));
         words.join(" ")
     }
@@ -113,6 +121,7 @@ const STEPS: &[Step] = &[
         name: "ring (vmbus-ring, in-process and two processes)",
         group: "ring",
         also: &["ring-hosted"],
+        superseded_by_openvmm: true,
         requires: &["tools/ring-bench/Cargo.toml"],
         program: Program::Cargo,
         args: &["run", "--release", "-p", "ring-bench", "--"],
@@ -121,12 +130,13 @@ const STEPS: &[Step] = &[
         long: &["--long"],
     },
     Step {
-        name: "ring against OpenVMM's",
+        name: "ring against OpenVMM's (every ring series, one interleaved run)",
         group: "ring",
-        also: &[],
+        also: &["ring-hosted"],
+        superseded_by_openvmm: false,
         requires: &["tools/xtask/src/ring_compare.rs"],
-        program: Program::WithOpenVmm(openvmm),
-        args: &[],
+        program: Program::XtaskWithOpenVmm,
+        args: &["ring-compare"],
         smoke: &["--smoke"],
         default: &[],
         long: &["--long"],
@@ -135,6 +145,7 @@ const STEPS: &[Step] = &[
         name: "channel send shapes (vmbus-channel)",
         group: "channel",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["platform/vmbus/vmbus-channel/benches/send_shapes.rs"],
         program: Program::Cargo,
         args: &[
@@ -153,6 +164,7 @@ const STEPS: &[Step] = &[
         name: "hosted IPC (notifications, calls, SPSC queue)",
         group: "ipc",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["tests/harness/benches/hosted_ipc.rs"],
         program: Program::Cargo,
         args: &["bench", "-p", "ipc-harness", "--bench", "hosted_ipc", "--"],
@@ -164,6 +176,7 @@ const STEPS: &[Step] = &[
         name: "block interface (block-queue round trips)",
         group: "storage",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["platform/api/block-queue/benches/round_trip.rs"],
         program: Program::Cargo,
         args: &["bench", "-p", "block-queue", "--bench", "round_trip", "--"],
@@ -175,6 +188,7 @@ const STEPS: &[Step] = &[
         name: "storage stack against pread/pwrite (hosted)",
         group: "storage",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["tests/harness/benches/storage.rs"],
         program: Program::Cargo,
         args: &["bench", "-p", "ipc-harness", "--bench", "storage", "--"],
@@ -186,6 +200,7 @@ const STEPS: &[Step] = &[
         name: "NIC driver alone (vsc-netvsc against hvsim's NIC)",
         group: "net",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["components/vsc-netvsc/benches/driver.rs"],
         program: Program::Cargo,
         args: &["bench", "-p", "vsc-netvsc", "--bench", "driver", "--"],
@@ -197,6 +212,7 @@ const STEPS: &[Step] = &[
         name: "network end to end against Linux loopback (hosted)",
         group: "net",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["tests/harness/benches/net.rs"],
         program: Program::Cargo,
         args: &["bench", "-p", "ipc-harness", "--bench", "net", "--"],
@@ -210,6 +226,7 @@ const STEPS: &[Step] = &[
         name: "isolated against monolithic (hosted: IC, storage, net)",
         group: "isolation",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["tools/xtask/src/bench_isolation.rs"],
         program: Program::Xtask,
         args: &["bench-isolation"],
@@ -221,6 +238,7 @@ const STEPS: &[Step] = &[
         name: "restart of a crashed driver (hosted), signals per packet",
         group: "restart",
         also: &["signals"],
+        superseded_by_openvmm: false,
         requires: &[
             "tools/xtask/src/bench_restart.rs",
             "tests/harness/benches/restart.rs",
@@ -235,6 +253,7 @@ const STEPS: &[Step] = &[
         name: "restart of a crashed driver (seL4 in QEMU)",
         group: "restart",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &[
             "tools/xtask/src/bench_restart.rs",
             "tests/systems/restart-bench.toml",
@@ -249,6 +268,7 @@ const STEPS: &[Step] = &[
         name: "boot to all channels open (seL4 in QEMU)",
         group: "boot",
         also: &[],
+        superseded_by_openvmm: false,
         requires: &["tools/xtask/src/bench_restart.rs"],
         program: Program::Xtask,
         args: &["bench-boot"],
@@ -257,14 +277,6 @@ const STEPS: &[Step] = &[
         long: &["--boots", "30"],
     },
 ];
-
-/// The OpenVMM comparison (`--openvmm DIR`): the ovmm branch's
-/// `crate::ring_compare::run(dir, args)`; this step reads "not measured"
-/// until that module is in the tree (its `requires`), and the merge wires
-/// the call here.
-fn openvmm(_dir: &Path, _args: &[String]) -> Result {
-    Err("crate::ring_compare is not wired into this build".into())
-}
 
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -492,6 +504,23 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
             steps.push(outcome(StepStatus::NotSelected, 0.0));
             continue;
         }
+        let comparison_in_tree = STEPS.iter().any(|other| {
+            matches!(other.program, Program::XtaskWithOpenVmm)
+                && other.requires.iter().all(|p| root.join(p).exists())
+        });
+        if step.superseded_by_openvmm && options.openvmm.is_some() && comparison_in_tree {
+            println!(
+                "==> {}: measured by the OpenVMM comparison's rounds",
+                step.name
+            );
+            steps.push(outcome(
+                StepStatus::NotRun(
+                    "its series are measured by the OpenVMM comparison (--openvmm), in the same interleaved rounds".into(),
+                ),
+                0.0,
+            ));
+            continue;
+        }
         if let Some(missing) = step.requires.iter().find(|p| !root.join(p).exists()) {
             println!("==> {}: not in this tree ({missing} is missing)", step.name);
             steps.push(outcome(
@@ -530,9 +559,20 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                 }
                 Err(error) => Err(format!("cannot find xtask itself: {error}")),
             },
-            Program::WithOpenVmm(function) => match &options.openvmm {
-                Some(dir) => function(dir, &mode_args),
-                None => {
+            Program::XtaskWithOpenVmm => match (&options.openvmm, std::env::current_exe()) {
+                (Some(dir), Ok(xtask)) => {
+                    let mut command = Command::new(xtask);
+                    command
+                        .current_dir(&root)
+                        .args(step.args)
+                        .arg("--openvmm")
+                        .arg(absolute(dir))
+                        .args(&mode_args)
+                        .env(RESULTS_ENV, results);
+                    crate::util::run_checked(&mut command)
+                }
+                (Some(_), Err(error)) => Err(format!("cannot find xtask itself: {error}")),
+                (None, _) => {
                     steps.push(outcome(
                         StepStatus::NotRun("needs --openvmm DIR".into()),
                         0.0,
@@ -865,6 +905,7 @@ mod tests {
             name,
             group: "ipc",
             also: &[],
+            superseded_by_openvmm: false,
             requires,
             program: Program::Cargo,
             args,
