@@ -2,7 +2,7 @@
 //! halves in one thread (submit a batch, the server takes, checks and
 //! answers each, the client collects), without moving data, and the same
 //! with a server thread spinning on the other side. `cargo bench -p
-//! block-queue [-- --rounds N | --smoke]`: the configurations take turns
+//! block-queue [-- --rounds N --requests K | --smoke]`: the configurations take turns
 //! round by round; medians with the min-max over the rounds. With
 //! `VMBUS_BENCH_JSON` set it appends its records (group `storage`) for
 //! `cargo xtask bench`.
@@ -108,7 +108,13 @@ fn main() {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(if smoke { 1 } else { 5 })
         .max(1);
-    let total: u64 = if smoke { 20_000 } else { 2_000_000 };
+    let total: u64 = args
+        .iter()
+        .position(|a| a == "--requests")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 20_000 } else { 2_000_000 })
+        .max(1_000);
     let names = [
         "one thread, batches of 1".to_string(),
         "one thread, batches of 8".to_string(),

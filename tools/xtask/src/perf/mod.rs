@@ -169,8 +169,8 @@ const STEPS: &[Step] = &[
         program: Program::Cargo,
         args: &["bench", "-p", "ipc-harness", "--bench", "hosted_ipc", "--"],
         smoke: &["--smoke"],
-        default: &["--rounds", "5"],
-        long: &["--rounds", "15"],
+        default: &["--rounds", "9"],
+        long: &["--rounds", "31"],
     },
     Step {
         name: "block interface (block-queue round trips)",
@@ -181,8 +181,10 @@ const STEPS: &[Step] = &[
         program: Program::Cargo,
         args: &["bench", "-p", "block-queue", "--bench", "round_trip", "--"],
         smoke: &["--smoke"],
-        default: &["--rounds", "5"],
-        long: &["--rounds", "15"],
+        // Two spinning threads on a busy 2-core machine can fall to 0.1 M
+        // requests/s: 500 000 requests keep a round near 10 s.
+        default: &["--rounds", "5", "--requests", "500000"],
+        long: &["--rounds", "15", "--requests", "2000000"],
     },
     Step {
         name: "storage stack against pread/pwrite (hosted)",
