@@ -386,7 +386,7 @@ fn ratio_plot(records: &[Record], group: &str) -> Result<Option<Plot>, String> {
             .disable_y_mesh()
             .y_labels(0)
             .x_desc("ratio")
-            .x_label_formatter(&|v| number(*v))
+            .x_label_formatter(&|v| format!("{v:.1}"))
             .draw()
             .map_err(failed)?;
         let rows = bars.len() as f64;
