@@ -264,6 +264,21 @@ fn against_x_plot(records: &[&Record]) -> Result<Plot, String> {
     })
 }
 
+/// At most this many points of a CDF are drawn (evenly spaced ranks,
+/// the first and the last kept): the curve looks the same and a plot of
+/// 20 000 latencies stays small.
+const CDF_POINTS: usize = 400;
+
+fn thin(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    if points.len() <= CDF_POINTS {
+        return points;
+    }
+    let last = points.len() - 1;
+    (0..CDF_POINTS)
+        .map(|k| points[(k * last).div_ceil(CDF_POINTS - 1)])
+        .collect()
+}
+
 /// The CDF of every distribution of one metric (a series per record).
 fn distribution_plot(records: &[&Record]) -> Result<Plot, String> {
     let first = records[0];
@@ -273,7 +288,7 @@ fn distribution_plot(records: &[&Record]) -> Result<Plot, String> {
         if r.samples.is_empty() {
             continue;
         }
-        let points: Vec<Point> = cdf(&r.samples)
+        let points: Vec<Point> = thin(cdf(&r.samples))
             .into_iter()
             .map(|(v, f)| (v, f, None))
             .collect();
@@ -508,6 +523,20 @@ mod tests {
             "{}",
             plots[0].svg
         );
+    }
+
+    #[test]
+    fn long_cdfs_are_thinned_to_evenly_spaced_ranks_with_both_ends() {
+        let many: Vec<(f64, f64)> = (0..20_000)
+            .map(|i| (i as f64, (i + 1) as f64 / 20_000.0))
+            .collect();
+        let thinned = thin(many.clone());
+        assert_eq!(thinned.len(), CDF_POINTS);
+        assert_eq!(thinned[0], many[0]);
+        assert_eq!(thinned[CDF_POINTS - 1], many[19_999]);
+        assert!(thinned.windows(2).all(|w| w[0].0 < w[1].0));
+        let few = many[..10].to_vec();
+        assert_eq!(thin(few.clone()), few);
     }
 
     #[test]

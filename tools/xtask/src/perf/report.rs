@@ -97,7 +97,12 @@ pub fn x_value(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{x:.0}")
     } else {
-        number(x)
+        let text = number(x);
+        if text.contains('.') && !text.contains('e') {
+            text.trim_end_matches('0').to_string()
+        } else {
+            text
+        }
     }
 }
 
@@ -582,5 +587,7 @@ mod tests {
         assert_eq!(number(4.25), "4.25");
         assert_eq!(number(0.01234), "0.0123");
         assert_eq!(number(0.0), "0");
+        assert_eq!(x_value(4096.0), "4096");
+        assert_eq!(x_value(0.25), "0.25");
     }
 }
