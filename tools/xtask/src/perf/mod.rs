@@ -453,6 +453,14 @@ pub fn run(args: &[String]) -> Result {
             results.display()
         ));
     }
+    match check_report_file(&report, &records) {
+        Ok(groups) => println!(
+            "report: a table for each of the {} group(s) with records ({})",
+            groups.len(),
+            groups.join(", ")
+        ),
+        Err(error) => problems.push(error),
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -461,38 +469,33 @@ pub fn run(args: &[String]) -> Result {
 }
 
 /// The smoke run `cargo xtask test` makes: every benchmark a few
-/// iterations, then the report must have a table for each group that
-/// produced records.
+/// iterations; fails if a step failed or the report lacks a table for a
+/// group that produced records (`run` checks both).
 pub fn smoke_and_check() -> Result {
-    let ran = run(&["--smoke".to_string()]);
-    let out = bench_dir(Mode::Smoke);
-    let (_, records, _) = load(&out.join("results.jsonl"))?;
-    let markdown = std::fs::read_to_string(out.join("performance.md"))
-        .map_err(|e| format!("the smoke run wrote no report: {e}"))?;
+    run(&["--smoke".to_string()])
+}
+
+/// That the report on disk has a table for each group with records;
+/// returns those groups.
+fn check_report_file(report: &Path, records: &[Record]) -> Result<Vec<String>> {
+    let markdown = std::fs::read_to_string(report)
+        .map_err(|e| format!("cannot read the report {}: {e}", report.display()))?;
     let mut groups: Vec<String> = Vec::new();
-    for record in &records {
+    for record in records {
         if !groups.contains(&record.group) {
             groups.push(record.group.clone());
         }
     }
     if groups.is_empty() {
-        return Err("the smoke run produced no records".into());
+        return Err("no benchmark wrote a record".into());
     }
     report::check(&markdown, &groups)?;
-    println!(
-        "benchmark smoke run: a table for each of {} group(s) that ran ({})",
-        groups.len(),
-        groups.join(", ")
-    );
-    ran
+    Ok(groups)
 }
 
 fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -> RunInfo {
     let started = Instant::now();
     let root = workspace_root();
-    // Steps that run inside xtask (the OpenVMM comparison) start their
-    // own benchmark processes: they inherit it.
-    std::env::set_var(RESULTS_ENV, results);
     let mut steps = Vec::new();
     for step in table {
         let command = step.command_line(options.mode);
@@ -760,6 +763,7 @@ fn render_only(results: &Path, out: Option<&Path>) -> Result {
     };
     let report = write_report(&out, &run, &records)?;
     println!("report: {}", report.display());
+    check_report_file(&report, &records)?;
     if bad.is_empty() {
         Ok(())
     } else {
@@ -898,6 +902,15 @@ mod tests {
         let svg = std::fs::read_to_string(dir.join("performance/ring-throughput.svg")).unwrap();
         assert!(svg.contains("ours") && svg.contains("memcpy"));
         assert!(!dir.join("performance/old.svg").exists());
+        // The check reads the report back: a section without its table fails.
+        let report = dir.join("performance.md");
+        assert_eq!(
+            check_report_file(&report, &records).unwrap(),
+            ["ring", "restart"]
+        );
+        std::fs::write(&report, markdown.replace("| series |", "| gone |")).unwrap();
+        assert!(check_report_file(&report, &records).is_err());
+        assert!(check_report_file(&report, &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
