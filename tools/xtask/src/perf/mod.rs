@@ -550,7 +550,7 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                     .args(step.args)
                     .args(&mode_args)
                     .env(RESULTS_ENV, results);
-                crate::util::run_checked(&mut cargo)
+                run_step(&mut cargo)
             }
             Program::Xtask => match std::env::current_exe() {
                 Ok(xtask) => {
@@ -560,7 +560,7 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                         .args(step.args)
                         .args(&mode_args)
                         .env(RESULTS_ENV, results);
-                    crate::util::run_checked(&mut command)
+                    run_step(&mut command)
                 }
                 Err(error) => Err(format!("cannot find xtask itself: {error}")),
             },
@@ -574,7 +574,7 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                         .arg(absolute(dir))
                         .args(&mode_args)
                         .env(RESULTS_ENV, results);
-                    crate::util::run_checked(&mut command)
+                    run_step(&mut command)
                 }
                 (Some(_), Err(error)) => Err(format!("cannot find xtask itself: {error}")),
                 (None, _) => {
@@ -615,6 +615,16 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
         seconds: started.elapsed().as_secs_f64(),
         mode: options.mode.name().into(),
         steps,
+    }
+}
+
+/// Runs a step's command; the error is short (the steps table shows it,
+/// the command is in its own column).
+fn run_step(command: &mut Command) -> Result {
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(status.to_string()),
+        Err(error) => Err(format!("cannot start: {error}")),
     }
 }
 
