@@ -6,6 +6,9 @@
 use super::report::{number, x_value};
 use super::stats::{cdf, median, percentile, ratio_of_medians, summarize};
 use bench_record::Record;
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// One drawn plot: its group, a file name and its title.
@@ -129,12 +132,29 @@ struct Lines<'a> {
     markers: bool,
     /// The y axis is a fraction (a CDF).
     fraction: bool,
+    /// A logarithmic y axis (values over several orders of magnitude).
+    log_y: bool,
+    /// Where the legend goes: the corner the lines leave empty.
+    legend: SeriesLabelPosition,
 }
 
 /// Draws the lines; a logarithmic x axis is drawn as log2 of x on a
 /// linear axis, so its ticks fall on powers of two (packet sizes) and are
 /// labelled with x itself.
 fn draw(lines: &Lines, x_low: f64, x_high: f64) -> Result<String, String> {
+    let range = lines.y_range.clone();
+    if lines.log_y {
+        let y: LogCoord<f64> = range.log_scale().into();
+        draw_on(lines, x_low, x_high, y)
+    } else {
+        draw_on(lines, x_low, x_high, RangedCoordf64::from(range))
+    }
+}
+
+fn draw_on<Y>(lines: &Lines, x_low: f64, x_high: f64, y: Y) -> Result<String, String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     let log = wants_log(x_low, x_high);
     let map = |x: f64| if log { x.log2() } else { x };
     let (low, high) = (map(x_low), map(x_high));
@@ -148,7 +168,7 @@ fn draw(lines: &Lines, x_low: f64, x_high: f64) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(70)
-            .build_cartesian_2d(low - pad..high + pad, lines.y_range.clone())
+            .build_cartesian_2d(low - pad..high + pad, y)
             .map_err(failed)?;
         let x_label = |v: &f64| {
             if log {
@@ -206,17 +226,11 @@ fn draw(lines: &Lines, x_low: f64, x_high: f64) -> Result<String, String> {
                 }))
                 .map_err(failed)?;
         }
-        // A CDF climbs to the upper right: its legend goes lower right.
-        let corner = if lines.fraction {
-            SeriesLabelPosition::LowerRight
-        } else {
-            SeriesLabelPosition::UpperLeft
-        };
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(corner)
+            .position(lines.legend.clone())
             .draw()
             .map_err(failed)?;
         root.present().map_err(failed)?;
@@ -231,6 +245,7 @@ fn against_x_plot(records: &[&Record]) -> Result<Plot, String> {
     let mut series = Vec::new();
     let mut y_high: f64 = 0.0;
     let mut y_low: f64 = 0.0;
+    let mut y_smallest = f64::INFINITY;
     for name in series_names(records) {
         let mut points = Vec::new();
         for r in records.iter().filter(|r| r.series == name) {
@@ -239,21 +254,49 @@ fn against_x_plot(records: &[&Record]) -> Result<Plot, String> {
             };
             y_high = y_high.max(s.max);
             y_low = y_low.min(s.min);
+            y_smallest = y_smallest.min(s.min);
             points.push((x, s.median, Some((s.min, s.max))));
         }
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         series.push((name, points));
     }
+    // Medians over more than about one and a half orders of magnitude
+    // (Mpkt/s from 64 B to 64 KiB) get a logarithmic y axis.
+    let log_y = y_smallest > 0.0 && y_high / y_smallest >= 30.0;
+    let y_range = if log_y {
+        y_smallest * 0.8..y_high * 1.25
+    } else {
+        y_low..(y_high * 1.08).max(f64::MIN_POSITIVE)
+    };
+    // Falling lines (packets/s against size) leave the upper right empty,
+    // rising ones (bytes/s) the upper left.
+    let (mut rising, mut falling) = (0, 0);
+    for (_, points) in &series {
+        if let (Some(first), Some(last)) = (points.first(), points.last()) {
+            if last.1 < first.1 {
+                falling += 1;
+            } else {
+                rising += 1;
+            }
+        }
+    }
+    let legend = if falling > rising {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::UpperLeft
+    };
     let x_label = first.x_label.clone().unwrap_or_else(|| "x".into());
     let title = format!("{}: {} against {}", first.group, first.metric, x_label);
     let lines = Lines {
         title: &title,
         x_desc: &x_label,
         y_desc: &format!("{} ({}), median and min-max", first.metric, first.unit),
-        y_range: y_low..(y_high * 1.08).max(f64::MIN_POSITIVE),
+        y_range,
         series,
         markers: true,
         fraction: false,
+        log_y,
+        legend,
     };
     let svg = draw(&lines, xs[0], xs[xs.len() - 1])?;
     Ok(Plot {
@@ -328,6 +371,9 @@ fn distribution_plot(records: &[&Record]) -> Result<Plot, String> {
         x_desc: &format!("{} ({})", first.metric, first.unit),
         y_desc: "fraction of observations at or below",
         y_range: 0.0..1.02,
+        log_y: false,
+        // A CDF climbs to the upper right.
+        legend: SeriesLabelPosition::LowerRight,
         series,
         markers: false,
         fraction: true,
