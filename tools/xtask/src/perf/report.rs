@@ -249,6 +249,9 @@ pub fn render(run: &RunInfo, records: &[Record], plots: &[PlotRef]) -> String {
                 .filter(|r| r.metric == metric && r.distribution == distribution)
                 .collect();
             table(w, records, metric, distribution, &rows);
+            if !distribution {
+                head_to_head(w, &group, metric, &rows);
+            }
         }
         for plot in plots.iter().filter(|p| p.group == group) {
             let _ = writeln!(w, "![{}]({})\n", plot.title, plot.link);
@@ -367,6 +370,77 @@ fn table(w: &mut String, all: &[Record], metric: &str, distribution: bool, rows:
     if rows.iter().any(|r| r.note.is_some()) {
         let _ = writeln!(w);
     }
+}
+
+/// Groups where our series meet another implementation's in the same
+/// run: (group, the prefix of our series, the other's series).
+const HEAD_TO_HEAD: [(&str, &str, &str); 2] = [
+    ("ring", "ours", "openvmm"),
+    ("ring-hosted", "ours", "openvmm"),
+];
+
+/// The ratio of each of our series to the other implementation's at every
+/// x (their baselines are a third series, so the main table does not
+/// show it).
+fn head_to_head(w: &mut String, group: &str, metric: &str, rows: &[&Record]) {
+    let Some(&(_, ours, theirs)) = HEAD_TO_HEAD.iter().find(|(g, _, _)| *g == group) else {
+        return;
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.series.starts_with(ours)) {
+        if !names.contains(&r.series.as_str()) {
+            names.push(&r.series);
+        }
+    }
+    let mut xs: Vec<Option<f64>> = Vec::new();
+    for r in rows.iter().filter(|r| r.series == theirs) {
+        if !xs.contains(&r.x) {
+            xs.push(r.x);
+        }
+    }
+    if names.is_empty() || xs.is_empty() {
+        return;
+    }
+    xs.sort_by(|a, b| {
+        a.unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&b.unwrap_or(f64::NEG_INFINITY))
+    });
+    let better = if rows[0].higher_is_better {
+        "above 1: ours ahead"
+    } else {
+        "below 1: ours ahead"
+    };
+    let _ = writeln!(
+        w,
+        "**{} against `{theirs}`** (ratio of medians, same run; {better})\n",
+        cell(metric)
+    );
+    let x_label = rows
+        .iter()
+        .find_map(|r| r.x_label.clone())
+        .unwrap_or_else(|| "x".into());
+    let heads: Vec<String> = names
+        .iter()
+        .map(|n| format!("{} / {theirs}", cell(n)))
+        .collect();
+    let _ = writeln!(w, "| {} | {} |", cell(&x_label), heads.join(" | "));
+    let _ = writeln!(w, "|---|{}", "---|".repeat(names.len()));
+    let find = |series: &str, x: Option<f64>| {
+        rows.iter()
+            .find(|r| r.series == series && r.x == x)
+            .map(|r| r.samples.as_slice())
+    };
+    for x in xs {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|name| match (find(name, x), find(theirs, x)) {
+                (Some(a), Some(b)) => ratio_of_medians(a, b).map(ratio_text).unwrap_or_default(),
+                _ => String::new(),
+            })
+            .collect();
+        let _ = writeln!(w, "| {} | {} |", x_cell(x), cells.join(" | "));
+    }
+    let _ = writeln!(w);
 }
 
 /// That the report has, for every group that produced records, its
@@ -578,6 +652,44 @@ mod tests {
             ring.contains("![ring throughput](performance/ring-throughput.svg)"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn ours_meets_openvmm_in_a_table_of_its_own() {
+        let mut records = Vec::new();
+        for (series, value) in [
+            ("cross-core copy", 8.0),
+            ("ours", 6.0),
+            ("ours, publish per 16", 9.0),
+            ("openvmm", 4.0),
+        ] {
+            for size in [64.0, 4096.0] {
+                let mut r = Record::new("ring", series, "throughput", "Mpkt/s", true)
+                    .x(size, "packet size (B)")
+                    .samples(&[value, value * 1.1, value * 0.9]);
+                if series != "cross-core copy" {
+                    r = r.baseline("cross-core copy");
+                }
+                records.push(r);
+            }
+        }
+        let md = render(&run(), &records, &[]);
+        assert!(
+            md.contains("**throughput against `openvmm`** (ratio of medians, same run; above 1: ours ahead)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| packet size (B) | ours / openvmm | ours, publish per 16 / openvmm |"),
+            "{md}"
+        );
+        assert!(md.contains("| 64 | 1.500 | 2.250 |"), "{md}");
+        assert!(md.contains("| 4096 | 1.500 | 2.250 |"), "{md}");
+        // Without OpenVMM's series there is no such table.
+        let alone: Vec<Record> = records
+            .into_iter()
+            .filter(|r| r.series != "openvmm")
+            .collect();
+        assert!(!render(&run(), &alone, &[]).contains("against `openvmm`"));
     }
 
     #[test]
