@@ -171,7 +171,7 @@ pub fn render(run: &RunInfo, records: &[Record], plots: &[PlotRef]) -> String {
     let _ = writeln!(w, "| date | {} |", cell(&run.date));
     let _ = writeln!(w, "| commit | {} |", cell(&run.commit));
     let _ = writeln!(w, "| command | `{}` |", cell(&run.command));
-    let _ = writeln!(w, "| took | {} |", duration(run.seconds));
+    let _ = writeln!(w, "| took | {} (builds included) |", duration(run.seconds));
     let _ = writeln!(w, "| mode | {} |\n", run.mode);
 
     let _ = writeln!(w, "{HOW_TO_READ}\n");
@@ -494,9 +494,9 @@ const METHOD: &str = "## Method
 
 - **Interleaving (A B A B ...)**: the machines are shared and change speed over
   minutes (frequency, other tenants, page cache). Each measurement runs
-  round by round next to its baseline, alternating which goes first, so
-  both see the same machine; the ratio between them is far steadier than
-  either number alone.
+  round by round next to its baseline (most benchmarks also alternate
+  which of the two goes first), so both see the same machine; the ratio
+  between them is far steadier than either number alone.
 - **Medians with min-max**: one disturbed round moves a mean but hardly a
   median; the min-max shows how disturbed the run was.
 - Every benchmark warms up before it measures and is built with the bench
@@ -573,7 +573,7 @@ mod tests {
             "| compiler | rustc 1.95.0 |",
             "| commit | abc1234 |",
             "| command | `cargo xtask bench --smoke` |",
-            "| took | 1 min 15 s |",
+            "| took | 1 min 15 s (builds included) |",
             "## How to read",
             "## Method",
         ] {
