@@ -151,6 +151,10 @@ fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<Stri
             "host: datapath channel {index} rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
             rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
         ));
+        report.push(format!(
+            "host: datapath channel {index} signals: {}",
+            stats.signal_report()
+        ));
     }
 }
 
@@ -635,6 +639,9 @@ impl ScriptRunner {
                 }
                 storage_report(sim, &mut report);
                 network_report(sim, &mut report);
+                for line in sim.vmbus.signal_report() {
+                    report.push(format!("host: signals {line}"));
+                }
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered
