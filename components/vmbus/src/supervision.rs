@@ -71,7 +71,7 @@ impl Vmbus {
             driver.faulted_at_ns = None;
             let _ = env.stop(child);
             let window_ms = driver.wiring.fault_window_ns / 1_000_000;
-            if window_ms % 1000 == 0 {
+            if window_ms.is_multiple_of(1000) {
                 println!(
                     env,
                     "{} held stopped: {} faults within {} s",
