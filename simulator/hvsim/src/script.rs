@@ -158,6 +158,21 @@ fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<Stri
     }
 }
 
+/// The restart benchmark's closing line: the distribution of its
+/// fault-to-answer times (ms).
+fn restart_bench_summary(times_ns: &[u64]) -> String {
+    let mut sorted = times_ns.to_vec();
+    sorted.sort_unstable();
+    let at = |p: u64| sorted[((sorted.len() as u64 - 1) * p / 100) as usize] / 1_000;
+    format!(
+        "host: restart bench: done: {} restarts, fault to first answer p50 {} us, p99 {} us, max {} us",
+        sorted.len(),
+        at(50),
+        at(99),
+        at(100)
+    )
+}
+
 /// The first instance index of devices added while the guest runs (those
 /// offered at start count from 1).
 pub const ADDED_INSTANCE_BASE: u128 = 0x100;
@@ -238,6 +253,9 @@ pub struct Script {
     pub network_rescind_after_heartbeats: Option<u64>,
     /// (heartbeats answered, fault), in the scenario's order.
     pub network_faults: Vec<(u64, NetFault)>,
+    /// The restart benchmark: (faults, the driver's component name, its
+    /// device) (`Scenario::restart_bench_faults`).
+    pub restart_bench: Option<(u64, String, DeviceKind)>,
 }
 
 impl Script {
@@ -322,6 +340,22 @@ impl Script {
                     NetFault::parse(&words).map(|fault| (*after, fault))
                 })
                 .collect(),
+            restart_bench: (scenario.restart_bench_faults > 0)
+                .then(|| {
+                    let kind = match scenario.restart_bench_driver.as_str() {
+                        "heartbeat" => DeviceKind::Heartbeat,
+                        "shutdown" => DeviceKind::Shutdown,
+                        "timesync" => DeviceKind::TimeSync,
+                        "kvp" => DeviceKind::Kvp,
+                        _ => return None,
+                    };
+                    Some((
+                        scenario.restart_bench_faults,
+                        scenario.restart_bench_driver.clone(),
+                        kind,
+                    ))
+                })
+                .flatten(),
         })
     }
 
@@ -443,6 +477,27 @@ impl GapWatch {
     }
 }
 
+/// Where the restart benchmark is (`Script::restart_bench`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RestartBench {
+    /// Fault the driver once its channel is open and negotiated, not
+    /// before `not_before_ns`.
+    Serving {
+        not_before_ns: u64,
+    },
+    /// Faulted at `at_ns`; `gone`: its channel was seen closed or not yet
+    /// negotiated since (so a negotiated channel is the reopened one).
+    Faulted {
+        at_ns: u64,
+        gone: bool,
+    },
+    Done,
+}
+
+/// Between the restarted driver's answer and the next fault: the channel
+/// settles (the driver's other requests, the host's pushes).
+const RESTART_BENCH_SETTLE_NS: u64 = 20_000_000;
+
 /// The script's progress.
 pub struct ScriptRunner {
     script: Script,
@@ -471,6 +526,11 @@ pub struct ScriptRunner {
     connected: Option<ProtocolVersion>,
     /// Crashes of `crash_after_heartbeats` handed out so far.
     crashes_taken: usize,
+    /// Crashes the restart benchmark asked for, not yet handed out.
+    bench_crashes: Vec<String>,
+    restart_bench: RestartBench,
+    /// Restarts measured: (fault to answer, ns).
+    restart_bench_times: Vec<u64>,
     /// The data-path test's host faults went out.
     datapath_faults_sent: bool,
     storage_added: bool,
@@ -533,6 +593,9 @@ impl ScriptRunner {
             kvp_get_sent: false,
             connected: None,
             crashes_taken: 0,
+            bench_crashes: Vec::new(),
+            restart_bench: RestartBench::Serving { not_before_ns: 0 },
+            restart_bench_times: Vec::new(),
             datapath_faults_sent: false,
             storage_added: false,
             storage_removed: false,
@@ -548,7 +611,7 @@ impl ScriptRunner {
     /// Guest components whose fault injection is due (their heartbeat
     /// count reached), each handed out once, in the scenario's order.
     pub fn take_due_crashes(&mut self) -> Vec<String> {
-        let mut due = Vec::new();
+        let mut due = core::mem::take(&mut self.bench_crashes);
         while let Some((after, name)) = self.script.crash_after_heartbeats.get(self.crashes_taken) {
             if self.heartbeats_answered < *after {
                 break;
@@ -604,6 +667,7 @@ impl ScriptRunner {
         datapath_report(sim, &mut report);
         self.storage_events(sim, &mut report);
         self.network_events(sim, &mut report);
+        self.restart_bench(sim, now_ns, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -649,6 +713,61 @@ impl ScriptRunner {
             }
         }
         report
+    }
+
+    /// The restart benchmark: fault the driver, wait for its reopened
+    /// channel's answer to the host's first request (the IC negotiation),
+    /// print the time between (guest time), again.
+    fn restart_bench<M: GuestMemory>(
+        &mut self,
+        sim: &Simulator<M>,
+        now_ns: u64,
+        report: &mut Vec<String>,
+    ) {
+        let Some((faults, name, kind)) = self.script.restart_bench.clone() else {
+            return;
+        };
+        if self.heartbeats_answered == 0 {
+            return;
+        }
+        let negotiated = sim
+            .channel_of(kind)
+            .and_then(|relid| sim.vmbus.endpoint(relid))
+            .is_some_and(|endpoint| endpoint.ic.framework.is_some());
+        match self.restart_bench {
+            RestartBench::Serving { not_before_ns } => {
+                if negotiated && now_ns >= not_before_ns {
+                    self.bench_crashes.push(name);
+                    self.restart_bench = RestartBench::Faulted {
+                        at_ns: now_ns,
+                        gone: false,
+                    };
+                }
+            }
+            RestartBench::Faulted { at_ns, gone } => {
+                if !negotiated {
+                    self.restart_bench = RestartBench::Faulted { at_ns, gone: true };
+                } else if gone {
+                    let took = now_ns.saturating_sub(at_ns);
+                    self.restart_bench_times.push(took);
+                    let done = self.restart_bench_times.len() as u64;
+                    report.push(format!(
+                        "host: restart bench: {name} answered {} us after its fault (restart {done} of {faults}, guest time {} us)",
+                        took / 1_000,
+                        now_ns / 1_000
+                    ));
+                    if done >= faults {
+                        self.restart_bench = RestartBench::Done;
+                        report.push(restart_bench_summary(&self.restart_bench_times));
+                    } else {
+                        self.restart_bench = RestartBench::Serving {
+                            not_before_ns: now_ns + RESTART_BENCH_SETTLE_NS,
+                        };
+                    }
+                }
+            }
+            RestartBench::Done => {}
+        }
     }
 
     fn watch_time_sync<M: GuestMemory>(&mut self, sim: &Simulator<M>, now_ns: u64) {

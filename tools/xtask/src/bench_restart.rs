@@ -50,7 +50,13 @@ fn summary(values: &[f64]) -> String {
 
 /// Append one distribution record (the shared result contract) to
 /// `VMBUS_BENCH_JSON` if it is set.
-fn write_distribution(group: &str, series: &str, metric: &str, samples: &[f64], note: &str) -> Result {
+fn write_distribution(
+    group: &str,
+    series: &str,
+    metric: &str,
+    samples: &[f64],
+    note: &str,
+) -> Result {
     let Some(path) = std::env::var_os("VMBUS_BENCH_JSON") else {
         return Ok(());
     };
