@@ -190,10 +190,27 @@ pub fn boot(args: &[String]) -> Result {
             return Err(format!("boot {index}: no `{BOOT_UNTIL}`"));
         }
         let wall = boot.times()[last_index];
+        let last = &boot.lines()[last_index];
+        let last_name = last
+            .find(" (")
+            .and_then(|at| last[at + 2..].split(')').next())
+            .unwrap_or("?");
+        // `all N offered devices open M ms after vmbus started (guest
+        // time T us)`: vmbus started at T - M.
+        let vmbus_started_ms = boot
+            .lines()
+            .iter()
+            .find(|l| l.contains("offered devices open ") && l.contains("(guest time "))
+            .and_then(|l| {
+                let after = value_after(l, "offered devices open ")?;
+                let at = value_after(l, "(guest time ")?;
+                Some(at as f64 / 1e3 - after as f64)
+            });
         println!(
-            "boot {index}/{boots}: {} channels open, the last at guest time {:.1} ms ({:.1} s after QEMU started, wall clock)",
+            "boot {index}/{boots}: {} channels open, the last ({last_name}) at guest time {:.1} ms; vmbus started at {}; {:.1} s after QEMU started (wall clock)",
             opens.len(),
             last_us as f64 / 1e3,
+            vmbus_started_ms.map_or("?".to_string(), |ms| format!("{ms:.0} ms")),
             wall.as_secs_f64()
         );
         to_open_ms.push(last_us as f64 / 1e3);
