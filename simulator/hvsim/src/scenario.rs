@@ -802,7 +802,9 @@ mod tests {
         .unwrap();
         let source = scenario.to_rust();
         assert!(
-            source.contains(r#"restart_bench_faults: 100, restart_bench_driver: "timesync".into() }"#),
+            source.contains(
+                r#"restart_bench_faults: 100, restart_bench_driver: "timesync".into() }"#
+            ),
             "{source}"
         );
         let error = parse_file(
@@ -810,7 +812,10 @@ mod tests {
             "restart_bench_faults = 1\nrestart_bench_driver = \"storage\"\n",
         )
         .unwrap_err();
-        assert!(error.contains("not an integration-component driver"), "{error}");
+        assert!(
+            error.contains("not an integration-component driver"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -498,6 +498,49 @@ enum RestartBench {
 /// settles (the driver's other requests, the host's pushes).
 const RESTART_BENCH_SETTLE_NS: u64 = 20_000_000;
 
+/// What the restart benchmark does at one look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchStep {
+    Nothing,
+    /// Fault the driver now.
+    Fault,
+    /// The restarted driver answered, this long (ns) after its fault.
+    Answered(u64),
+}
+
+impl RestartBench {
+    /// One look at the driver's channel (`negotiated`: open, and the
+    /// driver answered the host's negotiation on it) at `now_ns`, after
+    /// `measured` of `faults` restarts.
+    fn advance(&mut self, negotiated: bool, now_ns: u64, measured: u64, faults: u64) -> BenchStep {
+        match *self {
+            RestartBench::Serving { not_before_ns } if negotiated && now_ns >= not_before_ns => {
+                *self = RestartBench::Faulted {
+                    at_ns: now_ns,
+                    gone: false,
+                };
+                BenchStep::Fault
+            }
+            RestartBench::Faulted { at_ns, .. } if !negotiated => {
+                *self = RestartBench::Faulted { at_ns, gone: true };
+                BenchStep::Nothing
+            }
+            // Negotiated again after it was gone: the reopened channel.
+            RestartBench::Faulted { at_ns, gone: true } => {
+                *self = if measured + 1 >= faults {
+                    RestartBench::Done
+                } else {
+                    RestartBench::Serving {
+                        not_before_ns: now_ns + RESTART_BENCH_SETTLE_NS,
+                    }
+                };
+                BenchStep::Answered(now_ns.saturating_sub(at_ns))
+            }
+            _ => BenchStep::Nothing,
+        }
+    }
+}
+
 /// The script's progress.
 pub struct ScriptRunner {
     script: Script,
@@ -734,39 +777,25 @@ impl ScriptRunner {
             .channel_of(kind)
             .and_then(|relid| sim.vmbus.endpoint(relid))
             .is_some_and(|endpoint| endpoint.ic.framework.is_some());
-        match self.restart_bench {
-            RestartBench::Serving { not_before_ns } => {
-                if negotiated && now_ns >= not_before_ns {
-                    self.bench_crashes.push(name);
-                    self.restart_bench = RestartBench::Faulted {
-                        at_ns: now_ns,
-                        gone: false,
-                    };
+        let measured = self.restart_bench_times.len() as u64;
+        match self
+            .restart_bench
+            .advance(negotiated, now_ns, measured, faults)
+        {
+            BenchStep::Nothing => {}
+            BenchStep::Fault => self.bench_crashes.push(name),
+            BenchStep::Answered(took) => {
+                self.restart_bench_times.push(took);
+                report.push(format!(
+                    "host: restart bench: {name} answered {} us after its fault (restart {} of {faults}, guest time {} us)",
+                    took / 1_000,
+                    measured + 1,
+                    now_ns / 1_000
+                ));
+                if self.restart_bench == RestartBench::Done {
+                    report.push(restart_bench_summary(&self.restart_bench_times));
                 }
             }
-            RestartBench::Faulted { at_ns, gone } => {
-                if !negotiated {
-                    self.restart_bench = RestartBench::Faulted { at_ns, gone: true };
-                } else if gone {
-                    let took = now_ns.saturating_sub(at_ns);
-                    self.restart_bench_times.push(took);
-                    let done = self.restart_bench_times.len() as u64;
-                    report.push(format!(
-                        "host: restart bench: {name} answered {} us after its fault (restart {done} of {faults}, guest time {} us)",
-                        took / 1_000,
-                        now_ns / 1_000
-                    ));
-                    if done >= faults {
-                        self.restart_bench = RestartBench::Done;
-                        report.push(restart_bench_summary(&self.restart_bench_times));
-                    } else {
-                        self.restart_bench = RestartBench::Serving {
-                            not_before_ns: now_ns + RESTART_BENCH_SETTLE_NS,
-                        };
-                    }
-                }
-            }
-            RestartBench::Done => {}
         }
     }
 
@@ -1311,6 +1340,41 @@ mod tests {
         assert_eq!(runner.rescind, RescindProgress::NotYet);
         assert!(!runner.devices_added && !runner.kvp_get_sent);
         assert_eq!(sim.vmbus.channel_state(5), None);
+    }
+
+    #[test]
+    fn the_restart_bench_times_each_fault_to_the_reopened_channels_answer() {
+        const MS: u64 = 1_000_000;
+        let mut bench = RestartBench::Serving { not_before_ns: 0 };
+        // Not negotiated yet: no fault.
+        assert_eq!(bench.advance(false, 0, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(true, MS, 0, 2), BenchStep::Fault);
+        // The old channel, still negotiated until vmbus closes it, is not
+        // the answer.
+        assert_eq!(bench.advance(true, 2 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(false, 3 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(false, 5 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, 9 * MS, 0, 2),
+            BenchStep::Answered(8 * MS)
+        );
+        // The next fault waits for the channel to settle.
+        assert_eq!(bench.advance(true, 10 * MS, 1, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, 9 * MS + RESTART_BENCH_SETTLE_NS, 1, 2),
+            BenchStep::Fault
+        );
+        let at = 9 * MS + RESTART_BENCH_SETTLE_NS;
+        assert_eq!(bench.advance(false, at + MS, 1, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, at + 4 * MS, 1, 2),
+            BenchStep::Answered(4 * MS)
+        );
+        // Both done: nothing more.
+        assert_eq!(bench, RestartBench::Done);
+        assert_eq!(bench.advance(true, at + 100 * MS, 2, 2), BenchStep::Nothing);
+        assert!(restart_bench_summary(&[8 * MS, 4 * MS])
+            .contains("2 restarts, fault to first answer p50 4000 us, p99 4000 us, max 8000 us"));
     }
 
     #[test]
