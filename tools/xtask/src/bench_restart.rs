@@ -14,7 +14,10 @@
 //! - `--qemu`: the seL4 image of tests/systems/restart-bench.toml with the
 //!   scenario tests/systems/restart-bench.hvsim: the simulated host has
 //!   the monitor fault KVP 100 times in one boot and prints, in guest
-//!   time, each fault and the restarted driver's first answer;
+//!   time, each fault and the restarted driver's first answer; then the
+//!   data-path test (tests/systems/datapath.toml) for the guest's signals
+//!   per packet while it streams (group `signals`, series `datapath
+//!   (qemu)`, one sample per channel);
 //! - boot: system.toml booted N times in QEMU; the guest time of the last
 //!   channel-open line of vmbus (primaries and sub-channels) in each boot.
 
@@ -57,10 +60,7 @@ fn write_distribution(
     samples: &[f64],
     note: &str,
 ) -> Result {
-    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON") else {
-        return Ok(());
-    };
-    let record = serde_json::json!({
+    append_record(serde_json::json!({
         "group": group,
         "series": series,
         "x": null,
@@ -71,7 +71,36 @@ fn write_distribution(
         "samples": samples,
         "distribution": true,
         "note": note,
-    });
+    }))
+}
+
+/// Append one record of samples that are not a distribution.
+fn write_record(
+    group: &str,
+    series: &str,
+    metric: &str,
+    unit: &str,
+    samples: &[f64],
+    note: &str,
+) -> Result {
+    append_record(serde_json::json!({
+        "group": group,
+        "series": series,
+        "x": null,
+        "x_label": "",
+        "metric": metric,
+        "unit": unit,
+        "higher_is_better": false,
+        "samples": samples,
+        "distribution": false,
+        "note": note,
+    }))
+}
+
+fn append_record(record: serde_json::Value) -> Result {
+    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON") else {
+        return Ok(());
+    };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -152,6 +181,57 @@ fn restart_qemu(args: &[String]) -> Result {
         "fault to first answered request",
         &latencies,
         "seL4 in QEMU (TCG): kvp stopped by the monitor as if it faulted (hvsim's fault injection) to kvp's answer to the host's first request on the reopened channel (the IC negotiation), both in guest time (TSC) as hvsim sees them",
+    )?;
+    signals_qemu()
+}
+
+const DATAPATH_SYSTEM: &str = "tests/systems/datapath.toml";
+const DATAPATH_SCENARIO: &str = "tests/systems/datapath.hvsim";
+/// hvsim's signal accounting per data-path channel, at the end of the
+/// stream (`host: datapath channel K signals: packets P signals S ...`).
+const DATAPATH_SIGNALS: &str = "signals: packets ";
+
+/// Signals per packet in QEMU: the data-path test (a test driver streams
+/// every send shape both ways over a primary and two sub-channels against
+/// hvsim's data-path device); one sample per channel.
+fn signals_qemu() -> Result {
+    let image = build(&ImageSpec::new(DATAPATH_SYSTEM, Some(DATAPATH_SCENARIO)))?;
+    let boot = boot_until(&image, None, Echo::Quiet, None)?;
+    let mut per_packet = Vec::new();
+    let mut unnecessary = Vec::new();
+    for line in boot.lines().iter().filter(|l| l.contains(DATAPATH_SIGNALS)) {
+        let (Some(packets), Some(signals), Some(wasted)) = (
+            value_after(line, "packets "),
+            value_after(line, " signals "),
+            value_after(line, "unnecessary "),
+        ) else {
+            return Err(format!("cannot read the signal line {line:?}"));
+        };
+        println!("signals in QEMU (data-path test): {line}");
+        per_packet.push(signals as f64 / packets.max(1) as f64);
+        unnecessary.push(wasted as f64);
+    }
+    if per_packet.is_empty() {
+        return Err(format!(
+            "the data-path test printed no signal accounting (`{DATAPATH_SIGNALS}`)"
+        ));
+    }
+    let note = "seL4 in QEMU: the data-path test driver streaming every send shape both ways on each of 3 channels, counted by hvsim; one sample per channel";
+    write_record(
+        "signals",
+        "datapath (qemu)",
+        "signals per packet",
+        "signals/packet",
+        &per_packet,
+        note,
+    )?;
+    write_record(
+        "signals",
+        "datapath (qemu)",
+        "signals not called for",
+        "signals",
+        &unnecessary,
+        note,
     )
 }
 
