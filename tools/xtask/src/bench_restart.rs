@@ -307,3 +307,34 @@ pub fn boot(args: &[String]) -> Result {
         "seL4 in QEMU (TCG), system.toml: guest time (TSC since the machine started: firmware, image loading, kernel, root task) of vmbus's last channel-open line (primaries and sub-channels)",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_numbers_come_from_the_lines_the_system_prints() {
+        let open = "[vmbus] relid 12 (storage sub-channel 2) open (guest time 845312 us)";
+        assert!(open.contains(OPEN_LINE));
+        assert_eq!(value_after(open, OPEN_LINE), Some(845_312));
+        let again = "[hvsim] host: restart bench: kvp answered 18412 us after its fault (restart 7 of 100, guest time 9123456 us)";
+        assert_eq!(value_after(again, RESTART_LINE), Some(18_412));
+        let all =
+            "[vmbus] all 6 offered devices open 151 ms after vmbus started (guest time 786001 us)";
+        assert_eq!(value_after(all, "offered devices open "), Some(151));
+        assert_eq!(value_after(all, "(guest time "), Some(786_001));
+        let signals = "[hvsim] host: datapath channel 1 signals: packets 322 signals 33 called-for 33 late 0 unnecessary 0";
+        assert!(signals.contains(DATAPATH_SIGNALS));
+        assert_eq!(value_after(signals, " signals "), Some(33));
+        assert_eq!(value_after(signals, "unnecessary "), Some(0));
+        assert_eq!(value_after(open, "no such key"), None);
+    }
+
+    #[test]
+    fn percentiles_index_the_sorted_observations() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 51.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert!(summary(&[3.0, 1.0, 2.0]).starts_with("p50 2.0 p99 3.0 max 3.0 (n = 3)"));
+    }
+}
