@@ -497,7 +497,15 @@ impl Vmbus {
         match channels::SYNIC_CALL.call(env, &request) {
             Ok(synic::Reply::Done) if k > 0 => {
                 self.record_mut(d, k).bound = true;
-                println!(env, "relid {} ({} sub-channel {}) open", relid, name, k);
+                let now = env.now_ns();
+                println!(
+                    env,
+                    "relid {} ({} sub-channel {}) open (guest time {} us)",
+                    relid,
+                    name,
+                    k,
+                    now / 1_000
+                );
                 let generation = &mut self.drivers[d].sub_generations[k - 1];
                 *generation = generation.wrapping_add(1);
                 Step::Wait
@@ -506,14 +514,24 @@ impl Vmbus {
                 self.record_mut(d, k).bound = true;
                 let now = env.now_ns();
                 match self.drivers[d].faulted_at_ns.take() {
+                    // The bench (`cargo xtask bench-restart`) reads the
+                    // microseconds; the milliseconds are for people.
                     Some(at) => println!(
                         env,
-                        "relid {} ({}) open again {} ms after its fault",
+                        "relid {} ({}) open again {} ms after its fault ({} us, guest time {} us)",
                         relid,
                         name,
-                        now.saturating_sub(at) / 1_000_000
+                        now.saturating_sub(at) / 1_000_000,
+                        now.saturating_sub(at) / 1_000,
+                        now / 1_000
                     ),
-                    None => println!(env, "relid {} ({}) open", relid, name),
+                    None => println!(
+                        env,
+                        "relid {} ({}) open (guest time {} us)",
+                        relid,
+                        name,
+                        now / 1_000
+                    ),
                 }
                 self.drivers[d].generation = self.drivers[d].generation.wrapping_add(1);
                 Step::Wait

@@ -114,7 +114,8 @@ pub const OFFER_6_0: bool = false;
 pub const MAX_DRIVERS: usize = 16;
 /// Offers nobody drives that are remembered (to release them on rescind).
 pub const MAX_UNCLAIMED: usize = 32;
-/// Faults within [`FAULT_WINDOW_NS`] after which a VSC is held stopped.
+/// Faults within a driver's fault window (its `fault_window_ms`, by
+/// default [`FAULT_WINDOW_NS`]) after which the VSC is held stopped.
 pub const FAULTS_TO_HOLD: usize = 3;
 pub const FAULT_WINDOW_NS: u64 = 10_000_000_000;
 /// The most pages (both rings, control pages included) the bus manager
@@ -171,6 +172,9 @@ struct Wiring {
     /// Sub-channel K's ring regions at `sub_rings[K - 1]` (like `rings`):
     /// the description's `sub_channels` of them.
     sub_rings: &'static [[RegionName; 4]],
+    /// [`FAULTS_TO_HOLD`] faults within this hold the VSC stopped (0:
+    /// never held; the description's `fault_window_ms`).
+    fault_window_ns: u64,
 }
 
 /// A VSC's data buffer and its GPADL.
@@ -388,6 +392,7 @@ impl Vmbus {
                     rings: row.rings,
                     buffers: row.buffers,
                     sub_rings: row.sub_rings,
+                    fault_window_ns: row.fault_window_ms.saturating_mul(1_000_000),
                 },
                 channel: None,
                 sub_generations: [0; MAX_SUB_CHANNELS],

@@ -22,11 +22,13 @@ impl Vmbus {
             driver.fault_times.pop_front();
         }
         let _ = driver.fault_times.push_back(now);
-        let hold = driver.fault_times.is_full()
+        let window = driver.wiring.fault_window_ns;
+        let hold = window > 0
+            && driver.fault_times.is_full()
             && driver
                 .fault_times
                 .front()
-                .is_some_and(|first| now.saturating_sub(*first) <= FAULT_WINDOW_NS);
+                .is_some_and(|first| now.saturating_sub(*first) <= window);
         driver.recovering = true;
         driver.hold_after_recovery = hold;
         driver.faulted_at_ns = Some(now);
@@ -68,13 +70,21 @@ impl Vmbus {
             driver.held = true;
             driver.faulted_at_ns = None;
             let _ = env.stop(child);
-            println!(
-                env,
-                "{} held stopped: {} faults within {} s",
-                name,
-                FAULTS_TO_HOLD,
-                FAULT_WINDOW_NS / 1_000_000_000
-            );
+            let window_ms = driver.wiring.fault_window_ns / 1_000_000;
+            if window_ms.is_multiple_of(1000) {
+                println!(
+                    env,
+                    "{} held stopped: {} faults within {} s",
+                    name,
+                    FAULTS_TO_HOLD,
+                    window_ms / 1000
+                );
+            } else {
+                println!(
+                    env,
+                    "{} held stopped: {} faults within {} ms", name, FAULTS_TO_HOLD, window_ms
+                );
+            }
         } else if unloading {
             println!(env, "{} not restarted: the bus is unloading", name);
         } else {

@@ -1093,6 +1093,61 @@ fn faults_spread_over_more_than_10_s_keep_restarting() {
 }
 
 #[test]
+fn a_driver_with_a_zero_fault_window_is_never_held() {
+    let mut rig = Rig::offered();
+    let kvp = rig
+        .bus
+        .drivers
+        .iter()
+        .position(|d| d.wiring.child == children::KVP)
+        .expect("system.toml has kvp");
+    rig.bus.drivers[kvp].wiring.fault_window_ns = 0;
+    // All at one instant: within any window but the never-held one.
+    for _ in 0..5 {
+        rig.env.now_ns = 1_000_000_000;
+        let gpadl = rig.open_fully(3);
+        rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+        rig.posted();
+        rig.torndown(gpadl);
+    }
+    assert_eq!(rig.env.restarted.len(), 5);
+    assert!(rig.env.stopped.is_empty());
+}
+
+#[test]
+fn a_short_fault_window_holds_only_faults_within_it() {
+    let mut rig = Rig::offered();
+    let kvp = rig
+        .bus
+        .drivers
+        .iter()
+        .position(|d| d.wiring.child == children::KVP)
+        .expect("system.toml has kvp");
+    rig.bus.drivers[kvp].wiring.fault_window_ns = 500_000_000;
+    // 300 ms apart: the third is 600 ms after the first, outside.
+    for i in 0..3u64 {
+        rig.env.now_ns = 1_000_000_000 + i * 300_000_000;
+        let gpadl = rig.open_fully(3);
+        rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+        rig.posted();
+        rig.torndown(gpadl);
+    }
+    assert!(rig.env.stopped.is_empty());
+    // One more at 1.75 s: with those at 1.3 s and 1.6 s, three within 500 ms.
+    rig.env.now_ns = 1_750_000_000;
+    let gpadl = rig.open_fully(3);
+    rig.bus.fault(&mut rig.env, children::KVP, Fault::Panic);
+    rig.posted();
+    rig.torndown(gpadl);
+    assert_eq!(rig.env.restarted.len(), 3);
+    assert_eq!(rig.env.stopped, [children::KVP]);
+    assert!(rig
+        .env
+        .console
+        .contains("kvp held stopped: 3 faults within 500 ms"));
+}
+
+#[test]
 fn unload_closes_every_channel_then_unloads_then_powers_off() {
     let mut rig = Rig::offered();
     let heartbeat = rig.open_fully(0);

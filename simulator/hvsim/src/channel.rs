@@ -9,8 +9,10 @@
 //! multiple of 8) every time, and packets are copied out and validated with
 //! `vmbus_protocol::packet::parse_packet` before use. A ring that breaks the
 //! rules is marked broken and no longer touched. The host counts the
-//! guest's unnecessary signals: a signal when the out ring did not go from
-//! empty to non-empty and no in-ring space the host waited for was freed.
+//! guest's signals against the packets it consumed, and classifies each:
+//! called for by the rules, or unnecessary (the out ring did not go from
+//! empty to non-empty since the host last drained it, and no in-ring space
+//! the host waited for was freed; docs/hvsim.md, "Signal accounting").
 //!
 //! The ring code is written here over `GuestMemory` rather than with
 //! `vmbus-ring` because the host must also be able to break the rules on
@@ -184,6 +186,57 @@ pub struct ChannelStats {
     /// GPADL the guest created for the channel.
     pub gpa_outside_gpadls: u64,
     pub transfer_pages_sent: u64,
+}
+
+impl ChannelStats {
+    /// Guest signals the rules called for: every signal the host did not
+    /// count as unnecessary (late ones included: the guest rightly found
+    /// the ring empty, the running drain read its packet first).
+    pub fn signals_called_for(&self) -> u64 {
+        self.signals.saturating_sub(self.unnecessary_signals)
+    }
+
+    /// The guest's signals per packet the host consumed (None before the
+    /// first packet).
+    pub fn signals_per_packet(&self) -> Option<f64> {
+        (self.packets_received > 0).then(|| self.signals as f64 / self.packets_received as f64)
+    }
+
+    /// The signal accounting in one line (`hvsim` operator command
+    /// `signals`, the script runner's `host: signals ...` lines).
+    pub fn signal_report(&self) -> String {
+        alloc::format!(
+            "packets {} signals {} called-for {} late {} unnecessary {}",
+            self.packets_received,
+            self.signals,
+            self.signals_called_for(),
+            self.late_signals,
+            self.unnecessary_signals
+        )
+    }
+
+    /// These counts minus an earlier snapshot of the same channel (a
+    /// benchmark's window).
+    pub fn since(&self, earlier: &ChannelStats) -> SignalWindow {
+        SignalWindow {
+            packets: self
+                .packets_received
+                .saturating_sub(earlier.packets_received),
+            signals: self.signals.saturating_sub(earlier.signals),
+            unnecessary: self
+                .unnecessary_signals
+                .saturating_sub(earlier.unnecessary_signals),
+        }
+    }
+}
+
+/// Guest signals against the packets the host consumed over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalWindow {
+    pub packets: u64,
+    pub signals: u64,
+    /// Signals the rules did not call for.
+    pub unnecessary: u64,
 }
 
 /// The last heartbeat the guest answered.

@@ -145,6 +145,16 @@ pub struct Scenario {
     /// (heartbeats answered, fault) pairs: the fault (the words
     /// `NetFault::parse` takes) is armed on the first network device.
     pub network_faults: Vec<(u64, String)>,
+    /// The restart benchmark (`cargo xtask bench-restart --qemu`): once a
+    /// heartbeat was answered, stop the guest component named by
+    /// `restart_bench_driver` as if it faulted this many times, each as
+    /// soon as the restarted driver answered the host's first request on
+    /// its reopened channel (fault injection, as `crash_after_heartbeats`:
+    /// the seL4 image only), and print each fault-to-answer time.
+    pub restart_bench_faults: u64,
+    /// The IC driver the restart benchmark faults: its component and its
+    /// device have this name (`heartbeat`, `shutdown`, `timesync`, `kvp`).
+    pub restart_bench_driver: String,
 }
 
 /// The storage protocol versions (`major.minor`, as vstor writes them:
@@ -268,6 +278,8 @@ impl Default for Scenario {
             network_link_up_after_heartbeats: None,
             network_rescind_after_heartbeats: None,
             network_faults: Vec::new(),
+            restart_bench_faults: 0,
+            restart_bench_driver: "kvp".into(),
         }
     }
 }
@@ -519,6 +531,18 @@ impl Scenario {
                 format!("`{key}` is not a key (letters, digits, `_`, `-`, `.`)"),
             );
         }
+        if self.restart_bench_faults > 0
+            && !["heartbeat", "shutdown", "timesync", "kvp"]
+                .contains(&self.restart_bench_driver.as_str())
+        {
+            return invalid(
+                "restart_bench_driver",
+                format!(
+                    "`{}` is not an integration-component driver (heartbeat, shutdown, timesync, kvp)",
+                    self.restart_bench_driver
+                ),
+            );
+        }
         if let Some((_, name)) = self.crash_after_heartbeats.iter().find(|(_, name)| {
             name.is_empty()
                 || name.len() > 32
@@ -572,7 +596,8 @@ impl Scenario {
              storage_remove_after_heartbeats: {:?}, storage_rescind_after_heartbeats: {:?}, storage_faults: alloc::vec![{}], \
              network_version: {:?}.into(), network_max_sub_channels: {}, network_mtu: {}, \
              network_link_down_after_heartbeats: {:?}, network_link_up_after_heartbeats: {:?}, \
-             network_rescind_after_heartbeats: {:?}, network_faults: alloc::vec![{}] }}",
+             network_rescind_after_heartbeats: {:?}, network_faults: alloc::vec![{}], \
+             restart_bench_faults: {}, restart_bench_driver: {:?}.into() }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -619,6 +644,8 @@ impl Scenario {
                 .map(|(after, fault)| format!("({after}, {fault:?}.into())"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            self.restart_bench_faults,
+            self.restart_bench_driver,
         )
     }
 }
@@ -705,7 +732,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`, `restart_bench_faults`, `restart_bench_driver`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -760,10 +787,35 @@ mod tests {
         for part in [
             r#"network_version: "6.1".into(),"#,
             "network_link_down_after_heartbeats: Some(3),",
-            r#"network_faults: alloc::vec![(2, "bad-page-set".into())] }"#,
+            r#"network_faults: alloc::vec![(2, "bad-page-set".into())],"#,
         ] {
             assert!(source.contains(part), "{part} not in {source}");
         }
+    }
+
+    #[test]
+    fn the_restart_benchmark_names_an_ic_driver() {
+        let scenario = parse_file(
+            "r.hvsim",
+            "restart_bench_faults = 100\nrestart_bench_driver = \"timesync\"\n",
+        )
+        .unwrap();
+        let source = scenario.to_rust();
+        assert!(
+            source.contains(
+                r#"restart_bench_faults: 100, restart_bench_driver: "timesync".into() }"#
+            ),
+            "{source}"
+        );
+        let error = parse_file(
+            "r.hvsim",
+            "restart_bench_faults = 1\nrestart_bench_driver = \"storage\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("not an integration-component driver"),
+            "{error}"
+        );
     }
 
     #[test]

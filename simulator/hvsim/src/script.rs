@@ -151,7 +151,26 @@ fn datapath_report<M: GuestMemory>(sim: &mut Simulator<M>, report: &mut Vec<Stri
             "host: datapath channel {index} rule violations {}, GPA outside GPADLs {}, unknown completions {}, unnecessary signals {}",
             rule_violations, stats.gpa_outside_gpadls, stats.unknown_responses, stats.unnecessary_signals
         ));
+        report.push(format!(
+            "host: datapath channel {index} signals: {}",
+            stats.signal_report()
+        ));
     }
+}
+
+/// The restart benchmark's closing line: the distribution of its
+/// fault-to-answer times (ms).
+fn restart_bench_summary(times_ns: &[u64]) -> String {
+    let mut sorted = times_ns.to_vec();
+    sorted.sort_unstable();
+    let at = |p: u64| sorted[((sorted.len() as u64 - 1) * p / 100) as usize] / 1_000;
+    format!(
+        "host: restart bench: done: {} restarts, fault to first answer p50 {} us, p99 {} us, max {} us",
+        sorted.len(),
+        at(50),
+        at(99),
+        at(100)
+    )
 }
 
 /// The first instance index of devices added while the guest runs (those
@@ -234,6 +253,9 @@ pub struct Script {
     pub network_rescind_after_heartbeats: Option<u64>,
     /// (heartbeats answered, fault), in the scenario's order.
     pub network_faults: Vec<(u64, NetFault)>,
+    /// The restart benchmark: (faults, the driver's component name, its
+    /// device) (`Scenario::restart_bench_faults`).
+    pub restart_bench: Option<(u64, String, DeviceKind)>,
 }
 
 impl Script {
@@ -318,6 +340,22 @@ impl Script {
                     NetFault::parse(&words).map(|fault| (*after, fault))
                 })
                 .collect(),
+            restart_bench: (scenario.restart_bench_faults > 0)
+                .then(|| {
+                    let kind = match scenario.restart_bench_driver.as_str() {
+                        "heartbeat" => DeviceKind::Heartbeat,
+                        "shutdown" => DeviceKind::Shutdown,
+                        "timesync" => DeviceKind::TimeSync,
+                        "kvp" => DeviceKind::Kvp,
+                        _ => return None,
+                    };
+                    Some((
+                        scenario.restart_bench_faults,
+                        scenario.restart_bench_driver.clone(),
+                        kind,
+                    ))
+                })
+                .flatten(),
         })
     }
 
@@ -439,6 +477,70 @@ impl GapWatch {
     }
 }
 
+/// Where the restart benchmark is (`Script::restart_bench`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RestartBench {
+    /// Fault the driver once its channel is open and negotiated, not
+    /// before `not_before_ns`.
+    Serving {
+        not_before_ns: u64,
+    },
+    /// Faulted at `at_ns`; `gone`: its channel was seen closed or not yet
+    /// negotiated since (so a negotiated channel is the reopened one).
+    Faulted {
+        at_ns: u64,
+        gone: bool,
+    },
+    Done,
+}
+
+/// Between the restarted driver's answer and the next fault: the channel
+/// settles (the driver's other requests, the host's pushes).
+const RESTART_BENCH_SETTLE_NS: u64 = 20_000_000;
+
+/// What the restart benchmark does at one look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchStep {
+    Nothing,
+    /// Fault the driver now.
+    Fault,
+    /// The restarted driver answered, this long (ns) after its fault.
+    Answered(u64),
+}
+
+impl RestartBench {
+    /// One look at the driver's channel (`negotiated`: open, and the
+    /// driver answered the host's negotiation on it) at `now_ns`, after
+    /// `measured` of `faults` restarts.
+    fn advance(&mut self, negotiated: bool, now_ns: u64, measured: u64, faults: u64) -> BenchStep {
+        match *self {
+            RestartBench::Serving { not_before_ns } if negotiated && now_ns >= not_before_ns => {
+                *self = RestartBench::Faulted {
+                    at_ns: now_ns,
+                    gone: false,
+                };
+                BenchStep::Fault
+            }
+            RestartBench::Faulted { at_ns, .. } if !negotiated => {
+                *self = RestartBench::Faulted { at_ns, gone: true };
+                BenchStep::Nothing
+            }
+            // Negotiated again after it was gone: the reopened channel.
+            RestartBench::Faulted { at_ns, gone: true } => {
+                *self = if measured + 1 >= faults {
+                    RestartBench::Done
+                } else {
+                    RestartBench::Serving {
+                        not_before_ns: now_ns + RESTART_BENCH_SETTLE_NS,
+                    }
+                };
+                BenchStep::Answered(now_ns.saturating_sub(at_ns))
+            }
+            _ => BenchStep::Nothing,
+        }
+    }
+}
+
 /// The script's progress.
 pub struct ScriptRunner {
     script: Script,
@@ -467,6 +569,11 @@ pub struct ScriptRunner {
     connected: Option<ProtocolVersion>,
     /// Crashes of `crash_after_heartbeats` handed out so far.
     crashes_taken: usize,
+    /// Crashes the restart benchmark asked for, not yet handed out.
+    bench_crashes: Vec<String>,
+    restart_bench: RestartBench,
+    /// Restarts measured: (fault to answer, ns).
+    restart_bench_times: Vec<u64>,
     /// The data-path test's host faults went out.
     datapath_faults_sent: bool,
     storage_added: bool,
@@ -529,6 +636,9 @@ impl ScriptRunner {
             kvp_get_sent: false,
             connected: None,
             crashes_taken: 0,
+            bench_crashes: Vec::new(),
+            restart_bench: RestartBench::Serving { not_before_ns: 0 },
+            restart_bench_times: Vec::new(),
             datapath_faults_sent: false,
             storage_added: false,
             storage_removed: false,
@@ -544,7 +654,7 @@ impl ScriptRunner {
     /// Guest components whose fault injection is due (their heartbeat
     /// count reached), each handed out once, in the scenario's order.
     pub fn take_due_crashes(&mut self) -> Vec<String> {
-        let mut due = Vec::new();
+        let mut due = core::mem::take(&mut self.bench_crashes);
         while let Some((after, name)) = self.script.crash_after_heartbeats.get(self.crashes_taken) {
             if self.heartbeats_answered < *after {
                 break;
@@ -600,6 +710,7 @@ impl ScriptRunner {
         datapath_report(sim, &mut report);
         self.storage_events(sim, &mut report);
         self.network_events(sim, &mut report);
+        self.restart_bench(sim, now_ns, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
                 && self.heartbeats_answered >= after
@@ -635,6 +746,9 @@ impl ScriptRunner {
                 }
                 storage_report(sim, &mut report);
                 network_report(sim, &mut report);
+                for line in sim.vmbus.signal_report() {
+                    report.push(format!("host: signals {line}"));
+                }
                 report.push(format!(
                     "host: {} heartbeats answered; asking the guest to shut down",
                     self.heartbeats_answered
@@ -642,6 +756,47 @@ impl ScriptRunner {
             }
         }
         report
+    }
+
+    /// The restart benchmark: fault the driver, wait for its reopened
+    /// channel's answer to the host's first request (the IC negotiation),
+    /// print the time between (guest time), again.
+    fn restart_bench<M: GuestMemory>(
+        &mut self,
+        sim: &Simulator<M>,
+        now_ns: u64,
+        report: &mut Vec<String>,
+    ) {
+        let Some((faults, name, kind)) = self.script.restart_bench.clone() else {
+            return;
+        };
+        if self.heartbeats_answered == 0 {
+            return;
+        }
+        let negotiated = sim
+            .channel_of(kind)
+            .and_then(|relid| sim.vmbus.endpoint(relid))
+            .is_some_and(|endpoint| endpoint.ic.framework.is_some());
+        let measured = self.restart_bench_times.len() as u64;
+        match self
+            .restart_bench
+            .advance(negotiated, now_ns, measured, faults)
+        {
+            BenchStep::Nothing => {}
+            BenchStep::Fault => self.bench_crashes.push(name),
+            BenchStep::Answered(took) => {
+                self.restart_bench_times.push(took);
+                report.push(format!(
+                    "host: restart bench: {name} answered {} us after its fault (restart {} of {faults}, guest time {} us)",
+                    took / 1_000,
+                    measured + 1,
+                    now_ns / 1_000
+                ));
+                if self.restart_bench == RestartBench::Done {
+                    report.push(restart_bench_summary(&self.restart_bench_times));
+                }
+            }
+        }
     }
 
     fn watch_time_sync<M: GuestMemory>(&mut self, sim: &Simulator<M>, now_ns: u64) {
@@ -1185,6 +1340,41 @@ mod tests {
         assert_eq!(runner.rescind, RescindProgress::NotYet);
         assert!(!runner.devices_added && !runner.kvp_get_sent);
         assert_eq!(sim.vmbus.channel_state(5), None);
+    }
+
+    #[test]
+    fn the_restart_bench_times_each_fault_to_the_reopened_channels_answer() {
+        const MS: u64 = 1_000_000;
+        let mut bench = RestartBench::Serving { not_before_ns: 0 };
+        // Not negotiated yet: no fault.
+        assert_eq!(bench.advance(false, 0, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(true, MS, 0, 2), BenchStep::Fault);
+        // The old channel, still negotiated until vmbus closes it, is not
+        // the answer.
+        assert_eq!(bench.advance(true, 2 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(false, 3 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(bench.advance(false, 5 * MS, 0, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, 9 * MS, 0, 2),
+            BenchStep::Answered(8 * MS)
+        );
+        // The next fault waits for the channel to settle.
+        assert_eq!(bench.advance(true, 10 * MS, 1, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, 9 * MS + RESTART_BENCH_SETTLE_NS, 1, 2),
+            BenchStep::Fault
+        );
+        let at = 9 * MS + RESTART_BENCH_SETTLE_NS;
+        assert_eq!(bench.advance(false, at + MS, 1, 2), BenchStep::Nothing);
+        assert_eq!(
+            bench.advance(true, at + 4 * MS, 1, 2),
+            BenchStep::Answered(4 * MS)
+        );
+        // Both done: nothing more.
+        assert_eq!(bench, RestartBench::Done);
+        assert_eq!(bench.advance(true, at + 100 * MS, 2, 2), BenchStep::Nothing);
+        assert!(restart_bench_summary(&[8 * MS, 4 * MS])
+            .contains("2 restarts, fault to first answer p50 4000 us, p99 4000 us, max 8000 us"));
     }
 
     #[test]

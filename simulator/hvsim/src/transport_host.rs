@@ -511,6 +511,9 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
                 .collect::<Vec<_>>()
         ),
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
+        // Per open channel: the guest's signals against the packets the
+        // host consumed (docs/hvsim.md, "Signal accounting").
+        ["signals"] => sim.vmbus.signal_report().join("; "),
         // The storage host (the first storage device).
         ["storage-report"] => {
             let mut lines = Vec::new();

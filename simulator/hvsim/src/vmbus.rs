@@ -494,6 +494,29 @@ impl Server {
         Some((controller, channel.endpoint.as_mut()?))
     }
 
+    /// Each open channel's relid, device kind and counters, in relid order.
+    pub fn channel_stats(&self) -> Vec<(u32, DeviceKind, crate::channel::ChannelStats)> {
+        self.channels
+            .values()
+            .filter_map(|c| {
+                let endpoint = c.endpoint.as_ref()?;
+                Some((c.relid, endpoint.kind, endpoint.stats))
+            })
+            .collect()
+    }
+
+    /// The signal accounting of every open channel, one entry each
+    /// (`relid R KIND: packets P signals S called-for C late L
+    /// unnecessary U`).
+    pub fn signal_report(&self) -> Vec<String> {
+        self.channel_stats()
+            .into_iter()
+            .map(|(relid, kind, stats)| {
+                alloc::format!("relid {relid} {kind:?}: {}", stats.signal_report())
+            })
+            .collect()
+    }
+
     /// Relids of open channels.
     pub fn open_channels(&self) -> Vec<u32> {
         self.channels

@@ -32,6 +32,10 @@ const SCENARIOS: &[&str] = &[
     "network-qemu",
     "network-restart-qemu",
     "restart",
+    // Run by `cargo xtask bench-restart --qemu` only: fault injection
+    // needs the seL4 image's monitor (the hosted benchmark kills storvsc).
+    "restart-bench",
+    "restart-bench-smoke",
     "runtime-offers",
     // Run by storage.rs, storage_multi.rs and storage_reliability.rs:
     // they need disk images made for the run.

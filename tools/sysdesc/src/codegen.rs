@@ -530,7 +530,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
         );
         let _ = writeln!(
             out,
-            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring regions, known by address only (not mapped), in the ring GPADL's page order: out control page, out data, in control page, in data.\n        pub rings: [RegionName; 4],\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n        /// Sub-channel K's ring regions at `sub_rings[K - 1]`, like `rings`.\n        pub sub_rings: &'static [[RegionName; 4]],\n    }}"
+            "    #[derive(Clone, Copy, Debug)]\n    pub struct Driver {{\n        pub id: vmbus_ipc::DriverId,\n        pub name: &'static str,\n        /// (class, instance if only one) GUIDs, standard byte order.\n        pub classes: &'static [([u8; 16], Option<[u8; 16]>)],\n        pub child: Child,\n        /// The driver as it calls us.\n        pub caller: super::Caller,\n        /// Our notify end to it.\n        pub event: Channel,\n        /// Its ring regions, known by address only (not mapped), in the ring GPADL's page order: out control page, out data, in control page, in data.\n        pub rings: [RegionName; 4],\n        pub ring_in_bytes: usize,\n        pub ring_out_bytes: usize,\n        /// Its data buffers, known by address only, in buffer order.\n        pub buffers: &'static [RegionName],\n        /// Sub-channel K's ring regions at `sub_rings[K - 1]`, like `rings`.\n        pub sub_rings: &'static [[RegionName; 4]],\n        /// `fault_window_ms`: 3 faults within it hold the driver stopped (0: never held).\n        pub fault_window_ms: u64,\n    }}"
         );
         let _ = writeln!(out, "    pub const DRIVERS: &[Driver] = &[");
         for (id, driver) in contracts.drivers.iter().enumerate() {
@@ -576,7 +576,7 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 .collect();
             let _ = writeln!(
                 out,
-                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), rings: [{}], ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}], sub_rings: &[{}] }},",
+                "        Driver {{ id: vmbus_ipc::DriverId({id}), name: {name:?}, classes: &[{}], child: Child({child}), caller: super::Caller::{}, event: Channel({}), rings: [{}], ring_in_bytes: {}, ring_out_bytes: {}, buffers: &[{}], sub_rings: &[{}], fault_window_ms: {} }},",
                 classes.join(", "),
                 type_of(driver.component),
                 end_id(index, &format!("{name}_event")),
@@ -584,7 +584,8 @@ fn generate_driver_tables(out: &mut String, description: &Description, index: us
                 driver.ring_in,
                 driver.ring_out,
                 buffers.join(", "),
-                sub_rings.join(", ")
+                sub_rings.join(", "),
+                driver.fault_window_ms
             );
         }
         let _ = writeln!(out, "    ];\n}}");

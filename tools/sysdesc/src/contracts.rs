@@ -86,6 +86,8 @@ pub struct DriverContract {
     pub sub_channels: u8,
     /// `request_timeout_ms`, if the description sets it.
     pub request_timeout_ms: Option<u64>,
+    /// `fault_window_ms`: 3 faults within it hold the driver (0: never).
+    pub fault_window_ms: u64,
     pub clients: Vec<usize>,
 }
 

@@ -57,6 +57,11 @@ pub const MAX_BUFFER_BYTES: i64 = 8190 * 4096;
 pub const MAX_SUB_CHANNELS: i64 = 8;
 /// The longest `request_timeout_ms` (an hour).
 pub const MAX_REQUEST_TIMEOUT_MS: i64 = 3_600_000;
+/// The longest `fault_window_ms` (an hour).
+pub const MAX_FAULT_WINDOW_MS: i64 = 3_600_000;
+/// The `fault_window_ms` of a driver that does not set it
+/// (`vmbus::FAULT_WINDOW_NS`).
+pub const DEFAULT_FAULT_WINDOW_MS: u64 = 10_000;
 
 /// The name suffix of ring part `suffix` of channel `channel` (0: the
 /// primary, K: sub-channel K).
@@ -179,6 +184,17 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                 errors.push(source.diagnostic(
                     timeout.span().start,
                     format!("a request timeout of {ms} ms: it is 1 to {MAX_REQUEST_TIMEOUT_MS}"),
+                ));
+            }
+        }
+        if let Some(window) = &driver.fault_window_ms {
+            let ms = *window.get_ref();
+            if !(0..=MAX_FAULT_WINDOW_MS).contains(&ms) {
+                errors.push(source.diagnostic(
+                    window.span().start,
+                    format!(
+                        "a fault window of {ms} ms: it is 0 (never held) to {MAX_FAULT_WINDOW_MS}"
+                    ),
                 ));
             }
         }

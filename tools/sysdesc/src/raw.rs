@@ -125,6 +125,9 @@ pub struct RawDriver {
     /// before it recovers (a driver that has such a timeout; absent: the
     /// driver's own default).
     pub request_timeout_ms: Option<Number>,
+    /// The window (ms) in which 3 faults make the bus manager hold the
+    /// driver stopped (default 10000; 0: never held).
+    pub fault_window_ms: Option<Number>,
     /// The protocol its clients call, if it has clients.
     pub serves: Option<Text>,
     #[serde(default)]

@@ -1122,6 +1122,12 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                     request_timeout_ms: d.request_timeout_ms.as_ref().map(|n| {
                         (*n.get_ref()).clamp(1, crate::expand::MAX_REQUEST_TIMEOUT_MS) as u64
                     }),
+                    fault_window_ms: d
+                        .fault_window_ms
+                        .as_ref()
+                        .map_or(crate::expand::DEFAULT_FAULT_WINDOW_MS, |n| {
+                            (*n.get_ref()).clamp(0, crate::expand::MAX_FAULT_WINDOW_MS) as u64
+                        }),
                     clients: d
                         .clients
                         .iter()

@@ -365,7 +365,7 @@ buffers = [16777216, 65536]
     let vmbus = sysdesc::generate_ids(&description, "vmbus").unwrap();
     assert!(
         vmbus.contains(
-            "ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)], sub_rings: &[] }"
+            "ring_out_bytes: 8192, buffers: &[RegionName(4), RegionName(5)], sub_rings: &[], fault_window_ms: 10000 }"
         ),
         "{vmbus}"
     );
@@ -454,7 +454,7 @@ sub_channels = 2
     let manager = sysdesc::generate_ids(&description, "vmbus").unwrap();
     let position = |name: &str| vmbus.maps.iter().position(|m| m.name == name).unwrap();
     let expected = format!(
-        "sub_rings: &[[RegionName({}), RegionName({}), RegionName({}), RegionName({})], [RegionName({}), RegionName({}), RegionName({}), RegionName({})]] }}",
+        "sub_rings: &[[RegionName({}), RegionName({}), RegionName({}), RegionName({})], [RegionName({}), RegionName({}), RegionName({}), RegionName({})]], fault_window_ms: 10000 }}",
         position("net_ring_out_control1"),
         position("net_ring_out1"),
         position("net_ring_in_control1"),

@@ -55,15 +55,18 @@ impl ImageSpec {
     }
 
     /// Does the host's scenario crash guest components
-    /// (`crash_after_heartbeats`)? Only then is the root task built to
+    /// (`crash_after_heartbeats`, `restart_bench_faults`)? Only then is the root task built to
     /// honour the simulated host's fault-injection requests.
     pub fn fault_injection(&self) -> bool {
         self.host_script
             .as_ref()
             .and_then(|script| std::fs::read_to_string(script).ok())
             .is_some_and(|text| {
-                text.lines()
-                    .any(|line| line.trim_start().starts_with("crash_after_heartbeats"))
+                text.lines().any(|line| {
+                    let line = line.trim_start();
+                    line.starts_with("crash_after_heartbeats")
+                        || line.starts_with("restart_bench_faults")
+                })
             })
     }
 

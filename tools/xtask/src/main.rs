@@ -26,6 +26,12 @@
 //!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask bench-net [--smoke]`: the network benchmark (hosted: TCP
 //!   through the guest's echo port against Linux loopback; round trips)
+//! - `cargo xtask bench-restart [--smoke] [--restarts N] [--qemu]`: a
+//!   crashed driver serving again, 100 restarts (hosted: storvsc killed
+//!   under QD32 writes, and that stream's signals per packet; `--qemu`:
+//!   kvp faulted by the monitor in the seL4 image)
+//! - `cargo xtask bench-boot [--smoke] [--boots N]`: guest start to every
+//!   offered channel open, in guest time, over N boots in QEMU
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -37,6 +43,8 @@ mod bench;
 // `bench-net --driver`: the NIC driver alone (the rest of `bench-net` is
 // the end-to-end benchmark).
 mod bench_driver;
+// `bench-restart`, `bench-boot`.
+mod bench_restart;
 mod boot_media;
 mod check;
 mod disk;
@@ -57,7 +65,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|bench-restart|bench-boot|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -88,6 +96,8 @@ fn main() -> ExitCode {
         "bench" => perf::run(rest),
         "bench-storage" => bench::storage(rest),
         "bench-net" => bench::net(rest),
+        "bench-restart" => bench_restart::restart(rest),
+        "bench-boot" => bench_restart::boot(rest),
         "disk" => disk::run(rest),
         _ => return usage(),
     };

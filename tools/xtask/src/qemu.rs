@@ -452,6 +452,11 @@ impl Boot {
         &self.lines
     }
 
+    /// When each console line arrived (wall clock since QEMU started).
+    pub fn times(&self) -> &[Duration] {
+        &self.times
+    }
+
     fn last_expected_at(&self, expected: &[String]) -> Option<Duration> {
         expect::check(expected, &self.lines)
             .ok()

@@ -282,3 +282,74 @@ fn a_full_host_write_never_waits_for_a_signal_that_will_not_come() {
     }
     assert!(points >= 2, "{points}");
 }
+
+/// A fresh endpoint over plain memory (no interleaving guest).
+fn plain_endpoint() -> (VecMemory, ChannelEndpoint) {
+    let memory = VecMemory::new(4 * PAGE as usize);
+    let endpoint = ChannelEndpoint::new(DeviceKind::Generic, 1, &OUT_PAGES, &IN_PAGES, &memory, 0);
+    (memory, endpoint)
+}
+
+/// A streaming guest that writes 32 packets and signals once (its first
+/// write made the ring non-empty): one signal in 32 packets, all called for.
+#[test]
+fn a_batch_of_32_packets_with_one_signal_is_one_signal_per_32_packets() {
+    let (memory, mut endpoint) = plain_endpoint();
+    let mut signals = 0;
+    for id in 0..32 {
+        if guest_writes(&memory, id) {
+            signals += 1;
+        }
+    }
+    assert_eq!(signals, 1, "only the first write found the ring empty");
+    let _ = endpoint.step(&memory, signals, 0);
+    let stats = endpoint.stats;
+    assert_eq!(stats.packets_received, 32);
+    assert_eq!(stats.signals, 1);
+    assert_eq!(stats.signals_called_for(), 1);
+    assert_eq!(stats.unnecessary_signals, 0);
+    assert_eq!(stats.signals_per_packet(), Some(1.0 / 32.0));
+    assert_eq!(
+        stats.signal_report(),
+        "packets 32 signals 1 called-for 1 late 0 unnecessary 0"
+    );
+}
+
+/// A guest that signals after every write, the ring empty or not: the
+/// 31 signals for writes into a non-empty ring were not called for.
+#[test]
+fn a_signal_per_packet_into_a_non_empty_ring_is_unnecessary() {
+    let (memory, mut endpoint) = plain_endpoint();
+    for id in 0..32 {
+        guest_writes(&memory, id);
+    }
+    let _ = endpoint.step(&memory, 32, 0);
+    let stats = endpoint.stats;
+    assert_eq!(stats.packets_received, 32);
+    assert_eq!(stats.signals, 32);
+    assert_eq!(stats.signals_called_for(), 1);
+    assert_eq!(stats.unnecessary_signals, 31);
+}
+
+/// The host drains between the guest's writes: every write finds the
+/// ring empty, every signal is called for (one per packet, none wasted).
+#[test]
+fn a_signal_per_packet_into_an_empty_ring_is_called_for() {
+    let (memory, mut endpoint) = plain_endpoint();
+    let before = endpoint.stats;
+    for id in 0..32 {
+        assert!(guest_writes(&memory, id), "the host drained the ring");
+        let _ = endpoint.step(&memory, 1, 0);
+    }
+    // And a signal with nothing new is not.
+    let _ = endpoint.step(&memory, 1, 0);
+    let window = endpoint.stats.since(&before);
+    assert_eq!(
+        window,
+        SignalWindow {
+            packets: 32,
+            signals: 33,
+            unnecessary: 1
+        }
+    );
+}
