@@ -199,11 +199,14 @@ mod heap {
     /// A ring whose data area is mapped twice back to back (memfd + two
     /// fixed mmaps), as the seL4 and hosted runtimes map rings. Linux only.
     /// Exposed as component regions so the same [`RegionRingMemory`] code
-    /// runs on it.
+    /// runs on it. Another process can map the same memory through
+    /// [`DoubleMappedRingMemory::share_path`] and
+    /// [`DoubleMappedRingMemory::open_shared`].
     pub struct DoubleMappedRingMemory {
         base: *mut u8,
         data_len: usize,
         regions: RegionRingMemory,
+        file: std::fs::File,
     }
 
     // SAFETY: the mapping is owned by this value and unmapped only on drop;
@@ -216,23 +219,57 @@ mod heap {
         /// `data_len` must be a non-zero multiple of 4096.
         pub fn new(data_len: usize) -> std::io::Result<Self> {
             use std::io::Error;
+            use std::os::fd::FromRawFd;
             if data_len == 0 || !data_len.is_multiple_of(CONTROL_PAGE_SIZE) {
                 return Err(Error::other("data_len must be a multiple of 4096"));
             }
+            // SAFETY: a plain libc call; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"vmbus-ring".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            let file = unsafe { std::fs::File::from_raw_fd(fd) };
+            file.set_len((CONTROL_PAGE_SIZE + data_len) as u64)?;
+            Self::map(file, data_len)
+        }
+
+        /// A path another process of the same user can open to map this
+        /// memory with [`DoubleMappedRingMemory::open_shared`] (valid while
+        /// `self` lives).
+        pub fn share_path(&self) -> std::string::String {
+            use std::os::fd::AsRawFd;
+            std::format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+        }
+
+        /// Map the memory another process shares at `path` (from
+        /// [`DoubleMappedRingMemory::share_path`]); its data area must be
+        /// `data_len` bytes.
+        pub fn open_shared(path: &std::path::Path, data_len: usize) -> std::io::Result<Self> {
+            use std::io::Error;
+            if data_len == 0 || !data_len.is_multiple_of(CONTROL_PAGE_SIZE) {
+                return Err(Error::other("data_len must be a multiple of 4096"));
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?;
+            if file.metadata()?.len() != (CONTROL_PAGE_SIZE + data_len) as u64 {
+                return Err(Error::other("shared ring memory has another size"));
+            }
+            Self::map(file, data_len)
+        }
+
+        /// Control page then data area, mapped from `file` (which is
+        /// `CONTROL_PAGE_SIZE + data_len` bytes), and the data area again.
+        fn map(file: std::fs::File, data_len: usize) -> std::io::Result<Self> {
+            use std::io::Error;
+            use std::os::fd::AsRawFd;
+            let fd = file.as_raw_fd();
             let total = CONTROL_PAGE_SIZE + 2 * data_len;
             // SAFETY: plain libc calls; every result is checked, and the
             // fixed mappings land inside the reservation made just before.
             unsafe {
-                let fd = libc::memfd_create(c"vmbus-ring".as_ptr(), 0);
-                if fd < 0 {
-                    return Err(Error::last_os_error());
-                }
-                let file_len = (CONTROL_PAGE_SIZE + data_len) as libc::off_t;
-                if libc::ftruncate(fd, file_len) != 0 {
-                    let error = Error::last_os_error();
-                    libc::close(fd);
-                    return Err(error);
-                }
                 let base = libc::mmap(
                     core::ptr::null_mut(),
                     total,
@@ -242,9 +279,7 @@ mod heap {
                     0,
                 );
                 if base == libc::MAP_FAILED {
-                    let error = Error::last_os_error();
-                    libc::close(fd);
-                    return Err(error);
+                    return Err(Error::last_os_error());
                 }
                 let base = base as *mut u8;
                 let first = libc::mmap(
@@ -263,7 +298,6 @@ mod heap {
                     fd,
                     CONTROL_PAGE_SIZE as libc::off_t,
                 );
-                libc::close(fd);
                 if first == libc::MAP_FAILED || second == libc::MAP_FAILED {
                     let error = Error::last_os_error();
                     libc::munmap(base as *mut libc::c_void, total);
@@ -277,12 +311,21 @@ mod heap {
                     base,
                     data_len,
                     regions,
+                    file,
                 })
             }
         }
 
         pub fn regions(&self) -> &RegionRingMemory {
             &self.regions
+        }
+
+        /// For adapters of other ring implementations: the control page
+        /// (4096 bytes) starts here, the data area at `+ 4096`, and the data
+        /// area is mapped again right after itself, so `base_ptr() + 4096 ..
+        /// base_ptr() + 4096 + 2 * data_len()` is valid while `self` lives.
+        pub fn base_ptr(&self) -> *mut u8 {
+            self.base
         }
     }
 
