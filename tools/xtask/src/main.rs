@@ -22,6 +22,10 @@
 //!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask bench-net [--smoke]`: the network benchmark (hosted: TCP
 //!   through the guest's echo port against Linux loopback; round trips)
+//! - `cargo xtask ring-compare --openvmm DIR [--smoke] [--rounds N] ...`:
+//!   the ring benchmark with OpenVMM's ring (DIR: a clone's
+//!   `vm/devices/vmbus/vmbus_ring`, never part of this repository) as one
+//!   more series (`cargo xtask bench --openvmm DIR` runs the same)
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -42,6 +46,8 @@ mod image;
 mod kernel;
 mod net;
 mod qemu;
+// `bench --openvmm DIR` (owned by the bench command) and `ring-compare`.
+mod ring_compare;
 mod setup;
 mod test;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each
@@ -51,7 +57,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|ring-compare|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
         "bench-storage" => bench::storage(rest),
         "bench-net" => bench::net(rest),
         "disk" => disk::run(rest),
+        "ring-compare" => ring_compare::command(rest),
         _ => return usage(),
     };
     match result {

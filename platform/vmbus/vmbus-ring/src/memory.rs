@@ -327,6 +327,19 @@ mod heap {
         pub fn base_ptr(&self) -> *mut u8 {
             self.base
         }
+
+        /// The control page's first `N` 32-bit words as one array, for ring
+        /// code that takes the control words that way (the OpenVMM ring's
+        /// `RingMem::control`, in tools/ring-bench/openvmm), so its adapter
+        /// needs no `unsafe`.
+        pub fn control_words<const N: usize>(&self) -> &[AtomicU32; N] {
+            const { assert!(N * 4 <= CONTROL_PAGE_SIZE) };
+            // SAFETY: `base` is the page-aligned start of the control page,
+            // mapped read-write for as long as `self` lives; N words fit in
+            // it (checked at compile time). AtomicU32 has u32's size and
+            // alignment, and all shared access to these words is atomic.
+            unsafe { &*(self.base as *const [AtomicU32; N]) }
+        }
     }
 
     impl Drop for DoubleMappedRingMemory {
