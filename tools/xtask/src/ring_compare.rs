@@ -40,8 +40,9 @@ pub fn run(openvmm_dir: &Path, bench_args: &[String]) -> Result {
     )?;
     let binary = build_target.join("release").join("ring-compare");
     println!(
-        "ring-compare: our ring against OpenVMM's vmbus_ring from {}",
-        openvmm_dir.display()
+        "ring-compare: our ring against OpenVMM's vmbus_ring from {} ({})",
+        openvmm_dir.display(),
+        checkout_commit(&openvmm_dir)
     );
     run_checked(Command::new(&binary).args(bench_args))
 }
@@ -76,6 +77,21 @@ pub fn split_openvmm_arg(args: &[String]) -> Result<(Option<PathBuf>, Vec<String
         }
     }
     Ok((dir, rest))
+}
+
+/// The commit DIR is checked out at, for the record.
+fn checkout_commit(dir: &Path) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map_or("not a git checkout".into(), |commit| {
+            format!("commit {}", commit.trim())
+        })
 }
 
 /// DIR must be OpenVMM's `vmbus_ring` crate; returns it absolute.
