@@ -142,6 +142,51 @@ impl Contender for Ours {
     }
 }
 
+/// Our ring with the batch API: the writer publishes its write index (one
+/// fence, one signal decision) once per this many packets, and before it
+/// waits on a full ring. The reader is the same as for [`Ours`].
+pub struct OursPublishingEvery(pub u64);
+
+impl Contender for OursPublishingEvery {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            16 => "ours, publish per 16",
+            _ => "ours, batched publish",
+        }
+    }
+
+    fn write(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64 {
+        let mut writer = RingWriter::new(memory, true).expect("ring writer");
+        let mut payload = vec![0x5Au8; size];
+        let mut index = 0;
+        while index < packets {
+            writer.begin_batch();
+            let end = (index + self.0).min(packets);
+            while index < end {
+                stamp(&mut payload, index);
+                match writer.write_in_band(index, false, &payload) {
+                    Ok(_) => index += 1,
+                    Err(RingError::Full { needed, .. }) => {
+                        // Publish what the reader must read to make space.
+                        let _ = writer.publish().expect("publish");
+                        while writer.free_space().expect("read index") <= needed {
+                            spin_loop();
+                        }
+                        writer.begin_batch();
+                    }
+                    Err(other) => panic!("write: {other:?}"),
+                }
+            }
+            let _ = writer.publish().expect("publish");
+        }
+        writer.signals()
+    }
+
+    fn read(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64 {
+        read_ours(memory, size, packets)
+    }
+}
+
 fn read_ours(memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64 {
     let mut reader = RingReader::new(memory).expect("ring reader");
     let mut private = vec![0u8; size + 64];

@@ -27,7 +27,7 @@
 
 mod contenders;
 
-pub use contenders::{CrossCoreCopy, Ours};
+pub use contenders::{CrossCoreCopy, Ours, OursPublishingEvery};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -380,7 +380,8 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let copy = CrossCoreCopy;
     let ours = Ours;
-    let mut contenders: Vec<&dyn Contender> = vec![&copy, &ours];
+    let ours_batched = OursPublishingEvery(16);
+    let mut contenders: Vec<&dyn Contender> = vec![&copy, &ours, &ours_batched];
     contenders.extend(extra.iter().map(|c| c.as_ref()));
     if args.first().map(String::as_str) == Some("--reader-child") {
         reader_child(&contenders, &args[1..]);

@@ -174,6 +174,8 @@ pub struct RingWriter<M: RingMemory> {
     read_seen: u32,
     flow_control: bool,
     pending_set: bool,
+    /// Inside a batch: where its first unpublished packet starts.
+    batch_start: Option<u32>,
     signals: u64,
 }
 
@@ -202,6 +204,7 @@ impl<M: RingMemory> RingWriter<M> {
             read_seen,
             flow_control,
             pending_set: false,
+            batch_start: None,
             signals: 0,
         })
     }
@@ -437,13 +440,48 @@ impl<M: RingMemory> RingWriter<M> {
         tail[8..].copy_from_slice(&trailer.to_le_bytes());
         self.put(&mut cursor, &tail[8 - padding..])?;
 
-        // Publish: data before index (Release), then a full fence so the
-        // loads of interrupt_mask and read_index below cannot be satisfied
-        // before the reader can see the new index.
         self.write_index = cursor;
+        if self.batch_start.is_some() {
+            return Ok(Signal(false));
+        }
+        self.publish_from(start)
+    }
+
+    /// Start a batch: the packets written until [`RingWriter::publish`]
+    /// are copied into the ring but not published (each write returns
+    /// `Signal(false)`), and `publish` makes them visible at once, with one
+    /// fence and one signal decision. The protocol allows it: the reader
+    /// may sleep only on a ring it found empty at the published index, so
+    /// "empty before this write" is "empty before the batch's first
+    /// packet". A write that returns `RingError::Full` during a batch
+    /// leaves the batch open: call `publish` (and signal if it says so)
+    /// before waiting for space, or the reader never sees the packets it
+    /// would free space by reading.
+    pub fn begin_batch(&mut self) {
+        if self.batch_start.is_none() {
+            self.batch_start = Some(self.write_index);
+        }
+    }
+
+    /// Publish the packets written since [`RingWriter::begin_batch`] and end
+    /// the batch; says whether to signal the reader. Without a batch (or an
+    /// empty one) there is nothing to publish.
+    pub fn publish(&mut self) -> Result<Signal, RingError> {
+        match self.batch_start.take() {
+            Some(start) if start != self.write_index => self.publish_from(start),
+            _ => Ok(Signal(false)),
+        }
+    }
+
+    /// Publish the write index for the packets from `start` on, and decide
+    /// the signal.
+    fn publish_from(&mut self, start: u32) -> Result<Signal, RingError> {
+        // Data before index (Release), then a full fence so the loads of
+        // interrupt_mask and read_index below cannot be satisfied before
+        // the reader can see the new index.
         self.memory
             .control(control::WRITE_INDEX)?
-            .store(cursor, Ordering::Release);
+            .store(self.write_index, Ordering::Release);
         fence(Ordering::SeqCst);
         if self
             .memory
@@ -454,7 +492,7 @@ impl<M: RingMemory> RingWriter<M> {
             return Ok(Signal(false));
         }
         // Signal only on empty -> non-empty: the reader had consumed
-        // everything up to where this packet starts.
+        // everything up to where these packets start.
         let read = load_index(
             self.memory.control(control::READ_INDEX)?,
             self.size,
