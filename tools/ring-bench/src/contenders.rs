@@ -1,7 +1,6 @@
 //! The contenders this crate brings: the cross-core copy limit and our ring.
 
-use crate::{stamp, stamp_of, Contender, DATA_LEN, READ_BATCH};
-use std::hint::spin_loop;
+use crate::{backoff, stamp, stamp_of, Contender, DATA_LEN, READ_BATCH};
 use std::sync::atomic::Ordering;
 use vmbus_ring::{DoubleMappedRingMemory, RingError, RingMemory, RingReader, RingWriter};
 
@@ -51,7 +50,7 @@ impl Contender for CrossCoreCopy {
         let (mut block, mut read_seen, mut sent) = (0u32, 0u32, 0u64);
         while sent < packets {
             while block.wrapping_sub(read_seen) >= slots.count {
-                spin_loop();
+                backoff();
                 read_seen = read.load(Ordering::Acquire);
             }
             let base = (block % slots.count) as usize * slots.bytes;
@@ -77,7 +76,7 @@ impl Contender for CrossCoreCopy {
         let (mut block, mut written_seen, mut received, mut sum) = (0u32, 0u32, 0u64, 0u64);
         while received < packets {
             while written_seen == block {
-                spin_loop();
+                backoff();
                 written_seen = written.load(Ordering::Acquire);
             }
             let base = (block % slots.count) as usize * slots.bytes;
@@ -114,7 +113,7 @@ fn write_one(
             Ok(_signal) => return Ok(()),
             Err(RingError::Full { needed, .. }) => {
                 while writer.free_space()? <= needed {
-                    spin_loop();
+                    backoff();
                 }
             }
             Err(other) => return Err(other),
@@ -170,7 +169,7 @@ impl Contender for OursPublishingEvery {
                         // Publish what the reader must read to make space.
                         let _ = writer.publish().expect("publish");
                         while writer.free_space().expect("read index") <= needed {
-                            spin_loop();
+                            backoff();
                         }
                         writer.begin_batch();
                     }
@@ -206,7 +205,7 @@ fn read_ours(memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64 
         // The signal (writer waiting for space) needs no action: it spins.
         let _ = reader.finish_batch().expect("publish");
         if batch == 0 {
-            spin_loop();
+            backoff();
         }
     }
     sum

@@ -64,6 +64,27 @@ pub trait Contender: Sync {
     fn read(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64;
 }
 
+/// How long a side that found the ring empty (reader) or full (writer)
+/// waits before it looks again, in `spin_loop` hints. Every contender's
+/// loops call [`backoff`], so the polling policy is the same for all.
+/// Looking again at once keeps the control page's cache line bouncing
+/// between the cores on every packet (each look pulls it over, and the
+/// writer's next index store pulls it back); waiting a moment lets packets
+/// pile up so that one look serves many. Set by `--backoff N` (default
+/// [`DEFAULT_BACKOFF`]).
+pub static BACKOFF_SPINS: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_BACKOFF);
+pub const DEFAULT_BACKOFF: u32 = 64;
+
+/// Wait a moment before looking at the ring again (see [`BACKOFF_SPINS`]).
+#[inline]
+pub fn backoff() {
+    for _ in 0..BACKOFF_SPINS.load(std::sync::atomic::Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
+    std::hint::spin_loop();
+}
+
 /// Mark a payload (at least 8 bytes) as packet `index`.
 pub fn stamp(payload: &mut [u8], index: u64) {
     payload[..8].copy_from_slice(&index.to_le_bytes());
@@ -155,7 +176,7 @@ fn run_threads(
 }
 
 /// The reader in a second process mapping the same memfd: this binary
-/// again, with `--reader-child NAME PATH SIZE PACKETS`.
+/// again, with `--reader-child BACKOFF NAME PATH SIZE PACKETS`.
 fn run_processes(
     contender: &dyn Contender,
     memory: &DoubleMappedRingMemory,
@@ -167,6 +188,9 @@ fn run_processes(
     let mut child = Command::new(exe)
         .args([
             "--reader-child".to_string(),
+            BACKOFF_SPINS
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
             contender.name().to_string(),
             memory.share_path(),
             size.to_string(),
@@ -217,9 +241,13 @@ fn run_processes(
 }
 
 fn reader_child(contenders: &[&dyn Contender], args: &[String]) {
-    let [name, path, size, packets] = args else {
-        panic!("--reader-child NAME PATH SIZE PACKETS");
+    let [spins, name, path, size, packets] = args else {
+        panic!("--reader-child BACKOFF NAME PATH SIZE PACKETS");
     };
+    BACKOFF_SPINS.store(
+        spins.parse().expect("backoff"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let contender = contenders
         .iter()
         .find(|c| c.name() == name)
@@ -301,6 +329,10 @@ fn parse_options(args: &[String]) -> Options {
                 options.max_packets = 1 << 21;
             }
             "--rounds" => rounds = value().parse().ok(),
+            "--backoff" => BACKOFF_SPINS.store(
+                value().parse().expect("--backoff SPINS"),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             "--only" => {
                 let group = value();
                 options.groups = match group.as_str() {
@@ -318,7 +350,7 @@ fn parse_options(args: &[String]) -> Options {
             // `cargo bench` passes --bench; nothing else is expected.
             "--bench" => {}
             other => panic!(
-                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...]"
+                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...] [--backoff SPINS]"
             ),
         }
     }

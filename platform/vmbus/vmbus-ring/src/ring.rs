@@ -84,6 +84,7 @@ fn data_size<M: RingMemory>(memory: &M) -> Result<u32, RingError> {
     Ok(len as u32)
 }
 
+#[inline]
 fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, RingError> {
     let value = word.load(Ordering::Acquire);
     if value >= size || !value.is_multiple_of(8) {
@@ -93,6 +94,7 @@ fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, Ring
 }
 
 /// Bytes in use from `read` to `write`.
+#[inline]
 fn used(read: u32, write: u32, size: u32) -> u32 {
     if write >= read {
         write - read
@@ -103,6 +105,7 @@ fn used(read: u32, write: u32, size: u32) -> u32 {
 
 /// `index + len` in a ring of `size` bytes. Every caller moves by less than
 /// the ring size, so one subtraction does (no division on the hot path).
+#[inline]
 fn advance(index: u32, len: usize, size: u32) -> u32 {
     let size = size as u64;
     let mut sum = index as u64 + len as u64;
@@ -116,6 +119,7 @@ fn advance(index: u32, len: usize, size: u32) -> u32 {
 }
 
 /// Copy out of the ring at `offset`, wrapping at the end.
+#[inline]
 fn copy_out<M: RingMemory>(
     memory: &M,
     size: u32,
@@ -138,6 +142,7 @@ fn copy_out<M: RingMemory>(
     Ok(())
 }
 
+#[inline]
 fn copy_in<M: RingMemory>(
     memory: &M,
     size: u32,
