@@ -42,6 +42,10 @@ pub const DATA_LEN: usize = 256 * 1024;
 pub const SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 /// The reader publishes its read index at least once per this many packets.
 pub const READ_BATCH: usize = 64;
+/// ... and at least once per this many bytes of packets: a batch of 64
+/// large packets would be the whole ring, and a writer waiting for space
+/// would wait until the reader has drained all of it (no overlap at all).
+pub const READ_BATCH_BYTES: usize = DATA_LEN / 4;
 pub const WRITER_CORE: usize = 0;
 pub const READER_CORE: usize = 1;
 
@@ -58,8 +62,10 @@ pub trait Contender: Sync {
     fn write(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64;
     /// The reader: `packets` packets, spinning while the ring is empty,
     /// copying every payload into private memory and publishing the read
-    /// index once per batch of up to [`READ_BATCH`] packets (and whenever
-    /// the ring looks empty), interrupt mask clear. Returns the wrapping sum
+    /// index once per batch of up to [`READ_BATCH`] packets and
+    /// [`READ_BATCH_BYTES`] bytes (and whenever the ring looks empty),
+    /// interrupt mask clear; when the ring looks empty (reader) or full
+    /// (writer), call [`backoff`] before looking again. Returns the wrapping sum
     /// of [`stamp_of`] over the payloads.
     fn read(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64;
 }
