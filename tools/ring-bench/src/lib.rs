@@ -27,7 +27,7 @@
 
 mod contenders;
 
-pub use contenders::{CrossCoreCopy, Ours};
+pub use contenders::{CrossCoreCopy, Ours, OursPublishingEvery};
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -42,6 +42,10 @@ pub const DATA_LEN: usize = 256 * 1024;
 pub const SIZES: [usize; 6] = [64, 256, 1024, 4096, 16384, 65536];
 /// The reader publishes its read index at least once per this many packets.
 pub const READ_BATCH: usize = 64;
+/// ... and at least once per this many bytes of packets: a batch of 64
+/// large packets would be the whole ring, and a writer waiting for space
+/// would wait until the reader has drained all of it (no overlap at all).
+pub const READ_BATCH_BYTES: usize = DATA_LEN / 4;
 pub const WRITER_CORE: usize = 0;
 pub const READER_CORE: usize = 1;
 
@@ -58,10 +62,33 @@ pub trait Contender: Sync {
     fn write(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64;
     /// The reader: `packets` packets, spinning while the ring is empty,
     /// copying every payload into private memory and publishing the read
-    /// index once per batch of up to [`READ_BATCH`] packets (and whenever
-    /// the ring looks empty), interrupt mask clear. Returns the wrapping sum
+    /// index once per batch of up to [`READ_BATCH`] packets and
+    /// [`READ_BATCH_BYTES`] bytes (and whenever the ring looks empty),
+    /// interrupt mask clear; when the ring looks empty (reader) or full
+    /// (writer), call [`backoff`] before looking again. Returns the wrapping sum
     /// of [`stamp_of`] over the payloads.
     fn read(&self, memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64;
+}
+
+/// How long a side that found the ring empty (reader) or full (writer)
+/// waits before it looks again, in `spin_loop` hints. Every contender's
+/// loops call [`backoff`], so the polling policy is the same for all.
+/// Looking again at once keeps the control page's cache line bouncing
+/// between the cores on every packet (each look pulls it over, and the
+/// writer's next index store pulls it back); waiting a moment lets packets
+/// pile up so that one look serves many. Set by `--backoff N` (default
+/// [`DEFAULT_BACKOFF`]).
+pub static BACKOFF_SPINS: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_BACKOFF);
+pub const DEFAULT_BACKOFF: u32 = 64;
+
+/// Wait a moment before looking at the ring again (see [`BACKOFF_SPINS`]).
+#[inline]
+pub fn backoff() {
+    for _ in 0..BACKOFF_SPINS.load(std::sync::atomic::Ordering::Relaxed) {
+        std::hint::spin_loop();
+    }
+    std::hint::spin_loop();
 }
 
 /// Mark a payload (at least 8 bytes) as packet `index`.
@@ -155,7 +182,7 @@ fn run_threads(
 }
 
 /// The reader in a second process mapping the same memfd: this binary
-/// again, with `--reader-child NAME PATH SIZE PACKETS`.
+/// again, with `--reader-child BACKOFF NAME PATH SIZE PACKETS`.
 fn run_processes(
     contender: &dyn Contender,
     memory: &DoubleMappedRingMemory,
@@ -167,6 +194,9 @@ fn run_processes(
     let mut child = Command::new(exe)
         .args([
             "--reader-child".to_string(),
+            BACKOFF_SPINS
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
             contender.name().to_string(),
             memory.share_path(),
             size.to_string(),
@@ -217,9 +247,13 @@ fn run_processes(
 }
 
 fn reader_child(contenders: &[&dyn Contender], args: &[String]) {
-    let [name, path, size, packets] = args else {
-        panic!("--reader-child NAME PATH SIZE PACKETS");
+    let [spins, name, path, size, packets] = args else {
+        panic!("--reader-child BACKOFF NAME PATH SIZE PACKETS");
     };
+    BACKOFF_SPINS.store(
+        spins.parse().expect("backoff"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let contender = contenders
         .iter()
         .find(|c| c.name() == name)
@@ -301,6 +335,10 @@ fn parse_options(args: &[String]) -> Options {
                 options.max_packets = 1 << 21;
             }
             "--rounds" => rounds = value().parse().ok(),
+            "--backoff" => BACKOFF_SPINS.store(
+                value().parse().expect("--backoff SPINS"),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
             "--only" => {
                 let group = value();
                 options.groups = match group.as_str() {
@@ -318,7 +356,7 @@ fn parse_options(args: &[String]) -> Options {
             // `cargo bench` passes --bench; nothing else is expected.
             "--bench" => {}
             other => panic!(
-                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...]"
+                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...] [--backoff SPINS]"
             ),
         }
     }
@@ -380,7 +418,8 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let copy = CrossCoreCopy;
     let ours = Ours;
-    let mut contenders: Vec<&dyn Contender> = vec![&copy, &ours];
+    let ours_batched = OursPublishingEvery(16);
+    let mut contenders: Vec<&dyn Contender> = vec![&copy, &ours, &ours_batched];
     contenders.extend(extra.iter().map(|c| c.as_ref()));
     if args.first().map(String::as_str) == Some("--reader-child") {
         reader_child(&contenders, &args[1..]);

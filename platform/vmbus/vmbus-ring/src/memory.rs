@@ -33,18 +33,23 @@ pub trait RingMemory {
 macro_rules! ring_memory_through_pointer {
     ($pointer:ty) => {
         impl<T: RingMemory + ?Sized> RingMemory for $pointer {
+            #[inline]
             fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
                 (**self).control(offset)
             }
+            #[inline]
             fn data_len(&self) -> usize {
                 (**self).data_len()
             }
+            #[inline]
             fn double_mapped(&self) -> bool {
                 (**self).double_mapped()
             }
+            #[inline]
             fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
                 (**self).read_data(offset, out)
             }
+            #[inline]
             fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
                 (**self).write_data(offset, data)
             }
@@ -89,18 +94,23 @@ impl RegionRingMemory {
 
 #[cfg(not(loom))]
 impl RingMemory for RegionRingMemory {
+    #[inline]
     fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
         Ok(self.control.atomic_u32(offset)?)
     }
+    #[inline]
     fn data_len(&self) -> usize {
         self.data.len()
     }
+    #[inline]
     fn double_mapped(&self) -> bool {
         self.data.double_mapped()
     }
+    #[inline]
     fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         Ok(self.data.read_bulk(offset, out)?)
     }
+    #[inline]
     fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         Ok(self.data.write_bulk(offset, data)?)
     }
@@ -152,18 +162,22 @@ mod heap {
     }
 
     impl RingMemory for HeapRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             if !offset.is_multiple_of(4) {
                 return Err(MemoryError);
             }
             self.control.get(offset / 4).ok_or(MemoryError)
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.data.len()
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             false
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             match offset.checked_add(out.len()) {
                 Some(end) if end <= self.data.len() => {}
@@ -179,6 +193,7 @@ mod heap {
             };
             Ok(())
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             match offset.checked_add(data.len()) {
                 Some(end) if end <= self.data.len() => {}
@@ -355,18 +370,23 @@ mod heap {
     }
 
     impl RingMemory for DoubleMappedRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             self.regions.control(offset)
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.regions.data_len()
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             true
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             self.regions.read_data(offset, out)
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             self.regions.write_data(offset, data)
         }
@@ -426,6 +446,7 @@ mod model {
     }
 
     impl RingMemory for LoomRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             let index = CONTROL_WORDS
                 .iter()
@@ -433,12 +454,15 @@ mod model {
                 .ok_or(MemoryError)?;
             Ok(&self.control[index])
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.data.len() * WORD
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             false
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             self.check(offset, out.len())?;
             for (i, byte) in out.iter_mut().enumerate() {
@@ -449,6 +473,7 @@ mod model {
             }
             Ok(())
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             self.check(offset, data.len())?;
             for (i, byte) in data.iter().enumerate() {
