@@ -11,18 +11,19 @@
 //! The rules are those of our ring in the same run: the writer publishes its
 //! write index per packet (`write` + `commit_write` for every packet) and
 //! spins while the ring is full; the reader publishes its read index once
-//! per batch of up to `READ_BATCH` packets (`commit_read`) or when the ring
-//! looks empty, with the interrupt mask clear, and copies every payload
-//! into private memory. Both run over the harness's double-mapped memory,
+//! per batch of up to `READ_BATCH` packets and `READ_BATCH_BYTES` bytes
+//! (`commit_read`) or when the ring looks empty, with the interrupt mask
+//! clear, and copies every payload into private memory. Both call the
+//! harness's `backoff()` before looking again at a full (writer) or empty
+//! (reader) ring, the polling policy every contender shares. Both run over the harness's double-mapped memory,
 //! so OpenVMM's `RingMem` here is a thin view of that memory (`SharedRing`).
 
 use openvmm_ring::{
     IncomingRing, OutgoingPacket, OutgoingPacketType, OutgoingRing, ReadError, Ring, RingMem,
     WriteError, CONTROL_WORD_COUNT,
 };
-use ring_bench::{stamp, stamp_of, Contender, READ_BATCH};
+use ring_bench::{backoff, stamp, stamp_of, Contender, READ_BATCH, READ_BATCH_BYTES};
 use std::cell::Cell;
-use std::hint::spin_loop;
 use std::sync::atomic::AtomicU32;
 use vmbus_ring::{DoubleMappedRingMemory, RingMemory};
 use zerocopy::IntoBytes;
@@ -119,7 +120,7 @@ impl Contender for OpenVmmRing {
             let range = loop {
                 match ring.write(&mut offset, &packet) {
                     Ok(range) => break range,
-                    Err(WriteError::Full(_)) => spin_loop(),
+                    Err(WriteError::Full(_)) => backoff(),
                     Err(error) => panic!("OpenVMM ring write: {error}"),
                 }
             };
@@ -139,8 +140,8 @@ impl Contender for OpenVmmRing {
         let mut private = vec![0u8; size];
         let (mut received, mut sum) = (0u64, 0u64);
         while received < packets {
-            let mut batch = 0;
-            while batch < READ_BATCH && received < packets {
+            let (mut batch, mut batch_bytes) = (0, 0);
+            while batch < READ_BATCH && batch_bytes < READ_BATCH_BYTES && received < packets {
                 match ring.read(&mut offset) {
                     Ok(packet) => {
                         let len = packet.payload.len();
@@ -150,6 +151,7 @@ impl Contender for OpenVmmRing {
                         sum = sum.wrapping_add(stamp_of(&private));
                         received += 1;
                         batch += 1;
+                        batch_bytes += len;
                     }
                     Err(ReadError::Empty) => break,
                     Err(error) => panic!("OpenVMM ring read: {error}"),
@@ -159,7 +161,7 @@ impl Contender for OpenVmmRing {
             // writer spins.
             let _signal = ring.commit_read(&mut offset);
             if batch == 0 {
-                spin_loop();
+                backoff();
             }
         }
         sum

@@ -347,6 +347,7 @@ mod heap {
         /// code that takes the control words that way (the OpenVMM ring's
         /// `RingMem::control`, in tools/ring-bench/openvmm), so its adapter
         /// needs no `unsafe`.
+        #[inline]
         pub fn control_words<const N: usize>(&self) -> &[AtomicU32; N] {
             const { assert!(N * 4 <= CONTROL_PAGE_SIZE) };
             // SAFETY: `base` is the page-aligned start of the control page,
