@@ -392,6 +392,26 @@ mod heap {
             self.regions.write_data(offset, data)
         }
     }
+
+    #[cfg(test)]
+    mod control_words {
+        use super::*;
+        use crate::sync::Ordering;
+
+        #[test]
+        fn the_array_is_the_control_page_the_ring_uses() {
+            let memory = DoubleMappedRingMemory::new(4096).unwrap();
+            let words = memory.control_words::<32>();
+            for (index, word) in words.iter().enumerate() {
+                word.store(0x100 + index as u32, Ordering::Relaxed);
+            }
+            for index in 0..32 {
+                let word = memory.control(index * 4).unwrap();
+                assert_eq!(word.load(Ordering::Relaxed), 0x100 + index as u32);
+            }
+            assert_eq!(memory.control(32 * 4).unwrap().load(Ordering::Relaxed), 0);
+        }
+    }
 }
 
 #[cfg(loom)]
