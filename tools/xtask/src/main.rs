@@ -32,6 +32,10 @@
 //!   kvp faulted by the monitor in the seL4 image)
 //! - `cargo xtask bench-boot [--smoke] [--boots N]`: guest start to every
 //!   offered channel open, in guest time, over N boots in QEMU
+//! - `cargo xtask ring-compare --openvmm DIR [--smoke] [--rounds N] ...`:
+//!   the ring benchmark with OpenVMM's ring (DIR: a clone's
+//!   `vm/devices/vmbus/vmbus_ring`, never part of this repository) as one
+//!   more series (`cargo xtask bench --openvmm DIR` runs the same)
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -56,6 +60,8 @@ mod net;
 // `cargo xtask bench`: every benchmark, then docs/performance.md.
 mod perf;
 mod qemu;
+// `bench --openvmm DIR` (owned by the bench command) and `ring-compare`.
+mod ring_compare;
 mod setup;
 mod test;
 #[allow(dead_code)] // shared helpers; not every subcommand uses each
@@ -65,7 +71,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|bench-restart|bench-boot|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|bench-restart|bench-boot|ring-compare|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         "bench-restart" => bench_restart::restart(rest),
         "bench-boot" => bench_restart::boot(rest),
         "disk" => disk::run(rest),
+        "ring-compare" => ring_compare::command(rest),
         _ => return usage(),
     };
     match result {

@@ -143,6 +143,7 @@ impl Region {
         self.base.as_ptr()
     }
 
+    #[inline]
     fn check(&self, offset: usize, count: usize) -> Result<(), RegionError> {
         match offset.checked_add(count) {
             Some(end) if end <= self.span() => Ok(()),
@@ -176,6 +177,7 @@ impl Region {
     /// Copy bytes in bulk (non-volatile memcpy). Used on the data path where
     /// the protocol guarantees the peer does not touch these bytes while we
     /// own them (an index-protected ring slot); the copy is then validated.
+    #[inline]
     pub fn read_bulk(&self, offset: usize, out: &mut [u8]) -> Result<(), RegionError> {
         self.check(offset, out.len())?;
         // SAFETY: bounds checked; the destination is private memory.
@@ -190,6 +192,7 @@ impl Region {
     }
 
     /// See [`Region::read_bulk`].
+    #[inline]
     pub fn write_bulk(&self, offset: usize, data: &[u8]) -> Result<(), RegionError> {
         if !self.writable {
             return Err(RegionError::ReadOnly);
@@ -207,6 +210,7 @@ impl Region {
     }
 
     /// An atomic 32-bit word inside the region (for indices and flags).
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, RegionError> {
         self.check(offset, 4)?;
         if !offset.is_multiple_of(4) {

@@ -4,14 +4,16 @@
 //! in-process memory with the `std` feature).
 //!
 //! Trusts nothing in the shared memory: the peer's index is validated on
-//! every load (below the data size, a multiple of 8); our own index lives in
+//! every load (below the data size, a multiple of 8) and the validated value
+//! is kept until it runs out (see `ring`); our own index lives in
 //! private memory and is only stored; packets are copied into the caller's
 //! private buffer and validated there (`vmbus_protocol::packet::parse_packet`).
 //! Writes only the ring it is given: packets and our own index, the
 //! interrupt mask (reader), pending_send_sz and feature_bits (writer).
 //!
 //! Signalling follows the protocol: the writer signals only on empty ->
-//! non-empty with the reader's interrupt mask clear; the reader signals only
+//! non-empty with the reader's interrupt mask clear (once per publication:
+//! a batch of packets is published at once with `begin_batch`/`publish`); the reader signals only
 //! when a batch makes free space cross the writer's pending_send_sz.
 
 #![no_std]

@@ -33,18 +33,23 @@ pub trait RingMemory {
 macro_rules! ring_memory_through_pointer {
     ($pointer:ty) => {
         impl<T: RingMemory + ?Sized> RingMemory for $pointer {
+            #[inline]
             fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
                 (**self).control(offset)
             }
+            #[inline]
             fn data_len(&self) -> usize {
                 (**self).data_len()
             }
+            #[inline]
             fn double_mapped(&self) -> bool {
                 (**self).double_mapped()
             }
+            #[inline]
             fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
                 (**self).read_data(offset, out)
             }
+            #[inline]
             fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
                 (**self).write_data(offset, data)
             }
@@ -89,18 +94,23 @@ impl RegionRingMemory {
 
 #[cfg(not(loom))]
 impl RingMemory for RegionRingMemory {
+    #[inline]
     fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
         Ok(self.control.atomic_u32(offset)?)
     }
+    #[inline]
     fn data_len(&self) -> usize {
         self.data.len()
     }
+    #[inline]
     fn double_mapped(&self) -> bool {
         self.data.double_mapped()
     }
+    #[inline]
     fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
         Ok(self.data.read_bulk(offset, out)?)
     }
+    #[inline]
     fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
         Ok(self.data.write_bulk(offset, data)?)
     }
@@ -152,18 +162,22 @@ mod heap {
     }
 
     impl RingMemory for HeapRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             if !offset.is_multiple_of(4) {
                 return Err(MemoryError);
             }
             self.control.get(offset / 4).ok_or(MemoryError)
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.data.len()
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             false
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             match offset.checked_add(out.len()) {
                 Some(end) if end <= self.data.len() => {}
@@ -179,6 +193,7 @@ mod heap {
             };
             Ok(())
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             match offset.checked_add(data.len()) {
                 Some(end) if end <= self.data.len() => {}
@@ -199,11 +214,14 @@ mod heap {
     /// A ring whose data area is mapped twice back to back (memfd + two
     /// fixed mmaps), as the seL4 and hosted runtimes map rings. Linux only.
     /// Exposed as component regions so the same [`RegionRingMemory`] code
-    /// runs on it.
+    /// runs on it. Another process can map the same memory through
+    /// [`DoubleMappedRingMemory::share_path`] and
+    /// [`DoubleMappedRingMemory::open_shared`].
     pub struct DoubleMappedRingMemory {
         base: *mut u8,
         data_len: usize,
         regions: RegionRingMemory,
+        file: std::fs::File,
     }
 
     // SAFETY: the mapping is owned by this value and unmapped only on drop;
@@ -216,23 +234,57 @@ mod heap {
         /// `data_len` must be a non-zero multiple of 4096.
         pub fn new(data_len: usize) -> std::io::Result<Self> {
             use std::io::Error;
+            use std::os::fd::FromRawFd;
             if data_len == 0 || !data_len.is_multiple_of(CONTROL_PAGE_SIZE) {
                 return Err(Error::other("data_len must be a multiple of 4096"));
             }
+            // SAFETY: a plain libc call; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"vmbus-ring".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and is owned by nothing else.
+            let file = unsafe { std::fs::File::from_raw_fd(fd) };
+            file.set_len((CONTROL_PAGE_SIZE + data_len) as u64)?;
+            Self::map(file, data_len)
+        }
+
+        /// A path another process of the same user can open to map this
+        /// memory with [`DoubleMappedRingMemory::open_shared`] (valid while
+        /// `self` lives).
+        pub fn share_path(&self) -> std::string::String {
+            use std::os::fd::AsRawFd;
+            std::format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+        }
+
+        /// Map the memory another process shares at `path` (from
+        /// [`DoubleMappedRingMemory::share_path`]); its data area must be
+        /// `data_len` bytes.
+        pub fn open_shared(path: &std::path::Path, data_len: usize) -> std::io::Result<Self> {
+            use std::io::Error;
+            if data_len == 0 || !data_len.is_multiple_of(CONTROL_PAGE_SIZE) {
+                return Err(Error::other("data_len must be a multiple of 4096"));
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?;
+            if file.metadata()?.len() != (CONTROL_PAGE_SIZE + data_len) as u64 {
+                return Err(Error::other("shared ring memory has another size"));
+            }
+            Self::map(file, data_len)
+        }
+
+        /// Control page then data area, mapped from `file` (which is
+        /// `CONTROL_PAGE_SIZE + data_len` bytes), and the data area again.
+        fn map(file: std::fs::File, data_len: usize) -> std::io::Result<Self> {
+            use std::io::Error;
+            use std::os::fd::AsRawFd;
+            let fd = file.as_raw_fd();
             let total = CONTROL_PAGE_SIZE + 2 * data_len;
             // SAFETY: plain libc calls; every result is checked, and the
             // fixed mappings land inside the reservation made just before.
             unsafe {
-                let fd = libc::memfd_create(c"vmbus-ring".as_ptr(), 0);
-                if fd < 0 {
-                    return Err(Error::last_os_error());
-                }
-                let file_len = (CONTROL_PAGE_SIZE + data_len) as libc::off_t;
-                if libc::ftruncate(fd, file_len) != 0 {
-                    let error = Error::last_os_error();
-                    libc::close(fd);
-                    return Err(error);
-                }
                 let base = libc::mmap(
                     core::ptr::null_mut(),
                     total,
@@ -242,9 +294,7 @@ mod heap {
                     0,
                 );
                 if base == libc::MAP_FAILED {
-                    let error = Error::last_os_error();
-                    libc::close(fd);
-                    return Err(error);
+                    return Err(Error::last_os_error());
                 }
                 let base = base as *mut u8;
                 let first = libc::mmap(
@@ -263,7 +313,6 @@ mod heap {
                     fd,
                     CONTROL_PAGE_SIZE as libc::off_t,
                 );
-                libc::close(fd);
                 if first == libc::MAP_FAILED || second == libc::MAP_FAILED {
                     let error = Error::last_os_error();
                     libc::munmap(base as *mut libc::c_void, total);
@@ -277,12 +326,35 @@ mod heap {
                     base,
                     data_len,
                     regions,
+                    file,
                 })
             }
         }
 
         pub fn regions(&self) -> &RegionRingMemory {
             &self.regions
+        }
+
+        /// For adapters of other ring implementations: the control page
+        /// (4096 bytes) starts here, the data area at `+ 4096`, and the data
+        /// area is mapped again right after itself, so `base_ptr() + 4096 ..
+        /// base_ptr() + 4096 + 2 * data_len()` is valid while `self` lives.
+        pub fn base_ptr(&self) -> *mut u8 {
+            self.base
+        }
+
+        /// The control page's first `N` 32-bit words as one array, for ring
+        /// code that takes the control words that way (the OpenVMM ring's
+        /// `RingMem::control`, in tools/ring-bench/openvmm), so its adapter
+        /// needs no `unsafe`.
+        #[inline]
+        pub fn control_words<const N: usize>(&self) -> &[AtomicU32; N] {
+            const { assert!(N * 4 <= CONTROL_PAGE_SIZE) };
+            // SAFETY: `base` is the page-aligned start of the control page,
+            // mapped read-write for as long as `self` lives; N words fit in
+            // it (checked at compile time). AtomicU32 has u32's size and
+            // alignment, and all shared access to these words is atomic.
+            unsafe { &*(self.base as *const [AtomicU32; N]) }
         }
     }
 
@@ -299,20 +371,45 @@ mod heap {
     }
 
     impl RingMemory for DoubleMappedRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             self.regions.control(offset)
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.regions.data_len()
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             true
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             self.regions.read_data(offset, out)
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             self.regions.write_data(offset, data)
+        }
+    }
+
+    #[cfg(test)]
+    mod control_words {
+        use super::*;
+        use crate::sync::Ordering;
+
+        #[test]
+        fn the_array_is_the_control_page_the_ring_uses() {
+            let memory = DoubleMappedRingMemory::new(4096).unwrap();
+            let words = memory.control_words::<32>();
+            for (index, word) in words.iter().enumerate() {
+                word.store(0x100 + index as u32, Ordering::Relaxed);
+            }
+            for index in 0..32 {
+                let word = memory.control(index * 4).unwrap();
+                assert_eq!(word.load(Ordering::Relaxed), 0x100 + index as u32);
+            }
+            assert_eq!(memory.control(32 * 4).unwrap().load(Ordering::Relaxed), 0);
         }
     }
 }
@@ -370,6 +467,7 @@ mod model {
     }
 
     impl RingMemory for LoomRingMemory {
+        #[inline]
         fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
             let index = CONTROL_WORDS
                 .iter()
@@ -377,12 +475,15 @@ mod model {
                 .ok_or(MemoryError)?;
             Ok(&self.control[index])
         }
+        #[inline]
         fn data_len(&self) -> usize {
             self.data.len() * WORD
         }
+        #[inline]
         fn double_mapped(&self) -> bool {
             false
         }
+        #[inline]
         fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
             self.check(offset, out.len())?;
             for (i, byte) in out.iter_mut().enumerate() {
@@ -393,6 +494,7 @@ mod model {
             }
             Ok(())
         }
+        #[inline]
         fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
             self.check(offset, data.len())?;
             for (i, byte) in data.iter().enumerate() {

@@ -4,6 +4,13 @@
 //! to the control page; the peer's index is loaded and validated (below the
 //! data size, a multiple of 8) on every load, so a peer that scribbles on
 //! either index gets an error, never an out-of-bounds access.
+//!
+//! Each side also keeps the last peer index it loaded and reloads it only
+//! when that value runs out (the writer when the ring looks full, the
+//! reader when it looks empty): a stale read index only understates the
+//! free space, a stale write index only understates the data, so the cache
+//! is always safe, and it saves a cross-core cache-line transfer per packet.
+//! The loads the signalling rules need are never served from the cache.
 
 use crate::memory::{MemoryError, RingMemory};
 use crate::sync::{fence, AtomicU32, Ordering};
@@ -77,6 +84,7 @@ fn data_size<M: RingMemory>(memory: &M) -> Result<u32, RingError> {
     Ok(len as u32)
 }
 
+#[inline]
 fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, RingError> {
     let value = word.load(Ordering::Acquire);
     if value >= size || !value.is_multiple_of(8) {
@@ -86,6 +94,7 @@ fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, Ring
 }
 
 /// Bytes in use from `read` to `write`.
+#[inline]
 fn used(read: u32, write: u32, size: u32) -> u32 {
     if write >= read {
         write - read
@@ -94,7 +103,23 @@ fn used(read: u32, write: u32, size: u32) -> u32 {
     }
 }
 
+/// `index + len` in a ring of `size` bytes. Every caller moves by less than
+/// the ring size, so one subtraction does (no division on the hot path).
+#[inline]
+fn advance(index: u32, len: usize, size: u32) -> u32 {
+    let size = size as u64;
+    let mut sum = index as u64 + len as u64;
+    if sum >= size {
+        sum -= size;
+        if sum >= size {
+            sum %= size;
+        }
+    }
+    sum as u32
+}
+
 /// Copy out of the ring at `offset`, wrapping at the end.
+#[inline]
 fn copy_out<M: RingMemory>(
     memory: &M,
     size: u32,
@@ -117,6 +142,7 @@ fn copy_out<M: RingMemory>(
     Ok(())
 }
 
+#[inline]
 fn copy_in<M: RingMemory>(
     memory: &M,
     size: u32,
@@ -148,8 +174,13 @@ pub struct RingWriter<M: RingMemory> {
     memory: M,
     size: u32,
     write_index: u32,
+    /// The reader's index as last loaded (validated); behind or equal to
+    /// the real one.
+    read_seen: u32,
     flow_control: bool,
     pending_set: bool,
+    /// Inside a batch: where its first unpublished packet starts.
+    batch_start: Option<u32>,
     signals: u64,
 }
 
@@ -164,6 +195,7 @@ impl<M: RingMemory> RingWriter<M> {
             size,
             IndexKind::Write,
         )?;
+        let read_seen = load_index(memory.control(control::READ_INDEX)?, size, IndexKind::Read)?;
         let features = memory.control(control::FEATURE_BITS)?;
         if flow_control {
             features.fetch_or(control::FEATURE_PENDING_SEND_SZ, Ordering::Release);
@@ -174,8 +206,10 @@ impl<M: RingMemory> RingWriter<M> {
             memory,
             size,
             write_index,
+            read_seen,
             flow_control,
             pending_set: false,
+            batch_start: None,
             signals: 0,
         })
     }
@@ -189,14 +223,19 @@ impl<M: RingMemory> RingWriter<M> {
         self.signals
     }
 
-    /// Free bytes now (validated read index).
-    pub fn free_space(&self) -> Result<usize, RingError> {
-        let read = load_index(
+    /// Free bytes now (loads and validates the read index).
+    pub fn free_space(&mut self) -> Result<usize, RingError> {
+        self.read_seen = load_index(
             self.memory.control(control::READ_INDEX)?,
             self.size,
             IndexKind::Read,
         )?;
-        Ok((self.size - used(read, self.write_index, self.size)) as usize)
+        Ok(self.free_space_seen())
+    }
+
+    /// Free bytes by the read index last loaded (a lower bound).
+    fn free_space_seen(&self) -> usize {
+        (self.size - used(self.read_seen, self.write_index, self.size)) as usize
     }
 
     /// The largest packet (len8 * 8 bytes) this ring can ever hold.
@@ -340,7 +379,7 @@ impl<M: RingMemory> RingWriter<M> {
 
     fn put(&self, cursor: &mut u32, bytes: &[u8]) -> Result<(), RingError> {
         copy_in(&self.memory, self.size, *cursor, bytes)?;
-        *cursor = ((*cursor as u64 + bytes.len() as u64) % self.size as u64) as u32;
+        *cursor = advance(*cursor, bytes.len(), self.size);
         Ok(())
     }
 
@@ -356,8 +395,13 @@ impl<M: RingMemory> RingWriter<M> {
         if footprint >= self.size as usize {
             return Err(RingError::TooLarge { needed: footprint });
         }
-        let mut free = self.free_space()?;
-        // The writer never fills the ring completely: equal indices mean empty.
+        // The writer never fills the ring completely: equal indices mean
+        // empty. The cached read index first; reload only if it is not
+        // enough.
+        let mut free = self.free_space_seen();
+        if free <= footprint {
+            free = self.free_space()?;
+        }
         if free <= footprint {
             if !self.flow_control {
                 return Err(RingError::Full {
@@ -391,22 +435,58 @@ impl<M: RingMemory> RingWriter<M> {
         let mut cursor = start;
         self.put(&mut cursor, descriptor.as_bytes())?;
         write_extra(self, cursor)?;
-        cursor =
-            ((start as usize + DESCRIPTOR_SIZE + extra_header_len) % self.size as usize) as u32;
+        cursor = advance(start, DESCRIPTOR_SIZE + extra_header_len, self.size);
         self.put(&mut cursor, payload)?;
         let written = DESCRIPTOR_SIZE + extra_header_len + payload.len();
         let padding = packet_len - written;
-        self.put(&mut cursor, &[0u8; 8][..padding])?;
+        // Padding and trailer in one copy.
+        let mut tail = [0u8; 16];
         let trailer = (start as u64) << 32;
-        self.put(&mut cursor, &trailer.to_le_bytes())?;
+        tail[8..].copy_from_slice(&trailer.to_le_bytes());
+        self.put(&mut cursor, &tail[8 - padding..])?;
 
-        // Publish: data before index (Release), then a full fence so the
-        // loads of interrupt_mask and read_index below cannot be satisfied
-        // before the reader can see the new index.
         self.write_index = cursor;
+        if self.batch_start.is_some() {
+            return Ok(Signal(false));
+        }
+        self.publish_from(start)
+    }
+
+    /// Start a batch: the packets written until [`RingWriter::publish`]
+    /// are copied into the ring but not published (each write returns
+    /// `Signal(false)`), and `publish` makes them visible at once, with one
+    /// fence and one signal decision. The protocol allows it: the reader
+    /// may sleep only on a ring it found empty at the published index, so
+    /// "empty before this write" is "empty before the batch's first
+    /// packet". A write that returns `RingError::Full` during a batch
+    /// leaves the batch open: call `publish` (and signal if it says so)
+    /// before waiting for space, or the reader never sees the packets it
+    /// would free space by reading.
+    pub fn begin_batch(&mut self) {
+        if self.batch_start.is_none() {
+            self.batch_start = Some(self.write_index);
+        }
+    }
+
+    /// Publish the packets written since [`RingWriter::begin_batch`] and end
+    /// the batch; says whether to signal the reader. Without a batch (or an
+    /// empty one) there is nothing to publish.
+    pub fn publish(&mut self) -> Result<Signal, RingError> {
+        match self.batch_start.take() {
+            Some(start) if start != self.write_index => self.publish_from(start),
+            _ => Ok(Signal(false)),
+        }
+    }
+
+    /// Publish the write index for the packets from `start` on, and decide
+    /// the signal.
+    fn publish_from(&mut self, start: u32) -> Result<Signal, RingError> {
+        // Data before index (Release), then a full fence so the loads of
+        // interrupt_mask and read_index below cannot be satisfied before
+        // the reader can see the new index.
         self.memory
             .control(control::WRITE_INDEX)?
-            .store(cursor, Ordering::Release);
+            .store(self.write_index, Ordering::Release);
         fence(Ordering::SeqCst);
         if self
             .memory
@@ -417,12 +497,13 @@ impl<M: RingMemory> RingWriter<M> {
             return Ok(Signal(false));
         }
         // Signal only on empty -> non-empty: the reader had consumed
-        // everything up to where this packet starts.
+        // everything up to where these packets start.
         let read = load_index(
             self.memory.control(control::READ_INDEX)?,
             self.size,
             IndexKind::Read,
         )?;
+        self.read_seen = read;
         let signal = read == start;
         if signal {
             self.signals += 1;
@@ -446,6 +527,9 @@ pub struct RingReader<M: RingMemory> {
     read_index: u32,
     /// The read index last published, i.e. the start of the current batch.
     published: u32,
+    /// The writer's index as last loaded (validated); behind or equal to
+    /// the real one.
+    write_seen: u32,
     signals: u64,
 }
 
@@ -458,6 +542,7 @@ impl<M: RingMemory> RingReader<M> {
             size,
             read_index,
             published: read_index,
+            write_seen: read_index,
             signals: 0,
         })
     }
@@ -491,10 +576,13 @@ impl<M: RingMemory> RingReader<M> {
     /// A packet that fails validation is consumed and reported, so one bad
     /// packet does not wedge the ring.
     pub fn try_read(&mut self, out: &mut [u8]) -> Result<Option<ReadInfo>, RingError> {
-        let write = self.write_index()?;
-        if write == self.read_index {
-            return Ok(None);
+        if self.write_seen == self.read_index {
+            self.write_seen = self.write_index()?;
+            if self.write_seen == self.read_index {
+                return Ok(None);
+            }
         }
+        let write = self.write_seen;
         let available = used(self.read_index, write, self.size) as usize;
         let mut first = [0u8; DESCRIPTOR_SIZE];
         if available < DESCRIPTOR_SIZE + TRAILER_SIZE {
@@ -527,7 +615,7 @@ impl<M: RingMemory> RingReader<M> {
         if private[4..6] != first[4..6] {
             return Err(RingError::ChangedDuringCopy);
         }
-        self.read_index = ((self.read_index as usize + footprint) % self.size as usize) as u32;
+        self.read_index = advance(self.read_index, footprint, self.size);
         packet::parse_packet(private).map_err(RingError::BadPacket)?;
         Ok(Some(ReadInfo { len: packet_len }))
     }
@@ -569,6 +657,7 @@ impl<M: RingMemory> RingReader<M> {
         // pending_send_sz is seen below (loading them the other way round
         // signalled a second time for one wait; the loom model found it).
         let write = self.write_index()?;
+        self.write_seen = write;
         let pending = self
             .memory
             .control(control::PENDING_SEND_SZ)?

@@ -127,6 +127,42 @@ fn batch_publishes_read_index_once() {
 }
 
 #[test]
+fn batched_writes_publish_once_and_signal_once() {
+    for (name, memory) in both_memories() {
+        let memory = &*memory;
+        let (mut writer, mut reader, mut out) = ends(memory, true);
+        writer.begin_batch();
+        for i in 0..3 {
+            assert_eq!(
+                writer.write_in_band(i, false, b"batched").unwrap(),
+                Signal(false),
+                "{name}: a write inside a batch never signals"
+            );
+        }
+        // Nothing is visible before the publication.
+        assert_eq!(control_word(memory, control::WRITE_INDEX), 0, "{name}");
+        assert!(reader.try_read(&mut out).unwrap().is_none(), "{name}");
+        // Empty before the batch's first packet: one signal for three.
+        assert_eq!(writer.publish().unwrap(), Signal(true), "{name}");
+        assert_eq!(writer.publish().unwrap(), Signal(false), "{name}: ended");
+        for _ in 0..3 {
+            reader.try_read(&mut out).unwrap().unwrap();
+        }
+        // A batch that starts while the reader's published index is
+        // behind (it read but did not publish) must not signal.
+        writer.begin_batch();
+        let _ = writer.write_in_band(3, false, b"more").unwrap();
+        assert_eq!(writer.publish().unwrap(), Signal(false), "{name}");
+        while reader.try_read(&mut out).unwrap().is_some() {}
+        let _ = reader.finish_batch().unwrap();
+        // An empty batch publishes nothing.
+        writer.begin_batch();
+        assert_eq!(writer.publish().unwrap(), Signal(false), "{name}");
+        assert_eq!(writer.signals(), 1, "{name}");
+    }
+}
+
+#[test]
 fn pending_send_size_flow_control() {
     let memory = HeapRingMemory::new(SIZE);
     let (mut writer, mut reader, mut out) = ends(&memory, true);

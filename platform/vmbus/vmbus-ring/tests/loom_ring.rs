@@ -196,8 +196,13 @@ fn poll(
 
 /// The host writes `packets` packets back to back into a ring that holds
 /// them all and signals when the ring says so; the guest polls once (as
-/// after open) and then sleeps until signalled.
+/// after open) and then sleeps until signalled. With `batch` > 1 the host
+/// publishes once per `batch` packets (`begin_batch`/`publish`).
 fn lost_wakeup_model(read_loop: ReadLoop, packets: usize) {
+    lost_wakeup_model_batched(read_loop, packets, 1)
+}
+
+fn lost_wakeup_model_batched(read_loop: ReadLoop, packets: usize, batch: usize) {
     let memory = Arc::new(LoomRingMemory::new(FOOTPRINT * (packets + 1)));
     let mut writer = RingWriter::new(memory.clone(), false).unwrap();
     let mut reader = RingReader::new(memory).unwrap();
@@ -210,15 +215,29 @@ fn lost_wakeup_model(read_loop: ReadLoop, packets: usize) {
         let writer_done = writer_done.clone();
         let published = published.clone();
         thread::spawn(move || {
-            for k in 0..packets {
-                let Signal(signal) = writer.write_in_band(k as u64, false, &PAYLOAD).unwrap();
+            let mut k = 0;
+            while k < packets {
+                // The first packet this publication makes visible.
+                let first = k;
+                let Signal(signal) = if batch > 1 {
+                    writer.begin_batch();
+                    while k < (first + batch).min(packets) {
+                        let unpublished = writer.write_in_band(k as u64, false, &PAYLOAD);
+                        assert_eq!(unpublished, Ok(Signal(false)), "a write in a batch");
+                        k += 1;
+                    }
+                    writer.publish().unwrap()
+                } else {
+                    k += 1;
+                    writer.write_in_band(first as u64, false, &PAYLOAD).unwrap()
+                };
                 if signal {
                     // An RMW reads the latest value: what the reader had
                     // published by the time the writer read its index.
                     let consumed = published.fetch_add(0, Ordering::AcqRel);
                     assert!(
-                        consumed >= k,
-                        "forbidden signal: packet {k} signalled while the reader \
+                        consumed >= first,
+                        "forbidden signal: packet {first} signalled while the reader \
                          had published only {consumed} packets"
                     );
                     wakeup.signal();
@@ -345,6 +364,23 @@ fn fixed_read_loop_never_loses_a_wakeup() {
 fn fixed_masked_read_loop_never_loses_a_wakeup() {
     check("fixed masked read loop, 3 packets", || {
         lost_wakeup_model(ReadLoop::FixedMasked, 3)
+    });
+}
+
+/// The batch API: two packets published at once, then one more; the
+/// signal decision is made once per publication, against the batch's
+/// first packet.
+#[test]
+fn batched_writer_never_loses_a_wakeup() {
+    check("batched writer (2 + 1), fixed read loop", || {
+        lost_wakeup_model_batched(ReadLoop::Fixed, 3, 2)
+    });
+}
+
+#[test]
+fn batched_writer_never_loses_a_wakeup_masked() {
+    check("batched writer (2 + 1), fixed masked read loop", || {
+        lost_wakeup_model_batched(ReadLoop::FixedMasked, 3, 2)
     });
 }
 

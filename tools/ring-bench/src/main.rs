@@ -1,0 +1,3 @@
+fn main() {
+    ring_bench::main_with(vec![])
+}
