@@ -22,6 +22,9 @@
 //!   the isolated stack against pread/pwrite on the same file)
 //! - `cargo xtask bench-net [--smoke]`: the network benchmark (hosted: TCP
 //!   through the guest's echo port against Linux loopback; round trips)
+//! - `cargo xtask bench-isolation [--smoke] [--rounds N] [--only ic|storage|net]`:
+//!   isolated (a process per component) against monolithic (one process,
+//!   components as threads), hosted, interleaved
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -33,6 +36,7 @@ mod bench;
 // `bench-net --driver`: the NIC driver alone (the rest of `bench-net` is
 // the end-to-end benchmark).
 mod bench_driver;
+mod bench_isolation;
 mod boot_media;
 mod check;
 mod disk;
@@ -51,7 +55,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench-storage|bench-net|bench-isolation|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         "hosted" => hosted::run(rest),
         "bench-storage" => bench::storage(rest),
         "bench-net" => bench::net(rest),
+        "bench-isolation" => bench_isolation::run(rest),
         "disk" => disk::run(rest),
         _ => return usage(),
     };
