@@ -542,7 +542,10 @@ fn print_table(results: &Results) {
 
 /// One JSON record per metric and build (docs: the plan's contract).
 fn write_records(results: &Results) -> Result {
-    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON").map(PathBuf::from) else {
+    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+    else {
         return Ok(());
     };
     let mut text = String::new();

@@ -155,8 +155,9 @@ impl World {
         let Some(slot) = self.slots.get(component) else {
             return;
         };
-        let mut inbox = lock(&slot.inbox);
-        inbox.pending |= 1u64 << end;
+        lock(&slot.inbox).pending |= 1u64 << end;
+        // Woken after the lock is released, so the receiver does not wake
+        // only to wait for it.
         slot.woken.notify_one();
     }
 }
