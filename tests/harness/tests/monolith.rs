@@ -55,3 +55,32 @@ fn the_default_run_monolithic() {
         "the components are not threads: {threads} threads"
     );
 }
+
+/// No isolation: the demonstration's `faulter` writes to its read-only
+/// `control` region when its supervisor tells it to (tests/systems/demo.toml).
+/// Isolated, its supervisor is told and restarts it (hosted_demo.rs);
+/// monolithic, the read-only map still faults (the map's rights hold in
+/// one process too), and the fault takes every component down with it.
+#[test]
+fn a_fault_takes_the_whole_monolith_down() {
+    let command =
+        monolith_command("tests/systems/demo.toml", false, &[]).expect("the monolith builds");
+    let mut system = LineProcess::start(command).expect("the monolith starts");
+    system.expect_output("[faulter] started: data word 7, bss word 0", 0);
+    match system.wait_exit(Duration::from_secs(20)) {
+        // Killed by the signal of the fault: no exit code.
+        Some(-1) => {}
+        other => system.fail(&format!("the monolith did not die of the fault: {other:?}")),
+    }
+    let lines = system.lines();
+    // It died at the first fault, the write to the read-only map.
+    let last = lines.iter().rev().find(|l| l.starts_with("[faulter]"));
+    assert!(
+        last.is_some_and(|l| l.contains("read-only")),
+        "the last faulter line is not the read-only write: {last:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("started: data word 8")),
+        "nothing can restart a component of a dead process: {lines:?}"
+    );
+}

@@ -228,6 +228,12 @@ impl Env for MonoEnv {
         }
         let world = Arc::clone(&self.world);
         let server = &world.slots[peer];
+        {
+            let inbox = lock(&server.inbox);
+            if inbox.stopped && !inbox.restart {
+                return Err(CallError::ServerFaulted);
+            }
+        }
         let mut running = lock(&server.running);
         // A server still in its `init` (or being restarted) is waited for,
         // as its socket would hold the request in the isolated build; a
@@ -360,10 +366,14 @@ impl Env for MonoEnv {
     fn stop(&mut self, child: Child) -> Result<(), SupervisorError> {
         let target = self.child_index(child)?;
         let slot = &self.world.slots[target];
-        lock(&slot.inbox).stopped = true;
-        // Waits for a handler of the child to finish (none runs while we
-        // hold our own lock unless it is on another thread).
-        *lock(&slot.running) = None;
+        // The child's own thread drops it (the child may be in a call to
+        // us right now, holding its own lock): from now on calls to it
+        // fail and notifications wait.
+        let mut inbox = lock(&slot.inbox);
+        inbox.stopped = true;
+        inbox.restart = false;
+        drop(inbox);
+        slot.woken.notify_one();
         Ok(())
     }
 
@@ -655,7 +665,20 @@ fn component_thread(
                     inbox.restart = false;
                     break (0, true);
                 }
-                if inbox.pending != 0 && !inbox.stopped {
+                if inbox.stopped {
+                    // Stopped by its supervisor: the incarnation ends here
+                    // (a later restart builds a new one). The inbox lock is
+                    // never held while taking `running` (a caller waiting
+                    // for a starting server holds them the other way).
+                    drop(inbox);
+                    let ended = lock(&slot.running).take();
+                    drop(ended);
+                    inbox = lock(&slot.inbox);
+                    if inbox.stopped && !inbox.restart {
+                        inbox = slot.woken.wait(inbox).unwrap_or_else(|e| e.into_inner());
+                    }
+                    continue;
+                } else if inbox.pending != 0 {
                     break (std::mem::take(&mut inbox.pending), false);
                 }
                 inbox = slot.woken.wait(inbox).unwrap_or_else(|e| e.into_inner());
