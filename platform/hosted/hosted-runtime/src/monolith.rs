@@ -228,25 +228,21 @@ impl Env for MonoEnv {
         }
         let world = Arc::clone(&self.world);
         let server = &world.slots[peer];
-        {
-            let inbox = lock(&server.inbox);
-            if inbox.stopped && !inbox.restart {
-                return Err(CallError::ServerFaulted);
-            }
-        }
         let mut running = lock(&server.running);
-        // A server still in its `init` (or being restarted) is waited for,
-        // as its socket would hold the request in the isolated build; a
+        // A server still in its `init`, or being restarted, is waited for
+        // (its socket would hold the request in the isolated build); a
         // stopped one fails the call at once.
         loop {
-            if running.is_some() {
-                break;
-            }
-            let inbox = lock(&server.inbox);
-            if inbox.stopped && !inbox.restart {
+            let (stopped, restarting) = {
+                let inbox = lock(&server.inbox);
+                (inbox.stopped && !inbox.restart, inbox.restart)
+            };
+            if stopped {
                 return Err(CallError::ServerFaulted);
             }
-            drop(inbox);
+            if running.is_some() && !restarting {
+                break;
+            }
             running = server
                 .ready
                 .wait_timeout(running, Duration::from_millis(50))
@@ -516,6 +512,29 @@ fn run_system(entries: &[Entry], args: &[String]) -> Result<u8, String> {
         }),
         (None, None) => None,
     };
+    let (world, host_console) = launch(entries, &layout, source.as_ref())?;
+    forward_operator_commands(host_console);
+    let mut power = lock(&world.power_off);
+    loop {
+        if let Some(code) = *power {
+            return Ok(code);
+        }
+        power = world
+            .powered_off
+            .wait(power)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// The host's operator console, if the monolith started the host.
+type Console = Option<simulated_host::HostConsole>;
+
+/// Map the regions, start the host (if any) and each component's thread.
+fn launch(
+    entries: &[Entry],
+    layout: &SystemLayout,
+    source: Option<&HostSource>,
+) -> Result<(Arc<World>, Console), String> {
     let (guest_memory, guest_map, region_fds) =
         crate::launcher::create_regions(&layout).map_err(|e| format!("regions: {e}"))?;
     let mut regions = Vec::new();
@@ -585,7 +604,7 @@ fn run_system(entries: &[Entry], args: &[String]) -> Result<u8, String> {
     let mut host_console = None;
     for (index, component) in layout.components.iter().enumerate() {
         if component.simulated_host {
-            let Some(source) = &source else {
+            let Some(source) = source else {
                 // No host: as the launcher, the component is not started
                 // (calls to it fail as to a server that is down).
                 lock(&world.slots[index].inbox).stopped = true;
@@ -625,19 +644,7 @@ fn run_system(entries: &[Entry], args: &[String]) -> Result<u8, String> {
             .spawn(move || component_thread(thread_world, index, env, start))
             .map_err(|e| format!("cannot start {}: {e}", component.name))?;
     }
-    if let Some(console) = host_console {
-        forward_operator_commands(console);
-    }
-    let mut power = lock(&world.power_off);
-    loop {
-        if let Some(code) = *power {
-            return Ok(code);
-        }
-        power = world
-            .powered_off
-            .wait(power)
-            .unwrap_or_else(|e| e.into_inner());
-    }
+    Ok((world, host_console.flatten()))
 }
 
 /// A component's thread: `init`, then each batch of notifications, and a
@@ -662,7 +669,8 @@ fn component_thread(
             let mut inbox = lock(&slot.inbox);
             loop {
                 if inbox.restart {
-                    inbox.restart = false;
+                    // Cleared only once the old incarnation is gone, so no
+                    // call reaches it after the supervisor's restart.
                     break (0, true);
                 }
                 if inbox.stopped {
@@ -687,6 +695,7 @@ fn component_thread(
         if restart {
             // A fresh environment on the same regions (their contents stay).
             let old = lock(&slot.running).take();
+            lock(&slot.inbox).restart = false;
             let env = match old {
                 Some(running) => running.env,
                 None => MonoEnv {
@@ -1038,6 +1047,170 @@ fn workspace_packages(workspace: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use system_layout::{ChannelEnd, RegionLayout, LAYOUT_VERSION};
+
+    /// Incarnations of the test server so far (each `init` bumps it).
+    static SERVER_STARTS: AtomicU32 = AtomicU32::new(0);
+    /// What the test client saw, in order.
+    static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn seen(what: String) {
+        lock(&SEEN).push(what);
+    }
+
+    /// Answers a call with its incarnation number and the message's
+    /// length; echoes each notification back.
+    struct Server {
+        incarnation: u32,
+    }
+
+    impl Component for Server {
+        fn init(_env: &mut dyn Env) -> Self {
+            Server {
+                incarnation: SERVER_STARTS.fetch_add(1, Ordering::SeqCst) + 1,
+            }
+        }
+        fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+            if channels.contains(Channel(1)) {
+                env.notify(Channel(1));
+            }
+        }
+        fn protected(
+            &mut self,
+            env: &mut dyn Env,
+            _channel: Channel,
+            message: &[u8],
+            reply: &mut [u8],
+        ) -> Result<usize, Refusal> {
+            if message.is_empty() {
+                return Err(Refusal::MALFORMED);
+            }
+            // Writes the shared region the client reads back.
+            let _ = env.region(RegionName(0)).write(0, &[message.len() as u8]);
+            reply[0] = self.incarnation as u8;
+            Ok(1)
+        }
+    }
+
+    /// Supervises the server: calls it, is notified back, stops and
+    /// restarts it, and records what happened.
+    struct Client;
+
+    impl Client {
+        fn call(env: &mut dyn Env, message: &[u8]) -> String {
+            let mut reply = [0u8; 8];
+            match env.ppcall(Channel(0), message, &mut reply) {
+                Ok(len) => format!("reply {:?}", &reply[..len]),
+                Err(error) => format!("{error:?}"),
+            }
+        }
+    }
+
+    impl Component for Client {
+        fn init(env: &mut dyn Env) -> Self {
+            seen(Client::call(env, b"abc"));
+            let mut byte = [0u8; 1];
+            let _ = env.region(RegionName(0)).read(0, &mut byte);
+            seen(format!("region {}", byte[0]));
+            seen(Client::call(env, b""));
+            env.notify(Channel(1));
+            Client
+        }
+        fn notified(&mut self, env: &mut dyn Env, channels: ChannelSet) {
+            if !channels.contains(Channel(1)) {
+                return;
+            }
+            seen("notified".into());
+            let _ = env.stop(Child(0));
+            seen(Client::call(env, b"x"));
+            let _ = env.restart(Child(0));
+            seen(Client::call(env, b"x"));
+            seen("done".into());
+        }
+    }
+
+    fn component(name: &str, index_of_peer: u8, server: bool) -> ComponentLayout {
+        ComponentLayout {
+            name: name.into(),
+            package: name.into(),
+            priority: if server { 200 } else { 100 },
+            supervisor: server.then_some(1),
+            platform_supervised: false,
+            children: if server { vec![] } else { vec![0] },
+            stack_pages: 4,
+            may_power_off: false,
+            maps: vec![system_layout::MapLayout {
+                name: "shared".into(),
+                region: 0,
+                writable: true,
+                double: false,
+                vaddr: 0,
+                address_only: false,
+            }],
+            channels: vec![
+                ChannelEnd {
+                    id: 0,
+                    name: "call".into(),
+                    kind: if server {
+                        ChannelKind::CallServer
+                    } else {
+                        ChannelKind::CallClient
+                    },
+                    peer: index_of_peer,
+                    peer_id: 0,
+                },
+                ChannelEnd {
+                    id: 1,
+                    name: "ping".into(),
+                    kind: ChannelKind::Notify,
+                    peer: index_of_peer,
+                    peer_id: 1,
+                },
+            ],
+            irqs: Vec::new(),
+            ioports: Vec::new(),
+            console: None,
+            hypervisor: false,
+            simulated_host: false,
+        }
+    }
+
+    #[test]
+    fn calls_notifications_regions_stop_and_restart_work_in_one_process() {
+        let layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: vec![component("server", 1, true), component("client", 0, false)],
+            regions: vec![RegionLayout {
+                name: "shared".into(),
+                size: 4096,
+                host_visible: false,
+            }],
+            devices: Vec::new(),
+            platform: Default::default(),
+        };
+        let entries = [entry::<Server>("server"), entry::<Client>("client")];
+        let (_world, console) = launch(&entries, &layout, None).expect("launches");
+        assert!(console.is_none());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !lock(&SEEN).iter().any(|s| s == "done") {
+            assert!(std::time::Instant::now() < deadline, "{:?}", lock(&SEEN));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            *lock(&SEEN),
+            vec![
+                "reply [1]",
+                "region 3",
+                "Refused(1)",
+                "notified",
+                "ServerFaulted",
+                // A new incarnation (its `init` ran again).
+                "reply [2]",
+                "done",
+            ]
+        );
+    }
 
     #[test]
     fn the_component_type_comes_from_the_hosted_main_line() {
