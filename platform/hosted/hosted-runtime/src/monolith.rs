@@ -536,7 +536,7 @@ fn launch(
     source: Option<&HostSource>,
 ) -> Result<(Arc<World>, Console), String> {
     let (guest_memory, guest_map, region_fds) =
-        crate::launcher::create_regions(&layout).map_err(|e| format!("regions: {e}"))?;
+        crate::launcher::create_regions(layout).map_err(|e| format!("regions: {e}"))?;
     let mut regions = Vec::new();
     for component in &layout.components {
         let mut granted = Vec::new();
