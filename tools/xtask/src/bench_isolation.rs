@@ -165,6 +165,7 @@ pub fn run(args: &[String]) -> Result {
         }
     }
     let mut results = Results::default();
+    let mut failures = 0;
     for round in 0..settings.rounds {
         let order = if round % 2 == 0 {
             [Build::Isolated, Build::Monolithic]
@@ -172,14 +173,30 @@ pub fn run(args: &[String]) -> Result {
             [Build::Monolithic, Build::Isolated]
         };
         for build in order {
+            let mut outcomes = Vec::new();
             if settings.runs("ic") {
-                ic_round_trips(&root, build, settings.requests, &mut results)?;
+                outcomes.push((
+                    "ic",
+                    ic_round_trips(&root, build, settings.requests, &mut results),
+                ));
             }
             if settings.runs("storage") {
-                storage(&root, build, &disk, &mut results)?;
+                outcomes.push(("storage", storage(&root, build, &disk, &mut results)));
             }
             if settings.runs("net") {
-                net(&root, build, settings.mib, &mut results)?;
+                outcomes.push(("net", net(&root, build, settings.mib, &mut results)));
+            }
+            // A failed run loses its sample, not the rounds so far; the
+            // benchmark still fails at the end.
+            for (workload, outcome) in outcomes {
+                if let Err(error) = outcome {
+                    println!(
+                        "[bench-isolation] round {}, {} {workload}: FAILED: {error}",
+                        round + 1,
+                        build.series()
+                    );
+                    failures += 1;
+                }
             }
         }
         println!(
@@ -189,7 +206,11 @@ pub fn run(args: &[String]) -> Result {
         );
     }
     print_table(&results);
-    write_records(&results)
+    write_records(&results)?;
+    if failures > 0 {
+        return Err(format!("{failures} workload run(s) failed (above)"));
+    }
+    Ok(())
 }
 
 /// Build the isolated components (and host) and the monolith of
@@ -401,11 +422,18 @@ fn frames(report: &str) -> Option<(u64, u64)> {
 }
 
 fn net_report(system: &mut LineProcess, build: Build) -> Result<(u64, u64)> {
-    let from = system.lines().len();
+    let mut from = system.lines().len();
     system.send("net-report")?;
-    let (index, _) = wait(system, "network ", from, build)?;
-    let line = system.lines()[index].clone();
-    frames(&line).ok_or_else(|| format!("cannot read frames from {line:?}"))
+    // The host's answer (other lines mention the network too).
+    for _ in 0..1000 {
+        let (index, _) = wait(system, "[hvsim] network ", from, build)?;
+        let line = system.lines()[index].clone();
+        if let Some(frames) = frames(&line) {
+            return Ok(frames);
+        }
+        from = index + 1;
+    }
+    Err(format!("{}: no net-report answer", build.series()))
 }
 
 /// M MiB through the guest's echo port: MB/s, and the NIC's frames/s.
