@@ -188,8 +188,21 @@ fn run_monolithic(
     let status = command
         .status()
         .map_err(|e| format!("cannot start the monolith: {e}"))?;
-    let code = status.code().unwrap_or(1);
-    println!("[xtask] the system ended with code {code}");
+    let code = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
+        (Some(code), _) => {
+            println!("[xtask] the system ended with code {code}");
+            code
+        }
+        (None, signal) => {
+            // No isolation: one component's fault ends them all.
+            let signal = signal.unwrap_or(0);
+            println!("[xtask] the monolith died of signal {signal}: a component faulted and took every component with it");
+            128 + signal
+        }
+    };
     if code == 0 {
         Ok(())
     } else {

@@ -955,11 +955,9 @@ pub fn build_monolith(
     );
     write_if_changed(&crate_dir.join("Cargo.toml"), &manifest)?;
     write_if_changed(&crate_dir.join("src/main.rs"), &main)?;
-    // The project's lock file: the same versions, no resolution.
-    let lock = std::fs::read_to_string(workspace.join("Cargo.lock"))?;
-    if !crate_dir.join("Cargo.lock").exists() {
-        std::fs::write(crate_dir.join("Cargo.lock"), lock)?;
-    }
+    // The project's lock file, fresh each build: the same versions, no
+    // resolution (cargo drops what this crate does not use).
+    std::fs::copy(workspace.join("Cargo.lock"), crate_dir.join("Cargo.lock"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
