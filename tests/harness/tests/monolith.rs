@@ -84,3 +84,34 @@ fn a_fault_takes_the_whole_monolith_down() {
         "nothing can restart a component of a dead process: {lines:?}"
     );
 }
+
+/// The host is the hypervisor, not part of the guest: losing it powers
+/// the monolith off with 4, as it does the isolated system
+/// (hosted_host.rs).
+#[test]
+fn losing_the_host_powers_the_monolith_off_with_4() {
+    let command = monolith_command("system.toml", false, &["--time-interval-ms", "5000"])
+        .expect("the monolith builds");
+    let mut system = LineProcess::start(command).expect("the monolith starts");
+    system.expect_output("[vmbus] VMBus 5.3 negotiated", 0);
+    let children = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        system.pid(),
+        system.pid()
+    ))
+    .expect("the monolith's children");
+    let host = children
+        .split_whitespace()
+        .next()
+        .expect("the host process");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", host])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    system.expect_output("[monolith] the hypervisor host (hvsim) is gone", 0);
+    match system.wait_exit(Duration::from_secs(20)) {
+        Some(4) => {}
+        other => system.fail(&format!("the monolith did not power off with 4: {other:?}")),
+    }
+}
