@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod expect;
+pub mod monolith;
 
 use component_api::{
     CallError, Channel, Child, Env, Fault, Refusal, Region, RegionAddress, RegionName,

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str = "usage: cargo xtask hosted [path/to/system.toml] [--release] \
+const USAGE: &str = "usage: cargo xtask hosted [path/to/system.toml] [--release] [--monolithic] \
 [--host PROGRAM | --host-socket PATH] [--host-arg ARG]... \
 [--net none | tap:IFNAME | user:127.0.0.1:PORT]";
 
@@ -45,6 +45,7 @@ const DEFAULT_HOST_ARGS: [&str; 2] = ["--time-interval-ms", "5000"];
 pub fn run(args: &[String]) -> Result {
     let root = workspace_root();
     let mut release = false;
+    let mut monolithic = false;
     let mut description: Option<PathBuf> = None;
     let mut host_args: Vec<String> = Vec::new();
     let mut host_program: Option<PathBuf> = None;
@@ -58,6 +59,7 @@ pub fn run(args: &[String]) -> Result {
         };
         match arg.as_str() {
             "--release" => release = true,
+            "--monolithic" => monolithic = true,
             "--host-arg" => host_args.push(value("--host-arg")?),
             "--net" => net = Some(value("--net")?),
             // Used as given: a bare name is looked up on PATH.
@@ -116,6 +118,16 @@ pub fn run(args: &[String]) -> Result {
         host_args.extend(["--net".to_string(), spec.clone()]);
         println!("[xtask] {}", describe_network(spec));
     }
+    if monolithic {
+        return run_monolithic(
+            &description,
+            &layout,
+            release,
+            host_program.or_else(|| host.map(|c| PathBuf::from(&c.package))),
+            host_socket,
+            host_args,
+        );
+    }
     println!(
         "[xtask] building {} component(s) for the host",
         packages.len()
@@ -146,6 +158,101 @@ pub fn run(args: &[String]) -> Result {
     } else {
         std::process::exit(i32::from(code))
     }
+}
+
+/// `--monolithic`: every component as a thread of one process
+/// (`hosted_runtime::monolith`), the host still its own process. `host`
+/// is a program, or the bare package name of the description's
+/// `simulated_host` (built here for the host).
+fn run_monolithic(
+    description: &std::path::Path,
+    layout: &system_layout::SystemLayout,
+    release: bool,
+    host: Option<PathBuf>,
+    host_socket: Option<PathBuf>,
+    host_args: Vec<String>,
+) -> Result {
+    let root = workspace_root();
+    println!("[xtask] building the monolith of {}", description.display());
+    let started = monolith_command(
+        &root,
+        description,
+        layout,
+        release,
+        host,
+        host_socket,
+        host_args,
+    )?;
+    let mut command = started;
+    println!("[xtask] starting {} (monolithic)", description.display());
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start the monolith: {e}"))?;
+    let code = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
+        (Some(code), _) => {
+            println!("[xtask] the system ended with code {code}");
+            code
+        }
+        (None, signal) => {
+            // No isolation: one component's fault ends them all.
+            let signal = signal.unwrap_or(0);
+            println!("[xtask] the monolith died of signal {signal}: a component faulted and took every component with it");
+            128 + signal
+        }
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        std::process::exit(code)
+    }
+}
+
+/// Build the monolith of `description` (and the host package, when the
+/// host is the description's own) and return the command that runs it.
+pub fn monolith_command(
+    root: &std::path::Path,
+    description: &std::path::Path,
+    layout: &system_layout::SystemLayout,
+    release: bool,
+    host: Option<PathBuf>,
+    host_socket: Option<PathBuf>,
+    host_args: Vec<String>,
+) -> Result<std::process::Command> {
+    let binary = hosted_runtime::monolith::build_monolith(root, description, layout, release)
+        .map_err(|e| format!("build failed: {e}"))?;
+    let layout_file = binary.with_file_name("monolith-layout.bin");
+    let encoded = layout
+        .encode()
+        .map_err(|e| format!("cannot encode the layout: {e}"))?;
+    std::fs::write(&layout_file, encoded)
+        .map_err(|e| format!("cannot write {}: {e}", layout_file.display()))?;
+    let mut command = std::process::Command::new(&binary);
+    command.arg("--layout").arg(&layout_file);
+    if let Some(socket) = host_socket {
+        command.arg("--host-socket").arg(socket);
+    } else if let Some(host) = host {
+        let program = if host.components().count() == 1
+            && layout
+                .components
+                .iter()
+                .any(|c| c.simulated_host && host.as_os_str() == c.package.as_str())
+        {
+            let package = host.display().to_string();
+            build_components(root, description, std::slice::from_ref(&package), release)
+                .map_err(|e| format!("build failed: {e}"))?
+                .join(package)
+        } else {
+            host
+        };
+        command.arg("--host").arg(program);
+        for arg in host_args {
+            command.arg("--host-arg").arg(arg);
+        }
+    }
+    Ok(command)
 }
 
 /// The driver name of the synthetic NIC in descriptions.

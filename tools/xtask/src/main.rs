@@ -36,6 +36,9 @@
 //!   the ring benchmark with OpenVMM's ring (DIR: a clone's
 //!   `vm/devices/vmbus/vmbus_ring`, never part of this repository) as one
 //!   more series (`cargo xtask bench --openvmm DIR` runs the same)
+//! - `cargo xtask bench-isolation [--smoke] [--rounds N] [--only ic|storage|net]`:
+//!   isolated (a process per component) against monolithic (one process,
+//!   components as threads), hosted, interleaved
 //! - `cargo xtask setup`  : install what the build needs (QEMU, xmllint,
 //!   the kernel build's Python packages, the Rust target); `run`, `test`,
 //!   `build` and `boot-test` do this first
@@ -49,6 +52,7 @@ mod bench;
 mod bench_driver;
 // `bench-restart`, `bench-boot`.
 mod bench_restart;
+mod bench_isolation;
 mod boot_media;
 mod check;
 mod disk;
@@ -71,7 +75,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|bench-restart|bench-boot|ring-compare|check|fuzz|setup> [args]"
+        "usage: cargo xtask <run|test|build|image|boot-test|soak|hosted|disk|bench|bench-storage|bench-net|bench-restart|bench-boot|bench-isolation|ring-compare|check|fuzz|setup> [args]"
     );
     ExitCode::from(2)
 }
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         "bench-net" => bench::net(rest),
         "bench-restart" => bench_restart::restart(rest),
         "bench-boot" => bench_restart::boot(rest),
+        "bench-isolation" => bench_isolation::run(rest),
         "disk" => disk::run(rest),
         "ring-compare" => ring_compare::command(rest),
         _ => return usage(),

@@ -696,7 +696,7 @@ impl Drop for System {
 /// guest-memory file. Returns it, its (name, GPA, size) table, and per
 /// region (descriptor, offset).
 #[allow(clippy::type_complexity)]
-fn create_regions(
+pub(crate) fn create_regions(
     layout: &SystemLayout,
 ) -> io::Result<(
     Option<OwnedFd>,

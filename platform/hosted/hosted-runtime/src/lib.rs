@@ -25,6 +25,7 @@
 pub mod endpoint;
 pub mod ioport;
 pub mod launcher;
+pub mod monolith;
 pub mod protocol;
 pub mod simulated_host;
 pub mod sys;

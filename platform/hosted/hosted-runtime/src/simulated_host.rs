@@ -85,6 +85,10 @@ pub struct HostConsole {
 }
 
 impl HostConsole {
+    pub(crate) fn new(stdin: ChildStdin, answers: Receiver<String>) -> HostConsole {
+        HostConsole { stdin, answers }
+    }
+
     /// Send one operator command and wait at most `timeout` for its answer
     /// (the next stdout line; older unread lines are dropped first).
     pub fn command(&mut self, line: &str, timeout: Duration) -> io::Result<String> {
@@ -194,7 +198,7 @@ pub fn start(
 
 /// `program --socket PATH ARGS..`, with its stdin, stdout and stderr
 /// piped to us; it dies with this process.
-fn spawn_host(program: &Path, socket: &Path, args: &[String]) -> io::Result<Child> {
+pub(crate) fn spawn_host(program: &Path, socket: &Path, args: &[String]) -> io::Result<Child> {
     let mut command = Command::new(program);
     command
         .arg("--socket")
@@ -216,7 +220,7 @@ fn spawn_host(program: &Path, socket: &Path, args: &[String]) -> io::Result<Chil
 /// starts; until then connecting fails, and we wait for a sign of life
 /// (the host program's exit) or a few milliseconds before trying again,
 /// within [`CONNECT_BOUND`].
-fn connect(mut child: Option<&mut Child>, socket: &Path) -> io::Result<UnixStream> {
+pub(crate) fn connect(mut child: Option<&mut Child>, socket: &Path) -> io::Result<UnixStream> {
     let deadline = Instant::now() + CONNECT_BOUND;
     let pidfd = match child.as_ref() {
         Some(child) => Some(sys::pidfd_open(child.id())?),
@@ -445,31 +449,7 @@ impl Bridge {
     }
 
     fn serve(&mut self, message: &[u8], reply: &mut [u8]) -> Result<usize, Refusal> {
-        let request = decode_request::<vmbus_ipc::hypervisor::Hypervisor>(message)?;
-        let outcome = match request {
-            Request::MsrRead { msr } => self.hypervisor.msr_read(msr).map(Reply::Value),
-            Request::MsrWrite { msr, value } => {
-                self.hypervisor.msr_write(msr, value).map(|()| Reply::Done)
-            }
-            Request::Hypercall {
-                control,
-                input,
-                output,
-            } => self
-                .hypervisor
-                .hypercall(control, input, output)
-                .map(Reply::Value),
-            Request::EndOfInterrupt => self.hypervisor.end_of_interrupt().map(|()| Reply::Done),
-        };
-        let answer = match outcome {
-            Ok(answer) => answer,
-            Err(HvError::GeneralProtection) => Reply::GeneralProtection,
-            Err(HvError::InvalidOpcode) => Reply::InvalidOpcode,
-            // The host is gone: the caller learns it as a refusal; the
-            // bridge then powers the system off.
-            Err(HvError::Transport) => return Err(Refusal::DENIED),
-        };
-        encode_reply::<vmbus_ipc::hypervisor::Hypervisor>(reply, &answer)
+        serve_hypervisor(&mut self.hypervisor, message, reply)
     }
 
     /// Forward complete lines from the host's output; false at end of file.
@@ -492,4 +472,35 @@ impl Bridge {
         }
         true
     }
+}
+
+/// Serve one `vmbus_ipc::hypervisor` call of synic over the transport
+/// (the bridge's, and the monolith's in-process host end).
+pub(crate) fn serve_hypervisor(
+    hypervisor: &mut HostedHypervisor,
+    message: &[u8],
+    reply: &mut [u8],
+) -> Result<usize, Refusal> {
+    let request = decode_request::<vmbus_ipc::hypervisor::Hypervisor>(message)?;
+    let outcome = match request {
+        Request::MsrRead { msr } => hypervisor.msr_read(msr).map(Reply::Value),
+        Request::MsrWrite { msr, value } => hypervisor.msr_write(msr, value).map(|()| Reply::Done),
+        Request::Hypercall {
+            control,
+            input,
+            output,
+        } => hypervisor
+            .hypercall(control, input, output)
+            .map(Reply::Value),
+        Request::EndOfInterrupt => hypervisor.end_of_interrupt().map(|()| Reply::Done),
+    };
+    let answer = match outcome {
+        Ok(answer) => answer,
+        Err(HvError::GeneralProtection) => Reply::GeneralProtection,
+        Err(HvError::InvalidOpcode) => Reply::InvalidOpcode,
+        // The host is gone: the caller learns it as a refusal; the
+        // bridge then powers the system off.
+        Err(HvError::Transport) => return Err(Refusal::DENIED),
+    };
+    encode_reply::<vmbus_ipc::hypervisor::Hypervisor>(reply, &answer)
 }
