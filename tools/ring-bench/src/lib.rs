@@ -309,6 +309,8 @@ struct Options {
     max_packets: u64,
     groups: Vec<&'static str>,
     sizes: Vec<usize>,
+    /// Only these series (all when empty), for profiling one of them.
+    series: Vec<String>,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -318,6 +320,7 @@ fn parse_options(args: &[String]) -> Options {
         max_packets: 1 << 19,
         groups: vec!["ring", "ring-hosted"],
         sizes: SIZES.to_vec(),
+        series: Vec::new(),
     };
     let mut rounds = None;
     let mut args = args.iter();
@@ -353,10 +356,13 @@ fn parse_options(args: &[String]) -> Options {
                     .map(|s| s.parse().expect("--sizes 64,1024,..."))
                     .collect();
             }
+            "--series" => {
+                options.series = value().split(',').map(str::to_string).collect();
+            }
             // `cargo bench` passes --bench; nothing else is expected.
             "--bench" => {}
             other => panic!(
-                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...] [--backoff SPINS]"
+                "unknown argument {other}; usage: ring-bench [--smoke] [--long] [--rounds N] [--only ring|ring-hosted] [--sizes 64,256,...] [--series NAME,...] [--backoff SPINS]"
             ),
         }
     }
@@ -456,6 +462,9 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
             series.insert(1, None);
         }
         let name = |s: &Option<&dyn Contender>| s.map_or("memcpy", |c| c.name());
+        if !options.series.is_empty() {
+            series.retain(|s| options.series.iter().any(|wanted| wanted == name(s)));
+        }
         let mut samples = vec![vec![Samples::default(); options.sizes.len()]; series.len()];
         for _round in 0..options.rounds {
             for (size_index, &size) in options.sizes.iter().enumerate() {

@@ -119,6 +119,7 @@ impl Region {
         self.guest_physical
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -128,6 +129,7 @@ impl Region {
     pub fn writable(&self) -> bool {
         self.writable
     }
+    #[inline]
     pub fn double_mapped(&self) -> bool {
         self.double_mapped
     }

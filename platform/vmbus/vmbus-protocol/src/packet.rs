@@ -22,6 +22,7 @@ pub enum PacketType {
 }
 
 impl PacketType {
+    #[inline]
     pub const fn wire(self) -> u16 {
         match self {
             Self::InBand => 0x6,
@@ -30,6 +31,7 @@ impl PacketType {
             Self::Completion => 0xB,
         }
     }
+    #[inline]
     pub const fn from_wire(value: u16) -> Option<Self> {
         match value {
             0x6 => Some(Self::InBand),
@@ -265,6 +267,7 @@ pub struct Packet<'a> {
 
 /// Validate a packet copied out of a ring. `bytes` holds the packet from its
 /// descriptor on; it may be longer than `len8 * 8` (the rest is ignored).
+#[inline]
 pub fn parse_packet(bytes: &[u8]) -> Result<Packet<'_>, PacketError> {
     let (descriptor, _) =
         PacketDescriptor::read_from_prefix(bytes).map_err(|_| PacketError::TooShort)?;
@@ -343,6 +346,7 @@ fn parse_gpa_ranges(header_area: &[u8]) -> Result<GpaRanges<'_>, PacketError> {
 /// Descriptor for a packet whose type-specific header (after the
 /// descriptor) is `extra_header_len` bytes and whose payload is
 /// `payload_len` bytes. `None` if it does not fit the 16-bit unit fields.
+#[inline]
 pub fn descriptor_for(
     packet_type: PacketType,
     extra_header_len: usize,
@@ -371,6 +375,7 @@ pub fn descriptor_for(
 }
 
 /// Bytes a packet occupies in the ring: len8 * 8 plus the trailer.
+#[inline]
 pub fn ring_footprint(descriptor: &PacketDescriptor) -> usize {
     descriptor.len8.get() as usize * 8 + TRAILER_SIZE
 }

@@ -84,7 +84,7 @@ fn data_size<M: RingMemory>(memory: &M) -> Result<u32, RingError> {
     Ok(len as u32)
 }
 
-#[inline]
+#[inline(always)]
 fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, RingError> {
     let value = word.load(Ordering::Acquire);
     if value >= size || !value.is_multiple_of(8) {
@@ -94,7 +94,7 @@ fn load_index(word: &AtomicU32, size: u32, which: IndexKind) -> Result<u32, Ring
 }
 
 /// Bytes in use from `read` to `write`.
-#[inline]
+#[inline(always)]
 fn used(read: u32, write: u32, size: u32) -> u32 {
     if write >= read {
         write - read
@@ -105,7 +105,7 @@ fn used(read: u32, write: u32, size: u32) -> u32 {
 
 /// `index + len` in a ring of `size` bytes. Every caller moves by less than
 /// the ring size, so one subtraction does (no division on the hot path).
-#[inline]
+#[inline(always)]
 fn advance(index: u32, len: usize, size: u32) -> u32 {
     let size = size as u64;
     let mut sum = index as u64 + len as u64;
@@ -119,7 +119,7 @@ fn advance(index: u32, len: usize, size: u32) -> u32 {
 }
 
 /// Copy out of the ring at `offset`, wrapping at the end.
-#[inline]
+#[inline(always)]
 fn copy_out<M: RingMemory>(
     memory: &M,
     size: u32,
@@ -142,7 +142,7 @@ fn copy_out<M: RingMemory>(
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn copy_in<M: RingMemory>(
     memory: &M,
     size: u32,
@@ -224,6 +224,7 @@ impl<M: RingMemory> RingWriter<M> {
     }
 
     /// Free bytes now (loads and validates the read index).
+    #[inline]
     pub fn free_space(&mut self) -> Result<usize, RingError> {
         self.read_seen = load_index(
             self.memory.control(control::READ_INDEX)?,
@@ -234,6 +235,7 @@ impl<M: RingMemory> RingWriter<M> {
     }
 
     /// Free bytes by the read index last loaded (a lower bound).
+    #[inline(always)]
     fn free_space_seen(&self) -> usize {
         (self.size - used(self.read_seen, self.write_index, self.size)) as usize
     }
@@ -243,6 +245,7 @@ impl<M: RingMemory> RingWriter<M> {
         self.size as usize - TRAILER_SIZE - 8
     }
 
+    #[inline]
     pub fn write_in_band(
         &mut self,
         transaction_id: u64,
@@ -262,6 +265,7 @@ impl<M: RingMemory> RingWriter<M> {
         self.write_parts(&descriptor, &[], payload)
     }
 
+    #[inline]
     pub fn write_completion(
         &mut self,
         transaction_id: u64,
@@ -363,6 +367,7 @@ impl<M: RingMemory> RingWriter<M> {
     }
 
     /// A packet of any type: descriptor, a type-specific header, payload.
+    #[inline]
     pub fn write_parts(
         &mut self,
         descriptor: &PacketDescriptor,
@@ -377,12 +382,14 @@ impl<M: RingMemory> RingWriter<M> {
         )
     }
 
+    #[inline(always)]
     fn put(&self, cursor: &mut u32, bytes: &[u8]) -> Result<(), RingError> {
         copy_in(&self.memory, self.size, *cursor, bytes)?;
         *cursor = advance(*cursor, bytes.len(), self.size);
         Ok(())
     }
 
+    #[inline]
     fn write_with(
         &mut self,
         descriptor: &PacketDescriptor,
@@ -462,6 +469,7 @@ impl<M: RingMemory> RingWriter<M> {
     /// leaves the batch open: call `publish` (and signal if it says so)
     /// before waiting for space, or the reader never sees the packets it
     /// would free space by reading.
+    #[inline]
     pub fn begin_batch(&mut self) {
         if self.batch_start.is_none() {
             self.batch_start = Some(self.write_index);
@@ -471,6 +479,7 @@ impl<M: RingMemory> RingWriter<M> {
     /// Publish the packets written since [`RingWriter::begin_batch`] and end
     /// the batch; says whether to signal the reader. Without a batch (or an
     /// empty one) there is nothing to publish.
+    #[inline]
     pub fn publish(&mut self) -> Result<Signal, RingError> {
         match self.batch_start.take() {
             Some(start) if start != self.write_index => self.publish_from(start),
@@ -480,6 +489,7 @@ impl<M: RingMemory> RingWriter<M> {
 
     /// Publish the write index for the packets from `start` on, and decide
     /// the signal.
+    #[inline]
     fn publish_from(&mut self, start: u32) -> Result<Signal, RingError> {
         // Data before index (Release), then a full fence so the loads of
         // interrupt_mask and read_index below cannot be satisfied before
@@ -556,6 +566,7 @@ impl<M: RingMemory> RingReader<M> {
         self.signals
     }
 
+    #[inline]
     fn write_index(&self) -> Result<u32, RingError> {
         load_index(
             self.memory.control(control::WRITE_INDEX)?,
@@ -575,6 +586,7 @@ impl<M: RingMemory> RingReader<M> {
     ///
     /// A packet that fails validation is consumed and reported, so one bad
     /// packet does not wedge the ring.
+    #[inline]
     pub fn try_read(&mut self, out: &mut [u8]) -> Result<Option<ReadInfo>, RingError> {
         if self.write_seen == self.read_index {
             self.write_seen = self.write_index()?;
@@ -634,6 +646,7 @@ impl<M: RingMemory> RingReader<M> {
     /// call. Returns whether the writer must be signalled: only when it
     /// announced pending_send_sz support, asked for space, and this batch
     /// made free space cross that size.
+    #[inline]
     pub fn finish_batch(&mut self) -> Result<Signal, RingError> {
         if self.read_index == self.published {
             return Ok(Signal(false));
