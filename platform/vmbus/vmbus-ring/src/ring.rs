@@ -446,11 +446,13 @@ impl<M: RingMemory> RingWriter<M> {
         self.put(&mut cursor, payload)?;
         let written = DESCRIPTOR_SIZE + extra_header_len + payload.len();
         let padding = packet_len - written;
-        // Padding and trailer in one copy.
-        let mut tail = [0u8; 16];
+        // Padding only when the payload needs it (a copy of a fixed 8
+        // bytes is a single store; one of a variable length is a call).
+        if padding != 0 {
+            self.put(&mut cursor, &[0u8; 8][..padding])?;
+        }
         let trailer = (start as u64) << 32;
-        tail[8..].copy_from_slice(&trailer.to_le_bytes());
-        self.put(&mut cursor, &tail[8 - padding..])?;
+        self.put(&mut cursor, &trailer.to_le_bytes())?;
 
         self.write_index = cursor;
         if self.batch_start.is_some() {
