@@ -131,11 +131,13 @@ fn write_one(
     loop {
         match writer.write_in_band(index, false, payload) {
             Ok(_signal) => return Ok(()),
-            Err(RingError::Full { needed, .. }) => {
-                while writer.free_space()? <= needed {
-                    backoff();
+            // As every contender's writer: wait, then look again.
+            Err(RingError::Full { needed, .. }) => loop {
+                backoff();
+                if writer.free_space()? > needed {
+                    break;
                 }
-            }
+            },
             Err(other) => return Err(other),
         }
     }
@@ -190,8 +192,11 @@ impl Contender for OursPublishingEvery {
                     Err(RingError::Full { needed, .. }) => {
                         // Publish what the reader must read to make space.
                         let _ = writer.publish().expect("publish");
-                        while writer.free_space().expect("read index") <= needed {
+                        loop {
                             backoff();
+                            if writer.free_space().expect("read index") > needed {
+                                break;
+                            }
                         }
                         writer.begin_batch();
                     }
@@ -220,7 +225,8 @@ fn read_ours(memory: &DoubleMappedRingMemory, size: usize, packets: u64) -> u64 
                     sum = sum.wrapping_add(stamp_of(&private[PAYLOAD_OFFSET..]));
                     received += 1;
                     batch += 1;
-                    batch_bytes += info.len;
+                    // Payload bytes, as every contender counts its batch.
+                    batch_bytes += info.len - PAYLOAD_OFFSET;
                 }
                 None => break,
             }

@@ -56,8 +56,6 @@ pub enum RingError {
         claimed: usize,
         available: usize,
     },
-    /// The descriptor changed between the first look and the copy.
-    ChangedDuringCopy,
     /// The copied packet failed validation (it has been consumed).
     BadPacket(PacketError),
     /// A GPA range the writer was asked to describe is malformed.
@@ -623,12 +621,17 @@ impl<M: RingMemory> RingReader<M> {
         let Some(private) = out.get_mut(..packet_len) else {
             return Err(RingError::BufferTooSmall { needed: packet_len });
         };
-        copy_out(&self.memory, self.size, self.read_index, private)?;
-        // The copy is what we validate and use; the length we advance by
-        // must be the one the copy states.
-        if private[4..6] != first[4..6] {
-            return Err(RingError::ChangedDuringCopy);
-        }
+        // The descriptor is read once: the bytes validated above are the
+        // ones the caller gets, so the length we advance by is the one the
+        // copy states without reading (and comparing) the descriptor again.
+        let (descriptor, rest) = private.split_at_mut(DESCRIPTOR_SIZE);
+        descriptor.copy_from_slice(&first);
+        copy_out(
+            &self.memory,
+            self.size,
+            advance(self.read_index, DESCRIPTOR_SIZE, self.size),
+            rest,
+        )?;
         self.read_index = advance(self.read_index, footprint, self.size);
         packet::parse_packet(private).map_err(RingError::BadPacket)?;
         Ok(Some(ReadInfo { len: packet_len }))
