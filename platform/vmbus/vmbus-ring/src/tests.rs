@@ -418,3 +418,43 @@ fn two_threads_stream_without_loss() {
     }
     consumer.join().unwrap();
 }
+
+/// The bytes a writer leaves in the ring for payloads of every padding
+/// (0-7 bytes), across the wrap: zero padding after the payload, then the
+/// trailer (the packet's start offset in the upper 32 bits), and the next
+/// packet right after it. The reader never looks at either, so only the
+/// raw bytes show them.
+#[test]
+fn padding_is_zero_and_the_trailer_names_the_packet_start() {
+    for (name, memory) in both_memories() {
+        let memory = &*memory;
+        let (mut writer, mut reader, mut out) = ends(memory, false);
+        // Dirty the data area so zero padding is the writer's doing.
+        memory.write_data(0, &[0xEE; SIZE]).unwrap();
+        let mut start = 0usize;
+        for round in 0..200usize {
+            let payload_len = 1 + round % 23;
+            let payload = vec![0xA5u8; payload_len];
+            let _ = writer.write_in_band(round as u64, false, &payload).unwrap();
+            let packet_len = (16 + payload_len).div_ceil(8) * 8;
+            let mut raw = vec![0u8; packet_len + 8];
+            for (i, byte) in raw.iter_mut().enumerate() {
+                let mut one = [0u8];
+                memory.read_data((start + i) % SIZE, &mut one).unwrap();
+                *byte = one[0];
+            }
+            assert!(
+                raw[16 + payload_len..packet_len].iter().all(|&b| b == 0),
+                "{name}: padding of a {payload_len}-byte payload"
+            );
+            let trailer = u64::from_le_bytes(raw[packet_len..].try_into().unwrap());
+            assert_eq!(trailer, (start as u64) << 32, "{name}: trailer");
+            let info = reader.try_read(&mut out).unwrap().unwrap();
+            assert_eq!(info.len, packet_len, "{name}: packet length");
+            assert_eq!(&out[16..16 + payload_len], &payload[..], "{name}: payload");
+            let _ = reader.finish_batch().unwrap();
+            start = (start + packet_len + 8) % SIZE;
+            assert_eq!(control_word(memory, control::WRITE_INDEX) as usize, start);
+        }
+    }
+}
