@@ -51,8 +51,8 @@ mod bench;
 // the end-to-end benchmark).
 mod bench_driver;
 // `bench-restart`, `bench-boot`.
-mod bench_restart;
 mod bench_isolation;
+mod bench_restart;
 mod boot_media;
 mod check;
 mod disk;
