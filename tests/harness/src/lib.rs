@@ -49,6 +49,8 @@ type BuiltSet = HashSet<(PathBuf, String, bool)>;
 static BUILT: Mutex<Option<BuiltSet>> = Mutex::new(None);
 
 fn ensure_built(description: &Path, packages: &[String], release: bool) -> Result<PathBuf, String> {
+    // A benchmark's smoke run uses the builds the tests already made.
+    let release = release && bench_record::optimised_builds();
     let root = workspace_root();
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let set = built.get_or_insert_with(HashSet::new);

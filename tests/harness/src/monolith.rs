@@ -24,6 +24,7 @@ pub fn monolith_command(
 ) -> Result<Command, String> {
     let root = workspace_root();
     let description = root.join(description);
+    let release = release && bench_record::optimised_builds();
     let layout = sysdesc::compile_file(&description).map_err(|d| d.to_string())?;
     let binary = build(&root, &description, &layout, release)?;
     let layout_file = binary.with_file_name("monolith-layout.bin");

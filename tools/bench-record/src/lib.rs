@@ -23,6 +23,19 @@ use std::io::Write;
 /// The environment variable naming the results file.
 pub const RESULTS_ENV: &str = "VMBUS_BENCH_JSON";
 
+/// Set (to anything) by `cargo xtask bench --smoke`: the benchmarks build
+/// the systems they start with the dev profile instead of release. A smoke
+/// run only proves the benchmarks still work, and `cargo xtask test` has
+/// already built every hosted system that way, so the smoke costs no second
+/// (optimised) build of each.
+pub const UNOPTIMISED_ENV: &str = "VMBUS_BENCH_UNOPTIMISED";
+
+/// Whether benchmarks should build what they run optimised (see
+/// [`UNOPTIMISED_ENV`]).
+pub fn optimised_builds() -> bool {
+    std::env::var_os(UNOPTIMISED_ENV).is_none()
+}
+
 /// One measured cell: a series at one x for one metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Record {

@@ -224,7 +224,7 @@ fn prebuild(root: &Path, description: &str) -> Result {
         .iter()
         .map(|c| c.package.clone())
         .collect();
-    hosted_runtime::build_components(root, &path, &packages, true)
+    hosted_runtime::build_components(root, &path, &packages, bench_record::optimised_builds())
         .map_err(|e| format!("build failed: {e}"))?;
     monolith_command(description, true, &[])?;
     Ok(())
@@ -246,7 +246,7 @@ fn command(
                 .current_dir(workspace_root())
                 .arg("hosted")
                 .arg(description)
-                .arg("--release")
+                .args(bench_record::optimised_builds().then_some("--release"))
                 .arg("--net")
                 .arg(net.unwrap_or("none"));
             for arg in host_args {

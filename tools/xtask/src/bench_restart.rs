@@ -125,7 +125,9 @@ pub fn restart(args: &[String]) -> Result {
     }
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["bench", "-p", "ipc-harness", "--bench", "restart", "--"])
+        .arg("bench")
+        .args(unoptimised_profile().into_iter().flatten())
+        .args(["-p", "ipc-harness", "--bench", "restart", "--"])
         .args(args)
         .status()
         .map_err(|e| format!("cannot run cargo bench: {e}"))?;
@@ -134,6 +136,12 @@ pub fn restart(args: &[String]) -> Result {
     } else {
         Err(format!("the restart benchmark failed: {status}"))
     }
+}
+
+/// `cargo bench`'s profile for a smoke run (bench_record::UNOPTIMISED_ENV):
+/// the dev profile the tests already built.
+fn unoptimised_profile() -> Option<[&'static str; 2]> {
+    (!bench_record::optimised_builds()).then_some(["--profile", "dev"])
 }
 
 const RESTART_SYSTEM: &str = "tests/systems/restart-bench.toml";

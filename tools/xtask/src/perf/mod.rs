@@ -280,6 +280,32 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// A cargo step's arguments in `mode`: a smoke run builds with the dev
+/// profile (`--release` and `cargo bench`'s optimised profile would build
+/// every crate a second time; the tests already built them unoptimised).
+fn cargo_args(args: &[&str], mode: Mode) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (index, arg) in args.iter().enumerate() {
+        if mode == Mode::Smoke && *arg == "--release" {
+            out.extend(["--profile".into(), "dev".into()]);
+            continue;
+        }
+        out.push(arg.to_string());
+        if mode == Mode::Smoke && index == 0 && *arg == "bench" {
+            out.extend(["--profile".into(), "dev".into()]);
+        }
+    }
+    out
+}
+
+/// In a smoke run the benchmarks build the systems they start unoptimised
+/// too (bench_record::UNOPTIMISED_ENV).
+fn unoptimised_in_smoke(command: &mut Command, mode: Mode) {
+    if mode == Mode::Smoke {
+        command.env(bench_record::UNOPTIMISED_ENV, "1");
+    }
+}
+
 /// How a step ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StepStatus {
@@ -547,9 +573,10 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                 let mut cargo = Command::new(env!("CARGO"));
                 cargo
                     .current_dir(&root)
-                    .args(step.args)
+                    .args(cargo_args(step.args, options.mode))
                     .args(&mode_args)
                     .env(RESULTS_ENV, results);
+                unoptimised_in_smoke(&mut cargo, options.mode);
                 run_step(&mut cargo)
             }
             Program::Xtask => match std::env::current_exe() {
@@ -560,6 +587,7 @@ fn measure(options: &Options, results: &Path, args: &[String], table: &[Step]) -
                         .args(step.args)
                         .args(&mode_args)
                         .env(RESULTS_ENV, results);
+                    unoptimised_in_smoke(&mut command, options.mode);
                     run_step(&mut command)
                 }
                 Err(error) => Err(format!("cannot find xtask itself: {error}")),
@@ -816,6 +844,31 @@ fn write_report(out: &Path, run: &RunInfo, records: &[Record]) -> Result<PathBuf
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn smoke_builds_with_the_dev_profile() {
+        let run = ["run", "--release", "-p", "ring-bench", "--"];
+        assert_eq!(
+            cargo_args(&run, Mode::Smoke),
+            ["run", "--profile", "dev", "-p", "ring-bench", "--"]
+        );
+        assert_eq!(cargo_args(&run, Mode::Default), run);
+        let bench = ["bench", "-p", "block-queue", "--bench", "round_trip", "--"];
+        assert_eq!(
+            cargo_args(&bench, Mode::Smoke),
+            [
+                "bench",
+                "--profile",
+                "dev",
+                "-p",
+                "block-queue",
+                "--bench",
+                "round_trip",
+                "--"
+            ]
+        );
+        assert_eq!(cargo_args(&bench, Mode::Long), bench);
+    }
+
     use super::*;
 
     #[test]
