@@ -40,7 +40,7 @@ const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
 [--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
 [--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE] [--disk PATH[,ro]]... \
-[--storage-version MAJOR.MINOR] [--storage-sub-channels N] \
+[--storage-version MAJOR.MINOR] [--storage-sub-channels N] [--ring-poll-us N] \
 [--net none | tap:IFNAME | user:127.0.0.1:PORT[=GUESTPORT],...]";
 
 fn fail(message: &str) -> ! {
