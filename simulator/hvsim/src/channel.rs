@@ -186,6 +186,13 @@ pub struct ChannelStats {
     /// GPADL the guest created for the channel.
     pub gpa_outside_gpadls: u64,
     pub transfer_pages_sent: u64,
+    /// Poll windows that ended with the out ring still empty after the
+    /// host cleared its interrupt_mask and looked again (the host slept).
+    pub poll_sleeps: u64,
+    /// Poll windows whose look after clearing the mask found data the
+    /// guest wrote meanwhile (without it the data would wait for a signal
+    /// the guest did not owe).
+    pub poll_rechecks_found: u64,
 }
 
 impl ChannelStats {
@@ -308,9 +315,22 @@ pub struct ChannelEndpoint {
     /// The host's own indices (never read back from shared memory).
     out_read: u32,
     in_write: u32,
-    /// The out ring was empty when the host last looked: the next write
-    /// makes it non-empty and deserves a signal.
+    /// The host was asleep on the out ring (its interrupt_mask clear) and
+    /// had found it empty: the next write makes it non-empty and deserves
+    /// one signal.
     expect_signal: bool,
+    /// The host read data from the out ring while `expect_signal` was
+    /// still unclaimed: the guest's signal for that write may arrive after
+    /// the host already consumed it (it wrote before the mask was set, or
+    /// while the host cleared it and looked again).
+    drained_unclaimed_write: bool,
+    /// How long (ns) the host keeps polling the out ring after it last
+    /// found data there, with the ring's interrupt_mask set so that a
+    /// streaming guest does not signal (0: never polls, never sets the
+    /// mask; the host reads the ring only when signalled).
+    pub poll_window_ns: u64,
+    /// Polling the out ring (its interrupt_mask set) until this time.
+    polling_until: Option<u64>,
     /// Bytes of in-ring space the host waits for (pending_send_sz set).
     waiting_for_space: u32,
     /// Packets the last drain read that the guest wrote while it ran:
@@ -368,6 +388,9 @@ impl ChannelEndpoint {
             out_read: 0,
             in_write: 0,
             expect_signal: true,
+            drained_unclaimed_write: false,
+            poll_window_ns: 0,
+            polling_until: None,
             waiting_for_space: 0,
             late_signal_credits: 0,
             deferred: VecDeque::new(),
@@ -407,6 +430,17 @@ impl ChannelEndpoint {
         // writes (it waits for the guest's signal when the ring is full,
         // and signals the guest when it frees out-ring space the guest
         // waits for).
+        // The out ring's interrupt_mask is the host's: a ring reused from an
+        // earlier open must not keep a mask a former endpoint left set (the
+        // guest would never signal and this endpoint, asleep, never look).
+        if endpoint.broken.is_none()
+            && endpoint
+                .out_ring
+                .store(memory, control::INTERRUPT_MASK, 0)
+                .is_err()
+        {
+            endpoint.fail(RingFault::Memory);
+        }
         if endpoint.broken.is_none()
             && memory
                 .fetch_or_u32(
@@ -448,10 +482,15 @@ impl ChannelEndpoint {
             self.stats.unnecessary_signals += unnecessary;
         }
         self.late_signal_credits = 0;
-        // Like Hyper-V, the host reads the out ring only when signalled (a
-        // guest that forgets to signal stalls, as it would there), and then
-        // drains it.
-        if signals > 0 {
+        // Like Hyper-V, the host reads the out ring when signalled (a guest
+        // that forgets to signal stalls, as it would there), and then
+        // drains it; with a poll window it stays awake (interrupt_mask set,
+        // so a streaming guest need not signal) and looks at every step
+        // until the ring has stayed empty for the window.
+        if signals > 0 || self.polling_until.is_some() {
+            if self.poll_window_ns > 0 && self.polling_until.is_none() {
+                self.mask_out_ring(memory, true);
+            }
             let before = self.out_read;
             let size = self.out_ring.data_size();
             let published_at_start = self
@@ -471,8 +510,17 @@ impl ChannelEndpoint {
                 }
                 signal_guest |= self.handle_packet(memory, packet);
             }
-            if self.broken.is_none() {
-                self.expect_signal = true;
+            if self.out_read != before && self.expect_signal {
+                self.drained_unclaimed_write = true;
+            }
+            if self.broken.is_some() {
+                self.polling_until = None;
+            } else if self.poll_window_ns == 0 {
+                self.arm_for_signal();
+            } else if self.out_read != before || self.polling_until.is_none() {
+                self.polling_until = Some(now_ns.saturating_add(self.poll_window_ns));
+            } else if self.polling_until.is_some_and(|until| now_ns >= until) {
+                signal_guest |= self.sleep_or_resume(memory, now_ns);
             }
             // A writer blocked on a full out ring asked (pending_send_sz)
             // to be signalled once enough space is free.
@@ -509,6 +557,71 @@ impl ChannelEndpoint {
         } else {
             ChannelEvent::None
         }
+    }
+
+    /// The host no longer expects data on its own: the guest's next
+    /// empty -> non-empty write calls for one signal.
+    fn arm_for_signal(&mut self) {
+        self.expect_signal = true;
+        self.drained_unclaimed_write = false;
+    }
+
+    fn mask_out_ring<M: GuestMemory>(&mut self, memory: &M, masked: bool) {
+        if let Err(fault) = self
+            .out_ring
+            .store(memory, control::INTERRUPT_MASK, u32::from(masked))
+        {
+            self.fail(fault);
+        }
+    }
+
+    /// The poll window ran out on an empty out ring: clear the mask, and
+    /// only then look once more (a full fence between, pairing with the
+    /// guest's fence between publishing its write index and reading the
+    /// mask): a packet the guest wrote while it still saw the mask set,
+    /// and so did not signal, is found here, not lost. Found data keeps the
+    /// host awake (mask set again, the packets drained, a new window);
+    /// otherwise it sleeps until signalled. Returns whether to signal the
+    /// guest.
+    fn sleep_or_resume<M: GuestMemory>(&mut self, memory: &M, now_ns: u64) -> bool {
+        self.polling_until = None;
+        self.mask_out_ring(memory, false);
+        self.arm_for_signal();
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let write = match self
+            .out_ring
+            .peer_index(memory, control::WRITE_INDEX, "out write_index")
+        {
+            Ok(write) => write,
+            Err(fault) => {
+                self.fail(fault);
+                return false;
+            }
+        };
+        if self.broken.is_some() || write == self.out_read {
+            self.stats.poll_sleeps += 1;
+            return false;
+        }
+        // The guest may have seen the mask clear and signalled for this
+        // write: that signal is owed (`expect_signal`) though the host
+        // reads the packets now.
+        self.stats.poll_rechecks_found += 1;
+        self.mask_out_ring(memory, true);
+        self.polling_until = Some(now_ns.saturating_add(self.poll_window_ns));
+        let before = self.out_read;
+        let mut signal_guest = false;
+        while let Some(packet) = self.read_packet(memory) {
+            signal_guest |= self.handle_packet(memory, packet);
+        }
+        if self.out_read != before {
+            self.drained_unclaimed_write = true;
+        }
+        signal_guest
+    }
+
+    /// Whether the host is polling the out ring (its interrupt_mask set).
+    pub fn polling(&self) -> bool {
+        self.polling_until.is_some()
     }
 
     /// Whether the guest announced pending_send_sz (feature bit 0 on the
@@ -561,7 +674,7 @@ impl ChannelEndpoint {
                 .out_ring
                 .peer_index(memory, control::WRITE_INDEX, "out write_index")
             {
-                Ok(write) => write != self.out_read,
+                Ok(write) => write != self.out_read || self.drained_unclaimed_write,
                 Err(fault) => {
                     self.fail(fault);
                     return 0;
@@ -570,6 +683,7 @@ impl ChannelEndpoint {
         let mut necessary = 0;
         if out_has_data && self.expect_signal {
             self.expect_signal = false;
+            self.drained_unclaimed_write = false;
             necessary += 1;
         }
         // A reader's signal: the guest freed in-ring space we waited for.

@@ -67,6 +67,17 @@ impl<M: GuestMemory> Simulator<M> {
         self.host.synic.next_timer_ns()
     }
 
+    /// When (ns) the host wants to step next even if the guest stays
+    /// quiet: the synthetic timer, or at once while it polls a ring.
+    pub fn next_wakeup_ns(&self) -> Option<u64> {
+        let timer = self.host.synic.next_timer_ns();
+        if self.vmbus.polling() {
+            Some(timer.map_or(self.now_ns, |due| due.min(self.now_ns)))
+        } else {
+            timer
+        }
+    }
+
     // ---- operator API ----
 
     pub fn add_device(&mut self, device: DeviceConfig) -> u32 {
@@ -418,7 +429,7 @@ impl<M: GuestMemory> crate::transport::Machine for Simulator<M> {
         Simulator::advance_clock(self, now_ns)
     }
     fn next_wakeup_ns(&self) -> Option<u64> {
-        Simulator::next_timer_ns(self)
+        Simulator::next_wakeup_ns(self)
     }
     fn set_tsc_clock(&mut self, clock: hyperv_defs::reference_tsc::TscClock) {
         Simulator::set_tsc_clock(self, Some(clock))

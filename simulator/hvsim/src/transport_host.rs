@@ -40,7 +40,7 @@ const USAGE: &str =
     "usage: hvsim --socket PATH [--max-version MAJOR.MINOR] [--min-version MAJOR.MINOR] \
 [--msg-conn-id N] [--gpadl-limit BYTES] [--devices heartbeat,shutdown,timesync,kvp,CLASS-GUID] \
 [--heartbeat-interval-ms N] [--time-interval-ms N] [--events] [--script FILE] [--disk PATH[,ro]]... \
-[--storage-version MAJOR.MINOR] [--storage-sub-channels N] \
+[--storage-version MAJOR.MINOR] [--storage-sub-channels N] [--ring-poll-us N] \
 [--net none | tap:IFNAME | user:127.0.0.1:PORT[=GUESTPORT],...]";
 
 fn fail(message: &str) -> ! {
@@ -107,7 +107,10 @@ fn read_scenario(path: &str) -> Script {
 fn parse_args() -> (PathBuf, ServerConfig, Options) {
     let mut args = std::env::args().skip(1);
     let mut socket = None;
-    let mut config = ServerConfig::default();
+    let mut config = ServerConfig {
+        ring_poll_window_ns: hvsim::vmbus::HOSTED_RING_POLL_WINDOW_NS,
+        ..ServerConfig::default()
+    };
     let mut options = Options::default();
     let mut devices = "heartbeat,shutdown,timesync,kvp".to_string();
     let millis = |text: String| -> u64 {
@@ -126,6 +129,13 @@ fn parse_args() -> (PathBuf, ServerConfig, Options) {
         };
         match arg.as_str() {
             "--socket" => socket = Some(PathBuf::from(value())),
+            // 0 turns polling off: the host reads a ring only when signalled.
+            "--ring-poll-us" => {
+                config.ring_poll_window_ns = value()
+                    .parse::<u64>()
+                    .map(|us| us.min(1_000_000) * 1_000)
+                    .unwrap_or_else(|_| fail("bad microseconds"))
+            }
             "--max-version" => config.max_version = parse_version(&value()),
             "--min-version" => config.min_version = parse_version(&value()),
             "--msg-conn-id" => {
@@ -406,7 +416,7 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
         self.sim.advance_clock(now_ns);
     }
     fn next_wakeup_ns(&self) -> Option<u64> {
-        self.sim.next_timer_ns()
+        self.sim.next_wakeup_ns()
     }
     fn set_tsc_clock(&mut self, clock: hyperv_defs::reference_tsc::TscClock) {
         self.sim.set_tsc_clock(Some(clock));

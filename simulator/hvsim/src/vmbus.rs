@@ -183,7 +183,19 @@ pub struct ServerConfig {
     /// How the network devices' NIC hosts are set up (MAC, MTU,
     /// sub-channels, versions).
     pub network: NetConfig,
+    /// How long (ns) the host keeps polling a channel's out ring, its
+    /// interrupt_mask set, after it last found data there, as a VMBus
+    /// server busy with a channel does (0: never; the host reads a ring
+    /// only when signalled). See `ChannelEndpoint::poll_window_ns`.
+    pub ring_poll_window_ns: u64,
 }
+
+/// The poll window of the hosted simulator (`hvsim` binary): longer than
+/// the gap between a streaming guest's batches (it answers a completion
+/// within microseconds), short enough that an idle channel sleeps again
+/// at once. The seL4 host steps only on calls and 20 Hz ticks, so a
+/// window there would leave data waiting for a tick: it does not poll.
+pub const HOSTED_RING_POLL_WINDOW_NS: u64 = 1_000_000;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -200,6 +212,7 @@ impl Default for ServerConfig {
             devices: Vec::new(),
             storage: StorageConfig::default(),
             network: NetConfig::default(),
+            ring_poll_window_ns: 0,
         }
     }
 }
@@ -858,6 +871,14 @@ impl Server {
             self.channels.remove(&relid);
         }
         true
+    }
+
+    /// Whether some open channel's out ring is being polled: the host
+    /// should step again soon even if the guest does not call.
+    pub fn polling(&self) -> bool {
+        self.channels
+            .values()
+            .any(|channel| channel.endpoint.as_ref().is_some_and(|e| e.polling()))
     }
 
     /// Handles queued guest messages, due delayed replies and channel work.
@@ -1561,6 +1582,8 @@ impl Server {
             &host.memory,
             self.now_ns,
         );
+        let mut endpoint = endpoint;
+        endpoint.poll_window_ns = self.config.ring_poll_window_ns;
         channel.endpoint = Some(endpoint);
         if let Some(controller) = self.storage.get_mut(&channel.device.instance) {
             controller.forget_channel(relid);

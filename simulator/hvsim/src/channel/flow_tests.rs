@@ -353,3 +353,125 @@ fn a_signal_per_packet_into_an_empty_ring_is_called_for() {
         }
     );
 }
+
+/// The guest's writer rule in full: after publishing, signal only if the
+/// ring was empty before the write and the host's interrupt_mask is clear
+/// (read after the fence `guest_writes` ends with).
+fn guest_writes_and_checks_mask(memory: &VecMemory, transaction_id: u64) -> bool {
+    let was_empty = guest_writes(memory, transaction_id);
+    let masked = memory
+        .load_u32(OUT_CONTROL + control::INTERRUPT_MASK as u64)
+        .unwrap();
+    was_empty && masked == 0
+}
+
+const POLL_WINDOW_NS: u64 = 1_000;
+
+fn polling_endpoint() -> (VecMemory, ChannelEndpoint) {
+    let (memory, mut endpoint) = plain_endpoint();
+    endpoint.poll_window_ns = POLL_WINDOW_NS;
+    (memory, endpoint)
+}
+
+/// A host that keeps polling while the guest streams keeps the mask set:
+/// the guest signals once for the first write, none for the 96 that follow
+/// in batches while the host polls; once the ring stays empty for the
+/// window the host clears the mask and sleeps, and the next write signals.
+#[test]
+fn a_polling_host_keeps_a_streaming_guest_from_signalling() {
+    let (memory, mut endpoint) = polling_endpoint();
+    assert!(guest_writes_and_checks_mask(&memory, 0));
+    let _ = endpoint.step(&memory, 1, 0);
+    assert!(endpoint.polling());
+    let mut now = 0;
+    for batch in 0..12 {
+        let mut signals = 0;
+        for id in 0..8 {
+            if guest_writes_and_checks_mask(&memory, 1 + batch * 8 + id) {
+                signals += 1;
+            }
+        }
+        assert_eq!(signals, 0, "the mask is set while the host polls");
+        now += POLL_WINDOW_NS / 2;
+        let _ = endpoint.step(&memory, 0, now);
+    }
+    assert_eq!(endpoint.stats.packets_received, 97);
+    // Quiet for the window: the host sleeps (after looking once more).
+    let _ = endpoint.step(&memory, 0, now + POLL_WINDOW_NS / 2);
+    assert!(endpoint.polling(), "the window runs from the last data");
+    let _ = endpoint.step(&memory, 0, now + POLL_WINDOW_NS);
+    assert!(!endpoint.polling());
+    assert_eq!(endpoint.stats.poll_sleeps, 1);
+    assert!(guest_writes_and_checks_mask(&memory, 98), "asleep: signal");
+    let _ = endpoint.step(&memory, 1, now + 2 * POLL_WINDOW_NS);
+    let stats = endpoint.stats;
+    assert_eq!(stats.packets_received, 98);
+    assert_eq!(stats.signals, 2);
+    assert_eq!(stats.unnecessary_signals, 0);
+    assert!(stats.signals_per_packet().unwrap() <= 1.0 / 32.0);
+    // A signal while the mask is set is not called for.
+    let _ = endpoint.step(&memory, 1, now + 2 * POLL_WINDOW_NS);
+    assert_eq!(endpoint.stats.unnecessary_signals, 1);
+}
+
+/// The end of a poll window, with the guest writing one packet just before
+/// the host's `at`-th control-page access of that step and signalling as
+/// its rules say (ring empty before, mask clear). However the write falls
+/// against the host's clear-mask / fence / look-again sequence, the packet
+/// is read (by the look again, or on the guest's signal) and no signal is
+/// unnecessary. Without the look again, a write the guest made while it
+/// still saw the mask set waits forever for a signal the guest never owed.
+#[test]
+fn the_end_of_a_poll_window_never_loses_a_wakeup() {
+    let mut found_by_the_look_again = 0;
+    let mut signalled_after_the_unmask = 0;
+    for at in 1..32 {
+        let memory = Interleaved {
+            inner: VecMemory::new(4 * PAGE as usize),
+            watched: OUT_CONTROL,
+            accesses: Cell::new(0),
+            at: u32::MAX,
+            guest: RefCell::new(None),
+        };
+        let mut endpoint =
+            ChannelEndpoint::new(DeviceKind::Generic, 1, &OUT_PAGES, &IN_PAGES, &memory, 0);
+        endpoint.poll_window_ns = POLL_WINDOW_NS;
+        assert!(guest_writes_and_checks_mask(&memory.inner, 1));
+        let _ = endpoint.step(&memory, 1, 0);
+        assert!(endpoint.polling());
+        let guest_signalled = alloc::rc::Rc::new(Cell::new(None));
+        let signalled = guest_signalled.clone();
+        let memory = Interleaved {
+            at,
+            accesses: Cell::new(0),
+            ..memory
+        };
+        *memory.guest.borrow_mut() = Some(alloc::boxed::Box::new(move |inner: &VecMemory| {
+            signalled.set(Some(guest_writes_and_checks_mask(inner, 2)));
+        }));
+        let _ = endpoint.step(&memory, 0, POLL_WINDOW_NS);
+        let Some(second_signalled) = guest_signalled.get() else {
+            break;
+        };
+        if endpoint.stats.poll_rechecks_found > 0 {
+            found_by_the_look_again += 1;
+        }
+        // The guest's signal, if it sent one; the host's next step either way.
+        let signals = u64::from(second_signalled);
+        signalled_after_the_unmask += signals;
+        let _ = endpoint.step(&memory, signals, POLL_WINDOW_NS + 1);
+        assert_eq!(
+            endpoint.stats.packets_received, 2,
+            "the second packet is read (guest at access {at})"
+        );
+        assert_eq!(endpoint.stats.unnecessary_signals, 0, "at {at}");
+    }
+    assert!(
+        found_by_the_look_again > 0,
+        "no write fell before the look again"
+    );
+    assert!(
+        signalled_after_the_unmask > 0,
+        "no write fell after the unmask"
+    );
+}
