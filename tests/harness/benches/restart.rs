@@ -28,9 +28,9 @@
 #[path = "../tests/storage_common/mod.rs"]
 mod storage_common;
 
+use bench_record::Record;
 use blk_workload::{run_to_end, Config, Ledger, Pattern, Slot, Workload};
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use storage_common::*;
@@ -67,50 +67,6 @@ impl Settings {
                 20_000
             }),
         }
-    }
-}
-
-/// One record of the shared result contract (docs/performance.md).
-#[allow(clippy::too_many_arguments)]
-fn record(
-    group: &str,
-    series: &str,
-    x: Option<f64>,
-    x_label: &str,
-    metric: &str,
-    unit: &str,
-    higher_is_better: bool,
-    samples: &[f64],
-    distribution: bool,
-    note: &str,
-) -> String {
-    serde_json::json!({
-        "group": group,
-        "series": series,
-        "x": x,
-        "x_label": x_label,
-        "metric": metric,
-        "unit": unit,
-        "higher_is_better": higher_is_better,
-        "samples": samples,
-        "distribution": distribution,
-        "note": note,
-    })
-    .to_string()
-}
-
-/// Append records to `VMBUS_BENCH_JSON` if it is set.
-fn write_records(records: &[String]) {
-    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON") else {
-        return;
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.to_string_lossy()));
-    for line in records {
-        writeln!(file, "{line}").expect("write a result record");
     }
 }
 
@@ -217,30 +173,30 @@ fn main() {
         unnecessary.push(wasted as f64);
     }
     let note = "hosted: storvsc's channels (primary and sub-channels), QD32 4 KiB random writes, counted by hvsim";
-    records.push(record(
-        "signals",
-        "storage (hosted)",
-        Some(32.0),
-        "queue depth",
-        "signals per packet",
-        "signals/packet",
-        false,
-        &per_packet,
-        false,
-        note,
-    ));
-    records.push(record(
-        "signals",
-        "storage (hosted)",
-        Some(32.0),
-        "queue depth",
-        "signals not called for",
-        "signals",
-        false,
-        &unnecessary,
-        false,
-        note,
-    ));
+    records.push(
+        Record::new(
+            "signals",
+            "storage (hosted)",
+            "signals per packet",
+            "signals/packet",
+            false,
+        )
+        .x(32.0, "queue depth")
+        .samples(&per_packet)
+        .note(note),
+    );
+    records.push(
+        Record::new(
+            "signals",
+            "storage (hosted)",
+            "signals not called for",
+            "signals",
+            false,
+        )
+        .x(32.0, "queue depth")
+        .samples(&unnecessary)
+        .note(note),
+    );
 
     // Restarts under the stream.
     let mut workload = Workload::new(
@@ -304,17 +260,12 @@ fn main() {
         );
     }
     println!("client: {:?}", client.stats());
-    records.push(record(
-        "restart",
-        "hosted",
-        None,
-        "",
-        "fault to first answered request",
-        "ms",
-        false,
-        &latencies_ms,
-        true,
-        "SIGKILL of storvsc under QD32 random writes to the first request the client sees completed by the restarted driver (this process's monotonic clock)",
-    ));
-    write_records(&records);
+    records.push(
+        Record::new("restart", "hosted", "fault to first answered request", "ms", false)
+            .distribution(&latencies_ms)
+            .note("SIGKILL of storvsc under QD32 random writes to the first request the client sees completed by the restarted driver (this process's monotonic clock)"),
+    );
+    for record in &records {
+        record.emit();
+    }
 }

@@ -29,6 +29,7 @@ mod contenders;
 
 pub use contenders::{CrossCoreCopy, Ours, OursPublishingEvery};
 
+use bench_record::Record;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -447,13 +448,6 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
         options.bytes_per_run >> 20,
         options.max_packets
     );
-    let mut json = std::env::var_os("VMBUS_BENCH_JSON").map(|path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("VMBUS_BENCH_JSON {path:?}: {e}"))
-    });
     for &group in &options.groups {
         let hosted = group == "ring-hosted";
         let mut series: Vec<Option<&dyn Contender>> = contenders.iter().map(|&c| Some(c)).collect();
@@ -517,35 +511,19 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
                     size_label(size),
                     name(s)
                 );
-                if let Some(file) = json.as_mut() {
-                    let mut records = vec![
-                        record(
-                            group,
-                            name(s),
-                            size,
-                            "throughput",
-                            "Mpkt/s",
-                            true,
-                            &sample.mpkts,
-                        ),
-                        record(group, name(s), size, "bandwidth", "GB/s", true, &sample.gbs),
-                    ];
-                    if matches!(s, Some(c) if c.name() != BASELINE) {
-                        let mut signals = record(
-                            group,
-                            name(s),
-                            size,
-                            "writer signals per packet",
-                            "signals/packet",
-                            false,
-                            &sample.signals_per_packet,
-                        );
-                        signals["baseline"] = serde_json::Value::Null;
-                        records.push(signals);
-                    }
-                    for r in records {
-                        writeln!(file, "{r}").expect("write VMBUS_BENCH_JSON");
-                    }
+                record(group, name(s), size, "throughput", "Mpkt/s", &sample.mpkts).emit();
+                record(group, name(s), size, "bandwidth", "GB/s", &sample.gbs).emit();
+                if matches!(s, Some(c) if c.name() != BASELINE) {
+                    Record::new(
+                        group,
+                        name(s),
+                        "writer signals per packet",
+                        "signals/packet",
+                        false,
+                    )
+                    .x(size as f64, "packet size (B)")
+                    .samples(&sample.signals_per_packet)
+                    .emit();
                 }
             }
         }
@@ -554,30 +532,27 @@ pub fn main_with(extra: Vec<Box<dyn Contender>>) {
     println!("{}", contenders::CROSS_CORE_COPY_NOTE);
 }
 
+/// A rate record (higher is better) of `series` at `size`, against the
+/// cross-core copy.
 fn record(
     group: &str,
     series: &str,
     size: usize,
     metric: &str,
     unit: &str,
-    higher_is_better: bool,
     samples: &[f64],
-) -> serde_json::Value {
-    let mut record = serde_json::json!({
-        "group": group,
-        "series": series,
-        "x": size,
-        "x_label": "packet size (B)",
-        "metric": metric,
-        "unit": unit,
-        "higher_is_better": higher_is_better,
-        "samples": samples,
-        "baseline": if series == BASELINE { serde_json::Value::Null } else { BASELINE.into() },
-    });
+) -> Record {
+    let record = Record::new(group, series, metric, unit, true)
+        .x(size as f64, "packet size (B)")
+        .samples(samples);
     if series == BASELINE {
-        record["note"] = contenders::CROSS_CORE_COPY_NOTE.into();
+        // The report puts the series' name before its note.
+        record.note(contenders::CROSS_CORE_COPY_NOTE.trim_start_matches("cross-core copy: "))
     } else if series == "memcpy" {
-        record["note"] = "one core copying packet-sized pieces of a warm 256 KiB buffer".into();
+        record
+            .baseline(BASELINE)
+            .note("one core copying packet-sized pieces of a warm 256 KiB buffer")
+    } else {
+        record.baseline(BASELINE)
     }
-    record
 }

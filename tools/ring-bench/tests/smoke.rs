@@ -32,7 +32,7 @@ fn smoke_run_streams_every_series_and_writes_records() {
                     .find(|r| {
                         r["group"] == group
                             && r["series"] == series
-                            && r["x"] == size
+                            && r["x"].as_f64() == Some(f64::from(size))
                             && r["metric"] == "throughput"
                     })
                     .unwrap_or_else(|| panic!("no record for {group} {series} {size}"));

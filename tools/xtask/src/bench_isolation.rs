@@ -32,10 +32,11 @@
 //! workload is in the metric's name; a sample per round).
 
 use crate::util::{workspace_root, Result};
+use bench_record::Record;
 use ipc_harness::monolith::{monolith_command, LineProcess};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -568,46 +569,30 @@ fn print_table(results: &Results) {
     }
 }
 
-/// One JSON record per metric and build (docs: the plan's contract).
+/// One result record per metric and build (tools/bench-record), appended
+/// to the results file if `cargo xtask bench` named one.
 fn write_records(results: &Results) -> Result {
-    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-    else {
-        return Ok(());
-    };
-    let mut text = String::new();
     for metric in &results.metrics {
         for (build, samples) in [
             (Build::Isolated, &metric.isolated),
             (Build::Monolithic, &metric.monolithic),
         ] {
-            let record = serde_json::json!({
-                "group": "isolation",
-                "series": build.series(),
-                "x": null,
-                "x_label": "workload (named in the metric)",
-                "metric": metric.name,
-                "unit": metric.unit,
-                "higher_is_better": metric.higher_is_better,
-                "samples": samples,
-                "baseline": match build {
-                    Build::Isolated => serde_json::Value::from("monolithic"),
-                    Build::Monolithic => serde_json::Value::Null,
-                },
-                "note": "hosted: isolated = a process per component, monolithic = one process (components as threads); hvsim its own process in both; one sample per interleaved round",
-            });
-            text.push_str(&record.to_string());
-            text.push('\n');
+            let mut record = Record::new(
+                "isolation",
+                build.series(),
+                &metric.name,
+                metric.unit,
+                metric.higher_is_better,
+            )
+            .samples(samples)
+            .note("hosted: isolated = a process per component, monolithic = one process (components as threads); hvsim its own process in both; one sample per interleaved round");
+            if build == Build::Isolated {
+                record = record.baseline("monolithic");
+            }
+            record.emit();
         }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    Ok(())
 }
 
 #[cfg(test)]

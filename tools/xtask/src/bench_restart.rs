@@ -24,7 +24,7 @@
 use crate::image::{build, ImageSpec};
 use crate::qemu::{boot_until, Echo};
 use crate::util::{workspace_root, Result};
-use std::io::Write;
+use bench_record::Record;
 use std::process::Command;
 
 fn number(args: &[String], name: &str) -> Option<u64> {
@@ -51,62 +51,21 @@ fn summary(values: &[f64]) -> String {
     )
 }
 
-/// Append one distribution record (the shared result contract) to
-/// `VMBUS_BENCH_JSON` if it is set.
-fn write_distribution(
-    group: &str,
-    series: &str,
-    metric: &str,
-    samples: &[f64],
-    note: &str,
-) -> Result {
-    append_record(serde_json::json!({
-        "group": group,
-        "series": series,
-        "x": null,
-        "x_label": "",
-        "metric": metric,
-        "unit": "ms",
-        "higher_is_better": false,
-        "samples": samples,
-        "distribution": true,
-        "note": note,
-    }))
+/// Append one distribution record (in ms) to the results file, if
+/// `cargo xtask bench` named one.
+fn write_distribution(group: &str, series: &str, metric: &str, samples: &[f64], note: &str) {
+    Record::new(group, series, metric, "ms", false)
+        .distribution(samples)
+        .note(note)
+        .emit();
 }
 
-/// Append one record of samples that are not a distribution.
-fn write_record(
-    group: &str,
-    series: &str,
-    metric: &str,
-    unit: &str,
-    samples: &[f64],
-    note: &str,
-) -> Result {
-    append_record(serde_json::json!({
-        "group": group,
-        "series": series,
-        "x": null,
-        "x_label": "",
-        "metric": metric,
-        "unit": unit,
-        "higher_is_better": false,
-        "samples": samples,
-        "distribution": false,
-        "note": note,
-    }))
-}
-
-fn append_record(record: serde_json::Value) -> Result {
-    let Some(path) = std::env::var_os("VMBUS_BENCH_JSON") else {
-        return Ok(());
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.to_string_lossy()))?;
-    writeln!(file, "{record}").map_err(|e| format!("cannot write a result record: {e}"))
+/// Append one record of per-sample values that are not a distribution.
+fn write_record(group: &str, series: &str, metric: &str, unit: &str, samples: &[f64], note: &str) {
+    Record::new(group, series, metric, unit, false)
+        .samples(samples)
+        .note(note)
+        .emit();
 }
 
 /// The number after `key` in `line` (`... key 1234 us`).
@@ -189,7 +148,7 @@ fn restart_qemu(args: &[String]) -> Result {
         "fault to first answered request",
         &latencies,
         "seL4 in QEMU (TCG): kvp stopped by the monitor as if it faulted (hvsim's fault injection) to kvp's answer to the host's first request on the reopened channel (the IC negotiation), both in guest time (TSC) as hvsim sees them",
-    )?;
+    );
     signals_qemu()
 }
 
@@ -232,7 +191,7 @@ fn signals_qemu() -> Result {
         "signals/packet",
         &per_packet,
         note,
-    )?;
+    );
     write_record(
         "signals",
         "datapath (qemu)",
@@ -240,7 +199,8 @@ fn signals_qemu() -> Result {
         "signals",
         &unnecessary,
         note,
-    )
+    );
+    Ok(())
 }
 
 const BOOT_SYSTEM: &str = "system.toml";
@@ -313,7 +273,8 @@ pub fn boot(args: &[String]) -> Result {
         "guest start to every offered channel open",
         &to_open_ms,
         "seL4 in QEMU (TCG), system.toml: guest time (TSC since the machine started: firmware, image loading, kernel, root task) of vmbus's last channel-open line (primaries and sub-channels)",
-    )
+    );
+    Ok(())
 }
 
 #[cfg(test)]
