@@ -15,6 +15,9 @@
 //!   close, report versions) and by clients (status view, unload).
 //! - [`shutdown`], [`timesync`], [`kvp`]: served by those VSCs; called by
 //!   clients.
+//! - [`framebuffer`], [`keyboard`], [`mouse`]: served by the console
+//!   devices' VSCs (synthetic video, keyboard, mouse); called by the
+//!   terminal (docs/console.md).
 //!
 //! Control messages travel from `synic` to `vmbus` through an SPSC queue
 //! (`platform/api/spsc-queue`) in the region `synic_messages`: each queue entry
@@ -734,6 +737,205 @@ pub mod kvp {
     }
 }
 
+/// The synthetic video driver's service (`protocol = "framebuffer"`): the
+/// client draws into the VRAM region (its own `rw` map; the driver holds
+/// only its address) and tells the driver which rectangles changed. The
+/// driver notifies its clients (`driver::CLIENT_EVENTS`) whenever the mode
+/// changes (connected, restarted, resolution, the host asking for updates
+/// again): the client then asks [`Request::Info`] and redraws everything.
+pub mod framebuffer {
+    use super::*;
+
+    pub struct Framebuffer;
+
+    impl Protocol for Framebuffer {
+        const NAME: &'static str = "framebuffer";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["info", "flush", "pointer"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Info => 0,
+                Request::Flush { .. } => 1,
+                Request::Pointer { .. } => 2,
+            }
+        }
+    }
+
+    /// Rectangles one flush may name (more changes: send their union).
+    pub const MAX_RECTS: usize = 8;
+    /// Resolutions the driver reports from the host's list.
+    pub const MAX_RESOLUTIONS: usize = 16;
+
+    /// A screen rectangle in pixels; empty when `width` or `height` is 0.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Rect {
+        pub x: u16,
+        pub y: u16,
+        pub width: u16,
+        pub height: u16,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Resolution {
+        pub width: u16,
+        pub height: u16,
+    }
+
+    /// The screen as the driver and the host agreed it.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Mode {
+        /// Bumped on every change the client must redraw for (a new
+        /// connection, a restart of the driver, a new resolution, the host
+        /// asking for updates again).
+        pub generation: u32,
+        pub width: u16,
+        pub height: u16,
+        /// Bytes from one row to the next in VRAM.
+        pub stride: u32,
+        /// Bits per pixel (32: XRGB8888, little endian).
+        pub depth_bits: u8,
+        /// The negotiated synthvid version (major, minor).
+        pub version: (u16, u16),
+        /// Whether the host wants dirt (its last feature change); a flush
+        /// while it does not is accepted and not sent.
+        pub updates_wanted: bool,
+        /// The host's supported resolutions (Windows 10 hosts), at most
+        /// MAX_RESOLUTIONS of them; empty before 3.5.
+        pub resolutions: Vec<Resolution, MAX_RESOLUTIONS>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// The current mode, or [`Reply::NotReady`].
+        Info,
+        /// These rectangles of VRAM changed (sent as one dirt message).
+        Flush { rects: Vec<Rect, MAX_RECTS> },
+        /// The pointer's hot spot, in screen pixels (sent as a pointer
+        /// position; the host draws the pointer).
+        Pointer { x: u16, y: u16, visible: bool },
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        /// The channel is not open and configured (yet, or any more).
+        NotReady,
+        Info(Mode),
+        /// Flushed: the rectangles and bytes of VRAM the dirt message
+        /// named (0 when the host wants no updates).
+        Flushed { rects: u8, bytes: u32 },
+        Done,
+    }
+}
+
+/// A key event as the synthetic keyboard carries it: a scan code set 1
+/// make code with its prefix, or a UTF-16 unit when `unicode`.
+pub mod keyboard {
+    use super::*;
+
+    pub struct Keyboard;
+
+    impl Protocol for Keyboard {
+        const NAME: &'static str = "keyboard";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["next"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Next => 0,
+            }
+        }
+    }
+
+    /// Key events one reply carries.
+    pub const MAX_KEYS: usize = 32;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Prefix {
+        None,
+        E0,
+        E1,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct KeyStroke {
+        /// Set 1 make code (without the break bit), or the UTF-16 unit.
+        pub code: u16,
+        pub prefix: Prefix,
+        /// Break (key up) rather than make.
+        pub released: bool,
+        /// `code` is a UTF-16 unit the host typed, not a scan code.
+        pub unicode: bool,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        /// The oldest queued key events (the driver notifies its clients
+        /// when it queues some).
+        Next,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Keys {
+            keys: Vec<KeyStroke, MAX_KEYS>,
+            /// Events dropped since the last reply because the queue was
+            /// full.
+            dropped: u32,
+        },
+    }
+}
+
+/// Pointer events from the synthetic HID mouse, in absolute coordinates
+/// scaled to 0..=[`mouse::AXIS_MAX`] whatever logical range the device's
+/// report descriptor gives.
+pub mod mouse {
+    use super::*;
+
+    pub struct Mouse;
+
+    impl Protocol for Mouse {
+        const NAME: &'static str = "mouse";
+        const VERSION: u16 = 1;
+        const OPERATIONS: &'static [&'static str] = &["next"];
+        type Request = Request;
+        type Reply = Reply;
+        fn operation(request: &Request) -> usize {
+            match request {
+                Request::Next => 0,
+            }
+        }
+    }
+
+    pub const MAX_EVENTS: usize = 32;
+    /// The top of both axes after scaling.
+    pub const AXIS_MAX: u16 = 0x7fff;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PointerEvent {
+        pub x: u16,
+        pub y: u16,
+        /// Bit 0 left, 1 right, 2 middle.
+        pub buttons: u8,
+        pub wheel: i8,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Request {
+        Next,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Reply {
+        Events {
+            events: Vec<PointerEvent, MAX_EVENTS>,
+            dropped: u32,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,6 +970,61 @@ mod tests {
             generation: u32::MAX,
         });
         assert!(framed::<bus::Bus, _>(&info).is_some());
+        let mode = framebuffer::Reply::Info(framebuffer::Mode {
+            generation: u32::MAX,
+            width: u16::MAX,
+            height: u16::MAX,
+            stride: u32::MAX,
+            depth_bits: u8::MAX,
+            version: (u16::MAX, u16::MAX),
+            updates_wanted: true,
+            resolutions: Vec::from_slice(
+                &[framebuffer::Resolution {
+                    width: u16::MAX,
+                    height: u16::MAX,
+                }; framebuffer::MAX_RESOLUTIONS],
+            )
+            .unwrap(),
+        });
+        assert!(framed::<framebuffer::Framebuffer, _>(&mode).is_some());
+        let flush = framebuffer::Request::Flush {
+            rects: Vec::from_slice(
+                &[framebuffer::Rect {
+                    x: u16::MAX,
+                    y: u16::MAX,
+                    width: u16::MAX,
+                    height: u16::MAX,
+                }; framebuffer::MAX_RECTS],
+            )
+            .unwrap(),
+        };
+        assert!(framed::<framebuffer::Framebuffer, _>(&flush).is_some());
+        let keys = keyboard::Reply::Keys {
+            keys: Vec::from_slice(
+                &[keyboard::KeyStroke {
+                    code: u16::MAX,
+                    prefix: keyboard::Prefix::E1,
+                    released: true,
+                    unicode: true,
+                }; keyboard::MAX_KEYS],
+            )
+            .unwrap(),
+            dropped: u32::MAX,
+        };
+        assert!(framed::<keyboard::Keyboard, _>(&keys).is_some());
+        let events = mouse::Reply::Events {
+            events: Vec::from_slice(
+                &[mouse::PointerEvent {
+                    x: u16::MAX,
+                    y: u16::MAX,
+                    buttons: u8::MAX,
+                    wheel: i8::MIN,
+                }; mouse::MAX_EVENTS],
+            )
+            .unwrap(),
+            dropped: u32::MAX,
+        };
+        assert!(framed::<mouse::Mouse, _>(&events).is_some());
     }
 
     #[test]
