@@ -612,10 +612,11 @@ impl Component for Terminal {
         }
         event(&mut terminal.console, "terminal: started; type help");
         terminal.refresh_devices(env);
-        terminal.update_mode(env);
-        // Events may have been queued before we started.
+        // Events may have been queued before we started; reading them
+        // first also puts the devices' presence into the first picture.
         terminal.read_keyboard(env);
         terminal.read_mouse(env);
+        terminal.update_mode(env);
         terminal.show(env);
         terminal
     }
