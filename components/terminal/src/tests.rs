@@ -456,12 +456,20 @@ fn mouse_events_move_the_pointer_in_screen_pixels() {
     assert_eq!(world.borrow().pointers, vec![(1023, 767)]);
     world.borrow_mut().pointer_events.extend([
         at(0x4000, 0x4000, 1),
+        at(0x4000, 0x4000, 1),
         at(0x4000, 0x4000, 0),
         at(0xffff, 0, 0),
     ]);
     notify(&mut terminal, &mut env, channels::MOUSE_EVENT);
     assert_eq!(world.borrow().pointers[1], (1023, 0), "clamped");
     assert!(log_has(&terminal, "mouse: click at 511x383"));
+    // A button held over two reports is one click.
+    let clicks = terminal
+        .console
+        .log_lines()
+        .filter(|line| line.contains("mouse: click"))
+        .count();
+    assert_eq!(clicks, 1);
     // The same position again sends nothing.
     world
         .borrow_mut()
