@@ -27,7 +27,7 @@ pub const PROMPT: &str = "terminal> ";
 pub const STATUS_HEADINGS: &str =
     " relid class           instance                              driver     state     framework msg  restarts";
 const HINT: &str =
-    " commands: help status kvp disks clear    keys: Up/Down history, Left/Right, Home/End, Ctrl+C drop line, Ctrl+L clear";
+    " commands: help status kvp disks clear    keys: Up/Down history, Ctrl+C drop line, Ctrl+L clear log";
 
 pub struct Console {
     pub grid: Grid,
