@@ -222,6 +222,18 @@ const STEPS: &[Step] = &[
         default: &["--rounds", "5", "--mib", "16", "--round-trips", "1000"],
         long: &["--rounds", "11", "--mib", "64", "--round-trips", "5000"],
     },
+    Step {
+        name: "terminal rendering (full redraw, one-line change, keystroke)",
+        group: "console",
+        also: &[],
+        superseded_by_openvmm: false,
+        requires: &["components/terminal/benches/render.rs"],
+        program: Program::Cargo,
+        args: &["bench", "-p", "terminal", "--bench", "render", "--"],
+        smoke: &["--smoke"],
+        default: &["--rounds", "7", "--scale", "10"],
+        long: &["--rounds", "15", "--scale", "20"],
+    },
     // Invocations from the other branches of issue 14 (their ready notes):
     // each reads "not in this tree" until its file is merged.
     Step {
