@@ -119,7 +119,7 @@ impl KeyboardDevice {
     }
 
     /// `Next`: the oldest queued events.
-    pub fn next(&mut self) -> Reply {
+    pub fn take_events(&mut self) -> Reply {
         let mut keys = heapless::Vec::new();
         while keys.len() < keyboard::MAX_KEYS {
             let Some(stroke) = self.queue.pop_front() else {
@@ -213,7 +213,7 @@ impl Component for Keyboard {
         reply: &mut [u8],
     ) -> Result<usize, Refusal> {
         serve::keyboard(channel, message, reply, |_, request| match request {
-            Request::Next => Ok(self.device.next()),
+            Request::Next => Ok(self.device.take_events()),
         })
     }
 }
