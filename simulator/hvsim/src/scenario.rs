@@ -339,6 +339,9 @@ pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
 /// The synthetic NIC's class (`vmbus_protocol::guid::class::NIC`, written
 /// out for the build script; a test in `script.rs` keeps the two equal).
 pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
+/// The synthetic keyboard and the synthetic HID mouse.
+pub const KEYBOARD_CLASS: u128 = 0xf912ad6d_2b17_48ea_bd65_f927a61c7684;
+pub const MOUSE_CLASS: u128 = 0xcfa8b69e_5b4a_4cc0_b98b_8ba1a1f3f95a;
 
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
@@ -353,6 +356,9 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         "ide" => return Some(DeviceName::Class(IDE_CLASS)),
         // The NIC host (netvsp).
         "network" => return Some(DeviceName::Class(NIC_CLASS)),
+        // The synthetic keyboard and mouse (channel/keyboard.rs, mouse.rs).
+        "keyboard" => return Some(DeviceName::Class(KEYBOARD_CLASS)),
+        "mouse" => return Some(DeviceName::Class(MOUSE_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {

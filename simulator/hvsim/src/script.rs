@@ -21,7 +21,7 @@ use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
 use crate::scenario::{
     parse_device, parse_network_version, parse_storage_version, parse_version, DeviceName, IcName,
-    Invalid, Scenario, IDE_CLASS, NIC_CLASS, SCSI_CLASS,
+    Invalid, Scenario, IDE_CLASS, KEYBOARD_CLASS, MOUSE_CLASS, NIC_CLASS, SCSI_CLASS,
 };
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
@@ -70,6 +70,10 @@ impl ScriptDevice {
                     DeviceKind::Storage
                 } else if class == NIC_CLASS {
                     DeviceKind::Network
+                } else if class == KEYBOARD_CLASS {
+                    DeviceKind::Keyboard
+                } else if class == MOUSE_CLASS {
+                    DeviceKind::Mouse
                 } else {
                     DeviceKind::Generic
                 },
@@ -1280,6 +1284,11 @@ mod tests {
     #[test]
     fn the_scenarios_network_reaches_the_nic_host() {
         assert_eq!(NIC_CLASS, vmbus_protocol::guid::class::NIC.as_u128());
+        assert_eq!(
+            KEYBOARD_CLASS,
+            vmbus_protocol::guid::class::KEYBOARD.as_u128()
+        );
+        assert_eq!(MOUSE_CLASS, vmbus_protocol::guid::class::MOUSE.as_u128());
         let scenario = crate::scenario::parse_file(
             "x.hvsim",
             "devices = [\"heartbeat\", \"network\"]\nnetwork_version = \"5.0\"\n\

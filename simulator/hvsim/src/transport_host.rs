@@ -22,6 +22,8 @@ use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
 use hvsim::hosted_net::NetSpec;
+use hvsim::keyboard::{HostKey, KeyboardFault};
+use hvsim::mouse::MouseFault;
 use hvsim::net::{BoxedNetBackend, NetBackend};
 use hvsim::scenario::parse_device as device_name;
 use hvsim::script::{Script, ScriptDevice, ScriptRunner};
@@ -61,6 +63,8 @@ fn device_kind(name: &str) -> Option<DeviceKind> {
         "shutdown" => DeviceKind::Shutdown,
         "timesync" => DeviceKind::TimeSync,
         "kvp" => DeviceKind::Kvp,
+        "keyboard" => DeviceKind::Keyboard,
+        "mouse" => DeviceKind::Mouse,
         _ => return None,
     })
 }
@@ -352,6 +356,24 @@ impl<M: hv_interface::GuestMemory> Machine<M> {
                     );
                 }
             }
+            // The keyboard and mouse negotiate their own protocols.
+            let input_ready = match endpoint.kind {
+                DeviceKind::Keyboard => endpoint.keyboard.ready.then_some("protocol 1.0"),
+                DeviceKind::Mouse => endpoint
+                    .mouse
+                    .ready
+                    .then_some("protocol 2.0, device info acknowledged"),
+                _ => None,
+            };
+            if let Some(what) = input_ready {
+                if !self.seen_negotiated.contains(relid) {
+                    self.seen_negotiated.push(*relid);
+                    eprintln!(
+                        "hvsim event: negotiated {:?} relid {relid} {what} at {at_us} us",
+                        endpoint.kind
+                    );
+                }
+            }
         }
         self.seen_open = open;
         if let Some(relid) = self.ic_relid(DeviceKind::Heartbeat) {
@@ -445,6 +467,27 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     }
 }
 
+/// A number in decimal or 0x-hex.
+fn parse_number(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// `key`'s words after the code: `e0` and `up`, each at most once.
+fn key_flags(words: &[&str]) -> Option<(bool, bool)> {
+    let (mut e0, mut up) = (false, false);
+    for word in words {
+        match *word {
+            "e0" if !e0 => e0 = true,
+            "up" if !up => up = true,
+            _ => return None,
+        }
+    }
+    Some((e0, up))
+}
+
 fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let sim = &mut machine.sim;
@@ -463,6 +506,56 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Err(_) => "bad pool".into(),
         },
         ["kvp-responses"] => format!("{:?}", sim.kvp_responses()),
+        // The synthetic keyboard and mouse (docs/hvsim.md, "Keyboard and mouse").
+        ["key", code, flags @ ..] => match (parse_number(code), key_flags(flags)) {
+            (Some(code), Some((e0, released))) if code <= 0xffff => format!(
+                "{}",
+                sim.type_key(HostKey {
+                    code: code as u16,
+                    e0,
+                    released,
+                    ..HostKey::default()
+                })
+            ),
+            _ => "usage: key CODE [e0] [up]".into(),
+        },
+        ["type", ..] => {
+            let text = line.trim_start().strip_prefix("type").unwrap_or("");
+            let text = text.strip_prefix(' ').unwrap_or(text);
+            match hvsim::keyboard::text_strokes(text) {
+                Ok(strokes) => {
+                    let sent = strokes.iter().filter(|k| sim.type_key(**k)).count();
+                    format!("{sent} of {} key transitions sent", strokes.len())
+                }
+                Err(ch) => format!("no US key for {ch:?}"),
+            }
+        }
+        ["mouse", x, y, rest @ ..] => {
+            let buttons = match rest {
+                [] => Some(0),
+                [buttons] => parse_number(buttons).and_then(|b| u8::try_from(b).ok()),
+                _ => None,
+            };
+            match (parse_number(x), parse_number(y), buttons) {
+                (Some(x), Some(y), Some(buttons)) if x <= 0x7fff && y <= 0x7fff => {
+                    format!("{}", sim.move_pointer(x as u16, y as u16, buttons))
+                }
+                _ => "usage: mouse X Y [BUTTONS] (0..=32767)".into(),
+            }
+        }
+        ["keyboard-fault", name] => match KeyboardFault::parse(name) {
+            Some(fault) => format!("{}", sim.keyboard_inject(fault)),
+            None => format!("faults: {}", KeyboardFault::USAGE),
+        },
+        ["mouse-fault", name] => match MouseFault::parse(name) {
+            Some(fault) => format!("{}", sim.mouse_inject(fault)),
+            None => format!("faults: {}", MouseFault::USAGE),
+        },
+        ["input-report"] => format!(
+            "keyboard: {}; mouse: {}",
+            sim.keyboard_report().unwrap_or_else(|| "no channel".into()),
+            sim.mouse_report().unwrap_or_else(|| "no channel".into())
+        ),
         ["rescind", relid] => match relid.parse() {
             Ok(relid) => format!("{}", sim.rescind(relid)),
             Err(_) => "bad relid".into(),

@@ -193,6 +193,45 @@ impl Default for DeviceInfoAck {
     }
 }
 
+#[rustfmt::skip]
+/// A report descriptor like the one Hyper-V's synthetic mouse sends: 5 buttons, 3 bits
+/// of padding, absolute X and Y in 0..=32767 (16 bits each), a relative
+/// wheel in -127..=127 (8 bits): a 6-byte report without an ID.
+pub const HYPERV_MOUSE_REPORT_DESCRIPTOR: &[u8] = &[
+    0x05, 0x01, // Usage Page (Generic Desktop)
+    0x09, 0x02, // Usage (Mouse)
+    0xa1, 0x01, // Collection (Application)
+    0x09, 0x01, //   Usage (Pointer)
+    0xa1, 0x00, //   Collection (Physical)
+    0x05, 0x09, //     Usage Page (Button)
+    0x19, 0x01, //     Usage Minimum (1)
+    0x29, 0x05, //     Usage Maximum (5)
+    0x15, 0x00, //     Logical Minimum (0)
+    0x25, 0x01, //     Logical Maximum (1)
+    0x95, 0x05, //     Report Count (5)
+    0x75, 0x01, //     Report Size (1)
+    0x81, 0x02, //     Input (Data, Variable, Absolute)
+    0x95, 0x01, //     Report Count (1)
+    0x75, 0x03, //     Report Size (3)
+    0x81, 0x01, //     Input (Constant)
+    0x05, 0x01, //     Usage Page (Generic Desktop)
+    0x09, 0x30, //     Usage (X)
+    0x09, 0x31, //     Usage (Y)
+    0x15, 0x00, //     Logical Minimum (0)
+    0x26, 0xff, 0x7f, // Logical Maximum (32767)
+    0x75, 0x10, //     Report Size (16)
+    0x95, 0x02, //     Report Count (2)
+    0x81, 0x02, //     Input (Data, Variable, Absolute)
+    0x09, 0x38, //     Usage (Wheel)
+    0x15, 0x81, //     Logical Minimum (-127)
+    0x25, 0x7f, //     Logical Maximum (127)
+    0x75, 0x08, //     Report Size (8)
+    0x95, 0x01, //     Report Count (1)
+    0x81, 0x06, //     Input (Data, Variable, Relative)
+    0xc0, //   End Collection
+    0xc0, // End Collection
+];
+
 /// `message` behind its pipe header, into `out`; the length written, or
 /// `None` if `out` is too small.
 pub fn frame(message: &[u8], out: &mut [u8]) -> Option<usize> {
