@@ -257,6 +257,8 @@ pub struct Script {
     pub network_rescind_after_heartbeats: Option<u64>,
     /// (heartbeats answered, fault), in the scenario's order.
     pub network_faults: Vec<(u64, NetFault)>,
+    /// (heartbeats answered, keyboard or mouse step), in order.
+    pub input_steps: Vec<(u64, crate::input_step::InputStep)>,
     /// The restart benchmark: (faults, the driver's component name, its
     /// device) (`Scenario::restart_bench_faults`).
     pub restart_bench: Option<(u64, String, DeviceKind)>,
@@ -342,6 +344,15 @@ impl Script {
                 .filter_map(|(after, text)| {
                     let words: Vec<&str> = text.split_whitespace().collect();
                     NetFault::parse(&words).map(|fault| (*after, fault))
+                })
+                .collect(),
+            input_steps: scenario
+                .input_steps
+                .iter()
+                .filter_map(|(after, text)| {
+                    crate::input_step::parse_input_step(text)
+                        .ok()
+                        .map(|step| (*after, step))
                 })
                 .collect(),
             restart_bench: (scenario.restart_bench_faults > 0)
@@ -588,6 +599,7 @@ pub struct ScriptRunner {
     network_link_up: bool,
     network_rescind: NetRescind,
     network_faults_armed: usize,
+    input_steps_run: usize,
 }
 
 /// Where the network device's rescind and re-offer stands.
@@ -652,6 +664,7 @@ impl ScriptRunner {
             network_link_up: false,
             network_rescind: NetRescind::NotYet,
             network_faults_armed: 0,
+            input_steps_run: 0,
         }
     }
 
@@ -1102,6 +1115,14 @@ impl ScriptRunner {
             }
             self.network_faults_armed += 1;
             report.push(format!("host: network fault armed: {fault:?}"));
+        }
+        while let Some((after, step)) = self.script.input_steps.get(self.input_steps_run) {
+            if answered < *after || !sim.input_ready(step) {
+                break;
+            }
+            let result = sim.input_step(step);
+            self.input_steps_run += 1;
+            report.push(format!("host: input {step:?}: {result}"));
         }
         match self.network_rescind {
             NetRescind::NotYet => {

@@ -22,8 +22,6 @@ use hvsim::channel::storage::StorageFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
 use hvsim::hosted_net::NetSpec;
-use hvsim::keyboard::{HostKey, KeyboardFault};
-use hvsim::mouse::MouseFault;
 use hvsim::net::{BoxedNetBackend, NetBackend};
 use hvsim::scenario::parse_device as device_name;
 use hvsim::script::{Script, ScriptDevice, ScriptRunner};
@@ -467,27 +465,6 @@ impl<M: hv_interface::GuestMemory> hvsim::transport::Machine for Machine<M> {
     }
 }
 
-/// A number in decimal or 0x-hex.
-fn parse_number(text: &str) -> Option<u32> {
-    match text.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
-    }
-}
-
-/// `key`'s words after the code: `e0` and `up`, each at most once.
-fn key_flags(words: &[&str]) -> Option<(bool, bool)> {
-    let (mut e0, mut up) = (false, false);
-    for word in words {
-        match *word {
-            "e0" if !e0 => e0 = true,
-            "up" if !up => up = true,
-            _ => return None,
-        }
-    }
-    Some((e0, up))
-}
-
 fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let sim = &mut machine.sim;
@@ -506,51 +483,14 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Err(_) => "bad pool".into(),
         },
         ["kvp-responses"] => format!("{:?}", sim.kvp_responses()),
-        // The synthetic keyboard and mouse (docs/hvsim.md, "Keyboard and mouse").
-        ["key", code, flags @ ..] => match (parse_number(code), key_flags(flags)) {
-            (Some(code), Some((e0, released))) if code <= 0xffff => format!(
-                "{}",
-                sim.type_key(HostKey {
-                    code: code as u16,
-                    e0,
-                    released,
-                    ..HostKey::default()
-                })
-            ),
-            _ => "usage: key CODE [e0] [up]".into(),
-        },
-        ["type", ..] => {
-            let text = line.trim_start().strip_prefix("type").unwrap_or("");
-            let text = text.strip_prefix(' ').unwrap_or(text);
-            match hvsim::keyboard::text_strokes(text) {
-                Ok(strokes) => {
-                    let sent = strokes.iter().filter(|k| sim.type_key(**k)).count();
-                    format!("{sent} of {} key transitions sent", strokes.len())
-                }
-                Err(ch) => format!("no US key for {ch:?}"),
+        // The synthetic keyboard and mouse (docs/hvsim.md, "Keyboard and
+        // mouse"): the same steps a scenario's `input_steps` lists.
+        [first, ..] if hvsim::input_step::is_input_step(first) => {
+            match hvsim::input_step::parse_input_step(line) {
+                Ok(step) => sim.input_step(&step),
+                Err(why) => why,
             }
         }
-        ["mouse", x, y, rest @ ..] => {
-            let buttons = match rest {
-                [] => Some(0),
-                [buttons] => parse_number(buttons).and_then(|b| u8::try_from(b).ok()),
-                _ => None,
-            };
-            match (parse_number(x), parse_number(y), buttons) {
-                (Some(x), Some(y), Some(buttons)) if x <= 0x7fff && y <= 0x7fff => {
-                    format!("{}", sim.move_pointer(x as u16, y as u16, buttons))
-                }
-                _ => "usage: mouse X Y [BUTTONS] (0..=32767)".into(),
-            }
-        }
-        ["keyboard-fault", name] => match KeyboardFault::parse(name) {
-            Some(fault) => format!("{}", sim.keyboard_inject(fault)),
-            None => format!("faults: {}", KeyboardFault::USAGE),
-        },
-        ["mouse-fault", name] => match MouseFault::parse(name) {
-            Some(fault) => format!("{}", sim.mouse_inject(fault)),
-            None => format!("faults: {}", MouseFault::USAGE),
-        },
         ["input-report"] => format!(
             "keyboard: {}; mouse: {}",
             sim.keyboard_report().unwrap_or_else(|| "no channel".into()),

@@ -7,6 +7,7 @@
 //! guest must refuse ([`KeyboardFault`]).
 
 use super::{ChannelEndpoint, ReceivedPacket};
+use crate::input_step::InputStep;
 use alloc::vec::Vec;
 use hv_interface::GuestMemory;
 use vmbus_protocol::packet::PacketType;
@@ -62,31 +63,7 @@ impl HostKey {
 /// Left shift's set-1 make code.
 pub const LEFT_SHIFT: u16 = 0x2a;
 
-/// The set-1 make code of `ch` on a US keyboard and whether it needs
-/// shift; `None` for characters the layout has no key for.
-pub fn us_scan_code(ch: char) -> Option<(u16, bool)> {
-    const ROWS: [(&str, &str, u16); 4] = [
-        ("1234567890-=", "!@#$%^&*()_+", 0x02),
-        ("qwertyuiop[]", "QWERTYUIOP{}", 0x10),
-        ("asdfghjkl;'`", "ASDFGHJKL:\"~", 0x1e),
-        ("\\zxcvbnm,./", "|ZXCVBNM<>?", 0x2b),
-    ];
-    match ch {
-        ' ' => return Some((0x39, false)),
-        '\n' => return Some((0x1c, false)),
-        '\t' => return Some((0x0f, false)),
-        _ => {}
-    }
-    for (plain, shifted, first) in ROWS {
-        if let Some(index) = plain.chars().position(|c| c == ch) {
-            return Some((first + index as u16, false));
-        }
-        if let Some(index) = shifted.chars().position(|c| c == ch) {
-            return Some((first + index as u16, true));
-        }
-    }
-    None
-}
+pub use crate::input_step::us_scan_code;
 
 /// `text` as key transitions on a US keyboard: make and break per
 /// character, shift pressed around the characters that need it. `None`
@@ -269,6 +246,56 @@ impl<M: GuestMemory> crate::sim::Simulator<M> {
         self.keyboard_call(|e, m| e.keyboard_inject(m, fault))
     }
 
+    /// Whether `step`'s device has negotiated (a step before that waits).
+    pub fn input_ready(&self, step: &InputStep) -> bool {
+        let (kind, ready): (_, fn(&ChannelEndpoint) -> bool) = match step {
+            InputStep::Key { .. } | InputStep::Type(_) | InputStep::KeyboardFault(_) => {
+                (crate::vmbus::DeviceKind::Keyboard, |e| e.keyboard.ready)
+            }
+            InputStep::Mouse { .. } | InputStep::MouseFault(_) => {
+                (crate::vmbus::DeviceKind::Mouse, |e| e.mouse.ready)
+            }
+        };
+        self.channel_of(kind)
+            .and_then(|relid| self.vmbus.endpoint(relid))
+            .is_some_and(ready)
+    }
+
+    /// Runs an operator or scenario input step (`hvsim::input_step`):
+    /// what it did, as the operator sees it.
+    pub fn input_step(&mut self, step: &InputStep) -> alloc::string::String {
+        use alloc::format;
+        match step {
+            InputStep::Key { code, e0, released } => format!(
+                "{}",
+                self.type_key(HostKey {
+                    code: *code,
+                    e0: *e0,
+                    released: *released,
+                    ..HostKey::default()
+                })
+            ),
+            InputStep::Type(text) => match text_strokes(text) {
+                Ok(strokes) => {
+                    let sent = strokes.iter().filter(|key| self.type_key(**key)).count();
+                    format!("{sent} of {} key transitions sent", strokes.len())
+                }
+                Err(ch) => format!("no US key for {ch:?}"),
+            },
+            InputStep::Mouse { x, y, buttons } => {
+                format!("{}", self.move_pointer(*x, *y, *buttons))
+            }
+            InputStep::KeyboardFault(name) => match KeyboardFault::parse(name) {
+                Some(fault) => format!("{}", self.keyboard_inject(fault)),
+                None => format!("faults: {}", KeyboardFault::USAGE),
+            },
+            InputStep::MouseFault(name) => match crate::channel::mouse::MouseFault::parse(name) {
+                Some(fault) => format!("{}", self.mouse_inject(fault)),
+                None => format!("faults: {}", crate::channel::mouse::MouseFault::USAGE),
+            },
+        }
+    }
+
     /// The keyboard host's counters (None: no keyboard channel open).
     pub fn keyboard_report(&self) -> Option<alloc::string::String> {
         let relid = self.channel_of(crate::vmbus::DeviceKind::Keyboard)?;
@@ -309,6 +336,19 @@ mod tests {
         assert_eq!(us_scan_code('`'), Some((0x29, false)));
         assert_eq!(us_scan_code('\\'), Some((0x2b, false)));
         assert_eq!(text_strokes("é"), Err('é'));
+    }
+
+    #[test]
+    fn the_fault_names_are_the_steps() {
+        for name in crate::input_step::KEYBOARD_FAULTS {
+            assert!(KeyboardFault::parse(name).is_some(), "{name}");
+        }
+        for name in crate::input_step::MOUSE_FAULTS {
+            assert!(
+                crate::channel::mouse::MouseFault::parse(name).is_some(),
+                "{name}"
+            );
+        }
     }
 
     #[test]
