@@ -727,6 +727,7 @@ impl ScriptRunner {
         datapath_report(sim, &mut report);
         self.storage_events(sim, &mut report);
         self.network_events(sim, &mut report);
+        self.input_steps(sim, &mut report);
         self.restart_bench(sim, now_ns, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
@@ -1083,6 +1084,20 @@ impl ScriptRunner {
     /// The scenario's network events: link down and up, rescind and
     /// re-offer, faults (each once its heartbeat count is reached and a
     /// network device exists).
+    /// The keyboard and mouse steps that are due, in order; a step
+    /// waits for its device to be ready.
+    fn input_steps<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let answered = self.heartbeats_answered;
+        while let Some((after, step)) = self.script.input_steps.get(self.input_steps_run) {
+            if answered < *after || !sim.input_ready(step) {
+                break;
+            }
+            let result = sim.input_step(step);
+            self.input_steps_run += 1;
+            report.push(format!("host: input {step:?}: {result}"));
+        }
+    }
+
     fn network_events<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
         let answered = self.heartbeats_answered;
         if sim.vmbus.network.is_empty() {
@@ -1115,14 +1130,6 @@ impl ScriptRunner {
             }
             self.network_faults_armed += 1;
             report.push(format!("host: network fault armed: {fault:?}"));
-        }
-        while let Some((after, step)) = self.script.input_steps.get(self.input_steps_run) {
-            if answered < *after || !sim.input_ready(step) {
-                break;
-            }
-            let result = sim.input_step(step);
-            self.input_steps_run += 1;
-            report.push(format!("host: input {step:?}: {result}"));
         }
         match self.network_rescind {
             NetRescind::NotYet => {
