@@ -222,3 +222,30 @@ fn scenario_input_steps_reach_the_client() {
     );
     harness.expect_output("[keyboard] refused host message 1: UnknownFlags(16)", 0);
 }
+
+#[test]
+fn killed_input_drivers_are_restarted_and_serve_again() {
+    let (harness, mut client) = start_input(&[]);
+    let from = harness.system().output().len();
+    harness.kill("keyboard");
+    harness.kill("mouse");
+    harness.expect_fault("keyboard", 1);
+    harness.expect_fault("mouse", 1);
+    harness.expect_restarts("keyboard", 1);
+    harness.expect_restarts("mouse", 1);
+    // The host sees each device negotiate again on its reopened channel.
+    wait_host_negotiated(&harness, "Keyboard", from);
+    wait_host_negotiated(&harness, "Mouse", from);
+    assert_eq!(harness.host("type z"), "2 of 2 key transitions sent");
+    assert_eq!(keys(&harness, &mut client, 2), [make(0x2c), up(0x2c)]);
+    assert_eq!(harness.host("mouse 1 2 4"), "true");
+    assert_eq!(
+        pointer_events(&harness, &mut client, 1),
+        [PointerEvent {
+            x: 1,
+            y: 2,
+            buttons: 4,
+            wheel: 0
+        }]
+    );
+}
