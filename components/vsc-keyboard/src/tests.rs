@@ -201,3 +201,26 @@ fn only_the_client_is_served() {
         Err(Refusal::NOT_SERVED)
     );
 }
+
+proptest::proptest! {
+    /// Any payload is a keystroke, a response, or refused and counted.
+    #[test]
+    fn any_host_message_is_taken_or_refused(
+        payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 1..16),
+    ) {
+        let mut env = EnvDouble::new();
+        let mut device = KeyboardDevice::default();
+        let _ = device.opened(&mut env);
+        let _ = device.message(&mut env, ProtocolResponse::new(true).as_bytes());
+        for payload in &payloads {
+            let before = device.stats.refused() + device.stats.keys;
+            let _ = device.message(&mut env, payload);
+            let after = device.stats.refused() + device.stats.keys;
+            proptest::prop_assert!(after - before <= 1);
+            if let Ok(synthkbd::HostMessage::Keystroke(_)) = synthkbd::parse_host_message(payload) {
+                proptest::prop_assert_eq!(after - before, 1);
+            }
+        }
+        proptest::prop_assert!(device.queue.len() <= QUEUE);
+    }
+}

@@ -215,10 +215,11 @@ pub fn parse(descriptor: &[u8]) -> Result<PointerLayout, HidError> {
                     }
                 };
                 let report = &mut reports[index];
-                let total = bits.checked_mul(count).ok_or(limit)?;
-                if report.bits + total > MAX_REPORT_BITS {
-                    return Err(limit);
-                }
+                let end = bits
+                    .checked_mul(count)
+                    .and_then(|total| total.checked_add(report.bits))
+                    .filter(|&end| end <= MAX_REPORT_BITS)
+                    .ok_or(limit)?;
                 if !constant && variable {
                     if bits == 0 || bits > 32 {
                         return Err(HidError::FieldSize { offset });
@@ -248,7 +249,7 @@ pub fn parse(descriptor: &[u8]) -> Result<PointerLayout, HidError> {
                         }
                     }
                 }
-                report.bits += total;
+                report.bits = end;
                 locals = Locals::default();
             }
             // Output, Feature: not ours; their local state ends.
@@ -389,6 +390,18 @@ mod tests {
             parse(&[0x75, 0x20, 0x96, 0xff, 0x00, 0x81, 0x02]),
             Err(HidError::Limit { offset: 5 })
         );
+        // Sizes that overflow 32 bits.
+        assert_eq!(
+            parse(&[0x77, 0xff, 0xff, 0xff, 0xff, 0x95, 0x01, 0x81, 0x02]),
+            Err(HidError::Limit { offset: 7 })
+        );
+        assert_eq!(
+            parse(&[
+                0x75, 0x01, 0x95, 0x08, 0x81, 0x01, 0x77, 0xff, 0xff, 0xff, 0xff, 0x95, 0x01, 0x81,
+                0x01
+            ]),
+            Err(HidError::Limit { offset: 13 })
+        );
         // A 0-bit data field.
         assert_eq!(
             parse(&[0x09, 0x30, 0x75, 0x00, 0x95, 0x01, 0x81, 0x02]),
@@ -400,5 +413,41 @@ mod tests {
         // Nesting past the limit.
         let deep = [0xa1u8, 0x00].repeat(MAX_DEPTH + 1);
         assert!(matches!(parse(&deep), Err(HidError::Limit { .. })));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the host calls a report descriptor, parsing ends in a
+        /// layout or an error, and a layout's fields lie inside its report.
+        #[test]
+        fn any_descriptor_parses_or_is_refused(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            report in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            if let Ok(layout) = parse(&bytes) {
+                prop_assert!(layout.data_bytes * 8 <= MAX_REPORT_BITS as usize);
+                for field in [Some(layout.x), Some(layout.y), layout.wheel].into_iter().flatten() {
+                    prop_assert!(field.bit_offset + field.bits <= MAX_REPORT_BITS);
+                    if let Some(value) = field.read(&report) {
+                        prop_assert!(field.scale(value, 0x7fff) <= 0x7fff);
+                    }
+                }
+            }
+        }
+
+        /// The Hyper-V descriptor with random bytes spliced in.
+        #[test]
+        fn a_damaged_hyperv_descriptor_never_panics(at in 0usize..80, byte in any::<u8>()) {
+            let mut bytes = HYPERV_MOUSE.to_vec();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let _ = parse(&bytes);
+        }
     }
 }

@@ -295,3 +295,31 @@ fn a_refused_protocol_takes_no_device_info() {
     assert_eq!(driver.device.stats.refused_early, 1);
     assert!(host.receive().is_none());
 }
+
+proptest::proptest! {
+    /// Any payload, after any prefix of the handshake, is taken or
+    /// refused and counted; nothing panics and the queue stays bounded.
+    #[test]
+    fn any_host_message_is_taken_or_refused(
+        payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96), 1..16),
+        handshake in 0usize..3,
+    ) {
+        let mut env = EnvDouble::new();
+        let mut device = MouseDevice::default();
+        let _ = device.opened(&mut env);
+        let response = framed_vec(ProtocolResponse::new(synthhid::VERSION_2_0, true).as_bytes());
+        let info = framed_vec(&device_info(hid::HYPERV_MOUSE));
+        for message in [response, info].iter().take(handshake) {
+            let _ = device.message(&mut env, message);
+        }
+        for payload in &payloads {
+            let before = device.stats.refused() + device.stats.reports;
+            let _ = device.message(&mut env, payload);
+            let after = device.stats.refused() + device.stats.reports;
+            // Each is counted once, as a report or a refusal, unless it
+            // was a protocol response or device info.
+            proptest::prop_assert!(after - before <= 1);
+        }
+        proptest::prop_assert!(device.queue.len() <= QUEUE);
+    }
+}
