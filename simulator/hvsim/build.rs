@@ -16,6 +16,10 @@ extern crate alloc;
 #[path = "src/scenario.rs"]
 mod scenario;
 
+#[allow(dead_code)]
+#[path = "src/input_step.rs"]
+mod input_step;
+
 /// The source of `fn scenario()` for the scenario in `path`, or the
 /// bring-up run if there is no such file.
 fn scenario_source(path: &Path) -> String {

@@ -352,6 +352,10 @@ pub struct ChannelEndpoint {
     pub receive_buffer: Option<HostReceiveBuffer>,
     /// The data-path test device's state (`channel/datapath.rs`).
     pub datapath: datapath::DataPathHost,
+    /// The synthetic keyboard's and mouse's host state
+    /// (`channel/keyboard.rs`, `channel/mouse.rs`).
+    pub keyboard: keyboard::KeyboardHost,
+    pub mouse: mouse::MouseHost,
     /// A storage or network channel's packets of the last step: the
     /// server hands them to the device's controller (`channel/storage.rs`,
     /// `channel/network.rs`), which spans the primary and its sub-channels.
@@ -407,6 +411,8 @@ impl ChannelEndpoint {
             gpadls: ChannelGpadls::default(),
             receive_buffer: None,
             datapath: datapath::DataPathHost::default(),
+            keyboard: keyboard::KeyboardHost::default(),
+            mouse: mouse::MouseHost::default(),
             storage_inbox: Vec::new(),
             now_ns,
         };
@@ -1185,6 +1191,12 @@ impl ChannelEndpoint {
         if self.kind == DeviceKind::DataPathTest {
             return self.datapath_packet(memory, packet);
         }
+        if self.kind == DeviceKind::Keyboard {
+            return self.keyboard_packet(memory, packet);
+        }
+        if self.kind == DeviceKind::Mouse {
+            return self.mouse_packet(memory, packet);
+        }
         if matches!(self.kind, DeviceKind::Storage | DeviceKind::Network) {
             self.storage_inbox.push(packet);
             return false;
@@ -1264,7 +1276,9 @@ impl ChannelEndpoint {
             DeviceKind::Generic
             | DeviceKind::DataPathTest
             | DeviceKind::Storage
-            | DeviceKind::Network => 0,
+            | DeviceKind::Network
+            | DeviceKind::Keyboard
+            | DeviceKind::Mouse => 0,
         }
     }
 
@@ -1313,7 +1327,9 @@ impl ChannelEndpoint {
             DeviceKind::Generic
             | DeviceKind::DataPathTest
             | DeviceKind::Storage
-            | DeviceKind::Network => &[],
+            | DeviceKind::Network
+            | DeviceKind::Keyboard
+            | DeviceKind::Mouse => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1465,6 +1481,8 @@ impl PacketFault {
 mod datapath;
 #[cfg(test)]
 mod flow_tests;
+pub mod keyboard;
+pub mod mouse;
 pub mod network;
 pub mod scsi_target;
 pub mod storage;

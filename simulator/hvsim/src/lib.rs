@@ -51,6 +51,11 @@ pub mod host;
 #[cfg(not(target_os = "none"))]
 pub mod hosted_net;
 pub mod hypercall;
+pub mod input_step;
+/// The synthetic keyboard's host (`Simulator::type_key`'s [`keyboard::HostKey`]).
+pub use channel::keyboard;
+/// The synthetic mouse's host.
+pub use channel::mouse;
 pub mod memory;
 pub mod ne2000;
 pub mod net;

@@ -145,6 +145,11 @@ pub struct Scenario {
     /// (heartbeats answered, fault) pairs: the fault (the words
     /// `NetFault::parse` takes) is armed on the first network device.
     pub network_faults: Vec<(u64, String)>,
+    /// (heartbeats answered, step) pairs: keyboard and mouse steps
+    /// (`hvsim::input_step`: `key CODE [e0] [up]`, `type TEXT`, `mouse X Y
+    /// [BUTTONS]`, `keyboard-fault NAME`, `mouse-fault NAME`), each run once
+    /// that many heartbeats were answered and its device is ready.
+    pub input_steps: Vec<(u64, String)>,
     /// The restart benchmark (`cargo xtask bench-restart --qemu`): once a
     /// heartbeat was answered, stop the guest component named by
     /// `restart_bench_driver` as if it faulted this many times, each as
@@ -278,6 +283,7 @@ impl Default for Scenario {
             network_link_up_after_heartbeats: None,
             network_rescind_after_heartbeats: None,
             network_faults: Vec::new(),
+            input_steps: Vec::new(),
             restart_bench_faults: 0,
             restart_bench_driver: "kvp".into(),
         }
@@ -339,6 +345,9 @@ pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
 /// The synthetic NIC's class (`vmbus_protocol::guid::class::NIC`, written
 /// out for the build script; a test in `script.rs` keeps the two equal).
 pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
+/// The synthetic keyboard and the synthetic HID mouse.
+pub const KEYBOARD_CLASS: u128 = 0xf912ad6d_2b17_48ea_bd65_f927a61c7684;
+pub const MOUSE_CLASS: u128 = 0xcfa8b69e_5b4a_4cc0_b98b_8ba1a1f3f95a;
 
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
@@ -353,6 +362,9 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         "ide" => return Some(DeviceName::Class(IDE_CLASS)),
         // The NIC host (netvsp).
         "network" => return Some(DeviceName::Class(NIC_CLASS)),
+        // The synthetic keyboard and mouse (channel/keyboard.rs, mouse.rs).
+        "keyboard" => return Some(DeviceName::Class(KEYBOARD_CLASS)),
+        "mouse" => return Some(DeviceName::Class(MOUSE_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
@@ -514,6 +526,13 @@ impl Scenario {
                 ),
             );
         }
+        if let Some(why) = self
+            .input_steps
+            .iter()
+            .find_map(|(_, step)| crate::input_step::parse_input_step(step).err())
+        {
+            return invalid("input_steps", why);
+        }
         if self.kvp_fault_every == 0 {
             return invalid("kvp_fault_every", "must be at least 1".into());
         }
@@ -597,7 +616,7 @@ impl Scenario {
              network_version: {:?}.into(), network_max_sub_channels: {}, network_mtu: {}, \
              network_link_down_after_heartbeats: {:?}, network_link_up_after_heartbeats: {:?}, \
              network_rescind_after_heartbeats: {:?}, network_faults: alloc::vec![{}], \
-             restart_bench_faults: {}, restart_bench_driver: {:?}.into() }}",
+             input_steps: alloc::vec![{}], restart_bench_faults: {}, restart_bench_driver: {:?}.into() }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -642,6 +661,11 @@ impl Scenario {
             self.network_faults
                 .iter()
                 .map(|(after, fault)| format!("({after}, {fault:?}.into())"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.input_steps
+                .iter()
+                .map(|(after, step)| format!("({after}, {step:?}.into())"))
                 .collect::<Vec<_>>()
                 .join(", "),
             self.restart_bench_faults,
@@ -732,7 +756,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`, `restart_bench_faults`, `restart_bench_driver`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`, `input_steps`, `restart_bench_faults`, `restart_bench_driver`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),

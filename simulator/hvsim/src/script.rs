@@ -21,7 +21,7 @@ use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
 use crate::scenario::{
     parse_device, parse_network_version, parse_storage_version, parse_version, DeviceName, IcName,
-    Invalid, Scenario, IDE_CLASS, NIC_CLASS, SCSI_CLASS,
+    Invalid, Scenario, IDE_CLASS, KEYBOARD_CLASS, MOUSE_CLASS, NIC_CLASS, SCSI_CLASS,
 };
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
@@ -70,6 +70,10 @@ impl ScriptDevice {
                     DeviceKind::Storage
                 } else if class == NIC_CLASS {
                     DeviceKind::Network
+                } else if class == KEYBOARD_CLASS {
+                    DeviceKind::Keyboard
+                } else if class == MOUSE_CLASS {
+                    DeviceKind::Mouse
                 } else {
                     DeviceKind::Generic
                 },
@@ -253,6 +257,8 @@ pub struct Script {
     pub network_rescind_after_heartbeats: Option<u64>,
     /// (heartbeats answered, fault), in the scenario's order.
     pub network_faults: Vec<(u64, NetFault)>,
+    /// (heartbeats answered, keyboard or mouse step), in order.
+    pub input_steps: Vec<(u64, crate::input_step::InputStep)>,
     /// The restart benchmark: (faults, the driver's component name, its
     /// device) (`Scenario::restart_bench_faults`).
     pub restart_bench: Option<(u64, String, DeviceKind)>,
@@ -338,6 +344,15 @@ impl Script {
                 .filter_map(|(after, text)| {
                     let words: Vec<&str> = text.split_whitespace().collect();
                     NetFault::parse(&words).map(|fault| (*after, fault))
+                })
+                .collect(),
+            input_steps: scenario
+                .input_steps
+                .iter()
+                .filter_map(|(after, text)| {
+                    crate::input_step::parse_input_step(text)
+                        .ok()
+                        .map(|step| (*after, step))
                 })
                 .collect(),
             restart_bench: (scenario.restart_bench_faults > 0)
@@ -584,6 +599,7 @@ pub struct ScriptRunner {
     network_link_up: bool,
     network_rescind: NetRescind,
     network_faults_armed: usize,
+    input_steps_run: usize,
 }
 
 /// Where the network device's rescind and re-offer stands.
@@ -648,6 +664,7 @@ impl ScriptRunner {
             network_link_up: false,
             network_rescind: NetRescind::NotYet,
             network_faults_armed: 0,
+            input_steps_run: 0,
         }
     }
 
@@ -710,6 +727,7 @@ impl ScriptRunner {
         datapath_report(sim, &mut report);
         self.storage_events(sim, &mut report);
         self.network_events(sim, &mut report);
+        self.input_steps(sim, &mut report);
         self.restart_bench(sim, now_ns, &mut report);
         if let Some(after) = self.script.shutdown_after_heartbeats {
             if !self.shutdown_requested
@@ -1066,6 +1084,20 @@ impl ScriptRunner {
     /// The scenario's network events: link down and up, rescind and
     /// re-offer, faults (each once its heartbeat count is reached and a
     /// network device exists).
+    /// The keyboard and mouse steps that are due, in order; a step
+    /// waits for its device to be ready.
+    fn input_steps<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
+        let answered = self.heartbeats_answered;
+        while let Some((after, step)) = self.script.input_steps.get(self.input_steps_run) {
+            if answered < *after || !sim.input_ready(step) {
+                break;
+            }
+            let result = sim.input_step(step);
+            self.input_steps_run += 1;
+            report.push(format!("host: input {step:?}: {result}"));
+        }
+    }
+
     fn network_events<M: GuestMemory>(&mut self, sim: &mut Simulator<M>, report: &mut Vec<String>) {
         let answered = self.heartbeats_answered;
         if sim.vmbus.network.is_empty() {
@@ -1280,6 +1312,11 @@ mod tests {
     #[test]
     fn the_scenarios_network_reaches_the_nic_host() {
         assert_eq!(NIC_CLASS, vmbus_protocol::guid::class::NIC.as_u128());
+        assert_eq!(
+            KEYBOARD_CLASS,
+            vmbus_protocol::guid::class::KEYBOARD.as_u128()
+        );
+        assert_eq!(MOUSE_CLASS, vmbus_protocol::guid::class::MOUSE.as_u128());
         let scenario = crate::scenario::parse_file(
             "x.hvsim",
             "devices = [\"heartbeat\", \"network\"]\nnetwork_version = \"5.0\"\n\

@@ -61,6 +61,8 @@ fn device_kind(name: &str) -> Option<DeviceKind> {
         "shutdown" => DeviceKind::Shutdown,
         "timesync" => DeviceKind::TimeSync,
         "kvp" => DeviceKind::Kvp,
+        "keyboard" => DeviceKind::Keyboard,
+        "mouse" => DeviceKind::Mouse,
         _ => return None,
     })
 }
@@ -352,6 +354,24 @@ impl<M: hv_interface::GuestMemory> Machine<M> {
                     );
                 }
             }
+            // The keyboard and mouse negotiate their own protocols.
+            let input_ready = match endpoint.kind {
+                DeviceKind::Keyboard => endpoint.keyboard.ready.then_some("protocol 1.0"),
+                DeviceKind::Mouse => endpoint
+                    .mouse
+                    .ready
+                    .then_some("protocol 2.0, device info acknowledged"),
+                _ => None,
+            };
+            if let Some(what) = input_ready {
+                if !self.seen_negotiated.contains(relid) {
+                    self.seen_negotiated.push(*relid);
+                    eprintln!(
+                        "hvsim event: negotiated {:?} relid {relid} {what} at {at_us} us",
+                        endpoint.kind
+                    );
+                }
+            }
         }
         self.seen_open = open;
         if let Some(relid) = self.ic_relid(DeviceKind::Heartbeat) {
@@ -463,6 +483,19 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             Err(_) => "bad pool".into(),
         },
         ["kvp-responses"] => format!("{:?}", sim.kvp_responses()),
+        // The synthetic keyboard and mouse (docs/hvsim.md, "Keyboard and
+        // mouse"): the same steps a scenario's `input_steps` lists.
+        [first, ..] if hvsim::input_step::is_input_step(first) => {
+            match hvsim::input_step::parse_input_step(line) {
+                Ok(step) => sim.input_step(&step),
+                Err(why) => why,
+            }
+        }
+        ["input-report"] => format!(
+            "keyboard: {}; mouse: {}",
+            sim.keyboard_report().unwrap_or_else(|| "no channel".into()),
+            sim.mouse_report().unwrap_or_else(|| "no channel".into())
+        ),
         ["rescind", relid] => match relid.parse() {
             Ok(relid) => format!("{}", sim.rescind(relid)),
             Err(_) => "bad relid".into(),

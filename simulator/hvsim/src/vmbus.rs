@@ -102,6 +102,10 @@ pub enum DeviceKind {
     /// device's `NetController` moves frames to and from an
     /// `hvsim::net::NetBackend`.
     Network,
+    /// The synthetic keyboard (`channel/keyboard.rs`).
+    Keyboard,
+    /// The synthetic HID mouse (`channel/mouse.rs`).
+    Mouse,
 }
 
 impl DeviceKind {
@@ -112,6 +116,8 @@ impl DeviceKind {
                 | DeviceKind::DataPathTest
                 | DeviceKind::Storage
                 | DeviceKind::Network
+                | DeviceKind::Keyboard
+                | DeviceKind::Mouse
         )
     }
 }
@@ -141,6 +147,8 @@ impl DeviceConfig {
             DeviceKind::DataPathTest => vmbus_protocol::datapath_test::CLASS,
             DeviceKind::Storage => class::SCSI,
             DeviceKind::Network => class::NIC,
+            DeviceKind::Keyboard => class::KEYBOARD,
+            DeviceKind::Mouse => class::MOUSE,
         };
         DeviceConfig {
             class,

@@ -21,6 +21,7 @@ const POWER_OFF_WAIT: Duration = Duration::from_secs(20);
 const SCENARIOS: &[&str] = &[
     "datapath",
     "datapath-hostile",
+    "input",
     "kvp-fault",
     "kvp-get",
     "kvp-rescind",
@@ -155,6 +156,11 @@ fn kvp_rescind() {
 #[test]
 fn monitored() {
     run_scenario("monitored");
+}
+
+#[test]
+fn input() {
+    run_scenario("input");
 }
 
 #[test]

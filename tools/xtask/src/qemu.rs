@@ -162,6 +162,7 @@ pub const BOOT_TESTS: &[(&str, Option<&str>)] = &[
     ("system.toml", Some("tests/systems/runtime-offers.hvsim")),
     ("system.toml", Some("tests/systems/kvp-get.hvsim")),
     ("system.toml", Some("tests/systems/restart.hvsim")),
+    ("system.toml", Some("tests/systems/input.hvsim")),
     (
         "tests/systems/datapath.toml",
         Some("tests/systems/datapath.hvsim"),

@@ -19,6 +19,11 @@
 //! - [`rndis`]: the RNDIS messages carried inside NVSP: requests,
 //!   completions, status indications, data packets with per-packet info,
 //!   OIDs, offload and RSS parameters.
+//! - [`synthkbd`]: the synthetic keyboard's messages (protocol 1.0,
+//!   keystrokes with their UNICODE/BREAK/E0/E1 flags).
+//! - [`synthhid`]: the synthetic HID (mouse) messages: pipe and HID
+//!   headers, protocol 2.0, device info with the HID class descriptor and
+//!   report descriptor, input reports.
 //!
 //! Trusts nothing it parses: every parser takes bytes already copied into
 //! private memory, checks sizes, counts and versions, and returns an error
@@ -39,6 +44,8 @@ pub mod packet;
 pub mod rndis;
 pub mod scsi;
 pub mod storage;
+pub mod synthhid;
+pub mod synthkbd;
 pub mod version;
 
 pub use guid::WireGuid;
