@@ -1185,7 +1185,10 @@ impl ChannelEndpoint {
         if self.kind == DeviceKind::DataPathTest {
             return self.datapath_packet(memory, packet);
         }
-        if matches!(self.kind, DeviceKind::Storage | DeviceKind::Network) {
+        if matches!(
+            self.kind,
+            DeviceKind::Storage | DeviceKind::Network | DeviceKind::Video
+        ) {
             self.storage_inbox.push(packet);
             return false;
         }
@@ -1264,7 +1267,8 @@ impl ChannelEndpoint {
             DeviceKind::Generic
             | DeviceKind::DataPathTest
             | DeviceKind::Storage
-            | DeviceKind::Network => 0,
+            | DeviceKind::Network
+            | DeviceKind::Video => 0,
         }
     }
 
@@ -1313,7 +1317,8 @@ impl ChannelEndpoint {
             DeviceKind::Generic
             | DeviceKind::DataPathTest
             | DeviceKind::Storage
-            | DeviceKind::Network => &[],
+            | DeviceKind::Network
+            | DeviceKind::Video => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1468,3 +1473,4 @@ mod flow_tests;
 pub mod network;
 pub mod scsi_target;
 pub mod storage;
+pub mod synthvid;

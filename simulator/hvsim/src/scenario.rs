@@ -340,6 +340,11 @@ pub const DATAPATH_TEST_CLASS: u128 = 0x5e1f7e57_da7a_4a7c_9d3b_0c8a9e5f2d61;
 /// out for the build script; a test in `script.rs` keeps the two equal).
 pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
 
+/// The synthetic video class (`vmbus_protocol::guid::class::SYNTHETIC_VIDEO`,
+/// written out for the build script; a test in `channel/synthvid` keeps
+/// the two equal).
+pub const VIDEO_CLASS: u128 = 0xda0a7802_e377_4aac_8e77_0558eb1073f8;
+
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
         "heartbeat" => Some(IcName::Heartbeat),
@@ -353,6 +358,8 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         "ide" => return Some(DeviceName::Class(IDE_CLASS)),
         // The NIC host (netvsp).
         "network" => return Some(DeviceName::Class(NIC_CLASS)),
+        // The synthetic video host (synthvid's VSP).
+        "video" => return Some(DeviceName::Class(VIDEO_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {
