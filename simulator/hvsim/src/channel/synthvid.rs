@@ -138,12 +138,16 @@ pub struct VideoHost {
 impl VideoHost {
     /// A new channel (an open after a close, or a restarted guest):
     /// the protocol starts over; the counters stay.
+    /// Faults armed for the start stay armed (a test arms them, then
+    /// has the device offered again).
     pub fn channel_opened(&mut self) {
         let stats = self.stats;
         let refusals = core::mem::take(&mut self.refusals);
         *self = VideoHost {
             stats,
             refusals,
+            next_resolution_too_long: self.next_resolution_too_long,
+            next_vram_fault: self.next_vram_fault,
             ..VideoHost::default()
         };
     }
