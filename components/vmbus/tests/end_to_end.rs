@@ -367,9 +367,9 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
         );
     }
     let console = guest.bus_env.console.clone();
-    // The four ICs, the VSS device nobody drives, and storage's and
-    // network's rows (no device).
-    assert!(console.contains("VMBus 5.3, 7 devices"), "{console}");
+    // The four ICs, the VSS device nobody drives, and storage's,
+    // network's and video's rows (no device).
+    assert!(console.contains("VMBus 5.3, 8 devices"), "{console}");
     assert!(console.contains("no driver"), "{console}");
     let status = guest.synic.borrow().0.status();
     assert_eq!(status.bound_channels, 4);
@@ -658,7 +658,8 @@ fn a_restarted_vmbus_unloads_the_old_session_then_every_driver_reopens() {
             children::TIMESYNC,
             children::KVP,
             children::STORAGE,
-            children::NETWORK
+            children::NETWORK,
+            children::VIDEO
         ]
     );
     // The host released everything of the old session: no GPADL leaked,
@@ -832,11 +833,11 @@ fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
     assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
     let storm_lines = guest.bus_env.console.lines().count() - lines_at_start;
     // 2 s of storm: the burst (100), 5 lines a second, the full views of
-    // at most 10 lines (title, header, a row for each of system.toml's
-    // drivers, the synic and vmbus counter lines), one notice.
+    // at most 11 lines (title, header, a row for each of system.toml's
+    // seven drivers, the synic and vmbus counter lines), one notice.
     let full_views = vmbus::status::VIEWS_IN_FULL as usize;
     assert!(
-        storm_lines <= 100 + 2 * 5 + full_views * 10 + 1,
+        storm_lines <= 100 + 2 * 5 + full_views * 11 + 1,
         "{storm_lines} lines for {ROUNDS} renegotiations"
     );
     // Later, one change prints the view again with what was held back.
