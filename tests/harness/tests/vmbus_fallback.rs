@@ -28,20 +28,20 @@ fn falls_back_to(version: &str, packed: u32) {
         "only {version} may be negotiated"
     );
     wait_all_open(&harness, 4);
-    // The four ICs and the storage and network drivers (no disk
-    // controller, no NIC offered).
-    harness.expect_output(&format!("[vmbus] VMBus {version}, 6 devices"), next);
+    // The four ICs and the storage, network and video drivers (no disk
+    // controller, NIC or video device offered).
+    harness.expect_output(&format!("[vmbus] VMBus {version}, 7 devices"), next);
     for kind in ["Heartbeat", "Shutdown", "TimeSync", "Kvp"] {
         wait_host_negotiated(&harness, kind, 0);
     }
     wait_negotiated(&harness, &DRIVERS, 0);
     let rows = device_rows(&mut client);
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows.len(), 7, "{rows:?}");
     for row in &rows[..4] {
         assert_eq!(row.state, ChannelState::Open, "{row:?}");
         assert_eq!(row.vmbus_version, packed, "{row:?}");
     }
-    for (row, driver) in rows[4..].iter().zip(["storage", "network"]) {
+    for (row, driver) in rows[4..].iter().zip(["storage", "network", "video"]) {
         assert_eq!(row.driver.as_str(), driver);
         assert_eq!(row.state, ChannelState::NotOffered);
     }
