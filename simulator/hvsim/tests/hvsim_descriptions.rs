@@ -44,5 +44,8 @@ fn the_simulated_host_maps_every_host_visible_region_read_write() {
     // FAT client's data region (the host reads and writes it: GPA direct);
     // network's receive and send buffers; the web client's data region
     // (transmit buffers named to the host); the video driver's VRAM.
-    assert_eq!(visible.len(), 3 + 1 + (4 + 3 + 3 + 1) * 4 + 1 + 1 + 2 + 1 + 1);
+    assert_eq!(
+        visible.len(),
+        3 + 1 + (4 + 3 + 3 + 1) * 4 + 1 + 1 + 2 + 1 + 1
+    );
 }
