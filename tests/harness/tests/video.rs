@@ -259,3 +259,32 @@ fn a_resolution_list_too_long_and_an_ack_with_the_wrong_context_are_refused_at_t
     assert_eq!(mode.width, 1024);
     assert!(harness.system().faults().is_empty());
 }
+
+#[test]
+fn a_vram_location_the_host_never_acknowledges_is_sent_again_and_the_start_completes() {
+    let harness = start();
+    let mut screen = harness.double("screen");
+    let first = wait_mode(&mut screen, None);
+    assert_eq!(harness.host("video-fault vram-no-ack"), "true");
+    let relid = harness.host("relid video");
+    let relid = relid
+        .strip_prefix("Some(")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| harness.fail(&format!("no video channel: {relid}")));
+    let from = harness.system().output().len();
+    assert_eq!(harness.host(&format!("rescind {relid}")), "true");
+    harness.expect_output(&format!("hvsim event: closed relid {relid}"), from);
+    assert!(harness.host("add-device video 1").starts_with("relid "));
+    // The driver's wakeup (synic's timer) after 1 s: asked again with a
+    // new context, which the host acknowledges.
+    harness.expect_output("[video] no answer to Vram", from);
+    harness.expect_output("[video] synthvid 3.5: 1024x768x32", from);
+    let mode = wait_mode(&mut screen, Some(first.generation));
+    assert_eq!(mode.width, 1024);
+    assert_eq!(
+        host_counter(&harness, "vram_locations"),
+        3,
+        "two starts, one resend"
+    );
+    assert!(harness.system().faults().is_empty());
+}
