@@ -533,9 +533,9 @@ fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
     assert!(rig.env.console.contains("vss"), "{}", rig.env.console);
     assert!(rig.env.console.contains("no driver"), "{}", rig.env.console);
     // The VSS device is a device row, claimed by nobody (after the four
-    // ICs, keyboard, mouse, storage and network, system.toml's drivers).
+    // ICs, keyboard, mouse, storage, network and video, system.toml's drivers).
     let client = channels::CLIENT;
-    match rig.request(client, bus::Request::Device { index: 8 }) {
+    match rig.request(client, bus::Request::Device { index: 9 }) {
         bus::Reply::Device(row) => {
             assert_eq!(row.relid, 9);
             assert_eq!(row.driver.as_str(), "-");
@@ -549,7 +549,7 @@ fn offers_are_matched_to_drivers_and_unknown_classes_left_alone() {
         [(4, ChannelMessage::RelIdReleased(r))] if r.child_relid.get() == 9
     ));
     assert_eq!(
-        rig.request(client, bus::Request::Device { index: 8 }),
+        rig.request(client, bus::Request::Device { index: 9 }),
         bus::Reply::NoSuchDevice
     );
 }
@@ -1224,7 +1224,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     for d in 0..3 {
         rig.open_fully(d);
     }
-    assert!(!rig.env.console.contains("VMBus 5.3, 8 devices"));
+    assert!(!rig.env.console.contains("VMBus 5.3, 9 devices"));
     rig.open_fully(3);
     assert!(
         rig.env.console.contains("all 4 offered devices open"),
@@ -1233,7 +1233,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     );
     // The table waits for the drivers' version reports.
     assert!(
-        !rig.env.console.contains("VMBus 5.3, 8 devices"),
+        !rig.env.console.contains("VMBus 5.3, 9 devices"),
         "{}",
         rig.env.console
     );
@@ -1253,7 +1253,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
             },
         );
         assert_eq!(reply, bus::Reply::Accepted);
-        let tables = rig.env.console.matches("VMBus 5.3, 8 devices").count();
+        let tables = rig.env.console.matches("VMBus 5.3, 9 devices").count();
         assert_eq!(tables, if d == 3 { 1 } else { 0 }, "{}", rig.env.console);
     }
     assert!(
@@ -1289,13 +1289,14 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         }
         other => panic!("{other:?}"),
     }
-    // Rows 4 to 7 are the keyboard's, mouse's, storage's and network's
-    // (system.toml's fifth to eighth drivers, no device here).
+    // Rows 4 to 8 are the keyboard's, mouse's, storage's, network's and
+    // video's (system.toml's fifth to ninth drivers, no device here).
     for (index, driver) in [
         (4, "keyboard"),
         (5, "mouse"),
         (6, "storage"),
         (7, "network"),
+        (8, "video"),
     ] {
         match rig.request(channels::CLIENT, bus::Request::Device { index }) {
             bus::Reply::Device(row) => {
@@ -1306,7 +1307,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
         }
     }
     assert_eq!(
-        rig.request(channels::CLIENT, bus::Request::Device { index: 8 }),
+        rig.request(channels::CLIENT, bus::Request::Device { index: 9 }),
         bus::Reply::NoSuchDevice
     );
     // A change mid-transition is printed once it settles.
@@ -1321,7 +1322,7 @@ fn the_status_view_appears_when_all_are_open_and_after_changes() {
     );
     rig.torndown(gpadl);
     assert!(
-        rig.env.console.contains("VMBus 5.3, 8 devices"),
+        rig.env.console.contains("VMBus 5.3, 9 devices"),
         "{}",
         rig.env.console
     );
@@ -1338,13 +1339,13 @@ fn without_version_reports_the_view_appears_at_the_next_state_change() {
     for d in 0..4 {
         rig.open_fully(d);
     }
-    assert!(!rig.env.console.contains("VMBus 5.3, 8 devices"));
+    assert!(!rig.env.console.contains("VMBus 5.3, 9 devices"));
     let call_end = rig.bus.drivers[1].wiring.call;
     rig.request(call_end, bus::Request::Close { channel: 0 });
     let gpadl = rig.bus.drivers[1].channel.as_ref().unwrap().gpadl.unwrap();
     rig.torndown(gpadl);
     assert!(
-        rig.env.console.contains("VMBus 5.3, 8 devices"),
+        rig.env.console.contains("VMBus 5.3, 9 devices"),
         "{}",
         rig.env.console
     );

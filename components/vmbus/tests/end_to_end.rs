@@ -368,8 +368,8 @@ fn boots_negotiates_5_3_and_opens_every_integration_component() {
     }
     let console = guest.bus_env.console.clone();
     // The four ICs, the VSS device nobody drives, and the keyboard's,
-    // mouse's, storage's and network's rows (no device).
-    assert!(console.contains("VMBus 5.3, 9 devices"), "{console}");
+    // mouse's, storage's, network's and video's rows (no device).
+    assert!(console.contains("VMBus 5.3, 10 devices"), "{console}");
     assert!(console.contains("no driver"), "{console}");
     let status = guest.synic.borrow().0.status();
     assert_eq!(status.bound_channels, 4);
@@ -660,7 +660,8 @@ fn a_restarted_vmbus_unloads_the_old_session_then_every_driver_reopens() {
             children::KEYBOARD,
             children::MOUSE,
             children::STORAGE,
-            children::NETWORK
+            children::NETWORK,
+            children::VIDEO
         ]
     );
     // The host released everything of the old session: no GPADL leaked,
@@ -834,11 +835,11 @@ fn a_host_renegotiating_thousands_of_times_gets_a_bounded_console() {
     assert_eq!(guest.sim.borrow().vmbus.gpadl_count(), 4);
     let storm_lines = guest.bus_env.console.lines().count() - lines_at_start;
     // 2 s of storm: the burst (100), 5 lines a second, the full views of
-    // at most 12 lines (title, header, a row for each of system.toml's
-    // eight drivers, the synic and vmbus counter lines), one notice.
+    // at most 13 lines (title, header, a row for each of system.toml's
+    // nine drivers, the synic and vmbus counter lines), one notice.
     let full_views = vmbus::status::VIEWS_IN_FULL as usize;
     assert!(
-        storm_lines <= 100 + 2 * 5 + full_views * 12 + 1,
+        storm_lines <= 100 + 2 * 5 + full_views * 13 + 1,
         "{storm_lines} lines for {ROUNDS} renegotiations"
     );
     // Later, one change prints the view again with what was held back.

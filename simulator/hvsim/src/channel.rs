@@ -1197,7 +1197,10 @@ impl ChannelEndpoint {
         if self.kind == DeviceKind::Mouse {
             return self.mouse_packet(memory, packet);
         }
-        if matches!(self.kind, DeviceKind::Storage | DeviceKind::Network) {
+        if matches!(
+            self.kind,
+            DeviceKind::Storage | DeviceKind::Network | DeviceKind::Video
+        ) {
             self.storage_inbox.push(packet);
             return false;
         }
@@ -1278,7 +1281,8 @@ impl ChannelEndpoint {
             | DeviceKind::Storage
             | DeviceKind::Network
             | DeviceKind::Keyboard
-            | DeviceKind::Mouse => 0,
+            | DeviceKind::Mouse
+            | DeviceKind::Video => 0,
         }
     }
 
@@ -1329,7 +1333,8 @@ impl ChannelEndpoint {
             | DeviceKind::Storage
             | DeviceKind::Network
             | DeviceKind::Keyboard
-            | DeviceKind::Mouse => &[],
+            | DeviceKind::Mouse
+            | DeviceKind::Video => &[],
         };
         let message: Vec<IcVersion> = service
             .iter()
@@ -1486,3 +1491,4 @@ pub mod mouse;
 pub mod network;
 pub mod scsi_target;
 pub mod storage;
+pub mod synthvid;

@@ -22,6 +22,9 @@
 //!   receive and send buffers, sub-channels with RSS, link state, with
 //!   the frames going to a [`net::NetBackend`] (memory here; hosted TAP
 //!   or user-space networks and the image's NE2000 beside it);
+//! - the synthetic video host ([`channel::synthvid`]): synthvid's VSP,
+//!   the guest's mode, pointer and dirt, and [`screen`]'s picture of its
+//!   VRAM (hosted: a PNG);
 //! - [`sim::Simulator`]: all of it as one machine with the operator and
 //!   fault-injection API.
 //!
@@ -61,6 +64,7 @@ pub mod ne2000;
 pub mod net;
 pub mod pd;
 pub mod scenario;
+pub mod screen;
 pub mod script;
 pub mod sim;
 pub mod synic;

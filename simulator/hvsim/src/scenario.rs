@@ -349,6 +349,11 @@ pub const NIC_CLASS: u128 = 0xf8615163_df3e_46c5_913f_f2d2f965ed0e;
 pub const KEYBOARD_CLASS: u128 = 0xf912ad6d_2b17_48ea_bd65_f927a61c7684;
 pub const MOUSE_CLASS: u128 = 0xcfa8b69e_5b4a_4cc0_b98b_8ba1a1f3f95a;
 
+/// The synthetic video class (`vmbus_protocol::guid::class::SYNTHETIC_VIDEO`,
+/// written out for the build script; a test in `channel/synthvid` keeps
+/// the two equal).
+pub const VIDEO_CLASS: u128 = 0xda0a7802_e377_4aac_8e77_0558eb1073f8;
+
 pub fn parse_device(text: &str) -> Option<DeviceName> {
     let ic = match text {
         "heartbeat" => Some(IcName::Heartbeat),
@@ -365,6 +370,8 @@ pub fn parse_device(text: &str) -> Option<DeviceName> {
         // The synthetic keyboard and mouse (channel/keyboard.rs, mouse.rs).
         "keyboard" => return Some(DeviceName::Class(KEYBOARD_CLASS)),
         "mouse" => return Some(DeviceName::Class(MOUSE_CLASS)),
+        // The synthetic video host (synthvid's VSP).
+        "video" => return Some(DeviceName::Class(VIDEO_CLASS)),
         _ => None,
     };
     if let Some(ic) = ic {

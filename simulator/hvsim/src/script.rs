@@ -21,7 +21,7 @@ use crate::channel::storage::{StorageConfig, StorageFault};
 use crate::channel::PacketFault;
 use crate::scenario::{
     parse_device, parse_network_version, parse_storage_version, parse_version, DeviceName, IcName,
-    Invalid, Scenario, IDE_CLASS, KEYBOARD_CLASS, MOUSE_CLASS, NIC_CLASS, SCSI_CLASS,
+    Invalid, Scenario, IDE_CLASS, KEYBOARD_CLASS, MOUSE_CLASS, NIC_CLASS, SCSI_CLASS, VIDEO_CLASS,
 };
 use crate::sim::Simulator;
 use crate::vmbus::{DeviceConfig, DeviceKind, ServerConfig};
@@ -74,11 +74,14 @@ impl ScriptDevice {
                     DeviceKind::Keyboard
                 } else if class == MOUSE_CLASS {
                     DeviceKind::Mouse
+                } else if class == VIDEO_CLASS {
+                    DeviceKind::Video
                 } else {
                     DeviceKind::Generic
                 },
                 monitored: false,
-                message_pipe: false,
+                // synthvid is a message-mode pipe, as on Hyper-V.
+                message_pipe: class == VIDEO_CLASS,
             },
         }
     }

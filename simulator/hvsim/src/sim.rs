@@ -5,9 +5,11 @@
 use crate::channel::network::{NetController, NetFault};
 use crate::channel::scsi_target::BoxedDisk;
 use crate::channel::storage::{StorageController, StorageFault};
+use crate::channel::synthvid::{VideoFault, VideoHost};
 use crate::channel::{ChannelEndpoint, Heartbeat, KvpResponse, PacketFault};
 use crate::host::Host;
 use crate::net::BoxedNetBackend;
+use crate::screen::Picture;
 use crate::synic::Exception;
 use crate::vmbus::{DeviceConfig, DeviceKind, Server, ServerConfig};
 use alloc::vec::Vec;
@@ -96,6 +98,45 @@ impl<M: GuestMemory> Simulator<M> {
     /// Fault injection: a sub-channel offer, with or without a primary.
     pub fn offer_sub_channel(&mut self, device: DeviceConfig, index: u16) -> u32 {
         self.vmbus.offer_sub_channel(&mut self.host, device, index)
+    }
+
+    // ---- the synthetic video device (the first one) ----
+
+    /// The host's picture of the screen: VRAM per the guest's last
+    /// situation update, the pointer drawn on top when visible. `None`
+    /// before the guest named its VRAM and mode (or when no video device
+    /// is offered).
+    pub fn screen(&self) -> Option<Picture> {
+        let video = self.vmbus.video.values().next()?;
+        video.picture(&self.host.memory)
+    }
+
+    /// The union (x, y, w, h) of the dirt and pointer changes since the
+    /// last take; `None` when nothing changed.
+    pub fn take_screen_damage(&mut self) -> Option<(u32, u32, u32, u32)> {
+        self.vmbus.video.values_mut().next()?.take_damage()
+    }
+
+    /// The video host (the first video device).
+    pub fn video(&self) -> Option<&VideoHost> {
+        self.vmbus.video.values().next()
+    }
+
+    /// Makes the video host hostile (`VideoFault`): whether it was done
+    /// (the channel must be open).
+    pub fn video_inject(&mut self, fault: VideoFault) -> bool {
+        let Some(relid) = self.channel_of(DeviceKind::Video) else {
+            return false;
+        };
+        let memory = &self.host.memory;
+        let Some((video, endpoint)) = self.vmbus.video_channel(relid) else {
+            return false;
+        };
+        if video.inject(endpoint, memory, fault) {
+            let sint = self.vmbus.message_sint_for_signals();
+            self.host.signal_guest(sint, relid as u16);
+        }
+        true
     }
 
     /// The relid of the open channel serving `kind`, if one is open.

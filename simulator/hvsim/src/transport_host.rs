@@ -19,6 +19,7 @@
 
 use hvsim::channel::network::NetFault;
 use hvsim::channel::storage::StorageFault;
+use hvsim::channel::synthvid::VideoFault;
 use hvsim::channel::PacketFault;
 use hvsim::file_disk::FileDisk;
 use hvsim::hosted_net::NetSpec;
@@ -63,6 +64,7 @@ fn device_kind(name: &str) -> Option<DeviceKind> {
         "kvp" => DeviceKind::Kvp,
         "keyboard" => DeviceKind::Keyboard,
         "mouse" => DeviceKind::Mouse,
+        "video" => DeviceKind::Video,
         _ => return None,
     })
 }
@@ -241,6 +243,8 @@ struct Machine<M: hv_interface::GuestMemory> {
     seen_shutdown: Option<(u32, u32)>,
     /// Open relids whose IC negotiation was reported.
     seen_negotiated: Vec<u32>,
+    /// The video mode last reported (width, height).
+    seen_video_mode: Option<(u32, u32)>,
     script: Option<ScriptRunner>,
     /// The `--net` network until the NIC host takes it (its controller
     /// exists once the NIC is offered: [`Machine::attach_network`]); its
@@ -405,6 +409,17 @@ impl<M: hv_interface::GuestMemory> Machine<M> {
                 }
             }
         }
+        let mode = self
+            .sim
+            .video()
+            .and_then(|video| video.situation)
+            .map(|mode| (mode.width, mode.height));
+        if mode != self.seen_video_mode {
+            if let Some((width, height)) = mode {
+                eprintln!("hvsim event: video mode {width}x{height} at {at_us} us");
+            }
+            self.seen_video_mode = mode;
+        }
         for answer in self.sim.kvp_responses() {
             eprintln!(
                 "hvsim event: kvp answer operation {} pool {} status {:#x} key {:?} value {:?} at {at_us} us",
@@ -541,19 +556,44 @@ fn operator<M: hv_interface::GuestMemory>(line: &str, machine: &mut Machine<M>) 
             (Ok(relid), Ok(value)) => format!("{}", sim.corrupt_ring_index(relid, value)),
             _ => "bad relid or value".into(),
         },
-        ["stats"] => format!(
-            "version {:?} server {:?} hypercalls {:?} synic {:?} open {:?}",
-            sim.vmbus.version(),
-            sim.vmbus.stats,
-            sim.host.stats,
-            sim.host.synic.stats,
-            sim.vmbus
-                .open_channels()
-                .into_iter()
-                .map(|relid| (relid, sim.vmbus.endpoint(relid).map(|e| e.stats)))
-                .collect::<Vec<_>>()
-        ),
+        ["stats"] => {
+            let mut line = format!(
+                "version {:?} server {:?} hypercalls {:?} synic {:?} open {:?}",
+                sim.vmbus.version(),
+                sim.vmbus.stats,
+                sim.host.stats,
+                sim.host.synic.stats,
+                sim.vmbus
+                    .open_channels()
+                    .into_iter()
+                    .map(|relid| (relid, sim.vmbus.endpoint(relid).map(|e| e.stats)))
+                    .collect::<Vec<_>>()
+            );
+            // The video host's counters (dirt messages, rects, bytes...).
+            if let Some(video) = sim.video() {
+                line.push_str(&format!(" video {:?}", video.stats));
+            }
+            line
+        }
         ["rejections"] => format!("{:?}", sim.vmbus.rejections),
+        // The synthetic video host (the first video device): the host's
+        // picture as a PNG, its state and counters, its faults.
+        ["screenshot", path] => match sim.screen() {
+            Some(picture) => match hvsim::screen::write_png(&picture, std::path::Path::new(path)) {
+                Ok(()) => format!("{}x{}", picture.width, picture.height),
+                Err(error) => format!("cannot write {path}: {error}"),
+            },
+            None => "no picture (no video device, or no VRAM and mode yet)".into(),
+        },
+        ["screen-damage"] => format!("{:?}", sim.take_screen_damage()),
+        ["video-report"] => match sim.video() {
+            Some(video) => video.report(),
+            None => "no video device".into(),
+        },
+        ["video-fault", fault @ ..] => match VideoFault::parse(fault) {
+            Some(fault) => format!("{}", sim.video_inject(fault)),
+            None => format!("faults: {}", VideoFault::USAGE),
+        },
         // Per open channel: the guest's signals against the packets the
         // host consumed (docs/hvsim.md, "Signal accounting").
         ["signals"] => sim.vmbus.signal_report().join("; "),
@@ -697,6 +737,7 @@ pub fn main() {
         seen_time_answers: None,
         seen_shutdown: None,
         seen_negotiated: Vec::new(),
+        seen_video_mode: None,
         network,
     }));
     // The network's frames arrive without the guest doing anything: with a

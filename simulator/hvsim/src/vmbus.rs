@@ -22,6 +22,7 @@
 
 use crate::channel::network::{NetConfig, NetController};
 use crate::channel::storage::{StorageConfig, StorageController};
+use crate::channel::synthvid::VideoHost;
 use crate::channel::{ChannelEndpoint, ChannelEvent};
 use crate::host::{Host, PortKind};
 use alloc::boxed::Box;
@@ -106,6 +107,10 @@ pub enum DeviceKind {
     Keyboard,
     /// The synthetic HID mouse (`channel/mouse.rs`).
     Mouse,
+    /// The synthetic video device (synthvid's VSP, `channel/synthvid.rs`):
+    /// the device's `VideoHost` keeps the guest's mode, pointer and dirt
+    /// and pictures its VRAM (`crate::screen`).
+    Video,
 }
 
 impl DeviceKind {
@@ -118,6 +123,7 @@ impl DeviceKind {
                 | DeviceKind::Network
                 | DeviceKind::Keyboard
                 | DeviceKind::Mouse
+                | DeviceKind::Video
         )
     }
 }
@@ -149,13 +155,15 @@ impl DeviceConfig {
             DeviceKind::Network => class::NIC,
             DeviceKind::Keyboard => class::KEYBOARD,
             DeviceKind::Mouse => class::MOUSE,
+            DeviceKind::Video => class::SYNTHETIC_VIDEO,
         };
         DeviceConfig {
             class,
             instance,
             kind,
             monitored: false,
-            message_pipe: kind.is_ic(),
+            // synthvid, like the ICs, is a message-mode pipe.
+            message_pipe: kind.is_ic() || kind == DeviceKind::Video,
         }
     }
 }
@@ -368,6 +376,8 @@ pub struct Server {
     /// The network devices' NIC hosts by instance (one for a primary and
     /// its sub-channels; they outlive a rescind, as the backend does).
     pub network: BTreeMap<Uuid, NetController>,
+    /// The synthetic video devices' hosts by instance.
+    pub video: BTreeMap<Uuid, VideoHost>,
 }
 
 /// Event connection IDs: one per channel, above the control IDs.
@@ -395,6 +405,7 @@ impl Server {
             next_relid: 1,
             storage: BTreeMap::new(),
             network: BTreeMap::new(),
+            video: BTreeMap::new(),
         }
     }
 
@@ -515,6 +526,13 @@ impl Server {
         Some((controller, channel.endpoint.as_mut()?))
     }
 
+    /// A video channel's endpoint with its device's host.
+    pub fn video_channel(&mut self, relid: u32) -> Option<(&mut VideoHost, &mut ChannelEndpoint)> {
+        let channel = self.channels.get_mut(&relid)?;
+        let video = self.video.get_mut(&channel.device.instance)?;
+        Some((video, channel.endpoint.as_mut()?))
+    }
+
     /// Each open channel's relid, device kind and counters, in relid order.
     pub fn channel_stats(&self) -> Vec<(u32, DeviceKind, crate::channel::ChannelStats)> {
         self.channels
@@ -617,6 +635,9 @@ impl Server {
             self.network
                 .entry(device.instance)
                 .or_insert_with(|| NetController::new(config));
+        }
+        if device.kind == DeviceKind::Video {
+            self.video.entry(device.instance).or_default();
         }
         let relid = self.allocate_relid();
         let monitor_id = if device.monitored {
@@ -1019,6 +1040,13 @@ impl Server {
                 }
                 if let Some(count) = controller.sub_channels_requested.take() {
                     network_sub_channel_requests.push((relid, count));
+                }
+            }
+            if let Some(video) = self.video.get_mut(&channel.device.instance) {
+                let packets = core::mem::take(&mut endpoint.storage_inbox);
+                if video.serve(endpoint, &host.memory, packets) {
+                    endpoint.stats.signals_to_guest += 1;
+                    signal = true;
                 }
             }
             if signal {
@@ -1601,6 +1629,9 @@ impl Server {
         }
         if let Some(controller) = self.network.get_mut(&channel.device.instance) {
             controller.channel_opened(channel.sub_channel_index, relid);
+        }
+        if let Some(video) = self.video.get_mut(&channel.device.instance) {
+            video.channel_opened();
         }
         host.open_port(channel.connection_id, PortKind::Event { flag_count: 1 });
         self.write_monitor_parameters(host, relid);

@@ -40,10 +40,13 @@ fn the_simulated_host_maps_every_host_visible_region_read_write() {
     assert_eq!(mapped, visible);
     // Synic, hypercall and monitor pages, the reference TSC page; per driver channel (the four ICs,
     // the keyboard and the mouse, storage and its two sub-channels, network
-    // and its two) its two rings
+    // and its two, video) its two rings
     // as a control region and a data region each; storage's private buffer; the
     // FAT client's data region (the host reads and writes it: GPA direct);
     // network's receive and send buffers; the web client's data region
-    // (transmit buffers named to the host).
-    assert_eq!(visible.len(), 3 + 1 + (4 + 2 + 3 + 3) * 4 + 1 + 1 + 2 + 1);
+    // (transmit buffers named to the host); the video driver's VRAM.
+    assert_eq!(
+        visible.len(),
+        3 + 1 + (4 + 2 + 3 + 3 + 1) * 4 + 1 + 1 + 2 + 1 + 1
+    );
 }

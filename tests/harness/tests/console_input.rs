@@ -20,8 +20,8 @@ const DEVICES: &str = "heartbeat,shutdown,timesync,kvp,keyboard,mouse";
 fn start_input(extra: &[&str]) -> (Harness, Double) {
     let mut args = vec!["--devices", DEVICES];
     args.extend_from_slice(extra);
-    let harness = start(&args, &["client"]);
-    let client = harness.double("client");
+    let harness = start(&args, &["terminal"]);
+    let client = harness.double("terminal");
     wait_all_open(&harness, 6);
     wait_host_negotiated(&harness, "Keyboard", 0);
     wait_host_negotiated(&harness, "Mouse", 0);
@@ -196,8 +196,8 @@ fn scenario_input_steps_reach_the_client() {
          [1, \"keyboard-fault unknown-flags\"], [2, \"key 0x1c up\"]]\n",
     )
     .unwrap();
-    let harness = start(&["--script", script.to_str().unwrap()], &["client"]);
-    let mut client = harness.double("client");
+    let harness = start(&["--script", script.to_str().unwrap()], &["terminal"]);
+    let mut client = harness.double("terminal");
     let _ = std::fs::remove_file(&script);
     wait_all_open(&harness, 6);
     assert_eq!(

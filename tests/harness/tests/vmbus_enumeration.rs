@@ -49,10 +49,10 @@ fn the_bus_negotiates_5_3_and_every_offered_device_with_a_driver_opens() {
     // The printed view: a row per device with its class, instance, relid,
     // driver, state, versions and restarts (rows are printed again as the
     // drivers report their versions: wait for the complete ones).
-    // Nine rows: the unknown device is listed too, offered and undriven,
-    // and so are the keyboard, mouse, storage and network drivers, which
-    // have no device here.
-    harness.expect_output("[vmbus] VMBus 5.3, 9 devices", after);
+    // Ten rows: the unknown device is listed too, offered and undriven,
+    // and so are the keyboard, mouse, storage, network and video drivers,
+    // which have no device here.
+    harness.expect_output("[vmbus] VMBus 5.3, 10 devices", after);
     harness.expect_output(
         "[vmbus]  relid class      instance                              driver     state     framework msg  restarts",
         after,
@@ -95,13 +95,13 @@ fn the_status_view_serves_one_row_per_device() {
     wait_all_open(&harness, 4);
     wait_negotiated(&harness, &DRIVERS, 0);
     let rows = device_rows(&mut client);
-    // The four ICs, then the keyboard, mouse, storage and network
+    // The four ICs, then the keyboard, mouse, storage, network and video
     // drivers' rows: system.toml has them, and this host offers no
-    // keyboard, mouse, disk controller or NIC.
-    assert_eq!(rows.len(), 8, "{rows:?}");
+    // keyboard, mouse, disk controller, NIC or video device.
+    assert_eq!(rows.len(), 9, "{rows:?}");
     for (row, driver) in rows[4..]
         .iter()
-        .zip(["keyboard", "mouse", "storage", "network"])
+        .zip(["keyboard", "mouse", "storage", "network", "video"])
     {
         assert_eq!(row.driver.as_str(), driver);
         assert_eq!(row.state, ChannelState::NotOffered);

@@ -28,22 +28,22 @@ fn falls_back_to(version: &str, packed: u32) {
         "only {version} may be negotiated"
     );
     wait_all_open(&harness, 4);
-    // The four ICs and the keyboard, mouse, storage and network drivers
-    // (no keyboard, mouse, disk controller or NIC offered).
-    harness.expect_output(&format!("[vmbus] VMBus {version}, 8 devices"), next);
+    // The four ICs and the keyboard, mouse, storage, network and video
+    // drivers (no keyboard, mouse, disk controller, NIC or video offered).
+    harness.expect_output(&format!("[vmbus] VMBus {version}, 9 devices"), next);
     for kind in ["Heartbeat", "Shutdown", "TimeSync", "Kvp"] {
         wait_host_negotiated(&harness, kind, 0);
     }
     wait_negotiated(&harness, &DRIVERS, 0);
     let rows = device_rows(&mut client);
-    assert_eq!(rows.len(), 8, "{rows:?}");
+    assert_eq!(rows.len(), 9, "{rows:?}");
     for row in &rows[..4] {
         assert_eq!(row.state, ChannelState::Open, "{row:?}");
         assert_eq!(row.vmbus_version, packed, "{row:?}");
     }
     for (row, driver) in rows[4..]
         .iter()
-        .zip(["keyboard", "mouse", "storage", "network"])
+        .zip(["keyboard", "mouse", "storage", "network", "video"])
     {
         assert_eq!(row.driver.as_str(), driver);
         assert_eq!(row.state, ChannelState::NotOffered);

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub const LAYOUT_VERSION: u16 = 3;
 pub const MAX_COMPONENTS: usize = 32;
+// 96: the console devices' drivers (video, keyboard, mouse) bring the VMBus
+// system past 64 (each driver's rings are 4 regions).
 pub const MAX_REGIONS: usize = 96;
 /// Per component (seL4: `sel4_runtime::abi::MAX_MAPS`, the PD info page's
 /// table). A VMBus driver's rings alone are 4 maps, and the bus manager and

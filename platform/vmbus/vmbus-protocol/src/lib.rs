@@ -16,6 +16,8 @@
 //!   disk speaks.
 //! - [`nvsp`]: the synthetic NIC's (netvsc/netvsp) messages, versions,
 //!   receive/send buffer handshake, sub-channels and send table.
+//! - [`synthvid`]: the synthetic video (framebuffer) messages: versions,
+//!   VRAM location, situation, dirt, pointer, resolutions.
 //! - [`rndis`]: the RNDIS messages carried inside NVSP: requests,
 //!   completions, status indications, data packets with per-packet info,
 //!   OIDs, offload and RSS parameters.
@@ -46,6 +48,7 @@ pub mod scsi;
 pub mod storage;
 pub mod synthhid;
 pub mod synthkbd;
+pub mod synthvid;
 pub mod version;
 
 pub use guid::WireGuid;

@@ -1,0 +1,3 @@
+fn main() {
+    sysdesc::emit_ids_for_build_script("video");
+}
