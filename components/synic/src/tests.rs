@@ -534,9 +534,9 @@ fn binding_clears_a_stale_flag_and_lets_the_vsc_look() {
 #[test]
 fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
     let (mut rig, mut synic) = rig();
-    // The four ICs, the keyboard, the mouse, storage and network
+    // The four ICs, the keyboard, the mouse, storage, network and video
     // (system.toml).
-    assert_eq!(drivers::DRIVERS.len(), 8);
+    assert_eq!(drivers::DRIVERS.len(), 9);
     for name in ["vmbus", "hypervisor", "console", "nobody", ""] {
         assert_eq!(
             bind(&mut rig, &mut synic, 3, 1, name),

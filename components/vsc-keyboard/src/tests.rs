@@ -43,7 +43,7 @@ fn next(env: &mut EnvDouble, driver: &mut Keyboard) -> (Vec<KeyStroke>, u32) {
     let message = env_double::encode_request::<keyboard::Keyboard>(&Request::Next);
     let mut reply = [0u8; component_api::MAX_MESSAGE];
     let len = driver
-        .protected(env, channels::CLIENT, &message, &mut reply)
+        .protected(env, channels::TERMINAL, &message, &mut reply)
         .unwrap();
     match env_double::decode_reply::<keyboard::Keyboard>(&reply[..len]) {
         Reply::Keys { keys, dropped } => (keys.into_iter().collect(), dropped),
@@ -70,7 +70,7 @@ fn keystrokes_reach_the_client_in_order_with_their_flags() {
         );
     }
     // Notified once: when the queue became non-empty.
-    assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 1);
+    assert_eq!(env.notifications_on(channels::TERMINAL_EVENT), 1);
     let (keys, dropped) = next(&mut env, &mut driver);
     assert_eq!(dropped, 0);
     let expected = [
@@ -179,7 +179,7 @@ fn without_an_accepted_protocol_no_keystroke_is_taken() {
     );
     assert_eq!(driver.device.stats.refused_early, 1);
     assert!(next(&mut env, &mut driver).0.is_empty());
-    assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 0);
+    assert_eq!(env.notifications_on(channels::TERMINAL_EVENT), 0);
 }
 
 #[test]

@@ -70,7 +70,7 @@ fn next(env: &mut EnvDouble, driver: &mut Mouse) -> (Vec<PointerEvent>, u32) {
     let message = env_double::encode_request::<mouse::Mouse>(&Request::Next);
     let mut reply = [0u8; component_api::MAX_MESSAGE];
     let len = driver
-        .protected(env, channels::CLIENT, &message, &mut reply)
+        .protected(env, channels::TERMINAL, &message, &mut reply)
         .unwrap();
     match env_double::decode_reply::<mouse::Mouse>(&reply[..len]) {
         Reply::Events { events, dropped } => (events.into_iter().collect(), dropped),
@@ -108,7 +108,7 @@ fn reports_are_decoded_through_the_descriptor() {
         &mut driver,
         &hyperv_report(0x4000, 100, 0b101, -3),
     );
-    assert_eq!(env.notifications_on(channels::CLIENT_EVENT), 1);
+    assert_eq!(env.notifications_on(channels::TERMINAL_EVENT), 1);
     let (events, dropped) = next(&mut env, &mut driver);
     assert_eq!(dropped, 0);
     assert_eq!(
