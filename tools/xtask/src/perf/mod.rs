@@ -234,6 +234,18 @@ const STEPS: &[Step] = &[
         default: &["--rounds", "7", "--scale", "10"],
         long: &["--rounds", "15", "--scale", "20"],
     },
+    Step {
+        name: "console end to end: keystroke to screen, updates per second (hosted)",
+        group: "console-hosted",
+        also: &[],
+        superseded_by_openvmm: false,
+        requires: &["tests/harness/benches/console.rs"],
+        program: Program::Cargo,
+        args: &["bench", "-p", "ipc-harness", "--bench", "console", "--"],
+        smoke: &["--smoke"],
+        default: &["--rounds", "5"],
+        long: &["--rounds", "11", "--keys", "200"],
+    },
     // Invocations from the other branches of issue 14 (their ready notes):
     // each reads "not in this tree" until its file is merged.
     Step {

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 /// The groups in the order the report shows them (others follow in the
 /// order they first appear), with their section titles.
-const GROUPS: [(&str, &str); 13] = [
+const GROUPS: [(&str, &str); 14] = [
     ("ring", "Ring throughput against packet size"),
     ("ring-hosted", "The ring across two processes (hosted)"),
     (
@@ -24,7 +24,8 @@ const GROUPS: [(&str, &str); 13] = [
     ("signals", "Signals per packet"),
     ("restart", "Restart: a crashed driver serving again"),
     ("boot", "Boot to all channels open"),
-    ("console", "Console"),
+    ("console", "Console: the terminal's rendering"),
+    ("console-hosted", "Console end to end (hosted)"),
     ("other", "Other"),
 ];
 
