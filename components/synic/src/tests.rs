@@ -534,8 +534,8 @@ fn binding_clears_a_stale_flag_and_lets_the_vsc_look() {
 #[test]
 fn bind_refuses_what_is_not_a_vsc_and_bad_relids() {
     let (mut rig, mut synic) = rig();
-    // The four ICs, storage and network (system.toml).
-    assert_eq!(drivers::DRIVERS.len(), 6);
+    // The four ICs, storage, network and video (system.toml).
+    assert_eq!(drivers::DRIVERS.len(), 7);
     for name in ["vmbus", "hypervisor", "console", "nobody", ""] {
         assert_eq!(
             bind(&mut rig, &mut synic, 3, 1, name),
