@@ -53,30 +53,29 @@ impl PointerImage {
         )
     }
 
-    /// Draws the image over `picture` with its hot spot at (x, y),
-    /// blending each pixel by its alpha.
-    pub fn draw(&self, picture: &mut Picture, x: i32, y: i32) {
+    /// Draws the image over `row` (screen pixels from `row_x`, on screen
+    /// row `row_y`) with its hot spot at (x, y), blending each pixel by
+    /// its alpha.
+    pub fn draw_row(&self, row: &mut [u32], row_x: u32, row_y: u32, x: i32, y: i32) {
         let left = i64::from(x) - i64::from(self.hot_x);
-        let top = i64::from(y) - i64::from(self.hot_y);
-        for row in 0..self.height {
-            let screen_y = top + i64::from(row);
-            if screen_y < 0 || screen_y >= i64::from(picture.height) {
+        let image_row = i64::from(row_y) - (i64::from(y) - i64::from(self.hot_y));
+        if image_row < 0 || image_row >= i64::from(self.height) {
+            return;
+        }
+        for column in 0..self.width {
+            let Some(index) = (left + i64::from(column))
+                .checked_sub(i64::from(row_x))
+                .filter(|&i| i >= 0 && (i as usize) < row.len())
+            else {
                 continue;
-            }
-            for column in 0..self.width {
-                let screen_x = left + i64::from(column);
-                if screen_x < 0 || screen_x >= i64::from(picture.width) {
-                    continue;
-                }
-                let Some(&argb) = self
-                    .argb
-                    .get(row as usize * self.width as usize + column as usize)
-                else {
-                    continue;
-                };
-                let index = screen_y as usize * picture.width as usize + screen_x as usize;
-                picture.pixels[index] = blend(picture.pixels[index], argb);
-            }
+            };
+            let Some(&argb) = self
+                .argb
+                .get(image_row as usize * self.width as usize + column as usize)
+            else {
+                continue;
+            };
+            row[index as usize] = blend(row[index as usize], argb);
         }
     }
 }
@@ -164,6 +163,33 @@ mod tests {
         assert_eq!(blend(0x00_00_00_00, 0x80_ff_ff_ff), 0x00_80_80_80);
     }
 
+    /// The image drawn over the whole picture, row by row, as the video
+    /// host draws it.
+    fn draw(image: &PointerImage, picture: &mut Picture, x: i32, y: i32) {
+        let width = picture.width as usize;
+        for (row_y, row) in picture.pixels.chunks_exact_mut(width).enumerate() {
+            image.draw_row(row, 0, row_y as u32, x, y);
+        }
+    }
+
+    #[test]
+    fn a_row_from_mid_screen_gets_only_its_part_of_the_pointer() {
+        let image = PointerImage {
+            width: 3,
+            height: 1,
+            hot_x: 0,
+            hot_y: 0,
+            argb: vec![0xff_00_00_01, 0xff_00_00_02, 0xff_00_00_03],
+        };
+        // Screen pixels 5..7 of row 4; the pointer's hot spot at (4, 4).
+        let mut row = vec![0; 2];
+        image.draw_row(&mut row, 5, 4, 4, 4);
+        assert_eq!(row, [2, 3]);
+        let mut other_row = vec![0; 2];
+        image.draw_row(&mut other_row, 5, 5, 4, 4);
+        assert_eq!(other_row, [0, 0]);
+    }
+
     #[test]
     fn the_pointer_is_drawn_around_its_hot_spot_and_clipped() {
         let mut picture = Picture {
@@ -178,13 +204,13 @@ mod tests {
             hot_y: 1,
             argb: vec![0xff_ff_00_00, 0x00_ff_ff_ff, 0xff_00_ff_00, 0xff_00_00_ff],
         };
-        image.draw(&mut picture, 0, 0);
+        draw(&image, &mut picture, 0, 0);
         // Only the image's bottom-right pixel lands on the screen.
         assert_eq!(picture.pixel(0, 0), Some(0x00_00_00_ff));
         assert_eq!(picture.pixels.iter().filter(|&&p| p != 0).count(), 1);
         assert_eq!(image.area(0, 0, (4, 4)), Some((0, 0, 1, 1)));
         assert_eq!(image.area(-5, 0, (4, 4)), None);
-        image.draw(&mut picture, 2, 2);
+        draw(&image, &mut picture, 2, 2);
         assert_eq!(picture.pixel(1, 1), Some(0x00_ff_00_00));
         assert_eq!(picture.pixel(2, 1), Some(0), "transparent");
     }

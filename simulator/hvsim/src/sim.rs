@@ -111,6 +111,18 @@ impl<M: GuestMemory> Simulator<M> {
         video.picture(&self.host.memory)
     }
 
+    /// The rectangle (x, y, w, h) of the host's picture one row at a time
+    /// (`VideoHost::picture_rows`): what the seL4 host copies to QEMU's
+    /// display without holding a whole picture.
+    pub fn screen_rows(
+        &self,
+        rect: (u32, u32, u32, u32),
+        row_out: &mut dyn FnMut(u32, &[u32]),
+    ) -> Option<()> {
+        let video = self.vmbus.video.values().next()?;
+        video.picture_rows(&self.host.memory, rect, row_out)
+    }
+
     /// The union (x, y, w, h) of the dirt and pointer changes since the
     /// last take; `None` when nothing changed.
     pub fn take_screen_damage(&mut self) -> Option<(u32, u32, u32, u32)> {

@@ -210,40 +210,74 @@ fn main() {
     show("keystroke to screen (host damage)", "us", &key_latency);
     show("operator round trip (floor)", "us", &floor);
     show("full-screen redraw, updates/s", "/s", &full_rate);
-    show("full-screen copy on one core (baseline), /s", "/s", &full_copy);
+    show(
+        "full-screen copy on one core (baseline), /s",
+        "/s",
+        &full_copy,
+    );
     show("full-screen dirt bytes per update", "B", &full_bytes);
     show("one-line change, updates/s", "/s", &line_rate);
     show("one-line copy on one core (baseline), /s", "/s", &line_copy);
     show("one-line dirt bytes per update", "B", &line_bytes);
 
-    Record::new("console-hosted", "isolated stack", "keystroke to screen", "us", false)
-        .distribution(&key_latency)
-        .note("host key to the host's damage on the prompt row, hosted")
-        .emit();
-    Record::new("console-hosted", "operator round trip", "keystroke to screen", "us", false)
-        .distribution(&floor)
-        .note("the measurement's floor: one operator round trip")
-        .emit();
+    Record::new(
+        "console-hosted",
+        "isolated stack",
+        "keystroke to screen",
+        "us",
+        false,
+    )
+    .distribution(&key_latency)
+    .note("host key to the host's damage on the prompt row, hosted")
+    .emit();
+    Record::new(
+        "console-hosted",
+        "operator round trip",
+        "keystroke to screen",
+        "us",
+        false,
+    )
+    .distribution(&floor)
+    .note("the measurement's floor: one operator round trip")
+    .emit();
     for (x, label, rate, copy, bytes) in [
         (0.0, "full screen", &full_rate, &full_copy, &full_bytes),
         (1.0, "one line", &line_rate, &line_copy, &line_bytes),
     ] {
         let x_label = "update (0 full screen, 1 one line)";
-        Record::new("console-hosted", "isolated stack", "updates per second", "1/s", true)
-            .x(x, x_label)
-            .samples(rate)
-            .baseline("copy on one core")
-            .note(label)
-            .emit();
-        Record::new("console-hosted", "copy on one core", "updates per second", "1/s", true)
-            .x(x, x_label)
-            .samples(copy)
-            .note(label)
-            .emit();
-        Record::new("console-hosted", "isolated stack", "dirt bytes per update", "B", false)
-            .x(x, x_label)
-            .samples(bytes)
-            .note(label)
-            .emit();
+        Record::new(
+            "console-hosted",
+            "isolated stack",
+            "updates per second",
+            "1/s",
+            true,
+        )
+        .x(x, x_label)
+        .samples(rate)
+        .baseline("copy on one core")
+        .note(label)
+        .emit();
+        Record::new(
+            "console-hosted",
+            "copy on one core",
+            "updates per second",
+            "1/s",
+            true,
+        )
+        .x(x, x_label)
+        .samples(copy)
+        .note(label)
+        .emit();
+        Record::new(
+            "console-hosted",
+            "isolated stack",
+            "dirt bytes per update",
+            "B",
+            false,
+        )
+        .x(x, x_label)
+        .samples(bytes)
+        .note(label)
+        .emit();
     }
 }

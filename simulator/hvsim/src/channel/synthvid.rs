@@ -539,32 +539,59 @@ impl VideoHost {
     /// not all guest memory.
     pub fn picture<M: GuestMemory>(&self, memory: &M) -> Option<Picture> {
         let situation = self.situation?;
-        let base = self.vram_gpa?;
         let (width, height) = (situation.width, situation.height);
         let mut pixels = alloc::vec![0u32; width as usize * height as usize];
-        if situation.active {
-            let mut row = alloc::vec![0u8; width as usize * 4];
-            for y in 0..height {
-                let gpa = base
-                    .checked_add(u64::from(situation.vram_offset))?
-                    .checked_add(u64::from(y) * u64::from(situation.pitch))?;
-                memory.read(gpa, &mut row).ok()?;
-                let start = y as usize * width as usize;
-                for (x, pixel) in row.chunks_exact(4).enumerate() {
-                    pixels[start + x] =
-                        u32::from_le_bytes([pixel[0], pixel[1], pixel[2], pixel[3]]) & 0x00ff_ffff;
-                }
-            }
-        }
-        let mut picture = Picture {
+        self.picture_rows(memory, (0, 0, width, height), &mut |y, row| {
+            let start = y as usize * width as usize;
+            pixels[start..start + row.len()].copy_from_slice(row);
+        })?;
+        Some(Picture {
             width,
             height,
             pixels,
-        };
-        if let (true, Some(image)) = (self.pointer_visible, &self.pointer) {
-            image.draw(&mut picture, self.pointer_at.0, self.pointer_at.1);
+        })
+    }
+
+    /// The rectangle (x, y, w, h) of the picture (clipped to the screen),
+    /// handed to `row_out` one row at a time with the row's screen y: the
+    /// whole picture never has to be in memory at once (the seL4 host's
+    /// heap is 1 MiB, a 1024x768 picture 3 MiB). `None` before the guest
+    /// named its VRAM and mode, or when VRAM cannot be read.
+    pub fn picture_rows<M: GuestMemory>(
+        &self,
+        memory: &M,
+        rect: (u32, u32, u32, u32),
+        row_out: &mut dyn FnMut(u32, &[u32]),
+    ) -> Option<()> {
+        let situation = self.situation?;
+        let base = self.vram_gpa?;
+        let (x, y, width, height) = crate::screen::clip(
+            i64::from(rect.0),
+            i64::from(rect.1),
+            i64::from(rect.0) + i64::from(rect.2),
+            i64::from(rect.1) + i64::from(rect.3),
+            (situation.width, situation.height),
+        )?;
+        let mut bytes = alloc::vec![0u8; width as usize * 4];
+        let mut row = alloc::vec![0u32; width as usize];
+        for screen_y in y..y + height {
+            if situation.active {
+                let gpa = base
+                    .checked_add(u64::from(situation.vram_offset))?
+                    .checked_add(u64::from(screen_y) * u64::from(situation.pitch))?
+                    .checked_add(u64::from(x) * 4)?;
+                memory.read(gpa, &mut bytes).ok()?;
+                for (pixel, value) in bytes.chunks_exact(4).zip(row.iter_mut()) {
+                    *value =
+                        u32::from_le_bytes([pixel[0], pixel[1], pixel[2], pixel[3]]) & 0x00ff_ffff;
+                }
+            }
+            if let (true, Some(image)) = (self.pointer_visible, &self.pointer) {
+                image.draw_row(&mut row, x, screen_y, self.pointer_at.0, self.pointer_at.1);
+            }
+            row_out(screen_y, &row);
         }
-        Some(picture)
+        Some(())
     }
 
     /// One line for the operator.
