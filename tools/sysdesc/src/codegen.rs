@@ -188,7 +188,7 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         let region = &layout.regions[map.region as usize];
         let _ = writeln!(
             out,
-            "    /// region `{}`, {} bytes, {}{}{}",
+            "    /// region `{}`, {} bytes, {}{}{}{}",
             region.name,
             region.size,
             if map.address_only {
@@ -203,6 +203,10 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
                 ", host visible"
             } else {
                 ""
+            },
+            match region.physical {
+                Some(physical) => format!(", device memory at physical {physical:#x}"),
+                None => String::new(),
             },
         );
         let _ = writeln!(

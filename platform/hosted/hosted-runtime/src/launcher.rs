@@ -233,6 +233,18 @@ impl System {
             };
             let mut map_fds = Vec::new();
             for map in &component.maps {
+                // Device memory (a region at a fixed physical address) is
+                // the seL4 image's; hosted there is none. The simulated
+                // host holds the QEMU framebuffer so, but hosted it runs as
+                // its own process and never maps it.
+                if let Some(physical) = layout.regions[map.region as usize].physical {
+                    if role == Role::Process {
+                        return Err(other(format!(
+                            "{}: region `{}` is device memory (physical {physical:#x}), which only the seL4 image has; hosted it cannot be mapped",
+                            component.name, layout.regions[map.region as usize].name
+                        )));
+                    }
+                }
                 let (fd, offset) = region_fds
                     .get(map.region as usize)
                     .ok_or_else(|| other(format!("{}: map of unknown region", component.name)))?;
@@ -1337,6 +1349,7 @@ mod tests {
             name: name.into(),
             size,
             host_visible,
+            physical: None,
         }
     }
 

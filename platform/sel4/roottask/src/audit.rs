@@ -456,6 +456,7 @@ mod tests {
                 name: "ring".into(),
                 size: 2 * PAGE_SIZE,
                 host_visible: false,
+                physical: None,
             }],
             version: system_layout::LAYOUT_VERSION,
             components: Vec::new(),
