@@ -824,7 +824,10 @@ pub mod framebuffer {
         Info(Mode),
         /// Flushed: the rectangles and bytes of VRAM the dirt message
         /// named (0 when the host wants no updates).
-        Flushed { rects: u8, bytes: u32 },
+        Flushed {
+            rects: u8,
+            bytes: u32,
+        },
         Done,
     }
 }
