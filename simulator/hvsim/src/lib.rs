@@ -55,6 +55,7 @@ pub mod memory;
 pub mod ne2000;
 pub mod net;
 pub mod pd;
+pub mod ps2;
 pub mod scenario;
 pub mod script;
 pub mod sim;
@@ -66,6 +67,7 @@ pub mod transport;
 pub mod tsc_clock;
 #[cfg(not(target_os = "none"))]
 pub mod user_net;
+pub mod vga;
 pub mod vmbus;
 
 #[cfg(not(target_os = "none"))]
