@@ -281,6 +281,23 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         );
     }
     let _ = writeln!(out, "];");
+    let _ = writeln!(
+        out,
+        "/// The device regions (`physical = ...`) this component maps, with their physical address."
+    );
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const DEVICE_REGIONS: &[(component_api::RegionName, u64)] = &["
+    );
+    for (position, map) in me.maps.iter().enumerate() {
+        if let Some(physical) = layout.regions[map.region as usize].physical {
+            let _ = write!(
+                out,
+                "(component_api::RegionName({position}), {physical:#x}), "
+            );
+        }
+    }
+    let _ = writeln!(out, "];");
     let _ = writeln!(out, "/// Every IO-port range's name, by range.");
     let _ = write!(
         out,

@@ -292,8 +292,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                         "physical address {start:#x} must be a non-zero multiple of 4096 with the region below {PHYSICAL_LIMIT:#x}"
                     ),
                 );
-            } else if let Some(host_visible) =
-                region.host_visible.as_ref().filter(|h| *h.get_ref())
+            } else if let Some(host_visible) = region.host_visible.as_ref().filter(|h| *h.get_ref())
             {
                 check.error(
                     host_visible.span().start,
@@ -303,8 +302,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                 let other = other.get_ref();
                 other.physical.as_ref().is_some_and(|p| {
                     let other_start = *p.get_ref();
-                    start < other_start + *other.size.get_ref()
-                        && other_start < start + size.max(0)
+                    start < other_start + *other.size.get_ref() && other_start < start + size.max(0)
                 })
             }) {
                 check.error(
