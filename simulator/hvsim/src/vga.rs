@@ -341,13 +341,16 @@ pub fn test_pattern() -> alloc::vec::Vec<u32> {
 }
 
 #[cfg(test)]
+pub(crate) use tests::Model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec::Vec;
 
     /// A model of QEMU's i440fx bus 0 with the std VGA at slot 2 and its
     /// DISPI registers (which, like QEMU's, refuse an unsupported bpp).
-    struct Model {
+    pub(crate) struct Model {
         vga_slot: u8,
         bar0: u32,
         command: u32,
@@ -357,7 +360,7 @@ mod tests {
     }
 
     impl Model {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Model {
                 vga_slot: 2,
                 bar0: 0xfd00_0008,
