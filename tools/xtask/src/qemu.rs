@@ -77,6 +77,10 @@ fn qemu_command_for(source: BootSource, disk: Option<&Path>, net: &QemuNet) -> C
             "512",
             "-nographic",
             "-no-reboot",
+            // The simulated host's display (docs/console.md, "In QEMU"):
+            // Bochs VBE, its framebuffer at BAR0 = 0xfd000000.
+            "-vga",
+            "std",
         ])
         .args(["-serial", "mon:stdio"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -107,7 +111,9 @@ fn qemu_command_for(source: BootSource, disk: Option<&Path>, net: &QemuNet) -> C
 }
 
 pub fn run(args: &[String]) -> Result {
-    let spec = system_argument(args)?;
+    let vnc = args.iter().any(|arg| arg == "--vnc");
+    let rest: Vec<String> = args.iter().filter(|arg| *arg != "--vnc").cloned().collect();
+    let spec = system_argument(&rest)?;
     let image = build(&spec)?;
     let disk = match &spec.disk {
         Some(disk) => disk.clone(),
@@ -120,7 +126,16 @@ pub fn run(args: &[String]) -> Result {
         net.status_url(),
         net.status_url()
     );
-    let status = qemu_command(&image, Some(&disk), &net)
+    let mut command = qemu_command(&image, Some(&disk), &net);
+    if vnc {
+        let display = crate::console::free_vnc_display()?;
+        command.args(crate::console::vnc_args(display));
+        println!(
+            "xtask: display: VNC on 127.0.0.1:{} (display :{display}; loopback only), e.g. `vncviewer 127.0.0.1:{display}`",
+            5900 + display
+        );
+    }
+    let status = command
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
@@ -275,7 +290,8 @@ pub fn boot_test(args: &[String]) -> Result {
     let disk_only = args.iter().any(|arg| arg == "--disk-tests");
     let net_only = args.iter().any(|arg| arg == "--net-tests");
     let media_only = args.iter().any(|arg| arg == "--media-tests");
-    let only = audit_only || disk_only || net_only || media_only;
+    let console_only = args.iter().any(|arg| arg == "--console-tests");
+    let only = audit_only || disk_only || net_only || media_only || console_only;
     if !args.is_empty() && !only {
         return boot_test_one(&system_argument(args)?);
     }
@@ -319,6 +335,15 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
+    let console_tests = usize::from(!only || console_only);
+    if console_tests == 1 {
+        let name = "system.toml with QEMU's display and PS/2 devices (screendump, sendkey)";
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::console::boot_test() {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name.to_string());
+        }
+    }
     let media_tests = if only && !media_only {
         &[][..]
     } else {
@@ -350,6 +375,7 @@ pub fn boot_test(args: &[String]) -> Result {
         boot_tests.len()
             + disk_tests.len()
             + net_tests.len()
+            + console_tests
             + media_tests.len()
             + audit_tests.len()
             - failed.len(),
@@ -574,12 +600,38 @@ pub fn boot_with(
     until: Option<&[String]>,
     during: Option<DuringBoot>,
 ) -> Result<Boot> {
-    boot_source_with(BootSource::Multiboot(image), disk, echo, until, during)
+    boot_source_with(
+        BootSource::Multiboot(image),
+        disk,
+        echo,
+        until,
+        during,
+        None,
+    )
 }
 
 /// [`boot_once`] for any [`BootSource`].
 pub fn boot_source_once(source: BootSource, disk: Option<&Path>, echo: Echo) -> Result<Boot> {
-    boot_source_with(source, disk, echo, None, None)
+    boot_source_with(source, disk, echo, None, None, None)
+}
+
+/// [`boot_with`] with QEMU's human monitor (HMP) on the unix socket
+/// `monitor` (`crate::console`: screendump, sendkey).
+pub fn boot_with_monitor(
+    image: &BootImage,
+    echo: Echo,
+    monitor: &Path,
+    during: &mut dyn FnMut(&[String]) -> bool,
+) -> Result<Boot> {
+    let mut during = |lines: &[String], _: &QemuNet| during(lines);
+    boot_source_with(
+        BootSource::Multiboot(image),
+        None,
+        echo,
+        None,
+        Some(&mut during),
+        Some(monitor),
+    )
 }
 
 fn boot_source_with(
@@ -588,11 +640,17 @@ fn boot_source_with(
     echo: Echo,
     until: Option<&[String]>,
     mut during: Option<DuringBoot>,
+    monitor: Option<&Path>,
 ) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let net = QemuNet::new()?;
     let started = Instant::now();
-    let mut child = qemu_command_for(source, disk, &net)
+    let mut command = qemu_command_for(source, disk, &net);
+    if let Some(monitor) = monitor {
+        let path = monitor.display().to_string().replace(',', ",,");
+        command.args(["-monitor", &format!("unix:{path},server=on,wait=off")]);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
