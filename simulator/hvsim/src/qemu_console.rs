@@ -4,7 +4,7 @@
 //! synthetic mouse's position (docs/console.md, "In QEMU").
 //!
 //! Used when the description grants this component the display's IO ports
-//! (`pci_config`: 0xcf8-0xcff, `vbe`: 0x1ce-0x1cf) and its framebuffer
+//! (`pci_config`: 0xcf8-0xcff, `vbe`: 0x1ce-0x1d0, as 16-bit ports) and its framebuffer
 //! (the device region `vga_lfb`, at BAR0's physical address), and the
 //! i8042's (`i8042_data`: 0x60, `i8042_command`: 0x64) with its IRQs
 //! (`keyboard`: 1, `mouse`: 12). The devices' logic is [`hvsim::vga`] and
@@ -19,7 +19,7 @@ use crate::component::{DEVICE_REGIONS, IOPORT_NAMES, IRQ_NAMES, REGION_NAMES};
 use component_api::{id_named, println, Channel, ChannelSet, Env, IoPortName};
 use hvsim::pd::{deliver_input, refresh_display, ConsoleHost};
 use hvsim::ps2::{I8042Ports, Ps2Event, I8042};
-use hvsim::vga::{Pixels, StdVga, VgaPorts};
+use hvsim::vga::{StdVga, VgaPorts};
 use sel4_runtime::Sel4Env;
 
 /// PCI configuration and the Bochs VBE registers.
@@ -146,12 +146,7 @@ impl QemuConsole {
     pub fn attach(env: &mut dyn Env, test: bool) -> QemuConsole {
         let mut display = attach_display(env);
         if let (Some(display), true) = (display.as_mut(), test) {
-            let pattern = hvsim::vga::test_pattern();
-            let bytes = display.show_all(Pixels {
-                width: hvsim::vga::WIDTH,
-                height: hvsim::vga::HEIGHT,
-                pixels: &pattern,
-            });
+            let bytes = display.draw(hvsim::vga::test_pattern_pixel);
             println!(env, "host: display: test pattern shown ({} bytes)", bytes);
         }
         let input = attach_input(env);
