@@ -1403,6 +1403,51 @@ mod tests {
     }
 
     #[test]
+    fn device_memory_is_refused_to_a_component_it_would_run() {
+        let mut framebuffer = region("vga_lfb", 4096, false);
+        framebuffer.physical = Some(0xfd00_0000);
+        let component = system_layout::ComponentLayout {
+            name: "viewer".into(),
+            package: "viewer".into(),
+            priority: 100,
+            supervisor: None,
+            platform_supervised: false,
+            children: Vec::new(),
+            stack_pages: 4,
+            may_power_off: false,
+            maps: vec![system_layout::MapLayout {
+                name: "vga_lfb".into(),
+                region: 0,
+                writable: true,
+                double: false,
+                vaddr: 0,
+                address_only: false,
+            }],
+            channels: Vec::new(),
+            irqs: Vec::new(),
+            ioports: Vec::new(),
+            console: None,
+            hypervisor: false,
+            simulated_host: false,
+        };
+        let layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: vec![component],
+            regions: vec![framebuffer],
+            devices: Vec::new(),
+            platform: Default::default(),
+        };
+        let error = match System::launch(layout, LaunchOptions::new("/nonexistent")) {
+            Ok(_) => panic!("a device region was mapped hosted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("region `vga_lfb` is device memory (physical 0xfd000000)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn description_folders_are_safe_names() {
         assert_eq!(description_folder(Path::new("/a/b/system.toml")), "system");
         assert_eq!(
