@@ -1,5 +1,6 @@
-//! `cargo xtask run [--system FILE] [--host-script FILE]`: build the image
-//! and boot it in QEMU with the console on the terminal (Ctrl-A X quits).
+//! `cargo xtask run [--system FILE] [--host-script FILE] [--vnc]`: build
+//! the image and boot it in QEMU with the console on the terminal (Ctrl-A X
+//! quits); `--vnc`: QEMU's display on a VNC server on 127.0.0.1 only.
 //!
 //! `cargo xtask run` gives QEMU a disk: `--disk IMG` (a raw image, the
 //! primary IDE channel's master; QEMU writes the file, so writes persist)
@@ -27,7 +28,12 @@
 //! boots the Hyper-V VHD from its disk through SeaBIOS and GRUB). Every
 //! case runs even if one fails.
 //!
-//! Every QEMU run has the NE2000 on QEMU's user network
+//! `--console-tests`: only the QEMU console test (`crate::console`: the
+//! simulated host's test pattern on QEMU's std VGA, checked in a
+//! `screendump`; `sendkey` and `mouse_move` reported from its PS/2 devices).
+//!
+//! Every QEMU run has the std VGA (`-vga std`: the simulated host's
+//! display, docs/console.md) and the NE2000 on QEMU's user network
 //! ([`crate::net::QemuNet`]); `cargo xtask run` prints the status page's
 //! address.
 
