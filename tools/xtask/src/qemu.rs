@@ -217,14 +217,15 @@ pub const HYPERV_ABSENT_CODE: i32 = 0x7c;
 /// pointed at its own PD's notification, `network`'s monitor cap badged as
 /// PD 0, or `network`'s fault cap with the read right (it could receive on
 /// the monitor's endpoint), or the first vector IRQ (hvsim's synic
-/// interrupt) bound to its holder's own notification instead of synic's.
-/// The audit must name it, and the
+/// interrupt) bound to its holder's own notification instead of synic's,
+/// or a RAM frame mapped in place of the first page of hvsim's device
+/// region (QEMU's VGA framebuffer). The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "extra-cap",
         &[
-            "[monitor] capability audit: network: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: network: extra cap in slot 151: IO ports of another range",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
@@ -260,6 +261,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         "readable-monitor",
         &[
             "[monitor] capability audit: network: slot 3 holds an endpoint that does not lead where granted, the description grants endpoint",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
+        "device-in-ram",
+        &[
+            "[monitor] capability audit: hvsim: frame at 0x1000000000 is physical ",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),

@@ -482,6 +482,14 @@ fn build_pd(
         for copy_index in 0..copies {
             for page in 0..region.pages {
                 let frame = system.allocator.copy(region.first + page)?;
+                // The audit's negative test: RAM where the description
+                // says device memory (the device region's first page).
+                #[cfg(roottask_audit_test = "device-in-ram")]
+                let frame = if region.device && page == 0 {
+                    system.allocator.object(object_type::seL4_X86_4K, 0)?
+                } else {
+                    frame
+                };
                 system.map_into_pd(
                     pd,
                     frame,
