@@ -14,8 +14,9 @@ use std::path::PathBuf;
 /// The capability audit's negative test: `ROOTTASK_AUDIT_TEST_GRANT` set to
 /// one of these makes the root task grant one extra cap, frame or IO port,
 /// point a notify cap at the wrong object, badge a monitor cap as another
-/// PD, give a fault cap the read right or bind a vector IRQ to the wrong
-/// notification (`system.rs`), which the audit must refuse.
+/// PD, give a fault cap the read right, bind a vector IRQ to the wrong
+/// notification or map RAM in place of a device region's first page
+/// (`system.rs`), which the audit must refuse.
 const AUDIT_TEST_GRANTS: &[&str] = &[
     "extra-cap",
     "extra-frame",
@@ -24,6 +25,7 @@ const AUDIT_TEST_GRANTS: &[&str] = &[
     "wrong-badge",
     "readable-monitor",
     "wrong-irq-end",
+    "device-in-ram",
 ];
 
 fn main() {

@@ -27,9 +27,15 @@
 //! host's network (a network device is offered for it); its IRQ (`nic`)
 //! steps the host as soon as a frame arrives.
 //!
+//! Console: when the description grants QEMU's std VGA (its ports and
+//! the framebuffer as device memory) and the i8042, the host shows the
+//! synthetic screen on QEMU's display and hands what is typed and moved
+//! there to the synthetic keyboard and mouse ([`crate::qemu_console`]).
+//!
 //! Writes: the host-visible regions, the PIT, the IDE disk (what the guest
 //! writes to LUN 0, or the scratch test), the NE2000 (the frames the guest
-//! sends), the interrupt notification and console lines.
+//! sends), QEMU's VGA framebuffer and registers, the i8042's commands, the
+//! interrupt notification and console lines.
 
 use alloc::vec::Vec;
 use component_api::{println, Channel, ChannelSet, Component, Env, Refusal, Region};
@@ -67,6 +73,8 @@ pub struct SimulatedHost {
     connected: bool,
     /// The synic-interrupt counters as last reported.
     reported: InterruptStats,
+    /// QEMU's display and PS/2 devices, as far as granted and present.
+    console: crate::qemu_console::QemuConsole,
 }
 
 impl SimulatedHost {
@@ -92,6 +100,7 @@ impl SimulatedHost {
         // The script's requests may have raised the interrupt.
         self.host.step(env);
         self.report_interrupts(env);
+        self.console.refresh(&mut self.host.sim);
     }
 
     /// Says how the synic interrupt went: its first raise through the
@@ -180,6 +189,7 @@ impl Component for SimulatedHost {
             crate::nic::arp_check(env, nic);
         }
         let nic_irq = component_api::id_named(IRQ_NAMES, "nic");
+        let console = crate::qemu_console::QemuConsole::attach(env, scenario().qemu_console_test);
         start_timer(env, TICK_HZ);
         let mut config = script.server_config();
         // QEMU's IDE disk is the storage device's LUN 0, before the
@@ -194,6 +204,12 @@ impl Component for SimulatedHost {
         // `--net`.
         if nic.is_some() {
             hvsim::script::add_network(&mut config);
+        }
+        // QEMU's display shows the synthetic screen (and its PS/2 devices
+        // type and point): the console devices are offered for it, unless
+        // the display shows the console test's pattern.
+        if console.has_display() && !scenario().qemu_console_test {
+            hvsim::script::add_console_devices(&mut config);
         }
         // A vector IRQ that signals the end our `interrupt` channel reaches
         // (synic's) stands in for that channel: the interrupt then takes
@@ -241,6 +257,7 @@ impl Component for SimulatedHost {
             nic_irq,
             connected: false,
             reported: InterruptStats::default(),
+            console,
         }
     }
 
@@ -249,6 +266,7 @@ impl Component for SimulatedHost {
         if channels.contains(irqs::TIMER) {
             env.irq_ack(irqs::TIMER);
         }
+        self.console.poll_input(env, channels, &mut self.host.sim);
         self.host.step(env);
         if let Some(irq) = self.nic_irq {
             // Acknowledged after the step, in which the NIC host had the

@@ -63,6 +63,7 @@ pub mod memory;
 pub mod ne2000;
 pub mod net;
 pub mod pd;
+pub mod ps2;
 pub mod scenario;
 pub mod screen;
 pub mod script;
@@ -75,6 +76,7 @@ pub mod transport;
 pub mod tsc_clock;
 #[cfg(not(target_os = "none"))]
 pub mod user_net;
+pub mod vga;
 pub mod vmbus;
 
 #[cfg(not(target_os = "none"))]

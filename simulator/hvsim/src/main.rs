@@ -20,4 +20,6 @@ mod ide;
 #[cfg(target_os = "none")]
 mod nic;
 #[cfg(target_os = "none")]
+mod qemu_console;
+#[cfg(target_os = "none")]
 sel4_runtime::component_main!(component::SimulatedHost);

@@ -20,6 +20,9 @@ use component_api::{decode_request, encode_reply, Channel, Env, Refusal, Region}
 use hv_interface::{GuestMemory, OutOfRange};
 use vmbus_ipc::hypervisor::{Hypervisor, Reply, Request};
 
+use crate::ps2::{Ps2Event, Scancode};
+use crate::vga::{StdVga, VgaPorts};
+
 /// Guest memory made of host-visible regions at their GPAs.
 pub struct RegionMemory {
     regions: Vec<(u64, Region)>,
@@ -277,9 +280,72 @@ impl<M: GuestMemory> HostPd<M> {
     }
 }
 
+/// What the QEMU console (the host's own display and PS/2 devices in the
+/// seL4 image: [`crate::vga`], [`crate::ps2`]) needs from the simulator:
+/// the synthetic screen's changes, and a way to hand the synthetic
+/// keyboard and mouse what the user typed and moved.
+pub trait ConsoleHost {
+    /// If the synthetic screen changed since the last call, hand `show`
+    /// the changed rectangle of the host's picture one row at a time (x,
+    /// y, the row's pixels); whether it changed.
+    fn show_screen_damage(&mut self, show: &mut dyn FnMut(u32, u32, &[u32])) -> bool;
+    /// One keystroke to the synthetic keyboard; false when it is not open.
+    fn type_key(&mut self, key: Scancode) -> bool;
+    /// The synthetic mouse's absolute position (0..=0x7fff both axes) and
+    /// buttons; false when it is not open.
+    fn move_pointer(&mut self, x: u16, y: u16, buttons: u8) -> bool;
+}
+
+/// The simulator's video, keyboard and mouse hosts. The picture is read a
+/// row at a time (`Simulator::screen_rows`): the seL4 host's heap (1 MiB)
+/// does not hold a whole 3 MiB picture.
+impl<M: GuestMemory> ConsoleHost for Simulator<M> {
+    fn show_screen_damage(&mut self, show: &mut dyn FnMut(u32, u32, &[u32])) -> bool {
+        let Some(rect) = self.take_screen_damage() else {
+            return false;
+        };
+        let x = rect.0;
+        self.screen_rows(rect, &mut |y, row| show(x, y, row))
+            .is_some()
+    }
+    fn type_key(&mut self, key: Scancode) -> bool {
+        Simulator::type_key(
+            self,
+            crate::keyboard::HostKey {
+                code: key.code,
+                e0: key.e0,
+                e1: key.e1,
+                released: key.released,
+                unicode: false,
+            },
+        )
+    }
+    fn move_pointer(&mut self, x: u16, y: u16, buttons: u8) -> bool {
+        Simulator::move_pointer(self, x, y, buttons)
+    }
+}
+
+/// Copy what changed on the synthetic screen to QEMU's display; the bytes
+/// written.
+pub fn refresh_display<P: VgaPorts>(host: &mut impl ConsoleHost, vga: &mut StdVga<P>) -> usize {
+    let mut written = 0;
+    host.show_screen_damage(&mut |x, y, row| written += vga.show_row(x, y, row));
+    written
+}
+
+/// Hand one event of the host's PS/2 devices to the synthetic keyboard or
+/// mouse; whether it took it.
+pub fn deliver_input(host: &mut impl ConsoleHost, event: Ps2Event) -> bool {
+    match event {
+        Ps2Event::Key(key) => host.type_key(key),
+        Ps2Event::Pointer { x, y, buttons } => host.move_pointer(x, y, buttons),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vga::Rect;
     use hyperv_defs::msr;
 
     fn region(gpa: u64, pages: usize) -> Region {
@@ -298,6 +364,89 @@ mod tests {
         assert!(memory.read(0x10_1ffe, &mut [0u8; 4]).is_err());
         assert!(memory.load_u32(0x4002).is_err());
         assert!(RegionMemory::new(&[region(0x4000, 2), region(0x5000, 1)]).is_err());
+    }
+
+    /// A console host with a screen that changed once, and the input it got.
+    #[derive(Default)]
+    struct FakeConsole {
+        damage: Option<Rect>,
+        keys: Vec<Scancode>,
+        pointer: Vec<(u16, u16, u8)>,
+    }
+
+    impl ConsoleHost for FakeConsole {
+        fn show_screen_damage(&mut self, show: &mut dyn FnMut(u32, u32, &[u32])) -> bool {
+            let Some(rect) = self.damage.take() else {
+                return false;
+            };
+            let row = alloc::vec![0x00ab_cdefu32; rect.width as usize];
+            for y in rect.y..rect.y + rect.height {
+                show(rect.x, y, &row);
+            }
+            true
+        }
+        fn type_key(&mut self, key: Scancode) -> bool {
+            self.keys.push(key);
+            true
+        }
+        fn move_pointer(&mut self, x: u16, y: u16, buttons: u8) -> bool {
+            self.pointer.push((x, y, buttons));
+            true
+        }
+    }
+
+    #[test]
+    fn the_console_glue_routes_input_and_copies_damage() {
+        let mut console = FakeConsole::default();
+        let key = Scancode {
+            code: 0x1d,
+            e0: true,
+            e1: false,
+            released: true,
+        };
+        assert!(deliver_input(&mut console, Ps2Event::Key(key)));
+        assert!(deliver_input(
+            &mut console,
+            Ps2Event::Pointer {
+                x: 5,
+                y: 0x7fff,
+                buttons: 2
+            }
+        ));
+        assert_eq!(console.keys, [key]);
+        assert_eq!(console.pointer, [(5, 0x7fff, 2)]);
+        // Without the synthetic keyboard's channel open nothing is taken.
+        let mut sim = Simulator::new(
+            RegionMemory::new(&[region(0x8000, 1)]).unwrap(),
+            ServerConfig::default(),
+        );
+        assert!(!deliver_input(&mut sim, Ps2Event::Key(key)));
+    }
+
+    #[test]
+    fn damage_is_copied_to_the_display_once() {
+        let framebuffer = Region::leaked(crate::vga::MODE_BYTES);
+        let mut vga = StdVga::attach(crate::vga::Model::new(), framebuffer, 0xfd00_0000).unwrap();
+        let mut console = FakeConsole {
+            damage: Some(Rect {
+                x: 10,
+                y: 20,
+                width: 3,
+                height: 2,
+            }),
+            ..FakeConsole::default()
+        };
+        assert_eq!(refresh_display(&mut console, &mut vga), 3 * 2 * 4);
+        assert_eq!(refresh_display(&mut console, &mut vga), 0);
+        let mut word = [0u8; 4];
+        framebuffer
+            .read(((21 * 1024 + 12) * 4) as usize, &mut word)
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x00ab_cdef);
+        framebuffer
+            .read(((22 * 1024 + 12) * 4) as usize, &mut word)
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0);
     }
 
     #[test]

@@ -160,6 +160,11 @@ pub struct Scenario {
     /// The IC driver the restart benchmark faults: its component and its
     /// device have this name (`heartbeat`, `shutdown`, `timesync`, `kvp`).
     pub restart_bench_driver: String,
+    /// In the seL4 image under QEMU (`-vga std`, the i8042): show a test
+    /// pattern on QEMU's display at boot and log every key and mouse
+    /// packet the host's PS/2 devices report (the QEMU console boot test;
+    /// docs/console.md, "In QEMU").
+    pub qemu_console_test: bool,
 }
 
 /// The storage protocol versions (`major.minor`, as vstor writes them:
@@ -286,6 +291,7 @@ impl Default for Scenario {
             input_steps: Vec::new(),
             restart_bench_faults: 0,
             restart_bench_driver: "kvp".into(),
+            qemu_console_test: false,
         }
     }
 }
@@ -623,7 +629,8 @@ impl Scenario {
              network_version: {:?}.into(), network_max_sub_channels: {}, network_mtu: {}, \
              network_link_down_after_heartbeats: {:?}, network_link_up_after_heartbeats: {:?}, \
              network_rescind_after_heartbeats: {:?}, network_faults: alloc::vec![{}], \
-             input_steps: alloc::vec![{}], restart_bench_faults: {}, restart_bench_driver: {:?}.into() }}",
+             input_steps: alloc::vec![{}], restart_bench_faults: {}, restart_bench_driver: {:?}.into(), \
+             qemu_console_test: {} }}",
             self.time_sample_period_ms,
             pairs.join(", "),
             self.shutdown_after_heartbeats,
@@ -677,6 +684,7 @@ impl Scenario {
                 .join(", "),
             self.restart_bench_faults,
             self.restart_bench_driver,
+            self.qemu_console_test,
         )
     }
 }
@@ -763,7 +771,7 @@ mod tests {
         let error = |text: &str| parse_file("s.hvsim", text).unwrap_err();
         assert_eq!(
             error("# c\nkvp_fault = 1\n"),
-            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`, `input_steps`, `restart_bench_faults`, `restart_bench_driver`"
+            "s.hvsim:2:1: unknown field `kvp_fault`, expected one of `time_sample_period_ms`, `host_pairs`, `shutdown_after_heartbeats`, `kvp_faults`, `kvp_fault_after_heartbeats`, `kvp_fault_every`, `min_version`, `max_version`, `devices`, `added_devices`, `add_devices_after_heartbeats`, `kvp_rescind_after_heartbeats`, `kvp_get_guest_key`, `kvp_get_after_heartbeats`, `gap_allowance_ms`, `crash_after_heartbeats`, `gpadl_memory_limit_kib`, `monitored_devices`, `datapath_host_faults`, `storage_version`, `storage_max_sub_channels`, `storage_max_transfer_kib`, `storage_memory_disks_kib`, `storage_hot_add_kib`, `storage_hot_add_after_heartbeats`, `storage_remove_after_heartbeats`, `storage_rescind_after_heartbeats`, `storage_faults`, `network_version`, `network_max_sub_channels`, `network_mtu`, `network_link_down_after_heartbeats`, `network_link_up_after_heartbeats`, `network_rescind_after_heartbeats`, `network_faults`, `input_steps`, `restart_bench_faults`, `restart_bench_driver`, `qemu_console_test`"
         );
         assert_eq!(
             error("kvp_faults = [\"unknown\"]"),
@@ -834,7 +842,7 @@ mod tests {
         let source = scenario.to_rust();
         assert!(
             source.contains(
-                r#"restart_bench_faults: 100, restart_bench_driver: "timesync".into() }"#
+                r#"restart_bench_faults: 100, restart_bench_driver: "timesync".into(), qemu_console_test: false }"#
             ),
             "{source}"
         );
@@ -847,6 +855,14 @@ mod tests {
             error.contains("not an integration-component driver"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_qemu_console_test_is_a_scenario_key() {
+        let scenario = parse_file("q.hvsim", "qemu_console_test = true\n").unwrap();
+        assert!(scenario.qemu_console_test);
+        assert!(scenario.to_rust().ends_with("qemu_console_test: true }"));
+        assert!(!Scenario::default().qemu_console_test);
     }
 
     #[test]

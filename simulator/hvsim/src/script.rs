@@ -464,6 +464,25 @@ pub fn add_network(config: &mut ServerConfig) {
         .push(ScriptDevice::from_name(DeviceName::Class(NIC_CLASS)).config(index));
 }
 
+/// The console devices (synthetic video, keyboard and mouse) for a host
+/// that has a display to show them on (the seL4 image under QEMU with
+/// its std VGA): each one the scenario does not offer already.
+pub fn add_console_devices(config: &mut ServerConfig) {
+    for (class, kind) in [
+        (VIDEO_CLASS, DeviceKind::Video),
+        (KEYBOARD_CLASS, DeviceKind::Keyboard),
+        (MOUSE_CLASS, DeviceKind::Mouse),
+    ] {
+        if config.devices.iter().any(|d| d.kind == kind) {
+            continue;
+        }
+        let index = config.devices.len() as u128 + 1;
+        config
+            .devices
+            .push(ScriptDevice::from_name(DeviceName::Class(class)).config(index));
+    }
+}
+
 pub fn integration_components() -> ServerConfig {
     Script::default().server_config()
 }

@@ -32,6 +32,9 @@ const SCENARIOS: &[&str] = &[
     "network",
     "network-qemu",
     "network-restart-qemu",
+    // Run by xtask's QEMU console boot test (`console::boot_test`): it
+    // needs QEMU's std VGA and i8042, which only the seL4 image drives.
+    "qemu-console",
     "restart",
     // Run by `cargo xtask bench-restart --qemu` only: fault injection
     // needs the seL4 image's monitor (the hosted benchmark kills storvsc).

@@ -192,6 +192,7 @@ pub fn expand_blocks(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic
                     name: region.clone(),
                     size: Spanned::new(size_at.span(), bytes),
                     host_visible: (is_data && vmbus_driver).then(|| Spanned::new(at.span(), true)),
+                    physical: None,
                 },
             ));
             maps.push(Spanned::new(

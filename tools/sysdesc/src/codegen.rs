@@ -188,7 +188,7 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
         let region = &layout.regions[map.region as usize];
         let _ = writeln!(
             out,
-            "    /// region `{}`, {} bytes, {}{}{}",
+            "    /// region `{}`, {} bytes, {}{}{}{}",
             region.name,
             region.size,
             if map.address_only {
@@ -203,6 +203,10 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
                 ", host visible"
             } else {
                 ""
+            },
+            match region.physical {
+                Some(physical) => format!(", device memory at physical {physical:#x}"),
+                None => String::new(),
             },
         );
         let _ = writeln!(
@@ -275,6 +279,23 @@ pub fn generate_ids(description: &Description, component: &str) -> Option<String
             "(component_api::RegionName({position}), {:?}), ",
             map.name
         );
+    }
+    let _ = writeln!(out, "];");
+    let _ = writeln!(
+        out,
+        "/// The device regions (`physical = ...`) this component maps, with their physical address."
+    );
+    let _ = write!(
+        out,
+        "#[allow(dead_code)]\npub const DEVICE_REGIONS: &[(component_api::RegionName, u64)] = &["
+    );
+    for (position, map) in me.maps.iter().enumerate() {
+        if let Some(physical) = layout.regions[map.region as usize].physical {
+            let _ = write!(
+                out,
+                "(component_api::RegionName({position}), {physical:#x}), "
+            );
+        }
     }
     let _ = writeln!(out, "];");
     let _ = writeln!(out, "/// Every IO-port range's name, by range.");

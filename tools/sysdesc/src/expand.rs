@@ -268,6 +268,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                     name: region.clone(),
                     size: Spanned::new(ring_bytes.span(), bytes),
                     host_visible: Some(Spanned::new(at.span(), true)),
+                    physical: None,
                 },
             ));
             driver_maps.push(Spanned::new(
@@ -299,6 +300,7 @@ pub fn expand(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> {
                     name: region.clone(),
                     size: buffer.clone(),
                     host_visible: Some(Spanned::new(at.span(), true)),
+                    physical: None,
                 },
             ));
             maps.push(Spanned::new(

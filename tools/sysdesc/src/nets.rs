@@ -261,6 +261,7 @@ pub fn expand_nets(source: &Source<'_>, raw: &mut RawSystem) -> Vec<Diagnostic> 
                     name: region.clone(),
                     size: Spanned::new(net.buffers.span(), bytes),
                     host_visible: (is_data && vmbus_driver).then(|| Spanned::new(at.span(), true)),
+                    physical: None,
                 },
             ));
             maps.push(Spanned::new(

@@ -175,6 +175,9 @@ pub struct RawRegion {
     pub name: Text,
     pub size: Number,
     pub host_visible: Option<Spanned<bool>>,
+    /// Device memory: the region is these physical addresses (a device's
+    /// memory, e.g. QEMU's VGA framebuffer), not memory the platform allocates.
+    pub physical: Option<Number>,
 }
 
 #[derive(Deserialize)]

@@ -56,7 +56,7 @@ pub fn summary(description: &Description) -> String {
             let region = &layout.regions[map.region as usize];
             let _ = writeln!(
                 out,
-                "  region   {:<16} {:<7} {:>8} bytes{}{}{}",
+                "  region   {:<16} {:<7} {:>8} bytes{}{}{}{}",
                 map.name,
                 if map.address_only {
                     "address"
@@ -76,6 +76,10 @@ pub fn summary(description: &Description) -> String {
                     ", host visible"
                 } else {
                     ""
+                },
+                match region.physical {
+                    Some(physical) => format!(", device memory at {physical:#x}"),
+                    None => String::new(),
                 },
             );
         }

@@ -14,6 +14,8 @@ use toml::Spanned;
 pub const REGION_VADDR_BASE: u64 = 0x10_0000_0000;
 /// The largest region one entry may declare.
 pub const MAX_REGION_SIZE: i64 = 1 << 30;
+/// Device memory lies below this physical address (x86-64's 52-bit limit).
+pub const PHYSICAL_LIMIT: i64 = 1 << 52;
 pub const MAX_STACK_PAGES: i64 = 64;
 pub const DEFAULT_STACK_PAGES: u16 = 4;
 /// IOAPIC pins on the PC platform.
@@ -280,6 +282,38 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                 format!("region size {size} must be a non-zero multiple of 4096 of at most {MAX_REGION_SIZE}"),
             );
         }
+        if let Some(physical) = &region.physical {
+            let start = *physical.get_ref();
+            if start <= 0 || start % PAGE_SIZE as i64 != 0 || start >= PHYSICAL_LIMIT - size.max(0)
+            {
+                check.error(
+                    physical.span().start,
+                    format!(
+                        "physical address {start:#x} must be a non-zero multiple of 4096 with the region below {PHYSICAL_LIMIT:#x}"
+                    ),
+                );
+            } else if let Some(host_visible) = region.host_visible.as_ref().filter(|h| *h.get_ref())
+            {
+                check.error(
+                    host_visible.span().start,
+                    "a region at a fixed physical address is device memory: it cannot be host visible",
+                );
+            } else if let Some(other) = raw.region[..index].iter().find(|other| {
+                let other = other.get_ref();
+                other.physical.as_ref().is_some_and(|p| {
+                    let other_start = *p.get_ref();
+                    start < other_start + *other.size.get_ref() && other_start < start + size.max(0)
+                })
+            }) {
+                check.error(
+                    physical.span().start,
+                    format!(
+                        "region at physical {start:#x} overlaps region `{}`",
+                        other.get_ref().name.get_ref()
+                    ),
+                );
+            }
+        }
     }
 
     // Maps.
@@ -310,6 +344,17 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
             }
         };
         let double = map.double.as_ref().is_some_and(|d| *d.get_ref());
+        if let (Some(region), Some(double_key)) = (region, map.double.as_ref()) {
+            if double && raw.region[region].get_ref().physical.is_some() {
+                check.error(
+                    double_key.span().start,
+                    format!(
+                        "region `{}` is device memory: it is mapped once",
+                        map.region.get_ref()
+                    ),
+                );
+            }
+        }
         if address_only {
             // Only the host has a use for a guest physical address.
             if let Some(region) = region {
@@ -1071,6 +1116,7 @@ pub fn lower(source: &Source<'_>, raw: &RawSystem) -> Result<Description, Vec<Di
                 name: r.name.get_ref().clone(),
                 size: *r.size.get_ref() as u64,
                 host_visible: r.host_visible.as_ref().is_some_and(|h| *h.get_ref()),
+                physical: r.physical.as_ref().map(|p| *p.get_ref() as u64),
             }
         })
         .collect();

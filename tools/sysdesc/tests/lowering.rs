@@ -1271,3 +1271,48 @@ vector = 0x51
         "{summary}"
     );
 }
+
+/// Device memory: the layout carries the physical address, the component
+/// that maps it is told it (`DEVICE_REGIONS`), and it is not host visible.
+#[test]
+fn a_device_region_lowers_with_its_physical_address() {
+    let text = r#"
+version = 1
+
+[[component]]
+name = "host"
+package = "hvsim"
+priority = 240
+
+[[region]]
+name = "private"
+size = 4096
+
+[[region]]
+name = "vga_lfb"
+physical = 0xfd000000
+size = 0x300000
+
+[[map]]
+component = "host"
+region = "private"
+rights = "rw"
+
+[[map]]
+component = "host"
+region = "vga_lfb"
+rights = "rw"
+"#;
+    let layout = sysdesc::compile_str("system.toml", text).unwrap();
+    assert_eq!(layout.regions[0].physical, None);
+    assert_eq!(layout.regions[1].physical, Some(0xfd00_0000));
+    assert!(!layout.regions[1].host_visible);
+    let description = sysdesc::describe_str("system.toml", text).unwrap();
+    let ids = sysdesc::generate_ids(&description, "host").unwrap();
+    assert!(
+        ids.contains(
+            "pub const DEVICE_REGIONS: &[(component_api::RegionName, u64)] = &[(component_api::RegionName(1), 0xfd000000), ];"
+        ),
+        "{ids}"
+    );
+}

@@ -3,7 +3,8 @@
 //! - `cargo xtask run`    : build the seL4 image and boot it in QEMU, console
 //!   on the terminal (`--system FILE`, `--host-script FILE`, `--disk IMG`:
 //!   a raw disk image for the simulated host's disk; default
-//!   `target/disks/demo.img`)
+//!   `target/disks/demo.img`; `--vnc`: QEMU's display on a VNC server on
+//!   127.0.0.1)
 //! - `cargo xtask test`   : every test: unit, description-error goldens,
 //!   property tests, hosted component tests and the QEMU boot tests
 //! - `cargo xtask build`  : build the bootable seL4 image from `system.toml`
@@ -55,6 +56,7 @@ mod bench_isolation;
 mod bench_restart;
 mod boot_media;
 mod check;
+mod console;
 mod disk;
 mod fuzz;
 mod hosted;

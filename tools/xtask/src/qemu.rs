@@ -1,5 +1,6 @@
-//! `cargo xtask run [--system FILE] [--host-script FILE]`: build the image
-//! and boot it in QEMU with the console on the terminal (Ctrl-A X quits).
+//! `cargo xtask run [--system FILE] [--host-script FILE] [--vnc]`: build
+//! the image and boot it in QEMU with the console on the terminal (Ctrl-A X
+//! quits); `--vnc`: QEMU's display on a VNC server on 127.0.0.1 only.
 //!
 //! `cargo xtask run` gives QEMU a disk: `--disk IMG` (a raw image, the
 //! primary IDE channel's master; QEMU writes the file, so writes persist)
@@ -27,7 +28,12 @@
 //! boots the Hyper-V VHD from its disk through SeaBIOS and GRUB). Every
 //! case runs even if one fails.
 //!
-//! Every QEMU run has the NE2000 on QEMU's user network
+//! `--console-tests`: only the QEMU console test (`crate::console`: the
+//! simulated host's test pattern on QEMU's std VGA, checked in a
+//! `screendump`; `sendkey` and `mouse_move` reported from its PS/2 devices).
+//!
+//! Every QEMU run has the std VGA (`-vga std`: the simulated host's
+//! display, docs/console.md) and the NE2000 on QEMU's user network
 //! ([`crate::net::QemuNet`]); `cargo xtask run` prints the status page's
 //! address.
 
@@ -77,6 +83,10 @@ fn qemu_command_for(source: BootSource, disk: Option<&Path>, net: &QemuNet) -> C
             "512",
             "-nographic",
             "-no-reboot",
+            // The simulated host's display (docs/console.md, "In QEMU"):
+            // Bochs VBE, its framebuffer at BAR0 = 0xfd000000.
+            "-vga",
+            "std",
         ])
         .args(["-serial", "mon:stdio"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
@@ -107,7 +117,9 @@ fn qemu_command_for(source: BootSource, disk: Option<&Path>, net: &QemuNet) -> C
 }
 
 pub fn run(args: &[String]) -> Result {
-    let spec = system_argument(args)?;
+    let vnc = args.iter().any(|arg| arg == "--vnc");
+    let rest: Vec<String> = args.iter().filter(|arg| *arg != "--vnc").cloned().collect();
+    let spec = system_argument(&rest)?;
     let image = build(&spec)?;
     let disk = match &spec.disk {
         Some(disk) => disk.clone(),
@@ -120,7 +132,16 @@ pub fn run(args: &[String]) -> Result {
         net.status_url(),
         net.status_url()
     );
-    let status = qemu_command(&image, Some(&disk), &net)
+    let mut command = qemu_command(&image, Some(&disk), &net);
+    if vnc {
+        let display = crate::console::free_vnc_display()?;
+        command.args(crate::console::vnc_args(display));
+        println!(
+            "xtask: display: VNC on 127.0.0.1:{} (display :{display}; loopback only), e.g. `vncviewer 127.0.0.1:{display}`",
+            5900 + display
+        );
+    }
+    let status = command
         .status()
         .map_err(|e| format!("cannot start qemu-system-x86_64 (run `cargo xtask setup`): {e}"))?;
     match status.code() {
@@ -197,14 +218,15 @@ pub const HYPERV_ABSENT_CODE: i32 = 0x7c;
 /// pointed at its own PD's notification, `network`'s monitor cap badged as
 /// PD 0, or `network`'s fault cap with the read right (it could receive on
 /// the monitor's endpoint), or the first vector IRQ (hvsim's synic
-/// interrupt) bound to its holder's own notification instead of synic's.
-/// The audit must name it, and the
+/// interrupt) bound to its holder's own notification instead of synic's,
+/// or a RAM frame mapped in place of the first page of hvsim's device
+/// region (QEMU's VGA framebuffer). The audit must name it, and the
 /// root task must power off with [`AUDIT_FAILED_CODE`] before any PD starts.
 pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
     (
         "extra-cap",
         &[
-            "[monitor] capability audit: network: extra cap in slot 147: IO ports of another range",
+            "[monitor] capability audit: network: extra cap in slot 151: IO ports of another range",
             "[monitor] capability audit: 1 difference from the description: the system is not started",
         ],
     ),
@@ -244,6 +266,13 @@ pub const AUDIT_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "device-in-ram",
+        &[
+            "[monitor] capability audit: hvsim: frame at 0x1000000000 is physical ",
+            "[monitor] capability audit: 1 difference from the description: the system is not started",
+        ],
+    ),
+    (
         "wrong-irq-end",
         &[
             "[monitor] capability audit: hvsim: slot 83 holds an IRQ handler that, raised, does not signal its end with its badge, the description grants IRQ handler",
@@ -276,7 +305,8 @@ pub fn boot_test(args: &[String]) -> Result {
     let disk_only = args.iter().any(|arg| arg == "--disk-tests");
     let net_only = args.iter().any(|arg| arg == "--net-tests");
     let media_only = args.iter().any(|arg| arg == "--media-tests");
-    let only = audit_only || disk_only || net_only || media_only;
+    let console_only = args.iter().any(|arg| arg == "--console-tests");
+    let only = audit_only || disk_only || net_only || media_only || console_only;
     if !args.is_empty() && !only {
         return boot_test_one(&system_argument(args)?);
     }
@@ -320,6 +350,15 @@ pub fn boot_test(args: &[String]) -> Result {
             failed.push(name);
         }
     }
+    let console_tests = usize::from(!only || console_only);
+    if console_tests == 1 {
+        let name = "system.toml with QEMU's display and PS/2 devices (screendump, sendkey)";
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::console::boot_test() {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name.to_string());
+        }
+    }
     let media_tests = if only && !media_only {
         &[][..]
     } else {
@@ -351,6 +390,7 @@ pub fn boot_test(args: &[String]) -> Result {
         boot_tests.len()
             + disk_tests.len()
             + net_tests.len()
+            + console_tests
             + media_tests.len()
             + audit_tests.len()
             - failed.len(),
@@ -575,12 +615,38 @@ pub fn boot_with(
     until: Option<&[String]>,
     during: Option<DuringBoot>,
 ) -> Result<Boot> {
-    boot_source_with(BootSource::Multiboot(image), disk, echo, until, during)
+    boot_source_with(
+        BootSource::Multiboot(image),
+        disk,
+        echo,
+        until,
+        during,
+        None,
+    )
 }
 
 /// [`boot_once`] for any [`BootSource`].
 pub fn boot_source_once(source: BootSource, disk: Option<&Path>, echo: Echo) -> Result<Boot> {
-    boot_source_with(source, disk, echo, None, None)
+    boot_source_with(source, disk, echo, None, None, None)
+}
+
+/// [`boot_with`] with QEMU's human monitor (HMP) on the unix socket
+/// `monitor` (`crate::console`: screendump, sendkey).
+pub fn boot_with_monitor(
+    image: &BootImage,
+    echo: Echo,
+    monitor: &Path,
+    during: &mut dyn FnMut(&[String]) -> bool,
+) -> Result<Boot> {
+    let mut during = |lines: &[String], _: &QemuNet| during(lines);
+    boot_source_with(
+        BootSource::Multiboot(image),
+        None,
+        echo,
+        None,
+        Some(&mut during),
+        Some(monitor),
+    )
 }
 
 fn boot_source_with(
@@ -589,11 +655,17 @@ fn boot_source_with(
     echo: Echo,
     until: Option<&[String]>,
     mut during: Option<DuringBoot>,
+    monitor: Option<&Path>,
 ) -> Result<Boot> {
     let ticks_per_second = clock_ticks_per_second();
     let net = QemuNet::new()?;
     let started = Instant::now();
-    let mut child = qemu_command_for(source, disk, &net)
+    let mut command = qemu_command_for(source, disk, &net);
+    if let Some(monitor) = monitor {
+        let path = monitor.display().to_string().replace(',', ",,");
+        command.args(["-monitor", &format!("unix:{path},server=on,wait=off")]);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

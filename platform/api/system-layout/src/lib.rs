@@ -15,7 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-pub const LAYOUT_VERSION: u16 = 3;
+pub const LAYOUT_VERSION: u16 = 4;
 pub const MAX_COMPONENTS: usize = 32;
 // 96: the console devices' drivers (video, keyboard, mouse) bring the VMBus
 // system past 64 (each driver's rings are 4 regions).
@@ -25,8 +25,13 @@ pub const MAX_REGIONS: usize = 96;
 /// the simulated host hold every driver's.
 pub const MAX_MAPS_PER_COMPONENT: usize = 64;
 pub const MAX_CHANNELS_PER_COMPONENT: usize = 62;
-pub const MAX_IRQS_PER_COMPONENT: usize = 4;
-pub const MAX_IOPORTS_PER_COMPONENT: usize = 4;
+/// The simulated host in QEMU holds the most: the synic vector, the PIT,
+/// the NE2000 and the i8042's keyboard and mouse lines.
+pub const MAX_IRQS_PER_COMPONENT: usize = 8;
+/// Equal to `sel4_runtime::abi::MAX_IOPORTS`. The simulated host in QEMU
+/// holds the PIT, the IDE disk (2), the NE2000, PCI configuration, the
+/// Bochs VBE registers and the i8042.
+pub const MAX_IOPORTS_PER_COMPONENT: usize = 8;
 pub const MAX_NAME: usize = 32;
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -101,6 +106,11 @@ pub struct RegionLayout {
     /// The host (Hyper-V, or the simulated host) may read and write it;
     /// its frames' physical addresses are handed to the host as GPAs.
     pub host_visible: bool,
+    /// Device memory: the region is these physical addresses (page
+    /// aligned), e.g. a PCI device's BAR, not memory the platform
+    /// allocates. Never host visible. The seL4 root task maps it from the
+    /// device untyped that covers it; the hosted platform has none.
+    pub physical: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +301,13 @@ mod tests {
             name: "queue".into(),
             size: 8192,
             host_visible: false,
+            physical: None,
+        });
+        layout.regions.push(RegionLayout {
+            name: "vga_lfb".into(),
+            size: 0x30_0000,
+            host_visible: false,
+            physical: Some(0xfd00_0000),
         });
         let bytes = layout.encode().unwrap();
         assert_eq!(SystemLayout::decode(&bytes).unwrap(), layout);

@@ -233,6 +233,18 @@ impl System {
             };
             let mut map_fds = Vec::new();
             for map in &component.maps {
+                // Device memory (a region at a fixed physical address) is
+                // the seL4 image's; hosted there is none. The simulated
+                // host holds the QEMU framebuffer so, but hosted it runs as
+                // its own process and never maps it.
+                if let Some(physical) = layout.regions[map.region as usize].physical {
+                    if role == Role::Process {
+                        return Err(other(format!(
+                            "{}: region `{}` is device memory (physical {physical:#x}), which only the seL4 image has; hosted it cannot be mapped",
+                            component.name, layout.regions[map.region as usize].name
+                        )));
+                    }
+                }
                 let (fd, offset) = region_fds
                     .get(map.region as usize)
                     .ok_or_else(|| other(format!("{}: map of unknown region", component.name)))?;
@@ -1337,6 +1349,7 @@ mod tests {
             name: name.into(),
             size,
             host_visible,
+            physical: None,
         }
     }
 
@@ -1387,6 +1400,51 @@ mod tests {
         let (memory, map, fds) = create_regions(&layout).unwrap();
         assert!(memory.is_none() && map.is_empty());
         assert_eq!(fds.len(), 1);
+    }
+
+    #[test]
+    fn device_memory_is_refused_to_a_component_it_would_run() {
+        let mut framebuffer = region("vga_lfb", 4096, false);
+        framebuffer.physical = Some(0xfd00_0000);
+        let component = system_layout::ComponentLayout {
+            name: "viewer".into(),
+            package: "viewer".into(),
+            priority: 100,
+            supervisor: None,
+            platform_supervised: false,
+            children: Vec::new(),
+            stack_pages: 4,
+            may_power_off: false,
+            maps: vec![system_layout::MapLayout {
+                name: "vga_lfb".into(),
+                region: 0,
+                writable: true,
+                double: false,
+                vaddr: 0,
+                address_only: false,
+            }],
+            channels: Vec::new(),
+            irqs: Vec::new(),
+            ioports: Vec::new(),
+            console: None,
+            hypervisor: false,
+            simulated_host: false,
+        };
+        let layout = SystemLayout {
+            version: LAYOUT_VERSION,
+            components: vec![component],
+            regions: vec![framebuffer],
+            devices: Vec::new(),
+            platform: Default::default(),
+        };
+        let error = match System::launch(layout, LaunchOptions::new("/nonexistent")) {
+            Ok(_) => panic!("a device region was mapped hosted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            error.contains("region `vga_lfb` is device memory (physical 0xfd000000)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -542,6 +542,13 @@ fn launch(
         let mut granted = Vec::new();
         for map in &component.maps {
             let region = &layout.regions[map.region as usize];
+            // Device memory is the seL4 image's (the launcher says why).
+            if let (Some(physical), false) = (region.physical, component.simulated_host) {
+                return Err(format!(
+                    "{}: region `{}` is device memory (physical {physical:#x}), which only the seL4 image has; hosted it cannot be mapped",
+                    component.name, region.name
+                ));
+            }
             let (fd, offset) = &region_fds[map.region as usize];
             let guest_physical = region.host_visible.then_some(*offset);
             let size = region.size as usize;
@@ -1183,6 +1190,7 @@ mod tests {
                 name: "shared".into(),
                 size: 4096,
                 host_visible: false,
+                physical: None,
             }],
             devices: Vec::new(),
             platform: Default::default(),

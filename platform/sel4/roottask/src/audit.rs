@@ -230,7 +230,8 @@ pub fn region_pages(layout: &SystemLayout, region: usize) -> u64 {
 /// page (private frames), and every page of every region it maps (twice
 /// for a double map), at the region's physical pages.
 /// `region_paddrs[r]` is region `r`'s first physical address (its frames
-/// are contiguous). Sorted by address; a page two segments share is
+/// are contiguous) as allocated; a device region's is the description's
+/// `physical` instead. Sorted by address; a page two segments share is
 /// listed once.
 pub fn expected_frames(
     layout: &SystemLayout,
@@ -274,7 +275,10 @@ pub fn expected_frames(
     for map in &component.maps {
         let region = usize::from(map.region);
         let pages = region_pages(layout, region);
-        let Some(&base) = region_paddrs.get(region) else {
+        // Device memory must be where the description says, whatever
+        // frames the build found for it.
+        let described = layout.regions.get(region).and_then(|r| r.physical);
+        let Some(base) = described.or_else(|| region_paddrs.get(region).copied()) else {
             continue; // the build refuses such a map before the audit
         };
         let rights = if map.writable {
@@ -456,6 +460,7 @@ mod tests {
                 name: "ring".into(),
                 size: 2 * PAGE_SIZE,
                 host_visible: false,
+                physical: None,
             }],
             version: system_layout::LAYOUT_VERSION,
             components: Vec::new(),
@@ -623,6 +628,29 @@ mod tests {
         other_region_page.last_mut().unwrap().paddr = 0x80_0000;
         assert!(matches!(
             compare_frames(&expected, &other_region_page)[..],
+            [Finding::WrongFrame { .. }]
+        ));
+    }
+
+    #[test]
+    fn device_memory_must_be_at_the_described_physical_address() {
+        let mut layout = layout();
+        layout.regions[0].physical = Some(0xfd00_0000);
+        let mut component = component();
+        component.maps[0].double = false;
+        // The build's frames (0x80_0000) do not count: the description does.
+        let expected = expected_frames(&layout, &component, &segments(), &[0x80_0000]);
+        let region = 0x10_0000_0000;
+        let device: Vec<_> = expected.iter().filter(|f| f.vaddr >= region).collect();
+        assert_eq!(device.len(), 2);
+        assert_eq!(device[0].paddr, Some(0xfd00_0000));
+        assert_eq!(device[1].paddr, Some(0xfd00_1000));
+        let mut mapped = as_mapped(&expected);
+        assert!(compare_frames(&expected, &mapped).is_empty());
+        // RAM in place of the device's page.
+        mapped.last_mut().unwrap().paddr = 0x80_1000;
+        assert!(matches!(
+            compare_frames(&expected, &mapped)[..],
             [Finding::WrongFrame { .. }]
         ));
     }

@@ -70,8 +70,20 @@ fn object_size_bits(kind: u64, size_bits: u64) -> u64 {
     }
 }
 
+/// A device untyped: physical addresses that are no RAM (device memory,
+/// e.g. a PCI BAR), from which frames at fixed addresses are made.
+struct DeviceUntyped {
+    cap: CPtr,
+    paddr: u64,
+    size_bits: u8,
+    /// Bytes from `paddr` already retyped (the kernel's watermark: it
+    /// places each new object at the next multiple of its size from here).
+    used: u64,
+}
+
 pub struct Allocator {
     untypeds: Vec<Untyped>,
+    device_untypeds: Vec<DeviceUntyped>,
     next_slot: u64,
     end_slot: u64,
 }
@@ -82,10 +94,18 @@ impl Allocator {
         let first = untyped_region.start;
         let count = untyped_region.end - untyped_region.start;
         let mut untypeds = Vec::new();
+        let mut device_untypeds = Vec::new();
         for index in 0..count {
             // SAFETY: index is within the untyped list the kernel filled.
             let desc = unsafe { boot_info.untyped(index as usize) };
-            if desc.is_device == 0 && desc.size_bits >= PAGE_BITS as u8 {
+            if desc.is_device != 0 && desc.size_bits >= PAGE_BITS as u8 {
+                device_untypeds.push(DeviceUntyped {
+                    cap: first + index,
+                    paddr: desc.paddr,
+                    size_bits: desc.size_bits,
+                    used: 0,
+                });
+            } else if desc.is_device == 0 && desc.size_bits >= PAGE_BITS as u8 {
                 untypeds.push(Untyped {
                     cap: first + index,
                     size_bits: desc.size_bits,
@@ -99,6 +119,7 @@ impl Allocator {
         let empty = boot_info.empty;
         Allocator {
             untypeds,
+            device_untypeds,
             next_slot: empty.start,
             end_slot: empty.end,
         }
@@ -169,6 +190,77 @@ impl Allocator {
         Err(BuildError::OutOfMemory)
     }
 
+    /// `pages` frames of device memory at physical `paddr..`, in
+    /// consecutive fresh slots, from the one device untyped that covers
+    /// them. The untyped's memory below `paddr` not yet retyped is first
+    /// retyped into filler untypeds (the kernel places objects only at its
+    /// watermark), which stay unused in the root task's CNode. Regions are
+    /// made in the description's order, so a device region below another
+    /// in the same untyped must come first.
+    pub fn device_frames(&mut self, paddr: u64, pages: u64) -> BuildResult<CPtr> {
+        let bytes = pages
+            .checked_mul(1 << PAGE_BITS)
+            .ok_or(BuildError::Description("device region too large"))?;
+        let end = paddr.checked_add(bytes).ok_or(BuildError::Description(
+            "device region past the address space",
+        ))?;
+        let untyped = self
+            .device_untypeds
+            .iter()
+            .position(|u| paddr >= u.paddr && end <= u.paddr + (1u64 << u.size_bits))
+            .ok_or(BuildError::Description(
+                "no device untyped covers a device region (is the device there? is it RAM?)",
+            ))?;
+        let (cap, base, used) = {
+            let u = &self.device_untypeds[untyped];
+            (u.cap, u.paddr, u.used)
+        };
+        let offset = paddr - base;
+        if offset < used {
+            return Err(BuildError::Description(
+                "device regions overlap or are out of address order in one device untyped",
+            ));
+        }
+        let fillers = crate::device::filler_blocks(used, offset);
+        if self.end_slot - self.next_slot < fillers.len() as u64 + pages {
+            return Err(BuildError::OutOfSlots);
+        }
+        for (_, bits) in fillers {
+            let slot = self.slot()?;
+            sys::untyped_retype(
+                cap,
+                object_type::seL4_UntypedObject,
+                u64::from(bits),
+                sys::initial_cap::INIT_THREAD_CNODE,
+                0,
+                0,
+                slot,
+                1,
+            )
+            .context("device untyped: filler")?;
+        }
+        let first_slot = self.next_slot;
+        let mut made = 0;
+        while made < pages {
+            let chunk = (pages - made).min(RETYPE_FAN_OUT);
+            sys::untyped_retype(
+                cap,
+                object_type::seL4_X86_4K,
+                0,
+                sys::initial_cap::INIT_THREAD_CNODE,
+                0,
+                0,
+                first_slot + made,
+                chunk,
+            )
+            .context("device untyped: frames")?;
+            made += chunk;
+        }
+        self.next_slot += pages;
+        self.device_untypeds[untyped].used = offset + bytes;
+        Ok(first_slot)
+    }
+
     pub fn object(&mut self, kind: u64, size_bits: u64) -> BuildResult<CPtr> {
         self.objects(kind, size_bits, 1)
     }
@@ -198,8 +290,20 @@ impl Allocator {
         vaddr: u64,
         rights: Rights,
     ) -> BuildResult {
+        self.map_page_with_attributes(frame, vspace, vaddr, rights, sys::DEFAULT_VM_ATTRIBUTES)
+    }
+
+    /// [`Self::map_page`] with the caching attributes.
+    pub fn map_page_with_attributes(
+        &mut self,
+        frame: CPtr,
+        vspace: CPtr,
+        vaddr: u64,
+        rights: Rights,
+        attributes: u64,
+    ) -> BuildResult {
         for _ in 0..4 {
-            match sys::page_map(frame, vspace, vaddr, rights) {
+            match sys::page_map_with_attributes(frame, vspace, vaddr, rights, attributes) {
                 Ok(()) => return Ok(()),
                 Err(KernelError(6)) => self.map_paging_level(vspace, vaddr, 0)?,
                 Err(error) => return Err(BuildError::Kernel("map page", error)),

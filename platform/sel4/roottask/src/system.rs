@@ -65,6 +65,8 @@ pub struct RegionFrames {
     pub pages: u64,
     pub paddr: u64,
     host_visible: bool,
+    /// Device memory (`physical = ...`): mapped write-combining.
+    device: bool,
 }
 
 fn image_for(package: &str) -> BuildResult<&'static [u8]> {
@@ -210,9 +212,17 @@ impl System {
     /// The one way a frame enters a PD's VSpace: map it and record the
     /// mapping (with the frame's physical address, from the kernel) for the
     /// capability audit.
-    fn map_into_pd(&mut self, pd: usize, frame: CPtr, vaddr: u64, rights: Rights) -> BuildResult {
+    fn map_into_pd(
+        &mut self,
+        pd: usize,
+        frame: CPtr,
+        vaddr: u64,
+        rights: Rights,
+        attributes: u64,
+    ) -> BuildResult {
         let vspace = self.pds[pd].vspace;
-        self.allocator.map_page(frame, vspace, vaddr, rights)?;
+        self.allocator
+            .map_page_with_attributes(frame, vspace, vaddr, rights, attributes)?;
         let paddr = sys::page_get_address(frame).context("frame address")?;
         self.pds[pd].mappings.push(Mapping {
             vaddr,
@@ -270,7 +280,7 @@ impl System {
         for index in 0..count {
             let frame = first + index;
             let page_vaddr = vaddr + index * PAGE_SIZE;
-            self.map_into_pd(pd, frame, page_vaddr, rights)?;
+            self.map_into_pd(pd, frame, page_vaddr, rights, sys::DEFAULT_VM_ATTRIBUTES)?;
             let copy = self.allocator.copy(frame)?;
             pages.push((page_vaddr, frame, copy));
         }
@@ -295,13 +305,27 @@ pub fn build(boot_info: &sys::BootInfo) -> BuildResult<System> {
     let mut regions = Vec::new();
     for region in &layout.regions {
         let pages = region.size.div_ceil(PAGE_SIZE).max(1);
-        let first = allocator.objects(object_type::seL4_X86_4K, 0, pages)?;
+        let first = match region.physical {
+            // Device memory: the frames at those addresses, from the
+            // device untyped that covers them.
+            Some(physical) => allocator.device_frames(physical, pages)?,
+            None => allocator.objects(object_type::seL4_X86_4K, 0, pages)?,
+        };
         let paddr = sys::page_get_address(first).context("frame address")?;
+        if let Some(physical) = region.physical {
+            crate::log!(
+                "device memory `{}`: {} KiB at physical {:#x}",
+                region.name,
+                pages * PAGE_SIZE / 1024,
+                physical
+            );
+        }
         regions.push(RegionFrames {
             first,
             pages,
             paddr,
             host_visible: region.host_visible,
+            device: region.physical.is_some(),
         });
     }
 
@@ -448,14 +472,30 @@ fn build_pd(
             (false, false) => 1,
         };
         let size = region.pages * PAGE_SIZE;
+        // A framebuffer is written in bulk and never read back by the
+        // device: write combining, which the kernel's PAT provides.
+        let attributes = if region.device {
+            sys::WRITE_COMBINING_VM_ATTRIBUTES
+        } else {
+            sys::DEFAULT_VM_ATTRIBUTES
+        };
         for copy_index in 0..copies {
             for page in 0..region.pages {
                 let frame = system.allocator.copy(region.first + page)?;
+                // The audit's negative test: RAM where the description
+                // says device memory (the device region's first page).
+                #[cfg(roottask_audit_test = "device-in-ram")]
+                let frame = if region.device && page == 0 {
+                    system.allocator.object(object_type::seL4_X86_4K, 0)?
+                } else {
+                    frame
+                };
                 system.map_into_pd(
                     pd,
                     frame,
                     map.vaddr + copy_index * size + page * PAGE_SIZE,
                     rights,
+                    attributes,
                 )?;
             }
         }
@@ -703,7 +743,13 @@ fn grant_one_extra_for_the_audit_test(
         // has nothing.
         if let Some(region) = regions.first() {
             let frame = system.allocator.copy(region.first)?;
-            system.map_into_pd(last_pd, frame, 0x3000_0000, Rights::READ_WRITE)?;
+            system.map_into_pd(
+                last_pd,
+                frame,
+                0x3000_0000,
+                Rights::READ_WRITE,
+                sys::DEFAULT_VM_ATTRIBUTES,
+            )?;
         }
     }
     #[cfg(roottask_audit_test = "wrong-notify")]

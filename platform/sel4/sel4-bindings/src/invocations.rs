@@ -46,6 +46,9 @@ impl Rights {
 
 /// `seL4_X86_Default_VMAttributes`.
 pub const DEFAULT_VM_ATTRIBUTES: u64 = 0;
+/// `seL4_X86_WriteCombining`: the kernel puts write combining in PAT
+/// entry 4 at boot; for device memory a CPU writes in bulk (a framebuffer).
+pub const WRITE_COMBINING_VM_ATTRIBUTES: u64 = 4;
 
 /// A CNode guard word (`cnode_capdata`, 64-bit): guard size in bits 2-7,
 /// guard in bits 8-25.
@@ -404,10 +407,21 @@ pub fn irq_handler_set_notification(handler: CPtr, notification: CPtr) -> Kernel
 }
 
 pub fn page_map(frame: CPtr, vspace: CPtr, vaddr: u64, rights: Rights) -> KernelResult {
+    page_map_with_attributes(frame, vspace, vaddr, rights, DEFAULT_VM_ATTRIBUTES)
+}
+
+/// [`page_map`] with the caching attributes (`seL4_X86_VMAttributes`).
+pub fn page_map_with_attributes(
+    frame: CPtr,
+    vspace: CPtr,
+    vaddr: u64,
+    rights: Rights,
+    attributes: u64,
+) -> KernelResult {
     invoke(
         frame,
         label::X86PageMap,
-        &[vaddr, rights.0, DEFAULT_VM_ATTRIBUTES],
+        &[vaddr, rights.0, attributes],
         &[vspace],
     )
     .map(drop)

@@ -158,7 +158,8 @@ impl FaultKind {
 pub const PD_INFO_MAGIC: u64 = 0x5345_4c34_5044_0001; // "SEL4PD" v1
 /// Equal to `system_layout::MAX_MAPS_PER_COMPONENT`.
 pub const MAX_MAPS: usize = 64;
-pub const MAX_IOPORTS: usize = 4;
+/// Equal to `system_layout::MAX_IOPORTS_PER_COMPONENT`.
+pub const MAX_IOPORTS: usize = 8;
 pub const MAX_NAME: usize = 32;
 
 /// One region mapping as the PD sees it.
