@@ -290,6 +290,148 @@ pub fn boot_test() -> Result {
     }
 }
 
+/// The terminal's first picture is on QEMU's display once these lines
+/// were printed (and a screendump shows its title).
+const TERMINAL_READY: &[&str] = &[
+    "[terminal] terminal: VRAM",
+    "[video] synthvid",
+    "[keyboard] protocol",
+    "[mouse] protocol",
+];
+const TITLE: &str = " seL4 Hyper-V guest console";
+
+/// Whether text row `row` of the picture starts with `text` in `style`:
+/// every pixel of its cells equals the terminal's rendering of it.
+fn row_shows(picture: &Ppm, row: usize, text: &str, style: terminal::render::Style) -> bool {
+    use terminal::render::{draw_cells, Canvas, Cell, CELL_HEIGHT, CELL_WIDTH, PIXEL_BYTES};
+    let cells: Vec<Cell> = text.chars().map(|ch| Cell { ch, style }).collect();
+    let width = cells.len() * CELL_WIDTH;
+    if width > picture.width || (row + 1) * CELL_HEIGHT > picture.height {
+        return false;
+    }
+    let stride = width * PIXEL_BYTES;
+    let mut expected = vec![0u8; stride * CELL_HEIGHT];
+    let Some(mut canvas) = Canvas::new(&mut expected, width, CELL_HEIGHT, stride) else {
+        return false;
+    };
+    draw_cells(&mut canvas, 0, 0, &cells);
+    (0..CELL_HEIGHT).all(|py| {
+        (0..width).all(|px| {
+            let at = py * stride + px * PIXEL_BYTES;
+            picture.pixel(px, row * CELL_HEIGHT + py)
+                == [expected[at + 2], expected[at + 1], expected[at]]
+        })
+    })
+}
+
+fn shows(picture: &Ppm, text: &str, style: terminal::render::Style) -> bool {
+    (0..picture.height / terminal::render::CELL_HEIGHT)
+        .any(|row| row_shows(picture, row, text, style))
+}
+
+/// Screendumps until one shows `text` (at most 20 s of guest work).
+fn until_shown(
+    monitor: &mut Monitor,
+    path: &Path,
+    text: &str,
+    style: terminal::render::Style,
+) -> Result<Ppm> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = std::fs::remove_file(path);
+        monitor.command(&format!("screendump {}", path.display()))?;
+        if let Ok(bytes) = std::fs::read(path) {
+            let picture = Ppm::parse(&bytes)?;
+            if shows(&picture, text, style) {
+                return Ok(picture);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "QEMU's display never showed {text:?} (last screendump: {})",
+                    path.display()
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Pixels of the 16x16 square at (x, y) that differ between two pictures.
+fn changed_near(a: &Ppm, b: &Ppm, x: usize, y: usize) -> usize {
+    (y..y + 16)
+        .flat_map(|py| (x..x + 16).map(move |px| (px, py)))
+        .filter(|&(px, py)| a.pixel(px, py) != b.pixel(px, py))
+        .count()
+}
+
+fn read_type_and_point(monitor_path: &Path, screenshot: &Path) -> Result {
+    use terminal::render::Style;
+    let mut monitor = Monitor::connect(monitor_path)?;
+    until_shown(&mut monitor, screenshot, TITLE, Style::Title)?;
+    let before = until_shown(&mut monitor, screenshot, "terminal> ", Style::Prompt)?;
+    eprintln!("xtask: screendump: the terminal is on QEMU's display");
+    for key in ["h", "e", "l", "p", "ret"] {
+        monitor.command(&format!("sendkey {key}"))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    until_shown(&mut monitor, screenshot, "terminal> help", Style::Prompt)?;
+    eprintln!("xtask: screendump: `help` typed with QEMU's PS/2 keyboard is on the screen");
+    // The PS/2 mouse starts at the centre; the host draws the synthetic
+    // pointer where the terminal put it.
+    monitor.command("mouse_move 100 80")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = std::fs::remove_file(screenshot);
+        monitor.command(&format!("screendump {}", screenshot.display()))?;
+        let after = Ppm::parse(&std::fs::read(screenshot).map_err(|e| e.to_string())?)?;
+        if changed_near(&before, &after, 612, 464) > 20 {
+            eprintln!("xtask: screendump: the pointer moved to (612, 464)");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the pointer never appeared where QEMU's mouse moved it".into());
+        }
+    }
+}
+
+/// system.toml in QEMU with the console devices: the terminal on QEMU's
+/// display (screendump), typed into with QEMU's PS/2 keyboard, its pointer
+/// moved with QEMU's PS/2 mouse.
+pub fn boot_test_terminal() -> Result {
+    let spec = ImageSpec::new("system.toml", Some("tests/systems/qemu-terminal.hvsim"));
+    let expected = expectations_from(&workspace_root().join("tests/systems/qemu-terminal.expect"))?;
+    let image = build(&spec)?;
+    let folder = crate::kernel::target_dir().join("qemu-console");
+    std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    let monitor_path: PathBuf = folder.join(format!("terminal-{}.sock", std::process::id()));
+    let screenshot = folder.join("terminal.ppm");
+    let mut result: Option<Result> = None;
+    let mut during = |lines: &[String]| {
+        if result.is_none()
+            && TERMINAL_READY
+                .iter()
+                .all(|ready| lines.iter().any(|line| line.contains(ready)))
+        {
+            result = Some(read_type_and_point(&monitor_path, &screenshot));
+        }
+        result.is_some()
+    };
+    let boot = boot_with_monitor(&image, Echo::Lines, &monitor_path, &mut during);
+    let _ = std::fs::remove_file(&monitor_path);
+    let boot = boot?;
+    eprintln!("xtask: QEMU ran {:.2} s", boot.elapsed.as_secs_f64());
+    match result {
+        None => Err(format!("the guest never printed {TERMINAL_READY:?}")),
+        Some(Err(error)) => Err(error),
+        Some(Ok(())) => {
+            boot.verdict(&expected)?;
+            eprintln!("xtask: boot test passed (the terminal read, typed into and pointed at on QEMU's display)");
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

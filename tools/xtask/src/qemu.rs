@@ -358,6 +358,12 @@ pub fn boot_test(args: &[String]) -> Result {
             eprintln!("xtask: boot test of {name} FAILED: {error}");
             failed.push(name.to_string());
         }
+        let name = "system.toml's terminal on QEMU's display (screendump, sendkey, mouse_move)";
+        println!("xtask: boot test of {name}");
+        if let Err(error) = crate::console::boot_test_terminal() {
+            eprintln!("xtask: boot test of {name} FAILED: {error}");
+            failed.push(name.to_string());
+        }
     }
     let media_tests = if only && !media_only {
         &[][..]
