@@ -25,7 +25,6 @@
 //!   of the pixels alone.
 
 #[path = "../tests/vmbus_common/mod.rs"]
-#[allow(dead_code)]
 mod vmbus_common;
 
 use bench_record::Record;
