@@ -182,6 +182,14 @@ fn exception_code(result: Result<(), Exception>) -> u32 {
 }
 
 impl Connection {
+    /// A byte written to `wake`'s peer makes [`Connection::serve`] run the
+    /// machine and send its interrupts now instead of at the next tick:
+    /// the operator thread's keystrokes and faults reach the guest at
+    /// once, as a real host's do.
+    pub fn set_wake(&mut self, wake: std::os::unix::net::UnixStream) -> io::Result<()> {
+        self.stream.set_wake(wake)
+    }
+
     fn now_ns(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
     }

@@ -749,11 +749,29 @@ pub fn main() {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let operator_machine = machine.clone();
+    // What an operator command raised (a keystroke's interrupt, a
+    // fault's) leaves at once: the command wakes the serve loop.
+    let (wake, woken) = std::os::unix::net::UnixStream::pair().unwrap_or_else(|e| {
+        eprintln!("hvsim: no wake-up socket pair: {e}");
+        std::process::exit(1);
+    });
+    if let Err(e) = wake
+        .set_nonblocking(true)
+        .and_then(|()| connection.set_wake(woken))
+    {
+        eprintln!("hvsim: no wake-up socket pair: {e}");
+        std::process::exit(1);
+    }
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            let mut machine = operator_machine.lock().unwrap_or_else(|e| e.into_inner());
-            println!("{}", operator(&line, &mut machine));
+            let answer = {
+                let mut machine = operator_machine.lock().unwrap_or_else(|e| e.into_inner());
+                operator(&line, &mut machine)
+            };
+            // A full socket already holds a wake-up: nothing is lost.
+            let _ = std::io::Write::write(&mut &wake, &[1]);
+            println!("{answer}");
         }
     });
     let end = connection.serve(&*machine, &stop, tick);

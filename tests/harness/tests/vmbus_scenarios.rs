@@ -35,6 +35,9 @@ const SCENARIOS: &[&str] = &[
     // Run by xtask's QEMU console boot test (`console::boot_test`): it
     // needs QEMU's std VGA and i8042, which only the seL4 image drives.
     "qemu-console",
+    // Run by xtask's QEMU terminal boot test (`console::boot_test_terminal`):
+    // QEMU's display is what makes the seL4 host offer the console devices.
+    "qemu-terminal",
     "restart",
     // Run by `cargo xtask bench-restart --qemu` only: fault injection
     // needs the seL4 image's monitor (the hosted benchmark kills storvsc).

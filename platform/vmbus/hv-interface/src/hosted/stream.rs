@@ -42,6 +42,9 @@ pub struct RecordStream {
     socket: UnixStream,
     buffer: Vec<u8>,
     eof: bool,
+    /// A socket whose readability ends a `recv` wait early (see
+    /// [`RecordStream::set_wake`]).
+    wake: Option<UnixStream>,
 }
 
 impl RecordStream {
@@ -50,7 +53,34 @@ impl RecordStream {
             socket,
             buffer: Vec::new(),
             eof: false,
+            wake: None,
         }
+    }
+
+    /// From now on a byte written to `wake`'s peer ends a `recv` wait
+    /// with `Ok(None)`, as a timeout does: another thread that changed
+    /// what the receiver must do (the simulated host's operator raising an
+    /// interrupt) need not wait for the timeout.
+    pub fn set_wake(&mut self, wake: UnixStream) -> io::Result<()> {
+        wake.set_nonblocking(true)?;
+        self.wake = Some(wake);
+        Ok(())
+    }
+
+    /// Reads what was written to the wake socket; whether anything was.
+    fn drain_wake(&mut self) -> bool {
+        let Some(wake) = self.wake.as_mut() else {
+            return false;
+        };
+        let mut woken = false;
+        let mut bytes = [0u8; 64];
+        while let Ok(n) = wake.read(&mut bytes) {
+            if n == 0 {
+                break;
+            }
+            woken = true;
+        }
+        woken
     }
 
     pub fn socket(&self) -> &UnixStream {
@@ -116,7 +146,13 @@ impl RecordStream {
                 });
             }
             let wait = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            if !wait_readable(self.socket.as_raw_fd(), wait).map_err(RecvError::Io)? {
+            let wake = self.wake.as_ref().map(|wake| wake.as_raw_fd());
+            let (readable, woken) = wait_readable_or_woken(self.socket.as_raw_fd(), wake, wait)
+                .map_err(RecvError::Io)?;
+            if woken && self.drain_wake() {
+                return Ok(None);
+            }
+            if !readable {
                 return Ok(None);
             }
             let mut chunk = [0u8; 4096];
@@ -131,20 +167,27 @@ impl RecordStream {
     }
 }
 
-/// poll(2) for readability; `false` on timeout.
-pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+/// poll(2) for readability of `fd` and of `wake` (if any): whether each
+/// is readable (hung up counts); both false on timeout.
+fn wait_readable_or_woken(
+    fd: RawFd,
+    wake: Option<RawFd>,
+    timeout: Option<Duration>,
+) -> io::Result<(bool, bool)> {
     let timeout_ms: i32 = match timeout {
         None => -1,
         Some(t) => t.as_millis().min(i32::MAX as u128) as i32,
     };
-    let mut pollfd = libc::pollfd {
+    let pollfd = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
+    let mut fds = [pollfd(fd), pollfd(wake.unwrap_or(-1))];
+    let count: libc::nfds_t = if wake.is_some() { 2 } else { 1 };
     loop {
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+        // SAFETY: `fds` holds `count` (at most 2) valid pollfds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout_ms) };
         if ready < 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::Interrupted {
@@ -152,7 +195,7 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
             }
             return Err(error);
         }
-        return Ok(ready > 0);
+        return Ok((fds[0].revents != 0, fds[1].revents != 0));
     }
 }
 
@@ -160,6 +203,46 @@ pub(crate) fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
 mod tests {
     use super::*;
     use crate::wire::{kind, MsrRead};
+
+    #[test]
+    fn a_wake_ends_the_wait_and_records_still_arrive() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (wake_tx, wake_rx) = UnixStream::pair().unwrap();
+        let mut sender = RecordStream::new(a);
+        let mut receiver = RecordStream::new(b);
+        receiver.set_wake(wake_rx).unwrap();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            (&wake_tx).write_all(&[1]).unwrap();
+            wake_tx
+        });
+        let start = Instant::now();
+        assert!(receiver
+            .recv(Some(Duration::from_secs(10)))
+            .unwrap()
+            .is_none());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
+        let _wake_tx = waker.join().unwrap();
+        // The wake was taken: the next wait times out, then a record comes.
+        assert!(receiver
+            .recv(Some(Duration::from_millis(10)))
+            .unwrap()
+            .is_none());
+        sender
+            .send(
+                kind::MSR_READ,
+                &MsrRead {
+                    msr: 0x4000_0083,
+                    reserved: 0,
+                },
+            )
+            .unwrap();
+        let record = receiver.recv(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(record.map(|r| r.kind), Some(kind::MSR_READ));
+    }
 
     #[test]
     fn records_survive_split_writes_and_bad_headers_are_refused() {
