@@ -206,9 +206,9 @@ impl Component for SimulatedHost {
             hvsim::script::add_network(&mut config);
         }
         // QEMU's display shows the synthetic screen (and its PS/2 devices
-        // type and point): the console devices are offered for it, unless
-        // the display shows the console test's pattern.
-        if console.has_display() && !scenario().qemu_console_test {
+        // type and point): the bring-up run (no scenario) offers the
+        // console devices for it; a scenario offers the devices it names.
+        if console.has_display() && scenario() == hvsim::scenario::Scenario::default() {
             hvsim::script::add_console_devices(&mut config);
         }
         // A vector IRQ that signals the end our `interrupt` channel reaches
