@@ -1,7 +1,8 @@
 //! The synthetic video driver end to end, hosted: the simulated host
 //! process offers the video device (`hvsim --devices video`), the driver
-//! starts it, the test plays the framebuffer client `screen` (it draws a
-//! pattern into the VRAM through its own map and flushes), and the host's
+//! starts it, the test plays the framebuffer client (system.toml's
+//! `terminal`, as a double: it draws a pattern into the VRAM through the
+//! terminal's map and flushes), and the host's
 //! screenshot (`screenshot PATH`, a PNG) must show the pattern and the
 //! driver's pointer. Then the host turns hostile (`video-fault ...`): the
 //! driver refuses and counts what it sends, and honours its feature
@@ -13,11 +14,11 @@ use ipc_harness::{Double, Harness, WAIT};
 use std::time::Instant;
 use vmbus_ipc::framebuffer::{Framebuffer, Mode, Rect, Reply, Request};
 
-const SYSTEM: &str = "tests/systems/video.toml";
+const SYSTEM: &str = "system.toml";
 
 fn start() -> Harness {
     Harness::builder(SYSTEM)
-        .double("screen")
+        .double("terminal")
         .host_args(&["--events", "--devices", "video"])
         .start()
         .expect("the video system starts")
@@ -112,7 +113,7 @@ fn host_counter(harness: &Harness, name: &str) -> u64 {
 #[test]
 fn a_pattern_drawn_into_vram_and_flushed_is_in_the_hosts_screenshot_with_the_pointer() {
     let harness = start();
-    let mut screen = harness.double("screen");
+    let mut screen = harness.double("terminal");
     harness.expect_output("hvsim event: video mode 1024x768", 0);
     harness.expect_output("[video] synthvid 3.5: 1024x768x32, stride 4096", 0);
     let mode = wait_mode(&mut screen, None);
@@ -177,7 +178,7 @@ fn a_pattern_drawn_into_vram_and_flushed_is_in_the_hosts_screenshot_with_the_poi
 #[test]
 fn a_hostile_host_is_refused_and_counted_and_its_feature_changes_are_honoured() {
     let harness = start();
-    let mut screen = harness.double("screen");
+    let mut screen = harness.double("terminal");
     let mode = wait_mode(&mut screen, None);
     let from = harness.system().output().len();
     for fault in ["garbled", "oversized", "unknown-type"] {
@@ -227,7 +228,7 @@ fn a_hostile_host_is_refused_and_counted_and_its_feature_changes_are_honoured() 
 #[test]
 fn a_resolution_list_too_long_and_an_ack_with_the_wrong_context_are_refused_at_the_start() {
     let harness = start();
-    let mut screen = harness.double("screen");
+    let mut screen = harness.double("terminal");
     let first = wait_mode(&mut screen, None);
     // Armed for the next start; the device is offered again to start it.
     assert_eq!(harness.host("video-fault resolution-too-long"), "true");
@@ -263,7 +264,7 @@ fn a_resolution_list_too_long_and_an_ack_with_the_wrong_context_are_refused_at_t
 #[test]
 fn a_vram_location_the_host_never_acknowledges_is_sent_again_and_the_start_completes() {
     let harness = start();
-    let mut screen = harness.double("screen");
+    let mut screen = harness.double("terminal");
     let first = wait_mode(&mut screen, None);
     assert_eq!(harness.host("video-fault vram-no-ack"), "true");
     let relid = harness.host("relid video");
