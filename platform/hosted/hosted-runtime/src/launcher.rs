@@ -1270,10 +1270,15 @@ fn supervise(shared: Arc<Shared>) {
 /// with cargo (debug, or release) and return the folder that holds them.
 ///
 /// Component identifiers are generated from the description being built
-/// (`SYSTEM_DESCRIPTION`), so each description gets its own target folder
-/// (`<target>/hosted/<description name>`): a component shared by two
-/// systems (the console) is compiled once per system, with that system's
-/// identifiers.
+/// (`SYSTEM_DESCRIPTION`), so a component shared by two systems (the
+/// console) differs between them. Cargo builds every description in one
+/// shared folder (`<target>/hosted/.build`): the dependencies are compiled
+/// once, and a change of description recompiles only the crates whose
+/// build scripts read it (a few seconds). The binaries are then copied
+/// into the description's own folder (`<target>/hosted/<description
+/// name>/<profile>`), where its systems start them, so a later build for
+/// another description never changes a running system's programs. A lock
+/// file keeps each build and its copy together across processes.
 pub fn build_components(
     workspace: &Path,
     description: &Path,
@@ -1285,41 +1290,93 @@ pub fn build_components(
     } else {
         workspace.join(description)
     };
-    let target_dir = hosted_target_dir(workspace, &description);
-    let binaries = target_dir.join(if release { "release" } else { "debug" });
+    let binaries = hosted_target_dir(workspace, &description).join(profile_folder(release));
     if packages.is_empty() {
         return Ok(binaries);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command
-        .current_dir(workspace)
-        .arg("build")
-        .arg("--quiet")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("SYSTEM_DESCRIPTION", &description);
-    if release {
-        command.arg("--release");
-    }
+    command.current_dir(workspace).arg("build").arg("--quiet");
     let mut unique: Vec<&String> = packages.iter().collect();
     unique.sort();
     unique.dedup();
-    for package in unique {
+    for package in &unique {
         command.arg("-p").arg(package);
     }
-    let status = command.status()?;
-    if !status.success() {
-        return Err(other(format!("building the components failed: {status}")));
-    }
+    let outputs: Vec<&str> = unique.iter().map(|p| p.as_str()).collect();
+    build_shared(
+        workspace,
+        &description,
+        command,
+        release,
+        &outputs,
+        &binaries,
+    )
+    .map_err(|e| other(format!("building the components failed: {e}")))?;
     Ok(binaries)
 }
 
-/// The cargo target folder for the components of one description.
+/// `debug` or `release`: cargo's folder for the profile.
+pub(crate) fn profile_folder(release: bool) -> &'static str {
+    if release {
+        "release"
+    } else {
+        "debug"
+    }
+}
+
+/// Run the cargo build `command` for `description` in the shared hosted
+/// build folder, holding its lock, then copy the binaries `outputs` into
+/// `into` (each through a temporary name and a rename: a process started
+/// from the old file keeps it).
+pub(crate) fn build_shared(
+    workspace: &Path,
+    description: &Path,
+    mut command: Command,
+    release: bool,
+    outputs: &[&str],
+    into: &Path,
+) -> io::Result<()> {
+    let shared = hosted_build_dir(workspace);
+    std::fs::create_dir_all(&shared)?;
+    std::fs::create_dir_all(into)?;
+    let lock = std::fs::File::create(shared.join("description.lock"))?;
+    lock.lock()?;
+    command
+        .env("CARGO_TARGET_DIR", &shared)
+        .env("SYSTEM_DESCRIPTION", description);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.status()?;
+    if !status.success() {
+        return Err(other(format!("cargo: {status}")));
+    }
+    let built = shared.join(profile_folder(release));
+    for output in outputs {
+        let temporary = into.join(format!(".{output}.new"));
+        std::fs::copy(built.join(output), &temporary)?;
+        std::fs::rename(&temporary, into.join(output))?;
+    }
+    Ok(())
+}
+
+/// The folder that holds the binaries built for one description.
 pub fn hosted_target_dir(workspace: &Path, description: &Path) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_DIR")
+    hosted_base(workspace).join(description_folder(description))
+}
+
+/// Cargo's target folder for every description's hosted build (a name
+/// no description folder can have: those never start with a dot).
+fn hosted_build_dir(workspace: &Path) -> PathBuf {
+    hosted_base(workspace).join(".build")
+}
+
+fn hosted_base(workspace: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    base.join("hosted").join(description_folder(description))
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("hosted")
 }
 
 /// A folder name for a description: its file stem, made safe.

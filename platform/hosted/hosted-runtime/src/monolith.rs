@@ -895,8 +895,9 @@ fn forward_operator_commands(console: Option<simulated_host::HostConsole>) {
 /// under `<target>/hosted/<description>/monolith/` that depends on every
 /// component package of `layout` as a library and starts each with the
 /// type its `src/main.rs` names in `hosted_runtime::component_main!(..)`.
-/// Built with the description's identifiers (`SYSTEM_DESCRIPTION`) into
-/// the same target folder as the isolated components.
+/// Built with the description's identifiers (`SYSTEM_DESCRIPTION`) in the
+/// shared hosted build folder, as the isolated components are, and copied
+/// beside them.
 pub fn build_monolith(
     workspace: &Path,
     description: &Path,
@@ -972,21 +973,18 @@ pub fn build_monolith(
         .arg("build")
         .arg("--quiet")
         .arg("--manifest-path")
-        .arg(crate_dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("SYSTEM_DESCRIPTION", &description);
-    if release {
-        command.arg("--release");
-    }
-    let status = command.status()?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "building the monolith failed: {status}"
-        )));
-    }
-    Ok(target_dir
-        .join(if release { "release" } else { "debug" })
-        .join("monolith"))
+        .arg(crate_dir.join("Cargo.toml"));
+    let binaries = target_dir.join(crate::launcher::profile_folder(release));
+    crate::launcher::build_shared(
+        workspace,
+        &description,
+        command,
+        release,
+        &["monolith"],
+        &binaries,
+    )
+    .map_err(|e| io::Error::other(format!("building the monolith failed: {e}")))?;
+    Ok(binaries.join("monolith"))
 }
 
 fn write_if_changed(path: &Path, text: &str) -> io::Result<()> {
