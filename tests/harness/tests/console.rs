@@ -6,14 +6,16 @@
 //! the VRAM per the guest's mode, with the pointer the host draws), types
 //! with `type`/`key` and moves the pointer with `mouse`. Text is found by
 //! comparing the picture's pixels with the terminal's own rendering of the
-//! expected text at each text row. Then each console driver is killed:
-//! the console must come back, and the other drivers keep serving.
+//! expected text at each text row. Then each console driver is killed,
+//! idle and then under a stream of keys and pointer moves: the console
+//! must come back, and the other drivers keep serving.
 #![forbid(unsafe_code)]
 
 mod vmbus_common;
 
 use ipc_harness::{Harness, WAIT};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use terminal::render::{self, Canvas, Cell, Style, CELL_HEIGHT, CELL_WIDTH, PIXEL_BYTES};
 use vmbus_common::*;
@@ -253,6 +255,107 @@ fn killed_console_drivers_come_back_and_the_others_keep_serving() {
             console.harness.system().restarts(driver),
             0,
             "{driver} was restarted"
+        );
+    }
+}
+
+/// Keys and pointer moves from the host while the drivers are killed:
+/// at most this long, and this many rounds of the load loop.
+const LOAD_LIMIT: Duration = Duration::from_secs(60);
+const LOAD_ROUNDS: u32 = 20_000;
+
+#[test]
+fn console_drivers_killed_under_a_stream_of_keys_and_pointer_moves_come_back() {
+    let mut console = Console::start("load");
+    console.until_shown(TITLE, Style::Title);
+    console.until_shown(terminal::console::PROMPT, Style::Prompt);
+    let stop = AtomicBool::new(false);
+    let keys_taken = AtomicU32::new(0);
+    let moves_taken = AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        let harness = &console.harness;
+        let (stop, keys_taken, moves_taken) = (&stop, &keys_taken, &moves_taken);
+        scope.spawn(move || {
+            // `x` then Backspace, so the line stays short whatever a
+            // restart loses, and the pointer sweeping the screen: every
+            // key redraws the prompt row (a flush through video), every
+            // move is a pointer update. The host answers `false` while a
+            // device's channel is down; the load goes on regardless.
+            let started = Instant::now();
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed)
+                && round < LOAD_ROUNDS
+                && started.elapsed() < LOAD_LIMIT
+            {
+                for key in ["key 0x2d", "key 0x2d up", "key 0x0e", "key 0x0e up"] {
+                    if harness.host(key) == "true" {
+                        keys_taken.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let at = (round * 997) % 0x8000;
+                if harness.host(&format!("mouse {at} {}", 0x7fff - at)) == "true" {
+                    moves_taken.fetch_add(1, Ordering::Relaxed);
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        // Each driver killed twice, each time with the load flowing
+        // through it before and after (a third fault within 10 s would
+        // have vmbus hold the driver stopped, as a crash loop).
+        for restarts in 1..=2 {
+            for driver in ["video", "keyboard", "mouse"] {
+                let keys = keys_taken.load(Ordering::Relaxed);
+                let moves = moves_taken.load(Ordering::Relaxed);
+                let deadline = Instant::now() + WAIT;
+                while keys_taken.load(Ordering::Relaxed) < keys + 20
+                    || moves_taken.load(Ordering::Relaxed) < moves + 5
+                {
+                    if Instant::now() > deadline {
+                        harness.fail(&format!(
+                            "the host's keys and moves stopped being taken before {driver} was killed"
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                harness.kill(driver);
+                harness.expect_restarts(driver, restarts);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let keys = keys_taken.load(Ordering::Relaxed);
+    let moves = moves_taken.load(Ordering::Relaxed);
+    println!("load: {keys} key transitions and {moves} pointer moves taken by the host");
+
+    // The console is whole again: a command typed now is run and shown.
+    assert_eq!(console.harness.host("key 0x1c"), "true");
+    assert_eq!(console.harness.host("key 0x1c up"), "true");
+    console.type_line("status");
+    console.until_shown("terminal> status", Style::Prompt);
+    let before = console.screenshot().unwrap();
+    console.point(0x6000, 0x2000);
+    let deadline = Instant::now() + WAIT;
+    while changed_near(&before, &console.screenshot().unwrap(), 768, 192) <= 20 {
+        if Instant::now() > deadline {
+            console
+                .harness
+                .fail("the pointer did not follow the mouse after the load");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for driver in ["heartbeat", "kvp", "timesync", "shutdown", "terminal"] {
+        assert_eq!(
+            console.harness.system().restarts(driver),
+            0,
+            "{driver} was restarted"
+        );
+    }
+    for (driver, restarts) in [("video", 2), ("keyboard", 2), ("mouse", 2)] {
+        assert_eq!(
+            console.harness.system().restarts(driver),
+            restarts,
+            "{driver}"
         );
     }
 }
