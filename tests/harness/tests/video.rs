@@ -122,8 +122,17 @@ fn a_pattern_drawn_into_vram_and_flushed_is_in_the_hosts_screenshot_with_the_poi
     assert!(mode.updates_wanted);
     assert_eq!(mode.resolutions.len(), 6, "the host's list");
     // Before anything is drawn: black, with the driver's arrow at the
-    // centre (its tip, the hot spot, is outline black; white inside).
-    let blank = screenshot(&harness, "blank");
+    // centre (its tip, the hot spot, is outline black; white inside). The
+    // mode is served once the situation is sent; the pointer's shape and
+    // position follow it, so the host may not have them yet.
+    let deadline = Instant::now() + WAIT;
+    let blank = loop {
+        let blank = screenshot(&harness, "blank");
+        if pixel(&blank, 514, 390) != 0 || Instant::now() > deadline {
+            break blank;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert_eq!(pixel(&blank, 100, 100), 0);
     assert_eq!(pixel(&blank, 514, 390), 0x00ff_ffff, "the arrow's inside");
     // The bars over rows 100..400, and a flush naming them.
@@ -164,7 +173,15 @@ fn a_pattern_drawn_into_vram_and_flushed_is_in_the_hosts_screenshot_with_the_poi
         ),
         Ok(Reply::Done)
     );
-    let shot = screenshot(&harness, "pointer");
+    // Done means the driver sent it; the host may not have read it yet.
+    let deadline = Instant::now() + WAIT;
+    let shot = loop {
+        let shot = screenshot(&harness, "pointer");
+        if pixel(&shot, 702, 206) == 0x00ff_ffff || Instant::now() > deadline {
+            break shot;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert_eq!(pixel(&shot, 700, 200), 0, "the arrow's outlined tip");
     assert_eq!(pixel(&shot, 702, 206), 0x00ff_ffff, "the arrow's inside");
     assert_eq!(pixel(&shot, 514, 390), BARS[4], "gone from the centre");
