@@ -88,3 +88,66 @@ mod tests {
         assert!(memory.load_u32(2).is_err());
     }
 }
+
+/// The guest's side of a channel's rings in a [`VecMemory`], for the
+/// channel hosts' unit tests, which play the guest with `vmbus-ring`.
+#[cfg(test)]
+pub(crate) mod test_ring {
+    use super::VecMemory;
+    use hv_interface::GuestMemory;
+    use core::sync::atomic::AtomicU32;
+    use vmbus_ring::{MemoryError, RingMemory};
+
+    const PAGE: u64 = 4096;
+
+    /// One ring as the guest maps it: the control page at `control`, then
+    /// `data_pages` pages of data, single mapped; every access is bounded
+    /// by the ring.
+    pub struct VecRing {
+        memory: &'static VecMemory,
+        control: u64,
+        data_len: usize,
+    }
+
+    impl VecRing {
+        pub fn new(memory: &'static VecMemory, control: u64, data_pages: u64) -> Self {
+            VecRing {
+                memory,
+                control,
+                data_len: (data_pages * PAGE) as usize,
+            }
+        }
+
+        fn data_at(&self, offset: usize, len: usize) -> Result<u64, MemoryError> {
+            match offset.checked_add(len) {
+                Some(end) if end <= self.data_len => Ok(self.control + PAGE + offset as u64),
+                _ => Err(MemoryError),
+            }
+        }
+    }
+
+    impl RingMemory for VecRing {
+        fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
+            if offset >= PAGE as usize {
+                return Err(MemoryError);
+            }
+            self.memory
+                .word(self.control + offset as u64)
+                .ok_or(MemoryError)
+        }
+        fn data_len(&self) -> usize {
+            self.data_len
+        }
+        fn double_mapped(&self) -> bool {
+            false
+        }
+        fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
+            let at = self.data_at(offset, out.len())?;
+            self.memory.read(at, out).map_err(|_| MemoryError)
+        }
+        fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
+            let at = self.data_at(offset, data.len())?;
+            self.memory.write(at, data).map_err(|_| MemoryError)
+        }
+    }
+}

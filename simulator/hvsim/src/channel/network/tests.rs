@@ -5,12 +5,12 @@
 //! RNDIS messages from its receive buffer. The backend is a `MemoryNet`.
 
 use super::*;
+use crate::memory::test_ring::VecRing;
 use crate::memory::VecMemory;
 use crate::net::{GuestFrames, MemoryNetHandle};
 use crate::vmbus::DeviceKind;
-use core::sync::atomic::AtomicU32;
 use vmbus_protocol::packet::PacketKind;
-use vmbus_ring::{GpaRange, MemoryError, RingMemory, RingReader, RingWriter};
+use vmbus_ring::{GpaRange, RingReader, RingWriter};
 
 const PAGE: u64 = 4096;
 const RING_DATA_PAGES: u64 = 8;
@@ -24,42 +24,12 @@ const MEMORY_PAGES: u64 = 128;
 const RECEIVE_GPADL: u32 = 0x10;
 const SEND_GPADL: u32 = 0x11;
 
-struct GuestRing {
-    memory: &'static VecMemory,
-    control: u64,
-    data: u64,
-}
-
-impl RingMemory for GuestRing {
-    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        self.memory
-            .word(self.control + offset as u64)
-            .ok_or(MemoryError)
-    }
-    fn data_len(&self) -> usize {
-        (RING_DATA_PAGES * PAGE) as usize
-    }
-    fn double_mapped(&self) -> bool {
-        false
-    }
-    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        self.memory
-            .read(self.data + offset as u64, out)
-            .map_err(|_| MemoryError)
-    }
-    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        self.memory
-            .write(self.data + offset as u64, data)
-            .map_err(|_| MemoryError)
-    }
-}
-
 /// One channel as both sides see it.
 struct Channel {
     relid: u32,
     endpoint: ChannelEndpoint,
-    writer: RingWriter<GuestRing>,
-    reader: RingReader<GuestRing>,
+    writer: RingWriter<VecRing>,
+    reader: RingReader<VecRing>,
     /// Packets read while looking for a completion, not yet looked at.
     stash: Vec<FromHost>,
 }
@@ -137,19 +107,15 @@ impl Rig {
             .insert(RECEIVE_GPADL, RECEIVE_PAGES.collect());
         endpoint.gpadls.insert(SEND_GPADL, SEND_PAGES.collect());
         let writer = RingWriter::new(
-            GuestRing {
-                memory: self.memory,
-                control: base * PAGE,
-                data: (base + 1) * PAGE,
-            },
+            VecRing::new(self.memory, base * PAGE, RING_DATA_PAGES),
             false,
         )
         .unwrap();
-        let reader = RingReader::new(GuestRing {
-            memory: self.memory,
-            control: (base + 1 + RING_DATA_PAGES) * PAGE,
-            data: (base + 2 + RING_DATA_PAGES) * PAGE,
-        })
+        let reader = RingReader::new(VecRing::new(
+            self.memory,
+            (base + 1 + RING_DATA_PAGES) * PAGE,
+            RING_DATA_PAGES,
+        ))
         .unwrap();
         let relid = 30 + index as u32;
         self.controller.channel_opened(index as u16, relid);

@@ -5,16 +5,16 @@
 
 use super::*;
 use crate::disk::MemoryDisk;
+use crate::memory::test_ring::VecRing;
 use crate::memory::VecMemory;
 use crate::vmbus::DeviceKind;
-use core::sync::atomic::AtomicU32;
 use vmbus_protocol::packet::PacketKind;
 use vmbus_protocol::scsi::{
     self as scsi_wire, opcode, Cdb10, Cdb16, Cdb6, CdbReadCapacity16, CdbReportLuns, CdbUnmap,
     FixedSense, InquiryData, ReadCapacity16Data, UnmapDescriptor, UnmapListHeader,
 };
 use vmbus_protocol::storage::{data_direction, ScsiRequest};
-use vmbus_ring::{GpaRange, MemoryError, RingMemory, RingReader, RingWriter};
+use vmbus_ring::{GpaRange, RingReader, RingWriter};
 use zerocopy::FromBytes;
 
 const PAGE: u64 = 4096;
@@ -26,37 +26,6 @@ const IN_PAGES: core::ops::Range<u64> = 9..10 + RING_DATA_PAGES;
 const DATA_PAGE: u64 = 32;
 const MEMORY_PAGES: u64 = 64;
 const RELID: u32 = 7;
-
-/// One ring in the test memory, as the guest maps it.
-struct GuestRing {
-    memory: &'static VecMemory,
-    control: u64,
-    data: u64,
-}
-
-impl RingMemory for GuestRing {
-    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        self.memory
-            .word(self.control + offset as u64)
-            .ok_or(MemoryError)
-    }
-    fn data_len(&self) -> usize {
-        (RING_DATA_PAGES * PAGE) as usize
-    }
-    fn double_mapped(&self) -> bool {
-        false
-    }
-    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        self.memory
-            .read(self.data + offset as u64, out)
-            .map_err(|_| MemoryError)
-    }
-    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        self.memory
-            .write(self.data + offset as u64, data)
-            .map_err(|_| MemoryError)
-    }
-}
 
 /// A guest packet's answer as the guest read it.
 #[derive(Debug)]
@@ -83,8 +52,8 @@ struct Rig {
     memory: &'static VecMemory,
     endpoint: ChannelEndpoint,
     controller: StorageController,
-    writer: RingWriter<GuestRing>,
-    reader: RingReader<GuestRing>,
+    writer: RingWriter<VecRing>,
+    reader: RingReader<VecRing>,
     next_id: u64,
     now_ns: u64,
     /// The vstor packet size the guest sends (64 until it negotiated an
@@ -103,20 +72,12 @@ impl Rig {
         let endpoint =
             ChannelEndpoint::new(DeviceKind::Storage, 1, &out_pages, &in_pages, memory, 0);
         let writer = RingWriter::new(
-            GuestRing {
-                memory,
-                control: OUT_PAGES.start * PAGE,
-                data: (OUT_PAGES.start + 1) * PAGE,
-            },
+            VecRing::new(memory, OUT_PAGES.start * PAGE, RING_DATA_PAGES),
             false,
         )
         .unwrap();
-        let reader = RingReader::new(GuestRing {
-            memory,
-            control: IN_PAGES.start * PAGE,
-            data: (IN_PAGES.start + 1) * PAGE,
-        })
-        .unwrap();
+        let reader =
+            RingReader::new(VecRing::new(memory, IN_PAGES.start * PAGE, RING_DATA_PAGES)).unwrap();
         let mut controller = StorageController::new(config);
         for (lun, disk) in disks.into_iter().enumerate() {
             assert!(controller.attach(lun as u8, alloc::boxed::Box::new(disk)));

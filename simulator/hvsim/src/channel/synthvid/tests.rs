@@ -2,11 +2,11 @@
 //! test memory (the guest writes with `vmbus-ring`, as the driver does).
 
 use super::*;
+use crate::memory::test_ring::VecRing;
 use crate::memory::VecMemory;
 use crate::vmbus::DeviceKind;
-use core::sync::atomic::AtomicU32;
 use vmbus_protocol::synthvid::{PointerShapeHeader, Rect, VideoOutputSituation};
-use vmbus_ring::{MemoryError, RingMemory, RingReader, RingWriter};
+use vmbus_ring::{RingReader, RingWriter};
 
 const PAGE: u64 = 4096;
 const RING_DATA_PAGES: u64 = 4;
@@ -16,42 +16,12 @@ const IN_PAGES: core::ops::Range<u64> = 5..6 + RING_DATA_PAGES;
 const VRAM_PAGE: u64 = 16;
 const MEMORY_PAGES: u64 = 24;
 
-struct GuestRing {
-    memory: &'static VecMemory,
-    control: u64,
-    data: u64,
-}
-
-impl RingMemory for GuestRing {
-    fn control(&self, offset: usize) -> Result<&AtomicU32, MemoryError> {
-        self.memory
-            .word(self.control + offset as u64)
-            .ok_or(MemoryError)
-    }
-    fn data_len(&self) -> usize {
-        (RING_DATA_PAGES * PAGE) as usize
-    }
-    fn double_mapped(&self) -> bool {
-        false
-    }
-    fn read_data(&self, offset: usize, out: &mut [u8]) -> Result<(), MemoryError> {
-        self.memory
-            .read(self.data + offset as u64, out)
-            .map_err(|_| MemoryError)
-    }
-    fn write_data(&self, offset: usize, data: &[u8]) -> Result<(), MemoryError> {
-        self.memory
-            .write(self.data + offset as u64, data)
-            .map_err(|_| MemoryError)
-    }
-}
-
 struct Rig {
     memory: &'static VecMemory,
     endpoint: ChannelEndpoint,
     host: VideoHost,
-    writer: RingWriter<GuestRing>,
-    reader: RingReader<GuestRing>,
+    writer: RingWriter<VecRing>,
+    reader: RingReader<VecRing>,
     now_ns: u64,
 }
 
@@ -64,20 +34,12 @@ impl Rig {
         let in_pages: Vec<u64> = IN_PAGES.collect();
         let endpoint = ChannelEndpoint::new(DeviceKind::Video, 1, &out_pages, &in_pages, memory, 0);
         let writer = RingWriter::new(
-            GuestRing {
-                memory,
-                control: OUT_PAGES.start * PAGE,
-                data: (OUT_PAGES.start + 1) * PAGE,
-            },
+            VecRing::new(memory, OUT_PAGES.start * PAGE, RING_DATA_PAGES),
             false,
         )
         .unwrap();
-        let reader = RingReader::new(GuestRing {
-            memory,
-            control: IN_PAGES.start * PAGE,
-            data: (IN_PAGES.start + 1) * PAGE,
-        })
-        .unwrap();
+        let reader =
+            RingReader::new(VecRing::new(memory, IN_PAGES.start * PAGE, RING_DATA_PAGES)).unwrap();
         Rig {
             memory,
             endpoint,
