@@ -302,6 +302,20 @@ impl Session {
             .map(|r| (r.width, r.height))
     }
 
+    /// An ack must carry the context of the request we are waiting on: a
+    /// stale or forged one is refused and counted.
+    fn ack_is_ours(&mut self, link: &mut dyn Link, what: &str, got: u64, ours: u64) -> bool {
+        if got == ours {
+            return true;
+        }
+        self.stats.wrong_context += 1;
+        self.refuse(
+            link,
+            format_args!("a {what} ack for context {got:#x}, not ours ({ours:#x})"),
+        );
+        false
+    }
+
     fn refuse(&mut self, link: &mut dyn Link, why: core::fmt::Arguments<'_>) {
         self.stats.refused += 1;
         let count = self.stats.refused;
@@ -353,15 +367,7 @@ impl Session {
                     self.refuse(link, format_args!("a short VRAM location ack"));
                     return false;
                 };
-                if ack.user_context.get() != context {
-                    self.stats.wrong_context += 1;
-                    self.refuse(
-                        link,
-                        format_args!(
-                            "a VRAM location ack for context {:#x}, not ours ({context:#x})",
-                            ack.user_context.get()
-                        ),
-                    );
+                if !self.ack_is_ours(link, "VRAM location", ack.user_context.get(), context) {
                     return false;
                 }
                 self.attempts = 0;
@@ -373,15 +379,7 @@ impl Session {
                     self.refuse(link, format_args!("a short situation ack"));
                     return false;
                 };
-                if ack.user_context.get() != context {
-                    self.stats.wrong_context += 1;
-                    self.refuse(
-                        link,
-                        format_args!(
-                            "a situation ack for context {:#x}, not ours ({context:#x})",
-                            ack.user_context.get()
-                        ),
-                    );
+                if !self.ack_is_ours(link, "situation", ack.user_context.get(), context) {
                     return false;
                 }
                 self.situation_context = context;

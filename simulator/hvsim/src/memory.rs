@@ -94,8 +94,8 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod test_ring {
     use super::VecMemory;
-    use hv_interface::GuestMemory;
     use core::sync::atomic::AtomicU32;
+    use hv_interface::GuestMemory;
     use vmbus_ring::{MemoryError, RingMemory};
 
     const PAGE: u64 = 4096;
