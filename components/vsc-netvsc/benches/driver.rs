@@ -30,12 +30,7 @@ struct Args {
 
 fn args() -> Args {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let value = |name: &str| bench_record::arg::<u64>(&argv, name);
     let smoke = argv.iter().any(|a| a == "--smoke");
     Args {
         rounds: value("--rounds").unwrap_or(if smoke { 1 } else { 7 }) as usize,

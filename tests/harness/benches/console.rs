@@ -45,12 +45,7 @@ impl Settings {
     fn parse() -> Settings {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let smoke = args.iter().any(|a| a == "--smoke");
-        let number = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse::<usize>().ok())
-        };
+        let number = |name: &str| bench_record::arg::<usize>(&args, name);
         Settings {
             rounds: number("--rounds").unwrap_or(if smoke { 1 } else { 5 }),
             keys: number("--keys").unwrap_or(if smoke { 10 } else { 100 }),

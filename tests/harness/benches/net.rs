@@ -37,12 +37,7 @@ struct Settings {
 impl Settings {
     fn parse() -> Settings {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let number = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse::<u64>().ok())
-        };
+        let number = |name: &str| bench_record::arg::<u64>(&args, name);
         if args.iter().any(|a| a == "--smoke") {
             return Settings {
                 rounds: number("--rounds").unwrap_or(1) as usize,

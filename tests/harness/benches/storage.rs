@@ -51,12 +51,7 @@ impl Settings {
     fn parse() -> Settings {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let smoke = args.iter().any(|a| a == "--smoke");
-        let number = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
+        let number = |name: &str| bench_record::arg::<f64>(&args, name);
         if smoke {
             return Settings {
                 smoke,

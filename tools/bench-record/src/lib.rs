@@ -147,9 +147,30 @@ pub fn append(path: &std::path::Path, record: &Record) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
+/// The value after `name` in a benchmark's arguments (`--rounds 7`), if
+/// it is there and parses as a `T`.
+pub fn arg<T: core::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_argument_is_the_value_after_its_name() {
+        let args: Vec<String> = ["--smoke", "--rounds", "7", "--scale", "x"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(arg::<usize>(&args, "--rounds"), Some(7));
+        assert_eq!(arg::<u64>(&args, "--scale"), None, "not a number");
+        assert_eq!(arg::<u64>(&args, "--keys"), None, "not given");
+        assert_eq!(arg::<f64>(&args[..2], "--rounds"), None, "no value");
+    }
 
     #[test]
     fn a_record_survives_a_round_trip_through_its_line() {
