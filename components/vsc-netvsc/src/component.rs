@@ -144,8 +144,7 @@ pub struct Network {
     /// A host packet copied out of its ring: a transfer-page packet of
     /// the most ranges NVSP allows fits.
     packet: [u8; PACKET_BYTES],
-    wakeup_asked: Option<u64>,
-    no_timer: bool,
+    wakeup: synic::Wakeup,
 }
 
 /// What the initiator reaches: the two buffers and the client.
@@ -269,8 +268,7 @@ impl Component for Network {
             client,
             notes: 0,
             packet: [0; PACKET_BYTES],
-            wakeup_asked: None,
-            no_timer: false,
+            wakeup: synic::Wakeup::default(),
         };
         driver.on_bus_event(env);
         driver
@@ -297,7 +295,7 @@ impl Component for Network {
                 }
             }
             if fired == 0 {
-                self.wakeup_asked = None;
+                self.wakeup.forget();
             }
         }
         self.pump(env);
@@ -912,43 +910,25 @@ impl Network {
     /// Have synic wake us by the earliest of the initiator's deadlines
     /// (timeouts, keepalive) and the client's wake-up time.
     fn keep_wakeup(&mut self, env: &mut dyn Env, now: u64) {
-        if self.no_timer {
-            return;
-        }
-        if self.wakeup_asked.is_some_and(|at| at <= now) {
-            self.wakeup_asked = None;
-        }
         let client = self
             .client
             .as_ref()
             .and_then(|c| c.server.client_wake_owed());
         let wanted = match (self.initiator.next_deadline(), client) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(at) => at,
-                None => return,
-            },
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        if self.wakeup_asked.is_some_and(|at| at <= wanted) {
-            return;
-        }
-        let request = synic::Request::SetTimeout {
-            deadline_ns: wanted.max(now + 1),
-        };
-        match IDS.synic_call.call(env, &request) {
-            Ok(synic::Reply::Done) => self.wakeup_asked = Some(wanted.max(now + 1)),
-            Ok(synic::Reply::NoTimer) => {
-                println!(
-                    env,
-                    "synic has no timer: timeouts are noticed only when something else happens"
-                );
-                self.no_timer = true;
-            }
-            other => {
-                if self.note() {
-                    println!(env, "synic SetTimeout failed: {other:?}");
-                }
-            }
+        match self
+            .wakeup
+            .keep(now, wanted, |request| IDS.synic_call.call(env, request))
+        {
+            None => {}
+            Some(Ok(synic::Reply::NoTimer)) => println!(
+                env,
+                "synic has no timer: timeouts are noticed only when something else happens"
+            ),
+            Some(other) if self.note() => println!(env, "synic SetTimeout failed: {other:?}"),
+            Some(_) => {}
         }
     }
 

@@ -116,10 +116,7 @@ pub struct Storage {
     notes: u64,
     packet: [u8; 512],
     /// The wakeup synic holds for us (`SetTimeout`), as far as we know.
-    wakeup_asked: Option<u64>,
-    /// synic answered `NoTimer`: deadlines are checked only when
-    /// something else wakes us.
-    no_timer: bool,
+    wakeup: synic::Wakeup,
 }
 
 impl Component for Storage {
@@ -171,8 +168,7 @@ impl Component for Storage {
             refusals: 0,
             notes: 0,
             packet: [0; 512],
-            wakeup_asked: None,
-            no_timer: false,
+            wakeup: synic::Wakeup::default(),
         };
         driver.on_bus_event(env);
         driver
@@ -201,7 +197,7 @@ impl Component for Storage {
             if fired == 0 {
                 // Our wakeup, or a restarted synic that forgot it: either
                 // way synic holds none for us now; ask again below.
-                self.wakeup_asked = None;
+                self.wakeup.forget();
             }
         }
         // Client signals (and everything above) end in a pump: requests
@@ -537,42 +533,20 @@ impl Storage {
 
     /// Have synic wake us by the earliest deadline of what is outstanding
     /// (a host that never answers and no other traffic must not leave a
-    /// client waiting for good). Asked only when that is earlier than the
-    /// wakeup synic holds (or it holds none): a later one would be a call
-    /// per completion under load, and an early wakeup costs only a look
-    /// and a new ask. Nothing is cancelled: a wakeup with nothing due is
-    /// harmless.
+    /// client waiting for good); [`synic::Wakeup`] asks only when needed.
     fn keep_wakeup(&mut self, env: &mut dyn Env, now: u64) {
-        if self.no_timer {
-            return;
-        }
-        if self.wakeup_asked.is_some_and(|at| at <= now) {
-            // Passed: synic has woken us for it (or is about to).
-            self.wakeup_asked = None;
-        }
-        let Some(wanted) = self.initiator.next_deadline() else {
-            return;
-        };
-        if self.wakeup_asked.is_some_and(|at| at <= wanted) {
-            return;
-        }
-        let request = synic::Request::SetTimeout {
-            deadline_ns: wanted.max(1),
-        };
-        match IDS.synic_call.call(env, &request) {
-            Ok(synic::Reply::Done) => self.wakeup_asked = Some(wanted),
-            Ok(synic::Reply::NoTimer) => {
-                println!(
-                    env,
-                    "synic has no timer: timeouts are noticed only when something else happens"
-                );
-                self.no_timer = true;
-            }
-            other => {
-                if self.note() {
-                    println!(env, "synic SetTimeout failed: {other:?}");
-                }
-            }
+        let wanted = self.initiator.next_deadline();
+        match self
+            .wakeup
+            .keep(now, wanted, |request| IDS.synic_call.call(env, request))
+        {
+            None => {}
+            Some(Ok(synic::Reply::NoTimer)) => println!(
+                env,
+                "synic has no timer: timeouts are noticed only when something else happens"
+            ),
+            Some(other) if self.note() => println!(env, "synic SetTimeout failed: {other:?}"),
+            Some(_) => {}
         }
     }
 

@@ -83,8 +83,7 @@ pub struct Video {
     pub session: Session,
     ring_refusals: u64,
     packet: [u8; PACKET_BYTES],
-    wakeup_asked: Option<u64>,
-    no_timer: bool,
+    wakeup: synic::Wakeup,
 }
 
 impl Component for Video {
@@ -106,8 +105,7 @@ impl Component for Video {
             session: Session::new(vram, (now / 1_000) as u32, now),
             ring_refusals: 0,
             packet: [0; PACKET_BYTES],
-            wakeup_asked: None,
-            no_timer: false,
+            wakeup: synic::Wakeup::default(),
         };
         driver.on_bus_event(env);
         driver
@@ -119,7 +117,7 @@ impl Component for Video {
         }
         if set.contains(IDS.synic) {
             // Ring data or our wakeup: either way synic holds none now.
-            self.wakeup_asked = None;
+            self.wakeup.forget();
             self.poll(env);
         }
         let now = env.now_ns();
@@ -329,28 +327,18 @@ impl Video {
 
     /// Have synic wake us when the start's pending request times out.
     fn keep_wakeup(&mut self, env: &mut dyn Env) {
-        if self.no_timer {
-            return;
-        }
-        let Some(wanted) = self.session.deadline_ns() else {
-            return;
-        };
-        if self.wakeup_asked.is_some_and(|at| at <= wanted) {
-            return;
-        }
-        let request = synic::Request::SetTimeout {
-            deadline_ns: wanted.max(1),
-        };
-        match IDS.synic_call.call(env, &request) {
-            Ok(synic::Reply::Done) => self.wakeup_asked = Some(wanted),
-            Ok(synic::Reply::NoTimer) => {
-                println!(
-                    env,
-                    "synic has no timer: unanswered requests are not asked again"
-                );
-                self.no_timer = true;
-            }
-            other => println!(env, "synic SetTimeout failed: {other:?}"),
+        let now = env.now_ns();
+        let wanted = self.session.deadline_ns();
+        match self
+            .wakeup
+            .keep(now, wanted, |request| IDS.synic_call.call(env, request))
+        {
+            None => {}
+            Some(Ok(synic::Reply::NoTimer)) => println!(
+                env,
+                "synic has no timer: unanswered requests are not asked again"
+            ),
+            Some(other) => println!(env, "synic SetTimeout failed: {other:?}"),
         }
     }
 }

@@ -311,6 +311,60 @@ pub mod synic {
         /// Times synthetic timer 0 was (re)programmed.
         pub timer_programmed: u32,
     }
+
+    /// The wakeup a VSC has asked synic for (`SetTimeout`). It is asked
+    /// again only for an earlier deadline: asking for every later one
+    /// would be a call per event under load, and an early wakeup costs
+    /// only a look and a new ask. Nothing is cancelled: a wakeup with
+    /// nothing due is harmless.
+    #[derive(Debug, Default)]
+    pub struct Wakeup {
+        asked: Option<u64>,
+        no_timer: bool,
+    }
+
+    impl Wakeup {
+        /// Synic holds no wakeup for us now (it woke us, or it restarted).
+        pub fn forget(&mut self) {
+            self.asked = None;
+        }
+
+        /// Have synic wake us by `wanted` (none: nothing is due), asking it
+        /// through `ask` only if it holds no wakeup by then. Synic's answer
+        /// when it did not take the deadline: `NoTimer` once (nothing will
+        /// wake us; it is not asked again), or a failure.
+        pub fn keep<E>(
+            &mut self,
+            now_ns: u64,
+            wanted: Option<u64>,
+            ask: impl FnOnce(&Request) -> Result<Reply, E>,
+        ) -> Option<Result<Reply, E>> {
+            if self.no_timer {
+                return None;
+            }
+            if self.asked.is_some_and(|at| at <= now_ns) {
+                // Passed: synic has woken us for it (or is about to).
+                self.asked = None;
+            }
+            let deadline = wanted?.max(now_ns + 1);
+            if self.asked.is_some_and(|at| at <= deadline) {
+                return None;
+            }
+            match ask(&Request::SetTimeout {
+                deadline_ns: deadline,
+            }) {
+                Ok(Reply::Done) => {
+                    self.asked = Some(deadline);
+                    None
+                }
+                Ok(Reply::NoTimer) => {
+                    self.no_timer = true;
+                    Some(Ok(Reply::NoTimer))
+                }
+                other => Some(other),
+            }
+        }
+    }
 }
 
 pub mod bus {
@@ -941,6 +995,75 @@ pub mod mouse {
 
 #[cfg(test)]
 mod tests {
+    use synic::Wakeup;
+
+    /// Keeps `wanted` at `now`; the deadline asked, if synic was asked.
+    fn keep(
+        wakeup: &mut Wakeup,
+        now: u64,
+        wanted: Option<u64>,
+        answer: synic::Reply,
+    ) -> Option<u64> {
+        let mut asked = None;
+        let _ = wakeup.keep::<()>(now, wanted, |request| {
+            let synic::Request::SetTimeout { deadline_ns } = request else {
+                panic!("asked {request:?}");
+            };
+            asked = Some(*deadline_ns);
+            Ok(answer.clone())
+        });
+        asked
+    }
+
+    #[test]
+    fn a_wakeup_is_asked_again_only_for_an_earlier_deadline_or_once_it_passed() {
+        let mut wakeup = Wakeup::default();
+        assert_eq!(keep(&mut wakeup, 10, None, synic::Reply::Done), None);
+        assert_eq!(
+            keep(&mut wakeup, 10, Some(100), synic::Reply::Done),
+            Some(100)
+        );
+        assert_eq!(
+            keep(&mut wakeup, 20, Some(150), synic::Reply::Done),
+            None,
+            "held"
+        );
+        assert_eq!(
+            keep(&mut wakeup, 20, Some(60), synic::Reply::Done),
+            Some(60)
+        );
+        // Passed: asked again for a later one.
+        assert_eq!(
+            keep(&mut wakeup, 70, Some(150), synic::Reply::Done),
+            Some(150)
+        );
+        // Synic forgot it (woke us, restarted): asked again.
+        wakeup.forget();
+        assert_eq!(
+            keep(&mut wakeup, 80, Some(150), synic::Reply::Done),
+            Some(150)
+        );
+        // A deadline already due is asked for just after now.
+        wakeup.forget();
+        assert_eq!(
+            keep(&mut wakeup, 200, Some(5), synic::Reply::Done),
+            Some(201)
+        );
+    }
+
+    #[test]
+    fn without_a_timer_synic_is_not_asked_again_and_a_failure_is_asked_again() {
+        let mut failing = Wakeup::default();
+        let failed = failing.keep(0, Some(5), |_| Err::<synic::Reply, &str>("refused"));
+        assert_eq!(failed, Some(Err("refused")));
+        assert_eq!(keep(&mut failing, 0, Some(5), synic::Reply::Done), Some(5));
+
+        let mut wakeup = Wakeup::default();
+        let answer = wakeup.keep::<()>(0, Some(5), |_| Ok(synic::Reply::NoTimer));
+        assert_eq!(answer, Some(Ok(synic::Reply::NoTimer)));
+        assert_eq!(keep(&mut wakeup, 0, Some(1), synic::Reply::Done), None);
+    }
+
     use super::*;
 
     /// The framed size of a message of `P` (header included).
